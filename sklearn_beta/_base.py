@@ -1,0 +1,134 @@
+"""Shared fit / predict / score plumbing of the beta regressors."""
+
+from __future__ import annotations
+
+import numpy as np
+from sklearn.base import BaseEstimator, RegressorMixin, _fit_context
+from sklearn.metrics import r2_score
+from sklearn.utils.validation import (
+    _check_sample_weight,
+    check_is_fitted,
+    validate_data,
+)
+
+from ._exposure import _COL, EXPOSURE_COLUMNS
+
+N_BETAS = 3
+
+
+class BaseBetaRegressor(RegressorMixin, BaseEstimator):
+    """Common base: validates the exposure table and defaults ``y`` to durations.
+
+    Subclasses implement ``_fit_table(table, duration, sample_weight) -> beta``
+    and ``_predict_table(table) -> durations`` on plain float arrays.
+    """
+
+    _min_columns = N_BETAS
+
+    def _check_table(self, X, *, reset: bool) -> np.ndarray:
+        table = validate_data(
+            self, X, reset=reset, dtype=np.float64, ensure_min_samples=1
+        )
+        if table.shape[1] < self._min_columns:
+            raise ValueError(
+                f"{type(self).__name__} needs the exposure table of "
+                f"PhaseExposureTransformer, with at least {self._min_columns} "
+                f"columns {list(EXPOSURE_COLUMNS[: self._min_columns])}; "
+                f"got {table.shape[1]} column(s)."
+            )
+        return table
+
+    @staticmethod
+    def _durations(table: np.ndarray, y) -> np.ndarray:
+        if y is not None:
+            y = np.asarray(y, dtype=np.float64)
+            if y.ndim != 1 or y.shape[0] != table.shape[0]:
+                raise ValueError(
+                    f"y must be 1-D with one duration per phase ({table.shape[0]}), "
+                    f"got shape {y.shape}."
+                )
+            if not np.all(np.isfinite(y)):
+                raise ValueError("y has NaN or infinite durations.")
+            return y
+        if table.shape[1] <= _COL["duration"]:
+            raise ValueError(
+                "y is None and the table has no 'duration' column: pass the "
+                "observed phase durations as y, or the full exposure table."
+            )
+        return table[:, _COL["duration"]]
+
+    @_fit_context(prefer_skip_nested_validation=True)
+    def fit(self, X, y=None, sample_weight=None):
+        """Fit the betas.
+
+        Parameters
+        ----------
+        X : DataFrame or ndarray of shape (n_phases, n_columns)
+            Exposure table from :class:`PhaseExposureTransformer`.
+        y : array-like of shape (n_phases,), default=None
+            Observed phase durations; taken from the table's ``duration``
+            column when None.
+        sample_weight : array-like of shape (n_phases,), default=None
+            Non-negative weights of the phases in the least-squares fit.
+
+        Returns
+        -------
+        self : object
+            Fitted estimator.
+        """
+        table = self._check_table(X, reset=True)
+        duration = self._durations(table, y)
+        if sample_weight is not None:
+            sample_weight = _check_sample_weight(
+                sample_weight, table, ensure_non_negative=True
+            )
+        beta = self._fit_table(table, duration, sample_weight)
+        self.beta_ = np.asarray(beta, dtype=np.float64)
+        self.coef_ = self.beta_.copy()
+        self.intercept_ = 0.0
+        return self
+
+    def predict(self, X):
+        """Predict each phase's duration from the fitted betas.
+
+        Parameters
+        ----------
+        X : DataFrame or ndarray of shape (n_phases, n_columns)
+            Exposure table from :class:`PhaseExposureTransformer`.
+
+        Returns
+        -------
+        y_pred : ndarray of shape (n_phases,)
+            Predicted durations, in the time unit of the trace.
+        """
+        check_is_fitted(self)
+        table = self._check_table(X, reset=False)
+        return self._predict_table(table)
+
+    def score(self, X, y=None, sample_weight=None):
+        """R^2 of the predicted phase durations.
+
+        Parameters
+        ----------
+        X : DataFrame or ndarray of shape (n_phases, n_columns)
+            Exposure table.
+        y : array-like of shape (n_phases,), default=None
+            Observed durations; the table's ``duration`` column when None.
+        sample_weight : array-like of shape (n_phases,), default=None
+            Weights of the phases.
+
+        Returns
+        -------
+        score : float
+        """
+        check_is_fitted(self)
+        table = self._check_table(X, reset=False)
+        duration = self._durations(table, y)
+        return r2_score(
+            duration, self._predict_table(table), sample_weight=sample_weight
+        )
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.target_tags.required = False
+        return tags

@@ -1,0 +1,179 @@
+"""The baseline estimator: time-integrated exposures + NNLS (METHOD.md section 5)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+
+from ._base import BaseBetaRegressor
+from ._exposure import baseline_exposures, phase_step_density, timeline_from_arrays
+from ._nnls import fit_statistics, nnls_fit
+from ._validation import PhaseColumns, check_chunk_size, check_phases
+
+
+@dataclass(frozen=True)
+class BaselineResult:
+    """Betas of the baseline estimator and the reference's diagnostics."""
+
+    beta0: float
+    beta1: float
+    beta2: float
+    diagnostics: dict = field(default_factory=dict)
+
+    @property
+    def beta(self) -> np.ndarray:
+        return np.array([self.beta0, self.beta1, self.beta2])
+
+
+def design_diagnostics(
+    design: np.ndarray,
+    duration: np.ndarray,
+    beta: np.ndarray,
+    sample_weight: np.ndarray | None = None,
+) -> dict:
+    """The diagnostics the reference prints for a fitted design."""
+    r2, rmse = fit_statistics(duration, design @ beta, sample_weight)
+    return {
+        "n_phases": int(design.shape[0]),
+        "r2": r2,
+        "rmse_seconds": rmse,
+        "mean_duration_seconds": float(np.mean(duration)),
+        "mean_steps": float(np.mean(design[:, 0])),
+        "mean_A_pf_tokens": float(np.mean(design[:, 1])),
+        "mean_A_dec_tokens": float(np.mean(design[:, 2])),
+    }
+
+
+def estimate_betas_baseline(
+    phases: pd.DataFrame,
+    *,
+    chunk_size: int,
+    correction_mode: str = "end",
+    min_duration_sec: float = 0.0,
+    request_id_col: str = "request_id",
+    phase_type_col: str = "phase_type",
+    t_start_col: str = "t_start",
+    t_end_col: str = "t_end",
+    prefill_tokens_col: str = "prefill_tokens",
+    decode_tokens_col: str = "decode_tokens",
+    n_steps_col: str | None = "N_steps",
+    instance_col: str | None = None,
+) -> BaselineResult:
+    """Estimate ``(beta0, beta1, beta2)`` with the baseline estimator.
+
+    Regresses each phase duration on its step count and its time-integrated
+    prefill and decode exposures by non-negative least squares, with no
+    intercept. With its defaults this reproduces the published reference.
+
+    Parameters
+    ----------
+    phases : DataFrame
+        One row per phase (see the README's trace schema).
+    chunk_size : int
+        Prefill chunk size ``C`` in tokens.
+    correction_mode : {"end", "end_inside", "uniform", "none"}, default="end"
+        Placement of the last prefill chunk's missing tokens (METHOD.md 4).
+    min_duration_sec : float, default=0.0
+        Floor on the duration in the phase-local step density.
+    request_id_col, phase_type_col, t_start_col, t_end_col, \
+prefill_tokens_col, decode_tokens_col, n_steps_col : str
+        Column names.
+    instance_col : str or None, default=None
+        Column of engine-instance ids; pressures then only sum phases of the
+        same instance.
+
+    Returns
+    -------
+    result : BaselineResult
+        ``beta0`` (s/step), ``beta1`` and ``beta2`` (s/token) and
+        ``diagnostics`` (n_phases, r2, rmse_seconds, mean_duration_seconds,
+        mean_steps, mean_A_pf_tokens, mean_A_dec_tokens).
+    """
+    columns = PhaseColumns(
+        request_id_col,
+        phase_type_col,
+        t_start_col,
+        t_end_col,
+        prefill_tokens_col,
+        decode_tokens_col,
+        n_steps_col,
+        instance_col,
+    )
+    chunk_size = check_chunk_size(chunk_size)
+    arrays = check_phases(phases, columns)
+    timeline = timeline_from_arrays(arrays, chunk_size)
+    density = phase_step_density(timeline.n_steps, timeline.duration, min_duration_sec)
+    design = baseline_exposures(timeline, density, correction_mode)
+    beta = nnls_fit(design, timeline.duration)
+    return BaselineResult(
+        *beta.tolist(), diagnostics=design_diagnostics(design, timeline.duration, beta)
+    )
+
+
+class BaselineBetaRegressor(BaseBetaRegressor):
+    """Non-negative least squares of phase durations on their exposures.
+
+    Fits ``l_i ~ beta0 * N_i + beta1 * A_pf_i + beta2 * A_dec_i`` with all
+    betas non-negative and no intercept, on the exposure table made by
+    :class:`PhaseExposureTransformer` (METHOD.md section 5). Fast and
+    reference-exact, but biased wherever the step density inside a phase is
+    far from uniform (heavy load, large chunks); prefer
+    :class:`IterativeBetaRegressor` there.
+
+    Parameters
+    ----------
+    None
+
+    Attributes
+    ----------
+    beta_ : ndarray of shape (3,)
+        ``[beta0, beta1, beta2]``: seconds per step, per prefill token and per
+        decode token (in the time unit of the trace).
+    coef_ : ndarray of shape (3,)
+        Same values as ``beta_``.
+    intercept_ : float
+        Always 0.0: the model has no intercept.
+    diagnostics_ : dict
+        n_phases, r2, rmse_seconds and mean exposures of the fit.
+    n_features_in_ : int
+        Number of columns of the exposure table.
+    feature_names_in_ : ndarray of str
+        Column names of the exposure table, when it is a DataFrame.
+
+    See Also
+    --------
+    IterativeBetaRegressor : Step-density re-weighted estimator.
+    estimate_betas_baseline : The functional, reference-compatible API.
+
+    References
+    ----------
+    The baseline estimator of the published trace-only calibration of
+    vLLM-style step times; see METHOD.md, section 5.
+
+    Examples
+    --------
+    >>> from sklearn.pipeline import make_pipeline
+    >>> from sklearn_beta import BaselineBetaRegressor, PhaseExposureTransformer
+    >>> from sklearn_beta.datasets import load_sample_trace
+    >>> phases = load_sample_trace()
+    >>> model = make_pipeline(PhaseExposureTransformer(chunk_size=64),
+    ...                       BaselineBetaRegressor()).fit(phases)
+    >>> model[-1].beta_.shape
+    (3,)
+    """
+
+    _parameter_constraints: dict = {}
+
+    def __init__(self):
+        pass
+
+    def _fit_table(self, table, duration, sample_weight):
+        design = table[:, :3]
+        beta = nnls_fit(design, duration, sample_weight)
+        self.diagnostics_ = design_diagnostics(design, duration, beta, sample_weight)
+        return beta
+
+    def _predict_table(self, table):
+        return table[:, :3] @ self.beta_

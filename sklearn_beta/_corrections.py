@@ -1,0 +1,143 @@
+"""Prefill chunking: step counts and the partial-chunk corrections (METHOD.md 2, 4, 6).
+
+A prefill of ``P`` tokens runs ``N = ceil(P / C)`` steps, the last of which
+processes only ``rho = P - C (N - 1)`` tokens. The full-chunk pressure counts
+``C`` tokens on every step, so each request's missing mass ``mu = C - rho``
+must be taken back somewhere in time. A correction is represented by its mass
+(tokens) on each grid segment; its rate is that mass over the segment length.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ._grid import TraceGrid, cumulative
+
+FIXED_CORRECTION_MODES = ("end", "end_inside", "uniform", "none")
+CORRECTION_MODES = ("beta_informed",) + FIXED_CORRECTION_MODES
+
+
+def step_counts(
+    is_prefill: np.ndarray,
+    prefill_tokens: np.ndarray,
+    decode_tokens: np.ndarray,
+    chunk_size: int,
+    n_steps: np.ndarray | None = None,
+) -> np.ndarray:
+    """Steps per phase: ``ceil(P / C)`` for a prefill, ``D`` for a decode.
+
+    An observed ``n_steps`` (the optional ``N_steps`` column) is authoritative.
+    """
+    if n_steps is not None:
+        return np.asarray(n_steps, dtype=np.float64)
+    return np.where(
+        is_prefill, np.ceil(prefill_tokens / chunk_size), decode_tokens
+    ).astype(np.float64)
+
+
+def missing_prefill_mass(
+    is_prefill: np.ndarray,
+    prefill_tokens: np.ndarray,
+    n_steps: np.ndarray,
+    chunk_size: int,
+) -> np.ndarray:
+    """Tokens ``mu = C - rho`` the last prefill step lacks (0 on decode rows)."""
+    rho = np.clip(prefill_tokens - chunk_size * (n_steps - 1.0), 0.0, chunk_size)
+    mu = np.clip(chunk_size - rho, 0.0, chunk_size)
+    return np.where(is_prefill, mu, 0.0)
+
+
+def fixed_correction_mass(
+    mode: str, trace_grid: TraceGrid, is_prefill: np.ndarray, mu: np.ndarray
+) -> np.ndarray:
+    """Correction mass per segment for the beta-independent modes.
+
+    ``end`` reproduces the reference: all of ``mu`` on the segment that starts
+    at the prefill's end (the last one of the instance if the prefill ends at
+    its last grid point), which lies *outside* the prefill window.
+    ``end_inside`` puts it on the last segment inside the window, where the
+    partial step actually ran. ``uniform`` spreads it evenly over the window.
+    """
+    n_seg = trace_grid.n_segments
+    if mode == "none":
+        return np.zeros(n_seg)
+    take = is_prefill & (mu > 0)
+    start, end, mass = trace_grid.start_idx[take], trace_grid.end_idx[take], mu[take]
+    if mode == "end":
+        inst = trace_grid.grid_instance
+        is_last_point = np.ones(inst.shape[0], dtype=bool)
+        is_last_point[:-1] = inst[1:] != inst[:-1]
+        seg = np.where(is_last_point[end], end - 1, end)
+        return np.bincount(seg, weights=mass, minlength=n_seg)
+    if mode == "end_inside":
+        return np.bincount(end - 1, weights=mass, minlength=n_seg)
+    if mode == "uniform":
+        t = trace_grid.grid
+        rate = mass / (t[end] - t[start])
+        n_points = n_seg + 1
+        delta = np.bincount(start, weights=rate, minlength=n_points) - np.bincount(
+            end, weights=rate, minlength=n_points
+        )
+        return np.cumsum(delta[:-1]) * trace_grid.seg_len
+    raise ValueError(
+        f"Unknown correction mode {mode!r}; expected one of {CORRECTION_MODES}."
+    )
+
+
+def last_step_start(
+    trace_grid: TraceGrid,
+    cum_steps: np.ndarray,
+    step_density: np.ndarray,
+    start: np.ndarray,
+    end: np.ndarray,
+    n_steps: np.ndarray,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Where each prefill's last step begins under a step density (METHOD 6.2.2).
+
+    The last step starts where the cumulative step count from ``t_rs`` reaches
+    ``L - L/N``. Returns the segment holding that time and the time itself.
+    """
+    total = cum_steps[end] - cum_steps[start]
+    target = cum_steps[start] + (total - total / n_steps)
+    seg = np.searchsorted(cum_steps, target, side="right") - 1
+    seg = np.clip(seg, start, end - 1)
+    t_star = trace_grid.grid[seg] + (target - cum_steps[seg]) / step_density[seg]
+    return seg, t_star
+
+
+def beta_informed_correction_mass(
+    trace_grid: TraceGrid,
+    step_density: np.ndarray,
+    is_prefill: np.ndarray,
+    n_steps: np.ndarray,
+    mu: np.ndarray,
+) -> np.ndarray:
+    """Correction mass per segment spread over each prefill's last-step window.
+
+    ``mu`` is distributed over the segments overlapping ``[t*, t_re)`` in
+    proportion to the steps taken there, ``lam_j * overlap_j``. Vectorised
+    with a cumulative step integral, ``searchsorted`` and a difference array:
+    the partial first segment of each window is added by ``bincount``, the
+    whole segments after it as a rate-per-step ``mu / W`` spread by ``cumsum``.
+    """
+    n_seg = trace_grid.n_segments
+    take = is_prefill & (mu > 0) & (n_steps > 0)
+    start, end = trace_grid.start_idx[take], trace_grid.end_idx[take]
+    mass_r, steps_r = mu[take], n_steps[take]
+    steps_per_segment = step_density * trace_grid.seg_len
+    cum_steps = cumulative(steps_per_segment)
+
+    seg, t_star = last_step_start(
+        trace_grid, cum_steps, step_density, start, end, steps_r
+    )
+    first_steps = step_density[seg] * (trace_grid.grid[seg + 1] - t_star)
+    window_steps = first_steps + (cum_steps[end] - cum_steps[seg + 1])
+    per_step = mass_r / window_steps
+
+    first = np.bincount(seg, weights=per_step * first_steps, minlength=n_seg)
+    n_points = n_seg + 1
+    delta = np.bincount(seg + 1, weights=per_step, minlength=n_points) - np.bincount(
+        end, weights=per_step, minlength=n_points
+    )
+    rest = np.cumsum(delta[:-1]) * steps_per_segment
+    return first + rest

@@ -1,0 +1,307 @@
+"""Time-integrated exposures (METHOD.md section 5) and the exposure transformer."""
+
+from __future__ import annotations
+
+from numbers import Integral, Real
+
+import numpy as np
+import pandas as pd
+from sklearn.base import BaseEstimator, TransformerMixin
+from sklearn.utils._param_validation import Interval, StrOptions
+from sklearn.utils.validation import check_is_fitted
+
+from ._corrections import (
+    FIXED_CORRECTION_MODES,
+    fixed_correction_mass,
+    missing_prefill_mass,
+    step_counts,
+)
+from ._grid import Timeline, build_timeline, phase_integrals
+from ._validation import PhaseArrays, PhaseColumns, check_chunk_size, check_phases
+
+#: Columns of the exposure table, in order. The first three are the baseline
+#: design ``[N_i, A_pf_i, A_dec_i]``; the rest let the iterative estimator
+#: rebuild the trace's grid and re-weight it.
+EXPOSURE_COLUMNS = (
+    "n_steps",
+    "prefill_exposure",
+    "decode_exposure",
+    "duration",
+    "t_start",
+    "t_end",
+    "is_prefill",
+    "missing_prefill_mass",
+    "step_density",
+    "chunk_size",
+    "instance",
+)
+_COL = {name: i for i, name in enumerate(EXPOSURE_COLUMNS)}
+
+
+def phase_step_density(
+    n_steps: np.ndarray, duration: np.ndarray, min_duration: float = 0.0
+) -> np.ndarray:
+    """Phase-local step density ``lam_i = N_i / max(l_i, l_min)`` (steps/s)."""
+    return n_steps / np.maximum(duration, min_duration)
+
+
+def baseline_exposures(
+    timeline: Timeline, step_density: np.ndarray, correction_mode: str
+) -> np.ndarray:
+    """The baseline design ``[N_i, A_pf_i, A_dec_i]``, shape (n_phases, 3).
+
+    ``A_pf_i = lam_i * int_i p_pf_full dt - int_i c dt`` and
+    ``A_dec_i = lam_i * int_i p_dec dt``. The correction integral is already
+    in tokens, so it is not multiplied by ``lam_i``.
+    """
+    tg = timeline.trace_grid
+    correction = fixed_correction_mass(
+        correction_mode, tg, timeline.is_prefill, timeline.mu
+    )
+    prefill = step_density * phase_integrals(tg, timeline.p_pf_full * tg.seg_len)
+    prefill -= phase_integrals(tg, correction)
+    decode = step_density * phase_integrals(tg, timeline.p_dec * tg.seg_len)
+    return np.column_stack([timeline.n_steps, prefill, decode])
+
+
+def timeline_from_arrays(arrays: PhaseArrays, chunk_size: int) -> Timeline:
+    """Step counts, missing masses, grid and pressures of a validated trace."""
+    n_steps = step_counts(
+        arrays.is_prefill,
+        arrays.prefill_tokens,
+        arrays.decode_tokens,
+        chunk_size,
+        arrays.n_steps,
+    )
+    mu = missing_prefill_mass(
+        arrays.is_prefill, arrays.prefill_tokens, n_steps, chunk_size
+    )
+    return build_timeline(
+        arrays.t_start,
+        arrays.t_end,
+        arrays.instance,
+        arrays.is_prefill,
+        n_steps,
+        mu,
+        chunk_size,
+    )
+
+
+def timeline_from_exposures(table: np.ndarray) -> Timeline:
+    """Rebuild the :class:`Timeline` from an exposure table's columns."""
+    chunk = table[:, _COL["chunk_size"]]
+    if chunk.size and not np.all(chunk == chunk[0]):
+        raise ValueError(
+            "The exposure table mixes chunk sizes in column 'chunk_size': "
+            f"{np.unique(chunk)[:5].tolist()}; build it with one transformer."
+        )
+    return build_timeline(
+        table[:, _COL["t_start"]],
+        table[:, _COL["t_end"]],
+        table[:, _COL["instance"]].astype(np.intp),
+        table[:, _COL["is_prefill"]] > 0.5,
+        table[:, _COL["n_steps"]],
+        table[:, _COL["missing_prefill_mass"]],
+        int(chunk[0]) if chunk.size else 1,
+    )
+
+
+def exposure_table(
+    arrays: PhaseArrays,
+    chunk_size: int,
+    correction_mode: str = "end",
+    min_duration: float = 0.0,
+) -> np.ndarray:
+    """Compute the exposure table (see :data:`EXPOSURE_COLUMNS`) as an array."""
+    timeline = timeline_from_arrays(arrays, chunk_size)
+    density = phase_step_density(timeline.n_steps, timeline.duration, min_duration)
+    design = baseline_exposures(timeline, density, correction_mode)
+    return np.column_stack(
+        [
+            design,
+            timeline.duration,
+            arrays.t_start,
+            arrays.t_end,
+            arrays.is_prefill.astype(np.float64),
+            timeline.mu,
+            density,
+            np.full(arrays.n_phases, float(chunk_size)),
+            arrays.instance.astype(np.float64),
+        ]
+    )
+
+
+class PhaseExposureTransformer(TransformerMixin, BaseEstimator):
+    """Turn a phase table into time-integrated exposures.
+
+    Builds the trace grid of the phases it is given, the full-chunk prefill
+    pressure ``C * #prefills active`` and the decode pressure ``#decodes
+    active``, and integrates them over each phase window weighted by the
+    phase-local step density ``N_i / l_i`` (METHOD.md section 5). The output
+    has one row per phase: the baseline design ``[N_i, A_pf_i, A_dec_i]``
+    followed by what the iterative estimator needs to re-weight the trace.
+
+    Exposures of a phase depend on every other phase overlapping it in time,
+    so ``transform`` works on the whole table it is given; see
+    :mod:`sklearn_beta.model_selection` for cross-validation that respects
+    this.
+
+    Parameters
+    ----------
+    chunk_size : int, default=64
+        Prefill chunk size ``C`` in tokens.
+    correction_mode : {"end", "end_inside", "uniform", "none"}, default="end"
+        Where the last prefill chunk's missing tokens are taken back
+        (METHOD.md section 4). ``"end"`` is the reference's placement.
+    min_duration : float, default=0.0
+        Floor ``l_min`` on the duration in the step density ``N_i/max(l_i, l_min)``.
+    request_id_col, phase_type_col, t_start_col, t_end_col, prefill_tokens_col, \
+decode_tokens_col : str
+        Column names of the phase table.
+    n_steps_col : str or None, default="N_steps"
+        Optional column of observed step counts; used when present.
+    instance_col : str or None, default=None
+        Optional column naming the engine instance of each phase; the grid
+        and pressures are then built per instance.
+
+    Attributes
+    ----------
+    n_features_in_ : int
+        Number of columns of the phase table seen in ``fit``.
+    feature_names_in_ : ndarray of str
+        Column names of the phase table seen in ``fit``.
+
+    See Also
+    --------
+    BaselineBetaRegressor : NNLS on the exposures.
+    IterativeBetaRegressor : Step-density re-weighted NNLS.
+
+    Examples
+    --------
+    >>> from sklearn_beta import PhaseExposureTransformer
+    >>> from sklearn_beta.datasets import load_sample_trace
+    >>> phases = load_sample_trace()
+    >>> exposures = PhaseExposureTransformer(chunk_size=64).fit_transform(phases)
+    >>> list(exposures.columns[:3])
+    ['n_steps', 'prefill_exposure', 'decode_exposure']
+    """
+
+    _parameter_constraints: dict = {
+        "chunk_size": [Interval(Integral, 1, None, closed="left")],
+        "correction_mode": [StrOptions(set(FIXED_CORRECTION_MODES))],
+        "min_duration": [Interval(Real, 0, None, closed="left")],
+        "request_id_col": [str],
+        "phase_type_col": [str],
+        "t_start_col": [str],
+        "t_end_col": [str],
+        "prefill_tokens_col": [str],
+        "decode_tokens_col": [str],
+        "n_steps_col": [str, None],
+        "instance_col": [str, None],
+    }
+
+    def __init__(
+        self,
+        chunk_size=64,
+        *,
+        correction_mode="end",
+        min_duration=0.0,
+        request_id_col="request_id",
+        phase_type_col="phase_type",
+        t_start_col="t_start",
+        t_end_col="t_end",
+        prefill_tokens_col="prefill_tokens",
+        decode_tokens_col="decode_tokens",
+        n_steps_col="N_steps",
+        instance_col=None,
+    ):
+        self.chunk_size = chunk_size
+        self.correction_mode = correction_mode
+        self.min_duration = min_duration
+        self.request_id_col = request_id_col
+        self.phase_type_col = phase_type_col
+        self.t_start_col = t_start_col
+        self.t_end_col = t_end_col
+        self.prefill_tokens_col = prefill_tokens_col
+        self.decode_tokens_col = decode_tokens_col
+        self.n_steps_col = n_steps_col
+        self.instance_col = instance_col
+
+    def _columns(self) -> PhaseColumns:
+        return PhaseColumns(
+            request_id=self.request_id_col,
+            phase_type=self.phase_type_col,
+            t_start=self.t_start_col,
+            t_end=self.t_end_col,
+            prefill_tokens=self.prefill_tokens_col,
+            decode_tokens=self.decode_tokens_col,
+            n_steps=self.n_steps_col,
+            instance=self.instance_col,
+        )
+
+    def fit(self, X, y=None):
+        """Validate the phase table and remember its columns.
+
+        Parameters
+        ----------
+        X : DataFrame of shape (n_phases, n_columns)
+            The phase table.
+        y : None
+            Ignored.
+
+        Returns
+        -------
+        self : object
+            Fitted transformer.
+        """
+        self._validate_params()
+        check_phases(X, self._columns())
+        self.feature_names_in_ = np.asarray(X.columns, dtype=object)
+        self.n_features_in_ = len(self.feature_names_in_)
+        return self
+
+    def transform(self, X):
+        """Compute the exposure table of the phases in ``X``.
+
+        Parameters
+        ----------
+        X : DataFrame of shape (n_phases, n_columns)
+            The phase table.
+
+        Returns
+        -------
+        X_out : DataFrame of shape (n_phases, 11)
+            Columns :data:`EXPOSURE_COLUMNS`, indexed like ``X``.
+        """
+        check_is_fitted(self)
+        arrays = check_phases(X, self._columns())
+        table = exposure_table(
+            arrays,
+            check_chunk_size(self.chunk_size),
+            self.correction_mode,
+            self.min_duration,
+        )
+        return pd.DataFrame(table, columns=list(EXPOSURE_COLUMNS), index=X.index)
+
+    def get_feature_names_out(self, input_features=None):
+        """Names of the exposure table's columns.
+
+        Parameters
+        ----------
+        input_features : array-like of str or None, default=None
+            Ignored; the output columns do not depend on the input's names.
+
+        Returns
+        -------
+        feature_names_out : ndarray of str
+        """
+        check_is_fitted(self)
+        return np.asarray(EXPOSURE_COLUMNS, dtype=object)
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.input_tags.two_d_array = False
+        tags.input_tags.dataframe = True
+        tags.input_tags.string = True
+        tags.requires_fit = True
+        return tags

@@ -1,0 +1,188 @@
+"""The trace grid and the pressures on it (METHOD.md section 3).
+
+The grid is the sorted set of distinct phase boundaries of each engine
+instance. Instances are laid one after another in a single array: the
+``segment`` between the last grid point of one instance and the first of the
+next has length zero, so no phase is active on it and it adds nothing to any
+integral. That keeps every hot path a flat, vectorised array operation with no
+loop over instances.
+
+Every quantity of the method is an integral of a piecewise-constant signal
+over a phase window ``[t_start, t_end)``; since phase boundaries are grid
+points, such an integral is a difference of two prefix sums.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class TraceGrid:
+    """Grid points and the phases' positions on them.
+
+    Attributes
+    ----------
+    grid : ndarray of shape (n_points,)
+        Grid times, per-instance shifted, sorted within each instance.
+    grid_instance : ndarray of shape (n_points,)
+        Instance code of each grid point.
+    seg_len : ndarray of shape (n_points - 1,)
+        Segment lengths ``grid[j+1] - grid[j]``; 0 between two instances.
+    start_idx, end_idx : ndarray of shape (n_phases,)
+        Grid index of each phase's ``t_start`` and ``t_end``: the phase is
+        active on segments ``start_idx <= j < end_idx``.
+    """
+
+    grid: np.ndarray
+    grid_instance: np.ndarray
+    seg_len: np.ndarray
+    start_idx: np.ndarray
+    end_idx: np.ndarray
+
+    @property
+    def n_segments(self) -> int:
+        return self.seg_len.shape[0]
+
+
+def build_grid(
+    t_start: np.ndarray, t_end: np.ndarray, instance: np.ndarray | None = None
+) -> TraceGrid:
+    """Build the grid of distinct phase boundaries, once, in O(n log n).
+
+    Raises
+    ------
+    ValueError
+        If an instance has fewer than two distinct times.
+    """
+    n = t_start.shape[0]
+    if instance is None:
+        instance = np.zeros(n, dtype=np.intp)
+    times = np.concatenate([t_start, t_end])
+    owner = np.concatenate([instance, instance])
+    order = np.lexsort((times, owner))
+    sorted_t = times[order]
+    sorted_owner = owner[order]
+    is_new = np.empty(2 * n, dtype=bool)
+    is_new[0] = True
+    is_new[1:] = (sorted_t[1:] != sorted_t[:-1]) | (
+        sorted_owner[1:] != sorted_owner[:-1]
+    )
+    rank = np.cumsum(is_new) - 1
+    position = np.empty(2 * n, dtype=np.intp)
+    position[order] = rank
+    grid = sorted_t[is_new]
+    grid_instance = sorted_owner[is_new]
+
+    points_per_instance = np.bincount(grid_instance)
+    present = np.bincount(owner) > 0
+    if np.any(present & (points_per_instance < 2)):
+        raise ValueError(
+            "The trace needs at least two distinct timestamps per instance to "
+            "form a grid; instance code(s) "
+            f"{np.flatnonzero(present & (points_per_instance < 2))[:5].tolist()} "
+            "have only one."
+        )
+    seg_len = np.diff(grid)
+    seg_len[grid_instance[1:] != grid_instance[:-1]] = 0.0
+    return TraceGrid(
+        grid=grid,
+        grid_instance=grid_instance,
+        seg_len=seg_len,
+        start_idx=position[:n],
+        end_idx=position[n:],
+    )
+
+
+def count_active(trace_grid: TraceGrid, mask: np.ndarray | None = None) -> np.ndarray:
+    """Number of phases (optionally only those in ``mask``) active on each segment.
+
+    A difference array: +1 at a phase's first segment, -1 after its last.
+    """
+    start, end = trace_grid.start_idx, trace_grid.end_idx
+    if mask is not None:
+        start, end = start[mask], end[mask]
+    n_points = trace_grid.grid.shape[0]
+    delta = np.bincount(start, minlength=n_points) - np.bincount(
+        end, minlength=n_points
+    )
+    return np.cumsum(delta[:-1]).astype(np.float64)
+
+
+def prefill_pressure(
+    trace_grid: TraceGrid, is_prefill: np.ndarray, chunk_size: int
+) -> np.ndarray:
+    """Full-chunk prefill pressure ``p_pf_full[j] = C * #prefills active on j``."""
+    return chunk_size * count_active(trace_grid, is_prefill)
+
+
+def decode_pressure(trace_grid: TraceGrid, is_prefill: np.ndarray) -> np.ndarray:
+    """Decode pressure ``p_dec[j] = #decodes active on j`` (tokens per step)."""
+    return count_active(trace_grid, ~is_prefill)
+
+
+def cumulative(mass_per_segment: np.ndarray) -> np.ndarray:
+    """Prefix sums over grid points: ``out[k] = sum(mass[:k])``, ``out[0] = 0``."""
+    out = np.empty(mass_per_segment.shape[0] + 1)
+    out[0] = 0.0
+    np.cumsum(mass_per_segment, out=out[1:])
+    return out
+
+
+def phase_integrals(trace_grid: TraceGrid, mass_per_segment: np.ndarray) -> np.ndarray:
+    """Integral over each phase window of a signal, given its mass per segment.
+
+    ``mass_per_segment[j]`` is the signal's value on segment j times the
+    segment's length (for a rate) or simply the mass it holds there.
+    """
+    cum = cumulative(mass_per_segment)
+    return cum[trace_grid.end_idx] - cum[trace_grid.start_idx]
+
+
+@dataclass(frozen=True)
+class Timeline:
+    """A trace on its grid: everything the estimators integrate.
+
+    Per phase: ``is_prefill``, ``n_steps`` (N_i), ``duration`` (l_i) and
+    ``mu`` (missing prefill mass, 0 on decode rows). Per segment: the
+    full-chunk prefill pressure ``p_pf_full`` and the decode pressure
+    ``p_dec``.
+    """
+
+    trace_grid: TraceGrid
+    is_prefill: np.ndarray
+    n_steps: np.ndarray
+    duration: np.ndarray
+    mu: np.ndarray
+    chunk_size: int
+    p_pf_full: np.ndarray
+    p_dec: np.ndarray
+
+    @property
+    def n_phases(self) -> int:
+        return self.n_steps.shape[0]
+
+
+def build_timeline(
+    t_start: np.ndarray,
+    t_end: np.ndarray,
+    instance: np.ndarray | None,
+    is_prefill: np.ndarray,
+    n_steps: np.ndarray,
+    mu: np.ndarray,
+    chunk_size: int,
+) -> Timeline:
+    """Build the grid once and the two pressures on it."""
+    trace_grid = build_grid(t_start, t_end, instance)
+    return Timeline(
+        trace_grid=trace_grid,
+        is_prefill=is_prefill,
+        n_steps=n_steps,
+        duration=t_end - t_start,
+        mu=mu,
+        chunk_size=chunk_size,
+        p_pf_full=prefill_pressure(trace_grid, is_prefill, chunk_size),
+        p_dec=decode_pressure(trace_grid, is_prefill),
+    )

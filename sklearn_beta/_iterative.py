@@ -1,0 +1,485 @@
+"""The iterative estimator: step-density re-weighted, MM-style NNLS (METHOD.md 6)."""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from numbers import Integral, Real
+
+import numpy as np
+import pandas as pd
+from sklearn.exceptions import ConvergenceWarning
+from sklearn.utils._param_validation import Interval, StrOptions
+
+from ._base import BaseBetaRegressor
+from ._baseline import design_diagnostics
+from ._corrections import (
+    CORRECTION_MODES,
+    FIXED_CORRECTION_MODES,
+    beta_informed_correction_mass,
+    fixed_correction_mass,
+)
+from ._exposure import (
+    _COL,
+    EXPOSURE_COLUMNS,
+    baseline_exposures,
+    phase_step_density,
+    timeline_from_arrays,
+    timeline_from_exposures,
+)
+from ._grid import Timeline, phase_integrals
+from ._nnls import fit_statistics, nnls_fit
+from ._validation import PhaseColumns, check_chunk_size, check_phases
+
+MIN_STEP_TIME = 1e-12
+STOPPING_RULES = ("absolute", "relative")
+HISTORY_COLUMNS = ("iteration", "beta0", "beta1", "beta2", "step", "r2", "rmse_seconds")
+
+
+@dataclass(frozen=True)
+class IterativeResult:
+    """Betas of the iterative estimator, its convergence and history."""
+
+    beta0: float
+    beta1: float
+    beta2: float
+    converged: bool
+    n_outer_iters: int
+    diagnostics: dict = field(default_factory=dict)
+    history: pd.DataFrame = field(default_factory=pd.DataFrame)
+
+    @property
+    def beta(self) -> np.ndarray:
+        return np.array([self.beta0, self.beta1, self.beta2])
+
+
+def step_density(beta: np.ndarray, p_eff: np.ndarray, p_dec: np.ndarray) -> np.ndarray:
+    """Steps per second on each segment: ``1 / max(b0 + b1 p_eff + b2 p_dec, 1e-12)``.
+
+    This is ``step_density`` of METHOD.md 6.2.1, the inverse step time.
+    """
+    step_time = beta[0] + beta[1] * p_eff + beta[2] * p_dec
+    return 1.0 / np.maximum(step_time, MIN_STEP_TIME)
+
+
+def correction_rate(mass: np.ndarray, seg_len: np.ndarray) -> np.ndarray:
+    """Correction rate (tokens/s) from its mass per segment."""
+    return np.divide(mass, seg_len, out=np.zeros_like(mass), where=seg_len > 0)
+
+
+def effective_prefill_pressure(
+    p_pf_full: np.ndarray, correction_rate: np.ndarray, density: np.ndarray
+) -> np.ndarray:
+    """``p_eff = max(p_pf_full - c / max(lam, 1e-12), 0)`` in tokens per step."""
+    return np.maximum(
+        p_pf_full - correction_rate / np.maximum(density, MIN_STEP_TIME), 0.0
+    )
+
+
+def step_averaged_design(
+    timeline: Timeline, density: np.ndarray, p_eff: np.ndarray
+) -> np.ndarray:
+    """The design ``[N_i, N_i * pbar_pf_i, N_i * pbar_dec_i]`` (METHOD 6.2.4).
+
+    ``pbar`` are pressures averaged over the steps taken inside the phase,
+    ``int_i p * lam / int_i lam``, and 0 where the phase holds no steps.
+    """
+    tg = timeline.trace_grid
+    steps = density * tg.seg_len
+    total = phase_integrals(tg, steps)
+    safe = np.where(total > 0, total, 1.0)
+    pbar_pf = np.where(total > 0, phase_integrals(tg, p_eff * steps) / safe, 0.0)
+    pbar_dec = np.where(
+        total > 0, phase_integrals(tg, timeline.p_dec * steps) / safe, 0.0
+    )
+    n = timeline.n_steps
+    return np.column_stack([n, n * pbar_pf, n * pbar_dec])
+
+
+def correction_mass(
+    mode: str, timeline: Timeline, density: np.ndarray, fixed: np.ndarray | None
+) -> np.ndarray:
+    """The correction of this iteration: fixed, or placed by the step density."""
+    if mode != "beta_informed":
+        return fixed
+    return beta_informed_correction_mass(
+        timeline.trace_grid, density, timeline.is_prefill, timeline.n_steps, timeline.mu
+    )
+
+
+def reweighted_design(
+    timeline: Timeline,
+    beta: np.ndarray,
+    p_eff: np.ndarray,
+    mode: str,
+    fixed: np.ndarray | None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """One re-weighting pass: step density from ``beta`` and the previous
+    ``p_eff``, then the correction, the new ``p_eff`` and the design.
+
+    Returns the design and the new ``p_eff``. The lag is deliberate (METHOD 6):
+    the density of pass m uses ``p_eff`` of pass m-1.
+    """
+    density = step_density(beta, p_eff, timeline.p_dec)
+    mass = correction_mass(mode, timeline, density, fixed)
+    rate = correction_rate(mass, timeline.trace_grid.seg_len)
+    p_eff = effective_prefill_pressure(timeline.p_pf_full, rate, density)
+    return step_averaged_design(timeline, density, p_eff), p_eff
+
+
+def beta_change(
+    new: np.ndarray, old: np.ndarray, design: np.ndarray, rule: str
+) -> float:
+    """How far the betas moved in one iteration.
+
+    ``absolute`` is the reference's ``||beta_m - beta_m-1||_2``, in the
+    trace's time unit. ``relative`` measures each coefficient's move by its
+    contribution to the durations, ``|d beta_k| * ||X_k||``, against that
+    contribution itself (floored at 1e-9 of the whole prediction so that a
+    coefficient at zero does not divide by zero): free of time and token units.
+    """
+    if rule == "absolute":
+        return float(np.linalg.norm(new - old))
+    scale = np.linalg.norm(design, axis=0)
+    moved = np.abs(new - old) * scale
+    level = np.abs(new) * scale
+    floor = 1e-9 * max(level.sum(), np.finfo(float).tiny)
+    return float(np.max(moved / np.maximum(level, floor)))
+
+
+def iterate_betas(
+    timeline: Timeline,
+    beta_init: np.ndarray,
+    *,
+    correction_mode: str = "beta_informed",
+    max_iter: int = 25,
+    tol: float = 1e-6,
+    damping: float = 1.0,
+    stopping: str = "absolute",
+    sample_weight: np.ndarray | None = None,
+    callback: Callable[[dict], None] | None = None,
+) -> tuple[np.ndarray, bool, int, np.ndarray, list[dict]]:
+    """Run the fixed-point iteration of METHOD.md section 6.
+
+    Returns ``(beta, converged, n_iter, design, history)`` where ``design`` is
+    the last iteration's design and ``history`` one record per iteration,
+    iteration 0 being the initial betas. A record's r2 and rmse are those of
+    the iteration's undamped NNLS fit, as the reference reports them.
+    """
+    fixed = None
+    if correction_mode != "beta_informed":
+        fixed = fixed_correction_mass(
+            correction_mode, timeline.trace_grid, timeline.is_prefill, timeline.mu
+        )
+    beta = np.asarray(beta_init, dtype=np.float64)
+    p_eff = timeline.p_pf_full
+    duration = timeline.duration
+    history = [_record(0, beta, np.nan, np.nan, np.nan)]
+    converged, design, n_iter = False, None, 0
+    for n_iter in range(1, max_iter + 1):
+        design, p_eff = reweighted_design(timeline, beta, p_eff, correction_mode, fixed)
+        beta_fit = nnls_fit(design, duration, sample_weight)
+        new = (1.0 - damping) * beta + damping * beta_fit
+        step = beta_change(new, beta, design, stopping)
+        # The reference scores the undamped NNLS fit of the iteration.
+        r2, rmse = fit_statistics(duration, design @ beta_fit, sample_weight)
+        history.append(_record(n_iter, new, step, r2, rmse))
+        if callback is not None:
+            callback(history[-1])
+        beta = new
+        if step < tol:
+            converged = True
+            break
+    return beta, converged, n_iter, design, history
+
+
+def _record(iteration, beta, step, r2, rmse) -> dict:
+    return dict(
+        zip(HISTORY_COLUMNS, [iteration, *beta.tolist(), step, r2, rmse], strict=True)
+    )
+
+
+def estimate_betas_iterative(
+    phases: pd.DataFrame,
+    *,
+    chunk_size: int,
+    prefill_correction_mode: str = "beta_informed",
+    max_outer_iters: int = 25,
+    tol: float = 1e-6,
+    damping_eta: float = 1.0,
+    init_via_baseline_correction: str = "end",
+    min_duration_sec: float = 0.0,
+    stopping: str = "absolute",
+    request_id_col: str = "request_id",
+    phase_type_col: str = "phase_type",
+    t_start_col: str = "t_start",
+    t_end_col: str = "t_end",
+    prefill_tokens_col: str = "prefill_tokens",
+    decode_tokens_col: str = "decode_tokens",
+    n_steps_col: str | None = "N_steps",
+    instance_col: str | None = None,
+) -> IterativeResult:
+    """Estimate ``(beta0, beta1, beta2)`` with the iterative estimator.
+
+    Starts from the baseline estimate and alternates between the step density
+    the current betas imply and an NNLS fit on step-averaged pressures, until
+    the betas stop moving. With its defaults this reproduces the published
+    reference, including its absolute stopping rule.
+
+    Parameters
+    ----------
+    phases : DataFrame
+        One row per phase (see the README's trace schema).
+    chunk_size : int
+        Prefill chunk size ``C`` in tokens.
+    prefill_correction_mode : {"beta_informed", "end", "end_inside", "uniform", \
+"none"}, default="beta_informed"
+        Placement of the last prefill chunk's missing tokens.
+    max_outer_iters : int, default=25
+        Maximum number of re-weighting iterations.
+    tol : float, default=1e-6
+        Stopping threshold on the change of betas (see ``stopping``).
+    damping_eta : float in (0, 1], default=1.0
+        ``beta_m = (1 - eta) beta_m-1 + eta beta_fit``.
+    init_via_baseline_correction : {"end", "end_inside", "uniform", "none"}, \
+default="end"
+        Correction mode of the initialising baseline fit.
+    min_duration_sec : float, default=0.0
+        Duration floor of the initialising baseline's step density.
+    stopping : {"absolute", "relative"}, default="absolute"
+        ``"absolute"`` is the reference rule ``||d beta||_2 < tol`` (seconds);
+        ``"relative"`` is scale-free (see :func:`beta_change`).
+    request_id_col, phase_type_col, t_start_col, t_end_col, \
+prefill_tokens_col, decode_tokens_col, n_steps_col, instance_col : str
+        Column names, as in :func:`estimate_betas_baseline`.
+
+    Returns
+    -------
+    result : IterativeResult
+        Betas, ``converged``, ``n_outer_iters``, ``diagnostics`` of the last
+        design and ``history`` (one row per iteration, 0 = initial betas).
+    """
+    _check_iteration_params(
+        prefill_correction_mode,
+        init_via_baseline_correction,
+        max_outer_iters,
+        tol,
+        damping_eta,
+        stopping,
+    )
+    columns = PhaseColumns(
+        request_id_col,
+        phase_type_col,
+        t_start_col,
+        t_end_col,
+        prefill_tokens_col,
+        decode_tokens_col,
+        n_steps_col,
+        instance_col,
+    )
+    chunk_size = check_chunk_size(chunk_size)
+    arrays = check_phases(phases, columns)
+    timeline = timeline_from_arrays(arrays, chunk_size)
+    density = phase_step_density(timeline.n_steps, timeline.duration, min_duration_sec)
+    init_design = baseline_exposures(timeline, density, init_via_baseline_correction)
+    beta0 = nnls_fit(init_design, timeline.duration)
+    beta, converged, n_iter, design, history = iterate_betas(
+        timeline,
+        beta0,
+        correction_mode=prefill_correction_mode,
+        max_iter=max_outer_iters,
+        tol=tol,
+        damping=damping_eta,
+        stopping=stopping,
+    )
+    diagnostics = design_diagnostics(design, timeline.duration, beta)
+    diagnostics.update(r2=history[-1]["r2"], rmse_seconds=history[-1]["rmse_seconds"])
+    return IterativeResult(
+        *beta.tolist(),
+        converged=converged,
+        n_outer_iters=n_iter,
+        diagnostics=diagnostics,
+        history=pd.DataFrame(history, columns=list(HISTORY_COLUMNS)),
+    )
+
+
+def _check_iteration_params(mode, init_mode, max_iter, tol, damping, stopping):
+    if mode not in CORRECTION_MODES:
+        raise ValueError(
+            f"prefill_correction_mode must be one of {CORRECTION_MODES}, got {mode!r}."
+        )
+    if init_mode not in FIXED_CORRECTION_MODES:
+        raise ValueError(
+            "init_via_baseline_correction must be one of "
+            f"{FIXED_CORRECTION_MODES}, got {init_mode!r}."
+        )
+    if isinstance(max_iter, bool) or not isinstance(max_iter, Integral) or max_iter < 1:
+        raise ValueError(f"max_outer_iters must be an integer >= 1, got {max_iter!r}.")
+    if not isinstance(tol, Real) or not np.isfinite(tol) or tol <= 0:
+        raise ValueError(f"tol must be a positive number, got {tol!r}.")
+    if not isinstance(damping, Real) or not 0 < damping <= 1:
+        raise ValueError(f"damping_eta must be in (0, 1], got {damping!r}.")
+    if stopping not in STOPPING_RULES:
+        raise ValueError(f"stopping must be one of {STOPPING_RULES}, got {stopping!r}.")
+
+
+class IterativeBetaRegressor(BaseBetaRegressor):
+    """Step-density re-weighted NNLS: the iterative estimator.
+
+    Starting from the baseline betas, each iteration computes the step time
+    ``b0 + b1 p_eff + b2 p_dec`` on every grid segment, hence the step density
+    ``lam``; places each prefill's missing last-chunk tokens; averages the
+    pressures over the steps taken inside every phase; and refits the betas by
+    NNLS on ``[N_i, N_i pbar_pf_i, N_i pbar_dec_i]`` (METHOD.md section 6).
+
+    Parameters
+    ----------
+    correction_mode : {"beta_informed", "end", "end_inside", "uniform", "none"}, \
+default="beta_informed"
+        Placement of the last prefill chunk's missing tokens.
+    damping : float in (0, 1], default=1.0
+        Damping ``eta`` of the update ``beta = (1 - eta) beta + eta beta_fit``.
+    max_iter : int, default=25
+        Maximum number of re-weighting iterations.
+    tol : float, default=1e-6
+        Stopping threshold on the change of betas per iteration.
+    init_correction_mode : {"end", "end_inside", "uniform", "none"}, default="end"
+        Correction mode of the initialising baseline fit.
+    stopping : {"relative", "absolute"}, default="relative"
+        ``"relative"`` stops when every coefficient's contribution to the
+        predicted durations moves by less than ``tol`` of itself: free of the
+        time unit. ``"absolute"`` is the reference rule ``||d beta||_2 < tol``
+        in the trace's time unit; with it and the other defaults the fit
+        reproduces :func:`estimate_betas_iterative` exactly.
+
+    Attributes
+    ----------
+    beta_ : ndarray of shape (3,)
+        ``[beta0, beta1, beta2]`` (time unit per step, per prefill token, per
+        decode token).
+    coef_ : ndarray of shape (3,)
+        Same values as ``beta_``.
+    intercept_ : float
+        Always 0.0.
+    n_iter_ : int
+        Number of re-weighting iterations run.
+    converged_ : bool
+        Whether the stopping rule was met within ``max_iter``.
+    history_ : DataFrame
+        One row per iteration (0 = initialising baseline): betas, step, r2,
+        rmse_seconds.
+    diagnostics_ : dict
+        n_phases, r2, rmse_seconds and mean exposures of the last design.
+    n_features_in_ : int
+        Number of columns of the exposure table.
+    feature_names_in_ : ndarray of str
+        Column names of the exposure table, when it is a DataFrame.
+
+    See Also
+    --------
+    BaselineBetaRegressor : The non-iterative estimator.
+    estimate_betas_iterative : The functional, reference-compatible API.
+
+    References
+    ----------
+    The iterative estimator of the published trace-only calibration of
+    vLLM-style step times; see METHOD.md, section 6.
+
+    Examples
+    --------
+    >>> from sklearn.pipeline import make_pipeline
+    >>> from sklearn_beta import IterativeBetaRegressor, PhaseExposureTransformer
+    >>> from sklearn_beta.datasets import load_sample_trace
+    >>> phases = load_sample_trace()
+    >>> model = make_pipeline(PhaseExposureTransformer(chunk_size=64),
+    ...                       IterativeBetaRegressor()).fit(phases)
+    >>> bool(model[-1].converged_)
+    True
+    """
+
+    _min_columns = len(EXPOSURE_COLUMNS)
+
+    _parameter_constraints: dict = {
+        "correction_mode": [StrOptions(set(CORRECTION_MODES))],
+        "damping": [Interval(Real, 0, 1, closed="right")],
+        "max_iter": [Interval(Integral, 1, None, closed="left")],
+        "tol": [Interval(Real, 0, None, closed="neither")],
+        "init_correction_mode": [StrOptions(set(FIXED_CORRECTION_MODES))],
+        "stopping": [StrOptions(set(STOPPING_RULES))],
+    }
+
+    def __init__(
+        self,
+        correction_mode="beta_informed",
+        *,
+        damping=1.0,
+        max_iter=25,
+        tol=1e-6,
+        init_correction_mode="end",
+        stopping="relative",
+    ):
+        self.correction_mode = correction_mode
+        self.damping = damping
+        self.max_iter = max_iter
+        self.tol = tol
+        self.init_correction_mode = init_correction_mode
+        self.stopping = stopping
+
+    def _fit_table(self, table, duration, sample_weight):
+        timeline = _timeline_with_target(table, duration)
+        init_design = baseline_exposures(
+            timeline, table[:, _COL["step_density"]], self.init_correction_mode
+        )
+        beta_init = nnls_fit(init_design, duration, sample_weight)
+        beta, converged, n_iter, design, history = iterate_betas(
+            timeline,
+            beta_init,
+            correction_mode=self.correction_mode,
+            max_iter=self.max_iter,
+            tol=self.tol,
+            damping=self.damping,
+            stopping=self.stopping,
+            sample_weight=sample_weight,
+        )
+        if not converged:
+            warnings.warn(
+                f"IterativeBetaRegressor did not converge in max_iter={self.max_iter} "
+                f"iterations (last change {history[-1]['step']:.3g} >= tol="
+                f"{self.tol:g}); increase max_iter or damp with damping < 1.",
+                ConvergenceWarning,
+                stacklevel=3,
+            )
+        self.n_iter_ = n_iter
+        self.converged_ = converged
+        self.history_ = pd.DataFrame(history, columns=list(HISTORY_COLUMNS))
+        self.diagnostics_ = design_diagnostics(design, duration, beta, sample_weight)
+        return beta
+
+    def _predict_table(self, table):
+        timeline = timeline_from_exposures(table)
+        return self.predictive_design(timeline) @ self.beta_
+
+    def predictive_design(self, timeline: Timeline, n_passes: int = 3) -> np.ndarray:
+        """Design of a trace at the fitted betas, ``p_eff`` settled by a few passes."""
+        fixed = None
+        if self.correction_mode != "beta_informed":
+            fixed = fixed_correction_mass(
+                self.correction_mode,
+                timeline.trace_grid,
+                timeline.is_prefill,
+                timeline.mu,
+            )
+        p_eff = timeline.p_pf_full
+        for _ in range(n_passes):
+            design, p_eff = reweighted_design(
+                timeline, self.beta_, p_eff, self.correction_mode, fixed
+            )
+        return design
+
+
+def _timeline_with_target(table: np.ndarray, duration: np.ndarray) -> Timeline:
+    timeline = timeline_from_exposures(table)
+    if duration is timeline.duration:
+        return timeline
+    return replace(timeline, duration=duration)
