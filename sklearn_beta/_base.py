@@ -25,30 +25,26 @@ class BaseBetaRegressor(RegressorMixin, BaseEstimator):
 
     _min_columns = N_BETAS
 
-    def _check_table(self, X, *, reset: bool) -> np.ndarray:
-        table = validate_data(
-            self, X, reset=reset, dtype=np.float64, ensure_min_samples=1
-        )
+    def _check_table(self, X, y=None, *, reset: bool, need_y: bool = True):
+        """Validate the exposure table; return it with the target durations."""
+        if y is None:
+            table = validate_data(self, X, reset=reset, dtype=np.float64)
+        else:
+            table, y = validate_data(
+                self, X, y, reset=reset, dtype=np.float64, y_numeric=True
+            )
         if table.shape[1] < self._min_columns:
             raise ValueError(
                 f"{type(self).__name__} needs the exposure table of "
                 f"PhaseExposureTransformer, with at least {self._min_columns} "
-                f"columns {list(EXPOSURE_COLUMNS[: self._min_columns])}; "
-                f"got {table.shape[1]} column(s)."
+                f"columns {list(EXPOSURE_COLUMNS[: self._min_columns])}; got "
+                f"{table.shape[1]} feature(s)."
             )
-        return table
+        return table, self._durations(table, y) if need_y else None
 
     @staticmethod
     def _durations(table: np.ndarray, y) -> np.ndarray:
         if y is not None:
-            y = np.asarray(y, dtype=np.float64)
-            if y.ndim != 1 or y.shape[0] != table.shape[0]:
-                raise ValueError(
-                    f"y must be 1-D with one duration per phase ({table.shape[0]}), "
-                    f"got shape {y.shape}."
-                )
-            if not np.all(np.isfinite(y)):
-                raise ValueError("y has NaN or infinite durations.")
             return y
         if table.shape[1] <= _COL["duration"]:
             raise ValueError(
@@ -76,8 +72,7 @@ class BaseBetaRegressor(RegressorMixin, BaseEstimator):
         self : object
             Fitted estimator.
         """
-        table = self._check_table(X, reset=True)
-        duration = self._durations(table, y)
+        table, duration = self._check_table(X, y, reset=True)
         if sample_weight is not None:
             sample_weight = _check_sample_weight(
                 sample_weight, table, ensure_non_negative=True
@@ -102,7 +97,7 @@ class BaseBetaRegressor(RegressorMixin, BaseEstimator):
             Predicted durations, in the time unit of the trace.
         """
         check_is_fitted(self)
-        table = self._check_table(X, reset=False)
+        table, _ = self._check_table(X, reset=False, need_y=False)
         return self._predict_table(table)
 
     def score(self, X, y=None, sample_weight=None):
@@ -122,8 +117,7 @@ class BaseBetaRegressor(RegressorMixin, BaseEstimator):
         score : float
         """
         check_is_fitted(self)
-        table = self._check_table(X, reset=False)
-        duration = self._durations(table, y)
+        table, duration = self._check_table(X, y, reset=False)
         return r2_score(
             duration, self._predict_table(table), sample_weight=sample_weight
         )
@@ -131,4 +125,7 @@ class BaseBetaRegressor(RegressorMixin, BaseEstimator):
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
         tags.target_tags.required = False
+        # Three non-negative coefficients and no intercept: on arbitrary
+        # regression data the fit is poor by design.
+        tags.regressor_tags.poor_score = True
         return tags

@@ -87,22 +87,55 @@ def timeline_from_arrays(arrays: PhaseArrays, chunk_size: int) -> Timeline:
     )
 
 
+def _check_timeline_columns(table: np.ndarray) -> None:
+    """Reject a table that is not an exposure table of one trace."""
+
+    def fail(name, bad, what):
+        rows = np.flatnonzero(bad)[:5]
+        raise ValueError(
+            f"Exposure-table column {name!r} {what} (made by "
+            f"PhaseExposureTransformer?); {int(np.count_nonzero(bad))} offending "
+            f"row(s), first at positions {rows.tolist()}: "
+            f"{table[rows, _COL[name]].tolist()}."
+        )
+
+    chunk = table[:, _COL["chunk_size"]]
+    if np.any(chunk != chunk[0]) or chunk[0] < 1 or chunk[0] != np.round(chunk[0]):
+        fail(
+            "chunk_size",
+            chunk != chunk[0]
+            if np.any(chunk != chunk[0])
+            else np.ones_like(chunk, dtype=bool),
+            "must hold one positive integer",
+        )
+    for name in ("n_steps", "instance"):
+        col = table[:, _COL[name]]
+        bad = (col < 0) | (col != np.round(col))
+        if bad.any():
+            fail(name, bad, "must hold non-negative integers")
+    flag = table[:, _COL["is_prefill"]]
+    if np.any((flag != 0) & (flag != 1)):
+        fail("is_prefill", (flag != 0) & (flag != 1), "must hold 0 or 1")
+    bad = table[:, _COL["t_end"]] <= table[:, _COL["t_start"]]
+    if bad.any():
+        fail("t_end", bad, "must be greater than 't_start'")
+    mu = table[:, _COL["missing_prefill_mass"]]
+    bad = (mu < 0) | (mu > chunk[0])
+    if bad.any():
+        fail("missing_prefill_mass", bad, "must lie in [0, chunk_size]")
+
+
 def timeline_from_exposures(table: np.ndarray) -> Timeline:
     """Rebuild the :class:`Timeline` from an exposure table's columns."""
-    chunk = table[:, _COL["chunk_size"]]
-    if chunk.size and not np.all(chunk == chunk[0]):
-        raise ValueError(
-            "The exposure table mixes chunk sizes in column 'chunk_size': "
-            f"{np.unique(chunk)[:5].tolist()}; build it with one transformer."
-        )
+    _check_timeline_columns(table)
     return build_timeline(
         table[:, _COL["t_start"]],
         table[:, _COL["t_end"]],
         table[:, _COL["instance"]].astype(np.intp),
-        table[:, _COL["is_prefill"]] > 0.5,
+        table[:, _COL["is_prefill"]] == 1,
         table[:, _COL["n_steps"]],
         table[:, _COL["missing_prefill_mass"]],
-        int(chunk[0]) if chunk.size else 1,
+        int(table[0, _COL["chunk_size"]]),
     )
 
 
@@ -300,8 +333,7 @@ decode_tokens_col : str
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
-        tags.input_tags.two_d_array = False
-        tags.input_tags.dataframe = True
+        # The input is a phase table with named, partly non-numeric columns.
         tags.input_tags.string = True
-        tags.requires_fit = True
+        tags.input_tags.categorical = True
         return tags

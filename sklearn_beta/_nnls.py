@@ -16,8 +16,10 @@ def nnls_fit(
     tolerances are absolute. The solution of the scaled problem maps back
     exactly, so this changes conditioning, not the answer.
     """
-    design = np.asarray(design, dtype=np.float64)
-    target = np.asarray(target, dtype=np.float64)
+    # One memory layout, so that reductions round identically whether the
+    # design comes from a DataFrame or straight from the functional API.
+    design = np.ascontiguousarray(design, dtype=np.float64)
+    target = np.ascontiguousarray(target, dtype=np.float64)
     if sample_weight is not None:
         root_w = np.sqrt(np.asarray(sample_weight, dtype=np.float64))
         design = design * root_w[:, None]

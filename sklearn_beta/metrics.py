@@ -1,4 +1,4 @@
-"""Metrics: how close estimated betas are to the truth, and scorers for model selection."""
+"""Metrics: errors against known betas, and scorers for model selection."""
 
 # --- Coefficient and step-time errors against known betas (simulated traces) ---
 
