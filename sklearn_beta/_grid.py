@@ -62,7 +62,11 @@ def build_grid(
         instance = np.zeros(n, dtype=np.intp)
     times = np.concatenate([t_start, t_end])
     owner = np.concatenate([instance, instance])
-    order = np.lexsort((times, owner))
+    # A float argsort then a stable sort by instance is several times faster
+    # than lexsort on two keys; with one instance the second sort is skipped.
+    order = np.argsort(times)
+    if owner[0] != owner[-1] or np.any(owner != owner[0]):
+        order = order[np.argsort(owner[order], kind="stable")]
     sorted_t = times[order]
     sorted_owner = owner[order]
     is_new = np.empty(2 * n, dtype=bool)

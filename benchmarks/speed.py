@@ -1,0 +1,115 @@
+"""Speed and memory of the estimators from 1e3 to 1e6 phases.
+
+Usage::
+
+    python benchmarks/speed.py                      # full table, 1e3..1e6 phases
+    python benchmarks/speed.py --sizes 1000 100000  # selected sizes
+    python benchmarks/speed.py --save benchmarks/speed_baseline.json
+    python benchmarks/speed.py --compare benchmarks/speed_baseline.json
+
+Each case runs in a fresh process: once timed, once under ``tracemalloc`` for
+the peak memory the fit allocates (the trace itself excluded). The iterative
+estimator runs with its scikit-learn defaults and the table says how many
+iterations that took, since its cost is linear in them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+ESTIMATORS = ("baseline", "iterative", "pipeline-iterative")
+
+_CASE = r"""
+import json, sys, time, tracemalloc, warnings
+sys.path.insert(0, {here!r})
+from _traces import synthetic_trace
+from sklearn.pipeline import make_pipeline
+from sklearn_beta import (estimate_betas_baseline, estimate_betas_iterative,
+    IterativeBetaRegressor, PhaseExposureTransformer)
+warnings.simplefilter("ignore")
+phases = synthetic_trace({n}, chunk_size={chunk})
+
+def run():
+    if {est!r} == "baseline":
+        estimate_betas_baseline(phases, chunk_size={chunk})
+        return 0
+    if {est!r} == "iterative":
+        r = estimate_betas_iterative(phases, chunk_size={chunk}, stopping="relative")
+        return r.n_outer_iters
+    model = make_pipeline(PhaseExposureTransformer(chunk_size={chunk}),
+                          IterativeBetaRegressor()).fit(phases)
+    return model[-1].n_iter_
+
+start = time.perf_counter()
+n_iter = run()
+seconds = time.perf_counter() - start
+tracemalloc.start()
+run()
+peak = tracemalloc.get_traced_memory()[1] / 2**20
+print(json.dumps(dict(phases={n}, estimator={est!r}, iterations=n_iter,
+                      seconds=seconds, peak_mb=peak)))
+"""
+
+
+def run_case(n: int, estimator: str, chunk: int) -> dict:
+    code = _CASE.format(here=str(HERE), n=n, est=estimator, chunk=chunk)
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    )
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def format_table(rows: list[dict], reference: dict | None = None) -> str:
+    header = (
+        f"{'phases':>9} {'estimator':<19} {'iters':>5} {'seconds':>9} {'peak MB':>9}"
+    )
+    if reference:
+        header += f" {'vs saved':>9}"
+    lines = [header, "-" * len(header)]
+    for row in rows:
+        line = (
+            f"{row['phases']:>9} {row['estimator']:<19} {row['iterations']:>5} "
+            f"{row['seconds']:>9.3f} {row['peak_mb']:>9.1f}"
+        )
+        if reference:
+            old = reference.get((row["phases"], row["estimator"]))
+            line += (
+                f" {row['seconds'] / old['seconds']:>8.2f}x" if old else f" {'-':>9}"
+            )
+        lines.append(line)
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--sizes", type=int, nargs="+", default=[1_000, 10_000, 100_000, 1_000_000]
+    )
+    parser.add_argument("--estimators", nargs="+", default=list(ESTIMATORS))
+    parser.add_argument("--chunk-size", type=int, default=256)
+    parser.add_argument("--save", type=Path, help="write the results as JSON")
+    parser.add_argument("--compare", type=Path, help="JSON saved by an earlier --save")
+    args = parser.parse_args(argv)
+
+    rows = []
+    for n in args.sizes:
+        for est in args.estimators:
+            rows.append(run_case(n, est, args.chunk_size))
+            print(format_table(rows[-1:]).splitlines()[-1], file=sys.stderr)
+    reference = None
+    if args.compare:
+        saved = json.loads(args.compare.read_text())
+        reference = {(r["phases"], r["estimator"]): r for r in saved}
+    print(format_table(rows, reference))
+    if args.save:
+        args.save.write_text(json.dumps(rows, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

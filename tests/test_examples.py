@@ -1,0 +1,56 @@
+"""The example scripts run and print the published numbers."""
+
+from __future__ import annotations
+
+import runpy
+import subprocess
+import sys
+
+import pytest
+from conftest import REPO, shared_path
+
+sys.path.insert(0, str(REPO / "examples"))
+import run  # noqa: E402
+
+
+def test_run_prints_published_smoke_numbers(capsys):
+    csv = shared_path("data", "smoke.csv")
+    assert run.main(["--csv", str(csv), "--algo", "iterative"]) == 0
+    out = capsys.readouterr().out
+    assert "beta1 = 0.0163045299 s/prefill token" in out
+    assert "beta2 = 0.566230031 s/decode token" in out
+    assert "converged: True after 7 iterations" in out
+    assert "beta history (last rows):" in out
+
+
+def test_run_baseline_uniform_matches_method_md(capsys):
+    csv = shared_path("data", "smoke.csv")
+    assert run.main(["--csv", str(csv), "--correction-mode", "uniform"]) == 0
+    out = capsys.readouterr().out
+    assert "beta1 = 0.0143379595 s/prefill token" in out
+    assert "beta2 = 0.515228807 s/decode token" in out
+    assert "r2: 0.85176294" in out
+
+
+def test_run_reports_bad_input_in_one_line(tmp_path, capsys):
+    bad = tmp_path / "bad.csv"
+    bad.write_text("request_id,phase_type,t_start,t_end\nA,prefill,0,1\n")
+    assert run.main(["--csv", str(bad)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: The phase table is missing column(s)")
+
+
+def test_run_default_trace_as_a_script():
+    out = subprocess.run(
+        [sys.executable, str(REPO / "examples" / "run.py"), "--algo", "iterative"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    assert "converged: True" in out
+
+
+@pytest.mark.parametrize("name", ["smoke_baseline.py", "smoke_iterative.py"])
+def test_smoke_examples_run(name, capsys):
+    runpy.run_path(str(REPO / "examples" / name), run_name="__main__")
+    assert "beta (s/step, s/prefill token, s/decode token):" in capsys.readouterr().out
