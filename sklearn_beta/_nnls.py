@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+from scipy.linalg import solve_triangular
 from scipy.optimize import nnls
 
 
@@ -24,14 +25,46 @@ def nnls_fit(
         root_w = np.sqrt(np.asarray(sample_weight, dtype=np.float64))
         design = design * root_w[:, None]
         target = target * root_w
-    scale = np.linalg.norm(design, axis=0)
+    scale = np.sqrt(np.einsum("ij,ij->j", design, design))
     usable = scale > 0
     beta = np.zeros(design.shape[1])
     if not usable.any():
         return beta
-    solution, _ = nnls(design[:, usable] / scale[usable], target)
+    scaled = design[:, usable] / scale[usable]
+    reduced = _tall_reduction(scaled, target)
+    if reduced is None:
+        solution, _ = nnls(scaled, target)
+    else:
+        solution, _ = nnls(*reduced)
     beta[usable] = solution / scale[usable]
     return beta
+
+
+def _tall_reduction(design: np.ndarray, target: np.ndarray):
+    """``(R, Q'b)`` with ``design = QR``, by CholeskyQR2, or None.
+
+    ``||A x - b||^2 = ||R x - Q'b||^2 + const``, so the active-set solver can
+    work on a k-by-k system instead of n-by-k: one pass over the data instead
+    of many. Two Cholesky passes make Q orthogonal to working precision while
+    the (column-scaled) condition number stays below ~1e7; beyond that, or for
+    short or rank-deficient designs, the caller solves the full problem.
+    """
+    n, k = design.shape
+    if n <= 16 * k:
+        return None
+    try:
+        r1 = np.linalg.cholesky(design.T @ design).T
+        # k is tiny: multiplying by the explicit inverse of R1 is one fast
+        # n-by-k matmul, and CholeskyQR's second pass absorbs its rounding.
+        q1 = design @ np.linalg.inv(r1)
+        r2 = np.linalg.cholesky(q1.T @ q1).T
+    except np.linalg.LinAlgError:
+        return None
+    r = r2 @ r1
+    if np.linalg.cond(r) > 1e7:
+        return None
+    qtb = solve_triangular(r2, q1.T @ target, trans="T", lower=False)
+    return r, qtb
 
 
 def fit_statistics(
