@@ -132,9 +132,13 @@ def beta_informed_correction_mass(
     )
     first_steps = step_density[seg] * (trace_grid.grid[seg + 1] - t_star)
     window_steps = first_steps + (cum_steps[end] - cum_steps[seg + 1])
-    per_step = mass_r / window_steps
+    # Rounding can leave a window of no steps when L/N vanishes next to the
+    # cumulative sum; its mass then goes to the last segment of the prefill.
+    empty = ~(window_steps > 0)
+    per_step = np.divide(mass_r, window_steps, out=np.zeros_like(mass_r), where=~empty)
 
     first = np.bincount(seg, weights=per_step * first_steps, minlength=n_seg)
+    first += np.bincount(end[empty] - 1, weights=mass_r[empty], minlength=n_seg)
     n_points = n_seg + 1
     delta = np.bincount(seg + 1, weights=per_step, minlength=n_points) - np.bincount(
         end, weights=per_step, minlength=n_points
