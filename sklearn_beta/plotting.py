@@ -1,0 +1,312 @@
+"""Diagnostic figures of a fit: can these betas be trusted?
+
+Four figures, each a function returning a matplotlib ``Figure``:
+
+* :func:`plot_observed_vs_predicted`: phase durations, observed against
+  predicted, one panel per phase type;
+* :func:`plot_residuals`: residuals against the phase's start time;
+* :func:`plot_pressures`: the reconstructed prefill and decode pressures on
+  the trace grid and the step density the fitted betas imply;
+* :func:`plot_beta_history`: the betas along the iterative fit.
+
+:func:`save_fit_plots` writes all four as PNGs. matplotlib is an optional
+dependency (``pip install 'sklearn-beta[plot]'``), imported only here, when a
+figure is drawn. Figures are built on :class:`matplotlib.figure.Figure`
+directly, so no pyplot state or interactive backend is involved.
+"""
+
+from __future__ import annotations
+
+from os import PathLike
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+__all__ = [
+    "plot_beta_history",
+    "plot_observed_vs_predicted",
+    "plot_pressures",
+    "plot_residuals",
+    "save_fit_plots",
+]
+
+_PHASE_COLORS = {"prefill": "tab:orange", "decode": "tab:blue"}
+_MAX_INSTANCES = 4
+
+
+def _figure(**kwargs):
+    try:
+        from matplotlib.figure import Figure
+    except ImportError as exc:
+        raise ImportError(
+            "Plotting needs matplotlib: pip install 'sklearn-beta[plot]'."
+        ) from exc
+    return Figure(**kwargs)
+
+
+def _r2(observed, predicted) -> float:
+    ss_tot = np.sum((observed - observed.mean()) ** 2)
+    if observed.size < 2 or ss_tot == 0:
+        return float("nan")
+    return float(1 - np.sum((observed - predicted) ** 2) / ss_tot)
+
+
+def plot_observed_vs_predicted(observed, predicted, is_prefill):
+    """Observed against predicted phase durations, per phase type.
+
+    Parameters
+    ----------
+    observed, predicted : array-like of shape (n_phases,)
+        Phase durations in seconds.
+    is_prefill : array-like of bool of shape (n_phases,)
+        Phase type of each phase.
+
+    Returns
+    -------
+    fig : matplotlib.figure.Figure
+    """
+    observed = np.asarray(observed, dtype=float)
+    predicted = np.asarray(predicted, dtype=float)
+    is_prefill = np.asarray(is_prefill, dtype=bool)
+    fig = _figure(figsize=(9, 4.2), layout="constrained")
+    axes = fig.subplots(1, 2)
+    for ax, (name, mask) in zip(
+        axes, (("prefill", is_prefill), ("decode", ~is_prefill)), strict=True
+    ):
+        obs, pred = observed[mask] * 1e3, predicted[mask] * 1e3
+        ax.set_title(f"{name}: {mask.sum()} phases, R² {_r2(obs, pred):.4f}")
+        ax.set_xlabel("predicted duration (ms)")
+        ax.set_ylabel("observed duration (ms)")
+        if obs.size == 0:
+            continue
+        low = min(obs.min(), pred.min())
+        high = max(obs.max(), pred.max())
+        ax.plot([low, high], [low, high], color="0.5", lw=1, ls="--", label="y = x")
+        ax.scatter(pred, obs, s=14, alpha=0.7, color=_PHASE_COLORS[name])
+        if low > 0 and high / low > 50:
+            ax.set_xscale("log")
+            ax.set_yscale("log")
+        ax.legend(loc="upper left")
+    fig.suptitle("Phase durations: observed vs predicted")
+    return fig
+
+
+def plot_residuals(
+    t_start, observed, predicted, is_prefill, instance=None, instance_names=None
+):
+    """Residuals (observed - predicted) against the phase's start time.
+
+    Parameters
+    ----------
+    t_start : array-like of shape (n_phases,)
+        Phase start, seconds since its instance's first phase.
+    observed, predicted : array-like of shape (n_phases,)
+        Phase durations in seconds.
+    is_prefill : array-like of bool of shape (n_phases,)
+    instance : array-like of shape (n_phases,) or None, default=None
+        Instance code of each phase; instances get different markers.
+    instance_names : list or None, default=None
+        Display names of the instance codes, for the legend.
+
+    Returns
+    -------
+    fig : matplotlib.figure.Figure
+    """
+    t_start = np.asarray(t_start, dtype=float)
+    residual = (np.asarray(observed, float) - np.asarray(predicted, float)) * 1e3
+    is_prefill = np.asarray(is_prefill, dtype=bool)
+    instance = (
+        np.zeros(t_start.shape, dtype=int) if instance is None else np.asarray(instance)
+    )
+    markers = "os^Dvp*h"
+    fig = _figure(figsize=(9, 4), layout="constrained")
+    ax = fig.subplots()
+    ax.axhline(0.0, color="0.5", lw=1)
+    codes = np.unique(instance)
+    for name, mask in (("prefill", is_prefill), ("decode", ~is_prefill)):
+        for k, code in enumerate(codes):
+            sel = mask & (instance == code)
+            ax.scatter(
+                t_start[sel],
+                residual[sel],
+                s=14,
+                alpha=0.7,
+                marker=markers[k % len(markers)],
+                color=_PHASE_COLORS[name],
+            )
+    for name, color in _PHASE_COLORS.items():
+        ax.scatter([], [], s=14, color=color, label=name)
+    if codes.size > 1:
+        for k, code in enumerate(codes):
+            label = instance_names[code] if instance_names is not None else code
+            ax.scatter(
+                [],
+                [],
+                s=14,
+                marker=markers[k % len(markers)],
+                color="0.4",
+                label=f"instance {label}",
+            )
+    ax.set_xlabel("phase start (s since the instance's first phase)")
+    ax.set_ylabel("observed - predicted (ms)")
+    rmse = float(np.sqrt(np.mean(residual**2))) if residual.size else float("nan")
+    ax.set_title(f"Residuals over time (RMSE {rmse:.3g} ms)")
+    ax.legend(loc="best", fontsize="small")
+    return fig
+
+
+def plot_pressures(profile, instance_names=None, max_instances: int = _MAX_INSTANCES):
+    """Prefill and decode pressures on the grid, with the inferred step density.
+
+    One column per instance (the first ``max_instances``); rows: prefill
+    pressure (full chunks and after the partial-chunk correction), decode
+    pressure, and the step density ``1 / (b0 + b1 p_eff + b2 p_dec)``.
+
+    Parameters
+    ----------
+    profile : PressureProfile
+        From :func:`sklearn_beta._trace_fit.fit_trace` (``fit.profile``).
+    instance_names : list or None, default=None
+        Display names of the instance codes.
+    max_instances : int, default=4
+        Instances drawn at most.
+
+    Returns
+    -------
+    fig : matplotlib.figure.Figure
+    """
+    codes = np.unique(profile.grid_instance)
+    shown = codes[:max_instances]
+    fig = _figure(figsize=(4.2 * len(shown) + 1, 7.5), layout="constrained")
+    axes = fig.subplots(3, len(shown), sharex="col", squeeze=False)
+    for col, code in enumerate(shown):
+        points = np.flatnonzero(profile.grid_instance == code)
+        first, last = points[0], points[-1]
+        edges = profile.grid[first : last + 1]
+        seg = slice(first, last)
+        top, mid, bottom = axes[:, col]
+        # baseline=None: no vertical drop to 0 at the instance's first/last time.
+        top.stairs(
+            profile.p_pf_full[seg],
+            edges,
+            color="0.6",
+            label="full chunks",
+            baseline=None,
+        )
+        top.stairs(
+            profile.p_eff[seg],
+            edges,
+            color=_PHASE_COLORS["prefill"],
+            label="effective",
+            baseline=None,
+        )
+        mid.stairs(
+            profile.p_dec[seg], edges, color=_PHASE_COLORS["decode"], baseline=None
+        )
+        bottom.stairs(
+            profile.step_density[seg], edges, color="tab:green", baseline=None
+        )
+        for ax, values in (
+            (top, profile.p_pf_full[seg]),
+            (mid, profile.p_dec[seg]),
+            (bottom, profile.step_density[seg]),
+        ):
+            # Headroom above the highest value keeps the legend off the data.
+            ax.set_ylim(0, 1.3 * max(float(values.max(initial=0.0)), 1e-12))
+        name = instance_names[code] if instance_names is not None else code
+        top.set_title(f"instance {name}")
+        bottom.set_xlabel("time (s since the instance's first phase)")
+        if col == 0:
+            top.set_ylabel("prefill tokens / step")
+            mid.set_ylabel("decode tokens / step")
+            bottom.set_ylabel("steps / s")
+            top.legend(loc="upper right", fontsize="small", ncols=2)
+    title = "Reconstructed pressures and the step density of the fitted betas"
+    if codes.size > shown.size:
+        title += f" (first {shown.size} of {codes.size} instances)"
+    fig.suptitle(title)
+    return fig
+
+
+def plot_beta_history(history: pd.DataFrame, tol: float | None = None):
+    """The betas along the iterative fit (iteration 0 is the baseline start).
+
+    Parameters
+    ----------
+    history : DataFrame
+        Columns ``iteration, beta0, beta1, beta2, step`` (an
+        ``IterativeBetaRegressor.history_`` or ``fit.history``).
+    tol : float or None, default=None
+        Stopping threshold, drawn on the panel of changes.
+
+    Returns
+    -------
+    fig : matplotlib.figure.Figure
+    """
+    fig = _figure(figsize=(9, 6), layout="constrained")
+    axes = fig.subplots(2, 2, sharex=True).ravel()
+    it = history["iteration"].to_numpy()
+    labels = {
+        "beta0": ("beta0 (ms / step)", 1e3),
+        "beta1": ("beta1 (µs / prefill token)", 1e6),
+        "beta2": ("beta2 (µs / decode token)", 1e6),
+    }
+    for ax, (column, (label, scale)) in zip(axes, labels.items(), strict=False):
+        ax.plot(it, history[column].to_numpy() * scale, marker="o", ms=3)
+        ax.set_ylabel(label)
+        ax.ticklabel_format(axis="y", useOffset=False)
+    step = history["step"].to_numpy(dtype=float)
+    valid = np.isfinite(step) & (step > 0)
+    axes[3].semilogy(it[valid], step[valid], marker="o", ms=3, color="tab:red")
+    if tol is not None:
+        axes[3].axhline(tol, color="0.4", ls="--", lw=1, label=f"tol {tol:g}")
+        axes[3].legend(loc="upper right")
+    axes[3].set_ylabel("change of betas per iteration")
+    for ax in axes[2:]:
+        ax.set_xlabel("iteration")
+    fig.suptitle("Betas along the fit (iteration 0 = initialising baseline)")
+    return fig
+
+
+def save_fit_plots(fit, directory: str | PathLike) -> list[Path]:
+    """Write the four diagnostic figures of a fit as PNGs.
+
+    Parameters
+    ----------
+    fit : TraceFit
+        From :func:`sklearn_beta._trace_fit.fit_trace`.
+    directory : str or path-like
+        Created when missing.
+
+    Returns
+    -------
+    paths : list of Path
+        ``observed_vs_predicted.png``, ``residuals.png``, ``pressures.png``
+        and ``beta_history.png`` in ``directory``.
+    """
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    figures = {
+        "observed_vs_predicted.png": plot_observed_vs_predicted(
+            fit.observed, fit.predicted, fit.is_prefill
+        ),
+        "residuals.png": plot_residuals(
+            fit.t_start,
+            fit.observed,
+            fit.predicted,
+            fit.is_prefill,
+            fit.instance,
+            fit.instance_names,
+        ),
+        "pressures.png": plot_pressures(fit.profile, fit.instance_names),
+        "beta_history.png": plot_beta_history(
+            fit.history, fit.tol if fit.algo == "iterative" else None
+        ),
+    }
+    paths = []
+    for name, fig in figures.items():
+        path = directory / name
+        fig.savefig(path, dpi=110)
+        paths.append(path)
+    return paths
