@@ -372,7 +372,7 @@ def format_table(report: dict) -> str:
 
 def format_blis(report: dict) -> str:
     """The BLIS coefficient block (YAML), with the fit's provenance as comments."""
-    coeffs = ", ".join(f"{c:.6g}" for c in report["blis"]["beta_coeffs"])
+    coeffs = ", ".join(f"{c:.8g}" for c in report["blis"]["beta_coeffs"])
     diag = report["diagnostics"]
     return "\n".join(
         [

@@ -245,6 +245,8 @@ def plot_beta_history(history: pd.DataFrame, tol: float | None = None):
     fig : matplotlib.figure.Figure
     """
     fig = _figure(figsize=(9, 6), layout="constrained")
+    from matplotlib.ticker import MaxNLocator
+
     axes = fig.subplots(2, 2, sharex=True).ravel()
     it = history["iteration"].to_numpy()
     labels = {
@@ -258,7 +260,22 @@ def plot_beta_history(history: pd.DataFrame, tol: float | None = None):
         ax.ticklabel_format(axis="y", useOffset=False)
     step = history["step"].to_numpy(dtype=float)
     valid = np.isfinite(step) & (step > 0)
-    axes[3].semilogy(it[valid], step[valid], marker="o", ms=3, color="tab:red")
+    if valid.any():
+        axes[3].semilogy(it[valid], step[valid], marker="o", ms=3, color="tab:red")
+    else:
+        axes[3].text(
+            0.5,
+            0.5,
+            "no iterations\n(baseline: one NNLS solve)",
+            ha="center",
+            va="center",
+            transform=axes[3].transAxes,
+            color="0.4",
+        )
+        axes[3].set_yticks([])
+    for ax in axes:
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    axes[3].set_xlim(-0.5, max(it.max(initial=0), 1) + 0.5)
     if tol is not None:
         axes[3].axhline(tol, color="0.4", ls="--", lw=1, label=f"tol {tol:g}")
         axes[3].legend(loc="upper right")
