@@ -173,3 +173,12 @@ def test_subprocess_entry_point(tmp_path):
     assert ok.returncode == 0, ok.stderr
     assert ok.stderr == ""  # not a terminal: no progress
     assert json.loads(ok.stdout)["chunk_size"] == 256
+
+
+def test_console_script_is_declared():
+    import importlib
+    import tomllib
+
+    scripts = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["scripts"]
+    module, _, func = scripts["sklearn-beta"].partition(":")
+    assert getattr(importlib.import_module(module), func) is main
