@@ -229,7 +229,9 @@ def plot_pressures(profile, instance_names=None, max_instances: int = _MAX_INSTA
     return fig
 
 
-def plot_beta_history(history: pd.DataFrame, tol: float | None = None):
+def plot_beta_history(
+    history: pd.DataFrame, tol: float | None = None, stopping: str | None = None
+):
     """The betas along the iterative fit (iteration 0 is the baseline start).
 
     Parameters
@@ -239,6 +241,8 @@ def plot_beta_history(history: pd.DataFrame, tol: float | None = None):
         ``IterativeBetaRegressor.history_`` or ``fit.history``).
     tol : float or None, default=None
         Stopping threshold, drawn on the panel of changes.
+    stopping : {"absolute", "relative"} or None, default=None
+        Stopping rule the changes were measured with, for the axis label.
 
     Returns
     -------
@@ -279,7 +283,8 @@ def plot_beta_history(history: pd.DataFrame, tol: float | None = None):
     if tol is not None:
         axes[3].axhline(tol, color="0.4", ls="--", lw=1, label=f"tol {tol:g}")
         axes[3].legend(loc="upper right")
-    axes[3].set_ylabel("change of betas per iteration")
+    unit = {"absolute": " (||Δβ||₂, s)", "relative": " (relative)"}.get(stopping, "")
+    axes[3].set_ylabel(f"change of betas{unit}")
     for ax in axes[2:]:
         ax.set_xlabel("iteration")
     fig.suptitle("Betas along the fit (iteration 0 = initialising baseline)")
@@ -318,7 +323,9 @@ def save_fit_plots(fit, directory: str | PathLike) -> list[Path]:
         ),
         "pressures.png": plot_pressures(fit.profile, fit.instance_names),
         "beta_history.png": plot_beta_history(
-            fit.history, fit.tol if fit.algo == "iterative" else None
+            fit.history,
+            fit.tol if fit.algo == "iterative" else None,
+            fit.stopping if fit.algo == "iterative" else None,
         ),
     }
     paths = []
