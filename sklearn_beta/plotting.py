@@ -291,7 +291,7 @@ def plot_beta_history(
     return fig
 
 
-def save_fit_plots(fit, directory: str | PathLike) -> list[Path]:
+def save_fit_plots(fit, directory: str | PathLike, *, dpi: int = 110) -> list[Path]:
     """Write the four diagnostic figures of a fit as PNGs.
 
     Parameters
@@ -300,6 +300,8 @@ def save_fit_plots(fit, directory: str | PathLike) -> list[Path]:
         From :func:`sklearn_beta._trace_fit.fit_trace`.
     directory : str or path-like
         Created when missing.
+    dpi : int, default=110
+        Resolution of the PNGs.
 
     Returns
     -------
@@ -331,6 +333,6 @@ def save_fit_plots(fit, directory: str | PathLike) -> list[Path]:
     paths = []
     for name, fig in figures.items():
         path = directory / name
-        fig.savefig(path, dpi=110)
+        fig.savefig(path, dpi=dpi)
         paths.append(path)
     return paths
