@@ -204,7 +204,7 @@ def write_bench(rng):
         "generated_texts": ["" for _ in arrival],
         "errors": ["" for _ in arrival],
     }
-    (HERE / "bench" / "results.json").write_text(json.dumps(result, indent=1) + "\n")
+    (HERE / "bench" / "results.json").write_text(json.dumps(result) + "\n")
 
 
 if __name__ == "__main__":
