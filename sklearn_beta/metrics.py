@@ -1,6 +1,128 @@
 """Metrics: errors against known betas, and scorers for model selection."""
 
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
 # --- Coefficient and step-time errors against known betas (simulated traces) ---
+
+
+def _as_beta(beta, name: str) -> np.ndarray:
+    values = np.asarray(beta, dtype=float)
+    if values.shape[-1:] != (3,) or not np.all(np.isfinite(values)):
+        raise ValueError(
+            f"{name} must hold finite (beta0, beta1, beta2) triples in its last "
+            f"axis, got shape {values.shape}."
+        )
+    return values
+
+
+def coefficient_errors(beta_true, beta_est) -> np.ndarray:
+    """Signed relative error of each estimated coefficient.
+
+    ``(beta_est - beta_true) / beta_true`` per coefficient: 0.05 means 5 % too
+    high. Where a true coefficient is 0 a relative error is undefined: it is
+    0 when the estimate is 0 as well and ``+inf`` (``-inf``) when the
+    estimate is positive (negative), so a spurious cost is never hidden.
+
+    Parameters
+    ----------
+    beta_true : array-like of shape (3,)
+        True ``(beta0, beta1, beta2)``.
+    beta_est : array-like of shape (3,) or (n_estimates, 3)
+        Estimated betas; several estimates may be stacked in rows.
+
+    Returns
+    -------
+    errors : ndarray of shape (3,) or (n_estimates, 3)
+        Signed relative errors, in the order ``beta0, beta1, beta2``.
+
+    Examples
+    --------
+    >>> from sklearn_beta.metrics import coefficient_errors
+    >>> coefficient_errors([5e-3, 2e-5, 8e-5], [4e-3, 2e-5, 1e-4]).round(6)
+    array([-0.2 ,  0.  ,  0.25])
+    """
+    beta_true = _as_beta(beta_true, "beta_true")
+    beta_est = _as_beta(beta_est, "beta_est")
+    if beta_true.ndim != 1:
+        raise ValueError(f"beta_true must have shape (3,), got {beta_true.shape}.")
+    diff = beta_est - beta_true
+    zero = beta_true == 0
+    with np.errstate(divide="ignore", invalid="ignore"):
+        errors = diff / np.where(zero, 1.0, beta_true)
+    return np.where(zero, np.where(diff == 0, 0.0, np.copysign(np.inf, diff)), errors)
+
+
+def step_time_error(beta_true, beta_est, steps) -> float:
+    """Mean relative error of the step times predicted by estimated betas.
+
+    Over the true steps of a simulated trace, the mean of
+    ``|dt_est - dt_true| / dt_true`` with ``dt = beta0 + beta1 * T_pf +
+    beta2 * T_dec``, both computed from the step's token counts without
+    noise: it measures the coefficients, not the simulator's noise. It is
+    the error a simulator calibrated with ``beta_est`` makes on each step.
+
+    Parameters
+    ----------
+    beta_true : array-like of shape (3,)
+        True ``(beta0, beta1, beta2)``.
+    beta_est : array-like of shape (3,)
+        Estimated betas.
+    steps : DataFrame or array-like of shape (n_steps, 2)
+        The step table of :func:`~sklearn_beta.datasets.simulate_trace`
+        (columns ``prefill_tokens`` and ``decode_tokens`` are used), or the
+        two token counts ``(T_pf, T_dec)`` per row.
+
+    Returns
+    -------
+    error : float
+        Mean relative step-time error (0.01 means 1 %).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from sklearn_beta.metrics import step_time_error
+    >>> tokens = np.array([[64, 0], [0, 10]])
+    >>> round(step_time_error([1e-3, 1e-5, 1e-4], [1e-3, 1e-5, 2e-4], tokens), 6)
+    0.25
+    """
+    beta_true = _as_beta(beta_true, "beta_true")
+    beta_est = _as_beta(beta_est, "beta_est")
+    if beta_true.ndim != 1 or beta_est.ndim != 1:
+        raise ValueError("beta_true and beta_est must each have shape (3,).")
+    tokens = _step_tokens(steps)
+    design = np.column_stack((np.ones(tokens.shape[0]), tokens))
+    dt_true = design @ beta_true
+    if np.any(dt_true <= 0):
+        bad = np.flatnonzero(dt_true <= 0)[:5]
+        raise ValueError(
+            f"beta_true gives non-positive step times on steps {bad.tolist()}: "
+            "relative errors are undefined there."
+        )
+    return float(np.mean(np.abs(design @ beta_est - dt_true) / dt_true))
+
+
+def _step_tokens(steps) -> np.ndarray:
+    if isinstance(steps, pd.DataFrame):
+        missing = {"prefill_tokens", "decode_tokens"} - set(steps.columns)
+        if missing:
+            raise ValueError(
+                f"steps lacks column(s) {sorted(missing)}; expected the step table "
+                "of simulate_trace(..., return_steps=True)."
+            )
+        tokens = steps[["prefill_tokens", "decode_tokens"]].to_numpy(dtype=float)
+    else:
+        tokens = np.asarray(steps, dtype=float)
+    if tokens.ndim != 2 or tokens.shape[1] != 2 or tokens.shape[0] == 0:
+        raise ValueError(
+            "steps must have at least one row of two token counts "
+            f"(T_pf, T_dec), got shape {tokens.shape}."
+        )
+    if not np.all(np.isfinite(tokens)) or np.any(tokens < 0):
+        raise ValueError("steps: token counts must be finite and non-negative.")
+    return tokens
 
 
 # --- Scorers for cross-validation and GridSearchCV (phase durations) ---

@@ -1,0 +1,6 @@
+"""Traces with known betas: a step-level engine simulator and a shipped sample."""
+
+from ._base import load_sample_trace
+from ._simulate import simulate_trace
+
+__all__ = ["load_sample_trace", "simulate_trace"]

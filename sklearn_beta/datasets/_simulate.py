@@ -1,0 +1,457 @@
+"""A step-level simulator of a vLLM-style engine, with known betas.
+
+The engine model is the one of METHOD.md section 1: a busy loop of steps, each
+lasting ``beta0 + beta1 * T_pf + beta2 * T_dec``. The simulator records every
+step (the ground truth production traces hide) and the request phases that a
+trace would show, so that estimators can be checked against the true betas.
+"""
+
+from __future__ import annotations
+
+from numbers import Integral, Real
+
+import numpy as np
+import pandas as pd
+from sklearn.utils import check_random_state
+from sklearn.utils._param_validation import Interval, validate_params
+
+PHASE_COLUMNS = (
+    "request_id",
+    "phase_type",
+    "t_start",
+    "t_end",
+    "prefill_tokens",
+    "decode_tokens",
+)
+STEP_COLUMNS = (
+    "instance_id",
+    "t_start",
+    "t_end",
+    "prefill_tokens",
+    "decode_tokens",
+    "n_running",
+)
+# Lengths are clipped at median * exp(CLIP_SIGMAS * sigma): the lognormal's
+# 4-sigma quantile, so that clipping touches about 3 draws in 100 000.
+CLIP_SIGMAS = 4.0
+_NOISE_BLOCK = 4096
+
+
+@validate_params(
+    {
+        "n_requests": [Interval(Integral, 1, None, closed="left")],
+        "beta": ["array-like"],
+        "chunk_size": [Interval(Integral, 1, None, closed="left")],
+        "max_num_seqs": [Interval(Integral, 1, None, closed="left")],
+        "arrival_rate": [Interval(Real, 0, None, closed="neither")],
+        "prompt_tokens": [tuple, list],
+        "output_tokens": [tuple, list],
+        "token_budget": [Interval(Integral, 1, None, closed="left"), None],
+        "noise": [Interval(Real, 0, None, closed="left")],
+        "n_instances": [Interval(Integral, 1, None, closed="left")],
+        "random_state": ["random_state"],
+        "return_steps": ["boolean"],
+    },
+    prefer_skip_nested_validation=True,
+)
+def simulate_trace(
+    n_requests: int,
+    *,
+    beta,
+    chunk_size: int,
+    max_num_seqs: int,
+    arrival_rate: float,
+    prompt_tokens: tuple[float, float] = (512, 1.0),
+    output_tokens: tuple[float, float] = (128, 1.0),
+    token_budget: int | None = None,
+    noise: float = 0.0,
+    n_instances: int = 1,
+    random_state=None,
+    return_steps: bool = False,
+) -> pd.DataFrame | tuple[pd.DataFrame, pd.DataFrame]:
+    """Simulate the phase trace of a vLLM-style engine with known betas.
+
+    Each engine instance runs one busy loop of steps. A step lasts
+    ``beta0 + beta1 * T_pf + beta2 * T_dec`` seconds, where ``T_pf`` and
+    ``T_dec`` are the prefill and decode tokens it processes, times an
+    optional lognormal noise factor. The scheduler is a simplified vLLM one:
+
+    * Requests arrive as a Poisson process of rate ``arrival_rate`` for the
+      whole fleet; each request goes to an instance drawn uniformly at random,
+      so every instance sees a Poisson process of rate
+      ``arrival_rate / n_instances``.
+    * At the start of every step, waiting requests that have arrived by then
+      are admitted first-come first-served while fewer than ``max_num_seqs``
+      run. An admitted request takes part in that very step.
+    * A running request first prefills its prompt, ``min(chunk_size,
+      remaining)`` tokens per step, then decodes one token per step for
+      ``D`` steps and leaves. Its first decode token comes from the step after
+      its last prefill step, so the decode phase holds exactly ``D`` steps and
+      the prefill phase ``ceil(P / chunk_size)`` (without a token budget), as
+      the estimators assume.
+    * With ``token_budget``, a step first serves one token to every decoding
+      request, then prefill chunks in first-come first-served order until the
+      budget is spent: some prefills get a partial chunk, others none.
+    * When nothing runs and nothing waits, the clock jumps to the next arrival.
+
+    The prefill phase runs from the start of the first step that processes
+    any of its prompt to the end of the step that processes its last prompt
+    token; the decode phase from there to the end of its ``D``-th decode step.
+
+    Parameters
+    ----------
+    n_requests : int
+        Number of requests; the trace has twice as many phases.
+    beta : array-like of shape (3,)
+        True ``(beta0, beta1, beta2)``: seconds per step, per prefill token and
+        per decode token. Non-negative; steps must have positive durations, so
+        ``beta0 > 0`` or both ``beta1 > 0`` and ``beta2 > 0``.
+    chunk_size : int
+        Prefill chunk size ``C`` (tokens per request per step).
+    max_num_seqs : int
+        Most requests running at once on an instance.
+    arrival_rate : float
+        Requests per second for the whole fleet.
+    prompt_tokens, output_tokens : tuple (median, sigma), default (512, 1.0) \
+and (128, 1.0)
+        Lognormal prompt length ``P`` and output length ``D``: median and
+        sigma of the underlying normal. Draws are rounded and clipped to
+        ``[1, ceil(median * exp(4 * sigma))]``; ``sigma = 0`` gives a fixed
+        length.
+    token_budget : int, default=None
+        Tokens per step (vLLM's ``max_num_batched_tokens``); ``None`` means no
+        budget. Must be at least ``max_num_seqs`` (as vLLM requires), so every
+        decoding request always gets its token.
+    noise : float, default=0.0
+        Standard deviation of the log of the per-step noise factor: each step
+        lasts its model time times ``exp(N(0, noise))``.
+    n_instances : int, default=1
+        Number of independent engine instances.
+    random_state : int, RandomState instance or None, default=None
+        Seeds arrivals, lengths, instance choice and step noise.
+    return_steps : bool, default=False
+        Also return the step table.
+
+    Returns
+    -------
+    phases : DataFrame
+        One row per phase, ordered by request then prefill before decode:
+        ``request_id`` (int, in arrival order), ``phase_type``
+        (``"prefill"``/``"decode"``), ``t_start``, ``t_end`` (seconds since the
+        simulation started, before the first arrival; all instances share
+        this clock), ``prefill_tokens`` (``P`` on prefill
+        rows, 0 otherwise), ``decode_tokens`` (``D`` on decode rows, 0
+        otherwise), plus ``instance_id`` when ``n_instances > 1``.
+    steps : DataFrame
+        Returned with ``return_steps=True``: one row per step, ordered by
+        instance then time: ``instance_id``, ``t_start``, ``t_end``,
+        ``prefill_tokens``, ``decode_tokens`` (the step's ``T_pf`` and
+        ``T_dec``) and ``n_running`` (requests admitted and not finished,
+        including prefills that a token budget starves in that step).
+
+    Examples
+    --------
+    >>> from sklearn_beta.datasets import simulate_trace
+    >>> phases, steps = simulate_trace(
+    ...     200, beta=(5e-3, 2e-5, 8e-5), chunk_size=64, max_num_seqs=32,
+    ...     arrival_rate=20.0, random_state=0, return_steps=True)
+    >>> phases.shape
+    (400, 6)
+    >>> list(steps.columns)
+    ['instance_id', 't_start', 't_end', 'prefill_tokens', 'decode_tokens', \
+'n_running']
+    """
+    beta = _check_beta(beta)
+    prompt_median, prompt_sigma = _check_length_spec(prompt_tokens, "prompt_tokens")
+    output_median, output_sigma = _check_length_spec(output_tokens, "output_tokens")
+    if token_budget is not None and token_budget < max_num_seqs:
+        raise ValueError(
+            f"token_budget={token_budget} must be at least max_num_seqs="
+            f"{max_num_seqs}: every decoding request needs its token each step."
+        )
+    rng = check_random_state(random_state)
+
+    arrival = np.cumsum(rng.exponential(1.0 / arrival_rate, size=n_requests))
+    prompt = _lognormal_lengths(rng, prompt_median, prompt_sigma, n_requests)
+    output = _lognormal_lengths(rng, output_median, output_sigma, n_requests)
+    if n_instances > 1:
+        instance = rng.randint(n_instances, size=n_requests)
+    else:
+        instance = np.zeros(n_requests, dtype=np.intp)
+
+    engine = _Engine(
+        arrival=arrival,
+        prompt=prompt,
+        output=output,
+        instance=instance,
+        n_instances=n_instances,
+        beta=beta,
+        chunk_size=chunk_size,
+        max_num_seqs=max_num_seqs,
+        token_budget=token_budget,
+        noise=noise,
+        rng=rng,
+    )
+    engine.run()
+    phases = engine.phase_table()
+    if not return_steps:
+        return phases
+    return phases, engine.step_table()
+
+
+def _check_beta(beta) -> np.ndarray:
+    values = np.asarray(beta, dtype=float)
+    if values.shape != (3,) or not np.all(np.isfinite(values)):
+        raise ValueError(
+            f"beta must be three finite numbers (beta0, beta1, beta2), got {beta!r}."
+        )
+    if np.any(values < 0):
+        raise ValueError(f"beta must be non-negative, got {beta!r}.")
+    if not (values[0] > 0 or (values[1] > 0 and values[2] > 0)):
+        raise ValueError(
+            f"beta={beta!r} allows zero-length steps: need beta0 > 0, or both "
+            "beta1 > 0 and beta2 > 0."
+        )
+    return values
+
+
+def _check_length_spec(spec, name: str) -> tuple[float, float]:
+    if len(spec) != 2:
+        raise ValueError(f"{name} must be a pair (median, sigma), got {spec!r}.")
+    median, sigma = (float(v) for v in spec)
+    if not (np.isfinite(median) and median >= 1):
+        raise ValueError(f"{name}: the median must be at least 1, got {spec!r}.")
+    if not (np.isfinite(sigma) and sigma >= 0):
+        raise ValueError(f"{name}: sigma must be non-negative, got {spec!r}.")
+    return median, sigma
+
+
+def _lognormal_lengths(rng, median: float, sigma: float, size: int) -> np.ndarray:
+    upper = np.ceil(median * np.exp(CLIP_SIGMAS * sigma))
+    draws = median * np.exp(sigma * rng.standard_normal(size))
+    return np.clip(np.rint(draws), 1, upper).astype(np.int64)
+
+
+class _Engine:
+    """All instances' busy loops, advanced one step per iteration together.
+
+    The running requests of every instance live in one compact batch (arrays
+    ``run_*``), appended in admission order, so that within an instance the
+    batch order is first-come first-served. Waiting requests are kept sorted
+    by (instance, arrival): each instance's queue is a contiguous block.
+    """
+
+    def __init__(
+        self,
+        *,
+        arrival,
+        prompt,
+        output,
+        instance,
+        n_instances,
+        beta,
+        chunk_size,
+        max_num_seqs,
+        token_budget,
+        noise,
+        rng,
+    ):
+        self.arrival = arrival
+        self.prompt = prompt
+        self.output = output
+        self.instance = instance
+        self.n_instances = n_instances
+        self.beta = beta
+        self.chunk_size = chunk_size
+        self.max_num_seqs = max_num_seqs
+        self.token_budget = token_budget
+        self.noise = noise
+        self.rng = rng
+
+        n = arrival.shape[0]
+        # queue position -> request id; instance blocks, arrival order inside
+        self.queue = np.argsort(instance, kind="stable")
+        counts = np.bincount(instance, minlength=n_instances)
+        self.queue_hi = np.cumsum(counts)
+        self.queue_lo = self.queue_hi - counts
+        # Search all instances' queues in one call: instance i's arrivals
+        # are offset by i * span, so the blocks stay sorted and disjoint.
+        self.span = 2.0 ** np.ceil(np.log2(arrival[-1] + 1.0))
+        self.queue_key = arrival[self.queue] + instance[self.queue] * self.span
+        self.key_offset = np.arange(n_instances) * self.span
+
+        self.prefill_start = np.full(n, np.nan)
+        self.prefill_end = np.full(n, np.nan)
+        self.decode_end = np.full(n, np.nan)
+        self.steps: list[np.ndarray] = []
+
+    def run(self) -> None:
+        n_inst = self.n_instances
+        b0, b1, b2 = self.beta
+        C = self.chunk_size
+        queue, arrival, prompt, output = (
+            self.queue,
+            self.arrival,
+            self.prompt,
+            self.output,
+        )
+        clock = np.zeros(n_inst)
+        head = self.queue_lo.copy()
+        hi = self.queue_hi
+        n_running = np.zeros(n_inst, dtype=np.int64)
+        run_req = np.empty(0, dtype=np.int64)
+        run_inst = np.empty(0, dtype=np.int64)
+        run_pf = np.empty(0, dtype=np.int64)  # prompt tokens still to prefill
+        run_dec = np.empty(0, dtype=np.int64)  # decode tokens still to produce
+        noise_block = np.empty((0, n_inst))
+        step_rows: list[np.ndarray] = []
+        k = 0
+
+        while True:
+            idle = n_running == 0
+            if idle.any():
+                waiting = idle & (head < hi)
+                if not waiting.any() and idle.all():
+                    break
+                # an idle engine jumps to its next arrival
+                clock[waiting] = np.maximum(
+                    clock[waiting], arrival[queue[head[waiting]]]
+                )
+
+            # FCFS admission of the arrived requests into free slots
+            arrived = np.searchsorted(
+                self.queue_key, clock + self.key_offset, side="right"
+            )
+            # a clock past its last arrival reaches into the next block: clamp
+            np.minimum(arrived, hi, out=arrived)
+            n_admit = np.minimum(self.max_num_seqs - n_running, arrived - head)
+            np.maximum(n_admit, 0, out=n_admit)
+            total = int(n_admit.sum())
+            if total:
+                pos = _concat_ranges(head, n_admit, total)
+                new = queue[pos]
+                run_req = np.concatenate((run_req, new))
+                run_inst = np.concatenate((run_inst, self.instance[new]))
+                run_pf = np.concatenate((run_pf, prompt[new]))
+                run_dec = np.concatenate((run_dec, output[new]))
+                head += n_admit
+                n_running += n_admit
+            active = n_running > 0
+
+            # tokens of this step
+            prefilling = run_pf > 0
+            pf = np.minimum(run_pf, C)
+            if self.token_budget is not None:
+                pf = self._apply_budget(pf, prefilling, run_inst)
+            decoding = ~prefilling
+            if n_inst == 1:
+                t_pf = np.array([pf.sum()], dtype=float)
+                t_dec = np.array([decoding.sum()], dtype=float)
+            else:
+                t_pf = np.bincount(run_inst, weights=pf, minlength=n_inst)
+                t_dec = np.bincount(run_inst, weights=decoding, minlength=n_inst)
+            dt = b0 + b1 * t_pf + b2 * t_dec
+            if self.noise > 0:
+                if k % _NOISE_BLOCK == 0:
+                    noise_block = np.exp(
+                        self.noise * self.rng.standard_normal((_NOISE_BLOCK, n_inst))
+                    )
+                dt = dt * noise_block[k % _NOISE_BLOCK]
+            start = clock
+            end = np.where(active, clock + dt, clock)
+            step_rows.append(np.stack((start, end, t_pf, t_dec, n_running)))
+            k += 1
+
+            # phase boundaries reached in this step
+            served = pf > 0
+            first = served & (run_pf == prompt[run_req])
+            if first.any():
+                self.prefill_start[run_req[first]] = start[run_inst[first]]
+            run_pf = run_pf - pf
+            last = served & (run_pf == 0)
+            if last.any():
+                self.prefill_end[run_req[last]] = end[run_inst[last]]
+            run_dec = run_dec - decoding
+            done = decoding & (run_dec == 0)
+            if done.any():
+                self.decode_end[run_req[done]] = end[run_inst[done]]
+                keep = ~done
+                n_running -= np.bincount(run_inst[done], minlength=n_inst)
+                run_req = run_req[keep]
+                run_inst = run_inst[keep]
+                run_pf = run_pf[keep]
+                run_dec = run_dec[keep]
+            clock = end
+
+        self.steps = step_rows
+
+    def _apply_budget(self, pf, prefilling, run_inst):
+        """Decodes first, then prefill chunks FCFS until the budget is spent."""
+        n_inst = self.n_instances
+        idx = np.flatnonzero(prefilling)
+        if idx.size == 0:
+            return pf
+        n_dec = np.bincount(run_inst[~prefilling], minlength=n_inst)
+        left = self.token_budget - n_dec
+        want = pf[idx]
+        inst = run_inst[idx]
+        if n_inst > 1:
+            # batch order is FCFS within an instance; group instances together
+            order = np.argsort(inst, kind="stable")
+            idx, want, inst = idx[order], want[order], inst[order]
+        cum = np.cumsum(want)
+        group_start = np.r_[True, inst[1:] != inst[:-1]]
+        before_group = np.maximum.accumulate(np.where(group_start, cum - want, 0))
+        served_before = cum - want - before_group
+        grant = np.clip(left[inst] - served_before, 0, want)
+        pf = pf.copy()
+        pf[idx] = grant
+        return pf
+
+    def phase_table(self) -> pd.DataFrame:
+        n = self.arrival.shape[0]
+        request_id = np.repeat(np.arange(n), 2)
+        is_prefill = np.tile([True, False], n)
+        t_start = np.empty(2 * n)
+        t_end = np.empty(2 * n)
+        t_start[0::2] = self.prefill_start
+        t_end[0::2] = self.prefill_end
+        t_start[1::2] = self.prefill_end
+        t_end[1::2] = self.decode_end
+        table = {
+            "request_id": request_id,
+            "phase_type": np.where(is_prefill, "prefill", "decode"),
+            "t_start": t_start,
+            "t_end": t_end,
+            "prefill_tokens": np.where(is_prefill, np.repeat(self.prompt, 2), 0),
+            "decode_tokens": np.where(is_prefill, 0, np.repeat(self.output, 2)),
+        }
+        if self.n_instances > 1:
+            table["instance_id"] = np.repeat(self.instance, 2)
+        return pd.DataFrame(table)
+
+    def step_table(self) -> pd.DataFrame:
+        rows = np.stack(self.steps)  # (n_iterations, 5, n_instances)
+        start, end, t_pf, t_dec, n_running = np.moveaxis(rows, 1, 0)
+        # iteration-major -> instance-major; keep only steps actually taken
+        start, end, t_pf, t_dec, n_running = (
+            a.T.ravel() for a in (start, end, t_pf, t_dec, n_running)
+        )
+        instance = np.repeat(np.arange(self.n_instances), rows.shape[0])
+        taken = n_running > 0
+        return pd.DataFrame(
+            {
+                "instance_id": instance[taken],
+                "t_start": start[taken],
+                "t_end": end[taken],
+                "prefill_tokens": t_pf[taken].astype(np.int64),
+                "decode_tokens": t_dec[taken].astype(np.int64),
+                "n_running": n_running[taken].astype(np.int64),
+            }
+        )
+
+
+def _concat_ranges(starts: np.ndarray, lengths: np.ndarray, total: int) -> np.ndarray:
+    """``concatenate([arange(s, s + n) for s, n in zip(starts, lengths)])``."""
+    offsets = np.repeat(np.cumsum(lengths) - lengths, lengths)
+    return np.repeat(starts, lengths) + np.arange(total) - offsets
