@@ -286,6 +286,17 @@ class _Engine:
         self.steps: list[np.ndarray] = []
 
     def run(self) -> None:
+        """Advance every instance, one block of identical steps per iteration.
+
+        Between scheduling events a batch repeats the same step: each request
+        keeps its per-step grant, so ``T_pf``, ``T_dec`` and the model step
+        time stay put. An event is a prefill's grant changing or ending
+        (after ``remaining // grant`` steps), a decode ending (after its
+        remaining tokens), or, when a slot is free, the next arrival, which
+        joins at the first step starting at or after it. Each iteration
+        advances every instance to its next event at once; under heavy load
+        blocks are one step long and this is a plain step loop.
+        """
         n_inst = self.n_instances
         b0, b1, b2 = self.beta
         C = self.chunk_size
@@ -295,17 +306,19 @@ class _Engine:
             self.prompt,
             self.output,
         )
+        last_queued = queue.shape[0] - 1
         clock = np.zeros(n_inst)
         head = self.queue_lo.copy()
         hi = self.queue_hi
         n_running = np.zeros(n_inst, dtype=np.int64)
         run_req = np.empty(0, dtype=np.int64)
         run_inst = np.empty(0, dtype=np.int64)
+        run_prompt = np.empty(0, dtype=np.int64)
         run_pf = np.empty(0, dtype=np.int64)  # prompt tokens still to prefill
         run_dec = np.empty(0, dtype=np.int64)  # decode tokens still to produce
-        noise_block = np.empty((0, n_inst))
-        step_rows: list[np.ndarray] = []
-        k = 0
+        noise = _NoisePool(self.rng, self.noise)
+        step_blocks: list[tuple[np.ndarray, ...]] = []
+        no_event = np.iinfo(np.int64).max
 
         while True:
             idle = n_running == 0
@@ -332,58 +345,123 @@ class _Engine:
                 new = queue[pos]
                 run_req = np.concatenate((run_req, new))
                 run_inst = np.concatenate((run_inst, self.instance[new]))
+                run_prompt = np.concatenate((run_prompt, prompt[new]))
                 run_pf = np.concatenate((run_pf, prompt[new]))
                 run_dec = np.concatenate((run_dec, output[new]))
                 head += n_admit
                 n_running += n_admit
             active = n_running > 0
 
-            # tokens of this step
+            # per-step grants, the same for every step of the block
             prefilling = run_pf > 0
             pf = np.minimum(run_pf, C)
             if self.token_budget is not None:
                 pf = self._apply_budget(pf, prefilling, run_inst)
             decoding = ~prefilling
+            served = pf > 0
+            steps_to_event = np.where(
+                served,
+                run_pf // np.maximum(pf, 1),
+                np.where(decoding, run_dec, no_event),
+            )
             if n_inst == 1:
                 t_pf = np.array([pf.sum()], dtype=float)
                 t_dec = np.array([decoding.sum()], dtype=float)
+                n_steps = np.array([steps_to_event.min()])
             else:
                 t_pf = np.bincount(run_inst, weights=pf, minlength=n_inst)
                 t_dec = np.bincount(run_inst, weights=decoding, minlength=n_inst)
+                n_steps = np.full(n_inst, no_event)
+                np.minimum.at(n_steps, run_inst, steps_to_event)
+                n_steps[~active] = 0
             dt = b0 + b1 * t_pf + b2 * t_dec
-            if self.noise > 0:
-                if k % _NOISE_BLOCK == 0:
-                    noise_block = np.exp(
-                        self.noise * self.rng.standard_normal((_NOISE_BLOCK, n_inst))
-                    )
-                dt = dt * noise_block[k % _NOISE_BLOCK]
-            start = clock
-            end = np.where(active, clock + dt, clock)
-            step_rows.append(np.stack((start, end, t_pf, t_dec, n_running)))
-            k += 1
 
-            # phase boundaries reached in this step
-            served = pf > 0
-            first = served & (run_pf == prompt[run_req])
+            # a free slot and a waiting request: stop near the next arrival
+            admits = active & (n_running < self.max_num_seqs) & (head < hi)
+            if admits.any():
+                next_arrival = arrival[queue[np.minimum(head, last_queued)]]
+                reach = np.ceil((next_arrival - clock) / dt).astype(np.int64)
+                if self.noise > 0:
+                    reach = 2 * reach + 1  # noisy steps may be shorter
+                n_steps = np.where(admits, np.minimum(n_steps, reach), n_steps)
+
+            row_inst, start, end, n_steps = self._block_times(
+                clock,
+                dt,
+                n_steps,
+                noise,
+                admits,
+                next_arrival if admits.any() else None,
+            )
+            step_blocks.append(
+                (
+                    row_inst,
+                    start,
+                    end,
+                    t_pf[row_inst],
+                    t_dec[row_inst],
+                    n_running[row_inst],
+                )
+            )
+            block_end = clock.copy()
+            block_end[row_inst] = end  # the last row of each instance wins
+
+            # phase boundaries: the block's first step opens, its last closes
+            k = n_steps[run_inst]
+            first = served & (run_pf == run_prompt)
             if first.any():
-                self.prefill_start[run_req[first]] = start[run_inst[first]]
-            run_pf = run_pf - pf
+                self.prefill_start[run_req[first]] = clock[run_inst[first]]
+            run_pf = run_pf - k * pf
             last = served & (run_pf == 0)
             if last.any():
-                self.prefill_end[run_req[last]] = end[run_inst[last]]
-            run_dec = run_dec - decoding
+                self.prefill_end[run_req[last]] = block_end[run_inst[last]]
+            run_dec = run_dec - k * decoding
             done = decoding & (run_dec == 0)
             if done.any():
-                self.decode_end[run_req[done]] = end[run_inst[done]]
+                self.decode_end[run_req[done]] = block_end[run_inst[done]]
                 keep = ~done
                 n_running -= np.bincount(run_inst[done], minlength=n_inst)
                 run_req = run_req[keep]
                 run_inst = run_inst[keep]
+                run_prompt = run_prompt[keep]
                 run_pf = run_pf[keep]
                 run_dec = run_dec[keep]
-            clock = end
+            clock = block_end
 
-        self.steps = step_rows
+        self.steps = step_blocks
+
+    def _block_times(self, clock, dt, n_steps, noise, admits, next_arrival):
+        """Start and end of every step of the block, cut at admissible arrivals.
+
+        Returns the instance of each step row, the rows' start and end times
+        (instance-major, in time order) and the block lengths after the cut.
+        """
+        n_inst = self.n_instances
+        total = int(n_steps.sum())
+        row_inst = np.repeat(np.arange(n_inst), n_steps)
+        seg_start = np.cumsum(n_steps) - n_steps
+        local = np.arange(total) - seg_start[row_inst]
+        step_dt = dt[row_inst] * noise.factors(total)
+        # cumulated per block, so each step starts exactly where the last ended
+        cum = np.cumsum(step_dt)
+        offset = cum[seg_start[n_steps > 0]] - step_dt[seg_start[n_steps > 0]]
+        ends = np.empty(total)
+        ends[:] = cum
+        ends -= np.repeat(offset, n_steps[n_steps > 0])
+        ends += clock[row_inst]
+        starts = np.empty(total)
+        starts[1:] = ends[:-1]
+        starts[seg_start[n_steps > 0]] = clock[n_steps > 0]
+        if next_arrival is not None:
+            # the first step starting at or after the arrival admits it
+            late = admits[row_inst] & (starts >= next_arrival[row_inst])
+            if late.any():
+                cut = n_steps.copy()
+                np.minimum.at(cut, row_inst[late], local[late])
+                keep = local < cut[row_inst]
+                row_inst, starts, ends = row_inst[keep], starts[keep], ends[keep]
+                n_steps = cut
+        return row_inst, starts, ends, n_steps
 
     def _apply_budget(self, pf, prefilling, run_inst):
         """Decodes first, then prefill chunks FCFS until the budget is spent."""
@@ -431,24 +509,40 @@ class _Engine:
         return pd.DataFrame(table)
 
     def step_table(self) -> pd.DataFrame:
-        rows = np.stack(self.steps)  # (n_iterations, 5, n_instances)
-        start, end, t_pf, t_dec, n_running = np.moveaxis(rows, 1, 0)
-        # iteration-major -> instance-major; keep only steps actually taken
-        start, end, t_pf, t_dec, n_running = (
-            a.T.ravel() for a in (start, end, t_pf, t_dec, n_running)
-        )
-        instance = np.repeat(np.arange(self.n_instances), rows.shape[0])
-        taken = n_running > 0
+        columns = [np.concatenate(parts) for parts in zip(*self.steps, strict=True)]
+        instance, start, end, t_pf, t_dec, n_running = columns
+        order = np.argsort(instance, kind="stable")  # blocks are in time order
         return pd.DataFrame(
             {
-                "instance_id": instance[taken],
-                "t_start": start[taken],
-                "t_end": end[taken],
-                "prefill_tokens": t_pf[taken].astype(np.int64),
-                "decode_tokens": t_dec[taken].astype(np.int64),
-                "n_running": n_running[taken].astype(np.int64),
+                "instance_id": instance[order],
+                "t_start": start[order],
+                "t_end": end[order],
+                "prefill_tokens": t_pf[order].astype(np.int64),
+                "decode_tokens": t_dec[order].astype(np.int64),
+                "n_running": n_running[order].astype(np.int64),
             }
         )
+
+
+class _NoisePool:
+    """Lognormal step-noise factors, drawn in large batches from one stream."""
+
+    def __init__(self, rng, sigma: float):
+        self.rng = rng
+        self.sigma = sigma
+        self.pool = np.empty(0)
+        self.used = 0
+
+    def factors(self, size: int) -> np.ndarray | float:
+        if self.sigma == 0:
+            return 1.0
+        if self.used + size > self.pool.shape[0]:
+            fresh = self.rng.standard_normal(max(size, _NOISE_BLOCK))
+            self.pool = np.concatenate((self.pool[self.used :], fresh))
+            self.used = 0
+        out = np.exp(self.sigma * self.pool[self.used : self.used + size])
+        self.used += size
+        return out
 
 
 def _concat_ranges(starts: np.ndarray, lengths: np.ndarray, total: int) -> np.ndarray:
