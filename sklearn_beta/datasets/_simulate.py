@@ -378,6 +378,7 @@ class _Engine:
 
             # a free slot and a waiting request: stop near the next arrival
             admits = active & (n_running < self.max_num_seqs) & (head < hi)
+            next_arrival = None
             if admits.any():
                 next_arrival = arrival[queue[np.minimum(head, last_queued)]]
                 reach = np.ceil((next_arrival - clock) / dt).astype(np.int64)
@@ -385,26 +386,17 @@ class _Engine:
                     reach = 2 * reach + 1  # noisy steps may be shorter
                 n_steps = np.where(admits, np.minimum(n_steps, reach), n_steps)
 
-            row_inst, start, end, n_steps = self._block_times(
-                clock,
-                dt,
-                n_steps,
-                noise,
-                admits,
-                next_arrival if admits.any() else None,
-            )
-            step_blocks.append(
-                (
-                    row_inst,
-                    start,
-                    end,
-                    t_pf[row_inst],
-                    t_dec[row_inst],
-                    n_running[row_inst],
+            if n_inst == 1:
+                start, end, n_steps = _one_block_times(
+                    clock, dt, n_steps, noise, next_arrival
                 )
-            )
-            block_end = clock.copy()
-            block_end[row_inst] = end  # the last row of each instance wins
+                block_end = end[-1:].copy()  # the clock is updated in place
+            else:
+                start, end, n_steps, block_end = _block_times(
+                    clock, dt, n_steps, noise, admits, next_arrival
+                )
+            # rows are expanded once at the end: the block's steps share these
+            step_blocks.append((n_steps, t_pf, t_dec, n_running.copy(), start, end))
 
             # phase boundaries: the block's first step opens, its last closes
             k = n_steps[run_inst]
@@ -429,39 +421,6 @@ class _Engine:
             clock = block_end
 
         self.steps = step_blocks
-
-    def _block_times(self, clock, dt, n_steps, noise, admits, next_arrival):
-        """Start and end of every step of the block, cut at admissible arrivals.
-
-        Returns the instance of each step row, the rows' start and end times
-        (instance-major, in time order) and the block lengths after the cut.
-        """
-        n_inst = self.n_instances
-        total = int(n_steps.sum())
-        row_inst = np.repeat(np.arange(n_inst), n_steps)
-        seg_start = np.cumsum(n_steps) - n_steps
-        local = np.arange(total) - seg_start[row_inst]
-        step_dt = dt[row_inst] * noise.factors(total)
-        # cumulated per block, so each step starts exactly where the last ended
-        cum = np.cumsum(step_dt)
-        offset = cum[seg_start[n_steps > 0]] - step_dt[seg_start[n_steps > 0]]
-        ends = np.empty(total)
-        ends[:] = cum
-        ends -= np.repeat(offset, n_steps[n_steps > 0])
-        ends += clock[row_inst]
-        starts = np.empty(total)
-        starts[1:] = ends[:-1]
-        starts[seg_start[n_steps > 0]] = clock[n_steps > 0]
-        if next_arrival is not None:
-            # the first step starting at or after the arrival admits it
-            late = admits[row_inst] & (starts >= next_arrival[row_inst])
-            if late.any():
-                cut = n_steps.copy()
-                np.minimum.at(cut, row_inst[late], local[late])
-                keep = local < cut[row_inst]
-                row_inst, starts, ends = row_inst[keep], starts[keep], ends[keep]
-                n_steps = cut
-        return row_inst, starts, ends, n_steps
 
     def _apply_budget(self, pf, prefilling, run_inst):
         """Decodes first, then prefill chunks FCFS until the budget is spent."""
@@ -509,8 +468,14 @@ class _Engine:
         return pd.DataFrame(table)
 
     def step_table(self) -> pd.DataFrame:
-        columns = [np.concatenate(parts) for parts in zip(*self.steps, strict=True)]
-        instance, start, end, t_pf, t_dec, n_running = columns
+        n_steps, t_pf, t_dec, n_running, start, end = (
+            np.concatenate(parts) for parts in zip(*self.steps, strict=True)
+        )
+        # per-block values, iteration-major over instances -> one row per step
+        instance = np.tile(np.arange(self.n_instances), len(self.steps))
+        instance, t_pf, t_dec, n_running = (
+            np.repeat(a, n_steps) for a in (instance, t_pf, t_dec, n_running)
+        )
         order = np.argsort(instance, kind="stable")  # blocks are in time order
         return pd.DataFrame(
             {
@@ -543,6 +508,55 @@ class _NoisePool:
         out = np.exp(self.sigma * self.pool[self.used : self.used + size])
         self.used += size
         return out
+
+
+def _one_block_times(clock, dt, n_steps, noise, next_arrival):
+    """:func:`_block_times` for a single instance, without the bookkeeping."""
+    k = int(n_steps[0])
+    end = clock[0] + np.cumsum(dt[0] * noise.factors(k) * np.ones(k))
+    start = np.empty(k)
+    start[0] = clock[0]
+    start[1:] = end[:-1]
+    if next_arrival is not None:
+        # the first step starting at or after the arrival admits it
+        cut = int(np.searchsorted(start, next_arrival[0], side="left"))
+        if cut < k:
+            start, end, n_steps = start[:cut], end[:cut], np.array([cut])
+    return start, end, n_steps
+
+
+def _block_times(clock, dt, n_steps, noise, admits, next_arrival):
+    """Start and end of every step of the block, cut at admissible arrivals.
+
+    Returns the rows' start and end times (instance-major, in time order),
+    the block lengths after the cut and each instance's clock at the end.
+    """
+    n_inst = clock.shape[0]
+    total = int(n_steps.sum())
+    row_inst = np.repeat(np.arange(n_inst), n_steps)
+    seg_start = np.cumsum(n_steps) - n_steps
+    local = np.arange(total) - seg_start[row_inst]
+    step_dt = dt[row_inst] * noise.factors(total)
+    # cumulated per block, so each step starts exactly where the last ended
+    cum = np.cumsum(step_dt)
+    stepping = n_steps > 0
+    offset = cum[seg_start[stepping]] - step_dt[seg_start[stepping]]
+    end = cum - np.repeat(offset, n_steps[stepping]) + clock[row_inst]
+    start = np.empty(total)
+    start[1:] = end[:-1]
+    start[seg_start[stepping]] = clock[stepping]
+    if next_arrival is not None:
+        # the first step starting at or after the arrival admits it
+        late = admits[row_inst] & (start >= next_arrival[row_inst])
+        if late.any():
+            cut = n_steps.copy()
+            np.minimum.at(cut, row_inst[late], local[late])
+            keep = local < cut[row_inst]
+            row_inst, start, end = row_inst[keep], start[keep], end[keep]
+            n_steps = cut
+    block_end = clock.copy()
+    block_end[row_inst] = end  # the last row of each instance wins
+    return start, end, n_steps, block_end
 
 
 def _concat_ranges(starts: np.ndarray, lengths: np.ndarray, total: int) -> np.ndarray:
