@@ -279,3 +279,65 @@ def test_step_time_error_on_a_simulated_trace():
     assert step_time_error(BETA, BETA, steps) == 0.0
     scaled = np.array(BETA) * 1.1
     assert step_time_error(BETA, scaled, steps) == pytest.approx(0.1, rel=1e-9)
+
+
+def reference_simulation(n, seed, beta, chunk_size, max_num_seqs, rate, budget):
+    """The engine of simulate_trace's docstring, one step and request at a time."""
+    rng = np.random.RandomState(seed)
+    arrival = np.cumsum(rng.exponential(1.0 / rate, size=n))
+    lengths = []
+    for median, sigma in (LENGTHS["prompt_tokens"], LENGTHS["output_tokens"]):
+        draws = median * np.exp(sigma * rng.standard_normal(n))
+        upper = np.ceil(median * np.exp(4 * sigma))
+        lengths.append(np.clip(np.rint(draws), 1, upper).astype(int))
+    prompt, output = lengths
+    times = np.full((n, 3), np.nan)  # prefill start, prefill end, decode end
+    steps, running, nxt, t = [], [], 0, 0.0
+    while nxt < n or running:
+        if not running:
+            t = max(t, arrival[nxt])
+        while nxt < n and len(running) < max_num_seqs and arrival[nxt] <= t:
+            running.append([nxt, prompt[nxt], output[nxt]])
+            nxt += 1
+        decoding = [r[1] == 0 for r in running]
+        left = budget - sum(decoding) if budget else np.inf
+        grants = []
+        for r, dec in zip(running, decoding, strict=True):
+            grant = 0 if dec else int(min(chunk_size, r[1], left))
+            left -= grant
+            grants.append(grant)
+        t_pf, t_dec = sum(grants), sum(decoding)
+        end = t + beta[0] + beta[1] * t_pf + beta[2] * t_dec
+        steps.append((t, end, t_pf, t_dec, len(running)))
+        for r, dec, grant in zip(running, decoding, grants, strict=True):
+            if grant and r[1] == prompt[r[0]]:
+                times[r[0], 0] = t
+            r[1] -= grant
+            if grant and r[1] == 0:
+                times[r[0], 1] = end
+            if dec:
+                r[2] -= 1
+                if r[2] == 0:
+                    times[r[0], 2] = end
+        running = [r for r in running if r[2] > 0]
+        t = end
+    return times, np.array(steps)
+
+
+@pytest.mark.parametrize(
+    "max_num_seqs, rate, budget", [(16, 40.0, None), (4, 5.0, None), (16, 60.0, 90)]
+)
+def test_matches_a_step_by_step_reference(max_num_seqs, rate, budget):
+    phases, steps = simulate(
+        80, max_num_seqs=max_num_seqs, arrival_rate=rate, token_budget=budget
+    )
+    times, ref_steps = reference_simulation(80, 0, BETA, 64, max_num_seqs, rate, budget)
+    np.testing.assert_array_equal(
+        steps[["prefill_tokens", "decode_tokens", "n_running"]], ref_steps[:, 2:]
+    )
+    np.testing.assert_allclose(steps[["t_start", "t_end"]], ref_steps[:, :2], atol=1e-9)
+    np.testing.assert_allclose(
+        phases["t_start"].to_numpy()[::2], times[:, 0], atol=1e-9
+    )
+    np.testing.assert_allclose(phases["t_end"].to_numpy()[::2], times[:, 1], atol=1e-9)
+    np.testing.assert_allclose(phases["t_end"].to_numpy()[1::2], times[:, 2], atol=1e-9)
