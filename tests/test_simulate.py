@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from sklearn_beta.datasets import simulate_trace
+from sklearn_beta.datasets import _simulate, simulate_trace
 from sklearn_beta.metrics import coefficient_errors, step_time_error
 
 BETA = (5e-3, 2e-5, 8e-5)
@@ -341,3 +341,12 @@ def test_matches_a_step_by_step_reference(max_num_seqs, rate, budget):
     )
     np.testing.assert_allclose(phases["t_end"].to_numpy()[::2], times[:, 1], atol=1e-9)
     np.testing.assert_allclose(phases["t_end"].to_numpy()[1::2], times[:, 2], atol=1e-9)
+
+
+@pytest.mark.parametrize("extra", [{}, {"token_budget": 90}, {"noise": 0.05}])
+def test_single_instance_fast_path_matches_the_fleet_loop(monkeypatch, extra):
+    fast = simulate(120, **extra)
+    monkeypatch.setattr(_simulate._Engine, "run", _simulate._Engine._run_fleet)
+    fleet = simulate(120, **extra)
+    for got, want in zip(fast, fleet, strict=True):
+        pd.testing.assert_frame_equal(got, want, check_exact=False, rtol=0, atol=1e-9)

@@ -286,6 +286,13 @@ class _Engine:
         self.steps: list[np.ndarray] = []
 
     def run(self) -> None:
+        """Simulate all instances; the step blocks land in ``self.steps``."""
+        if self.n_instances == 1:
+            self._run_single()
+        else:
+            self._run_fleet()
+
+    def _run_fleet(self) -> None:
         """Advance every instance, one block of identical steps per iteration.
 
         Between scheduling events a batch repeats the same step: each request
@@ -311,11 +318,8 @@ class _Engine:
         head = self.queue_lo.copy()
         hi = self.queue_hi
         n_running = np.zeros(n_inst, dtype=np.int64)
-        run_req = np.empty(0, dtype=np.int64)
-        run_inst = np.empty(0, dtype=np.int64)
-        run_prompt = np.empty(0, dtype=np.int64)
-        run_pf = np.empty(0, dtype=np.int64)  # prompt tokens still to prefill
-        run_dec = np.empty(0, dtype=np.int64)  # decode tokens still to produce
+        queued = self.queued_state()
+        run = queued[:, :0]
         noise = _NoisePool(self.rng, self.noise)
         step_blocks: list[tuple[np.ndarray, ...]] = []
         no_event = np.iinfo(np.int64).max
@@ -341,16 +345,15 @@ class _Engine:
             np.maximum(n_admit, 0, out=n_admit)
             total = int(n_admit.sum())
             if total:
-                pos = _concat_ranges(head, n_admit, total)
-                new = queue[pos]
-                run_req = np.concatenate((run_req, new))
-                run_inst = np.concatenate((run_inst, self.instance[new]))
-                run_prompt = np.concatenate((run_prompt, prompt[new]))
-                run_pf = np.concatenate((run_pf, prompt[new]))
-                run_dec = np.concatenate((run_dec, output[new]))
+                if n_inst == 1:
+                    new = queued[:, head[0] : head[0] + total]
+                else:
+                    new = queued[:, _concat_ranges(head, n_admit, total)]
+                run = np.concatenate((run, new), axis=1)
                 head += n_admit
                 n_running += n_admit
             active = n_running > 0
+            run_req, run_inst, run_prompt, run_pf, run_dec = run
 
             # per-step grants, the same for every step of the block
             prefilling = run_pf > 0
@@ -403,24 +406,120 @@ class _Engine:
             first = served & (run_pf == run_prompt)
             if first.any():
                 self.prefill_start[run_req[first]] = clock[run_inst[first]]
-            run_pf = run_pf - k * pf
+            run_pf -= k * pf  # in place: rows of run
             last = served & (run_pf == 0)
             if last.any():
                 self.prefill_end[run_req[last]] = block_end[run_inst[last]]
-            run_dec = run_dec - k * decoding
+            run_dec -= k * decoding
             done = decoding & (run_dec == 0)
             if done.any():
                 self.decode_end[run_req[done]] = block_end[run_inst[done]]
-                keep = ~done
                 n_running -= np.bincount(run_inst[done], minlength=n_inst)
-                run_req = run_req[keep]
-                run_inst = run_inst[keep]
-                run_prompt = run_prompt[keep]
-                run_pf = run_pf[keep]
-                run_dec = run_dec[keep]
+                run = run[:, ~done]
             clock = block_end
 
         self.steps = step_blocks
+
+    def queued_state(self) -> np.ndarray:
+        """Each request's running state, one column per queue position.
+
+        Rows: request, instance, prompt length, prompt tokens still to
+        prefill, decode tokens still to produce. The running batch holds the
+        columns of the admitted requests, in admission order.
+        """
+        q = self.queue
+        return np.stack(
+            (q, self.instance[q], self.prompt[q], self.prompt[q], self.output[q])
+        )
+
+    def _run_single(self) -> None:
+        """:meth:`run` for one instance, its control flow on Python scalars.
+
+        Same blocks and the same floating-point operations as :meth:`run`,
+        so both give identical traces; this only sheds the per-instance array
+        overhead that dominates at light load.
+        """
+        b0, b1, b2 = self.beta
+        C = self.chunk_size
+        max_num_seqs = self.max_num_seqs
+        arrival = self.arrival  # one instance: the queue is the arrival order
+        n = arrival.shape[0]
+        queued = self.queued_state()
+        run = queued[:, :0]
+        head, n_running, clock = 0, 0, 0.0
+        noise = _NoisePool(self.rng, self.noise)
+        blocks: list[tuple] = []
+        no_event = np.iinfo(np.int64).max
+
+        while True:
+            if n_running == 0:
+                if head == n:
+                    break
+                clock = max(clock, float(arrival[head]))
+            if n_running < max_num_seqs and head < n and arrival[head] <= clock:
+                arrived = int(np.searchsorted(arrival, clock, side="right"))
+                n_admit = min(max_num_seqs - n_running, arrived - head)
+                run = np.concatenate((run, queued[:, head : head + n_admit]), axis=1)
+                head += n_admit
+                n_running += n_admit
+            run_req, run_inst, run_prompt, run_pf, run_dec = run
+
+            prefilling = run_pf > 0
+            pf = np.minimum(run_pf, C)
+            if self.token_budget is not None:
+                pf = self._apply_budget(pf, prefilling, run_inst)
+            decoding = ~prefilling
+            served = pf > 0
+            steps_to_event = np.where(
+                served,
+                run_pf // np.maximum(pf, 1),
+                np.where(decoding, run_dec, no_event),
+            )
+            k = int(steps_to_event.min())
+            t_pf = float(pf.sum())
+            t_dec = float(n_running - np.count_nonzero(prefilling))
+            dt = b0 + b1 * t_pf + b2 * t_dec
+
+            next_arrival = None
+            if n_running < max_num_seqs and head < n:
+                next_arrival = float(arrival[head])
+                reach = int(np.ceil((next_arrival - clock) / dt))
+                if self.noise > 0:
+                    reach = 2 * reach + 1  # noisy steps may be shorter
+                k = min(k, reach)
+            end = clock + np.cumsum(dt * noise.factors(k) * np.ones(k))
+            start = np.empty(k)
+            start[0] = clock
+            start[1:] = end[:-1]
+            if next_arrival is not None:
+                # the first step starting at or after the arrival admits it
+                cut = int(np.searchsorted(start, next_arrival, side="left"))
+                if cut < k:
+                    k, start, end = cut, start[:cut], end[:cut]
+            blocks.append((k, t_pf, t_dec, n_running, start, end))
+            block_end = float(end[-1])
+
+            # phase boundaries: the block's first step opens, its last closes
+            first = served & (run_pf == run_prompt)
+            if first.any():
+                self.prefill_start[run_req[first]] = clock
+            run_pf -= k * pf  # in place: rows of run
+            last = served & (run_pf == 0)
+            if last.any():
+                self.prefill_end[run_req[last]] = block_end
+            run_dec -= k * decoding
+            done = decoding & (run_dec == 0)
+            if done.any():
+                self.decode_end[run_req[done]] = block_end
+                n_running -= int(np.count_nonzero(done))
+                run = run[:, ~done]
+            clock = block_end
+
+        n_steps, t_pf, t_dec, n_running, start, end = zip(*blocks, strict=True)
+        self.steps = [
+            (np.array(n_steps), np.array(t_pf), np.array(t_dec), np.array(n_running))
+            + (np.concatenate(start), np.concatenate(end))
+        ]
 
     def _apply_budget(self, pf, prefilling, run_inst):
         """Decodes first, then prefill chunks FCFS until the budget is spent."""
@@ -472,7 +571,8 @@ class _Engine:
             np.concatenate(parts) for parts in zip(*self.steps, strict=True)
         )
         # per-block values, iteration-major over instances -> one row per step
-        instance = np.tile(np.arange(self.n_instances), len(self.steps))
+        n_inst = self.n_instances
+        instance = np.tile(np.arange(n_inst), n_steps.shape[0] // n_inst)
         instance, t_pf, t_dec, n_running = (
             np.repeat(a, n_steps) for a in (instance, t_pf, t_dec, n_running)
         )
