@@ -233,12 +233,15 @@ def _lognormal_lengths(rng, median: float, sigma: float, size: int) -> np.ndarra
 
 
 class _Engine:
-    """All instances' busy loops, advanced one step per iteration together.
+    """All instances' busy loops, advanced together one block of steps at a time.
 
-    The running requests of every instance live in one compact batch (arrays
-    ``run_*``), appended in admission order, so that within an instance the
-    batch order is first-come first-served. Waiting requests are kept sorted
-    by (instance, arrival): each instance's queue is a contiguous block.
+    The running requests of every instance live in one compact batch (a state
+    array with one column per request, see :meth:`queued_state`), appended in
+    admission order, so that within an instance the batch order is
+    first-come first-served. Waiting requests are kept sorted by (instance,
+    arrival): each instance's queue is a contiguous block. ``steps`` collects
+    per block: its length per instance, ``T_pf``, ``T_dec``, the running
+    count, and the start and end of each of its steps.
     """
 
     def __init__(
@@ -283,7 +286,7 @@ class _Engine:
         self.prefill_start = np.full(n, np.nan)
         self.prefill_end = np.full(n, np.nan)
         self.decode_end = np.full(n, np.nan)
-        self.steps: list[np.ndarray] = []
+        self.steps: list[tuple[np.ndarray, ...]] = []
 
     def run(self) -> None:
         """Simulate all instances; the step blocks land in ``self.steps``."""
