@@ -1,0 +1,251 @@
+"""TraceBlockSplit, GroupKFold over instances, and what each split does to exposures."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+import sklearn
+from sklearn.model_selection import (
+    GridSearchCV,
+    GroupKFold,
+    KFold,
+    cross_val_score,
+    cross_validate,
+)
+from sklearn.pipeline import make_pipeline
+from trace_factory import make_trace
+
+from sklearn_beta import (
+    BaselineBetaRegressor,
+    IterativeBetaRegressor,
+    PhaseExposureTransformer,
+)
+from sklearn_beta.model_selection import TraceBlockSplit, complete_context_mask
+
+INST = "instance_id"
+
+
+@pytest.fixture(scope="module")
+def fleet():
+    return make_trace(600, n_instances=2, seed=1, decode_median=15)
+
+
+@pytest.fixture
+def routing():
+    with sklearn.config_context(enable_metadata_routing=True):
+        yield
+
+
+def exposures(phases, idx=None):
+    transformer = PhaseExposureTransformer(instance_col=INST)
+    subset = phases if idx is None else phases.iloc[idx]
+    return transformer.fit_transform(subset)[
+        ["prefill_exposure", "decode_exposure"]
+    ].to_numpy()
+
+
+def relative_error(sub, full):
+    return np.abs(sub - full) / np.maximum(np.abs(full), 1e-9)
+
+
+def test_kfold_exposures_differ_materially_from_full_trace(fleet):
+    full = exposures(fleet)
+    for _, test in KFold(5, shuffle=True, random_state=0).split(fleet):
+        err = relative_error(exposures(fleet, test), full[test])
+        # A random fifth of the rows sees about a fifth of the real pressure.
+        assert np.median(err) > 0.5
+        assert not complete_context_mask(fleet, test, instance_col=INST).any()
+
+
+def test_block_split_exposures_equal_full_trace_away_from_edges(fleet):
+    full = exposures(fleet)
+    cv = TraceBlockSplit(5, instance_col=INST)
+    n_complete = 0
+    for train, test in cv.split(fleet):
+        for idx in (test, train):
+            complete = complete_context_mask(fleet, idx, instance_col=INST)
+            sub = exposures(fleet, idx)
+            np.testing.assert_allclose(sub[complete], full[idx][complete], rtol=1e-11)
+            n_complete += complete.sum()
+        test_complete = complete_context_mask(fleet, test, instance_col=INST)
+        assert test_complete.mean() > 0.5
+    # Only the edges differ: most phases of every fold are exact.
+    assert n_complete > 0.6 * len(fleet) * 2
+
+
+@pytest.mark.parametrize("mode", ["end", "end_inside", "uniform", "none"])
+def test_complete_context_mask_is_exact_for_every_correction_mode(fleet, mode):
+    transformer = PhaseExposureTransformer(correction_mode=mode, instance_col=INST)
+    full = transformer.fit_transform(fleet).to_numpy()[:, 1:3]
+    for _, test in TraceBlockSplit(3, instance_col=INST).split(fleet):
+        complete = complete_context_mask(fleet, test, instance_col=INST)
+        sub = transformer.fit_transform(fleet.iloc[test]).to_numpy()[:, 1:3]
+        np.testing.assert_allclose(sub[complete], full[test][complete], rtol=1e-11)
+
+
+def test_group_kfold_over_instances_is_exact():
+    phases = make_trace(400, n_instances=4, seed=3)
+    full = exposures(phases)
+    for _, test in GroupKFold(n_splits=2).split(phases, groups=phases[INST]):
+        assert complete_context_mask(phases, test, instance_col=INST).all()
+        np.testing.assert_allclose(exposures(phases, test), full[test], rtol=1e-11)
+
+
+def test_folds_partition_requests_and_purge_overlaps(fleet):
+    gap = 0.3
+    seen = np.zeros(len(fleet), dtype=int)
+    request = fleet["request_id"].to_numpy()
+    for train, test in TraceBlockSplit(4, gap=gap, instance_col=INST).split(fleet):
+        seen[test] += 1
+        assert np.intersect1d(train, test).size == 0
+        # Both phases of a request are on the same side (or both dropped).
+        for idx in (train, test):
+            assert pd.Series(request[idx]).value_counts().eq(2).all()
+        for inst, rows in fleet.iloc[test].groupby(INST):
+            lo, hi = rows["t_start"].min() - gap, rows["t_end"].max() + gap
+            others = fleet.iloc[train]
+            others = others[others[INST] == inst]
+            assert ((others["t_end"] < lo) | (others["t_start"] > hi)).all()
+    np.testing.assert_array_equal(seen, 1)
+
+
+def test_blocks_are_contiguous_in_time_per_instance(fleet):
+    starts = fleet.groupby("request_id")["t_start"].min()
+    spans = []
+    for _, test in TraceBlockSplit(4, instance_col=INST).split(fleet):
+        rows = fleet.iloc[test]
+        spans.append(
+            rows.groupby(INST)["request_id"].agg(
+                lambda ids: (starts[ids].min(), starts[ids].max())
+            )
+        )
+    for inst in fleet[INST].unique():
+        bounds = [span[inst] for span in spans]
+        for (_, hi), (lo, _) in zip(bounds[:-1], bounds[1:], strict=True):
+            assert hi < lo
+
+
+def test_larger_gap_trains_on_a_subset():
+    phases = make_trace(300, seed=2, decode_median=15, instance_col=None)
+    small = list(TraceBlockSplit(3, gap=0.0).split(phases))
+    large = list(TraceBlockSplit(3, gap=1.0).split(phases))
+    for (train_s, test_s), (train_l, test_l) in zip(small, large, strict=True):
+        np.testing.assert_array_equal(test_s, test_l)
+        assert set(train_l) < set(train_s)
+
+
+def test_groups_override_instance_column(fleet):
+    renamed = fleet.assign(node=fleet[INST].map({0: "b", 1: "a"}))
+    by_col = list(TraceBlockSplit(3, instance_col=INST).split(fleet))
+    by_groups = list(TraceBlockSplit(3).split(renamed, groups=renamed["node"]))
+    for (a_train, a_test), (b_train, b_test) in zip(by_col, by_groups, strict=True):
+        np.testing.assert_array_equal(a_train, b_train)
+        np.testing.assert_array_equal(a_test, b_test)
+
+
+def test_epoch_timestamps_split_like_shifted_ones(fleet):
+    epoch = fleet.assign(t_start=fleet.t_start + 1.7e9, t_end=fleet.t_end + 1.7e9)
+    for (a_tr, a_te), (b_tr, b_te) in zip(
+        TraceBlockSplit(3, instance_col=INST).split(fleet),
+        TraceBlockSplit(3, instance_col=INST).split(epoch),
+        strict=True,
+    ):
+        np.testing.assert_array_equal(a_te, b_te)
+        # Rounding of 1.7e9 + t may move a touching phase across the purge
+        # boundary, nothing more.
+        assert len(np.setxor1d(a_tr, b_tr)) <= 4
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"n_splits": 1}, "n_splits"),
+        ({"n_splits": 2.5}, "n_splits"),
+        ({"gap": -1.0}, "gap"),
+        ({"gap": float("inf")}, "gap"),
+        ({"instance_col": "node"}, "missing column"),
+    ],
+)
+def test_bad_parameters_are_named(fleet, kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        next(TraceBlockSplit(**kwargs).split(fleet))
+
+
+def test_bad_tables_are_rejected(fleet):
+    with pytest.raises(TypeError, match="DataFrame"):
+        next(TraceBlockSplit().split(fleet.to_numpy()))
+    crossing = fleet.copy()
+    crossing.loc[1, INST] = 1 - crossing.loc[0, INST]
+    with pytest.raises(ValueError, match="one instance"):
+        next(TraceBlockSplit(instance_col=INST).split(crossing))
+    with pytest.raises(ValueError, match="groups has"):
+        next(TraceBlockSplit().split(fleet, groups=[0, 1]))
+    tiny = make_trace(3, instance_col=None)
+    with pytest.raises(ValueError, match="has no test phases: 3 request"):
+        next(TraceBlockSplit(4).split(tiny))
+    one_long = make_trace(2, instance_col=None)
+    one_long.loc[1, "t_end"] = 1e6
+    with pytest.raises(ValueError, match="no training"):
+        next(TraceBlockSplit(2).split(one_long))
+
+
+def test_repr_and_n_splits():
+    cv = TraceBlockSplit(4, gap=0.5, instance_col=INST)
+    assert cv.get_n_splits() == 4
+    assert "gap=0.5" in repr(cv)
+
+
+def _pipeline(regressor=None):
+    return make_pipeline(
+        PhaseExposureTransformer(instance_col=INST),
+        regressor if regressor is not None else BaselineBetaRegressor(),
+    )
+
+
+@pytest.mark.parametrize(
+    "cv",
+    [TraceBlockSplit(3, instance_col=INST), GroupKFold(n_splits=2)],
+    ids=["blocks", "group-kfold"],
+)
+def test_cross_val_score_routes_groups_without_routing(cv):
+    phases = make_trace(400, n_instances=4, seed=5)
+    scores = cross_val_score(_pipeline(), phases, groups=phases[INST], cv=cv)
+    assert scores.shape == (cv.get_n_splits(),)
+    assert np.all(np.isfinite(scores))
+
+
+@pytest.mark.parametrize(
+    "cv",
+    [TraceBlockSplit(3), GroupKFold(n_splits=2)],
+    ids=["blocks", "group-kfold"],
+)
+def test_cross_validate_routes_groups_with_routing(routing, cv):
+    phases = make_trace(400, n_instances=4, seed=5)
+    result = cross_validate(_pipeline(), phases, cv=cv, params={"groups": phases[INST]})
+    expected = cross_validate(
+        _pipeline(),
+        phases,
+        cv=list(cv.split(phases, groups=phases[INST])),
+    )
+    np.testing.assert_allclose(result["test_score"], expected["test_score"])
+
+
+def test_grid_search_over_chunk_size_and_damping():
+    phases = make_trace(300, n_instances=3, seed=6)
+    search = GridSearchCV(
+        _pipeline(IterativeBetaRegressor(max_iter=10)),
+        {
+            "phaseexposuretransformer__chunk_size": [32, 64],
+            "iterativebetaregressor__damping": [0.5, 1.0],
+        },
+        cv=TraceBlockSplit(3, instance_col=INST),
+    )
+    with pytest.warns() as record:  # ConvergenceWarning allowed, nothing else
+        search.fit(phases)
+    assert all("converge" in str(w.message) for w in record)
+    assert len(search.cv_results_["mean_test_score"]) == 4
+    assert set(search.best_params_) == {
+        "phaseexposuretransformer__chunk_size",
+        "iterativebetaregressor__damping",
+    }
