@@ -203,6 +203,7 @@ def test_cross_validate_with_routing(routing, phases, weights):
     np.testing.assert_allclose(result["test_score"], scores, rtol=1e-12)
 
 
+@pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")
 def test_grid_search_with_routing(routing, phases, weights):
     # The default scorer forwards every metadata to the pipeline's score, so
     # the regressor must request the weights there too (False is an error).
