@@ -126,3 +126,293 @@ def _step_tokens(steps) -> np.ndarray:
 
 
 # --- Scorers for cross-validation and GridSearchCV (phase durations) ---
+#
+# Scikit-learn's string scorers compute ``metric(y, estimator.predict(X))`` and
+# fail when ``y`` is None, which is how a phase table is cross-validated (the
+# target, each phase's duration, is in the table). These scorers take the
+# target from the exposure table instead: for a pipeline ending in a beta
+# regressor they run the pipeline's transformers once, read the ``duration``
+# and ``is_prefill`` columns and predict from the same table. An explicit ``y``
+# still wins. They subclass scikit-learn's scorer base class so that
+# ``set_score_request`` and metadata routing of ``sample_weight`` work as for
+# any scorer made by ``make_scorer``. scikit-learn checks ``scoring=`` strings
+# against its own registry, frozen when it is imported, so the names below are
+# used through ``get_scorer(name)`` or ``phase_scorers(*names)``.
+
+import copy  # noqa: E402
+import warnings  # noqa: E402
+
+import numpy as np  # noqa: E402
+from sklearn.exceptions import UndefinedMetricWarning  # noqa: E402
+from sklearn.metrics import get_scorer as _sklearn_get_scorer  # noqa: E402
+from sklearn.metrics import (  # noqa: E402
+    mean_absolute_error,
+    mean_absolute_percentage_error,
+    r2_score,
+    root_mean_squared_error,
+)
+from sklearn.metrics._scorer import _BaseScorer  # noqa: E402
+from sklearn.pipeline import Pipeline  # noqa: E402
+
+from ._base import BaseBetaRegressor  # noqa: E402
+from ._exposure import _COL  # noqa: E402
+
+PHASES = (None, "prefill", "decode")
+
+
+def _exposures_and_regressor(estimator, X):
+    """The exposure table ``estimator``'s regressor sees, and that regressor."""
+    if isinstance(estimator, Pipeline) and isinstance(estimator[-1], BaseBetaRegressor):
+        return estimator[:-1].transform(X), estimator[-1]
+    if isinstance(estimator, BaseBetaRegressor):
+        return X, estimator
+    return None, estimator
+
+
+def phase_durations(estimator, X, y=None):
+    """Observed and predicted durations of the phases in ``X``, and their kind.
+
+    Parameters
+    ----------
+    estimator : fitted Pipeline or beta regressor
+        A pipeline ending in :class:`BaselineBetaRegressor` or
+        :class:`IterativeBetaRegressor` (``X`` is then the phase table), or
+        such a regressor (``X`` is then the exposure table). Any other
+        regressor is scored from ``estimator.predict(X)`` and needs ``y``.
+    X : DataFrame
+        Phase table (pipeline) or exposure table (regressor).
+    y : array-like of shape (n_phases,), default=None
+        Observed durations; taken from the exposure table when None.
+
+    Returns
+    -------
+    y_true, y_pred : ndarray of shape (n_phases,)
+        Observed and predicted durations.
+    is_prefill : ndarray of bool of shape (n_phases,) or None
+        Phase kind, None when the table does not tell.
+    """
+    table, regressor = _exposures_and_regressor(estimator, X)
+    if table is None:
+        if y is None:
+            raise ValueError(
+                f"Cannot find phase durations for a {type(estimator).__name__}: "
+                "pass y, or score a Pipeline ending in a beta regressor."
+            )
+        return np.asarray(y, dtype=np.float64), estimator.predict(X), None
+    y_pred = regressor.predict(table)
+    table = np.asarray(table, dtype=np.float64)
+    has = table.shape[1] > max(_COL["duration"], _COL["is_prefill"])
+    is_prefill = table[:, _COL["is_prefill"]] == 1 if has else None
+    if y is None:
+        if not has:
+            raise ValueError(
+                "y is None and the table has no 'duration' column: pass the "
+                "observed durations as y, or the full exposure table."
+            )
+        y = table[:, _COL["duration"]]
+    return np.asarray(y, dtype=np.float64), y_pred, is_prefill
+
+
+class PhaseDurationScorer(_BaseScorer):
+    """Score predicted phase durations, optionally of one phase kind only.
+
+    Use :func:`make_phase_scorer` to build one, or :func:`get_scorer` for the
+    predefined ones.
+
+    Parameters
+    ----------
+    score_func : callable
+        ``score_func(y_true, y_pred, **kwargs)``, e.g. ``r2_score``.
+    sign : {1, -1}
+        -1 for errors, so that greater is better as scikit-learn expects.
+    kwargs : dict
+        Extra keyword arguments of ``score_func``.
+    phase : {None, "prefill", "decode"}, default=None
+        Score only that kind of phase; None scores all of them.
+    """
+
+    def __init__(self, score_func, sign, kwargs, phase=None):
+        super().__init__(score_func, sign, kwargs, response_method="predict")
+        if phase not in PHASES:
+            raise ValueError(f"phase must be one of {PHASES}, got {phase!r}.")
+        self._phase = phase
+
+    def __repr__(self):
+        name = getattr(self._score_func, "__name__", repr(self._score_func))
+        sign = "" if self._sign > 0 else ", greater_is_better=False"
+        phase = "" if self._phase is None else f", phase={self._phase!r}"
+        extra = "".join(f", {k}={v!r}" for k, v in self._kwargs.items())
+        return f"make_phase_scorer({name}{sign}{phase}{extra})"
+
+    def __call__(self, estimator, X, y_true=None, *, sample_weight=None, **kwargs):
+        """Score ``estimator`` on the phases of ``X``.
+
+        Parameters
+        ----------
+        estimator : fitted Pipeline or beta regressor
+            See :func:`phase_durations`.
+        X : DataFrame
+            Phase table (pipeline) or exposure table (regressor).
+        y_true : array-like of shape (n_phases,), default=None
+            Observed durations; taken from the exposure table when None.
+        sample_weight : array-like of shape (n_phases,), default=None
+            Weights of the phases.
+        **kwargs
+            Other metadata, with metadata routing enabled.
+
+        Returns
+        -------
+        score : float
+        """
+        if sample_weight is not None:
+            kwargs["sample_weight"] = sample_weight
+        return self._score(None, estimator, X, y_true, **kwargs)
+
+    def _score(self, method_caller, estimator, X, y_true=None, **kwargs):
+        # method_caller (scikit-learn's prediction cache) is not used: the
+        # prediction needs the exposure table, which is built here once.
+        self._warn_overlap(
+            message="Metadata overlaps the kwargs given to make_phase_scorer.",
+            kwargs=kwargs,
+        )
+        y_true, y_pred, is_prefill = phase_durations(estimator, X, y_true)
+        keep = slice(None)
+        if self._phase is not None:
+            if is_prefill is None:
+                raise ValueError(
+                    f"Scoring {self._phase} phases needs the exposure table's "
+                    "'is_prefill' column; score a Pipeline ending in a beta "
+                    "regressor or pass the full exposure table."
+                )
+            keep = is_prefill if self._phase == "prefill" else ~is_prefill
+            if not keep.any():
+                warnings.warn(
+                    f"No {self._phase} phase to score: returning NaN.",
+                    UndefinedMetricWarning,
+                    stacklevel=2,
+                )
+                return float("nan")
+        scoring_kwargs = {**self._kwargs, **kwargs}
+        if scoring_kwargs.get("sample_weight") is not None:
+            weight = np.asarray(scoring_kwargs["sample_weight"], dtype=np.float64)
+            scoring_kwargs["sample_weight"] = weight[keep]
+        return self._sign * float(
+            self._score_func(y_true[keep], y_pred[keep], **scoring_kwargs)
+        )
+
+
+def make_phase_scorer(
+    score_func, *, phase=None, greater_is_better=True, **kwargs
+) -> PhaseDurationScorer:
+    """Make a scorer of phase durations from a regression metric.
+
+    Like :func:`sklearn.metrics.make_scorer`, but the observed durations come
+    from the exposure table when ``y`` is None, so that
+    ``cross_val_score(pipeline, phases, scoring=scorer)`` works on a phase
+    table alone, and ``phase`` restricts the score to prefill or decode rows.
+
+    Parameters
+    ----------
+    score_func : callable
+        ``score_func(y_true, y_pred, **kwargs)``.
+    phase : {None, "prefill", "decode"}, default=None
+        Score only that kind of phase.
+    greater_is_better : bool, default=True
+        False for errors: the scorer then returns their negative.
+    **kwargs
+        Extra keyword arguments of ``score_func``.
+
+    Returns
+    -------
+    scorer : PhaseDurationScorer
+        Callable as ``scorer(estimator, X, y=None)``.
+
+    Examples
+    --------
+    >>> from sklearn.metrics import median_absolute_error
+    >>> from sklearn_beta.metrics import make_phase_scorer
+    >>> make_phase_scorer(median_absolute_error, phase="decode",
+    ...                   greater_is_better=False)
+    make_phase_scorer(median_absolute_error, greater_is_better=False, \
+phase='decode')
+    """
+    return PhaseDurationScorer(
+        score_func, 1 if greater_is_better else -1, kwargs, phase
+    )
+
+
+#: The predefined scorers, by name. ``neg_*`` are errors with their sign
+#: flipped (greater is better), as in scikit-learn.
+SCORERS = {
+    "duration_r2": make_phase_scorer(r2_score),
+    "prefill_r2": make_phase_scorer(r2_score, phase="prefill"),
+    "decode_r2": make_phase_scorer(r2_score, phase="decode"),
+    "neg_duration_mape": make_phase_scorer(
+        mean_absolute_percentage_error, greater_is_better=False
+    ),
+    "neg_prefill_mape": make_phase_scorer(
+        mean_absolute_percentage_error, phase="prefill", greater_is_better=False
+    ),
+    "neg_decode_mape": make_phase_scorer(
+        mean_absolute_percentage_error, phase="decode", greater_is_better=False
+    ),
+    "neg_duration_rmse": make_phase_scorer(
+        root_mean_squared_error, greater_is_better=False
+    ),
+    "neg_duration_mae": make_phase_scorer(mean_absolute_error, greater_is_better=False),
+}
+
+
+def get_scorer_names() -> list[str]:
+    """Names of the predefined phase-duration scorers.
+
+    Returns
+    -------
+    names : list of str
+    """
+    return sorted(SCORERS)
+
+
+def get_scorer(scoring):
+    """A phase-duration scorer by name (a copy), else scikit-learn's.
+
+    Parameters
+    ----------
+    scoring : str or callable
+        One of :func:`get_scorer_names`, any scikit-learn scorer name, or a
+        scorer (returned unchanged).
+
+    Returns
+    -------
+    scorer : callable
+
+    Examples
+    --------
+    >>> from sklearn_beta.metrics import get_scorer
+    >>> get_scorer("neg_duration_mape")
+    make_phase_scorer(mean_absolute_percentage_error, greater_is_better=False)
+    """
+    if isinstance(scoring, str) and scoring in SCORERS:
+        return copy.deepcopy(SCORERS[scoring])
+    return _sklearn_get_scorer(scoring)
+
+
+def phase_scorers(*names: str) -> dict:
+    """A ``{name: scorer}`` dict for multi-metric ``scoring=``.
+
+    Parameters
+    ----------
+    *names : str
+        Scorer names; all predefined ones when empty.
+
+    Returns
+    -------
+    scoring : dict
+
+    Examples
+    --------
+    >>> from sklearn_beta.metrics import phase_scorers
+    >>> sorted(phase_scorers("duration_r2", "neg_decode_mape"))
+    ['duration_r2', 'neg_decode_mape']
+    """
+    return {name: get_scorer(name) for name in (names or get_scorer_names())}
