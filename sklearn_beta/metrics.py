@@ -156,17 +156,24 @@ from sklearn.pipeline import Pipeline  # noqa: E402
 
 from ._base import BaseBetaRegressor  # noqa: E402
 from ._exposure import _COL  # noqa: E402
+from .model_selection import TraceContextRegressor  # noqa: E402
 
 PHASES = (None, "prefill", "decode")
 
 
-def _exposures_and_regressor(estimator, X):
-    """The exposure table ``estimator``'s regressor sees, and that regressor."""
+def _exposures_and_predictions(estimator, X):
+    """The exposure table of ``X`` as ``estimator`` sees it, and its predictions.
+
+    Both are None when ``estimator`` is not a beta-regressor pipeline.
+    """
+    if isinstance(estimator, TraceContextRegressor):
+        return estimator.exposures(X), estimator.predict(X)
     if isinstance(estimator, Pipeline) and isinstance(estimator[-1], BaseBetaRegressor):
-        return estimator[:-1].transform(X), estimator[-1]
+        table = estimator[:-1].transform(X)
+        return table, estimator[-1].predict(table)
     if isinstance(estimator, BaseBetaRegressor):
-        return X, estimator
-    return None, estimator
+        return X, estimator.predict(X)
+    return None, None
 
 
 def phase_durations(estimator, X, y=None):
@@ -174,11 +181,13 @@ def phase_durations(estimator, X, y=None):
 
     Parameters
     ----------
-    estimator : fitted Pipeline or beta regressor
+    estimator : fitted Pipeline, TraceContextRegressor or beta regressor
         A pipeline ending in :class:`BaselineBetaRegressor` or
-        :class:`IterativeBetaRegressor` (``X`` is then the phase table), or
-        such a regressor (``X`` is then the exposure table). Any other
-        regressor is scored from ``estimator.predict(X)`` and needs ``y``.
+        :class:`IterativeBetaRegressor`, or a
+        :class:`~sklearn_beta.model_selection.TraceContextRegressor` (``X`` is
+        then the phase table), or such a regressor (``X`` is then the exposure
+        table). Any other regressor is scored from ``estimator.predict(X)``
+        and needs ``y``.
     X : DataFrame
         Phase table (pipeline) or exposure table (regressor).
     y : array-like of shape (n_phases,), default=None
@@ -191,7 +200,7 @@ def phase_durations(estimator, X, y=None):
     is_prefill : ndarray of bool of shape (n_phases,) or None
         Phase kind, None when the table does not tell.
     """
-    table, regressor = _exposures_and_regressor(estimator, X)
+    table, y_pred = _exposures_and_predictions(estimator, X)
     if table is None:
         if y is None:
             raise ValueError(
@@ -199,7 +208,6 @@ def phase_durations(estimator, X, y=None):
                 "pass y, or score a Pipeline ending in a beta regressor."
             )
         return np.asarray(y, dtype=np.float64), estimator.predict(X), None
-    y_pred = regressor.predict(table)
     table = np.asarray(table, dtype=np.float64)
     has = table.shape[1] > max(_COL["duration"], _COL["is_prefill"])
     is_prefill = table[:, _COL["is_prefill"]] == 1 if has else None

@@ -6,6 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import sklearn
+from sklearn.base import clone
 from sklearn.model_selection import (
     GridSearchCV,
     GroupKFold,
@@ -21,7 +22,11 @@ from sklearn_beta import (
     IterativeBetaRegressor,
     PhaseExposureTransformer,
 )
-from sklearn_beta.model_selection import TraceBlockSplit, complete_context_mask
+from sklearn_beta.model_selection import (
+    TraceBlockSplit,
+    TraceContextRegressor,
+    complete_context_mask,
+)
 
 INST = "instance_id"
 
@@ -249,3 +254,108 @@ def test_grid_search_over_chunk_size_and_damping():
         "phaseexposuretransformer__chunk_size",
         "iterativebetaregressor__damping",
     }
+
+
+# --- TraceContextRegressor: full-trace exposures inside cross-validation ---
+
+
+@pytest.mark.parametrize("regressor", [BaselineBetaRegressor, IterativeBetaRegressor])
+def test_context_regressor_scores_every_test_phase_in_full_context(fleet, regressor):
+    full_table = PhaseExposureTransformer(instance_col=INST).fit_transform(fleet)
+    model = TraceContextRegressor(_pipeline(regressor()), trace=fleet)
+    for train, test in TraceBlockSplit(4, instance_col=INST).split(fleet):
+        model.fit(fleet.iloc[train])
+        # Every test phase, edges included, has its full-trace exposures.
+        np.testing.assert_array_equal(
+            model.exposures(fleet.iloc[test]).to_numpy(),
+            full_table.iloc[test].to_numpy(),
+        )
+        weight = np.zeros(len(fleet))
+        weight[train] = 1.0
+        direct = clone(model.estimator[-1]).fit(full_table, sample_weight=weight)
+        np.testing.assert_allclose(model.beta_, direct.beta_, rtol=1e-12)
+        np.testing.assert_allclose(
+            model.predict(fleet.iloc[test]),
+            direct.predict(full_table)[test],
+            rtol=1e-12,
+        )
+
+
+def _shrink(phases, rows, factor=0.9, tokens=2):
+    """Test phases made shorter and given other token counts."""
+    out = phases.copy()
+    idx = out.index[rows]
+    out.loc[idx, "t_end"] = out.t_start[idx] + factor * (
+        out.t_end[idx] - out.t_start[idx]
+    )
+    out.loc[idx, "prefill_tokens"] *= tokens
+    out.loc[idx, "decode_tokens"] *= tokens
+    return out
+
+
+@pytest.mark.parametrize("regressor", [BaselineBetaRegressor, IterativeBetaRegressor])
+def test_context_regressor_does_not_leak_test_phases_with_block_split(fleet, regressor):
+    for train, test in TraceBlockSplit(3, instance_col=INST).split(fleet):
+        a = TraceContextRegressor(_pipeline(regressor()), trace=fleet)
+        changed = _shrink(fleet, test)
+        b = TraceContextRegressor(_pipeline(regressor()), trace=changed)
+        a.fit(fleet.iloc[train])
+        b.fit(changed.iloc[train])
+        np.testing.assert_allclose(a.beta_, b.beta_, rtol=1e-9)
+
+
+def test_context_regressor_with_random_rows_would_leak(fleet):
+    train, test = next(KFold(3, shuffle=True, random_state=0).split(fleet))
+    a = TraceContextRegressor(_pipeline(), trace=fleet).fit(fleet.iloc[train])
+    changed = _shrink(fleet, test)
+    b = TraceContextRegressor(_pipeline(), trace=changed).fit(changed.iloc[train])
+    # The training rows carry the pressure of the changed test phases.
+    moved = np.abs(a.beta_ - b.beta_) / np.where(a.beta_ > 0, a.beta_, 1.0)
+    assert moved.max() > 0.01
+
+
+def test_context_matches_group_kfold_scores():
+    phases = make_trace(400, n_instances=4, seed=8)
+    context = TraceContextRegressor(_pipeline(), trace=phases)
+    blocks = cross_val_score(
+        context, phases, cv=GroupKFold(n_splits=2), groups=phases[INST]
+    )
+    plain = cross_val_score(
+        _pipeline(), phases, cv=GroupKFold(n_splits=2), groups=phases[INST]
+    )
+    # Whole instances: the plain pipeline already has full context.
+    np.testing.assert_allclose(blocks, plain, rtol=1e-10)
+
+
+def test_context_regressor_in_grid_search_with_weights(routing, fleet):
+    weights = np.random.default_rng(0).uniform(0.5, 2.0, len(fleet))
+    model = TraceContextRegressor(
+        _pipeline(IterativeBetaRegressor(max_iter=50)), trace=fleet
+    ).set_fit_request(sample_weight=True)
+    model.set_score_request(sample_weight=True)
+    search = GridSearchCV(
+        model,
+        {"estimator__iterativebetaregressor__damping": [0.5, 1.0]},
+        cv=TraceBlockSplit(3, instance_col=INST),
+        error_score="raise",
+    )
+    search.fit(fleet, sample_weight=weights)
+    best = search.best_estimator_
+    table = PhaseExposureTransformer(instance_col=INST).fit_transform(fleet)
+    direct = IterativeBetaRegressor(
+        max_iter=50, damping=best.estimator[-1].damping
+    ).fit(table, sample_weight=weights)
+    np.testing.assert_allclose(best.beta_, direct.beta_, rtol=1e-12)
+
+
+def test_context_regressor_errors(fleet):
+    model = TraceContextRegressor(_pipeline(), trace=fleet)
+    with pytest.raises(ValueError, match="y"):
+        model.fit(fleet, y=np.ones(len(fleet)))
+    with pytest.raises(TypeError, match="DataFrame"):
+        model.fit(fleet.to_numpy())
+    with pytest.raises(ValueError, match="not in trace"):
+        model.fit(fleet.set_axis(fleet.index + 10_000))
+    doubled = TraceContextRegressor(_pipeline(), trace=pd.concat([fleet, fleet]))
+    with pytest.raises(ValueError, match="unique index"):
+        doubled.fit(fleet)

@@ -258,3 +258,21 @@ def test_phase_durations_helper(phases, fitted, truth):
     np.testing.assert_allclose(y_true, observed, rtol=1e-12)
     np.testing.assert_allclose(y_pred, predicted, rtol=1e-12)
     np.testing.assert_array_equal(is_prefill, pre)
+
+
+def test_scorers_use_the_context_regressor_full_trace(phases):
+    from sklearn_beta.model_selection import TraceContextRegressor
+
+    model = TraceContextRegressor(_pipe(), trace=phases)
+    train, test = next(TraceBlockSplit(3, instance_col=INST).split(phases))
+    model.fit(phases.iloc[train])
+    full = model.exposures_
+    observed = full["duration"].to_numpy()[test]
+    predicted = model.predictions_[test]
+    pre = full["is_prefill"].to_numpy()[test] == 1
+    assert get_scorer("prefill_r2")(model, phases.iloc[test]) == pytest.approx(
+        r2_score(observed[pre], predicted[pre]), rel=1e-12
+    )
+    assert get_scorer("duration_r2")(model, phases.iloc[test]) == pytest.approx(
+        model.score(phases.iloc[test]), rel=1e-12
+    )
