@@ -2,8 +2,25 @@
 
 from __future__ import annotations
 
+import copy
+import warnings
+
 import numpy as np
 import pandas as pd
+from sklearn.exceptions import UndefinedMetricWarning
+from sklearn.metrics import get_scorer as _sklearn_get_scorer
+from sklearn.metrics import (
+    mean_absolute_error,
+    mean_absolute_percentage_error,
+    r2_score,
+    root_mean_squared_error,
+)
+from sklearn.metrics._scorer import _BaseScorer
+from sklearn.pipeline import Pipeline
+
+from ._base import BaseBetaRegressor
+from ._exposure import _COL
+from .model_selection import TraceContextRegressor
 
 # --- Coefficient and step-time errors against known betas (simulated traces) ---
 
@@ -138,25 +155,6 @@ def _step_tokens(steps) -> np.ndarray:
 # any scorer made by ``make_scorer``. scikit-learn checks ``scoring=`` strings
 # against its own registry, frozen when it is imported, so the names below are
 # used through ``get_scorer(name)`` or ``phase_scorers(*names)``.
-
-import copy  # noqa: E402
-import warnings  # noqa: E402
-
-import numpy as np  # noqa: E402
-from sklearn.exceptions import UndefinedMetricWarning  # noqa: E402
-from sklearn.metrics import get_scorer as _sklearn_get_scorer  # noqa: E402
-from sklearn.metrics import (  # noqa: E402
-    mean_absolute_error,
-    mean_absolute_percentage_error,
-    r2_score,
-    root_mean_squared_error,
-)
-from sklearn.metrics._scorer import _BaseScorer  # noqa: E402
-from sklearn.pipeline import Pipeline  # noqa: E402
-
-from ._base import BaseBetaRegressor  # noqa: E402
-from ._exposure import _COL  # noqa: E402
-from .model_selection import TraceContextRegressor  # noqa: E402
 
 PHASES = (None, "prefill", "decode")
 
