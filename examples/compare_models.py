@@ -1,19 +1,21 @@
 """Cross-validated comparison of the beta estimators on fleet traces.
 
 1. A simulated trace of 4 engine instances with known betas: baseline vs
-   iterative in every correction mode, scored by cross-validation over
-   contiguous time blocks (TraceBlockSplit) and, for reference, over whole
-   instances (GroupKFold) and over random rows (KFold, which is wrong here).
-2. GridSearchCV over the chunk size and the damping of the iterative
+   iterative in every correction mode, cross-validated over contiguous time
+   blocks of each instance (TraceBlockSplit), each model wrapped in
+   TraceContextRegressor so that every phase keeps its full-trace exposures.
+2. The same two headline models under other splits: plain pipelines on
+   TraceBlockSplit (edge phases lose context), GroupKFold over instances
+   (exact, needs several instances) and KFold over random rows (wrong).
+3. GridSearchCV over the chunk size and the damping of the iterative
    estimator, refit on the best mean absolute percentage error.
-3. The same comparison and search on the sample trace shipped with the
-   package (one instance, 300 requests).
+4. Steps 1 and 3 on the sample trace shipped with the package.
 
-Scores are computed on phase durations: R^2 of all phases, of prefill and of
+Scores are on phase durations: R^2 of all phases, of prefill phases and of
 decode phases, and the mean absolute percentage error (MAPE, shown as a
-positive percentage). Mean and standard deviation over the folds.
+positive percentage). Each cell is the mean +/- standard deviation over folds.
 
-Run:  python examples/compare_models.py     (about a minute on two cores)
+Run:  python examples/compare_models.py     (about half a minute on two cores)
 """
 
 from __future__ import annotations
@@ -33,58 +35,61 @@ from sklearn_beta import (
 )
 from sklearn_beta.datasets import load_sample_trace, simulate_trace
 from sklearn_beta.metrics import phase_scorers
-from sklearn_beta.model_selection import TraceBlockSplit, complete_context_mask
+from sklearn_beta.model_selection import (
+    TraceBlockSplit,
+    TraceContextRegressor,
+    complete_context_mask,
+)
 
-TRUE_BETA = (6e-3, 2.5e-5, 1.5e-4)
-CHUNK = 256
+FLEET_BETA = (6e-3, 2.5e-5, 1.5e-4)
+SAMPLE_BETA = (5e-3, 2e-5, 8e-5)
 INST = "instance_id"
 SCORING = phase_scorers("duration_r2", "prefill_r2", "decode_r2", "neg_duration_mape")
 FIXED_MODES = ["end", "end_inside", "uniform", "none"]
 
 
-def models(chunk_size, instance_col):
-    """Every estimator configuration to compare, by name."""
+def pipeline(regressor, chunk_size, instance_col, mode="end"):
+    transformer = PhaseExposureTransformer(
+        chunk_size=chunk_size, correction_mode=mode, instance_col=instance_col
+    )
+    return make_pipeline(transformer, regressor)
 
-    def pipe(regressor, mode="end"):
-        transformer = PhaseExposureTransformer(
-            chunk_size=chunk_size, correction_mode=mode, instance_col=instance_col
-        )
-        return make_pipeline(transformer, regressor)
 
+def configurations(chunk_size, instance_col):
+    """Every estimator configuration to compare, by name (plain pipelines)."""
     configs = {
-        f"baseline {mode}": pipe(BaselineBetaRegressor(), mode) for mode in FIXED_MODES
+        f"baseline {mode}": pipeline(
+            BaselineBetaRegressor(), chunk_size, instance_col, mode
+        )
+        for mode in FIXED_MODES
     }
     for mode in ["beta_informed", *FIXED_MODES]:
-        configs[f"iterative {mode}"] = pipe(
-            IterativeBetaRegressor(correction_mode=mode, damping=0.5)
-        )
+        regressor = IterativeBetaRegressor(correction_mode=mode, damping=0.5)
+        configs[f"iterative {mode}"] = pipeline(regressor, chunk_size, instance_col)
     return configs
 
 
 def summarize(results: dict) -> pd.DataFrame:
-    """One row per configuration: mean +/- std over folds of each score."""
+    """One row per entry of ``results``: mean +/- std over folds of each score."""
     rows = {}
     for name, scores in results.items():
         row = {}
         for key in SCORING:
             values = scores[f"test_{key}"]
-            if key.startswith("neg_") and key.endswith("mape"):
+            if key == "neg_duration_mape":
                 values, key = -100 * values, "MAPE %"
-            row[key] = f"{np.mean(values):7.3f} +/- {np.std(values):6.3f}"
+            mean = (
+                f"{np.mean(values):.3g}"
+                if key == "MAPE %"
+                else f"{np.mean(values):.5f}"
+            )
+            row[key] = f"{mean} +/- {np.std(values):.1g}"
         rows[name] = row
     return pd.DataFrame.from_dict(rows, orient="index")
 
 
-def compare(phases, cv, chunk_size, instance_col, groups=None):
-    results = {
-        name: cross_validate(model, phases, cv=cv, groups=groups, scoring=SCORING)
-        for name, model in models(chunk_size, instance_col).items()
-    }
-    return summarize(results)
-
-
 def exact_share(phases, cv, instance_col, groups=None):
-    """Share of test phases whose fold-local exposures equal the full trace's."""
+    """Share (%) of test phases whose fold-local exposures equal the full trace's."""
     masks = [
         complete_context_mask(phases, test, instance_col=instance_col)
         for _, test in cv.split(phases, groups=groups)
@@ -92,71 +97,71 @@ def exact_share(phases, cv, instance_col, groups=None):
     return 100 * np.mean(np.concatenate(masks))
 
 
-def search(phases, cv, chunks, instance_col):
-    grid = GridSearchCV(
-        make_pipeline(
-            PhaseExposureTransformer(instance_col=instance_col),
-            IterativeBetaRegressor(),
+def compare_models(phases, cv, chunk_size, instance_col):
+    results = {
+        name: cross_validate(
+            TraceContextRegressor(model, trace=phases), phases, cv=cv, scoring=SCORING
+        )
+        for name, model in configurations(chunk_size, instance_col).items()
+    }
+    return summarize(results)
+
+
+def compare_splits(phases, chunk_size, splits):
+    configs = configurations(chunk_size, INST)
+    results = {}
+    for split_name, cv, groups, in_context in splits:
+        for name in ("baseline end", "iterative beta_informed"):
+            model = configs[name]
+            if in_context:
+                model = TraceContextRegressor(model, trace=phases)
+            exact = 100.0 if in_context else exact_share(phases, cv, INST, groups)
+            label = f"{name} | {split_name} | exact {exact:5.1f} %"
+            results[label] = cross_validate(
+                model, phases, cv=cv, groups=groups, scoring=SCORING
+            )
+    return summarize(results)
+
+
+def grid_search(phases, cv, chunks, instance_col):
+    search = GridSearchCV(
+        TraceContextRegressor(
+            pipeline(IterativeBetaRegressor(), 64, instance_col), trace=phases
         ),
         {
-            "phaseexposuretransformer__chunk_size": chunks,
-            "iterativebetaregressor__damping": [0.5, 1.0],
+            "estimator__phaseexposuretransformer__chunk_size": chunks,
+            "estimator__iterativebetaregressor__damping": [0.5, 1.0],
         },
         cv=cv,
         scoring=SCORING,
         refit="neg_duration_mape",
     ).fit(phases)
-    table = pd.DataFrame(grid.cv_results_["params"]).rename(
-        columns=lambda c: c.split("__")[1]
-    )
-    table["MAPE %"] = -100 * grid.cv_results_["mean_test_neg_duration_mape"]
-    table["MAPE std"] = 100 * grid.cv_results_["std_test_neg_duration_mape"]
-    table["R^2"] = grid.cv_results_["mean_test_duration_r2"]
-    table["rank"] = grid.cv_results_["rank_test_neg_duration_mape"]
-    return grid, table.sort_values("rank")
+    results = search.cv_results_
+    table = pd.DataFrame(results["params"]).rename(columns=lambda c: c.split("__")[-1])
+    table["MAPE %"] = -100 * results["mean_test_neg_duration_mape"]
+    table["MAPE std"] = 100 * results["std_test_neg_duration_mape"]
+    table["R^2"] = results["mean_test_duration_r2"]
+    table["rank"] = results["rank_test_neg_duration_mape"]
+    return search, table.sort_values("rank")
 
 
-def report(title, phases, cv, chunk_size, chunks, instance_col, true_beta, extra=()):
-    print(f"\n=== {title} ===")
-    print(
-        f"{len(phases)} phases; cv = {cv!r}; exact test exposures: "
-        f"{exact_share(phases, cv, instance_col):.1f} % of test phases"
-    )
-    with pd.option_context("display.width", 200, "display.max_columns", 10):
-        print(compare(phases, cv, chunk_size, instance_col).to_string())
-        for name, other_cv, groups in extra:
-            print(f"\n-- iterative beta_informed and baseline end under {name}:")
-            print(
-                f"   exact test exposures: "
-                f"{exact_share(phases, other_cv, instance_col, groups):.1f} %"
-            )
-            subset = {
-                k: v
-                for k, v in models(chunk_size, instance_col).items()
-                if k in ("baseline end", "iterative beta_informed")
-            }
-            results = {
-                k: cross_validate(
-                    m, phases, cv=other_cv, groups=groups, scoring=SCORING
-                )
-                for k, m in subset.items()
-            }
-            print(summarize(results).to_string())
-        grid, table = search(phases, cv, chunks, instance_col)
-        print("\nGridSearchCV (iterative, beta_informed), refit on MAPE:")
-        print(table.to_string(index=False, float_format=lambda v: f"{v:.4g}"))
-    best = grid.best_estimator_[-1]
-    print(f"best parameters: {grid.best_params_}")
-    print(f"refit betas:     {np.array2string(best.beta_, precision=4)}")
-    print(f"true betas:      {np.array2string(np.asarray(true_beta), precision=4)}")
+def print_search(search, table, true_beta):
+    print("\nGridSearchCV, iterative beta_informed in TraceContextRegressor:")
+    print(table.to_string(index=False, float_format=lambda v: f"{v:.4g}"))
+    best = search.best_estimator_
+    params = {k.split("__")[-1]: v for k, v in search.best_params_.items()}
+    print(f"best parameters: {params}")
+    print(f"refit betas:     {', '.join(f'{b:.5g}' for b in best.beta_)}")
+    print(f"true betas:      {', '.join(f'{b:.5g}' for b in true_beta)}")
 
 
 def main():
     warnings.simplefilter("ignore", ConvergenceWarning)
+    pd.set_option("display.width", 200)
     fleet = simulate_trace(
         2000,
-        beta=TRUE_BETA,
-        chunk_size=CHUNK,
+        beta=FLEET_BETA,
+        chunk_size=256,
         max_num_seqs=32,
         arrival_rate=24.0,
         prompt_tokens=(600, 0.8),
@@ -165,33 +170,38 @@ def main():
         n_instances=4,
         random_state=0,
     )
-    report(
-        f"Simulated fleet: 4 instances, chunk size {CHUNK}, betas {TRUE_BETA}",
-        fleet,
-        TraceBlockSplit(5, instance_col=INST),
-        CHUNK,
-        [128, 256, 512],
-        INST,
-        TRUE_BETA,
-        extra=[
-            ("GroupKFold(4) over instances", GroupKFold(n_splits=4), fleet[INST]),
-            (
-                "KFold(5, shuffle): WRONG for traces",
-                KFold(5, shuffle=True, random_state=0),
-                None,
-            ),
-        ],
+    blocks = TraceBlockSplit(5, instance_col=INST)
+    print(f"=== Simulated fleet: {len(fleet)} phases, 4 instances, chunk size 256,")
+    print(f"    true betas {FLEET_BETA}; TraceBlockSplit(5) in full-trace context")
+    print(compare_models(fleet, blocks, 256, INST).to_string())
+
+    print("\n--- The same two models under other splits")
+    groups = fleet[INST]
+    print(
+        compare_splits(
+            fleet,
+            256,
+            [
+                ("blocks, context", blocks, None, True),
+                ("blocks, plain  ", blocks, None, False),
+                ("GroupKFold(4)  ", GroupKFold(n_splits=4), groups, False),
+                (
+                    "KFold (WRONG)  ",
+                    KFold(5, shuffle=True, random_state=0),
+                    None,
+                    False,
+                ),
+            ],
+        ).to_string()
     )
+    print_search(*grid_search(fleet, blocks, [128, 256, 512], INST), FLEET_BETA)
+
     sample = load_sample_trace()
-    report(
-        "Shipped sample: 1 instance, chunk size 64, betas (5e-3, 2e-5, 8e-5)",
-        sample,
-        TraceBlockSplit(3),
-        64,
-        [32, 64, 128],
-        None,
-        (5e-3, 2e-5, 8e-5),
-    )
+    sample_blocks = TraceBlockSplit(3)
+    print(f"\n=== Shipped sample: {len(sample)} phases, 1 instance, chunk size 64,")
+    print(f"    true betas {SAMPLE_BETA}; TraceBlockSplit(3) in full-trace context")
+    print(compare_models(sample, sample_blocks, 64, None).to_string())
+    print_search(*grid_search(sample, sample_blocks, [32, 64, 128], None), SAMPLE_BETA)
 
 
 if __name__ == "__main__":
