@@ -21,6 +21,9 @@ Two splits are honest:
 
 :func:`complete_context_mask` tells which phases of a subset have exactly
 their full-trace exposures; it measures the edge effect of any split.
+:class:`TraceContextRegressor` removes the edge effect: it fits on the full
+trace with zero weight outside the training rows and predicts the full
+trace, so every phase keeps its full-trace exposures in training and test.
 """
 
 from __future__ import annotations
@@ -173,7 +176,8 @@ class TraceBlockSplit(BaseCrossValidator):
     phase that overlaps no phase outside the block (see
     :func:`complete_context_mask`); only the phases at the block's two edges
     see part of their real pressure. The share of such phases falls as blocks
-    get longer: keep ``n_splits`` small relative to a trace's length.
+    get longer; wrap the pipeline in :class:`TraceContextRegressor` to give
+    every phase its full-trace exposures.
 
     Parameters
     ----------
@@ -197,6 +201,7 @@ class TraceBlockSplit(BaseCrossValidator):
         ``n_splits`` instances.
     complete_context_mask : Which phases of a subset keep their full-trace
         exposures.
+    TraceContextRegressor : Full-trace exposures for every fold.
 
     Examples
     --------

@@ -238,3 +238,25 @@ def test_grid_search_without_routing(phases, weights):
         baselinebetaregressor__sample_weight=weights,
     )
     assert np.all(np.isfinite(search.cv_results_["mean_test_score"]))
+
+
+def test_context_regressor_weights_without_routing(phases, weights):
+    from sklearn_beta.model_selection import TraceContextRegressor
+
+    model = TraceContextRegressor(_pipeline(BaselineBetaRegressor()), trace=phases)
+    cv = TraceBlockSplit(3, instance_col=INST)
+    search = GridSearchCV(
+        model,
+        {"estimator__phaseexposuretransformer__correction_mode": ["end", "none"]},
+        cv=cv,
+        error_score="raise",
+    ).fit(phases, sample_weight=weights)
+    train, _ = next(cv.split(phases))
+    fold = TraceContextRegressor(_pipeline(BaselineBetaRegressor()), trace=phases)
+    fold.fit(phases.iloc[train], sample_weight=weights[train])
+    table = PhaseExposureTransformer(instance_col=INST).fit_transform(phases)
+    masked = np.zeros(len(phases))
+    masked[train] = weights[train]
+    direct = BaselineBetaRegressor().fit(table, sample_weight=masked)
+    np.testing.assert_allclose(fold.beta_, direct.beta_, rtol=1e-12)
+    assert np.all(np.isfinite(search.cv_results_["mean_test_score"]))
