@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import warnings
+from functools import partial
 
 import numpy as np
 import pandas as pd
@@ -19,7 +20,8 @@ from sklearn.metrics._scorer import _BaseScorer
 from sklearn.pipeline import Pipeline
 
 from ._base import BaseBetaRegressor
-from ._exposure import _COL
+from ._exposure import _COL, PhaseExposureTransformer
+from ._validation import check_phases
 from .model_selection import TraceContextRegressor
 
 # --- Coefficient and step-time errors against known betas (simulated traces) ---
@@ -159,22 +161,35 @@ def _step_tokens(steps) -> np.ndarray:
 PHASES = (None, "prefill", "decode")
 
 
-def _exposures_and_predictions(estimator, X):
-    """The exposure table of ``X`` as ``estimator`` sees it, and its predictions.
+def _observed_durations(estimator, X):
+    """Durations and kinds of the phases of ``X`` as ``estimator`` sees them.
 
-    Both are None when ``estimator`` is not a beta-regressor pipeline.
+    Returns ``(duration, is_prefill)``, both None when the table lacks them,
+    or None when ``estimator`` is not a beta-regressor model.
     """
     if isinstance(estimator, TraceContextRegressor):
-        return estimator.exposures(X), estimator.predict(X)
-    if isinstance(estimator, Pipeline) and isinstance(estimator[-1], BaseBetaRegressor):
+        table = estimator.exposures(X)
+    elif isinstance(estimator, Pipeline) and isinstance(
+        estimator[-1], BaseBetaRegressor
+    ):
+        first = estimator[0]
+        if len(estimator) == 2 and isinstance(first, PhaseExposureTransformer):
+            # Validating the phase table gives the same durations and kinds
+            # as its exposure table, without building the grid again.
+            arrays = check_phases(X, first._columns())
+            return arrays.duration, arrays.is_prefill
         table = estimator[:-1].transform(X)
-        return table, estimator[-1].predict(table)
-    if isinstance(estimator, BaseBetaRegressor):
-        return X, estimator.predict(X)
-    return None, None
+    elif isinstance(estimator, BaseBetaRegressor):
+        table = X
+    else:
+        return None
+    table = np.asarray(table, dtype=np.float64)
+    if table.shape[1] <= max(_COL["duration"], _COL["is_prefill"]):
+        return None, None
+    return table[:, _COL["duration"]], table[:, _COL["is_prefill"]] == 1
 
 
-def phase_durations(estimator, X, y=None):
+def phase_durations(estimator, X, y=None, *, predict=None):
     """Observed and predicted durations of the phases in ``X``, and their kind.
 
     Parameters
@@ -190,6 +205,9 @@ def phase_durations(estimator, X, y=None):
         Phase table (pipeline) or exposure table (regressor).
     y : array-like of shape (n_phases,), default=None
         Observed durations; taken from the exposure table when None.
+    predict : callable or None, default=None
+        Returns ``estimator.predict(X)``, possibly cached (scikit-learn's
+        multi-metric scoring shares one prediction among scorers).
 
     Returns
     -------
@@ -198,24 +216,23 @@ def phase_durations(estimator, X, y=None):
     is_prefill : ndarray of bool of shape (n_phases,) or None
         Phase kind, None when the table does not tell.
     """
-    table, y_pred = _exposures_and_predictions(estimator, X)
-    if table is None:
+    observed = _observed_durations(estimator, X)
+    y_pred = np.asarray(estimator.predict(X) if predict is None else predict())
+    if observed is None:
         if y is None:
             raise ValueError(
                 f"Cannot find phase durations for a {type(estimator).__name__}: "
                 "pass y, or score a Pipeline ending in a beta regressor."
             )
-        return np.asarray(y, dtype=np.float64), estimator.predict(X), None
-    table = np.asarray(table, dtype=np.float64)
-    has = table.shape[1] > max(_COL["duration"], _COL["is_prefill"])
-    is_prefill = table[:, _COL["is_prefill"]] == 1 if has else None
+        return np.asarray(y, dtype=np.float64), y_pred, None
+    duration, is_prefill = observed
     if y is None:
-        if not has:
+        if duration is None:
             raise ValueError(
                 "y is None and the table has no 'duration' column: pass the "
                 "observed durations as y, or the full exposure table."
             )
-        y = table[:, _COL["duration"]]
+        y = duration
     return np.asarray(y, dtype=np.float64), y_pred, is_prefill
 
 
@@ -275,13 +292,18 @@ class PhaseDurationScorer(_BaseScorer):
         return self._score(None, estimator, X, y_true, **kwargs)
 
     def _score(self, method_caller, estimator, X, y_true=None, **kwargs):
-        # method_caller (scikit-learn's prediction cache) is not used: the
-        # prediction needs the exposure table, which is built here once.
+        # method_caller is scikit-learn's prediction cache, shared by the
+        # scorers of one multi-metric evaluation.
         self._warn_overlap(
             message="Metadata overlaps the kwargs given to make_phase_scorer.",
             kwargs=kwargs,
         )
-        y_true, y_pred, is_prefill = phase_durations(estimator, X, y_true)
+        predict = None
+        if method_caller is not None:
+            predict = partial(method_caller, estimator, "predict", X)
+        y_true, y_pred, is_prefill = phase_durations(
+            estimator, X, y_true, predict=predict
+        )
         keep = slice(None)
         if self._phase is not None:
             if is_prefill is None:

@@ -276,3 +276,21 @@ def test_scorers_use_the_context_regressor_full_trace(phases):
     assert get_scorer("duration_r2")(model, phases.iloc[test]) == pytest.approx(
         model.score(phases.iloc[test]), rel=1e-12
     )
+
+
+def test_multimetric_scoring_predicts_once_per_fold(phases, monkeypatch):
+    calls = []
+    original = BaselineBetaRegressor.predict
+
+    def counting(self, X):
+        calls.append(len(X))
+        return original(self, X)
+
+    monkeypatch.setattr(BaselineBetaRegressor, "predict", counting)
+    cross_validate(
+        _pipe(),
+        phases,
+        cv=TraceBlockSplit(3, instance_col=INST),
+        scoring=phase_scorers(),
+    )
+    assert len(calls) == 3
