@@ -35,6 +35,7 @@ import pandas as pd
 from sklearn.base import BaseEstimator, MetaEstimatorMixin, RegressorMixin, clone
 from sklearn.metrics import r2_score
 from sklearn.model_selection import BaseCrossValidator
+from sklearn.pipeline import Pipeline
 from sklearn.utils.validation import check_is_fitted
 
 from ._grid import build_grid
@@ -510,6 +511,12 @@ class TraceContextRegressor(MetaEstimatorMixin, RegressorMixin, BaseEstimator):
             raise TypeError(
                 f"trace must be the phase table (DataFrame), got "
                 f"{type(self.trace).__name__}."
+            )
+        if not isinstance(self.estimator, Pipeline) or len(self.estimator) < 2:
+            raise TypeError(
+                "estimator must be a Pipeline of a phase-table transformer and a "
+                "regressor, e.g. make_pipeline(PhaseExposureTransformer(), "
+                f"IterativeBetaRegressor()); got {self.estimator!r}."
             )
         pos = self._positions(X)
         weight = np.zeros(len(self.trace))

@@ -356,6 +356,9 @@ def test_context_regressor_errors(fleet):
         model.fit(fleet.to_numpy())
     with pytest.raises(ValueError, match="not in trace"):
         model.fit(fleet.set_axis(fleet.index + 10_000))
+    bare = TraceContextRegressor(BaselineBetaRegressor(), trace=fleet)
+    with pytest.raises(TypeError, match="Pipeline"):
+        bare.fit(fleet)
     doubled = TraceContextRegressor(_pipeline(), trace=pd.concat([fleet, fleet]))
     with pytest.raises(ValueError, match="unique index"):
         doubled.fit(fleet)
