@@ -362,3 +362,44 @@ def test_context_regressor_errors(fleet):
     doubled = TraceContextRegressor(_pipeline(), trace=pd.concat([fleet, fleet]))
     with pytest.raises(ValueError, match="unique index"):
         doubled.fit(fleet)
+
+
+@pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")
+@pytest.mark.parametrize("split", ["blocks-in-context", "blocks", "group-kfold"])
+def test_grid_search_on_simulated_fleet_finds_the_chunk_size(split):
+    from sklearn_beta.datasets import simulate_trace
+    from sklearn_beta.metrics import phase_scorers
+
+    phases = simulate_trace(
+        450,
+        beta=(5e-3, 2e-5, 1e-4),
+        chunk_size=64,
+        max_num_seqs=16,
+        arrival_rate=12.0,
+        prompt_tokens=(300, 0.6),
+        output_tokens=(60, 0.6),
+        n_instances=3,
+        random_state=0,
+    )
+    model = _pipeline(IterativeBetaRegressor())
+    prefix = ""
+    cv = TraceBlockSplit(3, instance_col=INST)
+    if split == "blocks-in-context":
+        model, prefix = TraceContextRegressor(model, trace=phases), "estimator__"
+    elif split == "group-kfold":
+        cv = GroupKFold(n_splits=3)
+    search = GridSearchCV(
+        model,
+        {
+            f"{prefix}phaseexposuretransformer__chunk_size": [32, 64, 128],
+            f"{prefix}iterativebetaregressor__damping": [0.5, 1.0],
+        },
+        cv=cv,
+        scoring=phase_scorers("duration_r2", "neg_duration_mape"),
+        refit="neg_duration_mape",
+        error_score="raise",
+    ).fit(phases, groups=phases[INST])
+    assert search.best_params_[f"{prefix}phaseexposuretransformer__chunk_size"] == 64
+    best = search.best_estimator_
+    beta = best.beta_ if prefix else best[-1].beta_
+    np.testing.assert_allclose(beta, (5e-3, 2e-5, 1e-4), rtol=0.02)
