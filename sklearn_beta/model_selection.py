@@ -28,6 +28,7 @@ trace, so every phase keeps its full-trace exposures in training and test.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from numbers import Integral, Real
 
 import numpy as np
@@ -44,14 +45,14 @@ from ._validation import _numeric_column, _show_rows
 __all__ = ["TraceBlockSplit", "TraceContextRegressor", "complete_context_mask"]
 
 
+@dataclass(frozen=True)
 class _TraceTimes:
     """Request codes, times and instance codes of a phase table (arrays only)."""
 
-    def __init__(self, request, t_start, t_end, instance):
-        self.request = request
-        self.t_start = t_start
-        self.t_end = t_end
-        self.instance = instance
+    request: np.ndarray  # int codes of request_id
+    t_start: np.ndarray  # float64, unshifted: splits only compare times
+    t_end: np.ndarray
+    instance: np.ndarray  # int codes of the instance ids, 0 for one instance
 
 
 def _trace_times(
