@@ -149,14 +149,16 @@ def _step_tokens(steps) -> np.ndarray:
 # Scikit-learn's string scorers compute ``metric(y, estimator.predict(X))`` and
 # fail when ``y`` is None, which is how a phase table is cross-validated (the
 # target, each phase's duration, is in the table). These scorers take the
-# target from the exposure table instead: for a pipeline ending in a beta
-# regressor they run the pipeline's transformers once, read the ``duration``
-# and ``is_prefill`` columns and predict from the same table. An explicit ``y``
-# still wins. They subclass scikit-learn's scorer base class so that
-# ``set_score_request`` and metadata routing of ``sample_weight`` work as for
-# any scorer made by ``make_scorer``. scikit-learn checks ``scoring=`` strings
-# against its own registry, frozen when it is imported, so the names below are
-# used through ``get_scorer(name)`` or ``phase_scorers(*names)``.
+# target from the model's view of the phases instead: the ``duration`` and
+# ``is_prefill`` of the exposure table (for the usual two-step pipeline, read
+# by validating the phase table, which gives the same values without building
+# the grid). Predictions go through scikit-learn's multi-metric cache, so
+# several scorers predict once. An explicit ``y`` still wins. They subclass
+# scikit-learn's (private) scorer base class so that ``set_score_request`` and
+# metadata routing of ``sample_weight`` work as for any ``make_scorer`` scorer.
+# scikit-learn checks ``scoring=`` strings against its own registry, frozen
+# when it is imported, so the names below are used through ``get_scorer(name)``
+# or ``phase_scorers(*names)``.
 
 PHASES = (None, "prefill", "decode")
 
