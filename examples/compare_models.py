@@ -15,7 +15,7 @@ Scores are on phase durations: R^2 of all phases, of prefill phases and of
 decode phases, and the mean absolute percentage error (MAPE, shown as a
 positive percentage). Each cell is the mean +/- standard deviation over folds.
 
-Run:  python examples/compare_models.py     (about half a minute on two cores)
+Run:  python examples/compare_models.py     (about 15 s on two cores)
 """
 
 from __future__ import annotations
