@@ -94,15 +94,41 @@ def test_iterative_weights_equal_repeated_nnls_rows(table, weights, monkeypatch)
     assert model.n_iter_ == n_weighted
 
 
-def test_iterative_weights_are_not_a_subset_fit(table):
-    # Zero weight removes a phase from the least squares, not from the trace:
-    # its load still shapes the others' step density.
+@pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")
+def test_zero_weight_removes_rows_from_the_fit_not_from_the_trace():
+    from sklearn_beta.datasets import simulate_trace
+
+    phases = simulate_trace(
+        450,
+        beta=(5e-3, 2e-5, 1e-4),
+        chunk_size=64,
+        max_num_seqs=16,
+        arrival_rate=12.0,
+        prompt_tokens=(300, 0.6),
+        output_tokens=(60, 0.6),
+        n_instances=3,
+        noise=0.05,
+        random_state=0,
+    )
+    table = PhaseExposureTransformer(instance_col=INST).fit_transform(phases)
     keep = (table["instance"] != 0).to_numpy()
-    model = IterativeBetaRegressor(damping=0.5)
-    masked = model.fit(table, sample_weight=keep.astype(float)).beta_.copy()
-    subset = model.fit(table[keep]).beta_
-    # Instances are independent, so here the two agree.
-    np.testing.assert_allclose(masked, subset, rtol=1e-8)
+    masked = IterativeBetaRegressor(damping=0.5, max_iter=15)
+    masked.fit(table, sample_weight=keep.astype(float))
+    subset = IterativeBetaRegressor(damping=0.5, max_iter=15).fit(table[keep])
+    # Instances are independent, so dropping instance 0 or weighting it 0 is
+    # the same fit, iteration by iteration.
+    np.testing.assert_allclose(masked.beta_, subset.beta_, rtol=1e-9)
+    np.testing.assert_allclose(
+        masked.history_["step"][1:], subset.history_["step"][1:], rtol=1e-7
+    )
+    # Within one instance, a zero weight keeps the phase's load: the fit
+    # differs from dropping the rows from the trace.
+    one = table[table["instance"] == 1]
+    early = (one["t_start"] < one["t_start"].median()).to_numpy()
+    weighted = IterativeBetaRegressor(damping=0.5, max_iter=15)
+    weighted.fit(one, sample_weight=early.astype(float))
+    dropped = IterativeBetaRegressor(damping=0.5, max_iter=15).fit(one[early])
+    assert not np.allclose(weighted.beta_, dropped.beta_, rtol=1e-3)
 
 
 @pytest.mark.parametrize("regressor", [BaselineBetaRegressor, IterativeBetaRegressor])
