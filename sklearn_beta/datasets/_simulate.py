@@ -310,12 +310,7 @@ class _Engine:
         n_inst = self.n_instances
         b0, b1, b2 = self.beta
         C = self.chunk_size
-        queue, arrival, prompt, output = (
-            self.queue,
-            self.arrival,
-            self.prompt,
-            self.output,
-        )
+        queue, arrival = self.queue, self.arrival
         last_queued = queue.shape[0] - 1
         clock = np.zeros(n_inst)
         head = self.queue_lo.copy()
