@@ -1,43 +1,39 @@
-"""Large synthetic phase tables for speed measurements.
+"""Simulated phase tables for speed measurements, cached on disk.
 
-Speed depends on the number of phases and on how many overlap, not on how
-realistic the step times are, so this draws a stationary trace directly in
-O(n) instead of simulating every engine step.
+The iterative estimator's cost is linear in its iteration count, which
+depends on how well the trace fits the step model; a simulated trace gives the
+iteration counts a user would see. Traces are cached under
+``benchmarks/.cache`` because simulating 1e6 phases takes tens of seconds.
 """
 
 from __future__ import annotations
 
-import numpy as np
+from pathlib import Path
+
 import pandas as pd
 
+from sklearn_beta.datasets import simulate_trace
 
-def synthetic_trace(
-    n_phases: int,
-    *,
-    running: float = 64.0,
-    chunk_size: int = 256,
-    seed: int = 0,
-    beta=(6e-3, 3e-5, 8e-5),
-) -> pd.DataFrame:
-    """A trace of ``n_phases`` phases with about ``running`` requests in flight."""
-    rng = np.random.default_rng(seed)
-    n_req = n_phases // 2
-    prompt = np.clip(rng.lognormal(np.log(512), 0.8, n_req), 1, 16384).round()
-    output = np.clip(rng.lognormal(np.log(128), 0.8, n_req), 1, 4096).round()
-    step = beta[0] + beta[1] * chunk_size * 0.3 + beta[2] * running
-    prefill_len = np.ceil(prompt / chunk_size) * step * rng.lognormal(0, 0.1, n_req)
-    decode_len = output * step * rng.lognormal(0, 0.1, n_req)
-    mean_life = float(np.mean(prefill_len + decode_len))
-    arrival = np.cumsum(rng.exponential(mean_life / running, n_req))
-    prefill_end = arrival + prefill_len
-    ids = np.arange(n_req)
-    return pd.DataFrame(
-        {
-            "request_id": np.repeat(ids, 2),
-            "phase_type": np.tile(np.array(["prefill", "decode"], dtype=object), n_req),
-            "t_start": np.column_stack([arrival, prefill_end]).ravel(),
-            "t_end": np.column_stack([prefill_end, prefill_end + decode_len]).ravel(),
-            "prefill_tokens": np.column_stack([prompt, np.zeros(n_req)]).ravel(),
-            "decode_tokens": np.column_stack([np.zeros(n_req), output]).ravel(),
-        }
+CACHE = Path(__file__).resolve().parent / ".cache"
+BETA = (6e-3, 3e-5, 8e-5)  # s/step, s/prefill token, s/decode token
+
+
+def speed_trace(n_phases: int, *, chunk_size: int = 256, seed: int = 0) -> pd.DataFrame:
+    """A heavily loaded single-engine trace of ``n_phases`` phases."""
+    path = CACHE / f"speed_{n_phases}_{chunk_size}_{seed}.pkl"
+    if path.exists():
+        return pd.read_pickle(path)
+    phases = simulate_trace(
+        n_phases // 2,
+        beta=BETA,
+        chunk_size=chunk_size,
+        max_num_seqs=256,
+        arrival_rate=60.0,
+        prompt_tokens=(512, 0.8),
+        output_tokens=(128, 0.8),
+        noise=0.02,
+        random_state=seed,
     )
+    CACHE.mkdir(exist_ok=True)
+    phases.to_pickle(path)
+    return phases

@@ -27,12 +27,12 @@ ESTIMATORS = ("baseline", "iterative", "pipeline-iterative")
 _CASE = r"""
 import json, sys, time, tracemalloc, warnings
 sys.path.insert(0, {here!r})
-from _traces import synthetic_trace
+from _traces import speed_trace
 from sklearn.pipeline import make_pipeline
 from sklearn_beta import (estimate_betas_baseline, estimate_betas_iterative,
     IterativeBetaRegressor, PhaseExposureTransformer)
 warnings.simplefilter("ignore")
-phases = synthetic_trace({n}, chunk_size={chunk})
+phases = speed_trace({n}, chunk_size={chunk})
 
 def run():
     if {est!r} == "baseline":
