@@ -13,6 +13,7 @@ from ._iterative import (
     IterativeResult,
     estimate_betas_iterative,
 )
+from ._validation import CleaningReport, clean_phases
 
 __version__ = "0.1.0"
 
@@ -20,9 +21,11 @@ __all__ = [
     "EXPOSURE_COLUMNS",
     "BaselineBetaRegressor",
     "BaselineResult",
+    "CleaningReport",
     "IterativeBetaRegressor",
     "IterativeResult",
     "PhaseExposureTransformer",
+    "clean_phases",
     "estimate_betas_baseline",
     "estimate_betas_iterative",
     "__version__",

@@ -8,9 +8,23 @@ import numpy as np
 import pandas as pd
 
 from ._base import BaseBetaRegressor
-from ._exposure import baseline_exposures, phase_step_density, timeline_from_arrays
+from ._corrections import FIXED_CORRECTION_MODES
+from ._exposure import (
+    EXPOSURE_COLUMNS,
+    baseline_exposures,
+    phase_step_density,
+    timeline_from_arrays,
+    timeline_from_exposures,
+)
+from ._identifiability import identifiability_diagnostics
 from ._nnls import fit_statistics, nnls_fit
-from ._validation import PhaseColumns, check_chunk_size, check_phases
+from ._validation import (
+    PhaseColumns,
+    check_chunk_size,
+    check_non_negative,
+    check_option,
+    check_phases,
+)
 
 
 @dataclass(frozen=True)
@@ -89,7 +103,20 @@ prefill_tokens_col, decode_tokens_col, n_steps_col : str
     result : BaselineResult
         ``beta0`` (s/step), ``beta1`` and ``beta2`` (s/token) and
         ``diagnostics`` (n_phases, r2, rmse_seconds, mean_duration_seconds,
-        mean_steps, mean_A_pf_tokens, mean_A_dec_tokens).
+        mean_steps, mean_A_pf_tokens, mean_A_dec_tokens, condition_number,
+        not_identified, at_zero_bound).
+
+    Raises
+    ------
+    TypeError, ValueError
+        For a phase table or a parameter outside the input contract (see the
+        README); the message names the column or parameter.
+
+    Warns
+    -----
+    IdentifiabilityWarning
+        When the trace cannot separate some coefficients (no overlap between
+        phases, a single phase type, constant decode pressure).
     """
     columns = PhaseColumns(
         request_id_col,
@@ -102,14 +129,24 @@ prefill_tokens_col, decode_tokens_col, n_steps_col : str
         instance_col,
     )
     chunk_size = check_chunk_size(chunk_size)
+    check_option(correction_mode, FIXED_CORRECTION_MODES, "correction_mode")
+    check_non_negative(min_duration_sec, "min_duration_sec")
     arrays = check_phases(phases, columns)
     timeline = timeline_from_arrays(arrays, chunk_size)
     density = phase_step_density(timeline.n_steps, timeline.duration, min_duration_sec)
     design = baseline_exposures(timeline, density, correction_mode)
     beta = nnls_fit(design, timeline.duration)
-    return BaselineResult(
-        *beta.tolist(), diagnostics=design_diagnostics(design, timeline.duration, beta)
+    diagnostics = design_diagnostics(design, timeline.duration, beta)
+    diagnostics.update(
+        identifiability_diagnostics(
+            design,
+            timeline.duration,
+            beta,
+            timeline,
+            estimator="estimate_betas_baseline",
+        )
     )
+    return BaselineResult(*beta.tolist(), diagnostics=diagnostics)
 
 
 class BaselineBetaRegressor(BaseBetaRegressor):
@@ -136,7 +173,10 @@ class BaselineBetaRegressor(BaseBetaRegressor):
     intercept_ : float
         Always 0.0: the model has no intercept.
     diagnostics_ : dict
-        n_phases, r2, rmse_seconds and mean exposures of the fit.
+        n_phases, r2, rmse_seconds and mean exposures of the fit;
+        ``condition_number`` of the column-normalised design,
+        ``not_identified`` and ``at_zero_bound`` (lists of coefficient names).
+        See :class:`~sklearn_beta.exceptions.IdentifiabilityWarning`.
     n_features_in_ : int
         Number of columns of the exposure table.
     feature_names_in_ : ndarray of str
@@ -173,7 +213,28 @@ class BaselineBetaRegressor(BaseBetaRegressor):
         design = table[:, :3]
         beta = nnls_fit(design, duration, sample_weight)
         self.diagnostics_ = design_diagnostics(design, duration, beta, sample_weight)
+        self.diagnostics_.update(
+            identifiability_diagnostics(
+                design,
+                duration,
+                beta,
+                _timeline_if_available(table),
+                sample_weight,
+                estimator=type(self).__name__,
+                stacklevel=5,
+            )
+        )
         return beta
 
     def _predict_table(self, table):
         return table[:, :3] @ self.beta_
+
+
+def _timeline_if_available(table: np.ndarray):
+    """The trace behind a full exposure table, for the identifiability checks."""
+    if table.shape[1] < len(EXPOSURE_COLUMNS):
+        return None
+    try:
+        return timeline_from_exposures(table)
+    except ValueError:  # not a transformer's table: judge the design alone
+        return None

@@ -29,8 +29,14 @@ from ._exposure import (
     timeline_from_exposures,
 )
 from ._grid import Timeline, phase_integrals
+from ._identifiability import identifiability_diagnostics
 from ._nnls import fit_statistics, nnls_fit
-from ._validation import PhaseColumns, check_chunk_size, check_phases
+from ._validation import (
+    PhaseColumns,
+    check_chunk_size,
+    check_non_negative,
+    check_phases,
+)
 
 MIN_STEP_TIME = 1e-12
 STOPPING_RULES = ("absolute", "relative")
@@ -268,6 +274,7 @@ prefill_tokens_col, decode_tokens_col, n_steps_col, instance_col : str
         damping_eta,
         stopping,
     )
+    check_non_negative(min_duration_sec, "min_duration_sec")
     columns = PhaseColumns(
         request_id_col,
         phase_type_col,
@@ -295,6 +302,15 @@ prefill_tokens_col, decode_tokens_col, n_steps_col, instance_col : str
     )
     diagnostics = design_diagnostics(design, timeline.duration, beta)
     diagnostics.update(r2=history[-1]["r2"], rmse_seconds=history[-1]["rmse_seconds"])
+    diagnostics.update(
+        identifiability_diagnostics(
+            design,
+            timeline.duration,
+            beta,
+            timeline,
+            estimator="estimate_betas_iterative",
+        )
+    )
     return IterativeResult(
         *beta.tolist(),
         converged=converged,
@@ -316,9 +332,10 @@ def _check_iteration_params(mode, init_mode, max_iter, tol, damping, stopping):
         )
     if isinstance(max_iter, bool) or not isinstance(max_iter, Integral) or max_iter < 1:
         raise ValueError(f"max_outer_iters must be an integer >= 1, got {max_iter!r}.")
-    if not isinstance(tol, Real) or not np.isfinite(tol) or tol <= 0:
+    if isinstance(tol, bool) or not isinstance(tol, Real) or not 0 < tol < np.inf:
         raise ValueError(f"tol must be a positive number, got {tol!r}.")
-    if not isinstance(damping, Real) or not 0 < damping <= 1:
+    bad_type = isinstance(damping, bool) or not isinstance(damping, Real)
+    if bad_type or not 0 < damping <= 1:
         raise ValueError(f"damping_eta must be in (0, 1], got {damping!r}.")
     if stopping not in STOPPING_RULES:
         raise ValueError(f"stopping must be one of {STOPPING_RULES}, got {stopping!r}.")
@@ -454,6 +471,17 @@ default="beta_informed"
         self.converged_ = converged
         self.history_ = pd.DataFrame(history, columns=list(HISTORY_COLUMNS))
         self.diagnostics_ = design_diagnostics(design, duration, beta, sample_weight)
+        self.diagnostics_.update(
+            identifiability_diagnostics(
+                design,
+                duration,
+                beta,
+                timeline,
+                sample_weight,
+                estimator=type(self).__name__,
+                stacklevel=5,
+            )
+        )
         return beta
 
     def _predict_table(self, table):

@@ -21,6 +21,7 @@ def nnls_fit(
     # design comes from a DataFrame or straight from the functional API.
     design = np.ascontiguousarray(design, dtype=np.float64)
     target = np.ascontiguousarray(target, dtype=np.float64)
+    check_finite_design(design)
     if sample_weight is not None:
         root_w = np.sqrt(np.asarray(sample_weight, dtype=np.float64))
         design = design * root_w[:, None]
@@ -79,3 +80,15 @@ def fit_statistics(
     ss_tot = float(np.sum(sample_weight * (target - mean) ** 2))
     r2 = 1.0 - ss_res / ss_tot if ss_tot > 0 else float("nan")
     return r2, float(np.sqrt(ss_res / w_sum))
+
+
+def check_finite_design(design: np.ndarray) -> None:
+    """Raise ValueError if the design overflowed, instead of returning NaN betas."""
+    bad = ~np.all(np.isfinite(design), axis=1)
+    if bad.any():
+        raise ValueError(
+            f"The exposures of {int(bad.sum())} phase(s) overflow float64 "
+            f"(positions {np.flatnonzero(bad)[:5].tolist()}): their step counts "
+            "are too large for their durations or the times span too wide a "
+            "range. Check the time unit and the token counts of these rows."
+        )

@@ -1,0 +1,209 @@
+"""Can the trace separate beta0, beta1 and beta2? (METHOD.md section 7)
+
+The regression ``l_i ~ beta0 N_i + beta1 A_pf_i + beta2 A_dec_i`` only
+determines a coefficient if its column of the design varies independently of
+the others. Three trace shapes break this in ways worth naming:
+
+* one phase type only: the other token column is zero;
+* no two phases overlap in time: each phase is exposed only to its own
+  tokens, so a decode's design row is ``[D, 0, D]`` (only ``beta0 + beta2``
+  shows) and a prefill's is ``[ceil(P/C), P, 0]`` (``beta0`` and ``beta1``
+  differ only through the partial last chunk);
+* the decode pressure is the same wherever the engine is busy: then
+  ``A_dec_i = k N_i`` for every phase and ``beta2 k`` is indistinguishable
+  from ``beta0``.
+
+Anything else that makes the design (nearly) rank-deficient is caught by
+its condition number. NNLS then still returns an answer, usually with a
+coefficient at zero; the warning says that zero is not a measurement.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+
+from ._grid import Timeline, count_active
+from .exceptions import IdentifiabilityWarning
+
+BETA_NAMES = ("beta0", "beta1", "beta2")
+#: Condition number of the column-normalised design above which the fit is
+#: reported as not identified. Healthy traces sit around 10-1e3; exact
+#: collinearity gives 1e13 and more.
+CONDITION_LIMIT = 1e6
+#: A coefficient whose share of the predicted durations is below this is
+#: reported at the zero bound (damped iterations only approach zero).
+ZERO_BOUND_SHARE = 1e-6
+
+
+def condition_number(
+    design: np.ndarray, sample_weight: np.ndarray | None = None
+) -> float:
+    """2-norm condition number of the weighted design with unit-norm columns.
+
+    Column scaling removes the units (steps vs tokens), so what is left
+    measures collinearity only; a zero column gives ``inf``.
+    """
+    design = _weighted(design, sample_weight)
+    norms = np.linalg.norm(design, axis=0)
+    if design.shape[0] < design.shape[1] or np.any(norms == 0):
+        return float("inf")
+    singular = np.linalg.svd(design / norms, compute_uv=False)
+    if singular[-1] <= 0:
+        return float("inf")
+    return float(singular[0] / singular[-1])
+
+
+def collinear_coefficients(
+    design: np.ndarray, sample_weight: np.ndarray | None = None
+) -> tuple[str, ...]:
+    """Coefficients taking part in the design's weakest direction."""
+    design = _weighted(design, sample_weight)
+    norms = np.linalg.norm(design, axis=0)
+    scaled = design / np.where(norms > 0, norms, 1.0)
+    weakest = np.linalg.svd(scaled)[2][-1]
+    return tuple(n for n, v in zip(BETA_NAMES, weakest, strict=True) if abs(v) > 0.1)
+
+
+def _weighted(design, sample_weight):
+    design = np.asarray(design, dtype=np.float64)
+    if sample_weight is None:
+        return design
+    return design * np.sqrt(np.asarray(sample_weight, dtype=np.float64))[:, None]
+
+
+def trace_findings(timeline: Timeline) -> list[tuple[tuple[str, ...], str]]:
+    """The named degenerate trace shapes present in ``timeline``.
+
+    Returns ``(coefficients, reason)`` pairs.
+    """
+    findings = []
+    n_prefill = int(np.count_nonzero(timeline.is_prefill))
+    n_decode = timeline.n_phases - n_prefill
+    if n_prefill == 0:
+        findings.append(
+            (
+                ("beta1",),
+                "the trace has no prefill phase, so nothing is exposed to the "
+                "per-prefill-token cost",
+            )
+        )
+    if n_decode == 0:
+        findings.append(
+            (
+                ("beta2",),
+                "the trace has no decode phase, so nothing is exposed to the "
+                "per-decode-token cost",
+            )
+        )
+    tg = timeline.trace_grid
+    busy = (tg.seg_len > 0) & (count_active(tg) > 0)
+    if not busy.any():
+        return findings
+    if count_active(tg)[busy].max() <= 1:
+        findings.append(
+            (
+                BETA_NAMES,
+                "no two phases overlap in time, so every phase is exposed only "
+                "to its own tokens: decodes show only beta0 + beta2, and "
+                "prefills separate beta0 from beta1 only through their partial "
+                "last chunk",
+            )
+        )
+    elif n_decode and np.ptp(timeline.p_dec[busy]) == 0:
+        findings.append(
+            (
+                ("beta0", "beta2"),
+                "the decode pressure is the same "
+                f"({timeline.p_dec[busy][0]:g} running decodes) wherever the "
+                "engine is busy, so beta2 times that pressure cannot be told "
+                "apart from beta0",
+            )
+        )
+    return findings
+
+
+def identifiability_diagnostics(
+    design: np.ndarray,
+    duration: np.ndarray,
+    beta: np.ndarray,
+    timeline: Timeline | None = None,
+    sample_weight: np.ndarray | None = None,
+    *,
+    estimator: str = "the estimator",
+    stacklevel: int = 3,
+) -> dict:
+    """Warn about coefficients the trace cannot identify; return diagnostics.
+
+    Parameters
+    ----------
+    design : ndarray of shape (n_phases, 3)
+        The fitted design.
+    duration : ndarray of shape (n_phases,)
+        Observed durations.
+    beta : ndarray of shape (3,)
+        Fitted coefficients.
+    timeline : Timeline or None
+        The trace, for the named checks; without it only the design is used.
+    sample_weight : ndarray or None
+        Weights of the fit.
+    estimator : str
+        Name used in the warning.
+    stacklevel : int
+        Passed to :func:`warnings.warn`.
+
+    Returns
+    -------
+    diagnostics : dict
+        ``condition_number`` (float), ``not_identified`` and ``at_zero_bound``
+        (lists of coefficient names).
+
+    Warns
+    -----
+    IdentifiabilityWarning
+        Once per reason a coefficient is not identified.
+    """
+    findings = trace_findings(timeline) if timeline is not None else []
+    named = {c for coefs, _ in findings for c in coefs}
+    zero = np.linalg.norm(_weighted(design, sample_weight), axis=0) == 0
+    for name in np.asarray(BETA_NAMES)[zero]:
+        if name not in named:
+            findings.append(
+                ((str(name),), "its design column is zero: no phase is exposed to it")
+            )
+    cond = condition_number(design, sample_weight)
+    if not findings and cond > CONDITION_LIMIT:
+        findings.append(
+            (
+                collinear_coefficients(design, sample_weight),
+                "their columns of the design are nearly collinear (condition "
+                f"number {cond:.3g} > {CONDITION_LIMIT:g})",
+            )
+        )
+    for coefs, reason in findings:
+        warnings.warn(
+            f"{estimator}: {' and '.join(coefs)} "
+            f"{'is' if len(coefs) == 1 else 'are'} not identified by this trace: "
+            f"{reason}. The fitted value is one of many that fit equally well; "
+            "use a trace with concurrent prefills and decodes under varying load.",
+            IdentifiabilityWarning,
+            stacklevel=stacklevel,
+        )
+    not_identified = [n for n in BETA_NAMES if any(n in c for c, _ in findings)]
+    return {
+        "condition_number": cond,
+        "not_identified": not_identified,
+        "at_zero_bound": at_zero_bound(design, duration, beta),
+    }
+
+
+def at_zero_bound(design: np.ndarray, duration: np.ndarray, beta: np.ndarray) -> list:
+    """Coefficients at zero, or contributing a negligible share of the fit."""
+    contribution = np.abs(beta) * np.linalg.norm(design, axis=0)
+    scale = max(float(np.linalg.norm(duration)), np.finfo(float).tiny)
+    return [
+        n
+        for n, b, c in zip(BETA_NAMES, beta, contribution, strict=True)
+        if b <= 0 or c <= ZERO_BOUND_SHARE * scale
+    ]
