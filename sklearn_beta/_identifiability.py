@@ -183,7 +183,7 @@ def identifiability_diagnostics(
         )
     for coefs, reason in findings:
         warnings.warn(
-            f"{estimator}: {' and '.join(coefs)} "
+            f"{estimator}: {_join(coefs)} "
             f"{'is' if len(coefs) == 1 else 'are'} not identified by this trace: "
             f"{reason}. The fitted value is one of many that fit equally well; "
             "use a trace with concurrent prefills and decodes under varying load.",
@@ -207,3 +207,7 @@ def at_zero_bound(design: np.ndarray, duration: np.ndarray, beta: np.ndarray) ->
         for n, b, c in zip(BETA_NAMES, beta, contribution, strict=True)
         if b <= 0 or c <= ZERO_BOUND_SHARE * scale
     ]
+
+
+def _join(names) -> str:
+    return names[0] if len(names) == 1 else ", ".join(names[:-1]) + " and " + names[-1]
