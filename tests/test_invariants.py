@@ -42,13 +42,13 @@ from sklearn_beta._iterative import step_averaged_design, step_density
 from sklearn_beta._validation import PhaseColumns, check_phases
 
 PROPERTY = settings(
-    max_examples=12,
+    max_examples=8,
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow],
     derandomize=True,
 )
 seeds = st.integers(0, 2**32 - 1)
-sizes = st.integers(8, 40)
+sizes = st.integers(8, 30)
 chunks = st.sampled_from([16, 32, 64])
 
 
@@ -57,29 +57,54 @@ def trace(seed, n, **kwargs):
     return synthetic_trace(seed, n, horizon=n / 5, **kwargs)
 
 
+def unit_scales(diagnostics):
+    """Per coefficient, the mean duration over the mean exposure: a change of
+    beta_k by this much moves the mean predicted duration by 100%."""
+    d = diagnostics
+    means = np.array([d["mean_steps"], d["mean_A_pf_tokens"], d["mean_A_dec_tokens"]])
+    return d["mean_duration_seconds"] / np.where(means > 0, np.abs(means), np.inf)
+
+
 def fit_all(phases, chunk_size, **kwargs):
-    """Betas of the functional baseline and iterative estimators."""
-    return np.concatenate(
-        [
-            estimate_betas_baseline(phases, chunk_size=chunk_size, **kwargs).beta,
-            estimate_betas_iterative(phases, chunk_size=chunk_size, **kwargs).beta,
-        ]
+    """Betas and unit scales of the functional baseline and iterative fits."""
+    results = [
+        fit(phases, chunk_size=chunk_size, **kwargs)
+        for fit in (estimate_betas_baseline, estimate_betas_iterative)
+    ]
+    return (
+        np.concatenate([r.beta for r in results]),
+        np.concatenate([unit_scales(r.diagnostics) for r in results]),
     )
 
 
 def fit_estimators(phases, chunk_size):
-    """Betas of the scikit-learn pipelines (baseline, iterative)."""
-    betas = []
-    for regressor in (BaselineBetaRegressor(), IterativeBetaRegressor()):
-        model = make_pipeline(PhaseExposureTransformer(chunk_size), regressor)
-        betas.append(model.fit(phases)[-1].beta_)
-    return np.concatenate(betas)
+    """Betas and unit scales of the scikit-learn pipelines."""
+    fitted = [
+        make_pipeline(PhaseExposureTransformer(chunk_size), regressor).fit(phases)[-1]
+        for regressor in (BaselineBetaRegressor(), IterativeBetaRegressor())
+    ]
+    return (
+        np.concatenate([f.beta_ for f in fitted]),
+        np.concatenate([unit_scales(f.diagnostics_) for f in fitted]),
+    )
 
 
 def assert_same_betas(actual, expected, rtol):
-    # A coefficient NNLS sets to zero must stay zero (atol 0 otherwise).
-    scale = np.max(np.abs(expected))
-    np.testing.assert_allclose(actual, expected, rtol=rtol, atol=rtol * 1e-6 * scale)
+    """Each beta equal to ``rtol`` of itself or of the durations it explains.
+
+    A coefficient NNLS pins near zero (worth 1e-4 of the durations, say) is
+    only determined to ``rtol`` of the durations, not of its own tiny value,
+    so the tolerance is ``rtol * (|beta_k| + mean duration / mean exposure_k)``.
+    """
+    (beta, _), (beta_ref, scale) = actual, expected
+    bound = rtol * (np.abs(beta_ref) + scale)
+    assert np.all(np.abs(beta - beta_ref) <= bound), (beta, beta_ref, bound)
+
+
+def times(phases, factor=1.0, offset=0.0):
+    return phases.assign(
+        t_start=phases.t_start * factor + offset, t_end=phases.t_end * factor + offset
+    )
 
 
 @PROPERTY
@@ -100,19 +125,18 @@ def test_time_shift_on_exact_grid_leaves_betas_unchanged(seed, n, offset):
     # Times are multiples of 2**-22 s below 2**31 s: shifting them by a
     # multiple of 2**-22 up to 2e9 s is exact in float64.
     phases = trace(seed, n)
-    shifted = phases.assign(
-        t_start=phases.t_start + offset * GRID, t_end=phases.t_end + offset * GRID
-    )
+    shifted = times(phases, offset=offset * GRID)
     assert_same_betas(fit_all(shifted, 64), fit_all(phases, 64), 1e-9)
 
 
 @PROPERTY
 @given(seed=seeds, n=sizes, offset=st.floats(0.0, 2e9))
 def test_time_shift_on_arbitrary_times_leaves_betas_unchanged(seed, n, offset):
-    # Arbitrary float times lose up to 1.2e-7 s each at 2e9 s (half an ulp);
-    # the betas move by about that relative to the phase lengths.
+    # Shifting arbitrary float times rounds each by up to 1.2e-7 s (half an
+    # ulp at 2e9 s): a float64 limit that no estimator can undo, harmless
+    # against phases of tens of milliseconds and more.
     phases = trace(seed, n, quantum=None)
-    shifted = phases.assign(t_start=phases.t_start + offset, t_end=phases.t_end + offset)
+    shifted = times(phases, offset=offset)
     assert_same_betas(fit_all(shifted, 64), fit_all(phases, 64), 1e-6)
 
 
@@ -120,21 +144,17 @@ def test_time_shift_on_arbitrary_times_leaves_betas_unchanged(seed, n, offset):
 @given(seed=seeds, n=sizes, chunk=chunks)
 def test_milliseconds_multiply_betas_by_1000(seed, n, chunk):
     phases = trace(seed, n, chunk_size=chunk)
-    in_ms = phases.assign(t_start=phases.t_start * 1e3, t_end=phases.t_end * 1e3)
-    assert_same_betas(
-        fit_estimators(in_ms, chunk), 1e3 * fit_estimators(phases, chunk), 1e-9
-    )
+    beta_ms, _ = fit_estimators(times(phases, 1e3), chunk)
+    beta_s, scale_s = fit_estimators(phases, chunk)
+    assert_same_betas((beta_ms / 1e3, None), (beta_s, scale_s), 1e-9)
 
 
 def test_milliseconds_keep_iteration_count():
     # The relative stopping rule is unit-free: same iterations in s and ms.
     phases = trace(3, 30)
-    in_ms = phases.assign(t_start=phases.t_start * 1e3, t_end=phases.t_end * 1e3)
     fits = [
-        make_pipeline(PhaseExposureTransformer(64), IterativeBetaRegressor()).fit(p)[
-            -1
-        ]
-        for p in (phases, in_ms)
+        make_pipeline(PhaseExposureTransformer(64), IterativeBetaRegressor()).fit(p)[-1]
+        for p in (phases, times(phases, 1e3))
     ]
     assert fits[0].n_iter_ == fits[1].n_iter_ > 1
 
@@ -148,7 +168,9 @@ def timeline_of(phases, chunk):
 def test_correction_masses_integrate_to_mu(seed, n, chunk):
     timeline = timeline_of(trace(seed, n, chunk_size=chunk), chunk)
     tg = timeline.trace_grid
-    density = step_density(np.array([0.01, 1e-4, 5e-4]), timeline.p_pf_full, timeline.p_dec)
+    density = step_density(
+        np.array([0.01, 1e-4, 5e-4]), timeline.p_pf_full, timeline.p_dec
+    )
     for r in np.flatnonzero(timeline.is_prefill & (timeline.mu > 0))[:5]:
         only_r = np.zeros(timeline.n_phases, dtype=bool)
         only_r[r] = True
