@@ -1,0 +1,180 @@
+"""Designs that cannot separate the betas warn, and say which and why."""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pandas as pd
+import pytest
+from sklearn.pipeline import make_pipeline
+from synthetic import synthetic_trace
+
+from sklearn_beta import (
+    BaselineBetaRegressor,
+    IterativeBetaRegressor,
+    PhaseExposureTransformer,
+    estimate_betas_baseline,
+    estimate_betas_iterative,
+)
+from sklearn_beta._identifiability import CONDITION_LIMIT, condition_number
+from sklearn_beta.exceptions import IdentifiabilityWarning
+
+
+def table(rows):
+    return pd.DataFrame(
+        rows,
+        columns=[
+            "request_id",
+            "phase_type",
+            "t_start",
+            "t_end",
+            "prefill_tokens",
+            "decode_tokens",
+        ],
+    )
+
+
+def sequential_trace(n=6):
+    """Requests one after the other: no two phases ever overlap."""
+    rows = []
+    for i in range(n):
+        t = 10.0 * i
+        rows.append((f"r{i}", "prefill", t, t + 1 + 0.1 * i, 50 + 37 * i, 0))
+        rows.append((f"r{i}", "decode", t + 2, t + 5 + i, 0, 10 + 3 * i))
+    return table(rows)
+
+
+def prefills_only():
+    return table(
+        [
+            (f"r{i}", "prefill", 0.7 * i, 0.7 * i + 1 + 0.3 * i, 40 + 50 * i, 0)
+            for i in range(6)
+        ]
+    )
+
+
+def decodes_only():
+    return table(
+        [
+            (f"r{i}", "decode", 0.7 * i, 0.7 * i + 2 + 0.5 * i, 0, 5 + 4 * i)
+            for i in range(6)
+        ]
+    )
+
+
+def constant_decode_pressure():
+    """One decode runs through the whole trace; overlapping prefills inside it."""
+    rows = [("long", "decode", 0.0, 20.0, 0, 400)]
+    rows += [
+        (f"r{i}", "prefill", 1.0 + 2.5 * i, 4.0 + 2.7 * i, 40 + 60 * i, 0)
+        for i in range(6)
+    ]
+    return table(rows)
+
+
+def fit_functional(fit, phases):
+    return fit(phases, chunk_size=64).diagnostics
+
+
+def fit_pipeline(regressor, phases):
+    return (
+        make_pipeline(PhaseExposureTransformer(64), regressor)
+        .fit(phases)[-1]
+        .diagnostics_
+    )
+
+
+FITS = [
+    pytest.param(lambda p: fit_functional(estimate_betas_baseline, p), id="baseline"),
+    pytest.param(lambda p: fit_functional(estimate_betas_iterative, p), id="iterative"),
+    pytest.param(lambda p: fit_pipeline(BaselineBetaRegressor(), p), id="Baseline"),
+    pytest.param(lambda p: fit_pipeline(IterativeBetaRegressor(), p), id="Iterative"),
+]
+
+
+@pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")
+@pytest.mark.parametrize("fit", FITS)
+@pytest.mark.parametrize(
+    ("trace", "coefficients", "why"),
+    [
+        (sequential_trace, ["beta0", "beta1", "beta2"], "no two phases overlap"),
+        (prefills_only, ["beta2"], "no decode phase"),
+        (decodes_only, ["beta1"], "no prefill phase"),
+        (constant_decode_pressure, ["beta0", "beta2"], "decode pressure is the same"),
+    ],
+)
+def test_degenerate_designs_warn(fit, trace, coefficients, why):
+    with pytest.warns(IdentifiabilityWarning, match=why) as record:
+        diagnostics = fit(trace())
+    message = next(str(w.message) for w in record if why in str(w.message))
+    for name in coefficients:
+        assert name in message
+    assert set(coefficients) <= set(diagnostics["not_identified"])
+    assert diagnostics["condition_number"] > 0
+
+
+def test_warning_is_a_user_warning():
+    assert issubclass(IdentifiabilityWarning, UserWarning)
+
+
+@pytest.mark.parametrize("fit", FITS)
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_healthy_traces_are_silent(fit, seed):
+    phases = synthetic_trace(seed, 40, horizon=8.0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", IdentifiabilityWarning)
+        diagnostics = fit(phases)
+    assert diagnostics["not_identified"] == []
+    assert 1 <= diagnostics["condition_number"] < 100
+
+
+@pytest.mark.parametrize("fit", FITS)
+def test_published_traces_are_silent(fit, smoke_phases, published_sample):
+    # Tiny (4 and 8 phases) but with overlapping phases and varying decode
+    # pressure: identified, even where NNLS puts a beta at zero.
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", IdentifiabilityWarning)
+        for phases in (smoke_phases, published_sample):
+            assert fit(phases)["not_identified"] == []
+
+
+def test_zero_bound_is_reported(smoke_phases):
+    # METHOD.md 8: the uniform baseline on smoke.csv gives beta0 = 0.
+    result = estimate_betas_baseline(
+        smoke_phases, chunk_size=64, correction_mode="uniform"
+    )
+    assert result.beta0 == 0
+    assert result.diagnostics["at_zero_bound"] == ["beta0"]
+    # Damping only approaches the bound: beta0 = 2.4e-7 s is still reported.
+    damped = estimate_betas_iterative(smoke_phases, chunk_size=64, damping_eta=0.5)
+    assert 0 < damped.beta0 < 1e-6
+    assert damped.diagnostics["at_zero_bound"] == ["beta0"]
+
+
+def test_condition_number_is_that_of_the_normalised_design():
+    rng = np.random.default_rng(0)
+    design = rng.uniform(0, 1, (20, 3)) * [1.0, 1e3, 1e-2]
+    expected = np.linalg.cond(design / np.linalg.norm(design, axis=0))
+    assert condition_number(design) == pytest.approx(expected, rel=1e-12)
+    assert condition_number(design[:, [0, 0, 2]]) > CONDITION_LIMIT
+    assert condition_number(np.column_stack([design[:, :2], np.zeros(20)])) == np.inf
+
+
+def test_collinear_columns_of_a_bare_design_warn():
+    # Without the trace (a 3-column design), the design itself is judged.
+    rng = np.random.default_rng(1)
+    steps = rng.integers(1, 50, 30).astype(float)
+    design = np.column_stack([steps, rng.uniform(0, 500, 30), 3.0 * steps])
+    y = design @ [0.01, 1e-4, 1e-3]
+    with pytest.warns(IdentifiabilityWarning, match="beta0 and beta2.*collinear"):
+        model = BaselineBetaRegressor().fit(design, y)
+    assert model.diagnostics_["not_identified"] == ["beta0", "beta2"]
+
+
+def test_zero_column_of_a_bare_design_warns():
+    rng = np.random.default_rng(2)
+    design = np.column_stack([rng.uniform(1, 5, (10, 2)), np.zeros(10)])
+    with pytest.warns(IdentifiabilityWarning, match="beta2 is not identified.*zero"):
+        model = BaselineBetaRegressor().fit(design, design[:, 0])
+    assert model.diagnostics_["condition_number"] == np.inf
