@@ -71,6 +71,9 @@ def step_density(beta: np.ndarray, p_eff: np.ndarray, p_dec: np.ndarray) -> np.n
 
 def correction_rate(mass: np.ndarray, seg_len: np.ndarray) -> np.ndarray:
     """Correction rate (tokens/s) from its mass per segment."""
+    # Float output even when no prefill has a missing mass (bincount of an
+    # empty selection is integer), e.g. chunk_size=1.
+    mass = np.asarray(mass, dtype=np.float64)
     return np.divide(mass, seg_len, out=np.zeros_like(mass), where=seg_len > 0)
 
 

@@ -147,7 +147,7 @@ def describe_rows(frame: pd.DataFrame, mask: np.ndarray, columns: list[str]) -> 
     rows = []
     for pos in positions[:_MAX_SHOWN]:
         values = ", ".join(f"{c}={_format_value(frame[c].iloc[pos])}" for c in shown)
-        rows.append(f"row {frame.index[pos]!r} ({values})")
+        rows.append(f"row {_format_value(frame.index[pos])} ({values})")
     n_more = positions.size - _MAX_SHOWN
     more = f"; and {n_more} more" if n_more > 0 else ""
     return f"{positions.size} offending row(s): " + "; ".join(rows) + more + "."

@@ -366,6 +366,16 @@ def test_bad_chunk_size(phases, value):
             PhaseExposureTransformer(chunk_size=value).fit(phases)
 
 
+@pytest.mark.parametrize("mode", ["end", "end_inside", "uniform", "none"])
+def test_chunk_size_one_leaves_nothing_to_correct(phases, mode):
+    # Found by the fuzz run: with C = 1 no prefill has a partial last chunk,
+    # and the empty correction used to be an integer array.
+    result = estimate_betas_iterative(
+        phases, chunk_size=1, prefill_correction_mode=mode
+    )
+    assert np.all(np.isfinite(result.beta))
+
+
 def test_integral_float_chunk_size_is_accepted(phases):
     np.testing.assert_array_equal(
         estimate_betas_baseline(phases, chunk_size=64.0).beta, baseline(phases).beta
