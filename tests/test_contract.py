@@ -295,6 +295,16 @@ def test_decode_without_prefill_is_kept(phases):
     assert iterative(cut).diagnostics["n_phases"] == 7
 
 
+def test_decode_starting_before_its_prefill_ends_is_accepted(phases):
+    # Clock skew between the two log lines of a request: the method never
+    # pairs a request's phases, so each is taken as logged.
+    skewed = phases.copy()
+    skewed.loc[1, "t_start"] = 1.9  # A's prefill ends at 2.0
+    result = baseline(skewed)
+    assert np.all(np.isfinite(result.beta))
+    assert not np.array_equal(result.beta, baseline(phases).beta)
+
+
 @public
 def test_missing_instance(entry, phases):
     frame = phases.assign(gpu=["a", "a", "b", "b", "a", "a", None, None])
