@@ -28,6 +28,7 @@ def synthetic_trace(
     n_instances: int = 1,
     quantum: float | None = GRID,
     horizon: float = 20.0,
+    beta: tuple[float, float, float] = BETA,
 ) -> pd.DataFrame:
     """A random phase table; times are multiples of ``quantum`` when given."""
     rng = np.random.default_rng(seed)
@@ -36,14 +37,14 @@ def synthetic_trace(
     output = rng.integers(1, 60, n_requests)
     instance = rng.integers(0, n_instances, n_requests)
     noise = rng.uniform(0.9, 1.1, (2, n_requests))
-    b0, b1, b2 = BETA
+    b0, b1, b2 = beta
     n_chunks = np.ceil(prompt / chunk_size)
     step = np.full((2, n_requests), b0 + b1 * chunk_size / 2 + b2 * 2)
     for _ in range(2):  # first pass guesses the load, second uses it
         t0 = arrival
         t1 = t0 + n_chunks * step[0] * noise[0]
         t2 = t1 + output * step[1] * noise[1]
-        step = _step_times(t0, t1, t2, instance, n_chunks, output, chunk_size)
+        step = _step_times(t0, t1, t2, instance, n_chunks, output, chunk_size, beta)
     if quantum is not None:
         t0, t1, t2 = (np.round(t / quantum) * quantum for t in (t0, t1, t2))
         t1 = np.maximum(t1, t0 + quantum)
@@ -65,8 +66,8 @@ def synthetic_trace(
     return frame
 
 
-def _step_times(t0, t1, t2, instance, n_chunks, output, chunk_size):
-    """Mean step time of each request's prefill and decode under ``BETA``."""
+def _step_times(t0, t1, t2, instance, n_chunks, output, chunk_size, beta):
+    """Mean step time of each request's prefill and decode under ``beta``."""
     n = t0.shape[0]
     timeline = build_timeline(
         np.concatenate([t0, t1]),
@@ -79,7 +80,7 @@ def _step_times(t0, t1, t2, instance, n_chunks, output, chunk_size):
     )
     seg_len = timeline.trace_grid.seg_len
     length = timeline.duration
-    b0, b1, b2 = BETA
+    b0, b1, b2 = beta
     step_time = b0 + b1 * timeline.p_pf_full + b2 * timeline.p_dec
     mean = phase_integrals(timeline.trace_grid, step_time * seg_len) / length
     return mean.reshape(2, n)
