@@ -26,6 +26,7 @@ from ._exposure import (
     phase_step_density,
     timeline_from_arrays,
 )
+from ._identifiability import identifiability_diagnostics
 from ._iterative import (
     HISTORY_COLUMNS,
     IterativeBetaRegressor,
@@ -35,7 +36,12 @@ from ._iterative import (
     step_density,
 )
 from ._nnls import fit_statistics, nnls_fit
-from ._validation import PhaseColumns, check_chunk_size, check_phases
+from ._validation import (
+    PhaseColumns,
+    check_chunk_size,
+    check_non_negative,
+    check_phases,
+)
 
 ALGORITHMS = ("baseline", "iterative")
 #: Chunk sizes tried by :func:`search_chunk_size` unless told otherwise.
@@ -138,6 +144,7 @@ def fit_trace(
         correction_mode, init_mode, max_iter, tol, damping, stopping
     )
     chunk_size = check_chunk_size(chunk_size)
+    check_non_negative(min_duration, "min_duration")
     arrays = check_phases(phases, PhaseColumns(instance=instance_col))
     timeline = timeline_from_arrays(arrays, chunk_size)
     duration = timeline.duration
@@ -159,6 +166,11 @@ def fit_trace(
             callback=callback,
         )
     diagnostics = design_diagnostics(design, duration, beta)
+    diagnostics.update(
+        identifiability_diagnostics(
+            design, duration, beta, timeline, estimator=f"fit_trace ({algo})"
+        )
+    )
     instance_names = (
         ["all"]
         if instance_col is None

@@ -73,6 +73,12 @@ def constant_decode_pressure():
     return table(rows)
 
 
+def fit_trace_diagnostics(phases):
+    from sklearn_beta._trace_fit import fit_trace
+
+    return fit_trace(phases, chunk_size=64).diagnostics
+
+
 def fit_functional(fit, phases):
     return fit(phases, chunk_size=64).diagnostics
 
@@ -90,6 +96,7 @@ FITS = [
     pytest.param(lambda p: fit_functional(estimate_betas_iterative, p), id="iterative"),
     pytest.param(lambda p: fit_pipeline(BaselineBetaRegressor(), p), id="Baseline"),
     pytest.param(lambda p: fit_pipeline(IterativeBetaRegressor(), p), id="Iterative"),
+    pytest.param(fit_trace_diagnostics, id="fit_trace"),
 ]
 
 

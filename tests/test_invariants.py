@@ -159,6 +159,7 @@ def test_milliseconds_keep_iteration_count():
     assert fits[0].n_iter_ == fits[1].n_iter_ > 1
 
 
+@pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")
 @pytest.mark.xfail(
     strict=True,
     reason="MIN_STEP_TIME = 1e-12 in _iterative.py is in the trace's time unit: "
