@@ -164,6 +164,12 @@ def _check_frame(phases, columns: PhaseColumns) -> list[str]:
             "phases must be a pandas DataFrame with one row per phase, "
             f"got {type(phases).__name__}."
         )
+    if isinstance(phases.columns, pd.MultiIndex):
+        raise TypeError(
+            "The phase table has multi-level column labels; flatten them to one "
+            "name per column first, e.g. df.columns = "
+            "df.columns.get_level_values(-1)."
+        )
     required = columns.required()
     if columns.instance is not None:
         required = required + [columns.instance]

@@ -88,6 +88,14 @@ def test_duplicated_column_names(entry, phases):
 
 
 @public
+def test_multi_level_column_labels(entry, phases):
+    frame = phases.set_axis(
+        pd.MultiIndex.from_arrays([phases.columns, ["x"] * 6]), axis=1
+    )
+    assert_rejects(entry, frame, TypeError, "multi-level")
+
+
+@public
 def test_empty_table(entry, phases):
     assert_rejects(entry, phases.iloc[:0], ValueError, "empty")
 
