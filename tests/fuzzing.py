@@ -154,6 +154,7 @@ def _mutate(frame, draw):
                 "scale_times",
                 "shuffle",
                 "index",
+                "multi_level_columns",
                 "add_N_steps",
             ]
         )
@@ -208,6 +209,9 @@ def _mutate(frame, draw):
         return frame.assign(**scaled)
     if what == "shuffle":
         return frame.sample(frac=1.0, random_state=draw(st.integers(0, 2**31)))
+    if what == "multi_level_columns":
+        labels = [frame.columns, ["x"] * frame.shape[1]]
+        return frame.set_axis(pd.MultiIndex.from_arrays(labels), axis=1)
     if what == "index":
         labels = draw(st.sampled_from(["dup", "str", "neg"]))
         n = len(frame)
