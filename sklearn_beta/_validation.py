@@ -589,9 +589,9 @@ prefill_tokens_col, decode_tokens_col, n_steps_col, instance_col : str
         n_steps_col,
         instance_col,
     )
-    context = _check_frame(phases, columns)
+    _check_frame(phases, columns)
     _check_column_types(phases, columns)
-    problems, is_prefill, _ = _row_problems(phases, columns)
+    problems, is_prefill, values = _row_problems(phases, columns)
     reason = np.full(len(phases), "", dtype=object)
     for problem in reversed(problems):  # the first reason wins
         reason[problem.mask] = problem.reason
@@ -602,8 +602,17 @@ prefill_tokens_col, decode_tokens_col, n_steps_col, instance_col : str
     if keep.any():
         repeat = np.zeros(len(phases), dtype=bool)
         repeat[keep] = _repeated_phases(request[keep], is_prefill[keep])
+        # Duplicates are judged on the parsed values the method uses, so
+        # " 1.0" equals 1.0 and unused cells (which may hold anything) are
+        # ignored.
+        key = pd.DataFrame(values).assign(_request=request, _prefill=is_prefill)
+        if columns.instance is not None:
+            key["_instance"] = -1
+            key.loc[keep, "_instance"] = _codes(
+                phases[columns.instance][keep], columns.instance, False
+            )
         exact = np.zeros(len(phases), dtype=bool)
-        exact[keep] = phases.loc[keep].duplicated(subset=context).to_numpy()
+        exact[keep] = key[keep].duplicated().to_numpy()
         exact &= repeat
         reason[exact] = "exact_duplicate"
         keep &= ~exact

@@ -133,3 +133,14 @@ def test_instances_and_step_counts_are_checked(phases):
     cleaned, report = clean_phases(frame, instance_col="gpu")
     assert report.dropped == {"bad_count": 1, "missing_instance": 1}
     assert list(cleaned.index) == [0, 1, 2, 3, 4, 5]
+
+
+def test_exact_duplicates_are_judged_on_the_values_used(phases):
+    # The copy spells t_start as a string and has junk in the unused
+    # decode_tokens cell: the same phase as far as the method is concerned.
+    copy = phases.iloc[[0]].astype({"t_start": object, "decode_tokens": object})
+    copy.iat[0, 2] = " 0.0"
+    copy.iat[0, 5] = [1]
+    cleaned, report = clean_phases(pd.concat([phases, copy.set_axis(["again"])]))
+    assert report.dropped == {"exact_duplicate": 1}
+    assert list(cleaned.index) == list(phases.index)
