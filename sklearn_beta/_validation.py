@@ -217,8 +217,6 @@ def _check_column_type(frame: pd.DataFrame, name: str) -> None:
         kind = "a timedelta"
     elif pd.api.types.is_complex_dtype(column):
         kind = "complex"
-    elif column.dtype == object and column.map(_is_bool).to_numpy(dtype=bool).any():
-        kind = "partly boolean"
     if kind is not None:
         hint = ""
         if "date" in kind or "delta" in kind:
@@ -255,6 +253,10 @@ def _as_numbers(column: pd.Series) -> tuple[np.ndarray, np.ndarray]:
         return column.to_numpy(dtype=np.float64, na_value=np.nan), np.zeros(
             len(column), dtype=bool
         )
+    present = ~pd.isna(column).to_numpy(dtype=bool)
+    if column.dtype == object:
+        # pandas would read True as 1: a flag is not a count or a time.
+        column = column.mask(column.map(_is_bool).astype(bool))
     try:
         converted = pd.to_numeric(column, errors="coerce")
     except (TypeError, ValueError):
@@ -263,7 +265,6 @@ def _as_numbers(column: pd.Series) -> tuple[np.ndarray, np.ndarray]:
             column.map(lambda v: v if pd.api.types.is_scalar(v) else np.nan),
             errors="coerce",
         )
-    present = ~pd.isna(column).to_numpy(dtype=bool)
     values = pd.Series(converted).to_numpy(dtype=np.float64, na_value=np.nan)
     return values, present & np.isnan(values)
 

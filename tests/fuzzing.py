@@ -128,10 +128,12 @@ def _retype_column(frame, draw):
         )
     )
     try:
-        if kind == "datetime":
-            values = pd.to_datetime(column, unit="s", errors="coerce")
-        else:
-            values = column.astype(kind)
+        with warnings.catch_warnings(), np.errstate(all="ignore"):
+            warnings.simplefilter("ignore", RuntimeWarning)
+            if kind == "datetime":
+                values = pd.to_datetime(column, unit="s", errors="coerce")
+            else:
+                values = column.astype(kind)
     except (TypeError, ValueError, OverflowError):
         return frame  # that retyping is impossible for this column
     return _replace_column(frame, i, values)

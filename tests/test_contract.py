@@ -214,7 +214,7 @@ def test_boolean_column(entry, phases):
 def test_object_column_with_booleans(entry, phases):
     frame = phases.astype({"decode_tokens": object})
     frame.at[1, "decode_tokens"] = True
-    assert_rejects(entry, frame, TypeError, "'decode_tokens'", "boolean")
+    assert_rejects(entry, frame, TypeError, "'decode_tokens'", "not numbers", "row 1")
 
 
 @public
