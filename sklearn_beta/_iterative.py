@@ -267,7 +267,14 @@ prefill_tokens_col, decode_tokens_col, n_steps_col, instance_col : str
     -------
     result : IterativeResult
         Betas, ``converged``, ``n_outer_iters``, ``diagnostics`` of the last
-        design and ``history`` (one row per iteration, 0 = initial betas).
+        design (as :func:`estimate_betas_baseline`'s, with ``condition_number``,
+        ``not_identified`` and ``at_zero_bound``) and ``history`` (one row per
+        iteration, 0 = initial betas).
+
+    Warns
+    -----
+    IdentifiabilityWarning
+        When the trace cannot separate some coefficients.
     """
     _check_iteration_params(
         prefill_correction_mode,
@@ -390,7 +397,9 @@ default="beta_informed"
         One row per iteration (0 = initialising baseline): betas, step, r2,
         rmse_seconds.
     diagnostics_ : dict
-        n_phases, r2, rmse_seconds and mean exposures of the last design.
+        n_phases, r2, rmse_seconds and mean exposures of the last design;
+        its ``condition_number``, ``not_identified`` and ``at_zero_bound``
+        (see :class:`~sklearn_beta.exceptions.IdentifiabilityWarning`).
     n_features_in_ : int
         Number of columns of the exposure table.
     feature_names_in_ : ndarray of str
