@@ -113,6 +113,11 @@ def _check_timeline_columns(table: np.ndarray) -> None:
         bad = (col < 0) | (col != np.round(col))
         if bad.any():
             fail(name, bad, "must hold non-negative integers")
+    # The transformer numbers instances 0..k-1 (k <= rows); larger codes would
+    # size the per-instance arrays of the grid by the code itself.
+    bad = table[:, _COL["instance"]] >= table.shape[0]
+    if bad.any():
+        fail("instance", bad, "must hold instance codes below the number of rows")
     flag = table[:, _COL["is_prefill"]]
     if np.any((flag != 0) & (flag != 1)):
         fail("is_prefill", (flag != 0) & (flag != 1), "must hold 0 or 1")

@@ -223,7 +223,7 @@ def _mutate(frame, draw):
             "neg": list(range(-n, 0)),
         }
         return frame.set_axis(index[labels])
-    if what == "add_N_steps":
+    if what == "add_N_steps" and not isinstance(frame.columns, pd.MultiIndex):
         return frame.assign(N_steps=draw(st.sampled_from([1, 0, -1, 2.5, np.nan, "3"])))
     return frame
 
@@ -293,6 +293,8 @@ def run_entry(entry: str, frame: pd.DataFrame, params: dict) -> str:
                 assert sum(report.dropped.values()) == report.n_dropped
                 result = estimate_betas_baseline(cleaned, chunk_size=64)
                 _check_result(result.beta)
+            elif entry == "exposures":
+                _fit_damaged_exposures(frame, params["exposure_edits"])
             else:
                 regressor = (
                     BaselineBetaRegressor()
@@ -355,7 +357,24 @@ def _equal(x, y):
         return repr(x) == repr(y)
 
 
-ENTRIES = ["baseline", "iterative", "Baseline", "Iterative", "clean"]
+ENTRIES = ["baseline", "iterative", "Baseline", "Iterative", "clean", "exposures"]
+EXPOSURE_VALUES = [np.nan, np.inf, -1.0, 0.0, 0.5, 1.0, 2.0, 3.0, 64.0, 1e-300]
+EXPOSURE_VALUES += [1e300, 2.0**62, -1e-300]
+
+
+def _fit_damaged_exposures(frame, edits):
+    """Both regressors on the frame's exposure table with some cells damaged."""
+    table = PhaseExposureTransformer(64).fit_transform(frame).to_numpy().copy()
+    for row, column, value in edits:
+        table[row % table.shape[0], column] = value
+    for regressor in (BaselineBetaRegressor(), IterativeBetaRegressor()):
+        try:
+            model = regressor.fit(table)
+        except DOCUMENTED as exc:
+            _assert_raised_by_a_check(exc)
+            continue
+        _check_result(model.beta_)
+        assert np.all(np.isfinite(model.predict(table)))
 
 
 @st.composite
@@ -366,4 +385,8 @@ def fuzz_cases(draw):
     if draw(st.integers(0, 4)) == 0:  # one case in five has a random parameter
         key = draw(st.sampled_from(list(PARAM_VALUES)))
         params[key] = draw(st.sampled_from(PARAM_VALUES[key]))
+    cell = st.tuples(
+        st.integers(0, 50), st.integers(0, 10), st.sampled_from(EXPOSURE_VALUES)
+    )
+    params["exposure_edits"] = draw(st.lists(cell, max_size=3))
     return entry, frame, params

@@ -476,6 +476,18 @@ def test_regressors_reject_non_finite_exposures(phases, regressor):
         regressor().fit(table)
 
 
+def test_regressors_reject_huge_instance_codes(phases):
+    # Found by fuzzing the exposure table: a code of 2**40 used to size an
+    # array by it (MemoryError). The iterative regressor, which needs the
+    # trace, rejects it; the baseline needs only the first three columns and
+    # then judges identifiability on the design alone.
+    table = transform(phases).to_numpy().copy()
+    table[0, -1] = 2.0**40
+    with pytest.raises(ValueError, match="instance"):
+        IterativeBetaRegressor().fit(table)
+    assert np.all(np.isfinite(BaselineBetaRegressor().fit(table).beta_))
+
+
 @pytest.mark.parametrize("regressor", [BaselineBetaRegressor, IterativeBetaRegressor])
 def test_regressors_reject_non_finite_y(phases, regressor):
     table = transform(phases)
