@@ -1,10 +1,11 @@
 """Long fuzz run of the input contract: malformed tables -> only documented errors.
 
 Runs the cases of tests/fuzzing.py (small valid traces damaged by random
-mutations, random and often invalid parameters, five public entry points)
-and asserts that each one returns finite non-negative betas or raises
-ValueError/TypeError, leaving the input untouched. Prints how many cases were
-tried and how they ended.
+mutations, with random and sometimes invalid parameters, fed to the
+functions, the pipelines, clean_phases, and the regressors on damaged
+exposure tables) and asserts that each one returns finite non-negative betas
+or raises ValueError/TypeError from a check, leaving the input untouched.
+Prints how many cases were tried and how they ended.
 
     PYTHONPATH=. python benchmarks/fuzz.py --examples 5000 [--seed 0]
 """

@@ -3,9 +3,10 @@
 A case is a small valid trace damaged by a few random mutations (bad cells,
 dropped, duplicated or retyped columns, duplicated or dropped rows, equal or
 swapped times, huge or tiny numbers), fed with random (often invalid)
-parameters to one public entry point. The contract: the entry point returns
-finite non-negative betas, or raises ValueError or TypeError; nothing else
-comes out and the input table is left as it was.
+parameters to one public entry point (for "exposures": both regressors on the
+table's exposure table with a few damaged cells). The contract: the entry
+point returns finite non-negative betas, or raises ValueError or TypeError
+from a check; nothing else comes out and the input table is left as it was.
 """
 
 from __future__ import annotations
