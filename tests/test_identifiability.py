@@ -18,6 +18,7 @@ from sklearn_beta import (
     estimate_betas_iterative,
 )
 from sklearn_beta._identifiability import CONDITION_LIMIT, condition_number
+from sklearn_beta.datasets import simulate_trace
 from sklearn_beta.exceptions import IdentifiabilityWarning
 
 
@@ -134,6 +135,40 @@ def test_healthy_traces_are_silent(fit, seed):
         diagnostics = fit(phases)
     assert diagnostics["not_identified"] == []
     assert 1 <= diagnostics["condition_number"] < 100
+
+
+SIMULATIONS = {
+    "light": dict(max_num_seqs=8, arrival_rate=4.0),
+    "busy-noisy": dict(max_num_seqs=64, arrival_rate=40.0, noise=0.1),
+    "token-budget": dict(max_num_seqs=32, arrival_rate=20.0, token_budget=512),
+    "fleet": dict(max_num_seqs=16, arrival_rate=30.0, n_instances=3),
+}
+
+
+@pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")
+@pytest.mark.parametrize("config", SIMULATIONS, ids=list(SIMULATIONS))
+def test_simulated_traces_are_silent(config):
+    phases = simulate_trace(
+        300,
+        beta=(5e-3, 3e-5, 2e-4),
+        chunk_size=256,
+        random_state=7,
+        **SIMULATIONS[config],
+    )
+    instance = "instance_id" if "instance_id" in phases else None
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", IdentifiabilityWarning)
+        results = [
+            estimate_betas_baseline(phases, chunk_size=256, instance_col=instance),
+            estimate_betas_iterative(phases, chunk_size=256, instance_col=instance),
+        ]
+        model = make_pipeline(
+            PhaseExposureTransformer(256, instance_col=instance),
+            IterativeBetaRegressor(),
+        ).fit(phases)
+    for diagnostics in [r.diagnostics for r in results] + [model[-1].diagnostics_]:
+        assert diagnostics["not_identified"] == []
+        assert diagnostics["condition_number"] < 100
 
 
 @pytest.mark.parametrize("fit", FITS)

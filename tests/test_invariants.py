@@ -40,6 +40,7 @@ from sklearn_beta._grid import (
 )
 from sklearn_beta._iterative import step_averaged_design, step_density
 from sklearn_beta._validation import PhaseColumns, check_phases
+from sklearn_beta.datasets import simulate_trace
 
 PROPERTY = settings(
     max_examples=8,
@@ -50,6 +51,30 @@ PROPERTY = settings(
 seeds = st.integers(0, 2**32 - 1)
 sizes = st.integers(8, 30)
 chunks = st.sampled_from([16, 32, 64])
+
+
+def simulated(seed, n, chunk_size=64, n_instances=1):
+    """A trace of the package's step-level simulator (noisy, busy engine)."""
+    phases = simulate_trace(
+        n,
+        beta=(5e-3, 3e-5, 2e-4),
+        chunk_size=chunk_size,
+        max_num_seqs=16,
+        arrival_rate=20.0 * n_instances,
+        noise=0.05,
+        n_instances=n_instances,
+        random_state=seed % 2**32,
+    )
+    if n_instances > 1:
+        phases = phases.rename(columns={"instance_id": "instance"})
+    return phases
+
+
+sources = st.sampled_from(["synthetic", "simulated"])
+
+
+def any_trace(source, seed, n, **kwargs):
+    return (simulated if source == "simulated" else trace)(seed, n, **kwargs)
 
 
 def trace(seed, n, **kwargs):
@@ -108,9 +133,9 @@ def times(phases, factor=1.0, offset=0.0):
 
 
 @PROPERTY
-@given(seed=seeds, n=sizes, chunk=chunks, perm_seed=seeds)
-def test_row_order_does_not_change_betas(seed, n, chunk, perm_seed):
-    phases = trace(seed, n, chunk_size=chunk)
+@given(source=sources, seed=seeds, n=sizes, chunk=chunks, perm_seed=seeds)
+def test_row_order_does_not_change_betas(source, seed, n, chunk, perm_seed):
+    phases = any_trace(source, seed, n, chunk_size=chunk)
     order = np.random.default_rng(perm_seed).permutation(len(phases))
     shuffled = phases.iloc[order]
     assert_same_betas(fit_all(shuffled, chunk), fit_all(phases, chunk), 1e-12)
@@ -130,20 +155,23 @@ def test_time_shift_on_exact_grid_leaves_betas_unchanged(seed, n, offset):
 
 
 @PROPERTY
-@given(seed=seeds, n=sizes, offset=st.floats(0.0, 2e9))
-def test_time_shift_on_arbitrary_times_leaves_betas_unchanged(seed, n, offset):
+@given(source=sources, seed=seeds, n=sizes, offset=st.floats(0.0, 2e9))
+def test_time_shift_on_arbitrary_times_leaves_betas_unchanged(source, seed, n, offset):
     # Shifting arbitrary float times rounds each by up to 1.2e-7 s (half an
     # ulp at 2e9 s): a float64 limit that no estimator can undo, harmless
     # against phases of tens of milliseconds and more.
-    phases = trace(seed, n, quantum=None)
+    if source == "simulated":
+        phases = simulated(seed, n)
+    else:
+        phases = trace(seed, n, quantum=None)
     shifted = times(phases, offset=offset)
     assert_same_betas(fit_all(shifted, 64), fit_all(phases, 64), 1e-6)
 
 
 @PROPERTY
-@given(seed=seeds, n=sizes, chunk=chunks)
-def test_milliseconds_multiply_betas_by_1000(seed, n, chunk):
-    phases = trace(seed, n, chunk_size=chunk)
+@given(source=sources, seed=seeds, n=sizes, chunk=chunks)
+def test_milliseconds_multiply_betas_by_1000(source, seed, n, chunk):
+    phases = any_trace(source, seed, n, chunk_size=chunk)
     beta_ms, _ = fit_estimators(times(phases, 1e3), chunk)
     beta_s, scale_s = fit_estimators(phases, chunk)
     assert_same_betas((beta_ms / 1e3, None), (beta_s, scale_s), 1e-9)
@@ -268,11 +296,18 @@ def test_reference_end_correction_can_make_prefill_exposure_negative(
 
 
 @PROPERTY
-@given(seed=seeds, n=sizes, n_instances=st.integers(2, 4), perm_seed=seeds)
+@given(
+    source=sources,
+    seed=seeds,
+    n=sizes,
+    n_instances=st.integers(2, 4),
+    perm_seed=seeds,
+)
 def test_instance_ids_permuted_or_renamed_change_nothing(
-    seed, n, n_instances, perm_seed
+    source, seed, n, n_instances, perm_seed
 ):
-    phases = trace(seed, n, n_instances=n_instances)
+    phases = any_trace(source, seed, n, n_instances=n_instances)
+    phases["instance"] = pd.factorize(phases["instance"], sort=True)[0]
     used = phases.instance.max() + 1
     relabel = np.random.default_rng(perm_seed).permutation(used)
     renamed = phases.assign(
