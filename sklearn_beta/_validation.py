@@ -269,6 +269,33 @@ def _as_numbers(column: pd.Series) -> tuple[np.ndarray, np.ndarray]:
     return values, present & np.isnan(values)
 
 
+def numeric_column(frame: pd.DataFrame, name: str, context: list[str]) -> np.ndarray:
+    """Finite float values of one column, checked as :func:`check_phases` does.
+
+    For other modules that read a few columns of a phase table (e.g. the
+    cross-validation splitters): same types accepted, same messages.
+    """
+    _check_column_type(frame, name)
+    values, not_number = _as_numbers(frame[name])
+    if not_number.any():
+        raise TypeError(
+            f"Column {name!r} must be numeric; these values are not numbers. "
+            + describe_rows(frame, not_number, context)
+        )
+    bad = ~np.isfinite(values)
+    if bad.any():
+        raise ValueError(
+            f"Column {name!r} has NaN, missing or infinite values. "
+            + describe_rows(frame, bad, context)
+        )
+    return values
+
+
+# Names model_selection imports.
+_numeric_column = numeric_column
+_show_rows = describe_rows
+
+
 def _row_problems(frame: pd.DataFrame, columns: PhaseColumns):
     """Check every row; return the problems found and the parsed values.
 
