@@ -318,9 +318,7 @@ def _row_problems(frame: pd.DataFrame, columns: PhaseColumns):
     )
     # Case and surrounding whitespace are forgiven ("Prefill ", "DECODE"):
     # exporters differ, the meaning does not.
-    kind = frame[columns.phase_type].astype("string").str.strip().str.lower()
-    is_prefill = (kind == "prefill").fillna(False).to_numpy(dtype=bool)
-    is_decode = (kind == "decode").fillna(False).to_numpy(dtype=bool)
+    is_prefill, is_decode = _phase_kinds(frame[columns.phase_type])
     add(
         "unknown_phase_type",
         ValueError,
@@ -381,6 +379,26 @@ def _row_problems(frame: pd.DataFrame, columns: PhaseColumns):
             pd.isna(frame[columns.instance]).to_numpy(dtype=bool),
         )
     return problems, is_prefill, values
+
+
+def _phase_kinds(column: pd.Series) -> tuple[np.ndarray, np.ndarray]:
+    """Which rows are prefills and which decodes, labels normalised."""
+
+    def normalise(values: pd.Series) -> tuple[np.ndarray, np.ndarray]:
+        kind = values.astype("string").str.strip().str.lower()
+        return (
+            (kind == "prefill").fillna(False).to_numpy(dtype=bool),
+            (kind == "decode").fillna(False).to_numpy(dtype=bool),
+        )
+
+    try:
+        codes, labels = pd.factorize(column)
+    except TypeError:  # unhashable cells (lists, dicts): per row, slowly
+        return normalise(column)
+    # Normalising only the few distinct labels keeps a 1e6-row table fast.
+    label_prefill, label_decode = normalise(pd.Series(labels, dtype=object))
+    # Code -1 marks a missing label: it picks the False appended at the end.
+    return np.append(label_prefill, False)[codes], np.append(label_decode, False)[codes]
 
 
 def _codes(column: pd.Series, name: str, sort: bool) -> np.ndarray:
