@@ -34,6 +34,17 @@ _CLEAN_HINT = (
 )
 
 
+#: The reference schema's column names, in order (METHOD.md section 2).
+PHASE_COLUMNS = (
+    "request_id",
+    "phase_type",
+    "t_start",
+    "t_end",
+    "prefill_tokens",
+    "decode_tokens",
+)
+
+
 @dataclass(frozen=True)
 class PhaseColumns:
     """Names of the phase-table columns (METHOD.md section 2)."""

@@ -53,6 +53,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from ._validation import PHASE_COLUMNS
+
 __all__ = [
     "BLIS_UNITS",
     "OTEL_LATENCY_ATTRIBUTES",
@@ -62,14 +64,6 @@ __all__ = [
     "to_blis_coefficients",
 ]
 
-PHASE_COLUMNS = (
-    "request_id",
-    "phase_type",
-    "t_start",
-    "t_end",
-    "prefill_tokens",
-    "decode_tokens",
-)
 
 #: Span attributes :func:`read_otel_spans` requires, by their role.
 OTEL_LATENCY_ATTRIBUTES = {

@@ -15,14 +15,6 @@ import pandas as pd
 from sklearn.utils import check_random_state
 from sklearn.utils._param_validation import Interval, validate_params
 
-PHASE_COLUMNS = (
-    "request_id",
-    "phase_type",
-    "t_start",
-    "t_end",
-    "prefill_tokens",
-    "decode_tokens",
-)
 STEP_COLUMNS = (
     "instance_id",
     "t_start",
