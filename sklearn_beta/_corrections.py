@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ._grid import TraceGrid, cumulative
+from ._grid import Timeline, TraceGrid, cumulative, phase_integrals
 
 FIXED_CORRECTION_MODES = ("end", "end_inside", "uniform", "none")
 CORRECTION_MODES = ("beta_informed",) + FIXED_CORRECTION_MODES
@@ -145,3 +145,28 @@ def beta_informed_correction_mass(
     )
     rest = np.cumsum(delta[:-1]) * steps_per_segment
     return first + rest
+
+
+def budget_capped_mass(mass: np.ndarray, timeline: Timeline) -> np.ndarray:
+    """Correction mass left once a token budget has capped the prefill pressure.
+
+    A prefill's last step holds ``min(C k - mu, B - p_dec)`` prefill tokens:
+    where the budget already removed ``budget_excess`` tokens from the
+    full-chunk pressure, the partial chunk only takes back what exceeds them.
+    """
+    if timeline.budget_excess is None:
+        return mass
+    return np.maximum(mass - timeline.budget_excess, 0.0)
+
+
+def counted_phases(timeline: Timeline) -> np.ndarray:
+    """Phases whose step count ``N_i`` is known (True) under a token budget.
+
+    Decodes always run ``D`` steps. A prefill runs ``ceil(P / C)`` steps only
+    if no step of its window was short of budget; a capped step may have
+    served it a partial chunk, or none.
+    """
+    if timeline.budget_excess is None:
+        return np.ones(timeline.n_phases, dtype=bool)
+    capped = (timeline.budget_excess > 0).astype(np.float64)
+    return ~timeline.is_prefill | (phase_integrals(timeline.trace_grid, capped) == 0)

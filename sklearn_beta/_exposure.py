@@ -12,6 +12,7 @@ from sklearn.utils.validation import check_is_fitted
 
 from ._corrections import (
     FIXED_CORRECTION_MODES,
+    budget_capped_mass,
     fixed_correction_mass,
     missing_prefill_mass,
     step_counts,
@@ -34,6 +35,7 @@ EXPOSURE_COLUMNS = (
     "step_density",
     "chunk_size",
     "instance",
+    "token_budget",
 )
 _COL = {name: i for i, name in enumerate(EXPOSURE_COLUMNS)}
 
@@ -55,8 +57,9 @@ def baseline_exposures(
     in tokens, so it is not multiplied by ``lam_i``.
     """
     tg = timeline.trace_grid
-    correction = fixed_correction_mass(
-        correction_mode, tg, timeline.is_prefill, timeline.mu
+    correction = budget_capped_mass(
+        fixed_correction_mass(correction_mode, tg, timeline.is_prefill, timeline.mu),
+        timeline,
     )
     prefill = step_density * phase_integrals(tg, timeline.p_pf_full * tg.seg_len)
     prefill -= phase_integrals(tg, correction)
@@ -64,7 +67,9 @@ def baseline_exposures(
     return np.column_stack([timeline.n_steps, prefill, decode])
 
 
-def timeline_from_arrays(arrays: PhaseArrays, chunk_size: int) -> Timeline:
+def timeline_from_arrays(
+    arrays: PhaseArrays, chunk_size: int, token_budget: int | None = None
+) -> Timeline:
     """Step counts, missing masses, grid and pressures of a validated trace."""
     n_steps = step_counts(
         arrays.is_prefill,
@@ -84,6 +89,7 @@ def timeline_from_arrays(arrays: PhaseArrays, chunk_size: int) -> Timeline:
         n_steps,
         mu,
         chunk_size,
+        token_budget,
     )
 
 
@@ -128,6 +134,10 @@ def _check_timeline_columns(table: np.ndarray) -> None:
     bad = (mu < 0) | (mu > chunk[0])
     if bad.any():
         fail("missing_prefill_mass", bad, "must lie in [0, chunk_size]")
+    budget = table[:, _COL["token_budget"]]
+    bad = (budget != budget[0]) | (budget < 0) | (budget != np.round(budget))
+    if bad.any():
+        fail("token_budget", bad, "must hold one non-negative integer (0: none)")
 
 
 def timeline_from_exposures(table: np.ndarray) -> Timeline:
@@ -141,6 +151,7 @@ def timeline_from_exposures(table: np.ndarray) -> Timeline:
         table[:, _COL["n_steps"]],
         table[:, _COL["missing_prefill_mass"]],
         int(table[0, _COL["chunk_size"]]),
+        int(table[0, _COL["token_budget"]]) or None,
     )
 
 
@@ -149,9 +160,10 @@ def exposure_table(
     chunk_size: int,
     correction_mode: str = "end",
     min_duration: float = 0.0,
+    token_budget: int | None = None,
 ) -> np.ndarray:
     """Compute the exposure table (see :data:`EXPOSURE_COLUMNS`) as an array."""
-    timeline = timeline_from_arrays(arrays, chunk_size)
+    timeline = timeline_from_arrays(arrays, chunk_size, token_budget)
     density = phase_step_density(timeline.n_steps, timeline.duration, min_duration)
     design = baseline_exposures(timeline, density, correction_mode)
     return np.column_stack(
@@ -165,6 +177,7 @@ def exposure_table(
             density,
             np.full(arrays.n_phases, float(chunk_size)),
             arrays.instance.astype(np.float64),
+            np.full(arrays.n_phases, float(token_budget or 0)),
         ]
     )
 
@@ -193,6 +206,15 @@ class PhaseExposureTransformer(TransformerMixin, BaseEstimator):
         (METHOD.md section 4). ``"end"`` is the reference's placement.
     min_duration : float, default=0.0
         Floor ``l_min`` on the duration in the step density ``N_i/max(l_i, l_min)``.
+    token_budget : int or None, default=None
+        Per-step token budget ``B`` of the engine (vLLM's
+        ``max_num_batched_tokens``), or None when steps are not capped. A
+        step serves the decodes first and fills the rest with prefill chunks,
+        so the prefill pressure becomes ``min(C * #prefills, B - p_dec)``; the
+        iterative estimator also stops trusting ``ceil(P / C)`` as the step
+        count of a prefill that ran through capped steps. A hyperparameter
+        that :class:`~sklearn.model_selection.GridSearchCV` can tune when the
+        engine's budget is unknown.
     request_id_col, phase_type_col, t_start_col, t_end_col, prefill_tokens_col, \
 decode_tokens_col : str
         Column names of the phase table.
@@ -228,6 +250,7 @@ decode_tokens_col : str
         "chunk_size": [Interval(Integral, 1, None, closed="left")],
         "correction_mode": [StrOptions(set(FIXED_CORRECTION_MODES))],
         "min_duration": [Interval(Real, 0, None, closed="left")],
+        "token_budget": [Interval(Integral, 1, None, closed="left"), None],
         "request_id_col": [str],
         "phase_type_col": [str],
         "t_start_col": [str],
@@ -244,6 +267,7 @@ decode_tokens_col : str
         *,
         correction_mode="end",
         min_duration=0.0,
+        token_budget=None,
         request_id_col="request_id",
         phase_type_col="phase_type",
         t_start_col="t_start",
@@ -256,6 +280,7 @@ decode_tokens_col : str
         self.chunk_size = chunk_size
         self.correction_mode = correction_mode
         self.min_duration = min_duration
+        self.token_budget = token_budget
         self.request_id_col = request_id_col
         self.phase_type_col = phase_type_col
         self.t_start_col = t_start_col
@@ -308,7 +333,7 @@ decode_tokens_col : str
 
         Returns
         -------
-        X_out : DataFrame of shape (n_phases, 11)
+        X_out : DataFrame of shape (n_phases, 12)
             Columns :data:`EXPOSURE_COLUMNS`, indexed like ``X``.
         """
         check_is_fitted(self)
@@ -318,6 +343,7 @@ decode_tokens_col : str
             check_chunk_size(self.chunk_size),
             self.correction_mode,
             self.min_duration,
+            self.token_budget,
         )
         return pd.DataFrame(table, columns=list(EXPOSURE_COLUMNS), index=X.index)
 

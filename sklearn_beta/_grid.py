@@ -127,6 +127,21 @@ def decode_pressure(trace_grid: TraceGrid, is_prefill: np.ndarray) -> np.ndarray
     return count_active(trace_grid, ~is_prefill)
 
 
+def budgeted_prefill_pressure(
+    p_pf_full: np.ndarray, p_dec: np.ndarray, token_budget: int | None
+) -> np.ndarray:
+    """Prefill pressure under a per-step token budget ``B``.
+
+    A vLLM-style scheduler serves the running decodes first and fills the rest
+    of the budget with prefill chunks, so a step holds
+    ``min(C * #prefills, max(B - p_dec, 0))`` prefill tokens. Without a budget
+    this is ``p_pf_full``.
+    """
+    if token_budget is None:
+        return p_pf_full
+    return np.minimum(p_pf_full, np.maximum(token_budget - p_dec, 0.0))
+
+
 def cumulative(mass_per_segment: np.ndarray) -> np.ndarray:
     """Prefix sums over grid points: ``out[k] = sum(mass[:k])``, ``out[0] = 0``."""
     out = np.empty(mass_per_segment.shape[0] + 1)
@@ -152,7 +167,9 @@ class Timeline:
     Per phase: ``is_prefill``, ``n_steps`` (N_i), ``duration`` (l_i) and
     ``mu`` (missing prefill mass, 0 on decode rows). Per segment: the
     full-chunk prefill pressure ``p_pf_full`` and the decode pressure
-    ``p_dec``.
+    ``p_dec``. With a ``token_budget``, ``p_pf_full`` is capped by the budget
+    left after the decodes (:func:`budgeted_prefill_pressure`) and
+    ``budget_excess`` holds the full-chunk tokens per step the cap removed.
     """
 
     trace_grid: TraceGrid
@@ -163,6 +180,8 @@ class Timeline:
     chunk_size: int
     p_pf_full: np.ndarray
     p_dec: np.ndarray
+    token_budget: int | None = None
+    budget_excess: np.ndarray | None = None
 
     @property
     def n_phases(self) -> int:
@@ -177,9 +196,13 @@ def build_timeline(
     n_steps: np.ndarray,
     mu: np.ndarray,
     chunk_size: int,
+    token_budget: int | None = None,
 ) -> Timeline:
     """Build the grid once and the two pressures on it."""
     trace_grid = build_grid(t_start, t_end, instance)
+    p_full = prefill_pressure(trace_grid, is_prefill, chunk_size)
+    p_dec = decode_pressure(trace_grid, is_prefill)
+    p_pf = budgeted_prefill_pressure(p_full, p_dec, token_budget)
     return Timeline(
         trace_grid=trace_grid,
         is_prefill=is_prefill,
@@ -187,6 +210,8 @@ def build_timeline(
         duration=t_end - t_start,
         mu=mu,
         chunk_size=chunk_size,
-        p_pf_full=prefill_pressure(trace_grid, is_prefill, chunk_size),
-        p_dec=decode_pressure(trace_grid, is_prefill),
+        p_pf_full=p_pf,
+        p_dec=p_dec,
+        token_budget=token_budget,
+        budget_excess=None if token_budget is None else p_full - p_pf,
     )

@@ -18,6 +18,8 @@ from ._corrections import (
     CORRECTION_MODES,
     FIXED_CORRECTION_MODES,
     beta_informed_correction_mass,
+    budget_capped_mass,
+    counted_phases,
     fixed_correction_mass,
 )
 from ._exposure import (
@@ -40,6 +42,9 @@ from ._validation import (
 
 MIN_STEP_TIME = 1e-12
 STOPPING_RULES = ("absolute", "relative")
+OBJECTIVES = ("duration", "step_count")
+#: Step halvings tried when a Gauss-Newton step does not lower the objective.
+MAX_HALVINGS = 8
 HISTORY_COLUMNS = ("iteration", "beta0", "beta1", "beta2", "step", "r2", "rmse_seconds")
 
 
@@ -109,12 +114,17 @@ def step_averaged_design(
 def correction_mass(
     mode: str, timeline: Timeline, density: np.ndarray, fixed: np.ndarray | None
 ) -> np.ndarray:
-    """The correction of this iteration: fixed, or placed by the step density."""
+    """The correction of this iteration: fixed, or placed by the step density.
+
+    Under a token budget only the part of it the cap has not already taken
+    back remains (:func:`budget_capped_mass`).
+    """
     if mode != "beta_informed":
-        return fixed
-    return beta_informed_correction_mass(
+        return budget_capped_mass(fixed, timeline)
+    mass = beta_informed_correction_mass(
         timeline.trace_grid, density, timeline.is_prefill, timeline.n_steps, timeline.mu
     )
+    return budget_capped_mass(mass, timeline)
 
 
 def reweighted_design(
@@ -203,6 +213,210 @@ def iterate_betas(
     return beta, converged, n_iter, design, history
 
 
+# --- The step-count objective -------------------------------------------------
+#
+# A segment of length s holding n steps, with the prefill pressure P, the
+# decode pressure p_dec and a correction taking m tokens back, lasts
+# s = n (b0 + b1 P + b2 p_dec) - b1 m. Solved for n, the step density and the
+# effective pressure p_eff = P - m / n are consistent by construction: no lag.
+# At the true betas, with the correction on each prefill's last step, the
+# step counts are exact, so are the phases' token sums; and every phase must
+# then hold exactly its N_i steps. Fitting the betas to make the phases' step
+# counts match N_i is a 3-parameter nonlinear least squares, which also avoids
+# the degenerate fixed points of the duration objective: a design rebuilt at
+# any beta with b0 = 0 fits the durations exactly, whatever b1 and b2.
+
+
+def solved_step_counts(
+    timeline: Timeline, beta: np.ndarray, mass: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Steps per segment at ``beta``, the density and ``p_eff`` solved together.
+
+    Returns ``(n, prefill_mass, jac)``: the steps on each segment, the prefill
+    tokens they hold (``n * p_eff``) and ``dn / dbeta`` of shape (n_seg, 3).
+    Where the correction would take back more than the full chunks hold,
+    ``p_eff`` is 0 and the segment's steps are ``s / (b0 + b2 p_dec)``.
+    """
+    s, p_pf, p_dec = timeline.trace_grid.seg_len, timeline.p_pf_full, timeline.p_dec
+    full = np.maximum(beta[0] + beta[1] * p_pf + beta[2] * p_dec, MIN_STEP_TIME)
+    n = (s + beta[1] * mass) / full
+    jac = np.column_stack([-n, mass - n * p_pf, -n * p_dec]) / full[:, None]
+    emptied = n * p_pf < mass
+    if np.any(emptied):
+        bare = np.maximum(beta[0] + beta[2] * p_dec[emptied], MIN_STEP_TIME)
+        n_bare = s[emptied] / bare
+        n[emptied] = n_bare
+        jac[emptied] = (
+            np.column_stack([-n_bare, np.zeros_like(n_bare), -n_bare * p_dec[emptied]])
+            / bare[:, None]
+        )
+    return n, np.maximum(n * p_pf - mass, 0.0), jac
+
+
+def _phase_sums(timeline: Timeline, per_segment: np.ndarray) -> np.ndarray:
+    """Sum over each phase's segments of one or several per-segment columns."""
+    tg = timeline.trace_grid
+    cum = np.concatenate([np.zeros_like(per_segment[:1]), np.cumsum(per_segment, 0)])
+    return cum[tg.end_idx] - cum[tg.start_idx]
+
+
+def _density_of(timeline: Timeline, beta: np.ndarray, n: np.ndarray) -> np.ndarray:
+    s = timeline.trace_grid.seg_len
+    return np.where(
+        s > 0,
+        n / np.where(s > 0, s, 1.0),
+        step_density(beta, timeline.p_pf_full, timeline.p_dec),
+    )
+
+
+def solved_correction(
+    timeline: Timeline, beta: np.ndarray, mode: str, fixed: np.ndarray | None
+) -> np.ndarray:
+    """Correction mass of the step-count objective at ``beta``.
+
+    Fixed modes do not depend on ``beta``. ``beta_informed`` places each
+    prefill's missing mass on its last step under the density solved with
+    the mass on the last segment of the window (``end_inside``).
+    """
+    if mode != "beta_informed":
+        return budget_capped_mass(fixed, timeline)
+    inside = budget_capped_mass(
+        fixed_correction_mass(
+            "end_inside", timeline.trace_grid, timeline.is_prefill, timeline.mu
+        ),
+        timeline,
+    )
+    n, _, _ = solved_step_counts(timeline, beta, inside)
+    return correction_mass(mode, timeline, _density_of(timeline, beta, n), None)
+
+
+@dataclass(frozen=True)
+class _CountState:
+    beta: np.ndarray
+    residual: np.ndarray  # Lambda_i - N_i, steps
+    jac: np.ndarray  # dLambda_i / dbeta, (n_phases, 3)
+    design: np.ndarray  # [N_i, prefill tokens, decode tokens] at beta
+    loss: float
+
+
+def _count_state(timeline, beta, mode, fixed, weight) -> _CountState:
+    mass = solved_correction(timeline, beta, mode, fixed)
+    n, prefill_mass, jac = solved_step_counts(timeline, beta, mass)
+    sums = _phase_sums(
+        timeline, np.column_stack([n, prefill_mass, n * timeline.p_dec, jac])
+    )
+    residual = sums[:, 0] - timeline.n_steps
+    design = np.column_stack([timeline.n_steps, sums[:, 1], sums[:, 2]])
+    loss = float(np.sum(weight * residual**2))
+    return _CountState(beta, residual, sums[:, 3:], design, loss)
+
+
+def step_count_weights(
+    timeline: Timeline, sample_weight: np.ndarray | None = None
+) -> np.ndarray:
+    """Weights of the step-count residuals ``Lambda_i - N_i``.
+
+    ``1 / N_i``: per-step noise makes a phase's step-count error grow like
+    ``sqrt(N_i)``. Phases whose ``N_i`` a token budget makes unknown
+    (:func:`counted_phases`) get weight 0.
+    """
+    weight = counted_phases(timeline) / np.maximum(timeline.n_steps, 1.0)
+    if sample_weight is not None:
+        weight = weight * sample_weight
+    return weight
+
+
+def initial_scale(
+    timeline: Timeline, beta: np.ndarray, weight: np.ndarray
+) -> np.ndarray:
+    """A usable start for the step-count fit from (baseline) ``beta``.
+
+    The baseline often returns ``b0 = 0`` under heavy load; a start there
+    makes every step free of overhead. Give ``b0`` a tenth of the mean time
+    per step, then rescale all betas so that the weighted step counts add up:
+    the counts scale like ``1 / beta``.
+    """
+    beta = np.array(beta, dtype=np.float64)
+    counted = weight > 0
+    per_step = timeline.duration[counted].sum() / max(
+        timeline.n_steps[counted].sum(), 1.0
+    )
+    if beta[0] <= 0:
+        beta[0] = 0.1 * per_step
+    mass = budget_capped_mass(
+        fixed_correction_mass(
+            "end_inside", timeline.trace_grid, timeline.is_prefill, timeline.mu
+        ),
+        timeline,
+    )
+    n, _, _ = solved_step_counts(timeline, beta, mass)
+    total = float(np.sum(weight * _phase_sums(timeline, n)))
+    target = float(np.sum(weight * timeline.n_steps))
+    if total > 0 and target > 0:
+        beta *= total / target
+    return beta
+
+
+def fit_step_counts(
+    timeline: Timeline,
+    beta_init: np.ndarray,
+    *,
+    correction_mode: str = "beta_informed",
+    max_iter: int = 25,
+    tol: float = 1e-6,
+    stopping: str = "relative",
+    sample_weight: np.ndarray | None = None,
+    callback: Callable[[dict], None] | None = None,
+) -> tuple[np.ndarray, bool, int, np.ndarray, list[dict]]:
+    """Fit the betas by matching every phase's step count to ``N_i``.
+
+    Minimises ``sum_i w_i (Lambda_i(beta) - N_i)^2`` over ``beta >= 0``, where
+    ``Lambda_i`` is the number of steps the phase holds under the step density
+    solved at ``beta`` (:func:`solved_step_counts`) and ``w_i`` are
+    :func:`step_count_weights`. Each iteration is one projected Gauss-Newton
+    step, an NNLS of the linearised counts (halved while it does not lower
+    the objective). Returns ``(beta, converged, n_iter, design, history)``
+    like :func:`iterate_betas`; ``design`` is ``[N_i, prefill tokens, decode
+    tokens]`` per phase at the final betas and the history's r2 and rmse score
+    the durations it predicts, ``design @ beta``.
+    """
+    fixed = None
+    if correction_mode != "beta_informed":
+        fixed = fixed_correction_mass(
+            correction_mode, timeline.trace_grid, timeline.is_prefill, timeline.mu
+        )
+    weight = step_count_weights(timeline, sample_weight)
+    beta = initial_scale(timeline, beta_init, weight)
+    state = _count_state(timeline, beta, correction_mode, fixed, weight)
+    history = [_record(0, beta, np.nan, *_duration_fit(timeline, state))]
+    converged, n_iter = False, 0
+    for n_iter in range(1, max_iter + 1):
+        target = state.jac @ state.beta - state.residual
+        proposal = nnls_fit(state.jac, target, weight)
+        trial, shrink = state, 1.0
+        for _ in range(MAX_HALVINGS):
+            candidate = state.beta + shrink * (proposal - state.beta)
+            trial = _count_state(timeline, candidate, correction_mode, fixed, weight)
+            if trial.loss <= state.loss:
+                break
+            shrink *= 0.5
+        step = beta_change(trial.beta, state.beta, state.jac, stopping)
+        state = trial
+        history.append(
+            _record(n_iter, state.beta, step, *_duration_fit(timeline, state))
+        )
+        if callback is not None:
+            callback(history[-1])
+        if step < tol:
+            converged = True
+            break
+    return state.beta, converged, n_iter, state.design, history
+
+
+def _duration_fit(timeline: Timeline, state: _CountState) -> tuple[float, float]:
+    return fit_statistics(timeline.duration, state.design @ state.beta)
+
+
 def _record(iteration, beta, step, r2, rmse) -> dict:
     return dict(
         zip(HISTORY_COLUMNS, [iteration, *beta.tolist(), step, r2, rmse], strict=True)
@@ -220,6 +434,8 @@ def estimate_betas_iterative(
     init_via_baseline_correction: str = "end",
     min_duration_sec: float = 0.0,
     stopping: str = "absolute",
+    objective: str = "duration",
+    token_budget: int | None = None,
     request_id_col: str = "request_id",
     phase_type_col: str = "phase_type",
     t_start_col: str = "t_start",
@@ -259,6 +475,14 @@ default="end"
     stopping : {"absolute", "relative"}, default="absolute"
         ``"absolute"`` is the reference rule ``||d beta||_2 < tol`` (seconds);
         ``"relative"`` is scale-free (see :func:`beta_change`).
+    objective : {"duration", "step_count"}, default="duration"
+        ``"duration"`` is the reference's fixed-point iteration of NNLS fits
+        of the durations. ``"step_count"`` fits the betas so that every phase
+        holds its ``N_i`` steps under the step density they imply
+        (:func:`fit_step_counts`); ``damping_eta`` does not apply to it.
+    token_budget : int or None, default=None
+        Per-step token budget of the engine; see
+        :class:`~sklearn_beta.PhaseExposureTransformer`.
     request_id_col, phase_type_col, t_start_col, t_end_col, \
 prefill_tokens_col, decode_tokens_col, n_steps_col, instance_col : str
         Column names, as in :func:`estimate_betas_baseline`.
@@ -283,6 +507,7 @@ prefill_tokens_col, decode_tokens_col, n_steps_col, instance_col : str
         tol,
         damping_eta,
         stopping,
+        objective,
     )
     check_non_negative(min_duration_sec, "min_duration_sec")
     columns = PhaseColumns(
@@ -297,11 +522,12 @@ prefill_tokens_col, decode_tokens_col, n_steps_col, instance_col : str
     )
     chunk_size = check_chunk_size(chunk_size)
     arrays = check_phases(phases, columns)
-    timeline = timeline_from_arrays(arrays, chunk_size)
+    timeline = timeline_from_arrays(arrays, chunk_size, token_budget)
     density = phase_step_density(timeline.n_steps, timeline.duration, min_duration_sec)
     init_design = baseline_exposures(timeline, density, init_via_baseline_correction)
     beta0 = nnls_fit(init_design, timeline.duration)
-    beta, converged, n_iter, design, history = iterate_betas(
+    beta, converged, n_iter, design, history = run_iterations(
+        objective,
         timeline,
         beta0,
         correction_mode=prefill_correction_mode,
@@ -330,7 +556,23 @@ prefill_tokens_col, decode_tokens_col, n_steps_col, instance_col : str
     )
 
 
-def _check_iteration_params(mode, init_mode, max_iter, tol, damping, stopping):
+def run_iterations(
+    objective: str,
+    timeline: Timeline,
+    beta_init: np.ndarray,
+    *,
+    damping: float = 1.0,
+    **kwargs,
+) -> tuple[np.ndarray, bool, int, np.ndarray, list[dict]]:
+    """Dispatch to :func:`iterate_betas` or :func:`fit_step_counts`."""
+    if objective == "step_count":
+        return fit_step_counts(timeline, beta_init, **kwargs)
+    return iterate_betas(timeline, beta_init, damping=damping, **kwargs)
+
+
+def _check_iteration_params(
+    mode, init_mode, max_iter, tol, damping, stopping, objective="duration"
+):
     if mode not in CORRECTION_MODES:
         raise ValueError(
             f"prefill_correction_mode must be one of {CORRECTION_MODES}, got {mode!r}."
@@ -349,6 +591,8 @@ def _check_iteration_params(mode, init_mode, max_iter, tol, damping, stopping):
         raise ValueError(f"damping_eta must be in (0, 1], got {damping!r}.")
     if stopping not in STOPPING_RULES:
         raise ValueError(f"stopping must be one of {STOPPING_RULES}, got {stopping!r}.")
+    if objective not in OBJECTIVES:
+        raise ValueError(f"objective must be one of {OBJECTIVES}, got {objective!r}.")
 
 
 class IterativeBetaRegressor(BaseBetaRegressor):
@@ -436,17 +680,19 @@ default="beta_informed"
         "tol": [Interval(Real, 0, None, closed="neither")],
         "init_correction_mode": [StrOptions(set(FIXED_CORRECTION_MODES))],
         "stopping": [StrOptions(set(STOPPING_RULES))],
+        "objective": [StrOptions(set(OBJECTIVES))],
     }
 
     def __init__(
         self,
-        correction_mode="beta_informed",
+        correction_mode="end_inside",
         *,
         damping=1.0,
         max_iter=25,
         tol=1e-6,
         init_correction_mode="end",
         stopping="relative",
+        objective="step_count",
     ):
         self.correction_mode = correction_mode
         self.damping = damping
@@ -454,6 +700,7 @@ default="beta_informed"
         self.tol = tol
         self.init_correction_mode = init_correction_mode
         self.stopping = stopping
+        self.objective = objective
 
     def _fit_table(self, table, duration, sample_weight):
         timeline = _timeline_with_target(table, duration)
@@ -461,7 +708,8 @@ default="beta_informed"
             timeline, table[:, _COL["step_density"]], self.init_correction_mode
         )
         beta_init = nnls_fit(init_design, duration, sample_weight)
-        beta, converged, n_iter, design, history = iterate_betas(
+        beta, converged, n_iter, design, history = run_iterations(
+            self.objective,
             timeline,
             beta_init,
             correction_mode=self.correction_mode,
@@ -501,7 +749,11 @@ default="beta_informed"
         return self.predictive_design(timeline) @ self.beta_
 
     def predictive_design(self, timeline: Timeline, n_passes: int = 3) -> np.ndarray:
-        """Design of a trace at the fitted betas, ``p_eff`` settled by a few passes."""
+        """Design of a trace at the fitted betas.
+
+        With ``objective="step_count"`` the density solved at the betas;
+        otherwise ``p_eff`` settled by ``n_passes`` lagged passes.
+        """
         fixed = None
         if self.correction_mode != "beta_informed":
             fixed = fixed_correction_mass(
@@ -510,6 +762,11 @@ default="beta_informed"
                 timeline.is_prefill,
                 timeline.mu,
             )
+        if self.objective == "step_count":
+            weight = np.ones(timeline.n_phases)
+            return _count_state(
+                timeline, self.beta_, self.correction_mode, fixed, weight
+            ).design
         p_eff = timeline.p_pf_full
         for _ in range(n_passes):
             design, p_eff = reweighted_design(

@@ -156,7 +156,9 @@ def test_iterative_pipeline_reference_setting_equals_functional(
     published_sample, smoke_phases, mode, damping
 ):
     for phases in (published_sample, smoke_phases):
-        regressor = IterativeBetaRegressor(mode, damping=damping, stopping="absolute")
+        regressor = IterativeBetaRegressor(
+            mode, damping=damping, stopping="absolute", objective="duration"
+        )
         model = _pipeline(regressor).fit(phases)
         expected = estimate_betas_iterative(
             phases, chunk_size=64, prefill_correction_mode=mode, damping_eta=damping
@@ -170,7 +172,11 @@ def test_iterative_pipeline_reference_setting_equals_functional(
 def test_iterative_default_equals_functional_with_same_rule(published_sample):
     model = _pipeline(IterativeBetaRegressor()).fit(published_sample)
     expected = estimate_betas_iterative(
-        published_sample, chunk_size=64, stopping="relative"
+        published_sample,
+        chunk_size=64,
+        prefill_correction_mode="end_inside",
+        stopping="relative",
+        objective="step_count",
     )
     np.testing.assert_array_equal(model[-1].beta_, expected.beta)
 
@@ -247,8 +253,10 @@ def _repeated_trace(phases: pd.DataFrame, copies: int = 6, period: float = 12.0)
 
 def test_grid_search_over_chunk_size_and_damping(published_sample):
     phases = _repeated_trace(published_sample)
+    # The reference objective: the toy sample is no engine trace, and the
+    # step-count objective (the default) prefers C=32 on it.
     search = GridSearchCV(
-        _pipeline(IterativeBetaRegressor()),
+        _pipeline(IterativeBetaRegressor(objective="duration")),
         {
             "phaseexposuretransformer__chunk_size": [32, 64],
             "iterativebetaregressor__damping": [0.5, 1.0],
