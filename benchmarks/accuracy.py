@@ -99,7 +99,7 @@ SCENARIOS = {
             "heavy load (~220 running), small chunk C=256",
             (6e-3, 2e-5, 1e-4),
             256,
-            arrival_rate=15.0,
+            arrival_rate=16.0,
         ),
         Scenario(
             "heavy_c512",
@@ -142,10 +142,10 @@ SCENARIOS = {
         ),
         Scenario(
             "long_prompts",
-            "heavy load, prompts ~4k tokens, C=1024",
+            "heavy load, long prompts (~4k tokens), C=1024",
             (7e-3, 2.5e-5, 1.5e-4),
             1024,
-            arrival_rate=5.0,
+            arrival_rate=6.0,
             lengths=dict(prompt_tokens=(4096, 0.6), output_tokens=(200, 0.8)),
         ),
         Scenario(

@@ -305,8 +305,18 @@ def _count_state(timeline, beta, mode, fixed, weight) -> _CountState:
     sums = _phase_sums(
         timeline, np.column_stack([n, prefill_mass, n * timeline.p_dec, jac])
     )
-    residual = sums[:, 0] - timeline.n_steps
-    design = np.column_stack([timeline.n_steps, sums[:, 1], sums[:, 2]])
+    steps = sums[:, 0]
+    residual = steps - timeline.n_steps
+    # The design of METHOD 6.2.4, N_i times the pressures averaged over the
+    # steps: its prediction is l_i N_i / Lambda_i, the phase's duration had
+    # it held N_i steps of the lengths the betas give there.
+    per_step = np.divide(
+        sums[:, 1:3],
+        steps[:, None],
+        out=np.zeros_like(sums[:, 1:3]),
+        where=steps[:, None] > 0,
+    )
+    design = np.column_stack([timeline.n_steps, timeline.n_steps[:, None] * per_step])
     loss = float(np.sum(weight * residual**2))
     return _CountState(beta, residual, sums[:, 3:], design, loss)
 
@@ -376,9 +386,10 @@ def fit_step_counts(
     :func:`step_count_weights`. Each iteration is one projected Gauss-Newton
     step, an NNLS of the linearised counts (halved while it does not lower
     the objective). Returns ``(beta, converged, n_iter, design, history)``
-    like :func:`iterate_betas`; ``design`` is ``[N_i, prefill tokens, decode
-    tokens]`` per phase at the final betas and the history's r2 and rmse score
-    the durations it predicts, ``design @ beta``.
+    like :func:`iterate_betas`; ``design`` is ``[N_i, N_i pbar_pf_i,
+    N_i pbar_dec_i]`` at the final betas, with the pressures averaged over
+    the phase's steps as in METHOD.md 6.2.4, and the history's r2 and rmse
+    score the durations it predicts, ``design @ beta``.
     """
     fixed = None
     if correction_mode != "beta_informed":
