@@ -141,6 +141,14 @@ SCENARIOS = {
             noise=0.05,
         ),
         Scenario(
+            "budget_tight",
+            "heavy load, C=512, tight token budget 1024 (~90% of steps capped)",
+            (6e-3, 3e-5, 1e-4),
+            512,
+            arrival_rate=15.0,
+            token_budget=1024,
+        ),
+        Scenario(
             "long_prompts",
             "heavy load, long prompts (~4k tokens), C=1024",
             (7e-3, 2.5e-5, 1.5e-4),
@@ -323,7 +331,20 @@ def estimators() -> list[Estimator]:
                 max_iter=200,
             ),
             "variant",
-        )
+        ),
+        # Damping stabilises the map where its Jacobian has an eigenvalue
+        # below -1 (see accuracy_diagnostics.py), if the start has b0 > 0.
+        Estimator(
+            "duration[beta_informed] eta=0.5 rel 1e-8",
+            pipeline(
+                correction_mode="beta_informed",
+                objective="duration",
+                damping=0.5,
+                tol=1e-8,
+                max_iter=200,
+            ),
+            "variant",
+        ),
     ]
     out += [
         Estimator(
