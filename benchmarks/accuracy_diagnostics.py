@@ -12,8 +12,10 @@ TRUE betas (so that only the method, not the starting point, is on trial):
    slope at the fixed point is ``-b1 c``; below -1 it oscillates with
    period 2 and diverges;
 3. the reference's outer iteration started at the true betas;
-4. the degenerate fixed points of the duration objective: at any beta with
-   ``b0 = 0`` the rebuilt design fits the durations exactly;
+4. why exact features alone would not rescue the duration objective: with
+   the per-phase token sums as design (exact at the truth), any beta with
+   ``b0 = 0`` fits the durations exactly, ``l_i = X_i beta + b0 (N_i -
+   Lambda_i)``;
 5. the correlation of the step count with the decode exposure (beta0 against
    beta2) and the step-count objective's Jacobian conditioning.
 
@@ -131,9 +133,7 @@ def main(argv=None) -> int:
     )
 
     def duration_map(b):
-        st = _count_state(
-            timeline, b, "end_inside", mass, np.ones(timeline.n_phases)
-        )
+        st = _count_state(timeline, b, "end_inside", mass, np.ones(timeline.n_phases))
         raw = st.design
         scale = np.linalg.norm(raw, axis=0)
         return np.linalg.lstsq(raw / scale, timeline.duration, rcond=None)[0] / scale
@@ -157,7 +157,7 @@ def main(argv=None) -> int:
         print(f"   damped eta={eta}: spectral radius {np.abs(damped).max():.3f}")
 
     # 4. Degenerate fixed points of the duration objective.
-    print("\n4. Duration objective at beta with b0 = 0 (solved density)")
+    print("\n4. Token-sum design (solved density) at betas with b0 = 0")
     for b1_scale, b2_scale in [(1.0, 1.0), (0.5, 2.0), (2.0, 0.5)]:
         trial = np.array([0.0, beta[1] * b1_scale, beta[2] * b2_scale])
         st = _count_state(

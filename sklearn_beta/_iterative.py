@@ -222,9 +222,10 @@ def iterate_betas(
 # At the true betas, with the correction on each prefill's last step, the
 # step counts are exact, so are the phases' token sums; and every phase must
 # then hold exactly its N_i steps. Fitting the betas to make the phases' step
-# counts match N_i is a 3-parameter nonlinear least squares, which also avoids
-# the degenerate fixed points of the duration objective: a design rebuilt at
-# any beta with b0 = 0 fits the durations exactly, whatever b1 and b2.
+# counts match N_i is a 3-parameter nonlinear least squares. Fitting the
+# durations instead cannot use this: with the token sums as design, any beta
+# with b0 = 0 fits the durations exactly (l_i = X_i beta + b0 (N_i - Lambda_i)),
+# and the reference's fixed point is repelling under heavy load.
 
 
 def solved_step_counts(
@@ -607,33 +608,55 @@ def _check_iteration_params(
 
 
 class IterativeBetaRegressor(BaseBetaRegressor):
-    """Step-density re-weighted NNLS: the iterative estimator.
+    """Step-density re-weighted estimator: the iterative estimator.
 
-    Starting from the baseline betas, each iteration computes the step time
-    ``b0 + b1 p_eff + b2 p_dec`` on every grid segment, hence the step density
-    ``lam``; places each prefill's missing last-chunk tokens; averages the
-    pressures over the steps taken inside every phase; and refits the betas by
-    NNLS on ``[N_i, N_i pbar_pf_i, N_i pbar_dec_i]`` (METHOD.md section 6).
+    Every grid segment of the trace lasts a whole number of steps of
+    ``b0 + b1 p_eff + b2 p_dec`` seconds each, so betas imply a step density
+    ``lam`` on every segment, hence a number of steps ``Lambda_i`` inside every
+    phase. By default (``objective="step_count"``) the betas are those under
+    which every phase holds its known ``N_i`` steps (``ceil(P / C)`` or
+    ``D``): a non-negative nonlinear least squares on ``Lambda_i - N_i``,
+    solved by Gauss-Newton steps that are each an NNLS, with the density and
+    ``p_eff`` solved together on each segment. On simulated traces this
+    recovers the betas exactly without noise, in every regime of
+    ``benchmarks/accuracy.py``, where the reference's fixed point
+    oscillates under heavy load.
+
+    ``objective="duration"`` is the reference's fixed-point iteration
+    (METHOD.md section 6): from the baseline betas, compute ``lam`` from the
+    previous iteration's ``p_eff``, place each prefill's missing last-chunk
+    tokens, average the pressures over the steps inside every phase and refit
+    the durations by NNLS on ``[N_i, N_i pbar_pf_i, N_i pbar_dec_i]``.
 
     Parameters
     ----------
-    correction_mode : {"beta_informed", "end", "end_inside", "uniform", "none"}, \
-default="beta_informed"
-        Placement of the last prefill chunk's missing tokens.
+    correction_mode : {"end_inside", "beta_informed", "end", "uniform", \
+"none"}, default="end_inside"
+        Placement of the last prefill chunk's missing tokens. ``"end_inside"``
+        puts them on the last segment of the prefill, where the partial step
+        ran: exact for an engine without a token budget. ``"beta_informed"``
+        (the reference default) places them on the last step under the
+        current density; with the step-count objective the two agree at the
+        solution, but ``"end_inside"`` keeps the objective smooth.
     damping : float in (0, 1], default=1.0
-        Damping ``eta`` of the update ``beta = (1 - eta) beta + eta beta_fit``.
+        Damping ``eta`` of the update ``beta = (1 - eta) beta + eta beta_fit``
+        of the duration objective; ignored by the step-count objective.
     max_iter : int, default=25
-        Maximum number of re-weighting iterations.
+        Maximum number of iterations.
     tol : float, default=1e-6
         Stopping threshold on the change of betas per iteration.
     init_correction_mode : {"end", "end_inside", "uniform", "none"}, default="end"
         Correction mode of the initialising baseline fit.
     stopping : {"relative", "absolute"}, default="relative"
-        ``"relative"`` stops when every coefficient's contribution to the
-        predicted durations moves by less than ``tol`` of itself: free of the
-        time unit. ``"absolute"`` is the reference rule ``||d beta||_2 < tol``
-        in the trace's time unit; with it and the other defaults the fit
-        reproduces :func:`estimate_betas_iterative` exactly.
+        ``"relative"`` stops when every coefficient's contribution (to the
+        predicted durations, or to the step counts) moves by less than
+        ``tol`` of itself: free of the time unit. ``"absolute"`` is the
+        reference rule ``||d beta||_2 < tol`` in the trace's time unit.
+    objective : {"step_count", "duration"}, default="step_count"
+        What the betas are fitted to; see above. With
+        ``IterativeBetaRegressor("beta_informed", objective="duration",
+        stopping="absolute")`` the fit reproduces
+        :func:`estimate_betas_iterative` (the published reference) exactly.
 
     Attributes
     ----------
@@ -645,12 +668,14 @@ default="beta_informed"
     intercept_ : float
         Always 0.0.
     n_iter_ : int
-        Number of re-weighting iterations run.
+        Number of iterations run.
     converged_ : bool
         Whether the stopping rule was met within ``max_iter``.
     history_ : DataFrame
-        One row per iteration (0 = initialising baseline): betas, step, r2,
-        rmse_seconds.
+        One row per iteration (0 = the start): betas, step, r2, rmse_seconds.
+        With the step-count objective the start is the baseline rescaled to
+        the trace's step counts, and r2 / rmse score the durations predicted
+        as ``l_i N_i / Lambda_i``.
     diagnostics_ : dict
         n_phases, r2, rmse_seconds and mean exposures of the last design;
         its ``condition_number``, ``not_identified`` and ``at_zero_bound``
@@ -664,6 +689,20 @@ default="beta_informed"
     --------
     BaselineBetaRegressor : The non-iterative estimator.
     estimate_betas_iterative : The functional, reference-compatible API.
+    PhaseExposureTransformer : Its ``token_budget`` makes the prefill pressure
+        budget-aware.
+
+    Notes
+    -----
+    Why the step-count objective: under heavy load the duration map's
+    Jacobian at the true betas has an eigenvalue below -1 (about -1.5 at
+    ~230 running requests, even with exact features), so that the reference
+    iteration, started at the truth, drifts into a period-2 oscillation
+    between ``b0 = 0`` and a ``b0`` two to four times too large; and with the
+    exact token sums as design, any betas with ``b0 = 0`` fit the durations
+    exactly, since ``l_i = X_i beta + b0 (N_i - Lambda_i)``. The information
+    on the betas is in ``Lambda_i = N_i``: see
+    ``benchmarks/accuracy_diagnostics.py``.
 
     References
     ----------
