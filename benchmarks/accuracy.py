@@ -20,6 +20,7 @@ Usage::
     python benchmarks/accuracy.py --scenarios heavy_c1024,budget \\
         --estimators default,reference --out results.csv
     python benchmarks/accuracy.py --compare results.csv
+    python benchmarks/accuracy.py --render benchmarks/accuracy_results.json
 
 Timings are wall-clock on a shared machine: read them as orders of magnitude.
 """
@@ -482,6 +483,23 @@ def markdown_table(results: pd.DataFrame) -> str:
     return "\n".join(lines)
 
 
+def markdown_summary(results: pd.DataFrame) -> str:
+    """Step-time error (%) of every estimator (rows) on every scenario."""
+    scenarios = list(dict.fromkeys(results["scenario"]))
+    pivot = results.pivot(index="estimator", columns="scenario", values="step_time_err")
+    pivot = pivot.reindex(
+        index=list(dict.fromkeys(results["estimator"])), columns=scenarios
+    )
+    lines = [
+        "| estimator | " + " | ".join(scenarios) + " |",
+        "|---|" + "---:|" * len(scenarios),
+    ]
+    for name, row in pivot.iterrows():
+        cells = ["" if v != v else f"{100 * v:.2f}" for v in row]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def compare(results: pd.DataFrame, baseline_file: Path) -> pd.DataFrame:
     """Step-time error now against a saved run, per (scenario, estimator)."""
     before = read_results(baseline_file)
@@ -512,7 +530,7 @@ def write_results(path: Path, results: pd.DataFrame, traces: pd.DataFrame, args)
             scenarios=json.loads(traces.to_json(orient="records")),
             results=json.loads(results.to_json(orient="records")),
         )
-        path.write_text(json.dumps(payload, indent=1))
+        path.write_text(json.dumps(payload, separators=(",", ":")) + "\n")
     elif path.suffix == ".md":
         path.write_text(markdown_table(results) + "\n")
     else:
@@ -547,8 +565,18 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--out", type=Path, default=None, help=".csv, .json or .md")
     parser.add_argument("--compare", type=Path, default=None, help="saved run")
-    parser.add_argument("--markdown", action="store_true", help="print a md table")
+    parser.add_argument("--markdown", action="store_true", help="print md tables")
+    parser.add_argument(
+        "--render",
+        type=Path,
+        default=None,
+        help="print the md tables of a saved run (.csv/.json) and exit",
+    )
     args = parser.parse_args(argv)
+    if args.render is not None:
+        saved = read_results(args.render)
+        print(markdown_summary(saved) + "\n\n" + markdown_table(saved))
+        return 0
     if args.n_requests is None:
         args.n_requests = 4000 if args.quick else 20000
 
@@ -572,7 +600,7 @@ def main(argv: list[str] | None = None) -> int:
     with pd.option_context("display.width", 250, "display.max_columns", 20):
         print((100 * pivot).round(3).to_string())
     if args.markdown:
-        print("\n" + markdown_table(results))
+        print("\n" + markdown_summary(results) + "\n\n" + markdown_table(results))
     if args.compare is not None:
         merged = compare(results, args.compare)
         print(f"\n# Step-time error against {args.compare} (percentage points)")
