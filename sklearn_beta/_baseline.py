@@ -66,6 +66,7 @@ def estimate_betas_baseline(
     chunk_size: int,
     correction_mode: str = "end",
     min_duration_sec: float = 0.0,
+    token_budget: int | None = None,
     request_id_col: str = "request_id",
     phase_type_col: str = "phase_type",
     t_start_col: str = "t_start",
@@ -91,6 +92,9 @@ def estimate_betas_baseline(
         Placement of the last prefill chunk's missing tokens (METHOD.md 4).
     min_duration_sec : float, default=0.0
         Floor on the duration in the phase-local step density.
+    token_budget : int or None, default=None
+        Per-step token budget of the engine: caps the prefill pressure at
+        ``B - p_dec`` (see :class:`~sklearn_beta.PhaseExposureTransformer`).
     request_id_col, phase_type_col, t_start_col, t_end_col, \
 prefill_tokens_col, decode_tokens_col, n_steps_col : str
         Column names.
@@ -132,7 +136,7 @@ prefill_tokens_col, decode_tokens_col, n_steps_col : str
     check_option(correction_mode, FIXED_CORRECTION_MODES, "correction_mode")
     check_non_negative(min_duration_sec, "min_duration_sec")
     arrays = check_phases(phases, columns)
-    timeline = timeline_from_arrays(arrays, chunk_size)
+    timeline = timeline_from_arrays(arrays, chunk_size, token_budget)
     density = phase_step_density(timeline.n_steps, timeline.duration, min_duration_sec)
     design = baseline_exposures(timeline, density, correction_mode)
     beta = nnls_fit(design, timeline.duration)

@@ -15,6 +15,7 @@ points, such an integral is a difference of two prefix sums.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from numbers import Integral
 
 import numpy as np
 
@@ -139,6 +140,14 @@ def budgeted_prefill_pressure(
     """
     if token_budget is None:
         return p_pf_full
+    if (
+        isinstance(token_budget, bool)
+        or not isinstance(token_budget, Integral)
+        or token_budget < 1
+    ):
+        raise ValueError(
+            f"token_budget must be a positive integer or None, got {token_budget!r}."
+        )
     return np.minimum(p_pf_full, np.maximum(token_budget - p_dec, 0.0))
 
 

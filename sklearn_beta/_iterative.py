@@ -398,6 +398,12 @@ def fit_step_counts(
             correction_mode, timeline.trace_grid, timeline.is_prefill, timeline.mu
         )
     weight = step_count_weights(timeline, sample_weight)
+    if not np.any(weight > 0):
+        raise ValueError(
+            "The step-count objective needs phases with a known step count and "
+            "a positive sample_weight; under the token budget every phase's "
+            "count is unknown or weighted 0. Use objective='duration'."
+        )
     beta = initial_scale(timeline, beta_init, weight)
     state = _count_state(timeline, beta, correction_mode, fixed, weight)
     history = [_record(0, beta, np.nan, *_duration_fit(timeline, state))]

@@ -19,7 +19,7 @@ from sklearn_beta import (
 )
 from sklearn_beta._corrections import fixed_correction_mass
 from sklearn_beta._exposure import timeline_from_arrays
-from sklearn_beta._iterative import solved_step_counts
+from sklearn_beta._iterative import fit_step_counts, solved_step_counts
 from sklearn_beta._validation import PhaseColumns, check_phases
 from sklearn_beta.datasets import simulate_trace
 from sklearn_beta.metrics import coefficient_errors, step_time_error
@@ -202,3 +202,26 @@ def test_reference_objective_still_available(moderate):
     ).fit(phases)[-1]
     expected = estimate_betas_iterative(phases, chunk_size=CHUNK)
     np.testing.assert_array_equal(regressor.beta_, expected.beta)
+
+
+def test_token_budget_validated_and_unused_without_capped_steps(moderate):
+    phases, _ = moderate
+    with pytest.raises(ValueError, match="token_budget must be a positive integer"):
+        estimate_betas_iterative(phases, chunk_size=CHUNK, token_budget=0)
+    with pytest.raises(ValueError, match="token_budget must be a positive integer"):
+        estimate_betas_iterative(phases, chunk_size=CHUNK, token_budget=2.5)
+    # A budget no step reaches changes nothing.
+    loose = estimate_betas_iterative(
+        phases, chunk_size=CHUNK, objective="step_count", token_budget=10**9
+    )
+    free = estimate_betas_iterative(phases, chunk_size=CHUNK, objective="step_count")
+    np.testing.assert_allclose(loose.beta, free.beta, rtol=1e-12)
+
+
+def test_step_count_objective_needs_a_counted_phase(moderate):
+    phases, _ = moderate
+    timeline = timeline_from_arrays(check_phases(phases, PhaseColumns()), CHUNK)
+    with pytest.raises(ValueError, match="known step count"):
+        fit_step_counts(
+            timeline, np.asarray(BETA), sample_weight=np.zeros(timeline.n_phases)
+        )
