@@ -500,6 +500,38 @@ def markdown_summary(results: pd.DataFrame) -> str:
     return "\n".join(lines)
 
 
+def markdown_headline(results: pd.DataFrame) -> str:
+    """The reference against the default, per scenario (the budget-aware
+    default where the scenario has a budget)."""
+
+    def pct(x):
+        return f"{100 * x:+.1f}%" if abs(x) >= 1e-3 else f"{100 * x:+.2f}%"
+
+    def row(r):
+        errors = " / ".join(pct(r[f"beta{k}_err"]) for k in range(3))
+        return f"{errors} | {100 * r['step_time_err']:.2f}%"
+
+    lines = [
+        "| scenario | reference: beta0 / beta1 / beta2 | step time | "
+        "default: beta0 / beta1 / beta2 | step time | seconds |",
+        "|---|---|---:|---|---:|---:|",
+    ]
+    for scenario, rows in results.groupby("scenario", sort=False):
+        by_name = {r["estimator"]: r for r in rows.to_dict("records")}
+        reference = by_name.get("reference[beta_informed]")
+        default = by_name.get(
+            "step_count[end_inside]+budget (default)",
+            by_name.get("step_count[end_inside] (default)"),
+        )
+        if reference is None or default is None:
+            continue
+        lines.append(
+            f"| {scenario} | {row(reference)} | {row(default)} | "
+            f"{default['seconds']:.2f} |"
+        )
+    return "\n".join(lines)
+
+
 def compare(results: pd.DataFrame, baseline_file: Path) -> pd.DataFrame:
     """Step-time error now against a saved run, per (scenario, estimator)."""
     before = read_results(baseline_file)
@@ -575,7 +607,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.render is not None:
         saved = read_results(args.render)
-        print(markdown_summary(saved) + "\n\n" + markdown_table(saved))
+        tables = [markdown_headline(saved), markdown_summary(saved)]
+        print("\n\n".join(tables + [markdown_table(saved)]))
         return 0
     if args.n_requests is None:
         args.n_requests = 4000 if args.quick else 20000
@@ -600,7 +633,8 @@ def main(argv: list[str] | None = None) -> int:
     with pd.option_context("display.width", 250, "display.max_columns", 20):
         print((100 * pivot).round(3).to_string())
     if args.markdown:
-        print("\n" + markdown_summary(results) + "\n\n" + markdown_table(results))
+        tables = [markdown_headline(results), markdown_summary(results)]
+        print("\n" + "\n\n".join(tables + [markdown_table(results)]))
     if args.compare is not None:
         merged = compare(results, args.compare)
         print(f"\n# Step-time error against {args.compare} (percentage points)")
