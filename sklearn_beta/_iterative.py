@@ -296,7 +296,7 @@ class _CountState:
     beta: np.ndarray
     residual: np.ndarray  # Lambda_i - N_i, steps
     jac: np.ndarray  # dLambda_i / dbeta, (n_phases, 3)
-    design: np.ndarray  # [N_i, prefill tokens, decode tokens] at beta
+    design: np.ndarray  # [N_i, N_i pbar_pf_i, N_i pbar_dec_i] at beta
     loss: float
 
 
