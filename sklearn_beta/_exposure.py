@@ -34,8 +34,8 @@ EXPOSURE_COLUMNS = (
     "missing_prefill_mass",
     "step_density",
     "chunk_size",
-    "instance",
     "token_budget",
+    "instance",
 )
 _COL = {name: i for i, name in enumerate(EXPOSURE_COLUMNS)}
 
@@ -176,8 +176,8 @@ def exposure_table(
             timeline.mu,
             density,
             np.full(arrays.n_phases, float(chunk_size)),
-            arrays.instance.astype(np.float64),
             np.full(arrays.n_phases, float(token_budget or 0)),
+            arrays.instance.astype(np.float64),
         ]
     )
 

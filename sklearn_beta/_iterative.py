@@ -411,14 +411,17 @@ def fit_step_counts(
     for n_iter in range(1, max_iter + 1):
         target = state.jac @ state.beta - state.residual
         proposal = nnls_fit(state.jac, target, weight)
-        trial, shrink = state, 1.0
+        # Converged when the full Gauss-Newton step is negligible, not when a
+        # halved one is: near the minimum the loss comparisons are rounding
+        # noise and would shrink the step without the betas having settled.
+        step = beta_change(proposal, state.beta, state.jac, stopping)
+        shrink = 1.0
         for _ in range(MAX_HALVINGS):
             candidate = state.beta + shrink * (proposal - state.beta)
             trial = _count_state(timeline, candidate, correction_mode, fixed, weight)
-            if trial.loss <= state.loss:
+            if trial.loss <= state.loss or step < tol:
                 break
             shrink *= 0.5
-        step = beta_change(trial.beta, state.beta, state.jac, stopping)
         state = trial
         history.append(
             _record(n_iter, state.beta, step, *_duration_fit(timeline, state))

@@ -237,7 +237,8 @@ def test_cross_validate_routes_groups_with_routing(routing, cv):
 def test_grid_search_over_chunk_size_and_damping():
     phases = make_trace(300, n_instances=3, seed=6)
     search = GridSearchCV(
-        _pipeline(IterativeBetaRegressor(max_iter=10)),
+        # damping is a parameter of the reference's duration objective.
+        _pipeline(IterativeBetaRegressor(max_iter=10, objective="duration")),
         {
             "phaseexposuretransformer__chunk_size": [32, 64],
             "iterativebetaregressor__damping": [0.5, 1.0],

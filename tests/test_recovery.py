@@ -225,3 +225,23 @@ def test_step_count_objective_needs_a_counted_phase(moderate):
         fit_step_counts(
             timeline, np.asarray(BETA), sample_weight=np.zeros(timeline.n_phases)
         )
+
+
+def test_step_count_zero_weight_equals_dropping_an_instance():
+    phases, _ = _simulate(n_requests=3000, arrival_rate=18.0, n_instances=3)
+    table = PhaseExposureTransformer(
+        chunk_size=CHUNK, instance_col="instance_id"
+    ).fit_transform(phases)
+    keep = (table["instance"] != 0).to_numpy()
+    masked = IterativeBetaRegressor().fit(table, sample_weight=keep.astype(float))
+    subset = IterativeBetaRegressor().fit(table[keep])
+    np.testing.assert_allclose(masked.beta_, subset.beta_, rtol=1e-9)
+    np.testing.assert_allclose(masked.beta_, BETA, rtol=1e-6)
+
+
+def test_step_count_result_does_not_depend_on_row_order(moderate):
+    phases, _ = moderate
+    shuffled = phases.sample(frac=1.0, random_state=1)
+    np.testing.assert_allclose(
+        _fit(shuffled)[-1].beta_, _fit(phases)[-1].beta_, rtol=1e-12
+    )

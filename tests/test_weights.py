@@ -75,7 +75,8 @@ def test_baseline_weights_equal_repeated_exposure_rows(table, weights):
 
 
 def test_iterative_weights_equal_repeated_nnls_rows(table, weights, monkeypatch):
-    model = IterativeBetaRegressor(damping=0.5, max_iter=8)
+    # The duration objective: its NNLS sees the weights and nothing else.
+    model = IterativeBetaRegressor(damping=0.5, max_iter=8, objective="duration")
     weighted = model.fit(table, sample_weight=weights).beta_.copy()
     n_weighted = model.n_iter_
 
@@ -112,9 +113,11 @@ def test_zero_weight_removes_rows_from_the_fit_not_from_the_trace():
     )
     table = PhaseExposureTransformer(instance_col=INST).fit_transform(phases)
     keep = (table["instance"] != 0).to_numpy()
-    masked = IterativeBetaRegressor(damping=0.5, max_iter=15)
+    # The duration objective, compared iteration by iteration.
+    duration = dict(damping=0.5, max_iter=15, objective="duration")
+    masked = IterativeBetaRegressor(**duration)
     masked.fit(table, sample_weight=keep.astype(float))
-    subset = IterativeBetaRegressor(damping=0.5, max_iter=15).fit(table[keep])
+    subset = IterativeBetaRegressor(**duration).fit(table[keep])
     # Instances are independent, so dropping instance 0 or weighting it 0 is
     # the same fit, iteration by iteration.
     np.testing.assert_allclose(masked.beta_, subset.beta_, rtol=1e-9)
@@ -125,9 +128,9 @@ def test_zero_weight_removes_rows_from_the_fit_not_from_the_trace():
     # differs from dropping the rows from the trace.
     one = table[table["instance"] == 1]
     early = (one["t_start"] < one["t_start"].median()).to_numpy()
-    weighted = IterativeBetaRegressor(damping=0.5, max_iter=15)
+    weighted = IterativeBetaRegressor(**duration)
     weighted.fit(one, sample_weight=early.astype(float))
-    dropped = IterativeBetaRegressor(damping=0.5, max_iter=15).fit(one[early])
+    dropped = IterativeBetaRegressor(**duration).fit(one[early])
     assert not np.allclose(weighted.beta_, dropped.beta_, rtol=1e-3)
 
 
