@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import sys
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
+from functools import partial
 from numbers import Integral, Real
 
 import numpy as np
@@ -666,6 +668,9 @@ class IterativeBetaRegressor(BaseBetaRegressor):
         ``IterativeBetaRegressor("beta_informed", objective="duration",
         stopping="absolute")`` the fit reproduces
         :func:`estimate_betas_iterative` (the published reference) exactly.
+    verbose : int, default=0
+        With ``verbose > 0``, print one line per iteration (betas and their
+        change) to stderr.
 
     Attributes
     ----------
@@ -689,6 +694,12 @@ class IterativeBetaRegressor(BaseBetaRegressor):
         n_phases, r2, rmse_seconds and mean exposures of the last design;
         its ``condition_number``, ``not_identified`` and ``at_zero_bound``
         (see :class:`~sklearn_beta.exceptions.IdentifiabilityWarning`).
+    time_scale_ : float
+        The power of two (near the mean time per step) the trace's times were
+        divided by for the fit with ``stopping="relative"``, so that the
+        floors on step times are in units of the trace's own steps and the
+        betas scale exactly with the time unit; 1.0 with ``"absolute"``,
+        which keeps the reference's arithmetic bit for bit.
     n_features_in_ : int
         Number of columns of the exposure table.
     feature_names_in_ : ndarray of str
@@ -740,6 +751,7 @@ class IterativeBetaRegressor(BaseBetaRegressor):
         "init_correction_mode": [StrOptions(set(FIXED_CORRECTION_MODES))],
         "stopping": [StrOptions(set(STOPPING_RULES))],
         "objective": [StrOptions(set(OBJECTIVES))],
+        "verbose": ["verbose"],
     }
 
     def __init__(
@@ -752,6 +764,7 @@ class IterativeBetaRegressor(BaseBetaRegressor):
         init_correction_mode="end",
         stopping="relative",
         objective="step_count",
+        verbose=0,
     ):
         self.correction_mode = correction_mode
         self.damping = damping
@@ -760,13 +773,17 @@ class IterativeBetaRegressor(BaseBetaRegressor):
         self.init_correction_mode = init_correction_mode
         self.stopping = stopping
         self.objective = objective
+        self.verbose = verbose
 
     def _fit_table(self, table, duration, sample_weight):
-        timeline = _timeline_with_target(table, duration)
+        self.time_scale_ = _time_scale(table, duration, self.stopping)
+        unit = self.time_scale_
+        scaled = _rescaled(table, unit)
+        timeline = _timeline_with_target(scaled, duration / unit)
         init_design = baseline_exposures(
-            timeline, table[:, _COL["step_density"]], self.init_correction_mode
+            timeline, scaled[:, _COL["step_density"]], self.init_correction_mode
         )
-        beta_init = nnls_fit(init_design, duration, sample_weight)
+        beta_init = nnls_fit(init_design, timeline.duration, sample_weight)
         beta, converged, n_iter, design, history = run_iterations(
             self.objective,
             timeline,
@@ -777,18 +794,20 @@ class IterativeBetaRegressor(BaseBetaRegressor):
             damping=self.damping,
             stopping=self.stopping,
             sample_weight=sample_weight,
+            callback=partial(_print_progress, unit=unit) if self.verbose else None,
         )
+        beta = beta * unit
         if not converged:
             warnings.warn(
                 f"IterativeBetaRegressor did not converge in max_iter={self.max_iter} "
                 f"iterations (last change {history[-1]['step']:.3g} >= tol="
                 f"{self.tol:g}); increase max_iter or damp with damping < 1.",
                 ConvergenceWarning,
-                stacklevel=3,
+                stacklevel=4,
             )
         self.n_iter_ = n_iter
         self.converged_ = converged
-        self.history_ = pd.DataFrame(history, columns=list(HISTORY_COLUMNS))
+        self.history_ = _history_frame(history, unit)
         self.diagnostics_ = design_diagnostics(design, duration, beta, sample_weight)
         self.diagnostics_.update(
             identifiability_diagnostics(
@@ -804,11 +823,12 @@ class IterativeBetaRegressor(BaseBetaRegressor):
         return beta
 
     def _predict_table(self, table):
-        timeline = timeline_from_exposures(table)
+        # The design is in steps and tokens: no time unit to undo.
+        timeline = timeline_from_exposures(_rescaled(table, self.time_scale_))
         return self.predictive_design(timeline) @ self.beta_
 
     def predictive_design(self, timeline: Timeline, n_passes: int = 3) -> np.ndarray:
-        """Design of a trace at the fitted betas.
+        """Design of a trace (in units of ``time_scale_``) at the fitted betas.
 
         With ``objective="step_count"`` the density solved at the betas;
         otherwise ``p_eff`` settled by ``n_passes`` lagged passes.
@@ -821,15 +841,16 @@ class IterativeBetaRegressor(BaseBetaRegressor):
                 timeline.is_prefill,
                 timeline.mu,
             )
+        beta = self.beta_ / self.time_scale_
         if self.objective == "step_count":
             weight = np.ones(timeline.n_phases)
             return _count_state(
-                timeline, self.beta_, self.correction_mode, fixed, weight
+                timeline, beta, self.correction_mode, fixed, weight
             ).design
         p_eff = timeline.p_pf_full
         for _ in range(n_passes):
             design, p_eff = reweighted_design(
-                timeline, self.beta_, p_eff, self.correction_mode, fixed
+                timeline, beta, p_eff, self.correction_mode, fixed
             )
         return design
 
@@ -839,3 +860,47 @@ def _timeline_with_target(table: np.ndarray, duration: np.ndarray) -> Timeline:
     if duration is timeline.duration:
         return timeline
     return replace(timeline, duration=duration)
+
+
+def _time_scale(table: np.ndarray, duration: np.ndarray, stopping: str) -> float:
+    """A power of two near the mean time per step; 1.0 for the reference rule.
+
+    A power of two divides float64 times exactly, so the fit sees the very
+    same trace, only in units where a step lasts about 1.
+    """
+    if stopping == "absolute":
+        return 1.0
+    steps = float(np.sum(table[:, _COL["n_steps"]]))
+    per_step = (
+        float(np.sum(duration)) / steps if steps > 0 else float(np.mean(duration))
+    )
+    if not np.isfinite(per_step) or per_step <= 0:
+        return 1.0
+    return float(2.0 ** np.round(np.log2(per_step)))
+
+
+def _rescaled(table: np.ndarray, unit: float) -> np.ndarray:
+    if unit == 1.0:
+        return table
+    out = table.copy()
+    for name in ("duration", "t_start", "t_end"):
+        out[:, _COL[name]] /= unit
+    out[:, _COL["step_density"]] *= unit
+    return out
+
+
+def _history_frame(history: list[dict], unit: float) -> pd.DataFrame:
+    frame = pd.DataFrame(history, columns=list(HISTORY_COLUMNS))
+    if unit != 1.0:
+        frame[["beta0", "beta1", "beta2", "rmse_seconds"]] *= unit
+    return frame
+
+
+def _print_progress(record: dict, unit: float = 1.0) -> None:
+    b0, b1, b2 = (record[k] * unit for k in ("beta0", "beta1", "beta2"))
+    print(
+        f"  iter {record['iteration']:3d}  beta0={b0:.6g}  beta1={b1:.6g}  "
+        f"beta2={b2:.6g}  change={record['step']:.3g}",
+        file=sys.stderr,
+        flush=True,
+    )

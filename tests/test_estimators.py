@@ -300,3 +300,32 @@ def test_iterative_warns_when_not_converged(published_sample):
     assert model[-1].converged_ is False
     assert model[-1].n_iter_ == 1
     assert list(model[-1].history_["iteration"]) == [0, 1]
+
+
+def test_verbose_prints_each_iteration_in_trace_units(published_sample, capsys):
+    model = _pipeline(IterativeBetaRegressor(verbose=1)).fit(published_sample)
+    err = capsys.readouterr().err.splitlines()
+    fit = model[-1]
+    assert len(err) == fit.n_iter_
+    last = fit.history_.iloc[-1]
+    assert f"beta0={last['beta0']:.6g}" in err[-1]
+    assert err[-1].startswith(f"  iter {fit.n_iter_:3d}")
+
+
+def test_time_scale_is_exact_power_of_two(published_sample):
+    relative = _pipeline(IterativeBetaRegressor()).fit(published_sample)[-1]
+    scale = relative.time_scale_
+    assert scale == 2.0 ** np.round(np.log2(scale))
+    absolute = _pipeline(IterativeBetaRegressor(stopping="absolute")).fit(
+        published_sample
+    )[-1]
+    assert absolute.time_scale_ == 1.0
+
+
+def test_convergence_warning_points_at_the_caller(published_sample):
+    from sklearn.exceptions import ConvergenceWarning
+
+    table = PhaseExposureTransformer().fit_transform(published_sample)
+    with pytest.warns(ConvergenceWarning) as record:
+        IterativeBetaRegressor(max_iter=1).fit(table)
+    assert record[0].filename == __file__
