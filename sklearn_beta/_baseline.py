@@ -15,6 +15,7 @@ from ._exposure import (
     phase_step_density,
     timeline_from_arrays,
     timeline_from_exposures,
+    with_time_resolution,
 )
 from ._identifiability import identifiability_diagnostics
 from ._nnls import fit_statistics, nnls_fit
@@ -67,6 +68,7 @@ def estimate_betas_baseline(
     correction_mode: str = "end",
     min_duration_sec: float = 0.0,
     token_budget: int | None = None,
+    time_resolution: float | str = 0.0,
     request_id_col: str = "request_id",
     phase_type_col: str = "phase_type",
     t_start_col: str = "t_start",
@@ -95,6 +97,9 @@ def estimate_betas_baseline(
     token_budget : int or None, default=None
         Per-step token budget of the engine: caps the prefill pressure at
         ``B - p_dec`` (see :class:`~sklearn_beta.PhaseExposureTransformer`).
+    time_resolution : "auto" or float, default=0.0
+        Merge phase boundaries closer than this into one instant (see
+        :class:`PhaseExposureTransformer`); 0 keeps the reference's grid.
     request_id_col, phase_type_col, t_start_col, t_end_col, \
 prefill_tokens_col, decode_tokens_col, n_steps_col : str
         Column names.
@@ -136,6 +141,7 @@ prefill_tokens_col, decode_tokens_col, n_steps_col : str
     check_option(correction_mode, FIXED_CORRECTION_MODES, "correction_mode")
     check_non_negative(min_duration_sec, "min_duration_sec")
     arrays = check_phases(phases, columns)
+    arrays = with_time_resolution(arrays, chunk_size, time_resolution)
     timeline = timeline_from_arrays(arrays, chunk_size, token_budget)
     density = phase_step_density(timeline.n_steps, timeline.duration, min_duration_sec)
     design = baseline_exposures(timeline, density, correction_mode)

@@ -31,6 +31,7 @@ from ._exposure import (
     phase_step_density,
     timeline_from_arrays,
     timeline_from_exposures,
+    with_time_resolution,
 )
 from ._grid import Timeline, phase_integrals
 from ._identifiability import identifiability_diagnostics
@@ -459,6 +460,7 @@ def estimate_betas_iterative(
     stopping: str = "absolute",
     objective: str = "duration",
     token_budget: int | None = None,
+    time_resolution: float | str = 0.0,
     request_id_col: str = "request_id",
     phase_type_col: str = "phase_type",
     t_start_col: str = "t_start",
@@ -506,6 +508,9 @@ default="end"
     token_budget : int or None, default=None
         Per-step token budget of the engine; see
         :class:`~sklearn_beta.PhaseExposureTransformer`.
+    time_resolution : "auto" or float, default=0.0
+        Merge phase boundaries closer than this into one instant (see
+        :class:`PhaseExposureTransformer`); 0 keeps the reference's grid.
     request_id_col, phase_type_col, t_start_col, t_end_col, \
 prefill_tokens_col, decode_tokens_col, n_steps_col, instance_col : str
         Column names, as in :func:`estimate_betas_baseline`.
@@ -545,6 +550,7 @@ prefill_tokens_col, decode_tokens_col, n_steps_col, instance_col : str
     )
     chunk_size = check_chunk_size(chunk_size)
     arrays = check_phases(phases, columns)
+    arrays = with_time_resolution(arrays, chunk_size, time_resolution)
     timeline = timeline_from_arrays(arrays, chunk_size, token_budget)
     density = phase_step_density(timeline.n_steps, timeline.duration, min_duration_sec)
     init_design = baseline_exposures(timeline, density, init_via_baseline_correction)

@@ -3,45 +3,31 @@
 The command-line tool and :mod:`sklearn_beta.plotting` need more than the
 betas: the observed and predicted durations of every phase, the pressures
 and step density on the grid and the history of the iterative fit. This
-module runs the estimators of METHOD.md on their array layer (so that a
-progress callback sees every iteration) and keeps those by-products.
+module runs the scikit-learn estimators (so the command line gets exactly
+their defaults and behaviour) and keeps those by-products.
 """
 
 from __future__ import annotations
 
 import warnings
-from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
-from sklearn.model_selection import GridSearchCV, KFold
+from sklearn.model_selection import GridSearchCV
 from sklearn.pipeline import make_pipeline
 
-from ._baseline import BaselineBetaRegressor, design_diagnostics
-from ._corrections import fixed_correction_mass
-from ._exposure import (
-    PhaseExposureTransformer,
-    baseline_exposures,
-    phase_step_density,
-    timeline_from_arrays,
-)
-from ._identifiability import identifiability_diagnostics
+from ._baseline import BaselineBetaRegressor
+from ._corrections import FIXED_CORRECTION_MODES, fixed_correction_mass
+from ._exposure import _COL, PhaseExposureTransformer, timeline_from_exposures
 from ._iterative import (
-    HISTORY_COLUMNS,
     IterativeBetaRegressor,
-    _check_iteration_params,
-    iterate_betas,
     reweighted_design,
+    solved_correction,
+    solved_step_counts,
     step_density,
 )
-from ._nnls import fit_statistics, nnls_fit
-from ._validation import (
-    PhaseColumns,
-    check_chunk_size,
-    check_non_negative,
-    check_phases,
-)
+from .model_selection import TraceBlockSplit, TraceContextRegressor
 
 ALGORITHMS = ("baseline", "iterative")
 #: Chunk sizes tried by :func:`search_chunk_size` unless told otherwise.
@@ -88,10 +74,9 @@ class TraceFit:
     profile: PressureProfile
 
 
-def fit_trace(
-    phases: pd.DataFrame,
+def make_model(
+    chunk_size: int | None = None,
     *,
-    chunk_size: int,
     algo: str = "iterative",
     correction_mode: str | None = None,
     damping: float = 1.0,
@@ -100,9 +85,53 @@ def fit_trace(
     init_correction_mode: str = "end",
     min_duration: float = 0.0,
     stopping: str = "relative",
+    objective: str = "step_count",
+    token_budget: int | None = None,
+    time_resolution: float | str = 0.0,
     instance_col: str | None = None,
-    callback: Callable[[dict], None] | None = None,
-) -> TraceFit:
+    verbose: int = 0,
+):
+    """The pipeline ``PhaseExposureTransformer -> regressor`` for these options.
+
+    ``correction_mode=None`` means the regressor's default (``"end"`` for the
+    baseline, ``"end_inside"`` for the iterative estimator).
+    """
+    if algo not in ALGORITHMS:
+        raise ValueError(f"algo must be one of {ALGORITHMS}, got {algo!r}.")
+    if algo == "baseline":
+        mode = correction_mode or "end"
+        if mode not in FIXED_CORRECTION_MODES:
+            raise ValueError(
+                f"correction_mode {mode!r} needs the iterative estimator "
+                f"(algo='iterative'); the baseline takes {FIXED_CORRECTION_MODES}."
+            )
+        regressor, fixed_mode = BaselineBetaRegressor(), mode
+    else:
+        regressor = IterativeBetaRegressor(
+            damping=damping,
+            max_iter=max_iter,
+            tol=tol,
+            init_correction_mode=init_correction_mode,
+            stopping=stopping,
+            objective=objective,
+            verbose=verbose,
+        )
+        if correction_mode is not None:
+            regressor.set_params(correction_mode=correction_mode)
+        fixed_mode = init_correction_mode
+    transformer = PhaseExposureTransformer(
+        correction_mode=fixed_mode,
+        min_duration=min_duration,
+        token_budget=token_budget,
+        time_resolution=time_resolution,
+        instance_col=instance_col,
+    )
+    if chunk_size is not None:
+        transformer.set_params(chunk_size=chunk_size)
+    return make_pipeline(transformer, regressor)
+
+
+def fit_trace(phases: pd.DataFrame, *, chunk_size: int, **options) -> TraceFit:
     """Fit the betas of a phase table and keep what a report needs.
 
     Parameters
@@ -111,101 +140,93 @@ def fit_trace(
         The phase table (reference column names).
     chunk_size : int
         Prefill chunk size ``C``.
-    algo : {"baseline", "iterative"}, default="iterative"
-        Estimator of METHOD.md section 5 or 6.
-    correction_mode : str or None, default=None
-        Partial-chunk correction; None means the estimator's default
-        (``"end"`` for the baseline, ``"beta_informed"`` for the iterative).
-    damping, max_iter, tol, init_correction_mode, stopping
-        Iterative estimator parameters (see
-        :class:`~sklearn_beta.IterativeBetaRegressor`).
-    min_duration : float, default=0.0
-        Duration floor of the phase-local step density.
-    instance_col : str or None, default=None
-        Column naming the engine instance.
-    callback : callable or None, default=None
-        Called with each history record of the iterative fit.
+    **options
+        Options of :func:`make_model` (``algo``, ``correction_mode``,
+        ``damping``, ``max_iter``, ``tol``, ``init_correction_mode``,
+        ``min_duration``, ``stopping``, ``objective``, ``token_budget``,
+        ``time_resolution``,
+        ``instance_col``, ``verbose``).
 
     Returns
     -------
     fit : TraceFit
     """
-    if algo not in ALGORITHMS:
-        raise ValueError(f"algo must be one of {ALGORITHMS}, got {algo!r}.")
-    if correction_mode is None:
-        correction_mode = "end" if algo == "baseline" else "beta_informed"
-    if algo == "baseline" and correction_mode == "beta_informed":
-        raise ValueError(
-            "correction_mode 'beta_informed' needs the iterative estimator "
-            "(algo='iterative')."
-        )
-    init_mode = correction_mode if algo == "baseline" else init_correction_mode
-    _check_iteration_params(
-        correction_mode, init_mode, max_iter, tol, damping, stopping
-    )
-    chunk_size = check_chunk_size(chunk_size)
-    check_non_negative(min_duration, "min_duration")
-    arrays = check_phases(phases, PhaseColumns(instance=instance_col))
-    timeline = timeline_from_arrays(arrays, chunk_size)
-    duration = timeline.duration
-    density = phase_step_density(timeline.n_steps, duration, min_duration)
-    design = baseline_exposures(timeline, density, init_mode)
-    beta = nnls_fit(design, duration)
-    r2, rmse = fit_statistics(duration, design @ beta)
-    history = [dict(zip(HISTORY_COLUMNS, [0, *beta, np.nan, r2, rmse], strict=True))]
-    converged, n_iter = None, 0
+    model = make_model(chunk_size, **options)
+    transformer, regressor = model[0], model[-1]
+    table = transformer.fit_transform(phases)
+    regressor.fit(table)
+    values = table.to_numpy()
+    algo = options.get("algo", "iterative")
     if algo == "iterative":
-        beta, converged, n_iter, design, history = iterate_betas(
-            timeline,
-            beta,
-            correction_mode=correction_mode,
-            max_iter=max_iter,
-            tol=tol,
-            damping=damping,
-            stopping=stopping,
-            callback=callback,
+        history, converged, n_iter = (
+            regressor.history_,
+            regressor.converged_,
+            regressor.n_iter_,
         )
-    diagnostics = design_diagnostics(design, duration, beta)
-    diagnostics.update(
-        identifiability_diagnostics(
-            design, duration, beta, timeline, estimator=f"fit_trace ({algo})"
-        )
-    )
+    else:
+        history, converged, n_iter = _baseline_history(regressor), None, 0
+    instance_col = options.get("instance_col")
     instance_names = (
         ["all"]
         if instance_col is None
         else pd.unique(phases[instance_col].sort_values()).tolist()
     )
     return TraceFit(
-        beta=beta,
+        beta=regressor.beta_,
         algo=algo,
-        chunk_size=chunk_size,
+        chunk_size=int(transformer.chunk_size),
         converged=converged,
         n_iter=n_iter,
-        tol=tol,
-        stopping=stopping,
-        history=pd.DataFrame(history, columns=list(HISTORY_COLUMNS)),
-        diagnostics=diagnostics,
-        observed=duration,
-        predicted=design @ beta,
-        is_prefill=arrays.is_prefill,
-        t_start=arrays.t_start,
-        instance=arrays.instance,
+        tol=options.get("tol", 1e-6),
+        stopping=options.get("stopping", "relative"),
+        history=history,
+        diagnostics=regressor.diagnostics_,
+        observed=values[:, _COL["duration"]],
+        predicted=regressor.predict(table),
+        is_prefill=values[:, _COL["is_prefill"]] == 1,
+        t_start=values[:, _COL["t_start"]],
+        instance=values[:, _COL["instance"]].astype(np.intp),
         instance_names=instance_names,
-        profile=pressure_profile(timeline, beta, correction_mode),
+        profile=pressure_profile(values, regressor),
     )
 
 
-def pressure_profile(timeline, beta, correction_mode, n_passes: int = 3):
-    """Pressures and step density at ``beta``; ``p_eff`` settled by a few passes."""
+def _baseline_history(regressor: BaselineBetaRegressor) -> pd.DataFrame:
+    diag = regressor.diagnostics_
+    return pd.DataFrame(
+        [[0, *regressor.beta_, np.nan, diag["r2"], diag["rmse_seconds"]]],
+        columns=["iteration", "beta0", "beta1", "beta2", "step", "r2", "rmse_seconds"],
+    )
+
+
+def pressure_profile(table: np.ndarray, regressor) -> PressureProfile:
+    """Pressures and step density of the trace at the fitted betas.
+
+    With the iterative estimator's step-count objective, the density and
+    ``p_eff`` it solves on each segment; otherwise ``p_eff`` settled by a
+    few lagged passes at fixed betas.
+    """
+    timeline = timeline_from_exposures(table)
+    beta = regressor.beta_
+    # The baseline's correction already sits inside its exposures; for the
+    # profile, "end_inside" places the same mass where the partial step ran.
+    mode = getattr(regressor, "correction_mode", "end_inside")
     fixed = None
-    if correction_mode != "beta_informed":
+    if mode != "beta_informed":
         fixed = fixed_correction_mass(
-            correction_mode, timeline.trace_grid, timeline.is_prefill, timeline.mu
+            mode, timeline.trace_grid, timeline.is_prefill, timeline.mu
         )
-    p_eff = timeline.p_pf_full
-    for _ in range(n_passes):
-        _, p_eff = reweighted_design(timeline, beta, p_eff, correction_mode, fixed)
+    seg_len = timeline.trace_grid.seg_len
+    if getattr(regressor, "objective", None) == "step_count":
+        mass = solved_correction(timeline, beta, mode, fixed)
+        n, prefill_mass, _ = solved_step_counts(timeline, beta, mass)
+        density = np.divide(n, seg_len, out=np.zeros_like(n), where=seg_len > 0)
+        p_eff = np.divide(prefill_mass, n, out=np.zeros_like(n), where=n > 0)
+    else:
+        p_eff = timeline.p_pf_full
+        for _ in range(3):
+            _, p_eff = reweighted_design(timeline, beta, p_eff, mode, fixed)
+        density = step_density(beta, p_eff, timeline.p_dec)
     tg = timeline.trace_grid
     return PressureProfile(
         grid=tg.grid,
@@ -213,7 +234,7 @@ def pressure_profile(timeline, beta, correction_mode, n_passes: int = 3):
         p_pf_full=timeline.p_pf_full,
         p_eff=p_eff,
         p_dec=timeline.p_dec,
-        step_density=step_density(beta, p_eff, timeline.p_dec),
+        step_density=density,
     )
 
 
@@ -221,24 +242,19 @@ def search_chunk_size(
     phases: pd.DataFrame,
     *,
     candidates=DEFAULT_CHUNK_CANDIDATES,
-    algo: str = "iterative",
-    correction_mode: str | None = None,
-    damping: float = 1.0,
-    max_iter: int = 25,
-    tol: float = 1e-6,
-    init_correction_mode: str = "end",
-    min_duration: float = 0.0,
-    stopping: str = "relative",
-    instance_col: str | None = None,
     n_splits: int = 5,
+    **options,
 ) -> tuple[int, pd.DataFrame]:
     """Cross-validated choice of the chunk size (R^2 of held-out durations).
 
-    Folds are contiguous blocks of phases in time (the table sorted by
-    ``t_start``, then :class:`~sklearn.model_selection.KFold` without
-    shuffling): exposures of a phase depend on the phases overlapping it, so
-    a held-out block keeps most of its own context, where random folds would
-    thin every pressure out.
+    Folds are contiguous time blocks of every instance
+    (:class:`~sklearn_beta.model_selection.TraceBlockSplit`) and every fit
+    sees the whole trace's exposures
+    (:class:`~sklearn_beta.model_selection.TraceContextRegressor`): a held-out
+    block cut out of its context has truncated pressures at its edges, which
+    biases the choice (measured: a sorted KFold picked 1024 for a true 512
+    and 2048 for a true 1024; in context every true size was found).
+    ``options`` are those of :func:`make_model`.
 
     Returns
     -------
@@ -247,46 +263,33 @@ def search_chunk_size(
     scores : DataFrame
         One row per candidate: ``chunk_size, mean_r2, std_r2, rank``.
     """
-    if algo not in ALGORITHMS:
-        raise ValueError(f"algo must be one of {ALGORITHMS}, got {algo!r}.")
-    if correction_mode is None:
-        correction_mode = "end" if algo == "baseline" else "beta_informed"
-    fixed_mode = correction_mode if algo == "baseline" else init_correction_mode
-    transformer = PhaseExposureTransformer(
-        correction_mode=fixed_mode, min_duration=min_duration, instance_col=instance_col
-    )
-    if algo == "baseline":
-        regressor = BaselineBetaRegressor()
-    else:
-        regressor = IterativeBetaRegressor(
-            correction_mode,
-            damping=damping,
-            max_iter=max_iter,
-            tol=tol,
-            init_correction_mode=init_correction_mode,
-            stopping=stopping,
-        )
-    ordered = phases.sort_values("t_start", kind="stable").reset_index(drop=True)
-    if len(ordered) < 2 * n_splits:
+    options = {**options, "verbose": 0}
+    if len(phases) < 2 * n_splits:
         raise ValueError(
             f"--chunk-size auto needs at least {2 * n_splits} phases for "
-            f"{n_splits}-fold cross-validation, the trace has {len(ordered)}."
+            f"{n_splits}-fold cross-validation, the trace has {len(phases)}."
         )
+    trace = phases.reset_index(drop=True)
     search = GridSearchCV(
-        make_pipeline(transformer, regressor),
-        {"phaseexposuretransformer__chunk_size": [int(c) for c in candidates]},
-        cv=KFold(n_splits=n_splits, shuffle=False),
+        TraceContextRegressor(make_model(**options), trace=trace),
+        {
+            "estimator__phaseexposuretransformer__chunk_size": [
+                int(c) for c in candidates
+            ]
+        },
+        cv=TraceBlockSplit(n_splits, instance_col=options.get("instance_col")),
         error_score=np.nan,
     )
     with warnings.catch_warnings():
         # Non-converged or failed folds are visible in the scores table.
         warnings.simplefilter("ignore")
-        search.fit(ordered)
+        search.fit(trace)
     results = search.cv_results_
     scores = pd.DataFrame(
         {
             "chunk_size": np.asarray(
-                results["param_phaseexposuretransformer__chunk_size"], dtype=int
+                results["param_estimator__phaseexposuretransformer__chunk_size"],
+                dtype=int,
             ),
             "mean_r2": results["mean_test_score"],
             "std_r2": results["std_test_score"],
@@ -298,4 +301,5 @@ def search_chunk_size(
             "Every chunk-size candidate failed in cross-validation; pass "
             "--chunk-size N instead."
         )
-    return int(search.best_params_["phaseexposuretransformer__chunk_size"]), scores
+    best = search.best_params_["estimator__phaseexposuretransformer__chunk_size"]
+    return int(best), scores

@@ -22,7 +22,7 @@ import numpy as np
 
 from . import __version__
 from ._corrections import CORRECTION_MODES, FIXED_CORRECTION_MODES
-from ._iterative import STOPPING_RULES
+from ._iterative import OBJECTIVES, STOPPING_RULES
 from ._trace_fit import (
     ALGORITHMS,
     DEFAULT_CHUNK_CANDIDATES,
@@ -102,7 +102,21 @@ def build_parser() -> argparse.ArgumentParser:
         "--correction-mode",
         choices=CORRECTION_MODES,
         help="partial-chunk correction (default: end for baseline, "
-        "beta_informed for iterative)",
+        "end_inside for iterative)",
+    )
+    fit.add_argument(
+        "--objective",
+        choices=OBJECTIVES,
+        default="step_count",
+        help="iterative estimator: step_count (default, the accurate one) or "
+        "duration (the published fixed point)",
+    )
+    fit.add_argument(
+        "--token-budget",
+        type=_positive_int,
+        default=None,
+        help="the engine's max_num_batched_tokens, if it has one: makes the "
+        "prefill pressure budget-aware",
     )
     fit.add_argument(
         "--damping", type=float, default=1.0, help="eta in (0, 1] (default: 1.0)"
@@ -112,14 +126,22 @@ def build_parser() -> argparse.ArgumentParser:
     fit.add_argument(
         "--stopping",
         choices=STOPPING_RULES,
-        default="absolute",
-        help="absolute: ||d beta||_2 < tol in seconds, as the reference "
-        "(default); relative: scale-free",
+        default="relative",
+        help="relative: scale-free (default); absolute: ||d beta||_2 < tol in "
+        "seconds, as the published reference",
     )
     fit.add_argument(
         "--init-correction-mode", choices=FIXED_CORRECTION_MODES, default="end"
     )
     fit.add_argument("--min-duration", type=float, default=0.0)
+    fit.add_argument(
+        "--time-resolution",
+        type=float,
+        default=1e-6,
+        help="seconds: phase boundaries closer than this are one instant, so "
+        "that logging jitter leaves no sliver segments (default: 1e-6; 0 keeps "
+        "every distinct time)",
+    )
     fit.add_argument(
         "--instance-col",
         help="column naming the engine instance; 'none' for one instance "
@@ -185,13 +207,6 @@ class _Progress:
         if self.enabled:
             print(text, file=sys.stderr, flush=True)
 
-    def iteration(self, record: dict) -> None:
-        self.say(
-            f"  iter {record['iteration']:3d}  beta0={record['beta0']:.6g}  "
-            f"beta1={record['beta1']:.6g}  beta2={record['beta2']:.6g}  "
-            f"change={record['step']:.3g}"
-        )
-
 
 def _fit_options(args) -> dict:
     return dict(
@@ -203,6 +218,9 @@ def _fit_options(args) -> dict:
         init_correction_mode=args.init_correction_mode,
         min_duration=args.min_duration,
         stopping=args.stopping,
+        objective=args.objective,
+        token_budget=args.token_budget,
+        time_resolution=args.time_resolution,
         instance_col=args.instance_col,
     )
 
@@ -231,7 +249,7 @@ def run_fit(args, progress: _Progress) -> dict:
             **options,
         )
         search = {
-            "cv": f"{args.cv_folds}-fold KFold over contiguous time blocks",
+            "cv": f"TraceBlockSplit({args.cv_folds}) in full-trace context",
             "score": "r2 of held-out phase durations",
             "candidates": scores["chunk_size"].tolist(),
             "mean_r2": _finite_or_none(scores["mean_r2"]),
@@ -240,7 +258,7 @@ def run_fit(args, progress: _Progress) -> dict:
         progress.say(f"chunk size {chunk_size}")
     progress.say(f"fitting ({args.algo}, chunk size {chunk_size})...")
     fit = fit_trace(
-        phases, chunk_size=chunk_size, callback=progress.iteration, **options
+        phases, chunk_size=chunk_size, verbose=int(progress.enabled), **options
     )
     report = build_report(fit, args, fmt, phases, search)
     if args.plot:
@@ -279,7 +297,10 @@ def build_report(fit: TraceFit, args, fmt: str, phases, search) -> dict:
             "cv_folds": args.cv_folds if args.chunk_size == "auto" else None,
             "algo": fit.algo,
             "correction_mode": args.correction_mode
-            or ("end" if fit.algo == "baseline" else "beta_informed"),
+            or ("end" if fit.algo == "baseline" else "end_inside"),
+            "objective": args.objective if fit.algo == "iterative" else None,
+            "token_budget": args.token_budget,
+            "time_resolution": args.time_resolution,
             "damping": args.damping,
             "max_iter": args.max_iter,
             "tol": args.tol,

@@ -53,6 +53,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from ._grid import snap_times
 from ._validation import PHASE_COLUMNS
 
 __all__ = [
@@ -247,6 +248,7 @@ def read_otel_spans(
     instance_attributes: Sequence[str] = DEFAULT_INSTANCE_ATTRIBUTES,
     cached_tokens_attribute: str | None = DEFAULT_CACHED_TOKENS_ATTRIBUTE,
     consistency_tol: float | None = 1e-3,
+    time_resolution: float = 1e-6,
 ) -> pd.DataFrame:
     """Read vLLM request spans exported as OTLP JSON lines into a phase table.
 
@@ -276,6 +278,14 @@ def read_otel_spans(
     consistency_tol : float or None, default=1e-3
         Tolerance, in seconds, of the checks ``queue + prefill == ttft`` and
         ``ttft + decode == e2e``; None skips them.
+    time_resolution : float, default=1e-6
+        Phase boundaries of one instance closer than this many seconds are
+        taken as one instant. Boundaries are rebuilt from the span start and
+        latencies, so two events of one engine step (a request finishing and
+        the next one's prefill starting) come out a few float roundings or
+        nanoseconds apart, and a partial-chunk correction landing on such a
+        sliver biases ``beta1`` (measured: -1.9 % on
+        ``data/otel/spans.jsonl``). 0 keeps the times as computed.
 
     Returns
     -------
@@ -310,7 +320,17 @@ def read_otel_spans(
     for name in OTEL_LATENCY_ATTRIBUTES.values():
         if name not in frame.columns:
             frame[name] = np.nan
-    return _spans_to_phases(frame, cached_tokens_attribute, consistency_tol)
+    phases = _spans_to_phases(frame, cached_tokens_attribute, consistency_tol)
+    if time_resolution > 0:
+        codes = pd.factorize(phases["instance"])[0]
+        t_start, t_end = snap_times(
+            phases["t_start"].to_numpy(),
+            phases["t_end"].to_numpy(),
+            codes,
+            time_resolution,
+        )
+        phases["t_start"], phases["t_end"] = t_start, t_end
+    return phases
 
 
 def _spans_to_phases(frame, cached_attr, consistency_tol) -> pd.DataFrame:
