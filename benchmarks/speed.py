@@ -39,7 +39,7 @@ def run():
         estimate_betas_baseline(phases, chunk_size={chunk})
         return 0
     if {est!r} == "iterative":
-        r = estimate_betas_iterative(phases, chunk_size={chunk}, stopping="relative")
+        r = estimate_betas_iterative(phases, chunk_size={chunk})
         return r.n_outer_iters
     model = make_pipeline(PhaseExposureTransformer(chunk_size={chunk}),
                           IterativeBetaRegressor()).fit(phases)

@@ -54,3 +54,13 @@ def test_run_default_trace_as_a_script():
 def test_smoke_examples_run(name, capsys):
     runpy.run_path(str(REPO / "examples" / name), run_name="__main__")
     assert "beta (s/step, s/prefill token, s/decode token):" in capsys.readouterr().out
+
+
+def test_compare_models_finds_the_true_chunk_sizes(capsys):
+    runpy.run_path(str(REPO / "examples" / "compare_models.py"), run_name="__main__")
+    out = capsys.readouterr().out
+    best = [line for line in out.splitlines() if line.startswith("best parameters")]
+    assert len(best) == 2
+    assert "'chunk_size': 256" in best[0]  # the simulated fleet
+    assert "'chunk_size': 64" in best[1]  # the shipped sample
+    assert "KFold (WRONG)" in out
