@@ -84,6 +84,16 @@ def fixed_correction_mass(
     )
 
 
+def static_correction_mass(
+    mode: str, trace_grid: TraceGrid, is_prefill: np.ndarray, mu: np.ndarray
+) -> np.ndarray | None:
+    """The correction of a fixed mode; None for ``beta_informed``, which the
+    iterative estimator places anew at every step density."""
+    if mode == "beta_informed":
+        return None
+    return fixed_correction_mass(mode, trace_grid, is_prefill, mu)
+
+
 def last_step_start(
     trace_grid: TraceGrid,
     cum_steps: np.ndarray,

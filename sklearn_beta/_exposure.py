@@ -68,6 +68,17 @@ def baseline_exposures(
     return np.column_stack([timeline.n_steps, prefill, decode])
 
 
+def phase_step_counts(arrays: PhaseArrays, chunk_size: int) -> np.ndarray:
+    """``N_i`` of every phase of a validated trace (METHOD.md section 2)."""
+    return step_counts(
+        arrays.is_prefill,
+        arrays.prefill_tokens,
+        arrays.decode_tokens,
+        chunk_size,
+        arrays.n_steps,
+    )
+
+
 #: ``time_resolution="auto"``: this fraction of the trace's mean time per step.
 AUTO_RESOLUTION = 1e-3
 
@@ -84,13 +95,7 @@ def with_time_resolution(
     reference's grid).
     """
     if time_resolution == "auto":
-        n_steps = step_counts(
-            arrays.is_prefill,
-            arrays.prefill_tokens,
-            arrays.decode_tokens,
-            chunk_size,
-            arrays.n_steps,
-        )
+        n_steps = phase_step_counts(arrays, chunk_size)
         total = float(n_steps.sum())
         per_step = float(arrays.duration.sum()) / total if total > 0 else 0.0
         time_resolution = AUTO_RESOLUTION * per_step if np.isfinite(per_step) else 0.0
@@ -115,13 +120,7 @@ def timeline_from_arrays(
     arrays: PhaseArrays, chunk_size: int, token_budget: int | None = None
 ) -> Timeline:
     """Step counts, missing masses, grid and pressures of a validated trace."""
-    n_steps = step_counts(
-        arrays.is_prefill,
-        arrays.prefill_tokens,
-        arrays.decode_tokens,
-        chunk_size,
-        arrays.n_steps,
-    )
+    n_steps = phase_step_counts(arrays, chunk_size)
     mu = missing_prefill_mass(
         arrays.is_prefill, arrays.prefill_tokens, n_steps, chunk_size
     )

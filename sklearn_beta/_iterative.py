@@ -23,6 +23,7 @@ from ._corrections import (
     budget_capped_mass,
     counted_phases,
     fixed_correction_mass,
+    static_correction_mass,
 )
 from ._exposure import (
     _COL,
@@ -189,11 +190,9 @@ def iterate_betas(
     iteration 0 being the initial betas. A record's r2 and rmse are those of
     the iteration's undamped NNLS fit, as the reference reports them.
     """
-    fixed = None
-    if correction_mode != "beta_informed":
-        fixed = fixed_correction_mass(
-            correction_mode, timeline.trace_grid, timeline.is_prefill, timeline.mu
-        )
+    fixed = static_correction_mass(
+        correction_mode, timeline.trace_grid, timeline.is_prefill, timeline.mu
+    )
     beta = np.asarray(beta_init, dtype=np.float64)
     p_eff = timeline.p_pf_full
     duration = timeline.duration
@@ -395,11 +394,9 @@ def fit_step_counts(
     the phase's steps as in METHOD.md 6.2.4, and the history's r2 and rmse
     score the durations it predicts, ``design @ beta``.
     """
-    fixed = None
-    if correction_mode != "beta_informed":
-        fixed = fixed_correction_mass(
-            correction_mode, timeline.trace_grid, timeline.is_prefill, timeline.mu
-        )
+    fixed = static_correction_mass(
+        correction_mode, timeline.trace_grid, timeline.is_prefill, timeline.mu
+    )
     weight = step_count_weights(timeline, sample_weight)
     if not np.any(weight > 0):
         raise ValueError(
@@ -839,14 +836,9 @@ class IterativeBetaRegressor(BaseBetaRegressor):
         With ``objective="step_count"`` the density solved at the betas;
         otherwise ``p_eff`` settled by ``n_passes`` lagged passes.
         """
-        fixed = None
-        if self.correction_mode != "beta_informed":
-            fixed = fixed_correction_mass(
-                self.correction_mode,
-                timeline.trace_grid,
-                timeline.is_prefill,
-                timeline.mu,
-            )
+        fixed = static_correction_mass(
+            self.correction_mode, timeline.trace_grid, timeline.is_prefill, timeline.mu
+        )
         beta = self.beta_ / self.time_scale_
         if self.objective == "step_count":
             weight = np.ones(timeline.n_phases)

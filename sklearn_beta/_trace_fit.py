@@ -18,7 +18,7 @@ from sklearn.model_selection import GridSearchCV
 from sklearn.pipeline import make_pipeline
 
 from ._baseline import BaselineBetaRegressor
-from ._corrections import FIXED_CORRECTION_MODES, fixed_correction_mass
+from ._corrections import FIXED_CORRECTION_MODES, static_correction_mass
 from ._exposure import _COL, PhaseExposureTransformer, timeline_from_exposures
 from ._iterative import (
     IterativeBetaRegressor,
@@ -211,11 +211,9 @@ def pressure_profile(table: np.ndarray, regressor) -> PressureProfile:
     # The baseline's correction already sits inside its exposures; for the
     # profile, "end_inside" places the same mass where the partial step ran.
     mode = getattr(regressor, "correction_mode", "end_inside")
-    fixed = None
-    if mode != "beta_informed":
-        fixed = fixed_correction_mass(
-            mode, timeline.trace_grid, timeline.is_prefill, timeline.mu
-        )
+    fixed = static_correction_mass(
+        mode, timeline.trace_grid, timeline.is_prefill, timeline.mu
+    )
     seg_len = timeline.trace_grid.seg_len
     if getattr(regressor, "objective", None) == "step_count":
         mass = solved_correction(timeline, beta, mode, fixed)

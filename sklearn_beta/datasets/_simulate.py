@@ -15,6 +15,9 @@ import pandas as pd
 from sklearn.utils import check_random_state
 from sklearn.utils._param_validation import Interval, validate_params
 
+#: Steps until an event for a request that has none (not yet served).
+_NO_EVENT = np.iinfo(np.int64).max
+
 STEP_COLUMNS = (
     "instance_id",
     "t_start",
@@ -301,7 +304,6 @@ class _Engine:
         """
         n_inst = self.n_instances
         b0, b1, b2 = self.beta
-        C = self.chunk_size
         queue, arrival = self.queue, self.arrival
         last_queued = queue.shape[0] - 1
         clock = np.zeros(n_inst)
@@ -312,7 +314,6 @@ class _Engine:
         run = queued[:, :0]
         noise = _NoisePool(self.rng, self.noise)
         step_blocks: list[tuple[np.ndarray, ...]] = []
-        no_event = np.iinfo(np.int64).max
 
         while True:
             idle = n_running == 0
@@ -345,17 +346,8 @@ class _Engine:
             active = n_running > 0
             run_req, run_inst, run_prompt, run_pf, run_dec = run
 
-            # per-step grants, the same for every step of the block
-            prefilling = run_pf > 0
-            pf = np.minimum(run_pf, C)
-            if self.token_budget is not None:
-                pf = self._apply_budget(pf, prefilling, run_inst)
-            decoding = ~prefilling
-            served = pf > 0
-            steps_to_event = np.where(
-                served,
-                run_pf // np.maximum(pf, 1),
-                np.where(decoding, run_dec, no_event),
+            prefilling, decoding, pf, served, steps_to_event = self._grants(
+                run_pf, run_dec, run_inst
             )
             if n_inst == 1:
                 t_pf = np.array([pf.sum()], dtype=float)
@@ -364,7 +356,7 @@ class _Engine:
             else:
                 t_pf = np.bincount(run_inst, weights=pf, minlength=n_inst)
                 t_dec = np.bincount(run_inst, weights=decoding, minlength=n_inst)
-                n_steps = np.full(n_inst, no_event)
+                n_steps = np.full(n_inst, _NO_EVENT)
                 np.minimum.at(n_steps, run_inst, steps_to_event)
                 n_steps[~active] = 0
             dt = b0 + b1 * t_pf + b2 * t_dec
@@ -430,7 +422,6 @@ class _Engine:
         overhead that dominates at light load.
         """
         b0, b1, b2 = self.beta
-        C = self.chunk_size
         max_num_seqs = self.max_num_seqs
         arrival = self.arrival  # one instance: the queue is the arrival order
         n = arrival.shape[0]
@@ -439,7 +430,6 @@ class _Engine:
         head, n_running, clock = 0, 0, 0.0
         noise = _NoisePool(self.rng, self.noise)
         blocks: list[tuple] = []
-        no_event = np.iinfo(np.int64).max
 
         while True:
             if n_running == 0:
@@ -454,16 +444,8 @@ class _Engine:
                 n_running += n_admit
             run_req, run_inst, run_prompt, run_pf, run_dec = run
 
-            prefilling = run_pf > 0
-            pf = np.minimum(run_pf, C)
-            if self.token_budget is not None:
-                pf = self._apply_budget(pf, prefilling, run_inst)
-            decoding = ~prefilling
-            served = pf > 0
-            steps_to_event = np.where(
-                served,
-                run_pf // np.maximum(pf, 1),
-                np.where(decoding, run_dec, no_event),
+            prefilling, decoding, pf, served, steps_to_event = self._grants(
+                run_pf, run_dec, run_inst
             )
             k = int(steps_to_event.min())
             t_pf = float(pf.sum())
@@ -510,6 +492,23 @@ class _Engine:
             (np.array(n_steps), np.array(t_pf), np.array(t_dec), np.array(n_running))
             + (np.concatenate(start), np.concatenate(end))
         ]
+
+    def _grants(self, run_pf, run_dec, run_inst):
+        """Per-step grants of the running batch, the same for every step of a
+        block: prompt tokens per prefill, which requests decode, and how many
+        steps until each request's next event (a grant change or its end)."""
+        prefilling = run_pf > 0
+        pf = np.minimum(run_pf, self.chunk_size)
+        if self.token_budget is not None:
+            pf = self._apply_budget(pf, prefilling, run_inst)
+        decoding = ~prefilling
+        served = pf > 0
+        steps_to_event = np.where(
+            served,
+            run_pf // np.maximum(pf, 1),
+            np.where(decoding, run_dec, _NO_EVENT),
+        )
+        return prefilling, decoding, pf, served, steps_to_event
 
     def _apply_budget(self, pf, prefilling, run_inst):
         """Decodes first, then prefill chunks FCFS until the budget is spent."""
