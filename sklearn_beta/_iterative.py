@@ -727,6 +727,11 @@ class IterativeBetaRegressor(BaseBetaRegressor):
     on the betas is in ``Lambda_i = N_i``: see
     ``benchmarks/accuracy_diagnostics.py``.
 
+    The step-count objective reads the durations off the timeline itself
+    (the grid of ``t_start`` and ``t_end``); an explicit ``y`` in ``fit``
+    only enters its starting point and the reported ``r2``/``rmse``. With
+    ``objective="duration"`` the betas are a regression of ``y``.
+
     References
     ----------
     The iterative estimator of the published trace-only calibration of
