@@ -151,6 +151,24 @@ def reweighted_design(
     return step_averaged_design(timeline, density, p_eff), p_eff
 
 
+def settled_design(
+    timeline: Timeline,
+    beta: np.ndarray,
+    mode: str,
+    fixed: np.ndarray | None,
+    n_passes: int = 3,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Design and ``p_eff`` at fixed betas after ``n_passes`` lagged passes.
+
+    At fixed betas the lagged re-weighting settles in a few passes; this is
+    the duration objective's view of a trace at fitted betas.
+    """
+    p_eff = timeline.p_pf_full
+    for _ in range(n_passes):
+        design, p_eff = reweighted_design(timeline, beta, p_eff, mode, fixed)
+    return design, p_eff
+
+
 def beta_change(
     new: np.ndarray, old: np.ndarray, design: np.ndarray, rule: str
 ) -> float:
@@ -850,11 +868,9 @@ class IterativeBetaRegressor(BaseBetaRegressor):
             return _count_state(
                 timeline, beta, self.correction_mode, fixed, weight
             ).design
-        p_eff = timeline.p_pf_full
-        for _ in range(n_passes):
-            design, p_eff = reweighted_design(
-                timeline, beta, p_eff, self.correction_mode, fixed
-            )
+        design, _ = settled_design(
+            timeline, beta, self.correction_mode, fixed, n_passes
+        )
         return design
 
 

@@ -21,8 +21,9 @@ from ._baseline import BaselineBetaRegressor
 from ._corrections import FIXED_CORRECTION_MODES, static_correction_mass
 from ._exposure import _COL, PhaseExposureTransformer, timeline_from_exposures
 from ._iterative import (
+    HISTORY_COLUMNS,
     IterativeBetaRegressor,
-    reweighted_design,
+    settled_design,
     solved_correction,
     solved_step_counts,
     step_density,
@@ -195,7 +196,7 @@ def _baseline_history(regressor: BaselineBetaRegressor) -> pd.DataFrame:
     diag = regressor.diagnostics_
     return pd.DataFrame(
         [[0, *regressor.beta_, np.nan, diag["r2"], diag["rmse_seconds"]]],
-        columns=["iteration", "beta0", "beta1", "beta2", "step", "r2", "rmse_seconds"],
+        columns=list(HISTORY_COLUMNS),
     )
 
 
@@ -221,9 +222,7 @@ def pressure_profile(table: np.ndarray, regressor) -> PressureProfile:
         density = np.divide(n, seg_len, out=np.zeros_like(n), where=seg_len > 0)
         p_eff = np.divide(prefill_mass, n, out=np.zeros_like(n), where=n > 0)
     else:
-        p_eff = timeline.p_pf_full
-        for _ in range(3):
-            _, p_eff = reweighted_design(timeline, beta, p_eff, mode, fixed)
+        _, p_eff = settled_design(timeline, beta, mode, fixed)
         density = step_density(beta, p_eff, timeline.p_dec)
     tg = timeline.trace_grid
     return PressureProfile(

@@ -302,11 +302,6 @@ def numeric_column(frame: pd.DataFrame, name: str, context: list[str]) -> np.nda
     return values
 
 
-# Names model_selection imports.
-_numeric_column = numeric_column
-_show_rows = describe_rows
-
-
 def _row_problems(frame: pd.DataFrame, columns: PhaseColumns):
     """Check every row; return the problems found and the parsed values.
 

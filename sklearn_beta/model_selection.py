@@ -40,7 +40,7 @@ from sklearn.pipeline import Pipeline
 from sklearn.utils.validation import check_is_fitted
 
 from ._grid import build_grid
-from ._validation import _numeric_column, _show_rows
+from ._validation import describe_rows, numeric_column
 
 __all__ = ["TraceBlockSplit", "TraceContextRegressor", "complete_context_mask"]
 
@@ -73,19 +73,19 @@ def _trace_times(
             f"The phase table is missing column(s) {missing}; it has {list(X.columns)}."
         )
     frame = X.reset_index(drop=True)
-    t_start = _numeric_column(frame, t_start_col, needed)
-    t_end = _numeric_column(frame, t_end_col, needed)
+    t_start = numeric_column(frame, t_start_col, needed)
+    t_end = numeric_column(frame, t_end_col, needed)
     bad = t_end <= t_start
     if bad.any():
         raise ValueError(
             f"Column {t_end_col!r} must be greater than {t_start_col!r}. "
-            + _show_rows(frame, bad, needed)
+            + describe_rows(frame, bad, needed)
         )
     ids = frame[request_id_col]
     if ids.isna().any():
         raise ValueError(
             f"Column {request_id_col!r} has missing values. "
-            + _show_rows(frame, ids.isna().to_numpy(), needed)
+            + describe_rows(frame, ids.isna().to_numpy(), needed)
         )
     request = pd.factorize(ids)[0]
 
@@ -106,7 +106,7 @@ def _trace_times(
     if labels.isna().any():
         raise ValueError(
             f"The instance ids ({source}) have missing values. "
-            + _show_rows(frame, labels.isna().to_numpy(), needed)
+            + describe_rows(frame, labels.isna().to_numpy(), needed)
         )
     instance = pd.factorize(labels, sort=True)[0].astype(np.intp)
     first = np.full(request.max() + 1, -1, dtype=np.intp)
@@ -115,7 +115,7 @@ def _trace_times(
     if bad.any():
         raise ValueError(
             f"A request's phases must run on one instance ({source}). "
-            + _show_rows(frame, bad, needed)
+            + describe_rows(frame, bad, needed)
         )
     return _TraceTimes(request, t_start, t_end, instance)
 
@@ -373,8 +373,8 @@ def complete_context_mask(
     """
     frame = X.reset_index(drop=True)
     needed = [t_start_col, t_end_col] + ([instance_col] if instance_col else [])
-    t_start = _numeric_column(frame, t_start_col, needed)
-    t_end = _numeric_column(frame, t_end_col, needed)
+    t_start = numeric_column(frame, t_start_col, needed)
+    t_end = numeric_column(frame, t_end_col, needed)
     if instance_col is None:
         instance = np.zeros(len(frame), dtype=np.intp)
     else:
