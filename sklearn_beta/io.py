@@ -9,7 +9,9 @@ decode_tokens`` and, for the adapters, ``instance``), ready for
 * :func:`read_otel_spans`: OTLP JSON lines of vLLM's ``llm_request`` spans.
 * :func:`read_benchmark_results`: a serving benchmark's detailed results, a
   client-side approximation.
-* :func:`to_blis_coefficients`: betas as BLIS's ``beta_coeffs``.
+* :func:`read_tracev2`: BLIS TraceV2 request traces (client side).
+* :func:`to_blis_coefficients` (from :mod:`sklearn_beta.export`): betas as
+  BLIS's ``beta_coeffs``.
 
 How the OpenTelemetry span fields map (all times of a span are relative to
 its start ``startTimeUnixNano``, the request's arrival):
@@ -54,14 +56,19 @@ import numpy as np
 import pandas as pd
 
 from ._grid import snap_times
+from ._tracev2 import TIME_UNITS, TRACEV2_COLUMNS, tracev2_phases
 from ._validation import PHASE_COLUMNS
+from .export import BLIS_UNITS, to_blis_coefficients
 
 __all__ = [
     "BLIS_UNITS",
     "OTEL_LATENCY_ATTRIBUTES",
+    "TIME_UNITS",
+    "TRACEV2_COLUMNS",
     "read_benchmark_results",
     "read_otel_spans",
     "read_phases",
+    "read_tracev2",
     "to_blis_coefficients",
 ]
 
@@ -80,8 +87,6 @@ OTEL_LATENCY_ATTRIBUTES = {
 DEFAULT_CACHED_TOKENS_ATTRIBUTE = "gen_ai.usage.cache_read.input_tokens"
 DEFAULT_INSTANCE_ATTRIBUTES = ("service.instance.id", "host.name")
 
-#: Unit of each entry of :func:`to_blis_coefficients`.
-BLIS_UNITS = ("us/step", "us/prefill_token", "us/decode_token")
 _MAX_SHOWN = 5
 
 
@@ -95,6 +100,7 @@ def read_phases(
     *,
     format: str | None = None,
     columns: dict[str, str] | None = None,
+    time_unit: str = "s",
 ) -> pd.DataFrame:
     """Read a phase table in the reference schema from CSV or Parquet.
 
@@ -110,6 +116,9 @@ def read_phases(
     columns : dict or None, default=None
         Renames applied after reading, ``{name in the file: schema name}``,
         e.g. ``{"start_s": "t_start"}``.
+    time_unit : {"s", "ms", "us", "ns"}, default="s"
+        Unit of ``t_start`` and ``t_end`` in the file; they are returned in
+        seconds.
 
     Returns
     -------
@@ -149,8 +158,19 @@ def read_phases(
             f"{list(frame.columns)}. Map differently named columns with "
             "columns={'name in file': 'schema name'}."
         )
+    if time_unit not in TIME_UNITS:
+        raise ValueError(
+            f"time_unit must be one of {sorted(TIME_UNITS)}, got {time_unit!r}."
+        )
     rest = [c for c in frame.columns if c not in PHASE_COLUMNS]
-    return frame[list(PHASE_COLUMNS) + rest]
+    frame = frame[list(PHASE_COLUMNS) + rest]
+    if time_unit != "s":
+        for name in ("t_start", "t_end"):
+            # Non-numbers stay for the phase validation to name.
+            values = pd.to_numeric(frame[name], errors="coerce")
+            if values.notna().all():
+                frame[name] = values * TIME_UNITS[time_unit]
+    return frame
 
 
 def _read_parquet(path: Path) -> pd.DataFrame:
@@ -618,7 +638,9 @@ def read_benchmark_results(
     order = np.argsort(
         np.concatenate([np.arange(len(index)), np.flatnonzero(decoded)]), kind="stable"
     )
-    return phases.iloc[order].reset_index(drop=True)
+    phases = phases.iloc[order].reset_index(drop=True)
+    phases.attrs["client_side"] = True
+    return phases
 
 
 def _check_bench(path, index, ok, key, rule, values):
@@ -634,46 +656,59 @@ def _check_bench(path, index, ok, key, rule, values):
 
 
 # --------------------------------------------------------------------------
-# Exports
+# BLIS TraceV2 (client side)
 # --------------------------------------------------------------------------
 
 
-def to_blis_coefficients(beta, *, time_unit: float = 1.0) -> list[float]:
-    """Betas as BLIS's ``beta_coeffs``: microseconds per step and per token.
+def read_tracev2(data_csv: str | PathLike, header=None) -> pd.DataFrame:
+    """Read a BLIS TraceV2 request trace into a phase table.
+
+    TraceV2 is the request trace BLIS's ``observe`` and ``replay`` commands
+    write: a YAML header and a CSV with one row per request (columns listed
+    in ``docs/formats.md``; :data:`TRACEV2_COLUMNS` are the ones read).
+    Each request with ``status`` ``ok`` gives
+
+    * a prefill row ``[send_time_us, first_chunk_time_us]`` whose
+      ``prefill_tokens`` are ``server_input_tokens`` when non-zero, otherwise
+      ``input_tokens``;
+    * when ``output_tokens > 1``, a decode row ``[first_chunk_time_us,
+      last_chunk_time_us]`` with ``output_tokens - 1`` decode tokens (the last
+      prefill step emits the first token).
+
+    The times are the client's: the prefill row also holds the network
+    round trip, the server's request handling and any queueing, and the
+    decode row the streaming delay of the last chunk. Fitted on such a
+    trace, these request-level costs are what the exported ``alpha_coeffs``
+    estimate (``docs/formats.md``).
 
     Parameters
     ----------
-    beta : array-like of shape (3,)
-        ``[beta0, beta1, beta2]`` as fitted: time per step, per prefill token
-        and per decode token, in the trace's time unit.
-    time_unit : float, default=1.0
-        Seconds per unit of the trace's times (1.0 for seconds, 1e-3 for
-        milliseconds).
+    data_csv : str or path-like
+        The TraceV2 CSV.
+    header : str, path-like, dict or None, default=None
+        The TraceV2 YAML header (a path, or the parsed mapping). Its
+        ``time_unit`` sets the unit of the ``*_time_us`` columns; without a
+        header they are read as microseconds.
 
     Returns
     -------
-    beta_coeffs : list of float
-        ``[per step, per prefill token, per decode token]`` in microseconds
-        (units :data:`BLIS_UNITS`).
+    phases : DataFrame
+        Columns ``request_id, phase_type, t_start, t_end, prefill_tokens,
+        decode_tokens``, times in seconds since the earliest send. ``attrs``
+        holds ``notes`` (e.g. how many requests were dropped for their
+        status), ``client_side=True``, ``time_origin`` (seconds, in the
+        trace's clock) and the ``header``.
 
     Raises
     ------
     ValueError
-        If ``beta`` does not hold three finite, non-negative numbers.
+        If a file is missing or unreadable, a column is missing, a time or
+        token count is not a non-negative integer, a chunk time precedes its
+        phase's start, or no request has status ``ok``.
 
     Examples
     --------
-    >>> from sklearn_beta.io import to_blis_coefficients
-    >>> to_blis_coefficients([0.004, 3e-5, 2e-4])
-    [4000.0, 30.0, 200.0]
+    >>> from sklearn_beta.io import read_tracev2
+    >>> phases = read_tracev2("trace.csv", header="trace.yaml")  # doctest: +SKIP
     """
-    beta = np.asarray(beta, dtype=np.float64)
-    if beta.shape != (3,) or not np.all(np.isfinite(beta)) or np.any(beta < 0):
-        raise ValueError(
-            "beta must hold three finite, non-negative numbers [beta0, beta1, "
-            f"beta2], got {beta.tolist()!r}."
-        )
-    if not np.isfinite(time_unit) or time_unit <= 0:
-        raise ValueError(f"time_unit must be a positive number, got {time_unit!r}.")
-    # Rounded to 1e-9 us so that 0.004 s gives 4000.0, not 4000.0000000000005.
-    return np.round(beta * time_unit * 1e6, 9).tolist()
+    return tracev2_phases(data_csv, header)

@@ -10,11 +10,42 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
+import yaml
 from conftest import load_golden, shared_path
 
 from sklearn_beta import __version__
 from sklearn_beta.cli import main
+from sklearn_beta.datasets import simulate_trace
+
+TRUE_BETA = [4e-3, 3e-5, 2e-4]
+#: BLIS's blackbox models: entry, strictly: exactly these keys and types.
+BLIS_SCHEMA = {
+    "id": str,
+    "GPU": str,
+    "tensor_parallelism": int,
+    "vllm_version": str,
+    "alpha_coeffs": list,
+    "beta_coeffs": list,
+    "total_kv_blocks": int,
+}
+
+
+def check_blis_document(text: str) -> dict:
+    """Parse a BLIS document and check its one entry strictly; return it."""
+    document = yaml.safe_load(text)
+    assert list(document) == ["models"] and len(document["models"]) == 1
+    entry = document["models"][0]
+    extra = set(entry) - set(BLIS_SCHEMA) - {"best_loss"}
+    assert not extra and set(BLIS_SCHEMA) <= set(entry), sorted(entry)
+    for key, kind in BLIS_SCHEMA.items():
+        assert type(entry[key]) is kind, (key, entry[key])
+    for key in ("alpha_coeffs", "beta_coeffs"):
+        assert len(entry[key]) == 3
+        assert all(type(c) is float and c >= 0 for c in entry[key])
+    return entry
+
 
 REPO = Path(__file__).resolve().parents[1]
 SPANS = REPO / "data" / "otel" / "spans.jsonl"
@@ -78,17 +109,18 @@ def test_baseline_uniform_matches_the_reference(capsys):
     assert any("beta0 is 0" in n for n in report["notes"])
 
 
-def test_otel_auto_chunk_size_blis_block_and_plots(capsys, tmp_path):
+def test_otel_auto_chunk_size_blis_entry_and_plots(capsys, tmp_path):
     pytest.importorskip("matplotlib")
     code, out, err = run(
         capsys, "fit", SPANS, "--output", "blis", "--plot", tmp_path / "plots"
     )
     assert code == 0 and err == ""
     assert "# chunk size 256, iterative" in out
-    coeffs = re.search(r"^beta_coeffs: \[(.*)\]$", out, re.M).group(1)
-    np.testing.assert_allclose(
-        [float(c) for c in coeffs.split(",")], [4000.0, 30.0, 200.0], rtol=1e-2
-    )
+    entry = check_blis_document(out)
+    np.testing.assert_allclose(entry["beta_coeffs"], [4000.0, 30.0, 200.0], rtol=1e-2)
+    assert entry["alpha_coeffs"] == [0.0, 0.0, 0.0]  # server-side spans
+    assert entry["id"] == "unknown-model"  # placeholders, named in a comment
+    assert "# placeholders: id, GPU" in out
     names = sorted(p.name for p in (tmp_path / "plots").iterdir())
     assert names == [
         "beta_history.png",
@@ -121,12 +153,13 @@ def test_progress_only_on_a_terminal(capsys, monkeypatch):
 @pytest.mark.parametrize(
     "argv, code, message",
     [
-        (["fit", "missing.csv", "--chunk-size", "64"], 1, "does not exist"),
+        (["fit", "missing.csv"], 1, "does not exist"),
         (["fit", "{smoke}", "--chunk-size", "0"], 2, "expected a positive integer"),
-        (["fit", "{smoke}", "--chunk-size", "64", "--damping", "2"], 1, "'damping'"),
+        (["fit", "{smoke}", "--damping", "2"], 2, "'damping'"),
+        (["fit", "{smoke}", "--tol", "-1"], 2, "'tol'"),
         (["fit", "{smoke}", "--format", "xml"], 2, "invalid choice: 'xml'"),
-        (["fit", "{spans}", "--format", "csv", "--chunk-size", "64"], 1, "lacks"),
-        (["fit", "{bad}", "--chunk-size", "64"], 1, "'t_end' must be greater"),
+        (["fit", "{spans}", "--format", "csv"], 1, "lacks"),
+        (["fit", "{bad}"], 1, "'t_end' must be greater"),
         (
             [
                 "fit",
@@ -135,26 +168,67 @@ def test_progress_only_on_a_terminal(capsys, monkeypatch):
                 "baseline",
                 "--correction-mode",
                 "beta_informed",
-                "--chunk-size",
-                "64",
             ],
-            1,
+            2,
             "needs the iterative estimator",
         ),
+        (["fit", "{smoke}", "--algo", "baseline", "--damping", "0.5"], 2, "damping"),
+        (["fit", "{spans}", "--time-unit", "ms"], 2, "--time-unit applies to csv"),
+        (["fit", "{smoke}", "--gpu", "H100"], 2, "--output blis"),
+        (["fit", "{negative}"], 1, "prefill_tokens"),
+        (["fit", "{misspelt}"], 1, "phase_type"),
+        (["fit", "{duplicated}"], 1, "request_id"),
+        (["fit", "{smoke}", "--plot", "{smoke}"], 0, None),
         ([], 2, "required: command"),
     ],
 )
 def test_bad_input_is_one_line_on_stderr(capsys, tmp_path, argv, code, message):
-    smoke = shared_path("data", "smoke.csv")
-    bad = tmp_path / "bad.csv"
-    bad.write_text(smoke.read_text().replace("A,prefill,0.0,2.0", "A,prefill,3.0,2.0"))
-    argv = [a.format(smoke=smoke, spans=SPANS, bad=bad) for a in argv]
+    """Under the default --chunk-size auto: checked before any search."""
+    files = bad_traces(tmp_path)
+    argv = [a.format(**files) for a in argv]
     got, out, err = run(capsys, *argv)
-    assert got == code
+    assert got == code, err
+    assert "Traceback" not in err
+    if code == 0:  # --plot into a file: the fit is printed, the reason said
+        assert out.startswith("sklearn-beta ") and "beta0" in out
+        assert err.count("\n") == 1 and "--plot" in err and "warning" in err
+        return
     assert out == ""
     assert err.count("\n") == 1 and err.startswith("sklearn-beta: error: ")
     assert message in err
-    assert "Traceback" not in err
+
+
+def bad_traces(tmp_path) -> dict:
+    """A 40-phase trace, and copies with one bad row each."""
+    good = simulate_trace(
+        20,
+        beta=TRUE_BETA,
+        chunk_size=64,
+        max_num_seqs=4,
+        arrival_rate=2.0,
+        prompt_tokens=(100, 0.5),
+        output_tokens=(20, 0.5),
+        random_state=0,
+    )
+    smoke = tmp_path / "good.csv"
+    good.to_csv(smoke, index=False)
+    files = {"smoke": smoke, "spans": SPANS}
+    variants = {
+        "bad": lambda f: f.assign(
+            t_start=np.where(f.index == 0, f.t_end + 1, f.t_start)
+        ),
+        "negative": lambda f: f.assign(
+            prefill_tokens=np.where(f.index == 0, -5, f.prefill_tokens)
+        ),
+        "misspelt": lambda f: f.assign(
+            phase_type=np.where(f.index == 2, "prefil", f.phase_type)
+        ),
+        "duplicated": lambda f: pd.concat([f, f.iloc[[3]]], ignore_index=True),
+    }
+    for name, change in variants.items():
+        files[name] = tmp_path / f"{name}.csv"
+        change(good).to_csv(files[name], index=False)
+    return files
 
 
 def test_subprocess_entry_point(tmp_path):
