@@ -255,9 +255,9 @@ def llm_d_latencies(beta, *, chunk_size: int, alpha=(0.0, 0.0, 0.0)) -> dict:
     if int(chunk_size) < 1:
         raise ValueError(f"chunk_size must be a positive integer, got {chunk_size!r}.")
     return {
-        "prefill-overhead": a0 + b0 / 2,
-        "prefill-time-per-token": a1 + b1 + b0 / int(chunk_size),
-        "inter-token-latency": a2 + b0 + b2,
+        "prefill-overhead": float(a0 + b0 / 2),
+        "prefill-time-per-token": float(a1 + b1 + b0 / int(chunk_size)),
+        "inter-token-latency": float(a2 + b0 + b2),
     }
 
 
