@@ -385,13 +385,14 @@ def fit_client_trace(
     A client sees each request ``alpha0 + alpha1 * input_tokens`` before the
     engine's first step (network, request handling, queueing), which the
     betas would otherwise absorb: 3.5 ms of it on 4 ms steps biased the
-    step times by 8 %. ``alpha0`` is the delay of the prefill starts at which
-    the fitted betas leave a zero mean prefill residual (observed minus
-    predicted duration), found by Brent's method (each trial is one fit; the
-    delay is bracketed by 0 and 0.9 of the shortest prefill phase). Then
-    ``alpha1`` and ``alpha0`` are refined by a non-negative line through the
-    per-request overheads, and ``alpha2`` is the mean decode residual per
-    decode token, clipped at 0 (:func:`sklearn_beta.export.request_overheads`).
+    step times by 8 %. ``alpha0`` is the delay of the prefill starts that
+    minimises the mean squared residual of the phase durations (observed
+    minus predicted) of the betas fitted on the delayed trace, found by
+    bounded Brent minimisation between 0 and 0.9 of the shortest prefill
+    phase (each trial is one fit). Then ``alpha0, alpha1`` are a
+    non-negative line through the per-request overheads (the delay plus each
+    prefill residual) and ``alpha2`` the mean decode residual per decode
+    token, clipped at 0 (:func:`sklearn_beta.export.request_overheads`).
 
     Parameters
     ----------
@@ -400,18 +401,18 @@ def fit_client_trace(
     chunk_size : int
         Prefill chunk size.
     xtol : float, default=1e-6
-        Seconds: the tolerance of ``alpha0``.
+        Seconds: the tolerance of the delay.
     **options
         Options of :func:`make_model`.
 
     Returns
     -------
     fit : TraceFit
-        The fit at the prefill starts delayed by ``alpha0``.
+        The fit at the prefill starts delayed by the chosen delay.
     alpha : ndarray of shape (3,)
         Seconds, seconds per input token, seconds per output token.
     """
-    from scipy.optimize import brentq
+    from scipy.optimize import minimize_scalar
 
     from .export import request_overheads
 
@@ -420,20 +421,20 @@ def fit_client_trace(
     durations = (phases["t_end"] - phases["t_start"]).to_numpy(dtype=np.float64)
     fits = {}
 
-    def mean_residual(delay: float) -> float:
+    def mean_squared_residual(delay: float) -> float:
         shifted = _shift_prefill_starts(phases, is_prefill, delay)
         fits[delay] = fit_trace(shifted, chunk_size=chunk_size, **options)
-        residual = fits[delay].observed - fits[delay].predicted
-        return float(np.mean(residual[is_prefill]))
+        return float(np.mean((fits[delay].observed - fits[delay].predicted) ** 2))
 
     upper = 0.9 * float(durations[is_prefill].min())
-    if mean_residual(0.0) <= 0:
-        delay = 0.0
-    elif mean_residual(upper) >= 0:
-        delay = upper
-    else:
-        delay = brentq(mean_residual, 0.0, upper, xtol=xtol)
-        mean_residual(delay)
+    best = minimize_scalar(
+        mean_squared_residual,
+        bounds=(0.0, upper),
+        method="bounded",
+        options={"xatol": xtol},
+    )
+    # Brent never tries the bounds themselves: compare with no delay at all.
+    delay = min((best.x, 0.0), key=mean_squared_residual)
     fit = fits[delay]
     residual = fit.observed - fit.predicted
     tokens = phases[["prefill_tokens", "decode_tokens"]].to_numpy(dtype=np.float64)
