@@ -90,3 +90,12 @@ def test_python_blocks_run_in_order(capsys):
     out = capsys.readouterr().out
     assert "{'estimator__phaseexposuretransformer__chunk_size': 64}" in out
     assert "[4000.0, 30.0, 200.0]" in out
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")
+def test_cross_validation_doc_blocks_run_in_order(capsys):
+    text = (REPO / "docs" / "cross_validation.md").read_text()
+    namespace: dict = {}
+    for i, code in enumerate(re.findall(r"```python\n(.*?)```", text, re.S)):
+        exec(compile(code, f"docs/cross_validation.md block {i}", "exec"), namespace)
+    assert "{'phaseexposuretransformer__chunk_size': 256}" in capsys.readouterr().out
