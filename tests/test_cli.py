@@ -435,3 +435,15 @@ def test_broken_pipe_is_quiet(tmp_path):
     )
     assert done.stdout == "{\n"
     assert done.stderr == "" and done.returncode == 0
+
+
+def test_plot_without_matplotlib_still_prints_the_fit(capsys, monkeypatch, tmp_path):
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # import fails
+    monkeypatch.setitem(sys.modules, "matplotlib.figure", None)
+    code, out, err = run(
+        capsys, "fit", SPANS, "--chunk-size", 256, "--plot", tmp_path / "plots"
+    )
+    assert code == 0
+    assert "beta0         4.000000e-03" in out
+    assert err.startswith("sklearn-beta: warning: --plot needs matplotlib")
+    assert err.count("\n") == 1
