@@ -67,7 +67,7 @@ def infer_format(path: str) -> str:
     }.get(suffix, "csv")
     if fmt == "csv" and Path(path).is_file():
         with open(path, encoding="utf-8", errors="replace") as handle:
-            columns = {c.strip() for c in handle.readline().split(",")}
+            columns = {c.strip().strip('"') for c in handle.readline().split(",")}
         if set(TRACEV2_COLUMNS) <= columns:
             return "tracev2"
     return fmt
