@@ -264,9 +264,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as exc:  # noqa: BLE001 - one line, never a traceback
         return _error(_one_line(exc), EXIT_BAD_INPUT)
     plot_error = _plot(report, fit, args.plot) if args.plot else None
-    for note in report["notes"]:
-        if "implausible" in note:
-            print(f"sklearn-beta: warning: {note}", file=sys.stderr)
+    for warning in report["warnings"]:
+        print(f"sklearn-beta: warning: {warning}", file=sys.stderr)
     try:
         text = _render(report, args)
     except Exception as exc:  # noqa: BLE001 - one line, never a traceback

@@ -371,6 +371,7 @@ def test_time_unit_and_the_implausible_step_warning(capsys, tmp_path):
     code, out, err = run(capsys, "fit", path, "--chunk-size", 64, "--output", "json")
     assert code == 0
     assert err.startswith("sklearn-beta: warning: beta0 = 4 s per step is implausible")
+    assert json.loads(out)["warnings"][0].startswith("beta0 = 4 s per step")
     code, out, err = run(
         capsys, "fit", path, "--chunk-size", 64, "--time-unit", "ms", "--output", "json"
     )
