@@ -177,9 +177,9 @@ def run_fit(args, progress: _Progress) -> tuple[dict, TraceFit]:
     progress.say(f"fitting ({args.algo}, chunk size {chunk_size})...")
     verbose = int(progress.enabled) if args.algo == "iterative" else 0
     if phases.attrs.get("client_side"):
-        fit, alpha = fit_client_trace(
-            phases, chunk_size=chunk_size, verbose=verbose, **options
-        )
+        # One fit per trial delay: per-iteration lines would drown the rest.
+        progress.say("client-side times: searching the request overheads...")
+        fit, alpha = fit_client_trace(phases, chunk_size=chunk_size, **options)
     else:
         fit = fit_trace(phases, chunk_size=chunk_size, verbose=verbose, **options)
         alpha = None
