@@ -280,9 +280,8 @@ def make_replay_scorer(
         _replay_score,
         trace=trace,
         quantity=quantity,
-        max_num_seqs=max_num_seqs,
-        arrival=arrival,
-        columns=columns,
+        replay_kwargs=dict(max_num_seqs=max_num_seqs, arrival=arrival, columns=columns),
+        cache={},
     )
 
 
@@ -308,14 +307,16 @@ def replay_scorers(trace: pd.DataFrame, **kwargs) -> dict:
     >>> sorted(replay_scorers(load_sample_trace()))
     ['replay_decode', 'replay_e2e', 'replay_ttft']
     """
-    return {
+    scorers = {
         f"replay_{q}": make_replay_scorer(trace, q, **kwargs) for q in REPLAY_QUANTITIES
     }
+    shared: dict = {}  # one replay per fitted engine serves the three scores
+    for scorer in scorers.values():
+        scorer.keywords["cache"] = shared
+    return scorers
 
 
-def _replay_score(
-    estimator, X, y=None, *, trace, quantity, max_num_seqs, arrival, columns
-):
+def _replay_score(estimator, X, y=None, *, trace, quantity, replay_kwargs, cache):
     beta, settings = _engine_settings(estimator)
     if not isinstance(X, pd.DataFrame):
         raise TypeError(
@@ -328,15 +329,12 @@ def _replay_score(
             f"{int(np.count_nonzero(pos < 0))} row(s) of X are not in the scorer's "
             f"trace, first index labels: {X.index[pos < 0][:5].tolist()}."
         )
-    replayed = replay_trace(
-        trace,
-        beta,
-        **settings,
-        max_num_seqs=max_num_seqs,
-        arrival=arrival,
-        columns=columns,
-    )
-    request_col = _phase_columns(columns, trace).request_id
+    key = (tuple(beta), settings["chunk_size"], settings["token_budget"])
+    if key not in cache:
+        cache.clear()  # the last engine only: folds come one after another
+        cache[key] = replay_trace(trace, beta, **settings, **replay_kwargs)
+    replayed = cache[key]
+    request_col = _phase_columns(replay_kwargs["columns"], trace).request_id
     held_out = replayed["request_id"].isin(trace[request_col].iloc[pos]).to_numpy()
     errors = replay_errors(replayed, quantity)[held_out]
     return -float(np.mean(np.abs(errors)))
@@ -403,7 +401,7 @@ def _requests(phases, cols: PhaseColumns, arrival_col) -> dict:
             "token per prefill. " + describe_rows(phases, bad, context)
         )
     steps = arrays.decode_tokens if arrays.n_steps is None else arrays.n_steps
-    instance_col = getattr(cols, "instance_id", None) or cols.instance
+    instance_col = getattr(cols, "instance_id", getattr(cols, "instance", None))
     instance_id = (
         phases[instance_col].to_numpy()[pre]
         if instance_col in phases.columns
