@@ -91,7 +91,9 @@ def replay_trace(
         has no such column (or with None), a request arrives at its prefill's
         ``t_start``: the first step that served it, after any queueing, so the
         replay forecasts from the moment the engine took the request. A name
-        other than the default must exist.
+        other than the default must exist. Requests arriving at the same time
+        (e.g. prefills starting in the same step) are served in the order of
+        their first row in the table, which should follow the arrivals.
     columns : PhaseColumns, mapping or None, default=None
         Column names of the phase table (defaults: the schema's names).
 
@@ -129,11 +131,6 @@ def replay_trace(
     caps = max_num_seqs
     if caps is None:
         caps = _observed_concurrency(requests)
-    if token_budget is not None and token_budget < np.max(caps):
-        raise ValueError(
-            f"token_budget={token_budget} must be at least max_num_seqs="
-            f"{np.max(caps)}: every running decode needs its token each step."
-        )
     origin = _clock_origin(requests["arrival"], requests["instance"])
     run = run_engine(
         requests["arrival"] - origin,

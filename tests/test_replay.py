@@ -278,3 +278,14 @@ def test_epoch_clock_is_replayed_precisely():
     ulp = np.spacing(epoch)
     np.testing.assert_allclose(far["decode_end"] - epoch, near["decode_end"], atol=ulp)
     np.testing.assert_allclose(near["decode_end"], 0.25 + 1.1e-3 + 20_000 * 1.1e-3)
+
+
+def test_requests_keep_the_order_of_their_first_row():
+    # decode rows first: the requests still come in the same order, and
+    # simultaneous arrivals (prefills starting in one step) are served in it
+    phases, _ = simulate(200, token_budget=90)
+    regrouped = phases.sort_values("phase_type", kind="stable")
+    assert regrouped["phase_type"].iloc[0] == "decode"
+    replayed = replay_trace(regrouped, BETA, chunk_size=64, token_budget=90)
+    np.testing.assert_array_equal(replayed["request_id"], np.arange(200))
+    assert_same_phase_times(replayed)
