@@ -366,3 +366,25 @@ def test_steps_are_summed_one_after_another():
     times, ref_steps = reference_simulation(80, 0, BETA, 64, 16, 60.0, 90)
     np.testing.assert_array_equal(steps[["t_start", "t_end"]], ref_steps[:, :2])
     np.testing.assert_array_equal(phases["t_end"].to_numpy()[1::2], times[:, 2])
+
+
+def test_noise_pool_refill_keeps_the_stream(monkeypatch):
+    # a budget-starved prompt takes far more steps than the first pool holds
+    params = dict(
+        beta=BETA,
+        chunk_size=100_000,
+        max_num_seqs=16,
+        arrival_rate=1.0,
+        prompt_tokens=(100_000, 0.0),
+        output_tokens=(3, 0.0),
+        token_budget=16,
+        noise=0.05,
+        random_state=0,
+        return_steps=True,
+    )
+    refilled = simulate_trace(1, **params)
+    assert len(refilled[1]) == 6250 + 3
+    monkeypatch.setattr(_engine, "_NOISE_BLOCK", 10**5)  # one draw, no refill
+    at_once = simulate_trace(1, **params)
+    for got, want in zip(refilled, at_once, strict=True):
+        pd.testing.assert_frame_equal(got, want, check_exact=True)
