@@ -49,8 +49,8 @@ BACKEND = "auto"
 class EngineRun:
     """What the engine did: per request (input order) and per step.
 
-    Request times are NaN for nothing: every request is served. Steps are
-    ordered by instance, then time.
+    Every request is served, so no request time is NaN. Steps are ordered
+    by instance, then time; the step fields are None unless recorded.
     """
 
     admitted: np.ndarray  # start of the step that admitted the request
@@ -96,7 +96,7 @@ def run_engine(
     chunk_size, token_budget : int or None
         Per-request prefill chunk and per-step token budget; None: no cap.
     max_num_seqs : int or ndarray of int (one per instance)
-        At most ``token_budget``, so that every decode gets its token.
+        Not above ``token_budget``, so that every decode gets its token.
     noise_normals : callable or None
         ``noise_normals(size)`` returns that many standard normals, the next
         ones of one stream; step ``j`` of the fleet (instance-major, in time
