@@ -230,13 +230,12 @@ def _phase_table(run: EngineRun, prompt, output, instance) -> pd.DataFrame:
 
 
 def _step_table(run: EngineRun) -> pd.DataFrame:
-    return pd.DataFrame(
-        {
-            "instance_id": run.step_instance,
-            "t_start": run.step_start,
-            "t_end": run.step_end,
-            "prefill_tokens": run.step_prefill_tokens,
-            "decode_tokens": run.step_decode_tokens,
-            "n_running": run.step_running,
-        }
+    fields = (
+        run.step_instance,
+        run.step_start,
+        run.step_end,
+        run.step_prefill_tokens,
+        run.step_decode_tokens,
+        run.step_running,
     )
+    return pd.DataFrame(dict(zip(STEP_COLUMNS, fields, strict=True)))
