@@ -1,19 +1,20 @@
 """Write the example traces under ``data/`` from a tiny step-level engine model.
 
-Each engine instance runs the busy loop of METHOD.md section 1: every step
-gives each running prefill one chunk of at most ``CHUNK`` uncached prompt
-tokens and each running decode one token, and lasts
-``beta0 + beta1 * prefill_tokens + beta2 * decode_tokens``. A request's last
-prefill step emits its first output token. The script records what a vLLM
-server's ``llm_request`` span and a benchmark client would see and writes:
+Each engine instance runs the package's engine loop (``sklearn_beta._engine``,
+vLLM V1 scheduling, no token budget): every step gives each running prefill
+one chunk of at most ``CHUNK`` uncached prompt tokens and each running decode
+one token, and lasts ``beta0 + beta1 * prefill_tokens + beta2 *
+decode_tokens``. A request's last prefill step emits its first output token.
+The script records what a vLLM server's ``llm_request`` span and a
+benchmark client would see and writes:
 
 * ``data/otel/spans.jsonl``: OTLP JSON lines, as an OpenTelemetry
   collector's file exporter writes them (three instances; cached prompt
   tokens reported on one of them only);
 * ``data/bench/results.json``: a serving benchmark's detailed result file.
 
-Run ``python data/make_examples.py`` from the repository root; the output is
-deterministic. The true betas are in ``TRUE_BETA`` (seconds).
+Run ``PYTHONPATH=. python data/make_examples.py`` from the repository root;
+the output is deterministic. The true betas are in ``TRUE_BETA`` (seconds).
 """
 
 from __future__ import annotations
@@ -23,6 +24,8 @@ import json
 from pathlib import Path
 
 import numpy as np
+
+from sklearn_beta._engine import run_engine
 
 TRUE_BETA = (4e-3, 3e-5, 2e-4)  # s/step, s/prefill token, s/decode token
 CHUNK = 256
@@ -41,42 +44,23 @@ def make_requests(rng, n, rate, cache_fraction):
 
 
 def simulate(arrival, prompt, cached, output):
-    """Step-level simulation of one instance; returns per-request timestamps."""
-    n = len(arrival)
-    todo = (prompt - cached).astype(int)
-    produced = np.zeros(n, dtype=int)
-    scheduled = np.full(n, np.nan)
-    first_token = np.full(n, np.nan)
-    finished = np.full(n, np.nan)
-    running: list[int] = []
-    next_req, t = 0, 0.0
-    while next_req < n or running:
-        if not running and next_req < n and arrival[next_req] > t:
-            t = arrival[next_req]
-        while next_req < n and arrival[next_req] <= t and len(running) < MAX_RUNNING:
-            running.append(next_req)
-            scheduled[next_req] = t
-            next_req += 1
-        chunks = {r: min(CHUNK, todo[r]) for r in running if todo[r] > 0}
-        decoding = [r for r in running if todo[r] == 0]
-        step = (
-            TRUE_BETA[0]
-            + TRUE_BETA[1] * sum(chunks.values())
-            + TRUE_BETA[2] * len(decoding)
-        )
-        t += step
-        for r, c in chunks.items():
-            todo[r] -= c
-            if todo[r] == 0:
-                first_token[r] = t
-                produced[r] = 1
-        for r in decoding:
-            produced[r] += 1
-        done = [r for r in running if todo[r] == 0 and produced[r] >= output[r]]
-        for r in done:
-            finished[r] = t
-            running.remove(r)
-    return scheduled, first_token, finished
+    """Step-level simulation of one instance; returns per-request timestamps.
+
+    The package's engine loop (the one of ``simulate_trace`` and the replay):
+    admission time, end of the last prefill step (which emits the first output
+    token, so ``output - 1`` decode steps follow) and end of the last step.
+    """
+    run = run_engine(
+        arrival,
+        prompt - cached,
+        output - 1,
+        np.zeros(len(arrival), dtype=np.int64),
+        beta=TRUE_BETA,
+        chunk_size=CHUNK,
+        token_budget=None,
+        max_num_seqs=MAX_RUNNING,
+    )
+    return run.admitted, run.prefill_end, run.decode_end
 
 
 def attr(key, value):
