@@ -140,7 +140,9 @@ prefill_tokens_col, decode_tokens_col, n_steps_col : str
     chunk_size = check_chunk_size(chunk_size)
     check_option(correction_mode, FIXED_CORRECTION_MODES, "correction_mode")
     check_non_negative(min_duration_sec, "min_duration_sec")
-    arrays = check_phases(phases, columns)
+    arrays = check_phases(
+        phases, columns, need_prefill_tokens=correction_mode != "none"
+    )
     arrays = with_time_resolution(arrays, chunk_size, time_resolution)
     timeline = timeline_from_arrays(arrays, chunk_size, token_budget)
     density = phase_step_density(timeline.n_steps, timeline.duration, min_duration_sec)

@@ -363,8 +363,11 @@ decode_tokens_col : str
             prefill_tokens=self.prefill_tokens_col,
             decode_tokens=self.decode_tokens_col,
             n_steps=self.n_steps_col,
-            instance=self.instance_col,
+            instance_id=self.instance_col,
         )
+
+    def _need_tokens(self) -> bool:
+        return self.correction_mode != "none"
 
     def fit(self, X, y=None):
         """Validate the phase table and remember its columns.
@@ -382,7 +385,7 @@ decode_tokens_col : str
             Fitted transformer.
         """
         self._validate_params()
-        check_phases(X, self._columns())
+        check_phases(X, self._columns(), need_prefill_tokens=self._need_tokens())
         self.feature_names_in_ = np.asarray(X.columns, dtype=object)
         self.n_features_in_ = len(self.feature_names_in_)
         return self
@@ -401,7 +404,9 @@ decode_tokens_col : str
             Columns :data:`EXPOSURE_COLUMNS`, indexed like ``X``.
         """
         check_is_fitted(self)
-        arrays = check_phases(X, self._columns())
+        arrays = check_phases(
+            X, self._columns(), need_prefill_tokens=self._need_tokens()
+        )
         table = exposure_table(
             arrays,
             check_chunk_size(self.chunk_size),

@@ -564,7 +564,9 @@ prefill_tokens_col, decode_tokens_col, n_steps_col, instance_col : str
         instance_col,
     )
     chunk_size = check_chunk_size(chunk_size)
-    arrays = check_phases(phases, columns)
+    modes = (prefill_correction_mode, init_via_baseline_correction)
+    need_prefill_tokens = any(mode != "none" for mode in modes)
+    arrays = check_phases(phases, columns, need_prefill_tokens=need_prefill_tokens)
     arrays = with_time_resolution(arrays, chunk_size, time_resolution)
     timeline = timeline_from_arrays(arrays, chunk_size, token_budget)
     density = phase_step_density(timeline.n_steps, timeline.duration, min_duration_sec)

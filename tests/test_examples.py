@@ -37,7 +37,7 @@ def test_run_reports_bad_input_in_one_line(tmp_path, capsys):
     bad.write_text("request_id,phase_type,t_start,t_end\nA,prefill,0,1\n")
     assert run.main(["--csv", str(bad)]) == 2
     err = capsys.readouterr().err
-    assert err.startswith("error: The phase table is missing column(s)")
+    assert err.startswith("error: Missing required columns: ")
 
 
 def test_run_default_trace_as_a_script():
