@@ -19,6 +19,7 @@ import numpy as np
 import pandas as pd
 from hypothesis import strategies as st
 from sklearn.pipeline import make_pipeline
+from trace_factory import random_phases
 
 from sklearn_beta import (
     BaselineBetaRegressor,
@@ -77,30 +78,6 @@ NASTY = [
     pd.Timedelta(1, "s"),
     b"bytes",
 ]
-
-
-def base_table(rng: np.random.Generator, n_requests: int) -> pd.DataFrame:
-    """A small valid trace with overlapping phases."""
-    start = np.round(rng.uniform(0, 5, n_requests), 3)
-    prefill_len = np.round(rng.uniform(0.01, 2, n_requests), 3) + 0.001
-    decode_len = np.round(rng.uniform(0.01, 4, n_requests), 3) + 0.001
-    ids = [f"r{i}" for i in range(n_requests)]
-    return pd.DataFrame(
-        {
-            "request_id": ids + ids,
-            "phase_type": ["prefill"] * n_requests + ["decode"] * n_requests,
-            "t_start": np.concatenate([start, start + prefill_len]),
-            "t_end": np.concatenate(
-                [start + prefill_len, start + prefill_len + decode_len]
-            ),
-            "prefill_tokens": np.concatenate(
-                [rng.integers(1, 300, n_requests), np.zeros(n_requests, int)]
-            ),
-            "decode_tokens": np.concatenate(
-                [np.zeros(n_requests, int), rng.integers(1, 40, n_requests)]
-            ),
-        }
-    )
 
 
 def _replace_column(frame, i, values):
@@ -232,7 +209,7 @@ def _mutate(frame, draw):
 @st.composite
 def malformed_tables(draw) -> pd.DataFrame:
     rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
-    frame = base_table(rng, draw(st.integers(1, 6)))
+    frame = random_phases(rng, draw(st.integers(1, 6)))
     for _ in range(draw(st.integers(0, 4))):
         frame = _mutate(frame, draw)
     return frame

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import load_golden, shared_path
+from conftest import data_path, load_golden
 
 from sklearn_beta import __version__
 from sklearn_beta.cli import main
@@ -28,7 +28,7 @@ def run(capsys, *argv):
 
 
 def test_json_output_reproduces_the_reference_iterative_fit(capsys):
-    smoke = shared_path("data", "smoke.csv")
+    smoke = data_path("smoke.csv")
     reference = ("--correction-mode", "beta_informed", "--objective", "duration")
     reference += ("--stopping", "absolute")
     code, out, err = run(
@@ -55,7 +55,7 @@ def test_json_output_reproduces_the_reference_iterative_fit(capsys):
 
 
 def test_baseline_uniform_matches_the_reference(capsys):
-    smoke = shared_path("data", "smoke.csv")
+    smoke = data_path("smoke.csv")
     code, out, _ = run(
         capsys,
         "fit",
@@ -106,7 +106,7 @@ def test_table_output_and_benchmark_format(capsys):
 
 
 def test_progress_only_on_a_terminal(capsys, monkeypatch):
-    smoke = shared_path("data", "smoke.csv")
+    smoke = data_path("smoke.csv")
     monkeypatch.setattr(sys.stderr, "isatty", lambda: True, raising=False)
     reference = ("--correction-mode", "beta_informed", "--objective", "duration")
     code, _, err = run(
@@ -145,7 +145,7 @@ def test_progress_only_on_a_terminal(capsys, monkeypatch):
     ],
 )
 def test_bad_input_is_one_line_on_stderr(capsys, tmp_path, argv, code, message):
-    smoke = shared_path("data", "smoke.csv")
+    smoke = data_path("smoke.csv")
     bad = tmp_path / "bad.csv"
     bad.write_text(smoke.read_text().replace("A,prefill,0.0,2.0", "A,prefill,3.0,2.0"))
     argv = [a.format(smoke=smoke, spans=SPANS, bad=bad) for a in argv]

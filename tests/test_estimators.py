@@ -7,6 +7,7 @@ import pickle
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import load_golden
 from sklearn.base import clone
 from sklearn.model_selection import GridSearchCV, KFold, cross_val_score
 from sklearn.pipeline import make_pipeline
@@ -197,7 +198,8 @@ def test_predict_and_score(published_sample):
         table[["n_steps", "prefill_exposure", "decode_exposure"]] @ model[-1].beta_
     )
     np.testing.assert_allclose(model.predict(published_sample), expected, rtol=1e-14)
-    assert model.score(published_sample) == pytest.approx(0.5681016420088418, rel=1e-9)
+    golden_r2 = load_golden("sample_c64.json")["baseline"]["end"]["r2"]
+    assert model.score(published_sample) == pytest.approx(golden_r2, rel=1e-9)
 
 
 # --- Transformer output ----------------------------------------------------

@@ -1,44 +1,27 @@
-"""Parity with the published implementation's outputs (../shared/golden)."""
+"""Parity with the published implementation's outputs (tests/data/golden)."""
 
 from __future__ import annotations
 
 import numpy as np
-import pandas as pd
 import pytest
-from conftest import load_golden, shared_path
+from conftest import golden_cases, load_golden, published_trace
 
 from sklearn_beta import estimate_betas_baseline, estimate_betas_iterative
 
-CASES = [("smoke", 64), ("sample", 64), ("sample", 32)]
+CASES = golden_cases()
 RTOL = 1e-9
 
 
 def _golden_cases(kind):
     for trace, chunk in CASES:
-        golden = load_golden(f"{trace}_c{chunk}.json") if _shared_ok() else None
-        if golden is None:
-            yield pytest.param(
-                trace,
-                chunk,
-                None,
-                None,
-                marks=pytest.mark.skip(reason="../shared/golden is absent"),
-            )
-            continue
-        for key, expected in golden[kind].items():
+        for key, expected in load_golden(f"{trace}_c{chunk}.json")[kind].items():
             yield pytest.param(
                 trace, chunk, key, expected, id=f"{trace}-c{chunk}-{key}"
             )
 
 
-def _shared_ok() -> bool:
-    from conftest import SHARED
-
-    return (SHARED / "golden").exists()
-
-
-def _phases(trace):
-    return pd.read_csv(shared_path("data", f"{trace}.csv"))
+def test_every_published_case_is_here():
+    assert CASES == [("sample", 32), ("sample", 64), ("smoke", 64)]
 
 
 def assert_betas_equal(actual, expected):
@@ -50,7 +33,7 @@ def assert_betas_equal(actual, expected):
 )
 def test_baseline_matches_golden(trace, chunk, mode, expected):
     result = estimate_betas_baseline(
-        _phases(trace), chunk_size=chunk, correction_mode=mode
+        published_trace(trace), chunk_size=chunk, correction_mode=mode
     )
     assert_betas_equal(result.beta, expected["beta"])
     diag = result.diagnostics
@@ -64,7 +47,7 @@ def test_baseline_matches_golden(trace, chunk, mode, expected):
 def test_iterative_matches_golden(trace, chunk, key, expected):
     mode, eta = key.split("/eta=")
     result = estimate_betas_iterative(
-        _phases(trace),
+        published_trace(trace),
         chunk_size=chunk,
         prefill_correction_mode=mode,
         damping_eta=float(eta),

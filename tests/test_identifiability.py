@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from sklearn.pipeline import make_pipeline
-from synthetic import synthetic_trace
+from trace_factory import synthetic_trace
 
 from sklearn_beta import (
     BaselineBetaRegressor,
