@@ -100,7 +100,12 @@ def test_empty_table(entry, phases):
 @public
 def test_custom_column_names(entry, phases):
     renamed = phases.rename(columns={"t_start": "start", "t_end": "end"})
-    entry(renamed, t_start_col="start", t_end_col="end")
+    result = entry(renamed, t_start_col="start", t_end_col="end")
+    expected = entry(phases)
+    if entry is transform:
+        pd.testing.assert_frame_equal(result, expected)
+    else:
+        np.testing.assert_array_equal(result.beta, expected.beta)
 
 
 # --- phase types ------------------------------------------------------------
