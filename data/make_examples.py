@@ -1,6 +1,6 @@
 """Write the example traces under ``data/`` from a tiny step-level engine model.
 
-Each engine instance runs the busy loop of METHOD.md section 1: every step
+Each engine instance runs the busy loop of docs/method.md section 1: every step
 gives each running prefill one chunk of at most ``CHUNK`` uncached prompt
 tokens and each running decode one token, and lasts
 ``beta0 + beta1 * prefill_tokens + beta2 * decode_tokens``. A request's last

@@ -1,6 +1,6 @@
 """Trace adapters: files in, the phase table out; betas out, simulator input.
 
-Every reader returns the phase table of METHOD.md section 2 (one row per
+Every reader returns the phase table of docs/method.md section 2 (one row per
 phase, columns ``request_id, phase_type, t_start, t_end, prefill_tokens,
 decode_tokens`` and, for the adapters, ``instance``), ready for
 :class:`~sklearn_beta.PhaseExposureTransformer` or the functional estimators.

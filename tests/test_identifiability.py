@@ -182,7 +182,7 @@ def test_published_traces_are_silent(fit, smoke_phases, published_sample):
 
 
 def test_zero_bound_is_reported(smoke_phases):
-    # METHOD.md 8: the uniform baseline on smoke.csv gives beta0 = 0.
+    # docs/method.md 9: the uniform baseline on tests/data/smoke.csv gives beta0 = 0.
     result = estimate_betas_baseline(
         smoke_phases, chunk_size=64, correction_mode="uniform"
     )

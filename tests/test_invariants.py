@@ -264,7 +264,7 @@ def test_exposures_are_non_negative(seed, n, chunk):
 def test_reference_end_correction_can_make_prefill_exposure_negative(
     published_sample,
 ):
-    # Reference quirk (METHOD.md 4): "end" takes mu back on the segment after
+    # Reference quirk (docs/method.md 4, 8): "end" takes mu back on the segment after
     # the prefill, which may belong to another phase only; that phase's
     # corrected prefill exposure goes negative. Kept for golden parity.
     timeline = timeline_of(published_sample, 64)
