@@ -8,13 +8,13 @@ a functional API that reproduces the published reference.
 
 from ._baseline import BaselineBetaRegressor, BaselineResult, estimate_betas_baseline
 from ._cleaning import CleaningReport, clean_phases
+from ._columns import PhaseColumns
 from ._exposure import EXPOSURE_COLUMNS, PhaseExposureTransformer
 from ._iterative import (
     IterativeBetaRegressor,
     IterativeResult,
     estimate_betas_iterative,
 )
-from ._validation import PhaseColumns
 
 __version__ = "0.1.0"
 

@@ -53,8 +53,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from ._columns import PHASE_COLUMNS
 from ._grid import snap_times
-from ._validation import PHASE_COLUMNS
 
 __all__ = [
     "BLIS_UNITS",
