@@ -136,6 +136,7 @@ def _mutate(frame, draw):
                 "index",
                 "multi_level_columns",
                 "add_N_steps",
+                "steps_instead_of_tokens",
             ]
         )
     )
@@ -201,9 +202,29 @@ def _mutate(frame, draw):
             "neg": list(range(-n, 0)),
         }
         return frame.set_axis(index[labels])
+    if what == "steps_instead_of_tokens" and _has_clean_tokens(frame):
+        # The published rule: with N_steps the token columns are optional.
+        steps = np.where(
+            frame["phase_type"] == "prefill",
+            np.ceil(frame["prefill_tokens"] / 64),
+            frame["decode_tokens"],
+        )
+        kept = draw(st.sampled_from([[], ["prefill_tokens"], ["decode_tokens"]]))
+        dropped = [c for c in ("prefill_tokens", "decode_tokens") if c not in kept]
+        return frame.assign(N_steps=steps).drop(columns=dropped)
     if what == "add_N_steps" and not isinstance(frame.columns, pd.MultiIndex):
         return frame.assign(N_steps=draw(st.sampled_from([1, 0, -1, 2.5, np.nan, "3"])))
     return frame
+
+
+def _has_clean_tokens(frame) -> bool:
+    names = ("phase_type", "prefill_tokens", "decode_tokens")
+    return (
+        not isinstance(frame.columns, pd.MultiIndex)
+        and not frame.columns.duplicated().any()
+        and all(name in frame.columns for name in names)
+        and all(pd.api.types.is_numeric_dtype(frame[c]) for c in names[1:])
+    )
 
 
 @st.composite

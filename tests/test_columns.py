@@ -223,3 +223,18 @@ def test_decode_only_trace_says_what_it_cannot_separate(decode_only):
         warnings.simplefilter("always")
         estimate_betas_baseline(decode_only, chunk_size=64)
     assert any(issubclass(w.category, IdentifiabilityWarning) for w in caught)
+
+
+def test_one_token_column_can_serve_both_phase_types(published_sample):
+    # Some exporters log one "tokens" column: P on prefill rows, D on decodes.
+    merged = published_sample.assign(
+        tokens=published_sample.prefill_tokens + published_sample.decode_tokens
+    ).drop(columns=TOKENS)
+    columns = {"prefill_tokens": "tokens", "decode_tokens": "tokens"}
+    arrays = check_phases(merged, columns)
+    expected = check_phases(published_sample, None)
+    np.testing.assert_array_equal(arrays.prefill_tokens, expected.prefill_tokens)
+    np.testing.assert_array_equal(arrays.decode_tokens, expected.decode_tokens)
+    merged.loc[3, "tokens"] = -2  # a decode row
+    with pytest.raises(ValueError, match=r"^decode_tokens contains negative values"):
+        check_phases(merged, columns)
