@@ -12,6 +12,7 @@ from sklearn.base import clone
 from sklearn.model_selection import GridSearchCV, KFold, cross_val_score
 from sklearn.pipeline import make_pipeline
 from sklearn.utils.estimator_checks import parametrize_with_checks
+from trace_factory import repeated_trace
 
 from sklearn_beta import (
     EXPOSURE_COLUMNS,
@@ -241,20 +242,8 @@ def test_transformer_does_not_modify_input(published_sample):
 # --- Model selection, clone, pickle ---------------------------------------
 
 
-def _repeated_trace(phases: pd.DataFrame, copies: int = 6, period: float = 12.0):
-    parts = [
-        phases.assign(
-            request_id=phases["request_id"].astype(str) + f"-{k}",
-            t_start=phases["t_start"] + period * k,
-            t_end=phases["t_end"] + period * k,
-        )
-        for k in range(copies)
-    ]
-    return pd.concat(parts, ignore_index=True)
-
-
 def test_grid_search_over_chunk_size_and_damping(published_sample):
-    phases = _repeated_trace(published_sample)
+    phases = repeated_trace(published_sample)
     # The reference objective: the toy sample is no engine trace, and the
     # step-count objective (the default) prefers C=32 on it.
     search = GridSearchCV(
@@ -271,7 +260,7 @@ def test_grid_search_over_chunk_size_and_damping(published_sample):
 
 
 def test_cross_val_score_without_y(published_sample):
-    phases = _repeated_trace(published_sample)
+    phases = repeated_trace(published_sample)
     scores = cross_val_score(_pipeline(BaselineBetaRegressor()), phases, cv=KFold(3))
     # Every block is a copy of the same 8 phases: the folds agree exactly.
     np.testing.assert_allclose(scores, scores[0], rtol=1e-12)

@@ -17,6 +17,10 @@ Which factory for which test:
   starting point of the fuzzing strategies.
 * :func:`tiny_trace` -- the four-request trace of the smoke examples,
   rebuilt from the simulator call ``examples/_tiny_trace.py`` cites.
+* :func:`repeated_trace` -- copies of a trace laid end to end.
+* :func:`sequential_trace`, :func:`prefills_only`, :func:`decodes_only`,
+  :func:`constant_decode_pressure` -- typed-in degenerate shapes that
+  cannot separate some betas, built with :func:`rows_table`.
 
 The published traces and golden figures are files (``tests/data``), read
 through :mod:`conftest`.
@@ -27,6 +31,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from sklearn_beta._columns import PHASE_COLUMNS
 from sklearn_beta.datasets import simulate_trace
 
 #: Time quantum of :func:`synthetic_trace` with ``quantum=GRID``: a shift by
@@ -195,6 +200,69 @@ def random_phases(rng: np.random.Generator, n_requests: int) -> pd.DataFrame:
     return phase_table(
         ids, start, prefill_end, prefill_end + decode_len, prompt, output
     )
+
+
+def repeated_trace(
+    phases: pd.DataFrame, copies: int = 6, period: float = 12.0
+) -> pd.DataFrame:
+    """``copies`` copies of a trace, each ``period`` seconds after the last,
+    with request ids made unique: a longer trace for cross-validation."""
+    parts = [
+        phases.assign(
+            request_id=phases["request_id"].astype(str) + f"-{k}",
+            t_start=phases["t_start"] + period * k,
+            t_end=phases["t_end"] + period * k,
+        )
+        for k in range(copies)
+    ]
+    return pd.concat(parts, ignore_index=True)
+
+
+# --- Degenerate shapes: traces that cannot separate some betas ---------------
+
+
+def rows_table(rows) -> pd.DataFrame:
+    """A phase table typed in as ``(request_id, phase_type, t_start, t_end,
+    prefill_tokens, decode_tokens)`` tuples."""
+    return pd.DataFrame(list(rows), columns=list(PHASE_COLUMNS))
+
+
+def sequential_trace(n=6):
+    """Requests one after the other: no two phases ever overlap."""
+    rows = []
+    for i in range(n):
+        t = 10.0 * i
+        rows.append((f"r{i}", "prefill", t, t + 1 + 0.1 * i, 50 + 37 * i, 0))
+        rows.append((f"r{i}", "decode", t + 2, t + 5 + i, 0, 10 + 3 * i))
+    return rows_table(rows)
+
+
+def prefills_only():
+    return rows_table(
+        [
+            (f"r{i}", "prefill", 0.7 * i, 0.7 * i + 1 + 0.3 * i, 40 + 50 * i, 0)
+            for i in range(6)
+        ]
+    )
+
+
+def decodes_only():
+    return rows_table(
+        [
+            (f"r{i}", "decode", 0.7 * i, 0.7 * i + 2 + 0.5 * i, 0, 5 + 4 * i)
+            for i in range(6)
+        ]
+    )
+
+
+def constant_decode_pressure():
+    """One decode runs through the whole trace; overlapping prefills inside it."""
+    rows = [("long", "decode", 0.0, 20.0, 0, 400)]
+    rows += [
+        (f"r{i}", "prefill", 1.0 + 2.5 * i, 4.0 + 2.7 * i, 40 + 60 * i, 0)
+        for i in range(6)
+    ]
+    return rows_table(rows)
 
 
 #: The simulator call ``examples/_tiny_trace.py`` was written down from.
