@@ -13,6 +13,7 @@ import re
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import column_kwargs
 from sklearn.pipeline import make_pipeline
 
 from sklearn_beta import (
@@ -100,7 +101,7 @@ def test_empty_table(entry, phases):
 @public
 def test_custom_column_names(entry, phases):
     renamed = phases.rename(columns={"t_start": "start", "t_end": "end"})
-    result = entry(renamed, t_start_col="start", t_end_col="end")
+    result = entry(renamed, **column_kwargs(t_start="start", t_end="end"))
     expected = entry(phases)
     if entry is transform:
         pd.testing.assert_frame_equal(result, expected)
@@ -319,7 +320,11 @@ def test_decode_starting_before_its_prefill_ends_is_accepted(phases):
 def test_missing_instance(entry, phases):
     frame = phases.assign(gpu=["a", "a", "b", "b", "a", "a", None, None])
     assert_rejects(
-        lambda f: entry(f, instance_col="gpu"), frame, ValueError, "'gpu'", "row 6"
+        lambda f: entry(f, **column_kwargs(instance_id="gpu")),
+        frame,
+        ValueError,
+        "'gpu'",
+        "row 6",
     )
 
 
@@ -344,8 +349,8 @@ def test_instances_are_shifted_separately(phases):
         ]
     )
     np.testing.assert_allclose(
-        baseline(two, instance_col="gpu").beta,
-        baseline(overlaid, instance_col="gpu").beta,
+        baseline(two, **column_kwargs(instance_id="gpu")).beta,
+        baseline(overlaid, **column_kwargs(instance_id="gpu")).beta,
         rtol=1e-6,
     )
 
@@ -401,7 +406,11 @@ def test_the_published_phrases_name_the_renamed_column(entry, phases):
     frame = _with_steps(phases).rename(columns={"N_steps": "steps"})
     frame.loc[5, "steps"] = 1.5
     message = assert_rejects(
-        lambda f: entry(f, n_steps_col="steps"), frame, ValueError, "'steps'", "row 5"
+        lambda f: entry(f, **column_kwargs(n_steps="steps")),
+        frame,
+        ValueError,
+        "'steps'",
+        "row 5",
     )
     assert message.startswith("N_steps must be integer-valued")
 
