@@ -3,16 +3,13 @@
 Everything below the public layer works on the plain arrays of
 :class:`PhaseArrays`; DataFrames never travel further than this module.
 
-Two entry points share one set of row checks:
-
-* :func:`check_phases` raises on the first kind of bad row it finds, with a
-  one-paragraph message naming the column and showing the first offending
-  rows (the published implementation's behaviour, extended);
-* :func:`clean_phases` drops the bad rows instead and says how many it
-  dropped and why, for traces damaged by real-world logging.
-
-Problems that dropping rows cannot fix (a missing column, a boolean or
-datetime column, an empty table) raise in both.
+:func:`check_phases` raises on the first kind of bad row it finds, with a
+one-paragraph message that starts with the published implementation's phrase
+and goes on to name the column and show the first offending rows.
+:func:`sklearn_beta._cleaning.clean_phases` runs the same column and row
+checks (:func:`phase_layout`, :func:`row_problems`) and drops the bad rows
+instead. Problems that dropping rows cannot fix (a missing column, a boolean
+or datetime column, an empty table) raise in both.
 """
 
 from __future__ import annotations
@@ -176,6 +173,7 @@ def phase_layout(phases, columns: PhaseColumns, need_prefill_tokens: bool) -> _L
     for name, default in OPTIONAL_COLUMNS.items():  # named on purpose: must be there
         needed[name] = names[name] not in (None, default)
     missing = [v for k, v in names.items() if needed.get(k, True) and k not in present]
+    missing = list(dict.fromkeys(missing))  # one column may serve two fields
     if missing:
         raise ValueError(
             f"Missing required columns: {missing}. The phase table has "
