@@ -213,8 +213,9 @@ def test_transformer_output_table(published_sample):
     assert list(transformer.get_feature_names_out()) == list(EXPOSURE_COLUMNS)
     pd.testing.assert_index_equal(table.index, published_sample.index)
     # Published sample at C=64, "end" mode: golden mean exposures.
-    assert table["prefill_exposure"].mean() == pytest.approx(138.08333333333331)
-    assert table["decode_exposure"].mean() == pytest.approx(5.1225000000000005)
+    golden = load_golden("sample_c64.json")["baseline"]["end"]
+    assert table["prefill_exposure"].mean() == pytest.approx(golden["mean_A_pf_tokens"])
+    assert table["decode_exposure"].mean() == pytest.approx(golden["mean_A_dec_tokens"])
     np.testing.assert_array_equal(
         table["n_steps"], [2, 5, 1, 3, 3, 5, 1, 3]
     )  # ceil(P/64) and D
