@@ -66,7 +66,7 @@ def main(argv=None) -> int:
     scenario = SCENARIOS[args.scenario]
     trace = simulate(scenario, args.n_requests, args.seed)
     beta = np.asarray(scenario.beta)
-    columns = PhaseColumns(instance=trace.instance_col)
+    columns = PhaseColumns(instance_id=trace.instance_col)
     timeline = timeline_from_arrays(
         check_phases(trace.phases, columns), scenario.chunk_size, scenario.token_budget
     )

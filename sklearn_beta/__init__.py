@@ -7,13 +7,14 @@ a functional API that reproduces the published reference.
 """
 
 from ._baseline import BaselineBetaRegressor, BaselineResult, estimate_betas_baseline
+from ._cleaning import CleaningReport, clean_phases
+from ._columns import PhaseColumns
 from ._exposure import EXPOSURE_COLUMNS, PhaseExposureTransformer
 from ._iterative import (
     IterativeBetaRegressor,
     IterativeResult,
     estimate_betas_iterative,
 )
-from ._validation import CleaningReport, clean_phases
 
 __version__ = "0.1.0"
 
@@ -24,6 +25,7 @@ __all__ = [
     "CleaningReport",
     "IterativeBetaRegressor",
     "IterativeResult",
+    "PhaseColumns",
     "PhaseExposureTransformer",
     "clean_phases",
     "estimate_betas_baseline",

@@ -1,4 +1,4 @@
-"""The baseline estimator: time-integrated exposures + NNLS (METHOD.md section 5)."""
+"""The baseline estimator: time-integrated exposures + NNLS (docs/method.md 5)."""
 
 from __future__ import annotations
 
@@ -91,7 +91,7 @@ def estimate_betas_baseline(
     chunk_size : int
         Prefill chunk size ``C`` in tokens.
     correction_mode : {"end", "end_inside", "uniform", "none"}, default="end"
-        Placement of the last prefill chunk's missing tokens (METHOD.md 4).
+        Placement of the last prefill chunk's missing tokens (docs/method.md 4).
     min_duration_sec : float, default=0.0
         Floor on the duration in the phase-local step density.
     token_budget : int or None, default=None
@@ -140,7 +140,9 @@ prefill_tokens_col, decode_tokens_col, n_steps_col : str
     chunk_size = check_chunk_size(chunk_size)
     check_option(correction_mode, FIXED_CORRECTION_MODES, "correction_mode")
     check_non_negative(min_duration_sec, "min_duration_sec")
-    arrays = check_phases(phases, columns)
+    arrays = check_phases(
+        phases, columns, need_prefill_tokens=correction_mode != "none"
+    )
     arrays = with_time_resolution(arrays, chunk_size, time_resolution)
     timeline = timeline_from_arrays(arrays, chunk_size, token_budget)
     density = phase_step_density(timeline.n_steps, timeline.duration, min_duration_sec)
@@ -164,7 +166,7 @@ class BaselineBetaRegressor(BaseBetaRegressor):
 
     Fits ``l_i ~ beta0 * N_i + beta1 * A_pf_i + beta2 * A_dec_i`` with all
     betas non-negative and no intercept, on the exposure table made by
-    :class:`PhaseExposureTransformer` (METHOD.md section 5). Fast and
+    :class:`PhaseExposureTransformer` (docs/method.md section 5). Fast and
     reference-exact, but biased wherever the step density inside a phase is
     far from uniform (heavy load, large chunks); prefer
     :class:`IterativeBetaRegressor` there.
@@ -200,7 +202,7 @@ class BaselineBetaRegressor(BaseBetaRegressor):
     References
     ----------
     The baseline estimator of the published trace-only calibration of
-    vLLM-style step times; see METHOD.md, section 5.
+    vLLM-style step times; see docs/method.md, section 5.
 
     Examples
     --------

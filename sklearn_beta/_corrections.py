@@ -1,4 +1,4 @@
-"""Prefill chunking: step counts and the partial-chunk corrections (METHOD.md 2, 4, 6).
+"""Prefill chunking: step counts and partial-chunk corrections (docs/method.md 2, 4, 6).
 
 A prefill of ``P`` tokens runs ``N = ceil(P / C)`` steps, the last of which
 processes only ``rho = P - C (N - 1)`` tokens. The full-chunk pressure counts
@@ -27,12 +27,13 @@ def step_counts(
     """Steps per phase: ``ceil(P / C)`` for a prefill, ``D`` for a decode.
 
     An observed ``n_steps`` (the optional ``N_steps`` column) is authoritative.
+    A token array is ``None`` only where validation found it not needed.
     """
     if n_steps is not None:
         return np.asarray(n_steps, dtype=np.float64)
-    return np.where(
-        is_prefill, np.ceil(prefill_tokens / chunk_size), decode_tokens
-    ).astype(np.float64)
+    prefill = 0.0 if prefill_tokens is None else np.ceil(prefill_tokens / chunk_size)
+    decode = 0.0 if decode_tokens is None else decode_tokens
+    return np.where(is_prefill, prefill, decode).astype(np.float64)
 
 
 def missing_prefill_mass(
@@ -41,7 +42,13 @@ def missing_prefill_mass(
     n_steps: np.ndarray,
     chunk_size: int,
 ) -> np.ndarray:
-    """Tokens ``mu = C - rho`` the last prefill step lacks (0 on decode rows)."""
+    """Tokens ``mu = C - rho`` the last prefill step lacks (0 on decode rows).
+
+    Without prefill token counts (``None``: an ``N_steps`` trace fitted with no
+    partial-chunk correction) nothing is known to be missing: ``mu = 0``.
+    """
+    if prefill_tokens is None:
+        return np.zeros(is_prefill.shape[0])
     rho = np.clip(prefill_tokens - chunk_size * (n_steps - 1.0), 0.0, chunk_size)
     mu = np.clip(chunk_size - rho, 0.0, chunk_size)
     return np.where(is_prefill, mu, 0.0)
@@ -102,7 +109,7 @@ def last_step_start(
     end: np.ndarray,
     n_steps: np.ndarray,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Where each prefill's last step begins under a step density (METHOD 6.2.2).
+    """Where each prefill's last step begins under a step density (docs/method.md 6.2).
 
     The last step starts where the cumulative step count from ``t_rs`` reaches
     ``L - L/N``. Returns the segment holding that time and the time itself.

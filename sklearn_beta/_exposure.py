@@ -1,4 +1,4 @@
-"""Time-integrated exposures (METHOD.md section 5) and the exposure transformer."""
+"""Time-integrated exposures (docs/method.md section 5) and the exposure transformer."""
 
 from __future__ import annotations
 
@@ -69,7 +69,7 @@ def baseline_exposures(
 
 
 def phase_step_counts(arrays: PhaseArrays, chunk_size: int) -> np.ndarray:
-    """``N_i`` of every phase of a validated trace (METHOD.md section 2)."""
+    """``N_i`` of every phase of a validated trace (docs/method.md section 2)."""
     return step_counts(
         arrays.is_prefill,
         arrays.prefill_tokens,
@@ -233,7 +233,7 @@ class PhaseExposureTransformer(TransformerMixin, BaseEstimator):
     Builds the trace grid of the phases it is given, the full-chunk prefill
     pressure ``C * #prefills active`` and the decode pressure ``#decodes
     active``, and integrates them over each phase window weighted by the
-    phase-local step density ``N_i / l_i`` (METHOD.md section 5). The output
+    phase-local step density ``N_i / l_i`` (docs/method.md section 5). The output
     has one row per phase: the baseline design ``[N_i, A_pf_i, A_dec_i]``
     followed by what the iterative estimator needs to re-weight the trace.
 
@@ -248,7 +248,7 @@ class PhaseExposureTransformer(TransformerMixin, BaseEstimator):
         Prefill chunk size ``C`` in tokens.
     correction_mode : {"end", "end_inside", "uniform", "none"}, default="end"
         Where the last prefill chunk's missing tokens are taken back
-        (METHOD.md section 4). ``"end"`` is the reference's placement.
+        (docs/method.md section 4). ``"end"`` is the reference's placement.
     min_duration : float, default=0.0
         Floor ``l_min`` on the duration in the step density ``N_i/max(l_i, l_min)``.
     token_budget : int or None, default=None
@@ -363,8 +363,11 @@ decode_tokens_col : str
             prefill_tokens=self.prefill_tokens_col,
             decode_tokens=self.decode_tokens_col,
             n_steps=self.n_steps_col,
-            instance=self.instance_col,
+            instance_id=self.instance_col,
         )
+
+    def _need_tokens(self) -> bool:
+        return self.correction_mode != "none"
 
     def fit(self, X, y=None):
         """Validate the phase table and remember its columns.
@@ -382,7 +385,7 @@ decode_tokens_col : str
             Fitted transformer.
         """
         self._validate_params()
-        check_phases(X, self._columns())
+        check_phases(X, self._columns(), need_prefill_tokens=self._need_tokens())
         self.feature_names_in_ = np.asarray(X.columns, dtype=object)
         self.n_features_in_ = len(self.feature_names_in_)
         return self
@@ -401,7 +404,9 @@ decode_tokens_col : str
             Columns :data:`EXPOSURE_COLUMNS`, indexed like ``X``.
         """
         check_is_fitted(self)
-        arrays = check_phases(X, self._columns())
+        arrays = check_phases(
+            X, self._columns(), need_prefill_tokens=self._need_tokens()
+        )
         table = exposure_table(
             arrays,
             check_chunk_size(self.chunk_size),

@@ -1,4 +1,4 @@
-"""The iterative estimator: step-density re-weighted, MM-style NNLS (METHOD.md 6)."""
+"""The iterative estimator: step-density re-weighted, MM-style NNLS (docs/method.md)."""
 
 from __future__ import annotations
 
@@ -72,7 +72,7 @@ class IterativeResult:
 def step_density(beta: np.ndarray, p_eff: np.ndarray, p_dec: np.ndarray) -> np.ndarray:
     """Steps per second on each segment: ``1 / max(b0 + b1 p_eff + b2 p_dec, 1e-12)``.
 
-    This is ``step_density`` of METHOD.md 6.2.1, the inverse step time.
+    This is ``lam`` of docs/method.md section 6, step 1, the inverse step time.
     """
     step_time = beta[0] + beta[1] * p_eff + beta[2] * p_dec
     return 1.0 / np.maximum(step_time, MIN_STEP_TIME)
@@ -98,7 +98,7 @@ def effective_prefill_pressure(
 def step_averaged_design(
     timeline: Timeline, density: np.ndarray, p_eff: np.ndarray
 ) -> np.ndarray:
-    """The design ``[N_i, N_i * pbar_pf_i, N_i * pbar_dec_i]`` (METHOD 6.2.4).
+    """The design ``[N_i, N_i * pbar_pf_i, N_i * pbar_dec_i]`` (docs/method.md 6.4).
 
     ``pbar`` are pressures averaged over the steps taken inside the phase,
     ``int_i p * lam / int_i lam``, and 0 where the phase holds no steps.
@@ -141,7 +141,7 @@ def reweighted_design(
     """One re-weighting pass: step density from ``beta`` and the previous
     ``p_eff``, then the correction, the new ``p_eff`` and the design.
 
-    Returns the design and the new ``p_eff``. The lag is deliberate (METHOD 6):
+    Returns the design and the new ``p_eff``. The lag is deliberate (docs/method.md 6):
     the density of pass m uses ``p_eff`` of pass m-1.
     """
     density = step_density(beta, p_eff, timeline.p_dec)
@@ -201,7 +201,7 @@ def iterate_betas(
     sample_weight: np.ndarray | None = None,
     callback: Callable[[dict], None] | None = None,
 ) -> tuple[np.ndarray, bool, int, np.ndarray, list[dict]]:
-    """Run the fixed-point iteration of METHOD.md section 6.
+    """Run the fixed-point iteration of docs/method.md section 6.
 
     Returns ``(beta, converged, n_iter, design, history)`` where ``design`` is
     the last iteration's design and ``history`` one record per iteration,
@@ -328,7 +328,7 @@ def _count_state(timeline, beta, mode, fixed, weight) -> _CountState:
     )
     steps = sums[:, 0]
     residual = steps - timeline.n_steps
-    # The design of METHOD 6.2.4, N_i times the pressures averaged over the
+    # The design of docs/method.md 6 step 4, N_i times the pressures averaged over the
     # steps: its prediction is l_i N_i / Lambda_i, the phase's duration had
     # it held N_i steps of the lengths the betas give there.
     per_step = np.divide(
@@ -409,8 +409,8 @@ def fit_step_counts(
     the objective). Returns ``(beta, converged, n_iter, design, history)``
     like :func:`iterate_betas`; ``design`` is ``[N_i, N_i pbar_pf_i,
     N_i pbar_dec_i]`` at the final betas, with the pressures averaged over
-    the phase's steps as in METHOD.md 6.2.4, and the history's r2 and rmse
-    score the durations it predicts, ``design @ beta``.
+    the phase's steps as in docs/method.md section 6, step 4, and the
+    history's r2 and rmse score the durations it predicts, ``design @ beta``.
     """
     fixed = static_correction_mass(
         correction_mode, timeline.trace_grid, timeline.is_prefill, timeline.mu
@@ -564,7 +564,9 @@ prefill_tokens_col, decode_tokens_col, n_steps_col, instance_col : str
         instance_col,
     )
     chunk_size = check_chunk_size(chunk_size)
-    arrays = check_phases(phases, columns)
+    modes = (prefill_correction_mode, init_via_baseline_correction)
+    need_prefill_tokens = any(mode != "none" for mode in modes)
+    arrays = check_phases(phases, columns, need_prefill_tokens=need_prefill_tokens)
     arrays = with_time_resolution(arrays, chunk_size, time_resolution)
     timeline = timeline_from_arrays(arrays, chunk_size, token_budget)
     density = phase_step_density(timeline.n_steps, timeline.duration, min_duration_sec)
@@ -655,7 +657,7 @@ class IterativeBetaRegressor(BaseBetaRegressor):
     oscillates under heavy load.
 
     ``objective="duration"`` is the reference's fixed-point iteration
-    (METHOD.md section 6): from the baseline betas, compute ``lam`` from the
+    (docs/method.md section 6): from the baseline betas, compute ``lam`` from the
     previous iteration's ``p_eff``, place each prefill's missing last-chunk
     tokens, average the pressures over the steps inside every phase and refit
     the durations by NNLS on ``[N_i, N_i pbar_pf_i, N_i pbar_dec_i]``.
@@ -753,7 +755,7 @@ class IterativeBetaRegressor(BaseBetaRegressor):
     References
     ----------
     The iterative estimator of the published trace-only calibration of
-    vLLM-style step times; see METHOD.md, section 6.
+    vLLM-style step times; see docs/method.md, section 6.
 
     Examples
     --------

@@ -3,25 +3,24 @@
 Everything below the public layer works on the plain arrays of
 :class:`PhaseArrays`; DataFrames never travel further than this module.
 
-Two entry points share one set of row checks:
-
-* :func:`check_phases` raises on the first kind of bad row it finds, with a
-  one-paragraph message naming the column and showing the first offending
-  rows (the published implementation's behaviour, extended);
-* :func:`clean_phases` drops the bad rows instead and says how many it
-  dropped and why, for traces damaged by real-world logging.
-
-Problems that dropping rows cannot fix (a missing column, a boolean or
-datetime column, an empty table) raise in both.
+:func:`check_phases` raises on the first kind of bad row it finds, with a
+one-paragraph message that starts with the published implementation's phrase
+and goes on to name the column and show the first offending rows.
+:func:`sklearn_beta._cleaning.clean_phases` runs the same column and row
+checks (:func:`phase_layout`, :func:`row_problems`) and drops the bad rows
+instead. Problems that dropping rows cannot fix (a missing column, a boolean
+or datetime column, an empty table) raise in both.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, fields
 from numbers import Integral, Real
 
 import numpy as np
 import pandas as pd
+
+from ._columns import OPTIONAL_COLUMNS, PhaseArrays, PhaseColumns
 
 PHASE_TYPES = ("prefill", "decode")
 _STEP_TOL = 1e-6
@@ -34,67 +33,10 @@ _CLEAN_HINT = (
 )
 
 
-#: The reference schema's column names, in order (METHOD.md section 2).
-PHASE_COLUMNS = (
-    "request_id",
-    "phase_type",
-    "t_start",
-    "t_end",
-    "prefill_tokens",
-    "decode_tokens",
-)
-
-
-@dataclass(frozen=True)
-class PhaseColumns:
-    """Names of the phase-table columns (METHOD.md section 2)."""
-
-    request_id: str = "request_id"
-    phase_type: str = "phase_type"
-    t_start: str = "t_start"
-    t_end: str = "t_end"
-    prefill_tokens: str = "prefill_tokens"
-    decode_tokens: str = "decode_tokens"
-    n_steps: str | None = "N_steps"
-    instance: str | None = None
-
-    def required(self) -> list[str]:
-        return [
-            self.request_id,
-            self.phase_type,
-            self.t_start,
-            self.t_end,
-            self.prefill_tokens,
-            self.decode_tokens,
-        ]
-
-
-@dataclass(frozen=True)
-class PhaseArrays:
-    """The phase table as validated, aligned 1-D arrays (one entry per phase).
-
-    ``t_start`` and ``t_end`` are already shifted so that each instance's
-    earliest time is 0: differences of epoch timestamps (~1.7e9 s) would
-    otherwise lose about seven significant digits.
-    """
-
-    request: np.ndarray  # int codes of request_id
-    is_prefill: np.ndarray  # bool
-    t_start: np.ndarray  # float64, per-instance shifted
-    t_end: np.ndarray  # float64, per-instance shifted
-    prefill_tokens: np.ndarray  # float64, 0 on decode rows
-    decode_tokens: np.ndarray  # float64, 0 on prefill rows
-    n_steps: np.ndarray | None  # float64 (integer valued) or None
-    instance: np.ndarray  # int codes, 0 when the trace has one instance
-    time_origin: np.ndarray  # float64, the shift applied, one per instance code
-
-    @property
-    def n_phases(self) -> int:
-        return self.t_start.shape[0]
-
-    @property
-    def duration(self) -> np.ndarray:
-        return self.t_end - self.t_start
+#: How the published messages name each column: the schema's spelling.
+_SCHEMA_NAME = {"n_steps": "N_steps"}
+_NUMERIC = ("t_start", "t_end", "prefill_tokens", "decode_tokens", "n_steps")
+_COUNTS = ("prefill_tokens", "decode_tokens", "n_steps")
 
 
 # --------------------------------------------------------------------------
@@ -109,9 +51,12 @@ def check_chunk_size(chunk_size) -> int:
             f"chunk_size must be a positive integer, got {chunk_size!r} "
             f"of type {type(chunk_size).__name__}."
         )
-    if isinstance(chunk_size, float) and not chunk_size.is_integer():
-        raise ValueError(f"chunk_size must be a positive integer, got {chunk_size!r}.")
     if chunk_size < 1:
+        raise ValueError(
+            f"chunk_size must be positive, got {chunk_size!r}: it is the prefill "
+            "chunk size in tokens, a positive integer."
+        )
+    if isinstance(chunk_size, float) and not chunk_size.is_integer():
         raise ValueError(f"chunk_size must be a positive integer, got {chunk_size!r}.")
     return int(chunk_size)
 
@@ -169,7 +114,28 @@ def describe_rows(frame: pd.DataFrame, mask: np.ndarray, columns: list[str]) -> 
 # --------------------------------------------------------------------------
 
 
-def _check_frame(phases, columns: PhaseColumns) -> list[str]:
+@dataclass(frozen=True)
+class _Layout:
+    """Which schema columns the frame has and the method uses."""
+
+    used: dict  # schema name -> frame column, for the columns read
+    is_prefill: np.ndarray
+    is_decode: np.ndarray
+
+    @property
+    def context(self) -> list:
+        """Columns shown next to an offending row."""
+        return list(dict.fromkeys(self.used.values()))
+
+
+def phase_layout(phases, columns: PhaseColumns, need_prefill_tokens: bool) -> _Layout:
+    """Column-level checks; the columns to read, and each row's phase type.
+
+    The published rule on step counts: with an ``N_steps`` column they come
+    from it, so ``decode_tokens`` is not needed and ``prefill_tokens`` only
+    for the partial-chunk correction of prefill rows. A token column is
+    needed only if the table has rows of its phase type.
+    """
     if not isinstance(phases, pd.DataFrame):
         raise TypeError(
             "phases must be a pandas DataFrame with one row per phase, "
@@ -181,40 +147,46 @@ def _check_frame(phases, columns: PhaseColumns) -> list[str]:
             "name per column first, e.g. df.columns = "
             "df.columns.get_level_values(-1)."
         )
-    required = columns.required()
-    if columns.instance is not None:
-        required = required + [columns.instance]
-    try:
-        missing = [c for c in required if c not in phases.columns]
-    except TypeError as exc:  # an unhashable column name
-        raise TypeError(f"Column names must be hashable: {exc}.") from None
-    if missing:
-        raise ValueError(
-            f"The phase table is missing column(s) {missing}; it has "
-            f"{list(phases.columns)[:20]}. Rename the columns or pass the "
-            "*_col parameters naming them."
-        )
-    wanted = required + ([columns.n_steps] if columns.n_steps in phases.columns else [])
+    if len(phases) == 0:
+        raise ValueError("No phase rows: the phase table is empty, nothing to fit.")
+    names = {item.name: getattr(columns, item.name) for item in fields(columns)}
+    present = {k: v for k, v in names.items() if v is not None and v in phases.columns}
     duplicated = sorted(
-        {str(c) for c in wanted if np.count_nonzero(phases.columns == c) > 1}
+        {str(c) for c in present.values() if np.count_nonzero(phases.columns == c) > 1}
     )
     if duplicated:
         raise ValueError(
             f"The phase table has several columns named {duplicated}; "
             "each column name must appear once."
         )
-    if len(phases) == 0:
-        raise ValueError("The phase table is empty: there is nothing to fit.")
-    return list(dict.fromkeys(wanted))
+    if "phase_type" in present:
+        is_prefill, is_decode = _phase_kinds(phases[columns.phase_type])
+        has_prefill, has_decode = is_prefill.any(), is_decode.any()
+    else:
+        is_prefill = is_decode = np.zeros(len(phases), dtype=bool)
+        has_prefill = has_decode = True
+    has_n_steps = "n_steps" in present
+    needed = {
+        "prefill_tokens": has_prefill and (need_prefill_tokens or not has_n_steps),
+        "decode_tokens": has_decode and not has_n_steps,
+    }
+    for name, default in OPTIONAL_COLUMNS.items():  # named on purpose: must be there
+        needed[name] = names[name] not in (None, default)
+    missing = [v for k, v in names.items() if needed.get(k, True) and k not in present]
+    missing = list(dict.fromkeys(missing))  # one column may serve two fields
+    if missing:
+        raise ValueError(
+            f"Missing required columns: {missing}. The phase table has "
+            f"{list(phases.columns)[:20]}; rename its columns or name them with "
+            "columns={schema name: column name}."
+        )
+    return _Layout(present, is_prefill, is_decode)
 
 
-def _check_column_types(frame: pd.DataFrame, columns: PhaseColumns) -> None:
-    numeric = [columns.t_start, columns.t_end, columns.prefill_tokens]
-    numeric += [columns.decode_tokens]
-    if columns.n_steps is not None and columns.n_steps in frame.columns:
-        numeric.append(columns.n_steps)
-    for name in numeric:
-        _check_column_type(frame, name)
+def check_column_types(frame: pd.DataFrame, layout: _Layout) -> None:
+    for name in _NUMERIC:
+        if name in layout.used:
+            _check_column_type(frame, layout.used[name])
 
 
 def _check_column_type(frame: pd.DataFrame, name: str) -> None:
@@ -302,20 +274,22 @@ def numeric_column(frame: pd.DataFrame, name: str, context: list[str]) -> np.nda
     return values
 
 
-def _row_problems(frame: pd.DataFrame, columns: PhaseColumns):
+def row_problems(frame: pd.DataFrame, layout: _Layout):
     """Check every row; return the problems found and the parsed values.
 
     Values of a token column on rows of the other phase type are not used by
-    the method, so they are neither checked nor kept (set to 0).
+    the method, so they are neither checked nor kept (set to 0). Each message
+    starts with the published implementation's phrase, which scripts match.
     """
     problems: list[_RowProblem] = []
+    used = layout.used
 
     def add(reason, error, message, mask):
         mask = np.asarray(mask, dtype=bool)
         if mask.any():
             problems.append(_RowProblem(reason, error, message, mask))
 
-    rid = columns.request_id
+    rid = used["request_id"]
     add(
         "missing_request_id",
         ValueError,
@@ -324,25 +298,26 @@ def _row_problems(frame: pd.DataFrame, columns: PhaseColumns):
     )
     # Case and surrounding whitespace are forgiven ("Prefill ", "DECODE"):
     # exporters differ, the meaning does not.
-    is_prefill, is_decode = _phase_kinds(frame[columns.phase_type])
     add(
         "unknown_phase_type",
         ValueError,
-        f"Column {columns.phase_type!r} must be 'prefill' or 'decode' "
-        "(case and surrounding spaces are ignored).",
-        ~(is_prefill | is_decode),
+        f"phase_type must be one of {list(PHASE_TYPES)} (column "
+        f"{used['phase_type']!r}; case and surrounding spaces are ignored).",
+        ~(layout.is_prefill | layout.is_decode),
     )
-
-    used = {
-        columns.t_start: np.ones(len(frame), dtype=bool),
-        columns.t_end: np.ones(len(frame), dtype=bool),
-        columns.prefill_tokens: is_prefill,
-        columns.decode_tokens: is_decode,
+    everywhere = np.ones(len(frame), dtype=bool)
+    rows_of = {
+        "t_start": everywhere,
+        "t_end": everywhere,
+        "prefill_tokens": layout.is_prefill,
+        "decode_tokens": layout.is_decode,
+        "n_steps": everywhere,
     }
-    if columns.n_steps is not None and columns.n_steps in frame.columns:
-        used[columns.n_steps] = np.ones(len(frame), dtype=bool)
     values = {}
-    for name, rows in used.items():
+    for key in _NUMERIC:
+        if key not in used:
+            continue
+        name, rows = used[key], rows_of[key]
         numbers, not_number = _as_numbers(frame[name])
         add(
             "not_a_number",
@@ -356,35 +331,41 @@ def _row_problems(frame: pd.DataFrame, columns: PhaseColumns):
             f"Column {name!r} has NaN, missing or infinite values.",
             ~np.isfinite(numbers) & ~not_number & rows,
         )
-        values[name] = np.where(rows & np.isfinite(numbers), numbers, 0.0)
+        values[key] = np.where(rows & np.isfinite(numbers), numbers, 0.0)
 
-    t_start, t_end = values[columns.t_start], values[columns.t_end]
     add(
         "non_positive_duration",
         ValueError,
-        f"Column {columns.t_end!r} must be greater than {columns.t_start!r}: "
-        "zero-length and reversed phases have no step density.",
-        t_end <= t_start,
+        f"non-positive durations: column {used['t_end']!r} must be greater than "
+        f"column {used['t_start']!r} (zero-length and reversed phases have no "
+        "step density).",
+        values["t_end"] <= values["t_start"],
     )
-    for name in used:
-        if name in (columns.t_start, columns.t_end):
+    for key in _COUNTS:
+        if key not in values:
             continue
-        v = values[name]
-        bad = (v < 0) | (v >= _MAX_COUNT) | (np.abs(v - np.round(v)) > _STEP_TOL)
+        v, label, name = values[key], _SCHEMA_NAME.get(key, key), used[key]
         add(
             "bad_count",
             ValueError,
-            f"Column {name!r} must hold non-negative integers below 2**53.",
-            bad & used[name],
+            f"{label} contains negative values (column {name!r}).",
+            (v < 0) & rows_of[key],
         )
-    if columns.instance is not None:
+        add(
+            "bad_count",
+            ValueError,
+            f"{label} must be integer-valued (column {name!r}: whole numbers "
+            "within 1e-6, below 2**53).",
+            (v >= 0) & ((v >= _MAX_COUNT) | (np.abs(v - np.round(v)) > _STEP_TOL)),
+        )
+    if "instance_id" in used:
         add(
             "missing_instance",
             ValueError,
-            f"Column {columns.instance!r} has missing values.",
-            pd.isna(frame[columns.instance]).to_numpy(dtype=bool),
+            f"Column {used['instance_id']!r} has missing values.",
+            pd.isna(frame[used["instance_id"]]).to_numpy(dtype=bool),
         )
-    return problems, is_prefill, values
+    return problems, values
 
 
 def _phase_kinds(column: pd.Series) -> tuple[np.ndarray, np.ndarray]:
@@ -407,7 +388,7 @@ def _phase_kinds(column: pd.Series) -> tuple[np.ndarray, np.ndarray]:
     return np.append(label_prefill, False)[codes], np.append(label_decode, False)[codes]
 
 
-def _codes(column: pd.Series, name: str, sort: bool) -> np.ndarray:
+def id_codes(column: pd.Series, name: str, sort: bool) -> np.ndarray:
     try:
         return pd.factorize(column, sort=sort)[0].astype(np.intp)
     except TypeError as exc:
@@ -416,7 +397,7 @@ def _codes(column: pd.Series, name: str, sort: bool) -> np.ndarray:
         ) from None
 
 
-def _repeated_phases(request: np.ndarray, is_prefill: np.ndarray) -> np.ndarray:
+def repeated_phases(request: np.ndarray, is_prefill: np.ndarray) -> np.ndarray:
     """Rows whose request has more than one row of the same phase type."""
     key = 2 * request + is_prefill
     counts = np.bincount(key, minlength=2 * (request.max() + 1))
@@ -428,10 +409,24 @@ def _repeated_phases(request: np.ndarray, is_prefill: np.ndarray) -> np.ndarray:
 # --------------------------------------------------------------------------
 
 
-def check_phases(phases, columns: PhaseColumns) -> PhaseArrays:
+def check_phases(
+    phases, columns: PhaseColumns | None, *, need_prefill_tokens: bool = True
+) -> PhaseArrays:
     """Validate a phase table and return it as :class:`PhaseArrays`.
 
     The table is never modified.
+
+    Parameters
+    ----------
+    phases : DataFrame
+        One row per phase.
+    columns : PhaseColumns, mapping or None
+        Column names, as :meth:`PhaseColumns.coerce` reads them.
+    need_prefill_tokens : bool, default=True
+        Whether the prefill rows' token counts are needed even when an
+        ``N_steps`` column gives the step counts: the caller passes
+        ``correction_mode != "none"``, since only the partial-chunk
+        correction uses them then.
 
     Raises
     ------
@@ -439,270 +434,64 @@ def check_phases(phases, columns: PhaseColumns) -> PhaseArrays:
         If ``phases`` is not a DataFrame or a column has the wrong type.
     ValueError
         For missing columns, bad values or an inconsistent table; the message
-        names the column and shows the first offending rows.
+        starts with the published implementation's phrase, then names the
+        column and shows the first offending rows.
     """
-    context = _check_frame(phases, columns)
-    _check_column_types(phases, columns)
-    problems, is_prefill, values = _row_problems(phases, columns)
+    columns = PhaseColumns.coerce(columns)
+    layout = phase_layout(phases, columns, need_prefill_tokens)
+    check_column_types(phases, layout)
+    problems, values = row_problems(phases, layout)
     if problems:
         first = problems[0]
         raise first.error(
-            f"{first.message} {describe_rows(phases, first.mask, context)}"
+            f"{first.message} {describe_rows(phases, first.mask, layout.context)}"
             + _CLEAN_HINT
         )
-    request = _codes(phases[columns.request_id], columns.request_id, sort=False)
-    repeated = _repeated_phases(request, is_prefill)
-    if repeated.any():
-        raise ValueError(
-            f"Column {columns.request_id!r}: a request may have at most one "
-            "prefill row and one decode row (duplicated log lines?). "
-            + describe_rows(phases, repeated, context)
-            + _CLEAN_HINT
-        )
-    if columns.instance is None:
-        instance = np.zeros(len(phases), dtype=np.intp)
+    rid = layout.used["request_id"]
+    request = id_codes(phases[rid], rid, sort=False)
+    for kind, rows in (("prefill", layout.is_prefill), ("decode", layout.is_decode)):
+        repeated = repeated_phases(request, layout.is_prefill) & rows
+        if repeated.any():
+            raise ValueError(
+                f"Multiple {kind} rows per request (column {rid!r}; duplicated "
+                "log lines?): a request may have at most one prefill row and one "
+                "decode row. "
+                + describe_rows(phases, repeated, layout.context)
+                + _CLEAN_HINT
+            )
+    if "instance_id" in layout.used:
+        name = layout.used["instance_id"]
+        instance = id_codes(phases[name], name, sort=True)
     else:
-        instance = _codes(phases[columns.instance], columns.instance, sort=True)
-    return _shifted_arrays(
-        phases, context, columns, request, is_prefill, values, instance
-    )
+        instance = np.zeros(len(phases), dtype=np.intp)
+    return _shifted_arrays(phases, layout, request, values, instance)
 
 
-def _shifted_arrays(phases, context, columns, request, is_prefill, values, instance):
-    t_start, t_end = values[columns.t_start], values[columns.t_end]
+def _shifted_arrays(phases, layout, request, values, instance):
     origin = np.full(int(instance.max()) + 1, np.inf)
-    np.minimum.at(origin, instance, t_start)
-    start = t_start - origin[instance]
-    end = t_end - origin[instance]
+    np.minimum.at(origin, instance, values["t_start"])
+    start = values["t_start"] - origin[instance]
+    end = values["t_end"] - origin[instance]
     # Times so far apart that float64 cannot resolve a phase once shifted
     # (e.g. 1e-3 s phases next to 1e300 s) would give zero or infinite lengths.
     bad = ~np.isfinite(end) | (end <= start)
     if bad.any():
+        used = layout.used
         raise ValueError(
-            f"Columns {columns.t_start!r}/{columns.t_end!r} span too wide a range "
-            "for float64: once each instance's earliest time is moved to 0, "
-            "these phases have zero or infinite length. "
-            + describe_rows(phases, bad, context)
+            f"non-positive durations: columns {used['t_start']!r}/{used['t_end']!r} "
+            "span too wide a range for float64: once each instance's earliest "
+            "time is moved to 0, these phases have zero or infinite length. "
+            + describe_rows(phases, bad, layout.context)
         )
-    n_steps = None
-    if columns.n_steps is not None and columns.n_steps in values:
-        n_steps = np.round(values[columns.n_steps])
+    counts = {k: np.round(values[k]) if k in values else None for k in _COUNTS}
     return PhaseArrays(
         request=request,
-        is_prefill=is_prefill,
+        is_prefill=layout.is_prefill,
         t_start=start,
         t_end=end,
-        prefill_tokens=np.round(values[columns.prefill_tokens]),
-        decode_tokens=np.round(values[columns.decode_tokens]),
-        n_steps=n_steps,
+        prefill_tokens=counts["prefill_tokens"],
+        decode_tokens=counts["decode_tokens"],
+        n_steps=counts["n_steps"],
         instance=instance,
         time_origin=origin,
-    )
-
-
-@dataclass(frozen=True)
-class CleaningReport:
-    """What :func:`clean_phases` dropped and why.
-
-    Attributes
-    ----------
-    n_rows_in, n_rows_out : int
-        Rows before and after cleaning.
-    dropped : dict of str to int
-        Rows dropped per reason, each row counted once under its first reason:
-        ``missing_request_id``, ``unknown_phase_type``, ``not_a_number``,
-        ``not_finite``, ``non_positive_duration`` (zero-length or reversed
-        phases), ``bad_count`` (negative, non-integer or huge token/step
-        counts), ``missing_instance``, ``exact_duplicate`` (a repeated copy of
-        a row; the first copy is kept), ``conflicting_duplicate`` (every row
-        of a request that has two different prefill or two different decode
-        rows), ``unpaired`` (only with ``drop_unpaired=True``).
-    dropped_index : pandas.Index
-        Index labels of the dropped rows, in the input's order.
-    n_prefill_without_decode, n_decode_without_prefill : int
-        Requests with only one phase in the cleaned table (kept unless
-        ``drop_unpaired=True``): requests cut at the edges of the trace window.
-    """
-
-    n_rows_in: int
-    n_rows_out: int
-    dropped: dict = field(default_factory=dict)
-    dropped_index: pd.Index = field(default_factory=pd.Index)
-    n_prefill_without_decode: int = 0
-    n_decode_without_prefill: int = 0
-
-    @property
-    def n_dropped(self) -> int:
-        return self.n_rows_in - self.n_rows_out
-
-    def __str__(self) -> str:
-        reasons = ", ".join(f"{n} {why}" for why, n in self.dropped.items() if n)
-        text = (
-            f"clean_phases kept {self.n_rows_out} of {self.n_rows_in} rows and "
-            f"dropped {self.n_dropped}" + (f" ({reasons})" if reasons else "") + "."
-        )
-        if self.n_prefill_without_decode or self.n_decode_without_prefill:
-            text += (
-                f" The kept table has {self.n_prefill_without_decode} prefill(s) "
-                f"without a decode and {self.n_decode_without_prefill} decode(s) "
-                "without a prefill (requests cut at the trace window)."
-            )
-        return text
-
-
-_REASONS = (
-    "missing_request_id",
-    "unknown_phase_type",
-    "not_a_number",
-    "not_finite",
-    "non_positive_duration",
-    "bad_count",
-    "missing_instance",
-    "exact_duplicate",
-    "conflicting_duplicate",
-    "unpaired",
-)
-
-
-def clean_phases(
-    phases: pd.DataFrame,
-    *,
-    drop_unpaired: bool = False,
-    request_id_col: str = "request_id",
-    phase_type_col: str = "phase_type",
-    t_start_col: str = "t_start",
-    t_end_col: str = "t_end",
-    prefill_tokens_col: str = "prefill_tokens",
-    decode_tokens_col: str = "decode_tokens",
-    n_steps_col: str | None = "N_steps",
-    instance_col: str | None = None,
-) -> tuple[pd.DataFrame, CleaningReport]:
-    """Drop the rows the estimators would reject, and say how many and why.
-
-    Production traces carry damage the estimators refuse: NaN or unparsable
-    fields, zero-length or reversed phases, unknown phase types, duplicated
-    log lines. This returns a copy of the table without those rows and a
-    :class:`CleaningReport` counting them per reason; the input is not
-    modified. Exact duplicate rows keep their first copy; a request with two
-    *different* prefill (or decode) rows is dropped whole, since there is no
-    telling which copy is right.
-
-    Requests cut at the trace window (a prefill without its decode, or a
-    decode without its prefill) are valid phases whose pressure the other
-    phases felt, so they are kept unless ``drop_unpaired=True``.
-
-    Problems of a whole column (missing, boolean or datetime column, empty
-    table) still raise, as in the estimators.
-
-    Parameters
-    ----------
-    phases : DataFrame
-        One row per phase.
-    drop_unpaired : bool, default=False
-        Also drop phases whose request has no phase of the other type.
-    request_id_col, phase_type_col, t_start_col, t_end_col, \
-prefill_tokens_col, decode_tokens_col, n_steps_col, instance_col : str
-        Column names, as in :func:`estimate_betas_baseline`.
-
-    Returns
-    -------
-    cleaned : DataFrame
-        The kept rows, with the input's columns, dtypes and index labels.
-    report : CleaningReport
-        Counts of dropped rows per reason and their index labels.
-
-    Raises
-    ------
-    TypeError, ValueError
-        For problems no row-dropping can fix, or if nothing is left.
-
-    Examples
-    --------
-    >>> import pandas as pd
-    >>> from sklearn_beta import clean_phases
-    >>> phases = pd.DataFrame({
-    ...     "request_id": ["a", "a", "b", "b"],
-    ...     "phase_type": ["prefill", "decode", "prefill", "prefill"],
-    ...     "t_start": [0.0, 1.0, 0.5, 0.5], "t_end": [1.0, 3.0, 0.5, 0.5],
-    ...     "prefill_tokens": [64, 0, 32, 32], "decode_tokens": [0, 8, 0, 0]})
-    >>> cleaned, report = clean_phases(phases)
-    >>> print(report)
-    clean_phases kept 2 of 4 rows and dropped 2 (2 non_positive_duration).
-    """
-    if not isinstance(drop_unpaired, bool | np.bool_):
-        raise TypeError(f"drop_unpaired must be True or False, got {drop_unpaired!r}.")
-    columns = PhaseColumns(
-        request_id_col,
-        phase_type_col,
-        t_start_col,
-        t_end_col,
-        prefill_tokens_col,
-        decode_tokens_col,
-        n_steps_col,
-        instance_col,
-    )
-    _check_frame(phases, columns)
-    _check_column_types(phases, columns)
-    problems, is_prefill, values = _row_problems(phases, columns)
-    reason = np.full(len(phases), "", dtype=object)
-    for problem in reversed(problems):  # the first reason wins
-        reason[problem.mask] = problem.reason
-
-    keep = reason == ""
-    request = np.full(len(phases), -1, dtype=np.intp)
-    request[keep] = _codes(phases[columns.request_id][keep], request_id_col, False)
-    if keep.any():
-        repeat = np.zeros(len(phases), dtype=bool)
-        repeat[keep] = _repeated_phases(request[keep], is_prefill[keep])
-        # Duplicates are judged on the parsed values the method uses, so
-        # " 1.0" equals 1.0 and unused cells (which may hold anything) are
-        # ignored.
-        key = pd.DataFrame(values).assign(_request=request, _prefill=is_prefill)
-        if columns.instance is not None:
-            key["_instance"] = -1
-            key.loc[keep, "_instance"] = _codes(
-                phases[columns.instance][keep], columns.instance, False
-            )
-        exact = np.zeros(len(phases), dtype=bool)
-        exact[keep] = key[keep].duplicated().to_numpy()
-        exact &= repeat
-        reason[exact] = "exact_duplicate"
-        keep &= ~exact
-        repeat = np.zeros(len(phases), dtype=bool)
-        repeat[keep] = _repeated_phases(request[keep], is_prefill[keep])
-        conflicting = np.isin(request, np.unique(request[repeat])) & keep
-        reason[conflicting] = "conflicting_duplicate"
-        keep &= ~conflicting
-
-    lone_prefill, lone_decode = _unpaired(request, is_prefill, keep)
-    if drop_unpaired:
-        reason[lone_prefill | lone_decode] = "unpaired"
-        keep &= ~(lone_prefill | lone_decode)
-    if not keep.any():
-        raise ValueError(
-            f"clean_phases dropped all {len(phases)} rows: none is a valid phase. "
-            + str(_report(phases, keep, reason, 0, 0))
-        )
-    n_lone = (0, 0) if drop_unpaired else (lone_prefill.sum(), lone_decode.sum())
-    return phases.loc[keep].copy(), _report(phases, keep, reason, *n_lone)
-
-
-def _unpaired(request, is_prefill, keep):
-    n_req = int(request.max()) + 2
-    has_pf = np.bincount(request[keep & is_prefill] + 1, minlength=n_req) > 0
-    has_dec = np.bincount(request[keep & ~is_prefill] + 1, minlength=n_req) > 0
-    lone_prefill = keep & is_prefill & ~has_dec[request + 1]
-    lone_decode = keep & ~is_prefill & ~has_pf[request + 1]
-    return lone_prefill, lone_decode
-
-
-def _report(phases, keep, reason, n_lone_prefill, n_lone_decode) -> CleaningReport:
-    dropped = {why: int(np.count_nonzero(reason == why)) for why in _REASONS}
-    return CleaningReport(
-        n_rows_in=len(phases),
-        n_rows_out=int(np.count_nonzero(keep)),
-        dropped={k: v for k, v in dropped.items() if v},
-        dropped_index=phases.index[~keep],
-        n_prefill_without_decode=int(n_lone_prefill),
-        n_decode_without_prefill=int(n_lone_decode),
     )

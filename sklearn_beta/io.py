@@ -1,6 +1,6 @@
 """Trace adapters: files in, the phase table out; betas out, simulator input.
 
-Every reader returns the phase table of METHOD.md section 2 (one row per
+Every reader returns the phase table of docs/method.md section 2 (one row per
 phase, columns ``request_id, phase_type, t_start, t_end, prefill_tokens,
 decode_tokens`` and, for the adapters, ``instance``), ready for
 :class:`~sklearn_beta.PhaseExposureTransformer` or the functional estimators.
@@ -55,6 +55,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from ._columns import PHASE_COLUMNS
 from ._grid import snap_times
 from ._otel import (
     DEFAULT_CACHED_TOKENS_ATTRIBUTE,
@@ -64,7 +65,6 @@ from ._otel import (
     spans_to_phases,
 )
 from ._tracev2 import TIME_UNITS, TRACEV2_COLUMNS, tracev2_phases
-from ._validation import PHASE_COLUMNS
 from .export import BLIS_UNITS, to_blis_coefficients
 
 __all__ = [

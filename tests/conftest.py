@@ -1,4 +1,10 @@
-"""Shared fixtures: the published traces and golden figures live in ../shared."""
+"""Shared fixtures and paths of the test suite.
+
+The published traces (``tests/data/{sample,smoke}.csv``) and the published
+implementation's outputs on them (``tests/data/golden/*.json``) are part of
+the repository: the whole suite runs in a bare clone. Traces the tests build
+themselves come from one module, :mod:`trace_factory`.
+"""
 
 from __future__ import annotations
 
@@ -7,30 +13,73 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+import sklearn
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED = REPO.parent / "shared"
+DATA = Path(__file__).resolve().parent / "data"
 
 
-def shared_path(*parts: str) -> Path:
-    path = SHARED.joinpath(*parts)
-    if not path.exists():
-        pytest.skip(
-            f"{path} is absent: the published traces and golden figures "
-            "are read from ../shared, next to the repository"
-        )
-    return path
+def data_path(*parts: str) -> Path:
+    """A file under ``tests/data``."""
+    return DATA.joinpath(*parts)
+
+
+def load_golden(name: str) -> dict:
+    """The published figures of one case, e.g. ``load_golden("smoke_c64.json")``."""
+    return json.loads(data_path("golden", name).read_text())
+
+
+def golden_cases() -> list[tuple[str, int]]:
+    """``(trace, chunk_size)`` of every golden file, e.g. ``("sample", 32)``."""
+    cases = []
+    for path in sorted(data_path("golden").glob("*_c*.json")):
+        trace, chunk = path.stem.rsplit("_c", 1)
+        cases.append((trace, int(chunk)))
+    return cases
+
+
+#: Keyword argument of the public functions and the transformer naming each
+#: schema column, until they take one ``columns=`` mapping (CONTRACTS 1).
+_COLUMN_KWARGS = {
+    "request_id": "request_id_col",
+    "phase_type": "phase_type_col",
+    "t_start": "t_start_col",
+    "t_end": "t_end_col",
+    "prefill_tokens": "prefill_tokens_col",
+    "decode_tokens": "decode_tokens_col",
+    "n_steps": "n_steps_col",
+    "instance_id": "instance_col",
+}
+
+
+def column_kwargs(**columns) -> dict:
+    """Keyword arguments that name the frame's columns, by schema name.
+
+    ``entry(frame, **column_kwargs(t_end="end"))``: the one place the tests
+    spell how the public API takes column names.
+    """
+    return {_COLUMN_KWARGS[name]: column for name, column in columns.items()}
+
+
+def published_trace(name: str) -> pd.DataFrame:
+    """One of the published traces, ``"smoke"`` or ``"sample"``."""
+    return pd.read_csv(data_path(f"{name}.csv"))
 
 
 @pytest.fixture
 def smoke_phases() -> pd.DataFrame:
-    return pd.read_csv(shared_path("data", "smoke.csv"))
+    """The published 4-phase smoke trace."""
+    return published_trace("smoke")
 
 
 @pytest.fixture
 def published_sample() -> pd.DataFrame:
-    return pd.read_csv(shared_path("data", "sample.csv"))
+    """The published 8-phase sample trace."""
+    return published_trace("sample")
 
 
-def load_golden(name: str) -> dict:
-    return json.loads(shared_path("golden", name).read_text())
+@pytest.fixture
+def routing():
+    """scikit-learn's metadata routing, on for one test."""
+    with sklearn.config_context(enable_metadata_routing=True):
+        yield

@@ -19,6 +19,7 @@ import numpy as np
 import pandas as pd
 from hypothesis import strategies as st
 from sklearn.pipeline import make_pipeline
+from trace_factory import random_phases
 
 from sklearn_beta import (
     BaselineBetaRegressor,
@@ -79,30 +80,6 @@ NASTY = [
 ]
 
 
-def base_table(rng: np.random.Generator, n_requests: int) -> pd.DataFrame:
-    """A small valid trace with overlapping phases."""
-    start = np.round(rng.uniform(0, 5, n_requests), 3)
-    prefill_len = np.round(rng.uniform(0.01, 2, n_requests), 3) + 0.001
-    decode_len = np.round(rng.uniform(0.01, 4, n_requests), 3) + 0.001
-    ids = [f"r{i}" for i in range(n_requests)]
-    return pd.DataFrame(
-        {
-            "request_id": ids + ids,
-            "phase_type": ["prefill"] * n_requests + ["decode"] * n_requests,
-            "t_start": np.concatenate([start, start + prefill_len]),
-            "t_end": np.concatenate(
-                [start + prefill_len, start + prefill_len + decode_len]
-            ),
-            "prefill_tokens": np.concatenate(
-                [rng.integers(1, 300, n_requests), np.zeros(n_requests, int)]
-            ),
-            "decode_tokens": np.concatenate(
-                [np.zeros(n_requests, int), rng.integers(1, 40, n_requests)]
-            ),
-        }
-    )
-
-
 def _replace_column(frame, i, values):
     """``frame`` with its i-th column (by position) replaced."""
     columns = [frame.iloc[:, j] for j in range(frame.shape[1])]
@@ -159,6 +136,7 @@ def _mutate(frame, draw):
                 "index",
                 "multi_level_columns",
                 "add_N_steps",
+                "steps_instead_of_tokens",
             ]
         )
     )
@@ -224,15 +202,35 @@ def _mutate(frame, draw):
             "neg": list(range(-n, 0)),
         }
         return frame.set_axis(index[labels])
+    if what == "steps_instead_of_tokens" and _has_clean_tokens(frame):
+        # The published rule: with N_steps the token columns are optional.
+        steps = np.where(
+            frame["phase_type"] == "prefill",
+            np.ceil(frame["prefill_tokens"] / 64),
+            frame["decode_tokens"],
+        )
+        kept = draw(st.sampled_from([[], ["prefill_tokens"], ["decode_tokens"]]))
+        dropped = [c for c in ("prefill_tokens", "decode_tokens") if c not in kept]
+        return frame.assign(N_steps=steps).drop(columns=dropped)
     if what == "add_N_steps" and not isinstance(frame.columns, pd.MultiIndex):
         return frame.assign(N_steps=draw(st.sampled_from([1, 0, -1, 2.5, np.nan, "3"])))
     return frame
 
 
+def _has_clean_tokens(frame) -> bool:
+    names = ("phase_type", "prefill_tokens", "decode_tokens")
+    return (
+        not isinstance(frame.columns, pd.MultiIndex)
+        and not frame.columns.duplicated().any()
+        and all(name in frame.columns for name in names)
+        and all(pd.api.types.is_numeric_dtype(frame[c]) for c in names[1:])
+    )
+
+
 @st.composite
 def malformed_tables(draw) -> pd.DataFrame:
     rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
-    frame = base_table(rng, draw(st.integers(1, 6)))
+    frame = random_phases(rng, draw(st.integers(1, 6)))
     for _ in range(draw(st.integers(0, 4))):
         frame = _mutate(frame, draw)
     return frame

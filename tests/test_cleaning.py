@@ -2,19 +2,16 @@
 
 from __future__ import annotations
 
-import io
-
 import numpy as np
 import pandas as pd
 import pytest
-from test_contract import SAMPLE
 
 from sklearn_beta import CleaningReport, clean_phases, estimate_betas_baseline
 
 
 @pytest.fixture
-def phases() -> pd.DataFrame:
-    return pd.read_csv(io.StringIO(SAMPLE))
+def phases(published_sample) -> pd.DataFrame:
+    return published_sample
 
 
 def damaged(phases):
@@ -115,7 +112,7 @@ def test_nothing_left_raises(phases):
 
 
 def test_column_problems_still_raise(phases):
-    with pytest.raises(ValueError, match="missing column"):
+    with pytest.raises(ValueError, match=r"^Missing required columns: \['t_start'\]"):
         clean_phases(phases.drop(columns="t_start"))
     with pytest.raises(TypeError, match="boolean"):
         clean_phases(phases.assign(decode_tokens=True))
@@ -130,7 +127,7 @@ def test_bad_drop_unpaired(phases):
 
 def test_instances_and_step_counts_are_checked(phases):
     frame = phases.assign(gpu=["a"] * 7 + [None], N_steps=[2, 5, 1, 3, 3, 5, 1.5, 3])
-    cleaned, report = clean_phases(frame, instance_col="gpu")
+    cleaned, report = clean_phases(frame, columns={"instance_id": "gpu"})
     assert report.dropped == {"bad_count": 1, "missing_instance": 1}
     assert list(cleaned.index) == [0, 1, 2, 3, 4, 5]
 

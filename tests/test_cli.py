@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import yaml
-from conftest import load_golden, shared_path
+from conftest import data_path, load_golden
 
 from sklearn_beta import __version__
 from sklearn_beta.cli import main
@@ -59,7 +59,7 @@ def run(capsys, *argv):
 
 
 def test_json_output_reproduces_the_reference_iterative_fit(capsys):
-    smoke = shared_path("data", "smoke.csv")
+    smoke = data_path("smoke.csv")
     reference = ("--correction-mode", "beta_informed", "--objective", "duration")
     reference += ("--stopping", "absolute")
     code, out, err = run(
@@ -86,7 +86,7 @@ def test_json_output_reproduces_the_reference_iterative_fit(capsys):
 
 
 def test_baseline_uniform_matches_the_reference(capsys):
-    smoke = shared_path("data", "smoke.csv")
+    smoke = data_path("smoke.csv")
     code, out, _ = run(
         capsys,
         "fit",
@@ -138,7 +138,7 @@ def test_table_output_and_benchmark_format(capsys):
 
 
 def test_progress_only_on_a_terminal(capsys, monkeypatch):
-    smoke = shared_path("data", "smoke.csv")
+    smoke = data_path("smoke.csv")
     monkeypatch.setattr(sys.stderr, "isatty", lambda: True, raising=False)
     reference = ("--correction-mode", "beta_informed", "--objective", "duration")
     code, _, err = run(

@@ -8,12 +8,12 @@ is accepted and how it is read.
 
 from __future__ import annotations
 
-import io
 import re
 
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import column_kwargs
 from sklearn.pipeline import make_pipeline
 
 from sklearn_beta import (
@@ -25,21 +25,10 @@ from sklearn_beta import (
     estimate_betas_iterative,
 )
 
-SAMPLE = """request_id,phase_type,t_start,t_end,prefill_tokens,decode_tokens
-A,prefill,0.0,2.0,96,0
-A,decode,2.0,7.0,0,5
-B,prefill,0.8,3.2,64,0
-B,decode,3.2,6.2,0,3
-C,prefill,1.6,4.6,130,0
-C,decode,4.6,9.6,0,5
-D,prefill,5.0,7.5,32,0
-D,decode,7.5,10.5,0,3
-"""
-
 
 @pytest.fixture
-def phases() -> pd.DataFrame:
-    return pd.read_csv(io.StringIO(SAMPLE))
+def phases(published_sample) -> pd.DataFrame:
+    return published_sample
 
 
 def baseline(frame, **kwargs):
@@ -78,7 +67,15 @@ def test_not_a_dataframe(entry, phases):
 
 @public
 def test_missing_column(entry, phases):
-    assert_rejects(entry, phases.drop(columns="t_end"), ValueError, "'t_end'")
+    message = assert_rejects(entry, phases.drop(columns="t_end"), ValueError)
+    assert message.startswith("Missing required columns: ['t_end']. ")
+
+
+@public
+def test_missing_columns_are_listed_in_schema_order(entry, phases):
+    frame = phases[phases.columns[::-1]].drop(columns=["t_end", "request_id"])
+    message = assert_rejects(entry, frame, ValueError)
+    assert message.startswith("Missing required columns: ['request_id', 't_end']")
 
 
 @public
@@ -97,13 +94,19 @@ def test_multi_level_column_labels(entry, phases):
 
 @public
 def test_empty_table(entry, phases):
-    assert_rejects(entry, phases.iloc[:0], ValueError, "empty")
+    message = assert_rejects(entry, phases.iloc[:0], ValueError, "empty")
+    assert message.startswith("No phase rows")
 
 
 @public
 def test_custom_column_names(entry, phases):
     renamed = phases.rename(columns={"t_start": "start", "t_end": "end"})
-    entry(renamed, t_start_col="start", t_end_col="end")
+    result = entry(renamed, **column_kwargs(t_start="start", t_end="end"))
+    expected = entry(phases)
+    if entry is transform:
+        pd.testing.assert_frame_equal(result, expected)
+    else:
+        np.testing.assert_array_equal(result.beta, expected.beta)
 
 
 # --- phase types ------------------------------------------------------------
@@ -317,7 +320,11 @@ def test_decode_starting_before_its_prefill_ends_is_accepted(phases):
 def test_missing_instance(entry, phases):
     frame = phases.assign(gpu=["a", "a", "b", "b", "a", "a", None, None])
     assert_rejects(
-        lambda f: entry(f, instance_col="gpu"), frame, ValueError, "'gpu'", "row 6"
+        lambda f: entry(f, **column_kwargs(instance_id="gpu")),
+        frame,
+        ValueError,
+        "'gpu'",
+        "row 6",
     )
 
 
@@ -342,10 +349,84 @@ def test_instances_are_shifted_separately(phases):
         ]
     )
     np.testing.assert_allclose(
-        baseline(two, instance_col="gpu").beta,
-        baseline(overlaid, instance_col="gpu").beta,
+        baseline(two, **column_kwargs(instance_id="gpu")).beta,
+        baseline(overlaid, **column_kwargs(instance_id="gpu")).beta,
         rtol=1e-6,
     )
+
+
+# --- the published messages ---------------------------------------------------
+# Scripts written for the published implementation match these phrases; each
+# message starts with one, and the package's explanation (the column, the
+# first offending rows) follows.
+
+
+def _with_steps(phases):
+    return phases.assign(N_steps=[2, 5, 1, 3, 3, 5, 1, 3]).astype({"N_steps": float})
+
+
+def _set(column, row, value):
+    def damage(phases):
+        frame = phases.astype({column: object})
+        frame.at[row, column] = value
+        return frame
+
+    return damage
+
+
+PUBLISHED_PHRASES = {
+    "No phase rows": lambda p: p.iloc[:0],
+    "Missing required columns: ['t_end']": lambda p: p.drop(columns="t_end"),
+    "phase_type must be one of": _set("phase_type", 3, "prefil"),
+    "non-positive durations": lambda p: p.assign(
+        t_end=np.where(p.index == 2, p.t_start, p.t_end)
+    ),
+    "Multiple prefill rows per request": lambda p: pd.concat([p, p.iloc[[2]]]),
+    "N_steps must be integer-valued": lambda p: _set("N_steps", 5, 1.5)(_with_steps(p)),
+    "N_steps contains negative values": lambda p: _set("N_steps", 5, -1)(
+        _with_steps(p)
+    ),
+}
+
+
+@public
+@pytest.mark.parametrize("phrase", PUBLISHED_PHRASES)
+def test_messages_start_with_the_published_phrase(entry, phases, phrase):
+    frame = PUBLISHED_PHRASES[phrase](phases)
+    message = assert_rejects(entry, frame, ValueError)
+    assert message.startswith(phrase), message
+    if phrase != "No phase rows":  # the package's explanation follows
+        assert len(message) > len(phrase) + 20
+        assert "row" in message or "columns" in message
+
+
+@public
+def test_the_published_phrases_name_the_renamed_column(entry, phases):
+    # The phrase keeps the schema's name; the explanation names the column.
+    frame = _with_steps(phases).rename(columns={"N_steps": "steps"})
+    frame.loc[5, "steps"] = 1.5
+    message = assert_rejects(
+        lambda f: entry(f, **column_kwargs(n_steps="steps")),
+        frame,
+        ValueError,
+        "'steps'",
+        "row 5",
+    )
+    assert message.startswith("N_steps must be integer-valued")
+
+
+@public
+def test_repeated_decode_rows_are_named_as_such(entry, phases):
+    frame = pd.concat([phases, phases.iloc[[3]].assign(t_end=6.9)])
+    message = assert_rejects(entry, frame, ValueError, "row 3")
+    assert message.startswith("Multiple decode rows per request")
+
+
+@pytest.mark.parametrize("value", [0, -64])
+def test_non_positive_chunk_size_uses_the_published_phrase(phases, value):
+    for entry in (estimate_betas_baseline, estimate_betas_iterative):
+        with pytest.raises(ValueError, match=r"^chunk_size must be positive"):
+            entry(phases, chunk_size=value)
 
 
 # --- messages ---------------------------------------------------------------

@@ -1,11 +1,13 @@
-"""The shipped sample trace: both copies agree and the documented call rebuilds it."""
+"""Shipped traces: every typed-in or shipped copy is what its documented call gives."""
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from trace_factory import TINY_CALL, tiny_trace
 
 from sklearn_beta.datasets import load_sample_trace, simulate_trace
 
@@ -43,3 +45,15 @@ def test_documented_call_reproduces_the_sample():
         np.testing.assert_array_equal(phases[column], shipped[column])
     for column in ("t_start", "t_end"):
         np.testing.assert_allclose(phases[column], shipped[column], rtol=0, atol=1e-6)
+
+
+def test_the_examples_tiny_trace_is_the_simulators():
+    # examples/_tiny_trace.py types in the trace both smoke examples fit (a
+    # script cannot import the tests); it must stay the simulator's output.
+    sys.path.insert(0, str(REPO / "examples"))
+    try:
+        from _tiny_trace import CHUNK_SIZE, PHASES, TRUE_BETA
+    finally:
+        sys.path.remove(str(REPO / "examples"))
+    assert (TRUE_BETA, CHUNK_SIZE) == (TINY_CALL["beta"], TINY_CALL["chunk_size"])
+    pd.testing.assert_frame_equal(PHASES, tiny_trace(), check_dtype=False)

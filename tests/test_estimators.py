@@ -7,10 +7,12 @@ import pickle
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import load_golden
 from sklearn.base import clone
 from sklearn.model_selection import GridSearchCV, KFold, cross_val_score
 from sklearn.pipeline import make_pipeline
 from sklearn.utils.estimator_checks import parametrize_with_checks
+from trace_factory import repeated_trace
 
 from sklearn_beta import (
     EXPOSURE_COLUMNS,
@@ -197,7 +199,8 @@ def test_predict_and_score(published_sample):
         table[["n_steps", "prefill_exposure", "decode_exposure"]] @ model[-1].beta_
     )
     np.testing.assert_allclose(model.predict(published_sample), expected, rtol=1e-14)
-    assert model.score(published_sample) == pytest.approx(0.5681016420088418, rel=1e-9)
+    golden_r2 = load_golden("sample_c64.json")["baseline"]["end"]["r2"]
+    assert model.score(published_sample) == pytest.approx(golden_r2, rel=1e-9)
 
 
 # --- Transformer output ----------------------------------------------------
@@ -210,8 +213,9 @@ def test_transformer_output_table(published_sample):
     assert list(transformer.get_feature_names_out()) == list(EXPOSURE_COLUMNS)
     pd.testing.assert_index_equal(table.index, published_sample.index)
     # Published sample at C=64, "end" mode: golden mean exposures.
-    assert table["prefill_exposure"].mean() == pytest.approx(138.08333333333331)
-    assert table["decode_exposure"].mean() == pytest.approx(5.1225000000000005)
+    golden = load_golden("sample_c64.json")["baseline"]["end"]
+    assert table["prefill_exposure"].mean() == pytest.approx(golden["mean_A_pf_tokens"])
+    assert table["decode_exposure"].mean() == pytest.approx(golden["mean_A_dec_tokens"])
     np.testing.assert_array_equal(
         table["n_steps"], [2, 5, 1, 3, 3, 5, 1, 3]
     )  # ceil(P/64) and D
@@ -239,20 +243,8 @@ def test_transformer_does_not_modify_input(published_sample):
 # --- Model selection, clone, pickle ---------------------------------------
 
 
-def _repeated_trace(phases: pd.DataFrame, copies: int = 6, period: float = 12.0):
-    parts = [
-        phases.assign(
-            request_id=phases["request_id"].astype(str) + f"-{k}",
-            t_start=phases["t_start"] + period * k,
-            t_end=phases["t_end"] + period * k,
-        )
-        for k in range(copies)
-    ]
-    return pd.concat(parts, ignore_index=True)
-
-
 def test_grid_search_over_chunk_size_and_damping(published_sample):
-    phases = _repeated_trace(published_sample)
+    phases = repeated_trace(published_sample)
     # The reference objective: the toy sample is no engine trace, and the
     # step-count objective (the default) prefers C=32 on it.
     search = GridSearchCV(
@@ -269,7 +261,7 @@ def test_grid_search_over_chunk_size_and_damping(published_sample):
 
 
 def test_cross_val_score_without_y(published_sample):
-    phases = _repeated_trace(published_sample)
+    phases = repeated_trace(published_sample)
     scores = cross_val_score(_pipeline(BaselineBetaRegressor()), phases, cv=KFold(3))
     # Every block is a copy of the same 8 phases: the folds agree exactly.
     np.testing.assert_allclose(scores, scores[0], rtol=1e-12)

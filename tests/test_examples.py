@@ -2,34 +2,46 @@
 
 from __future__ import annotations
 
+import re
 import runpy
 import subprocess
 import sys
 
 import numpy as np
-from conftest import REPO, shared_path
+import pytest
+from conftest import REPO, data_path, load_golden
 
 sys.path.insert(0, str(REPO / "examples"))
 import run  # noqa: E402
 
+SMOKE = load_golden("smoke_c64.json")
+
+
+def printed(out: str, label: str) -> float:
+    """The number run.py printed after ``label``."""
+    return float(re.search(rf"{re.escape(label)}\s*[=:] (\S+)", out).group(1))
+
 
 def test_run_prints_published_smoke_numbers(capsys):
-    csv = shared_path("data", "smoke.csv")
+    csv = data_path("smoke.csv")
     assert run.main(["--csv", str(csv), "--algo", "iterative"]) == 0
     out = capsys.readouterr().out
-    assert "beta1 = 0.0163045299 s/prefill token" in out
-    assert "beta2 = 0.566230031 s/decode token" in out
-    assert "converged: True after 7 iterations" in out
+    golden = SMOKE["iterative"]["beta_informed/eta=1.0"]
+    for i in (1, 2):  # printed to 9 significant digits
+        assert printed(out, f"beta{i}") == pytest.approx(golden["beta"][i], rel=1e-8)
+    n_iter = golden["n_outer_iters"]
+    assert f"converged: {golden['converged']} after {n_iter} iterations" in out
     assert "beta history (last rows):" in out
 
 
-def test_run_baseline_uniform_matches_method_md(capsys):
-    csv = shared_path("data", "smoke.csv")
+def test_run_baseline_uniform_matches_the_golden_figures(capsys):
+    csv = data_path("smoke.csv")
     assert run.main(["--csv", str(csv), "--correction-mode", "uniform"]) == 0
     out = capsys.readouterr().out
-    assert "beta1 = 0.0143379595 s/prefill token" in out
-    assert "beta2 = 0.515228807 s/decode token" in out
-    assert "r2: 0.85176294" in out
+    golden = SMOKE["baseline"]["uniform"]
+    for i in (1, 2):
+        assert printed(out, f"beta{i}") == pytest.approx(golden["beta"][i], rel=1e-8)
+    assert printed(out, "r2") == pytest.approx(golden["r2"], rel=1e-9)
 
 
 def test_run_reports_bad_input_in_one_line(tmp_path, capsys):
@@ -37,7 +49,7 @@ def test_run_reports_bad_input_in_one_line(tmp_path, capsys):
     bad.write_text("request_id,phase_type,t_start,t_end\nA,prefill,0,1\n")
     assert run.main(["--csv", str(bad)]) == 2
     err = capsys.readouterr().err
-    assert err.startswith("error: The phase table is missing column(s)")
+    assert err.startswith("error: Missing required columns: ")
 
 
 def test_run_default_trace_as_a_script():

@@ -1,44 +1,29 @@
-"""Parity with the published implementation's outputs (../shared/golden)."""
+"""Parity with the published implementation's outputs (tests/data/golden)."""
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
-import pandas as pd
 import pytest
-from conftest import load_golden, shared_path
+from conftest import REPO, golden_cases, load_golden, published_trace
 
 from sklearn_beta import estimate_betas_baseline, estimate_betas_iterative
 
-CASES = [("smoke", 64), ("sample", 64), ("sample", 32)]
+CASES = golden_cases()
 RTOL = 1e-9
 
 
 def _golden_cases(kind):
     for trace, chunk in CASES:
-        golden = load_golden(f"{trace}_c{chunk}.json") if _shared_ok() else None
-        if golden is None:
-            yield pytest.param(
-                trace,
-                chunk,
-                None,
-                None,
-                marks=pytest.mark.skip(reason="../shared/golden is absent"),
-            )
-            continue
-        for key, expected in golden[kind].items():
+        for key, expected in load_golden(f"{trace}_c{chunk}.json")[kind].items():
             yield pytest.param(
                 trace, chunk, key, expected, id=f"{trace}-c{chunk}-{key}"
             )
 
 
-def _shared_ok() -> bool:
-    from conftest import SHARED
-
-    return (SHARED / "golden").exists()
-
-
-def _phases(trace):
-    return pd.read_csv(shared_path("data", f"{trace}.csv"))
+def test_every_published_case_is_here():
+    assert CASES == [("sample", 32), ("sample", 64), ("smoke", 64)]
 
 
 def assert_betas_equal(actual, expected):
@@ -50,7 +35,7 @@ def assert_betas_equal(actual, expected):
 )
 def test_baseline_matches_golden(trace, chunk, mode, expected):
     result = estimate_betas_baseline(
-        _phases(trace), chunk_size=chunk, correction_mode=mode
+        published_trace(trace), chunk_size=chunk, correction_mode=mode
     )
     assert_betas_equal(result.beta, expected["beta"])
     diag = result.diagnostics
@@ -64,7 +49,7 @@ def test_baseline_matches_golden(trace, chunk, mode, expected):
 def test_iterative_matches_golden(trace, chunk, key, expected):
     mode, eta = key.split("/eta=")
     result = estimate_betas_iterative(
-        _phases(trace),
+        published_trace(trace),
         chunk_size=chunk,
         prefill_correction_mode=mode,
         damping_eta=float(eta),
@@ -78,13 +63,25 @@ def test_iterative_matches_golden(trace, chunk, key, expected):
     )
 
 
-def test_method_md_quoted_figures(smoke_phases):
-    # METHOD.md section 8 quotes these two results on smoke.csv verbatim.
-    uniform = estimate_betas_baseline(
-        smoke_phases, chunk_size=64, correction_mode="uniform"
-    )
-    np.testing.assert_allclose(uniform.beta, [0, 0.0143380, 0.5152288], atol=5e-8)
-    assert uniform.diagnostics["r2"] == pytest.approx(0.85176, abs=5e-6)
-    default = estimate_betas_iterative(smoke_phases, chunk_size=64)
-    np.testing.assert_allclose(default.beta, [0, 0.0163045, 0.5662300], atol=5e-8)
-    assert default.converged and default.n_outer_iters == 7
+def _quoted(text: str, label: str) -> list[str]:
+    """The numbers docs/method.md quotes after ``label``, as printed."""
+    line = next(line for line in text.splitlines() if line.startswith(f"* {label}"))
+    return re.findall(r"\d+(?:\.\d+)?", line.split(":", 1)[1])
+
+
+def _agrees(printed: str, value: float) -> bool:
+    decimals = len(printed.partition(".")[2])
+    return abs(float(printed) - value) <= 0.5 * 10.0**-decimals
+
+
+def test_figures_quoted_in_the_docs_are_the_golden_ones():
+    text = (REPO / "docs" / "method.md").read_text()
+    golden = load_golden("smoke_c64.json")
+    uniform = golden["baseline"]["uniform"]
+    *beta, r2 = _quoted(text, "baseline, `uniform` correction")
+    assert all(map(_agrees, beta, uniform["beta"]))
+    assert _agrees(r2, uniform["r2"])
+    default = golden["iterative"]["beta_informed/eta=1.0"]
+    *beta, n_iter = _quoted(text, "iterative, defaults")
+    assert all(map(_agrees, beta, default["beta"]))
+    assert default["converged"] and int(n_iter) == default["n_outer_iters"]

@@ -13,7 +13,7 @@ from sklearn_beta._corrections import (
 )
 from sklearn_beta._grid import build_grid, build_timeline, phase_integrals
 
-# smoke.csv by hand: A prefill [0,2) P=96, A decode [2,6) D=4,
+# tests/data/smoke.csv by hand: A prefill [0,2) P=96, A decode [2,6) D=4,
 # B prefill [1,3) P=64, B decode [3,5) D=2.
 T_START = np.array([0.0, 2.0, 1.0, 3.0])
 T_END = np.array([2.0, 6.0, 3.0, 5.0])

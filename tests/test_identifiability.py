@@ -5,10 +5,15 @@ from __future__ import annotations
 import warnings
 
 import numpy as np
-import pandas as pd
 import pytest
 from sklearn.pipeline import make_pipeline
-from synthetic import synthetic_trace
+from trace_factory import (
+    constant_decode_pressure,
+    decodes_only,
+    prefills_only,
+    sequential_trace,
+    synthetic_trace,
+)
 
 from sklearn_beta import (
     BaselineBetaRegressor,
@@ -20,58 +25,6 @@ from sklearn_beta import (
 from sklearn_beta._identifiability import CONDITION_LIMIT, condition_number
 from sklearn_beta.datasets import simulate_trace
 from sklearn_beta.exceptions import IdentifiabilityWarning
-
-
-def table(rows):
-    return pd.DataFrame(
-        rows,
-        columns=[
-            "request_id",
-            "phase_type",
-            "t_start",
-            "t_end",
-            "prefill_tokens",
-            "decode_tokens",
-        ],
-    )
-
-
-def sequential_trace(n=6):
-    """Requests one after the other: no two phases ever overlap."""
-    rows = []
-    for i in range(n):
-        t = 10.0 * i
-        rows.append((f"r{i}", "prefill", t, t + 1 + 0.1 * i, 50 + 37 * i, 0))
-        rows.append((f"r{i}", "decode", t + 2, t + 5 + i, 0, 10 + 3 * i))
-    return table(rows)
-
-
-def prefills_only():
-    return table(
-        [
-            (f"r{i}", "prefill", 0.7 * i, 0.7 * i + 1 + 0.3 * i, 40 + 50 * i, 0)
-            for i in range(6)
-        ]
-    )
-
-
-def decodes_only():
-    return table(
-        [
-            (f"r{i}", "decode", 0.7 * i, 0.7 * i + 2 + 0.5 * i, 0, 5 + 4 * i)
-            for i in range(6)
-        ]
-    )
-
-
-def constant_decode_pressure():
-    """One decode runs through the whole trace; overlapping prefills inside it."""
-    rows = [("long", "decode", 0.0, 20.0, 0, 400)]
-    rows += [
-        (f"r{i}", "prefill", 1.0 + 2.5 * i, 4.0 + 2.7 * i, 40 + 60 * i, 0)
-        for i in range(6)
-    ]
-    return table(rows)
 
 
 def fit_trace_diagnostics(phases):
@@ -182,7 +135,7 @@ def test_published_traces_are_silent(fit, smoke_phases, published_sample):
 
 
 def test_zero_bound_is_reported(smoke_phases):
-    # METHOD.md 8: the uniform baseline on smoke.csv gives beta0 = 0.
+    # docs/method.md 9: the uniform baseline on tests/data/smoke.csv gives beta0 = 0.
     result = estimate_betas_baseline(
         smoke_phases, chunk_size=64, correction_mode="uniform"
     )

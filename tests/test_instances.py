@@ -142,7 +142,7 @@ def test_missing_instance_ids_are_rejected(fleet):
     broken.loc[5, INST] = None
     with pytest.raises(ValueError, match=INST):
         PhaseExposureTransformer(instance_col=INST).fit(broken)
-    with pytest.raises(ValueError, match="missing column"):
+    with pytest.raises(ValueError, match="Missing required columns"):
         PhaseExposureTransformer(instance_col="node").fit(fleet)
 
 

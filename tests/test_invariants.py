@@ -13,7 +13,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from sklearn.pipeline import make_pipeline
-from synthetic import GRID, synthetic_trace
+from trace_factory import GRID, simulated_trace, synthetic_trace
 
 from sklearn_beta import (
     BaselineBetaRegressor,
@@ -40,7 +40,6 @@ from sklearn_beta._grid import (
 )
 from sklearn_beta._iterative import step_averaged_design, step_density
 from sklearn_beta._validation import PhaseColumns, check_phases
-from sklearn_beta.datasets import simulate_trace
 
 PROPERTY = settings(
     max_examples=8,
@@ -53,28 +52,12 @@ sizes = st.integers(8, 30)
 chunks = st.sampled_from([16, 32, 64])
 
 
-def simulated(seed, n, chunk_size=64, n_instances=1):
-    """A trace of the package's step-level simulator (noisy, busy engine)."""
-    phases = simulate_trace(
-        n,
-        beta=(5e-3, 3e-5, 2e-4),
-        chunk_size=chunk_size,
-        max_num_seqs=16,
-        arrival_rate=20.0 * n_instances,
-        noise=0.05,
-        n_instances=n_instances,
-        random_state=seed % 2**32,
-    )
-    if n_instances > 1:
-        phases = phases.rename(columns={"instance_id": "instance"})
-    return phases
-
-
+INST = "instance_id"
 sources = st.sampled_from(["synthetic", "simulated"])
 
 
 def any_trace(source, seed, n, **kwargs):
-    return (simulated if source == "simulated" else trace)(seed, n, **kwargs)
+    return (simulated_trace if source == "simulated" else trace)(seed, n, **kwargs)
 
 
 def trace(seed, n, **kwargs):
@@ -161,7 +144,7 @@ def test_time_shift_on_arbitrary_times_leaves_betas_unchanged(source, seed, n, o
     # ulp at 2e9 s): a float64 limit that no estimator can undo, harmless
     # against phases of tens of milliseconds and more.
     if source == "simulated":
-        phases = simulated(seed, n)
+        phases = simulated_trace(seed, n)
     else:
         phases = trace(seed, n, quantum=None)
     shifted = times(phases, offset=offset)
@@ -281,7 +264,7 @@ def test_exposures_are_non_negative(seed, n, chunk):
 def test_reference_end_correction_can_make_prefill_exposure_negative(
     published_sample,
 ):
-    # Reference quirk (METHOD.md 4): "end" takes mu back on the segment after
+    # Reference quirk (docs/method.md 4, 8): "end" takes mu back on the segment after
     # the prefill, which may belong to another phase only; that phase's
     # corrected prefill exposure goes negative. Kept for golden parity.
     timeline = timeline_of(published_sample, 64)
@@ -301,11 +284,11 @@ def test_instance_ids_permuted_or_renamed_change_nothing(
     source, seed, n, n_instances, perm_seed
 ):
     phases = any_trace(source, seed, n, n_instances=n_instances)
-    phases["instance"] = pd.factorize(phases["instance"], sort=True)[0]
-    used = phases.instance.max() + 1
+    phases[INST] = pd.factorize(phases[INST], sort=True)[0]
+    used = phases[INST].max() + 1
     relabel = np.random.default_rng(perm_seed).permutation(used)
     renamed = phases.assign(
-        instance=pd.Series([f"gpu-{relabel[i]}" for i in phases.instance])
+        **{INST: pd.Series([f"gpu-{relabel[i]}" for i in phases[INST]])}
     )
-    expected = fit_all(phases, 64, instance_col="instance")
-    assert_same_betas(fit_all(renamed, 64, instance_col="instance"), expected, 1e-12)
+    expected = fit_all(phases, 64, instance_col=INST)
+    assert_same_betas(fit_all(renamed, 64, instance_col=INST), expected, 1e-12)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
-import sklearn
 from sklearn.base import clone
 from sklearn.model_selection import (
     GridSearchCV,
@@ -34,12 +33,6 @@ INST = "instance_id"
 @pytest.fixture(scope="module")
 def fleet():
     return make_trace(600, n_instances=2, seed=1, decode_median=15)
-
-
-@pytest.fixture
-def routing():
-    with sklearn.config_context(enable_metadata_routing=True):
-        yield
 
 
 def exposures(phases, idx=None):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from conftest import column_kwargs
 from sklearn.model_selection import GridSearchCV
 from sklearn.pipeline import make_pipeline
 
@@ -154,10 +155,10 @@ def test_budget_and_chunk_size_tuned_by_grid_search(budgeted):
 
 def test_several_instances():
     phases, steps = _simulate(n_requests=6000, arrival_rate=24.0, n_instances=3)
-    regressor = _fit(phases, instance_col="instance_id")[-1]
+    regressor = _fit(phases, **column_kwargs(instance_id="instance_id"))[-1]
     np.testing.assert_allclose(regressor.beta_, BETA, rtol=1e-6)
     # Without the instance column the pressures mix engines.
-    mixed = _fit(phases)[-1]
+    mixed = _fit(phases, **column_kwargs(instance_id=None))[-1]
     assert step_time_error(BETA, mixed.beta_, steps) > 0.05
 
 
@@ -230,7 +231,7 @@ def test_step_count_objective_needs_a_counted_phase(moderate):
 def test_step_count_zero_weight_equals_dropping_an_instance():
     phases, _ = _simulate(n_requests=3000, arrival_rate=18.0, n_instances=3)
     table = PhaseExposureTransformer(
-        chunk_size=CHUNK, instance_col="instance_id"
+        chunk_size=CHUNK, **column_kwargs(instance_id="instance_id")
     ).fit_transform(phases)
     keep = (table["instance"] != 0).to_numpy()
     masked = IterativeBetaRegressor().fit(table, sample_weight=keep.astype(float))

@@ -6,7 +6,6 @@ import pickle
 
 import numpy as np
 import pytest
-import sklearn
 from sklearn.exceptions import UndefinedMetricWarning
 from sklearn.linear_model import LinearRegression
 from sklearn.metrics import (
@@ -54,12 +53,6 @@ def truth(phases, fitted):
     observed = (phases.t_end - phases.t_start).to_numpy()
     predicted = fitted.predict(phases)
     return observed, predicted, (phases.phase_type == "prefill").to_numpy()
-
-
-@pytest.fixture
-def routing():
-    with sklearn.config_context(enable_metadata_routing=True):
-        yield
 
 
 def test_names():

@@ -15,7 +15,7 @@ from sklearn_beta._corrections import (
 from sklearn_beta._grid import budgeted_prefill_pressure, build_timeline
 from sklearn_beta._iterative import solved_step_counts
 
-# smoke.csv by hand: A prefill [0,2) P=96, A decode [2,6) D=4,
+# tests/data/smoke.csv by hand: A prefill [0,2) P=96, A decode [2,6) D=4,
 # B prefill [1,3) P=64, B decode [3,5) D=2. Segments [0,1) [1,2) [2,3) [3,5)
 # [5,6): p_pf_full (C=64) = 64, 128, 64, 0, 0 and p_dec = 0, 0, 1, 2, 1.
 T_START = np.array([0.0, 2.0, 1.0, 3.0])

@@ -1,6 +1,6 @@
 """A step-level simulator of a vLLM-style engine, with known betas.
 
-The engine model is the one of METHOD.md section 1: a busy loop of steps, each
+The engine model is the one of docs/method.md section 1: a busy loop of steps, each
 lasting ``beta0 + beta1 * T_pf + beta2 * T_dec``. The simulator records every
 step (the ground truth production traces hide) and the request phases that a
 trace would show, so that estimators can be checked against the true betas.
