@@ -8,6 +8,8 @@ observed concurrency and the clock origin).
 
 from __future__ import annotations
 
+from dataclasses import astuple
+
 import numpy as np
 
 from ._validation import PhaseColumns, check_phases, describe_rows, numeric_column
@@ -17,24 +19,11 @@ from ._validation import PhaseColumns, check_phases, describe_rows, numeric_colu
 EPOCH_CLOCK = 2.0**24
 
 
-def phase_columns(columns, phases) -> PhaseColumns:
-    """Column names (CONTRACTS.md 1: ``PhaseColumns.coerce``)."""
-    coerce = getattr(PhaseColumns, "coerce", None)
-    if coerce is not None:
-        return coerce(columns)
-    # Before PhaseColumns.coerce lands: defaults only, instance_id when present.
-    if columns is not None:
-        raise ValueError("columns= needs PhaseColumns.coerce; pass None for now.")
-    return PhaseColumns(
-        instance="instance_id" if "instance_id" in phases.columns else None
-    )
-
-
 def trace_requests(phases, cols: PhaseColumns, arrival_col) -> dict:
     """Per request (order of first appearance): what the replay needs and the
     observed times, as arrays."""
     arrays = check_phases(phases, cols)
-    context = list(dict.fromkeys(c for c in cols.required() if c is not None))
+    context = [name for name in astuple(cols) if name in phases.columns]
     request, is_prefill = arrays.request, arrays.is_prefill
     n_req = int(request.max()) + 1
     rows = np.full((2, n_req), -1)
@@ -57,7 +46,7 @@ def trace_requests(phases, cols: PhaseColumns, arrival_col) -> dict:
             "token per prefill. " + describe_rows(phases, bad, context)
         )
     steps = arrays.decode_tokens if arrays.n_steps is None else arrays.n_steps
-    instance_col = getattr(cols, "instance_id", getattr(cols, "instance", None))
+    instance_col = cols.instance_id
     instance_id = (
         phases[instance_col].to_numpy()[pre]
         if instance_col in phases.columns

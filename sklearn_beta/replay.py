@@ -25,11 +25,11 @@ import pandas as pd
 from sklearn.pipeline import Pipeline
 from sklearn.utils.validation import check_is_fitted
 
+from ._columns import PhaseColumns
 from ._engine import check_beta, run_engine
 from ._replay_requests import (
     clock_origin,
     observed_concurrency,
-    phase_columns,
     trace_requests,
 )
 
@@ -129,7 +129,7 @@ def replay_trace(
     _check_count(chunk_size, "chunk_size")
     _check_count(token_budget, "token_budget")
     _check_count(max_num_seqs, "max_num_seqs")
-    requests = trace_requests(phases, phase_columns(columns, phases), arrival)
+    requests = trace_requests(phases, PhaseColumns.coerce(columns), arrival)
     caps = max_num_seqs
     if caps is None:
         caps = observed_concurrency(requests)
@@ -333,7 +333,7 @@ def _replay_score(estimator, X, y=None, *, trace, quantity, replay_kwargs, cache
         cache.clear()  # the last engine only: folds come one after another
         cache[key] = replay_trace(trace, beta, **settings, **replay_kwargs)
     replayed = cache[key]
-    request_col = phase_columns(replay_kwargs["columns"], trace).request_id
+    request_col = PhaseColumns.coerce(replay_kwargs["columns"]).request_id
     held_out = replayed["request_id"].isin(trace[request_col].iloc[pos]).to_numpy()
     errors = replay_errors(replayed, quantity)[held_out]
     return -float(np.mean(np.abs(errors)))

@@ -279,7 +279,8 @@ TINY_CALL = dict(
 
 def tiny_trace() -> pd.DataFrame:
     """The smoke examples' four requests, times rounded to microseconds."""
-    phases = simulate_trace(4, **TINY_CALL)
+    # One engine: the example types in no instance column.
+    phases = simulate_trace(4, **TINY_CALL).drop(columns="instance_id")
     return phases.assign(
         request_id="r" + phases.request_id.astype(str),
         t_start=phases.t_start.round(6),
