@@ -6,14 +6,18 @@ recovers ``(beta0, beta1, beta2)`` from them, as scikit-learn estimators and as
 a functional API that reproduces the published reference.
 """
 
-from ._baseline import BaselineBetaRegressor, BaselineResult, estimate_betas_baseline
-from ._exposure import EXPOSURE_COLUMNS, PhaseExposureTransformer
-from ._iterative import (
-    IterativeBetaRegressor,
+from ._baseline import BaselineBetaRegressor
+from ._design import DesignAtBetas, design_at_betas
+from ._exposure import PhaseExposureTransformer
+from ._functional import (
+    BaselineResult,
     IterativeResult,
+    estimate_betas_baseline,
     estimate_betas_iterative,
 )
-from ._validation import CleaningReport, clean_phases
+from ._iterative import IterativeBetaRegressor
+from ._schema import EXPOSURE_COLUMNS
+from ._validation import CleaningReport, PhaseColumns, clean_phases
 
 __version__ = "0.1.0"
 
@@ -22,10 +26,13 @@ __all__ = [
     "BaselineBetaRegressor",
     "BaselineResult",
     "CleaningReport",
+    "DesignAtBetas",
     "IterativeBetaRegressor",
     "IterativeResult",
+    "PhaseColumns",
     "PhaseExposureTransformer",
     "clean_phases",
+    "design_at_betas",
     "estimate_betas_baseline",
     "estimate_betas_iterative",
     "__version__",

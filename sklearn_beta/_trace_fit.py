@@ -18,16 +18,12 @@ from sklearn.model_selection import GridSearchCV
 from sklearn.pipeline import make_pipeline
 
 from ._baseline import BaselineBetaRegressor
-from ._corrections import FIXED_CORRECTION_MODES, static_correction_mass
-from ._exposure import _COL, PhaseExposureTransformer, timeline_from_exposures
-from ._iterative import (
-    HISTORY_COLUMNS,
-    IterativeBetaRegressor,
-    settled_design,
-    solved_correction,
-    solved_step_counts,
-    step_density,
-)
+from ._corrections import FIXED_CORRECTION_MODES
+from ._design import design_at_betas
+from ._exposure import PhaseExposureTransformer
+from ._fixed_point import HISTORY_COLUMNS
+from ._iterative import IterativeBetaRegressor
+from ._schema import column
 from .model_selection import TraceBlockSplit, TraceContextRegressor
 
 ALGORITHMS = ("baseline", "iterative")
@@ -125,7 +121,7 @@ def make_model(
         min_duration=min_duration,
         token_budget=token_budget,
         time_resolution=time_resolution,
-        instance_col=instance_col,
+        columns={"instance_id": instance_col},
     )
     if chunk_size is not None:
         transformer.set_params(chunk_size=chunk_size)
@@ -182,11 +178,11 @@ def fit_trace(phases: pd.DataFrame, *, chunk_size: int, **options) -> TraceFit:
         stopping=options.get("stopping", "relative"),
         history=history,
         diagnostics=regressor.diagnostics_,
-        observed=values[:, _COL["duration"]],
+        observed=column(values, "duration"),
         predicted=regressor.predict(table),
-        is_prefill=values[:, _COL["is_prefill"]] == 1,
-        t_start=values[:, _COL["t_start"]],
-        instance=values[:, _COL["instance"]].astype(np.intp),
+        is_prefill=column(values, "is_prefill") == 1,
+        t_start=column(values, "t_start"),
+        instance=column(values, "instance_id").astype(np.intp),
         instance_names=instance_names,
         profile=pressure_profile(values, regressor),
     )
@@ -207,31 +203,21 @@ def pressure_profile(table: np.ndarray, regressor) -> PressureProfile:
     ``p_eff`` it solves on each segment; otherwise ``p_eff`` settled by a
     few lagged passes at fixed betas.
     """
-    timeline = timeline_from_exposures(table)
-    beta = regressor.beta_
     # The baseline's correction already sits inside its exposures; for the
     # profile, "end_inside" places the same mass where the partial step ran.
-    mode = getattr(regressor, "correction_mode", "end_inside")
-    fixed = static_correction_mass(
-        mode, timeline.trace_grid, timeline.is_prefill, timeline.mu
+    view = design_at_betas(
+        table,
+        regressor.beta_,
+        correction_mode=getattr(regressor, "correction_mode", "end_inside"),
+        objective=getattr(regressor, "objective", "duration"),
     )
-    seg_len = timeline.trace_grid.seg_len
-    if getattr(regressor, "objective", None) == "step_count":
-        mass = solved_correction(timeline, beta, mode, fixed)
-        n, prefill_mass, _ = solved_step_counts(timeline, beta, mass)
-        density = np.divide(n, seg_len, out=np.zeros_like(n), where=seg_len > 0)
-        p_eff = np.divide(prefill_mass, n, out=np.zeros_like(n), where=n > 0)
-    else:
-        _, p_eff = settled_design(timeline, beta, mode, fixed)
-        density = step_density(beta, p_eff, timeline.p_dec)
-    tg = timeline.trace_grid
     return PressureProfile(
-        grid=tg.grid,
-        grid_instance=tg.grid_instance,
-        p_pf_full=timeline.p_pf_full,
-        p_eff=p_eff,
-        p_dec=timeline.p_dec,
-        step_density=density,
+        grid=view.grid,
+        grid_instance=view.grid_instance,
+        p_pf_full=view.p_pf_full,
+        p_eff=view.p_eff,
+        p_dec=view.p_dec,
+        step_density=view.step_density,
     )
 
 
@@ -274,7 +260,9 @@ def search_chunk_size(
                 int(c) for c in candidates
             ]
         },
-        cv=TraceBlockSplit(n_splits, instance_col=options.get("instance_col")),
+        cv=TraceBlockSplit(
+            n_splits, columns={"instance_id": options.get("instance_col")}
+        ),
         error_score=np.nan,
     )
     with warnings.catch_warnings():

@@ -17,7 +17,8 @@ datetime column, an empty table) raise in both.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields, replace
 from numbers import Integral, Real
 
 import numpy as np
@@ -56,7 +57,35 @@ class PhaseColumns:
     prefill_tokens: str = "prefill_tokens"
     decode_tokens: str = "decode_tokens"
     n_steps: str | None = "N_steps"
-    instance: str | None = None
+    instance_id: str | None = "instance_id"
+
+    @classmethod
+    def coerce(cls, columns) -> PhaseColumns:
+        """The :class:`PhaseColumns` of ``None``, a ``PhaseColumns`` or a mapping
+        {schema name: frame column} (unknown keys raise ValueError)."""
+        if columns is None:
+            return cls()
+        if isinstance(columns, cls):
+            return columns
+        if not isinstance(columns, Mapping):
+            raise TypeError(
+                "columns must be None, a PhaseColumns or a mapping from schema "
+                f"names to column names, got {type(columns).__name__}."
+            )
+        valid = [item.name for item in fields(cls)]
+        unknown = [key for key in columns if key not in valid]
+        if unknown:
+            raise ValueError(
+                f"Unknown key(s) {unknown} in columns; the valid keys are {valid}."
+            )
+        return cls(**columns)
+
+    def present_in(self, phases) -> PhaseColumns:
+        """These names, the optional instance column dropped when the frame
+        lacks it under its default name."""
+        if self.instance_id == "instance_id" and "instance_id" not in phases:
+            return replace(self, instance_id=None)
+        return self
 
     def required(self) -> list[str]:
         return [
@@ -182,8 +211,8 @@ def _check_frame(phases, columns: PhaseColumns) -> list[str]:
             "df.columns.get_level_values(-1)."
         )
     required = columns.required()
-    if columns.instance is not None:
-        required = required + [columns.instance]
+    if columns.instance_id is not None:
+        required = required + [columns.instance_id]
     try:
         missing = [c for c in required if c not in phases.columns]
     except TypeError as exc:  # an unhashable column name
@@ -377,12 +406,12 @@ def _row_problems(frame: pd.DataFrame, columns: PhaseColumns):
             f"Column {name!r} must hold non-negative integers below 2**53.",
             bad & used[name],
         )
-    if columns.instance is not None:
+    if columns.instance_id is not None:
         add(
             "missing_instance",
             ValueError,
-            f"Column {columns.instance!r} has missing values.",
-            pd.isna(frame[columns.instance]).to_numpy(dtype=bool),
+            f"Column {columns.instance_id!r} has missing values.",
+            pd.isna(frame[columns.instance_id]).to_numpy(dtype=bool),
         )
     return problems, is_prefill, values
 
@@ -428,7 +457,9 @@ def _repeated_phases(request: np.ndarray, is_prefill: np.ndarray) -> np.ndarray:
 # --------------------------------------------------------------------------
 
 
-def check_phases(phases, columns: PhaseColumns) -> PhaseArrays:
+def check_phases(
+    phases, columns: PhaseColumns | None, *, need_prefill_tokens: bool = True
+) -> PhaseArrays:
     """Validate a phase table and return it as :class:`PhaseArrays`.
 
     The table is never modified.
@@ -441,6 +472,11 @@ def check_phases(phases, columns: PhaseColumns) -> PhaseArrays:
         For missing columns, bad values or an inconsistent table; the message
         names the column and shows the first offending rows.
     """
+    # need_prefill_tokens: the published N_steps rule (CONTRACTS.md 2), which
+    # this branch's checks do not implement yet: they always read the tokens.
+    columns = PhaseColumns.coerce(columns)
+    if isinstance(phases, pd.DataFrame):
+        columns = columns.present_in(phases.columns)
     context = _check_frame(phases, columns)
     _check_column_types(phases, columns)
     problems, is_prefill, values = _row_problems(phases, columns)
@@ -459,10 +495,10 @@ def check_phases(phases, columns: PhaseColumns) -> PhaseArrays:
             + describe_rows(phases, repeated, context)
             + _CLEAN_HINT
         )
-    if columns.instance is None:
+    if columns.instance_id is None:
         instance = np.zeros(len(phases), dtype=np.intp)
     else:
-        instance = _codes(phases[columns.instance], columns.instance, sort=True)
+        instance = _codes(phases[columns.instance_id], columns.instance_id, sort=True)
     return _shifted_arrays(
         phases, context, columns, request, is_prefill, values, instance
     )
@@ -658,10 +694,10 @@ prefill_tokens_col, decode_tokens_col, n_steps_col, instance_col : str
         # " 1.0" equals 1.0 and unused cells (which may hold anything) are
         # ignored.
         key = pd.DataFrame(values).assign(_request=request, _prefill=is_prefill)
-        if columns.instance is not None:
+        if columns.instance_id is not None:
             key["_instance"] = -1
             key.loc[keep, "_instance"] = _codes(
-                phases[columns.instance][keep], columns.instance, False
+                phases[columns.instance_id][keep], columns.instance_id, False
             )
         exact = np.zeros(len(phases), dtype=bool)
         exact[keep] = key[keep].duplicated().to_numpy()

@@ -20,8 +20,8 @@ from sklearn.metrics._scorer import _BaseScorer
 from sklearn.pipeline import Pipeline
 
 from ._base import BaseBetaRegressor
-from ._exposure import _COL, PhaseExposureTransformer
-from ._validation import check_phases
+from ._exposure import PhaseExposureTransformer
+from ._schema import column, has_column
 from .model_selection import TraceContextRegressor
 
 # --- Coefficient and step-time errors against known betas (simulated traces) ---
@@ -178,7 +178,7 @@ def _observed_durations(estimator, X):
         if len(estimator) == 2 and isinstance(first, PhaseExposureTransformer):
             # Validating the phase table gives the same durations and kinds
             # as its exposure table, without building the grid again.
-            arrays = check_phases(X, first._columns())
+            arrays = first._phase_arrays(X)
             return arrays.duration, arrays.is_prefill
         table = estimator[:-1].transform(X)
     elif isinstance(estimator, BaseBetaRegressor):
@@ -186,9 +186,9 @@ def _observed_durations(estimator, X):
     else:
         return None
     table = np.asarray(table, dtype=np.float64)
-    if table.shape[1] <= max(_COL["duration"], _COL["is_prefill"]):
+    if not (has_column(table, "duration") and has_column(table, "is_prefill")):
         return None, None
-    return table[:, _COL["duration"]], table[:, _COL["is_prefill"]] == 1
+    return column(table, "duration"), column(table, "is_prefill") == 1
 
 
 def phase_durations(estimator, X, y=None, *, predict=None):

@@ -40,7 +40,7 @@ from sklearn.pipeline import Pipeline
 from sklearn.utils.validation import check_is_fitted
 
 from ._grid import build_grid
-from ._validation import describe_rows, numeric_column
+from ._validation import PhaseColumns, describe_rows, numeric_column
 
 __all__ = ["TraceBlockSplit", "TraceContextRegressor", "complete_context_mask"]
 
@@ -55,15 +55,16 @@ class _TraceTimes:
     instance: np.ndarray  # int codes of the instance ids, 0 for one instance
 
 
-def _trace_times(
-    X, *, request_id_col, t_start_col, t_end_col, instance_col, groups=None
-) -> _TraceTimes:
+def _trace_times(X, columns, groups=None) -> _TraceTimes:
     """Validate the columns a split needs and return them as arrays."""
     if not isinstance(X, pd.DataFrame):
         raise TypeError(
             "Splitting a trace needs the phase table as a pandas DataFrame, "
             f"got {type(X).__name__}."
         )
+    columns = PhaseColumns.coerce(columns).present_in(X.columns)
+    request_id_col, t_start_col = columns.request_id, columns.t_start
+    t_end_col, instance_col = columns.t_end, columns.instance_id
     needed = [request_id_col, t_start_col, t_end_col]
     if groups is None and instance_col is not None:
         needed.append(instance_col)
@@ -188,13 +189,11 @@ class TraceBlockSplit(BaseCrossValidator):
     gap : float, default=0.0
         Extra margin, in the trace's time unit, around each test block within
         which training phases are dropped as well.
-    request_id_col : str, default="request_id"
-        Column of request ids.
-    t_start_col, t_end_col : str, default="t_start", "t_end"
-        Columns of phase start and end times.
-    instance_col : str or None, default=None
-        Column of engine-instance ids; blocks are cut per instance. When
-        ``groups`` is passed to :meth:`split` it is used instead.
+    columns : PhaseColumns, mapping or None, default=None
+        Column names (:meth:`~sklearn_beta.PhaseColumns.coerce`); the split
+        reads ``request_id``, ``t_start``, ``t_end`` and ``instance_id`` (used
+        when present: blocks are then cut per instance). When ``groups`` is
+        passed to :meth:`split` it is used instead of the instance column.
 
     See Also
     --------
@@ -229,17 +228,11 @@ class TraceBlockSplit(BaseCrossValidator):
         n_splits=5,
         *,
         gap=0.0,
-        request_id_col="request_id",
-        t_start_col="t_start",
-        t_end_col="t_end",
-        instance_col=None,
+        columns=None,
     ):
         self.n_splits = n_splits
         self.gap = gap
-        self.request_id_col = request_id_col
-        self.t_start_col = t_start_col
-        self.t_end_col = t_end_col
-        self.instance_col = instance_col
+        self.columns = columns
 
     def _check_params(self) -> None:
         n = self.n_splits
@@ -276,7 +269,7 @@ class TraceBlockSplit(BaseCrossValidator):
         y : object
             Ignored.
         groups : array-like of shape (n_phases,), default=None
-            Instance id of each phase; overrides ``instance_col``.
+            Instance id of each phase; overrides the instance column.
 
         Yields
         ------
@@ -293,14 +286,7 @@ class TraceBlockSplit(BaseCrossValidator):
             requests, or a ``gap`` or overlap that swallows the whole trace).
         """
         self._check_params()
-        times = _trace_times(
-            X,
-            request_id_col=self.request_id_col,
-            t_start_col=self.t_start_col,
-            t_end_col=self.t_end_col,
-            instance_col=self.instance_col,
-            groups=groups,
-        )
+        times = _trace_times(X, self.columns, groups)
         block = request_blocks(times, int(self.n_splits))
         n_requests = times.request.max() + 1
         per_fold = np.bincount(block, minlength=self.n_splits)
@@ -335,9 +321,7 @@ def complete_context_mask(
     X: pd.DataFrame,
     indices,
     *,
-    t_start_col: str = "t_start",
-    t_end_col: str = "t_end",
-    instance_col: str | None = None,
+    columns: PhaseColumns | dict | None = None,
 ) -> np.ndarray:
     """Which phases of ``X.iloc[indices]`` keep their full-trace exposures.
 
@@ -353,10 +337,9 @@ def complete_context_mask(
         The full phase table.
     indices : array-like of int
         Row positions of the subset (e.g. a fold's test indices).
-    t_start_col, t_end_col : str, default="t_start", "t_end"
-        Columns of phase start and end times.
-    instance_col : str or None, default=None
-        Column of engine-instance ids.
+    columns : PhaseColumns, mapping or None, default=None
+        Column names (:meth:`~sklearn_beta.PhaseColumns.coerce`); reads
+        ``t_start``, ``t_end`` and ``instance_id`` (used when present).
 
     Returns
     -------
@@ -372,6 +355,9 @@ def complete_context_mask(
     [False, True]
     """
     frame = X.reset_index(drop=True)
+    columns = PhaseColumns.coerce(columns).present_in(frame.columns)
+    t_start_col, t_end_col = columns.t_start, columns.t_end
+    instance_col = columns.instance_id
     needed = [t_start_col, t_end_col] + ([instance_col] if instance_col else [])
     t_start = numeric_column(frame, t_start_col, needed)
     t_end = numeric_column(frame, t_end_col, needed)

@@ -19,7 +19,7 @@ from sklearn_beta import (
 )
 from sklearn_beta._corrections import fixed_correction_mass
 from sklearn_beta._exposure import timeline_from_arrays
-from sklearn_beta._iterative import fit_step_counts, solved_step_counts
+from sklearn_beta._step_count import fit_step_counts, solved_step_counts
 from sklearn_beta._validation import PhaseColumns, check_phases
 from sklearn_beta.datasets import simulate_trace
 from sklearn_beta.metrics import coefficient_errors, step_time_error
@@ -154,10 +154,10 @@ def test_budget_and_chunk_size_tuned_by_grid_search(budgeted):
 
 def test_several_instances():
     phases, steps = _simulate(n_requests=6000, arrival_rate=24.0, n_instances=3)
-    regressor = _fit(phases, instance_col="instance_id")[-1]
+    regressor = _fit(phases)[-1]  # instance_id: used when present
     np.testing.assert_allclose(regressor.beta_, BETA, rtol=1e-6)
     # Without the instance column the pressures mix engines.
-    mixed = _fit(phases)[-1]
+    mixed = _fit(phases, columns={"instance_id": None})[-1]
     assert step_time_error(BETA, mixed.beta_, steps) > 0.05
 
 
@@ -206,9 +206,9 @@ def test_reference_objective_still_available(moderate):
 
 def test_token_budget_validated_and_unused_without_capped_steps(moderate):
     phases, _ = moderate
-    with pytest.raises(ValueError, match="token_budget must be a positive integer"):
+    with pytest.raises(ValueError, match="token_budget. parameter of estimate_betas"):
         estimate_betas_iterative(phases, chunk_size=CHUNK, token_budget=0)
-    with pytest.raises(ValueError, match="token_budget must be a positive integer"):
+    with pytest.raises(ValueError, match="token_budget. parameter of estimate_betas"):
         estimate_betas_iterative(phases, chunk_size=CHUNK, token_budget=2.5)
     # A budget no step reaches changes nothing.
     loose = estimate_betas_iterative(
@@ -230,9 +230,9 @@ def test_step_count_objective_needs_a_counted_phase(moderate):
 def test_step_count_zero_weight_equals_dropping_an_instance():
     phases, _ = _simulate(n_requests=3000, arrival_rate=18.0, n_instances=3)
     table = PhaseExposureTransformer(
-        chunk_size=CHUNK, instance_col="instance_id"
+        chunk_size=CHUNK, columns={"instance_id": "instance_id"}
     ).fit_transform(phases)
-    keep = (table["instance"] != 0).to_numpy()
+    keep = (table["instance_id"] != 0).to_numpy()
     masked = IterativeBetaRegressor().fit(table, sample_weight=keep.astype(float))
     subset = IterativeBetaRegressor().fit(table[keep])
     np.testing.assert_allclose(masked.beta_, subset.beta_, rtol=1e-9)

@@ -44,7 +44,8 @@ def phases():
 @pytest.fixture(scope="module")
 def fitted(phases):
     return make_pipeline(
-        PhaseExposureTransformer(instance_col=INST), IterativeBetaRegressor()
+        PhaseExposureTransformer(columns={"instance_id": INST}),
+        IterativeBetaRegressor(),
     ).fit(phases)
 
 
@@ -172,12 +173,12 @@ def test_scorer_pickles(phases, fitted):
 
 def _pipe():
     return make_pipeline(
-        PhaseExposureTransformer(instance_col=INST), BaselineBetaRegressor()
+        PhaseExposureTransformer(columns={"instance_id": INST}), BaselineBetaRegressor()
     )
 
 
 def test_cross_val_score_without_y(phases):
-    cv = TraceBlockSplit(3, instance_col=INST)
+    cv = TraceBlockSplit(3, columns={"instance_id": INST})
     scores = cross_val_score(
         _pipe(), phases, cv=cv, scoring=get_scorer("neg_duration_mape")
     )
@@ -196,7 +197,7 @@ def test_multimetric_grid_search_refits_on_a_named_score(phases):
     search = GridSearchCV(
         _pipe(),
         {"phaseexposuretransformer__correction_mode": ["end", "uniform"]},
-        cv=TraceBlockSplit(3, instance_col=INST),
+        cv=TraceBlockSplit(3, columns={"instance_id": INST}),
         scoring=phase_scorers("duration_r2", "neg_duration_mape", "decode_r2"),
         refit="neg_duration_mape",
         error_score="raise",
@@ -224,9 +225,11 @@ def test_weighted_scoring_with_routing(routing, phases):
     weights = np.random.default_rng(1).uniform(0.5, 2.0, len(phases))
     scorer = get_scorer("neg_decode_mape").set_score_request(sample_weight=True)
     regressor = BaselineBetaRegressor().set_fit_request(sample_weight=True)
-    cv = TraceBlockSplit(3, instance_col=INST)
+    cv = TraceBlockSplit(3, columns={"instance_id": INST})
     result = cross_validate(
-        make_pipeline(PhaseExposureTransformer(instance_col=INST), regressor),
+        make_pipeline(
+            PhaseExposureTransformer(columns={"instance_id": INST}), regressor
+        ),
         phases,
         cv=cv,
         scoring=scorer,
@@ -234,13 +237,13 @@ def test_weighted_scoring_with_routing(routing, phases):
     )
     expected = []
     for train, test in cv.split(phases):
-        table = PhaseExposureTransformer(instance_col=INST).fit_transform(
+        table = PhaseExposureTransformer(columns={"instance_id": INST}).fit_transform(
             phases.iloc[train]
         )
         model = BaselineBetaRegressor().fit(table, sample_weight=weights[train])
-        test_table = PhaseExposureTransformer(instance_col=INST).fit_transform(
-            phases.iloc[test]
-        )
+        test_table = PhaseExposureTransformer(
+            columns={"instance_id": INST}
+        ).fit_transform(phases.iloc[test])
         dec = test_table["is_prefill"].to_numpy() == 0
         expected.append(
             -mean_absolute_percentage_error(
@@ -264,7 +267,7 @@ def test_scorers_use_the_context_regressor_full_trace(phases):
     from sklearn_beta.model_selection import TraceContextRegressor
 
     model = TraceContextRegressor(_pipe(), trace=phases)
-    train, test = next(TraceBlockSplit(3, instance_col=INST).split(phases))
+    train, test = next(TraceBlockSplit(3, columns={"instance_id": INST}).split(phases))
     model.fit(phases.iloc[train])
     full = model.exposures_
     observed = full["duration"].to_numpy()[test]
@@ -290,7 +293,7 @@ def test_multimetric_scoring_predicts_once_per_fold(phases, monkeypatch):
     cross_validate(
         _pipe(),
         phases,
-        cv=TraceBlockSplit(3, instance_col=INST),
+        cv=TraceBlockSplit(3, columns={"instance_id": INST}),
         scoring=phase_scorers(),
     )
     assert len(calls) == 3
