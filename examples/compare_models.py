@@ -82,7 +82,7 @@ def summarize(results: dict) -> pd.DataFrame:
     rows = {}
     for name, scores in results.items():
         row = {}
-        for key in SCORING:
+        for key in SCORING.scorers:
             values = scores[f"test_{key}"]
             if key == "neg_duration_mape":
                 values, key = -100 * values, "MAPE %"

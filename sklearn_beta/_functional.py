@@ -285,13 +285,13 @@ default="end"
     beta = regressor._fit_timeline(
         timeline, design, density, timeline.duration, caller=caller, stacklevel=4
     )
-    history = regressor.history_
+    history = published_history(regressor.history_)
     return IterativeResult(
         *beta.tolist(),
         converged=regressor.converged_,
         n_outer_iters=regressor.n_iter_,
-        diagnostics=published_diagnostics(regressor) | regressor.diagnostics_,
-        history=published_history(history),
+        diagnostics=published_diagnostics(regressor, history) | regressor.diagnostics_,
+        history=history,
     )
 
 
@@ -307,19 +307,20 @@ def published_history(history: pd.DataFrame) -> dict:
     }
 
 
-def published_diagnostics(regressor: IterativeBetaRegressor) -> dict:
-    """The published diagnostics keys of a fitted iterative estimator."""
-    history = regressor.history_
-    beta = history[["beta0", "beta1", "beta2"]].to_numpy()
-    last = history.iloc[-1]
+def published_diagnostics(regressor: IterativeBetaRegressor, history: dict) -> dict:
+    """The published diagnostics keys of a fitted iterative estimator.
+
+    ``history`` is its :func:`published_history`.
+    """
+    beta = history["beta"]
     return {
         "converged": bool(regressor.converged_),
         "n_outer_iters": int(regressor.n_iter_),
         "tol": float(regressor.tol),
         "damping_eta": float(regressor.damping),
-        **{f"init_beta{k}": float(beta[0, k]) for k in range(3)},
-        **{f"final_beta{k}": float(beta[-1, k]) for k in range(3)},
-        "final_r2": float(last["r2"]),
-        "final_rmse_seconds": float(last["rmse_seconds"]),
-        "final_delta_beta_l2": float(np.linalg.norm(beta[-1] - beta[-2])),
+        **{f"init_beta{k}": beta[0][k] for k in range(3)},
+        **{f"final_beta{k}": beta[-1][k] for k in range(3)},
+        "final_r2": history["r2"][-1],
+        "final_rmse_seconds": history["rmse_seconds"][-1],
+        "final_delta_beta_l2": history["delta_beta_l2"][-1],
     }

@@ -69,6 +69,7 @@ class TraceFit:
     instance: np.ndarray
     instance_names: list
     profile: PressureProfile
+    model: object = None
 
 
 def make_model(
@@ -185,6 +186,7 @@ def fit_trace(phases: pd.DataFrame, *, chunk_size: int, **options) -> TraceFit:
         instance=column(values, "instance_id").astype(np.intp),
         instance_names=instance_names,
         profile=pressure_profile(values, regressor),
+        model=model,
     )
 
 

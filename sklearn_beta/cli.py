@@ -264,7 +264,7 @@ def run_fit(args, progress: _Progress) -> dict:
     if args.plot:
         from .plotting import save_fit_plots
 
-        report["plots"] = [str(p) for p in save_fit_plots(fit, args.plot)]
+        report["plots"] = [str(p) for p in save_fit_plots(fit.model, phases, args.plot)]
     return report
 
 

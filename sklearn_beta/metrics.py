@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-import copy
 import warnings
-from functools import partial
+from types import MappingProxyType
 
 import numpy as np
 import pandas as pd
@@ -16,13 +15,25 @@ from sklearn.metrics import (
     r2_score,
     root_mean_squared_error,
 )
-from sklearn.metrics._scorer import _BaseScorer
 from sklearn.pipeline import Pipeline
+from sklearn.utils.metadata_routing import MetadataRequest
 
 from ._base import BaseBetaRegressor
 from ._exposure import PhaseExposureTransformer
 from ._schema import column, has_column
 from .model_selection import TraceContextRegressor
+
+__all__ = [
+    "PhaseDurationScorer",
+    "PhaseScorers",
+    "coefficient_errors",
+    "get_scorer",
+    "get_scorer_names",
+    "make_phase_scorer",
+    "phase_durations",
+    "phase_scorers",
+    "step_time_error",
+]
 
 # --- Coefficient and step-time errors against known betas (simulated traces) ---
 
@@ -148,19 +159,29 @@ def _step_tokens(steps) -> np.ndarray:
 #
 # Scikit-learn's string scorers compute ``metric(y, estimator.predict(X))`` and
 # fail when ``y`` is None, which is how a phase table is cross-validated (the
-# target, each phase's duration, is in the table). These scorers take the
-# target from the model's view of the phases instead: the ``duration`` and
-# ``is_prefill`` of the exposure table (for the usual two-step pipeline, read
-# by validating the phase table, which gives the same values without building
-# the grid). Predictions go through scikit-learn's multi-metric cache, so
-# several scorers predict once. An explicit ``y`` still wins. They subclass
-# scikit-learn's (private) scorer base class so that ``set_score_request`` and
-# metadata routing of ``sample_weight`` work as for any ``make_scorer`` scorer.
-# scikit-learn checks ``scoring=`` strings against its own registry, frozen
-# when it is imported, so the names below are used through ``get_scorer(name)``
-# or ``phase_scorers(*names)``.
+# target, each phase's duration, is in the table). These scorers are plain
+# callables ``scorer(estimator, X, y=None)`` that take the target from the
+# model's view of the phases instead: the ``duration`` and ``is_prefill`` of
+# the exposure table (for the usual two-step pipeline, read by validating the
+# phase table, which gives the same values without building the grid). An
+# explicit ``y`` still wins. They request ``sample_weight`` through
+# scikit-learn's public metadata-routing API (``set_score_request``), and
+# :func:`phase_scorers` makes one multi-metric callable that predicts once.
 
 PHASES = (None, "prefill", "decode")
+#: The predefined scorers: name -> (metric, phase, greater_is_better).
+_PREDEFINED = MappingProxyType(
+    {
+        "duration_r2": (r2_score, None, True),
+        "prefill_r2": (r2_score, "prefill", True),
+        "decode_r2": (r2_score, "decode", True),
+        "neg_duration_mape": (mean_absolute_percentage_error, None, False),
+        "neg_prefill_mape": (mean_absolute_percentage_error, "prefill", False),
+        "neg_decode_mape": (mean_absolute_percentage_error, "decode", False),
+        "neg_duration_rmse": (root_mean_squared_error, None, False),
+        "neg_duration_mae": (mean_absolute_error, None, False),
+    }
+)
 
 
 def _observed_durations(estimator, X):
@@ -191,7 +212,7 @@ def _observed_durations(estimator, X):
     return column(table, "duration"), column(table, "is_prefill") == 1
 
 
-def phase_durations(estimator, X, y=None, *, predict=None):
+def phase_durations(estimator, X, y=None):
     """Observed and predicted durations of the phases in ``X``, and their kind.
 
     Parameters
@@ -207,9 +228,6 @@ def phase_durations(estimator, X, y=None, *, predict=None):
         Phase table (pipeline) or exposure table (regressor).
     y : array-like of shape (n_phases,), default=None
         Observed durations; taken from the exposure table when None.
-    predict : callable or None, default=None
-        Returns ``estimator.predict(X)``, possibly cached (scikit-learn's
-        multi-metric scoring shares one prediction among scorers).
 
     Returns
     -------
@@ -219,7 +237,7 @@ def phase_durations(estimator, X, y=None, *, predict=None):
         Phase kind, None when the table does not tell.
     """
     observed = _observed_durations(estimator, X)
-    y_pred = np.asarray(estimator.predict(X) if predict is None else predict())
+    y_pred = np.asarray(estimator.predict(X))
     if observed is None:
         if y is None:
             raise ValueError(
@@ -238,11 +256,46 @@ def phase_durations(estimator, X, y=None, *, predict=None):
     return np.asarray(y, dtype=np.float64), y_pred, is_prefill
 
 
-class PhaseDurationScorer(_BaseScorer):
+class _ScoreRequest:
+    """``set_score_request(sample_weight=...)`` on scikit-learn's public API."""
+
+    _sample_weight_request = None
+
+    def set_score_request(self, *, sample_weight=None):
+        """Request ``sample_weight`` from the metadata routing of ``score``.
+
+        Parameters
+        ----------
+        sample_weight : bool, str or None, default=None
+            True to receive the routed ``sample_weight``, False not to, a
+            string to receive it under that alias; None: an error if passed.
+
+        Returns
+        -------
+        self : object
+        """
+        self._sample_weight_request = sample_weight
+        return self
+
+    def get_metadata_routing(self) -> MetadataRequest:
+        """The metadata this scorer consumes: ``sample_weight``, as requested.
+
+        Returns
+        -------
+        routing : MetadataRequest
+        """
+        request = MetadataRequest(owner=type(self).__name__)
+        request.score.add_request(
+            param="sample_weight", alias=self._sample_weight_request
+        )
+        return request
+
+
+class PhaseDurationScorer(_ScoreRequest):
     """Score predicted phase durations, optionally of one phase kind only.
 
-    Use :func:`make_phase_scorer` to build one, or :func:`get_scorer` for the
-    predefined ones.
+    A plain callable ``scorer(estimator, X, y=None, sample_weight=None)``;
+    build one with :func:`make_phase_scorer` or :func:`get_scorer`.
 
     Parameters
     ----------
@@ -257,9 +310,11 @@ class PhaseDurationScorer(_BaseScorer):
     """
 
     def __init__(self, score_func, sign, kwargs, phase=None):
-        super().__init__(score_func, sign, kwargs, response_method="predict")
         if phase not in PHASES:
             raise ValueError(f"phase must be one of {PHASES}, got {phase!r}.")
+        self._score_func = score_func
+        self._sign = sign
+        self._kwargs = dict(kwargs)
         self._phase = phase
 
     def __repr__(self):
@@ -269,7 +324,7 @@ class PhaseDurationScorer(_BaseScorer):
         extra = "".join(f", {k}={v!r}" for k, v in self._kwargs.items())
         return f"make_phase_scorer({name}{sign}{phase}{extra})"
 
-    def __call__(self, estimator, X, y_true=None, *, sample_weight=None, **kwargs):
+    def __call__(self, estimator, X, y_true=None, *, sample_weight=None):
         """Score ``estimator`` on the phases of ``X``.
 
         Parameters
@@ -282,30 +337,16 @@ class PhaseDurationScorer(_BaseScorer):
             Observed durations; taken from the exposure table when None.
         sample_weight : array-like of shape (n_phases,), default=None
             Weights of the phases.
-        **kwargs
-            Other metadata, with metadata routing enabled.
 
         Returns
         -------
         score : float
         """
-        if sample_weight is not None:
-            kwargs["sample_weight"] = sample_weight
-        return self._score(None, estimator, X, y_true, **kwargs)
+        durations = phase_durations(estimator, X, y_true)
+        return self.score_durations(*durations, sample_weight=sample_weight)
 
-    def _score(self, method_caller, estimator, X, y_true=None, **kwargs):
-        # method_caller is scikit-learn's prediction cache, shared by the
-        # scorers of one multi-metric evaluation.
-        self._warn_overlap(
-            message="Metadata overlaps the kwargs given to make_phase_scorer.",
-            kwargs=kwargs,
-        )
-        predict = None
-        if method_caller is not None:
-            predict = partial(method_caller, estimator, "predict", X)
-        y_true, y_pred, is_prefill = phase_durations(
-            estimator, X, y_true, predict=predict
-        )
+    def score_durations(self, y_true, y_pred, is_prefill, *, sample_weight=None):
+        """The score of observed and predicted durations of known kinds."""
         keep = slice(None)
         if self._phase is not None:
             if is_prefill is None:
@@ -319,16 +360,53 @@ class PhaseDurationScorer(_BaseScorer):
                 warnings.warn(
                     f"No {self._phase} phase to score: returning NaN.",
                     UndefinedMetricWarning,
-                    stacklevel=2,
+                    stacklevel=3,
                 )
                 return float("nan")
-        scoring_kwargs = {**self._kwargs, **kwargs}
-        if scoring_kwargs.get("sample_weight") is not None:
-            weight = np.asarray(scoring_kwargs["sample_weight"], dtype=np.float64)
-            scoring_kwargs["sample_weight"] = weight[keep]
+        kwargs = dict(self._kwargs)
+        if sample_weight is not None:
+            kwargs["sample_weight"] = np.asarray(sample_weight, np.float64)[keep]
         return self._sign * float(
-            self._score_func(y_true[keep], y_pred[keep], **scoring_kwargs)
+            self._score_func(y_true[keep], y_pred[keep], **kwargs)
         )
+
+
+class PhaseScorers(_ScoreRequest):
+    """Several phase-duration scorers as one multi-metric callable.
+
+    ``scorers(estimator, X, y=None)`` returns ``{name: score}`` from one
+    prediction; pass it as ``scoring=`` (with ``refit="<name>"`` in a
+    search). Build it with :func:`phase_scorers`.
+
+    Parameters
+    ----------
+    scorers : dict of str to PhaseDurationScorer
+        The scorers, by name.
+    """
+
+    def __init__(self, scorers: dict):
+        self.scorers = dict(scorers)
+
+    def __repr__(self):
+        return f"PhaseScorers({sorted(self.scorers)})"
+
+    def __call__(self, estimator, X, y_true=None, *, sample_weight=None) -> dict:
+        """The score of every scorer, from one prediction.
+
+        Parameters
+        ----------
+        estimator, X, y_true, sample_weight
+            As for :class:`PhaseDurationScorer`.
+
+        Returns
+        -------
+        scores : dict of str to float
+        """
+        durations = phase_durations(estimator, X, y_true)
+        return {
+            name: scorer.score_durations(*durations, sample_weight=sample_weight)
+            for name, scorer in self.scorers.items()
+        }
 
 
 def make_phase_scorer(
@@ -371,28 +449,6 @@ phase='decode')
     )
 
 
-#: The predefined scorers, by name. ``neg_*`` are errors with their sign
-#: flipped (greater is better), as in scikit-learn.
-SCORERS = {
-    "duration_r2": make_phase_scorer(r2_score),
-    "prefill_r2": make_phase_scorer(r2_score, phase="prefill"),
-    "decode_r2": make_phase_scorer(r2_score, phase="decode"),
-    "neg_duration_mape": make_phase_scorer(
-        mean_absolute_percentage_error, greater_is_better=False
-    ),
-    "neg_prefill_mape": make_phase_scorer(
-        mean_absolute_percentage_error, phase="prefill", greater_is_better=False
-    ),
-    "neg_decode_mape": make_phase_scorer(
-        mean_absolute_percentage_error, phase="decode", greater_is_better=False
-    ),
-    "neg_duration_rmse": make_phase_scorer(
-        root_mean_squared_error, greater_is_better=False
-    ),
-    "neg_duration_mae": make_phase_scorer(mean_absolute_error, greater_is_better=False),
-}
-
-
 def get_scorer_names() -> list[str]:
     """Names of the predefined phase-duration scorers.
 
@@ -400,7 +456,7 @@ def get_scorer_names() -> list[str]:
     -------
     names : list of str
     """
-    return sorted(SCORERS)
+    return sorted(_PREDEFINED)
 
 
 def get_scorer(scoring):
@@ -422,13 +478,16 @@ def get_scorer(scoring):
     >>> get_scorer("neg_duration_mape")
     make_phase_scorer(mean_absolute_percentage_error, greater_is_better=False)
     """
-    if isinstance(scoring, str) and scoring in SCORERS:
-        return copy.deepcopy(SCORERS[scoring])
+    if isinstance(scoring, str) and scoring in _PREDEFINED:
+        metric, phase, greater_is_better = _PREDEFINED[scoring]
+        return make_phase_scorer(
+            metric, phase=phase, greater_is_better=greater_is_better
+        )
     return _sklearn_get_scorer(scoring)
 
 
 def phase_scorers(*names: str) -> dict:
-    """A ``{name: scorer}`` dict for multi-metric ``scoring=``.
+    """One multi-metric scorer for ``scoring=``: several scores, one prediction.
 
     Parameters
     ----------
@@ -437,12 +496,15 @@ def phase_scorers(*names: str) -> dict:
 
     Returns
     -------
-    scoring : dict
+    scoring : PhaseScorers
+        ``scoring(estimator, X, y=None)`` returns ``{name: score}``.
 
     Examples
     --------
     >>> from sklearn_beta.metrics import phase_scorers
-    >>> sorted(phase_scorers("duration_r2", "neg_decode_mape"))
-    ['duration_r2', 'neg_decode_mape']
+    >>> phase_scorers("duration_r2", "neg_decode_mape")
+    PhaseScorers(['duration_r2', 'neg_decode_mape'])
     """
-    return {name: get_scorer(name) for name in (names or get_scorer_names())}
+    return PhaseScorers(
+        {name: get_scorer(name) for name in (names or get_scorer_names())}
+    )

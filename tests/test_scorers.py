@@ -24,7 +24,6 @@ from sklearn_beta import (
     PhaseExposureTransformer,
 )
 from sklearn_beta.metrics import (
-    SCORERS,
     get_scorer,
     get_scorer_names,
     make_phase_scorer,
@@ -64,7 +63,7 @@ def routing():
 
 
 def test_names():
-    assert get_scorer_names() == sorted(SCORERS)
+    assert get_scorer_names() == sorted(phase_scorers().scorers)
     assert {"duration_r2", "neg_duration_mape", "prefill_r2", "decode_r2"} <= set(
         get_scorer_names()
     )
@@ -86,7 +85,7 @@ def test_scores_match_hand_computation(phases, fitted, truth):
         "neg_duration_rmse": -np.sqrt(np.mean((observed - predicted) ** 2)),
         "neg_duration_mae": -np.mean(np.abs(observed - predicted)),
     }
-    assert set(expected) == set(SCORERS)
+    assert set(expected) == set(get_scorer_names())
     for name, value in expected.items():
         assert get_scorer(name)(fitted, phases) == pytest.approx(value, rel=1e-12)
     # The R^2 scorer agrees with the estimator's default score.
@@ -162,8 +161,10 @@ def test_get_scorer_falls_back_to_scikit_learn(phases, fitted):
     assert get_scorer(scorer) is scorer
     with pytest.raises(ValueError, match="not a valid scoring"):
         get_scorer("no_such_score")
-    # Copies: tweaking one does not touch the registry.
-    assert get_scorer("duration_r2") is not SCORERS["duration_r2"]
+    # Fresh scorers: requesting weights on one does not touch another.
+    weighted = get_scorer("duration_r2").set_score_request(sample_weight=True)
+    assert get_scorer("duration_r2")._sample_weight_request is None
+    assert weighted._sample_weight_request is True
 
 
 def test_scorer_pickles(phases, fitted):
