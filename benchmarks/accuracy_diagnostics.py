@@ -39,6 +39,7 @@ from accuracy import SCENARIOS, exact_step_sums, simulate  # noqa: E402
 from sklearn_beta._corrections import fixed_correction_mass  # noqa: E402
 from sklearn_beta._exposure import timeline_from_arrays  # noqa: E402
 from sklearn_beta._fixed_point import (  # noqa: E402
+    IterationSettings,
     correction_rate,
     iterate_betas,
     reweighted_design,
@@ -118,7 +119,8 @@ def main(argv=None) -> int:
 
     # 3. The reference's outer iteration started at the truth.
     print("\n3. Reference iteration started at the TRUE betas (beta_informed)")
-    _, _, _, _, history = iterate_betas(timeline, beta, max_iter=12)
+    reference = IterationSettings("beta_informed", 12, 1e-6, 1.0, "absolute")
+    _, _, _, _, history = iterate_betas(timeline, beta, reference)
     for rec in history[1:]:
         b = np.array([rec["beta0"], rec["beta1"], rec["beta2"]])
         rel = (b - beta) / beta

@@ -1,4 +1,4 @@
-"""Prefill chunking: step counts and the partial-chunk corrections (METHOD.md 2, 4, 6).
+"""Prefill chunking: step counts and partial-chunk corrections (docs/method.md 2, 4, 6).
 
 A prefill of ``P`` tokens runs ``N = ceil(P / C)`` steps, the last of which
 processes only ``rho = P - C (N - 1)`` tokens. The full-chunk pressure counts
@@ -102,7 +102,7 @@ def last_step_start(
     end: np.ndarray,
     n_steps: np.ndarray,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Where each prefill's last step begins under a step density (METHOD 6.2.2).
+    """Where each prefill's last step begins under a step density (docs/method.md 6.2.2).
 
     The last step starts where the cumulative step count from ``t_rs`` reaches
     ``L - L/N``. Returns the segment holding that time and the time itself.

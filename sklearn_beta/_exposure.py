@@ -1,4 +1,4 @@
-"""Time-integrated exposures (METHOD.md section 5) and the exposure transformer."""
+"""Time-integrated exposures (docs/method.md, section 5) and their transformer."""
 
 from __future__ import annotations
 
@@ -55,7 +55,7 @@ def baseline_exposures(
 
 
 def phase_step_counts(arrays: PhaseArrays, chunk_size: int) -> np.ndarray:
-    """``N_i`` of every phase of a validated trace (METHOD.md section 2)."""
+    """``N_i`` of every phase of a validated trace (docs/method.md, section 2)."""
     return step_counts(
         arrays.is_prefill,
         arrays.prefill_tokens,
@@ -150,7 +150,7 @@ class PhaseExposureTransformer(TransformerMixin, BaseEstimator):
     Builds the trace grid of the phases it is given, the full-chunk prefill
     pressure ``C * #prefills active`` and the decode pressure ``#decodes
     active``, and integrates them over each phase window weighted by the
-    phase-local step density ``N_i / l_i`` (METHOD.md section 5). The output
+    phase-local step density ``N_i / l_i`` (docs/method.md, section 5). The output
     has one row per phase: the baseline design ``[N_i, A_pf_i, A_dec_i]``
     followed by what the iterative estimator needs to re-weight the trace.
 
@@ -165,7 +165,7 @@ class PhaseExposureTransformer(TransformerMixin, BaseEstimator):
         Prefill chunk size ``C`` in tokens.
     correction_mode : {"end", "end_inside", "uniform", "none"}, default="end"
         Where the last prefill chunk's missing tokens are taken back
-        (METHOD.md section 4). ``"end"`` is the reference's placement.
+        (docs/method.md, section 4). ``"end"`` is the reference's placement.
     min_duration : float, default=0.0
         Floor ``l_min`` on the duration in the step density ``N_i/max(l_i, l_min)``.
     token_budget : int or None, default=None

@@ -11,6 +11,7 @@ gives the next betas. The lag is the reference's: the density of pass m uses
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -150,15 +151,21 @@ def beta_change(
     return float(np.max(moved / np.maximum(level, floor)))
 
 
+@dataclass(frozen=True)
+class IterationSettings:
+    """How an iterative fit runs; the estimator's parameters, typed there."""
+
+    correction_mode: str
+    max_iter: int
+    tol: float
+    damping: float
+    stopping: str
+
+
 def iterate_betas(
     timeline: Timeline,
     beta_init: np.ndarray,
-    *,
-    correction_mode: str = "beta_informed",
-    max_iter: int = 25,
-    tol: float = 1e-6,
-    damping: float = 1.0,
-    stopping: str = "absolute",
+    settings: IterationSettings,
     sample_weight: np.ndarray | None = None,
     callback: Callable[[dict], None] | None = None,
 ) -> tuple[np.ndarray, bool, int, np.ndarray, list[dict]]:
@@ -169,6 +176,7 @@ def iterate_betas(
     iteration 0 being the initial betas. A record's r2 and rmse are those of
     the iteration's undamped NNLS fit, as the reference reports them.
     """
+    correction_mode, damping = settings.correction_mode, settings.damping
     fixed = static_correction_mass(
         correction_mode, timeline.trace_grid, timeline.is_prefill, timeline.mu
     )
@@ -178,18 +186,18 @@ def iterate_betas(
     history = [history_record(0, beta, np.nan, np.nan, np.nan, "start")]
     note = "NNLS of the durations" + (f", damped by {damping:g}" if damping < 1 else "")
     converged, design, n_iter = False, None, 0
-    for n_iter in range(1, max_iter + 1):
+    for n_iter in range(1, settings.max_iter + 1):
         design, p_eff = reweighted_design(timeline, beta, p_eff, correction_mode, fixed)
         beta_fit = nnls_fit(design, duration, sample_weight)
         new = (1.0 - damping) * beta + damping * beta_fit
-        step = beta_change(new, beta, design, stopping)
+        step = beta_change(new, beta, design, settings.stopping)
         # The reference scores the undamped NNLS fit of the iteration.
         r2, rmse = fit_statistics(duration, design @ beta_fit, sample_weight)
         history.append(history_record(n_iter, new, step, r2, rmse, note))
         if callback is not None:
             callback(history[-1])
         beta = new
-        if step < tol:
+        if step < settings.tol:
             converged = True
             break
     return beta, converged, n_iter, design, history

@@ -1,4 +1,4 @@
-"""The trace grid and the pressures on it (METHOD.md section 3).
+"""The trace grid and the pressures on it (docs/method.md, section 3).
 
 The grid is the sorted set of distinct phase boundaries of each engine
 instance. Instances are laid one after another in a single array: the

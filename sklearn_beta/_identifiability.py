@@ -1,4 +1,4 @@
-"""Can the trace separate beta0, beta1 and beta2? (METHOD.md section 7)
+"""Can the trace separate beta0, beta1 and beta2? (docs/method.md, section 7)
 
 The regression ``l_i ~ beta0 N_i + beta1 A_pf_i + beta2 A_dec_i`` only
 determines a coefficient if its column of the design varies independently of

@@ -26,7 +26,12 @@ from ._constraints import Number, count
 from ._corrections import CORRECTION_MODES, FIXED_CORRECTION_MODES
 from ._design import OBJECTIVES, design_at_betas
 from ._exposure import baseline_exposures
-from ._fixed_point import HISTORY_COLUMNS, STOPPING_RULES, iterate_betas
+from ._fixed_point import (
+    HISTORY_COLUMNS,
+    STOPPING_RULES,
+    IterationSettings,
+    iterate_betas,
+)
 from ._grid import Timeline
 from ._identifiability import identifiability_diagnostics
 from ._nnls import nnls_fit
@@ -253,16 +258,15 @@ default=None
         scaled = rescaled_timeline(replace(timeline, duration=duration), unit)
         beta_init = nnls_fit(init_design, scaled.duration, sample_weight)
         run = fit_step_counts if self.objective == "step_count" else iterate_betas
+        settings = IterationSettings(
+            self.correction_mode, self.max_iter, self.tol, self.damping, self.stopping
+        )
         beta, converged, n_iter, design, history = run(
             scaled,
             beta_init,
-            correction_mode=self.correction_mode,
-            max_iter=self.max_iter,
-            tol=self.tol,
-            damping=self.damping,
-            stopping=self.stopping,
-            sample_weight=sample_weight,
-            callback=partial(_print_progress, unit=unit) if self.verbose else None,
+            settings,
+            sample_weight,
+            partial(_print_progress, unit=unit) if self.verbose else None,
         )
         beta = beta * unit
         caller = caller or type(self).__name__

@@ -28,6 +28,7 @@ from ._corrections import (
 )
 from ._fixed_point import (
     MIN_STEP_TIME,
+    IterationSettings,
     beta_change,
     correction_mass,
     history_record,
@@ -187,12 +188,7 @@ def initial_scale(
 def fit_step_counts(
     timeline: Timeline,
     beta_init: np.ndarray,
-    *,
-    correction_mode: str = "beta_informed",
-    max_iter: int = 25,
-    tol: float = 1e-6,
-    damping: float = 1.0,
-    stopping: str = "relative",
+    settings: IterationSettings,
     sample_weight: np.ndarray | None = None,
     callback: Callable[[dict], None] | None = None,
 ) -> tuple[np.ndarray, bool, int, np.ndarray, list[dict]]:
@@ -211,6 +207,7 @@ def fit_step_counts(
     the phase's steps as in docs/method.md 6.2.4, and the history's r2 and rmse
     score the durations it predicts, ``design @ beta``.
     """
+    correction_mode, tol = settings.correction_mode, settings.tol
     fixed = static_correction_mass(
         correction_mode, timeline.trace_grid, timeline.is_prefill, timeline.mu
     )
@@ -227,14 +224,14 @@ def fit_step_counts(
         history_record(0, beta, np.nan, *_duration_fit(timeline, state), "start")
     ]
     converged, n_iter = False, 0
-    for n_iter in range(1, max_iter + 1):
+    for n_iter in range(1, settings.max_iter + 1):
         target = state.jac @ state.beta - state.residual
         proposal = nnls_fit(state.jac, target, weight)
         # Converged when the full Gauss-Newton step is negligible, not when a
         # halved one is: near the minimum the loss comparisons are rounding
         # noise and would shrink the step without the betas having settled.
-        step = beta_change(proposal, state.beta, state.jac, stopping)
-        shrink = damping
+        step = beta_change(proposal, state.beta, state.jac, settings.stopping)
+        shrink = settings.damping
         for _ in range(MAX_HALVINGS):
             candidate = state.beta + shrink * (proposal - state.beta)
             trial = count_state(timeline, candidate, correction_mode, fixed, weight)

@@ -19,7 +19,7 @@ from sklearn.pipeline import make_pipeline
 
 from ._baseline import BaselineBetaRegressor
 from ._corrections import FIXED_CORRECTION_MODES
-from ._design import design_at_betas
+from ._design import DesignAtBetas, design_at_betas
 from ._exposure import PhaseExposureTransformer
 from ._fixed_point import HISTORY_COLUMNS
 from ._iterative import IterativeBetaRegressor
@@ -31,22 +31,8 @@ ALGORITHMS = ("baseline", "iterative")
 DEFAULT_CHUNK_CANDIDATES = (16, 32, 64, 128, 256, 512, 1024, 2048)
 
 
-@dataclass(frozen=True)
-class PressureProfile:
-    """Pressures and step density on the trace grid, at the fitted betas.
-
-    Per grid point: ``grid`` (seconds, each instance shifted to start at 0)
-    and ``grid_instance``; per segment (one fewer): ``p_pf_full``, ``p_eff``
-    (prefill tokens per step after the partial-chunk correction), ``p_dec``
-    and ``step_density`` (steps per second, ``1 / (b0 + b1 p_eff + b2 p_dec)``).
-    """
-
-    grid: np.ndarray
-    grid_instance: np.ndarray
-    p_pf_full: np.ndarray
-    p_eff: np.ndarray
-    p_dec: np.ndarray
-    step_density: np.ndarray
+#: Pressures and step density on the trace grid at the fitted betas.
+PressureProfile = DesignAtBetas
 
 
 @dataclass(frozen=True)
@@ -207,19 +193,11 @@ def pressure_profile(table: np.ndarray, regressor) -> PressureProfile:
     """
     # The baseline's correction already sits inside its exposures; for the
     # profile, "end_inside" places the same mass where the partial step ran.
-    view = design_at_betas(
+    return design_at_betas(
         table,
         regressor.beta_,
         correction_mode=getattr(regressor, "correction_mode", "end_inside"),
         objective=getattr(regressor, "objective", "duration"),
-    )
-    return PressureProfile(
-        grid=view.grid,
-        grid_instance=view.grid_instance,
-        p_pf_full=view.p_pf_full,
-        p_eff=view.p_eff,
-        p_dec=view.p_dec,
-        step_density=view.step_density,
     )
 
 

@@ -41,6 +41,16 @@ def _phases(trace):
     return pd.read_csv(shared_path("data", f"{trace}.csv"))
 
 
+def _iterative_fit(trace, chunk, key):
+    mode, eta = key.split("/eta=")
+    return estimate_betas_iterative(
+        _phases(trace),
+        chunk_size=chunk,
+        prefill_correction_mode=mode,
+        damping_eta=float(eta),
+    )
+
+
 def assert_betas_equal(actual, expected):
     np.testing.assert_allclose(actual, expected, rtol=RTOL, atol=1e-15)
 
@@ -62,13 +72,7 @@ def test_baseline_matches_golden(trace, chunk, mode, expected):
     ("trace", "chunk", "key", "expected"), _golden_cases("iterative")
 )
 def test_iterative_matches_golden(trace, chunk, key, expected):
-    mode, eta = key.split("/eta=")
-    result = estimate_betas_iterative(
-        _phases(trace),
-        chunk_size=chunk,
-        prefill_correction_mode=mode,
-        damping_eta=float(eta),
-    )
+    result = _iterative_fit(trace, chunk, key)
     assert_betas_equal(result.beta, expected["beta"])
     assert result.converged is expected["converged"]
     assert result.n_outer_iters == expected["n_outer_iters"]
@@ -106,18 +110,12 @@ PUBLISHED_KEYS = {
     ("trace", "chunk", "key", "expected"), _golden_cases("iterative")
 )
 def test_iterative_result_has_the_published_layout(trace, chunk, key, expected):
-    mode, eta = key.split("/eta=")
-    result = estimate_betas_iterative(
-        _phases(trace),
-        chunk_size=chunk,
-        prefill_correction_mode=mode,
-        damping_eta=float(eta),
-    )
+    result = _iterative_fit(trace, chunk, key)
     diag, history = result.diagnostics, result.history
     assert PUBLISHED_KEYS <= set(diag)
     assert diag["converged"] is expected["converged"]
     assert diag["n_outer_iters"] == expected["n_outer_iters"]
-    assert diag["damping_eta"] == float(eta) and diag["tol"] == 1e-6
+    assert diag["damping_eta"] == float(key.split("/eta=")[1]) and diag["tol"] == 1e-6
     final = [diag[f"final_beta{k}"] for k in range(3)]
     assert_betas_equal(final, expected["beta"])
     assert diag["final_r2"] == pytest.approx(expected["r2"], rel=RTOL)

@@ -19,6 +19,7 @@ from sklearn_beta import (
 )
 from sklearn_beta._corrections import fixed_correction_mass
 from sklearn_beta._exposure import timeline_from_arrays
+from sklearn_beta._fixed_point import IterationSettings
 from sklearn_beta._step_count import fit_step_counts, solved_step_counts
 from sklearn_beta._validation import PhaseColumns, check_phases
 from sklearn_beta.datasets import simulate_trace
@@ -223,7 +224,10 @@ def test_step_count_objective_needs_a_counted_phase(moderate):
     timeline = timeline_from_arrays(check_phases(phases, PhaseColumns()), CHUNK)
     with pytest.raises(ValueError, match="known step count"):
         fit_step_counts(
-            timeline, np.asarray(BETA), sample_weight=np.zeros(timeline.n_phases)
+            timeline,
+            np.asarray(BETA),
+            IterationSettings("end_inside", 25, 1e-6, 1.0, "relative"),
+            sample_weight=np.zeros(timeline.n_phases),
         )
 
 
