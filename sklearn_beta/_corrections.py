@@ -102,7 +102,7 @@ def last_step_start(
     end: np.ndarray,
     n_steps: np.ndarray,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Where each prefill's last step begins under a step density (docs/method.md 6.2.2).
+    """Where each prefill's last step starts under a density (docs/method.md 6.2.2).
 
     The last step starts where the cumulative step count from ``t_rs`` reaches
     ``L - L/N``. Returns the segment holding that time and the time itself.

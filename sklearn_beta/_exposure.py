@@ -164,8 +164,12 @@ class PhaseExposureTransformer(TransformerMixin, BaseEstimator):
     chunk_size : int, default=64
         Prefill chunk size ``C`` in tokens.
     correction_mode : {"end", "end_inside", "uniform", "none"}, default="end"
-        Where the last prefill chunk's missing tokens are taken back
-        (docs/method.md, section 4). ``"end"`` is the reference's placement.
+        Where the last prefill chunk's missing tokens are taken back in the
+        baseline design (docs/method.md, section 4). ``"end"`` is the
+        reference's placement. It is also where
+        :class:`IterativeBetaRegressor` starts from (its
+        ``init_correction_mode=None``); its iterations place the tokens by
+        their own ``correction_mode``, which depends on the betas.
     min_duration : float, default=0.0
         Floor ``l_min`` on the duration in the step density ``N_i/max(l_i, l_min)``.
     token_budget : int or None, default=None

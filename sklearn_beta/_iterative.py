@@ -72,7 +72,9 @@ class IterativeBetaRegressor(BaseBetaRegressor):
         ran: exact for an engine without a token budget. ``"beta_informed"``
         (the reference default) places them on the last step under the
         current density; with the step-count objective the two agree at the
-        solution, but ``"end_inside"`` keeps the objective smooth.
+        solution, but ``"end_inside"`` keeps the objective smooth. The start
+        of the iterations is the baseline under the transformer's own
+        ``correction_mode`` (see ``init_correction_mode``).
     damping : float in (0, 1], default=1.0
         Damping ``eta`` of each update. Duration objective: ``beta = (1 -
         eta) beta + eta beta_fit``. Step-count objective: the Gauss-Newton
