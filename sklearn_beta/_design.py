@@ -52,8 +52,8 @@ def design_at_betas(
     exposures: ArrayLike,
     beta: ArrayLike,
     *,
-    correction_mode: str = "end_inside",
-    objective: str = "step_count",
+    correction_mode: str,
+    objective: str,
     n_passes: int = 3,
 ) -> DesignAtBetas:
     """The design, pressures and step density of a trace at fixed betas.
@@ -64,10 +64,10 @@ def design_at_betas(
         Exposure table of the trace (:class:`PhaseExposureTransformer`).
     beta : array-like of shape (3,)
         ``(beta0, beta1, beta2)`` in the trace's time unit.
-    correction_mode : {"end_inside", "beta_informed", "end", "uniform", \
-"none"}, default="end_inside"
-        Placement of the last prefill chunk's missing tokens.
-    objective : {"step_count", "duration"}, default="step_count"
+    correction_mode : {"end_inside", "beta_informed", "end", "uniform", "none"}
+        Placement of the last prefill chunk's missing tokens (a fitted
+        :class:`IterativeBetaRegressor`'s ``correction_mode``).
+    objective : {"step_count", "duration"}
         ``"step_count"`` solves the density and ``p_eff`` together on each
         segment; ``"duration"`` settles ``p_eff`` by ``n_passes`` lagged
         passes, as the reference's fixed point sees a trace.
@@ -84,7 +84,8 @@ def design_at_betas(
     >>> from sklearn_beta.datasets import load_sample_trace
     >>> table = PhaseExposureTransformer(chunk_size=64).fit_transform(
     ...     load_sample_trace())
-    >>> view = design_at_betas(table, [5e-3, 2e-5, 1e-4])
+    >>> view = design_at_betas(table, [5e-3, 2e-5, 1e-4],
+    ...                        correction_mode="end_inside", objective="step_count")
     >>> view.design.shape == (len(table), 3)
     True
     """

@@ -128,10 +128,10 @@ def timeline_from_arrays(
 def phase_exposures(
     arrays: PhaseArrays,
     chunk_size: int,
-    correction_mode: str = "end",
-    min_duration: float = 0.0,
-    token_budget: int | None = None,
-    time_resolution: float | str = 0.0,
+    correction_mode: str,
+    min_duration: float,
+    token_budget: int | None,
+    time_resolution: float | str,
 ) -> tuple[Timeline, np.ndarray, np.ndarray]:
     """The trace's timeline, its baseline design and phase-local step density.
 

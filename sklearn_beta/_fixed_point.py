@@ -118,7 +118,7 @@ def settled_design(
     beta: np.ndarray,
     mode: str,
     fixed: np.ndarray | None,
-    n_passes: int = 3,
+    n_passes: int,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Design and ``p_eff`` at fixed betas after ``n_passes`` lagged passes.
 

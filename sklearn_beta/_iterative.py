@@ -322,7 +322,7 @@ def _warn_if_y_unused(table: np.ndarray, duration: np.ndarray) -> None:
         "the starting point and the reported r2/rmse. Use "
         "objective='duration' to regress y.",
         UserWarning,
-        stacklevel=4,
+        stacklevel=5,
     )
 
 

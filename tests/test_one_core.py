@@ -30,6 +30,11 @@ from sklearn_beta.model_selection import TraceBlockSplit
 
 BETA = (6e-3, 3e-5, 1e-4)
 CHUNK = 256
+#: How a default IterativeBetaRegressor sees a trace at fixed betas.
+SETTINGS = {
+    name: IterativeBetaRegressor().get_params()[name]
+    for name in ("correction_mode", "objective")
+}
 
 
 @pytest.fixture(scope="module")
@@ -160,7 +165,7 @@ def test_exposure_table_schema(table, trace):
 def test_design_at_true_betas_predicts_the_durations(table):
     # At the true betas of a noise-free trace every phase holds its N_i steps,
     # so the predicted durations are the observed ones.
-    view = design_at_betas(table, BETA)
+    view = design_at_betas(table, BETA, **SETTINGS)
     np.testing.assert_allclose(view.design @ BETA, table["duration"], rtol=1e-6)
     assert np.all(view.p_eff <= view.p_pf_full + 1e-9)
     # Step times are those of the betas: 1 / density = b0 + b1 p_eff + b2 p_dec.
@@ -171,22 +176,22 @@ def test_design_at_true_betas_predicts_the_durations(table):
 
 def test_predict_is_the_design_at_the_fitted_betas(table):
     model = IterativeBetaRegressor().fit(table)
-    view = design_at_betas(table, model.beta_)
+    view = design_at_betas(table, model.beta_, **SETTINGS)
     np.testing.assert_array_equal(model.predict(table), view.design @ model.beta_)
     # The time unit does not matter: the same trace in milliseconds.
     ms = table.copy()
     for name in ("duration", "t_start", "t_end"):
         ms[name] *= 1e3
     ms["step_density"] /= 1e3
-    in_ms = design_at_betas(ms, np.asarray(model.beta_) * [1e3, 1e3, 1e3])
+    in_ms = design_at_betas(ms, np.asarray(model.beta_) * 1e3, **SETTINGS)
     np.testing.assert_allclose(in_ms.design, view.design, rtol=1e-9)
     np.testing.assert_allclose(in_ms.step_density * 1e3, view.step_density, rtol=1e-9)
 
 
 def test_design_at_betas_rejects_unknown_options(table):
     with pytest.raises(ValueError, match="objective"):
-        design_at_betas(table, BETA, objective="steps")
+        design_at_betas(table, BETA, correction_mode="end", objective="steps")
     with pytest.raises(ValueError, match="correction_mode"):
-        design_at_betas(table, BETA, correction_mode="last")
+        design_at_betas(table, BETA, correction_mode="last", objective="duration")
     with pytest.raises(ValueError, match="12 columns"):
-        design_at_betas(pd.DataFrame(table.to_numpy()[:, :3]), BETA)
+        design_at_betas(pd.DataFrame(table.to_numpy()[:, :3]), BETA, **SETTINGS)

@@ -62,7 +62,9 @@ def test_figures_have_one_panel_per_phase_type_instance_and_beta(otel_fit, otel_
     assert len(fig.axes) == 9  # 3 rows x 3 instances
     # The public design at the fitted betas draws the same figure.
     table = otel_fit.model[0].transform(otel_phases)
-    view = design_at_betas(table, otel_fit.beta)
+    view = design_at_betas(
+        table, otel_fit.beta, correction_mode="end_inside", objective="step_count"
+    )
     public = plotting.plot_pressures(view, otel_fit.instance_names)
     for ax, same in zip(fig.axes, public.axes, strict=True):
         assert ax.get_title() == same.get_title()
