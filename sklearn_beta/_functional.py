@@ -27,6 +27,15 @@ __all__ = [
     "estimate_betas_iterative",
 ]
 
+#: The published arguments of the iterative estimator's parameters.
+_ITERATIVE_NAMES = {
+    "correction_mode": "prefill_correction_mode",
+    "damping": "damping_eta",
+    "max_iter": "max_outer_iters",
+    "tol": "tol",
+    "stopping": "stopping",
+    "objective": "objective",
+}
 #: Messages that start with the published implementation's phrase, by argument.
 _PUBLISHED_PHRASES = {"chunk_size": "chunk_size must be positive"}
 
@@ -271,19 +280,18 @@ default="end"
             stopping=stopping,
             objective=objective,
         ),
-        {
-            "correction_mode": "prefill_correction_mode",
-            "damping": "damping_eta",
-            "max_iter": "max_outer_iters",
-            "tol": "tol",
-            "stopping": "stopping",
-            "objective": "objective",
-        },
+        _ITERATIVE_NAMES,
         caller,
     )
     timeline, design, density = transformer._exposures(phases)
     beta = regressor._fit_timeline(
-        timeline, design, density, timeline.duration, caller=caller, stacklevel=4
+        timeline,
+        design,
+        density,
+        timeline.duration,
+        caller=caller,
+        names=_ITERATIVE_NAMES,
+        stacklevel=4,
     )
     history = published_history(regressor.history_)
     return IterativeResult(

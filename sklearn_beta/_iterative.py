@@ -240,13 +240,15 @@ default=None
         sample_weight: np.ndarray | None = None,
         *,
         caller: str | None = None,
+        names: dict | None = None,
         stacklevel: int = 6,
     ) -> np.ndarray:
         """The fit itself, shared with :func:`estimate_betas_iterative`.
 
         ``init_design`` is the trace's baseline design and ``density`` its
         phase-local step density (both from :func:`phase_exposures`);
-        ``caller`` names the estimator in warnings. Sets the fitted
+        ``caller`` names the estimator in warnings and ``names`` maps its
+        parameters to the caller's arguments there. Sets the fitted
         attributes but ``beta_``; returns the betas.
         """
         if self.init_correction_mode is not None:
@@ -273,10 +275,13 @@ default=None
         beta = beta * unit
         caller = caller or type(self).__name__
         if not converged:
+            max_iter, damping = (
+                (names or {}).get(k, k) for k in ("max_iter", "damping")
+            )
             warnings.warn(
-                f"{caller} did not converge in max_iter={self.max_iter} "
+                f"{caller} did not converge in {max_iter}={self.max_iter} "
                 f"iterations (last change {history[-1]['step']:.3g} >= tol="
-                f"{self.tol:g}); increase max_iter or damp with damping < 1.",
+                f"{self.tol:g}); increase {max_iter} or damp with {damping} < 1.",
                 ConvergenceWarning,
                 stacklevel=stacklevel - 1,
             )

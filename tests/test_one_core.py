@@ -153,6 +153,13 @@ def test_functional_errors_name_the_published_arguments(trace):
             estimate_betas_iterative(trace, chunk_size=CHUNK, **{argument: value})
 
 
+def test_functional_convergence_warning_names_the_published_arguments(trace):
+    with pytest.warns(ConvergenceWarning, match="increase max_outer_iters") as caught:
+        estimate_betas_iterative(trace, chunk_size=CHUNK, max_outer_iters=1)
+    assert "damping_eta < 1" in str(caught[0].message)
+    assert caught[0].filename == __file__
+
+
 def test_exposure_table_schema(table, trace):
     assert tuple(table.columns) == EXPOSURE_COLUMNS
     assert EXPOSURE_COLUMNS[-1] == "instance_id"
