@@ -260,7 +260,7 @@ def baseline(mode: str) -> Callable:
             trace.phases,
             chunk_size=trace.scenario.chunk_size,
             correction_mode=mode,
-            instance_col=trace.instance_col,
+            columns={"instance_id": trace.instance_col},
         )
         return result.beta, {}
 
@@ -273,7 +273,7 @@ def reference_iterative(mode: str, **options) -> Callable:
             trace.phases,
             chunk_size=trace.scenario.chunk_size,
             prefill_correction_mode=mode,
-            instance_col=trace.instance_col,
+            columns={"instance_id": trace.instance_col},
             **options,
         )
         return result.beta, dict(
@@ -290,7 +290,7 @@ def pipeline(use_budget: bool = False, **regressor_options) -> Callable:
             PhaseExposureTransformer(
                 chunk_size=trace.scenario.chunk_size,
                 token_budget=budget,
-                instance_col=trace.instance_col,
+                columns={"instance_id": trace.instance_col},
             ),
             IterativeBetaRegressor(**regressor_options),
         )

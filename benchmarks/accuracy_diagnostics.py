@@ -38,15 +38,18 @@ from accuracy import SCENARIOS, exact_step_sums, simulate  # noqa: E402
 
 from sklearn_beta._corrections import fixed_correction_mass  # noqa: E402
 from sklearn_beta._exposure import timeline_from_arrays  # noqa: E402
-from sklearn_beta._iterative import (  # noqa: E402
-    _count_state,
+from sklearn_beta._fixed_point import (  # noqa: E402
+    IterationSettings,
     correction_rate,
     iterate_betas,
     reweighted_design,
+)
+from sklearn_beta._nnls import nnls_fit  # noqa: E402
+from sklearn_beta._step_count import (  # noqa: E402
+    count_state,
     solved_step_counts,
     step_count_weights,
 )
-from sklearn_beta._nnls import nnls_fit  # noqa: E402
 from sklearn_beta._validation import PhaseColumns, check_phases  # noqa: E402
 
 
@@ -91,7 +94,7 @@ def main(argv=None) -> int:
     mass = fixed_correction_mass(
         "end_inside", timeline.trace_grid, timeline.is_prefill, timeline.mu
     )
-    state = _count_state(
+    state = count_state(
         timeline, beta, "end_inside", mass, step_count_weights(timeline)
     )
     pf, dec = feature_error(state.design, exact)
@@ -116,7 +119,8 @@ def main(argv=None) -> int:
 
     # 3. The reference's outer iteration started at the truth.
     print("\n3. Reference iteration started at the TRUE betas (beta_informed)")
-    _, _, _, _, history = iterate_betas(timeline, beta, max_iter=12)
+    reference = IterationSettings("beta_informed", 12, 1e-6, 1.0, "absolute")
+    _, _, _, _, history = iterate_betas(timeline, beta, reference)
     for rec in history[1:]:
         b = np.array([rec["beta0"], rec["beta1"], rec["beta2"]])
         rel = (b - beta) / beta
@@ -133,7 +137,7 @@ def main(argv=None) -> int:
     )
 
     def duration_map(b):
-        st = _count_state(timeline, b, "end_inside", mass, np.ones(timeline.n_phases))
+        st = count_state(timeline, b, "end_inside", mass, np.ones(timeline.n_phases))
         raw = st.design
         scale = np.linalg.norm(raw, axis=0)
         return np.linalg.lstsq(raw / scale, timeline.duration, rcond=None)[0] / scale
@@ -160,7 +164,7 @@ def main(argv=None) -> int:
     print("\n4. Token-sum design (solved density) at betas with b0 = 0")
     for b1_scale, b2_scale in [(1.0, 1.0), (0.5, 2.0), (2.0, 0.5)]:
         trial = np.array([0.0, beta[1] * b1_scale, beta[2] * b2_scale])
-        st = _count_state(
+        st = count_state(
             timeline, trial, "end_inside", mass, np.ones(timeline.n_phases)
         )
         # The raw token-sum design (Lambda_i, not N_i, steps): l_i = X beta.

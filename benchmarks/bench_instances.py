@@ -41,7 +41,9 @@ def median_time(func, repeat=3):
 
 def main(n_requests=100_000, n_instances=64, n_jobs=2):
     phases = make_trace(n_requests, n_instances=n_instances, arrival_rate=20.0)
-    transformer = PhaseExposureTransformer(instance_col="instance_id").fit(phases)
+    transformer = PhaseExposureTransformer(columns={"instance_id": "instance_id"}).fit(
+        phases
+    )
     parts = [part for _, part in phases.groupby("instance_id")]
 
     def serial():

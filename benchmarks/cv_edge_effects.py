@@ -57,12 +57,18 @@ def fleet(n_requests, n_instances, seed=0):
 
 
 def measure(phases, cv, regressor, groups=None):
-    transformer = PhaseExposureTransformer(chunk_size=CHUNK, instance_col=INST)
+    transformer = PhaseExposureTransformer(
+        chunk_size=CHUNK, columns={"instance_id": INST}
+    )
     full = transformer.fit_transform(phases)
     exact_test, exact_train, exp_err, beta_err, score_err = [], [], [], [], []
     for train, test in cv.split(phases, groups=groups):
-        exact_test.append(complete_context_mask(phases, test, instance_col=INST))
-        exact_train.append(complete_context_mask(phases, train, instance_col=INST))
+        exact_test.append(
+            complete_context_mask(phases, test, columns={"instance_id": INST})
+        )
+        exact_train.append(
+            complete_context_mask(phases, train, columns={"instance_id": INST})
+        )
         local_test = transformer.fit_transform(phases.iloc[test])
         cols = ["prefill_exposure", "decode_exposure"]
         ref = full.iloc[test][cols].to_numpy()
@@ -106,7 +112,11 @@ def main(n_requests=4000, n_instances=4):
         ("KFold(5, shuffle)", KFold(5, shuffle=True, random_state=0), None),
         ("GroupKFold(4) instances", GroupKFold(n_splits=n_instances), phases[INST]),
     ] + [
-        (f"TraceBlockSplit({k})", TraceBlockSplit(k, instance_col=INST), None)
+        (
+            f"TraceBlockSplit({k})",
+            TraceBlockSplit(k, columns={"instance_id": INST}),
+            None,
+        )
         for k in (3, 5, 10)
     ]
     header = None

@@ -51,7 +51,9 @@ FIXED_MODES = ["end", "end_inside", "uniform", "none"]
 
 def pipeline(regressor, chunk_size, instance_col, mode="end"):
     transformer = PhaseExposureTransformer(
-        chunk_size=chunk_size, correction_mode=mode, instance_col=instance_col
+        chunk_size=chunk_size,
+        correction_mode=mode,
+        columns={"instance_id": instance_col},
     )
     return make_pipeline(transformer, regressor)
 
@@ -80,7 +82,7 @@ def summarize(results: dict) -> pd.DataFrame:
     rows = {}
     for name, scores in results.items():
         row = {}
-        for key in SCORING:
+        for key in SCORING.scorers:
             values = scores[f"test_{key}"]
             if key == "neg_duration_mape":
                 values, key = -100 * values, "MAPE %"
@@ -97,7 +99,7 @@ def summarize(results: dict) -> pd.DataFrame:
 def exact_share(phases, cv, instance_col, groups=None):
     """Share (%) of test phases whose fold-local exposures equal the full trace's."""
     masks = [
-        complete_context_mask(phases, test, instance_col=instance_col)
+        complete_context_mask(phases, test, columns={"instance_id": instance_col})
         for _, test in cv.split(phases, groups=groups)
     ]
     return 100 * np.mean(np.concatenate(masks))
@@ -184,7 +186,7 @@ def main():
         n_instances=4,
         random_state=0,
     )
-    blocks = TraceBlockSplit(5, instance_col=INST)
+    blocks = TraceBlockSplit(5, columns={"instance_id": INST})
     print(f"=== Simulated fleet: {len(fleet)} phases, 4 instances, chunk size 256,")
     print(f"    true betas {FLEET_BETA}; TraceBlockSplit(5) in full-trace context")
     print(compare_models(fleet, blocks, 256, INST).to_string())

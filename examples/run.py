@@ -121,7 +121,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.algo == "iterative":
         print(f"converged: {result.converged} after {result.n_outer_iters} iterations")
         print("beta history (last rows):")
-        print(result.history.tail(args.history_rows).to_string(index=False))
+        history = pd.DataFrame(
+            result.history["beta"], columns=["beta0", "beta1", "beta2"]
+        )
+        print(history.tail(args.history_rows).to_string())
     return 0
 
 

@@ -6,15 +6,19 @@ recovers ``(beta0, beta1, beta2)`` from them, as scikit-learn estimators and as
 a functional API that reproduces the published reference.
 """
 
-from ._baseline import BaselineBetaRegressor, BaselineResult, estimate_betas_baseline
+from ._baseline import BaselineBetaRegressor
 from ._cleaning import CleaningReport, clean_phases
 from ._columns import PhaseColumns
-from ._exposure import EXPOSURE_COLUMNS, PhaseExposureTransformer
-from ._iterative import (
-    IterativeBetaRegressor,
+from ._design import DesignAtBetas, design_at_betas
+from ._exposure import PhaseExposureTransformer
+from ._functional import (
+    BaselineResult,
     IterativeResult,
+    estimate_betas_baseline,
     estimate_betas_iterative,
 )
+from ._iterative import IterativeBetaRegressor
+from ._schema import EXPOSURE_COLUMNS
 
 __version__ = "0.1.0"
 
@@ -23,11 +27,13 @@ __all__ = [
     "BaselineBetaRegressor",
     "BaselineResult",
     "CleaningReport",
+    "DesignAtBetas",
     "IterativeBetaRegressor",
     "IterativeResult",
     "PhaseColumns",
     "PhaseExposureTransformer",
     "clean_phases",
+    "design_at_betas",
     "estimate_betas_baseline",
     "estimate_betas_iterative",
     "__version__",

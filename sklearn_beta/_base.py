@@ -11,7 +11,7 @@ from sklearn.utils.validation import (
     validate_data,
 )
 
-from ._exposure import _COL, EXPOSURE_COLUMNS
+from ._schema import EXPOSURE_COLUMNS, column, has_column
 
 N_BETAS = 3
 
@@ -46,12 +46,12 @@ class BaseBetaRegressor(RegressorMixin, BaseEstimator):
     def _durations(table: np.ndarray, y) -> np.ndarray:
         if y is not None:
             return y
-        if table.shape[1] <= _COL["duration"]:
+        if not has_column(table, "duration"):
             raise ValueError(
                 "y is None and the table has no 'duration' column: pass the "
                 "observed phase durations as y, or the full exposure table."
             )
-        return table[:, _COL["duration"]]
+        return column(table, "duration")
 
     @_fit_context(prefer_skip_nested_validation=True)
     def fit(self, X, y=None, sample_weight=None):

@@ -1,45 +1,16 @@
-"""The baseline estimator: time-integrated exposures + NNLS (docs/method.md 5)."""
+"""The baseline estimator: time-integrated exposures + NNLS (docs/method.md, 5)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-
 import numpy as np
-import pandas as pd
 
 from ._base import BaseBetaRegressor
-from ._corrections import FIXED_CORRECTION_MODES
-from ._exposure import (
-    EXPOSURE_COLUMNS,
-    baseline_exposures,
-    phase_step_density,
-    timeline_from_arrays,
-    timeline_from_exposures,
-    with_time_resolution,
-)
+from ._grid import Timeline
 from ._identifiability import identifiability_diagnostics
 from ._nnls import fit_statistics, nnls_fit
-from ._validation import (
-    PhaseColumns,
-    check_chunk_size,
-    check_non_negative,
-    check_option,
-    check_phases,
-)
+from ._schema import EXPOSURE_COLUMNS, design_columns, has_column, read_timeline
 
-
-@dataclass(frozen=True)
-class BaselineResult:
-    """Betas of the baseline estimator and the reference's diagnostics."""
-
-    beta0: float
-    beta1: float
-    beta2: float
-    diagnostics: dict = field(default_factory=dict)
-
-    @property
-    def beta(self) -> np.ndarray:
-        return np.array([self.beta0, self.beta1, self.beta2])
+__all__ = ["BaselineBetaRegressor"]
 
 
 def design_diagnostics(
@@ -61,112 +32,12 @@ def design_diagnostics(
     }
 
 
-def estimate_betas_baseline(
-    phases: pd.DataFrame,
-    *,
-    chunk_size: int,
-    correction_mode: str = "end",
-    min_duration_sec: float = 0.0,
-    token_budget: int | None = None,
-    time_resolution: float | str = 0.0,
-    request_id_col: str = "request_id",
-    phase_type_col: str = "phase_type",
-    t_start_col: str = "t_start",
-    t_end_col: str = "t_end",
-    prefill_tokens_col: str = "prefill_tokens",
-    decode_tokens_col: str = "decode_tokens",
-    n_steps_col: str | None = "N_steps",
-    instance_col: str | None = None,
-) -> BaselineResult:
-    """Estimate ``(beta0, beta1, beta2)`` with the baseline estimator.
-
-    Regresses each phase duration on its step count and its time-integrated
-    prefill and decode exposures by non-negative least squares, with no
-    intercept. With its defaults this reproduces the published reference.
-
-    Parameters
-    ----------
-    phases : DataFrame
-        One row per phase (see the README's trace schema).
-    chunk_size : int
-        Prefill chunk size ``C`` in tokens.
-    correction_mode : {"end", "end_inside", "uniform", "none"}, default="end"
-        Placement of the last prefill chunk's missing tokens (docs/method.md 4).
-    min_duration_sec : float, default=0.0
-        Floor on the duration in the phase-local step density.
-    token_budget : int or None, default=None
-        Per-step token budget of the engine: caps the prefill pressure at
-        ``B - p_dec`` (see :class:`~sklearn_beta.PhaseExposureTransformer`).
-    time_resolution : "auto" or float, default=0.0
-        Merge phase boundaries closer than this into one instant (see
-        :class:`PhaseExposureTransformer`); 0 keeps the reference's grid.
-    request_id_col, phase_type_col, t_start_col, t_end_col, \
-prefill_tokens_col, decode_tokens_col, n_steps_col : str
-        Column names.
-    instance_col : str or None, default=None
-        Column of engine-instance ids; pressures then only sum phases of the
-        same instance.
-
-    Returns
-    -------
-    result : BaselineResult
-        ``beta0`` (s/step), ``beta1`` and ``beta2`` (s/token) and
-        ``diagnostics`` (n_phases, r2, rmse_seconds, mean_duration_seconds,
-        mean_steps, mean_A_pf_tokens, mean_A_dec_tokens, condition_number,
-        not_identified, at_zero_bound).
-
-    Raises
-    ------
-    TypeError, ValueError
-        For a phase table or a parameter outside the input contract (see the
-        README); the message names the column or parameter.
-
-    Warns
-    -----
-    IdentifiabilityWarning
-        When the trace cannot separate some coefficients (no overlap between
-        phases, a single phase type, constant decode pressure).
-    """
-    columns = PhaseColumns(
-        request_id_col,
-        phase_type_col,
-        t_start_col,
-        t_end_col,
-        prefill_tokens_col,
-        decode_tokens_col,
-        n_steps_col,
-        instance_col,
-    )
-    chunk_size = check_chunk_size(chunk_size)
-    check_option(correction_mode, FIXED_CORRECTION_MODES, "correction_mode")
-    check_non_negative(min_duration_sec, "min_duration_sec")
-    arrays = check_phases(
-        phases, columns, need_prefill_tokens=correction_mode != "none"
-    )
-    arrays = with_time_resolution(arrays, chunk_size, time_resolution)
-    timeline = timeline_from_arrays(arrays, chunk_size, token_budget)
-    density = phase_step_density(timeline.n_steps, timeline.duration, min_duration_sec)
-    design = baseline_exposures(timeline, density, correction_mode)
-    beta = nnls_fit(design, timeline.duration)
-    diagnostics = design_diagnostics(design, timeline.duration, beta)
-    diagnostics.update(
-        identifiability_diagnostics(
-            design,
-            timeline.duration,
-            beta,
-            timeline,
-            estimator="estimate_betas_baseline",
-        )
-    )
-    return BaselineResult(*beta.tolist(), diagnostics=diagnostics)
-
-
 class BaselineBetaRegressor(BaseBetaRegressor):
     """Non-negative least squares of phase durations on their exposures.
 
     Fits ``l_i ~ beta0 * N_i + beta1 * A_pf_i + beta2 * A_dec_i`` with all
     betas non-negative and no intercept, on the exposure table made by
-    :class:`PhaseExposureTransformer` (docs/method.md section 5). Fast and
+    :class:`PhaseExposureTransformer` (docs/method.md, section 5). Fast and
     reference-exact, but biased wherever the step density inside a phase is
     far from uniform (heavy load, large chunks); prefer
     :class:`IterativeBetaRegressor` there.
@@ -222,7 +93,29 @@ class BaselineBetaRegressor(BaseBetaRegressor):
         pass
 
     def _fit_table(self, table, duration, sample_weight):
-        design = table[:, :3]
+        return self._fit_design(
+            design_columns(table),
+            duration,
+            sample_weight,
+            _timeline_if_available(table),
+        )
+
+    def _fit_design(
+        self,
+        design: np.ndarray,
+        duration: np.ndarray,
+        sample_weight: np.ndarray | None = None,
+        timeline: Timeline | None = None,
+        *,
+        caller: str | None = None,
+        stacklevel: int = 6,
+    ) -> np.ndarray:
+        """The fit itself, shared with :func:`estimate_betas_baseline`.
+
+        ``timeline`` (None when unknown) lets the identifiability checks look
+        at the trace; ``caller`` names the estimator in warnings. Sets
+        ``diagnostics_`` and returns the betas.
+        """
         beta = nnls_fit(design, duration, sample_weight)
         self.diagnostics_ = design_diagnostics(design, duration, beta, sample_weight)
         self.diagnostics_.update(
@@ -230,23 +123,23 @@ class BaselineBetaRegressor(BaseBetaRegressor):
                 design,
                 duration,
                 beta,
-                _timeline_if_available(table),
+                timeline,
                 sample_weight,
-                estimator=type(self).__name__,
-                stacklevel=5,
+                estimator=caller or type(self).__name__,
+                stacklevel=stacklevel,
             )
         )
         return beta
 
     def _predict_table(self, table):
-        return table[:, :3] @ self.beta_
+        return design_columns(table) @ self.beta_
 
 
-def _timeline_if_available(table: np.ndarray):
+def _timeline_if_available(table: np.ndarray) -> Timeline | None:
     """The trace behind a full exposure table, for the identifiability checks."""
-    if table.shape[1] < len(EXPOSURE_COLUMNS):
+    if not has_column(table, EXPOSURE_COLUMNS[-1]):
         return None
     try:
-        return timeline_from_exposures(table)
+        return read_timeline(table)
     except ValueError:  # not a transformer's table: judge the design alone
         return None

@@ -1,16 +1,18 @@
-"""Time-integrated exposures (docs/method.md section 5) and the exposure transformer."""
+"""Time-integrated exposures (docs/method.md, section 5) and their transformer."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import replace
-from numbers import Integral, Real
+from numbers import Real
 
 import numpy as np
 import pandas as pd
 from sklearn.base import BaseEstimator, TransformerMixin
-from sklearn.utils._param_validation import Interval, StrOptions
+from sklearn.utils._param_validation import StrOptions
 from sklearn.utils.validation import check_is_fitted
 
+from ._constraints import Number, WholeNumber, count
 from ._corrections import (
     FIXED_CORRECTION_MODES,
     budget_capped_mass,
@@ -19,26 +21,10 @@ from ._corrections import (
     step_counts,
 )
 from ._grid import Timeline, build_timeline, phase_integrals, snap_times
+from ._schema import EXPOSURE_COLUMNS, write_exposure_table
 from ._validation import PhaseArrays, PhaseColumns, check_chunk_size, check_phases
 
-#: Columns of the exposure table, in order. The first three are the baseline
-#: design ``[N_i, A_pf_i, A_dec_i]``; the rest let the iterative estimator
-#: rebuild the trace's grid and re-weight it.
-EXPOSURE_COLUMNS = (
-    "n_steps",
-    "prefill_exposure",
-    "decode_exposure",
-    "duration",
-    "t_start",
-    "t_end",
-    "is_prefill",
-    "missing_prefill_mass",
-    "step_density",
-    "chunk_size",
-    "token_budget",
-    "instance",
-)
-_COL = {name: i for i, name in enumerate(EXPOSURE_COLUMNS)}
+__all__ = ["PhaseExposureTransformer"]
 
 
 def phase_step_density(
@@ -69,7 +55,7 @@ def baseline_exposures(
 
 
 def phase_step_counts(arrays: PhaseArrays, chunk_size: int) -> np.ndarray:
-    """``N_i`` of every phase of a validated trace (docs/method.md section 2)."""
+    """``N_i`` of every phase of a validated trace (docs/method.md, section 2)."""
     return step_counts(
         arrays.is_prefill,
         arrays.prefill_tokens,
@@ -121,9 +107,12 @@ def timeline_from_arrays(
 ) -> Timeline:
     """Step counts, missing masses, grid and pressures of a validated trace."""
     n_steps = phase_step_counts(arrays, chunk_size)
-    mu = missing_prefill_mass(
-        arrays.is_prefill, arrays.prefill_tokens, n_steps, chunk_size
-    )
+    if arrays.prefill_tokens is None:  # N_steps given, no correction wanted
+        mu = np.zeros(arrays.n_phases)
+    else:
+        mu = missing_prefill_mass(
+            arrays.is_prefill, arrays.prefill_tokens, n_steps, chunk_size
+        )
     return build_timeline(
         arrays.t_start,
         arrays.t_end,
@@ -136,95 +125,23 @@ def timeline_from_arrays(
     )
 
 
-def _check_timeline_columns(table: np.ndarray) -> None:
-    """Reject a table that is not an exposure table of one trace."""
-
-    def fail(name, bad, what):
-        rows = np.flatnonzero(bad)[:5]
-        raise ValueError(
-            f"Exposure-table column {name!r} {what} (made by "
-            f"PhaseExposureTransformer?); {int(np.count_nonzero(bad))} offending "
-            f"row(s), first at positions {rows.tolist()}: "
-            f"{table[rows, _COL[name]].tolist()}."
-        )
-
-    chunk = table[:, _COL["chunk_size"]]
-    if np.any(chunk != chunk[0]) or chunk[0] < 1 or chunk[0] != np.round(chunk[0]):
-        fail(
-            "chunk_size",
-            chunk != chunk[0]
-            if np.any(chunk != chunk[0])
-            else np.ones_like(chunk, dtype=bool),
-            "must hold one positive integer",
-        )
-    for name in ("n_steps", "instance"):
-        col = table[:, _COL[name]]
-        bad = (col < 0) | (col != np.round(col))
-        if bad.any():
-            fail(name, bad, "must hold non-negative integers")
-    # The transformer numbers instances 0..k-1 (k <= rows); larger codes would
-    # size the per-instance arrays of the grid by the code itself.
-    bad = table[:, _COL["instance"]] >= table.shape[0]
-    if bad.any():
-        fail("instance", bad, "must hold instance codes below the number of rows")
-    flag = table[:, _COL["is_prefill"]]
-    if np.any((flag != 0) & (flag != 1)):
-        fail("is_prefill", (flag != 0) & (flag != 1), "must hold 0 or 1")
-    bad = table[:, _COL["t_end"]] <= table[:, _COL["t_start"]]
-    if bad.any():
-        fail("t_end", bad, "must be greater than 't_start'")
-    mu = table[:, _COL["missing_prefill_mass"]]
-    bad = (mu < 0) | (mu > chunk[0])
-    if bad.any():
-        fail("missing_prefill_mass", bad, "must lie in [0, chunk_size]")
-    budget = table[:, _COL["token_budget"]]
-    bad = (budget != budget[0]) | (budget < 0) | (budget != np.round(budget))
-    if bad.any():
-        fail("token_budget", bad, "must hold one non-negative integer (0: none)")
-
-
-def timeline_from_exposures(table: np.ndarray) -> Timeline:
-    """Rebuild the :class:`Timeline` from an exposure table's columns."""
-    _check_timeline_columns(table)
-    return build_timeline(
-        table[:, _COL["t_start"]],
-        table[:, _COL["t_end"]],
-        table[:, _COL["instance"]].astype(np.intp),
-        table[:, _COL["is_prefill"]] == 1,
-        table[:, _COL["n_steps"]],
-        table[:, _COL["missing_prefill_mass"]],
-        int(table[0, _COL["chunk_size"]]),
-        int(table[0, _COL["token_budget"]]) or None,
-    )
-
-
-def exposure_table(
+def phase_exposures(
     arrays: PhaseArrays,
     chunk_size: int,
-    correction_mode: str = "end",
-    min_duration: float = 0.0,
-    token_budget: int | None = None,
-    time_resolution: float | str = 0.0,
-) -> np.ndarray:
-    """Compute the exposure table (see :data:`EXPOSURE_COLUMNS`) as an array."""
+    correction_mode: str,
+    min_duration: float,
+    token_budget: int | None,
+    time_resolution: float | str,
+) -> tuple[Timeline, np.ndarray, np.ndarray]:
+    """The trace's timeline, its baseline design and phase-local step density.
+
+    The one computation behind the exposure table, the baseline estimator and
+    the start of the iterative one.
+    """
     arrays = with_time_resolution(arrays, chunk_size, time_resolution)
     timeline = timeline_from_arrays(arrays, chunk_size, token_budget)
     density = phase_step_density(timeline.n_steps, timeline.duration, min_duration)
-    design = baseline_exposures(timeline, density, correction_mode)
-    return np.column_stack(
-        [
-            design,
-            timeline.duration,
-            arrays.t_start,
-            arrays.t_end,
-            arrays.is_prefill.astype(np.float64),
-            timeline.mu,
-            density,
-            np.full(arrays.n_phases, float(chunk_size)),
-            np.full(arrays.n_phases, float(token_budget or 0)),
-            arrays.instance.astype(np.float64),
-        ]
-    )
+    return timeline, baseline_exposures(timeline, density, correction_mode), density
 
 
 class PhaseExposureTransformer(TransformerMixin, BaseEstimator):
@@ -233,7 +150,7 @@ class PhaseExposureTransformer(TransformerMixin, BaseEstimator):
     Builds the trace grid of the phases it is given, the full-chunk prefill
     pressure ``C * #prefills active`` and the decode pressure ``#decodes
     active``, and integrates them over each phase window weighted by the
-    phase-local step density ``N_i / l_i`` (docs/method.md section 5). The output
+    phase-local step density ``N_i / l_i`` (docs/method.md, section 5). The output
     has one row per phase: the baseline design ``[N_i, A_pf_i, A_dec_i]``
     followed by what the iterative estimator needs to re-weight the trace.
 
@@ -247,8 +164,12 @@ class PhaseExposureTransformer(TransformerMixin, BaseEstimator):
     chunk_size : int, default=64
         Prefill chunk size ``C`` in tokens.
     correction_mode : {"end", "end_inside", "uniform", "none"}, default="end"
-        Where the last prefill chunk's missing tokens are taken back
-        (docs/method.md section 4). ``"end"`` is the reference's placement.
+        Where the last prefill chunk's missing tokens are taken back in the
+        baseline design (docs/method.md, section 4). ``"end"`` is the
+        reference's placement. It is also where
+        :class:`IterativeBetaRegressor` starts from (its
+        ``init_correction_mode=None``); its iterations place the tokens by
+        their own ``correction_mode``, which depends on the betas.
     min_duration : float, default=0.0
         Floor ``l_min`` on the duration in the step density ``N_i/max(l_i, l_min)``.
     token_budget : int or None, default=None
@@ -273,14 +194,13 @@ class PhaseExposureTransformer(TransformerMixin, BaseEstimator):
         time per step, which depends on the durations and so should not be
         used inside cross-validation that must not see test durations. The
         OTLP reader and the command line already merge within 1 us.
-    request_id_col, phase_type_col, t_start_col, t_end_col, prefill_tokens_col, \
-decode_tokens_col : str
-        Column names of the phase table.
-    n_steps_col : str or None, default="N_steps"
-        Optional column of observed step counts; used when present.
-    instance_col : str or None, default=None
-        Optional column naming the engine instance of each phase; the grid
-        and pressures are then built per instance.
+    columns : PhaseColumns, mapping or None, default=None
+        Names of the phase table's columns, as
+        :meth:`~sklearn_beta.PhaseColumns.coerce` reads them: None for the
+        schema's names, or ``{schema name: column}`` for the renamed ones.
+        The optional ``n_steps`` (``"N_steps"``) and ``instance_id``
+        (``"instance_id"``) columns are used when present; with an instance
+        column the grid and pressures are built per instance.
 
     Attributes
     ----------
@@ -305,22 +225,15 @@ decode_tokens_col : str
     """
 
     _parameter_constraints: dict = {
-        "chunk_size": [Interval(Integral, 1, None, closed="left")],
+        "chunk_size": [WholeNumber(1, None, closed="left")],
         "correction_mode": [StrOptions(set(FIXED_CORRECTION_MODES))],
-        "min_duration": [Interval(Real, 0, None, closed="left")],
-        "token_budget": [Interval(Integral, 1, None, closed="left"), None],
+        "min_duration": [Number(Real, 0, None, closed="left")],
+        "token_budget": [count(1), None],
         "time_resolution": [
             StrOptions({"auto"}),
-            Interval(Real, 0, None, closed="left"),
+            Number(Real, 0, None, closed="left"),
         ],
-        "request_id_col": [str],
-        "phase_type_col": [str],
-        "t_start_col": [str],
-        "t_end_col": [str],
-        "prefill_tokens_col": [str],
-        "decode_tokens_col": [str],
-        "n_steps_col": [str, None],
-        "instance_col": [str, None],
+        "columns": [PhaseColumns, Mapping, None],
     }
 
     def __init__(
@@ -331,39 +244,33 @@ decode_tokens_col : str
         min_duration=0.0,
         token_budget=None,
         time_resolution=0.0,
-        request_id_col="request_id",
-        phase_type_col="phase_type",
-        t_start_col="t_start",
-        t_end_col="t_end",
-        prefill_tokens_col="prefill_tokens",
-        decode_tokens_col="decode_tokens",
-        n_steps_col="N_steps",
-        instance_col=None,
+        columns=None,
     ):
         self.chunk_size = chunk_size
         self.correction_mode = correction_mode
         self.min_duration = min_duration
         self.token_budget = token_budget
         self.time_resolution = time_resolution
-        self.request_id_col = request_id_col
-        self.phase_type_col = phase_type_col
-        self.t_start_col = t_start_col
-        self.t_end_col = t_end_col
-        self.prefill_tokens_col = prefill_tokens_col
-        self.decode_tokens_col = decode_tokens_col
-        self.n_steps_col = n_steps_col
-        self.instance_col = instance_col
+        self.columns = columns
 
     def _columns(self) -> PhaseColumns:
-        return PhaseColumns(
-            request_id=self.request_id_col,
-            phase_type=self.phase_type_col,
-            t_start=self.t_start_col,
-            t_end=self.t_end_col,
-            prefill_tokens=self.prefill_tokens_col,
-            decode_tokens=self.decode_tokens_col,
-            n_steps=self.n_steps_col,
-            instance_id=self.instance_col,
+        return PhaseColumns.coerce(self.columns)
+
+    def _phase_arrays(self, X) -> PhaseArrays:
+        # Prefill token counts matter beside N_steps only for the correction.
+        return check_phases(
+            X, self._columns(), need_prefill_tokens=self.correction_mode != "none"
+        )
+
+    def _exposures(self, X) -> tuple[Timeline, np.ndarray, np.ndarray]:
+        """Timeline, baseline design and step density of the phases in ``X``."""
+        return phase_exposures(
+            self._phase_arrays(X),
+            check_chunk_size(self.chunk_size),
+            self.correction_mode,
+            self.min_duration,
+            self.token_budget,
+            self.time_resolution,
         )
 
     def _need_tokens(self) -> bool:
@@ -385,7 +292,7 @@ decode_tokens_col : str
             Fitted transformer.
         """
         self._validate_params()
-        check_phases(X, self._columns(), need_prefill_tokens=self._need_tokens())
+        self._phase_arrays(X)
         self.feature_names_in_ = np.asarray(X.columns, dtype=object)
         self.n_features_in_ = len(self.feature_names_in_)
         return self
@@ -404,17 +311,8 @@ decode_tokens_col : str
             Columns :data:`EXPOSURE_COLUMNS`, indexed like ``X``.
         """
         check_is_fitted(self)
-        arrays = check_phases(
-            X, self._columns(), need_prefill_tokens=self._need_tokens()
-        )
-        table = exposure_table(
-            arrays,
-            check_chunk_size(self.chunk_size),
-            self.correction_mode,
-            self.min_duration,
-            self.token_budget,
-            self.time_resolution,
-        )
+        timeline, design, density = self._exposures(X)
+        table = write_exposure_table(design, timeline, density)
         return pd.DataFrame(table, columns=list(EXPOSURE_COLUMNS), index=X.index)
 
     def get_feature_names_out(self, input_features=None):

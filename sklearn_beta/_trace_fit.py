@@ -19,16 +19,12 @@ from sklearn.model_selection import GridSearchCV
 from sklearn.pipeline import make_pipeline
 
 from ._baseline import BaselineBetaRegressor
-from ._corrections import FIXED_CORRECTION_MODES, static_correction_mass
-from ._exposure import _COL, PhaseExposureTransformer, timeline_from_exposures
-from ._iterative import (
-    HISTORY_COLUMNS,
-    IterativeBetaRegressor,
-    settled_design,
-    solved_correction,
-    solved_step_counts,
-    step_density,
-)
+from ._corrections import FIXED_CORRECTION_MODES
+from ._design import DesignAtBetas, design_at_betas
+from ._exposure import PhaseExposureTransformer
+from ._fixed_point import HISTORY_COLUMNS
+from ._iterative import IterativeBetaRegressor
+from ._schema import column
 from .model_selection import TraceBlockSplit, TraceContextRegressor
 
 ALGORITHMS = ("baseline", "iterative")
@@ -36,22 +32,8 @@ ALGORITHMS = ("baseline", "iterative")
 DEFAULT_CHUNK_CANDIDATES = (16, 32, 64, 128, 256, 512, 1024, 2048)
 
 
-@dataclass(frozen=True)
-class PressureProfile:
-    """Pressures and step density on the trace grid, at the fitted betas.
-
-    Per grid point: ``grid`` (seconds, each instance shifted to start at 0)
-    and ``grid_instance``; per segment (one fewer): ``p_pf_full``, ``p_eff``
-    (prefill tokens per step after the partial-chunk correction), ``p_dec``
-    and ``step_density`` (steps per second, ``1 / (b0 + b1 p_eff + b2 p_dec)``).
-    """
-
-    grid: np.ndarray
-    grid_instance: np.ndarray
-    p_pf_full: np.ndarray
-    p_eff: np.ndarray
-    p_dec: np.ndarray
-    step_density: np.ndarray
+#: Pressures and step density on the trace grid at the fitted betas.
+PressureProfile = DesignAtBetas
 
 
 @dataclass(frozen=True)
@@ -74,6 +56,7 @@ class TraceFit:
     instance: np.ndarray
     instance_names: list
     profile: PressureProfile
+    model: object = None
 
 
 #: Options of :func:`make_model` set on the exposure transformer.
@@ -110,14 +93,6 @@ def fit_option_defaults() -> dict:
         "iterative": iterative["correction_mode"],
     }
     return defaults
-
-
-def _instance_params(cls, instance_col: str | None) -> dict:
-    # The instance column moves into one ``columns=`` argument (CONTRACTS.md
-    # 1); until every estimator has it, pass it the way ``cls`` takes it.
-    if "columns" in inspect.signature(cls).parameters:
-        return {"columns": {"instance_id": instance_col}}
-    return {"instance_col": instance_col}
 
 
 def make_model(
@@ -160,7 +135,7 @@ def make_model(
         raise ValueError(f"algo must be one of {ALGORITHMS}, got {algo!r}.")
     transformer = PhaseExposureTransformer(
         **{k: given[k] for k in TRANSFORMER_OPTIONS if k in given},
-        **_instance_params(PhaseExposureTransformer, instance_col),
+        columns={"instance_id": instance_col},
     )
     if chunk_size is not None:
         transformer.set_params(chunk_size=chunk_size)
@@ -183,8 +158,10 @@ def make_model(
     regressor = IterativeBetaRegressor(verbose=verbose, **iterative_given)
     if mode is not None:
         regressor.set_params(correction_mode=mode)
-    # The transformer's fixed correction is the iterative fit's first pass.
-    transformer.set_params(correction_mode=regressor.init_correction_mode)
+    # The table's fixed correction is the iterative fit's first pass; an
+    # explicit init_correction_mode sets it, None keeps the transformer's.
+    if regressor.init_correction_mode is not None:
+        transformer.set_params(correction_mode=regressor.init_correction_mode)
     return make_pipeline(transformer, regressor)
 
 
@@ -249,13 +226,14 @@ def fit_trace(phases: pd.DataFrame, *, chunk_size: int, **options) -> TraceFit:
         stopping=stopping,
         history=history,
         diagnostics=regressor.diagnostics_,
-        observed=values[:, _COL["duration"]],
+        observed=column(values, "duration"),
         predicted=regressor.predict(table),
-        is_prefill=values[:, _COL["is_prefill"]] == 1,
-        t_start=values[:, _COL["t_start"]],
-        instance=values[:, _COL["instance"]].astype(np.intp),
+        is_prefill=column(values, "is_prefill") == 1,
+        t_start=column(values, "t_start"),
+        instance=column(values, "instance_id").astype(np.intp),
         instance_names=instance_names,
         profile=pressure_profile(values, regressor),
+        model=model,
     )
 
 
@@ -274,31 +252,13 @@ def pressure_profile(table: np.ndarray, regressor) -> PressureProfile:
     ``p_eff`` it solves on each segment; otherwise ``p_eff`` settled by a
     few lagged passes at fixed betas.
     """
-    timeline = timeline_from_exposures(table)
-    beta = regressor.beta_
     # The baseline's correction already sits inside its exposures; for the
     # profile, "end_inside" places the same mass where the partial step ran.
-    mode = getattr(regressor, "correction_mode", "end_inside")
-    fixed = static_correction_mass(
-        mode, timeline.trace_grid, timeline.is_prefill, timeline.mu
-    )
-    seg_len = timeline.trace_grid.seg_len
-    if getattr(regressor, "objective", None) == "step_count":
-        mass = solved_correction(timeline, beta, mode, fixed)
-        n, prefill_mass, _ = solved_step_counts(timeline, beta, mass)
-        density = np.divide(n, seg_len, out=np.zeros_like(n), where=seg_len > 0)
-        p_eff = np.divide(prefill_mass, n, out=np.zeros_like(n), where=n > 0)
-    else:
-        _, p_eff = settled_design(timeline, beta, mode, fixed)
-        density = step_density(beta, p_eff, timeline.p_dec)
-    tg = timeline.trace_grid
-    return PressureProfile(
-        grid=tg.grid,
-        grid_instance=tg.grid_instance,
-        p_pf_full=timeline.p_pf_full,
-        p_eff=p_eff,
-        p_dec=timeline.p_dec,
-        step_density=density,
+    return design_at_betas(
+        table,
+        regressor.beta_,
+        correction_mode=getattr(regressor, "correction_mode", "end_inside"),
+        objective=getattr(regressor, "objective", "duration"),
     )
 
 
@@ -342,7 +302,7 @@ def search_chunk_size(
             ]
         },
         cv=TraceBlockSplit(
-            n_splits, **_instance_params(TraceBlockSplit, options.get("instance_col"))
+            n_splits, columns={"instance_id": options.get("instance_col")}
         ),
         error_score=np.nan,
     )

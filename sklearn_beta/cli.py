@@ -20,6 +20,8 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+import pandas as pd
+
 from ._cli_options import (
     INSTANCE_COLUMNS,
     UsageError,
@@ -145,8 +147,8 @@ def _instance_column(args, fmt: str, phases, notes: list) -> str | None:
     return found
 
 
-def run_fit(args, progress: _Progress) -> tuple[dict, TraceFit]:
-    """Run ``fit`` and return the JSON-ready report and the fit."""
+def run_fit(args, progress: _Progress) -> tuple[dict, TraceFit, pd.DataFrame]:
+    """Run ``fit``; return the JSON-ready report, the fit and the trace."""
     fmt = args.format or infer_format(args.trace)
     phases = read_trace(
         args.trace, fmt, time_unit=args.time_unit, header=args.trace_header
@@ -184,7 +186,7 @@ def run_fit(args, progress: _Progress) -> tuple[dict, TraceFit]:
         fit = fit_trace(phases, chunk_size=chunk_size, verbose=verbose, **options)
         alpha = None
     report = build_report(fit, args, fmt, phases, search, options, alpha, notes)
-    return report, fit
+    return report, fit, phases
 
 
 def _one_line(exc: BaseException) -> str:
@@ -200,12 +202,12 @@ def _error(message: str, code: int) -> int:
     return code
 
 
-def _plot(report: dict, fit: TraceFit, directory: str) -> str | None:
+def _plot(report: dict, fit: TraceFit, phases, directory: str) -> str | None:
     """Write the plots; the reason they failed, or None."""
     try:
         from .plotting import save_fit_plots
 
-        report["plots"] = [str(p) for p in save_fit_plots(fit, directory)]
+        report["plots"] = [str(p) for p in save_fit_plots(fit.model, phases, directory)]
     except ImportError as exc:
         return f"--plot needs matplotlib (pip install 'sklearn-beta[plot]'): {exc}"
     except (OSError, ValueError, RuntimeError) as exc:
@@ -258,12 +260,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(exc.code or 0)
     progress = _Progress(enabled=not args.quiet and sys.stderr.isatty())
     try:
-        report, fit = run_fit(args, progress)
+        report, fit, phases = run_fit(args, progress)
     except KeyboardInterrupt:
         return _error("interrupted", 130)
     except Exception as exc:  # noqa: BLE001 - one line, never a traceback
         return _error(_one_line(exc), EXIT_BAD_INPUT)
-    plot_error = _plot(report, fit, args.plot) if args.plot else None
+    plot_error = _plot(report, fit, phases, args.plot) if args.plot else None
     for warning in report["warnings"]:
         print(f"sklearn-beta: warning: {warning}", file=sys.stderr)
     try:

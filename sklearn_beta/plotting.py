@@ -23,6 +23,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from ._design import design_at_betas
+
 __all__ = [
     "plot_beta_history",
     "plot_observed_vs_predicted",
@@ -165,8 +167,8 @@ def plot_pressures(profile, instance_names=None, max_instances: int = _MAX_INSTA
 
     Parameters
     ----------
-    profile : PressureProfile
-        From :func:`sklearn_beta._trace_fit.fit_trace` (``fit.profile``).
+    profile : DesignAtBetas
+        The trace at the fitted betas, :func:`sklearn_beta.design_at_betas`.
     instance_names : list or None, default=None
         Display names of the instance codes.
     max_instances : int, default=4
@@ -291,13 +293,19 @@ def plot_beta_history(
     return fig
 
 
-def save_fit_plots(fit, directory: str | PathLike, *, dpi: int = 110) -> list[Path]:
-    """Write the four diagnostic figures of a fit as PNGs.
+def save_fit_plots(
+    model, phases: pd.DataFrame, directory: str | PathLike, *, dpi: int = 110
+) -> list[Path]:
+    """Write the four diagnostic figures of a fitted model as PNGs.
 
     Parameters
     ----------
-    fit : TraceFit
-        From :func:`sklearn_beta._trace_fit.fit_trace`.
+    model : Pipeline
+        A fitted ``make_pipeline(PhaseExposureTransformer(...), regressor)``
+        with a :class:`~sklearn_beta.BaselineBetaRegressor` or
+        :class:`~sklearn_beta.IterativeBetaRegressor`.
+    phases : DataFrame
+        The phase table to draw (usually the one the model was fitted on).
     directory : str or path-like
         Created when missing.
     dpi : int, default=110
@@ -309,30 +317,51 @@ def save_fit_plots(fit, directory: str | PathLike, *, dpi: int = 110) -> list[Pa
         ``observed_vs_predicted.png``, ``residuals.png``, ``pressures.png``
         and ``beta_history.png`` in ``directory``.
     """
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
+    transformer, regressor = model[:-1], model[-1]
+    table = transformer.transform(phases)
+    observed, is_prefill = table["duration"], table["is_prefill"] == 1
+    predicted = regressor.predict(table)
+    instance = table["instance_id"].to_numpy(dtype=np.intp)
+    column = model[0]._columns().instance_id
+    names = None
+    if column is not None and column in phases:
+        names = pd.unique(phases[column].sort_values()).tolist()
+    iterative = hasattr(regressor, "history_")
     figures = {
         "observed_vs_predicted.png": plot_observed_vs_predicted(
-            fit.observed, fit.predicted, fit.is_prefill
+            observed, predicted, is_prefill
         ),
         "residuals.png": plot_residuals(
-            fit.t_start,
-            fit.observed,
-            fit.predicted,
-            fit.is_prefill,
-            fit.instance,
-            fit.instance_names,
+            table["t_start"], observed, predicted, is_prefill, instance, names
         ),
-        "pressures.png": plot_pressures(fit.profile, fit.instance_names),
+        "pressures.png": plot_pressures(
+            design_at_betas(
+                table,
+                regressor.beta_,
+                # The baseline's correction sits in its exposures; "end_inside"
+                # draws the same mass where the partial step ran.
+                correction_mode=getattr(regressor, "correction_mode", "end_inside"),
+                objective=getattr(regressor, "objective", "duration"),
+            ),
+            names,
+        ),
         "beta_history.png": plot_beta_history(
-            fit.history,
-            fit.tol if fit.algo == "iterative" else None,
-            fit.stopping if fit.algo == "iterative" else None,
+            regressor.history_ if iterative else _one_fit(regressor),
+            regressor.tol if iterative else None,
+            regressor.stopping if iterative else None,
         ),
     }
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
     paths = []
     for name, fig in figures.items():
         path = directory / name
         fig.savefig(path, dpi=dpi)
         paths.append(path)
     return paths
+
+
+def _one_fit(regressor) -> pd.DataFrame:
+    """The history of a one-shot fit: its betas as iteration 0."""
+    row = dict(zip(("beta0", "beta1", "beta2"), regressor.beta_, strict=True))
+    return pd.DataFrame([{"iteration": 0, **row, "step": np.nan}])

@@ -38,27 +38,13 @@ def golden_cases() -> list[tuple[str, int]]:
     return cases
 
 
-#: Keyword argument of the public functions and the transformer naming each
-#: schema column, until they take one ``columns=`` mapping (CONTRACTS 1).
-_COLUMN_KWARGS = {
-    "request_id": "request_id_col",
-    "phase_type": "phase_type_col",
-    "t_start": "t_start_col",
-    "t_end": "t_end_col",
-    "prefill_tokens": "prefill_tokens_col",
-    "decode_tokens": "decode_tokens_col",
-    "n_steps": "n_steps_col",
-    "instance_id": "instance_col",
-}
-
-
 def column_kwargs(**columns) -> dict:
     """Keyword arguments that name the frame's columns, by schema name.
 
     ``entry(frame, **column_kwargs(t_end="end"))``: the one place the tests
     spell how the public API takes column names.
     """
-    return {_COLUMN_KWARGS[name]: column for name, column in columns.items()}
+    return {"columns": columns}
 
 
 def published_trace(name: str) -> pd.DataFrame:

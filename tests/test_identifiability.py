@@ -112,11 +112,15 @@ def test_simulated_traces_are_silent(config):
     with warnings.catch_warnings():
         warnings.simplefilter("error", IdentifiabilityWarning)
         results = [
-            estimate_betas_baseline(phases, chunk_size=256, instance_col=instance),
-            estimate_betas_iterative(phases, chunk_size=256, instance_col=instance),
+            estimate_betas_baseline(
+                phases, chunk_size=256, columns={"instance_id": instance}
+            ),
+            estimate_betas_iterative(
+                phases, chunk_size=256, columns={"instance_id": instance}
+            ),
         ]
         model = make_pipeline(
-            PhaseExposureTransformer(256, instance_col=instance),
+            PhaseExposureTransformer(256, columns={"instance_id": instance}),
             IterativeBetaRegressor(),
         ).fit(phases)
     for diagnostics in [r.diagnostics for r in results] + [model[-1].diagnostics_]:

@@ -47,7 +47,7 @@ def check_last_point_is_decode(fleet):
 def test_baseline_on_instances_equals_concatenation(fleet, mode):
     check_last_point_is_decode(fleet)
     by_instance = estimate_betas_baseline(
-        fleet, chunk_size=64, correction_mode=mode, instance_col=INST
+        fleet, chunk_size=64, correction_mode=mode, columns={"instance_id": INST}
     )
     joined = estimate_betas_baseline(
         concatenated(fleet), chunk_size=64, correction_mode=mode
@@ -59,21 +59,25 @@ def test_baseline_on_instances_equals_concatenation(fleet, mode):
 @pytest.mark.parametrize("mode", ["beta_informed", *FIXED_MODES])
 def test_iterative_on_instances_equals_concatenation(fleet, mode):
     kwargs = dict(chunk_size=64, prefill_correction_mode=mode, damping_eta=0.5)
-    by_instance = estimate_betas_iterative(fleet, instance_col=INST, **kwargs)
+    by_instance = estimate_betas_iterative(
+        fleet, columns={"instance_id": INST}, **kwargs
+    )
     joined = estimate_betas_iterative(concatenated(fleet), **kwargs)
     np.testing.assert_allclose(by_instance.beta, joined.beta, rtol=1e-8)
     assert by_instance.n_outer_iters == joined.n_outer_iters
 
 
 def test_transformer_exposures_equal_concatenation(fleet):
-    by_instance = PhaseExposureTransformer(instance_col=INST).fit_transform(fleet)
+    by_instance = PhaseExposureTransformer(columns={"instance_id": INST}).fit_transform(
+        fleet
+    )
     joined = PhaseExposureTransformer().fit_transform(concatenated(fleet))
     for column in ("n_steps", "prefill_exposure", "decode_exposure", "duration"):
         np.testing.assert_allclose(by_instance[column], joined[column], rtol=1e-9)
 
 
 def test_pressures_do_not_cross_instances(fleet):
-    transformer = PhaseExposureTransformer(instance_col=INST)
+    transformer = PhaseExposureTransformer(columns={"instance_id": INST})
     full = transformer.fit_transform(fleet)
     for inst in range(3):
         rows = fleet[INST] == inst
@@ -82,14 +86,16 @@ def test_pressures_do_not_cross_instances(fleet):
             alone.iloc[:, :4], full[rows.to_numpy()].iloc[:, :4], rtol=1e-12
         )
     # Ignoring the instances piles the three engines' load onto one timeline.
-    merged = PhaseExposureTransformer().fit_transform(fleet)
+    merged = PhaseExposureTransformer(columns={"instance_id": None}).fit_transform(
+        fleet
+    )
     ratio = merged["decode_exposure"].sum() / full["decode_exposure"].sum()
     assert ratio > 2.0
 
 
 def test_renamed_and_permuted_instances_change_nothing(fleet):
     model = make_pipeline(
-        PhaseExposureTransformer(instance_col=INST),
+        PhaseExposureTransformer(columns={"instance_id": INST}),
         IterativeBetaRegressor(damping=0.5),
     )
     reference = model.fit(fleet)[-1].beta_.copy()
@@ -102,7 +108,7 @@ def test_renamed_and_permuted_instances_change_nothing(fleet):
 
 def test_single_instance_column_equals_no_column(fleet):
     one = fleet[fleet[INST] == 1]
-    a = estimate_betas_baseline(one, chunk_size=64, instance_col=INST)
+    a = estimate_betas_baseline(one, chunk_size=64, columns={"instance_id": INST})
     b = estimate_betas_baseline(one.drop(columns=INST), chunk_size=64)
     np.testing.assert_array_equal(a.beta, b.beta)
 
@@ -119,7 +125,7 @@ def test_epoch_timestamps_per_instance(fleet):
         t_start=epoch.t_start - epoch_origin, t_end=epoch.t_end - epoch_origin
     )
     model = make_pipeline(
-        PhaseExposureTransformer(instance_col=INST), BaselineBetaRegressor()
+        PhaseExposureTransformer(columns={"instance_id": INST}), BaselineBetaRegressor()
     )
     beta_epoch = model.fit(epoch)[-1].beta_.copy()
     beta_exact = model.fit(representable)[-1].beta_.copy()
@@ -131,7 +137,7 @@ def test_epoch_timestamps_per_instance(fleet):
 
 def test_epoch_timestamps_iterative(fleet):
     epoch = fleet.assign(t_start=fleet.t_start + 1.7e9, t_end=fleet.t_end + 1.7e9)
-    kwargs = dict(chunk_size=64, instance_col=INST, damping_eta=0.5)
+    kwargs = dict(chunk_size=64, columns={"instance_id": INST}, damping_eta=0.5)
     a = estimate_betas_iterative(epoch, **kwargs).beta
     b = estimate_betas_iterative(fleet, **kwargs).beta
     np.testing.assert_allclose(a, b, rtol=1e-4)
@@ -141,12 +147,12 @@ def test_missing_instance_ids_are_rejected(fleet):
     broken = fleet.astype({INST: object})
     broken.loc[5, INST] = None
     with pytest.raises(ValueError, match=INST):
-        PhaseExposureTransformer(instance_col=INST).fit(broken)
+        PhaseExposureTransformer(columns={"instance_id": INST}).fit(broken)
     with pytest.raises(ValueError, match="Missing required columns"):
-        PhaseExposureTransformer(instance_col="node").fit(fleet)
+        PhaseExposureTransformer(columns={"instance_id": "node"}).fit(fleet)
 
 
 def test_instance_column_survives_in_exposure_table(fleet):
-    table = PhaseExposureTransformer(instance_col=INST).fit_transform(fleet)
+    table = PhaseExposureTransformer(columns={"instance_id": INST}).fit_transform(fleet)
     codes = pd.factorize(fleet[INST], sort=True)[0]
-    np.testing.assert_array_equal(table["instance"].to_numpy(), codes)
+    np.testing.assert_array_equal(table["instance_id"].to_numpy(), codes)

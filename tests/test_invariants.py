@@ -32,13 +32,13 @@ from sklearn_beta._exposure import (
     phase_step_density,
     timeline_from_arrays,
 )
+from sklearn_beta._fixed_point import step_averaged_design, step_density
 from sklearn_beta._grid import (
     build_grid,
     count_active,
     cumulative,
     phase_integrals,
 )
-from sklearn_beta._iterative import step_averaged_design, step_density
 from sklearn_beta._validation import PhaseColumns, check_phases
 
 PROPERTY = settings(
@@ -290,5 +290,7 @@ def test_instance_ids_permuted_or_renamed_change_nothing(
     renamed = phases.assign(
         **{INST: pd.Series([f"gpu-{relabel[i]}" for i in phases[INST]])}
     )
-    expected = fit_all(phases, 64, instance_col=INST)
-    assert_same_betas(fit_all(renamed, 64, instance_col=INST), expected, 1e-12)
+    expected = fit_all(phases, 64, columns={"instance_id": INST})
+    assert_same_betas(
+        fit_all(renamed, 64, columns={"instance_id": INST}), expected, 1e-12
+    )

@@ -206,7 +206,9 @@ def test_otel_rejects_duplicates_mixed_instances_and_non_json(tmp_path):
 
 def test_otel_fixture_recovers_the_engine_betas():
     phases = read_otel_spans(SPANS)
-    result = estimate_betas_iterative(phases, chunk_size=256, instance_col="instance")
+    result = estimate_betas_iterative(
+        phases, chunk_size=256, columns={"instance_id": "instance"}
+    )
     np.testing.assert_allclose(result.beta, TRUE_BETA, rtol=1e-2)
 
 

@@ -36,7 +36,7 @@ def fleet():
 
 
 def exposures(phases, idx=None):
-    transformer = PhaseExposureTransformer(instance_col=INST)
+    transformer = PhaseExposureTransformer(columns={"instance_id": INST})
     subset = phases if idx is None else phases.iloc[idx]
     return transformer.fit_transform(subset)[
         ["prefill_exposure", "decode_exposure"]
@@ -53,20 +53,24 @@ def test_kfold_exposures_differ_materially_from_full_trace(fleet):
         err = relative_error(exposures(fleet, test), full[test])
         # A random fifth of the rows sees about a fifth of the real pressure.
         assert np.median(err) > 0.5
-        assert not complete_context_mask(fleet, test, instance_col=INST).any()
+        assert not complete_context_mask(
+            fleet, test, columns={"instance_id": INST}
+        ).any()
 
 
 def test_block_split_exposures_equal_full_trace_away_from_edges(fleet):
     full = exposures(fleet)
-    cv = TraceBlockSplit(5, instance_col=INST)
+    cv = TraceBlockSplit(5, columns={"instance_id": INST})
     n_complete = 0
     for train, test in cv.split(fleet):
         for idx in (test, train):
-            complete = complete_context_mask(fleet, idx, instance_col=INST)
+            complete = complete_context_mask(fleet, idx, columns={"instance_id": INST})
             sub = exposures(fleet, idx)
             np.testing.assert_allclose(sub[complete], full[idx][complete], rtol=1e-11)
             n_complete += complete.sum()
-        test_complete = complete_context_mask(fleet, test, instance_col=INST)
+        test_complete = complete_context_mask(
+            fleet, test, columns={"instance_id": INST}
+        )
         assert test_complete.mean() > 0.5
     # Only the edges differ: most phases of every fold are exact.
     assert n_complete > 0.6 * len(fleet) * 2
@@ -74,10 +78,12 @@ def test_block_split_exposures_equal_full_trace_away_from_edges(fleet):
 
 @pytest.mark.parametrize("mode", ["end", "end_inside", "uniform", "none"])
 def test_complete_context_mask_is_exact_for_every_correction_mode(fleet, mode):
-    transformer = PhaseExposureTransformer(correction_mode=mode, instance_col=INST)
+    transformer = PhaseExposureTransformer(
+        correction_mode=mode, columns={"instance_id": INST}
+    )
     full = transformer.fit_transform(fleet).to_numpy()[:, 1:3]
-    for _, test in TraceBlockSplit(3, instance_col=INST).split(fleet):
-        complete = complete_context_mask(fleet, test, instance_col=INST)
+    for _, test in TraceBlockSplit(3, columns={"instance_id": INST}).split(fleet):
+        complete = complete_context_mask(fleet, test, columns={"instance_id": INST})
         sub = transformer.fit_transform(fleet.iloc[test]).to_numpy()[:, 1:3]
         np.testing.assert_allclose(sub[complete], full[test][complete], rtol=1e-11)
 
@@ -86,7 +92,7 @@ def test_group_kfold_over_instances_is_exact():
     phases = make_trace(400, n_instances=4, seed=3)
     full = exposures(phases)
     for _, test in GroupKFold(n_splits=2).split(phases, groups=phases[INST]):
-        assert complete_context_mask(phases, test, instance_col=INST).all()
+        assert complete_context_mask(phases, test, columns={"instance_id": INST}).all()
         np.testing.assert_allclose(exposures(phases, test), full[test], rtol=1e-11)
 
 
@@ -94,7 +100,9 @@ def test_folds_partition_requests_and_purge_overlaps(fleet):
     gap = 0.3
     seen = np.zeros(len(fleet), dtype=int)
     request = fleet["request_id"].to_numpy()
-    for train, test in TraceBlockSplit(4, gap=gap, instance_col=INST).split(fleet):
+    for train, test in TraceBlockSplit(4, gap=gap, columns={"instance_id": INST}).split(
+        fleet
+    ):
         seen[test] += 1
         assert np.intersect1d(train, test).size == 0
         # Both phases of a request are on the same side (or both dropped).
@@ -111,7 +119,7 @@ def test_folds_partition_requests_and_purge_overlaps(fleet):
 def test_blocks_are_contiguous_in_time_per_instance(fleet):
     starts = fleet.groupby("request_id")["t_start"].min()
     spans = []
-    for _, test in TraceBlockSplit(4, instance_col=INST).split(fleet):
+    for _, test in TraceBlockSplit(4, columns={"instance_id": INST}).split(fleet):
         rows = fleet.iloc[test]
         spans.append(
             rows.groupby(INST)["request_id"].agg(
@@ -135,7 +143,7 @@ def test_larger_gap_trains_on_a_subset():
 
 def test_groups_override_instance_column(fleet):
     renamed = fleet.assign(node=fleet[INST].map({0: "b", 1: "a"}))
-    by_col = list(TraceBlockSplit(3, instance_col=INST).split(fleet))
+    by_col = list(TraceBlockSplit(3, columns={"instance_id": INST}).split(fleet))
     by_groups = list(TraceBlockSplit(3).split(renamed, groups=renamed["node"]))
     for (a_train, a_test), (b_train, b_test) in zip(by_col, by_groups, strict=True):
         np.testing.assert_array_equal(a_train, b_train)
@@ -145,8 +153,8 @@ def test_groups_override_instance_column(fleet):
 def test_epoch_timestamps_split_like_shifted_ones(fleet):
     epoch = fleet.assign(t_start=fleet.t_start + 1.7e9, t_end=fleet.t_end + 1.7e9)
     for (a_tr, a_te), (b_tr, b_te) in zip(
-        TraceBlockSplit(3, instance_col=INST).split(fleet),
-        TraceBlockSplit(3, instance_col=INST).split(epoch),
+        TraceBlockSplit(3, columns={"instance_id": INST}).split(fleet),
+        TraceBlockSplit(3, columns={"instance_id": INST}).split(epoch),
         strict=True,
     ):
         np.testing.assert_array_equal(a_te, b_te)
@@ -160,7 +168,7 @@ def test_epoch_timestamps_split_like_shifted_ones(fleet):
         ({"n_splits": 2.5}, "n_splits"),
         ({"gap": -1.0}, "gap"),
         ({"gap": float("inf")}, "gap"),
-        ({"instance_col": "node"}, "missing column"),
+        ({"columns": {"instance_id": "node"}}, "missing column"),
     ],
 )
 def test_bad_parameters_are_named(fleet, kwargs, match):
@@ -174,7 +182,7 @@ def test_bad_tables_are_rejected(fleet):
     crossing = fleet.copy()
     crossing.loc[1, INST] = 1 - crossing.loc[0, INST]
     with pytest.raises(ValueError, match="one instance"):
-        next(TraceBlockSplit(instance_col=INST).split(crossing))
+        next(TraceBlockSplit(columns={"instance_id": INST}).split(crossing))
     with pytest.raises(ValueError, match="groups has"):
         next(TraceBlockSplit().split(fleet, groups=[0, 1]))
     tiny = make_trace(3, instance_col=None)
@@ -187,21 +195,21 @@ def test_bad_tables_are_rejected(fleet):
 
 
 def test_repr_and_n_splits():
-    cv = TraceBlockSplit(4, gap=0.5, instance_col=INST)
+    cv = TraceBlockSplit(4, gap=0.5, columns={"instance_id": INST})
     assert cv.get_n_splits() == 4
     assert "gap=0.5" in repr(cv)
 
 
 def _pipeline(regressor=None):
     return make_pipeline(
-        PhaseExposureTransformer(instance_col=INST),
+        PhaseExposureTransformer(columns={"instance_id": INST}),
         regressor if regressor is not None else BaselineBetaRegressor(),
     )
 
 
 @pytest.mark.parametrize(
     "cv",
-    [TraceBlockSplit(3, instance_col=INST), GroupKFold(n_splits=2)],
+    [TraceBlockSplit(3, columns={"instance_id": INST}), GroupKFold(n_splits=2)],
     ids=["blocks", "group-kfold"],
 )
 def test_cross_val_score_routes_groups_without_routing(cv):
@@ -236,7 +244,7 @@ def test_grid_search_over_chunk_size_and_damping():
             "phaseexposuretransformer__chunk_size": [32, 64],
             "iterativebetaregressor__damping": [0.5, 1.0],
         },
-        cv=TraceBlockSplit(3, instance_col=INST),
+        cv=TraceBlockSplit(3, columns={"instance_id": INST}),
     )
     with pytest.warns() as record:  # ConvergenceWarning allowed, nothing else
         search.fit(phases)
@@ -253,9 +261,11 @@ def test_grid_search_over_chunk_size_and_damping():
 
 @pytest.mark.parametrize("regressor", [BaselineBetaRegressor, IterativeBetaRegressor])
 def test_context_regressor_scores_every_test_phase_in_full_context(fleet, regressor):
-    full_table = PhaseExposureTransformer(instance_col=INST).fit_transform(fleet)
+    full_table = PhaseExposureTransformer(columns={"instance_id": INST}).fit_transform(
+        fleet
+    )
     model = TraceContextRegressor(_pipeline(regressor()), trace=fleet)
-    for train, test in TraceBlockSplit(4, instance_col=INST).split(fleet):
+    for train, test in TraceBlockSplit(4, columns={"instance_id": INST}).split(fleet):
         model.fit(fleet.iloc[train])
         # Every test phase, edges included, has its full-trace exposures.
         np.testing.assert_array_equal(
@@ -287,7 +297,7 @@ def _shrink(phases, rows, factor=0.9, tokens=2):
 
 @pytest.mark.parametrize("regressor", [BaselineBetaRegressor, IterativeBetaRegressor])
 def test_context_regressor_does_not_leak_test_phases_with_block_split(fleet, regressor):
-    for train, test in TraceBlockSplit(3, instance_col=INST).split(fleet):
+    for train, test in TraceBlockSplit(3, columns={"instance_id": INST}).split(fleet):
         a = TraceContextRegressor(_pipeline(regressor()), trace=fleet)
         changed = _shrink(fleet, test)
         b = TraceContextRegressor(_pipeline(regressor()), trace=changed)
@@ -328,12 +338,12 @@ def test_context_regressor_in_grid_search_with_weights(routing, fleet):
     search = GridSearchCV(
         model,
         {"estimator__iterativebetaregressor__damping": [0.5, 1.0]},
-        cv=TraceBlockSplit(3, instance_col=INST),
+        cv=TraceBlockSplit(3, columns={"instance_id": INST}),
         error_score="raise",
     )
     search.fit(fleet, sample_weight=weights)
     best = search.best_estimator_
-    table = PhaseExposureTransformer(instance_col=INST).fit_transform(fleet)
+    table = PhaseExposureTransformer(columns={"instance_id": INST}).fit_transform(fleet)
     direct = IterativeBetaRegressor(
         max_iter=50, damping=best.estimator[-1].damping
     ).fit(table, sample_weight=weights)
@@ -375,7 +385,7 @@ def test_grid_search_on_simulated_fleet_finds_the_chunk_size(split):
     )
     model = _pipeline(IterativeBetaRegressor())
     prefix = ""
-    cv = TraceBlockSplit(3, instance_col=INST)
+    cv = TraceBlockSplit(3, columns={"instance_id": INST})
     if split == "blocks-in-context":
         model, prefix = TraceContextRegressor(model, trace=phases), "estimator__"
     elif split == "group-kfold":

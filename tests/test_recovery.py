@@ -20,7 +20,8 @@ from sklearn_beta import (
 )
 from sklearn_beta._corrections import fixed_correction_mass
 from sklearn_beta._exposure import timeline_from_arrays
-from sklearn_beta._iterative import fit_step_counts, solved_step_counts
+from sklearn_beta._fixed_point import IterationSettings
+from sklearn_beta._step_count import fit_step_counts, solved_step_counts
 from sklearn_beta._validation import PhaseColumns, check_phases
 from sklearn_beta.datasets import simulate_trace
 from sklearn_beta.metrics import coefficient_errors, step_time_error
@@ -207,9 +208,9 @@ def test_reference_objective_still_available(moderate):
 
 def test_token_budget_validated_and_unused_without_capped_steps(moderate):
     phases, _ = moderate
-    with pytest.raises(ValueError, match="token_budget must be a positive integer"):
+    with pytest.raises(ValueError, match="token_budget. parameter of estimate_betas"):
         estimate_betas_iterative(phases, chunk_size=CHUNK, token_budget=0)
-    with pytest.raises(ValueError, match="token_budget must be a positive integer"):
+    with pytest.raises(ValueError, match="token_budget. parameter of estimate_betas"):
         estimate_betas_iterative(phases, chunk_size=CHUNK, token_budget=2.5)
     # A budget no step reaches changes nothing.
     loose = estimate_betas_iterative(
@@ -224,7 +225,10 @@ def test_step_count_objective_needs_a_counted_phase(moderate):
     timeline = timeline_from_arrays(check_phases(phases, PhaseColumns()), CHUNK)
     with pytest.raises(ValueError, match="known step count"):
         fit_step_counts(
-            timeline, np.asarray(BETA), sample_weight=np.zeros(timeline.n_phases)
+            timeline,
+            np.asarray(BETA),
+            IterationSettings("end_inside", 25, 1e-6, 1.0, "relative"),
+            sample_weight=np.zeros(timeline.n_phases),
         )
 
 
@@ -233,7 +237,7 @@ def test_step_count_zero_weight_equals_dropping_an_instance():
     table = PhaseExposureTransformer(
         chunk_size=CHUNK, **column_kwargs(instance_id="instance_id")
     ).fit_transform(phases)
-    keep = (table["instance"] != 0).to_numpy()
+    keep = (table["instance_id"] != 0).to_numpy()
     masked = IterativeBetaRegressor().fit(table, sample_weight=keep.astype(float))
     subset = IterativeBetaRegressor().fit(table[keep])
     np.testing.assert_allclose(masked.beta_, subset.beta_, rtol=1e-9)

@@ -23,7 +23,6 @@ from sklearn_beta import (
     PhaseExposureTransformer,
 )
 from sklearn_beta.metrics import (
-    SCORERS,
     get_scorer,
     get_scorer_names,
     make_phase_scorer,
@@ -43,7 +42,8 @@ def phases():
 @pytest.fixture(scope="module")
 def fitted(phases):
     return make_pipeline(
-        PhaseExposureTransformer(instance_col=INST), IterativeBetaRegressor()
+        PhaseExposureTransformer(columns={"instance_id": INST}),
+        IterativeBetaRegressor(),
     ).fit(phases)
 
 
@@ -56,7 +56,7 @@ def truth(phases, fitted):
 
 
 def test_names():
-    assert get_scorer_names() == sorted(SCORERS)
+    assert get_scorer_names() == sorted(phase_scorers().scorers)
     assert {"duration_r2", "neg_duration_mape", "prefill_r2", "decode_r2"} <= set(
         get_scorer_names()
     )
@@ -78,7 +78,7 @@ def test_scores_match_hand_computation(phases, fitted, truth):
         "neg_duration_rmse": -np.sqrt(np.mean((observed - predicted) ** 2)),
         "neg_duration_mae": -np.mean(np.abs(observed - predicted)),
     }
-    assert set(expected) == set(SCORERS)
+    assert set(expected) == set(get_scorer_names())
     for name, value in expected.items():
         assert get_scorer(name)(fitted, phases) == pytest.approx(value, rel=1e-12)
     # The R^2 scorer agrees with the estimator's default score.
@@ -154,8 +154,10 @@ def test_get_scorer_falls_back_to_scikit_learn(phases, fitted):
     assert get_scorer(scorer) is scorer
     with pytest.raises(ValueError, match="not a valid scoring"):
         get_scorer("no_such_score")
-    # Copies: tweaking one does not touch the registry.
-    assert get_scorer("duration_r2") is not SCORERS["duration_r2"]
+    # Fresh scorers: requesting weights on one does not touch another.
+    weighted = get_scorer("duration_r2").set_score_request(sample_weight=True)
+    assert get_scorer("duration_r2")._sample_weight_request is None
+    assert weighted._sample_weight_request is True
 
 
 def test_scorer_pickles(phases, fitted):
@@ -165,12 +167,12 @@ def test_scorer_pickles(phases, fitted):
 
 def _pipe():
     return make_pipeline(
-        PhaseExposureTransformer(instance_col=INST), BaselineBetaRegressor()
+        PhaseExposureTransformer(columns={"instance_id": INST}), BaselineBetaRegressor()
     )
 
 
 def test_cross_val_score_without_y(phases):
-    cv = TraceBlockSplit(3, instance_col=INST)
+    cv = TraceBlockSplit(3, columns={"instance_id": INST})
     scores = cross_val_score(
         _pipe(), phases, cv=cv, scoring=get_scorer("neg_duration_mape")
     )
@@ -189,7 +191,7 @@ def test_multimetric_grid_search_refits_on_a_named_score(phases):
     search = GridSearchCV(
         _pipe(),
         {"phaseexposuretransformer__correction_mode": ["end", "uniform"]},
-        cv=TraceBlockSplit(3, instance_col=INST),
+        cv=TraceBlockSplit(3, columns={"instance_id": INST}),
         scoring=phase_scorers("duration_r2", "neg_duration_mape", "decode_r2"),
         refit="neg_duration_mape",
         error_score="raise",
@@ -217,9 +219,11 @@ def test_weighted_scoring_with_routing(routing, phases):
     weights = np.random.default_rng(1).uniform(0.5, 2.0, len(phases))
     scorer = get_scorer("neg_decode_mape").set_score_request(sample_weight=True)
     regressor = BaselineBetaRegressor().set_fit_request(sample_weight=True)
-    cv = TraceBlockSplit(3, instance_col=INST)
+    cv = TraceBlockSplit(3, columns={"instance_id": INST})
     result = cross_validate(
-        make_pipeline(PhaseExposureTransformer(instance_col=INST), regressor),
+        make_pipeline(
+            PhaseExposureTransformer(columns={"instance_id": INST}), regressor
+        ),
         phases,
         cv=cv,
         scoring=scorer,
@@ -227,13 +231,13 @@ def test_weighted_scoring_with_routing(routing, phases):
     )
     expected = []
     for train, test in cv.split(phases):
-        table = PhaseExposureTransformer(instance_col=INST).fit_transform(
+        table = PhaseExposureTransformer(columns={"instance_id": INST}).fit_transform(
             phases.iloc[train]
         )
         model = BaselineBetaRegressor().fit(table, sample_weight=weights[train])
-        test_table = PhaseExposureTransformer(instance_col=INST).fit_transform(
-            phases.iloc[test]
-        )
+        test_table = PhaseExposureTransformer(
+            columns={"instance_id": INST}
+        ).fit_transform(phases.iloc[test])
         dec = test_table["is_prefill"].to_numpy() == 0
         expected.append(
             -mean_absolute_percentage_error(
@@ -257,7 +261,7 @@ def test_scorers_use_the_context_regressor_full_trace(phases):
     from sklearn_beta.model_selection import TraceContextRegressor
 
     model = TraceContextRegressor(_pipe(), trace=phases)
-    train, test = next(TraceBlockSplit(3, instance_col=INST).split(phases))
+    train, test = next(TraceBlockSplit(3, columns={"instance_id": INST}).split(phases))
     model.fit(phases.iloc[train])
     full = model.exposures_
     observed = full["duration"].to_numpy()[test]
@@ -283,7 +287,7 @@ def test_multimetric_scoring_predicts_once_per_fold(phases, monkeypatch):
     cross_validate(
         _pipe(),
         phases,
-        cv=TraceBlockSplit(3, instance_col=INST),
+        cv=TraceBlockSplit(3, columns={"instance_id": INST}),
         scoring=phase_scorers(),
     )
     assert len(calls) == 3

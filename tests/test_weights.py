@@ -18,6 +18,7 @@ from sklearn.model_selection import GridSearchCV, GroupKFold, cross_validate
 from sklearn.pipeline import make_pipeline
 from trace_factory import make_trace
 
+import sklearn_beta._fixed_point as fixed_point_module
 import sklearn_beta._iterative as iterative_module
 from sklearn_beta import (
     BaselineBetaRegressor,
@@ -37,7 +38,7 @@ def phases():
 
 @pytest.fixture(scope="module")
 def table(phases):
-    return PhaseExposureTransformer(instance_col=INST).fit_transform(phases)
+    return PhaseExposureTransformer(columns={"instance_id": INST}).fit_transform(phases)
 
 
 @pytest.fixture(scope="module")
@@ -88,7 +89,8 @@ def test_iterative_weights_equal_repeated_nnls_rows(table, weights, monkeypatch)
         repeat = weights.astype(int)
         return nnls_fit(np.repeat(design, repeat, axis=0), np.repeat(target, repeat))
 
-    monkeypatch.setattr(iterative_module, "nnls_fit", repeated_rows)
+    for module in (iterative_module, fixed_point_module):
+        monkeypatch.setattr(module, "nnls_fit", repeated_rows)
     repeated = model.fit(table).beta_
     assert calls and not any(calls)
     np.testing.assert_allclose(weighted, repeated, rtol=1e-9)
@@ -111,8 +113,10 @@ def test_zero_weight_removes_rows_from_the_fit_not_from_the_trace():
         noise=0.05,
         random_state=0,
     )
-    table = PhaseExposureTransformer(instance_col=INST).fit_transform(phases)
-    keep = (table["instance"] != 0).to_numpy()
+    table = PhaseExposureTransformer(columns={"instance_id": INST}).fit_transform(
+        phases
+    )
+    keep = (table["instance_id"] != 0).to_numpy()
     # The duration objective, compared iteration by iteration.
     duration = dict(damping=0.5, max_iter=15, objective="duration")
     masked = IterativeBetaRegressor(**duration)
@@ -126,7 +130,7 @@ def test_zero_weight_removes_rows_from_the_fit_not_from_the_trace():
     )
     # Within one instance, a zero weight keeps the phase's load: the fit
     # differs from dropping the rows from the trace.
-    one = table[table["instance"] == 1]
+    one = table[table["instance_id"] == 1]
     early = (one["t_start"] < one["t_start"].median()).to_numpy()
     weighted = IterativeBetaRegressor(**duration)
     weighted.fit(one, sample_weight=early.astype(float))
@@ -160,7 +164,9 @@ def test_bad_weights_raise(table, bad, match):
 
 
 def _pipeline(regressor):
-    return make_pipeline(PhaseExposureTransformer(instance_col=INST), regressor)
+    return make_pipeline(
+        PhaseExposureTransformer(columns={"instance_id": INST}), regressor
+    )
 
 
 @pytest.mark.parametrize("regressor", [BaselineBetaRegressor, IterativeBetaRegressor])
@@ -202,7 +208,7 @@ def _manual_folds(phases, weights, folds, score_weights):
 
 
 def test_cross_validate_without_routing(phases, weights):
-    cv = TraceBlockSplit(3, instance_col=INST)
+    cv = TraceBlockSplit(3, columns={"instance_id": INST})
     result = cross_validate(
         _pipeline(BaselineBetaRegressor()),
         phases,
@@ -248,7 +254,9 @@ def test_grid_search_with_routing(routing, phases, weights):
     assert np.all(np.isfinite(search.cv_results_["mean_test_score"]))
     best = search.best_estimator_[-1]
     direct = IterativeBetaRegressor(damping=best.damping)
-    table = PhaseExposureTransformer(instance_col=INST).fit_transform(phases)
+    table = PhaseExposureTransformer(columns={"instance_id": INST}).fit_transform(
+        phases
+    )
     np.testing.assert_allclose(
         best.beta_, direct.fit(table, sample_weight=weights).beta_, rtol=1e-12
     )
@@ -273,7 +281,7 @@ def test_context_regressor_weights_without_routing(phases, weights):
     from sklearn_beta.model_selection import TraceContextRegressor
 
     model = TraceContextRegressor(_pipeline(BaselineBetaRegressor()), trace=phases)
-    cv = TraceBlockSplit(3, instance_col=INST)
+    cv = TraceBlockSplit(3, columns={"instance_id": INST})
     search = GridSearchCV(
         model,
         {"estimator__phaseexposuretransformer__correction_mode": ["end", "none"]},
@@ -283,7 +291,9 @@ def test_context_regressor_weights_without_routing(phases, weights):
     train, _ = next(cv.split(phases))
     fold = TraceContextRegressor(_pipeline(BaselineBetaRegressor()), trace=phases)
     fold.fit(phases.iloc[train], sample_weight=weights[train])
-    table = PhaseExposureTransformer(instance_col=INST).fit_transform(phases)
+    table = PhaseExposureTransformer(columns={"instance_id": INST}).fit_transform(
+        phases
+    )
     masked = np.zeros(len(phases))
     masked[train] = weights[train]
     direct = BaselineBetaRegressor().fit(table, sample_weight=masked)

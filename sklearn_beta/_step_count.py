@@ -1,0 +1,260 @@
+"""The step-count objective: betas under which every phase holds its N_i steps.
+
+A segment of length s holding n steps, with the prefill pressure P, the
+decode pressure p_dec and a correction taking m tokens back, lasts
+s = n (b0 + b1 P + b2 p_dec) - b1 m. Solved for n, the step density and the
+effective pressure p_eff = P - m / n are consistent by construction: no lag.
+At the true betas, with the correction on each prefill's last step, the
+step counts are exact, so are the phases' token sums; and every phase must
+then hold exactly its N_i steps. Fitting the betas to make the phases' step
+counts match N_i is a 3-parameter nonlinear least squares. Fitting the
+durations instead cannot use this: with the token sums as design, any beta
+with b0 = 0 fits the durations exactly (l_i = X_i beta + b0 (N_i - Lambda_i)),
+and the reference's fixed point is repelling under heavy load.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+from ._corrections import (
+    budget_capped_mass,
+    counted_phases,
+    fixed_correction_mass,
+    static_correction_mass,
+)
+from ._fixed_point import (
+    MIN_STEP_TIME,
+    IterationSettings,
+    beta_change,
+    correction_mass,
+    history_record,
+    step_density,
+)
+from ._grid import Timeline
+from ._nnls import fit_statistics, nnls_fit
+
+#: Step halvings tried when a Gauss-Newton step does not lower the objective.
+MAX_HALVINGS = 8
+
+
+def solved_step_counts(
+    timeline: Timeline, beta: np.ndarray, mass: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Steps per segment at ``beta``, the density and ``p_eff`` solved together.
+
+    Returns ``(n, prefill_mass, jac)``: the steps on each segment, the prefill
+    tokens they hold (``n * p_eff``) and ``dn / dbeta`` of shape (n_seg, 3).
+    Where the correction would take back more than the full chunks hold,
+    ``p_eff`` is 0 and the segment's steps are ``s / (b0 + b2 p_dec)``.
+    """
+    s, p_pf, p_dec = timeline.trace_grid.seg_len, timeline.p_pf_full, timeline.p_dec
+    full = np.maximum(beta[0] + beta[1] * p_pf + beta[2] * p_dec, MIN_STEP_TIME)
+    n = (s + beta[1] * mass) / full
+    jac = np.column_stack([-n, mass - n * p_pf, -n * p_dec]) / full[:, None]
+    emptied = n * p_pf < mass
+    if np.any(emptied):
+        bare = np.maximum(beta[0] + beta[2] * p_dec[emptied], MIN_STEP_TIME)
+        n_bare = s[emptied] / bare
+        n[emptied] = n_bare
+        jac[emptied] = (
+            np.column_stack([-n_bare, np.zeros_like(n_bare), -n_bare * p_dec[emptied]])
+            / bare[:, None]
+        )
+    return n, np.maximum(n * p_pf - mass, 0.0), jac
+
+
+def _phase_sums(timeline: Timeline, per_segment: np.ndarray) -> np.ndarray:
+    """Sum over each phase's segments of one or several per-segment columns."""
+    tg = timeline.trace_grid
+    cum = np.concatenate([np.zeros_like(per_segment[:1]), np.cumsum(per_segment, 0)])
+    return cum[tg.end_idx] - cum[tg.start_idx]
+
+
+def _density_of(timeline: Timeline, beta: np.ndarray, n: np.ndarray) -> np.ndarray:
+    s = timeline.trace_grid.seg_len
+    return np.where(
+        s > 0,
+        n / np.where(s > 0, s, 1.0),
+        step_density(beta, timeline.p_pf_full, timeline.p_dec),
+    )
+
+
+def solved_correction(
+    timeline: Timeline, beta: np.ndarray, mode: str, fixed: np.ndarray | None
+) -> np.ndarray:
+    """Correction mass of the step-count objective at ``beta``.
+
+    Fixed modes do not depend on ``beta``. ``beta_informed`` places each
+    prefill's missing mass on its last step under the density solved with
+    the mass on the last segment of the window (``end_inside``).
+    """
+    if mode != "beta_informed":
+        return budget_capped_mass(fixed, timeline)
+    inside = budget_capped_mass(
+        fixed_correction_mass(
+            "end_inside", timeline.trace_grid, timeline.is_prefill, timeline.mu
+        ),
+        timeline,
+    )
+    n, _, _ = solved_step_counts(timeline, beta, inside)
+    return correction_mass(mode, timeline, _density_of(timeline, beta, n), None)
+
+
+@dataclass(frozen=True)
+class CountState:
+    """The step-count objective at ``beta``, per phase and per segment."""
+
+    beta: np.ndarray
+    residual: np.ndarray  # Lambda_i - N_i, steps
+    jac: np.ndarray  # dLambda_i / dbeta, (n_phases, 3)
+    design: np.ndarray  # [N_i, N_i pbar_pf_i, N_i pbar_dec_i] at beta
+    loss: float
+    n: np.ndarray  # steps on each segment
+    prefill_mass: np.ndarray  # prefill tokens those steps hold, n * p_eff
+
+
+def count_state(timeline, beta, mode, fixed, weight) -> CountState:
+    mass = solved_correction(timeline, beta, mode, fixed)
+    n, prefill_mass, jac = solved_step_counts(timeline, beta, mass)
+    sums = _phase_sums(
+        timeline, np.column_stack([n, prefill_mass, n * timeline.p_dec, jac])
+    )
+    steps = sums[:, 0]
+    residual = steps - timeline.n_steps
+    # The design of docs/method.md 6.2.4, N_i times the pressures averaged over the
+    # steps: its prediction is l_i N_i / Lambda_i, the phase's duration had
+    # it held N_i steps of the lengths the betas give there.
+    per_step = np.divide(
+        sums[:, 1:3],
+        steps[:, None],
+        out=np.zeros_like(sums[:, 1:3]),
+        where=steps[:, None] > 0,
+    )
+    design = np.column_stack([timeline.n_steps, timeline.n_steps[:, None] * per_step])
+    loss = float(np.sum(weight * residual**2))
+    return CountState(beta, residual, sums[:, 3:], design, loss, n, prefill_mass)
+
+
+def step_count_weights(
+    timeline: Timeline, sample_weight: np.ndarray | None = None
+) -> np.ndarray:
+    """Weights of the step-count residuals ``Lambda_i - N_i``.
+
+    ``1 / N_i``: per-step noise makes a phase's step-count error grow like
+    ``sqrt(N_i)``. Phases whose ``N_i`` a token budget makes unknown
+    (:func:`counted_phases`) get weight 0.
+    """
+    weight = counted_phases(timeline) / np.maximum(timeline.n_steps, 1.0)
+    if sample_weight is not None:
+        weight = weight * sample_weight
+    return weight
+
+
+def initial_scale(
+    timeline: Timeline, beta: np.ndarray, weight: np.ndarray
+) -> np.ndarray:
+    """A usable start for the step-count fit from (baseline) ``beta``.
+
+    The baseline often returns ``b0 = 0`` under heavy load; a start there
+    makes every step free of overhead. Give ``b0`` a tenth of the mean time
+    per step, then rescale all betas so that the weighted step counts add up:
+    the counts scale like ``1 / beta``.
+    """
+    beta = np.array(beta, dtype=np.float64)
+    counted = weight > 0
+    per_step = timeline.duration[counted].sum() / max(
+        timeline.n_steps[counted].sum(), 1.0
+    )
+    if beta[0] <= 0:
+        beta[0] = 0.1 * per_step
+    mass = budget_capped_mass(
+        fixed_correction_mass(
+            "end_inside", timeline.trace_grid, timeline.is_prefill, timeline.mu
+        ),
+        timeline,
+    )
+    n, _, _ = solved_step_counts(timeline, beta, mass)
+    total = float(np.sum(weight * _phase_sums(timeline, n)))
+    target = float(np.sum(weight * timeline.n_steps))
+    if total > 0 and target > 0:
+        beta *= total / target
+    return beta
+
+
+def fit_step_counts(
+    timeline: Timeline,
+    beta_init: np.ndarray,
+    settings: IterationSettings,
+    sample_weight: np.ndarray | None = None,
+    callback: Callable[[dict], None] | None = None,
+) -> tuple[np.ndarray, bool, int, np.ndarray, list[dict]]:
+    """Fit the betas by matching every phase's step count to ``N_i``.
+
+    Minimises ``sum_i w_i (Lambda_i(beta) - N_i)^2`` over ``beta >= 0``, where
+    ``Lambda_i`` is the number of steps the phase holds under the step density
+    solved at ``beta`` (:func:`solved_step_counts`) and ``w_i`` are
+    :func:`step_count_weights`. Each iteration is one projected Gauss-Newton
+    step, an NNLS of the linearised counts ``beta + Delta``, taken as
+    ``beta + damping * Delta`` and halved while it does not lower the
+    objective; the stopping rule measures the full step ``Delta``, so damping
+    changes the path, not the solution. Returns ``(beta, converged, n_iter,
+    design, history)`` like :func:`iterate_betas`; ``design`` is ``[N_i, N_i pbar_pf_i,
+    N_i pbar_dec_i]`` at the final betas, with the pressures averaged over
+    the phase's steps as in docs/method.md 6.2.4, and the history's r2 and rmse
+    score the durations it predicts, ``design @ beta``.
+    """
+    correction_mode, tol = settings.correction_mode, settings.tol
+    fixed = static_correction_mass(
+        correction_mode, timeline.trace_grid, timeline.is_prefill, timeline.mu
+    )
+    weight = step_count_weights(timeline, sample_weight)
+    if not np.any(weight > 0):
+        raise ValueError(
+            "The step-count objective needs phases with a known step count and "
+            "a positive sample_weight; under the token budget every phase's "
+            "count is unknown or weighted 0. Use objective='duration'."
+        )
+    beta = initial_scale(timeline, beta_init, weight)
+    state = count_state(timeline, beta, correction_mode, fixed, weight)
+    history = [
+        history_record(0, beta, np.nan, *_duration_fit(timeline, state), "start")
+    ]
+    converged, n_iter = False, 0
+    for n_iter in range(1, settings.max_iter + 1):
+        target = state.jac @ state.beta - state.residual
+        proposal = nnls_fit(state.jac, target, weight)
+        # Converged when the full Gauss-Newton step is negligible, not when a
+        # halved one is: near the minimum the loss comparisons are rounding
+        # noise and would shrink the step without the betas having settled.
+        step = beta_change(proposal, state.beta, state.jac, settings.stopping)
+        shrink = settings.damping
+        for _ in range(MAX_HALVINGS):
+            candidate = state.beta + shrink * (proposal - state.beta)
+            trial = count_state(timeline, candidate, correction_mode, fixed, weight)
+            if trial.loss <= state.loss or step < tol:
+                break
+            shrink *= 0.5
+        state = trial
+        history.append(
+            history_record(
+                n_iter,
+                state.beta,
+                step,
+                *_duration_fit(timeline, state),
+                f"Gauss-Newton step x{shrink:g}",
+            )
+        )
+        if callback is not None:
+            callback(history[-1])
+        if step < tol:
+            converged = True
+            break
+    return state.beta, converged, n_iter, state.design, history
+
+
+def _duration_fit(timeline: Timeline, state: CountState) -> tuple[float, float]:
+    return fit_statistics(timeline.duration, state.design @ state.beta)
