@@ -15,6 +15,7 @@ command instead.
 from __future__ import annotations
 
 import argparse
+import inspect
 import sys
 from pathlib import Path
 
@@ -26,48 +27,85 @@ REPO = Path(__file__).resolve().parents[1]
 DEFAULT_CSV = REPO / "data" / "traces" / "sample.csv"
 
 
+#: Command-line option -> keyword of the functional API, per algorithm.
+OPTIONS = {
+    "baseline": {
+        "correction_mode": "correction_mode",
+        "min_duration": "min_duration_sec",
+    },
+    "iterative": {
+        "correction_mode": "prefill_correction_mode",
+        "damping_eta": "damping_eta",
+        "max_outer_iters": "max_outer_iters",
+        "tol": "tol",
+        "init_correction_mode": "init_via_baseline_correction",
+        "min_duration": "min_duration_sec",
+    },
+}
+ESTIMATORS = {
+    "baseline": estimate_betas_baseline,
+    "iterative": estimate_betas_iterative,
+}
+
+
+def api_default(algo: str, option: str):
+    """The functional API's default of an option (never typed here twice)."""
+    keyword = OPTIONS[algo][option]
+    return inspect.signature(ESTIMATORS[algo]).parameters[keyword].default
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--csv", type=Path, default=DEFAULT_CSV, help="phase table")
-    parser.add_argument("--chunk-size", type=int, default=64)
-    parser.add_argument("--algo", choices=["baseline", "iterative"], default="baseline")
+    parser.add_argument(
+        "--chunk-size", type=int, default=64, help="the published command's default: 64"
+    )
+    parser.add_argument("--algo", choices=list(ESTIMATORS), default="baseline")
     parser.add_argument(
         "--correction-mode",
-        default=None,
-        help="baseline: end|end_inside|uniform|none (default end); iterative: "
-        "beta_informed|end|end_inside|uniform|none (default beta_informed)",
+        help=f"baseline: end|end_inside|uniform|none (default "
+        f"{api_default('baseline', 'correction_mode')}); iterative: "
+        f"beta_informed|end|end_inside|uniform|none (default "
+        f"{api_default('iterative', 'correction_mode')})",
     )
-    parser.add_argument("--damping-eta", type=float, default=1.0)
-    parser.add_argument("--max-outer-iters", type=int, default=25)
-    parser.add_argument("--tol", type=float, default=1e-6)
-    parser.add_argument("--init-correction-mode", default="end")
-    parser.add_argument("--min-duration", type=float, default=0.0)
+    for option, kind in (
+        ("damping_eta", float),
+        ("max_outer_iters", int),
+        ("tol", float),
+        ("init_correction_mode", str),
+    ):
+        parser.add_argument(
+            "--" + option.replace("_", "-"),
+            type=kind,
+            help=f"iterative only (default {api_default('iterative', option)})",
+        )
+    parser.add_argument(
+        "--min-duration",
+        type=float,
+        help=f"seconds (default {api_default('iterative', 'min_duration')})",
+    )
     parser.add_argument("--history-rows", type=int, default=5)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    given = {
+        keyword: getattr(args, option)
+        for option, keyword in OPTIONS[args.algo].items()
+        if getattr(args, option) is not None
+    }
+    ignored = [
+        option
+        for option in OPTIONS["iterative"]
+        if option not in OPTIONS[args.algo] and getattr(args, option) is not None
+    ]
+    if ignored:
+        print(f"error: {ignored} apply to --algo iterative only", file=sys.stderr)
+        return 2
     try:
         phases = pd.read_csv(args.csv)
-        if args.algo == "baseline":
-            result = estimate_betas_baseline(
-                phases,
-                chunk_size=args.chunk_size,
-                correction_mode=args.correction_mode or "end",
-                min_duration_sec=args.min_duration,
-            )
-        else:
-            result = estimate_betas_iterative(
-                phases,
-                chunk_size=args.chunk_size,
-                prefill_correction_mode=args.correction_mode or "beta_informed",
-                max_outer_iters=args.max_outer_iters,
-                tol=args.tol,
-                damping_eta=args.damping_eta,
-                init_via_baseline_correction=args.init_correction_mode,
-                min_duration_sec=args.min_duration,
-            )
+        result = ESTIMATORS[args.algo](phases, chunk_size=args.chunk_size, **given)
     except (OSError, ValueError, TypeError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

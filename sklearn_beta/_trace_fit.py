@@ -9,6 +9,7 @@ their defaults and behaviour) and keeps those by-products.
 
 from __future__ import annotations
 
+import inspect
 import warnings
 from dataclasses import dataclass
 
@@ -62,8 +63,8 @@ class TraceFit:
     chunk_size: int
     converged: bool | None
     n_iter: int
-    tol: float
-    stopping: str
+    tol: float | None
+    stopping: str | None
     history: pd.DataFrame
     diagnostics: dict
     observed: np.ndarray
@@ -75,61 +76,124 @@ class TraceFit:
     profile: PressureProfile
 
 
+#: Options of :func:`make_model` set on the exposure transformer.
+TRANSFORMER_OPTIONS = ("min_duration", "token_budget", "time_resolution")
+#: Options of :func:`make_model` set on the iterative estimator only.
+ITERATIVE_OPTIONS = (
+    "damping",
+    "max_iter",
+    "tol",
+    "init_correction_mode",
+    "stopping",
+    "objective",
+)
+
+
+def fit_option_defaults() -> dict:
+    """The estimators' defaults of every :func:`make_model` option.
+
+    Read from the scikit-learn estimators themselves, so that the command
+    line and its ``--help`` never type a default a second time.
+    ``correction_mode`` is per algorithm: ``{"baseline": ..., "iterative": ...}``.
+    """
+    transformer = PhaseExposureTransformer().get_params()
+    iterative = IterativeBetaRegressor().get_params()
+    defaults = {name: transformer[name] for name in TRANSFORMER_OPTIONS}
+    defaults |= {name: iterative[name] for name in ITERATIVE_OPTIONS}
+    defaults["chunk_size"] = transformer["chunk_size"]
+    defaults["correction_mode"] = {
+        "baseline": transformer["correction_mode"],
+        "iterative": iterative["correction_mode"],
+    }
+    return defaults
+
+
+def _instance_params(cls, instance_col: str | None) -> dict:
+    # The instance column moves into one ``columns=`` argument (CONTRACTS.md
+    # 1); until every estimator has it, pass it the way ``cls`` takes it.
+    if "columns" in inspect.signature(cls).parameters:
+        return {"columns": {"instance_id": instance_col}}
+    return {"instance_col": instance_col}
+
+
 def make_model(
     chunk_size: int | None = None,
     *,
     algo: str = "iterative",
-    correction_mode: str | None = None,
-    damping: float = 1.0,
-    max_iter: int = 25,
-    tol: float = 1e-6,
-    init_correction_mode: str = "end",
-    min_duration: float = 0.0,
-    stopping: str = "relative",
-    objective: str = "step_count",
-    token_budget: int | None = None,
-    time_resolution: float | str = 0.0,
     instance_col: str | None = None,
     verbose: int = 0,
+    **options,
 ):
     """The pipeline ``PhaseExposureTransformer -> regressor`` for these options.
 
-    ``correction_mode=None`` means the regressor's default (``"end"`` for the
-    baseline, ``"end_inside"`` for the iterative estimator).
+    Parameters
+    ----------
+    chunk_size : int or None, default=None
+        Prefill chunk size; None keeps the transformer's default.
+    algo : {"baseline", "iterative"}, default="iterative"
+        The regressor.
+    instance_col : str or None, default=None
+        Column naming the engine instance; None fits one instance.
+    verbose : int, default=0
+        Verbosity of the iterative estimator.
+    **options
+        ``correction_mode`` and the names of :data:`TRANSFORMER_OPTIONS` and
+        :data:`ITERATIVE_OPTIONS`. A value of None (or a missing key) keeps
+        the estimator's default (:func:`fit_option_defaults`).
+
+    Raises
+    ------
+    ValueError
+        For an unknown option, an unknown ``algo``, or an option of the
+        iterative estimator given with ``algo="baseline"``.
     """
+    given = {k: v for k, v in options.items() if v is not None}
+    known = {"correction_mode", *TRANSFORMER_OPTIONS, *ITERATIVE_OPTIONS}
+    unknown = sorted(set(given) - known)
+    if unknown:
+        raise ValueError(f"Unknown fit option(s) {unknown}; known: {sorted(known)}.")
     if algo not in ALGORITHMS:
         raise ValueError(f"algo must be one of {ALGORITHMS}, got {algo!r}.")
+    transformer = PhaseExposureTransformer(
+        **{k: given[k] for k in TRANSFORMER_OPTIONS if k in given},
+        **_instance_params(PhaseExposureTransformer, instance_col),
+    )
+    if chunk_size is not None:
+        transformer.set_params(chunk_size=chunk_size)
+    iterative_given = {k: given[k] for k in ITERATIVE_OPTIONS if k in given}
+    mode = given.get("correction_mode")
     if algo == "baseline":
-        mode = correction_mode or "end"
-        if mode not in FIXED_CORRECTION_MODES:
+        if iterative_given:
+            raise ValueError(
+                f"Option(s) {sorted(iterative_given)} belong to the iterative "
+                "estimator (algo='iterative'); the baseline has none of them."
+            )
+        if mode is not None and mode not in FIXED_CORRECTION_MODES:
             raise ValueError(
                 f"correction_mode {mode!r} needs the iterative estimator "
                 f"(algo='iterative'); the baseline takes {FIXED_CORRECTION_MODES}."
             )
-        regressor, fixed_mode = BaselineBetaRegressor(), mode
-    else:
-        regressor = IterativeBetaRegressor(
-            damping=damping,
-            max_iter=max_iter,
-            tol=tol,
-            init_correction_mode=init_correction_mode,
-            stopping=stopping,
-            objective=objective,
-            verbose=verbose,
-        )
-        if correction_mode is not None:
-            regressor.set_params(correction_mode=correction_mode)
-        fixed_mode = init_correction_mode
-    transformer = PhaseExposureTransformer(
-        correction_mode=fixed_mode,
-        min_duration=min_duration,
-        token_budget=token_budget,
-        time_resolution=time_resolution,
-        instance_col=instance_col,
-    )
-    if chunk_size is not None:
-        transformer.set_params(chunk_size=chunk_size)
+        if mode is not None:
+            transformer.set_params(correction_mode=mode)
+        return make_pipeline(transformer, BaselineBetaRegressor())
+    regressor = IterativeBetaRegressor(verbose=verbose, **iterative_given)
+    if mode is not None:
+        regressor.set_params(correction_mode=mode)
+    # The transformer's fixed correction is the iterative fit's first pass.
+    transformer.set_params(correction_mode=regressor.init_correction_mode)
     return make_pipeline(transformer, regressor)
+
+
+def check_fit_options(**options) -> None:
+    """Validate :func:`make_model` options against the estimators' constraints.
+
+    Raises the estimators' own ``ValueError``/``TypeError`` (naming the
+    parameter) without fitting anything, so that a bad option is reported
+    before a long chunk-size search rather than by each of its fits.
+    """
+    for step in make_model(**options).named_steps.values():
+        # scikit-learn's own check of _parameter_constraints, run by fit().
+        step._validate_params()
 
 
 def fit_trace(phases: pd.DataFrame, *, chunk_size: int, **options) -> TraceFit:
@@ -142,11 +206,8 @@ def fit_trace(phases: pd.DataFrame, *, chunk_size: int, **options) -> TraceFit:
     chunk_size : int
         Prefill chunk size ``C``.
     **options
-        Options of :func:`make_model` (``algo``, ``correction_mode``,
-        ``damping``, ``max_iter``, ``tol``, ``init_correction_mode``,
-        ``min_duration``, ``stopping``, ``objective``, ``token_budget``,
-        ``time_resolution``,
-        ``instance_col``, ``verbose``).
+        Options of :func:`make_model` (``algo``, ``instance_col``,
+        ``verbose``, ``correction_mode`` and the estimator options).
 
     Returns
     -------
@@ -164,8 +225,10 @@ def fit_trace(phases: pd.DataFrame, *, chunk_size: int, **options) -> TraceFit:
             regressor.converged_,
             regressor.n_iter_,
         )
+        tol, stopping = regressor.tol, regressor.stopping
     else:
         history, converged, n_iter = _baseline_history(regressor), None, 0
+        tol, stopping = None, None
     instance_col = options.get("instance_col")
     instance_names = (
         ["all"]
@@ -178,8 +241,8 @@ def fit_trace(phases: pd.DataFrame, *, chunk_size: int, **options) -> TraceFit:
         chunk_size=int(transformer.chunk_size),
         converged=converged,
         n_iter=n_iter,
-        tol=options.get("tol", 1e-6),
-        stopping=options.get("stopping", "relative"),
+        tol=tol,
+        stopping=stopping,
         history=history,
         diagnostics=regressor.diagnostics_,
         observed=values[:, _COL["duration"]],
@@ -274,7 +337,9 @@ def search_chunk_size(
                 int(c) for c in candidates
             ]
         },
-        cv=TraceBlockSplit(n_splits, instance_col=options.get("instance_col")),
+        cv=TraceBlockSplit(
+            n_splits, **_instance_params(TraceBlockSplit, options.get("instance_col"))
+        ),
         error_score=np.nan,
     )
     with warnings.catch_warnings():
@@ -300,3 +365,83 @@ def search_chunk_size(
         )
     best = search.best_params_["estimator__phaseexposuretransformer__chunk_size"]
     return int(best), scores
+
+
+def _shift_prefill_starts(phases: pd.DataFrame, is_prefill, delay: float):
+    shifted = phases.copy()
+    t_start = shifted["t_start"].to_numpy(dtype=np.float64).copy()
+    t_end = shifted["t_end"].to_numpy(dtype=np.float64)
+    t_start[is_prefill] = t_start[is_prefill] + delay
+    # fit_client_trace keeps every delay below the shortest prefill phase.
+    shifted["t_start"] = np.minimum(t_start, t_end)
+    return shifted
+
+
+def fit_client_trace(
+    phases: pd.DataFrame, *, chunk_size: int, xtol: float = 1e-6, **options
+) -> tuple[TraceFit, np.ndarray]:
+    """Fit betas and request overheads ``alpha`` to a client-side trace.
+
+    A client sees each request ``alpha0 + alpha1 * input_tokens`` before the
+    engine's first step (network, request handling, queueing), which the
+    betas would otherwise absorb: 3.5 ms of it on 4 ms steps biased the
+    step times by 8 %. ``alpha0`` is the delay of the prefill starts that
+    minimises the mean squared residual of the phase durations (observed
+    minus predicted) of the betas fitted on the delayed trace, found by
+    bounded Brent minimisation between 0 and 0.9 of the shortest prefill
+    phase (each trial is one fit). Then ``alpha0, alpha1`` are a
+    non-negative line through the per-request overheads (the delay plus each
+    prefill residual) and ``alpha2`` the mean decode residual per decode
+    token, clipped at 0 (:func:`sklearn_beta.export.request_overheads`).
+
+    Parameters
+    ----------
+    phases : DataFrame
+        The client-side phase table (e.g. :func:`sklearn_beta.io.read_tracev2`).
+    chunk_size : int
+        Prefill chunk size.
+    xtol : float, default=1e-6
+        Seconds: the tolerance of the delay.
+    **options
+        Options of :func:`make_model`.
+
+    Returns
+    -------
+    fit : TraceFit
+        The fit at the prefill starts delayed by the chosen delay.
+    alpha : ndarray of shape (3,)
+        Seconds, seconds per input token, seconds per output token.
+    """
+    from scipy.optimize import minimize_scalar
+
+    from .export import request_overheads
+
+    kind = phases["phase_type"].astype(str).str.strip().str.lower()
+    is_prefill = (kind == "prefill").to_numpy()
+    durations = (phases["t_end"] - phases["t_start"]).to_numpy(dtype=np.float64)
+    fits = {}
+
+    def mean_squared_residual(delay: float) -> float:
+        shifted = _shift_prefill_starts(phases, is_prefill, delay)
+        fits[delay] = fit_trace(shifted, chunk_size=chunk_size, **options)
+        return float(np.mean((fits[delay].observed - fits[delay].predicted) ** 2))
+
+    upper = 0.9 * float(durations[is_prefill].min())
+    best = minimize_scalar(
+        mean_squared_residual,
+        bounds=(0.0, upper),
+        method="bounded",
+        options={"xatol": xtol},
+    )
+    # Brent never tries the bounds themselves: compare with no delay at all.
+    delay = min((best.x, 0.0), key=mean_squared_residual)
+    fit = fits[delay]
+    residual = fit.observed - fit.predicted
+    tokens = phases[["prefill_tokens", "decode_tokens"]].to_numpy(dtype=np.float64)
+    alpha = request_overheads(
+        delay + residual[is_prefill],
+        tokens[is_prefill, 0],
+        residual[~is_prefill],
+        tokens[~is_prefill, 1],
+    )
+    return fit, alpha

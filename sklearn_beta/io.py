@@ -9,7 +9,9 @@ decode_tokens`` and, for the adapters, ``instance``), ready for
 * :func:`read_otel_spans`: OTLP JSON lines of vLLM's ``llm_request`` spans.
 * :func:`read_benchmark_results`: a serving benchmark's detailed results, a
   client-side approximation.
-* :func:`to_blis_coefficients`: betas as BLIS's ``beta_coeffs``.
+* :func:`read_tracev2`: BLIS TraceV2 request traces (client side).
+* :func:`to_blis_coefficients` (from :mod:`sklearn_beta.export`): betas as
+  BLIS's ``beta_coeffs``.
 
 How the OpenTelemetry span fields map (all times of a span are relative to
 its start ``startTimeUnixNano``, the request's arrival):
@@ -54,34 +56,33 @@ import numpy as np
 import pandas as pd
 
 from ._grid import snap_times
+from ._otel import (
+    DEFAULT_CACHED_TOKENS_ATTRIBUTE,
+    DEFAULT_INSTANCE_ATTRIBUTES,
+    OTEL_LATENCY_ATTRIBUTES,
+    otel_records,
+    spans_to_phases,
+)
+from ._tracev2 import TIME_UNITS, TRACEV2_COLUMNS, tracev2_phases
 from ._validation import PHASE_COLUMNS
+from .export import BLIS_UNITS, to_blis_coefficients
 
 __all__ = [
     "BLIS_UNITS",
     "OTEL_LATENCY_ATTRIBUTES",
+    "TIME_UNITS",
+    "TRACEV2_COLUMNS",
     "read_benchmark_results",
     "read_otel_spans",
     "read_phases",
+    "read_tracev2",
     "to_blis_coefficients",
 ]
 
 
 #: Span attributes :func:`read_otel_spans` requires, by their role.
-OTEL_LATENCY_ATTRIBUTES = {
-    "request_id": "gen_ai.request.id",
-    "queue": "gen_ai.latency.time_in_queue",
-    "ttft": "gen_ai.latency.time_to_first_token",
-    "prefill": "gen_ai.latency.time_in_model_prefill",
-    "decode": "gen_ai.latency.time_in_model_decode",
-    "e2e": "gen_ai.latency.e2e",
-    "prompt_tokens": "gen_ai.usage.prompt_tokens",
-    "completion_tokens": "gen_ai.usage.completion_tokens",
-}
-DEFAULT_CACHED_TOKENS_ATTRIBUTE = "gen_ai.usage.cache_read.input_tokens"
-DEFAULT_INSTANCE_ATTRIBUTES = ("service.instance.id", "host.name")
 
-#: Unit of each entry of :func:`to_blis_coefficients`.
-BLIS_UNITS = ("us/step", "us/prefill_token", "us/decode_token")
+
 _MAX_SHOWN = 5
 
 
@@ -95,6 +96,7 @@ def read_phases(
     *,
     format: str | None = None,
     columns: dict[str, str] | None = None,
+    time_unit: str = "s",
 ) -> pd.DataFrame:
     """Read a phase table in the reference schema from CSV or Parquet.
 
@@ -110,6 +112,9 @@ def read_phases(
     columns : dict or None, default=None
         Renames applied after reading, ``{name in the file: schema name}``,
         e.g. ``{"start_s": "t_start"}``.
+    time_unit : {"s", "ms", "us", "ns"}, default="s"
+        Unit of ``t_start`` and ``t_end`` in the file; they are returned in
+        seconds.
 
     Returns
     -------
@@ -149,8 +154,19 @@ def read_phases(
             f"{list(frame.columns)}. Map differently named columns with "
             "columns={'name in file': 'schema name'}."
         )
+    if time_unit not in TIME_UNITS:
+        raise ValueError(
+            f"time_unit must be one of {sorted(TIME_UNITS)}, got {time_unit!r}."
+        )
     rest = [c for c in frame.columns if c not in PHASE_COLUMNS]
-    return frame[list(PHASE_COLUMNS) + rest]
+    frame = frame[list(PHASE_COLUMNS) + rest]
+    if time_unit != "s":
+        for name in ("t_start", "t_end"):
+            # Non-numbers stay for the phase validation to name.
+            values = pd.to_numeric(frame[name], errors="coerce")
+            if values.notna().all():
+                frame[name] = values * TIME_UNITS[time_unit]
+    return frame
 
 
 def _read_parquet(path: Path) -> pd.DataFrame:
@@ -167,78 +183,6 @@ def _read_parquet(path: Path) -> pd.DataFrame:
 # --------------------------------------------------------------------------
 # OpenTelemetry: OTLP JSON lines of vLLM's llm_request spans
 # --------------------------------------------------------------------------
-
-
-def _attribute_value(value: dict):
-    # OTLP JSON encodes int64 as a string ("intValue": "123").
-    for kind in ("stringValue", "doubleValue", "boolValue"):
-        if kind in value:
-            return value[kind]
-    if "intValue" in value:
-        return int(value["intValue"])
-    return None
-
-
-def _attributes(items) -> dict:
-    return {item["key"]: _attribute_value(item.get("value", {})) for item in items}
-
-
-def _otel_records(path: Path, span_name: str, instance_attributes) -> list[dict]:
-    """One flat record per span named ``span_name``: a loop over the lines."""
-    records = []
-    with path.open(encoding="utf-8") as handle:
-        for line_no, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            try:
-                payload = json.loads(line)
-                resource_spans = payload["resourceSpans"]
-            except (json.JSONDecodeError, KeyError, TypeError) as exc:
-                raise ValueError(
-                    f"{str(path)!r} line {line_no} is not an OTLP JSON export "
-                    f"object with 'resourceSpans' ({exc})."
-                ) from exc
-            for resource_span in resource_spans:
-                resource = _attributes(
-                    resource_span.get("resource", {}).get("attributes", [])
-                )
-                instance = next(
-                    (resource[a] for a in instance_attributes if a in resource), None
-                )
-                for scope in resource_span.get("scopeSpans", []):
-                    for span in scope.get("spans", []):
-                        if span.get("name") != span_name:
-                            continue
-                        record = _attributes(span.get("attributes", []))
-                        record["_line"] = line_no
-                        record["_span_id"] = span.get("spanId", "?")
-                        record["_start_ns"] = span.get("startTimeUnixNano")
-                        record["_instance"] = instance
-                        records.append(record)
-    return records
-
-
-def _describe(frame: pd.DataFrame, bad: np.ndarray, fields: list[str]) -> str:
-    shown = frame.loc[bad, ["_line", "_span_id", *fields]].head(_MAX_SHOWN)
-    n_bad = int(np.count_nonzero(bad))
-    more = f" (and {n_bad - _MAX_SHOWN} more)" if n_bad > _MAX_SHOWN else ""
-    rows = "; ".join(
-        f"line {r['_line']} span {r['_span_id']}: "
-        + ", ".join(f"{f}={r[f]!r}" for f in fields)
-        for _, r in shown.iterrows()
-    )
-    return f"{rows}{more}"
-
-
-def _numeric_field(frame: pd.DataFrame, name: str) -> np.ndarray:
-    values = pd.to_numeric(frame[name], errors="coerce").to_numpy(dtype=np.float64)
-    bad = ~np.isfinite(values)
-    if bad.any():
-        raise ValueError(
-            f"llm_request span attribute {name!r} is missing or not a finite "
-            f"number: {_describe(frame, bad, [name])}."
-        )
-    return values
 
 
 def read_otel_spans(
@@ -313,14 +257,14 @@ def read_otel_spans(
     path = Path(path)
     if not path.is_file():
         raise ValueError(f"Span file {str(path)!r} does not exist.")
-    records = _otel_records(path, span_name, tuple(instance_attributes))
+    records = otel_records(path, span_name, tuple(instance_attributes))
     if not records:
         raise ValueError(f"{str(path)!r} holds no span named {span_name!r}.")
     frame = pd.DataFrame.from_records(records)
     for name in OTEL_LATENCY_ATTRIBUTES.values():
         if name not in frame.columns:
             frame[name] = np.nan
-    phases = _spans_to_phases(frame, cached_tokens_attribute, consistency_tol)
+    phases = spans_to_phases(frame, cached_tokens_attribute, consistency_tol)
     if time_resolution > 0:
         codes = pd.factorize(phases["instance"])[0]
         t_start, t_end = snap_times(
@@ -331,156 +275,6 @@ def read_otel_spans(
         )
         phases["t_start"], phases["t_end"] = t_start, t_end
     return phases
-
-
-def _spans_to_phases(frame, cached_attr, consistency_tol) -> pd.DataFrame:
-    attr = OTEL_LATENCY_ATTRIBUTES
-    request_id = frame[attr["request_id"]]
-    bad = request_id.isna().to_numpy()
-    if bad.any():
-        raise ValueError(
-            f"llm_request span attribute {attr['request_id']!r} is missing: "
-            f"{_describe(frame, bad, [attr['request_id']])}."
-        )
-    dup = request_id.duplicated(keep=False).to_numpy()
-    if dup.any():
-        raise ValueError(
-            f"llm_request spans repeat {attr['request_id']!r}: "
-            f"{_describe(frame, dup, [attr['request_id']])}."
-        )
-    start_ns = pd.to_numeric(frame["_start_ns"], errors="coerce")
-    bad = start_ns.isna().to_numpy()
-    if bad.any():
-        raise ValueError(
-            "llm_request span field 'startTimeUnixNano' is missing or not an "
-            f"integer: {_describe(frame, bad, ['_start_ns'])}."
-        )
-    # Integer nanoseconds: subtract the origin before converting to float.
-    start_ns = start_ns.astype("int64").to_numpy()
-    origin_ns = int(start_ns.min())
-    arrival = (start_ns - origin_ns) / 1e9
-
-    queue, ttft, prefill, decode, e2e = (
-        _numeric_field(frame, attr[k])
-        for k in ("queue", "ttft", "prefill", "decode", "e2e")
-    )
-    for key, values in (("queue", queue), ("prefill", prefill), ("decode", decode)):
-        bad = values < 0
-        if bad.any():
-            raise ValueError(
-                f"llm_request span attribute {attr[key]!r} is negative: "
-                f"{_describe(frame, bad, [attr[key]])}."
-            )
-    bad = prefill <= 0
-    if bad.any():
-        raise ValueError(
-            f"llm_request span attribute {attr['prefill']!r} must be positive: "
-            f"{_describe(frame, bad, [attr['prefill']])}."
-        )
-    prompt = _token_field(frame, attr["prompt_tokens"])
-    completion = _token_field(frame, attr["completion_tokens"])
-    bad = completion < 1
-    if bad.any():
-        raise ValueError(
-            f"llm_request span attribute {attr['completion_tokens']!r} must be "
-            f">= 1 (the last prefill step emits a token): "
-            f"{_describe(frame, bad, [attr['completion_tokens']])}."
-        )
-    cached = np.zeros_like(prompt)
-    if cached_attr is not None and cached_attr in frame.columns:
-        present = frame[cached_attr].notna().to_numpy()
-        cached[present] = _token_field(frame.loc[present], cached_attr)
-        bad = cached > prompt
-        if bad.any():
-            raise ValueError(
-                f"llm_request span attribute {cached_attr!r} exceeds "
-                f"{attr['prompt_tokens']!r}: "
-                f"{_describe(frame, bad, [cached_attr, attr['prompt_tokens']])}."
-            )
-    decoded = completion > 1
-    bad = decoded & (decode <= 0)
-    if bad.any():
-        raise ValueError(
-            f"llm_request span attribute {attr['decode']!r} must be positive when "
-            f"{attr['completion_tokens']!r} > 1: "
-            f"{_describe(frame, bad, [attr['decode'], attr['completion_tokens']])}."
-        )
-    if consistency_tol is not None:
-        _check_consistent(
-            frame, queue + prefill, ttft, ("queue", "prefill"), "ttft", consistency_tol
-        )
-        _check_consistent(
-            frame, ttft + decode, e2e, ("ttft", "decode"), "e2e", consistency_tol
-        )
-
-    instance = _instances(frame)
-    prefill_start = arrival + queue
-    prefill_end = prefill_start + prefill
-    n = len(frame)
-    prefill_rows = pd.DataFrame(
-        {
-            "request_id": request_id.to_numpy(),
-            "phase_type": "prefill",
-            "t_start": prefill_start,
-            "t_end": prefill_end,
-            "prefill_tokens": (prompt - cached).astype(np.int64),
-            "decode_tokens": np.zeros(n, dtype=np.int64),
-            "instance": instance,
-        }
-    )
-    decode_rows = pd.DataFrame(
-        {
-            "request_id": request_id.to_numpy()[decoded],
-            "phase_type": "decode",
-            "t_start": prefill_end[decoded],
-            "t_end": (prefill_end + decode)[decoded],
-            "prefill_tokens": np.zeros(int(decoded.sum()), dtype=np.int64),
-            "decode_tokens": (completion - 1)[decoded].astype(np.int64),
-            "instance": instance[decoded],
-        }
-    )
-    order_key = np.concatenate([np.arange(n), np.flatnonzero(decoded)])
-    phases = pd.concat([prefill_rows, decode_rows], ignore_index=True)
-    phases = phases.iloc[np.argsort(order_key, kind="stable")].reset_index(drop=True)
-    phases.attrs["time_origin_unix_nano"] = origin_ns
-    return phases
-
-
-def _token_field(frame: pd.DataFrame, name: str) -> np.ndarray:
-    values = _numeric_field(frame, name)
-    bad = (values < 0) | (values != np.round(values))
-    if bad.any():
-        raise ValueError(
-            f"llm_request span attribute {name!r} must be a non-negative integer: "
-            f"{_describe(frame, bad, [name])}."
-        )
-    return values
-
-
-def _check_consistent(frame, total, reported, parts, whole, tol):
-    attr = OTEL_LATENCY_ATTRIBUTES
-    bad = np.abs(total - reported) > tol
-    if bad.any():
-        fields = [attr[parts[0]], attr[parts[1]], attr[whole]]
-        raise ValueError(
-            f"llm_request spans disagree with themselves: {fields[0]!r} + "
-            f"{fields[1]!r} differs from {fields[2]!r} by more than "
-            f"consistency_tol={tol:g} s: {_describe(frame, bad, fields)}."
-        )
-
-
-def _instances(frame: pd.DataFrame) -> np.ndarray:
-    instance = frame["_instance"]
-    missing = instance.isna().to_numpy()
-    if missing.all():
-        return np.full(len(frame), "default", dtype=object)
-    if missing.any():
-        raise ValueError(
-            "Some llm_request spans carry no instance resource attribute while "
-            f"others do; spans without one: {_describe(frame, missing, ['_instance'])}."
-            " Pass instance_attributes= naming an attribute every resource has."
-        )
-    return instance.astype(str).to_numpy(dtype=object)
 
 
 # --------------------------------------------------------------------------
@@ -618,7 +412,9 @@ def read_benchmark_results(
     order = np.argsort(
         np.concatenate([np.arange(len(index)), np.flatnonzero(decoded)]), kind="stable"
     )
-    return phases.iloc[order].reset_index(drop=True)
+    phases = phases.iloc[order].reset_index(drop=True)
+    phases.attrs["client_side"] = True
+    return phases
 
 
 def _check_bench(path, index, ok, key, rule, values):
@@ -634,46 +430,59 @@ def _check_bench(path, index, ok, key, rule, values):
 
 
 # --------------------------------------------------------------------------
-# Exports
+# BLIS TraceV2 (client side)
 # --------------------------------------------------------------------------
 
 
-def to_blis_coefficients(beta, *, time_unit: float = 1.0) -> list[float]:
-    """Betas as BLIS's ``beta_coeffs``: microseconds per step and per token.
+def read_tracev2(data_csv: str | PathLike, header=None) -> pd.DataFrame:
+    """Read a BLIS TraceV2 request trace into a phase table.
+
+    TraceV2 is the request trace BLIS's ``observe`` and ``replay`` commands
+    write: a YAML header and a CSV with one row per request (columns listed
+    in ``docs/formats.md``; :data:`TRACEV2_COLUMNS` are the ones read).
+    Each request with ``status`` ``ok`` gives
+
+    * a prefill row ``[send_time_us, first_chunk_time_us]`` whose
+      ``prefill_tokens`` are ``server_input_tokens`` when non-zero, otherwise
+      ``input_tokens``;
+    * when ``output_tokens > 1``, a decode row ``[first_chunk_time_us,
+      last_chunk_time_us]`` with ``output_tokens - 1`` decode tokens (the last
+      prefill step emits the first token).
+
+    The times are the client's: the prefill row also holds the network
+    round trip, the server's request handling and any queueing, and the
+    decode row the streaming delay of the last chunk. Fitted on such a
+    trace, these request-level costs are what the exported ``alpha_coeffs``
+    estimate (``docs/formats.md``).
 
     Parameters
     ----------
-    beta : array-like of shape (3,)
-        ``[beta0, beta1, beta2]`` as fitted: time per step, per prefill token
-        and per decode token, in the trace's time unit.
-    time_unit : float, default=1.0
-        Seconds per unit of the trace's times (1.0 for seconds, 1e-3 for
-        milliseconds).
+    data_csv : str or path-like
+        The TraceV2 CSV.
+    header : str, path-like, dict or None, default=None
+        The TraceV2 YAML header (a path, or the parsed mapping). Its
+        ``time_unit`` sets the unit of the ``*_time_us`` columns; without a
+        header they are read as microseconds.
 
     Returns
     -------
-    beta_coeffs : list of float
-        ``[per step, per prefill token, per decode token]`` in microseconds
-        (units :data:`BLIS_UNITS`).
+    phases : DataFrame
+        Columns ``request_id, phase_type, t_start, t_end, prefill_tokens,
+        decode_tokens``, times in seconds since the earliest send. ``attrs``
+        holds ``notes`` (e.g. how many requests were dropped for their
+        status), ``client_side=True``, ``time_origin`` (seconds, in the
+        trace's clock) and the ``header``.
 
     Raises
     ------
     ValueError
-        If ``beta`` does not hold three finite, non-negative numbers.
+        If a file is missing or unreadable, a column is missing, a time or
+        token count is not a non-negative integer, a chunk time precedes its
+        phase's start, or no request has status ``ok``.
 
     Examples
     --------
-    >>> from sklearn_beta.io import to_blis_coefficients
-    >>> to_blis_coefficients([0.004, 3e-5, 2e-4])
-    [4000.0, 30.0, 200.0]
+    >>> from sklearn_beta.io import read_tracev2
+    >>> phases = read_tracev2("trace.csv", header="trace.yaml")  # doctest: +SKIP
     """
-    beta = np.asarray(beta, dtype=np.float64)
-    if beta.shape != (3,) or not np.all(np.isfinite(beta)) or np.any(beta < 0):
-        raise ValueError(
-            "beta must hold three finite, non-negative numbers [beta0, beta1, "
-            f"beta2], got {beta.tolist()!r}."
-        )
-    if not np.isfinite(time_unit) or time_unit <= 0:
-        raise ValueError(f"time_unit must be a positive number, got {time_unit!r}.")
-    # Rounded to 1e-9 us so that 0.004 s gives 4000.0, not 4000.0000000000005.
-    return np.round(beta * time_unit * 1e6, 9).tolist()
+    return tracev2_phases(data_csv, header)

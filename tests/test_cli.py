@@ -10,11 +10,42 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
+import yaml
 from conftest import load_golden, shared_path
 
 from sklearn_beta import __version__
 from sklearn_beta.cli import main
+from sklearn_beta.datasets import simulate_trace
+
+TRUE_BETA = [4e-3, 3e-5, 2e-4]
+#: BLIS's blackbox models: entry, strictly: exactly these keys and types.
+BLIS_SCHEMA = {
+    "id": str,
+    "GPU": str,
+    "tensor_parallelism": int,
+    "vllm_version": str,
+    "alpha_coeffs": list,
+    "beta_coeffs": list,
+    "total_kv_blocks": int,
+}
+
+
+def check_blis_document(text: str) -> dict:
+    """Parse a BLIS document and check its one entry strictly; return it."""
+    document = yaml.safe_load(text)
+    assert list(document) == ["models"] and len(document["models"]) == 1
+    entry = document["models"][0]
+    extra = set(entry) - set(BLIS_SCHEMA) - {"best_loss"}
+    assert not extra and set(BLIS_SCHEMA) <= set(entry), sorted(entry)
+    for key, kind in BLIS_SCHEMA.items():
+        assert type(entry[key]) is kind, (key, entry[key])
+    for key in ("alpha_coeffs", "beta_coeffs"):
+        assert len(entry[key]) == 3
+        assert all(type(c) is float and c >= 0 for c in entry[key])
+    return entry
+
 
 REPO = Path(__file__).resolve().parents[1]
 SPANS = REPO / "data" / "otel" / "spans.jsonl"
@@ -78,17 +109,18 @@ def test_baseline_uniform_matches_the_reference(capsys):
     assert any("beta0 is 0" in n for n in report["notes"])
 
 
-def test_otel_auto_chunk_size_blis_block_and_plots(capsys, tmp_path):
+def test_otel_auto_chunk_size_blis_entry_and_plots(capsys, tmp_path):
     pytest.importorskip("matplotlib")
     code, out, err = run(
         capsys, "fit", SPANS, "--output", "blis", "--plot", tmp_path / "plots"
     )
     assert code == 0 and err == ""
     assert "# chunk size 256, iterative" in out
-    coeffs = re.search(r"^beta_coeffs: \[(.*)\]$", out, re.M).group(1)
-    np.testing.assert_allclose(
-        [float(c) for c in coeffs.split(",")], [4000.0, 30.0, 200.0], rtol=1e-2
-    )
+    entry = check_blis_document(out)
+    np.testing.assert_allclose(entry["beta_coeffs"], [4000.0, 30.0, 200.0], rtol=1e-2)
+    assert entry["alpha_coeffs"] == [0.0, 0.0, 0.0]  # server-side spans
+    assert entry["id"] == "unknown-model"  # placeholders, named in a comment
+    assert "# placeholders: id, GPU" in out
     names = sorted(p.name for p in (tmp_path / "plots").iterdir())
     assert names == [
         "beta_history.png",
@@ -121,12 +153,13 @@ def test_progress_only_on_a_terminal(capsys, monkeypatch):
 @pytest.mark.parametrize(
     "argv, code, message",
     [
-        (["fit", "missing.csv", "--chunk-size", "64"], 1, "does not exist"),
+        (["fit", "missing.csv"], 1, "does not exist"),
         (["fit", "{smoke}", "--chunk-size", "0"], 2, "expected a positive integer"),
-        (["fit", "{smoke}", "--chunk-size", "64", "--damping", "2"], 1, "'damping'"),
+        (["fit", "{smoke}", "--damping", "2"], 2, "'damping'"),
+        (["fit", "{smoke}", "--tol", "-1"], 2, "'tol'"),
         (["fit", "{smoke}", "--format", "xml"], 2, "invalid choice: 'xml'"),
-        (["fit", "{spans}", "--format", "csv", "--chunk-size", "64"], 1, "lacks"),
-        (["fit", "{bad}", "--chunk-size", "64"], 1, "'t_end' must be greater"),
+        (["fit", "{spans}", "--format", "csv"], 1, "lacks"),
+        (["fit", "{bad}"], 1, "'t_end' must be greater"),
         (
             [
                 "fit",
@@ -135,26 +168,67 @@ def test_progress_only_on_a_terminal(capsys, monkeypatch):
                 "baseline",
                 "--correction-mode",
                 "beta_informed",
-                "--chunk-size",
-                "64",
             ],
-            1,
+            2,
             "needs the iterative estimator",
         ),
+        (["fit", "{smoke}", "--algo", "baseline", "--damping", "0.5"], 2, "damping"),
+        (["fit", "{spans}", "--time-unit", "ms"], 2, "--time-unit applies to csv"),
+        (["fit", "{smoke}", "--gpu", "H100"], 2, "--output blis"),
+        (["fit", "{negative}"], 1, "prefill_tokens"),
+        (["fit", "{misspelt}"], 1, "phase_type"),
+        (["fit", "{duplicated}"], 1, "request_id"),
+        (["fit", "{smoke}", "--plot", "{smoke}"], 0, None),
         ([], 2, "required: command"),
     ],
 )
 def test_bad_input_is_one_line_on_stderr(capsys, tmp_path, argv, code, message):
-    smoke = shared_path("data", "smoke.csv")
-    bad = tmp_path / "bad.csv"
-    bad.write_text(smoke.read_text().replace("A,prefill,0.0,2.0", "A,prefill,3.0,2.0"))
-    argv = [a.format(smoke=smoke, spans=SPANS, bad=bad) for a in argv]
+    """Under the default --chunk-size auto: checked before any search."""
+    files = bad_traces(tmp_path)
+    argv = [a.format(**files) for a in argv]
     got, out, err = run(capsys, *argv)
-    assert got == code
+    assert got == code, err
+    assert "Traceback" not in err
+    if code == 0:  # --plot into a file: the fit is printed, the reason said
+        assert out.startswith("sklearn-beta ") and "beta0" in out
+        assert err.count("\n") == 1 and "--plot" in err and "warning" in err
+        return
     assert out == ""
     assert err.count("\n") == 1 and err.startswith("sklearn-beta: error: ")
     assert message in err
-    assert "Traceback" not in err
+
+
+def bad_traces(tmp_path) -> dict:
+    """A 40-phase trace, and copies with one bad row each."""
+    good = simulate_trace(
+        20,
+        beta=TRUE_BETA,
+        chunk_size=64,
+        max_num_seqs=4,
+        arrival_rate=2.0,
+        prompt_tokens=(100, 0.5),
+        output_tokens=(20, 0.5),
+        random_state=0,
+    )
+    smoke = tmp_path / "good.csv"
+    good.to_csv(smoke, index=False)
+    files = {"smoke": smoke, "spans": SPANS}
+    variants = {
+        "bad": lambda f: f.assign(
+            t_start=np.where(f.index == 0, f.t_end + 1, f.t_start)
+        ),
+        "negative": lambda f: f.assign(
+            prefill_tokens=np.where(f.index == 0, -5, f.prefill_tokens)
+        ),
+        "misspelt": lambda f: f.assign(
+            phase_type=np.where(f.index == 2, "prefil", f.phase_type)
+        ),
+        "duplicated": lambda f: pd.concat([f, f.iloc[[3]]], ignore_index=True),
+    }
+    for name, change in variants.items():
+        files[name] = tmp_path / f"{name}.csv"
+        change(good).to_csv(files[name], index=False)
+    return files
 
 
 def test_subprocess_entry_point(tmp_path):
@@ -189,3 +263,175 @@ def test_console_script_is_declared():
     scripts = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["scripts"]
     module, _, func = scripts["sklearn-beta"].partition(":")
     assert getattr(importlib.import_module(module), func) is main
+
+
+def write_tracev2(phases: pd.DataFrame, path, *, uplink=0.002, downlink=0.001):
+    """A TraceV2 CSV of simulated phases as a client would log them."""
+    pf = phases[phases.phase_type == "prefill"].set_index("request_id")
+    de = phases[phases.phase_type == "decode"].set_index("request_id")
+    jitter = np.random.default_rng(1).uniform(0, 5e-4, len(pf))
+    us = lambda t: np.round(np.asarray(t) * 1e6).astype(np.int64)  # noqa: E731
+    table = pd.DataFrame(
+        {
+            "request_id": pf.index,
+            "input_tokens": pf.prefill_tokens.to_numpy() + 7,  # client's count
+            "output_tokens": de.decode_tokens.reindex(pf.index).to_numpy() + 1,
+            "server_input_tokens": pf.prefill_tokens.to_numpy(),
+            "send_time_us": us(pf.t_start - uplink - jitter),
+            "first_chunk_time_us": us(pf.t_end + downlink),
+            "last_chunk_time_us": us(de.t_end.reindex(pf.index) + downlink),
+            "status": "ok",
+        }
+    )
+    failed = table.iloc[:2].assign(status="error")
+    pd.concat([table, failed]).to_csv(path, index=False)
+
+
+def test_tracev2_light_load_within_one_percent_of_the_step_time(capsys, tmp_path):
+    phases = simulate_trace(
+        300,
+        beta=TRUE_BETA,
+        chunk_size=256,
+        max_num_seqs=16,
+        arrival_rate=1.0,
+        random_state=0,
+    )
+    write_tracev2(phases, tmp_path / "trace.csv")
+    (tmp_path / "trace.yaml").write_text("trace_version: 2\ntime_unit: us\n")
+    code, out, err = run(
+        capsys,
+        "fit",
+        tmp_path / "trace.csv",
+        "--trace-header",
+        tmp_path / "trace.yaml",
+        "--chunk-size",
+        256,
+        "--output",
+        "json",
+    )
+    assert code == 0, err
+    report = json.loads(out)
+    assert report["parameters"]["format"] == "tracev2"  # recognised by columns
+    assert any("2 TraceV2 request(s)" in n for n in report["notes"])
+    beta = np.array(list(report["betas"].values()))
+    probes = np.array([[1, 256, 0], [1, 0, 1], [1, 0, 16], [1, 256, 16], [1, 64, 4]])
+    error = probes @ beta / (probes @ TRUE_BETA) - 1
+    assert np.abs(error).max() < 0.01, error
+    # The client adds 2 + 1 ms and up to 0.5 ms of jitter to every prefill.
+    assert 3e-3 < report["alphas"][0] < 3.6e-3
+
+
+def test_fleet_with_instance_id_is_fitted_per_instance(capsys, tmp_path):
+    phases = simulate_trace(
+        80,
+        beta=TRUE_BETA,
+        chunk_size=64,
+        max_num_seqs=8,
+        arrival_rate=30.0,
+        n_instances=2,
+        prompt_tokens=(200, 0.5),
+        output_tokens=(30, 0.5),
+        random_state=3,
+    )
+    assert "instance_id" in phases.columns
+    path = tmp_path / "fleet.csv"
+    phases.to_csv(path, index=False)
+    fixed = ("--chunk-size", 64, "--output", "json")
+    code, out, _ = run(capsys, "fit", path, *fixed)
+    found = json.loads(out)
+    assert any("instance column 'instance_id' found" in n for n in found["notes"])
+    assert found["trace"]["n_instances"] == 2
+    code, out, _ = run(capsys, "fit", path, *fixed, "--instance-col", "instance_id")
+    np.testing.assert_allclose(
+        list(found["betas"].values()),
+        list(json.loads(out)["betas"].values()),
+        rtol=1e-12,
+    )
+    np.testing.assert_allclose(list(found["betas"].values()), TRUE_BETA, rtol=1e-3)
+    code, out, _ = run(capsys, "fit", path, *fixed, "--instance-col", "none")
+    one = np.array(list(json.loads(out)["betas"].values()))
+    assert np.abs(one / TRUE_BETA - 1).max() > 0.05  # one engine: wrong
+
+
+def test_time_unit_and_the_implausible_step_warning(capsys, tmp_path):
+    phases = simulate_trace(
+        30,
+        beta=TRUE_BETA,
+        chunk_size=64,
+        max_num_seqs=4,
+        arrival_rate=5.0,
+        prompt_tokens=(100, 0.5),
+        output_tokens=(20, 0.5),
+        random_state=0,
+    )
+    path = tmp_path / "ms.csv"
+    phases.assign(t_start=phases.t_start * 1e3, t_end=phases.t_end * 1e3).to_csv(
+        path, index=False
+    )
+    code, out, err = run(capsys, "fit", path, "--chunk-size", 64, "--output", "json")
+    assert code == 0
+    assert err.startswith("sklearn-beta: warning: beta0 = 4 s per step is implausible")
+    code, out, err = run(
+        capsys, "fit", path, "--chunk-size", 64, "--time-unit", "ms", "--output", "json"
+    )
+    assert err == ""
+    np.testing.assert_allclose(
+        list(json.loads(out)["betas"].values()), TRUE_BETA, rtol=1e-6
+    )
+
+
+def test_blis_entry_from_options_and_llm_d_config(capsys, tmp_path):
+    options = ("--chunk-size", 256, "--model-id", "meta-llama/Llama-3.1-8B-Instruct")
+    options += ("--gpu", "H100", "--tensor-parallelism", 2, "--vllm-version", "0.11.0")
+    code, out, _ = run(
+        capsys, "fit", SPANS, *options, "--total-kv-blocks", 4096, "--output", "blis"
+    )
+    entry = check_blis_document(out)
+    assert entry["id"] == "meta-llama/Llama-3.1-8B-Instruct"
+    assert (entry["GPU"], entry["tensor_parallelism"]) == ("H100", 2)
+    assert (entry["vllm_version"], entry["total_kv_blocks"]) == ("0.11.0", 4096)
+    assert "placeholders" not in out
+    code, out, _ = run(capsys, "fit", SPANS, "--chunk-size", 256, "--output", "llm-d")
+    config = yaml.safe_load(out)
+    assert config["latency-calculator"] == "per-token"
+    # beta0/2 = 2 ms; beta1 + beta0/C = 30 + 15.6 us; beta0 + beta2 = 4.2 ms.
+    values = [config[k] for k in ("prefill-overhead", "prefill-time-per-token")]
+    values.append(config["inter-token-latency"])
+    assert all(re.fullmatch(r"\d+(\.\d+)?us", v) for v in values)
+    np.testing.assert_allclose(
+        [float(v[:-2]) for v in values], [2000, 45.625, 4200], rtol=1e-2
+    )
+
+
+def test_help_documents_every_option_and_its_default(capsys):
+    assert main(["fit", "--help"]) == 0
+    help_text = capsys.readouterr().out
+    usage = help_text[: help_text.index("\n\n")]
+    options = sorted(set(re.findall(r"\[(--[a-z-]+)", usage)) - {"--help"})
+    assert len(options) == 26
+    entries = {
+        block.split()[0]: block
+        for block in re.split(r"\n(?=  -)", help_text)
+        if block.startswith("  --")
+    }
+    assert sorted(entries) == options
+    for option, block in entries.items():
+        assert "(default: " in " ".join(block.split()), option
+
+
+def test_broken_pipe_is_quiet(tmp_path):
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    command = (
+        f"{sys.executable} -m sklearn_beta.cli fit {SPANS} --chunk-size 256 "
+        "--output json | head -1"
+    )
+    done = subprocess.run(
+        ["bash", "-o", "pipefail", "-c", command],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=tmp_path,
+        check=False,
+    )
+    assert done.stdout == "{\n"
+    assert done.stderr == "" and done.returncode == 0

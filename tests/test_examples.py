@@ -72,3 +72,8 @@ def test_compare_models_finds_the_true_chunk_sizes(capsys):
     assert "'chunk_size': 256" in best[0]  # the simulated fleet
     assert "'chunk_size': 64" in best[1]  # the shipped sample
     assert "KFold (WRONG)" in out
+
+
+def test_run_rejects_iterative_options_for_the_baseline(capsys):
+    assert run.main(["--damping-eta", "0.5"]) == 2
+    assert "['damping_eta'] apply to --algo iterative only" in capsys.readouterr().err

@@ -291,3 +291,86 @@ def test_blis_coefficients_are_microseconds():
         to_blis_coefficients([0.1, -1e-5, 0.0])
     with pytest.raises(ValueError, match="three finite, non-negative"):
         to_blis_coefficients([0.1, 0.2])
+
+
+def test_read_phases_time_unit_scales_to_seconds(tmp_path):
+    frame = pd.DataFrame(
+        {
+            "request_id": ["a", "a"],
+            "phase_type": ["prefill", "decode"],
+            "t_start": [1500, 1750],
+            "t_end": [1750, 2250],
+            "prefill_tokens": [10, 0],
+            "decode_tokens": [0, 3],
+        }
+    )
+    frame.to_csv(tmp_path / "us.csv", index=False)
+    phases = read_phases(tmp_path / "us.csv", time_unit="us")
+    np.testing.assert_allclose(phases["t_start"], [1.5e-3, 1.75e-3])
+    np.testing.assert_allclose(phases["t_end"], [1.75e-3, 2.25e-3])
+    with pytest.raises(ValueError, match="time_unit must be one of"):
+        read_phases(tmp_path / "us.csv", time_unit="h")
+
+
+TRACEV2_HEADER = """\
+trace_version: 2
+time_unit: {unit}
+mode: real
+warm_up_requests: 0
+server:
+  model: meta-llama/Llama-3.1-8B-Instruct
+  max_num_seqs: 256
+"""
+TRACEV2_ROWS = """\
+request_id,client_id,tenant_id,slo_class,session_id,round_index,prefix_group,\
+prefix_length,streaming,input_tokens,output_tokens,text_tokens,image_tokens,\
+audio_tokens,video_tokens,reason_ratio,model,deadline_us,server_input_tokens,\
+arrival_time_us,send_time_us,first_chunk_time_us,last_chunk_time_us,num_chunks,\
+status,error_message,finish_reason
+r0,c0,t0,standard,s0,0,,0,true,100,5,100,0,0,0,0,m,0,0,900,1000,1500,1900,5,ok,,stop
+r1,c0,t0,standard,s0,1,,0,true,200,1,200,0,0,0,0,m,0,150,1100,1200,1300,1300,1,ok,,stop
+r2,c1,t0,standard,s1,0,,0,true,50,9,50,0,0,0,0,m,0,0,1150,1250,0,0,0,error,boom,
+"""
+
+
+def test_read_tracev2_maps_requests_to_client_phases(tmp_path):
+    from sklearn_beta.io import read_tracev2
+
+    (tmp_path / "t.csv").write_text(TRACEV2_ROWS)
+    (tmp_path / "t.yaml").write_text(TRACEV2_HEADER.format(unit="ms"))
+    phases = read_tracev2(tmp_path / "t.csv", header=tmp_path / "t.yaml")
+    assert phases["phase_type"].tolist() == ["prefill", "decode", "prefill"]
+    assert phases["request_id"].tolist() == ["r0", "r0", "r1"]
+    # Milliseconds from the header; the origin is the earliest send.
+    np.testing.assert_allclose(phases["t_start"], [0.0, 0.5, 0.2])
+    np.testing.assert_allclose(phases["t_end"], [0.5, 0.9, 0.3])
+    # server_input_tokens when non-zero; output_tokens - 1 decode tokens.
+    assert phases["prefill_tokens"].tolist() == [100, 0, 150]
+    assert phases["decode_tokens"].tolist() == [0, 4, 0]
+    assert phases.attrs["notes"] == [
+        "1 TraceV2 request(s) with status other than 'ok' dropped"
+    ]
+    assert phases.attrs["client_side"] is True
+    # Without a header the times are microseconds.
+    default = read_tracev2(tmp_path / "t.csv")
+    np.testing.assert_allclose(default["t_end"], [5e-4, 9e-4, 3e-4])
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (lambda t: t.replace("send_time_us", "sent_us"), "lacks TraceV2 column"),
+        (lambda t: t.replace(",1000,1500,", ",1000,900,"), "earlier than the phase"),
+        (lambda t: t.replace(",100,5,", ",-100,5,"), "'input_tokens' must hold"),
+        (lambda t: t.replace(",ok,", ",error,"), "No request"),
+    ],
+)
+def test_read_tracev2_errors_name_the_column(tmp_path, change, message):
+    from sklearn_beta.io import read_tracev2
+
+    (tmp_path / "t.csv").write_text(change(TRACEV2_ROWS))
+    with pytest.raises(ValueError, match=message):
+        read_tracev2(tmp_path / "t.csv")
+    (tmp_path / "h.yaml").write_text(TRACEV2_HEADER.format(unit="fortnights"))
+    with pytest.raises(ValueError, match="time_unit 'fortnights'"):
+        read_tracev2(tmp_path / "t.csv", header=tmp_path / "h.yaml")
