@@ -117,14 +117,14 @@ def _add_fit_options(fit) -> None:
     group.add_argument(
         "--cv-folds",
         type=_positive_int,
-        default=5,
-        help="folds of --chunk-size auto (default: 5)",
+        default=defaults["n_splits"],
+        help=f"folds of --chunk-size auto (default: {defaults['n_splits']})",
     )
     group.add_argument(
         "--algo",
         choices=ALGORITHMS,
-        default="iterative",
-        help="estimator (default: iterative)",
+        default=defaults["algo"],
+        help=f"estimator (default: {defaults['algo']})",
     )
     modes = defaults["correction_mode"]
     group.add_argument(

@@ -77,6 +77,7 @@ def build_report(
             "history": _json_ready(fit.history.to_dict(orient="records")),
         },
         "notes": notes,
+        "warnings": _fit_warnings(betas),
     }
 
 
@@ -108,19 +109,23 @@ def _fit_notes(fit: TraceFit, betas: dict, alpha) -> list[str]:
                 f"{name} is 0: the non-negativity bound is active, or the trace "
                 "has too little variation in pressures to identify it"
             )
-    low, high = BETA0_PLAUSIBLE
-    beta0 = betas["beta0"]
-    if beta0 > high or 0 < beta0 < low:
-        notes.append(
-            f"beta0 = {beta0:.3g} s per step is implausible (expected "
-            f"{low:g} to {high:g} s): are the times in seconds? (--time-unit)"
-        )
     if alpha is None:
         notes.append(
             "alphas (request overheads) are 0: a server-side trace does not "
             "show the client's view of a request"
         )
     return notes
+
+
+def _fit_warnings(betas: dict) -> list[str]:
+    low, high = BETA0_PLAUSIBLE
+    beta0 = betas["beta0"]
+    if beta0 > high or 0 < beta0 < low:
+        return [
+            f"beta0 = {beta0:.3g} s per step is implausible (expected "
+            f"{low:g} to {high:g} s): are the times in seconds? (--time-unit)"
+        ]
+    return []
 
 
 def search_summary(scores, cv_folds: int) -> dict:

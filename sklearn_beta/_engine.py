@@ -96,6 +96,7 @@ def run_engine(
     chunk_size, token_budget : int or None
         Per-request prefill chunk and per-step token budget; None: no cap.
     max_num_seqs : int or ndarray of int (one per instance)
+        At most ``token_budget``, so that every decode gets its token.
     noise_normals : callable or None
         ``noise_normals(size)`` returns that many standard normals, the next
         ones of one stream; step ``j`` of the fleet (instance-major, in time
@@ -107,6 +108,11 @@ def run_engine(
     """
     n_inst = int(instance.max()) + 1 if instance.shape[0] else 0
     caps = np.broadcast_to(np.asarray(max_num_seqs, dtype=np.int64), (n_inst,))
+    if token_budget is not None and token_budget < caps.max(initial=0):
+        raise ValueError(
+            f"token_budget={token_budget} must be at least max_num_seqs="
+            f"{caps.max()}: every running decode needs its token each step."
+        )
     order = np.lexsort((np.arange(arrival.shape[0]), arrival, instance))
     bounds = np.searchsorted(instance[order], np.arange(n_inst + 1))
     times = np.full((4, arrival.shape[0]), np.nan)

@@ -94,13 +94,17 @@ def fit_option_defaults() -> dict:
 
     Read from the scikit-learn estimators themselves, so that the command
     line and its ``--help`` never type a default a second time.
-    ``correction_mode`` is per algorithm: ``{"baseline": ..., "iterative": ...}``.
+    ``correction_mode`` is per algorithm: ``{"baseline": ..., "iterative": ...}``;
+    ``algo`` is :func:`make_model`'s and ``n_splits`` :func:`search_chunk_size`'s.
     """
     transformer = PhaseExposureTransformer().get_params()
     iterative = IterativeBetaRegressor().get_params()
     defaults = {name: transformer[name] for name in TRANSFORMER_OPTIONS}
     defaults |= {name: iterative[name] for name in ITERATIVE_OPTIONS}
     defaults["chunk_size"] = transformer["chunk_size"]
+    defaults["algo"] = inspect.signature(make_model).parameters["algo"].default
+    search = inspect.signature(search_chunk_size).parameters
+    defaults["n_splits"] = search["n_splits"].default
     defaults["correction_mode"] = {
         "baseline": transformer["correction_mode"],
         "iterative": iterative["correction_mode"],

@@ -67,7 +67,7 @@ def infer_format(path: str) -> str:
     }.get(suffix, "csv")
     if fmt == "csv" and Path(path).is_file():
         with open(path, encoding="utf-8", errors="replace") as handle:
-            columns = {c.strip() for c in handle.readline().split(",")}
+            columns = {c.strip().strip('"') for c in handle.readline().split(",")}
         if set(TRACEV2_COLUMNS) <= columns:
             return "tracev2"
     return fmt
@@ -177,9 +177,9 @@ def run_fit(args, progress: _Progress) -> tuple[dict, TraceFit]:
     progress.say(f"fitting ({args.algo}, chunk size {chunk_size})...")
     verbose = int(progress.enabled) if args.algo == "iterative" else 0
     if phases.attrs.get("client_side"):
-        fit, alpha = fit_client_trace(
-            phases, chunk_size=chunk_size, verbose=verbose, **options
-        )
+        # One fit per trial delay: per-iteration lines would drown the rest.
+        progress.say("client-side times: searching the request overheads...")
+        fit, alpha = fit_client_trace(phases, chunk_size=chunk_size, **options)
     else:
         fit = fit_trace(phases, chunk_size=chunk_size, verbose=verbose, **options)
         alpha = None
@@ -264,9 +264,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as exc:  # noqa: BLE001 - one line, never a traceback
         return _error(_one_line(exc), EXIT_BAD_INPUT)
     plot_error = _plot(report, fit, args.plot) if args.plot else None
-    for note in report["notes"]:
-        if "implausible" in note:
-            print(f"sklearn-beta: warning: {note}", file=sys.stderr)
+    for warning in report["warnings"]:
+        print(f"sklearn-beta: warning: {warning}", file=sys.stderr)
     try:
         text = _render(report, args)
     except Exception as exc:  # noqa: BLE001 - one line, never a traceback

@@ -26,7 +26,12 @@ from sklearn.pipeline import Pipeline
 from sklearn.utils.validation import check_is_fitted
 
 from ._engine import check_beta, run_engine
-from ._validation import PhaseColumns, check_phases, describe_rows, numeric_column
+from ._replay_requests import (
+    clock_origin,
+    observed_concurrency,
+    phase_columns,
+    trace_requests,
+)
 
 __all__ = [
     "REPLAY_QUANTITIES",
@@ -38,9 +43,6 @@ __all__ = [
 
 #: What the replay errors and scorers compare, per request.
 REPLAY_QUANTITIES = ("ttft", "decode", "e2e")
-#: Times at or beyond this (seconds, about 194 days: an epoch clock) are
-#: replayed relative to a whole second, so that steps add up precisely.
-_EPOCH_CLOCK = 2.0**24
 
 
 def replay_trace(
@@ -91,7 +93,9 @@ def replay_trace(
         has no such column (or with None), a request arrives at its prefill's
         ``t_start``: the first step that served it, after any queueing, so the
         replay forecasts from the moment the engine took the request. A name
-        other than the default must exist.
+        other than the default must exist. Requests arriving at the same time
+        (e.g. prefills starting in the same step) are served in the order of
+        their first row in the table, which should follow the arrivals.
     columns : PhaseColumns, mapping or None, default=None
         Column names of the phase table (defaults: the schema's names).
 
@@ -122,19 +126,14 @@ def replay_trace(
     True
     """
     beta = check_beta(beta)
-    for name, value in (("chunk_size", chunk_size), ("token_budget", token_budget)):
-        _check_count(value, name, allow_none=True)
-    _check_count(max_num_seqs, "max_num_seqs", allow_none=True)
-    requests = _requests(phases, _phase_columns(columns, phases), arrival)
+    _check_count(chunk_size, "chunk_size")
+    _check_count(token_budget, "token_budget")
+    _check_count(max_num_seqs, "max_num_seqs")
+    requests = trace_requests(phases, phase_columns(columns, phases), arrival)
     caps = max_num_seqs
     if caps is None:
-        caps = _observed_concurrency(requests)
-    if token_budget is not None and token_budget < np.max(caps):
-        raise ValueError(
-            f"token_budget={token_budget} must be at least max_num_seqs="
-            f"{np.max(caps)}: every running decode needs its token each step."
-        )
-    origin = _clock_origin(requests["arrival"], requests["instance"])
+        caps = observed_concurrency(requests)
+    origin = clock_origin(requests["arrival"], requests["instance"])
     run = run_engine(
         requests["arrival"] - origin,
         requests["prompt"],
@@ -280,9 +279,8 @@ def make_replay_scorer(
         _replay_score,
         trace=trace,
         quantity=quantity,
-        max_num_seqs=max_num_seqs,
-        arrival=arrival,
-        columns=columns,
+        replay_kwargs=dict(max_num_seqs=max_num_seqs, arrival=arrival, columns=columns),
+        cache={},
     )
 
 
@@ -308,14 +306,16 @@ def replay_scorers(trace: pd.DataFrame, **kwargs) -> dict:
     >>> sorted(replay_scorers(load_sample_trace()))
     ['replay_decode', 'replay_e2e', 'replay_ttft']
     """
-    return {
+    scorers = {
         f"replay_{q}": make_replay_scorer(trace, q, **kwargs) for q in REPLAY_QUANTITIES
     }
+    shared: dict = {}  # one replay per fitted engine serves the three scores
+    for scorer in scorers.values():
+        scorer.keywords["cache"] = shared
+    return scorers
 
 
-def _replay_score(
-    estimator, X, y=None, *, trace, quantity, max_num_seqs, arrival, columns
-):
+def _replay_score(estimator, X, y=None, *, trace, quantity, replay_kwargs, cache):
     beta, settings = _engine_settings(estimator)
     if not isinstance(X, pd.DataFrame):
         raise TypeError(
@@ -328,15 +328,12 @@ def _replay_score(
             f"{int(np.count_nonzero(pos < 0))} row(s) of X are not in the scorer's "
             f"trace, first index labels: {X.index[pos < 0][:5].tolist()}."
         )
-    replayed = replay_trace(
-        trace,
-        beta,
-        **settings,
-        max_num_seqs=max_num_seqs,
-        arrival=arrival,
-        columns=columns,
-    )
-    request_col = _phase_columns(columns, trace).request_id
+    key = (tuple(beta), settings["chunk_size"], settings["token_budget"])
+    if key not in cache:
+        cache.clear()  # the last engine only: folds come one after another
+        cache[key] = replay_trace(trace, beta, **settings, **replay_kwargs)
+    replayed = cache[key]
+    request_col = phase_columns(replay_kwargs["columns"], trace).request_id
     held_out = replayed["request_id"].isin(trace[request_col].iloc[pos]).to_numpy()
     errors = replay_errors(replayed, quantity)[held_out]
     return -float(np.mean(np.abs(errors)))
@@ -363,116 +360,8 @@ def _engine_settings(estimator) -> tuple[np.ndarray, dict]:
     )
 
 
-def _phase_columns(columns, phases) -> PhaseColumns:
-    """Column names (CONTRACTS.md 1: ``PhaseColumns.coerce``)."""
-    coerce = getattr(PhaseColumns, "coerce", None)
-    if coerce is not None:
-        return coerce(columns)
-    # Before PhaseColumns.coerce lands: defaults only, instance_id when present.
-    if columns is not None:
-        raise ValueError("columns= needs PhaseColumns.coerce; pass None for now.")
-    return PhaseColumns(
-        instance="instance_id" if "instance_id" in phases.columns else None
-    )
-
-
-def _requests(phases, cols: PhaseColumns, arrival_col) -> dict:
-    """Per request (order of first appearance): what the replay needs and the
-    observed times, as arrays."""
-    arrays = check_phases(phases, cols)
-    context = list(dict.fromkeys(c for c in cols.required() if c is not None))
-    request, is_prefill = arrays.request, arrays.is_prefill
-    n_req = int(request.max()) + 1
-    rows = np.full((2, n_req), -1)
-    rows[0, request[is_prefill]] = np.flatnonzero(is_prefill)
-    rows[1, request[~is_prefill]] = np.flatnonzero(~is_prefill)
-    lone = (rows < 0).any(axis=0)[request]
-    if lone.any():
-        raise ValueError(
-            f"Column {cols.request_id!r}: the replay needs a prefill and a decode "
-            "row for every request. " + describe_rows(phases, lone, context)
-        )
-    pre, dec = rows
-    t_start = numeric_column(phases, cols.t_start, context)
-    t_end = numeric_column(phases, cols.t_end, context)
-    prompt = arrays.prefill_tokens[pre]
-    bad = (prompt < 1)[request] & is_prefill
-    if bad.any():
-        raise ValueError(
-            f"Column {cols.prefill_tokens!r}: the replay needs at least one prompt "
-            "token per prefill. " + describe_rows(phases, bad, context)
-        )
-    steps = arrays.decode_tokens if arrays.n_steps is None else arrays.n_steps
-    instance_col = getattr(cols, "instance_id", None) or cols.instance
-    instance_id = (
-        phases[instance_col].to_numpy()[pre]
-        if instance_col in phases.columns
-        else np.zeros(n_req, dtype=np.int64)
-    )
-    requests = {
-        "request_id": phases[cols.request_id].to_numpy()[pre],
-        "instance": arrays.instance[pre],
-        "instance_id": instance_id,
-        "prompt": prompt.astype(np.int64),
-        "decode_steps": steps[dec].astype(np.int64),
-        "prefill_start": t_start[pre],
-        "prefill_end": t_end[pre],
-        "decode_end": t_end[dec],
-    }
-    requests["arrival"] = _arrivals(phases, arrival_col, pre, requests, context)
-    return requests
-
-
-def _arrivals(phases, arrival_col, pre, requests, context) -> np.ndarray:
-    if arrival_col is None or arrival_col not in phases.columns:
-        if arrival_col not in (None, "arrival"):
-            raise ValueError(
-                f"arrival={arrival_col!r} is not a column of the phase table; it "
-                f"has {list(phases.columns)[:20]}."
-            )
-        return requests["prefill_start"].copy()
-    arrival = numeric_column(phases, arrival_col, context + [arrival_col])[pre]
-    late = arrival > requests["prefill_start"]
-    if late.any():
-        mask = np.zeros(len(phases), dtype=bool)
-        mask[pre[late]] = True
-        raise ValueError(
-            f"Column {arrival_col!r}: a request cannot arrive after its prefill "
-            "starts. " + describe_rows(phases, mask, context + [arrival_col])
-        )
-    return arrival
-
-
-def _observed_concurrency(requests) -> np.ndarray:
-    """Per instance, the most requests running at once in ``[prefill start,
-    decode end)``; an end and a start at the same time do not overlap."""
-    instance = requests["instance"]
-    times = np.concatenate((requests["prefill_start"], requests["decode_end"]))
-    delta = np.repeat([1, -1], instance.shape[0])
-    inst = np.concatenate((instance, instance))
-    order = np.lexsort((delta, times, inst))  # ends first at a tie
-    # instance by instance: each one's count is back to 0 at its end
-    running = np.cumsum(delta[order])
-    peak = np.zeros(int(instance.max()) + 1, dtype=np.int64)
-    np.maximum.at(peak, inst[order], running)
-    return peak
-
-
-def _clock_origin(arrival, instance) -> np.ndarray:
-    """Per request, a whole second to replay from on an epoch clock, else 0.
-
-    Subtracting a whole number of seconds from a time of that magnitude is
-    exact; other clocks are replayed as they are, so that a simulated trace's
-    step times are summed exactly as the simulator summed them.
-    """
-    first = np.full(int(instance.max()) + 1, np.inf)
-    np.minimum.at(first, instance, arrival)
-    origin = np.where(first >= _EPOCH_CLOCK, np.floor(first), 0.0)
-    return origin[instance]
-
-
-def _check_count(value, name: str, *, allow_none: bool) -> None:
-    if value is None and allow_none:
+def _check_count(value, name: str) -> None:
+    if value is None:
         return
     if isinstance(value, bool) or not isinstance(value, Integral) or value < 1:
         raise ValueError(f"{name} must be a positive integer or None, got {value!r}.")

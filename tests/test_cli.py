@@ -371,6 +371,7 @@ def test_time_unit_and_the_implausible_step_warning(capsys, tmp_path):
     code, out, err = run(capsys, "fit", path, "--chunk-size", 64, "--output", "json")
     assert code == 0
     assert err.startswith("sklearn-beta: warning: beta0 = 4 s per step is implausible")
+    assert json.loads(out)["warnings"][0].startswith("beta0 = 4 s per step")
     code, out, err = run(
         capsys, "fit", path, "--chunk-size", 64, "--time-unit", "ms", "--output", "json"
     )
@@ -435,3 +436,15 @@ def test_broken_pipe_is_quiet(tmp_path):
     )
     assert done.stdout == "{\n"
     assert done.stderr == "" and done.returncode == 0
+
+
+def test_plot_without_matplotlib_still_prints_the_fit(capsys, monkeypatch, tmp_path):
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # import fails
+    monkeypatch.setitem(sys.modules, "matplotlib.figure", None)
+    code, out, err = run(
+        capsys, "fit", SPANS, "--chunk-size", 256, "--plot", tmp_path / "plots"
+    )
+    assert code == 0
+    assert "beta0         4.000000e-03" in out
+    assert err.startswith("sklearn-beta: warning: --plot needs matplotlib")
+    assert err.count("\n") == 1

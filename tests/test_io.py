@@ -374,3 +374,27 @@ def test_read_tracev2_errors_name_the_column(tmp_path, change, message):
     (tmp_path / "h.yaml").write_text(TRACEV2_HEADER.format(unit="fortnights"))
     with pytest.raises(ValueError, match="time_unit 'fortnights'"):
         read_tracev2(tmp_path / "t.csv", header=tmp_path / "h.yaml")
+
+
+def test_shipped_tracev2_example_is_reproducible_and_fits(tmp_path):
+    import runpy
+
+    from sklearn_beta._trace_fit import fit_client_trace
+    from sklearn_beta.io import read_tracev2
+
+    script = runpy.run_path(str(DATA / "tracev2" / "make_trace.py"))
+    script["main"].__globals__["HERE"] = tmp_path
+    script["main"]()
+    for name in ("trace.csv", "header.yaml"):
+        assert (tmp_path / name).read_text() == (DATA / "tracev2" / name).read_text()
+    phases = read_tracev2(
+        DATA / "tracev2" / "trace.csv", DATA / "tracev2" / "header.yaml"
+    )
+    assert phases.attrs["notes"] == [
+        "3 TraceV2 request(s) with status other than 'ok' dropped"
+    ]
+    fit, alpha = fit_client_trace(phases, chunk_size=256, time_resolution=1e-6)
+    probes = np.array([[1, 256, 0], [1, 0, 1], [1, 0, 16], [1, 256, 16]])
+    error = probes @ fit.beta / (probes @ TRUE_BETA) - 1
+    assert np.abs(error).max() < 0.01, error
+    assert 2.5e-3 < alpha[0] < 3.5e-3  # 2 ms + 0.5 ms mean jitter + 1 ms

@@ -207,6 +207,12 @@ def test_scorer_is_zero_for_the_true_engine_and_negative_otherwise():
     assert scorer(model, held_out) == 0.0
     model[-1].beta_ = np.array(BETA) * [1.0, 1.5, 1.0]
     assert scorer(model, held_out) < -0.01
+    # the three scorers share one replay per engine, and score as alone
+    for name, shared in replay_scorers(phases, max_num_seqs=16).items():
+        alone = make_replay_scorer(
+            phases, name.removeprefix("replay_"), max_num_seqs=16
+        )
+        assert shared(model, held_out) == alone(model, held_out) < 0
     with pytest.raises(ValueError, match="not in the scorer's trace"):
         scorer(model, held_out.set_axis(held_out.index + 10_000))
     with pytest.raises(TypeError, match="Pipeline"):
@@ -247,3 +253,39 @@ def test_scorers_in_cross_validate_with_trace_context():
     for name in ("replay_ttft", "replay_decode", "replay_e2e"):
         assert scores["test_" + name].shape == (3,)
         assert np.all(scores["test_" + name] < 0)
+
+
+def test_epoch_clock_is_replayed_precisely():
+    # 20 000 steps on an epoch clock (ulp 2.4e-7 s): summed there, the steps
+    # would drift by up to a millisecond; replayed from a whole second before
+    # the first arrival, only the final time's rounding is left
+    epoch = 2.0e9
+    local = pd.DataFrame(
+        {
+            "request_id": [0, 0],
+            "phase_type": ["prefill", "decode"],
+            "t_start": [0.25, 1.0],
+            "t_end": [1.0, 30.0],
+            "prefill_tokens": [10, 0],
+            "decode_tokens": [0, 20_000],
+        }
+    )
+    shifted = local.assign(
+        t_start=local["t_start"] + epoch, t_end=local["t_end"] + epoch
+    )
+    near = replay_trace(local, (1e-3, 1e-5, 1e-4), max_num_seqs=1)
+    far = replay_trace(shifted, (1e-3, 1e-5, 1e-4), max_num_seqs=1)
+    ulp = np.spacing(epoch)
+    np.testing.assert_allclose(far["decode_end"] - epoch, near["decode_end"], atol=ulp)
+    np.testing.assert_allclose(near["decode_end"], 0.25 + 1.1e-3 + 20_000 * 1.1e-3)
+
+
+def test_requests_keep_the_order_of_their_first_row():
+    # decode rows first: the requests still come in the same order, and
+    # simultaneous arrivals (prefills starting in one step) are served in it
+    phases, _ = simulate(200, token_budget=90)
+    regrouped = phases.sort_values("phase_type", kind="stable")
+    assert regrouped["phase_type"].iloc[0] == "decode"
+    replayed = replay_trace(regrouped, BETA, chunk_size=64, token_budget=90)
+    np.testing.assert_array_equal(replayed["request_id"], np.arange(200))
+    assert_same_phase_times(replayed)

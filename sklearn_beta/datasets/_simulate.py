@@ -161,11 +161,6 @@ and (128, 1.0)
     beta = check_beta(beta)
     prompt_median, prompt_sigma = _check_length_spec(prompt_tokens, "prompt_tokens")
     output_median, output_sigma = _check_length_spec(output_tokens, "output_tokens")
-    if token_budget is not None and token_budget < max_num_seqs:
-        raise ValueError(
-            f"token_budget={token_budget} must be at least max_num_seqs="
-            f"{max_num_seqs}: every decoding request needs its token each step."
-        )
     rng = check_random_state(random_state)
 
     arrival = np.cumsum(rng.exponential(1.0 / arrival_rate, size=n_requests))
