@@ -7,6 +7,13 @@ a functional API that reproduces the published reference.
 """
 
 from ._baseline import BaselineBetaRegressor, BaselineResult, estimate_betas_baseline
+from ._engine_config import (
+    VLLM_TOKEN_BUDGETS,
+    EngineConfig,
+    EngineConfigWarning,
+    default_engine_candidates,
+    select_engine_config,
+)
 from ._exposure import EXPOSURE_COLUMNS, PhaseExposureTransformer
 from ._iterative import (
     IterativeBetaRegressor,
@@ -19,14 +26,19 @@ __version__ = "0.1.0"
 
 __all__ = [
     "EXPOSURE_COLUMNS",
+    "VLLM_TOKEN_BUDGETS",
     "BaselineBetaRegressor",
     "BaselineResult",
     "CleaningReport",
+    "EngineConfig",
+    "EngineConfigWarning",
     "IterativeBetaRegressor",
     "IterativeResult",
     "PhaseExposureTransformer",
     "clean_phases",
+    "default_engine_candidates",
     "estimate_betas_baseline",
     "estimate_betas_iterative",
+    "select_engine_config",
     "__version__",
 ]
