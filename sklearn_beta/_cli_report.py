@@ -323,7 +323,7 @@ def _choice(engine: dict | None) -> str:
     if engine["runner_up"] is not None:
         runner = engine_label(engine["runner_up"])
         margin = engine["margin"]
-        text += f"; runner-up {runner}, {_num(margin, '+.1%')} error"
+        text += f"; runner-up {runner}, {_margin(margin)}"
         if margin is not None and abs(margin) <= 0.01:
             text += ", a tie: the trace barely separates them"
     if engine["same_engine_on_this_trace"]:
@@ -353,3 +353,13 @@ def _validation_lines(validation: dict | None) -> list[str]:
         f"{_num(validation['decode'], '.2%')}, end-to-end "
         f"{_num(validation['e2e'], '.2%')}"
     ]
+
+
+def _margin(margin: float | None) -> str:
+    if margin is None:
+        return "margin nan"
+    if margin >= 99:  # noise-free traces: the true engine's error is near 0
+        return "over 100x the error"
+    if margin >= 1:
+        return f"{margin + 1:.3g}x the error"
+    return f"{margin:+.1%} error"

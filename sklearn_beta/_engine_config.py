@@ -232,13 +232,13 @@ def select_engine_config(
     n_keep : int, default=3
         Candidates scored on every fold after the first-fold screening.
     tolerance : float, default=0.02
-        Candidates scored on every fold whose score is within this fraction
-        of the best are ties; of those, the one with the largest per-step prefill cap (the fewest
-        cuts, counting the candidates identical to it on the trace) is
-        chosen, as the one-standard-error rule picks the simplest model the
-        data cannot reject. Measured on simulated traces of 2000 requests:
-        caps that cut under 1 % of the prompts differently (budgets of 4096,
-        8192 and none on prompts up to 6640 tokens) scored 0.1 to 1.8 %
+        Candidates scored on every fold whose score is within this fraction of
+        the best are ties; of those, the one with the largest per-step prefill
+        cap (the fewest cuts, counting the candidates identical to it on the
+        trace) is chosen, as the one-standard-error rule picks the simplest
+        model the data cannot reject. Measured on simulated traces of 2000
+        requests: caps that cut under 1 % of the prompts differently (budgets of
+        4096, 8192 and none on prompts up to 6640 tokens) scored 0.1 to 1.8 %
         apart, either way; a budget of 2048 and a chunk size of 2048 at light
         load 4.6 to 7.2 % apart, the truth ahead. 0 takes the best score.
     max_num_seqs : int or None, default=None
