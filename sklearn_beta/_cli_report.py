@@ -7,11 +7,13 @@ Builds the JSON-ready report (schema ``sklearn-beta/fit/v1``) from a
 
 from __future__ import annotations
 
+import inspect
 import math
 
 import numpy as np
 
 from . import __version__
+from ._engine_config import select_engine_config
 from ._trace_fit import ITERATIVE_OPTIONS, TRANSFORMER_OPTIONS, TraceFit, make_model
 from .export import (
     BLIS_UNITS,
@@ -27,6 +29,8 @@ UNITS = {"beta0": "s/step", "beta1": "s/prefill_token", "beta2": "s/decode_token
 #: beta0 outside this range (seconds per step) is warned about: a wrong
 #: --time-unit is the usual cause.
 BETA0_PLAUSIBLE = (1e-5, 1.0)
+#: Margins within select_engine_config's tolerance are ties.
+_TIE = inspect.signature(select_engine_config).parameters["tolerance"].default
 
 
 def build_report(
@@ -324,7 +328,7 @@ def _choice(engine: dict | None) -> str:
         runner = engine_label(engine["runner_up"])
         margin = engine["margin"]
         text += f"; runner-up {runner}, {_margin(margin)}"
-        if margin is not None and abs(margin) <= 0.01:
+        if margin is not None and abs(margin) <= _TIE:
             text += ", a tie: the trace barely separates them"
     if engine["same_engine_on_this_trace"]:
         same = "; ".join(engine_label(p) for p in engine["same_engine_on_this_trace"])
