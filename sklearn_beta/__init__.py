@@ -10,6 +10,13 @@ from ._baseline import BaselineBetaRegressor
 from ._cleaning import CleaningReport, clean_phases
 from ._columns import PhaseColumns
 from ._design import DesignAtBetas, design_at_betas
+from ._engine_config import (
+    VLLM_TOKEN_BUDGETS,
+    EngineConfig,
+    EngineConfigWarning,
+    default_engine_candidates,
+    select_engine_config,
+)
 from ._exposure import PhaseExposureTransformer
 from ._functional import (
     BaselineResult,
@@ -24,17 +31,22 @@ __version__ = "0.1.0"
 
 __all__ = [
     "EXPOSURE_COLUMNS",
+    "VLLM_TOKEN_BUDGETS",
     "BaselineBetaRegressor",
     "BaselineResult",
     "CleaningReport",
     "DesignAtBetas",
+    "EngineConfig",
+    "EngineConfigWarning",
     "IterativeBetaRegressor",
     "IterativeResult",
     "PhaseColumns",
     "PhaseExposureTransformer",
     "clean_phases",
+    "default_engine_candidates",
     "design_at_betas",
     "estimate_betas_baseline",
     "estimate_betas_iterative",
+    "select_engine_config",
     "__version__",
 ]

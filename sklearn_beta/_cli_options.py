@@ -11,6 +11,7 @@ import argparse
 
 from . import __version__
 from ._corrections import CORRECTION_MODES, FIXED_CORRECTION_MODES
+from ._engine_config import VLLM_TOKEN_BUDGETS
 from ._iterative import OBJECTIVES, STOPPING_RULES
 from ._trace_fit import (
     ALGORITHMS,
@@ -102,23 +103,34 @@ def _add_fit_options(fit) -> None:
     group = fit.add_argument_group("fit (defaults are the estimators')")
     group.add_argument(
         "--chunk-size",
-        default="auto",
         type=_chunk_size,
-        help="prefill chunk size in tokens, or 'auto' for a cross-validated "
-        "choice among --chunk-candidates (default: auto)",
+        help="the engine's prefill chunk size in tokens, 'none' for no chunk "
+        "cap, or 'auto'. Without --chunk-size and --token-budget (default) the "
+        "engine configuration is chosen by held-out replay error among "
+        "--chunk-candidates (no budget), --budget-candidates (no chunk cap) "
+        "and no chunking; 'auto' with --token-budget B chooses the chunk size "
+        "under that budget (default: not set, chosen automatically)",
     )
     group.add_argument(
         "--chunk-candidates",
         type=_int_list,
         default=DEFAULT_CHUNK_CANDIDATES,
-        help="comma-separated candidates of --chunk-size auto "
+        help="comma-separated chunk sizes of the automatic configuration "
         f"(default: {','.join(map(str, DEFAULT_CHUNK_CANDIDATES))})",
     )
     group.add_argument(
+        "--budget-candidates",
+        type=_int_list,
+        default=VLLM_TOKEN_BUDGETS,
+        help="comma-separated token budgets (max_num_batched_tokens) of the "
+        f"automatic configuration (default: {','.join(map(str, VLLM_TOKEN_BUDGETS))})",
+    )
+    group.add_argument(
         "--cv-folds",
-        type=_positive_int,
+        type=_folds,
         default=defaults["n_splits"],
-        help=f"folds of --chunk-size auto (default: {defaults['n_splits']})",
+        help="time-block folds of the held-out replay that chooses the engine "
+        f"configuration and validates the fit (default: {defaults['n_splits']})",
     )
     group.add_argument(
         "--algo",
@@ -136,8 +148,9 @@ def _add_fit_options(fit) -> None:
     )
     helps = {
         "objective": f"iterative: {' or '.join(OBJECTIVES)}",
-        "token_budget": "the engine's max_num_batched_tokens, if it has one: "
-        "makes the prefill pressure budget-aware",
+        "token_budget": "the engine's per-step token budget "
+        "(max_num_batched_tokens), if it has one; alone (no --chunk-size) it "
+        "means no chunk cap, as in vLLM V1",
         "damping": "iterative: step size eta in (0, 1]",
         "max_iter": "iterative: most iterations",
         "tol": "iterative: stopping tolerance, > 0",
@@ -215,9 +228,16 @@ def _add_output_options(fit) -> None:
 
 
 def _chunk_size(text: str):
-    if text == "auto":
+    if text in ("auto", "none"):
         return text
     return _positive_int(text)
+
+
+def _folds(text: str) -> int:
+    value = _positive_int(text)
+    if value < 2:
+        raise argparse.ArgumentTypeError(f"expected at least 2 folds, got {text!r}")
+    return value
 
 
 def _positive_int(text: str) -> int:

@@ -7,11 +7,13 @@ Builds the JSON-ready report (schema ``sklearn-beta/fit/v1``) from a
 
 from __future__ import annotations
 
+import inspect
 import math
 
 import numpy as np
 
 from . import __version__
+from ._engine_config import select_engine_config
 from ._trace_fit import ITERATIVE_OPTIONS, TRANSFORMER_OPTIONS, TraceFit, make_model
 from .export import (
     BLIS_UNITS,
@@ -27,12 +29,18 @@ UNITS = {"beta0": "s/step", "beta1": "s/prefill_token", "beta2": "s/decode_token
 #: beta0 outside this range (seconds per step) is warned about: a wrong
 #: --time-unit is the usual cause.
 BETA0_PLAUSIBLE = (1e-5, 1.0)
+#: Margins within select_engine_config's tolerance are ties.
+_TIE = inspect.signature(select_engine_config).parameters["tolerance"].default
 
 
 def build_report(
-    fit: TraceFit, args, fmt: str, phases, search, options, alpha, notes
+    fit: TraceFit, args, fmt: str, phases, engine, options, alpha, notes
 ) -> dict:
-    """The JSON document of one fit (schema ``sklearn-beta/fit/v1``)."""
+    """The JSON document of one fit (schema ``sklearn-beta/fit/v1``).
+
+    ``engine`` is :func:`engine_summary`'s: the engine configuration and its
+    held-out replay errors.
+    """
     betas = dict(zip(UNITS, fit.beta.tolist(), strict=True))
     notes = list(notes) + _fit_notes(fit, betas, alpha)
     return {
@@ -43,10 +51,10 @@ def build_report(
             "format": fmt,
             "time_unit": args.time_unit,
             "chunk_size": args.chunk_size,
-            "chunk_candidates": list(args.chunk_candidates)
-            if args.chunk_size == "auto"
-            else None,
-            "cv_folds": args.cv_folds if args.chunk_size == "auto" else None,
+            "chunk_candidates": list(args.chunk_candidates),
+            "budget_candidates": list(args.budget_candidates),
+            "cv_folds": args.cv_folds,
+            "model_chunk_size": fit.chunk_size,
             **_model_parameters(options),
             "instance_col": options["instance_col"],
         },
@@ -57,9 +65,12 @@ def build_report(
             "instances": [str(x) for x in fit.instance_names],
             "client_side": bool(phases.attrs.get("client_side", False)),
         },
-        "chunk_size": fit.chunk_size,
-        "chunk_size_search": search,
+        "chunk_size": engine["chunk_size"],
+        "token_budget": engine["token_budget"],
+        "engine_config": engine["engine_config"],
         "betas": betas,
+        "confidence_interval": _confidence_interval(fit),
+        "validation": engine["validation"],
         "units": dict(UNITS),
         "alphas": None if alpha is None else alpha.tolist(),
         "blis": {
@@ -128,14 +139,47 @@ def _fit_warnings(betas: dict) -> list[str]:
     return []
 
 
-def search_summary(scores, cv_folds: int) -> dict:
-    """The report's ``chunk_size_search`` block from the search's scores."""
-    return {
-        "cv": f"TraceBlockSplit({cv_folds}) in full-trace context",
-        "score": "r2 of held-out phase durations",
-        "candidates": scores["chunk_size"].tolist(),
-        "mean_r2": _finite_or_none(scores["mean_r2"]),
-        "std_r2": _finite_or_none(scores["std_r2"]),
+def _engine_pair(pair: tuple) -> dict:
+    return dict(zip(("chunk_size", "token_budget"), pair, strict=True))
+
+
+def engine_summary(config, pair: tuple, args) -> dict:
+    """The report's ``chunk_size``, ``token_budget``, ``engine_config`` and
+    ``validation`` from :func:`~sklearn_beta.select_engine_config`'s result
+    (None when the set configuration could not be validated)."""
+    chunk, budget = pair
+    summary = {"chunk_size": chunk, "token_budget": budget}
+    if config is None:
+        return summary | {"engine_config": None, "validation": None}
+    scores = config.scores.astype(object).where(config.scores.notna(), None)
+    return summary | {
+        "engine_config": {
+            "method": "held-out replay: fit on the other time blocks, replay the "
+            "whole trace, score the held-out requests",
+            "cv": f"TraceBlockSplit({args.cv_folds}) in full-trace context",
+            "score": "sqrt(prefill * decode) of the mean absolute relative errors",
+            "candidates": _json_ready(scores.to_dict(orient="records")),
+            "runner_up": None
+            if config.runner_up is None
+            else _engine_pair(config.runner_up),
+            "margin": _json_ready(config.margin),
+            "same_engine_on_this_trace": [_engine_pair(p) for p in config.equivalent],
+            "edge": config.edge,
+        },
+        "validation": {
+            "metric": "mean absolute relative error of the held-out requests",
+            **_json_ready(config.validation),
+        },
+    }
+
+
+def _confidence_interval(fit: TraceFit) -> dict | None:
+    # beta_ci_ comes with the trust branch's regressors; absent before it.
+    if fit.beta_ci is None or fit.confidence_level is None:
+        return None
+    bounds = np.asarray(fit.beta_ci, dtype=float)
+    return {"level": float(fit.confidence_level)} | {
+        name: _json_ready(bounds[i].tolist()) for i, name in enumerate(UNITS)
     }
 
 
@@ -165,25 +209,22 @@ def format_table(report: dict) -> str:
         run = f"{state} after {conv['n_iter']} iterations"
     else:
         run = "one NNLS solve"
-    chunk = f"{report['chunk_size']}"
-    if report["chunk_size_search"] is not None:
-        s = report["chunk_size_search"]
-        best = s["candidates"].index(report["chunk_size"])
-        chunk += f" (cross-validated, held-out r2 {_num(s['mean_r2'][best], '.4f')})"
     lines = [
         f"sklearn-beta {report['sklearn_beta_version']}: {params['trace']} "
         f"({params['format']}, {trace['n_phases']} phases, {trace['n_requests']} "
         f"requests, {trace['n_instances']} instance(s))",
-        f"chunk size  {chunk}",
+        f"engine      {engine_label(report)}{_choice(report['engine_config'])}",
         f"algorithm   {conv['algo']}, {params['correction_mode']} correction, {run}",
         "",
-        f"{'coefficient':<12}{'value':>14}  {'unit':<18}{'BLIS (us)':>12}",
+        f"{'coefficient':<12}{'value':>14}  {'unit':<18}{'BLIS (us)':>12}"
+        + _ci_header(report["confidence_interval"]),
     ]
     for (name, value), blis in zip(
         report["betas"].items(), report["blis"]["beta_coeffs"], strict=True
     ):
         lines.append(
             f"{name:<12}{value:>14.6e}  {report['units'][name]:<18}{blis:>12.4f}"
+            + _ci_cell(report["confidence_interval"], name)
         )
     if report["alphas"] is not None:
         alpha_us = ", ".join(f"{a:.4g}" for a in report["blis"]["alpha_coeffs"])
@@ -195,6 +236,7 @@ def format_table(report: dict) -> str:
         f"r2 {_num(diag['r2'], '.6f')}   rmse {_num(diag['rmse_seconds'], '.4g')} s   "
         f"mean phase duration {_num(diag['mean_duration_seconds'], '.4g')} s",
     ]
+    lines += _validation_lines(report["validation"])
     lines += [f"note: {n}" for n in report["notes"]]
     if "plots" in report:
         lines.append("plots: " + ", ".join(report["plots"]))
@@ -206,7 +248,7 @@ def _provenance(report: dict) -> list[str]:
     return [
         f"fitted by sklearn-beta {report['sklearn_beta_version']} from "
         f"{report['parameters']['trace']}",
-        f"chunk size {report['chunk_size']}, {report['convergence']['algo']}, "
+        f"{engine_label(report)}, {report['convergence']['algo']}, "
         f"r2 {_num(diag['r2'], '.6f')}",
     ]
 
@@ -252,7 +294,9 @@ def format_llm_d(report: dict) -> str:
     """The llm-d inference simulator's YAML config for this fit."""
     latencies = llm_d_latencies(
         list(report["betas"].values()),
-        chunk_size=report["chunk_size"],
+        # Without a chunk cap, a lone request prefills the exposure model's
+        # chunk (the budget or the longest prompt) per step.
+        chunk_size=report["chunk_size"] or report["parameters"]["model_chunk_size"],
         alpha=report["alphas"] or (0.0, 0.0, 0.0),
     )
     comments = _provenance(report) + [
@@ -265,3 +309,61 @@ def format_llm_d(report: dict) -> str:
 
 def _num(value, spec: str) -> str:
     return "nan" if value is None else format(value, spec)
+
+
+def engine_label(report: dict) -> str:
+    """``chunk size C`` / ``token budget B, no chunk cap`` / ``no chunking``."""
+    chunk, budget = report["chunk_size"], report["token_budget"]
+    parts = [f"chunk size {chunk}"] if chunk is not None else []
+    if budget is not None:
+        parts.append(f"token budget {budget}" + ("" if parts else ", no chunk cap"))
+    return ", ".join(parts) or "no chunking"
+
+
+def _choice(engine: dict | None) -> str:
+    if engine is None or len(engine["candidates"]) < 2:
+        return ""
+    text = f" (held-out replay, best of {len(engine['candidates'])} candidates"
+    if engine["runner_up"] is not None:
+        runner = engine_label(engine["runner_up"])
+        margin = engine["margin"]
+        text += f"; runner-up {runner}, {_margin(margin)}"
+        if margin is not None and abs(margin) <= _TIE:
+            text += ", a tie: the trace barely separates them"
+    if engine["same_engine_on_this_trace"]:
+        same = "; ".join(engine_label(p) for p in engine["same_engine_on_this_trace"])
+        text += f"; the same engine on this trace: {same}"
+    return text + ")"
+
+
+def _ci_header(ci: dict | None) -> str:
+    return "" if ci is None else f"  {format(ci['level'], '.0%') + ' interval':>30}"
+
+
+def _ci_cell(ci: dict | None, name: str) -> str:
+    if ci is None:
+        return ""
+    low, high = ci[name]
+    return f"  [{_num(low, '.4e')}, {_num(high, '.4e')}]"
+
+
+def _validation_lines(validation: dict | None) -> list[str]:
+    if validation is None:
+        return []
+    return [
+        f"held-out replay ({validation['n_splits']} time blocks, mean absolute "
+        f"relative error): prefill {_num(validation['prefill'], '.2%')}, TTFT "
+        f"{_num(validation['ttft'], '.2%')}, decode "
+        f"{_num(validation['decode'], '.2%')}, end-to-end "
+        f"{_num(validation['e2e'], '.2%')}"
+    ]
+
+
+def _margin(margin: float | None) -> str:
+    if margin is None:
+        return "margin nan"
+    if margin >= 99:  # noise-free traces: the true engine's error is near 0
+        return "over 100x the error"
+    if margin >= 1:
+        return f"{margin + 1:.3g}x the error"
+    return f"{margin:+.1%} error"

@@ -10,12 +10,10 @@ their defaults and behaviour) and keeps those by-products.
 from __future__ import annotations
 
 import inspect
-import warnings
 from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
-from sklearn.model_selection import GridSearchCV
 from sklearn.pipeline import make_pipeline
 
 from ._baseline import BaselineBetaRegressor
@@ -25,10 +23,9 @@ from ._exposure import PhaseExposureTransformer
 from ._fixed_point import HISTORY_COLUMNS
 from ._iterative import IterativeBetaRegressor
 from ._schema import column
-from .model_selection import TraceBlockSplit, TraceContextRegressor
 
 ALGORITHMS = ("baseline", "iterative")
-#: Chunk sizes tried by :func:`search_chunk_size` unless told otherwise.
+#: Chunk sizes among the candidates of :func:`~sklearn_beta.select_engine_config`.
 DEFAULT_CHUNK_CANDIDATES = (16, 32, 64, 128, 256, 512, 1024, 2048)
 
 
@@ -57,6 +54,10 @@ class TraceFit:
     instance_names: list
     profile: PressureProfile
     model: object = None
+    #: The regressor's ``beta_ci_`` (shape (3, 2)) and ``confidence_level``,
+    #: None when it has none.
+    beta_ci: np.ndarray | None = None
+    confidence_level: float | None = None
 
 
 #: Options of :func:`make_model` set on the exposure transformer.
@@ -78,7 +79,8 @@ def fit_option_defaults() -> dict:
     Read from the scikit-learn estimators themselves, so that the command
     line and its ``--help`` never type a default a second time.
     ``correction_mode`` is per algorithm: ``{"baseline": ..., "iterative": ...}``;
-    ``algo`` is :func:`make_model`'s and ``n_splits`` :func:`search_chunk_size`'s.
+    ``algo`` is :func:`make_model`'s and ``n_splits``
+    :func:`~sklearn_beta.select_engine_config`'s.
     """
     transformer = PhaseExposureTransformer().get_params()
     iterative = IterativeBetaRegressor().get_params()
@@ -86,7 +88,9 @@ def fit_option_defaults() -> dict:
     defaults |= {name: iterative[name] for name in ITERATIVE_OPTIONS}
     defaults["chunk_size"] = transformer["chunk_size"]
     defaults["algo"] = inspect.signature(make_model).parameters["algo"].default
-    search = inspect.signature(search_chunk_size).parameters
+    from ._engine_config import select_engine_config  # it builds on make_model
+
+    search = inspect.signature(select_engine_config).parameters
     defaults["n_splits"] = search["n_splits"].default
     defaults["correction_mode"] = {
         "baseline": transformer["correction_mode"],
@@ -234,6 +238,8 @@ def fit_trace(phases: pd.DataFrame, *, chunk_size: int, **options) -> TraceFit:
         instance_names=instance_names,
         profile=pressure_profile(values, regressor),
         model=model,
+        beta_ci=getattr(regressor, "beta_ci_", None),
+        confidence_level=getattr(regressor, "confidence_level", None),
     )
 
 
@@ -260,75 +266,6 @@ def pressure_profile(table: np.ndarray, regressor) -> PressureProfile:
         correction_mode=getattr(regressor, "correction_mode", "end_inside"),
         objective=getattr(regressor, "objective", "duration"),
     )
-
-
-def search_chunk_size(
-    phases: pd.DataFrame,
-    *,
-    candidates=DEFAULT_CHUNK_CANDIDATES,
-    n_splits: int = 5,
-    **options,
-) -> tuple[int, pd.DataFrame]:
-    """Cross-validated choice of the chunk size (R^2 of held-out durations).
-
-    Folds are contiguous time blocks of every instance
-    (:class:`~sklearn_beta.model_selection.TraceBlockSplit`) and every fit
-    sees the whole trace's exposures
-    (:class:`~sklearn_beta.model_selection.TraceContextRegressor`): a held-out
-    block cut out of its context has truncated pressures at its edges, which
-    biases the choice (measured: a sorted KFold picked 1024 for a true 512
-    and 2048 for a true 1024; in context every true size was found).
-    ``options`` are those of :func:`make_model`.
-
-    Returns
-    -------
-    best : int
-        The chunk size with the highest mean held-out R^2.
-    scores : DataFrame
-        One row per candidate: ``chunk_size, mean_r2, std_r2, rank``.
-    """
-    options = {**options, "verbose": 0}
-    if len(phases) < 2 * n_splits:
-        raise ValueError(
-            f"--chunk-size auto needs at least {2 * n_splits} phases for "
-            f"{n_splits}-fold cross-validation, the trace has {len(phases)}."
-        )
-    trace = phases.reset_index(drop=True)
-    search = GridSearchCV(
-        TraceContextRegressor(make_model(**options), trace=trace),
-        {
-            "estimator__phaseexposuretransformer__chunk_size": [
-                int(c) for c in candidates
-            ]
-        },
-        cv=TraceBlockSplit(
-            n_splits, columns={"instance_id": options.get("instance_col")}
-        ),
-        error_score=np.nan,
-    )
-    with warnings.catch_warnings():
-        # Non-converged or failed folds are visible in the scores table.
-        warnings.simplefilter("ignore")
-        search.fit(trace)
-    results = search.cv_results_
-    scores = pd.DataFrame(
-        {
-            "chunk_size": np.asarray(
-                results["param_estimator__phaseexposuretransformer__chunk_size"],
-                dtype=int,
-            ),
-            "mean_r2": results["mean_test_score"],
-            "std_r2": results["std_test_score"],
-            "rank": results["rank_test_score"],
-        }
-    )
-    if not np.isfinite(scores["mean_r2"]).any():
-        raise ValueError(
-            "Every chunk-size candidate failed in cross-validation; pass "
-            "--chunk-size N instead."
-        )
-    best = search.best_params_["estimator__phaseexposuretransformer__chunk_size"]
-    return int(best), scores
 
 
 def _shift_prefill_starts(phases: pd.DataFrame, is_prefill, delay: float):

@@ -17,6 +17,7 @@ import json
 import math
 import os
 import sys
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -29,10 +30,17 @@ from ._cli_options import (
 )
 from ._cli_report import (
     build_report,
+    engine_summary,
     format_blis,
     format_llm_d,
     format_table,
-    search_summary,
+)
+from ._engine_config import (
+    EngineConfig,
+    EngineConfigWarning,
+    default_engine_candidates,
+    model_chunk_size,
+    select_engine_config,
 )
 from ._trace_fit import (
     ITERATIVE_OPTIONS,
@@ -42,7 +50,6 @@ from ._trace_fit import (
     fit_client_trace,
     fit_trace,
     make_model,
-    search_chunk_size,
 )
 from .io import (
     TRACEV2_COLUMNS,
@@ -147,8 +154,11 @@ def _instance_column(args, fmt: str, phases, notes: list) -> str | None:
     return found
 
 
-def run_fit(args, progress: _Progress) -> tuple[dict, TraceFit, pd.DataFrame]:
-    """Run ``fit``; return the JSON-ready report, the fit and the trace."""
+def run_fit(
+    args, progress: _Progress
+) -> tuple[dict, TraceFit, EngineConfig | None, pd.DataFrame]:
+    """Run ``fit``: the JSON-ready report, the fit, the engine configuration
+    and the trace as read."""
     fmt = args.format or infer_format(args.trace)
     phases = read_trace(
         args.trace, fmt, time_unit=args.time_unit, header=args.trace_header
@@ -161,32 +171,96 @@ def run_fit(args, progress: _Progress) -> tuple[dict, TraceFit, pd.DataFrame]:
         instance_col=instance_col,
         time_resolution=args.time_resolution,
     )
-    first = args.chunk_size if args.chunk_size != "auto" else args.chunk_candidates[0]
+    candidates = engine_candidates(args)
+    first = next((c for c, _ in candidates if c is not None), None)
     # The whole trace is validated here, before any search or fit.
     make_model(first, **options)[0].fit_transform(phases)
-    search = None
-    chunk_size = args.chunk_size
-    if chunk_size == "auto":
-        progress.say(
-            f"choosing the chunk size among {list(args.chunk_candidates)} "
-            f"by {args.cv_folds}-fold cross-validation..."
-        )
-        chunk_size, scores = search_chunk_size(
-            phases, candidates=args.chunk_candidates, n_splits=args.cv_folds, **options
-        )
-        search = search_summary(scores, args.cv_folds)
-        progress.say(f"chunk size {chunk_size}")
-    progress.say(f"fitting ({args.algo}, chunk size {chunk_size})...")
+    config, engine_warnings = choose_engine(
+        phases, candidates, options, args, progress, notes
+    )
+    if config is None:
+        chunk_size, token_budget = candidates[0]
+        longest = int(phases["prefill_tokens"].max())
+        model_chunk = model_chunk_size(candidates[0], longest)
+    else:
+        chunk_size, token_budget = config.chunk_size, config.token_budget
+        model_chunk = config.model_chunk_size
+    options["token_budget"] = token_budget
+    progress.say(
+        f"fitting ({args.algo}, chunk size {chunk_size}, token budget "
+        f"{token_budget})..."
+    )
     verbose = int(progress.enabled) if args.algo == "iterative" else 0
     if phases.attrs.get("client_side"):
         # One fit per trial delay: per-iteration lines would drown the rest.
         progress.say("client-side times: searching the request overheads...")
-        fit, alpha = fit_client_trace(phases, chunk_size=chunk_size, **options)
+        fit, alpha = fit_client_trace(phases, chunk_size=model_chunk, **options)
     else:
-        fit = fit_trace(phases, chunk_size=chunk_size, verbose=verbose, **options)
+        fit = fit_trace(phases, chunk_size=model_chunk, verbose=verbose, **options)
         alpha = None
-    report = build_report(fit, args, fmt, phases, search, options, alpha, notes)
-    return report, fit, phases
+    engine = engine_summary(config, (chunk_size, token_budget), args)
+    report = build_report(fit, args, fmt, phases, engine, options, alpha, notes)
+    report["warnings"] += engine_warnings
+    return report, fit, config, phases
+
+
+def engine_candidates(args) -> list[tuple]:
+    """The ``(chunk_size, token_budget)`` candidates the options leave open.
+
+    One pair when the engine is set (``--chunk-size N`` or ``none``, or
+    ``--token-budget B`` alone: no chunk cap, as in vLLM V1); otherwise the
+    automatic configuration's candidates.
+    """
+    chunk, budget = args.chunk_size, args.token_budget
+    if isinstance(chunk, int) or chunk == "none":
+        return [(chunk if isinstance(chunk, int) else None, budget)]
+    if budget is None:
+        return default_engine_candidates(args.chunk_candidates, args.budget_candidates)
+    if chunk is None:
+        return [(None, budget)]
+    return [(int(c), budget) for c in args.chunk_candidates] + [(None, budget)]
+
+
+def choose_engine(phases, candidates, options, args, progress, notes):
+    """The engine configuration and its held-out replay errors.
+
+    Returns ``(config, warnings)``: the :class:`~sklearn_beta.EngineConfig`
+    (None when a set configuration cannot be validated; then the reason is
+    appended to ``notes``) and the messages of its
+    :class:`~sklearn_beta.EngineConfigWarning`.
+    """
+    auto = len(candidates) > 1
+    progress.say(
+        f"{'choosing the engine configuration among' if auto else 'validating'} "
+        f"{len(candidates)} candidate(s) by {args.cv_folds}-fold held-out replay..."
+    )
+    fixed = {k: v for k, v in options.items() if k != "token_budget"}
+    # The replay and the time blocks read the instance from "instance_id".
+    column = fixed.pop("instance_col")
+    if column != "instance_id":
+        phases = phases.drop(columns="instance_id", errors="ignore")
+        if column is not None:
+            phases = phases.rename(columns={column: "instance_id"})
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", EngineConfigWarning)
+        try:
+            config = select_engine_config(
+                phases,
+                make_model(instance_col=column and "instance_id", **fixed),
+                candidates=candidates,
+                n_splits=args.cv_folds,
+            )
+        except ValueError as exc:
+            if auto:
+                raise ValueError(
+                    "the automatic engine configuration needs a held-out replay "
+                    f"of the trace, which failed ({_one_line(exc)}); set the "
+                    "engine with --chunk-size N or --token-budget B"
+                ) from exc
+            notes.append(f"no held-out replay validation: {_one_line(exc)}")
+            config = None
+    found = [w for w in caught if issubclass(w.category, EngineConfigWarning)]
+    return config, [str(w.message) for w in found]
 
 
 def _one_line(exc: BaseException) -> str:
@@ -202,12 +276,14 @@ def _error(message: str, code: int) -> int:
     return code
 
 
-def _plot(report: dict, fit: TraceFit, phases, directory: str) -> str | None:
+def _plot(report: dict, fit: TraceFit, config, phases, directory: str) -> str | None:
     """Write the plots; the reason they failed, or None."""
     try:
-        from .plotting import save_fit_plots
+        from .plotting import save_fit_plots, save_replay_plot
 
         report["plots"] = [str(p) for p in save_fit_plots(fit.model, phases, directory)]
+        if config is not None:
+            report["plots"].append(str(save_replay_plot(config.held_out, directory)))
     except ImportError as exc:
         return f"--plot needs matplotlib (pip install 'sklearn-beta[plot]'): {exc}"
     except (OSError, ValueError, RuntimeError) as exc:
@@ -260,12 +336,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(exc.code or 0)
     progress = _Progress(enabled=not args.quiet and sys.stderr.isatty())
     try:
-        report, fit, phases = run_fit(args, progress)
+        report, fit, config, phases = run_fit(args, progress)
     except KeyboardInterrupt:
         return _error("interrupted", 130)
     except Exception as exc:  # noqa: BLE001 - one line, never a traceback
         return _error(_one_line(exc), EXIT_BAD_INPUT)
-    plot_error = _plot(report, fit, phases, args.plot) if args.plot else None
+    plot_error = _plot(report, fit, config, phases, args.plot) if args.plot else None
     for warning in report["warnings"]:
         print(f"sklearn-beta: warning: {warning}", file=sys.stderr)
     try:

@@ -9,7 +9,10 @@ Four figures, each a function returning a matplotlib ``Figure``:
   the trace grid and the step density the fitted betas imply;
 * :func:`plot_beta_history`: the betas along the iterative fit.
 
-:func:`save_fit_plots` writes all four as PNGs. matplotlib is an optional
+:func:`save_fit_plots` writes all four as PNGs. :func:`plot_replay` (and
+:func:`save_replay_plot`) draws the forecast a simulator would make: the
+held-out replay's time to first token and decode time against the observed
+ones (:func:`sklearn_beta.select_engine_config`). matplotlib is an optional
 dependency (``pip install 'sklearn-beta[plot]'``), imported only here, when a
 figure is drawn. Figures are built on :class:`matplotlib.figure.Figure`
 directly, so no pyplot state or interactive backend is involved.
@@ -29,8 +32,10 @@ __all__ = [
     "plot_beta_history",
     "plot_observed_vs_predicted",
     "plot_pressures",
+    "plot_replay",
     "plot_residuals",
     "save_fit_plots",
+    "save_replay_plot",
 ]
 
 _PHASE_COLORS = {"prefill": "tab:orange", "decode": "tab:blue"}
@@ -365,3 +370,68 @@ def _one_fit(regressor) -> pd.DataFrame:
     """The history of a one-shot fit: its betas as iteration 0."""
     row = dict(zip(("beta0", "beta1", "beta2"), regressor.beta_, strict=True))
     return pd.DataFrame([{"iteration": 0, **row, "step": np.nan}])
+
+
+def plot_replay(held_out: pd.DataFrame):
+    """Predicted against observed TTFT and decode time of a held-out replay.
+
+    Parameters
+    ----------
+    held_out : DataFrame
+        ``EngineConfig.held_out`` of :func:`sklearn_beta.select_engine_config`:
+        ``observed_ttft``, ``predicted_ttft``, ``observed_decode``,
+        ``predicted_decode`` (seconds), one row per request.
+
+    Returns
+    -------
+    fig : matplotlib.figure.Figure
+    """
+    fig = _figure(figsize=(9, 4.2), layout="constrained")
+    axes = fig.subplots(1, 2)
+    for ax, (name, color) in zip(
+        axes, (("ttft", "tab:orange"), ("decode", "tab:blue")), strict=True
+    ):
+        obs = held_out[f"observed_{name}"].to_numpy(dtype=float) * 1e3
+        pred = held_out[f"predicted_{name}"].to_numpy(dtype=float) * 1e3
+        error = np.mean(np.abs(pred - obs) / obs) if obs.size else float("nan")
+        title = "time to first token" if name == "ttft" else "decode time"
+        ax.set_title(f"{title}: {obs.size} requests, mean |error| {error:.1%}")
+        ax.set_xlabel("replayed (ms)")
+        ax.set_ylabel("observed (ms)")
+        if obs.size == 0:
+            continue
+        low, high = min(obs.min(), pred.min()), max(obs.max(), pred.max())
+        ax.plot([low, high], [low, high], color="0.5", lw=1, ls="--", label="y = x")
+        ax.scatter(pred, obs, s=10, alpha=0.5, color=color)
+        if low > 0 and high / low > 50:
+            ax.set_xscale("log")
+            ax.set_yscale("log")
+        ax.legend(loc="upper left")
+    fig.suptitle("Held-out replay: each request forecast from its arrival")
+    return fig
+
+
+def save_replay_plot(
+    held_out: pd.DataFrame, directory: str | PathLike, *, dpi: int = 110
+) -> Path:
+    """Write :func:`plot_replay` as ``replay.png`` in ``directory``.
+
+    Parameters
+    ----------
+    held_out : DataFrame
+        ``EngineConfig.held_out``.
+    directory : str or path-like
+        Created when missing.
+    dpi : int, default=110
+        Resolution of the PNG.
+
+    Returns
+    -------
+    path : Path
+    """
+    fig = plot_replay(held_out)
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / "replay.png"
+    fig.savefig(path, dpi=dpi)
+    return path

@@ -126,6 +126,7 @@ def test_otel_auto_chunk_size_blis_entry_and_plots(capsys, tmp_path):
         "beta_history.png",
         "observed_vs_predicted.png",
         "pressures.png",
+        "replay.png",
         "residuals.png",
     ]
 
@@ -409,7 +410,7 @@ def test_help_documents_every_option_and_its_default(capsys):
     help_text = capsys.readouterr().out
     usage = help_text[: help_text.index("\n\n")]
     options = sorted(set(re.findall(r"\[(--[a-z-]+)", usage)) - {"--help"})
-    assert len(options) == 26
+    assert len(options) == 27
     entries = {
         block.split()[0]: block
         for block in re.split(r"\n(?=  -)", help_text)
@@ -448,3 +449,97 @@ def test_plot_without_matplotlib_still_prints_the_fit(capsys, monkeypatch, tmp_p
     assert "beta0         4.000000e-03" in out
     assert err.startswith("sklearn-beta: warning: --plot needs matplotlib")
     assert err.count("\n") == 1
+
+
+def budgeted_trace(tmp_path, n=300, **engine) -> Path:
+    """vLLM V1 stand-in: a token budget, no chunk cap, prompts over it."""
+    engine = {
+        "chunk_size": 10**6,
+        "token_budget": 512,
+        "max_num_seqs": 16,
+        "arrival_rate": 8.0,
+        "prompt_tokens": (600, 0.8),
+        "output_tokens": (60, 0.6),
+        **engine,
+    }
+    phases = simulate_trace(
+        n, beta=(8e-3, 2.5e-5, 6e-5), noise=0.05, random_state=0, **engine
+    )
+    path = tmp_path / "budgeted.csv"
+    phases.to_csv(path, index=False)
+    return path
+
+
+def test_fully_automatic_fit_reports_engine_and_held_out_replay(capsys, tmp_path):
+    path = budgeted_trace(tmp_path)
+    candidates = ("--budget-candidates", "512,1024,2048")
+    code, out, err = run(capsys, "fit", path, *candidates, "--output", "json")
+    assert code == 0, err
+    report = json.loads(out)
+    assert (report["chunk_size"], report["token_budget"]) == (None, 512)
+    assert report["parameters"]["model_chunk_size"] == 512
+    engine = report["engine_config"]
+    chunks = report["parameters"]["chunk_candidates"]
+    assert len(engine["candidates"]) == len(chunks) + 3 + 1
+    assert engine["runner_up"] is not None and engine["margin"] > 0
+    validation = report["validation"]
+    assert validation["n_splits"] == report["parameters"]["cv_folds"] == 3
+    for quantity in ("prefill", "ttft", "decode", "e2e"):
+        assert 0 < validation[quantity] < 1
+        assert len(validation["folds"][quantity]) == 3
+    ci = report["confidence_interval"]
+    if ci is not None:  # regressors with beta_ci_
+        assert 0 < ci["level"] < 1
+        for name, value in report["betas"].items():
+            low, high = ci[name]
+            assert low <= value <= high
+    code, out, err = run(capsys, "fit", path, *candidates)
+    assert "engine      token budget 512, no chunk cap (held-out replay" in out
+    assert "held-out replay (3 time blocks" in out and "decode" in out
+
+
+def test_engine_settings_skip_the_search(capsys, tmp_path):
+    path = budgeted_trace(tmp_path, n=150)
+    code, out, _ = run(capsys, "fit", path, "--token-budget", 512, "--output", "json")
+    report = json.loads(out)
+    assert (report["chunk_size"], report["token_budget"]) == (None, 512)
+    assert len(report["engine_config"]["candidates"]) == 1
+    assert report["engine_config"]["runner_up"] is None
+    code, out, _ = run(capsys, "fit", path, "--chunk-size", "none", "--output", "json")
+    report = json.loads(out)
+    assert (report["chunk_size"], report["token_budget"]) == (None, None)
+    assert report["validation"]["decode"] > 0
+
+
+def test_edge_warning_is_one_line_on_stderr(capsys, tmp_path):
+    path = budgeted_trace(tmp_path, n=200, token_budget=None, chunk_size=32)
+    code, out, err = run(
+        capsys,
+        "fit",
+        path,
+        "--chunk-candidates",
+        "64,128",
+        "--budget-candidates",
+        "4096",
+        "--output",
+        "json",
+    )
+    assert code == 0 and "Traceback" not in err
+    assert err.count("\n") == 1
+    assert err.startswith("sklearn-beta: warning: The engine configuration chosen")
+    assert "Runner-up: chunk_size=128" in err
+    report = json.loads(out)
+    assert report["chunk_size"] == 64 and report["engine_config"]["edge"] == "low"
+    assert any("smallest" in w for w in report["warnings"])
+
+
+def test_a_set_engine_without_enough_requests_for_folds_is_noted(capsys):
+    smoke = data_path("smoke.csv")  # two requests
+    code, out, err = run(capsys, "fit", smoke, "--chunk-size", 64, "--output", "json")
+    assert code == 0 and err == ""
+    report = json.loads(out)
+    assert report["validation"] is None and report["engine_config"] is None
+    assert any("no held-out replay validation" in n for n in report["notes"])
+    code, out, err = run(capsys, "fit", smoke)
+    assert code == 1 and out == ""
+    assert err.count("\n") == 1 and "--chunk-size N or --token-budget B" in err
