@@ -13,6 +13,7 @@ from ._iterative import (
     IterativeResult,
     estimate_betas_iterative,
 )
+from ._uncertainty import block_bootstrap_ci
 from ._validation import CleaningReport, clean_phases
 
 __version__ = "0.1.0"
@@ -25,6 +26,7 @@ __all__ = [
     "IterativeBetaRegressor",
     "IterativeResult",
     "PhaseExposureTransformer",
+    "block_bootstrap_ci",
     "clean_phases",
     "estimate_betas_baseline",
     "estimate_betas_iterative",

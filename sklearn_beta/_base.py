@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 from sklearn.base import BaseEstimator, RegressorMixin, _fit_context
 from sklearn.metrics import r2_score
@@ -11,7 +13,10 @@ from sklearn.utils.validation import (
     validate_data,
 )
 
-from ._exposure import _COL, EXPOSURE_COLUMNS
+from ._exposure import _COL, EXPOSURE_COLUMNS, _check_timeline_columns
+from ._identifiability import BETA_NAMES
+from ._uncertainty import sandwich_intervals, trust_warnings
+from .exceptions import UncertaintyWarning
 
 N_BETAS = 3
 
@@ -81,7 +86,60 @@ class BaseBetaRegressor(RegressorMixin, BaseEstimator):
         self.beta_ = np.asarray(beta, dtype=np.float64)
         self.coef_ = self.beta_.copy()
         self.intercept_ = 0.0
+        # Hook (trust): warn where the betas cannot be trusted; _fit_table has
+        # set beta_ci_ through _beta_intervals.
+        self._warn_untrusted()
         return self
+
+    def _beta_intervals(self, table, beta, jac, residual, weight):
+        """Hook (trust): ``beta_ci_`` of the fitted least-squares objective.
+
+        ``jac`` and ``residual`` are the objective's Jacobian (n_phases, 3)
+        and residuals at ``beta`` (any consistent time unit), ``weight`` its
+        weights. None when ``confidence_level`` is None; NaN, with a warning,
+        when the table lacks the phase windows that form the time blocks.
+        """
+        if self.confidence_level is None:
+            return None
+        if not _has_phase_windows(table):
+            warnings.warn(
+                f"{type(self).__name__}: beta_ci_ needs the full exposure table "
+                f"(columns {list(EXPOSURE_COLUMNS)}) to group phases into time "
+                "blocks; it is NaN. Fit on PhaseExposureTransformer's output, "
+                "or set confidence_level=None.",
+                UncertaintyWarning,
+                stacklevel=5,
+            )
+            return np.full((len(BETA_NAMES), 2), np.nan)
+        bound = self.diagnostics_["at_zero_bound"]
+        at_bound = (beta <= 0) | np.isin(BETA_NAMES, bound)
+        return sandwich_intervals(
+            beta,
+            jac,
+            residual,
+            weight,
+            table[:, _COL["t_start"]],
+            table[:, _COL["t_end"]],
+            table[:, _COL["instance"]],
+            self.confidence_level,
+            at_bound,
+        )
+
+    def _warn_untrusted(self):
+        # Coefficients the trace does not identify already raised an
+        # IdentifiabilityWarning; do not warn twice about them.
+        skip = set(self.diagnostics_["not_identified"])
+        ci = self.beta_ci_
+        if ci is not None:
+            ci = np.where(np.isin(BETA_NAMES, list(skip))[:, None], np.nan, ci)
+        trust_warnings(
+            self.beta_,
+            ci,
+            [n for n in self.diagnostics_["at_zero_bound"] if n not in skip],
+            estimator=type(self).__name__,
+            level=self.confidence_level,
+            stacklevel=5,
+        )
 
     def predict(self, X):
         """Predict each phase's duration from the fitted betas.
@@ -129,3 +187,14 @@ class BaseBetaRegressor(RegressorMixin, BaseEstimator):
         # regression data the fit is poor by design.
         tags.regressor_tags.poor_score = True
         return tags
+
+
+def _has_phase_windows(table: np.ndarray) -> bool:
+    """Whether ``table`` is a full exposure table (phase windows, instances)."""
+    if table.shape[1] < len(EXPOSURE_COLUMNS):
+        return False
+    try:
+        _check_timeline_columns(table)
+    except ValueError:
+        return False
+    return True

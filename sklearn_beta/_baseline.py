@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from numbers import Real
 
 import numpy as np
 import pandas as pd
+from sklearn.utils._param_validation import Interval
 
 from ._base import BaseBetaRegressor
 from ._corrections import FIXED_CORRECTION_MODES
@@ -19,6 +21,7 @@ from ._exposure import (
 )
 from ._identifiability import identifiability_diagnostics
 from ._nnls import fit_statistics, nnls_fit
+from ._uncertainty import DEFAULT_CONFIDENCE_LEVEL
 from ._validation import (
     PhaseColumns,
     check_chunk_size,
@@ -171,13 +174,23 @@ class BaselineBetaRegressor(BaseBetaRegressor):
 
     Parameters
     ----------
-    None
+    confidence_level : float in (0, 1) or None, default=0.95
+        Level of the confidence intervals ``beta_ci_``: the time-block robust
+        (sandwich) covariance of the NNLS fit, see ``docs/uncertainty.md``.
+        None skips them (``beta_ci_`` is None) and with them the warning
+        about wide intervals; a beta at its zero bound still warns.
 
     Attributes
     ----------
     beta_ : ndarray of shape (3,)
         ``[beta0, beta1, beta2]``: seconds per step, per prefill token and per
         decode token (in the time unit of the trace).
+    beta_ci_ : ndarray of shape (3, 2) or None
+        Lower and upper confidence limits of each beta at
+        ``confidence_level``, clipped at 0. They cover the estimator's noise,
+        not its bias: under heavy load the baseline's bias exceeds them (use
+        :class:`IterativeBetaRegressor`). NaN when the table has no phase
+        windows to form time blocks; None when ``confidence_level`` is None.
     coef_ : ndarray of shape (3,)
         Same values as ``beta_``.
     intercept_ : float
@@ -202,6 +215,12 @@ class BaselineBetaRegressor(BaseBetaRegressor):
     The baseline estimator of the published trace-only calibration of
     vLLM-style step times; see METHOD.md, section 5.
 
+    Warns
+    -----
+    UncertaintyWarning
+        When a beta is at its zero bound or its interval is wider than half
+        its value.
+
     Examples
     --------
     >>> from sklearn.pipeline import make_pipeline
@@ -214,10 +233,12 @@ class BaselineBetaRegressor(BaseBetaRegressor):
     (3,)
     """
 
-    _parameter_constraints: dict = {}
+    _parameter_constraints: dict = {
+        "confidence_level": [Interval(Real, 0, 1, closed="neither"), None],
+    }
 
-    def __init__(self):
-        pass
+    def __init__(self, confidence_level=DEFAULT_CONFIDENCE_LEVEL):
+        self.confidence_level = confidence_level
 
     def _fit_table(self, table, duration, sample_weight):
         design = table[:, :3]
@@ -233,6 +254,11 @@ class BaselineBetaRegressor(BaseBetaRegressor):
                 estimator=type(self).__name__,
                 stacklevel=5,
             )
+        )
+        # Hook (trust): intervals from the NNLS design and duration residuals.
+        residual = duration - design @ beta
+        self.beta_ci_ = self._beta_intervals(
+            table, beta, design, residual, sample_weight
         )
         return beta
 

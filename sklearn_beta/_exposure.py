@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import replace
 from numbers import Integral, Real
 
@@ -14,6 +15,7 @@ from sklearn.utils.validation import check_is_fitted
 from ._corrections import (
     FIXED_CORRECTION_MODES,
     budget_capped_mass,
+    exclude_first_decode_token,
     fixed_correction_mass,
     missing_prefill_mass,
     step_counts,
@@ -273,6 +275,18 @@ class PhaseExposureTransformer(TransformerMixin, BaseEstimator):
         time per step, which depends on the durations and so should not be
         used inside cross-validation that must not see test durations. The
         OTLP reader and the command line already merge within 1 us.
+    decode_tokens_include_first : bool, default=False
+        Whether ``decode_tokens`` counts the first output token. The last
+        prefill step emits that token, so the decode phase (from the end of
+        the prefill to the last token) runs one step fewer than the tokens
+        counted: with True a decode phase holds ``decode_tokens - 1`` steps.
+        False (``D`` steps for ``D`` decode tokens) is the meaning of the
+        reference method, of the published sample traces and of
+        :func:`~sklearn_beta.datasets.simulate_trace`; many real exports
+        (e.g. ``num_generation_tokens``) count all output tokens and need
+        True. An ``N_steps`` column overrides both (with a warning when this
+        is True). See ``docs/uncertainty.md`` for what the wrong setting
+        costs.
     request_id_col, phase_type_col, t_start_col, t_end_col, prefill_tokens_col, \
 decode_tokens_col : str
         Column names of the phase table.
@@ -321,6 +335,7 @@ decode_tokens_col : str
         "decode_tokens_col": [str],
         "n_steps_col": [str, None],
         "instance_col": [str, None],
+        "decode_tokens_include_first": ["boolean"],
     }
 
     def __init__(
@@ -339,6 +354,7 @@ decode_tokens_col : str
         decode_tokens_col="decode_tokens",
         n_steps_col="N_steps",
         instance_col=None,
+        decode_tokens_include_first=False,
     ):
         self.chunk_size = chunk_size
         self.correction_mode = correction_mode
@@ -353,6 +369,7 @@ decode_tokens_col : str
         self.decode_tokens_col = decode_tokens_col
         self.n_steps_col = n_steps_col
         self.instance_col = instance_col
+        self.decode_tokens_include_first = decode_tokens_include_first
 
     def _columns(self) -> PhaseColumns:
         return PhaseColumns(
@@ -402,6 +419,8 @@ decode_tokens_col : str
         """
         check_is_fitted(self)
         arrays = check_phases(X, self._columns())
+        # Hook (trust): the export's decode token convention (issue 10.7).
+        arrays = self._decode_convention(arrays)
         table = exposure_table(
             arrays,
             check_chunk_size(self.chunk_size),
@@ -411,6 +430,20 @@ decode_tokens_col : str
             self.time_resolution,
         )
         return pd.DataFrame(table, columns=list(EXPOSURE_COLUMNS), index=X.index)
+
+    def _decode_convention(self, arrays: PhaseArrays) -> PhaseArrays:
+        if not self.decode_tokens_include_first:
+            return arrays
+        if arrays.n_steps is not None:
+            warnings.warn(
+                "decode_tokens_include_first=True has no effect: the "
+                f"{self.n_steps_col!r} column gives the step counts.",
+                UserWarning,
+                stacklevel=3,
+            )
+            return arrays
+        decode = exclude_first_decode_token(arrays.is_prefill, arrays.decode_tokens)
+        return replace(arrays, decode_tokens=decode)
 
     def get_feature_names_out(self, input_features=None):
         """Names of the exposure table's columns.

@@ -37,6 +37,7 @@ from ._exposure import (
 from ._grid import Timeline, phase_integrals
 from ._identifiability import identifiability_diagnostics
 from ._nnls import fit_statistics, nnls_fit
+from ._uncertainty import DEFAULT_CONFIDENCE_LEVEL
 from ._validation import (
     PhaseColumns,
     check_chunk_size,
@@ -398,6 +399,7 @@ def fit_step_counts(
     stopping: str = "relative",
     sample_weight: np.ndarray | None = None,
     callback: Callable[[dict], None] | None = None,
+    on_solution: Callable[[tuple], None] | None = None,
 ) -> tuple[np.ndarray, bool, int, np.ndarray, list[dict]]:
     """Fit the betas by matching every phase's step count to ``N_i``.
 
@@ -410,7 +412,9 @@ def fit_step_counts(
     like :func:`iterate_betas`; ``design`` is ``[N_i, N_i pbar_pf_i,
     N_i pbar_dec_i]`` at the final betas, with the pressures averaged over
     the phase's steps as in METHOD.md 6.2.4, and the history's r2 and rmse
-    score the durations it predicts, ``design @ beta``.
+    score the durations it predicts, ``design @ beta``. ``on_solution``, if
+    given, receives ``(jac, residual, weight)`` at the returned betas (for
+    the confidence intervals, without evaluating the objective again).
     """
     fixed = static_correction_mass(
         correction_mode, timeline.trace_grid, timeline.is_prefill, timeline.mu
@@ -449,6 +453,9 @@ def fit_step_counts(
         if step < tol:
             converged = True
             break
+    # Hook (trust): the objective's terms at the solution, for beta_ci_.
+    if on_solution is not None:
+        on_solution((state.jac, state.residual, weight))
     return state.beta, converged, n_iter, state.design, history
 
 
@@ -606,12 +613,25 @@ def run_iterations(
     beta_init: np.ndarray,
     *,
     damping: float = 1.0,
+    on_solution: Callable[[tuple], None] | None = None,
     **kwargs,
 ) -> tuple[np.ndarray, bool, int, np.ndarray, list[dict]]:
-    """Dispatch to :func:`iterate_betas` or :func:`fit_step_counts`."""
+    """Dispatch to :func:`iterate_betas` or :func:`fit_step_counts`.
+
+    ``on_solution`` receives ``(jac, residual, weight)`` of the fitted
+    objective at the returned betas: for the duration objective the last
+    design, the duration residuals and ``sample_weight``.
+    """
     if objective == "step_count":
-        return fit_step_counts(timeline, beta_init, **kwargs)
-    return iterate_betas(timeline, beta_init, damping=damping, **kwargs)
+        return fit_step_counts(timeline, beta_init, on_solution=on_solution, **kwargs)
+    beta, converged, n_iter, design, history = iterate_betas(
+        timeline, beta_init, damping=damping, **kwargs
+    )
+    # Hook (trust): the objective's terms at the solution, for beta_ci_.
+    if on_solution is not None:
+        residual = timeline.duration - design @ beta
+        on_solution((design, residual, kwargs.get("sample_weight")))
+    return beta, converged, n_iter, design, history
 
 
 def _check_iteration_params(
@@ -689,6 +709,12 @@ class IterativeBetaRegressor(BaseBetaRegressor):
         ``IterativeBetaRegressor("beta_informed", objective="duration",
         stopping="absolute")`` the fit reproduces
         :func:`estimate_betas_iterative` (the published reference) exactly.
+    confidence_level : float in (0, 1) or None, default=0.95
+        Level of the confidence intervals ``beta_ci_``: the time-block robust
+        (sandwich) covariance of the fitted objective at the solution, see
+        ``docs/uncertainty.md``. None skips them (``beta_ci_`` is None, and
+        the fit saves one evaluation of the objective) and with them the
+        warning about wide intervals; a beta at its zero bound still warns.
     verbose : int, default=0
         With ``verbose > 0``, print one line per iteration (betas and their
         change) to stderr.
@@ -698,6 +724,11 @@ class IterativeBetaRegressor(BaseBetaRegressor):
     beta_ : ndarray of shape (3,)
         ``[beta0, beta1, beta2]`` (time unit per step, per prefill token, per
         decode token).
+    beta_ci_ : ndarray of shape (3, 2) or None
+        Lower and upper confidence limits of each beta at
+        ``confidence_level``, clipped at 0; a beta at its zero bound gets
+        ``[0, upper]``. NaN when the table has no phase windows; None when
+        ``confidence_level`` is None.
     coef_ : ndarray of shape (3,)
         Same values as ``beta_``.
     intercept_ : float
@@ -750,6 +781,12 @@ class IterativeBetaRegressor(BaseBetaRegressor):
     only enters its starting point and the reported ``r2``/``rmse``. With
     ``objective="duration"`` the betas are a regression of ``y``.
 
+    Warns
+    -----
+    UncertaintyWarning
+        When a beta is at its zero bound or its interval is wider than half
+        its value.
+
     References
     ----------
     The iterative estimator of the published trace-only calibration of
@@ -777,6 +814,7 @@ class IterativeBetaRegressor(BaseBetaRegressor):
         "init_correction_mode": [StrOptions(set(FIXED_CORRECTION_MODES))],
         "stopping": [StrOptions(set(STOPPING_RULES))],
         "objective": [StrOptions(set(OBJECTIVES))],
+        "confidence_level": [Interval(Real, 0, 1, closed="neither"), None],
         "verbose": ["verbose"],
     }
 
@@ -790,6 +828,7 @@ class IterativeBetaRegressor(BaseBetaRegressor):
         init_correction_mode="end",
         stopping="relative",
         objective="step_count",
+        confidence_level=DEFAULT_CONFIDENCE_LEVEL,
         verbose=0,
     ):
         self.correction_mode = correction_mode
@@ -799,6 +838,7 @@ class IterativeBetaRegressor(BaseBetaRegressor):
         self.init_correction_mode = init_correction_mode
         self.stopping = stopping
         self.objective = objective
+        self.confidence_level = confidence_level
         self.verbose = verbose
 
     def _fit_table(self, table, duration, sample_weight):
@@ -810,6 +850,7 @@ class IterativeBetaRegressor(BaseBetaRegressor):
             timeline, scaled[:, _COL["step_density"]], self.init_correction_mode
         )
         beta_init = nnls_fit(init_design, timeline.duration, sample_weight)
+        solution = []
         beta, converged, n_iter, design, history = run_iterations(
             self.objective,
             timeline,
@@ -821,6 +862,8 @@ class IterativeBetaRegressor(BaseBetaRegressor):
             stopping=self.stopping,
             sample_weight=sample_weight,
             callback=partial(_print_progress, unit=unit) if self.verbose else None,
+            # Hook (trust): keep the objective's terms for beta_ci_.
+            on_solution=solution.append if self.confidence_level is not None else None,
         )
         beta = beta * unit
         if not converged:
@@ -846,6 +889,11 @@ class IterativeBetaRegressor(BaseBetaRegressor):
                 stacklevel=5,
             )
         )
+        # Hook (trust): intervals from the fitted objective at the solution.
+        self.beta_ci_ = None
+        if solution:
+            ci = self._beta_intervals(table, beta / unit, *solution[0])
+            self.beta_ci_ = unit * ci
         return beta
 
     def _predict_table(self, table):
