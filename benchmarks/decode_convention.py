@@ -12,8 +12,11 @@ calibrated with the estimate).
 
 Usage::
 
-    python benchmarks/decode_convention.py                  # 4000 requests
+    python benchmarks/decode_convention.py                  # 4000 requests, ~1 min
     python benchmarks/decode_convention.py --n-requests 2000 --scenarios light
+
+Scenarios are those of ``accuracy.py`` plus ``*_short_outputs`` variants
+with 32-token (median) outputs, where one step in ``D`` weighs most.
 """
 
 from __future__ import annotations
@@ -21,15 +24,29 @@ from __future__ import annotations
 import argparse
 import sys
 import warnings
+from dataclasses import replace
 
 import numpy as np
-from accuracy import SCENARIOS, simulate
+from accuracy import LENGTHS, SCENARIOS, simulate
 from sklearn.pipeline import make_pipeline
 
 from sklearn_beta import IterativeBetaRegressor, PhaseExposureTransformer
 from sklearn_beta.metrics import coefficient_errors, step_time_error
 
-DEFAULT_SCENARIOS = "light,light_noisy,heavy_c512,heavy_c1024,long_prompts"
+#: Chat-like short outputs, where one decode step in D matters most.
+SHORT_OUTPUTS = dict(LENGTHS, output_tokens=(32, 0.8))
+SCENARIOS = SCENARIOS | {
+    f"{name}_short_outputs": replace(
+        SCENARIOS[name],
+        name=f"{name}_short_outputs",
+        description=SCENARIOS[name].description + ", 32-token outputs",
+        lengths=SHORT_OUTPUTS,
+    )
+    for name in ("light", "heavy_c1024")
+}
+DEFAULT_SCENARIOS = (
+    "light,heavy_c1024,long_prompts,light_short_outputs,heavy_c1024_short_outputs"
+)
 
 
 def fit(phases, scenario, include_first: bool) -> np.ndarray:
