@@ -135,7 +135,8 @@ def _coverage(ci, truth, prefix) -> dict:
 
 
 def summary(results: pd.DataFrame) -> pd.DataFrame:
-    """Coverage (fraction of seeds) and median relative width per group."""
+    """Coverage (fraction of seeds), median relative width, mean error and
+    spread per group."""
     groups = results.groupby(["load", "estimator", "method"], sort=False)
     out = groups.size().rename("seeds").to_frame()
     for name in NAMES:
@@ -146,6 +147,12 @@ def summary(results: pd.DataFrame) -> pd.DataFrame:
         out[f"{name} width%"] = 100 * groups[f"{name}_width"].median()
     for name in NAMES:
         out[f"{name} bias%"] = 100 * groups[f"{name}_err"].mean()
+    # Spread of the estimates across seeds over the standard error the
+    # intervals imply (half-width / 1.96): 1 for a calibrated width, below 1
+    # where the Student-t quantile of few time blocks widens them.
+    for name in NAMES:
+        implied = groups[f"{name}_width"].mean() / (2 * 1.96)
+        out[f"{name} sd/se"] = groups[f"{name}_err"].std() / implied
     return out.reset_index()
 
 

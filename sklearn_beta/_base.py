@@ -13,7 +13,7 @@ from sklearn.utils.validation import (
     validate_data,
 )
 
-from ._exposure import _COL, EXPOSURE_COLUMNS, _check_timeline_columns
+from ._exposure import _COL, EXPOSURE_COLUMNS
 from ._identifiability import BETA_NAMES
 from ._uncertainty import sandwich_intervals, trust_warnings
 from .exceptions import UncertaintyWarning
@@ -91,17 +91,18 @@ class BaseBetaRegressor(RegressorMixin, BaseEstimator):
         self._warn_untrusted()
         return self
 
-    def _beta_intervals(self, table, beta, jac, residual, weight):
+    def _beta_intervals(self, table, beta, jac, residual, weight, has_windows=True):
         """Hook (trust): ``beta_ci_`` of the fitted least-squares objective.
 
         ``jac`` and ``residual`` are the objective's Jacobian (n_phases, 3)
         and residuals at ``beta`` (any consistent time unit), ``weight`` its
         weights. None when ``confidence_level`` is None; NaN, with a warning,
-        when the table lacks the phase windows that form the time blocks.
+        when the table lacks the phase windows that form the time blocks
+        (``has_windows`` False: not a full, valid exposure table).
         """
         if self.confidence_level is None:
             return None
-        if not _has_phase_windows(table):
+        if not has_windows:
             warnings.warn(
                 f"{type(self).__name__}: beta_ci_ needs the full exposure table "
                 f"(columns {list(EXPOSURE_COLUMNS)}) to group phases into time "
@@ -187,14 +188,3 @@ class BaseBetaRegressor(RegressorMixin, BaseEstimator):
         # regression data the fit is poor by design.
         tags.regressor_tags.poor_score = True
         return tags
-
-
-def _has_phase_windows(table: np.ndarray) -> bool:
-    """Whether ``table`` is a full exposure table (phase windows, instances)."""
-    if table.shape[1] < len(EXPOSURE_COLUMNS):
-        return False
-    try:
-        _check_timeline_columns(table)
-    except ValueError:
-        return False
-    return True

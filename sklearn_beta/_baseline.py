@@ -244,12 +244,13 @@ class BaselineBetaRegressor(BaseBetaRegressor):
         design = table[:, :3]
         beta = nnls_fit(design, duration, sample_weight)
         self.diagnostics_ = design_diagnostics(design, duration, beta, sample_weight)
+        timeline = _timeline_if_available(table)
         self.diagnostics_.update(
             identifiability_diagnostics(
                 design,
                 duration,
                 beta,
-                _timeline_if_available(table),
+                timeline,
                 sample_weight,
                 estimator=type(self).__name__,
                 stacklevel=5,
@@ -258,7 +259,7 @@ class BaselineBetaRegressor(BaseBetaRegressor):
         # Hook (trust): intervals from the NNLS design and duration residuals.
         residual = duration - design @ beta
         self.beta_ci_ = self._beta_intervals(
-            table, beta, design, residual, sample_weight
+            table, beta, design, residual, sample_weight, timeline is not None
         )
         return beta
 

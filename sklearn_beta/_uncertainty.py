@@ -177,13 +177,16 @@ def sandwich_covariance(
     make (nearly) singular, get an infinite variance: nothing in the trace
     bounds them. Returns the covariance and ``G``.
     """
-    jac = np.asarray(jac, dtype=np.float64)
+    # Contiguous: the Jacobian often arrives as a column slice, and a strided
+    # (n, 3) matmul misses BLAS.
+    jac = np.ascontiguousarray(jac, dtype=np.float64)
     k = jac.shape[1]
     scores = block_scores(jac, residual, weight, block, block_instance.shape[0])
     meat = long_run_covariance(scores, block_instance, n_lags)
     groups = effective_blocks(scores, n_lags)
     meat *= groups / max(groups - 1.0, 1.0)
-    bread = jac.T @ (jac if weight is None else np.asarray(weight)[:, None] * jac)
+    weighted = jac if weight is None else jac * np.asarray(weight)[:, None]
+    bread = weighted.T @ jac
     cov = np.full((k, k), np.inf)
     scale = np.sqrt(np.diag(bread))
     usable = scale > 0
