@@ -7,14 +7,15 @@ share none at all. The intervals therefore treat the trace as a sequence of
 *time blocks* per instance, correlated only with blocks less than a phase
 length away:
 
-* ``"sandwich"`` (default): the heteroscedasticity-and-autocorrelation robust
-  covariance of the fitted objective at the solution, ``A^-1 M A^-1`` with the
-  Gauss-Newton "bread" ``A = J' W J`` and the "meat" ``M`` summed from the
-  per-block scores ``g_b = sum_{i in b} w_i J_i r_i`` and their cross
-  products with the blocks up to ``n_lags`` later in the same instance
-  (Bartlett weights, Newey and West 1987). For the step-count objective
-  ``J = dLambda/dbeta`` and ``r = Lambda - N``; for the duration objective
-  and the baseline ``J`` is the NNLS design and ``r`` the duration residual.
+* on every fit, the heteroscedasticity-and-autocorrelation robust
+  (sandwich) covariance of the fitted objective at the solution,
+  ``A^-1 M A^-1``, with the Gauss-Newton "bread" ``A = J' W J`` and the
+  "meat" ``M`` summed from the per-block scores
+  ``g_b = sum_{i in b} w_i J_i r_i`` and their cross products with the
+  blocks up to ``n_lags`` later in the same instance (Bartlett weights,
+  Newey and West 1987). For the step-count objective ``J = dLambda/dbeta``
+  and ``r = Lambda - N``; for the duration objective and the baseline ``J``
+  is the NNLS design and ``r`` the duration residual.
   One pass over the phases: cheap on every fit.
 * a block bootstrap (:func:`block_bootstrap_ci`), resampling blocks through
   multinomial block counts used as ``sample_weight``: every row stays in the
@@ -130,10 +131,10 @@ def block_scores(
     n_blocks: int,
 ) -> np.ndarray:
     """Per block, the sum of the phases' scores ``w_i J_i r_i``, (n_blocks, k)."""
-    score = jac * (residual if weight is None else weight * residual)[:, None]
+    scaled = residual if weight is None else weight * residual
     return np.column_stack(
         [
-            np.bincount(block, weights=score[:, k], minlength=n_blocks)
+            np.bincount(block, weights=jac[:, k] * scaled, minlength=n_blocks)
             for k in range(jac.shape[1])
         ]
     )
