@@ -214,7 +214,7 @@ def main(argv: list[str] | None = None) -> int:
             summary=json.loads(table.to_json(orient="records")),
             results=rows,
         )
-        args.out.write_text(json.dumps(payload, indent=1) + "\n")
+        args.out.write_text(json.dumps(payload, separators=(",", ":")) + "\n")
         print(f"\nwrote {args.out}")
     return 0
 
