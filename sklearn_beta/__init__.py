@@ -7,6 +7,7 @@ a functional API that reproduces the published reference.
 """
 
 from ._baseline import BaselineBetaRegressor
+from ._bootstrap import block_bootstrap_ci
 from ._cleaning import CleaningReport, clean_phases
 from ._columns import PhaseColumns
 from ._design import DesignAtBetas, design_at_betas
@@ -32,6 +33,7 @@ __all__ = [
     "IterativeResult",
     "PhaseColumns",
     "PhaseExposureTransformer",
+    "block_bootstrap_ci",
     "clean_phases",
     "design_at_betas",
     "estimate_betas_baseline",
