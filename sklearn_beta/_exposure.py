@@ -299,7 +299,7 @@ class PhaseExposureTransformer(TransformerMixin, BaseEstimator):
                 "decode_tokens_include_first=True has no effect: the "
                 f"{self._columns().n_steps!r} column gives the step counts.",
                 UserWarning,
-                stacklevel=4,
+                stacklevel=5,  # the caller of transform (set_output wraps it)
             )
             return arrays
         decode = exclude_first_decode_token(arrays.is_prefill, arrays.decode_tokens)
