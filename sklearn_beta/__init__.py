@@ -7,6 +7,7 @@ a functional API that reproduces the published reference.
 """
 
 from ._baseline import BaselineBetaRegressor
+from ._bootstrap import block_bootstrap_ci
 from ._cleaning import CleaningReport, clean_phases
 from ._columns import PhaseColumns
 from ._design import DesignAtBetas, design_at_betas
@@ -42,6 +43,7 @@ __all__ = [
     "IterativeResult",
     "PhaseColumns",
     "PhaseExposureTransformer",
+    "block_bootstrap_ci",
     "clean_phases",
     "default_engine_candidates",
     "design_at_betas",

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 from sklearn.base import BaseEstimator, RegressorMixin, _fit_context
 from sklearn.metrics import r2_score
@@ -11,7 +13,11 @@ from sklearn.utils.validation import (
     validate_data,
 )
 
-from ._schema import EXPOSURE_COLUMNS, column, has_column
+from ._grid import Timeline
+from ._identifiability import BETA_NAMES
+from ._schema import EXPOSURE_COLUMNS, column, has_column, phase_windows
+from ._uncertainty import sandwich_intervals, trust_warnings
+from .exceptions import UncertaintyWarning
 
 N_BETAS = 3
 
@@ -81,7 +87,70 @@ class BaseBetaRegressor(RegressorMixin, BaseEstimator):
         self.beta_ = np.asarray(beta, dtype=np.float64)
         self.coef_ = self.beta_.copy()
         self.intercept_ = 0.0
+        # _fit_table has set beta_ci_ through _beta_intervals.
+        self._warn_untrusted()
         return self
+
+    def _beta_intervals(
+        self,
+        timeline: Timeline | None,
+        beta: np.ndarray,
+        jac: np.ndarray,
+        residual: np.ndarray,
+        weight: np.ndarray | None,
+        *,
+        unit: float = 1.0,
+        stacklevel: int = 6,
+    ) -> np.ndarray | None:
+        """``beta_ci_`` of the fitted least-squares objective.
+
+        ``jac`` and ``residual`` are the objective's Jacobian (n_phases, 3)
+        and residuals at ``beta / unit`` (the fit's time unit), ``weight``
+        its weights; the intervals come back in the unit of ``beta``. None
+        when ``confidence_level`` is None; NaN, with a warning, without the
+        ``timeline`` whose phase windows form the time blocks (a table that
+        is not a full exposure table).
+        """
+        if self.confidence_level is None:
+            return None
+        if timeline is None:
+            warnings.warn(
+                f"{type(self).__name__}: beta_ci_ needs the full exposure table "
+                f"(columns {list(EXPOSURE_COLUMNS)}) to group phases into time "
+                "blocks; it is NaN. Fit on PhaseExposureTransformer's output, "
+                "or set confidence_level=None.",
+                UncertaintyWarning,
+                stacklevel=stacklevel,
+            )
+            return np.full((len(BETA_NAMES), 2), np.nan)
+        bound = self.diagnostics_["at_zero_bound"]
+        at_bound = (beta <= 0) | np.isin(BETA_NAMES, bound)
+        ci = sandwich_intervals(
+            beta / unit,
+            jac,
+            residual,
+            weight,
+            *phase_windows(timeline),
+            self.confidence_level,
+            at_bound,
+        )
+        return unit * ci
+
+    def _warn_untrusted(self) -> None:
+        # Coefficients the trace does not identify already raised an
+        # IdentifiabilityWarning; do not warn twice about them.
+        skip = set(self.diagnostics_["not_identified"])
+        ci = self.beta_ci_
+        if ci is not None:
+            ci = np.where(np.isin(BETA_NAMES, list(skip))[:, None], np.nan, ci)
+        trust_warnings(
+            self.beta_,
+            ci,
+            [n for n in self.diagnostics_["at_zero_bound"] if n not in skip],
+            estimator=type(self).__name__,
+            level=self.confidence_level,
+            stacklevel=5,
+        )
 
     def predict(self, X):
         """Predict each phase's duration from the fitted betas.

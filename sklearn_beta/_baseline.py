@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+from numbers import Real
+
 import numpy as np
 
 from ._base import BaseBetaRegressor
+from ._constraints import Number
 from ._grid import Timeline
 from ._identifiability import identifiability_diagnostics
 from ._nnls import fit_statistics, nnls_fit
 from ._schema import EXPOSURE_COLUMNS, design_columns, has_column, read_timeline
+from ._uncertainty import DEFAULT_CONFIDENCE_LEVEL
 
 __all__ = ["BaselineBetaRegressor"]
 
@@ -44,13 +48,23 @@ class BaselineBetaRegressor(BaseBetaRegressor):
 
     Parameters
     ----------
-    None
+    confidence_level : float in (0, 1) or None, default=0.95
+        Level of the confidence intervals ``beta_ci_``: the time-block robust
+        (sandwich) covariance of the NNLS fit, see ``docs/uncertainty.md``.
+        None skips them (``beta_ci_`` is None) and with them the warning
+        about wide intervals; a beta at its zero bound still warns.
 
     Attributes
     ----------
     beta_ : ndarray of shape (3,)
         ``[beta0, beta1, beta2]``: seconds per step, per prefill token and per
         decode token (in the time unit of the trace).
+    beta_ci_ : ndarray of shape (3, 2) or None
+        Lower and upper confidence limits of each beta at
+        ``confidence_level``, clipped at 0. They cover the estimator's noise,
+        not its bias: under heavy load the baseline's bias exceeds them (use
+        :class:`IterativeBetaRegressor`). NaN when the table has no phase
+        windows to form time blocks; None when ``confidence_level`` is None.
     coef_ : ndarray of shape (3,)
         Same values as ``beta_``.
     intercept_ : float
@@ -75,6 +89,12 @@ class BaselineBetaRegressor(BaseBetaRegressor):
     The baseline estimator of the published trace-only calibration of
     vLLM-style step times; see docs/method.md, section 5.
 
+    Warns
+    -----
+    UncertaintyWarning
+        When a beta is at its zero bound or its interval is wider than half
+        its value.
+
     Examples
     --------
     >>> from sklearn.pipeline import make_pipeline
@@ -87,10 +107,12 @@ class BaselineBetaRegressor(BaseBetaRegressor):
     (3,)
     """
 
-    _parameter_constraints: dict = {}
+    _parameter_constraints: dict = {
+        "confidence_level": [Number(Real, 0, 1, closed="neither"), None],
+    }
 
-    def __init__(self):
-        pass
+    def __init__(self, confidence_level=DEFAULT_CONFIDENCE_LEVEL):
+        self.confidence_level = confidence_level
 
     def _fit_table(self, table, duration, sample_weight):
         return self._fit_design(
@@ -113,8 +135,9 @@ class BaselineBetaRegressor(BaseBetaRegressor):
         """The fit itself, shared with :func:`estimate_betas_baseline`.
 
         ``timeline`` (None when unknown) lets the identifiability checks look
-        at the trace; ``caller`` names the estimator in warnings. Sets
-        ``diagnostics_`` and returns the betas.
+        at the trace and forms the time blocks of ``beta_ci_``; ``caller``
+        names the estimator in warnings. Sets ``diagnostics_`` and
+        ``beta_ci_`` and returns the betas.
         """
         beta = nnls_fit(design, duration, sample_weight)
         self.diagnostics_ = design_diagnostics(design, duration, beta, sample_weight)
@@ -128,6 +151,14 @@ class BaselineBetaRegressor(BaseBetaRegressor):
                 estimator=caller or type(self).__name__,
                 stacklevel=stacklevel,
             )
+        )
+        self.beta_ci_ = self._beta_intervals(
+            timeline,
+            beta,
+            design,
+            duration - design @ beta,
+            sample_weight,
+            stacklevel=stacklevel,
         )
         return beta
 

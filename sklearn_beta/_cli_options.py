@@ -171,7 +171,7 @@ def _add_fit_options(fit) -> None:
         "init_correction_mode": FIXED_CORRECTION_MODES,
     }
     for name in (*ITERATIVE_OPTIONS, *TRANSFORMER_OPTIONS):
-        if name == "time_resolution":
+        if name in ("time_resolution", "decode_tokens_include_first"):
             continue
         group.add_argument(
             "--" + name.replace("_", "-"),
@@ -188,6 +188,17 @@ def _add_fit_options(fit) -> None:
         f"(default: {CLI_TIME_RESOLUTION:g}, where the library's is "
         f"{defaults['time_resolution']}: exported traces round times to the "
         "microsecond; 0 keeps every distinct time)",
+    )
+    group.add_argument(
+        "--decode-tokens-include-first",
+        action="store_true",
+        default=defaults["decode_tokens_include_first"],
+        help="decode_tokens counts the first output token, which the last "
+        "prefill step emits (e.g. vLLM's num_generation_tokens): a decode "
+        "phase then runs decode_tokens - 1 steps; an N_steps column "
+        f"overrides it (default: {defaults['decode_tokens_include_first']}, "
+        "decode_tokens are the decode phase's steps, as in the reference and "
+        "the simulator)",
     )
 
 

@@ -9,7 +9,9 @@ Every step, in this order:
 2. every running decode gets one token;
 3. running prefills get ``min(chunk_size, prompt left)`` tokens each, in
    arrival order, until the token budget left after the decodes is spent;
-4. the step lasts ``(beta0 + beta1 * T_pf + beta2 * T_dec) * noise``.
+4. the step lasts ``(beta0 + beta1 * T_pf + beta2 * T_dec) * noise``, the
+   noise factor ``exp(sigma Z - sigma^2 / 2)`` of mean one, so that the betas
+   are the mean step-time coefficients a least-squares fit estimates.
 
 A request that finishes its prompt decodes from the next step on and leaves
 after its decode steps (at once when it has none). Between scheduling events
@@ -102,7 +104,8 @@ def run_engine(
         ones of one stream; step ``j`` of the fleet (instance-major, in time
         order) takes the ``j``-th. None: noise-free.
     noise : float
-        Standard deviation of the log of each step's noise factor.
+        Standard deviation of the log of each step's mean-one noise factor
+        ``exp(noise * Z - noise**2 / 2)``.
     record_steps : bool
         Also return the step table.
     """
@@ -183,7 +186,12 @@ def _engine_run(times, steps, record_steps) -> EngineRun:
 
 
 class _NoisePool:
-    """Exponentiated noise factors, a prefix of one normal stream."""
+    """Mean-one lognormal noise factors, a prefix of one normal stream.
+
+    ``exp(sigma Z - sigma^2 / 2)`` has mean 1: the steps' mean time is the
+    model time, so least squares on the trace estimate the engine's betas
+    themselves, not ``beta * exp(sigma^2 / 2)``.
+    """
 
     def __init__(self, normals, sigma: float):
         self.normals = normals
@@ -197,7 +205,8 @@ class _NoisePool:
             return self.pool[:0]
         need = self.offset + size - self.pool.shape[0]
         if need > 0:
-            fresh = np.exp(self.sigma * self.normals(max(need, _NOISE_BLOCK)))
+            normals = self.normals(max(need, _NOISE_BLOCK))
+            fresh = np.exp(self.sigma * normals - 0.5 * self.sigma**2)
             self.pool = np.concatenate((self.pool, fresh))
         return self.pool[self.offset :]
 

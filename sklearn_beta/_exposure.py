@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Mapping
 from dataclasses import replace
 from numbers import Real
@@ -16,6 +17,7 @@ from ._constraints import Number, WholeNumber, count
 from ._corrections import (
     FIXED_CORRECTION_MODES,
     budget_capped_mass,
+    exclude_first_decode_token,
     fixed_correction_mass,
     missing_prefill_mass,
     step_counts,
@@ -201,6 +203,18 @@ class PhaseExposureTransformer(TransformerMixin, BaseEstimator):
         The optional ``n_steps`` (``"N_steps"``) and ``instance_id``
         (``"instance_id"``) columns are used when present; with an instance
         column the grid and pressures are built per instance.
+    decode_tokens_include_first : bool, default=False
+        Whether ``decode_tokens`` counts the first output token. The last
+        prefill step emits that token, so the decode phase (from the end of
+        the prefill to the last token) runs one step fewer than the tokens
+        counted: with True a decode phase holds ``decode_tokens - 1`` steps.
+        False (``D`` steps for ``D`` decode tokens) is the meaning of the
+        reference method, of the published sample traces and of
+        :func:`~sklearn_beta.datasets.simulate_trace`; many real exports
+        (e.g. ``num_generation_tokens``) count all output tokens and need
+        True. An ``N_steps`` column overrides both (with a warning when this
+        is True). See ``docs/uncertainty.md`` for what the wrong setting
+        costs.
 
     Attributes
     ----------
@@ -234,6 +248,7 @@ class PhaseExposureTransformer(TransformerMixin, BaseEstimator):
             Number(Real, 0, None, closed="left"),
         ],
         "columns": [PhaseColumns, Mapping, None],
+        "decode_tokens_include_first": ["boolean"],
     }
 
     def __init__(
@@ -245,6 +260,7 @@ class PhaseExposureTransformer(TransformerMixin, BaseEstimator):
         token_budget=None,
         time_resolution=0.0,
         columns=None,
+        decode_tokens_include_first=False,
     ):
         self.chunk_size = chunk_size
         self.correction_mode = correction_mode
@@ -252,6 +268,7 @@ class PhaseExposureTransformer(TransformerMixin, BaseEstimator):
         self.token_budget = token_budget
         self.time_resolution = time_resolution
         self.columns = columns
+        self.decode_tokens_include_first = decode_tokens_include_first
 
     def _columns(self) -> PhaseColumns:
         return PhaseColumns.coerce(self.columns)
@@ -265,13 +282,28 @@ class PhaseExposureTransformer(TransformerMixin, BaseEstimator):
     def _exposures(self, X) -> tuple[Timeline, np.ndarray, np.ndarray]:
         """Timeline, baseline design and step density of the phases in ``X``."""
         return phase_exposures(
-            self._phase_arrays(X),
+            self._decode_convention(self._phase_arrays(X)),
             check_chunk_size(self.chunk_size),
             self.correction_mode,
             self.min_duration,
             self.token_budget,
             self.time_resolution,
         )
+
+    def _decode_convention(self, arrays: PhaseArrays) -> PhaseArrays:
+        """The phases with ``decode_tokens`` counting the decode phase's steps."""
+        if not self.decode_tokens_include_first:
+            return arrays
+        if arrays.n_steps is not None:
+            warnings.warn(
+                "decode_tokens_include_first=True has no effect: the "
+                f"{self._columns().n_steps!r} column gives the step counts.",
+                UserWarning,
+                stacklevel=5,  # the caller of transform (set_output wraps it)
+            )
+            return arrays
+        decode = exclude_first_decode_token(arrays.is_prefill, arrays.decode_tokens)
+        return replace(arrays, decode_tokens=decode)
 
     def _need_tokens(self) -> bool:
         return self.correction_mode != "none"

@@ -168,6 +168,7 @@ def iterate_betas(
     settings: IterationSettings,
     sample_weight: np.ndarray | None = None,
     callback: Callable[[dict], None] | None = None,
+    on_solution: Callable[[tuple], None] | None = None,
 ) -> tuple[np.ndarray, bool, int, np.ndarray, list[dict]]:
     """Run the fixed-point iteration of docs/method.md, section 6.
 
@@ -175,6 +176,9 @@ def iterate_betas(
     the last iteration's design and ``history`` one record per iteration,
     iteration 0 being the initial betas. A record's r2 and rmse are those of
     the iteration's undamped NNLS fit, as the reference reports them.
+    ``on_solution``, if given, receives the fitted objective's ``(jac,
+    residual, weight)`` at the returned betas: the last design, the duration
+    residuals and ``sample_weight`` (for the confidence intervals).
     """
     correction_mode, damping = settings.correction_mode, settings.damping
     fixed = static_correction_mass(
@@ -200,6 +204,8 @@ def iterate_betas(
         if step < settings.tol:
             converged = True
             break
+    if on_solution is not None:
+        on_solution((design, duration - design @ beta, sample_weight))
     return beta, converged, n_iter, design, history
 
 

@@ -18,6 +18,7 @@ from sklearn.utils._param_validation import InvalidParameterError
 from ._baseline import BaselineBetaRegressor
 from ._exposure import PhaseExposureTransformer
 from ._iterative import IterativeBetaRegressor
+from ._uncertainty import interval_summary
 from ._validation import PhaseColumns
 
 __all__ = [
@@ -61,7 +62,9 @@ class IterativeResult:
     ``diagnostics`` holds the published keys ``converged, n_outer_iters,
     tol, damping_eta, init_beta0..2, final_beta0..2, final_r2,
     final_rmse_seconds, final_delta_beta_l2`` and the package's own
-    (n_phases, r2, rmse_seconds, mean exposures, identifiability).
+    (n_phases, r2, rmse_seconds, mean exposures, identifiability, and
+    ``confidence_interval``: ``{"level": 0.95, "beta0": [lo, hi], ...}``,
+    :class:`IterativeBetaRegressor`'s ``beta_ci_``).
     ``history`` is the published dict of lists: ``beta``, the start then
     each iteration's ``(beta0, beta1, beta2)`` (n + 1 tuples), and
     ``delta_beta_l2``, ``r2``, ``rmse_seconds`` and ``notes``, one entry per
@@ -157,7 +160,10 @@ def estimate_betas_baseline(
         ``beta0`` (s/step), ``beta1`` and ``beta2`` (s/token) and
         ``diagnostics`` (n_phases, r2, rmse_seconds, mean_duration_seconds,
         mean_steps, mean_A_pf_tokens, mean_A_dec_tokens, condition_number,
-        not_identified, at_zero_bound).
+        not_identified, at_zero_bound) and the package's own
+        ``confidence_interval``: ``{"level": 0.95, "beta0": [lo, hi], ...}``,
+        the time-block intervals of :class:`BaselineBetaRegressor`'s
+        ``beta_ci_`` (no ``UncertaintyWarning`` here: the estimator warns).
 
     Raises
     ------
@@ -187,7 +193,9 @@ def estimate_betas_baseline(
     beta = regressor._fit_design(
         design, timeline.duration, None, timeline, caller=caller, stacklevel=4
     )
-    return BaselineResult(*beta.tolist(), diagnostics=regressor.diagnostics_)
+    return BaselineResult(
+        *beta.tolist(), diagnostics=regressor.diagnostics_ | _intervals(regressor)
+    )
 
 
 def estimate_betas_iterative(
@@ -298,9 +306,20 @@ default="end"
         *beta.tolist(),
         converged=regressor.converged_,
         n_outer_iters=regressor.n_iter_,
-        diagnostics=published_diagnostics(regressor, history) | regressor.diagnostics_,
+        diagnostics=published_diagnostics(regressor, history)
+        | regressor.diagnostics_
+        | _intervals(regressor),
         history=history,
     )
+
+
+def _intervals(regressor) -> dict:
+    """The package's own diagnostics key: the fit's 95 % confidence intervals."""
+    return {
+        "confidence_interval": interval_summary(
+            regressor.beta_ci_, regressor.confidence_level
+        )
+    }
 
 
 def published_history(history: pd.DataFrame) -> dict:

@@ -37,6 +37,7 @@ from ._identifiability import identifiability_diagnostics
 from ._nnls import nnls_fit
 from ._schema import EXPOSURE_COLUMNS, column, design_columns, read_timeline
 from ._step_count import fit_step_counts
+from ._uncertainty import DEFAULT_CONFIDENCE_LEVEL
 from ._units import rescaled_timeline, time_scale
 
 __all__ = ["IterativeBetaRegressor"]
@@ -103,6 +104,12 @@ default=None
         ``IterativeBetaRegressor("beta_informed", objective="duration",
         stopping="absolute")`` the fit reproduces
         :func:`estimate_betas_iterative` (the published reference) exactly.
+    confidence_level : float in (0, 1) or None, default=0.95
+        Level of the confidence intervals ``beta_ci_``: the time-block robust
+        (sandwich) covariance of the fitted objective at the solution, see
+        ``docs/uncertainty.md``. None skips them (``beta_ci_`` is None) and
+        with them the warning about wide intervals; a beta at its zero bound
+        still warns.
     verbose : int, default=0
         With ``verbose > 0``, print one line per iteration (betas and their
         change) to stderr.
@@ -112,6 +119,10 @@ default=None
     beta_ : ndarray of shape (3,)
         ``[beta0, beta1, beta2]`` (time unit per step, per prefill token, per
         decode token).
+    beta_ci_ : ndarray of shape (3, 2) or None
+        Lower and upper confidence limits of each beta at
+        ``confidence_level``, clipped at 0; a beta at its zero bound gets
+        ``[0, upper]``. None when ``confidence_level`` is None.
     coef_ : ndarray of shape (3,)
         Same values as ``beta_``.
     intercept_ : float
@@ -169,6 +180,12 @@ default=None
     reported ``r2``/``rmse``. With ``objective="duration"`` the betas are a
     regression of ``y``.
 
+    Warns
+    -----
+    UncertaintyWarning
+        When a beta is at its zero bound or its interval is wider than half
+        its value.
+
     References
     ----------
     The iterative estimator of the published trace-only calibration of
@@ -196,6 +213,7 @@ default=None
         "init_correction_mode": [StrOptions(set(FIXED_CORRECTION_MODES)), None],
         "stopping": [StrOptions(set(STOPPING_RULES))],
         "objective": [StrOptions(set(OBJECTIVES))],
+        "confidence_level": [Number(Real, 0, 1, closed="neither"), None],
         "verbose": ["verbose"],
     }
 
@@ -209,6 +227,7 @@ default=None
         init_correction_mode=None,
         stopping="relative",
         objective="step_count",
+        confidence_level=DEFAULT_CONFIDENCE_LEVEL,
         verbose=0,
     ):
         self.correction_mode = correction_mode
@@ -218,6 +237,7 @@ default=None
         self.init_correction_mode = init_correction_mode
         self.stopping = stopping
         self.objective = objective
+        self.confidence_level = confidence_level
         self.verbose = verbose
 
     def _fit_table(self, table, duration, sample_weight):
@@ -249,7 +269,7 @@ default=None
         phase-local step density (both from :func:`phase_exposures`);
         ``caller`` names the estimator in warnings and ``names`` maps its
         parameters to the caller's arguments there. Sets the fitted
-        attributes but ``beta_``; returns the betas.
+        attributes (``beta_ci_`` too) but ``beta_``; returns the betas.
         """
         if self.init_correction_mode is not None:
             init_design = baseline_exposures(
@@ -265,12 +285,14 @@ default=None
         settings = IterationSettings(
             self.correction_mode, self.max_iter, self.tol, self.damping, self.stopping
         )
+        solution = []  # the objective's (jac, residual, weight), for beta_ci_
         beta, converged, n_iter, design, history = run(
             scaled,
             beta_init,
             settings,
             sample_weight,
             partial(_print_progress, unit=unit) if self.verbose else None,
+            on_solution=solution.append,
         )
         beta = beta * unit
         caller = caller or type(self).__name__
@@ -304,6 +326,7 @@ default=None
             )
         )
         self.diagnostics_ = diagnostics
+        self.beta_ci_ = self._beta_intervals(timeline, beta, *solution[0], unit=unit)
         return beta
 
     def _predict_table(self, table):

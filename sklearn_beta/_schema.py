@@ -37,6 +37,7 @@ __all__ = [
     "column",
     "design_columns",
     "has_column",
+    "phase_windows",
     "read_timeline",
     "write_exposure_table",
 ]
@@ -76,28 +77,37 @@ def design_columns(table: np.ndarray) -> np.ndarray:
     return table[:, : len(DESIGN_COLUMNS)]
 
 
+def phase_windows(timeline: Timeline) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(t_start, t_end, instance_id)`` of every phase, read off the grid.
+
+    The grid's points are the phases' own (merged, per-instance shifted)
+    boundaries: these are the windows the exposures were integrated over.
+    """
+    tg = timeline.trace_grid
+    return tg.grid[tg.start_idx], tg.grid[tg.end_idx], tg.grid_instance[tg.start_idx]
+
+
 def write_exposure_table(
     design: np.ndarray, timeline: Timeline, step_density: np.ndarray
 ) -> np.ndarray:
     """The exposure table of a trace: its design and what rebuilds its grid.
 
-    The phase windows and instance codes are read off the timeline's grid,
-    whose points are the phases' own (merged) boundaries.
+    The phase windows and instance codes are :func:`phase_windows`.
     """
-    tg = timeline.trace_grid
+    t_start, t_end, instance = phase_windows(timeline)
     n = timeline.n_phases
     return np.column_stack(
         [
             design,
             timeline.duration,
-            tg.grid[tg.start_idx],
-            tg.grid[tg.end_idx],
+            t_start,
+            t_end,
             timeline.is_prefill.astype(np.float64),
             timeline.mu,
             step_density,
             np.full(n, float(timeline.chunk_size)),
             np.full(n, float(timeline.token_budget or 0)),
-            tg.grid_instance[tg.start_idx].astype(np.float64),
+            instance.astype(np.float64),
         ]
     )
 

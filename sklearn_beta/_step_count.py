@@ -191,6 +191,7 @@ def fit_step_counts(
     settings: IterationSettings,
     sample_weight: np.ndarray | None = None,
     callback: Callable[[dict], None] | None = None,
+    on_solution: Callable[[tuple], None] | None = None,
 ) -> tuple[np.ndarray, bool, int, np.ndarray, list[dict]]:
     """Fit the betas by matching every phase's step count to ``N_i``.
 
@@ -205,7 +206,10 @@ def fit_step_counts(
     design, history)`` like :func:`iterate_betas`; ``design`` is ``[N_i, N_i pbar_pf_i,
     N_i pbar_dec_i]`` at the final betas, with the pressures averaged over
     the phase's steps as in docs/method.md 6.2.4, and the history's r2 and rmse
-    score the durations it predicts, ``design @ beta``.
+    score the durations it predicts, ``design @ beta``. ``on_solution``, if
+    given, receives ``(jac, residual, weight)`` of the objective at the
+    returned betas (for the confidence intervals, without evaluating the
+    objective again).
     """
     correction_mode, tol = settings.correction_mode, settings.tol
     fixed = static_correction_mass(
@@ -253,6 +257,8 @@ def fit_step_counts(
         if step < tol:
             converged = True
             break
+    if on_solution is not None:
+        on_solution((state.jac, state.residual, weight))
     return state.beta, converged, n_iter, state.design, history
 
 

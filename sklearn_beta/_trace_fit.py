@@ -61,7 +61,12 @@ class TraceFit:
 
 
 #: Options of :func:`make_model` set on the exposure transformer.
-TRANSFORMER_OPTIONS = ("min_duration", "token_budget", "time_resolution")
+TRANSFORMER_OPTIONS = (
+    "min_duration",
+    "token_budget",
+    "time_resolution",
+    "decode_tokens_include_first",
+)
 #: Options of :func:`make_model` set on the iterative estimator only.
 ITERATIVE_OPTIONS = (
     "damping",

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-__all__ = ["IdentifiabilityWarning"]
+__all__ = ["IdentifiabilityWarning", "UncertaintyWarning"]
 
 
 class IdentifiabilityWarning(UserWarning):
@@ -15,4 +15,15 @@ class IdentifiabilityWarning(UserWarning):
     equally well. The message names the coefficient(s) and the reason; the
     fitted estimator's ``diagnostics_`` (or the result's ``diagnostics``)
     carry ``not_identified``, ``condition_number`` and ``at_zero_bound``.
+    """
+
+
+class UncertaintyWarning(UserWarning):
+    """A fitted beta cannot be trusted as a measurement.
+
+    Raised when a coefficient sits at its zero bound (the non-negativity
+    constraint, not the trace, set it) or when its confidence interval is
+    wider than half of its value. The message names the coefficient, its
+    value, its interval (``beta_ci_``) and what to change. See
+    ``docs/uncertainty.md``.
     """

@@ -322,6 +322,37 @@ def test_tracev2_light_load_within_one_percent_of_the_step_time(capsys, tmp_path
     assert 3e-3 < report["alphas"][0] < 3.6e-3
 
 
+def test_decode_tokens_include_first_flag_states_the_export_convention(
+    capsys, tmp_path
+):
+    phases = simulate_trace(
+        150,
+        beta=TRUE_BETA,
+        chunk_size=64,
+        max_num_seqs=8,
+        arrival_rate=20.0,
+        prompt_tokens=(200, 0.5),
+        output_tokens=(30, 0.5),
+        random_state=4,
+    )
+    # An export that counts every output token: the simulator's D decode
+    # steps plus the first token, which the last prefill step emitted.
+    decode = phases["phase_type"] == "decode"
+    counted = phases.assign(decode_tokens=phases["decode_tokens"] + decode)
+    path = tmp_path / "counted.csv"
+    counted.to_csv(path, index=False)
+    fixed = ("--chunk-size", 64, "--output", "json")
+    code, out, err = run(capsys, "fit", path, *fixed, "--decode-tokens-include-first")
+    assert code == 0, err
+    report = json.loads(out)
+    assert report["parameters"]["decode_tokens_include_first"] is True
+    np.testing.assert_allclose(list(report["betas"].values()), TRUE_BETA, rtol=1e-3)
+    code, out, _ = run(capsys, "fit", path, *fixed)
+    wrong = json.loads(out)
+    assert wrong["parameters"]["decode_tokens_include_first"] is False
+    assert np.abs(np.array(list(wrong["betas"].values())) / TRUE_BETA - 1).max() > 0.02
+
+
 def test_fleet_with_instance_id_is_fitted_per_instance(capsys, tmp_path):
     phases = simulate_trace(
         80,

@@ -189,6 +189,17 @@ def test_noise_scales_steps_lognormally():
     assert log_ratio.std() == pytest.approx(0.05, rel=0.1)
 
 
+def test_noise_factor_has_mean_one():
+    # exp(s Z - s^2 / 2): its log has mean -s^2 / 2 and the factor mean 1, so
+    # the betas are the mean step-time coefficients. A large s makes the
+    # shift (-0.125) stand far out of the sampling error (~0.5 / sqrt(steps)).
+    _, steps = simulate(400, noise=0.5)
+    factor = (steps["t_end"] - steps["t_start"]) / model_times(steps)
+    assert len(factor) > 1500
+    assert np.log(factor).mean() == pytest.approx(-0.125, abs=0.04)
+    assert factor.mean() == pytest.approx(1.0, abs=0.04)
+
+
 def test_seeded_reproducibility():
     first = simulate(60, noise=0.05, n_instances=2)
     again = simulate(60, noise=0.05, n_instances=2)

@@ -67,7 +67,7 @@ def simulate_trace(
     Each engine instance runs one busy loop of steps. A step lasts
     ``beta0 + beta1 * T_pf + beta2 * T_dec`` seconds, where ``T_pf`` and
     ``T_dec`` are the prefill and decode tokens it processes, times an
-    optional lognormal noise factor. The scheduler follows vLLM V1, and is
+    optional mean-one lognormal noise factor. The scheduler follows vLLM V1, and is
     the loop :func:`sklearn_beta.replay.replay_trace` replays traces with:
 
     * Requests arrive as a Poisson process of rate ``arrival_rate`` for the
@@ -120,7 +120,11 @@ and (128, 1.0)
         decoding request always gets its token.
     noise : float, default=0.0
         Standard deviation of the log of the per-step noise factor: each step
-        lasts its model time times ``exp(N(0, noise))``.
+        lasts its model time times ``exp(noise * Z - noise**2 / 2)``, ``Z``
+        standard normal. The factor has mean one, so ``beta`` are the mean
+        step-time coefficients, which least squares on the trace estimate
+        (a factor ``exp(noise * Z)`` would make them ``beta *
+        exp(noise**2 / 2)``).
     n_instances : int, default=1
         Number of independent engine instances.
     random_state : int, RandomState instance or None, default=None

@@ -1,0 +1,328 @@
+"""Confidence intervals of the betas and the warnings where a fit is not trusted.
+
+Residuals of a trace are correlated in time: phases that overlap share the
+same steps, so one slow step lengthens every phase running through it. Phases
+further apart than the longest phase share no step, and instances of a fleet
+share none at all. The intervals therefore treat the trace as a sequence of
+*time blocks* per instance, correlated only with blocks less than a phase
+length away:
+
+* on every fit, the heteroscedasticity-and-autocorrelation robust
+  (sandwich) covariance of the fitted objective at the solution,
+  ``A^-1 M A^-1``, with the Gauss-Newton "bread" ``A = J' W J`` and the
+  "meat" ``M`` summed from the per-block scores
+  ``g_b = sum_{i in b} w_i J_i r_i`` and their cross products with the
+  blocks up to ``n_lags`` later in the same instance (Bartlett weights,
+  Newey and West 1987). For the step-count objective ``J = dLambda/dbeta``
+  and ``r = Lambda - N``; for the duration objective and the baseline ``J``
+  is the NNLS design and ``r`` the duration residual.
+  One pass over the phases: cheap on every fit.
+* a block bootstrap (:func:`~sklearn_beta._bootstrap.block_bootstrap_ci`,
+  its own module), opt-in, which validates the sandwich.
+
+Everything here takes and returns plain arrays.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+from scipy import stats
+
+from ._identifiability import BETA_NAMES
+from .exceptions import UncertaintyWarning
+
+#: Default confidence level of ``beta_ci_``.
+DEFAULT_CONFIDENCE_LEVEL = 0.95
+#: Most time blocks a trace is cut into; more add nothing but time.
+MAX_BLOCKS = 4000
+#: Blocks last at least this fraction of the median phase duration, so that a
+#: block holds a few phases.
+MIN_BLOCK_SHARE = 0.5
+#: Residuals of phases further apart than this quantile of the phase
+#: durations are treated as uncorrelated (they share no step).
+LAG_QUANTILE = 0.99
+#: Phases sampled for the duration quantiles that size the blocks.
+QUANTILE_SAMPLE = 20000
+#: An interval wider than this fraction of its beta is reported.
+WIDE_INTERVAL_SHARE = 0.5
+
+
+def time_blocks(
+    t_start: np.ndarray,
+    t_end: np.ndarray,
+    instance: np.ndarray | None = None,
+    max_blocks: int = MAX_BLOCKS,
+) -> tuple[np.ndarray, np.ndarray, int]:
+    """Cut each instance's timeline into equal blocks; assign phases by midpoint.
+
+    The block length ``h`` is the larger of half the median phase duration
+    and the total span over ``max_blocks``; residuals are correlated up to
+    ``n_lags = ceil(q99(duration) / h)`` blocks apart (two phases overlap only
+    if their midpoints are closer than the longer of them).
+
+    Returns
+    -------
+    block : ndarray of int, shape (n_phases,)
+        Block of each phase, numbered instance after instance.
+    block_instance : ndarray of int, shape (n_blocks,)
+        Instance of each block; lags never cross instances.
+    n_lags : int
+        Number of later blocks a block's residuals are correlated with.
+    """
+    t_start = np.asarray(t_start, dtype=np.float64)
+    t_end = np.asarray(t_end, dtype=np.float64)
+    instance, origin, span = _instance_spans(t_start, t_end, instance)
+    n_inst = origin.shape[0]
+    # Quantiles of an evenly strided subsample: they only size the blocks,
+    # and a full partition of millions of durations costs more than the rest.
+    stride = max(t_start.shape[0] // QUANTILE_SAMPLE, 1)
+    sample = t_end[::stride] - t_start[::stride]
+    median, longest = np.quantile(sample, [0.5, LAG_QUANTILE])
+    h = max(
+        MIN_BLOCK_SHARE * float(median),
+        float(span.sum()) / max_blocks,
+        np.finfo(float).tiny,
+    )
+    per_instance = np.floor(span / h).astype(np.intp) + 1
+    offset = np.concatenate([[0], np.cumsum(per_instance)[:-1]])
+    mid = 0.5 * (t_start + t_end)
+    if n_inst == 1:
+        block = np.minimum(((mid - origin[0]) / h).astype(np.intp), per_instance[0] - 1)
+    else:
+        local = ((mid - origin[instance]) / h).astype(np.intp)
+        block = offset[instance] + np.minimum(local, per_instance[instance] - 1)
+    block_instance = np.repeat(np.arange(n_inst), per_instance)
+    n_lags = int(np.ceil(longest / h))
+    return block, block_instance, min(n_lags, int(per_instance.max()) - 1)
+
+
+def _instance_spans(t_start, t_end, instance):
+    """Instance codes 0..k-1 (None for one instance), each instance's first
+    time and time span."""
+    if instance is None or np.all(instance == instance[0]):
+        origin, last = np.min(t_start), np.max(t_end)
+        return (
+            np.zeros(t_start.shape[0], dtype=np.intp),
+            np.array([origin]),
+            np.array([last - origin]),
+        )
+    _, instance = np.unique(instance, return_inverse=True)
+    n_inst = int(instance.max()) + 1
+    origin = np.full(n_inst, np.inf)
+    np.minimum.at(origin, instance, t_start)
+    last = np.full(n_inst, -np.inf)
+    np.maximum.at(last, instance, t_end)
+    return instance, origin, last - origin
+
+
+def block_scores(
+    jac: np.ndarray,
+    residual: np.ndarray,
+    weight: np.ndarray | None,
+    block: np.ndarray,
+    n_blocks: int,
+) -> np.ndarray:
+    """Per block, the sum of the phases' scores ``w_i J_i r_i``, (n_blocks, k)."""
+    scaled = residual if weight is None else weight * residual
+    return np.column_stack(
+        [
+            np.bincount(block, weights=jac[:, k] * scaled, minlength=n_blocks)
+            for k in range(jac.shape[1])
+        ]
+    )
+
+
+def long_run_covariance(
+    scores: np.ndarray, block_instance: np.ndarray, n_lags: int
+) -> np.ndarray:
+    """Newey-West sum of the block scores' auto-covariances within instances.
+
+    ``M = sum_{b, c} (1 - |b - c| / (L + 1))_+ g_b g_c'`` over pairs of blocks
+    of the same instance. Computed as the overlapping batch means
+    ``sum_w S_w S_w' / (L + 1)``, ``S_w`` the sum of ``L + 1`` consecutive
+    block scores: every pair shares ``L + 1 - |b - c|`` windows, so this is
+    the Bartlett-weighted sum exactly, positive semi-definite and one pass.
+    ``L`` zero blocks before each instance keep windows from joining two.
+    """
+    n_blocks, k = scores.shape
+    width = n_lags + 1
+    padded = np.zeros((n_blocks + (int(block_instance[-1]) + 2) * n_lags, k))
+    padded[np.arange(n_blocks) + (block_instance + 1) * n_lags] = scores
+    cum = np.zeros((padded.shape[0] + 1, k))
+    np.cumsum(padded, axis=0, out=cum[1:])
+    windows = cum[width:] - cum[:-width]
+    return windows.T @ windows / width
+
+
+def sandwich_covariance(
+    jac: np.ndarray,
+    residual: np.ndarray,
+    weight: np.ndarray | None,
+    block: np.ndarray,
+    block_instance: np.ndarray,
+    n_lags: int,
+) -> tuple[np.ndarray, float]:
+    """Time-block robust covariance ``A^-1 M A^-1`` of a least-squares fit.
+
+    ``A = J' W J`` and ``M`` the long-run covariance of the block scores
+    (:func:`long_run_covariance`), times ``G / (G - 1)`` for ``G`` effective
+    blocks. Coefficients whose column of ``J`` is zero, or that the others
+    make (nearly) singular, get an infinite variance: nothing in the trace
+    bounds them. Returns the covariance and ``G``.
+    """
+    # Contiguous: the Jacobian often arrives as a column slice, and a strided
+    # (n, 3) matmul misses BLAS.
+    jac = np.ascontiguousarray(jac, dtype=np.float64)
+    k = jac.shape[1]
+    scores = block_scores(jac, residual, weight, block, block_instance.shape[0])
+    meat = long_run_covariance(scores, block_instance, n_lags)
+    groups = effective_blocks(scores, n_lags)
+    meat *= groups / max(groups - 1.0, 1.0)
+    weighted = jac if weight is None else jac * np.asarray(weight)[:, None]
+    bread = weighted.T @ jac
+    cov = np.full((k, k), np.inf)
+    scale = np.sqrt(np.diag(bread))
+    usable = scale > 0
+    if not usable.any():
+        return cov, groups
+    unit = bread[np.ix_(usable, usable)] / np.outer(scale[usable], scale[usable])
+    if np.linalg.cond(unit) > 1e12:
+        return cov, groups
+    inverse = np.linalg.inv(unit) / np.outer(scale[usable], scale[usable])
+    cov[np.ix_(usable, usable)] = inverse @ meat[np.ix_(usable, usable)] @ inverse
+    return cov, groups
+
+
+def effective_blocks(scores: np.ndarray, n_lags: int) -> float:
+    """Number of roughly independent groups: non-empty blocks per lag window."""
+    nonempty = float(np.count_nonzero(np.any(scores != 0, axis=1)))
+    return max(nonempty / (n_lags + 1.0), 1.0)
+
+
+def interval_quantile(level: float, dof: float) -> float:
+    """Two-sided Student-t quantile of ``level`` with ``dof`` degrees of freedom."""
+    return float(stats.t.ppf(0.5 + 0.5 * level, max(dof, 1.0)))
+
+
+def wald_intervals(
+    beta: np.ndarray,
+    cov: np.ndarray,
+    level: float,
+    dof: float,
+    at_bound: np.ndarray,
+) -> np.ndarray:
+    """Intervals ``beta +- q se``, shape (k, 2), clipped at the zero bound.
+
+    A coefficient at its bound (``at_bound``) is an NNLS constraint, not a
+    measurement: its interval is ``[0, q1 se]`` with the one-sided quantile
+    ``q1`` of ``level`` (the true value is non-negative; the estimate could
+    not go below 0).
+    """
+    se = np.sqrt(np.maximum(np.diag(cov), 0.0))
+    q = interval_quantile(level, dof)
+    one_sided = interval_quantile(2.0 * level - 1.0, dof)
+    lower = np.where(at_bound, 0.0, np.maximum(beta - q * se, 0.0))
+    upper = np.where(at_bound, one_sided * se, beta + q * se)
+    return np.column_stack([lower, upper])
+
+
+def sandwich_intervals(
+    beta: np.ndarray,
+    jac: np.ndarray,
+    residual: np.ndarray,
+    weight: np.ndarray | None,
+    t_start: np.ndarray,
+    t_end: np.ndarray,
+    instance: np.ndarray | None,
+    level: float,
+    at_bound: np.ndarray,
+) -> np.ndarray:
+    """Confidence intervals of a least-squares fit by the time-block sandwich.
+
+    Parameters
+    ----------
+    beta : ndarray of shape (k,)
+        Fitted coefficients.
+    jac : ndarray of shape (n_phases, k)
+        Derivative of each phase's fitted quantity with respect to ``beta``.
+    residual : ndarray of shape (n_phases,)
+        Fitted minus observed quantity (or the reverse: the sign cancels).
+    weight : ndarray of shape (n_phases,) or None
+        Weights of the least-squares objective.
+    t_start, t_end, instance : ndarray of shape (n_phases,)
+        Phase windows and instance codes, for the time blocks.
+    level : float
+        Confidence level in (0, 1).
+    at_bound : ndarray of bool, shape (k,)
+        Coefficients held at zero by the non-negativity constraint.
+
+    Returns
+    -------
+    intervals : ndarray of shape (k, 2)
+        Lower and upper limits, in the unit of ``beta``.
+    """
+    block, block_instance, n_lags = time_blocks(t_start, t_end, instance)
+    cov, groups = sandwich_covariance(
+        jac, residual, weight, block, block_instance, n_lags
+    )
+    return wald_intervals(
+        beta, cov, level, groups - 1.0, np.asarray(at_bound, dtype=bool)
+    )
+
+
+def trust_warnings(
+    beta: np.ndarray,
+    intervals: np.ndarray | None,
+    at_bound: list[str] | tuple[str, ...],
+    *,
+    estimator: str,
+    level: float | None,
+    stacklevel: int = 3,
+) -> list[str]:
+    """Warn about betas at their zero bound and intervals wider than half a beta.
+
+    Returns the names of the coefficients warned about.
+    """
+    flagged = []
+    for k, name in enumerate(BETA_NAMES):
+        interval = "" if intervals is None else _interval_text(level, intervals[k])
+        if name in at_bound:
+            warnings.warn(
+                f"{estimator}: {name} = {beta[k]:.4g} is at its zero bound"
+                f"{interval}: the non-negativity constraint, not the trace, set "
+                "it. Check the engine settings (chunk_size, token_budget) and "
+                "the decode token convention, or use a trace with more varied "
+                "load.",
+                UncertaintyWarning,
+                stacklevel=stacklevel,
+            )
+            flagged.append(name)
+        elif intervals is not None and _too_wide(beta[k], intervals[k]):
+            warnings.warn(
+                f"{estimator}: {name} = {beta[k]:.4g} is uncertain"
+                f"{interval}, wider than {WIDE_INTERVAL_SHARE:.0%} of its "
+                "value. Use a longer trace, or one whose load varies more.",
+                UncertaintyWarning,
+                stacklevel=stacklevel,
+            )
+            flagged.append(name)
+    return flagged
+
+
+def interval_summary(intervals: np.ndarray | None, level: float | None) -> dict | None:
+    """``{"level": level, "beta0": [lo, hi], ...}``, or None without intervals."""
+    if intervals is None:
+        return None
+    limits = {name: intervals[k].tolist() for k, name in enumerate(BETA_NAMES)}
+    return {"level": level, **limits}
+
+
+def _too_wide(beta: float, interval: np.ndarray) -> bool:
+    # NaN (no interval) is not "wide"; an infinite one is.
+    return bool(interval[1] - interval[0] > WIDE_INTERVAL_SHARE * abs(beta))
+
+
+def _interval_text(level: float, interval: np.ndarray) -> str:
+    return f" ({level:.0%} interval [{interval[0]:.4g}, {interval[1]:.4g}])"
