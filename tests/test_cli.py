@@ -135,7 +135,7 @@ def test_table_output_and_benchmark_format(capsys):
     code, out, _ = run(capsys, "fit", BENCH, "--chunk-size", 256, "--algo", "baseline")
     assert code == 0
     assert "(bench, 120 phases, 60 requests, 1 instance(s))" in out
-    assert re.search(r"^beta2\s+\S+\s+s/decode_token\s+\S+$", out, re.M)
+    assert re.search(r"^beta2\s+\S+\s+s/decode_token\s+\S+(\s+\[.*\])?$", out, re.M)
 
 
 def test_progress_only_on_a_terminal(capsys, monkeypatch):
@@ -441,7 +441,7 @@ def test_help_documents_every_option_and_its_default(capsys):
     help_text = capsys.readouterr().out
     usage = help_text[: help_text.index("\n\n")]
     options = sorted(set(re.findall(r"\[(--[a-z-]+)", usage)) - {"--help"})
-    assert len(options) == 27
+    assert len(options) == 28
     entries = {
         block.split()[0]: block
         for block in re.split(r"\n(?=  -)", help_text)
