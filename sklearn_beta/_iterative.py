@@ -25,6 +25,7 @@ from ._corrections import (
     fixed_correction_mass,
     static_correction_mass,
 )
+from ._edges import fit_with_edge_context
 from ._exposure import (
     _COL,
     EXPOSURE_COLUMNS,
@@ -43,9 +44,11 @@ from ._validation import (
     check_non_negative,
     check_phases,
 )
+from ._what_if import noise_limited_findings
 
 MIN_STEP_TIME = 1e-12
 STOPPING_RULES = ("absolute", "relative")
+EDGE_TREATMENTS = ("auto", "fit")
 OBJECTIVES = ("duration", "step_count")
 #: Step halvings tried when a Gauss-Newton step does not lower the objective.
 MAX_HALVINGS = 8
@@ -689,6 +692,18 @@ class IterativeBetaRegressor(BaseBetaRegressor):
         ``IterativeBetaRegressor("beta_informed", objective="duration",
         stopping="absolute")`` the fit reproduces
         :func:`estimate_betas_iterative` (the published reference) exactly.
+    edges : {"auto", "fit"}, default="auto"
+        Treatment of the trace's edges with the step-count objective. A trace
+        cut from a busy engine misses the requests that ran beside its first
+        and last phases, so their pressures are too low. ``"auto"`` fits the
+        phases more than a request lifetime from each instance's edges, then
+        tests each edge at those betas: an edge whose phases hold many more
+        steps than their ``N_i`` (the visible load is less than the engine
+        ran) stays context only (in the pressures, out of the objective);
+        edges that fit like the interior (an engine that started idle or
+        drained) are fitted too. ``"fit"`` fits every phase (the behaviour
+        before windows were handled). The duration objective always fits
+        every phase. See ``docs/windows.md``.
     verbose : int, default=0
         With ``verbose > 0``, print one line per iteration (betas and their
         change) to stderr.
@@ -714,7 +729,11 @@ class IterativeBetaRegressor(BaseBetaRegressor):
     diagnostics_ : dict
         n_phases, r2, rmse_seconds and mean exposures of the last design;
         its ``condition_number``, ``not_identified`` and ``at_zero_bound``
-        (see :class:`~sklearn_beta.exceptions.IdentifiabilityWarning`).
+        (see :class:`~sklearn_beta.exceptions.IdentifiabilityWarning`);
+        with ``edges="auto"`` and the step-count objective, ``edges``: the
+        number of phases left as context (``n_context``), each instance's
+        start and end edge bias (relative step-count excess at the interior
+        betas) and the largest bias taken as complete (``limit``).
     time_scale_ : float
         The power of two (near the mean time per step) the trace's times were
         divided by for the fit with ``stopping="relative"``, so that the
@@ -777,6 +796,7 @@ class IterativeBetaRegressor(BaseBetaRegressor):
         "init_correction_mode": [StrOptions(set(FIXED_CORRECTION_MODES))],
         "stopping": [StrOptions(set(STOPPING_RULES))],
         "objective": [StrOptions(set(OBJECTIVES))],
+        "edges": [StrOptions(set(EDGE_TREATMENTS))],
         "verbose": ["verbose"],
     }
 
@@ -790,6 +810,7 @@ class IterativeBetaRegressor(BaseBetaRegressor):
         init_correction_mode="end",
         stopping="relative",
         objective="step_count",
+        edges="auto",
         verbose=0,
     ):
         self.correction_mode = correction_mode
@@ -799,6 +820,7 @@ class IterativeBetaRegressor(BaseBetaRegressor):
         self.init_correction_mode = init_correction_mode
         self.stopping = stopping
         self.objective = objective
+        self.edges = edges
         self.verbose = verbose
 
     def _fit_table(self, table, duration, sample_weight):
@@ -809,19 +831,62 @@ class IterativeBetaRegressor(BaseBetaRegressor):
         init_design = baseline_exposures(
             timeline, scaled[:, _COL["step_density"]], self.init_correction_mode
         )
-        beta_init = nnls_fit(init_design, timeline.duration, sample_weight)
-        beta, converged, n_iter, design, history = run_iterations(
-            self.objective,
-            timeline,
-            beta_init,
-            correction_mode=self.correction_mode,
-            max_iter=self.max_iter,
-            tol=self.tol,
-            damping=self.damping,
-            stopping=self.stopping,
-            sample_weight=sample_weight,
-            callback=partial(_print_progress, unit=unit) if self.verbose else None,
-        )
+
+        def fit(weight, start):
+            if start is None:
+                start = nnls_fit(init_design, timeline.duration, weight)
+            return run_iterations(
+                self.objective,
+                timeline,
+                start,
+                correction_mode=self.correction_mode,
+                max_iter=self.max_iter,
+                tol=self.tol,
+                damping=self.damping,
+                stopping=self.stopping,
+                sample_weight=weight,
+                callback=partial(_print_progress, unit=unit) if self.verbose else None,
+            )
+
+        edge_report, findings = None, []
+        if self.objective == "step_count":
+            # Window edges (sklearn_beta/_edges.py): phases whose concurrency
+            # the trace may not show in full are context unless they fit.
+            fixed = static_correction_mass(
+                self.correction_mode,
+                timeline.trace_grid,
+                timeline.is_prefill,
+                timeline.mu,
+            )
+
+            def state(beta, weight=1.0):
+                return _count_state(timeline, beta, self.correction_mode, fixed, weight)
+
+            if self.edges == "auto":
+                result, edge_report, sample_weight = fit_with_edge_context(
+                    timeline.trace_grid,
+                    timeline.is_prefill,
+                    timeline.n_steps,
+                    fit,
+                    lambda beta: state(beta).residual,
+                    sample_weight,
+                    step_count_weights(timeline, sample_weight),
+                )
+            else:
+                result = fit(sample_weight, None)
+            beta, converged, n_iter, design, history = result[:5]
+            # Saturated engines (sklearn_beta/_what_if.py): say which
+            # coefficients the step noise leaves unknown.
+            weight = step_count_weights(timeline, sample_weight)
+            final = state(beta, weight)
+            typical = np.sum(weight[:, None] * final.design, 0) / max(
+                float(np.sum(weight * final.design[:, 0])), 1e-300
+            )
+            findings = noise_limited_findings(
+                final.jac, final.residual, weight, beta, typical
+            )
+        else:
+            beta, converged, n_iter, design, history = fit(sample_weight, None)
         beta = beta * unit
         if not converged:
             warnings.warn(
@@ -844,8 +909,11 @@ class IterativeBetaRegressor(BaseBetaRegressor):
                 sample_weight,
                 estimator=type(self).__name__,
                 stacklevel=5,
+                extra_findings=findings,
             )
         )
+        if edge_report is not None:
+            self.diagnostics_["edges"] = edge_report.as_dict()
         return beta
 
     def _predict_table(self, table):

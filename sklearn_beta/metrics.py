@@ -22,6 +22,7 @@ from sklearn.pipeline import Pipeline
 from ._base import BaseBetaRegressor
 from ._exposure import _COL, PhaseExposureTransformer
 from ._validation import check_phases
+from ._what_if import WHAT_IF_PROBES, probe_relative_errors
 from .model_selection import TraceContextRegressor
 
 # --- Coefficient and step-time errors against known betas (simulated traces) ---
@@ -446,3 +447,54 @@ def phase_scorers(*names: str) -> dict:
     ['duration_r2', 'neg_decode_mape']
     """
     return {name: get_scorer(name) for name in (names or get_scorer_names())}
+
+
+# --- What-if error: steps a window rarely shows ---------------------------------
+
+
+def what_if_error(beta_est, beta_true, probes=None) -> float:
+    """Worst relative error of the step times of a few probe steps.
+
+    A simulator calibrated on a quiet window is asked about a busy hour: the
+    error on the window's own steps (:func:`step_time_error`) does not say
+    how well the betas predict steps the window rarely shows. This is the
+    largest ``|dt_est - dt_true| / dt_true`` over probe steps, with
+    ``dt = beta0 + beta1 * prefill_tokens + beta2 * decode_tokens``.
+
+    Parameters
+    ----------
+    beta_est : array-like of shape (3,)
+        Estimated ``(beta0, beta1, beta2)``.
+    beta_true : array-like of shape (3,)
+        True betas.
+    probes : array-like of shape (n_probes, 2) or None, default=None
+        Probe steps as ``(prefill_tokens, decode_tokens)``. None: a
+        256-request decode batch ``(0, 256)``, a lone 2048-token prefill
+        chunk ``(2048, 0)`` and a mixed step ``(512, 128)``.
+
+    Returns
+    -------
+    error : float
+        The worst relative error over the probes (0.02 means 2 %).
+
+    Raises
+    ------
+    ValueError
+        If a probe is not a pair of finite non-negative token counts, or
+        ``beta_true`` gives a probe a zero step time.
+
+    Examples
+    --------
+    >>> from sklearn_beta.metrics import what_if_error
+    >>> round(what_if_error([5e-3, 2e-5, 1.1e-4], [6e-3, 2e-5, 1e-4]), 6)
+    0.049367
+    >>> round(what_if_error([5e-3, 2e-5, 1.1e-4], [6e-3, 2e-5, 1e-4],
+    ...                     probes=[(2048, 0)]), 6)
+    0.021295
+    """
+    beta_est = _as_beta(beta_est, "beta_est")
+    beta_true = _as_beta(beta_true, "beta_true")
+    if beta_true.ndim != 1 or beta_est.ndim != 1:
+        raise ValueError("beta_est and beta_true must each have shape (3,).")
+    probes = WHAT_IF_PROBES if probes is None else probes
+    return float(np.max(probe_relative_errors(beta_est, beta_true, probes)))
