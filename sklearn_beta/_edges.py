@@ -224,7 +224,7 @@ def fit_with_edge_context(
             "of requests outside it and the betas are biased; export a longer "
             "window.",
             UserWarning,
-            stacklevel=6,
+            stacklevel=5,
         )
         nan = [float("nan")] * zones.lifetime.shape[0]
         report = EdgeReport(0, nan, nan, float("nan"))
