@@ -38,6 +38,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ._nnls import nnls_fit
+
 #: An edge whose phases' step counts at the interior's betas are off by more
 #: than this relative bias (summed over the edge) is always called incomplete.
 #: Without step noise a complete edge fits to rounding; a missing request
@@ -46,6 +48,10 @@ EDGE_BIAS_FLOOR = 1e-3
 #: ... and so is an edge off by more than this many root-mean-square biases
 #: of interior blocks of the same length (the step noise's own level).
 EDGE_BIAS_SPREAD = 4.0
+#: Relative stopping threshold of the interior fit that only tests the edges
+#: (biases are compared at EDGE_BIAS_FLOOR and above); the final fit runs to
+#: the estimator's own ``tol`` from there.
+EDGE_TEST_TOL = 1e-4
 
 
 @dataclass(frozen=True)
@@ -187,35 +193,66 @@ class EdgeReport:
         )
 
 
+def _gauss_newton_step(beta, residual, jac, weight) -> np.ndarray:
+    """One projected Gauss-Newton step of ``sum w (Lambda - N)^2`` from ``beta``."""
+    return nnls_fit(jac, jac @ beta - residual, weight)
+
+
+def _relative_move(beta, new, jac, weight) -> float:
+    """Relative change of the weighted step counts from ``beta`` to ``new``.
+
+    The counts are homogeneous of degree -1 in the betas, so ``J beta`` is
+    minus the counts themselves.
+    """
+    sw = np.sqrt(weight)
+    level = np.linalg.norm(sw * (jac @ beta))
+    return float(np.linalg.norm(sw * (jac @ (new - beta))) / max(level, 1e-300))
+
+
 def fit_with_edge_context(
     trace_grid,
     is_prefill: np.ndarray,
     n_steps: np.ndarray,
-    fit: Callable[[np.ndarray, np.ndarray | None], tuple],
-    residual: Callable[[np.ndarray], np.ndarray],
+    fit: Callable[[np.ndarray | None, np.ndarray | None, bool], tuple],
+    linearised: Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]],
     sample_weight: np.ndarray | None,
     objective_weight: np.ndarray,
-) -> tuple[tuple, EdgeReport, np.ndarray | None]:
-    """Fit on the interior, test the edges, refit with the complete ones.
+) -> tuple[tuple, EdgeReport, np.ndarray | None, tuple | None]:
+    """Fit every phase, test the edges, refit without the incomplete ones.
 
-    ``fit(sample_weight, beta_init)`` runs the estimator with these phase
-    weights (``beta_init=None``: its own start) and returns a tuple whose
-    first item is the betas; ``residual(beta)`` gives ``Lambda_i - N_i``;
-    ``objective_weight`` are the objective's weights of those residuals.
-    When no weighted phase lies in the interior (a trace shorter than about
-    two request lifetimes), the edges cannot be tested: every phase is
-    fitted and the report's ``limit`` is NaN.
+    ``fit(sample_weight, beta_init, final)`` runs the estimator with these
+    phase weights (``beta_init=None``: its own start; ``final=False``: to
+    the looser :data:`EDGE_TEST_TOL`, enough to test the edges) and returns
+    a tuple whose first item is the betas. ``linearised(beta)`` gives the
+    residuals ``Lambda_i - N_i`` and their Jacobian; ``objective_weight``
+    are the objective's weights of those residuals.
 
-    Returns ``(result, report, weight)``: the last fit's result, the
-    :class:`EdgeReport` and the phase weights of that fit.
+    The edges are tested at the interior's betas (:func:`edge_bias`). A
+    complete trace is fitted once: one Gauss-Newton step from the fit of
+    every phase, with the interior's weights, barely changes the interior's
+    step counts (below :data:`EDGE_BIAS_FLOOR`), so the joint betas fit the
+    interior as well as its own, and the edges pass there.
+    Otherwise the interior is fitted in full and the edges tested at its
+    betas. Edges off at the interior's betas may still be complete: where
+    the interior leaves a coefficient loose (a saturated engine whose batch
+    only moves at the trace's ramps), the edges identify it, and every phase
+    then fits as well as the interior fits itself; the fit of every phase
+    stands. When no weighted phase lies in the interior (a trace shorter
+    than about two request lifetimes), the edges cannot be tested: every
+    phase is fitted, with a warning, and the report's ``limit`` is NaN.
+
+    Returns ``(result, report, weight, linearisation)``: the chosen fit's
+    result, the :class:`EdgeReport`, the phase weights of that fit, and
+    ``(residual, jacobian)`` at its betas when already computed (else None).
     """
     t_start = trace_grid.grid[trace_grid.start_idx]
     t_end = trace_grid.grid[trace_grid.end_idx]
     instance = trace_grid.grid_instance[trace_grid.start_idx]
     zones = edge_zones(t_start, t_end, is_prefill, instance)
     weight = np.ones(n_steps.shape[0]) if sample_weight is None else sample_weight
-    interior = weight * zones.interior
-    if not np.any(interior * objective_weight > 0):
+    interior_objective = objective_weight * zones.interior
+    joint = fit(sample_weight, None, True)
+    if not np.any(interior_objective > 0):
         warnings.warn(
             "The trace is shorter than about two request lifetimes (the "
             f"longest request lasts up to {zones.lifetime.max():.4g}), so no "
@@ -227,33 +264,43 @@ def fit_with_edge_context(
             stacklevel=5,
         )
         nan = [float("nan")] * zones.lifetime.shape[0]
-        report = EdgeReport(0, nan, nan, float("nan"))
-        return fit(sample_weight, None), report, sample_weight
-    first = fit(interior, None)
-    start_bias, end_bias, limit = edge_bias(
-        zones, instance, t_start, residual(first[0]), n_steps, objective_weight
-    )
+        return joint, EdgeReport(0, nan, nan, float("nan")), sample_weight, None
+
+    def biases(residual):
+        return edge_bias(zones, instance, t_start, residual, n_steps, objective_weight)
+
+    def report(n_context, start_bias, end_bias, limit):
+        return EdgeReport(n_context, start_bias.tolist(), end_bias.tolist(), limit)
+
+    beta_joint = joint[0]
+    at_joint = linearised(beta_joint)
+    beta_step = _gauss_newton_step(beta_joint, *at_joint, interior_objective)
+    if _relative_move(beta_joint, beta_step, at_joint[1], interior_objective) < (
+        EDGE_BIAS_FLOOR
+    ):
+        # The interior fits the joint betas as well as its own: test there.
+        start_bias, end_bias, limit = biases(at_joint[0])
+        context = context_phases(zones, instance, start_bias, end_bias, limit)
+        if not np.any(context & (weight > 0)):
+            return (
+                joint,
+                report(0, start_bias, end_bias, limit),
+                sample_weight,
+                (at_joint),
+            )
+    interior = fit(weight * zones.interior, beta_step, False)
+    start_bias, end_bias, limit = biases(linearised(interior[0])[0])
     context = context_phases(zones, instance, start_bias, end_bias, limit)
-    if np.any(context & (weight > 0)):
-        # Edges off at the interior's betas may still be complete: where the
-        # interior alone leaves a coefficient loose (a saturated engine whose
-        # batch only moves at the trace's ramps), the edges are what
-        # identifies it. Such a trace fits every phase as well as the
-        # interior fits itself.
-        joint = fit(weight, first[0])
-        joint_start, joint_end, _ = edge_bias(
-            zones, instance, t_start, residual(joint[0]), n_steps, objective_weight
+    joint_start, joint_end, _ = biases(at_joint[0])
+    complete = ~context_phases(zones, instance, joint_start, joint_end, limit)
+    if not np.any(context & (weight > 0)) or np.all(complete):
+        return (
+            joint,
+            report(0, joint_start, joint_end, limit),
+            sample_weight,
+            (at_joint),
         )
-        if not np.any(context_phases(zones, instance, joint_start, joint_end, limit)):
-            report = EdgeReport(0, joint_start.tolist(), joint_end.tolist(), limit)
-            return joint, report, weight
-    report = EdgeReport(
-        int(np.count_nonzero(context & (weight > 0))),
-        start_bias.tolist(),
-        end_bias.tolist(),
-        limit,
-    )
     restored = weight * ~context
-    if np.array_equal(restored, interior):
-        return first, report, interior
-    return fit(restored, first[0]), report, restored
+    n_context = int(np.count_nonzero(context & (weight > 0)))
+    final = fit(restored, interior[0], True)
+    return final, report(n_context, start_bias, end_bias, limit), restored, None

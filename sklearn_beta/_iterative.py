@@ -25,7 +25,7 @@ from ._corrections import (
     fixed_correction_mass,
     static_correction_mass,
 )
-from ._edges import fit_with_edge_context
+from ._edges import EDGE_TEST_TOL, fit_with_edge_context
 from ._exposure import (
     _COL,
     EXPOSURE_COLUMNS,
@@ -832,16 +832,17 @@ class IterativeBetaRegressor(BaseBetaRegressor):
             timeline, scaled[:, _COL["step_density"]], self.init_correction_mode
         )
 
-        def fit(weight, start):
+        def fit(weight, start, final=True):
             if start is None:
                 start = nnls_fit(init_design, timeline.duration, weight)
+            loose = not final and self.stopping == "relative"
             return run_iterations(
                 self.objective,
                 timeline,
                 start,
                 correction_mode=self.correction_mode,
                 max_iter=self.max_iter,
-                tol=self.tol,
+                tol=max(self.tol, EDGE_TEST_TOL) if loose else self.tol,
                 damping=self.damping,
                 stopping=self.stopping,
                 sample_weight=weight,
@@ -862,15 +863,18 @@ class IterativeBetaRegressor(BaseBetaRegressor):
             def state(beta, weight=1.0):
                 return _count_state(timeline, beta, self.correction_mode, fixed, weight)
 
+            linearisation = None
             if self.edges == "auto":
-                result, edge_report, sample_weight = fit_with_edge_context(
-                    timeline.trace_grid,
-                    timeline.is_prefill,
-                    timeline.n_steps,
-                    fit,
-                    lambda beta: state(beta).residual,
-                    sample_weight,
-                    step_count_weights(timeline, sample_weight),
+                result, edge_report, sample_weight, linearisation = (
+                    fit_with_edge_context(
+                        timeline.trace_grid,
+                        timeline.is_prefill,
+                        timeline.n_steps,
+                        fit,
+                        lambda beta: _linearised(state(beta)),
+                        sample_weight,
+                        step_count_weights(timeline, sample_weight),
+                    )
                 )
             else:
                 result = fit(sample_weight, None)
@@ -878,13 +882,11 @@ class IterativeBetaRegressor(BaseBetaRegressor):
             # Saturated engines (sklearn_beta/_what_if.py): say which
             # coefficients the step noise leaves unknown.
             weight = step_count_weights(timeline, sample_weight)
-            final = state(beta, weight)
-            typical = np.sum(weight[:, None] * final.design, 0) / max(
-                float(np.sum(weight * final.design[:, 0])), 1e-300
+            residual, jac = linearisation or _linearised(state(beta))
+            typical = np.sum(weight[:, None] * design, 0) / max(
+                float(np.sum(weight * design[:, 0])), 1e-300
             )
-            findings = noise_limited_findings(
-                final.jac, final.residual, weight, beta, typical
-            )
+            findings = noise_limited_findings(jac, residual, weight, beta, typical)
         else:
             beta, converged, n_iter, design, history = fit(sample_weight, None)
         beta = beta * unit
@@ -940,6 +942,10 @@ class IterativeBetaRegressor(BaseBetaRegressor):
             timeline, beta, self.correction_mode, fixed, n_passes
         )
         return design
+
+
+def _linearised(state: _CountState) -> tuple[np.ndarray, np.ndarray]:
+    return state.residual, state.jac
 
 
 def _timeline_with_target(table: np.ndarray, duration: np.ndarray) -> Timeline:
