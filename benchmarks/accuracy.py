@@ -49,6 +49,7 @@ from sklearn_beta import (
     estimate_betas_iterative,
 )
 from sklearn_beta.datasets import cut_window, simulate_trace
+from sklearn_beta.exceptions import IdentifiabilityWarning
 from sklearn_beta.metrics import coefficient_errors, step_time_error, what_if_error
 
 # H100-like step costs: beta0 ~ 5-8 ms per step, beta1 ~ 2-5e-5 s per prefill
@@ -384,10 +385,17 @@ def pipeline(use_budget: bool = False, **regressor_options) -> Callable:
             IterativeBetaRegressor(**regressor_options),
         )
         with warnings.catch_warnings():
+            # Recorded in the results (not_identified, converged) instead.
             warnings.simplefilter("ignore", ConvergenceWarning)
+            warnings.simplefilter("ignore", IdentifiabilityWarning)
             model.fit(trace.phases)
         reg = model[-1]
-        return reg.beta_, dict(n_iter=reg.n_iter_, converged=reg.converged_)
+        return reg.beta_, dict(
+            n_iter=reg.n_iter_,
+            converged=reg.converged_,
+            not_identified=",".join(reg.diagnostics_.get("not_identified", [])),
+            n_context=reg.diagnostics_.get("edges", {}).get("n_context", 0),
+        )
 
     return fit
 
@@ -453,6 +461,16 @@ def estimators() -> list[Estimator]:
         Estimator(f"step_count[{m}]", pipeline(correction_mode=m), "variant")
         for m in ("beta_informed", "uniform", "none", "end")
     ]
+    # The default before windows were handled: every phase in the objective.
+    out += [
+        Estimator("step_count edges=fit", pipeline(edges="fit"), "edges"),
+        Estimator(
+            "step_count+budget edges=fit",
+            pipeline(use_budget=True, edges="fit"),
+            "edges",
+            needs_budget=True,
+        ),
+    ]
     return out
 
 
@@ -471,6 +489,8 @@ RESULT_COLUMNS = [
     "seconds",
     "n_iter",
     "converged",
+    "not_identified",
+    "n_context",
 ]
 
 
@@ -509,6 +529,8 @@ def run(
                     seconds=seconds,
                     n_iter=info.get("n_iter", np.nan),
                     converged=info.get("converged", np.nan),
+                    not_identified=info.get("not_identified", ""),
+                    n_context=info.get("n_context", np.nan),
                 )
             )
             echo(_result_line(rows[-1]))
@@ -643,6 +665,8 @@ def markdown_windows(results: pd.DataFrame) -> str:
     names = [
         ("baseline[end]", "baseline"),
         ("reference[beta_informed]", "reference"),
+        ("step_count edges=fit", "edges='fit'"),
+        ("step_count+budget edges=fit", "edges='fit'+budget"),
         ("step_count[end_inside] (default)", "default"),
         ("step_count[end_inside]+budget (default)", "default+budget"),
     ]
@@ -652,9 +676,13 @@ def markdown_windows(results: pd.DataFrame) -> str:
     lines = [f"| scenario | {head} |", "|---|" + "---:|" * len(present)]
     for scenario, group in rows.groupby("scenario", sort=False):
         worst = group.groupby("estimator")[["step_time_err", "what_if_err"]].max()
+        flagged = group.groupby("estimator")["not_identified"].agg(
+            lambda v: any(isinstance(x, str) and x for x in v)
+        )
         cells = [
             f"{100 * worst.loc[n, 'step_time_err']:.2f} / "
             f"{100 * worst.loc[n, 'what_if_err']:.2f}"
+            + (" (warns)" if flagged.get(n, False) else "")
             if n in worst.index
             else ""
             for n, _ in present
