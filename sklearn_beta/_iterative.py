@@ -695,15 +695,17 @@ class IterativeBetaRegressor(BaseBetaRegressor):
     edges : {"auto", "fit"}, default="auto"
         Treatment of the trace's edges with the step-count objective. A trace
         cut from a busy engine misses the requests that ran beside its first
-        and last phases, so their pressures are too low. ``"auto"`` fits the
-        phases more than a request lifetime from each instance's edges, then
-        tests each edge at those betas: an edge whose phases hold many more
-        steps than their ``N_i`` (the visible load is less than the engine
-        ran) stays context only (in the pressures, out of the objective);
-        edges that fit like the interior (an engine that started idle or
-        drained) are fitted too. ``"fit"`` fits every phase (the behaviour
-        before windows were handled). The duration objective always fits
-        every phase. See ``docs/windows.md``.
+        and last phases, so their pressures are too low. ``"auto"`` tests
+        each instance's edge zones (about a request lifetime at each end)
+        at the betas of the phases clear of them: an edge whose phases hold
+        more steps than their ``N_i`` beyond the noise level (the visible
+        load is less than the engine ran) stays context only (in the
+        pressures, out of the objective); edges that fit like the interior
+        (an engine that started idle, or drained) are fitted, so a complete
+        trace is fitted on every phase as before. A trace too short to have
+        phases clear of its edges is fitted whole, with a warning. ``"fit"``
+        fits every phase (the behaviour before windows were handled). The
+        duration objective always fits every phase. See ``docs/windows.md``.
     verbose : int, default=0
         With ``verbose > 0``, print one line per iteration (betas and their
         change) to stderr.
@@ -732,8 +734,8 @@ class IterativeBetaRegressor(BaseBetaRegressor):
         (see :class:`~sklearn_beta.exceptions.IdentifiabilityWarning`);
         with ``edges="auto"`` and the step-count objective, ``edges``: the
         number of phases left as context (``n_context``), each instance's
-        start and end edge bias (relative step-count excess at the interior
-        betas) and the largest bias taken as complete (``limit``).
+        start and end edge bias (relative step-count excess of the edge's
+        phases) and the largest bias taken as complete (``limit``).
     time_scale_ : float
         The power of two (near the mean time per step) the trace's times were
         divided by for the fit with ``stopping="relative"``, so that the
