@@ -122,6 +122,13 @@ def window_scenarios() -> list[Scenario]:
             dict(arrival_rate=12.0, token_budget=2048, noise=0.05),
         ),
         (
+            "fleet_noisy",
+            "4 instances (~60 running each), C=512, 5% step noise",
+            (6e-3, 3e-5, 1e-4),
+            512,
+            dict(arrival_rate=44.0, n_instances=4, noise=0.05),
+        ),
+        (
             "saturated_noisy",
             "saturated engine (128 of 128 running), C=256, 5% step noise",
             (6e-3, 2e-5, 1e-4),
