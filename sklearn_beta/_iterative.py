@@ -25,6 +25,7 @@ from ._baseline import design_diagnostics
 from ._constraints import Number, count
 from ._corrections import CORRECTION_MODES, FIXED_CORRECTION_MODES
 from ._design import OBJECTIVES, design_at_betas
+from ._edges import edge_test_settings, fit_step_counts_of_window
 from ._exposure import baseline_exposures
 from ._fixed_point import (
     HISTORY_COLUMNS,
@@ -40,6 +41,9 @@ from ._step_count import fit_step_counts
 from ._units import rescaled_timeline, time_scale
 
 __all__ = ["IterativeBetaRegressor"]
+
+#: Treatments of a trace's edges (``IterativeBetaRegressor(edges=...)``).
+EDGE_TREATMENTS = ("auto", "fit")
 
 
 class IterativeBetaRegressor(BaseBetaRegressor):
@@ -103,6 +107,21 @@ default=None
         ``IterativeBetaRegressor("beta_informed", objective="duration",
         stopping="absolute")`` the fit reproduces
         :func:`estimate_betas_iterative` (the published reference) exactly.
+    edges : {"auto", "fit"}, default="auto"
+        Treatment of the trace's edges with the step-count objective. A trace
+        cut from a busy engine misses the requests that ran beside its first
+        and last phases, so their pressures are too low. ``"auto"`` tests
+        each instance's edge zones (about a request lifetime at each end)
+        at the betas of the phases clear of them: an edge whose phases hold
+        more steps than their ``N_i`` beyond the noise level (the visible
+        load is less than the engine ran) stays context only (in the
+        pressures, out of the objective); edges that fit like the interior
+        (an engine that started idle, or drained) are fitted, so a complete
+        trace is fitted on every phase as before. A trace too short to have
+        phases clear of its edges is fitted whole, with a warning. ``"fit"``
+        fits every phase (the behaviour before windows were handled, and
+        :func:`estimate_betas_iterative`'s). The duration objective always
+        fits every phase. See ``docs/windows.md``.
     verbose : int, default=0
         With ``verbose > 0``, print one line per iteration (betas and their
         change) to stderr.
@@ -131,7 +150,11 @@ default=None
         the last iteration's fit (the reference's report, also the history's
         last row);
         its ``condition_number``, ``not_identified`` and ``at_zero_bound``
-        (see :class:`~sklearn_beta.exceptions.IdentifiabilityWarning`).
+        (see :class:`~sklearn_beta.exceptions.IdentifiabilityWarning`);
+        with ``edges="auto"`` and the step-count objective, ``edges``: the
+        number of phases left as context (``n_context``), each instance's
+        start and end edge bias (relative step-count excess of the edge's
+        phases) and the largest bias taken as complete (``limit``).
     time_scale_ : float
         The power of two (near the mean time per step) the trace's times were
         divided by for the fit with ``stopping="relative"``, so that the
@@ -196,6 +219,7 @@ default=None
         "init_correction_mode": [StrOptions(set(FIXED_CORRECTION_MODES)), None],
         "stopping": [StrOptions(set(STOPPING_RULES))],
         "objective": [StrOptions(set(OBJECTIVES))],
+        "edges": [StrOptions(set(EDGE_TREATMENTS))],
         "verbose": ["verbose"],
     }
 
@@ -209,6 +233,7 @@ default=None
         init_correction_mode=None,
         stopping="relative",
         objective="step_count",
+        edges="auto",
         verbose=0,
     ):
         self.correction_mode = correction_mode
@@ -218,6 +243,7 @@ default=None
         self.init_correction_mode = init_correction_mode
         self.stopping = stopping
         self.objective = objective
+        self.edges = edges
         self.verbose = verbose
 
     def _fit_table(self, table, duration, sample_weight):
@@ -260,18 +286,34 @@ default=None
             unit = time_scale(timeline.n_steps, duration)
         self.time_scale_ = unit
         scaled = rescaled_timeline(replace(timeline, duration=duration), unit)
-        beta_init = nnls_fit(init_design, scaled.duration, sample_weight)
         run = fit_step_counts if self.objective == "step_count" else iterate_betas
         settings = IterationSettings(
             self.correction_mode, self.max_iter, self.tol, self.damping, self.stopping
         )
-        beta, converged, n_iter, design, history = run(
-            scaled,
-            beta_init,
-            settings,
-            sample_weight,
-            partial(_print_progress, unit=unit) if self.verbose else None,
-        )
+        callback = partial(_print_progress, unit=unit) if self.verbose else None
+
+        def fit(weight, beta_init=None, final=True):
+            if beta_init is None:
+                beta_init = nnls_fit(init_design, scaled.duration, weight)
+            chosen = settings if final else edge_test_settings(settings)
+            return run(scaled, beta_init, chosen, weight, callback)
+
+        edges, findings = None, []
+        if self.objective == "step_count":
+            # A window's edges (._edges) and a saturated engine's beta0/beta2
+            # split (._what_if) are read off the step counts.
+            # The diagnostics below weigh the phases as the chosen fit did.
+            result, edges, sample_weight, findings = fit_step_counts_of_window(
+                scaled,
+                fit,
+                self.correction_mode,
+                sample_weight,
+                edges=self.edges,
+                stacklevel=stacklevel,
+            )
+        else:
+            result = fit(sample_weight)
+        beta, converged, n_iter, design, history = result
         beta = beta * unit
         caller = caller or type(self).__name__
         if not converged:
@@ -301,8 +343,11 @@ default=None
                 sample_weight,
                 estimator=caller,
                 stacklevel=stacklevel,
+                extra_findings=findings,
             )
         )
+        if edges is not None:
+            diagnostics["edges"] = edges.as_dict()
         self.diagnostics_ = diagnostics
         return beta
 
