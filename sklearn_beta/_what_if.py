@@ -24,8 +24,8 @@ SPLIT_CORRELATION = 0.99
 SPLIT_SHARE_LIMIT = 0.005
 
 
-def probe_design(probes) -> np.ndarray:
-    """``[1, prefill, decode]`` rows of the probe steps, validated."""
+def probe_tokens(probes) -> np.ndarray:
+    """The probe steps as an array of ``(prefill, decode)`` token counts, validated."""
     probes = np.asarray(probes, dtype=np.float64)
     if probes.ndim != 2 or probes.shape[1] != 2 or probes.shape[0] == 0:
         raise ValueError(
@@ -39,18 +39,25 @@ def probe_design(probes) -> np.ndarray:
             "probes must hold finite non-negative token counts; offending "
             f"probe(s) at positions {rows.tolist()}: {probes[rows].tolist()}."
         )
-    return np.column_stack([np.ones(probes.shape[0]), probes])
+    return probes
 
 
-def probe_relative_errors(beta_est, beta_true, probes) -> np.ndarray:
-    """``|dt_est - dt_true| / dt_true`` on each probe step."""
-    design = probe_design(probes)
+def relative_step_errors(
+    beta_est: np.ndarray, beta_true: np.ndarray, tokens: np.ndarray, what: str
+) -> np.ndarray:
+    """``|dt_est - dt_true| / dt_true`` of each step of ``tokens``.
+
+    ``tokens`` holds ``(T_pf, T_dec)`` per step and ``dt = b0 + b1 T_pf +
+    b2 T_dec``; ``what`` names the steps in the error raised when
+    ``beta_true`` gives one a non-positive time.
+    """
+    design = np.column_stack([np.ones(tokens.shape[0]), tokens])
     true = design @ beta_true
     if np.any(true <= 0):
         rows = np.flatnonzero(true <= 0)[:5]
         raise ValueError(
-            f"beta_true gives probe step(s) {rows.tolist()} a zero duration: "
-            "the relative error is undefined."
+            f"beta_true gives non-positive step times on {what} {rows.tolist()}: "
+            "relative errors are undefined there."
         )
     return np.abs(design @ beta_est - true) / true
 

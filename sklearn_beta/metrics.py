@@ -14,7 +14,7 @@ from ._scorers import (
     phase_durations,
     phase_scorers,
 )
-from ._what_if import WHAT_IF_PROBES, probe_relative_errors
+from ._what_if import WHAT_IF_PROBES, probe_tokens, relative_step_errors
 
 __all__ = [
     "PhaseDurationScorer",
@@ -116,16 +116,8 @@ def step_time_error(beta_true, beta_est, steps) -> float:
     beta_est = _as_beta(beta_est, "beta_est")
     if beta_true.ndim != 1 or beta_est.ndim != 1:
         raise ValueError("beta_true and beta_est must each have shape (3,).")
-    tokens = _step_tokens(steps)
-    design = np.column_stack((np.ones(tokens.shape[0]), tokens))
-    dt_true = design @ beta_true
-    if np.any(dt_true <= 0):
-        bad = np.flatnonzero(dt_true <= 0)[:5]
-        raise ValueError(
-            f"beta_true gives non-positive step times on steps {bad.tolist()}: "
-            "relative errors are undefined there."
-        )
-    return float(np.mean(np.abs(design @ beta_est - dt_true) / dt_true))
+    errors = relative_step_errors(beta_est, beta_true, _step_tokens(steps), "steps")
+    return float(np.mean(errors))
 
 
 def _step_tokens(steps) -> np.ndarray:
@@ -181,7 +173,7 @@ def what_if_error(beta_est, beta_true, probes=None) -> float:
     ------
     ValueError
         If a probe is not a pair of finite non-negative token counts, or
-        ``beta_true`` gives a probe a zero step time.
+        ``beta_true`` gives a probe a non-positive step time.
 
     Examples
     --------
@@ -196,5 +188,5 @@ def what_if_error(beta_est, beta_true, probes=None) -> float:
     beta_true = _as_beta(beta_true, "beta_true")
     if beta_true.ndim != 1 or beta_est.ndim != 1:
         raise ValueError("beta_est and beta_true must each have shape (3,).")
-    probes = WHAT_IF_PROBES if probes is None else probes
-    return float(np.max(probe_relative_errors(beta_est, beta_true, probes)))
+    tokens = probe_tokens(WHAT_IF_PROBES if probes is None else probes)
+    return float(np.max(relative_step_errors(beta_est, beta_true, tokens, "probes")))

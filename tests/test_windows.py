@@ -282,7 +282,7 @@ def test_what_if_error_rejects_bad_probes(probes, match):
 
 
 def test_what_if_error_rejects_bad_betas():
-    with pytest.raises(ValueError, match="zero duration"):
+    with pytest.raises(ValueError, match="non-positive step times on probes"):
         what_if_error(BETA, (0.0, 1e-5, 1e-4), probes=[(0, 0)])
     with pytest.raises(ValueError, match="beta_est"):
         what_if_error((1.0, 2.0), BETA)
