@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 
 from .._columns import PhaseColumns
-from .._validation import check_option, describe_rows, numeric_column
+from .._validation import check_option, numeric_column, request_codes
 
 CUTS = ("arrival", "completion")
 
@@ -104,13 +104,7 @@ def cut_window(
             f"{list(phases.columns)}."
         )
     # Row labels stay: error messages name the caller's rows.
-    ids = phases[request_col]
-    if ids.isna().any():
-        raise ValueError(
-            f"Column {request_col!r} has missing values. "
-            + describe_rows(phases, ids.isna().to_numpy(), needed)
-        )
-    request = pd.factorize(ids)[0]
+    request = request_codes(phases, request_col, needed)
     if how == "arrival":
         times = numeric_column(phases, start_col, needed)
         per_request = np.full(request.max() + 1, np.inf)
