@@ -48,8 +48,9 @@ from sklearn_beta import (
     estimate_betas_baseline,
     estimate_betas_iterative,
 )
-from sklearn_beta.datasets import simulate_trace
-from sklearn_beta.metrics import coefficient_errors, step_time_error
+from sklearn_beta.datasets import cut_window, simulate_trace
+from sklearn_beta.exceptions import IdentifiabilityWarning
+from sklearn_beta.metrics import coefficient_errors, step_time_error, what_if_error
 
 # H100-like step costs: beta0 ~ 5-8 ms per step, beta1 ~ 2-5e-5 s per prefill
 # token, beta2 ~ 0.5-2e-4 s per decode token.
@@ -70,11 +71,86 @@ class Scenario:
     noise: float = 0.0
     n_instances: int = 1
     lengths: dict = field(default_factory=lambda: dict(LENGTHS))
+    #: None: the complete trace; "arrival" / "completion": the export of a
+    #: window holding ``window_share`` of the requests, cut mid-trace
+    #: (``sklearn_beta.datasets.cut_window``).
+    window: str | None = None
+    window_share: float = 0.4
 
     @property
     def chunk_to_overhead(self) -> float:
         """``beta1 * C / beta0``: a full chunk's cost in per-step overheads."""
         return self.beta[1] * self.chunk_size / self.beta[0]
+
+
+def window_scenarios() -> list[Scenario]:
+    """Complete traces whose load varies, and 40 % windows of each, both cuts.
+
+    Heavy load here means ~130-250 running of 256 with the batch moving (the
+    ``heavy_*`` scenarios above saturate at 256 after their ramp); the
+    saturated one keeps 128 slots full, where beta0 and beta2 separate only
+    through the noise-free variation of the batch.
+    """
+    bases = [
+        (
+            "light",
+            "light load (~23 running), C=512",
+            (6e-3, 3e-5, 1e-4),
+            512,
+            dict(arrival_rate=7.0),
+        ),
+        (
+            "heavy",
+            "heavy varying load (~140 running of 256), C=256",
+            (6e-3, 2e-5, 1e-4),
+            256,
+            dict(arrival_rate=14.8),
+        ),
+        (
+            "heavy_noisy",
+            "heavy varying load, C=256, 5% step noise",
+            (6e-3, 2e-5, 1e-4),
+            256,
+            dict(arrival_rate=14.8, noise=0.05),
+        ),
+        (
+            "budget_noisy",
+            "heavy varying load (~125 running), C=512, token "
+            "budget 2048, 5% step noise",
+            (6e-3, 3e-5, 1e-4),
+            512,
+            dict(arrival_rate=12.0, token_budget=2048, noise=0.05),
+        ),
+        (
+            "fleet_noisy",
+            "4 instances (~60 running each), C=512, 5% step noise",
+            (6e-3, 3e-5, 1e-4),
+            512,
+            dict(arrival_rate=44.0, n_instances=4, noise=0.05),
+        ),
+        (
+            "saturated_noisy",
+            "saturated engine (128 of 128 running), C=256, 5% step noise",
+            (6e-3, 2e-5, 1e-4),
+            256,
+            dict(arrival_rate=16.0, max_num_seqs=128, noise=0.05),
+        ),
+    ]
+    out = []
+    for name, description, beta, chunk, options in bases:
+        for window in (None, "arrival", "completion"):
+            label = "full" if window is None else f"{window} window"
+            out.append(
+                Scenario(
+                    f"w_{name}" + ("" if window is None else f"_{window[:3]}"),
+                    f"{description}; {label}",
+                    beta,
+                    chunk,
+                    window=window,
+                    **options,
+                )
+            )
+    return out
 
 
 SCENARIOS = {
@@ -166,6 +242,7 @@ SCENARIOS = {
             n_instances=4,
         ),
     ]
+    + window_scenarios()
 }
 
 
@@ -175,8 +252,14 @@ class Trace:
 
     scenario: Scenario
     phases: pd.DataFrame
-    steps: pd.DataFrame
+    steps: pd.DataFrame  # every step of the continuous trace
     seconds: float
+    window_steps: pd.DataFrame | None = None  # the steps inside the window
+
+    @property
+    def scored_steps(self) -> pd.DataFrame:
+        """The steps a window's step-time error is measured on."""
+        return self.steps if self.window_steps is None else self.window_steps
 
     @property
     def instance_col(self) -> str | None:
@@ -198,7 +281,21 @@ def simulate(scenario: Scenario, n_requests: int, seed: int) -> Trace:
         return_steps=True,
         **scenario.lengths,
     )
-    return Trace(scenario, phases, steps, time.perf_counter() - start)
+    seconds = time.perf_counter() - start
+    if scenario.window is None:
+        return Trace(scenario, phases, steps, seconds)
+    t0, t1 = window_bounds(phases, scenario.window, scenario.window_share)
+    inside = (steps["t_start"] >= t0) & (steps["t_end"] <= t1)
+    window = cut_window(phases, t0, t1, how=scenario.window)
+    return Trace(scenario, window, steps, seconds, steps[inside])
+
+
+def window_bounds(phases: pd.DataFrame, how: str, share: float) -> tuple:
+    """``[t0, t1]`` centred on the trace, selecting ``share`` of the requests."""
+    times = phases.groupby("request_id")
+    per_request = times["t_start"].min() if how == "arrival" else times["t_end"].max()
+    t0, t1 = per_request.quantile([0.5 - share / 2, 0.5 + share / 2])
+    return float(t0), float(t1)
 
 
 # --- Estimators -------------------------------------------------------------
@@ -295,10 +392,17 @@ def pipeline(use_budget: bool = False, **regressor_options) -> Callable:
             IterativeBetaRegressor(**regressor_options),
         )
         with warnings.catch_warnings():
+            # Recorded in the results (not_identified, converged) instead.
             warnings.simplefilter("ignore", ConvergenceWarning)
+            warnings.simplefilter("ignore", IdentifiabilityWarning)
             model.fit(trace.phases)
         reg = model[-1]
-        return reg.beta_, dict(n_iter=reg.n_iter_, converged=reg.converged_)
+        return reg.beta_, dict(
+            n_iter=reg.n_iter_,
+            converged=reg.converged_,
+            not_identified=",".join(reg.diagnostics_.get("not_identified", [])),
+            n_context=reg.diagnostics_.get("edges", {}).get("n_context", 0),
+        )
 
     return fit
 
@@ -364,6 +468,16 @@ def estimators() -> list[Estimator]:
         Estimator(f"step_count[{m}]", pipeline(correction_mode=m), "variant")
         for m in ("beta_informed", "uniform", "none", "end")
     ]
+    # The default before windows were handled: every phase in the objective.
+    out += [
+        Estimator("step_count edges=fit", pipeline(edges="fit"), "edges"),
+        Estimator(
+            "step_count+budget edges=fit",
+            pipeline(use_budget=True, edges="fit"),
+            "edges",
+            needs_budget=True,
+        ),
+    ]
     return out
 
 
@@ -378,9 +492,12 @@ RESULT_COLUMNS = [
     "beta1_err",
     "beta2_err",
     "step_time_err",
+    "what_if_err",
     "seconds",
     "n_iter",
     "converged",
+    "not_identified",
+    "n_context",
 ]
 
 
@@ -412,10 +529,15 @@ def run(
                     beta0_err=err[0],
                     beta1_err=err[1],
                     beta2_err=err[2],
-                    step_time_err=step_time_error(scenario.beta, beta, trace.steps),
+                    step_time_err=step_time_error(
+                        scenario.beta, beta, trace.scored_steps
+                    ),
+                    what_if_err=what_if_error(beta, scenario.beta),
                     seconds=seconds,
                     n_iter=info.get("n_iter", np.nan),
                     converged=info.get("converged", np.nan),
+                    not_identified=info.get("not_identified", ""),
+                    n_context=info.get("n_context", np.nan),
                 )
             )
             echo(_result_line(rows[-1]))
@@ -423,7 +545,7 @@ def run(
 
 
 def describe(trace: Trace) -> dict:
-    s, steps = trace.scenario, trace.steps
+    s, steps = trace.scenario, trace.scored_steps
     return dict(
         scenario=s.name,
         description=s.description,
@@ -433,6 +555,7 @@ def describe(trace: Trace) -> dict:
         token_budget=s.token_budget,
         noise=s.noise,
         n_instances=s.n_instances,
+        window=s.window,
         n_phases=len(trace.phases),
         n_steps=len(steps),
         mean_running=float(steps["n_running"].mean()),
@@ -466,7 +589,8 @@ def _result_line(r: dict) -> str:
     return (
         f"  {r['estimator']:<42} b0 {_pct(r['beta0_err']):>9} "
         f"b1 {_pct(r['beta1_err']):>9} b2 {_pct(r['beta2_err']):>9}  "
-        f"step {100 * r['step_time_err']:7.3f}%  {r['seconds']:6.2f}s{it}{conv}"
+        f"step {100 * r['step_time_err']:7.3f}%  "
+        f"what-if {100 * r['what_if_err']:7.3f}%  {r['seconds']:6.2f}s{it}{conv}"
     )
 
 
@@ -539,6 +663,38 @@ def markdown_headline(results: pd.DataFrame) -> str:
             f"| {scenario} | {row(reference)} | {row(default)} | "
             f"{default['seconds']:.2f} |"
         )
+    return "\n".join(lines)
+
+
+def markdown_windows(results: pd.DataFrame) -> str:
+    """Step-time and what-if error (%) of the published estimators and the
+    default on the window scenarios and their complete traces (worst seed)."""
+    names = [
+        ("baseline[end]", "baseline"),
+        ("reference[beta_informed]", "reference"),
+        ("step_count edges=fit", "edges='fit'"),
+        ("step_count+budget edges=fit", "edges='fit'+budget"),
+        ("step_count[end_inside] (default)", "default"),
+        ("step_count[end_inside]+budget (default)", "default+budget"),
+    ]
+    rows = results[results["scenario"].str.startswith("w_")]
+    present = [(n, label) for n, label in names if n in set(rows["estimator"])]
+    head = " | ".join(f"{label}: step / what-if" for _, label in present)
+    lines = [f"| scenario | {head} |", "|---|" + "---:|" * len(present)]
+    for scenario, group in rows.groupby("scenario", sort=False):
+        worst = group.groupby("estimator")[["step_time_err", "what_if_err"]].max()
+        flagged = group.groupby("estimator")["not_identified"].agg(
+            lambda v: any(isinstance(x, str) and x for x in v)
+        )
+        cells = [
+            f"{100 * worst.loc[n, 'step_time_err']:.2f} / "
+            f"{100 * worst.loc[n, 'what_if_err']:.2f}"
+            + (" (warns)" if flagged.get(n, False) else "")
+            if n in worst.index
+            else ""
+            for n, _ in present
+        ]
+        lines.append(f"| {scenario} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
@@ -623,6 +779,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.render is not None:
         saved = read_results(args.render)
         tables = [markdown_headline(saved), markdown_summary(saved)]
+        if "what_if_err" in saved:
+            tables.append(markdown_windows(saved))
         print("\n\n".join(tables + [markdown_table(saved)]))
         return 0
     if args.n_requests is None:
@@ -652,7 +810,11 @@ def main(argv: list[str] | None = None) -> int:
     with pd.option_context("display.width", 250, "display.max_columns", 20):
         print((100 * pivot).round(3).to_string())
     if args.markdown:
-        tables = [markdown_headline(results), markdown_summary(results)]
+        tables = [
+            markdown_headline(results),
+            markdown_summary(results),
+            markdown_windows(results),
+        ]
         print("\n" + "\n\n".join(tables + [markdown_table(results)]))
     if args.compare is not None:
         merged = compare(results, args.compare)

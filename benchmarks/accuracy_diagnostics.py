@@ -19,15 +19,26 @@ TRUE betas (so that only the method, not the starting point, is on trial):
 5. the correlation of the step count with the decode exposure (beta0 against
    beta2) and the step-count objective's Jacobian conditioning.
 
+With ``--window-probe`` and a window scenario (``w_*_arr`` / ``w_*_com``) it
+measures where a window's incomplete edges leak in instead (docs/windows.md):
+the load the window shows against the engine's near its edges; the fit with
+``sample_weight`` 0 outside the phases whose full-trace context the window
+holds (``complete_context_mask``), on the window and on the full trace, side
+by side (same objective, same start, same time scale?); and the default's
+edge treatment.
+
 Usage::
 
     python benchmarks/accuracy_diagnostics.py [--scenario heavy_c512]
+    python benchmarks/accuracy_diagnostics.py --window-probe \\
+        --scenario w_heavy_arr --n-requests 20000
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -36,6 +47,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from accuracy import SCENARIOS, exact_step_sums, simulate  # noqa: E402
 
+from sklearn_beta import IterativeBetaRegressor, PhaseExposureTransformer  # noqa: E402
 from sklearn_beta._corrections import fixed_correction_mass  # noqa: E402
 from sklearn_beta._exposure import timeline_from_arrays  # noqa: E402
 from sklearn_beta._fixed_point import (  # noqa: E402
@@ -51,6 +63,8 @@ from sklearn_beta._step_count import (  # noqa: E402
     step_count_weights,
 )
 from sklearn_beta._validation import PhaseColumns, check_phases  # noqa: E402
+from sklearn_beta.metrics import coefficient_errors, what_if_error  # noqa: E402
+from sklearn_beta.model_selection import complete_context_mask  # noqa: E402
 
 
 def feature_error(design: np.ndarray, exact: np.ndarray) -> tuple[float, float]:
@@ -64,7 +78,10 @@ def main(argv=None) -> int:
     parser.add_argument("--scenario", default="heavy_c512", choices=list(SCENARIOS))
     parser.add_argument("--n-requests", type=int, default=20000)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--window-probe", action="store_true")
     args = parser.parse_args(argv)
+    if args.window_probe:
+        return window_probe(args.scenario, args.n_requests, args.seed)
 
     scenario = SCENARIOS[args.scenario]
     trace = simulate(scenario, args.n_requests, args.seed)
@@ -196,6 +213,99 @@ def main(argv=None) -> int:
         "   step-count Jacobian (unit columns) singular values "
         f"{np.array2string(sv, precision=3)}, condition {sv[0] / sv[-1]:.0f}"
     )
+    return 0
+
+
+def _fit_window(phases, scenario, sample_weight=None, **regressor):
+    transformer = PhaseExposureTransformer(
+        chunk_size=scenario.chunk_size, token_budget=scenario.token_budget
+    )
+    table = transformer.fit_transform(phases)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return IterativeBetaRegressor(**regressor).fit(
+            table, sample_weight=sample_weight
+        )
+
+
+def _line(label, reg, beta):
+    err = coefficient_errors(beta, reg.beta_)
+    return (
+        f"   {label:<44} b0 {err[0]:+8.2%} b1 {err[1]:+8.2%} b2 {err[2]:+8.2%}"
+        f"  what-if {what_if_error(reg.beta_, beta):7.2%}  time unit "
+        f"{reg.time_scale_:g}, {reg.n_iter_} iterations"
+    )
+
+
+def window_probe(name: str, n_requests: int, seed: int) -> int:
+    """Where a window's incomplete edges leak into the fit (docs/windows.md)."""
+    scenario = SCENARIOS[name]
+    if scenario.window is None:
+        raise SystemExit(f"--window-probe needs a window scenario, got {name!r}")
+    trace = simulate(scenario, n_requests, seed)
+    full = simulate(
+        SCENARIOS[name.rsplit("_", 1)[0]], n_requests, seed
+    ).phases  # the same seed: the continuous trace the window was cut from
+    window, beta = trace.phases, np.asarray(scenario.beta)
+    print(f"# {name}: {scenario.description}; {len(window)} of {len(full)} phases")
+
+    # The load the window shows against the engine's, per step of the window.
+    steps = trace.window_steps
+    mid = 0.5 * (steps["t_start"] + steps["t_end"]).to_numpy()
+    starts, ends = np.sort(window["t_start"]), np.sort(window["t_end"])
+    shown = np.searchsorted(starts, mid) - np.searchsorted(ends, mid)
+    running = steps["n_running"].to_numpy()
+    span = mid.max() - mid.min()
+    for label, part in [
+        ("first 10% of the window", mid < mid.min() + 0.1 * span),
+        ("middle 50%", np.abs(mid - mid.mean()) < 0.25 * span),
+        ("last 10%", mid > mid.max() - 0.1 * span),
+    ]:
+        print(
+            f"   {label:<24} engine runs {running[part].mean():6.1f} requests "
+            f"per step, the window shows {shown[part].mean():6.1f} phases"
+        )
+
+    print("\nFits (errors against the true betas):")
+    print(
+        _line(
+            "window, every phase (edges='fit')",
+            _fit_window(window, scenario, edges="fit"),
+            beta,
+        )
+    )
+    pos = full.index.get_indexer(window.index)
+    complete = complete_context_mask(full, pos).astype(float)
+    print(f"   complete-context phases: {complete.mean():.1%} of the window")
+    on_window = _fit_window(window, scenario, complete, edges="fit")
+    on_full = _fit_window(
+        full,
+        scenario,
+        np.bincount(pos, complete, minlength=len(full)),
+        edges="fit",
+    )
+    print(_line("window, weight 0 outside complete context", on_window, beta))
+    print(_line("full trace, the same weights", on_full, beta))
+    same = (
+        np.allclose(
+            on_window.history_[["beta0", "beta1", "beta2"]].to_numpy(),
+            on_full.history_[["beta0", "beta1", "beta2"]].to_numpy(),
+            rtol=1e-9,
+            atol=0,
+        )
+        if len(on_window.history_) == len(on_full.history_)
+        else False
+    )
+    print(f"   same iterates on window and full trace: {same}")
+    auto = _fit_window(window, scenario)
+    edges = auto.diagnostics_["edges"]
+    print(_line("window, default (edges='auto')", auto, beta))
+    print(
+        f"   context phases {edges['n_context']}; start / end edge bias "
+        f"{np.round(edges['start_bias'], 4)} / {np.round(edges['end_bias'], 4)}"
+        f" (limit {edges['limit']:.4f})"
+    )
+    print(_line("full trace, default", _fit_window(full, scenario), beta))
     return 0
 
 

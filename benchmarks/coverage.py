@@ -52,6 +52,9 @@ LOADS = {
     "light": (replace(SCENARIOS["light"], noise=NOISE), 1000),
     "heavy": (replace(SCENARIOS["heavy_c1024"], noise=NOISE), 6000),
     "fleet": (replace(SCENARIOS["instances"], noise=NOISE), 2000),
+    # A 6000-request heavy trace holds only ~7 independent stretches, so its
+    # interval widths scatter; the same load over 20000 requests has ~25.
+    "heavy_long": (replace(SCENARIOS["heavy_c1024"], noise=NOISE), 20000),
 }
 ESTIMATORS = {
     "iterative (default)": IterativeBetaRegressor(),

@@ -248,6 +248,10 @@ default="end"
         ``"absolute"`` is the reference rule ``||d beta||_2 < tol``.
     objective : {"duration", "step_count"}, default="duration"
         What the betas are fitted to (see :class:`IterativeBetaRegressor`).
+        Every phase is fitted, as the published estimator does: a trace
+        cut from a busy engine is better fitted by
+        :class:`IterativeBetaRegressor`, whose ``edges="auto"`` treats its
+        edges.
     token_budget : int or None, default=None
         Per-step token budget of the engine.
     time_resolution : "auto" or float, default=0.0
@@ -287,6 +291,8 @@ default="end"
             tol=tol,
             stopping=stopping,
             objective=objective,
+            # As published: every phase is fitted, window or not.
+            edges="fit",
         ),
         _ITERATIVE_NAMES,
         caller,

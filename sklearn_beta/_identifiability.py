@@ -133,6 +133,7 @@ def identifiability_diagnostics(
     *,
     estimator: str = "the estimator",
     stacklevel: int = 3,
+    extra_findings: list | tuple = (),
 ) -> dict:
     """Warn about coefficients the trace cannot identify; return diagnostics.
 
@@ -152,6 +153,9 @@ def identifiability_diagnostics(
         Name used in the warning.
     stacklevel : int
         Passed to :func:`warnings.warn`.
+    extra_findings : list of (coefficients, reason)
+        Further findings of the caller, warned about like the trace's own
+        (e.g. :func:`sklearn_beta._what_if.noise_limited_findings`).
 
     Returns
     -------
@@ -165,6 +169,7 @@ def identifiability_diagnostics(
         Once per reason a coefficient is not identified.
     """
     findings = trace_findings(timeline) if timeline is not None else []
+    findings += list(extra_findings)
     named = {c for coefs, _ in findings for c in coefs}
     zero = np.linalg.norm(_weighted(design, sample_weight), axis=0) == 0
     for name in np.asarray(BETA_NAMES)[zero]:

@@ -25,6 +25,7 @@ from ._baseline import design_diagnostics
 from ._constraints import Number, count
 from ._corrections import CORRECTION_MODES, FIXED_CORRECTION_MODES
 from ._design import OBJECTIVES, design_at_betas
+from ._edges import edge_test_settings, fit_step_counts_of_window
 from ._exposure import baseline_exposures
 from ._fixed_point import (
     HISTORY_COLUMNS,
@@ -41,6 +42,9 @@ from ._uncertainty import DEFAULT_CONFIDENCE_LEVEL
 from ._units import rescaled_timeline, time_scale
 
 __all__ = ["IterativeBetaRegressor"]
+
+#: Treatments of a trace's edges (``IterativeBetaRegressor(edges=...)``).
+EDGE_TREATMENTS = ("auto", "fit")
 
 
 class IterativeBetaRegressor(BaseBetaRegressor):
@@ -110,6 +114,21 @@ default=None
         ``docs/uncertainty.md``. None skips them (``beta_ci_`` is None) and
         with them the warning about wide intervals; a beta at its zero bound
         still warns.
+    edges : {"auto", "fit"}, default="auto"
+        Treatment of the trace's edges with the step-count objective. A trace
+        cut from a busy engine misses the requests that ran beside its first
+        and last phases, so their pressures are too low. ``"auto"`` tests
+        each instance's edge zones (about a request lifetime at each end)
+        at the betas of the phases clear of them: an edge whose phases hold
+        more steps than their ``N_i`` beyond the noise level (the visible
+        load is less than the engine ran) stays context only (in the
+        pressures, out of the objective); edges that fit like the interior
+        (an engine that started idle, or drained) are fitted, so a complete
+        trace is fitted on every phase as before. A trace too short to have
+        phases clear of its edges is fitted whole, with a warning. ``"fit"``
+        fits every phase (the behaviour before windows were handled, and
+        :func:`estimate_betas_iterative`'s). The duration objective always
+        fits every phase. See ``docs/windows.md``.
     verbose : int, default=0
         With ``verbose > 0``, print one line per iteration (betas and their
         change) to stderr.
@@ -142,7 +161,11 @@ default=None
         the last iteration's fit (the reference's report, also the history's
         last row);
         its ``condition_number``, ``not_identified`` and ``at_zero_bound``
-        (see :class:`~sklearn_beta.exceptions.IdentifiabilityWarning`).
+        (see :class:`~sklearn_beta.exceptions.IdentifiabilityWarning`);
+        with ``edges="auto"`` and the step-count objective, ``edges``: the
+        number of phases left as context (``n_context``), each instance's
+        start and end edge bias (relative step-count excess of the edge's
+        phases) and the largest bias taken as complete (``limit``).
     time_scale_ : float
         The power of two (near the mean time per step) the trace's times were
         divided by for the fit with ``stopping="relative"``, so that the
@@ -214,6 +237,7 @@ default=None
         "stopping": [StrOptions(set(STOPPING_RULES))],
         "objective": [StrOptions(set(OBJECTIVES))],
         "confidence_level": [Number(Real, 0, 1, closed="neither"), None],
+        "edges": [StrOptions(set(EDGE_TREATMENTS))],
         "verbose": ["verbose"],
     }
 
@@ -228,6 +252,7 @@ default=None
         stopping="relative",
         objective="step_count",
         confidence_level=DEFAULT_CONFIDENCE_LEVEL,
+        edges="auto",
         verbose=0,
     ):
         self.correction_mode = correction_mode
@@ -238,6 +263,7 @@ default=None
         self.stopping = stopping
         self.objective = objective
         self.confidence_level = confidence_level
+        self.edges = edges
         self.verbose = verbose
 
     def _fit_table(self, table, duration, sample_weight):
@@ -280,20 +306,45 @@ default=None
             unit = time_scale(timeline.n_steps, duration)
         self.time_scale_ = unit
         scaled = rescaled_timeline(replace(timeline, duration=duration), unit)
-        beta_init = nnls_fit(init_design, scaled.duration, sample_weight)
         run = fit_step_counts if self.objective == "step_count" else iterate_betas
         settings = IterationSettings(
             self.correction_mode, self.max_iter, self.tol, self.damping, self.stopping
         )
-        solution = []  # the objective's (jac, residual, weight), for beta_ci_
-        beta, converged, n_iter, design, history = run(
-            scaled,
-            beta_init,
-            settings,
-            sample_weight,
-            partial(_print_progress, unit=unit) if self.verbose else None,
-            on_solution=solution.append,
-        )
+        callback = partial(_print_progress, unit=unit) if self.verbose else None
+
+        # The objective's (jac, residual, weight) at each final fit's solution,
+        # by fit: beta_ci_ comes from the fit the edge treatment keeps.
+        solutions = {}
+
+        def fit(weight, beta_init=None, final=True):
+            if beta_init is None:
+                beta_init = nnls_fit(init_design, scaled.duration, weight)
+            chosen = settings if final else edge_test_settings(settings)
+            solved = []
+            result = run(
+                scaled, beta_init, chosen, weight, callback, on_solution=solved.append
+            )
+            if final:
+                solutions[id(result)] = solved[0]
+            return result
+
+        edges, findings = None, []
+        if self.objective == "step_count":
+            # A window's edges (._edges) and a saturated engine's beta0/beta2
+            # split (._what_if) are read off the step counts.
+            # The diagnostics below weigh the phases as the chosen fit did.
+            result, edges, sample_weight, findings = fit_step_counts_of_window(
+                scaled,
+                fit,
+                self.correction_mode,
+                sample_weight,
+                edges=self.edges,
+                stacklevel=stacklevel,
+            )
+        else:
+            result = fit(sample_weight)
+        solution = solutions[id(result)]
+        beta, converged, n_iter, design, history = result
         beta = beta * unit
         caller = caller or type(self).__name__
         if not converged:
@@ -323,10 +374,13 @@ default=None
                 sample_weight,
                 estimator=caller,
                 stacklevel=stacklevel,
+                extra_findings=findings,
             )
         )
+        if edges is not None:
+            diagnostics["edges"] = edges.as_dict()
         self.diagnostics_ = diagnostics
-        self.beta_ci_ = self._beta_intervals(timeline, beta, *solution[0], unit=unit)
+        self.beta_ci_ = self._beta_intervals(timeline, beta, *solution, unit=unit)
         return beta
 
     def _predict_table(self, table):

@@ -13,7 +13,7 @@ import pandas as pd
 from sklearn.model_selection import BaseCrossValidator
 
 from ._grid import build_grid
-from ._validation import PhaseColumns, describe_rows, numeric_column
+from ._validation import PhaseColumns, describe_rows, numeric_column, request_codes
 
 
 @dataclass(frozen=True)
@@ -63,13 +63,7 @@ def _trace_times(X, columns, groups=None) -> _TraceTimes:
             f"Column {t_end_col!r} must be greater than {t_start_col!r}. "
             + describe_rows(frame, bad, needed)
         )
-    ids = frame[request_id_col]
-    if ids.isna().any():
-        raise ValueError(
-            f"Column {request_id_col!r} has missing values. "
-            + describe_rows(frame, ids.isna().to_numpy(), needed)
-        )
-    request = pd.factorize(ids)[0]
+    request = request_codes(frame, request_id_col, needed)
 
     if groups is not None:
         labels = pd.Series(np.asarray(groups))

@@ -397,6 +397,21 @@ def id_codes(column: pd.Series, name: str, sort: bool) -> np.ndarray:
         ) from None
 
 
+def request_codes(frame: pd.DataFrame, name: str, context: list[str]) -> np.ndarray:
+    """Int codes of the request ids in column ``name``, in order of appearance.
+
+    For other modules that read a few columns of a phase table: a missing
+    id is named with its rows, as :func:`check_phases` does.
+    """
+    ids = frame[name]
+    if ids.isna().any():
+        raise ValueError(
+            f"Column {name!r} has missing values. "
+            + describe_rows(frame, ids.isna().to_numpy(), context)
+        )
+    return id_codes(ids, name, sort=False)
+
+
 def repeated_phases(request: np.ndarray, is_prefill: np.ndarray) -> np.ndarray:
     """Rows whose request has more than one row of the same phase type."""
     key = 2 * request + is_prefill

@@ -14,6 +14,7 @@ from ._scorers import (
     phase_durations,
     phase_scorers,
 )
+from ._what_if import WHAT_IF_PROBES, probe_tokens, relative_step_errors
 
 __all__ = [
     "PhaseDurationScorer",
@@ -25,6 +26,7 @@ __all__ = [
     "phase_durations",
     "phase_scorers",
     "step_time_error",
+    "what_if_error",
 ]
 
 # --- Coefficient and step-time errors against known betas (simulated traces) ---
@@ -114,16 +116,8 @@ def step_time_error(beta_true, beta_est, steps) -> float:
     beta_est = _as_beta(beta_est, "beta_est")
     if beta_true.ndim != 1 or beta_est.ndim != 1:
         raise ValueError("beta_true and beta_est must each have shape (3,).")
-    tokens = _step_tokens(steps)
-    design = np.column_stack((np.ones(tokens.shape[0]), tokens))
-    dt_true = design @ beta_true
-    if np.any(dt_true <= 0):
-        bad = np.flatnonzero(dt_true <= 0)[:5]
-        raise ValueError(
-            f"beta_true gives non-positive step times on steps {bad.tolist()}: "
-            "relative errors are undefined there."
-        )
-    return float(np.mean(np.abs(design @ beta_est - dt_true) / dt_true))
+    errors = relative_step_errors(beta_est, beta_true, _step_tokens(steps), "steps")
+    return float(np.mean(errors))
 
 
 def _step_tokens(steps) -> np.ndarray:
@@ -145,3 +139,54 @@ def _step_tokens(steps) -> np.ndarray:
     if not np.all(np.isfinite(tokens)) or np.any(tokens < 0):
         raise ValueError("steps: token counts must be finite and non-negative.")
     return tokens
+
+
+# --- What-if error: steps a window rarely shows ---------------------------------
+
+
+def what_if_error(beta_est, beta_true, probes=None) -> float:
+    """Worst relative error of the step times of a few probe steps.
+
+    A simulator calibrated on a quiet window is asked about a busy hour: the
+    error on the window's own steps (:func:`step_time_error`) does not say
+    how well the betas predict steps the window rarely shows. This is the
+    largest ``|dt_est - dt_true| / dt_true`` over probe steps, with
+    ``dt = beta0 + beta1 * prefill_tokens + beta2 * decode_tokens``.
+
+    Parameters
+    ----------
+    beta_est : array-like of shape (3,)
+        Estimated ``(beta0, beta1, beta2)``.
+    beta_true : array-like of shape (3,)
+        True betas.
+    probes : array-like of shape (n_probes, 2) or None, default=None
+        Probe steps as ``(prefill_tokens, decode_tokens)``. None: a
+        256-request decode batch ``(0, 256)``, a lone 2048-token prefill
+        chunk ``(2048, 0)`` and a mixed step ``(512, 128)``.
+
+    Returns
+    -------
+    error : float
+        The worst relative error over the probes (0.02 means 2 %).
+
+    Raises
+    ------
+    ValueError
+        If a probe is not a pair of finite non-negative token counts, or
+        ``beta_true`` gives a probe a non-positive step time.
+
+    Examples
+    --------
+    >>> from sklearn_beta.metrics import what_if_error
+    >>> round(what_if_error([5e-3, 2e-5, 1.1e-4], [6e-3, 2e-5, 1e-4]), 6)
+    0.049367
+    >>> round(what_if_error([5e-3, 2e-5, 1.1e-4], [6e-3, 2e-5, 1e-4],
+    ...                     probes=[(2048, 0)]), 6)
+    0.021295
+    """
+    beta_est = _as_beta(beta_est, "beta_est")
+    beta_true = _as_beta(beta_true, "beta_true")
+    if beta_true.ndim != 1 or beta_est.ndim != 1:
+        raise ValueError("beta_est and beta_true must each have shape (3,).")
+    tokens = probe_tokens(WHAT_IF_PROBES if probes is None else probes)
+    return float(np.max(relative_step_errors(beta_est, beta_true, tokens, "probes")))

@@ -96,7 +96,10 @@ def test_pressures_do_not_cross_instances(fleet):
 def test_renamed_and_permuted_instances_change_nothing(fleet):
     model = make_pipeline(
         PhaseExposureTransformer(columns={"instance_id": INST}),
-        IterativeBetaRegressor(damping=0.5),
+        # Undamped: damped Gauss-Newton steps halve a coefficient headed for
+        # its zero bound without converging, and the edge test of such an
+        # unsettled fit is not reproducible to 1e-9.
+        IterativeBetaRegressor(),
     )
     reference = model.fit(fleet)[-1].beta_.copy()
     names = {0: "node-c", 1: "node-a", 2: "node-b"}

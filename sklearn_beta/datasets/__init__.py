@@ -2,5 +2,6 @@
 
 from ._base import load_sample_trace
 from ._simulate import simulate_trace
+from ._window import cut_window
 
-__all__ = ["load_sample_trace", "simulate_trace"]
+__all__ = ["cut_window", "load_sample_trace", "simulate_trace"]

@@ -1,0 +1,386 @@
+"""Edges of a window: phases whose concurrency the trace may not show in full.
+
+A trace exported from a busy engine is a window ``[t0, t1]`` of continuous
+serving. Requests that ran beside the window's first and last phases are
+missing from it (they arrived before ``t0``, or ended after ``t1``), so near
+each edge the trace's pressures are lower than the load the engine ran. A
+phase there is fitted against too little load: its steps look cheaper than
+they were, and under load a few hundred such phases move the betas by tens of
+percents (docs/windows.md).
+
+Where can the trace be incomplete? Per instance, with ``A``/``Z`` its first
+and last time, ``a`` the first time a request ends and ``z`` the last time
+one starts, and ``L`` the longest a request lasts:
+
+* at the start, requests in flight at ``A`` finish within ``L`` (a window cut
+  by arrival), and requests that ended before the window's start ran only
+  before ``a`` (cut by completion): ``[A, max(a, A + L))``;
+* at the end, symmetrically, ``(min(z, Z - L), Z]``.
+
+A phase touching such an edge zone is kept as *context*: it counts in the
+pressures of its neighbours but not in the objective. Whether an edge really
+was incomplete is then read off the fit: at the betas fitted on the interior,
+the phases of an incomplete edge hold many more steps than their ``N_i``
+(the visible load makes steps look short), while a complete edge (an engine
+that really started idle, or drained) fits like the interior. Edges that fit
+like the interior go back into the objective. A complete trace is thus
+fitted on all its phases, as before.
+
+Every function here works on arrays of one trace (phases, instance codes);
+no loop over phases, requests or segments.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+
+import numpy as np
+
+from ._corrections import static_correction_mass
+from ._fixed_point import IterationSettings
+from ._grid import Timeline
+from ._nnls import nnls_fit
+from ._step_count import count_state, step_count_weights
+from ._what_if import noise_limited_findings
+
+#: An edge whose phases' step counts at the interior's betas are off by more
+#: than this relative bias (summed over the edge) is always called incomplete.
+#: Without step noise a complete edge fits to rounding; a missing request
+#: among ~100 running changes a step by about a percent.
+EDGE_BIAS_FLOOR = 1e-3
+#: ... and so is an edge off by more than this many root-mean-square biases
+#: of interior blocks of the same length (the step noise's own level).
+EDGE_BIAS_SPREAD = 4.0
+#: Relative stopping threshold of the interior fit that only tests the edges
+#: (biases are compared at EDGE_BIAS_FLOOR and above); the final fit runs to
+#: the estimator's own ``tol`` from there.
+EDGE_TEST_TOL = 1e-4
+
+
+@dataclass(frozen=True)
+class EdgeZones:
+    """Per phase: whether it touches its instance's start or end edge zone.
+
+    ``start`` and ``end`` are boolean arrays of shape (n_phases,);
+    ``lifetime`` is the longest request span per instance code.
+    """
+
+    start: np.ndarray
+    end: np.ndarray
+    lifetime: np.ndarray
+    interior_start: np.ndarray  # per instance: max(a, A + L)
+    interior_end: np.ndarray  # per instance: min(z, Z - L)
+
+    @property
+    def interior(self) -> np.ndarray:
+        return ~(self.start | self.end)
+
+
+def _per_instance(values, instance, n_inst, reduce, fill):
+    out = np.full(n_inst, fill, dtype=np.float64)
+    reduce.at(out, instance, values)
+    return out
+
+
+def edge_zones(
+    t_start: np.ndarray,
+    t_end: np.ndarray,
+    is_prefill: np.ndarray,
+    instance: np.ndarray,
+) -> EdgeZones:
+    """The edge zones of every instance of a trace (see the module docstring).
+
+    A request starts with its prefill and ends with its decode, so ``a`` is
+    the first decode end and ``z`` the last prefill start (the first end and
+    the last start of any phase when one phase type is absent). The longest
+    request is bounded by the longest prefill plus the longest decode: a
+    conservative ``L`` that needs no request ids.
+    """
+    instance = np.asarray(instance, dtype=np.intp)
+    n_inst = int(instance.max()) + 1 if instance.size else 0
+    duration = t_end - t_start
+    lo_all = _per_instance(t_start, instance, n_inst, np.minimum, np.inf)
+    hi_all = _per_instance(t_end, instance, n_inst, np.maximum, -np.inf)
+
+    def typed(values, mask, reduce, fill):
+        some = _per_instance(values[mask], instance[mask], n_inst, reduce, fill)
+        every = _per_instance(values, instance, n_inst, reduce, fill)
+        return np.where(np.isfinite(some), some, every)
+
+    first_end = typed(t_end, ~is_prefill, np.minimum, np.inf)
+    last_start = typed(t_start, is_prefill, np.maximum, -np.inf)
+    longest = _per_instance(
+        np.where(is_prefill, duration, 0.0), instance, n_inst, np.maximum, 0.0
+    ) + _per_instance(
+        np.where(is_prefill, 0.0, duration), instance, n_inst, np.maximum, 0.0
+    )
+    interior_start = np.maximum(first_end, lo_all + longest)
+    interior_end = np.minimum(last_start, hi_all - longest)
+    return EdgeZones(
+        start=t_start < interior_start[instance],
+        end=t_end > interior_end[instance],
+        lifetime=longest,
+        interior_start=interior_start,
+        interior_end=interior_end,
+    )
+
+
+def edge_bias(
+    zones: EdgeZones,
+    instance: np.ndarray,
+    t_start: np.ndarray,
+    residual: np.ndarray,
+    n_steps: np.ndarray,
+    weight: np.ndarray,
+) -> tuple[np.ndarray, np.ndarray, float]:
+    """Relative step-count bias of each edge, and what the noise allows.
+
+    ``residual`` is ``Lambda_i - N_i`` at the interior's betas and ``weight``
+    the objective's weights. Returns ``(start_bias, end_bias, limit)``: per
+    instance, ``sum w r / sum w N`` over the phases of each edge zone (NaN
+    where the zone holds no weighted phase) and the largest bias a complete
+    edge shows, ``max(EDGE_BIAS_FLOOR, EDGE_BIAS_SPREAD * rms)`` with rms the
+    root-mean-square bias of interior blocks as long as an edge zone.
+    """
+    instance = np.asarray(instance, dtype=np.intp)
+    n_inst = zones.lifetime.shape[0]
+    wr, wn = weight * residual, weight * n_steps
+
+    def bias(mask, groups, n_groups):
+        num = np.bincount(groups[mask], wr[mask], minlength=n_groups)
+        den = np.bincount(groups[mask], wn[mask], minlength=n_groups)
+        return np.divide(num, den, out=np.full(n_groups, np.nan), where=den > 0)
+
+    start_bias = bias(zones.start, instance, n_inst)
+    end_bias = bias(zones.end & ~zones.start, instance, n_inst)
+    inner = zones.interior
+    span = np.maximum(zones.lifetime, np.finfo(float).tiny)
+    block = np.floor((t_start - zones.interior_start[instance]) / span[instance])
+    n_blocks = int(np.max(block[inner], initial=0)) + 1
+    group = np.where(inner, instance * n_blocks + np.maximum(block, 0), 0)
+    blocks = bias(inner, group.astype(np.intp), n_inst * n_blocks)
+    blocks = blocks[np.isfinite(blocks)]
+    rms = float(np.sqrt(np.mean(blocks**2))) if blocks.size else 0.0
+    return start_bias, end_bias, max(EDGE_BIAS_FLOOR, EDGE_BIAS_SPREAD * rms)
+
+
+def context_phases(
+    zones: EdgeZones, instance: np.ndarray, start_bias, end_bias, limit: float
+) -> np.ndarray:
+    """Phases left as context: those touching an edge found incomplete.
+
+    An edge with no weighted phase (NaN bias) cannot be tested and stays
+    context.
+    """
+    instance = np.asarray(instance, dtype=np.intp)
+    bad_start = ~(np.abs(start_bias) <= limit)
+    bad_end = ~(np.abs(end_bias) <= limit)
+    return (zones.start & bad_start[instance]) | (zones.end & bad_end[instance])
+
+
+@dataclass(frozen=True)
+class EdgeReport:
+    """What the edge treatment did, for ``diagnostics_["edges"]``."""
+
+    n_context: int  # phases left out of the objective as context
+    start_bias: list  # per instance, relative step-count bias of the start edge
+    end_bias: list
+    limit: float  # largest bias a complete edge shows
+
+    def as_dict(self) -> dict:
+        return dict(
+            n_context=self.n_context,
+            start_bias=self.start_bias,
+            end_bias=self.end_bias,
+            limit=self.limit,
+        )
+
+
+def _gauss_newton_step(beta, residual, jac, weight) -> np.ndarray:
+    """One projected Gauss-Newton step of ``sum w (Lambda - N)^2`` from ``beta``."""
+    return nnls_fit(jac, jac @ beta - residual, weight)
+
+
+def _relative_move(beta, new, jac, weight) -> float:
+    """Relative change of the weighted step counts from ``beta`` to ``new``.
+
+    The counts are homogeneous of degree -1 in the betas, so ``J beta`` is
+    minus the counts themselves.
+    """
+    sw = np.sqrt(weight)
+    level = np.linalg.norm(sw * (jac @ beta))
+    return float(np.linalg.norm(sw * (jac @ (new - beta))) / max(level, 1e-300))
+
+
+def fit_with_edge_context(
+    trace_grid,
+    is_prefill: np.ndarray,
+    n_steps: np.ndarray,
+    fit: Callable[[np.ndarray | None, np.ndarray | None, bool], tuple],
+    linearised: Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]],
+    sample_weight: np.ndarray | None,
+    objective_weight: np.ndarray,
+    *,
+    stacklevel: int,
+) -> tuple[tuple, EdgeReport, np.ndarray | None, tuple | None]:
+    """Fit every phase, test the edges, refit without the incomplete ones.
+
+    ``fit(sample_weight, beta_init, final)`` runs the estimator with these
+    phase weights (``beta_init=None``: its own start; ``final=False``: to
+    the looser :data:`EDGE_TEST_TOL`, enough to test the edges) and returns
+    a tuple whose first item is the betas. ``linearised(beta)`` gives the
+    residuals ``Lambda_i - N_i`` and their Jacobian; ``objective_weight``
+    are the objective's weights of those residuals.
+
+    The edges are tested at the interior's betas (:func:`edge_bias`). A
+    complete trace is fitted once: one Gauss-Newton step from the fit of
+    every phase, with the interior's weights, barely changes the interior's
+    step counts (below :data:`EDGE_BIAS_FLOOR`), so the joint betas fit the
+    interior as well as its own, and the edges pass there.
+    Otherwise the interior is fitted in full and the edges tested at its
+    betas. Edges off at the interior's betas may still be complete: where
+    the interior leaves a coefficient loose (a saturated engine whose batch
+    only moves at the trace's ramps), the edges identify it, and every phase
+    then fits as well as the interior fits itself; the fit of every phase
+    stands. When no weighted phase lies in the interior (a trace shorter
+    than about two request lifetimes), the edges cannot be tested: every
+    phase is fitted, with a warning (``stacklevel`` for
+    :func:`warnings.warn`), and the report's ``limit`` is NaN.
+
+    Returns ``(result, report, weight, linearisation)``: the chosen fit's
+    result, the :class:`EdgeReport`, the phase weights of that fit, and
+    ``(residual, jacobian)`` at its betas when already computed (else None).
+    """
+    t_start = trace_grid.grid[trace_grid.start_idx]
+    t_end = trace_grid.grid[trace_grid.end_idx]
+    instance = trace_grid.grid_instance[trace_grid.start_idx]
+    zones = edge_zones(t_start, t_end, is_prefill, instance)
+    weight = np.ones(n_steps.shape[0]) if sample_weight is None else sample_weight
+    interior_objective = objective_weight * zones.interior
+    joint = fit(sample_weight, None, True)
+    if not np.any(interior_objective > 0):
+        warnings.warn(
+            "The trace is shorter than about two request lifetimes (the "
+            f"longest request lasts up to {zones.lifetime.max():.4g}), so no "
+            "phase lies clear of its edges: every phase is fitted. If the "
+            "trace is a window cut from a busy engine, its edges miss the load "
+            "of requests outside it and the betas are biased; export a longer "
+            "window.",
+            UserWarning,
+            stacklevel=stacklevel,
+        )
+        nan = [float("nan")] * zones.lifetime.shape[0]
+        return joint, EdgeReport(0, nan, nan, float("nan")), sample_weight, None
+
+    def biases(residual):
+        return edge_bias(zones, instance, t_start, residual, n_steps, objective_weight)
+
+    def report(n_context, start_bias, end_bias, limit):
+        return EdgeReport(n_context, start_bias.tolist(), end_bias.tolist(), limit)
+
+    beta_joint = joint[0]
+    at_joint = linearised(beta_joint)
+    beta_step = _gauss_newton_step(beta_joint, *at_joint, interior_objective)
+    if _relative_move(beta_joint, beta_step, at_joint[1], interior_objective) < (
+        EDGE_BIAS_FLOOR
+    ):
+        # The interior fits the joint betas as well as its own: test there.
+        start_bias, end_bias, limit = biases(at_joint[0])
+        context = context_phases(zones, instance, start_bias, end_bias, limit)
+        if not np.any(context & (weight > 0)):
+            return (
+                joint,
+                report(0, start_bias, end_bias, limit),
+                sample_weight,
+                (at_joint),
+            )
+    interior = fit(weight * zones.interior, beta_step, False)
+    start_bias, end_bias, limit = biases(linearised(interior[0])[0])
+    context = context_phases(zones, instance, start_bias, end_bias, limit)
+    joint_start, joint_end, _ = biases(at_joint[0])
+    complete = ~context_phases(zones, instance, joint_start, joint_end, limit)
+    if not np.any(context & (weight > 0)) or np.all(complete):
+        return (
+            joint,
+            report(0, joint_start, joint_end, limit),
+            sample_weight,
+            (at_joint),
+        )
+    restored = weight * ~context
+    n_context = int(np.count_nonzero(context & (weight > 0)))
+    final = fit(restored, interior[0], True)
+    return final, report(n_context, start_bias, end_bias, limit), restored, None
+
+
+def edge_test_settings(settings: IterationSettings) -> IterationSettings:
+    """Settings of a fit that only tests the edges (``final=False``).
+
+    With the relative stopping rule the tolerance is at least
+    :data:`EDGE_TEST_TOL`; the absolute rule is in the trace's time unit,
+    which has no such scale-free floor, and stays as it is.
+    """
+    if settings.stopping != "relative":
+        return settings
+    return replace(settings, tol=max(settings.tol, EDGE_TEST_TOL))
+
+
+def fit_step_counts_of_window(
+    timeline: Timeline,
+    fit: Callable[..., tuple],
+    correction_mode: str,
+    sample_weight: np.ndarray | None,
+    *,
+    edges: str,
+    stacklevel: int,
+) -> tuple[tuple, EdgeReport | None, np.ndarray | None, list]:
+    """The step-count fit of a trace that may be a window cut from serving.
+
+    ``fit(weight, beta_init=None, final=True)`` is the estimator's fit (see
+    :func:`fit_with_edge_context`). With ``edges="auto"`` the edges are
+    treated by :func:`fit_with_edge_context`; with ``"fit"`` every phase is
+    fitted. Then, at the chosen fit's betas and with its phase weights, the
+    step noise is checked for coefficients it leaves unknown
+    (:func:`~sklearn_beta._what_if.noise_limited_findings`), reusing the
+    linearisation of the edge test where it has one. ``stacklevel`` is the
+    caller's, for the short-trace warning.
+
+    Returns ``(result, report, weight, findings)``: ``fit``'s result, the
+    :class:`EdgeReport` (None with ``edges="fit"``), the phase weights of the
+    chosen fit (``sample_weight`` with 0 on the context phases) and the
+    findings for
+    :func:`~sklearn_beta._identifiability.identifiability_diagnostics`.
+    """
+    fixed = static_correction_mass(
+        correction_mode, timeline.trace_grid, timeline.is_prefill, timeline.mu
+    )
+
+    def linearised(beta):
+        state = count_state(timeline, beta, correction_mode, fixed, 1.0)
+        return state.residual, state.jac
+
+    report, linearisation = None, None
+    if edges == "auto":
+        result, report, sample_weight, linearisation = fit_with_edge_context(
+            timeline.trace_grid,
+            timeline.is_prefill,
+            timeline.n_steps,
+            fit,
+            linearised,
+            sample_weight,
+            step_count_weights(timeline, sample_weight),
+            stacklevel=stacklevel + 1,
+        )
+    else:
+        result = fit(sample_weight, None)
+    beta, design = result[0], result[3]
+    weight = step_count_weights(timeline, sample_weight)
+    residual, jac = linearisation or linearised(beta)
+    # The typical step: the design's token counts per step, weighted as the
+    # objective weighs the phases.
+    typical = np.sum(weight[:, None] * design, 0) / max(
+        float(np.sum(weight * design[:, 0])), 1e-300
+    )
+    findings = noise_limited_findings(jac, residual, weight, beta, typical)
+    return result, report, sample_weight, findings
