@@ -301,7 +301,7 @@ def fit_with_edge_context(
     context = context_phases(zones, instance, start_bias, end_bias, limit)
     joint_start, joint_end, _ = biases(at_joint[0])
     complete = ~context_phases(zones, instance, joint_start, joint_end, limit)
-    if not np.any(context & (weight > 0)) or np.all(complete):
+    if not np.any(context & (weight > 0)) or not np.any(~complete & (weight > 0)):
         return (
             joint,
             report(0, joint_start, joint_end, limit),

@@ -60,17 +60,9 @@ NEIGHBOURS = [(128, None), (256, None), (512, None), (None, 2048), (None, None)]
     "engine, truth",
     [
         ({"chunk_size": 256}, (256, None)),  # light load, fixed chunk
-        pytest.param(
+        (
             {"chunk_size": 256, "arrival_rate": 25.0, "max_num_seqs": 64},
             (256, None),
-            # Known weakness (docs/windows.md): on this 600-request trace under
-            # heavy load the edge zones cover most of each training fold, the
-            # interior fit leaves beta0/beta2 loose and edges="auto" drops
-            # complete edges as context (beta0 -100 % in two folds); with
-            # edges="fit" the true chunk size wins by 30x.
-            marks=pytest.mark.xfail(
-                strict=True, reason="edges='auto' on short heavy folds"
-            ),
         ),  # heavy load
         ({"token_budget": 512, "arrival_rate": 8.0}, (None, 512)),  # budgeted
         ({}, (None, None)),  # unchunked

@@ -321,3 +321,29 @@ def test_saturated_engine_without_noise_is_exact_and_silent():
         reg = fit(middle_window(saturated(0.0), "completion"))
     np.testing.assert_allclose(reg.beta_, BETA, rtol=1e-6)
     assert clone(reg).get_params()["edges"] == "auto"
+
+
+def test_cv_fold_with_an_untestable_edge_keeps_every_phase():
+    # A fold that weights the trace's start 0 leaves that edge untestable
+    # (NaN bias); unweighted phases must not decide against the joint fit.
+    phases = simulate_trace(
+        600,
+        beta=BETA,
+        chunk_size=256,
+        max_num_seqs=64,
+        arrival_rate=25.0,
+        prompt_tokens=(600, 0.8),
+        output_tokens=(150, 0.6),
+        noise=0.05,
+        random_state=0,
+    )
+    table = PhaseExposureTransformer(chunk_size=256).fit_transform(phases)
+    for train, _ in TraceBlockSplit(3).split(phases):
+        weight = np.zeros(len(phases))
+        weight[train] = 1.0
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            auto = IterativeBetaRegressor().fit(table, sample_weight=weight)
+            whole = IterativeBetaRegressor(edges="fit").fit(table, sample_weight=weight)
+        assert auto.diagnostics_["edges"]["n_context"] == 0
+        np.testing.assert_allclose(auto.beta_, whole.beta_, rtol=1e-9)
