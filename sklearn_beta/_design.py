@@ -13,12 +13,12 @@ from typing import NamedTuple
 import numpy as np
 from numpy.typing import ArrayLike
 
+from ._constraints import check_option
 from ._corrections import CORRECTION_MODES, static_correction_mass
 from ._fixed_point import settled_design, step_density
 from ._schema import column, read_timeline
 from ._step_count import count_state
 from ._units import rescaled_timeline, time_scale
-from ._validation import check_option
 
 __all__ = ["DesignAtBetas", "design_at_betas"]
 

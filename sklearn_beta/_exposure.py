@@ -13,7 +13,7 @@ from sklearn.base import BaseEstimator, TransformerMixin
 from sklearn.utils._param_validation import StrOptions
 from sklearn.utils.validation import check_is_fitted
 
-from ._constraints import Number, WholeNumber, count
+from ._constraints import Number, WholeNumber, check_chunk_size, count
 from ._corrections import (
     FIXED_CORRECTION_MODES,
     budget_capped_mass,
@@ -24,7 +24,7 @@ from ._corrections import (
 )
 from ._grid import Timeline, build_timeline, phase_integrals, snap_times
 from ._schema import EXPOSURE_COLUMNS, write_exposure_table
-from ._validation import PhaseArrays, PhaseColumns, check_chunk_size, check_phases
+from ._validation import PhaseArrays, PhaseColumns, check_phases
 
 __all__ = ["PhaseExposureTransformer"]
 

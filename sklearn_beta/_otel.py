@@ -192,7 +192,7 @@ def spans_to_phases(frame, cached_attr, consistency_tol) -> pd.DataFrame:
             "t_end": prefill_end,
             "prefill_tokens": (prompt - cached).astype(np.int64),
             "decode_tokens": np.zeros(n, dtype=np.int64),
-            "instance": instance,
+            "instance_id": instance,
         }
     )
     decode_rows = pd.DataFrame(
@@ -203,7 +203,7 @@ def spans_to_phases(frame, cached_attr, consistency_tol) -> pd.DataFrame:
             "t_end": (prefill_end + decode)[decoded],
             "prefill_tokens": np.zeros(int(decoded.sum()), dtype=np.int64),
             "decode_tokens": (completion - 1)[decoded].astype(np.int64),
-            "instance": instance[decoded],
+            "instance_id": instance[decoded],
         }
     )
     order_key = np.concatenate([np.arange(n), np.flatnonzero(decoded)])

@@ -15,7 +15,6 @@ or datetime column, an empty table) raise in both.
 from __future__ import annotations
 
 from dataclasses import dataclass, fields
-from numbers import Integral, Real
 
 import numpy as np
 import pandas as pd
@@ -37,47 +36,6 @@ _CLEAN_HINT = (
 _SCHEMA_NAME = {"n_steps": "N_steps"}
 _NUMERIC = ("t_start", "t_end", "prefill_tokens", "decode_tokens", "n_steps")
 _COUNTS = ("prefill_tokens", "decode_tokens", "n_steps")
-
-
-# --------------------------------------------------------------------------
-# Parameters
-# --------------------------------------------------------------------------
-
-
-def check_chunk_size(chunk_size) -> int:
-    """Return ``chunk_size`` as an int, or raise if it is not a positive integer."""
-    if isinstance(chunk_size, bool) or not isinstance(chunk_size, Integral | float):
-        raise TypeError(
-            f"chunk_size must be a positive integer, got {chunk_size!r} "
-            f"of type {type(chunk_size).__name__}."
-        )
-    if chunk_size < 1:
-        raise ValueError(
-            f"chunk_size must be positive, got {chunk_size!r}: it is the prefill "
-            "chunk size in tokens, a positive integer."
-        )
-    if isinstance(chunk_size, float) and not chunk_size.is_integer():
-        raise ValueError(f"chunk_size must be a positive integer, got {chunk_size!r}.")
-    return int(chunk_size)
-
-
-def check_option(value, options: tuple[str, ...], name: str) -> str:
-    """Return ``value`` if it is one of ``options``, else raise ValueError."""
-    if not isinstance(value, str) or value not in options:
-        raise ValueError(f"{name} must be one of {list(options)}, got {value!r}.")
-    return value
-
-
-def check_non_negative(value, name: str) -> float:
-    """Return ``value`` as a float if it is a finite number >= 0."""
-    if isinstance(value, bool) or not isinstance(value, Real):
-        raise TypeError(
-            f"{name} must be a non-negative number, got {value!r} "
-            f"of type {type(value).__name__}."
-        )
-    if not np.isfinite(value) or value < 0:
-        raise ValueError(f"{name} must be a finite number >= 0, got {value!r}.")
-    return float(value)
 
 
 # --------------------------------------------------------------------------

@@ -143,7 +143,7 @@ def _instance_column(args, fmt: str, phases, notes: list) -> str | None:
     if args.instance_col is not None:
         return args.instance_col
     if fmt in ("otel", "bench"):
-        return "instance"
+        return "instance_id"
     found = next((c for c in INSTANCE_COLUMNS if c in phases.columns), None)
     if found is not None:
         n = phases[found].nunique()

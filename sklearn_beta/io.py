@@ -266,7 +266,7 @@ def read_otel_spans(
             frame[name] = np.nan
     phases = spans_to_phases(frame, cached_tokens_attribute, consistency_tol)
     if time_resolution > 0:
-        codes = pd.factorize(phases["instance"])[0]
+        codes = pd.factorize(phases["instance_id"])[0]
         t_start, t_end = snap_times(
             phases["t_start"].to_numpy(),
             phases["t_end"].to_numpy(),
@@ -394,7 +394,7 @@ def read_benchmark_results(
             "t_end": prefill_end,
             "prefill_tokens": input_len.astype(np.int64),
             "decode_tokens": 0,
-            "instance": "client",
+            "instance_id": "client",
         }
     )
     decode_rows = pd.DataFrame(
@@ -405,7 +405,7 @@ def read_benchmark_results(
             "t_end": (prefill_end + decode_time)[decoded],
             "prefill_tokens": 0,
             "decode_tokens": (output_len - 1)[decoded].astype(np.int64),
-            "instance": "client",
+            "instance_id": "client",
         }
     )
     phases = pd.concat([prefill_rows, decode_rows], ignore_index=True)

@@ -59,6 +59,21 @@ def _r2(observed, predicted) -> float:
     return float(1 - np.sum((observed - predicted) ** 2) / ss_tot)
 
 
+def _against_identity(ax, predicted, observed, **scatter) -> None:
+    """Observed against predicted on ``ax``, with the line y = x; log axes
+    when the values span more than 50x."""
+    if observed.size == 0:
+        return
+    low = min(observed.min(), predicted.min())
+    high = max(observed.max(), predicted.max())
+    ax.plot([low, high], [low, high], color="0.5", lw=1, ls="--", label="y = x")
+    ax.scatter(predicted, observed, **scatter)
+    if low > 0 and high / low > 50:
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+    ax.legend(loc="upper left")
+
+
 def plot_observed_vs_predicted(observed, predicted, is_prefill):
     """Observed against predicted phase durations, per phase type.
 
@@ -85,16 +100,7 @@ def plot_observed_vs_predicted(observed, predicted, is_prefill):
         ax.set_title(f"{name}: {mask.sum()} phases, R² {_r2(obs, pred):.4f}")
         ax.set_xlabel("predicted duration (ms)")
         ax.set_ylabel("observed duration (ms)")
-        if obs.size == 0:
-            continue
-        low = min(obs.min(), pred.min())
-        high = max(obs.max(), pred.max())
-        ax.plot([low, high], [low, high], color="0.5", lw=1, ls="--", label="y = x")
-        ax.scatter(pred, obs, s=14, alpha=0.7, color=_PHASE_COLORS[name])
-        if low > 0 and high / low > 50:
-            ax.set_xscale("log")
-            ax.set_yscale("log")
-        ax.legend(loc="upper left")
+        _against_identity(ax, pred, obs, color=_PHASE_COLORS[name], s=14, alpha=0.7)
     fig.suptitle("Phase durations: observed vs predicted")
     return fig
 
@@ -398,15 +404,7 @@ def plot_replay(held_out: pd.DataFrame):
         ax.set_title(f"{title}: {obs.size} requests, mean |error| {error:.1%}")
         ax.set_xlabel("replayed (ms)")
         ax.set_ylabel("observed (ms)")
-        if obs.size == 0:
-            continue
-        low, high = min(obs.min(), pred.min()), max(obs.max(), pred.max())
-        ax.plot([low, high], [low, high], color="0.5", lw=1, ls="--", label="y = x")
-        ax.scatter(pred, obs, s=10, alpha=0.5, color=color)
-        if low > 0 and high / low > 50:
-            ax.set_xscale("log")
-            ax.set_yscale("log")
-        ax.legend(loc="upper left")
+        _against_identity(ax, pred, obs, color=color, s=10, alpha=0.5)
     fig.suptitle("Held-out replay: each request forecast from its arrival")
     return fig
 

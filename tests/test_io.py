@@ -84,7 +84,7 @@ def _write_spans(path, spans, resource=(("service.instance.id", "i-0"),)):
 def test_otel_fixture_maps_every_request_to_two_phases():
     phases = read_otel_spans(SPANS)
     assert phases.shape == (240, 7)
-    assert sorted(phases["instance"].unique()) == ["vllm-0", "vllm-1", "vllm-2"]
+    assert sorted(phases["instance_id"].unique()) == ["vllm-0", "vllm-1", "vllm-2"]
     assert (phases.groupby("request_id").size() == 2).all()
     assert phases["t_start"].min() == 0.0
     assert phases.attrs["time_origin_unix_nano"] == 1764150000126466453
@@ -140,7 +140,7 @@ def test_otel_phase_times_follow_queue_prefill_decode(tmp_path):
             "t_end": [0.75, 1.75, 2.125, 2.5],
             "prefill_tokens": [300, 0, 200, 0],
             "decode_tokens": [0, 10, 0, 10],
-            "instance": ["i-0"] * 4,
+            "instance_id": ["i-0"] * 4,
         }
     )
     pd.testing.assert_frame_equal(phases, expected, check_dtype=False)
@@ -159,9 +159,9 @@ def test_otel_instance_falls_back_to_host_name_then_default(tmp_path):
     path = _write_spans(
         tmp_path / "h.jsonl", [_span("a")], resource=(("host.name", "node-7"),)
     )
-    assert read_otel_spans(path)["instance"].unique().tolist() == ["node-7"]
+    assert read_otel_spans(path)["instance_id"].unique().tolist() == ["node-7"]
     path = _write_spans(tmp_path / "n.jsonl", [_span("a")], resource=())
-    assert read_otel_spans(path)["instance"].unique().tolist() == ["default"]
+    assert read_otel_spans(path)["instance_id"].unique().tolist() == ["default"]
 
 
 @pytest.mark.parametrize(
@@ -207,7 +207,7 @@ def test_otel_rejects_duplicates_mixed_instances_and_non_json(tmp_path):
 def test_otel_fixture_recovers_the_engine_betas():
     phases = read_otel_spans(SPANS)
     result = estimate_betas_iterative(
-        phases, chunk_size=256, columns={"instance_id": "instance"}
+        phases, chunk_size=256, columns={"instance_id": "instance_id"}
     )
     np.testing.assert_allclose(result.beta, TRUE_BETA, rtol=1e-2)
 

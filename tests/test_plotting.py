@@ -33,7 +33,7 @@ def otel_phases():
 
 @pytest.fixture(scope="module")
 def otel_fit(otel_phases):
-    return fit_trace(otel_phases, chunk_size=256, instance_col="instance")
+    return fit_trace(otel_phases, chunk_size=256, instance_col="instance_id")
 
 
 def test_save_fit_plots_writes_four_pngs(otel_fit, otel_phases, tmp_path):
@@ -79,7 +79,7 @@ def test_figures_have_one_panel_per_phase_type_instance_and_beta(otel_fit, otel_
 
 def test_baseline_fit_plots_a_single_history_point(otel_phases, tmp_path):
     model = make_pipeline(
-        PhaseExposureTransformer(256, columns={"instance_id": "instance"}),
+        PhaseExposureTransformer(256, columns={"instance_id": "instance_id"}),
         BaselineBetaRegressor(),
     ).fit(otel_phases)
     paths = plotting.save_fit_plots(model, otel_phases, tmp_path, dpi=40)

@@ -70,7 +70,7 @@ def test_otel_reader_snaps_rebuilt_boundaries():
     assert np.abs(snapped.t_start - raw.t_start).max() < 1e-6
     assert snapped.t_start.nunique() < raw.t_start.nunique()
     model = make_pipeline(
-        PhaseExposureTransformer(256, columns={"instance_id": "instance"}),
+        PhaseExposureTransformer(256, columns={"instance_id": "instance_id"}),
         IterativeBetaRegressor(),
     )
     np.testing.assert_allclose(model.fit(snapped)[-1].beta_, BETA, rtol=1e-5)

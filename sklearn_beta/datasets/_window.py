@@ -14,7 +14,8 @@ import numpy as np
 import pandas as pd
 
 from .._columns import PhaseColumns
-from .._validation import check_option, numeric_column, request_codes
+from .._constraints import check_option
+from .._validation import numeric_column, request_codes
 
 CUTS = ("arrival", "completion")
 
