@@ -2,7 +2,7 @@
 
 Every reader returns the phase table of docs/method.md section 2 (one row per
 phase, columns ``request_id, phase_type, t_start, t_end, prefill_tokens,
-decode_tokens`` and, for the adapters, ``instance``), ready for
+decode_tokens`` and, for the adapters, ``instance_id``), ready for
 :class:`~sklearn_beta.PhaseExposureTransformer` or the functional estimators.
 
 * :func:`read_phases`: CSV or Parquet already in the reference schema.
@@ -20,7 +20,7 @@ its start ``startTimeUnixNano``, the request's arrival):
 phase-table column     source
 =====================  ==============================================================
 ``request_id``         ``gen_ai.request.id``
-``instance``           first present resource attribute of ``instance_attributes``
+``instance_id``        first present resource attribute of ``instance_attributes``
                        (default ``service.instance.id``, then ``host.name``)
 prefill ``t_start``    arrival + ``gen_ai.latency.time_in_queue``
 prefill ``t_end``      prefill ``t_start`` + ``gen_ai.latency.time_in_model_prefill``
@@ -235,7 +235,7 @@ def read_otel_spans(
     -------
     phases : DataFrame
         Columns ``request_id, phase_type, t_start, t_end, prefill_tokens,
-        decode_tokens, instance``; times in seconds since the earliest arrival
+        decode_tokens, instance_id``; times in seconds since the earliest arrival
         (``attrs["time_origin_unix_nano"]``). Rows are ordered by request,
         prefill before decode.
 
@@ -316,7 +316,7 @@ def read_benchmark_results(
     phases : DataFrame
         Columns ``request_id`` (the request's index in the file),
         ``phase_type, t_start, t_end, prefill_tokens, decode_tokens`` and
-        ``instance`` (``"client"``: the client cannot tell instances apart).
+        ``instance_id`` (``"client"``: the client cannot tell instances apart).
 
     Raises
     ------
