@@ -20,6 +20,7 @@ from ._corrections import (
 )
 from ._grid import Timeline, build_timeline, phase_integrals, snap_times
 from ._validation import PhaseArrays, PhaseColumns, check_chunk_size, check_phases
+from .fleet import is_dask_collection
 
 #: Columns of the exposure table, in order. The first three are the baseline
 #: design ``[N_i, A_pf_i, A_dec_i]``; the rest let the iterative estimator
@@ -381,6 +382,11 @@ decode_tokens_col : str
         self : object
             Fitted transformer.
         """
+        if is_dask_collection(X):  # fleet scale: see sklearn_beta._dask_fit
+            from ._dask_fit import check_phase_partitions
+
+            check_phase_partitions(self, X)
+            return self
         self._validate_params()
         check_phases(X, self._columns())
         self.feature_names_in_ = np.asarray(X.columns, dtype=object)
@@ -401,6 +407,10 @@ decode_tokens_col : str
             Columns :data:`EXPOSURE_COLUMNS`, indexed like ``X``.
         """
         check_is_fitted(self)
+        if is_dask_collection(X):
+            from ._dask_fit import transform_partitions
+
+            return transform_partitions(self, X)
         arrays = check_phases(X, self._columns())
         table = exposure_table(
             arrays,

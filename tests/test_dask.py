@@ -1,0 +1,136 @@
+"""The estimators on a Dask DataFrame equal the pandas fit of the same rows."""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pandas as pd
+import pytest
+from sklearn.pipeline import make_pipeline
+
+from sklearn_beta import (
+    BaselineBetaRegressor,
+    IterativeBetaRegressor,
+    PhaseExposureTransformer,
+)
+from sklearn_beta.datasets import simulate_trace
+
+dd = pytest.importorskip("dask.dataframe")
+distributed = pytest.importorskip("distributed")
+
+BETA = (5e-3, 2e-5, 1e-4)
+RTOL = 1e-9
+
+REGRESSORS = [
+    BaselineBetaRegressor(),
+    IterativeBetaRegressor(),
+    IterativeBetaRegressor(objective="duration"),
+    IterativeBetaRegressor(
+        "beta_informed", objective="duration", stopping="absolute", damping=0.7
+    ),
+]
+
+
+@pytest.fixture(scope="module")
+def client():
+    with (
+        distributed.LocalCluster(
+            n_workers=2, processes=False, threads_per_worker=1, dashboard_address=None
+        ) as cluster,
+        distributed.Client(cluster) as client,
+    ):
+        yield client
+
+
+@pytest.fixture(scope="module")
+def fleet() -> pd.DataFrame:
+    return simulate_trace(
+        1500,
+        beta=BETA,
+        chunk_size=64,
+        max_num_seqs=32,
+        arrival_rate=40.0,
+        noise=0.05,
+        n_instances=4,
+        random_state=0,
+    )
+
+
+def _model(regressor):
+    return make_pipeline(
+        PhaseExposureTransformer(chunk_size=64, instance_col="instance_id"),
+        type(regressor)(**regressor.get_params()),
+    )
+
+
+def _fit_quietly(model, X):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        return model.fit(X)
+
+
+@pytest.mark.parametrize("regressor", REGRESSORS, ids=lambda r: repr(r))
+def test_dask_fit_equals_pandas_fit(client, fleet, regressor):
+    # Sorted by instance then cut into 3 partitions: instances straddle
+    # partitions, so the transformer must shuffle them whole.
+    ddf = dd.from_pandas(fleet.sort_values("instance_id"), npartitions=3)
+    local = _fit_quietly(_model(regressor), fleet)
+    remote = _fit_quietly(_model(regressor), ddf)
+    np.testing.assert_allclose(remote[-1].beta_, local[-1].beta_, rtol=RTOL)
+    # Both fits recover the simulator's betas (the baseline with its known
+    # bias under load): they are not both wrong.
+    recovery = 0.2 if isinstance(regressor, BaselineBetaRegressor) else 0.02
+    np.testing.assert_allclose(remote[-1].beta_, BETA, rtol=recovery)
+    for key in ("r2", "rmse_seconds", "mean_A_pf_tokens", "condition_number"):
+        assert remote[-1].diagnostics_[key] == pytest.approx(
+            local[-1].diagnostics_[key], rel=RTOL
+        )
+    assert remote[-1].diagnostics_["n_phases"] == len(fleet)
+    if isinstance(regressor, IterativeBetaRegressor):
+        assert remote[-1].n_iter_ == local[-1].n_iter_
+        assert remote[-1].time_scale_ == local[-1].time_scale_
+        cols = ["beta0", "beta1", "beta2", "r2", "rmse_seconds"]
+        np.testing.assert_allclose(
+            remote[-1].history_[cols].to_numpy(),
+            local[-1].history_[cols].to_numpy(),
+            rtol=RTOL,
+        )
+    predicted = remote.predict(ddf)
+    assert isinstance(predicted, dd.Series)
+    np.testing.assert_allclose(
+        predicted.compute().reindex(fleet.index).to_numpy(),
+        local.predict(fleet),
+        rtol=RTOL,
+    )
+    assert remote.score(ddf) == pytest.approx(local.score(fleet), rel=RTOL)
+
+
+def test_partitions_holding_whole_instances_are_kept(client, fleet):
+    from sklearn_beta.fleet import whole_instances
+
+    by_instance = [g for _, g in fleet.groupby("instance_id")]
+    ddf = dd.from_pandas(fleet, npartitions=1)
+    ddf = dd.concat([dd.from_pandas(g, npartitions=1) for g in by_instance])
+    assert whole_instances(ddf, "instance_id") is ddf
+    split = dd.from_pandas(fleet.sort_values("instance_id"), npartitions=3)
+    shuffled = whole_instances(split, "instance_id")
+    parts = [p["instance_id"].unique() for p in shuffled.to_delayed()]
+    import dask
+
+    seen = np.concatenate(dask.compute(*parts))
+    assert sorted(seen) == sorted(fleet["instance_id"].unique())
+
+
+def test_y_is_read_on_the_workers(client, fleet):
+    ddf = dd.from_pandas(fleet, npartitions=2)
+    model = _model(BaselineBetaRegressor())
+    table = model[0].fit_transform(ddf)
+    with pytest.raises(TypeError, match="must be None"):
+        model[-1].fit(table, y=np.ones(len(fleet)))
+
+
+def test_missing_column_is_named(client, fleet):
+    ddf = dd.from_pandas(fleet.drop(columns="decode_tokens"), npartitions=2)
+    with pytest.raises(ValueError, match="decode_tokens"):
+        _model(BaselineBetaRegressor()).fit(ddf)
