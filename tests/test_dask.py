@@ -134,3 +134,54 @@ def test_missing_column_is_named(client, fleet):
     ddf = dd.from_pandas(fleet.drop(columns="decode_tokens"), npartitions=2)
     with pytest.raises(ValueError, match="decode_tokens"):
         _model(BaselineBetaRegressor()).fit(ddf)
+
+
+@pytest.mark.parametrize("objective", ["step_count", "duration"])
+def test_worker_lost_between_iterations_changes_nothing(fleet, objective, monkeypatch):
+    import sklearn_beta._dask_fit as dask_fit
+
+    regressor = IterativeBetaRegressor(objective=objective, verbose=1)
+    local = _fit_quietly(_model(regressor), fleet)
+    lost = []
+    with (
+        distributed.LocalCluster(
+            n_workers=2, processes=False, threads_per_worker=1, dashboard_address=None
+        ) as cluster,
+        distributed.Client(cluster) as client,
+    ):
+
+        def close_a_worker(record, unit=1.0):
+            # Between iterations 2 and 3 a worker goes, with the timelines
+            # (and lagged passes) it held; they must be rebuilt elsewhere.
+            if record["iteration"] == 2:
+                worker = next(iter(cluster.workers.values()))
+                lost.append(len(worker.data))
+                cluster.sync(worker.close)
+
+        monkeypatch.setattr(dask_fit, "_print_progress", close_a_worker)
+        ddf = dd.from_pandas(fleet.sort_values("instance_id"), npartitions=4)
+        remote = _fit_quietly(_model(regressor), ddf)
+        assert len(client.scheduler_info()["workers"]) == 1
+    assert lost and lost[0] > 0
+    np.testing.assert_allclose(remote[-1].beta_, local[-1].beta_, rtol=RTOL)
+    assert remote[-1].n_iter_ == local[-1].n_iter_ > 2
+
+
+def test_read_phases_dask_directory_and_glob(client, fleet, tmp_path):
+    from sklearn_beta.fleet import expand_trace_paths, read_phases_dask
+
+    for instance, group in fleet.groupby("instance_id"):
+        group.to_parquet(tmp_path / f"engine-{instance}.parquet")
+    (tmp_path / "notes.txt").write_text("not a trace")
+    assert len(expand_trace_paths(tmp_path)) == fleet["instance_id"].nunique()
+    by_glob = read_phases_dask(str(tmp_path / "engine-*.parquet"), blocksize=None)
+    by_dir = read_phases_dask(tmp_path, blocksize=None)
+    assert by_dir.npartitions == by_glob.npartitions == 4
+    model = _fit_quietly(_model(IterativeBetaRegressor()), by_glob)
+    local = _fit_quietly(_model(IterativeBetaRegressor()), fleet)
+    np.testing.assert_allclose(model[-1].beta_, local[-1].beta_, rtol=RTOL)
+    with pytest.raises(ValueError, match="No trace file"):
+        read_phases_dask(tmp_path / "*.csv")
+    fleet.head(10).to_csv(tmp_path / "extra.csv")
+    with pytest.raises(ValueError, match="mixes CSV and Parquet"):
+        read_phases_dask(tmp_path)
