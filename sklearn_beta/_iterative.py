@@ -34,7 +34,7 @@ from ._exposure import (
     timeline_from_exposures,
     with_time_resolution,
 )
-from ._grid import Timeline, phase_integrals
+from ._grid import Timeline, phase_integrals, phase_integrals_many
 from ._identifiability import identifiability_diagnostics
 from ._nnls import fit_statistics, nnls_fit
 from ._validation import (
@@ -274,11 +274,15 @@ def solved_step_counts(
     return n, np.maximum(n * p_pf - mass, 0.0), jac
 
 
-def _phase_sums(timeline: Timeline, per_segment: np.ndarray) -> np.ndarray:
-    """Sum over each phase's segments of one or several per-segment columns."""
+def _phase_sums(timeline: Timeline, per_segment) -> np.ndarray:
+    """Sum over each phase's segments of one per-segment column, or of several
+    (a list of columns, or an (n_segments, k) array)."""
     tg = timeline.trace_grid
-    cum = np.concatenate([np.zeros_like(per_segment[:1]), np.cumsum(per_segment, 0)])
-    return cum[tg.end_idx] - cum[tg.start_idx]
+    if isinstance(per_segment, np.ndarray) and per_segment.ndim == 1:
+        return phase_integrals(tg, per_segment)
+    if isinstance(per_segment, np.ndarray):
+        per_segment = per_segment.T
+    return phase_integrals_many(tg, per_segment)
 
 
 def _density_of(timeline: Timeline, beta: np.ndarray, n: np.ndarray) -> np.ndarray:
@@ -323,9 +327,7 @@ class _CountState:
 def _count_state(timeline, beta, mode, fixed, weight) -> _CountState:
     mass = solved_correction(timeline, beta, mode, fixed)
     n, prefill_mass, jac = solved_step_counts(timeline, beta, mass)
-    sums = _phase_sums(
-        timeline, np.column_stack([n, prefill_mass, n * timeline.p_dec, jac])
-    )
+    sums = _phase_sums(timeline, [n, prefill_mass, n * timeline.p_dec, *jac.T])
     steps = sums[:, 0]
     residual = steps - timeline.n_steps
     # The design of METHOD 6.2.4, N_i times the pressures averaged over the

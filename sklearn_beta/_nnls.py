@@ -57,7 +57,10 @@ def _tall_reduction(design: np.ndarray, target: np.ndarray):
         r1 = np.linalg.cholesky(design.T @ design).T
         # k is tiny: multiplying by the explicit inverse of R1 is one fast
         # n-by-k matmul, and CholeskyQR's second pass absorbs its rounding.
-        q1 = design @ np.linalg.inv(r1)
+        # Written as (R1^-T A')' : the same products, but OpenBLAS threads an
+        # (n, k) @ (k, k) product so badly that on a busy 2-core machine it took
+        # 2 s instead of 0.05 s at 1e6 rows.
+        q1 = np.ascontiguousarray((np.linalg.inv(r1).T @ design.T).T)
         r2 = np.linalg.cholesky(q1.T @ q1).T
     except np.linalg.LinAlgError:
         return None
