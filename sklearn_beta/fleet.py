@@ -22,9 +22,15 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from ._memory import reuse_freed_memory
 from ._validation import PHASE_COLUMNS, PhaseColumns
 
-__all__ = ["expand_trace_paths", "read_phases_dask", "whole_instances"]
+__all__ = [
+    "expand_trace_paths",
+    "read_phases_dask",
+    "reuse_freed_memory",
+    "whole_instances",
+]
 
 _PARQUET = (".parquet", ".pq")
 _TRACE_SUFFIXES = (".csv", *_PARQUET)
