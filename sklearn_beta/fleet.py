@@ -26,6 +26,7 @@ from ._memory import reuse_freed_memory
 from ._validation import PHASE_COLUMNS, PhaseColumns
 
 __all__ = [
+    "connect",
     "expand_trace_paths",
     "read_phases_dask",
     "reuse_freed_memory",
@@ -43,6 +44,32 @@ def is_dask_collection(obj) -> bool:
     import dask
 
     return dask.is_dask_collection(obj)
+
+
+def connect(address: str):
+    """A ``distributed.Client`` for the command line's ``--dask`` option.
+
+    ``"local"`` starts a ``LocalCluster`` sized to the machine: one
+    single-threaded worker process per core (the fit's work per partition
+    is single-threaded numpy). Anything else is a scheduler address such as
+    ``"tcp://HOST:8786"``. The client becomes the default scheduler of Dask
+    collections until it is closed.
+    """
+    from distributed import Client, LocalCluster
+
+    if address == "local":
+        import os
+
+        cluster = LocalCluster(
+            n_workers=os.cpu_count() or 1, threads_per_worker=1, processes=True
+        )
+        return Client(cluster)
+    if "://" not in address:
+        raise ValueError(
+            f"--dask takes 'local' or a scheduler address such as "
+            f"'tcp://HOST:8786', got {address!r}."
+        )
+    return Client(address)
 
 
 def expand_trace_paths(path_or_glob: str | PathLike | list) -> list[Path]:

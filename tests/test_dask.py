@@ -185,3 +185,10 @@ def test_read_phases_dask_directory_and_glob(client, fleet, tmp_path):
     fleet.head(10).to_csv(tmp_path / "extra.csv")
     with pytest.raises(ValueError, match="mixes CSV and Parquet"):
         read_phases_dask(tmp_path)
+
+
+def test_connect_names_a_bad_address():
+    from sklearn_beta.fleet import connect
+
+    with pytest.raises(ValueError, match="scheduler address"):
+        connect("localhost")
