@@ -187,13 +187,14 @@ def _check_timeline_columns(table: np.ndarray) -> None:
 def timeline_from_exposures(table: np.ndarray) -> Timeline:
     """Rebuild the :class:`Timeline` from an exposure table's columns."""
     _check_timeline_columns(table)
+    # Copies, not views: a timeline must not keep the whole table alive.
     return build_timeline(
         table[:, _COL["t_start"]],
         table[:, _COL["t_end"]],
         table[:, _COL["instance"]].astype(np.intp),
         table[:, _COL["is_prefill"]] == 1,
-        table[:, _COL["n_steps"]],
-        table[:, _COL["missing_prefill_mass"]],
+        np.ascontiguousarray(table[:, _COL["n_steps"]]),
+        np.ascontiguousarray(table[:, _COL["missing_prefill_mass"]]),
         int(table[0, _COL["chunk_size"]]),
         int(table[0, _COL["token_budget"]]) or None,
     )
