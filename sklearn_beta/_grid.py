@@ -63,7 +63,9 @@ def _sorted_boundaries(t_start, t_end, instance):
     order = np.argsort(times, kind="stable")
     if owner[0] != owner[-1] or np.any(owner != owner[0]):
         order = order[np.argsort(owner[order], kind="stable")]
-    return order, times[order], owner[order], owner
+        return order, times[order], owner[order], owner
+    # One instance: every permutation of ``owner`` is ``owner`` (read only).
+    return order, times[order], owner, owner
 
 
 def _new_instants(sorted_t, sorted_owner, resolution: float) -> np.ndarray:
