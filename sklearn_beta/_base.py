@@ -12,6 +12,7 @@ from sklearn.utils.validation import (
 )
 
 from ._schema import EXPOSURE_COLUMNS, column, has_column
+from .fleet import is_dask_collection
 
 N_BETAS = 3
 
@@ -72,6 +73,10 @@ class BaseBetaRegressor(RegressorMixin, BaseEstimator):
         self : object
             Fitted estimator.
         """
+        if is_dask_collection(X):  # fleet scale: see sklearn_beta._dask_fit
+            from ._dask_fit import fit_partitions
+
+            return fit_partitions(self, X, y, sample_weight)
         table, duration = self._check_table(X, y, reset=True)
         if sample_weight is not None:
             sample_weight = _check_sample_weight(
@@ -97,6 +102,10 @@ class BaseBetaRegressor(RegressorMixin, BaseEstimator):
             Predicted durations, in the time unit of the trace.
         """
         check_is_fitted(self)
+        if is_dask_collection(X):
+            from ._dask_fit import predict_partitions
+
+            return predict_partitions(self, X)
         table, _ = self._check_table(X, reset=False, need_y=False)
         return self._predict_table(table)
 
@@ -117,6 +126,10 @@ class BaseBetaRegressor(RegressorMixin, BaseEstimator):
         score : float
         """
         check_is_fitted(self)
+        if is_dask_collection(X):
+            from ._dask_fit import score_partitions
+
+            return score_partitions(self, X, y, sample_weight)
         table, duration = self._check_table(X, y, reset=False)
         return r2_score(
             duration, self._predict_table(table), sample_weight=sample_weight
