@@ -34,14 +34,17 @@ class BaseBetaRegressor(RegressorMixin, BaseEstimator):
             table, y = validate_data(
                 self, X, y, reset=reset, dtype=np.float64, y_numeric=True
             )
-        if table.shape[1] < self._min_columns:
+        self._check_width(table.shape[1])
+        return table, self._durations(table, y) if need_y else None
+
+    def _check_width(self, n_columns: int) -> None:
+        if n_columns < self._min_columns:
             raise ValueError(
                 f"{type(self).__name__} needs the exposure table of "
                 f"PhaseExposureTransformer, with at least {self._min_columns} "
                 f"columns {list(EXPOSURE_COLUMNS[: self._min_columns])}; got "
-                f"{table.shape[1]} feature(s)."
+                f"{n_columns} feature(s)."
             )
-        return table, self._durations(table, y) if need_y else None
 
     @staticmethod
     def _durations(table: np.ndarray, y) -> np.ndarray:

@@ -160,13 +160,7 @@ def fit_partitions(estimator, X, y=None, sample_weight=None):
     for name, value in (("y", y), ("sample_weight", sample_weight)):
         if value is not None:
             raise TypeError(_NOT_COLLECTED.format(name=name))
-    if len(X.columns) < estimator._min_columns:
-        raise ValueError(
-            f"{type(estimator).__name__} needs the exposure table of "
-            f"PhaseExposureTransformer, with at least {estimator._min_columns} "
-            f"columns {list(EXPOSURE_COLUMNS[: estimator._min_columns])}; got "
-            f"{len(X.columns)} feature(s)."
-        )
+    estimator._check_width(len(X.columns))
     estimator.feature_names_in_ = np.asarray(X.columns, dtype=object)
     estimator.n_features_in_ = len(X.columns)
     tables = Partitions.of(X.persist())

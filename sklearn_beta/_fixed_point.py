@@ -164,15 +164,9 @@ class IterationSettings:
     stopping: str
 
 
-class TimelineDurations:
-    """The duration objective's fixed point on one in-memory timeline.
-
-    What :func:`solve_fixed_point` asks of a trace: the next lagged
-    re-weighting pass at given betas (the problem keeps the lagged ``p_eff``),
-    that pass's NNLS of the durations, the basis its stopping rule measures a
-    step in and its fit statistics. The Dask implementation
-    (:mod:`sklearn_beta._dask_fit`) answers with sums over partitions.
-    """
+class TimelineProblem:
+    """A fit's problem on one in-memory timeline: the trace, the correction
+    mode, the weights and the correction that does not depend on the betas."""
 
     def __init__(
         self,
@@ -186,6 +180,20 @@ class TimelineDurations:
         self.fixed = static_correction_mass(
             correction_mode, timeline.trace_grid, timeline.is_prefill, timeline.mu
         )
+
+
+class TimelineDurations(TimelineProblem):
+    """The duration objective's fixed point on one in-memory timeline.
+
+    What :func:`solve_fixed_point` asks of a trace: the next lagged
+    re-weighting pass at given betas (the problem keeps the lagged ``p_eff``),
+    that pass's NNLS of the durations, the basis its stopping rule measures a
+    step in and its fit statistics. The Dask implementation
+    (:mod:`sklearn_beta._dask_fit`) answers with sums over partitions.
+    """
+
+    def __init__(self, timeline, correction_mode, sample_weight=None):
+        super().__init__(timeline, correction_mode, sample_weight)
         self.p_eff = timeline.p_pf_full
 
     def reweighted(self, beta: np.ndarray) -> np.ndarray:

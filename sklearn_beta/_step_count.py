@@ -24,11 +24,11 @@ from ._corrections import (
     budget_capped_mass,
     counted_phases,
     fixed_correction_mass,
-    static_correction_mass,
 )
 from ._fixed_point import (
     MIN_STEP_TIME,
     IterationSettings,
+    TimelineProblem,
     beta_change,
     correction_mass,
     history_record,
@@ -156,7 +156,7 @@ def step_count_weights(
     return weight
 
 
-class TimelineCounts:
+class TimelineCounts(TimelineProblem):
     """The step-count objective of one in-memory timeline.
 
     What :func:`solve_step_counts` asks of a trace: weighted totals, the
@@ -166,17 +166,8 @@ class TimelineCounts:
     questions with sums over partitions, so one loop serves both.
     """
 
-    def __init__(
-        self,
-        timeline: Timeline,
-        correction_mode: str,
-        sample_weight: np.ndarray | None = None,
-    ):
-        self.timeline = timeline
-        self.correction_mode = correction_mode
-        self.fixed = static_correction_mass(
-            correction_mode, timeline.trace_grid, timeline.is_prefill, timeline.mu
-        )
+    def __init__(self, timeline, correction_mode, sample_weight=None):
+        super().__init__(timeline, correction_mode, sample_weight)
         self.weight = step_count_weights(timeline, sample_weight)
 
     def counted_totals(self) -> tuple[int, float, float]:
