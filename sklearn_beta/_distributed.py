@@ -33,7 +33,7 @@ from ._fixed_point import reweighted_design
 from ._identifiability import trace_shape
 from ._nnls import check_finite_design
 from ._schema import column, design_columns, read_timeline
-from ._step_count import TimelineCounts
+from ._step_count import TimelineCounts, newton_target
 from ._units import rescaled_timeline
 
 # --- Reductions ---------------------------------------------------------------
@@ -212,7 +212,7 @@ def count_block(block: Block | None, beta: np.ndarray) -> dict | None:
     state = block.counts.state(beta)
     duration = block.timeline.duration
     root_w = np.sqrt(block.counts.weight)
-    target = state.jac @ state.beta - state.residual
+    target = newton_target(state)
     check_finite_design(state.jac)
     return {
         "loss": state.loss,

@@ -141,6 +141,11 @@ def count_state(timeline, beta, mode, fixed, weight) -> CountState:
     return CountState(beta, residual, jac, design, loss, n, prefill_mass)
 
 
+def newton_target(state: CountState) -> np.ndarray:
+    """Target of the linearised counts: ``jac @ (beta + Delta) ~ jac @ beta - r``."""
+    return state.jac @ state.beta - state.residual
+
+
 def step_count_weights(
     timeline: Timeline, sample_weight: np.ndarray | None = None
 ) -> np.ndarray:
@@ -193,8 +198,7 @@ class TimelineCounts(TimelineProblem):
 
     def proposal(self, state: CountState) -> np.ndarray:
         """The NNLS of the linearised counts: the full Gauss-Newton step's end."""
-        target = state.jac @ state.beta - state.residual
-        return nnls_fit(state.jac, target, self.weight)
+        return nnls_fit(state.jac, newton_target(state), self.weight)
 
     def change_basis(self, state: CountState) -> np.ndarray:
         """What :func:`beta_change` measures a step against: the Jacobian."""
