@@ -7,11 +7,15 @@ and kept there, and each iteration sends the betas out and brings back only
 the statistics of :mod:`sklearn_beta._distributed` (R factors of at most
 4 x 4, column sums, a loss). The phase table never reaches the client.
 
-The fit follows the pandas fit step by step (time unit, baseline start,
-``initial_scale``, Gauss-Newton steps with step halving, the lagged
-re-weighting of the duration objective, the stopping rule, the history and
-the diagnostics), each sum over phases replaced by a sum of per-partition
-sums: the betas agree with the pandas fit of the same rows to rounding.
+The solver loops are the pandas fit's own:
+:func:`~sklearn_beta._step_count.solve_step_counts` (``initial_scale``,
+Gauss-Newton steps with step halving) and
+:func:`~sklearn_beta._fixed_point.solve_fixed_point` (the lagged
+re-weighting of the duration objective) run on :class:`PartitionCounts` and
+:class:`PartitionDurations`, which answer each of the loop's questions with
+one reduction of per-partition sums, where the pandas fit asks one
+in-memory timeline: the betas agree with the pandas fit of the same rows to
+rounding.
 
 Works with the active ``distributed.Client`` (or, without one, Dask's local
 scheduler). A worker lost between iterations costs a recomputation: the
