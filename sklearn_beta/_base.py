@@ -18,6 +18,7 @@ from ._identifiability import BETA_NAMES
 from ._schema import EXPOSURE_COLUMNS, column, has_column, phase_windows
 from ._uncertainty import sandwich_intervals, trust_warnings
 from .exceptions import UncertaintyWarning
+from .fleet import is_dask_collection
 
 N_BETAS = 3
 
@@ -39,14 +40,17 @@ class BaseBetaRegressor(RegressorMixin, BaseEstimator):
             table, y = validate_data(
                 self, X, y, reset=reset, dtype=np.float64, y_numeric=True
             )
-        if table.shape[1] < self._min_columns:
+        self._check_width(table.shape[1])
+        return table, self._durations(table, y) if need_y else None
+
+    def _check_width(self, n_columns: int) -> None:
+        if n_columns < self._min_columns:
             raise ValueError(
                 f"{type(self).__name__} needs the exposure table of "
                 f"PhaseExposureTransformer, with at least {self._min_columns} "
                 f"columns {list(EXPOSURE_COLUMNS[: self._min_columns])}; got "
-                f"{table.shape[1]} feature(s)."
+                f"{n_columns} feature(s)."
             )
-        return table, self._durations(table, y) if need_y else None
 
     @staticmethod
     def _durations(table: np.ndarray, y) -> np.ndarray:
@@ -78,6 +82,10 @@ class BaseBetaRegressor(RegressorMixin, BaseEstimator):
         self : object
             Fitted estimator.
         """
+        if is_dask_collection(X):  # fleet scale: see sklearn_beta._dask_fit
+            from ._dask_fit import fit_partitions
+
+            return fit_partitions(self, X, y, sample_weight)
         table, duration = self._check_table(X, y, reset=True)
         if sample_weight is not None:
             sample_weight = _check_sample_weight(
@@ -166,6 +174,10 @@ class BaseBetaRegressor(RegressorMixin, BaseEstimator):
             Predicted durations, in the time unit of the trace.
         """
         check_is_fitted(self)
+        if is_dask_collection(X):
+            from ._dask_fit import predict_partitions
+
+            return predict_partitions(self, X)
         table, _ = self._check_table(X, reset=False, need_y=False)
         return self._predict_table(table)
 
@@ -186,6 +198,10 @@ class BaseBetaRegressor(RegressorMixin, BaseEstimator):
         score : float
         """
         check_is_fitted(self)
+        if is_dask_collection(X):
+            from ._dask_fit import score_partitions
+
+            return score_partitions(self, X, y, sample_weight)
         table, duration = self._check_table(X, y, reset=False)
         return r2_score(
             duration, self._predict_table(table), sample_weight=sample_weight

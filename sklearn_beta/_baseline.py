@@ -24,15 +24,25 @@ def design_diagnostics(
     sample_weight: np.ndarray | None = None,
 ) -> dict:
     """The diagnostics the reference prints for a fitted design."""
-    r2, rmse = fit_statistics(duration, design @ beta, sample_weight)
+    scores = fit_statistics(duration, design @ beta, sample_weight)
+    sums = [float(np.sum(duration))] + [float(np.sum(c)) for c in design.T]
+    return diagnostics_from_sums(design.shape[0], scores, sums)
+
+
+def diagnostics_from_sums(
+    n_phases: int, scores: tuple[float, float], sums: list[float]
+) -> dict:
+    """:func:`design_diagnostics` from ``(r2, rmse)`` and the sums of the
+    durations and of the three design columns over the phases."""
+    means = [total / n_phases for total in sums]
     return {
-        "n_phases": int(design.shape[0]),
-        "r2": r2,
-        "rmse_seconds": rmse,
-        "mean_duration_seconds": float(np.mean(duration)),
-        "mean_steps": float(np.mean(design[:, 0])),
-        "mean_A_pf_tokens": float(np.mean(design[:, 1])),
-        "mean_A_dec_tokens": float(np.mean(design[:, 2])),
+        "n_phases": int(n_phases),
+        "r2": scores[0],
+        "rmse_seconds": scores[1],
+        "mean_duration_seconds": means[0],
+        "mean_steps": means[1],
+        "mean_A_pf_tokens": means[2],
+        "mean_A_dec_tokens": means[3],
     }
 
 

@@ -25,6 +25,7 @@ from ._corrections import (
 from ._grid import Timeline, build_timeline, phase_integrals, snap_times
 from ._schema import EXPOSURE_COLUMNS, write_exposure_table
 from ._validation import PhaseArrays, PhaseColumns, check_phases
+from .fleet import is_dask_collection
 
 __all__ = ["PhaseExposureTransformer"]
 
@@ -71,6 +72,12 @@ def phase_step_counts(arrays: PhaseArrays, chunk_size: int) -> np.ndarray:
 AUTO_RESOLUTION = 1e-3
 
 
+def resolution_from_totals(total_steps: float, total_duration: float) -> float:
+    """The ``"auto"`` time resolution of a trace with these step and time totals."""
+    per_step = total_duration / total_steps if total_steps > 0 else 0.0
+    return AUTO_RESOLUTION * per_step if np.isfinite(per_step) else 0.0
+
+
 def with_time_resolution(
     arrays: PhaseArrays, chunk_size: int, time_resolution: float | str
 ) -> PhaseArrays:
@@ -84,9 +91,9 @@ def with_time_resolution(
     """
     if time_resolution == "auto":
         n_steps = phase_step_counts(arrays, chunk_size)
-        total = float(n_steps.sum())
-        per_step = float(arrays.duration.sum()) / total if total > 0 else 0.0
-        time_resolution = AUTO_RESOLUTION * per_step if np.isfinite(per_step) else 0.0
+        time_resolution = resolution_from_totals(
+            float(n_steps.sum()), float(arrays.duration.sum())
+        )
     if time_resolution <= 0:
         return arrays
     t_start, t_end = snap_times(
@@ -323,6 +330,11 @@ class PhaseExposureTransformer(TransformerMixin, BaseEstimator):
         self : object
             Fitted transformer.
         """
+        if is_dask_collection(X):  # fleet scale: see sklearn_beta._dask_fit
+            from ._dask_fit import check_phase_partitions
+
+            check_phase_partitions(self, X)
+            return self
         self._validate_params()
         self._phase_arrays(X)
         self.feature_names_in_ = np.asarray(X.columns, dtype=object)
@@ -343,6 +355,10 @@ class PhaseExposureTransformer(TransformerMixin, BaseEstimator):
             Columns :data:`EXPOSURE_COLUMNS`, indexed like ``X``.
         """
         check_is_fitted(self)
+        if is_dask_collection(X):
+            from ._dask_fit import transform_partitions
+
+            return transform_partitions(self, X)
         timeline, design, density = self._exposures(X)
         table = write_exposure_table(design, timeline, density)
         return pd.DataFrame(table, columns=list(EXPOSURE_COLUMNS), index=X.index)

@@ -10,10 +10,12 @@ gives the next betas. The lag is the reference's: the density of pass m uses
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
+from sklearn.exceptions import ConvergenceWarning
 
 from ._corrections import (
     beta_informed_correction_mass,
@@ -162,6 +164,57 @@ class IterationSettings:
     stopping: str
 
 
+class TimelineProblem:
+    """A fit's problem on one in-memory timeline: the trace, the correction
+    mode, the weights and the correction that does not depend on the betas."""
+
+    def __init__(
+        self,
+        timeline: Timeline,
+        correction_mode: str,
+        sample_weight: np.ndarray | None = None,
+    ):
+        self.timeline = timeline
+        self.correction_mode = correction_mode
+        self.sample_weight = sample_weight
+        self.fixed = static_correction_mass(
+            correction_mode, timeline.trace_grid, timeline.is_prefill, timeline.mu
+        )
+
+
+class TimelineDurations(TimelineProblem):
+    """The duration objective's fixed point on one in-memory timeline.
+
+    What :func:`solve_fixed_point` asks of a trace: the next lagged
+    re-weighting pass at given betas (the problem keeps the lagged ``p_eff``),
+    that pass's NNLS of the durations, the basis its stopping rule measures a
+    step in and its fit statistics. The Dask implementation
+    (:mod:`sklearn_beta._dask_fit`) answers with sums over partitions.
+    """
+
+    def __init__(self, timeline, correction_mode, sample_weight=None):
+        super().__init__(timeline, correction_mode, sample_weight)
+        self.p_eff = timeline.p_pf_full
+
+    def reweighted(self, beta: np.ndarray) -> np.ndarray:
+        """The next pass's design (:func:`reweighted_design`); keeps its ``p_eff``."""
+        design, self.p_eff = reweighted_design(
+            self.timeline, beta, self.p_eff, self.correction_mode, self.fixed
+        )
+        return design
+
+    def fit(self, design: np.ndarray) -> np.ndarray:
+        return nnls_fit(design, self.timeline.duration, self.sample_weight)
+
+    def change_basis(self, design: np.ndarray) -> np.ndarray:
+        """What :func:`beta_change` measures a step against: the design."""
+        return design
+
+    def scores(self, design: np.ndarray, beta: np.ndarray) -> tuple[float, float]:
+        """``(r2, rmse)`` of the pass's design at ``beta``."""
+        return fit_statistics(self.timeline.duration, design @ beta, self.sample_weight)
+
+
 def iterate_betas(
     timeline: Timeline,
     beta_init: np.ndarray,
@@ -174,29 +227,47 @@ def iterate_betas(
 
     Returns ``(beta, converged, n_iter, design, history)`` where ``design`` is
     the last iteration's design and ``history`` one record per iteration,
-    iteration 0 being the initial betas. A record's r2 and rmse are those of
-    the iteration's undamped NNLS fit, as the reference reports them.
+    iteration 0 being the initial betas (:func:`solve_fixed_point`).
     ``on_solution``, if given, receives the fitted objective's ``(jac,
     residual, weight)`` at the returned betas: the last design, the duration
     residuals and ``sample_weight`` (for the confidence intervals).
     """
-    correction_mode, damping = settings.correction_mode, settings.damping
-    fixed = static_correction_mass(
-        correction_mode, timeline.trace_grid, timeline.is_prefill, timeline.mu
+    problem = TimelineDurations(timeline, settings.correction_mode, sample_weight)
+    beta, converged, n_iter, design, history = solve_fixed_point(
+        problem, beta_init, settings, callback
     )
+    if on_solution is not None:
+        on_solution((design, timeline.duration - design @ beta, sample_weight))
+    return beta, converged, n_iter, design, history
+
+
+def solve_fixed_point(
+    problem,
+    beta_init: np.ndarray,
+    settings: IterationSettings,
+    callback: Callable[[dict], None] | None = None,
+) -> tuple[np.ndarray, bool, int, object, list[dict]]:
+    """The fixed-point loop on a :class:`TimelineDurations` or the Dask one.
+
+    Returns ``(beta, converged, n_iter, last_pass, history)``, ``last_pass``
+    being what ``problem.reweighted`` returned last (a design in memory). A
+    record's r2 and rmse are those of the iteration's undamped NNLS fit, as
+    the reference reports them.
+    """
+    damping = settings.damping
     beta = np.asarray(beta_init, dtype=np.float64)
-    p_eff = timeline.p_pf_full
-    duration = timeline.duration
     history = [history_record(0, beta, np.nan, np.nan, np.nan, "start")]
     note = "NNLS of the durations" + (f", damped by {damping:g}" if damping < 1 else "")
-    converged, design, n_iter = False, None, 0
+    converged, last_pass, n_iter = False, None, 0
     for n_iter in range(1, settings.max_iter + 1):
-        design, p_eff = reweighted_design(timeline, beta, p_eff, correction_mode, fixed)
-        beta_fit = nnls_fit(design, duration, sample_weight)
+        last_pass = problem.reweighted(beta)
+        beta_fit = problem.fit(last_pass)
         new = (1.0 - damping) * beta + damping * beta_fit
-        step = beta_change(new, beta, design, settings.stopping)
+        step = beta_change(
+            new, beta, problem.change_basis(last_pass), settings.stopping
+        )
         # The reference scores the undamped NNLS fit of the iteration.
-        r2, rmse = fit_statistics(duration, design @ beta_fit, sample_weight)
+        r2, rmse = problem.scores(last_pass, beta_fit)
         history.append(history_record(n_iter, new, step, r2, rmse, note))
         if callback is not None:
             callback(history[-1])
@@ -204,9 +275,28 @@ def iterate_betas(
         if step < settings.tol:
             converged = True
             break
-    if on_solution is not None:
-        on_solution((design, duration - design @ beta, sample_weight))
-    return beta, converged, n_iter, design, history
+    return beta, converged, n_iter, last_pass, history
+
+
+def warn_not_converged(
+    caller: str,
+    settings: IterationSettings,
+    last_step: float,
+    names: dict | None = None,
+    stacklevel: int = 2,
+) -> None:
+    """The ConvergenceWarning of a fit that ran out of iterations.
+
+    ``names`` maps the estimator's parameters to the caller's arguments.
+    """
+    max_iter, damping = ((names or {}).get(k, k) for k in ("max_iter", "damping"))
+    warnings.warn(
+        f"{caller} did not converge in {max_iter}={settings.max_iter} "
+        f"iterations (last change {last_step:.3g} >= tol="
+        f"{settings.tol:g}); increase {max_iter} or damp with {damping} < 1.",
+        ConvergenceWarning,
+        stacklevel=stacklevel,
+    )
 
 
 def history_record(iteration, beta, step, r2, rmse, note="") -> dict:

@@ -57,10 +57,15 @@ def _sorted_boundaries(t_start, t_end, instance):
     owner = np.concatenate([instance, instance])
     # A float argsort then a stable sort by instance is several times faster
     # than lexsort on two keys; with one instance the second sort is skipped.
-    order = np.argsort(times)
+    # Stable (merge) sorting finds the runs of a trace logged in time order:
+    # twice as fast as quicksort there (1.4x slower on shuffled rows), and
+    # ties only reorder equal times, which share one grid point anyway.
+    order = np.argsort(times, kind="stable")
     if owner[0] != owner[-1] or np.any(owner != owner[0]):
         order = order[np.argsort(owner[order], kind="stable")]
-    return order, times[order], owner[order], owner
+        return order, times[order], owner[order], owner
+    # One instance: every permutation of ``owner`` is ``owner`` (read only).
+    return order, times[order], owner, owner
 
 
 def _new_instants(sorted_t, sorted_owner, resolution: float) -> np.ndarray:
@@ -204,6 +209,31 @@ def phase_integrals(trace_grid: TraceGrid, mass_per_segment: np.ndarray) -> np.n
     """
     cum = cumulative(mass_per_segment)
     return cum[trace_grid.end_idx] - cum[trace_grid.start_idx]
+
+
+def phase_integrals_many(trace_grid: TraceGrid, columns) -> np.ndarray:
+    """:func:`phase_integrals` of several signals: shape (n_phases, k).
+
+    ``columns`` is a sequence of per-segment masses (or the transpose of an
+    (n_segments, k) array). Column by column through one reused prefix-sum
+    buffer: a cumulative sum down an (n_segments, k) stack walks memory with
+    a stride and needs k times the memory. The additions are the same, in the
+    same order, so the result is identical.
+    """
+    columns = list(columns)
+    n_phases = trace_grid.start_idx.shape[0]
+    out = np.empty((n_phases, len(columns)))
+    cum = np.empty(trace_grid.n_segments + 1)
+    cum[0] = 0.0
+    at_start = np.empty(n_phases)
+    at_end = np.empty(n_phases)
+    for j, mass in enumerate(columns):
+        np.cumsum(mass, out=cum[1:])
+        # mode="clip" lets take write straight into ``out`` (indices are valid).
+        np.take(cum, trace_grid.end_idx, out=at_end, mode="clip")
+        np.take(cum, trace_grid.start_idx, out=at_start, mode="clip")
+        np.subtract(at_end, at_start, out=out[:, j])
+    return out
 
 
 @dataclass(frozen=True)

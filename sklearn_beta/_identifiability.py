@@ -21,6 +21,7 @@ coefficient at zero; the warning says that zero is not a measurement.
 from __future__ import annotations
 
 import warnings
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -73,15 +74,64 @@ def _weighted(design, sample_weight):
     return design * np.sqrt(np.asarray(sample_weight, dtype=np.float64))[:, None]
 
 
-def trace_findings(timeline: Timeline) -> list[tuple[tuple[str, ...], str]]:
+@dataclass(frozen=True)
+class TraceShape:
+    """The few counts :func:`trace_findings` judges a trace by.
+
+    Each is a sum, maximum or minimum over phases or busy segments, so the
+    shapes of disjoint sets of instances combine (:meth:`combine`) into the
+    shape of their union: a partitioned trace is judged like the whole.
+    """
+
+    n_prefill: int
+    n_decode: int
+    n_busy: int
+    max_active: float
+    min_p_dec: float
+    max_p_dec: float
+
+    def combine(self, other: TraceShape) -> TraceShape:
+        return TraceShape(
+            self.n_prefill + other.n_prefill,
+            self.n_decode + other.n_decode,
+            self.n_busy + other.n_busy,
+            max(self.max_active, other.max_active),
+            min(self.min_p_dec, other.min_p_dec),
+            max(self.max_p_dec, other.max_p_dec),
+        )
+
+
+def trace_shape(timeline: Timeline) -> TraceShape:
+    """Phase counts and the busy segments' extreme pressures of ``timeline``."""
+    n_prefill = int(np.count_nonzero(timeline.is_prefill))
+    tg = timeline.trace_grid
+    active = count_active(tg)
+    busy = (tg.seg_len > 0) & (active > 0)
+    if not busy.any():
+        return TraceShape(
+            n_prefill, timeline.n_phases - n_prefill, 0, 0.0, np.inf, -np.inf
+        )
+    p_dec = timeline.p_dec[busy]
+    return TraceShape(
+        n_prefill,
+        timeline.n_phases - n_prefill,
+        int(np.count_nonzero(busy)),
+        float(active[busy].max()),
+        float(p_dec.min()),
+        float(p_dec.max()),
+    )
+
+
+def trace_findings(
+    timeline: Timeline | TraceShape,
+) -> list[tuple[tuple[str, ...], str]]:
     """The named degenerate trace shapes present in ``timeline``.
 
     Returns ``(coefficients, reason)`` pairs.
     """
+    shape = timeline if isinstance(timeline, TraceShape) else trace_shape(timeline)
     findings = []
-    n_prefill = int(np.count_nonzero(timeline.is_prefill))
-    n_decode = timeline.n_phases - n_prefill
-    if n_prefill == 0:
+    if shape.n_prefill == 0:
         findings.append(
             (
                 ("beta1",),
@@ -89,7 +139,7 @@ def trace_findings(timeline: Timeline) -> list[tuple[tuple[str, ...], str]]:
                 "per-prefill-token cost",
             )
         )
-    if n_decode == 0:
+    if shape.n_decode == 0:
         findings.append(
             (
                 ("beta2",),
@@ -97,11 +147,9 @@ def trace_findings(timeline: Timeline) -> list[tuple[tuple[str, ...], str]]:
                 "per-decode-token cost",
             )
         )
-    tg = timeline.trace_grid
-    busy = (tg.seg_len > 0) & (count_active(tg) > 0)
-    if not busy.any():
+    if shape.n_busy == 0:
         return findings
-    if count_active(tg)[busy].max() <= 1:
+    if shape.max_active <= 1:
         findings.append(
             (
                 BETA_NAMES,
@@ -111,12 +159,12 @@ def trace_findings(timeline: Timeline) -> list[tuple[tuple[str, ...], str]]:
                 "last chunk",
             )
         )
-    elif n_decode and np.ptp(timeline.p_dec[busy]) == 0:
+    elif shape.n_decode and shape.min_p_dec == shape.max_p_dec:
         findings.append(
             (
                 ("beta0", "beta2"),
                 "the decode pressure is the same "
-                f"({timeline.p_dec[busy][0]:g} running decodes) wherever the "
+                f"({shape.min_p_dec:g} running decodes) wherever the "
                 "engine is busy, so beta2 times that pressure cannot be told "
                 "apart from beta0",
             )
@@ -140,13 +188,15 @@ def identifiability_diagnostics(
     Parameters
     ----------
     design : ndarray of shape (n_phases, 3)
-        The fitted design.
+        The fitted design. Only its Gram matrix enters, so the R factor of
+        its QR decomposition gives the same diagnostics.
     duration : ndarray of shape (n_phases,)
-        Observed durations.
+        Observed durations; only their norm enters.
     beta : ndarray of shape (3,)
         Fitted coefficients.
-    timeline : Timeline or None
-        The trace, for the named checks; without it only the design is used.
+    timeline : Timeline, TraceShape or None
+        The trace (or its :class:`TraceShape`), for the named checks; without
+        it only the design is used.
     sample_weight : ndarray or None
         Weights of the fit.
     estimator : str

@@ -17,7 +17,6 @@ from numbers import Real
 
 import numpy as np
 import pandas as pd
-from sklearn.exceptions import ConvergenceWarning
 from sklearn.utils._param_validation import StrOptions
 
 from ._base import BaseBetaRegressor
@@ -32,6 +31,7 @@ from ._fixed_point import (
     STOPPING_RULES,
     IterationSettings,
     iterate_betas,
+    warn_not_converged,
 )
 from ._grid import Timeline
 from ._identifiability import identifiability_diagnostics
@@ -348,16 +348,7 @@ default=None
         beta = beta * unit
         caller = caller or type(self).__name__
         if not converged:
-            max_iter, damping = (
-                (names or {}).get(k, k) for k in ("max_iter", "damping")
-            )
-            warnings.warn(
-                f"{caller} did not converge in {max_iter}={self.max_iter} "
-                f"iterations (last change {history[-1]['step']:.3g} >= tol="
-                f"{self.tol:g}); increase {max_iter} or damp with {damping} < 1.",
-                ConvergenceWarning,
-                stacklevel=stacklevel - 1,
-            )
+            warn_not_converged(caller, settings, history[-1]["step"], names, stacklevel)
         self.n_iter_ = n_iter
         self.converged_ = converged
         self.history_ = _history_frame(history, unit)

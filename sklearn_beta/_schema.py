@@ -168,8 +168,9 @@ def read_timeline(table: np.ndarray) -> Timeline:
         column(table, "t_end"),
         column(table, "instance_id").astype(np.intp),
         column(table, "is_prefill") == 1,
-        column(table, "n_steps"),
-        column(table, "missing_prefill_mass"),
+        # Copies, not views: a timeline must not keep the whole table alive.
+        np.ascontiguousarray(column(table, "n_steps")),
+        np.ascontiguousarray(column(table, "missing_prefill_mass")),
         int(column(table, "chunk_size")[0]),
         int(column(table, "token_budget")[0]) or None,
     )

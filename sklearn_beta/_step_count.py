@@ -24,17 +24,17 @@ from ._corrections import (
     budget_capped_mass,
     counted_phases,
     fixed_correction_mass,
-    static_correction_mass,
 )
 from ._fixed_point import (
     MIN_STEP_TIME,
     IterationSettings,
+    TimelineProblem,
     beta_change,
     correction_mass,
     history_record,
     step_density,
 )
-from ._grid import Timeline
+from ._grid import Timeline, phase_integrals, phase_integrals_many
 from ._nnls import fit_statistics, nnls_fit
 
 #: Step halvings tried when a Gauss-Newton step does not lower the objective.
@@ -54,7 +54,8 @@ def solved_step_counts(
     s, p_pf, p_dec = timeline.trace_grid.seg_len, timeline.p_pf_full, timeline.p_dec
     full = np.maximum(beta[0] + beta[1] * p_pf + beta[2] * p_dec, MIN_STEP_TIME)
     n = (s + beta[1] * mass) / full
-    jac = np.column_stack([-n, mass - n * p_pf, -n * p_dec]) / full[:, None]
+    jac = np.column_stack([-n, mass - n * p_pf, -n * p_dec])
+    jac /= full[:, None]
     emptied = n * p_pf < mass
     if np.any(emptied):
         bare = np.maximum(beta[0] + beta[2] * p_dec[emptied], MIN_STEP_TIME)
@@ -67,19 +68,22 @@ def solved_step_counts(
     return n, np.maximum(n * p_pf - mass, 0.0), jac
 
 
-def _phase_sums(timeline: Timeline, per_segment: np.ndarray) -> np.ndarray:
-    """Sum over each phase's segments of one or several per-segment columns."""
-    tg = timeline.trace_grid
-    cum = np.concatenate([np.zeros_like(per_segment[:1]), np.cumsum(per_segment, 0)])
-    return cum[tg.end_idx] - cum[tg.start_idx]
-
-
 def _density_of(timeline: Timeline, beta: np.ndarray, n: np.ndarray) -> np.ndarray:
     s = timeline.trace_grid.seg_len
     return np.where(
         s > 0,
         n / np.where(s > 0, s, 1.0),
         step_density(beta, timeline.p_pf_full, timeline.p_dec),
+    )
+
+
+def end_inside_mass(timeline: Timeline) -> np.ndarray:
+    """Each prefill's missing mass on the last segment of its window, capped."""
+    return budget_capped_mass(
+        fixed_correction_mass(
+            "end_inside", timeline.trace_grid, timeline.is_prefill, timeline.mu
+        ),
+        timeline,
     )
 
 
@@ -94,13 +98,7 @@ def solved_correction(
     """
     if mode != "beta_informed":
         return budget_capped_mass(fixed, timeline)
-    inside = budget_capped_mass(
-        fixed_correction_mass(
-            "end_inside", timeline.trace_grid, timeline.is_prefill, timeline.mu
-        ),
-        timeline,
-    )
-    n, _, _ = solved_step_counts(timeline, beta, inside)
+    n, _, _ = solved_step_counts(timeline, beta, end_inside_mass(timeline))
     return correction_mass(mode, timeline, _density_of(timeline, beta, n), None)
 
 
@@ -120,9 +118,11 @@ class CountState:
 def count_state(timeline, beta, mode, fixed, weight) -> CountState:
     mass = solved_correction(timeline, beta, mode, fixed)
     n, prefill_mass, jac = solved_step_counts(timeline, beta, mass)
-    sums = _phase_sums(
-        timeline, np.column_stack([n, prefill_mass, n * timeline.p_dec, jac])
-    )
+    tg = timeline.trace_grid
+    sums = phase_integrals_many(tg, [n, prefill_mass, n * timeline.p_dec, *jac.T])
+    # Segments outnumber phases two to one: free them before the design is
+    # built (the peak memory of a large fit was here).
+    del mass, jac
     steps = sums[:, 0]
     residual = steps - timeline.n_steps
     # The design of docs/method.md 6.2.4, N_i times the pressures averaged over the
@@ -136,7 +136,14 @@ def count_state(timeline, beta, mode, fixed, weight) -> CountState:
     )
     design = np.column_stack([timeline.n_steps, timeline.n_steps[:, None] * per_step])
     loss = float(np.sum(weight * residual**2))
-    return CountState(beta, residual, sums[:, 3:], design, loss, n, prefill_mass)
+    # A copy, so that a kept state does not hold all six columns of ``sums``.
+    jac = sums[:, 3:].copy()
+    return CountState(beta, residual, jac, design, loss, n, prefill_mass)
+
+
+def newton_target(state: CountState) -> np.ndarray:
+    """Target of the linearised counts: ``jac @ (beta + Delta) ~ jac @ beta - r``."""
+    return state.jac @ state.beta - state.residual
 
 
 def step_count_weights(
@@ -154,32 +161,68 @@ def step_count_weights(
     return weight
 
 
-def initial_scale(
-    timeline: Timeline, beta: np.ndarray, weight: np.ndarray
-) -> np.ndarray:
+class TimelineCounts(TimelineProblem):
+    """The step-count objective of one in-memory timeline.
+
+    What :func:`solve_step_counts` asks of a trace: weighted totals, the
+    state at given betas, its Gauss-Newton proposal, the basis its stopping
+    rule measures a step in, and the duration fit it reports. The Dask
+    implementation (:mod:`sklearn_beta._dask_fit`) answers the same
+    questions with sums over partitions, so one loop serves both.
+    """
+
+    def __init__(self, timeline, correction_mode, sample_weight=None):
+        super().__init__(timeline, correction_mode, sample_weight)
+        self.weight = step_count_weights(timeline, sample_weight)
+
+    def counted_totals(self) -> tuple[int, float, float]:
+        """Phases of positive weight; the sums of their durations and ``N_i``."""
+        counted = self.weight > 0
+        return (
+            int(np.count_nonzero(counted)),
+            float(self.timeline.duration[counted].sum()),
+            float(self.timeline.n_steps[counted].sum()),
+        )
+
+    def step_totals(self, beta: np.ndarray) -> tuple[float, float]:
+        """Weighted steps the phases hold at ``beta`` (``end_inside``), and ``N_i``."""
+        timeline = self.timeline
+        n, _, _ = solved_step_counts(timeline, beta, end_inside_mass(timeline))
+        total = float(np.sum(self.weight * phase_integrals(timeline.trace_grid, n)))
+        return total, float(np.sum(self.weight * timeline.n_steps))
+
+    def state(self, beta: np.ndarray) -> CountState:
+        return count_state(
+            self.timeline, beta, self.correction_mode, self.fixed, self.weight
+        )
+
+    def proposal(self, state: CountState) -> np.ndarray:
+        """The NNLS of the linearised counts: the full Gauss-Newton step's end."""
+        return nnls_fit(state.jac, newton_target(state), self.weight)
+
+    def change_basis(self, state: CountState) -> np.ndarray:
+        """What :func:`beta_change` measures a step against: the Jacobian."""
+        return state.jac
+
+    def duration_fit(self, state: CountState) -> tuple[float, float]:
+        """``(r2, rmse)`` of the durations the state predicts, ``design @ beta``."""
+        return fit_statistics(self.timeline.duration, state.design @ state.beta)
+
+
+def initial_scale(problem, beta: np.ndarray) -> np.ndarray:
     """A usable start for the step-count fit from (baseline) ``beta``.
 
     The baseline often returns ``b0 = 0`` under heavy load; a start there
     makes every step free of overhead. Give ``b0`` a tenth of the mean time
     per step, then rescale all betas so that the weighted step counts add up:
-    the counts scale like ``1 / beta``.
+    the counts scale like ``1 / beta``. ``problem`` is a
+    :class:`TimelineCounts` or its Dask counterpart.
     """
     beta = np.array(beta, dtype=np.float64)
-    counted = weight > 0
-    per_step = timeline.duration[counted].sum() / max(
-        timeline.n_steps[counted].sum(), 1.0
-    )
+    _, duration, steps = problem.counted_totals()
     if beta[0] <= 0:
-        beta[0] = 0.1 * per_step
-    mass = budget_capped_mass(
-        fixed_correction_mass(
-            "end_inside", timeline.trace_grid, timeline.is_prefill, timeline.mu
-        ),
-        timeline,
-    )
-    n, _, _ = solved_step_counts(timeline, beta, mass)
-    total = float(np.sum(weight * _phase_sums(timeline, n)))
-    target = float(np.sum(weight * timeline.n_steps))
+        beta[0] = 0.1 * (duration / max(steps, 1.0))
+    total, target = problem.step_totals(beta)
     if total > 0 and target > 0:
         beta *= total / target
     return beta
@@ -198,47 +241,63 @@ def fit_step_counts(
     Minimises ``sum_i w_i (Lambda_i(beta) - N_i)^2`` over ``beta >= 0``, where
     ``Lambda_i`` is the number of steps the phase holds under the step density
     solved at ``beta`` (:func:`solved_step_counts`) and ``w_i`` are
-    :func:`step_count_weights`. Each iteration is one projected Gauss-Newton
-    step, an NNLS of the linearised counts ``beta + Delta``, taken as
-    ``beta + damping * Delta`` and halved while it does not lower the
-    objective; the stopping rule measures the full step ``Delta``, so damping
-    changes the path, not the solution. Returns ``(beta, converged, n_iter,
-    design, history)`` like :func:`iterate_betas`; ``design`` is ``[N_i, N_i pbar_pf_i,
-    N_i pbar_dec_i]`` at the final betas, with the pressures averaged over
-    the phase's steps as in docs/method.md 6.2.4, and the history's r2 and rmse
-    score the durations it predicts, ``design @ beta``. ``on_solution``, if
-    given, receives ``(jac, residual, weight)`` of the objective at the
-    returned betas (for the confidence intervals, without evaluating the
-    objective again).
+    :func:`step_count_weights`; see :func:`solve_step_counts`. Returns
+    ``(beta, converged, n_iter, design, history)`` like :func:`iterate_betas`;
+    ``design`` is ``[N_i, N_i pbar_pf_i, N_i pbar_dec_i]`` at the final betas,
+    with the pressures averaged over the phase's steps as in
+    docs/method.md 6.2.4, and the history's r2 and rmse score the durations it
+    predicts, ``design @ beta``. ``on_solution``, if given, receives
+    ``(jac, residual, weight)`` of the objective at the returned betas (for
+    the confidence intervals, without evaluating the objective again).
     """
-    correction_mode, tol = settings.correction_mode, settings.tol
-    fixed = static_correction_mass(
-        correction_mode, timeline.trace_grid, timeline.is_prefill, timeline.mu
+    problem = TimelineCounts(timeline, settings.correction_mode, sample_weight)
+    beta, converged, n_iter, state, history = solve_step_counts(
+        problem, beta_init, settings, callback
     )
-    weight = step_count_weights(timeline, sample_weight)
-    if not np.any(weight > 0):
+    if on_solution is not None:
+        on_solution((state.jac, state.residual, problem.weight))
+    return beta, converged, n_iter, state.design, history
+
+
+def solve_step_counts(
+    problem,
+    beta_init: np.ndarray,
+    settings: IterationSettings,
+    callback: Callable[[dict], None] | None = None,
+) -> tuple[np.ndarray, bool, int, object, list[dict]]:
+    """The projected Gauss-Newton loop of the step-count objective.
+
+    Each iteration is one Gauss-Newton step, an NNLS of the linearised counts
+    ``beta + Delta`` (``problem.proposal``), taken as ``beta + damping *
+    Delta`` and halved while it does not lower the objective; the stopping
+    rule measures the full step ``Delta``, so damping changes the path, not
+    the solution. ``problem`` is a :class:`TimelineCounts` or the Dask one.
+    Returns ``(beta, converged, n_iter, state, history)``, ``state`` being
+    the problem's state at the final betas.
+    """
+    if problem.counted_totals()[0] == 0:
         raise ValueError(
             "The step-count objective needs phases with a known step count and "
             "a positive sample_weight; under the token budget every phase's "
             "count is unknown or weighted 0. Use objective='duration'."
         )
-    beta = initial_scale(timeline, beta_init, weight)
-    state = count_state(timeline, beta, correction_mode, fixed, weight)
-    history = [
-        history_record(0, beta, np.nan, *_duration_fit(timeline, state), "start")
-    ]
+    tol = settings.tol
+    beta = initial_scale(problem, beta_init)
+    state = problem.state(beta)
+    history = [history_record(0, beta, np.nan, *problem.duration_fit(state), "start")]
     converged, n_iter = False, 0
     for n_iter in range(1, settings.max_iter + 1):
-        target = state.jac @ state.beta - state.residual
-        proposal = nnls_fit(state.jac, target, weight)
+        proposal = problem.proposal(state)
         # Converged when the full Gauss-Newton step is negligible, not when a
         # halved one is: near the minimum the loss comparisons are rounding
         # noise and would shrink the step without the betas having settled.
-        step = beta_change(proposal, state.beta, state.jac, settings.stopping)
+        step = beta_change(
+            proposal, state.beta, problem.change_basis(state), settings.stopping
+        )
         shrink = settings.damping
         for _ in range(MAX_HALVINGS):
             candidate = state.beta + shrink * (proposal - state.beta)
-            trial = count_state(timeline, candidate, correction_mode, fixed, weight)
+            trial = problem.state(candidate)
             if trial.loss <= state.loss or step < tol:
                 break
             shrink *= 0.5
@@ -248,7 +307,7 @@ def fit_step_counts(
                 n_iter,
                 state.beta,
                 step,
-                *_duration_fit(timeline, state),
+                *problem.duration_fit(state),
                 f"Gauss-Newton step x{shrink:g}",
             )
         )
@@ -257,10 +316,4 @@ def fit_step_counts(
         if step < tol:
             converged = True
             break
-    if on_solution is not None:
-        on_solution((state.jac, state.residual, weight))
-    return state.beta, converged, n_iter, state.design, history
-
-
-def _duration_fit(timeline: Timeline, state: CountState) -> tuple[float, float]:
-    return fit_statistics(timeline.duration, state.design @ state.beta)
+    return state.beta, converged, n_iter, state, history

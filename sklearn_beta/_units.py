@@ -17,10 +17,17 @@ from ._grid import Timeline
 
 def time_scale(n_steps: np.ndarray, duration: np.ndarray) -> float:
     """The power of two nearest the mean time per step, ``sum(l) / sum(N)``."""
-    steps = float(np.sum(n_steps))
-    per_step = (
-        float(np.sum(duration)) / steps if steps > 0 else float(np.mean(duration))
+    return unit_from_totals(
+        float(np.sum(n_steps)), float(np.sum(duration)), duration.shape[0]
     )
+
+
+def unit_from_totals(steps: float, duration: float, n_phases: int) -> float:
+    """:func:`time_scale` from the sums of ``N_i`` and ``l_i`` over the phases.
+
+    Without steps, the mean duration stands for the time per step.
+    """
+    per_step = duration / (steps if steps > 0 else max(n_phases, 1))
     if not np.isfinite(per_step) or per_step <= 0:
         return 1.0
     return float(2.0 ** np.round(np.log2(per_step)))

@@ -145,21 +145,11 @@ def read_phases(
         frame = _read_parquet(path)
     else:
         raise ValueError(f"format must be 'csv' or 'parquet', got {format!r}.")
-    if columns:
-        frame = frame.rename(columns=columns)
-    missing = [c for c in PHASE_COLUMNS if c not in frame.columns]
-    if missing:
-        raise ValueError(
-            f"{str(path)!r} lacks phase-table column(s) {missing}; it has "
-            f"{list(frame.columns)}. Map differently named columns with "
-            "columns={'name in file': 'schema name'}."
-        )
+    frame = schema_columns_first(frame, columns, str(path))
     if time_unit not in TIME_UNITS:
         raise ValueError(
             f"time_unit must be one of {sorted(TIME_UNITS)}, got {time_unit!r}."
         )
-    rest = [c for c in frame.columns if c not in PHASE_COLUMNS]
-    frame = frame[list(PHASE_COLUMNS) + rest]
     if time_unit != "s":
         for name in ("t_start", "t_end"):
             # Non-numbers stay for the phase validation to name.
@@ -167,6 +157,24 @@ def read_phases(
             if values.notna().all():
                 frame[name] = values * TIME_UNITS[time_unit]
     return frame
+
+
+def schema_columns_first(frame, columns: dict | None, source: str):
+    """``frame`` (pandas or Dask) renamed by ``columns``, schema columns first.
+
+    Raises ValueError naming ``source`` if a schema column is missing.
+    """
+    if columns:
+        frame = frame.rename(columns=columns)
+    missing = [c for c in PHASE_COLUMNS if c not in frame.columns]
+    if missing:
+        raise ValueError(
+            f"{source!r} lacks phase-table column(s) {missing}; it has "
+            f"{list(frame.columns)}. Map differently named columns with "
+            "columns={'name in file': 'schema name'}."
+        )
+    rest = [c for c in frame.columns if c not in PHASE_COLUMNS]
+    return frame[list(PHASE_COLUMNS) + rest]
 
 
 def _read_parquet(path: Path) -> pd.DataFrame:

@@ -1,0 +1,243 @@
+"""The estimators on a Dask DataFrame equal the pandas fit of the same rows."""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pandas as pd
+import pytest
+from sklearn.pipeline import make_pipeline
+
+from sklearn_beta import (
+    BaselineBetaRegressor,
+    IterativeBetaRegressor,
+    PhaseExposureTransformer,
+)
+from sklearn_beta.datasets import simulate_trace
+
+dd = pytest.importorskip("dask.dataframe")
+distributed = pytest.importorskip("distributed")
+
+BETA = (5e-3, 2e-5, 1e-4)
+RTOL = 1e-9
+
+# The distributed fit fits every phase (edges="fit") and makes no intervals
+# yet (it warns when asked for them).
+REGRESSORS = [
+    BaselineBetaRegressor(confidence_level=None),
+    IterativeBetaRegressor(edges="fit", confidence_level=None),
+    IterativeBetaRegressor(objective="duration", confidence_level=None),
+    IterativeBetaRegressor(
+        "beta_informed",
+        objective="duration",
+        stopping="absolute",
+        damping=0.7,
+        confidence_level=None,
+    ),
+]
+
+
+def test_settings_the_distributed_fit_lacks_are_said(client, fleet):
+    ddf = dd.from_pandas(fleet, npartitions=2)
+    with pytest.warns(UserWarning, match="edges='auto'.*confidence intervals"):
+        model = _model(IterativeBetaRegressor()).fit(ddf)
+    assert model[-1].beta_ci_ is None
+
+
+@pytest.fixture(scope="module")
+def client():
+    with (
+        distributed.LocalCluster(
+            n_workers=2, processes=False, threads_per_worker=1, dashboard_address=":0"
+        ) as cluster,
+        distributed.Client(cluster) as client,
+    ):
+        yield client
+
+
+@pytest.fixture(scope="module")
+def fleet() -> pd.DataFrame:
+    return simulate_trace(
+        1500,
+        beta=BETA,
+        chunk_size=64,
+        max_num_seqs=32,
+        arrival_rate=40.0,
+        noise=0.05,
+        n_instances=4,
+        random_state=0,
+    )
+
+
+def _model(regressor):
+    return make_pipeline(
+        PhaseExposureTransformer(chunk_size=64, columns={"instance_id": "instance_id"}),
+        type(regressor)(**regressor.get_params()),
+    )
+
+
+def _fit_quietly(model, X):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        return model.fit(X)
+
+
+@pytest.mark.parametrize("regressor", REGRESSORS, ids=lambda r: repr(r))
+def test_dask_fit_equals_pandas_fit(client, fleet, regressor):
+    # Sorted by instance then cut into 3 partitions: instances straddle
+    # partitions, so the transformer must shuffle them whole.
+    ddf = dd.from_pandas(fleet.sort_values("instance_id"), npartitions=3)
+    local = _fit_quietly(_model(regressor), fleet)
+    remote = _fit_quietly(_model(regressor), ddf)
+    np.testing.assert_allclose(remote[-1].beta_, local[-1].beta_, rtol=RTOL)
+    # Both fits recover the simulator's betas (the baseline with its known
+    # bias under load): they are not both wrong.
+    recovery = 0.2 if isinstance(regressor, BaselineBetaRegressor) else 0.02
+    np.testing.assert_allclose(remote[-1].beta_, BETA, rtol=recovery)
+    for key in ("r2", "rmse_seconds", "mean_A_pf_tokens", "condition_number"):
+        assert remote[-1].diagnostics_[key] == pytest.approx(
+            local[-1].diagnostics_[key], rel=RTOL
+        )
+    assert remote[-1].diagnostics_["n_phases"] == len(fleet)
+    if isinstance(regressor, IterativeBetaRegressor):
+        assert remote[-1].n_iter_ == local[-1].n_iter_
+        assert remote[-1].time_scale_ == local[-1].time_scale_
+        cols = ["beta0", "beta1", "beta2", "r2", "rmse_seconds"]
+        np.testing.assert_allclose(
+            remote[-1].history_[cols].to_numpy(),
+            local[-1].history_[cols].to_numpy(),
+            rtol=RTOL,
+        )
+    predicted = remote.predict(ddf)
+    assert isinstance(predicted, dd.Series)
+    np.testing.assert_allclose(
+        predicted.compute().reindex(fleet.index).to_numpy(),
+        local.predict(fleet),
+        rtol=RTOL,
+    )
+    assert remote.score(ddf) == pytest.approx(local.score(fleet), rel=RTOL)
+
+
+def test_partitions_holding_whole_instances_are_kept(client, fleet):
+    from sklearn_beta.fleet import whole_instances
+
+    by_instance = [g for _, g in fleet.groupby("instance_id")]
+    ddf = dd.from_pandas(fleet, npartitions=1)
+    ddf = dd.concat([dd.from_pandas(g, npartitions=1) for g in by_instance])
+    assert whole_instances(ddf, "instance_id") is ddf
+    split = dd.from_pandas(fleet.sort_values("instance_id"), npartitions=3)
+    shuffled = whole_instances(split, "instance_id")
+    parts = [p["instance_id"].unique() for p in shuffled.to_delayed()]
+    import dask
+
+    seen = np.concatenate(dask.compute(*parts))
+    assert sorted(seen) == sorted(fleet["instance_id"].unique())
+
+
+def test_y_is_read_on_the_workers(client, fleet):
+    ddf = dd.from_pandas(fleet, npartitions=2)
+    model = _model(BaselineBetaRegressor())
+    table = model[0].fit_transform(ddf)
+    with pytest.raises(TypeError, match="must be None"):
+        model[-1].fit(table, y=np.ones(len(fleet)))
+
+
+def test_missing_column_is_named(client, fleet):
+    ddf = dd.from_pandas(fleet.drop(columns="decode_tokens"), npartitions=2)
+    with pytest.raises(ValueError, match="decode_tokens"):
+        _model(BaselineBetaRegressor()).fit(ddf)
+
+
+@pytest.mark.parametrize("objective", ["step_count", "duration"])
+def test_worker_lost_between_iterations_changes_nothing(fleet, objective, monkeypatch):
+    import sklearn_beta._dask_fit as dask_fit
+
+    regressor = IterativeBetaRegressor(objective=objective, edges="fit", verbose=1)
+    local = _fit_quietly(_model(regressor), fleet)
+    lost = []
+    with (
+        distributed.LocalCluster(
+            n_workers=2, processes=False, threads_per_worker=1, dashboard_address=":0"
+        ) as cluster,
+        distributed.Client(cluster) as client,
+    ):
+
+        def close_a_worker(record, unit=1.0):
+            # Between iterations 2 and 3 a worker goes, with the timelines
+            # (and lagged passes) it held; they must be rebuilt elsewhere.
+            if record["iteration"] == 2:
+                worker = next(iter(cluster.workers.values()))
+                lost.append(len(worker.data))
+                cluster.sync(worker.close)
+
+        monkeypatch.setattr(dask_fit, "_print_progress", close_a_worker)
+        ddf = dd.from_pandas(fleet.sort_values("instance_id"), npartitions=4)
+        remote = _fit_quietly(_model(regressor), ddf)
+        assert len(client.scheduler_info()["workers"]) == 1
+    assert lost and lost[0] > 0
+    np.testing.assert_allclose(remote[-1].beta_, local[-1].beta_, rtol=RTOL)
+    assert remote[-1].n_iter_ == local[-1].n_iter_ > 2
+
+
+def test_read_phases_dask_directory_and_glob(client, fleet, tmp_path):
+    from sklearn_beta.fleet import expand_trace_paths, read_phases_dask
+
+    for instance, group in fleet.groupby("instance_id"):
+        group.to_parquet(tmp_path / f"engine-{instance}.parquet")
+    (tmp_path / "notes.txt").write_text("not a trace")
+    assert len(expand_trace_paths(tmp_path)) == fleet["instance_id"].nunique()
+    by_glob = read_phases_dask(str(tmp_path / "engine-*.parquet"), blocksize=None)
+    by_dir = read_phases_dask(tmp_path, blocksize=None)
+    assert by_dir.npartitions == by_glob.npartitions == 4
+    model = _fit_quietly(_model(IterativeBetaRegressor(edges="fit")), by_glob)
+    local = _fit_quietly(_model(IterativeBetaRegressor(edges="fit")), fleet)
+    np.testing.assert_allclose(model[-1].beta_, local[-1].beta_, rtol=RTOL)
+    with pytest.raises(ValueError, match="No trace file"):
+        read_phases_dask(tmp_path / "*.csv")
+    fleet.head(10).to_csv(tmp_path / "extra.csv")
+    with pytest.raises(ValueError, match="mixes CSV and Parquet"):
+        read_phases_dask(tmp_path)
+
+
+def test_connect_names_a_bad_address():
+    from sklearn_beta.fleet import connect
+
+    with pytest.raises(ValueError, match="scheduler address"):
+        connect("localhost")
+
+
+def test_renamed_instance_column_and_auto_resolution(client, fleet):
+    # The instance column under another name, named through columns=, and the
+    # auto time resolution taken over the whole trace, not per partition.
+    renamed = fleet.rename(columns={"instance_id": "engine"})
+    ddf = dd.from_pandas(renamed.sort_values("engine"), npartitions=3)
+
+    def model():
+        return make_pipeline(
+            PhaseExposureTransformer(
+                chunk_size=64, columns={"instance_id": "engine"}, time_resolution="auto"
+            ),
+            IterativeBetaRegressor(edges="fit"),
+        )
+
+    local = _fit_quietly(model(), renamed)
+    remote = _fit_quietly(model(), ddf)
+    np.testing.assert_allclose(remote[-1].beta_, local[-1].beta_, rtol=RTOL)
+    np.testing.assert_allclose(remote[-1].beta_, BETA, rtol=0.02)
+
+
+def test_not_converged_warns_like_pandas(client, fleet):
+    from sklearn.exceptions import ConvergenceWarning
+
+    ddf = dd.from_pandas(fleet, npartitions=2)
+    regressor = IterativeBetaRegressor(objective="duration", max_iter=2)
+    with pytest.warns(ConvergenceWarning) as local:
+        _model(regressor).fit(fleet)
+    with pytest.warns(ConvergenceWarning) as remote:
+        _model(regressor).fit(ddf)
+    (local,) = [w for w in local if w.category is ConvergenceWarning]
+    (remote,) = [w for w in remote if w.category is ConvergenceWarning]
+    assert "did not converge in max_iter=2" in str(remote.message)
+    # The same words; the last change agrees to the 3 digits shown.
+    assert str(remote.message) == str(local.message)
