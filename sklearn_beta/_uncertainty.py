@@ -75,10 +75,7 @@ def time_blocks(
     t_end = np.asarray(t_end, dtype=np.float64)
     instance, origin, span = _instance_spans(t_start, t_end, instance)
     n_inst = origin.shape[0]
-    # Quantiles of an evenly strided subsample: they only size the blocks,
-    # and a full partition of millions of durations costs more than the rest.
-    stride = max(t_start.shape[0] // QUANTILE_SAMPLE, 1)
-    sample = t_end[::stride] - t_start[::stride]
+    sample = _duration_sample(t_start, t_end)
     median, longest = np.quantile(sample, [0.5, LAG_QUANTILE])
     h = max(
         MIN_BLOCK_SHARE * float(median),
@@ -96,6 +93,22 @@ def time_blocks(
     block_instance = np.repeat(np.arange(n_inst), per_instance)
     n_lags = int(np.ceil(longest / h))
     return block, block_instance, min(n_lags, int(per_instance.max()) - 1)
+
+
+def _duration_sample(t_start: np.ndarray, t_end: np.ndarray) -> np.ndarray:
+    """Durations of at most ``QUANTILE_SAMPLE`` phases drawn at random.
+
+    The quantiles only size the blocks, and a full partition of millions of
+    durations costs more than the rest. The draw is random (with a fixed
+    seed, so fits are reproducible), not strided: exposure tables interleave
+    a request's prefill and decode rows, and a stride of 2 sampled only the
+    short prefill phases, shrinking the lag window a hundredfold.
+    """
+    n = t_start.shape[0]
+    if n <= QUANTILE_SAMPLE:
+        return t_end - t_start
+    pick = np.random.default_rng(0).integers(0, n, QUANTILE_SAMPLE)
+    return t_end[pick] - t_start[pick]
 
 
 def _instance_spans(t_start, t_end, instance):

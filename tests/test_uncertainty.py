@@ -112,6 +112,20 @@ def test_time_blocks_never_join_instances():
     assert np.all(np.diff(block[:3]) >= 0) and np.all(np.diff(block[3:]) > 0)
 
 
+def test_time_blocks_lag_window_sees_interleaved_long_phases():
+    # An exposure table interleaves each request's short prefill row with its
+    # decode row. Past the duration sample size the lag window must still
+    # reach the longest decodes (60 here, 10 % of the rows): blocks are at
+    # most 0.5 long (half the median, or span / 4000), so over 100 lags.
+    # Sampling every second row saw only the prefills: 1 lag.
+    n = 40_000
+    decode = np.where(np.random.default_rng(0).random(n // 2) < 0.2, 60.0, 1.0)
+    duration = np.column_stack([np.full(n // 2, 0.1), decode]).ravel()
+    t_start = np.repeat(np.linspace(0.0, 1000.0, n // 2), 2)
+    _, _, n_lags = time_blocks(t_start, t_start + duration)
+    assert n_lags >= 100
+
+
 # --- Intervals on simulated traces ------------------------------------------
 
 
