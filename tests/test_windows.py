@@ -202,11 +202,24 @@ def test_edges_parameter_is_validated():
 def test_short_trace_is_fitted_whole():
     # Shorter than two request lifetimes: nothing to test the edges against.
     phases = busy_trace(12, arrival_rate=50.0)
-    with pytest.warns(UserWarning, match="shorter than about two request"):
+    with pytest.warns(UserWarning, match="too few to test the edges"):
         reg = fit(phases)
     assert reg.diagnostics_["edges"]["n_context"] == 0
     assert np.isnan(reg.diagnostics_["edges"]["limit"])
     np.testing.assert_allclose(reg.beta_, fit(phases, edges="fit").beta_)
+
+
+def test_complete_trace_whose_longest_request_spans_it_is_fitted_whole():
+    # One long request makes the edge zones cover nearly the whole trace: the
+    # few interior phases fit loose betas against which the complete edges
+    # looked incomplete (beta0 at 0). Too small an interior is not a test.
+    phases = busy_trace(600, noise=0.05)
+    last = phases.request_id.iloc[-1]
+    long_decode = (phases.request_id == last) & (phases.phase_type == "decode")
+    phases.loc[long_decode, "t_end"] += phases.t_end.max() * 4
+    with pytest.warns(UserWarning, match="too few to test the edges"):
+        reg = fit(phases)
+    assert reg.diagnostics_["edges"]["n_context"] == 0
 
 
 # --- Held-out blocks are windows too ---------------------------------------------
