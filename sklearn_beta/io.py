@@ -97,6 +97,7 @@ def read_phases(
     format: str | None = None,
     columns: dict[str, str] | None = None,
     time_unit: str = "s",
+    dask: bool = False,
 ) -> pd.DataFrame:
     """Read a phase table in the reference schema from CSV or Parquet.
 
@@ -105,7 +106,8 @@ def read_phases(
     Parameters
     ----------
     path : str or path-like
-        The file.
+        The file, or a directory (its CSV or Parquet files) or a glob such as
+        ``"traces/*.parquet"``: their tables are concatenated, in file order.
     format : {"csv", "parquet"} or None, default=None
         File format; inferred from the suffix (``.parquet``/``.pq`` is
         Parquet, anything else CSV) when None.
@@ -115,6 +117,10 @@ def read_phases(
     time_unit : {"s", "ms", "us", "ns"}, default="s"
         Unit of ``t_start`` and ``t_end`` in the file; they are returned in
         seconds.
+    dask : bool, default=False
+        Return a lazy ``dask.dataframe.DataFrame``, one partition per file
+        (:func:`sklearn_beta.fleet.read_phases_dask`; needs
+        ``sklearn-beta[dask]``), for the estimators' distributed fit.
 
     Returns
     -------
@@ -131,6 +137,29 @@ def read_phases(
     >>> from sklearn_beta.io import read_phases
     >>> phases = read_phases("data/traces/sample.csv")  # doctest: +SKIP
     """
+    if time_unit not in TIME_UNITS:
+        raise ValueError(
+            f"time_unit must be one of {sorted(TIME_UNITS)}, got {time_unit!r}."
+        )
+    if dask:
+        from .fleet import read_phases_dask
+
+        frame = read_phases_dask(path, columns=columns, blocksize=None)
+        for name in ("t_start", "t_end"):
+            frame[name] = frame[name] * TIME_UNITS[time_unit]
+        return frame
+    target = Path(path)
+    if target.is_dir() or (not target.is_file() and any(c in str(path) for c in "*?[")):
+        from .fleet import expand_trace_paths
+
+        files = expand_trace_paths(path)
+        return pd.concat(
+            [
+                read_phases(f, format=format, columns=columns, time_unit=time_unit)
+                for f in files
+            ],
+            ignore_index=True,
+        )
     path = Path(path)
     if not path.is_file():
         raise ValueError(f"Trace file {str(path)!r} does not exist.")
@@ -146,10 +175,6 @@ def read_phases(
     else:
         raise ValueError(f"format must be 'csv' or 'parquet', got {format!r}.")
     frame = schema_columns_first(frame, columns, str(path))
-    if time_unit not in TIME_UNITS:
-        raise ValueError(
-            f"time_unit must be one of {sorted(TIME_UNITS)}, got {time_unit!r}."
-        )
     if time_unit != "s":
         for name in ("t_start", "t_end"):
             # Non-numbers stay for the phase validation to name.

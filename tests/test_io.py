@@ -400,3 +400,36 @@ def test_shipped_tracev2_example_is_reproducible_and_fits(tmp_path):
     error = probes @ fit.beta / (probes @ TRUE_BETA) - 1
     assert np.abs(error).max() < 0.01, error
     assert 2.5e-3 < alpha[0] < 3.5e-3  # 2 ms + 0.5 ms mean jitter + 1 ms
+
+
+def test_read_phases_of_a_directory_or_glob_concatenates_the_files(tmp_path):
+    from sklearn_beta.datasets import simulate_trace
+
+    fleet = simulate_trace(
+        60,
+        beta=(5e-3, 2e-5, 8e-5),
+        chunk_size=64,
+        max_num_seqs=8,
+        arrival_rate=4.0,
+        n_instances=2,
+        random_state=0,
+    )
+    parts = [group for _, group in fleet.groupby("instance_id")]
+    for i, part in enumerate(parts):
+        part.to_csv(tmp_path / f"engine-{i}.csv", index=False)
+    expected = pd.concat(parts, ignore_index=True)
+    for source in (tmp_path, str(tmp_path / "engine-*.csv")):
+        got = read_phases(source, time_unit="ms")
+        pd.testing.assert_frame_equal(
+            got[["t_start", "t_end"]], expected[["t_start", "t_end"]] * 1e-3
+        )
+        pd.testing.assert_series_equal(got["request_id"], expected["request_id"])
+    lazy = read_phases(tmp_path, dask=True)
+    assert type(lazy).__module__.startswith("dask")
+    pd.testing.assert_frame_equal(
+        lazy.compute().reset_index(drop=True),
+        read_phases(tmp_path),
+        check_dtype=False,  # dask's strings are pyarrow-backed
+    )
+    with pytest.raises(ValueError, match="No trace file"):
+        read_phases(str(tmp_path / "*.parquet"))
