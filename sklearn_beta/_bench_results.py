@@ -27,7 +27,8 @@ def read_benchmark_results(
     clock. The prefill phase is ``[start, start + ttft)``, so it also holds
     the time in queue and the network round trip; the decode phase is
     ``[start + ttft, start + ttft + sum(itl))`` with ``output_len - 1`` decode
-    tokens (the first token closes the prefill, as in :func:`sklearn_beta.io.read_otel_spans`);
+    tokens (the first token closes the prefill, as in
+    :func:`sklearn_beta.io.read_otel_spans`);
     ``prefill_tokens`` is the whole ``input_len`` (the client does not know
     what the prefix cache served). Expect ``beta0`` and ``beta1`` to absorb
     the queueing: use server-side spans when you have them.
