@@ -266,7 +266,8 @@ class Trace:
         return "instance_id" if self.scenario.n_instances > 1 else None
 
 
-def simulate(scenario: Scenario, n_requests: int, seed: int) -> Trace:
+def simulate(scenario: Scenario, n_requests: int, seed) -> Trace:
+    """The scenario's trace; ``seed`` is any ``random_state`` of ``simulate_trace``."""
     start = time.perf_counter()
     phases, steps = simulate_trace(
         n_requests,

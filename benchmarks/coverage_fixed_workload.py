@@ -21,9 +21,9 @@ import warnings
 import numpy as np
 
 import sklearn_beta  # noqa: F401  (numba first: coverage.py shadows its `coverage`)
+from accuracy import simulate
 from coverage import LOADS, transformer
 from sklearn_beta import IterativeBetaRegressor
-from sklearn_beta.datasets import simulate_trace
 
 
 class NoiseReseeded(np.random.RandomState):
@@ -50,18 +50,8 @@ def main(argv: list[str] | None = None) -> int:
     truth = np.asarray(scenario.beta)
     betas, ses, covered = [], [], []
     for seed in range(args.seeds):
-        phases = simulate_trace(
-            n_requests,
-            beta=scenario.beta,
-            chunk_size=scenario.chunk_size,
-            max_num_seqs=scenario.max_num_seqs,
-            arrival_rate=scenario.arrival_rate,
-            token_budget=scenario.token_budget,
-            noise=scenario.noise,
-            n_instances=scenario.n_instances,
-            random_state=NoiseReseeded(args.workload, 1000 + seed),
-            **scenario.lengths,
-        )
+        reseeded = NoiseReseeded(args.workload, 1000 + seed)
+        phases = simulate(scenario, n_requests, reseeded).phases
         table = transformer(scenario).fit_transform(phases)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
