@@ -312,11 +312,9 @@ default=None
         )
         callback = partial(_print_progress, unit=unit) if self.verbose else None
 
-        # The objective's (jac, residual, weight) at each final fit's solution,
-        # by fit: beta_ci_ comes from the fit the edge treatment keeps.
-        solutions = {}
-
         def fit(weight, beta_init=None, final=True):
+            # The result carries the objective's (jac, residual, weight) at its
+            # solution last: beta_ci_ comes from the fit the edge treatment keeps.
             if beta_init is None:
                 beta_init = nnls_fit(init_design, scaled.duration, weight)
             chosen = settings if final else edge_test_settings(settings)
@@ -324,9 +322,7 @@ default=None
             result = run(
                 scaled, beta_init, chosen, weight, callback, on_solution=solved.append
             )
-            if final:
-                solutions[id(result)] = solved[0]
-            return result
+            return (*result, solved[0])
 
         edges, findings = None, []
         if self.objective == "step_count":
@@ -343,8 +339,7 @@ default=None
             )
         else:
             result = fit(sample_weight)
-        solution = solutions[id(result)]
-        beta, converged, n_iter, design, history = result
+        beta, converged, n_iter, design, history, solution = result
         beta = beta * unit
         caller = caller or type(self).__name__
         if not converged:
