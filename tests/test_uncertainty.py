@@ -18,6 +18,7 @@ from sklearn_beta import (
     estimate_betas_iterative,
 )
 from sklearn_beta._uncertainty import (
+    bartlett_covariance,
     long_run_covariance,
     sandwich_covariance,
     time_blocks,
@@ -61,19 +62,37 @@ def fit(phases, regressor=None, **transformer_options):
 # --- The covariance ---------------------------------------------------------
 
 
-def test_long_run_covariance_is_the_bartlett_double_sum():
+def _kernel_double_sum(scores, block_instance, weight):
+    expected = np.zeros((scores.shape[1],) * 2)
+    for b in range(scores.shape[0]):
+        for c in range(scores.shape[0]):
+            if block_instance[b] == block_instance[c]:
+                expected += weight(abs(b - c)) * np.outer(scores[b], scores[c])
+    return expected
+
+
+def test_bartlett_covariance_is_the_bartlett_double_sum():
     rng = np.random.default_rng(0)
     scores = rng.normal(size=(23, 3))
     block_instance = np.repeat([0, 1, 2], [10, 6, 7])
-    n_lags = 3
-    expected = np.zeros((3, 3))
-    for b in range(23):
-        for c in range(23):
-            lag = abs(b - c)
-            if block_instance[b] == block_instance[c] and lag <= n_lags:
-                weight = 1.0 - lag / (n_lags + 1.0)
-                expected += weight * np.outer(scores[b], scores[c])
-    got = long_run_covariance(scores, block_instance, n_lags)
+    width = 4
+    expected = _kernel_double_sum(
+        scores, block_instance, lambda lag: max(1.0 - lag / width, 0.0)
+    )
+    got = bartlett_covariance(scores, block_instance, width)
+    np.testing.assert_allclose(got, expected, rtol=1e-12, atol=1e-12)
+
+
+def test_long_run_covariance_weighs_every_lag_in_reach_by_at_least_half():
+    # L = 2 lags of overlap reach: Bartlett weights over a window of 6 blocks,
+    # 1 - lag / 6, so lags 0..2 count at least 2/3 and lags up to 5 enter.
+    rng = np.random.default_rng(3)
+    scores = rng.normal(size=(40, 3))
+    block_instance = np.repeat([0, 1], [22, 18])
+    expected = _kernel_double_sum(
+        scores, block_instance, lambda lag: max(1.0 - lag / 6.0, 0.0)
+    )
+    got = long_run_covariance(scores, block_instance, 2)
     np.testing.assert_allclose(got, expected, rtol=1e-12, atol=1e-12)
 
 
