@@ -1,6 +1,6 @@
 """Coverage with the workload held fixed: only the step noise is redrawn.
 
-``benchmarks/coverage.py`` redraws everything per seed: arrivals, lengths
+``benchmarks/interval_coverage.py`` redraws everything per seed: arrivals, lengths
 and step noise. The intervals ``beta_ci_`` are conditional on the trace's
 workload; this benchmark checks them against the spread of the betas when
 only the per-step noise changes. It relies on ``simulate_trace`` drawing the
@@ -12,17 +12,16 @@ Usage::
     python benchmarks/coverage_fixed_workload.py --load heavy_long --workload 0
 """
 
-from __future__ import annotations  # noqa: I001  (sklearn_beta before coverage)
+from __future__ import annotations
 
 import argparse
 import sys
 import warnings
 
 import numpy as np
-
-import sklearn_beta  # noqa: F401  (numba first: coverage.py shadows its `coverage`)
 from accuracy import simulate
-from coverage import LOADS, transformer
+from interval_coverage import LOADS, transformer
+
 from sklearn_beta import IterativeBetaRegressor
 
 

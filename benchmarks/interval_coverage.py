@@ -16,10 +16,11 @@ With ``--bootstrap N`` it also runs the block bootstrap
 
 Usage::
 
-    python benchmarks/coverage.py                        # 40 seeds, ~2-3 min
-    python benchmarks/coverage.py --seeds 10 --out cov.json
-    python benchmarks/coverage.py --compare benchmarks/coverage_results.json
-    python benchmarks/coverage.py --bootstrap 200 --bootstrap-seeds 5
+    python benchmarks/interval_coverage.py            # 40 seeds, ~2-3 min
+    python benchmarks/interval_coverage.py --seeds 10 --out cov.json
+    python benchmarks/interval_coverage.py \
+        --compare benchmarks/interval_coverage_results.json
+    python benchmarks/interval_coverage.py --bootstrap 200 --bootstrap-seeds 5
 """
 
 from __future__ import annotations
@@ -149,6 +150,9 @@ def markdown(table: pd.DataFrame) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, default=40)
+    parser.add_argument(
+        "--first-seed", type=int, default=0, help="seeds first..first+seeds-1"
+    )
     parser.add_argument("--loads", default="light,heavy,fleet")
     parser.add_argument("--level", type=float, default=0.95)
     parser.add_argument("--bootstrap", type=int, default=0, help="resamples")
@@ -161,8 +165,10 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     start = time.perf_counter()
     for load in args.loads.split(","):
-        for seed in range(args.seeds):
-            n_boot = args.bootstrap if seed < args.bootstrap_seeds else 0
+        for seed in range(args.first_seed, args.first_seed + args.seeds):
+            n_boot = (
+                args.bootstrap if seed - args.first_seed < args.bootstrap_seeds else 0
+            )
             rows += run_seed(load, seed, args.level, n_boot)
         print(f"{load}: {args.seeds} seeds done", file=sys.stderr, flush=True)
     results = pd.DataFrame(rows)
@@ -187,7 +193,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"  {r['load']:<6} {r['estimator']:<20} {r['method']:<9} {changes}")
     if args.out is not None:
         payload = dict(
-            command=" ".join(["python benchmarks/coverage.py", *sys.argv[1:]]),
+            command=" ".join(["python benchmarks/interval_coverage.py", *sys.argv[1:]]),
             noise=NOISE,
             level=args.level,
             loads={k: dict(requests=n) for k, (_, n) in LOADS.items()},
