@@ -13,6 +13,7 @@ from sklearn.base import BaseEstimator, TransformerMixin
 from sklearn.utils._param_validation import StrOptions
 from sklearn.utils.validation import check_is_fitted
 
+from ._budget import budget_bound, budget_group_mass
 from ._constraints import Number, WholeNumber, check_chunk_size, count
 from ._corrections import (
     FIXED_CORRECTION_MODES,
@@ -114,7 +115,15 @@ def with_time_resolution(
 def timeline_from_arrays(
     arrays: PhaseArrays, chunk_size: int, token_budget: int | None = None
 ) -> Timeline:
-    """Step counts, missing masses, grid and pressures of a validated trace."""
+    """Step counts, missing masses, grid and pressures of a validated trace.
+
+    Under a budget that caps the steps before any chunk size would
+    (``chunk_size >= token_budget``, vLLM V1's default), no prompt takes more
+    than ``B`` tokens in a step: the chunk is ``B``, and the missing mass is
+    each prefill group's deficit (:mod:`sklearn_beta._budget`).
+    """
+    if budget_bound(chunk_size, token_budget):
+        chunk_size = token_budget
     n_steps = phase_step_counts(arrays, chunk_size)
     if arrays.prefill_tokens is None:  # N_steps given, no correction wanted
         mu = np.zeros(arrays.n_phases)
@@ -122,7 +131,7 @@ def timeline_from_arrays(
         mu = missing_prefill_mass(
             arrays.is_prefill, arrays.prefill_tokens, n_steps, chunk_size
         )
-    return build_timeline(
+    timeline = build_timeline(
         arrays.t_start,
         arrays.t_end,
         arrays.instance,
@@ -132,6 +141,10 @@ def timeline_from_arrays(
         chunk_size,
         token_budget,
     )
+    if budget_bound(chunk_size, token_budget) and arrays.prefill_tokens is not None:
+        mu = budget_group_mass(timeline, arrays.prefill_tokens)
+        timeline = replace(timeline, mu=mu)
+    return timeline
 
 
 def phase_exposures(
@@ -147,6 +160,8 @@ def phase_exposures(
     The one computation behind the exposure table, the baseline estimator and
     the start of the iterative one.
     """
+    if budget_bound(chunk_size, token_budget):
+        chunk_size = token_budget
     arrays = with_time_resolution(arrays, chunk_size, time_resolution)
     timeline = timeline_from_arrays(arrays, chunk_size, token_budget)
     density = phase_step_density(timeline.n_steps, timeline.duration, min_duration)
@@ -187,7 +202,11 @@ class PhaseExposureTransformer(TransformerMixin, BaseEstimator):
         step serves the decodes first and fills the rest with prefill chunks,
         so the prefill pressure becomes ``min(C * #prefills, B - p_dec)``; the
         iterative estimator also stops trusting ``ceil(P / C)`` as the step
-        count of a prefill that ran through capped steps. A hyperparameter
+        count of a prefill that ran through capped steps. With
+        ``chunk_size >= token_budget`` (no chunk cap below the budget, vLLM
+        V1's default) the budget alone caps the prompts: overlapping prefills
+        share every step's budget and only the last step of a group of them
+        falls short (docs/method.md, section 4.1). A hyperparameter
         that :class:`~sklearn.model_selection.GridSearchCV` can tune when the
         engine's budget is unknown.
     time_resolution : "auto" or float, default=0.0

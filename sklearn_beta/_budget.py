@@ -1,0 +1,109 @@
+"""A token budget and no chunk cap: prefill groups, their deficit (method.md 4.1).
+
+vLLM V1 by default caps only the tokens of a step (``max_num_batched_tokens``,
+the budget ``B``), not the tokens one prompt may take. Each step serves the
+running decodes first and gives the rest of the budget, ``B - p_dec``, to the
+waiting prompts in arrival order, each taking what it still needs. So while
+any prompt is being prefilled every step is full, and a prompt's last chunk
+is topped up by the next prompt in the same step: the only steps short of
+budget are those where *every* running prompt finishes.
+
+Prefills that overlap (in time, on one instance) therefore form a *group*
+that ends together with its last member, and the per-prompt partial chunk of
+section 4 does not exist. What the full pressure ``B - p_dec`` over-counts is
+the group's *deficit*: the budget of its steps minus the prompt tokens it
+served,
+
+    deficit_g = k_g * cbar_g - sum_{r in g} P_r,
+    k_g = ceil(sum P_r / cbar_g),     cbar_g = mean of B - p_dec over the group,
+
+all on the group's last step. It is exact where the decodes do not change
+during the group (then ``B - p_dec`` is the same on each of its steps). Read
+as the missing mass of section 4 with chunk ``C = B``, it goes on the group's
+last segment through the prefills that end there. Prompts that run one after
+the other without overlapping, the next one starting on the step after the
+last one ended, are two groups: the first one's last step was short.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ._grid import Timeline, TraceGrid, count_active, cumulative
+
+
+def budget_bound(chunk_size: int, token_budget: int | None) -> bool:
+    """Whether the budget, not the chunk size, caps every prompt's share of a step."""
+    return token_budget is not None and chunk_size >= token_budget
+
+
+def prefill_groups(
+    trace_grid: TraceGrid, is_prefill: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Groups of overlapping prefills: the group of each prefill, and each
+    group's first and end grid points.
+
+    A group ends at every grid point that no prefill runs across (starts
+    before and ends after it): a prefill starting where another ends begins
+    a new group. Group numbers are increasing in time; numbers of grid points
+    where no prefill starts are left empty (first point = end point).
+    """
+    start = trace_grid.start_idx[is_prefill]
+    end = trace_grid.end_idx[is_prefill]
+    n_points = trace_grid.grid.shape[0]
+    across = np.bincount(start + 1, minlength=n_points + 1)[:n_points]
+    across = np.cumsum(across - np.bincount(end, minlength=n_points))
+    group_of_point = np.cumsum(across == 0) - 1
+    group = group_of_point[start]
+    n_groups = int(group_of_point[-1]) + 1
+    first = np.full(n_groups, n_points - 1, dtype=np.intp)
+    np.minimum.at(first, group, start)
+    last = np.zeros(n_groups, dtype=np.intp)
+    np.maximum.at(last, group, end)
+    return group, np.minimum(first, last), last
+
+
+def budget_group_mass(timeline: Timeline, prefill_tokens: np.ndarray) -> np.ndarray:
+    """Missing prefill mass ``mu`` of every phase under a budget-bound engine.
+
+    ``timeline`` must be built with ``chunk_size == token_budget``: its
+    full-chunk pressure counts ``B`` per running prefill, capped at
+    ``B - p_dec``. Each group's deficit (module docstring) is returned as the
+    mass of the prefills that end on its last segment, shared equally, plus
+    the ``n B - (B - p_dec)`` tokens the budget cap already removed there,
+    which :func:`~sklearn_beta._corrections.budget_capped_mass` takes back
+    off. 0 on every other phase.
+    """
+    budget = timeline.token_budget
+    trace_grid = timeline.trace_grid
+    is_prefill = timeline.is_prefill
+    group, first, end = prefill_groups(trace_grid, is_prefill)
+    n_groups = first.shape[0]
+    tokens = np.bincount(group, weights=prefill_tokens[is_prefill], minlength=n_groups)
+
+    left = np.maximum(budget - timeline.p_dec, 0.0)
+    last = np.maximum(end - 1, 0)
+    span = trace_grid.grid[end] - trace_grid.grid[first]
+    budget_time = cumulative(left * trace_grid.seg_len)
+    mean_left = np.divide(
+        budget_time[end] - budget_time[first],
+        span,
+        out=left[last].copy(),
+        where=span > 0,
+    )
+    # A group whose decodes leave no budget served nothing in the model
+    # either: no deficit to place.
+    steps = np.ceil(
+        np.divide(tokens, mean_left, out=np.zeros(n_groups), where=mean_left > 0)
+    )
+    deficit = np.clip(steps * mean_left - tokens, 0.0, left[last])
+    running = count_active(trace_grid, is_prefill)[last]
+    mass = running * budget - left[last] + deficit
+
+    phase = np.flatnonzero(is_prefill)
+    ends_group = trace_grid.end_idx[phase] == end[group]
+    sharing = np.bincount(group[ends_group], minlength=n_groups)
+    mu = np.zeros(timeline.n_phases)
+    share = mass[group[ends_group]] / sharing[group[ends_group]]
+    mu[phase[ends_group]] = np.clip(share, 0.0, budget)
+    return mu
