@@ -76,10 +76,10 @@ class EngineConfig:
         Most tokens per step (``max_num_batched_tokens``); None: no budget.
     model_chunk_size : int
         The ``chunk_size`` the betas were fitted with (give it to
-        :class:`~sklearn_beta.PhaseExposureTransformer`, with no
+        :class:`~sklearn_beta.PhaseExposureTransformer`, with
         ``token_budget``): the most prompt tokens a request can prefill in a
-        step, the smallest of ``chunk_size``, ``token_budget`` and the
-        longest prompt.
+        step, the smaller of ``chunk_size`` and ``token_budget``, or the
+        longest prompt when neither caps the steps.
     scores : DataFrame
         One row per candidate, best first: ``chunk_size``, ``token_budget``
         (``<NA>`` for None), ``prefill``, ``ttft``, ``decode``, ``e2e`` (mean
@@ -196,14 +196,10 @@ def select_engine_config(
     (measured: replays of the true engine 50 % off, and the wrong chunk
     ranked first), so it is reported, not scored.
 
-    The betas of a candidate with a token budget are fitted with the chunk
-    approximation (the exposure transformer's chunk size is the budget, or
-    the longest prompt if shorter, and no ``token_budget``); only the replay
-    applies the budget. Measured on light-load traces of a budget of 2048:
-    the budget-aware exposures biased beta1 by -3.9 % where the chunk
-    approximation was within 0.7 %, and made a chunk size of 2048 forecast
-    better than the true budget in 2 of 8 traces (0 of 8 with the
-    approximation).
+    The betas of a candidate with a token budget are fitted with the
+    budget-aware exposures (the transformer gets ``model_chunk_size`` and
+    the budget; with no chunk cap below the budget, prefill groups,
+    docs/method.md section 4.1), the same engine the replay runs.
 
     To keep the cost down, every candidate is first scored on the first
     fold only. Candidates that replay the trace identically at the same
@@ -220,7 +216,7 @@ def select_engine_config(
     estimator : Pipeline or None, default=None
         ``make_pipeline(PhaseExposureTransformer(...), regressor)``; its first
         step with ``chunk_size`` and ``token_budget`` parameters gets each
-        candidate's ``model_chunk_size`` (see :class:`EngineConfig`) and no
+        candidate's ``model_chunk_size`` (see :class:`EngineConfig`) and
         budget. None: the exposure transformer and
         :class:`~sklearn_beta.IterativeBetaRegressor` with their defaults, per
         instance when the trace has an instance column.
@@ -385,9 +381,12 @@ def model_chunk_size(pair: tuple, longest: int) -> int:
     """The exposure model's chunk size for an engine configuration.
 
     The most prompt tokens a request can prefill in one step: the chunk
-    size, the budget and the longest prompt, whichever is smallest.
+    size or the budget, whichever is smaller, or the longest prompt when
+    neither caps the steps. A budget stays the chunk even above the longest
+    prompt: the exposures then model the budget alone (prefill groups).
     """
-    return int(min(v for v in (*pair, longest) if v is not None))
+    caps = [v for v in pair if v is not None]
+    return int(min(caps)) if caps else int(longest)
 
 
 def _with_engine(estimator, pair: tuple, longest: int):
@@ -402,10 +401,8 @@ def _with_engine(estimator, pair: tuple, longest: int):
     for _, step in steps[:-1]:
         params = step.get_params(deep=False)
         if "chunk_size" in params and "token_budget" in params:
-            # The budget is replayed; the exposures take the chunk
-            # approximation (see select_engine_config).
             step.set_params(
-                chunk_size=model_chunk_size(pair, longest), token_budget=None
+                chunk_size=model_chunk_size(pair, longest), token_budget=pair[1]
             )
             return model
     raise ValueError(
