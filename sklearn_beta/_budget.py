@@ -23,6 +23,12 @@ as the missing mass of section 4 with chunk ``C = B``, it goes on the group's
 last segment through the prefills that end there. Prompts that run one after
 the other without overlapping, the next one starting on the step after the
 last one ended, are two groups: the first one's last step was short.
+
+A prompt alone in its group, with the decodes unchanged while it runs, gets
+``B - p_dec`` tokens on every step but its last: it runs
+``ceil(P / (B - p_dec))`` steps, a count the step-count objective can fit
+(:func:`alone_prefills`). Other prompts of a budget-bound engine share
+steps in ways the trace does not show, and their counts are left out.
 """
 
 from __future__ import annotations
@@ -107,3 +113,38 @@ def budget_group_mass(timeline: Timeline, prefill_tokens: np.ndarray) -> np.ndar
     share = mass[group[ends_group]] / sharing[group[ends_group]]
     mu[phase[ends_group]] = np.clip(share, 0.0, budget)
     return mu
+
+
+def alone_prefills(timeline: Timeline) -> np.ndarray:
+    """Prefills alone in their group with the decodes unchanged over their window.
+
+    Their step count is ``ceil(P / (B - p_dec))``, known (module docstring).
+    Boolean over phases; False on decodes.
+    """
+    trace_grid = timeline.trace_grid
+    is_prefill = timeline.is_prefill
+    group, _, _ = prefill_groups(trace_grid, is_prefill)
+    members = np.bincount(group)
+    # Changes of p_dec at the grid points strictly inside each window.
+    changes = np.zeros(trace_grid.grid.shape[0])
+    changes[1:-1] = timeline.p_dec[1:] != timeline.p_dec[:-1]
+    changed = np.cumsum(changes)
+    start = trace_grid.start_idx[is_prefill]
+    end = trace_grid.end_idx[is_prefill]
+    steady = changed[end - 1] == changed[start]
+    left = timeline.token_budget - timeline.p_dec[start]
+    alone = np.zeros(timeline.n_phases, dtype=bool)
+    alone[is_prefill] = (members[group] == 1) & steady & (left > 0)
+    return alone
+
+
+def alone_step_counts(
+    timeline: Timeline, prefill_tokens: np.ndarray, n_steps: np.ndarray
+) -> np.ndarray:
+    """``n_steps`` with ``ceil(P / (B - p_dec))`` on the prefills that run alone."""
+    alone = alone_prefills(timeline)
+    start = timeline.trace_grid.start_idx[alone]
+    left = timeline.token_budget - timeline.p_dec[start]
+    n_steps = n_steps.copy()
+    n_steps[alone] = np.ceil(prefill_tokens[alone] / left)
+    return n_steps

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from ._budget import alone_prefills, budget_bound
 from ._grid import Timeline, TraceGrid, cumulative, phase_integrals
 
 FIXED_CORRECTION_MODES = ("end", "end_inside", "uniform", "none")
@@ -205,9 +206,13 @@ def counted_phases(timeline: Timeline) -> np.ndarray:
 
     Decodes always run ``D`` steps. A prefill runs ``ceil(P / C)`` steps only
     if no step of its window was short of budget; a capped step may have
-    served it a partial chunk, or none.
+    served it a partial chunk, or none. Under a budget and no chunk cap
+    (:mod:`sklearn_beta._budget`) the prefills alone in their group, with
+    the decodes unchanged, are known.
     """
     if timeline.budget_excess is None:
         return np.ones(timeline.n_phases, dtype=bool)
+    if budget_bound(timeline.chunk_size, timeline.token_budget):
+        return ~timeline.is_prefill | alone_prefills(timeline)
     capped = (timeline.budget_excess > 0).astype(np.float64)
     return ~timeline.is_prefill | (phase_integrals(timeline.trace_grid, capped) == 0)

@@ -13,7 +13,7 @@ from sklearn.base import BaseEstimator, TransformerMixin
 from sklearn.utils._param_validation import StrOptions
 from sklearn.utils.validation import check_is_fitted
 
-from ._budget import budget_bound, budget_group_mass
+from ._budget import alone_step_counts, budget_bound, budget_group_mass
 from ._constraints import Number, WholeNumber, check_chunk_size, count
 from ._corrections import (
     FIXED_CORRECTION_MODES,
@@ -143,7 +143,9 @@ def timeline_from_arrays(
     )
     if budget_bound(chunk_size, token_budget) and arrays.prefill_tokens is not None:
         mu = budget_group_mass(timeline, arrays.prefill_tokens)
-        timeline = replace(timeline, mu=mu)
+        if arrays.n_steps is None:
+            n_steps = alone_step_counts(timeline, arrays.prefill_tokens, n_steps)
+        timeline = replace(timeline, mu=mu, n_steps=n_steps)
     return timeline
 
 

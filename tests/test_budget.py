@@ -54,6 +54,9 @@ def test_group_deficit_is_the_short_last_step_of_each_group():
         table["missing_prefill_mass"], [0.0, 49.0, 70.0, 0.0, 78.0], atol=1e-9
     )
     np.testing.assert_array_equal(table["chunk_size"], 100)
+    # a and b run alone with one decode throughout: ceil(P / 99) steps, a
+    # known count; c and e share steps, and ceil(P / 100) is only nominal.
+    np.testing.assert_array_equal(table["n_steps"], [10, 2, 1, 2, 1])
     # The chunk caps the prompts only below the budget.
     chunked = PhaseExposureTransformer(chunk_size=64, token_budget=100).fit_transform(
         phases
@@ -93,7 +96,7 @@ def _fit(phases, chunk_size, token_budget):
 
 @pytest.mark.parametrize(
     "arrival_rate, max_num_seqs, budget, tol",
-    [(2.2, 64, 2048, 1e-4), (8.0, 64, 1024, 6e-3), (25.0, 128, 2048, 3e-3)],
+    [(2.2, 64, 2048, 1e-5), (8.0, 64, 1024, 4e-3), (25.0, 128, 2048, 4e-3)],
 )
 def test_budget_bound_engine_recovered_from_the_simulator(
     arrival_rate, max_num_seqs, budget, tol
@@ -101,8 +104,8 @@ def test_budget_bound_engine_recovered_from_the_simulator(
     # Simulated step by step with a budget and no chunk cap, noise-free. The
     # groups' deficits are exact while the decodes do not change during a
     # group; under load they do, and the time-averaged budget left leaves
-    # 0.2-0.5 % on beta2 here. The chunk approximation (chunk = budget, no
-    # budget), all there was before, is 5 to 30 times further off.
+    # 0.2 % here. The chunk approximation (chunk = budget, no budget), all
+    # there was before, is 0.9 % off at light load and 11-19 % under load.
     phases = simulate_trace(
         1500,
         beta=BETA,
