@@ -55,6 +55,8 @@ from sklearn_beta.metrics import coefficient_errors, step_time_error, what_if_er
 # H100-like step costs: beta0 ~ 5-8 ms per step, beta1 ~ 2-5e-5 s per prefill
 # token, beta2 ~ 0.5-2e-4 s per decode token.
 LENGTHS = dict(prompt_tokens=(1024, 0.8), output_tokens=(200, 0.8))
+#: A chunk size longer than any prompt drawn: the engine has no chunk cap.
+NO_CHUNK_CAP = 10**6
 
 
 @dataclass(frozen=True)
@@ -240,6 +242,30 @@ SCENARIOS = {
             512,
             arrival_rate=40.0,
             n_instances=4,
+        ),
+        # vLLM V1's default engine: a token budget and no chunk cap (a chunk
+        # longer than any prompt). The default estimator is told the budget
+        # only in its "+budget" row; without it the exposures have no cap.
+        Scenario(
+            "v1_budget_light_noisy",
+            "vLLM V1 default, light load (~4 running), budget 2048, no chunk "
+            "cap, prompts ~1200, 5% step noise",
+            (8e-3, 2.5e-5, 6e-5),
+            NO_CHUNK_CAP,
+            arrival_rate=2.2,
+            max_num_seqs=64,
+            token_budget=2048,
+            noise=0.05,
+            lengths=dict(prompt_tokens=(1200, 0.45), output_tokens=(200, 0.6)),
+        ),
+        Scenario(
+            "v1_budget_noisy",
+            "vLLM V1 default, heavy load, budget 2048, no chunk cap, 5% step noise",
+            (6e-3, 3e-5, 1e-4),
+            NO_CHUNK_CAP,
+            arrival_rate=15.0,
+            token_budget=2048,
+            noise=0.05,
         ),
     ]
     + window_scenarios()
