@@ -43,6 +43,11 @@ def budget_bound(chunk_size: int, token_budget: int | None) -> bool:
     return token_budget is not None and chunk_size >= token_budget
 
 
+def effective_chunk_size(chunk_size: int, token_budget: int | None) -> int:
+    """Most tokens one prompt can take in a step: the chunk, or the budget below it."""
+    return token_budget if budget_bound(chunk_size, token_budget) else chunk_size
+
+
 def prefill_groups(
     trace_grid: TraceGrid, is_prefill: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -13,7 +13,12 @@ from sklearn.base import BaseEstimator, TransformerMixin
 from sklearn.utils._param_validation import StrOptions
 from sklearn.utils.validation import check_is_fitted
 
-from ._budget import alone_step_counts, budget_bound, budget_group_mass
+from ._budget import (
+    alone_step_counts,
+    budget_bound,
+    budget_group_mass,
+    effective_chunk_size,
+)
 from ._constraints import Number, WholeNumber, check_chunk_size, count
 from ._corrections import (
     FIXED_CORRECTION_MODES,
@@ -122,8 +127,7 @@ def timeline_from_arrays(
     than ``B`` tokens in a step: the chunk is ``B``, and the missing mass is
     each prefill group's deficit (:mod:`sklearn_beta._budget`).
     """
-    if budget_bound(chunk_size, token_budget):
-        chunk_size = token_budget
+    chunk_size = effective_chunk_size(chunk_size, token_budget)
     n_steps = phase_step_counts(arrays, chunk_size)
     if arrays.prefill_tokens is None:  # N_steps given, no correction wanted
         mu = np.zeros(arrays.n_phases)
@@ -162,8 +166,7 @@ def phase_exposures(
     The one computation behind the exposure table, the baseline estimator and
     the start of the iterative one.
     """
-    if budget_bound(chunk_size, token_budget):
-        chunk_size = token_budget
+    chunk_size = effective_chunk_size(chunk_size, token_budget)
     arrays = with_time_resolution(arrays, chunk_size, time_resolution)
     timeline = timeline_from_arrays(arrays, chunk_size, token_budget)
     density = phase_step_density(timeline.n_steps, timeline.duration, min_duration)

@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from ._budget import effective_chunk_size
 from ._memory import reuse_freed_memory
 
 __all__ = [
@@ -201,5 +202,7 @@ def _step_sums(part: pd.DataFrame, transformer) -> tuple[float, float]:
     if len(part) == 0:
         return 0.0, 0.0
     arrays = transformer._phase_arrays(part)
-    n_steps = phase_step_counts(arrays, transformer.chunk_size)
+    n_steps = phase_step_counts(
+        arrays, effective_chunk_size(transformer.chunk_size, transformer.token_budget)
+    )
     return float(n_steps.sum()), float(arrays.duration.sum())

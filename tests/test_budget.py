@@ -7,6 +7,7 @@ import warnings
 import numpy as np
 import pandas as pd
 import pytest
+from sklearn.base import clone
 from sklearn.pipeline import make_pipeline
 
 from sklearn_beta import IterativeBetaRegressor, PhaseExposureTransformer
@@ -120,3 +121,30 @@ def test_budget_bound_engine_recovered_from_the_simulator(
     error = np.abs(_fit(phases, 10**6, budget) / BETA - 1.0).max()
     assert error < tol
     assert np.abs(_fit(phases, budget, None) / BETA - 1.0).max() > 5 * max(error, tol)
+
+
+def test_dask_fit_of_a_budget_bound_fleet_equals_pandas():
+    # Prefill groups never cross instances, so partitions holding whole
+    # instances give the pandas exposures.
+    dd = pytest.importorskip("dask.dataframe")
+    fleet = simulate_trace(
+        400,
+        beta=BETA,
+        chunk_size=10**6,
+        token_budget=1024,
+        max_num_seqs=32,
+        arrival_rate=12.0,
+        n_instances=2,
+        random_state=3,
+    ).sort_values(["instance_id", "t_start"], ignore_index=True)
+    model = make_pipeline(
+        PhaseExposureTransformer(
+            chunk_size=10**6, token_budget=1024, time_resolution="auto"
+        ),
+        IterativeBetaRegressor(edges="fit", confidence_level=None),
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        expected = clone(model).fit(fleet)[-1].beta_
+        got = model.fit(dd.from_pandas(fleet, npartitions=2))[-1].beta_
+    np.testing.assert_allclose(got, expected, rtol=1e-9)
