@@ -207,32 +207,47 @@ def phase_integrals(trace_grid: TraceGrid, mass_per_segment: np.ndarray) -> np.n
     ``mass_per_segment[j]`` is the signal's value on segment j times the
     segment's length (for a rate) or simply the mass it holds there.
     """
-    cum = cumulative(mass_per_segment)
-    return cum[trace_grid.end_idx] - cum[trace_grid.start_idx]
+    return PhaseIntegrals(trace_grid)(mass_per_segment)
+
+
+class PhaseIntegrals:
+    """:func:`phase_integrals` of one signal after another, through buffers
+    allocated once: a prefix sum over the segments and one per-phase array.
+
+    ``integrals(mass, out=column)`` writes into ``column`` (e.g. a column of
+    a column-major design), so a fit's per-phase sums need no temporary
+    the size of the segments or the phases.
+    """
+
+    def __init__(self, trace_grid: TraceGrid):
+        self.trace_grid = trace_grid
+        self.cum = np.empty(trace_grid.n_segments + 1)
+        self.cum[0] = 0.0
+        self.at_start = np.empty(trace_grid.start_idx.shape[0])
+
+    def __call__(self, mass: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+        tg, cum = self.trace_grid, self.cum
+        if out is None:
+            out = np.empty(self.at_start.shape[0])
+        np.cumsum(mass, out=cum[1:])
+        # mode="clip" lets take write straight into ``out`` (indices are valid).
+        np.take(cum, tg.end_idx, out=out, mode="clip")
+        np.take(cum, tg.start_idx, out=self.at_start, mode="clip")
+        return np.subtract(out, self.at_start, out=out)
 
 
 def phase_integrals_many(trace_grid: TraceGrid, columns) -> np.ndarray:
     """:func:`phase_integrals` of several signals: shape (n_phases, k).
 
-    ``columns`` is a sequence of per-segment masses (or the transpose of an
-    (n_segments, k) array). Column by column through one reused prefix-sum
-    buffer: a cumulative sum down an (n_segments, k) stack walks memory with
-    a stride and needs k times the memory. The additions are the same, in the
-    same order, so the result is identical.
+    ``columns`` is a sequence of per-segment masses. The result is
+    column-major: each column is written in place (:class:`PhaseIntegrals`),
+    with the additions of :func:`phase_integrals`, in the same order.
     """
     columns = list(columns)
-    n_phases = trace_grid.start_idx.shape[0]
-    out = np.empty((n_phases, len(columns)))
-    cum = np.empty(trace_grid.n_segments + 1)
-    cum[0] = 0.0
-    at_start = np.empty(n_phases)
-    at_end = np.empty(n_phases)
+    integrals = PhaseIntegrals(trace_grid)
+    out = np.empty((trace_grid.start_idx.shape[0], len(columns)), order="F")
     for j, mass in enumerate(columns):
-        np.cumsum(mass, out=cum[1:])
-        # mode="clip" lets take write straight into ``out`` (indices are valid).
-        np.take(cum, trace_grid.end_idx, out=at_end, mode="clip")
-        np.take(cum, trace_grid.start_idx, out=at_start, mode="clip")
-        np.subtract(at_end, at_start, out=out[:, j])
+        integrals(mass, out=out[:, j])
     return out
 
 

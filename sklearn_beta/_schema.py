@@ -95,21 +95,23 @@ def write_exposure_table(
     The phase windows and instance codes are :func:`phase_windows`.
     """
     t_start, t_end, instance = phase_windows(timeline)
-    n = timeline.n_phases
-    return np.column_stack(
-        [
-            design,
-            timeline.duration,
-            t_start,
-            t_end,
-            timeline.is_prefill.astype(np.float64),
-            timeline.mu,
-            step_density,
-            np.full(n, float(timeline.chunk_size)),
-            np.full(n, float(timeline.token_budget or 0)),
-            instance.astype(np.float64),
-        ]
-    )
+    # Column-major: every column is written (and later read) contiguously,
+    # and a DataFrame takes the array as its one block without a copy.
+    table = np.empty((timeline.n_phases, len(EXPOSURE_COLUMNS)), order="F")
+    table[:, : len(DESIGN_COLUMNS)] = design
+    for name, values in (
+        ("duration", timeline.duration),
+        ("t_start", t_start),
+        ("t_end", t_end),
+        ("is_prefill", timeline.is_prefill),
+        ("missing_prefill_mass", timeline.mu),
+        ("step_density", step_density),
+        ("chunk_size", float(timeline.chunk_size)),
+        ("token_budget", float(timeline.token_budget or 0)),
+        ("instance_id", instance),
+    ):
+        table[:, _POSITION[name]] = values
+    return table
 
 
 def _fail(table, name, bad, what):
@@ -169,8 +171,8 @@ def read_timeline(table: np.ndarray) -> Timeline:
         column(table, "instance_id").astype(np.intp),
         column(table, "is_prefill") == 1,
         # Copies, not views: a timeline must not keep the whole table alive.
-        np.ascontiguousarray(column(table, "n_steps")),
-        np.ascontiguousarray(column(table, "missing_prefill_mass")),
+        column(table, "n_steps").copy(),
+        column(table, "missing_prefill_mass").copy(),
         int(column(table, "chunk_size")[0]),
         int(column(table, "token_budget")[0]) or None,
     )
