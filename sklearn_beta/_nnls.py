@@ -74,7 +74,7 @@ def nnls_from_r(r_aug: np.ndarray) -> np.ndarray:
     return beta
 
 
-def _weighted_rows(design, root_w, start, scratch, columns):
+def weighted_rows(design, root_w, start, scratch, columns):
     """Rows ``start:start + BLOCK_ROWS`` of ``sqrt(w) * design`` in ``scratch``."""
     stop = min(start + BLOCK_ROWS, design.shape[0])
     block = scratch[: stop - start]
@@ -90,9 +90,9 @@ def _weighted_gram(design: np.ndarray, root_w: np.ndarray | None) -> np.ndarray:
     n, k = design.shape
     scratch = np.empty((min(n, BLOCK_ROWS), k))
     gram = np.zeros((k, k))
-    with _single_threaded_blas():
+    with single_threaded_blas():
         for start in range(0, n, BLOCK_ROWS):
-            block = _weighted_rows(design, root_w, start, scratch, None)
+            block = weighted_rows(design, root_w, start, scratch, None)
             gram += block.T @ block
     return gram
 
@@ -102,7 +102,7 @@ def _blas_controller() -> ThreadpoolController:
     return ThreadpoolController()
 
 
-def _single_threaded_blas():
+def single_threaded_blas():
     """Context in which BLAS runs on one thread (same kernels, same bits)."""
     return _blas_controller().limit(limits=1, user_api="blas")
 
@@ -136,9 +136,9 @@ def _tall_reduction(design, target, root_w, gram, columns, scale):
         width = design.shape[1] if columns is None else k
         scratch = np.empty((min(n, BLOCK_ROWS), width))
         q = np.empty((scratch.shape[0], k))
-        with _single_threaded_blas():
+        with single_threaded_blas():
             for start in range(0, n, BLOCK_ROWS):
-                block = _weighted_rows(design, root_w, start, scratch, columns)
+                block = weighted_rows(design, root_w, start, scratch, columns)
                 q_block = np.matmul(block, to_q, out=q[: block.shape[0]])
                 stop = start + block.shape[0]
                 rhs = target[start:stop]
