@@ -48,33 +48,41 @@ class TraceGrid:
         return self.seg_len.shape[0]
 
 
+def _one_instance(instance) -> int | None:
+    """The instance code of a trace that has one instance, else None."""
+    if instance is None or instance.shape[0] == 0:
+        return 0
+    first = instance[0]
+    return int(first) if instance.min() == first == instance.max() else None
+
+
 def _sorted_boundaries(t_start, t_end, instance):
-    """All phase boundaries sorted by (instance, time), with the permutation."""
-    n = t_start.shape[0]
-    if instance is None:
-        instance = np.zeros(n, dtype=np.intp)
+    """All phase boundaries sorted by (instance, time), with the permutation.
+
+    Returns ``(order, sorted_times, sorted_owner)``; ``sorted_owner`` is None
+    when the trace has one instance (its code is :func:`_one_instance`).
+    """
     times = np.concatenate([t_start, t_end])
-    owner = np.concatenate([instance, instance])
     # A float argsort then a stable sort by instance is several times faster
     # than lexsort on two keys; with one instance the second sort is skipped.
     # Stable (merge) sorting finds the runs of a trace logged in time order:
     # twice as fast as quicksort there (1.4x slower on shuffled rows), and
     # ties only reorder equal times, which share one grid point anyway.
     order = np.argsort(times, kind="stable")
-    if owner[0] != owner[-1] or np.any(owner != owner[0]):
-        order = order[np.argsort(owner[order], kind="stable")]
-        return order, times[order], owner[order], owner
-    # One instance: every permutation of ``owner`` is ``owner`` (read only).
-    return order, times[order], owner, owner
+    if _one_instance(instance) is not None:
+        return order, times[order], None
+    owner = np.concatenate([instance, instance])
+    order = order[np.argsort(owner[order], kind="stable")]
+    return order, times[order], owner[order]
 
 
 def _new_instants(sorted_t, sorted_owner, resolution: float) -> np.ndarray:
     """Which sorted boundaries start a new instant (more than ``resolution`` on)."""
     is_new = np.empty(sorted_t.shape[0], dtype=bool)
     is_new[0] = True
-    is_new[1:] = (np.diff(sorted_t) > resolution) | (
-        sorted_owner[1:] != sorted_owner[:-1]
-    )
+    np.greater(np.diff(sorted_t), resolution, out=is_new[1:])
+    if sorted_owner is not None:
+        is_new[1:] |= sorted_owner[1:] != sorted_owner[:-1]
     return is_new
 
 
@@ -97,7 +105,7 @@ def snap_times(
     if resolution <= 0:
         return t_start, t_end
     n = t_start.shape[0]
-    order, sorted_t, sorted_owner, _ = _sorted_boundaries(t_start, t_end, instance)
+    order, sorted_t, sorted_owner = _sorted_boundaries(t_start, t_end, instance)
     is_new = _new_instants(sorted_t, sorted_owner, resolution)
     snapped = np.empty(2 * n)
     snapped[order] = sorted_t[is_new][np.cumsum(is_new) - 1]
@@ -115,16 +123,24 @@ def build_grid(
         If an instance has fewer than two distinct times.
     """
     n = t_start.shape[0]
-    order, sorted_t, sorted_owner, owner = _sorted_boundaries(t_start, t_end, instance)
+    order, sorted_t, sorted_owner = _sorted_boundaries(t_start, t_end, instance)
     is_new = _new_instants(sorted_t, sorted_owner, 0.0)
-    rank = np.cumsum(is_new) - 1
+    rank = np.cumsum(is_new, dtype=np.intp)
+    rank -= 1
     position = np.empty(2 * n, dtype=np.intp)
     position[order] = rank
+    del order, rank
     grid = sorted_t[is_new]
-    grid_instance = sorted_owner[is_new]
-
-    points_per_instance = np.bincount(grid_instance)
-    present = np.bincount(owner) > 0
+    if sorted_owner is None:
+        code = _one_instance(instance)
+        grid_instance = np.full(grid.shape[0], code, dtype=np.intp)
+        present = np.zeros(code + 1, dtype=bool)
+        present[code] = n > 0
+        points_per_instance = np.bincount(grid_instance, minlength=code + 1)
+    else:
+        grid_instance = sorted_owner[is_new]
+        points_per_instance = np.bincount(grid_instance)
+        present = np.bincount(instance) > 0
     if np.any(present & (points_per_instance < 2)):
         raise ValueError(
             "The trace needs at least two distinct timestamps per instance to "
@@ -133,7 +149,8 @@ def build_grid(
             "have only one."
         )
     seg_len = np.diff(grid)
-    seg_len[grid_instance[1:] != grid_instance[:-1]] = 0.0
+    if sorted_owner is not None:
+        seg_len[grid_instance[1:] != grid_instance[:-1]] = 0.0
     return TraceGrid(
         grid=grid,
         grid_instance=grid_instance,

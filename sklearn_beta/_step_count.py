@@ -56,26 +56,48 @@ def solved_step_counts(
     return solved.n, solved.prefill_mass(), jac
 
 
+class CountScratch:
+    """Scratch arrays of :func:`count_state`, made once per fit and reused by
+    every state: at 1e7 phases a state otherwise faults in about a gigabyte
+    of fresh memory, page by page (more system time than arithmetic)."""
+
+    def __init__(self, timeline: Timeline):
+        n_segments = timeline.trace_grid.n_segments
+        self.step_time = np.empty(n_segments)
+        self.segment = np.empty(n_segments)
+        self.phase = np.empty(timeline.n_phases)
+        self.integrals = PhaseIntegrals(timeline.trace_grid)
+
+
 class SolvedCounts:
     """The steps on every segment at ``beta`` (see :func:`solved_step_counts`),
     with the step time each segment's steps last; the prefill mass and the
     Jacobian's columns are made on demand, one segment-sized array each.
+    With a :class:`CountScratch` the step time lives in its buffer, valid
+    until the scratch serves the next state.
     """
 
-    def __init__(self, timeline: Timeline, beta: np.ndarray, mass: np.ndarray):
+    def __init__(
+        self,
+        timeline: Timeline,
+        beta: np.ndarray,
+        mass: np.ndarray,
+        scratch: CountScratch | None = None,
+    ):
         s, p_pf, p_dec = timeline.trace_grid.seg_len, timeline.p_pf_full, timeline.p_dec
         self.timeline, self.mass = timeline, mass
         # b0 + b1 p_pf + b2 p_dec, floored, evaluated in place in that order.
-        step_time = np.multiply(p_pf, beta[1])
+        lent = (None, None) if scratch is None else (scratch.step_time, scratch.segment)
+        step_time = np.multiply(p_pf, beta[1], out=lent[0])
         step_time += beta[0]
-        scratch = np.multiply(p_dec, beta[2])
-        step_time += scratch
+        product = np.multiply(p_dec, beta[2], out=lent[1])
+        step_time += product
         np.maximum(step_time, MIN_STEP_TIME, out=step_time)
         n = np.multiply(mass, beta[1])
         n += s
         n /= step_time
-        np.multiply(n, p_pf, out=scratch)
-        emptied = scratch < mass
+        np.multiply(n, p_pf, out=product)
+        emptied = product < mass
         if np.any(emptied):
             bare = np.maximum(beta[0] + beta[2] * p_dec[emptied], MIN_STEP_TIME)
             n[emptied] = s[emptied] / bare
@@ -155,10 +177,13 @@ class CountState:
     prefill_mass: np.ndarray  # prefill tokens those steps hold, n * p_eff
 
 
-def count_state(timeline, beta, mode, fixed, weight) -> CountState:
+def count_state(timeline, beta, mode, fixed, weight, scratch=None) -> CountState:
+    """The objective at ``beta``; ``scratch``, a :class:`CountScratch` of the
+    timeline, lends the temporaries (none of its arrays is kept)."""
     mass = solved_correction(timeline, beta, mode, fixed)
-    solved = SolvedCounts(timeline, beta, mass)
-    integrals = PhaseIntegrals(timeline.trace_grid)
+    scratch = scratch or CountScratch(timeline)
+    solved = SolvedCounts(timeline, beta, mass, scratch)
+    integrals = scratch.integrals
     n_phases, n_steps = timeline.n_phases, timeline.n_steps
     steps = integrals(solved.n)
     # The design of docs/method.md 6.2.4, N_i times the pressures averaged over the
@@ -169,19 +194,18 @@ def count_state(timeline, beta, mode, fixed, weight) -> CountState:
     design[:, 0] = n_steps
     prefill_mass = solved.prefill_mass()
     integrals(prefill_mass, out=design[:, 1])
-    scratch = np.multiply(solved.n, timeline.p_dec)
-    integrals(scratch, out=design[:, 2])
+    segment = np.multiply(solved.n, timeline.p_dec, out=scratch.segment)
+    integrals(segment, out=design[:, 2])
     jac = np.empty((n_phases, 3), order="F")
     for k in range(3):
-        integrals(solved.jacobian(k, out=scratch), out=jac[:, k])
-    del scratch, integrals
+        integrals(solved.jacobian(k, out=segment), out=jac[:, k])
     held = steps > 0
     for k in (1, 2):
         np.divide(design[:, k], steps, out=design[:, k], where=held)
-        design[~held, k] = 0.0
+        np.copyto(design[:, k], 0.0, where=~held)
         design[:, k] *= n_steps
     residual = np.subtract(steps, n_steps, out=steps)
-    squares = np.square(residual)
+    squares = np.square(residual, out=scratch.phase)
     squares *= weight
     loss = float(np.sum(squares))
     return CountState(beta, residual, jac, design, loss, solved.n, prefill_mass)
@@ -222,6 +246,7 @@ class TimelineCounts(TimelineProblem):
     def __init__(self, timeline, correction_mode, sample_weight=None):
         super().__init__(timeline, correction_mode, sample_weight)
         self.weight = step_count_weights(timeline, sample_weight)
+        self.scratch = None
 
     def counted_totals(self) -> tuple[int, float, float]:
         """Phases of positive weight; the sums of their durations and ``N_i``."""
@@ -235,13 +260,27 @@ class TimelineCounts(TimelineProblem):
     def step_totals(self, beta: np.ndarray) -> tuple[float, float]:
         """Weighted steps the phases hold at ``beta`` (``end_inside``), and ``N_i``."""
         timeline = self.timeline
-        n = SolvedCounts(timeline, beta, end_inside_mass(timeline)).n
+        if self.correction_mode == "end_inside":
+            mass = budget_capped_mass(self.fixed, timeline)
+        else:
+            mass = end_inside_mass(timeline)
+        n = SolvedCounts(timeline, beta, mass, self._scratch()).n
         total = float(np.sum(self.weight * phase_integrals(timeline.trace_grid, n)))
         return total, float(np.sum(self.weight * timeline.n_steps))
 
+    def _scratch(self) -> CountScratch:
+        if self.scratch is None:
+            self.scratch = CountScratch(self.timeline)
+        return self.scratch
+
     def state(self, beta: np.ndarray) -> CountState:
         return count_state(
-            self.timeline, beta, self.correction_mode, self.fixed, self.weight
+            self.timeline,
+            beta,
+            self.correction_mode,
+            self.fixed,
+            self.weight,
+            self._scratch(),
         )
 
     def proposal(self, state: CountState) -> np.ndarray:
