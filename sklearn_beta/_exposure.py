@@ -23,6 +23,7 @@ from ._corrections import (
     step_counts,
 )
 from ._grid import PhaseIntegrals, Timeline, build_timeline, snap_times
+from ._memory import large_fit_memory, n_rows
 from ._schema import EXPOSURE_COLUMNS, write_exposure_table
 from ._validation import PhaseArrays, PhaseColumns, check_phases
 from .fleet import is_dask_collection
@@ -401,9 +402,10 @@ class PhaseExposureTransformer(TransformerMixin, BaseEstimator):
         return self._exposure_frame(X)
 
     def _exposure_frame(self, X, arrays: PhaseArrays | None = None) -> pd.DataFrame:
-        timeline, design, density = self._exposures(X, arrays)
-        table = write_exposure_table(design, timeline, density)
-        del timeline, design, density
+        with large_fit_memory(n_rows(X)):
+            timeline, design, density = self._exposures(X, arrays)
+            table = write_exposure_table(design, timeline, density)
+            del timeline, design, density
         # The fresh column-major table becomes the frame's one block as it is:
         # pandas would otherwise copy (and transpose) a gigabyte at 1e7 phases.
         return pd.DataFrame(
