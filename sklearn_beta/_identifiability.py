@@ -133,7 +133,11 @@ def trace_shape(timeline: Timeline) -> TraceShape:
     """Phase counts and the busy segments' extreme pressures of ``timeline``."""
     n_prefill = int(np.count_nonzero(timeline.is_prefill))
     tg = timeline.trace_grid
-    active = count_active(tg)
+    if timeline.budget_excess is None:  # p_pf_full is C times the prefills
+        active = timeline.p_pf_full / timeline.chunk_size
+        active += timeline.p_dec
+    else:
+        active = count_active(tg)
     busy = (tg.seg_len > 0) & (active > 0)
     if not busy.any():
         return TraceShape(

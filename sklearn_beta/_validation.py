@@ -111,9 +111,10 @@ def phase_layout(phases, columns: PhaseColumns, need_prefill_tokens: bool) -> _L
         raise ValueError("No phase rows: the phase table is empty, nothing to fit.")
     names = {item.name: getattr(columns, item.name) for item in fields(columns)}
     present = {k: v for k, v in names.items() if v is not None and v in phases.columns}
-    duplicated = sorted(
-        {str(c) for c in present.values() if np.count_nonzero(phases.columns == c) > 1}
-    )
+    duplicated = []
+    if not phases.columns.is_unique:
+        repeated = phases.columns[phases.columns.duplicated()]
+        duplicated = sorted({str(c) for c in present.values() if c in repeated})
     if duplicated:
         raise ValueError(
             f"The phase table has several columns named {duplicated}; "
@@ -369,8 +370,11 @@ def _phase_kinds(column: pd.Series) -> tuple[np.ndarray, np.ndarray]:
         codes, labels = pd.factorize(column)
     except TypeError:  # unhashable cells (lists, dicts): per row, slowly
         return normalise(column)
-    # Normalising only the few distinct labels keeps a 1e6-row table fast.
-    label_prefill, label_decode = normalise(pd.Series(labels, dtype=object))
+    # Normalising only the few distinct labels, as str() then strip and lower
+    # (what astype("string") does to each), keeps a 1e6-row table fast.
+    kinds = [str(label).strip().lower() for label in labels]
+    label_prefill = np.array([kind == "prefill" for kind in kinds], dtype=bool)
+    label_decode = np.array([kind == "decode" for kind in kinds], dtype=bool)
     # Code -1 marks a missing label: it picks the False appended at the end.
     return np.append(label_prefill, False)[codes], np.append(label_decode, False)[codes]
 
