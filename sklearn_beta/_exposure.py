@@ -379,7 +379,8 @@ class PhaseExposureTransformer(TransformerMixin, BaseEstimator):
         """
         if is_dask_collection(X):
             return self.fit(X).transform(X)
-        return self._exposure_frame(X, self._fit_arrays(X))
+        with large_fit_memory(n_rows(X)):
+            return self._exposure_frame(X, self._fit_arrays(X))
 
     def transform(self, X):
         """Compute the exposure table of the phases in ``X``.
@@ -399,13 +400,13 @@ class PhaseExposureTransformer(TransformerMixin, BaseEstimator):
             from ._dask_fit import transform_partitions
 
             return transform_partitions(self, X)
-        return self._exposure_frame(X)
+        with large_fit_memory(n_rows(X)):
+            return self._exposure_frame(X)
 
     def _exposure_frame(self, X, arrays: PhaseArrays | None = None) -> pd.DataFrame:
-        with large_fit_memory(n_rows(X)):
-            timeline, design, density = self._exposures(X, arrays)
-            table = write_exposure_table(design, timeline, density)
-            del timeline, design, density
+        timeline, design, density = self._exposures(X, arrays)
+        table = write_exposure_table(design, timeline, density)
+        del timeline, design, density
         # The fresh column-major table becomes the frame's one block as it is:
         # pandas would otherwise copy (and transpose) a gigabyte at 1e7 phases.
         return pd.DataFrame(

@@ -133,7 +133,9 @@ def build_grid(
     grid = sorted_t[is_new]
     if sorted_owner is None:
         code = _one_instance(instance)
-        grid_instance = np.full(grid.shape[0], code, dtype=np.intp)
+        # Zeros (the usual code) come from calloc: no page is written.
+        grid_instance = np.zeros(grid.shape[0], dtype=np.intp)
+        grid_instance += code
         present = np.zeros(code + 1, dtype=bool)
         present[code] = n > 0
         points_per_instance = np.bincount(grid_instance, minlength=code + 1)
