@@ -175,10 +175,10 @@ def count_active(trace_grid: TraceGrid, mask: np.ndarray | None = None) -> np.nd
     if mask is not None:
         start, end = start[mask], end[mask]
     n_points = trace_grid.grid.shape[0]
-    delta = np.bincount(start, minlength=n_points) - np.bincount(
-        end, minlength=n_points
-    )
-    return np.cumsum(delta[:-1]).astype(np.float64)
+    delta = np.bincount(start, minlength=n_points)
+    delta -= np.bincount(end, minlength=n_points)
+    # Whole counts accumulate exactly in float64: no integer pass to convert.
+    return np.cumsum(delta[:-1], dtype=np.float64)
 
 
 def prefill_pressure(
