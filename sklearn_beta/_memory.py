@@ -12,14 +12,15 @@ than glibc it does nothing.
 The estimators enter it by themselves for traces of at least
 :data:`LARGE_FIT_PHASES` phases (:func:`large_fit_memory`): measured at 1e7
 phases, 28.9 s -> 18.5 s wall and 23.1 s -> 15.2 s of CPU, with the same
-peak resident set (4.40 GB). The setting is process-wide, so it is
-reference-counted: nested and concurrent fits apply it once and the last one
-out restores it. glibc cannot report the thresholds it had, and any
-``mallopt`` call turns its dynamic thresholds off for good; on leaving, the
-thresholds are therefore set to the values the dynamic rule converges to in
-a process that frees large arrays (mmap above 32 MiB, trim above 64 MiB),
-so later allocations behave as after any large numpy computation. A process
-that tunes ``malloc`` through the environment (``MALLOC_*_`` variables or
+peak resident set (4.40 GB); see docs/scale.md, "Where the time goes at
+10M". The setting is process-wide, so it is reference-counted: nested and
+concurrent fits apply it once and the last one out restores it. glibc
+cannot report the thresholds it had, and any ``mallopt`` call turns its
+dynamic thresholds off for good; on leaving, the thresholds are therefore
+set to the values the dynamic rule converges to in a process that frees
+large arrays (mmap above 32 MiB, trim above 64 MiB), so later allocations
+behave as after any large numpy computation. A process that tunes
+``malloc`` through the environment (``MALLOC_*_`` variables or
 ``GLIBC_TUNABLES``) is left alone by the automatic use.
 """
 
@@ -33,6 +34,7 @@ import sys
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
+from functools import cache
 
 # mallopt parameters (malloc.h).
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD, _M_MMAP_MAX = -1, -3, -4
@@ -51,6 +53,7 @@ _lock = threading.Lock()
 _depth = 0
 
 
+@cache
 def _glibc():
     if not sys.platform.startswith("linux"):
         return None
