@@ -160,21 +160,39 @@ def fit_statistics(
     target: np.ndarray, predicted: np.ndarray, sample_weight: np.ndarray | None = None
 ) -> tuple[float, float]:
     """Return ``(r2, rmse)``; r2 is NaN when the target has no variance."""
+    return scores_from_sums(
+        residual_squares(target, predicted, sample_weight),
+        *total_squares(target, sample_weight),
+    )
+
+
+def residual_squares(
+    target: np.ndarray, predicted: np.ndarray, sample_weight: np.ndarray | None = None
+) -> float:
+    """``sum(w (target - predicted)^2)``, through one temporary."""
     squares = np.subtract(target, predicted)
     np.square(squares, out=squares)
+    if sample_weight is not None:
+        squares *= sample_weight
+    return float(np.sum(squares))
+
+
+def total_squares(
+    target: np.ndarray, sample_weight: np.ndarray | None = None
+) -> tuple[float, float]:
+    """``(sum(w (target - mean)^2), sum(w))``: what :func:`fit_statistics`
+    needs of the target alone, the same for every prediction of it."""
     if sample_weight is None:
         w_sum = float(target.shape[0])
         mean = np.sum(target) / w_sum
     else:
-        squares *= sample_weight
         w_sum = sample_weight.sum()
         mean = np.sum(sample_weight * target) / w_sum
-    ss_res = float(np.sum(squares))
-    np.subtract(target, mean, out=squares)
+    squares = np.subtract(target, mean)
     np.square(squares, out=squares)
     if sample_weight is not None:
         squares *= sample_weight
-    return scores_from_sums(ss_res, float(np.sum(squares)), w_sum)
+    return float(np.sum(squares)), w_sum
 
 
 def scores_from_sums(ss_res: float, ss_tot: float, w_sum: float) -> tuple[float, float]:

@@ -34,8 +34,13 @@ from ._fixed_point import (
     history_record,
     step_density,
 )
-from ._grid import PhaseIntegrals, Timeline, phase_integrals
-from ._nnls import fit_statistics, nnls_fit
+from ._grid import PhaseIntegrals, Timeline
+from ._nnls import (
+    nnls_fit,
+    residual_squares,
+    scores_from_sums,
+    total_squares,
+)
 
 #: Step halvings tried when a Gauss-Newton step does not lower the objective.
 MAX_HALVINGS = 8
@@ -247,6 +252,7 @@ class TimelineCounts(TimelineProblem):
         super().__init__(timeline, correction_mode, sample_weight)
         self.weight = step_count_weights(timeline, sample_weight)
         self.scratch = None
+        self.duration_squares = None
 
     def counted_totals(self) -> tuple[int, float, float]:
         """Phases of positive weight; the sums of their durations and ``N_i``."""
@@ -264,8 +270,9 @@ class TimelineCounts(TimelineProblem):
             mass = budget_capped_mass(self.fixed, timeline)
         else:
             mass = end_inside_mass(timeline)
-        n = SolvedCounts(timeline, beta, mass, self._scratch()).n
-        total = float(np.sum(self.weight * phase_integrals(timeline.trace_grid, n)))
+        scratch = self._scratch()
+        n = SolvedCounts(timeline, beta, mass, scratch).n
+        total = float(np.sum(self.weight * scratch.integrals(n)))
         return total, float(np.sum(self.weight * timeline.n_steps))
 
     def _scratch(self) -> CountScratch:
@@ -293,7 +300,13 @@ class TimelineCounts(TimelineProblem):
 
     def duration_fit(self, state: CountState) -> tuple[float, float]:
         """``(r2, rmse)`` of the durations the state predicts, ``design @ beta``."""
-        return fit_statistics(self.timeline.duration, state.design @ state.beta)
+        duration = self.timeline.duration
+        if self.duration_squares is None:  # the same at every state
+            self.duration_squares = total_squares(duration)
+        predicted = state.design @ state.beta
+        return scores_from_sums(
+            residual_squares(duration, predicted), *self.duration_squares
+        )
 
 
 def initial_scale(problem, beta: np.ndarray) -> np.ndarray:
