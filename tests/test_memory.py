@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ctypes
 import os
+import time
 from contextlib import nullcontext
 
 import numpy as np
@@ -76,7 +77,8 @@ def test_nested_reuse_keeps_the_setting_until_the_last_one_leaves():
             assert _mmap_growth(size) == 0
         # The inner exit must not have restored mmap for the outer one.
         assert _mmap_growth(size) == 0
-    assert _mmap_growth(size) >= size
+    # Restored: larger than any block freed inside, so not from the heap.
+    assert _mmap_growth(4 * size) >= 4 * size
 
 
 def test_large_fit_memory_only_for_large_untuned_fits(monkeypatch):
@@ -88,3 +90,23 @@ def test_large_fit_memory_only_for_large_untuned_fits(monkeypatch):
     assert not isinstance(large, nullcontext)
     monkeypatch.setenv("MALLOC_MMAP_THRESHOLD_", "1048576")
     assert isinstance(_memory.large_fit_memory(_memory.LARGE_FIT_PHASES), nullcontext)
+
+
+def _resident_bytes():
+    with open("/proc/self/statm") as statm:
+        return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def test_freed_heap_goes_back_to_the_system_after_the_delay(monkeypatch):
+    if _mmapped_bytes() is None:
+        pytest.skip("needs glibc's mallinfo2")
+    monkeypatch.setattr(_memory, "TRIM_DELAY", 0.05)
+    size = 256 * 2**20
+    with reuse_freed_memory():
+        block = np.ones(size // 8)
+        del block
+    kept = _resident_bytes()  # freed inside, still resident for the next step
+    deadline = time.monotonic() + 5.0
+    while _resident_bytes() > kept - size // 2 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert _resident_bytes() <= kept - size // 2
