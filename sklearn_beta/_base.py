@@ -15,6 +15,7 @@ from sklearn.utils.validation import (
 
 from ._grid import Timeline
 from ._identifiability import BETA_NAMES
+from ._memory import large_fit_memory
 from ._schema import EXPOSURE_COLUMNS, column, has_column, phase_windows
 from ._uncertainty import sandwich_intervals, trust_warnings
 from .exceptions import UncertaintyWarning
@@ -91,7 +92,8 @@ class BaseBetaRegressor(RegressorMixin, BaseEstimator):
             sample_weight = _check_sample_weight(
                 sample_weight, table, ensure_non_negative=True
             )
-        beta = self._fit_table(table, duration, sample_weight)
+        with large_fit_memory(table.shape[0]):
+            beta = self._fit_table(table, duration, sample_weight)
         self.beta_ = np.asarray(beta, dtype=np.float64)
         self.coef_ = self.beta_.copy()
         self.intercept_ = 0.0

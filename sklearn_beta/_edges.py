@@ -348,7 +348,8 @@ def fit_step_counts_of_window(
     """The step-count fit of a trace that may be a window cut from serving.
 
     ``fit(weight, beta_init=None, final=True)`` is the estimator's fit (see
-    :func:`fit_with_edge_context`). With ``edges="auto"`` the edges are
+    :func:`fit_with_edge_context`); its result ends with the objective's
+    ``(jac, residual, weight)`` at its betas. With ``edges="auto"`` the edges are
     treated by :func:`fit_with_edge_context`; with ``"fit"`` every phase is
     fitted. Then, at the chosen fit's betas and with its phase weights, the
     step noise is checked for coefficients it leaves unknown
@@ -366,7 +367,19 @@ def fit_step_counts_of_window(
         correction_mode, timeline.trace_grid, timeline.is_prefill, timeline.mu
     )
 
+    solved = {}
+
+    def fitted(weight, beta_init=None, final=True):
+        # Remember the last fit's own linearisation at its betas: asking for
+        # it again would rebuild the whole objective (seconds at 1e7 phases).
+        result = fit(weight, beta_init, final)
+        jac, residual, _ = result[-1]
+        solved.update(beta=result[0], linearisation=(residual, jac))
+        return result
+
     def linearised(beta):
+        if "beta" in solved and np.array_equal(beta, solved["beta"]):
+            return solved["linearisation"]
         state = count_state(timeline, beta, correction_mode, fixed, 1.0)
         return state.residual, state.jac
 
@@ -376,14 +389,14 @@ def fit_step_counts_of_window(
             timeline.trace_grid,
             timeline.is_prefill,
             timeline.n_steps,
-            fit,
+            fitted,
             linearised,
             sample_weight,
             step_count_weights(timeline, sample_weight),
             stacklevel=stacklevel + 1,
         )
     else:
-        result = fit(sample_weight, None)
+        result = fitted(sample_weight, None)
     beta, design = result[0], result[3]
     weight = step_count_weights(timeline, sample_weight)
     residual, jac = linearisation or linearised(beta)

@@ -28,7 +28,8 @@ from ._corrections import (
     missing_prefill_mass,
     step_counts,
 )
-from ._grid import Timeline, build_timeline, phase_integrals, snap_times
+from ._grid import PhaseIntegrals, Timeline, build_timeline, snap_times
+from ._memory import large_fit_memory, n_rows
 from ._schema import EXPOSURE_COLUMNS, write_exposure_table
 from ._validation import PhaseArrays, PhaseColumns, check_phases
 from .fleet import is_dask_collection
@@ -57,10 +58,18 @@ def baseline_exposures(
         fixed_correction_mass(correction_mode, tg, timeline.is_prefill, timeline.mu),
         timeline,
     )
-    prefill = step_density * phase_integrals(tg, timeline.p_pf_full * tg.seg_len)
-    prefill -= phase_integrals(tg, correction)
-    decode = step_density * phase_integrals(tg, timeline.p_dec * tg.seg_len)
-    return np.column_stack([timeline.n_steps, prefill, decode])
+    integrals = PhaseIntegrals(tg)
+    # Column-major, each column integrated in place.
+    design = np.empty((timeline.n_phases, 3), order="F")
+    design[:, 0] = timeline.n_steps
+    per_segment = np.multiply(timeline.p_pf_full, tg.seg_len)
+    prefill = integrals(per_segment, out=design[:, 1])
+    prefill *= step_density
+    prefill -= integrals(correction)
+    np.multiply(timeline.p_dec, tg.seg_len, out=per_segment)
+    integrals(per_segment, out=design[:, 2])
+    design[:, 2] *= step_density
+    return design
 
 
 def phase_step_counts(arrays: PhaseArrays, chunk_size: int) -> np.ndarray:
@@ -310,10 +319,15 @@ class PhaseExposureTransformer(TransformerMixin, BaseEstimator):
             X, self._columns(), need_prefill_tokens=self.correction_mode != "none"
         )
 
-    def _exposures(self, X) -> tuple[Timeline, np.ndarray, np.ndarray]:
-        """Timeline, baseline design and step density of the phases in ``X``."""
+    def _exposures(
+        self, X, arrays: PhaseArrays | None = None
+    ) -> tuple[Timeline, np.ndarray, np.ndarray]:
+        """Timeline, baseline design and step density of the phases in ``X``
+        (``arrays``: ``X`` already validated)."""
+        if arrays is None:
+            arrays = self._phase_arrays(X)
         return phase_exposures(
-            self._decode_convention(self._phase_arrays(X)),
+            self._decode_convention(arrays),
             check_chunk_size(self.chunk_size),
             self.correction_mode,
             self.min_duration,
@@ -330,7 +344,7 @@ class PhaseExposureTransformer(TransformerMixin, BaseEstimator):
                 "decode_tokens_include_first=True has no effect: the "
                 f"{self._columns().n_steps!r} column gives the step counts.",
                 UserWarning,
-                stacklevel=5,  # the caller of transform (set_output wraps it)
+                stacklevel=6,  # the caller of transform (set_output wraps it)
             )
             return arrays
         decode = exclude_first_decode_token(arrays.is_prefill, arrays.decode_tokens)
@@ -359,11 +373,38 @@ class PhaseExposureTransformer(TransformerMixin, BaseEstimator):
 
             check_phase_partitions(self, X)
             return self
+        self._fit_arrays(X)
+        return self
+
+    def _fit_arrays(self, X) -> PhaseArrays:
+        """Validate the parameters and the phase table; remember its columns."""
         self._validate_params()
-        self._phase_arrays(X)
+        arrays = self._phase_arrays(X)
         self.feature_names_in_ = np.asarray(X.columns, dtype=object)
         self.n_features_in_ = len(self.feature_names_in_)
-        return self
+        return arrays
+
+    def fit_transform(self, X, y=None):
+        """Fit to the phase table and return its exposure table.
+
+        The same as ``fit(X).transform(X)``, validating the table once.
+
+        Parameters
+        ----------
+        X : DataFrame of shape (n_phases, n_columns)
+            The phase table.
+        y : None
+            Ignored.
+
+        Returns
+        -------
+        X_out : DataFrame of shape (n_phases, 12)
+            Columns :data:`EXPOSURE_COLUMNS`, indexed like ``X``.
+        """
+        if is_dask_collection(X):
+            return self.fit(X).transform(X)
+        with large_fit_memory(n_rows(X)):
+            return self._exposure_frame(X, self._fit_arrays(X))
 
     def transform(self, X):
         """Compute the exposure table of the phases in ``X``.
@@ -383,9 +424,18 @@ class PhaseExposureTransformer(TransformerMixin, BaseEstimator):
             from ._dask_fit import transform_partitions
 
             return transform_partitions(self, X)
-        timeline, design, density = self._exposures(X)
+        with large_fit_memory(n_rows(X)):
+            return self._exposure_frame(X)
+
+    def _exposure_frame(self, X, arrays: PhaseArrays | None = None) -> pd.DataFrame:
+        timeline, design, density = self._exposures(X, arrays)
         table = write_exposure_table(design, timeline, density)
-        return pd.DataFrame(table, columns=list(EXPOSURE_COLUMNS), index=X.index)
+        del timeline, design, density
+        # The fresh column-major table becomes the frame's one block as it is:
+        # pandas would otherwise copy (and transpose) a gigabyte at 1e7 phases.
+        return pd.DataFrame(
+            table, columns=list(EXPOSURE_COLUMNS), index=X.index, copy=False
+        )
 
     def get_feature_names_out(self, input_features=None):
         """Names of the exposure table's columns.

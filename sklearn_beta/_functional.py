@@ -18,6 +18,7 @@ from sklearn.utils._param_validation import InvalidParameterError
 from ._baseline import BaselineBetaRegressor
 from ._exposure import PhaseExposureTransformer
 from ._iterative import IterativeBetaRegressor
+from ._memory import large_fit_memory, n_rows
 from ._uncertainty import interval_summary
 from ._validation import PhaseColumns
 
@@ -188,11 +189,12 @@ def estimate_betas_baseline(
         time_resolution=time_resolution,
         columns=columns,
     )
-    timeline, design, _ = transformer._exposures(phases)
     regressor = BaselineBetaRegressor()
-    beta = regressor._fit_design(
-        design, timeline.duration, None, timeline, caller=caller, stacklevel=4
-    )
+    with large_fit_memory(n_rows(phases)):
+        timeline, design, _ = transformer._exposures(phases)
+        beta = regressor._fit_design(
+            design, timeline.duration, None, timeline, caller=caller, stacklevel=4
+        )
     return BaselineResult(
         *beta.tolist(), diagnostics=regressor.diagnostics_ | _intervals(regressor)
     )
@@ -297,16 +299,17 @@ default="end"
         _ITERATIVE_NAMES,
         caller,
     )
-    timeline, design, density = transformer._exposures(phases)
-    beta = regressor._fit_timeline(
-        timeline,
-        design,
-        density,
-        timeline.duration,
-        caller=caller,
-        names=_ITERATIVE_NAMES,
-        stacklevel=4,
-    )
+    with large_fit_memory(n_rows(phases)):
+        timeline, design, density = transformer._exposures(phases)
+        beta = regressor._fit_timeline(
+            timeline,
+            design,
+            density,
+            timeline.duration,
+            caller=caller,
+            names=_ITERATIVE_NAMES,
+            stacklevel=4,
+        )
     history = published_history(regressor.history_)
     return IterativeResult(
         *beta.tolist(),

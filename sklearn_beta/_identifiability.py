@@ -26,6 +26,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ._grid import Timeline, count_active
+from ._nnls import BLOCK_ROWS, single_threaded_blas, weighted_rows
 from .exceptions import IdentifiabilityWarning
 
 BETA_NAMES = ("beta0", "beta1", "beta2")
@@ -46,11 +47,16 @@ def condition_number(
     Column scaling removes the units (steps vs tokens), so what is left
     measures collinearity only; a zero column gives ``inf``.
     """
-    design = _weighted(design, sample_weight)
-    norms = np.linalg.norm(design, axis=0)
-    if design.shape[0] < design.shape[1] or np.any(norms == 0):
+    if design.shape[0] < design.shape[1]:
         return float("inf")
-    singular = np.linalg.svd(design / norms, compute_uv=False)
+    return _condition_of_r(design_r(design, sample_weight))
+
+
+def _condition_of_r(r: np.ndarray) -> float:
+    norms = np.sqrt(np.einsum("ij,ij->j", r, r))
+    if np.any(norms == 0):
+        return float("inf")
+    singular = np.linalg.svd(r / norms, compute_uv=False)
     if singular[-1] <= 0:
         return float("inf")
     return float(singular[0] / singular[-1])
@@ -60,18 +66,40 @@ def collinear_coefficients(
     design: np.ndarray, sample_weight: np.ndarray | None = None
 ) -> tuple[str, ...]:
     """Coefficients taking part in the design's weakest direction."""
-    design = _weighted(design, sample_weight)
-    norms = np.linalg.norm(design, axis=0)
-    scaled = design / np.where(norms > 0, norms, 1.0)
+    return _collinear_of_r(design_r(design, sample_weight))
+
+
+def _collinear_of_r(r: np.ndarray) -> tuple[str, ...]:
+    norms = np.sqrt(np.einsum("ij,ij->j", r, r))
+    scaled = r / np.where(norms > 0, norms, 1.0)
     weakest = np.linalg.svd(scaled)[2][-1]
     return tuple(n for n, v in zip(BETA_NAMES, weakest, strict=True) if abs(v) > 0.1)
 
 
-def _weighted(design, sample_weight):
+def design_r(design: np.ndarray, sample_weight: np.ndarray | None = None) -> np.ndarray:
+    """The R factor of ``sqrt(w) * design``, shape (k, k): ``X' W X = R' R``.
+
+    Singular values, right singular vectors and column norms of the design
+    are those of R, so the diagnostics read R instead of the tall design.
+    Householder QR of the running R stacked on each block of rows (the R of
+    stacked R factors is that of the stacked blocks): one pass, stable for
+    any condition number, and no temporary the size of the design.
+    """
     design = np.asarray(design, dtype=np.float64)
-    if sample_weight is None:
-        return design
-    return design * np.sqrt(np.asarray(sample_weight, dtype=np.float64))[:, None]
+    n, k = design.shape
+    root_w = None
+    if sample_weight is not None:
+        root_w = np.sqrt(np.asarray(sample_weight, dtype=np.float64))
+    stacked = np.zeros((min(n, BLOCK_ROWS) + k, k))
+    r = np.zeros((0, k))
+    with single_threaded_blas():
+        for start in range(0, n, BLOCK_ROWS):
+            m = weighted_rows(design, root_w, start, stacked[k:], None).shape[0]
+            stacked[k - r.shape[0] : k] = r
+            r = np.linalg.qr(stacked[k - r.shape[0] : k + m], mode="r")
+    if r.shape[0] < k:  # fewer rows than columns
+        r = np.vstack([r, np.zeros((k - r.shape[0], k))])
+    return r
 
 
 @dataclass(frozen=True)
@@ -105,7 +133,11 @@ def trace_shape(timeline: Timeline) -> TraceShape:
     """Phase counts and the busy segments' extreme pressures of ``timeline``."""
     n_prefill = int(np.count_nonzero(timeline.is_prefill))
     tg = timeline.trace_grid
-    active = count_active(tg)
+    if timeline.budget_excess is None:  # p_pf_full is C times the prefills
+        active = timeline.p_pf_full / timeline.chunk_size
+        active += timeline.p_dec
+    else:
+        active = count_active(tg)
     busy = (tg.seg_len > 0) & (active > 0)
     if not busy.any():
         return TraceShape(
@@ -221,17 +253,18 @@ def identifiability_diagnostics(
     findings = trace_findings(timeline) if timeline is not None else []
     findings += list(extra_findings)
     named = {c for coefs, _ in findings for c in coefs}
-    zero = np.linalg.norm(_weighted(design, sample_weight), axis=0) == 0
+    r = design_r(design, sample_weight)
+    zero = np.einsum("ij,ij->j", r, r) == 0
     for name in np.asarray(BETA_NAMES)[zero]:
         if name not in named:
             findings.append(
                 ((str(name),), "its design column is zero: no phase is exposed to it")
             )
-    cond = condition_number(design, sample_weight)
+    cond = float("inf") if design.shape[0] < design.shape[1] else _condition_of_r(r)
     if not findings and cond > CONDITION_LIMIT:
         findings.append(
             (
-                collinear_coefficients(design, sample_weight),
+                _collinear_of_r(r),
                 "their columns of the design are nearly collinear (condition "
                 f"number {cond:.3g} > {CONDITION_LIMIT:g})",
             )
@@ -249,14 +282,27 @@ def identifiability_diagnostics(
     return {
         "condition_number": cond,
         "not_identified": not_identified,
-        "at_zero_bound": at_zero_bound(design, duration, beta),
+        "at_zero_bound": at_zero_bound(
+            design, duration, beta, r if sample_weight is None else None
+        ),
     }
 
 
-def at_zero_bound(design: np.ndarray, duration: np.ndarray, beta: np.ndarray) -> list:
-    """Coefficients at zero, or contributing a negligible share of the fit."""
-    contribution = np.abs(beta) * np.linalg.norm(design, axis=0)
-    scale = max(float(np.linalg.norm(duration)), np.finfo(float).tiny)
+def at_zero_bound(
+    design: np.ndarray,
+    duration: np.ndarray,
+    beta: np.ndarray,
+    r: np.ndarray | None = None,
+) -> list:
+    """Coefficients at zero, or contributing a negligible share of the fit.
+
+    ``r``, the R factor of the (unweighted) design when known, gives its
+    column norms.
+    """
+    columns = design if r is None else r
+    contribution = np.abs(beta) * np.sqrt(np.einsum("ij,ij->j", columns, columns))
+    total = float(np.sqrt(np.einsum("i,i->", duration, duration)))
+    scale = max(total, np.finfo(float).tiny)
     return [
         n
         for n, b, c in zip(BETA_NAMES, beta, contribution, strict=True)

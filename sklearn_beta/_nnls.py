@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
-from functools import cache, partial
+from functools import cache
 
 import numpy as np
 from scipy.linalg import solve_triangular
 from scipy.optimize import nnls
 from threadpoolctl import ThreadpoolController
+
+#: Rows per block of the passes over a tall design: a (rows, k) scratch block
+#: (1.5 MB for k = 3) stays in cache, so no pass allocates anything the size
+#: of the design.
+BLOCK_ROWS = 1 << 16
 
 
 def nnls_fit(
@@ -19,17 +24,35 @@ def nnls_fit(
     token exposures differ by orders of magnitude, and the active-set solver's
     tolerances are absolute. The solution of the scaled problem maps back
     exactly, so this changes conditioning, not the answer.
+
+    The design is read in row blocks copied into one scratch layout, so the
+    result rounds the same whatever its memory layout (a DataFrame's columns
+    or a row-major array) and no temporary grows with the rows.
     """
-    # One memory layout, so that reductions round identically whether the
-    # design comes from a DataFrame or straight from the functional API.
-    design = np.ascontiguousarray(design, dtype=np.float64)
-    target = np.ascontiguousarray(target, dtype=np.float64)
+    design = np.asarray(design, dtype=np.float64)
+    target = np.asarray(target, dtype=np.float64)
     check_finite_design(design)
+    root_w = None
     if sample_weight is not None:
         root_w = np.sqrt(np.asarray(sample_weight, dtype=np.float64))
-        design = design * root_w[:, None]
-        target = target * root_w
-    return _column_scaled_nnls(design, partial(_tall_nnls, target=target))
+    gram = _weighted_gram(design, root_w)
+    scale = np.sqrt(np.diag(gram))
+    usable = scale > 0
+    beta = np.zeros(design.shape[1])
+    if not usable.any():
+        return beta
+    columns = None if usable.all() else usable
+    scale = scale[usable]
+    reduced = _tall_reduction(design, target, root_w, gram, columns, scale)
+    if reduced is None:
+        scaled = design[:, usable]  # a copy: scaled in place below
+        if root_w is not None:
+            scaled *= root_w[:, None]
+            target = target * root_w
+        scaled /= scale
+        reduced = (scaled, target)
+    beta[usable] = nnls(*reduced)[0] / scale
+    return beta
 
 
 def nnls_from_r(r_aug: np.ndarray) -> np.ndarray:
@@ -42,25 +65,37 @@ def nnls_from_r(r_aug: np.ndarray) -> np.ndarray:
     """
     k = r_aug.shape[1] - 1
     qtb = r_aug[:, k]
-    return _column_scaled_nnls(r_aug[:, :k], lambda scaled: nnls(scaled, qtb)[0])
-
-
-def _column_scaled_nnls(design: np.ndarray, solve) -> np.ndarray:
-    """``solve`` the NNLS on unit-norm columns; map its solution back."""
+    design = r_aug[:, :k]
     scale = np.sqrt(np.einsum("ij,ij->j", design, design))
     usable = scale > 0
-    beta = np.zeros(design.shape[1])
-    if not usable.any():
-        return beta
-    beta[usable] = solve(design[:, usable] / scale[usable]) / scale[usable]
+    beta = np.zeros(k)
+    if usable.any():
+        scaled = design[:, usable] / scale[usable]
+        beta[usable] = nnls(scaled, qtb)[0] / scale[usable]
     return beta
 
 
-def _tall_nnls(scaled: np.ndarray, target: np.ndarray) -> np.ndarray:
-    reduced = _tall_reduction(scaled, target)
-    if reduced is None:
-        return nnls(scaled, target)[0]
-    return nnls(*reduced)[0]
+def weighted_rows(design, root_w, start, scratch, columns):
+    """Rows ``start:start + BLOCK_ROWS`` of ``sqrt(w) * design`` in ``scratch``."""
+    stop = min(start + BLOCK_ROWS, design.shape[0])
+    block = scratch[: stop - start]
+    rows = design[start:stop]
+    np.copyto(block, rows if columns is None else rows[:, columns])
+    if root_w is not None:
+        block *= root_w[start:stop, None]
+    return block
+
+
+def _weighted_gram(design: np.ndarray, root_w: np.ndarray | None) -> np.ndarray:
+    """``X' W X`` of the design, summed over row blocks."""
+    n, k = design.shape
+    scratch = np.empty((min(n, BLOCK_ROWS), k))
+    gram = np.zeros((k, k))
+    with single_threaded_blas():
+        for start in range(0, n, BLOCK_ROWS):
+            block = weighted_rows(design, root_w, start, scratch, None)
+            gram += block.T @ block
+    return gram
 
 
 @cache
@@ -68,52 +103,96 @@ def _blas_controller() -> ThreadpoolController:
     return ThreadpoolController()
 
 
-def _single_threaded_blas():
+def single_threaded_blas():
     """Context in which BLAS runs on one thread (same kernels, same bits)."""
     return _blas_controller().limit(limits=1, user_api="blas")
 
 
-def _tall_reduction(design: np.ndarray, target: np.ndarray):
-    """``(R, Q'b)`` with ``design = QR``, by CholeskyQR2, or None.
+def _tall_reduction(design, target, root_w, gram, columns, scale):
+    """``(R, Q'b)`` of the weighted, column-scaled design, by CholeskyQR2, or None.
 
     ``||A x - b||^2 = ||R x - Q'b||^2 + const``, so the active-set solver can
-    work on a k-by-k system instead of n-by-k: one pass over the data instead
-    of many. Two Cholesky passes make Q orthogonal to working precision while
-    the (column-scaled) condition number stays below ~1e7; beyond that, or for
-    short or rank-deficient designs, the caller solves the full problem.
+    work on a k-by-k system instead of n-by-k. ``gram`` is ``X' W X`` of the
+    whole design; ``columns`` (None for all) and ``scale`` select and scale
+    the columns solved for. The first Cholesky factor comes from ``gram``;
+    the second pass, over row blocks, makes Q orthogonal to working precision
+    while the (column-scaled) condition number stays below ~1e7. Beyond
+    that, or for short or rank-deficient designs, None: the caller solves
+    the full problem. BLAS runs on one thread: OpenBLAS threads an
+    ``(n, k) @ (k, k)`` product so badly that on a busy 2-core machine it
+    took 2 s instead of 0.05 s at 1e6 rows.
     """
-    n, k = design.shape
+    n, k = design.shape[0], scale.shape[0]
     if n <= 16 * k:
         return None
+    if columns is not None:
+        gram = gram[np.ix_(columns, columns)]
     try:
-        r1 = np.linalg.cholesky(design.T @ design).T
-        # k is tiny: multiplying by the explicit inverse of R1 is one fast
-        # n-by-k matmul, and CholeskyQR's second pass absorbs its rounding.
-        # OpenBLAS threads an (n, k) @ (k, k) product so badly that on a busy
-        # 2-core machine it took 2 s instead of 0.05 s at 1e6 rows.
-        with _single_threaded_blas():
-            q1 = design @ np.linalg.inv(r1)
-        r2 = np.linalg.cholesky(q1.T @ q1).T
+        r1 = np.linalg.cholesky(gram / np.outer(scale, scale)).T
+        # Q1 = X S^-1 R1^-1, block by block: k is tiny, so multiplying by the
+        # explicit inverse is one fast product, and the second pass absorbs
+        # its rounding.
+        to_q = np.linalg.inv(r1) / scale[:, None]
+        qq, qtb = np.zeros((k, k)), np.zeros(k)
+        width = design.shape[1] if columns is None else k
+        scratch = np.empty((min(n, BLOCK_ROWS), width))
+        q = np.empty((scratch.shape[0], k))
+        with single_threaded_blas():
+            for start in range(0, n, BLOCK_ROWS):
+                block = weighted_rows(design, root_w, start, scratch, columns)
+                q_block = np.matmul(block, to_q, out=q[: block.shape[0]])
+                stop = start + block.shape[0]
+                rhs = target[start:stop]
+                if root_w is not None:
+                    rhs = rhs * root_w[start:stop]
+                qq += q_block.T @ q_block
+                qtb += q_block.T @ rhs
+        r2 = np.linalg.cholesky(qq).T
     except np.linalg.LinAlgError:
         return None
     r = r2 @ r1
     if np.linalg.cond(r) > 1e7:
         return None
-    qtb = solve_triangular(r2, q1.T @ target, trans="T", lower=False)
-    return r, qtb
+    return r, solve_triangular(r2, qtb, trans="T", lower=False)
 
 
 def fit_statistics(
     target: np.ndarray, predicted: np.ndarray, sample_weight: np.ndarray | None = None
 ) -> tuple[float, float]:
     """Return ``(r2, rmse)``; r2 is NaN when the target has no variance."""
+    return scores_from_sums(
+        residual_squares(target, predicted, sample_weight),
+        *total_squares(target, sample_weight),
+    )
+
+
+def residual_squares(
+    target: np.ndarray, predicted: np.ndarray, sample_weight: np.ndarray | None = None
+) -> float:
+    """``sum(w (target - predicted)^2)``, through one temporary."""
+    squares = np.subtract(target, predicted)
+    np.square(squares, out=squares)
+    if sample_weight is not None:
+        squares *= sample_weight
+    return float(np.sum(squares))
+
+
+def total_squares(
+    target: np.ndarray, sample_weight: np.ndarray | None = None
+) -> tuple[float, float]:
+    """``(sum(w (target - mean)^2), sum(w))``: what :func:`fit_statistics`
+    needs of the target alone, the same for every prediction of it."""
     if sample_weight is None:
-        sample_weight = np.ones_like(target)
-    w_sum = sample_weight.sum()
-    ss_res = float(np.sum(sample_weight * (target - predicted) ** 2))
-    mean = np.sum(sample_weight * target) / w_sum
-    ss_tot = float(np.sum(sample_weight * (target - mean) ** 2))
-    return scores_from_sums(ss_res, ss_tot, w_sum)
+        w_sum = float(target.shape[0])
+        mean = np.sum(target) / w_sum
+    else:
+        w_sum = sample_weight.sum()
+        mean = np.sum(sample_weight * target) / w_sum
+    squares = np.subtract(target, mean)
+    np.square(squares, out=squares)
+    if sample_weight is not None:
+        squares *= sample_weight
+    return float(np.sum(squares)), w_sum
 
 
 def scores_from_sums(ss_res: float, ss_tot: float, w_sum: float) -> tuple[float, float]:
@@ -124,6 +203,11 @@ def scores_from_sums(ss_res: float, ss_tot: float, w_sum: float) -> tuple[float,
 
 def check_finite_design(design: np.ndarray) -> None:
     """Raise ValueError if the design overflowed, instead of returning NaN betas."""
+    # A finite sum means every entry is finite: one pass and no temporary on
+    # the common path; an overflowing sum of finite entries just takes the
+    # row-by-row look below.
+    if np.isfinite(np.sum(design)):
+        return
     bad = ~np.all(np.isfinite(design), axis=1)
     if bad.any():
         raise ValueError(

@@ -77,14 +77,20 @@ def design_columns(table: np.ndarray) -> np.ndarray:
     return table[:, : len(DESIGN_COLUMNS)]
 
 
-def phase_windows(timeline: Timeline) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def phase_windows(
+    timeline: Timeline, out: tuple = (None, None)
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """``(t_start, t_end, instance_id)`` of every phase, read off the grid.
 
     The grid's points are the phases' own (merged, per-instance shifted)
     boundaries: these are the windows the exposures were integrated over.
+    ``out``: two float arrays (e.g. table columns) to gather the times into.
     """
     tg = timeline.trace_grid
-    return tg.grid[tg.start_idx], tg.grid[tg.end_idx], tg.grid_instance[tg.start_idx]
+    # mode="clip" lets take write straight into ``out`` (indices are valid).
+    t_start = np.take(tg.grid, tg.start_idx, out=out[0], mode="clip")
+    t_end = np.take(tg.grid, tg.end_idx, out=out[1], mode="clip")
+    return t_start, t_end, tg.grid_instance[tg.start_idx]
 
 
 def write_exposure_table(
@@ -94,22 +100,24 @@ def write_exposure_table(
 
     The phase windows and instance codes are :func:`phase_windows`.
     """
-    t_start, t_end, instance = phase_windows(timeline)
-    n = timeline.n_phases
-    return np.column_stack(
-        [
-            design,
-            timeline.duration,
-            t_start,
-            t_end,
-            timeline.is_prefill.astype(np.float64),
-            timeline.mu,
-            step_density,
-            np.full(n, float(timeline.chunk_size)),
-            np.full(n, float(timeline.token_budget or 0)),
-            instance.astype(np.float64),
-        ]
-    )
+    # Column-major: every column is written (and later read) contiguously,
+    # and a DataFrame takes the array as its one block without a copy. The
+    # phase windows are gathered straight into it.
+    table = np.empty((timeline.n_phases, len(EXPOSURE_COLUMNS)), order="F")
+    table[:, : len(DESIGN_COLUMNS)] = design
+    times = (column(table, "t_start"), column(table, "t_end"))
+    _, _, instance = phase_windows(timeline, out=times)
+    for name, values in (
+        ("duration", timeline.duration),
+        ("is_prefill", timeline.is_prefill),
+        ("missing_prefill_mass", timeline.mu),
+        ("step_density", step_density),
+        ("chunk_size", float(timeline.chunk_size)),
+        ("token_budget", float(timeline.token_budget or 0)),
+        ("instance_id", instance),
+    ):
+        table[:, _POSITION[name]] = values
+    return table
 
 
 def _fail(table, name, bad, what):
@@ -169,8 +177,8 @@ def read_timeline(table: np.ndarray) -> Timeline:
         column(table, "instance_id").astype(np.intp),
         column(table, "is_prefill") == 1,
         # Copies, not views: a timeline must not keep the whole table alive.
-        np.ascontiguousarray(column(table, "n_steps")),
-        np.ascontiguousarray(column(table, "missing_prefill_mass")),
+        column(table, "n_steps").copy(),
+        column(table, "missing_prefill_mass").copy(),
         int(column(table, "chunk_size")[0]),
         int(column(table, "token_budget")[0]) or None,
     )

@@ -34,8 +34,13 @@ from ._fixed_point import (
     history_record,
     step_density,
 )
-from ._grid import Timeline, phase_integrals, phase_integrals_many
-from ._nnls import fit_statistics, nnls_fit
+from ._grid import PhaseIntegrals, Timeline
+from ._nnls import (
+    nnls_fit,
+    residual_squares,
+    scores_from_sums,
+    total_squares,
+)
 
 #: Step halvings tried when a Gauss-Newton step does not lower the objective.
 MAX_HALVINGS = 8
@@ -51,21 +56,83 @@ def solved_step_counts(
     Where the correction would take back more than the full chunks hold,
     ``p_eff`` is 0 and the segment's steps are ``s / (b0 + b2 p_dec)``.
     """
-    s, p_pf, p_dec = timeline.trace_grid.seg_len, timeline.p_pf_full, timeline.p_dec
-    full = np.maximum(beta[0] + beta[1] * p_pf + beta[2] * p_dec, MIN_STEP_TIME)
-    n = (s + beta[1] * mass) / full
-    jac = np.column_stack([-n, mass - n * p_pf, -n * p_dec])
-    jac /= full[:, None]
-    emptied = n * p_pf < mass
-    if np.any(emptied):
-        bare = np.maximum(beta[0] + beta[2] * p_dec[emptied], MIN_STEP_TIME)
-        n_bare = s[emptied] / bare
-        n[emptied] = n_bare
-        jac[emptied] = (
-            np.column_stack([-n_bare, np.zeros_like(n_bare), -n_bare * p_dec[emptied]])
-            / bare[:, None]
-        )
-    return n, np.maximum(n * p_pf - mass, 0.0), jac
+    solved = SolvedCounts(timeline, beta, mass)
+    jac = np.column_stack([solved.jacobian(k) for k in range(3)])
+    return solved.n, solved.prefill_mass(), jac
+
+
+class CountScratch:
+    """Scratch arrays of :func:`count_state`, made once per fit and reused by
+    every state: at 1e7 phases a state otherwise faults in about a gigabyte
+    of fresh memory, page by page (more system time than arithmetic)."""
+
+    def __init__(self, timeline: Timeline):
+        n_segments = timeline.trace_grid.n_segments
+        self.step_time = np.empty(n_segments)
+        self.segment = np.empty(n_segments)
+        self.phase = np.empty(timeline.n_phases)
+        self.integrals = PhaseIntegrals(timeline.trace_grid)
+
+
+class SolvedCounts:
+    """The steps on every segment at ``beta`` (see :func:`solved_step_counts`),
+    with the step time each segment's steps last; the prefill mass and the
+    Jacobian's columns are made on demand, one segment-sized array each.
+    With a :class:`CountScratch` the step time lives in its buffer, valid
+    until the scratch serves the next state.
+    """
+
+    def __init__(
+        self,
+        timeline: Timeline,
+        beta: np.ndarray,
+        mass: np.ndarray,
+        scratch: CountScratch | None = None,
+    ):
+        s, p_pf, p_dec = timeline.trace_grid.seg_len, timeline.p_pf_full, timeline.p_dec
+        self.timeline, self.mass = timeline, mass
+        # b0 + b1 p_pf + b2 p_dec, floored, evaluated in place in that order.
+        lent = (None, None) if scratch is None else (scratch.step_time, scratch.segment)
+        step_time = np.multiply(p_pf, beta[1], out=lent[0])
+        step_time += beta[0]
+        product = np.multiply(p_dec, beta[2], out=lent[1])
+        step_time += product
+        np.maximum(step_time, MIN_STEP_TIME, out=step_time)
+        n = np.multiply(mass, beta[1])
+        n += s
+        n /= step_time
+        np.multiply(n, p_pf, out=product)
+        emptied = product < mass
+        if np.any(emptied):
+            bare = np.maximum(beta[0] + beta[2] * p_dec[emptied], MIN_STEP_TIME)
+            n[emptied] = s[emptied] / bare
+            step_time[emptied] = bare
+        else:
+            emptied = None
+        self.n, self.step_time, self.emptied = n, step_time, emptied
+
+    def prefill_mass(self, out: np.ndarray | None = None) -> np.ndarray:
+        """Prefill tokens the steps hold, ``max(n * p_pf - mass, 0)``."""
+        out = np.multiply(self.n, self.timeline.p_pf_full, out=out)
+        out -= self.mass
+        return np.maximum(out, 0.0, out=out)
+
+    def jacobian(self, k: int, out: np.ndarray | None = None) -> np.ndarray:
+        """Column ``k`` of ``dn / dbeta``: ``-n``, ``mass - n p_pf`` (0 on emptied
+        segments, where ``p_eff`` is held at 0) and ``-n p_dec``, over the step
+        time."""
+        n = self.n
+        if k == 1:
+            out = np.multiply(n, self.timeline.p_pf_full, out=out)
+            np.subtract(self.mass, out, out=out)
+        else:
+            out = np.negative(n, out=out)
+            if k == 2:
+                out *= self.timeline.p_dec
+        out /= self.step_time
+        if k == 1 and self.emptied is not None:
+            out[self.emptied] = 0.0
+        return out
 
 
 def _density_of(timeline: Timeline, beta: np.ndarray, n: np.ndarray) -> np.ndarray:
@@ -98,7 +165,7 @@ def solved_correction(
     """
     if mode != "beta_informed":
         return budget_capped_mass(fixed, timeline)
-    n, _, _ = solved_step_counts(timeline, beta, end_inside_mass(timeline))
+    n = SolvedCounts(timeline, beta, end_inside_mass(timeline)).n
     return correction_mass(mode, timeline, _density_of(timeline, beta, n), None)
 
 
@@ -115,35 +182,45 @@ class CountState:
     prefill_mass: np.ndarray  # prefill tokens those steps hold, n * p_eff
 
 
-def count_state(timeline, beta, mode, fixed, weight) -> CountState:
+def count_state(timeline, beta, mode, fixed, weight, scratch=None) -> CountState:
+    """The objective at ``beta``; ``scratch``, a :class:`CountScratch` of the
+    timeline, lends the temporaries (none of its arrays is kept)."""
     mass = solved_correction(timeline, beta, mode, fixed)
-    n, prefill_mass, jac = solved_step_counts(timeline, beta, mass)
-    tg = timeline.trace_grid
-    sums = phase_integrals_many(tg, [n, prefill_mass, n * timeline.p_dec, *jac.T])
-    # Segments outnumber phases two to one: free them before the design is
-    # built (the peak memory of a large fit was here).
-    del mass, jac
-    steps = sums[:, 0]
-    residual = steps - timeline.n_steps
+    scratch = scratch or CountScratch(timeline)
+    solved = SolvedCounts(timeline, beta, mass, scratch)
+    integrals = scratch.integrals
+    n_phases, n_steps = timeline.n_phases, timeline.n_steps
+    steps = integrals(solved.n)
     # The design of docs/method.md 6.2.4, N_i times the pressures averaged over the
     # steps: its prediction is l_i N_i / Lambda_i, the phase's duration had
-    # it held N_i steps of the lengths the betas give there.
-    per_step = np.divide(
-        sums[:, 1:3],
-        steps[:, None],
-        out=np.zeros_like(sums[:, 1:3]),
-        where=steps[:, None] > 0,
-    )
-    design = np.column_stack([timeline.n_steps, timeline.n_steps[:, None] * per_step])
-    loss = float(np.sum(weight * residual**2))
-    # A copy, so that a kept state does not hold all six columns of ``sums``.
-    jac = sums[:, 3:].copy()
-    return CountState(beta, residual, jac, design, loss, n, prefill_mass)
+    # it held N_i steps of the lengths the betas give there. Column-major,
+    # each column integrated in place through one segment-sized scratch.
+    design = np.empty((n_phases, 3), order="F")
+    design[:, 0] = n_steps
+    prefill_mass = solved.prefill_mass()
+    integrals(prefill_mass, out=design[:, 1])
+    segment = np.multiply(solved.n, timeline.p_dec, out=scratch.segment)
+    integrals(segment, out=design[:, 2])
+    jac = np.empty((n_phases, 3), order="F")
+    for k in range(3):
+        integrals(solved.jacobian(k, out=segment), out=jac[:, k])
+    held = steps > 0
+    for k in (1, 2):
+        np.divide(design[:, k], steps, out=design[:, k], where=held)
+        np.copyto(design[:, k], 0.0, where=~held)
+        design[:, k] *= n_steps
+    residual = np.subtract(steps, n_steps, out=steps)
+    squares = np.square(residual, out=scratch.phase)
+    squares *= weight
+    loss = float(np.sum(squares))
+    return CountState(beta, residual, jac, design, loss, solved.n, prefill_mass)
 
 
 def newton_target(state: CountState) -> np.ndarray:
     """Target of the linearised counts: ``jac @ (beta + Delta) ~ jac @ beta - r``."""
-    return state.jac @ state.beta - state.residual
+    target = state.jac @ state.beta
+    target -= state.residual
+    return target
 
 
 def step_count_weights(
@@ -174,6 +251,8 @@ class TimelineCounts(TimelineProblem):
     def __init__(self, timeline, correction_mode, sample_weight=None):
         super().__init__(timeline, correction_mode, sample_weight)
         self.weight = step_count_weights(timeline, sample_weight)
+        self.scratch = None
+        self.duration_squares = None
 
     def counted_totals(self) -> tuple[int, float, float]:
         """Phases of positive weight; the sums of their durations and ``N_i``."""
@@ -187,13 +266,28 @@ class TimelineCounts(TimelineProblem):
     def step_totals(self, beta: np.ndarray) -> tuple[float, float]:
         """Weighted steps the phases hold at ``beta`` (``end_inside``), and ``N_i``."""
         timeline = self.timeline
-        n, _, _ = solved_step_counts(timeline, beta, end_inside_mass(timeline))
-        total = float(np.sum(self.weight * phase_integrals(timeline.trace_grid, n)))
+        if self.correction_mode == "end_inside":
+            mass = budget_capped_mass(self.fixed, timeline)
+        else:
+            mass = end_inside_mass(timeline)
+        scratch = self._scratch()
+        n = SolvedCounts(timeline, beta, mass, scratch).n
+        total = float(np.sum(self.weight * scratch.integrals(n)))
         return total, float(np.sum(self.weight * timeline.n_steps))
+
+    def _scratch(self) -> CountScratch:
+        if self.scratch is None:
+            self.scratch = CountScratch(self.timeline)
+        return self.scratch
 
     def state(self, beta: np.ndarray) -> CountState:
         return count_state(
-            self.timeline, beta, self.correction_mode, self.fixed, self.weight
+            self.timeline,
+            beta,
+            self.correction_mode,
+            self.fixed,
+            self.weight,
+            self._scratch(),
         )
 
     def proposal(self, state: CountState) -> np.ndarray:
@@ -206,7 +300,13 @@ class TimelineCounts(TimelineProblem):
 
     def duration_fit(self, state: CountState) -> tuple[float, float]:
         """``(r2, rmse)`` of the durations the state predicts, ``design @ beta``."""
-        return fit_statistics(self.timeline.duration, state.design @ state.beta)
+        duration = self.timeline.duration
+        if self.duration_squares is None:  # the same at every state
+            self.duration_squares = total_squares(duration)
+        predicted = state.design @ state.beta
+        return scores_from_sums(
+            residual_squares(duration, predicted), *self.duration_squares
+        )
 
 
 def initial_scale(problem, beta: np.ndarray) -> np.ndarray:

@@ -36,6 +36,8 @@ _CLEAN_HINT = (
 _SCHEMA_NAME = {"n_steps": "N_steps"}
 _NUMERIC = ("t_start", "t_end", "prefill_tokens", "decode_tokens", "n_steps")
 _COUNTS = ("prefill_tokens", "decode_tokens", "n_steps")
+#: Columns read on every row (the token columns only on their phase's rows).
+_EVERY_ROW = ("t_start", "t_end", "n_steps")
 
 
 # --------------------------------------------------------------------------
@@ -109,9 +111,10 @@ def phase_layout(phases, columns: PhaseColumns, need_prefill_tokens: bool) -> _L
         raise ValueError("No phase rows: the phase table is empty, nothing to fit.")
     names = {item.name: getattr(columns, item.name) for item in fields(columns)}
     present = {k: v for k, v in names.items() if v is not None and v in phases.columns}
-    duplicated = sorted(
-        {str(c) for c in present.values() if np.count_nonzero(phases.columns == c) > 1}
-    )
+    duplicated = []
+    if not phases.columns.is_unique:
+        repeated = phases.columns[phases.columns.duplicated()]
+        duplicated = sorted({str(c) for c in present.values() if c in repeated})
     if duplicated:
         raise ValueError(
             f"The phase table has several columns named {duplicated}; "
@@ -272,24 +275,34 @@ def row_problems(frame: pd.DataFrame, layout: _Layout):
         "n_steps": everywhere,
     }
     values = {}
+    integral = set()
     for key in _NUMERIC:
         if key not in used:
             continue
         name, rows = used[key], rows_of[key]
         numbers, not_number = _as_numbers(frame[name])
-        add(
-            "not_a_number",
-            TypeError,
-            f"Column {name!r} must be numeric; these values are not numbers.",
-            not_number & rows,
-        )
+        if _is_integer_column(frame, layout, key):
+            integral.add(key)
+        # Masks are built only where a one-pass look (a sum, a minimum) finds
+        # something to show: on a clean table each column is read once or twice.
+        if not_number.any():
+            add(
+                "not_a_number",
+                TypeError,
+                f"Column {name!r} must be numeric; these values are not numbers.",
+                not_number & rows,
+            )
+        if np.isfinite(np.sum(numbers)):
+            values[key] = numbers if key in _EVERY_ROW else np.where(rows, numbers, 0)
+            continue
+        finite = np.isfinite(numbers)
         add(
             "not_finite",
             ValueError,
             f"Column {name!r} has NaN, missing or infinite values.",
-            ~np.isfinite(numbers) & ~not_number & rows,
+            ~finite & ~not_number & rows,
         )
-        values[key] = np.where(rows & np.isfinite(numbers), numbers, 0.0)
+        values[key] = np.where(rows & finite, numbers, 0.0)
 
     add(
         "non_positive_duration",
@@ -303,12 +316,16 @@ def row_problems(frame: pd.DataFrame, layout: _Layout):
         if key not in values:
             continue
         v, label, name = values[key], _SCHEMA_NAME.get(key, key), used[key]
-        add(
-            "bad_count",
-            ValueError,
-            f"{label} contains negative values (column {name!r}).",
-            (v < 0) & rows_of[key],
-        )
+        # Off the column's rows v is 0: neither negative nor fractional.
+        if v.size and np.min(v) < 0:
+            add(
+                "bad_count",
+                ValueError,
+                f"{label} contains negative values (column {name!r}).",
+                (v < 0) & rows_of[key],
+            )
+        if _whole_numbers(v, key in integral):
+            continue
         add(
             "bad_count",
             ValueError,
@@ -326,6 +343,23 @@ def row_problems(frame: pd.DataFrame, layout: _Layout):
     return problems, values
 
 
+def _is_integer_column(frame: pd.DataFrame, layout: _Layout, key: str) -> bool:
+    return pd.api.types.is_integer_dtype(frame[layout.used[key]])
+
+
+def _whole_numbers(values: np.ndarray, integral: bool) -> bool:
+    """Whether every value is a whole number below 2**53 (within 1e-6)."""
+    if not values.size:
+        return True
+    if np.max(values) >= _MAX_COUNT:
+        return False
+    if integral:  # read from an integer column: whole by construction
+        return True
+    deviation = np.round(values)
+    deviation -= values
+    return bool(np.max(np.abs(deviation, out=deviation)) <= _STEP_TOL)
+
+
 def _phase_kinds(column: pd.Series) -> tuple[np.ndarray, np.ndarray]:
     """Which rows are prefills and which decodes, labels normalised."""
 
@@ -340,8 +374,11 @@ def _phase_kinds(column: pd.Series) -> tuple[np.ndarray, np.ndarray]:
         codes, labels = pd.factorize(column)
     except TypeError:  # unhashable cells (lists, dicts): per row, slowly
         return normalise(column)
-    # Normalising only the few distinct labels keeps a 1e6-row table fast.
-    label_prefill, label_decode = normalise(pd.Series(labels, dtype=object))
+    # Normalising only the few distinct labels, as str() then strip and lower
+    # (what astype("string") does to each), keeps a 1e6-row table fast.
+    kinds = [str(label).strip().lower() for label in labels]
+    label_prefill = np.array([kind == "prefill" for kind in kinds], dtype=bool)
+    label_decode = np.array([kind == "decode" for kind in kinds], dtype=bool)
     # Code -1 marks a missing label: it picks the False appended at the end.
     return np.append(label_prefill, False)[codes], np.append(label_decode, False)[codes]
 
@@ -422,29 +459,46 @@ def check_phases(
         )
     rid = layout.used["request_id"]
     request = id_codes(phases[rid], rid, sort=False)
+    repeated = repeated_phases(request, layout.is_prefill)
     for kind, rows in (("prefill", layout.is_prefill), ("decode", layout.is_decode)):
-        repeated = repeated_phases(request, layout.is_prefill) & rows
-        if repeated.any():
+        if repeated.any() and np.any(repeated & rows):
             raise ValueError(
                 f"Multiple {kind} rows per request (column {rid!r}; duplicated "
                 "log lines?): a request may have at most one prefill row and one "
                 "decode row. "
-                + describe_rows(phases, repeated, layout.context)
+                + describe_rows(phases, repeated & rows, layout.context)
                 + _CLEAN_HINT
             )
+    instance = None
     if "instance_id" in layout.used:
         name = layout.used["instance_id"]
-        instance = id_codes(phases[name], name, sort=True)
-    else:
-        instance = np.zeros(len(phases), dtype=np.intp)
+        instance = instance_codes(phases[name], name)
     return _shifted_arrays(phases, layout, request, values, instance)
 
 
+def instance_codes(column: pd.Series, name: str) -> np.ndarray | None:
+    """Sorted int codes 0..k-1 of the instance ids; None for a single instance.
+
+    One instance (the common case, and every simulated single-engine trace)
+    is found from the column's extremes, without hashing every row.
+    """
+    if pd.api.types.is_numeric_dtype(column) and column.min() == column.max():
+        return None
+    codes = id_codes(column, name, sort=True)
+    return None if not codes.any() else codes
+
+
 def _shifted_arrays(phases, layout, request, values, instance):
-    origin = np.full(int(instance.max()) + 1, np.inf)
-    np.minimum.at(origin, instance, values["t_start"])
-    start = values["t_start"] - origin[instance]
-    end = values["t_end"] - origin[instance]
+    if instance is None:  # one instance: one origin, no per-row lookups
+        origin = np.array([np.min(values["t_start"])])
+        start = values["t_start"] - origin[0]
+        end = values["t_end"] - origin[0]
+        instance = np.zeros(len(phases), dtype=np.intp)
+    else:
+        origin = np.full(int(instance.max()) + 1, np.inf)
+        np.minimum.at(origin, instance, values["t_start"])
+        start = values["t_start"] - origin[instance]
+        end = values["t_end"] - origin[instance]
     # Times so far apart that float64 cannot resolve a phase once shifted
     # (e.g. 1e-3 s phases next to 1e300 s) would give zero or infinite lengths.
     bad = ~np.isfinite(end) | (end <= start)
@@ -456,15 +510,21 @@ def _shifted_arrays(phases, layout, request, values, instance):
             "time is moved to 0, these phases have zero or infinite length. "
             + describe_rows(phases, bad, layout.context)
         )
-    counts = {k: np.round(values[k]) if k in values else None for k in _COUNTS}
+    # Counts within 1e-6 of whole numbers become whole; those read from an
+    # integer column already are.
+    counts = {
+        k: values[k] if _is_integer_column(phases, layout, k) else np.round(values[k])
+        for k in _COUNTS
+        if k in values
+    }
     return PhaseArrays(
         request=request,
         is_prefill=layout.is_prefill,
         t_start=start,
         t_end=end,
-        prefill_tokens=counts["prefill_tokens"],
-        decode_tokens=counts["decode_tokens"],
-        n_steps=counts["n_steps"],
+        prefill_tokens=counts.get("prefill_tokens"),
+        decode_tokens=counts.get("decode_tokens"),
+        n_steps=counts.get("n_steps"),
         instance=instance,
         time_origin=origin,
     )
