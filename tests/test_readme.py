@@ -62,6 +62,10 @@ def shell(tmp_path_factory):
     return run
 
 
+def _rounding(text: str) -> str:
+    return re.sub(r"\b\d\.\d+e-(1[3-9]|[2-9]\d)\b", "<rounding>", text)
+
+
 def test_command_line_blocks_run_and_print_what_the_readme_shows(shell):
     # The first line's command, without the set-up CI cannot do offline.
     first = BASH[0].strip().splitlines()[0].rpartition("&& .venv/bin/")[2]
@@ -69,7 +73,9 @@ def test_command_line_blocks_run_and_print_what_the_readme_shows(shell):
         r"```bash\n" + re.escape(first) + r"\n```\n\n```text\n(.*?)```", README, re.S
     )
     assert shown is not None
-    assert shell(first) == shown.group(1)
+    # A noise-free trace fits to rounding: an rmse of 1e-15 s moves with any
+    # change in the order of float operations, and is not what is shown.
+    assert _rounding(shell(first)) == _rounding(shown.group(1))
     commands = [line for block in BASH[1:] for line in block.strip().splitlines()]
     assert len(commands) >= 5
     for line in commands:
