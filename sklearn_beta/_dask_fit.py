@@ -28,7 +28,6 @@ from __future__ import annotations
 import copy
 import warnings
 from dataclasses import dataclass
-from functools import partial
 
 import dask
 import numpy as np
@@ -50,13 +49,18 @@ from ._distributed import (
     step_totals_block,
     table_values,
 )
-from ._fixed_point import IterationSettings, solve_fixed_point, warn_not_converged
+from ._distributed_trust import (
+    baseline_solution,
+    count_solution,
+    duration_solution,
+    partition_intervals,
+)
+from ._fixed_point import solve_fixed_point
 from ._identifiability import identifiability_diagnostics
-from ._iterative import _history_frame, _print_progress
+from ._iterative import _print_progress
 from ._nnls import nnls_from_r, scores_from_sums
 from ._schema import EXPOSURE_COLUMNS, column
 from ._step_count import solve_step_counts
-from ._units import unit_from_totals
 from ._validation import phase_layout
 from .fleet import fleet_time_resolution, whole_instances
 
@@ -168,6 +172,7 @@ def fit_partitions(estimator, X, y=None, sample_weight=None):
     estimator._check_width(len(X.columns))
     estimator.feature_names_in_ = np.asarray(X.columns, dtype=object)
     estimator.n_features_in_ = len(X.columns)
+    _warn_not_distributed(estimator)
     tables = Partitions.of(X.persist())
     if isinstance(estimator, BaselineBetaRegressor):
         beta = _fit_baseline(estimator, tables)
@@ -176,28 +181,23 @@ def fit_partitions(estimator, X, y=None, sample_weight=None):
     estimator.beta_ = np.asarray(beta, dtype=np.float64)
     estimator.coef_ = estimator.beta_.copy()
     estimator.intercept_ = 0.0
-    _warn_not_distributed(estimator)
+    estimator._warn_untrusted()
     return estimator
 
 
 def _warn_not_distributed(estimator) -> None:
-    """Say which settings the distributed fit does not apply yet.
+    """Say that the distributed fit does not apply ``edges="auto"`` yet.
 
-    The window-edge treatment and the confidence intervals need per-phase
-    residuals gathered by time blocks; the distributed fit fits every phase
-    (as ``edges="fit"``) and sets ``beta_ci_`` to None.
+    The edge treatment refits with per-phase weights chosen from the fit's
+    own edge biases (``._edges``); the distributed fit fits every phase, as
+    ``edges="fit"``.
     """
-    estimator.beta_ci_ = None
-    missing = []
     if getattr(estimator, "edges", "fit") != "fit":
-        missing.append(f"edges={estimator.edges!r} (every phase is fitted)")
-    if getattr(estimator, "confidence_level", None) is not None:
-        missing.append("confidence intervals (beta_ci_ is None)")
-    if missing:
         warnings.warn(
             f"{type(estimator).__name__} on a Dask collection does not apply "
-            f"{' nor '.join(missing)} yet; pass edges='fit' and "
-            "confidence_level=None to silence this.",
+            f"edges={estimator.edges!r} yet: every phase is fitted, as with "
+            "edges='fit' (pass it to silence this). A trace cut from a busy "
+            "engine then biases the betas; see docs/scale.md.",
             UserWarning,
             stacklevel=4,
         )
@@ -239,6 +239,13 @@ def _fit_baseline(estimator, tables: Partitions) -> np.ndarray:
     estimator.diagnostics_ = _diagnostics(
         estimator, stats, ss_res, stats["duration"], beta
     )
+    if estimator.n_features_in_ < len(EXPOSURE_COLUMNS):
+        # Without the phase windows there are no time blocks: NaN, as in memory.
+        estimator.beta_ci_ = estimator._beta_intervals(None, beta, None, None, None)
+    else:
+        estimator.beta_ci_ = partition_intervals(
+            estimator, tables, baseline_solution, beta
+        )
     return beta
 
 
@@ -324,54 +331,51 @@ class PartitionDurations:
 
 
 def _fit_iterative(estimator, tables: Partitions) -> np.ndarray:
-    """``IterativeBetaRegressor._fit_timeline`` on partitions: the same loops."""
-    unit = 1.0
-    if estimator.stopping == "relative":
-        sums = tables.map(scale_sums_block)
-        unit = unit_from_totals(sums["n_steps"], sums["duration"], sums["count"])
-    estimator.time_scale_ = unit
+    """``IterativeBetaRegressor._fit_timeline`` on partitions: the same loops
+    and the same settings, unit, history and warnings (the estimator's own
+    helpers); the diagnostics and intervals from reduced sums."""
+    unit = estimator._set_time_unit(lambda: _scale_totals(tables))
     blocks = tables.derive(build_block, unit, estimator.correction_mode)
     start = tables.map(start_block, estimator.init_correction_mode, states=blocks)
     beta_init = nnls_from_r(start["r_init"].r)
-    settings = IterationSettings(
-        estimator.correction_mode,
-        estimator.max_iter,
-        estimator.tol,
-        estimator.damping,
-        estimator.stopping,
-    )
-    callback = partial(_print_progress, unit=unit) if estimator.verbose else None
+    settings = estimator._settings()
+    # Looked up here, not bound at import: benchmarks and tests hook it.
+    callback = estimator._progress(unit, _print_progress)
+    states = None
     if estimator.objective == "step_count":
         beta, converged, n_iter, state, history = solve_step_counts(
             PartitionCounts(blocks, start), beta_init, settings, callback
         )
-        final, ss_res = state.stats, state.stats["ss_res"]
+        final, ss_res, solution = state.stats, state.stats["ss_res"], count_solution
     else:
         problem = PartitionDurations(blocks, start, estimator.correction_mode)
         beta, converged, n_iter, final, history = solve_fixed_point(
             problem, beta_init, settings, callback
         )
-        ss_res = problem.residual_sum(beta)
-    if not converged:
-        caller = type(estimator).__name__
-        warn_not_converged(caller, settings, history[-1]["step"], stacklevel=6)
-    estimator.n_iter_ = n_iter
-    estimator.converged_ = converged
-    estimator.history_ = _history_frame(history, unit)
-    beta = beta * unit
-    diagnostics = _diagnostics(
-        estimator,
-        {**final, "shape": start["shape"]},
-        ss_res,
-        start["duration"],
-        beta,
+        ss_res, solution = problem.residual_sum(beta), duration_solution
+        states = problem.states
+    estimator._record_iterations(
+        (converged, n_iter, history),
         unit,
+        settings,
+        caller=type(estimator).__name__,
+        stacklevel=7,
     )
-    # The reference reports the last iteration's fit, as the history does.
-    last = estimator.history_.iloc[-1]
-    diagnostics.update(r2=last["r2"], rmse_seconds=last["rmse_seconds"])
-    estimator.diagnostics_ = diagnostics
+    beta = beta * unit
+    stats = {**final, "shape": start["shape"]}
+    duration = start["duration"]
+    estimator.diagnostics_ = estimator._last_fit(
+        _diagnostics(estimator, stats, ss_res, duration, beta, unit)
+    )
+    estimator.beta_ci_ = partition_intervals(
+        estimator, blocks, solution, beta, unit, states
+    )
     return beta
+
+
+def _scale_totals(tables: Partitions) -> tuple[float, float, int]:
+    sums = tables.map(scale_sums_block)
+    return sums["n_steps"], sums["duration"], sums["count"]
 
 
 def predict_partitions(estimator, X):

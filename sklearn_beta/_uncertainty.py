@@ -26,6 +26,7 @@ Everything here takes and returns plain arrays.
 from __future__ import annotations
 
 import warnings
+from dataclasses import dataclass
 
 import numpy as np
 from scipy import stats
@@ -43,8 +44,8 @@ MIN_BLOCK_SHARE = 0.5
 #: Residuals of phases further apart than this quantile of the phase
 #: durations are treated as uncorrelated (they share no step).
 LAG_QUANTILE = 0.99
-#: Phases sampled for the duration quantiles that size the blocks.
-QUANTILE_SAMPLE = 20000
+#: Quantiles of the phase durations that size the blocks and the lag window.
+DURATION_QUANTILES = (0.5, LAG_QUANTILE)
 #: An interval wider than this fraction of its beta is reported.
 WIDE_INTERVAL_SHARE = 0.5
 
@@ -57,10 +58,8 @@ def time_blocks(
 ) -> tuple[np.ndarray, np.ndarray, int]:
     """Cut each instance's timeline into equal blocks; assign phases by midpoint.
 
-    The block length ``h`` is the larger of half the median phase duration
-    and the total span over ``max_blocks``; residuals are correlated up to
-    ``n_lags = ceil(q99(duration) / h)`` blocks apart (two phases overlap only
-    if their midpoints are closer than the longer of them).
+    The block length and the lag count are :func:`block_length`'s, from the
+    exact duration quantiles of :func:`duration_quantiles`.
 
     Returns
     -------
@@ -73,45 +72,101 @@ def time_blocks(
     """
     t_start = np.asarray(t_start, dtype=np.float64)
     t_end = np.asarray(t_end, dtype=np.float64)
-    instance, origin, span = _instance_spans(t_start, t_end, instance)
-    n_inst = origin.shape[0]
-    sample = _duration_sample(t_start, t_end)
-    median, longest = np.quantile(sample, [0.5, LAG_QUANTILE])
+    instance, origin, span = instance_spans(t_start, t_end, instance)
+    median, longest = duration_quantiles(t_end - t_start)
+    h, n_lags = block_length(
+        median, longest, float(span.sum()), float(span.max()), max_blocks
+    )
+    block, block_instance = assign_blocks(t_start, t_end, instance, origin, span, h)
+    return block, block_instance, n_lags
+
+
+def block_length(
+    median: float,
+    longest: float,
+    total_span: float,
+    longest_span: float,
+    max_blocks: int = MAX_BLOCKS,
+) -> tuple[float, int]:
+    """Block length ``h`` and lag count of a trace, from its duration quantiles.
+
+    ``h`` is the larger of half the median phase duration and the instances'
+    total span over ``max_blocks``; residuals are correlated up to
+    ``n_lags = ceil(q99(duration) / h)`` blocks apart (two phases overlap
+    only if their midpoints are closer than the longer of them), at most the
+    longest instance's blocks. Only sums and maxima of the trace enter: the
+    partitions of a fleet each send theirs.
+    """
     h = max(
         MIN_BLOCK_SHARE * float(median),
-        float(span.sum()) / max_blocks,
+        total_span / max_blocks,
         np.finfo(float).tiny,
     )
+    n_lags = int(np.ceil(longest / h))
+    return h, min(n_lags, int(np.floor(longest_span / h)))
+
+
+def assign_blocks(
+    t_start: np.ndarray,
+    t_end: np.ndarray,
+    instance: np.ndarray,
+    origin: np.ndarray,
+    span: np.ndarray,
+    h: float,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Blocks of length ``h`` within each instance (codes, first times and
+    spans of :func:`instance_spans`); returns ``(block, block_instance)``."""
     per_instance = np.floor(span / h).astype(np.intp) + 1
     offset = np.concatenate([[0], np.cumsum(per_instance)[:-1]])
     mid = 0.5 * (t_start + t_end)
-    if n_inst == 1:
+    if origin.shape[0] == 1:
         block = np.minimum(((mid - origin[0]) / h).astype(np.intp), per_instance[0] - 1)
     else:
         local = ((mid - origin[instance]) / h).astype(np.intp)
         block = offset[instance] + np.minimum(local, per_instance[instance] - 1)
-    block_instance = np.repeat(np.arange(n_inst), per_instance)
-    n_lags = int(np.ceil(longest / h))
-    return block, block_instance, min(n_lags, int(per_instance.max()) - 1)
+    return block, np.repeat(np.arange(origin.shape[0]), per_instance)
 
 
-def _duration_sample(t_start: np.ndarray, t_end: np.ndarray) -> np.ndarray:
-    """Durations of at most ``QUANTILE_SAMPLE`` phases drawn at random.
+def quantile_ranks(n: int) -> tuple[np.ndarray, np.ndarray]:
+    """Order statistics behind :data:`DURATION_QUANTILES` of ``n`` durations.
 
-    The quantiles only size the blocks, and a full partition of millions of
-    durations costs more than the rest. The draw is random (with a fixed
-    seed, so fits are reproducible), not strided: exposure tables interleave
-    a request's prefill and decode rows, and a stride of 2 sampled only the
-    short prefill phases, shrinking the lag window a hundredfold.
+    Returns ``(ranks, weight)``, each of shape (n_quantiles, 2): quantile
+    ``q`` is ``sum(weight * x[ranks])`` of the sorted durations ``x``, the
+    linear interpolation at ``(n - 1) q`` (NumPy's default method).
     """
-    n = t_start.shape[0]
-    if n <= QUANTILE_SAMPLE:
-        return t_end - t_start
-    pick = np.random.default_rng(0).integers(0, n, QUANTILE_SAMPLE)
-    return t_end[pick] - t_start[pick]
+    position = (n - 1) * np.asarray(DURATION_QUANTILES)
+    lower = np.floor(position).astype(np.int64)
+    frac = position - lower
+    ranks = np.column_stack([lower, np.minimum(lower + 1, n - 1)])
+    return ranks, np.column_stack([1.0 - frac, frac])
 
 
-def _instance_spans(t_start, t_end, instance):
+def quantiles_of(order_values: np.ndarray, weight: np.ndarray) -> tuple[float, float]:
+    """The median and the lag quantile from the order statistics at the ranks
+    of :func:`quantile_ranks` (``order_values`` shaped like its ``ranks``)."""
+    median, longest = np.sum(order_values * weight, axis=1)
+    return float(median), float(longest)
+
+
+def duration_quantiles(duration: np.ndarray) -> tuple[float, float]:
+    """The median and :data:`LAG_QUANTILE` quantile of every phase's duration.
+
+    Exact, not from a sample: quantiles are order statistics, which the
+    partitions of a fleet find exactly from small per-partition histograms
+    (:func:`sklearn_beta._distributed_trust.order_statistics`), so a fit on
+    a Dask cluster forms the same blocks as the fit in memory. A random
+    sample cannot be drawn alike from rows spread over partitions, and a
+    strided one saw only the prefills of an exposure table (its rows
+    interleave each request's short prefill and long decode). The partial
+    sort costs about 0.2 s per 10 million phases.
+    """
+    ranks, weight = quantile_ranks(duration.shape[0])
+    wanted = np.unique(ranks)
+    values = np.partition(duration, wanted)[wanted]
+    return quantiles_of(values[np.searchsorted(wanted, ranks)], weight)
+
+
+def instance_spans(t_start, t_end, instance):
     """Instance codes 0..k-1 (None for one instance), each instance's first
     time and time span."""
     if instance is None or np.all(instance == instance[0]):
@@ -153,11 +208,23 @@ def long_run_covariance(
     """Newey-West sum of the block scores' auto-covariances within instances.
 
     ``M = sum_{b, c} (1 - |b - c| / (L + 1))_+ g_b g_c'`` over pairs of blocks
-    of the same instance. Computed as the overlapping batch means
-    ``sum_w S_w S_w' / (L + 1)``, ``S_w`` the sum of ``L + 1`` consecutive
-    block scores: every pair shares ``L + 1 - |b - c|`` windows, so this is
-    the Bartlett-weighted sum exactly, positive semi-definite and one pass.
-    ``L`` zero blocks before each instance keep windows from joining two.
+    of the same instance: :func:`long_run_from_sums` of
+    :func:`long_run_sums`. Instances never share a term, so the sums of the
+    instances of a fleet's partitions add up to the whole fleet's.
+    """
+    return long_run_from_sums(long_run_sums(scores, block_instance, n_lags))
+
+
+def long_run_sums(
+    scores: np.ndarray, block_instance: np.ndarray, n_lags: int
+) -> np.ndarray:
+    """The additive part of :func:`long_run_covariance`, shape (n_sums, k, k).
+
+    Computed as the overlapping batch means ``sum_w S_w S_w' / (L + 1)``,
+    ``S_w`` the sum of ``L + 1`` consecutive block scores: every pair shares
+    ``L + 1 - |b - c|`` windows, so this is the Bartlett-weighted sum
+    exactly, positive semi-definite and one pass. ``L`` zero blocks before
+    each instance keep windows from joining two.
     """
     n_blocks, k = scores.shape
     width = n_lags + 1
@@ -166,7 +233,55 @@ def long_run_covariance(
     cum = np.zeros((padded.shape[0] + 1, k))
     np.cumsum(padded, axis=0, out=cum[1:])
     windows = cum[width:] - cum[:-width]
-    return windows.T @ windows / width
+    return (windows.T @ windows / width)[None]
+
+
+def long_run_from_sums(sums: np.ndarray) -> np.ndarray:
+    """:func:`long_run_covariance` from the (summed) :func:`long_run_sums`."""
+    return sums[0]
+
+
+@dataclass(frozen=True)
+class SandwichSums:
+    """What the sandwich covariance needs of a trace, additive over instances.
+
+    ``long_run`` is :func:`long_run_sums` of the block scores, ``bread`` the
+    Gauss-Newton matrix ``J' W J`` and ``nonempty`` the number of blocks with
+    a non-zero score. Partitions holding whole instances send theirs;
+    :meth:`combine` adds them up (:func:`~sklearn_beta._distributed.combine_stats`).
+    """
+
+    long_run: np.ndarray
+    bread: np.ndarray
+    nonempty: float
+
+    def combine(self, other: SandwichSums) -> SandwichSums:
+        return SandwichSums(
+            self.long_run + other.long_run,
+            self.bread + other.bread,
+            self.nonempty + other.nonempty,
+        )
+
+
+def sandwich_sums(
+    jac: np.ndarray,
+    residual: np.ndarray,
+    weight: np.ndarray | None,
+    block: np.ndarray,
+    block_instance: np.ndarray,
+    n_lags: int,
+) -> SandwichSums:
+    """The :class:`SandwichSums` of a least-squares fit's phases."""
+    # Contiguous: the Jacobian often arrives as a column slice, and a strided
+    # (n, 3) matmul misses BLAS.
+    jac = np.ascontiguousarray(jac, dtype=np.float64)
+    scores = block_scores(jac, residual, weight, block, block_instance.shape[0])
+    weighted = jac if weight is None else jac * np.asarray(weight)[:, None]
+    return SandwichSums(
+        long_run_sums(scores, block_instance, n_lags),
+        weighted.T @ jac,
+        float(np.count_nonzero(np.any(scores != 0, axis=1))),
+    )
 
 
 def sandwich_covariance(
@@ -179,22 +294,27 @@ def sandwich_covariance(
 ) -> tuple[np.ndarray, float]:
     """Time-block robust covariance ``A^-1 M A^-1`` of a least-squares fit.
 
-    ``A = J' W J`` and ``M`` the long-run covariance of the block scores
-    (:func:`long_run_covariance`), times ``G / (G - 1)`` for ``G`` effective
-    blocks. Coefficients whose column of ``J`` is zero, or that the others
-    make (nearly) singular, get an infinite variance: nothing in the trace
+    :func:`covariance_from_sums` of :func:`sandwich_sums`.
+    """
+    return covariance_from_sums(
+        sandwich_sums(jac, residual, weight, block, block_instance, n_lags), n_lags
+    )
+
+
+def covariance_from_sums(sums: SandwichSums, n_lags: int) -> tuple[np.ndarray, float]:
+    """``A^-1 M A^-1`` with ``A = J' W J`` and ``M`` the long-run covariance
+    of the block scores (:func:`long_run_covariance`), times ``G / (G - 1)``
+    for ``G`` effective blocks.
+
+    Coefficients whose column of ``J`` is zero, or that the others make
+    (nearly) singular, get an infinite variance: nothing in the trace
     bounds them. Returns the covariance and ``G``.
     """
-    # Contiguous: the Jacobian often arrives as a column slice, and a strided
-    # (n, 3) matmul misses BLAS.
-    jac = np.ascontiguousarray(jac, dtype=np.float64)
-    k = jac.shape[1]
-    scores = block_scores(jac, residual, weight, block, block_instance.shape[0])
-    meat = long_run_covariance(scores, block_instance, n_lags)
-    groups = effective_blocks(scores, n_lags)
-    meat *= groups / max(groups - 1.0, 1.0)
-    weighted = jac if weight is None else jac * np.asarray(weight)[:, None]
-    bread = weighted.T @ jac
+    meat = long_run_from_sums(sums.long_run)
+    groups = effective_blocks(sums.nonempty, n_lags)
+    meat = meat * (groups / max(groups - 1.0, 1.0))
+    bread = sums.bread
+    k = bread.shape[0]
     cov = np.full((k, k), np.inf)
     scale = np.sqrt(np.diag(bread))
     usable = scale > 0
@@ -208,9 +328,8 @@ def sandwich_covariance(
     return cov, groups
 
 
-def effective_blocks(scores: np.ndarray, n_lags: int) -> float:
+def effective_blocks(nonempty: float, n_lags: int) -> float:
     """Number of roughly independent groups: non-empty blocks per lag window."""
-    nonempty = float(np.count_nonzero(np.any(scores != 0, axis=1)))
     return max(nonempty / (n_lags + 1.0), 1.0)
 
 
@@ -277,9 +396,20 @@ def sandwich_intervals(
         Lower and upper limits, in the unit of ``beta``.
     """
     block, block_instance, n_lags = time_blocks(t_start, t_end, instance)
-    cov, groups = sandwich_covariance(
-        jac, residual, weight, block, block_instance, n_lags
-    )
+    sums = sandwich_sums(jac, residual, weight, block, block_instance, n_lags)
+    return intervals_from_sums(beta, sums, n_lags, level, at_bound)
+
+
+def intervals_from_sums(
+    beta: np.ndarray,
+    sums: SandwichSums,
+    n_lags: int,
+    level: float,
+    at_bound: np.ndarray,
+) -> np.ndarray:
+    """:func:`wald_intervals` of the sandwich covariance of ``sums``, with
+    ``G - 1`` degrees of freedom (:func:`covariance_from_sums`)."""
+    cov, groups = covariance_from_sums(sums, n_lags)
     return wald_intervals(
         beta, cov, level, groups - 1.0, np.asarray(at_bound, dtype=bool)
     )

@@ -22,27 +22,27 @@ distributed = pytest.importorskip("distributed")
 BETA = (5e-3, 2e-5, 1e-4)
 RTOL = 1e-9
 
-# The distributed fit fits every phase (edges="fit") and makes no intervals
-# yet (it warns when asked for them).
+# The distributed fit fits every phase (edges="fit"; it warns when asked for
+# "auto"); its intervals are the pandas fit's.
 REGRESSORS = [
-    BaselineBetaRegressor(confidence_level=None),
-    IterativeBetaRegressor(edges="fit", confidence_level=None),
-    IterativeBetaRegressor(objective="duration", confidence_level=None),
+    BaselineBetaRegressor(),
+    IterativeBetaRegressor(edges="fit"),
+    IterativeBetaRegressor(objective="duration"),
     IterativeBetaRegressor(
-        "beta_informed",
-        objective="duration",
-        stopping="absolute",
-        damping=0.7,
-        confidence_level=None,
+        "beta_informed", objective="duration", stopping="absolute", damping=0.7
     ),
 ]
 
 
-def test_settings_the_distributed_fit_lacks_are_said(client, fleet):
+def test_edges_the_distributed_fit_lacks_are_said(client, fleet):
     ddf = dd.from_pandas(fleet, npartitions=2)
-    with pytest.warns(UserWarning, match="edges='auto'.*confidence intervals"):
+    with pytest.warns(UserWarning, match="does not apply edges='auto'") as caught:
         model = _model(IterativeBetaRegressor()).fit(ddf)
-    assert model[-1].beta_ci_ is None
+    assert not [w for w in caught if "confidence" in str(w.message)]
+    assert model[-1].beta_ci_.shape == (3, 2)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)
+        _model(IterativeBetaRegressor(edges="fit")).fit(ddf)
 
 
 @pytest.fixture(scope="module")
@@ -100,6 +100,10 @@ def test_dask_fit_equals_pandas_fit(client, fleet, regressor):
             local[-1].diagnostics_[key], rel=RTOL
         )
     assert remote[-1].diagnostics_["n_phases"] == len(fleet)
+    # The time-block sandwich from per-partition sums: the pandas intervals.
+    np.testing.assert_allclose(remote[-1].beta_ci_, local[-1].beta_ci_, rtol=RTOL)
+    lower, upper = remote[-1].beta_ci_.T
+    assert np.all((lower < remote[-1].beta_) & (remote[-1].beta_ < upper))
     if isinstance(regressor, IterativeBetaRegressor):
         assert remote[-1].n_iter_ == local[-1].n_iter_
         assert remote[-1].time_scale_ == local[-1].time_scale_
@@ -241,3 +245,54 @@ def test_not_converged_warns_like_pandas(client, fleet):
     assert "did not converge in max_iter=2" in str(remote.message)
     # The same words; the last change agrees to the 3 digits shown.
     assert str(remote.message) == str(local.message)
+
+
+class _InMemory:
+    """Partitions held in this process: each block function, then the reduction."""
+
+    def __init__(self, items):
+        self.items = items
+
+    def map(self, fn, *args):
+        from sklearn_beta._distributed import combine_stats
+
+        return combine_stats([fn(item, *args) for item in self.items])
+
+
+def _duration_tables(durations, n_parts):
+    from sklearn_beta._schema import EXPOSURE_COLUMNS
+
+    tables = []
+    for part in np.array_split(durations, n_parts):
+        table = pd.DataFrame(0.0, index=range(len(part)), columns=EXPOSURE_COLUMNS)
+        table["t_start"] = 10.0
+        table["t_end"] = 10.0 + part
+        tables.append(table)
+    return tables
+
+
+@pytest.mark.parametrize(
+    "durations",
+    [
+        # Continuous, millisecond-rounded (ties), and all equal: the last
+        # fixes all 64 bits of the key without ever gathering.
+        np.random.default_rng(0).lognormal(0.0, 2.0, 30_000),
+        np.round(np.random.default_rng(1).exponential(0.5, 20_000), 3) + 1e-3,
+        np.full(9_000, 0.25),
+    ],
+    ids=["lognormal", "rounded", "constant"],
+)
+def test_order_statistics_of_partitions_are_exact(durations):
+    from sklearn_beta._distributed_trust import order_statistics
+    from sklearn_beta._uncertainty import duration_quantiles
+
+    parts = _InMemory(_duration_tables(durations, 3))
+    stored = np.concatenate([t["t_end"] - t["t_start"] for t in parts.items])
+    n = stored.shape[0]
+    ranks = np.array([0, n // 2, n // 2 + 1, int(0.99 * (n - 1)), n - 1])
+    got = order_statistics(parts, 1.0, n, ranks)
+    np.testing.assert_array_equal(got, np.sort(stored)[ranks])
+    # The in-memory quantiles that size the blocks: NumPy's, exactly.
+    np.testing.assert_allclose(
+        duration_quantiles(stored), np.quantile(stored, [0.5, 0.99]), rtol=1e-15
+    )
