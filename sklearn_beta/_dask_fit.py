@@ -53,7 +53,7 @@ from ._distributed_trust import (
     baseline_solution,
     count_solution,
     duration_solution,
-    partition_intervals,
+    solution_sums,
 )
 from ._fixed_point import solve_fixed_point
 from ._identifiability import identifiability_diagnostics
@@ -62,6 +62,7 @@ from ._nnls import nnls_from_r, scores_from_sums
 from ._schema import EXPOSURE_COLUMNS, column
 from ._step_count import solve_step_counts
 from ._validation import phase_layout
+from ._what_if import findings_of_split, split_from_sums
 from .fleet import fleet_time_resolution, whole_instances
 
 _NOT_COLLECTED = (
@@ -203,11 +204,14 @@ def _warn_not_distributed(estimator) -> None:
         )
 
 
-def _diagnostics(estimator, stats, ss_res, duration, beta, unit=1.0) -> dict:
+def _diagnostics(
+    estimator, stats, ss_res, duration, beta, unit=1.0, findings=()
+) -> dict:
     """``design_diagnostics`` and ``identifiability_diagnostics`` from sums.
 
     ``duration`` (a ``Moments``) and ``ss_res`` are in units of ``unit`` (a
     power of two, so scaling back is exact); the design is in steps and tokens.
+    ``findings`` are the step-count fit's noise-limited coefficients.
     """
     r_design = stats["r_design"].r
     r2, rmse = scores_from_sums(ss_res, duration.m2, duration.count)
@@ -227,6 +231,7 @@ def _diagnostics(estimator, stats, ss_res, duration, beta, unit=1.0) -> dict:
             stats["shape"],
             estimator=type(estimator).__name__,
             stacklevel=6,
+            extra_findings=list(findings),
         )
     )
     return diagnostics
@@ -243,9 +248,10 @@ def _fit_baseline(estimator, tables: Partitions) -> np.ndarray:
         # Without the phase windows there are no time blocks: NaN, as in memory.
         estimator.beta_ci_ = estimator._beta_intervals(None, beta, None, None, None)
     else:
-        estimator.beta_ci_ = partition_intervals(
-            estimator, tables, baseline_solution, beta
-        )
+        trust = None
+        if estimator.confidence_level is not None:
+            trust = solution_sums(estimator, tables, baseline_solution, beta)
+        estimator.beta_ci_ = _intervals(estimator, trust, beta)
     return beta
 
 
@@ -341,19 +347,25 @@ def _fit_iterative(estimator, tables: Partitions) -> np.ndarray:
     settings = estimator._settings()
     # Looked up here, not bound at import: benchmarks and tests hook it.
     callback = estimator._progress(unit, _print_progress)
-    states = None
+    trust, findings = None, []
     if estimator.objective == "step_count":
         beta, converged, n_iter, state, history = solve_step_counts(
             PartitionCounts(blocks, start), beta_init, settings, callback
         )
-        final, ss_res, solution = state.stats, state.stats["ss_res"], count_solution
+        final, ss_res = state.stats, state.stats["ss_res"]
+        # One pass at the solution: the intervals' sums and the typical step.
+        trust = solution_sums(estimator, blocks, count_solution, beta * unit, unit)
+        findings = _noise_limited(state, start, trust[0]["weighted_design"])
     else:
         problem = PartitionDurations(blocks, start, estimator.correction_mode)
         beta, converged, n_iter, final, history = solve_fixed_point(
             problem, beta_init, settings, callback
         )
-        ss_res, solution = problem.residual_sum(beta), duration_solution
-        states = problem.states
+        ss_res = problem.residual_sum(beta)
+        if estimator.confidence_level is not None:
+            trust = solution_sums(
+                estimator, blocks, duration_solution, beta * unit, unit, problem.states
+            )
     estimator._record_iterations(
         (converged, n_iter, history),
         unit,
@@ -365,12 +377,28 @@ def _fit_iterative(estimator, tables: Partitions) -> np.ndarray:
     stats = {**final, "shape": start["shape"]}
     duration = start["duration"]
     estimator.diagnostics_ = estimator._last_fit(
-        _diagnostics(estimator, stats, ss_res, duration, beta, unit)
+        _diagnostics(estimator, stats, ss_res, duration, beta, unit, findings)
     )
-    estimator.beta_ci_ = partition_intervals(
-        estimator, blocks, solution, beta, unit, states
-    )
+    estimator.beta_ci_ = _intervals(estimator, trust, beta, unit)
     return beta
+
+
+def _noise_limited(state: ReducedState, start: dict, weighted_design) -> list:
+    """``_what_if.noise_limited_findings`` of the step-count fit, from sums."""
+    r = state.stats["r_newton"].r[:, :3]
+    typical = weighted_design / max(float(weighted_design[0]), 1e-300)
+    shares, corr = split_from_sums(
+        r.T @ r, state.loss, start["n_weighted"], state.beta, typical
+    )
+    return findings_of_split(shares, corr, typical)
+
+
+def _intervals(estimator, trust, beta: np.ndarray, unit: float = 1.0):
+    """``beta_ci_`` from :func:`solution_sums`'s result (None without one)."""
+    if trust is None or estimator.confidence_level is None:
+        return None
+    sums, n_lags = trust
+    return estimator._intervals_from_sums(beta, sums["sandwich"], n_lags, unit)
 
 
 def _scale_totals(tables: Partitions) -> tuple[float, float, int]:

@@ -18,7 +18,7 @@ summaries:
 The block functions (``*_block``) run where a partition lives, on its
 exposure table (the baseline) or its persisted
 :class:`~sklearn_beta._distributed.Block` (the iterative fit); the client
-half is :func:`partition_intervals`. No dask here.
+half is :func:`solution_sums`. No dask here.
 """
 
 from __future__ import annotations
@@ -161,41 +161,53 @@ def key_gather_block(
 
 
 def count_solution(block: Block, state, beta: np.ndarray) -> tuple:
-    """``(jac, residual, weight)`` of the step-count objective at ``beta``."""
+    """``(jac, residual, weight, design)`` of the step-count objective at
+    ``beta``; the design is the one the phases' steps give."""
     solved = block.counts.state(beta)
-    return solved.jac, solved.residual, block.counts.weight
+    return solved.jac, solved.residual, block.counts.weight, solved.design
 
 
 def duration_solution(block: Block, state, beta: np.ndarray) -> tuple:
-    """``(jac, residual, weight)`` of the duration objective: the last design."""
-    return state.design, block.timeline.duration - state.design @ beta, None
+    """``(jac, residual, weight, None)`` of the duration objective: the last
+    design is its Jacobian."""
+    return state.design, block.timeline.duration - state.design @ beta, None, None
 
 
 def baseline_solution(table: pd.DataFrame, state, beta: np.ndarray) -> tuple:
-    """``(jac, residual, weight)`` of the baseline NNLS."""
+    """``(jac, residual, weight, None)`` of the baseline NNLS."""
     values = table_values(table)
     design = design_columns(values)
-    return design, column(values, "duration") - design @ beta, None
+    return design, column(values, "duration") - design @ beta, None, None
 
 
-def sandwich_block(
-    item, state, solution, beta: np.ndarray, unit: float, h: float, n_lags: int
+def solution_block(
+    item, state, solution, beta: np.ndarray, unit: float, h: float | None, n_lags
 ) -> dict | None:
-    """The partition's :class:`~sklearn_beta._uncertainty.SandwichSums` at
-    ``beta`` (in the fit's unit), blocks of length ``h`` (the trace's unit)."""
+    """A partition's sums at the solution ``beta`` (in the fit's unit).
+
+    ``sandwich``: its :class:`~sklearn_beta._uncertainty.SandwichSums` with
+    blocks of length ``h`` (the trace's unit; none when ``h`` is None);
+    ``weighted_design``: ``sum_i w_i design_i`` when the solution has a
+    design (the typical step of ``_what_if.split_uncertainty``).
+    """
     if item is None or (isinstance(item, pd.DataFrame) and len(item) == 0):
         return None
-    t_start, t_end, instance = windows(item, unit)
-    instance, origin, span = instance_spans(t_start, t_end, instance)
-    block, block_instance = assign_blocks(t_start, t_end, instance, origin, span, h)
-    jac, residual, weight = solution(item, state, beta)
-    return {
-        "sandwich": sandwich_sums(jac, residual, weight, block, block_instance, n_lags)
-    }
+    jac, residual, weight, design = solution(item, state, beta)
+    out = {}
+    if h is not None:
+        t_start, t_end, instance = windows(item, unit)
+        instance, origin, span = instance_spans(t_start, t_end, instance)
+        block, block_instance = assign_blocks(t_start, t_end, instance, origin, span, h)
+        out["sandwich"] = sandwich_sums(
+            jac, residual, weight, block, block_instance, n_lags
+        )
+    if design is not None:
+        out["weighted_design"] = weight @ design
+    return out
 
 
-def _stateless_sandwich_block(item, *args) -> dict | None:
-    return sandwich_block(item, None, *args)
+def _stateless_solution_block(item, *args) -> dict | None:
+    return solution_block(item, None, *args)
 
 
 # --- Client -------------------------------------------------------------------
@@ -233,29 +245,38 @@ def order_statistics(parts, unit: float, n: int, ranks: np.ndarray) -> np.ndarra
     return key_values(keys)
 
 
-def partition_intervals(
+def solution_sums(
     estimator, parts, solution, beta: np.ndarray, unit: float = 1.0, states=None
-) -> np.ndarray | None:
-    """``beta_ci_`` of a fit on partitions, equal to the in-memory fit's.
+) -> tuple[dict, int | None]:
+    """The partitions' :func:`solution_block` sums at the fitted ``beta``.
 
     ``beta`` is in the trace's unit and ``unit`` the fit's time unit
     (:func:`~sklearn_beta._units.time_scale`); ``solution(item, state,
-    beta / unit)`` gives each partition's ``(jac, residual, weight)`` at the
-    solution, ``states`` the partitions' per-fit state it reads (or None).
+    beta / unit)`` gives each partition's ``(jac, residual, weight,
+    design)``, ``states`` the partitions' per-fit state it reads (or None).
+    The sandwich sums are made when ``estimator.confidence_level`` is set,
+    with the blocks of the whole trace (:func:`block_layout`). Returns the
+    reduced sums and the lag count (None without intervals).
     """
-    if estimator.confidence_level is None:
-        return None
+    h, n_lags = None, None
+    if estimator.confidence_level is not None:
+        h, n_lags = block_layout(parts, unit)
+    args = (solution, beta / unit, unit, h, n_lags)
+    if states is None:
+        sums = parts.map(_stateless_solution_block, *args)
+    else:
+        sums = parts.map(solution_block, *args, states=states)
+    return sums, n_lags
+
+
+def block_layout(parts, unit: float) -> tuple[float, int]:
+    """Block length and lag count of the trace behind the partitions, as
+    :func:`~sklearn_beta._uncertainty.time_blocks` finds them in memory."""
     layout = parts.map(layout_block, unit)
     ranks, weight = quantile_ranks(layout["n"])
     wanted = np.unique(ranks)
     values = order_statistics(parts, unit, layout["n"], wanted)
     median, longest = quantiles_of(values[np.searchsorted(wanted, ranks)], weight)
-    h, n_lags = block_length(
+    return block_length(
         median, longest, layout["total_span"], layout["longest_span"].value
     )
-    args = (solution, beta / unit, unit, h, n_lags)
-    if states is None:
-        sums = parts.map(_stateless_sandwich_block, *args)
-    else:
-        sums = parts.map(sandwich_block, *args, states=states)
-    return estimator._intervals_from_sums(beta, sums["sandwich"], n_lags, unit)

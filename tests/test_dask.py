@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import glob
+import json
 import warnings
 
 import numpy as np
@@ -99,6 +101,8 @@ def test_dask_fit_equals_pandas_fit(client, fleet, regressor):
         assert remote[-1].diagnostics_[key] == pytest.approx(
             local[-1].diagnostics_[key], rel=RTOL
         )
+    for key in ("not_identified", "at_zero_bound"):
+        assert remote[-1].diagnostics_[key] == local[-1].diagnostics_[key]
     assert remote[-1].diagnostics_["n_phases"] == len(fleet)
     # The time-block sandwich from per-partition sums: the pandas intervals.
     np.testing.assert_allclose(remote[-1].beta_ci_, local[-1].beta_ci_, rtol=RTOL)
@@ -296,3 +300,112 @@ def test_order_statistics_of_partitions_are_exact(durations):
     np.testing.assert_allclose(
         duration_quantiles(stored), np.quantile(stored, [0.5, 0.99]), rtol=1e-15
     )
+
+
+# --- Command line ---------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def fleet_files(fleet, tmp_path_factory):
+    """The fleet as one Parquet file per engine, and as one file."""
+    directory = tmp_path_factory.mktemp("fleet")
+    for instance, group in fleet.groupby("instance_id"):
+        group.to_parquet(directory / f"engine-{instance}.parquet")
+    return str(directory / "engine-*.parquet")
+
+
+def _cli(capsys, *argv):
+    from sklearn_beta.cli import main
+
+    code = main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def _fit_json(capsys, *argv):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        code, out, err = _cli(capsys, "fit", *argv, "--output", "json", "--quiet")
+    assert code == 0, err
+    return json.loads(out)
+
+
+def _limits(report):
+    ci = report["confidence_interval"]
+    return np.array([ci[name] for name in ("beta0", "beta1", "beta2")])
+
+
+def test_cli_dask_local_equals_the_pandas_cli(capsys, fleet_files):
+    local = _fit_json(capsys, fleet_files, "--chunk-size", 64)
+    remote = _fit_json(capsys, fleet_files, "--chunk-size", 64, "--dask", "local")
+    np.testing.assert_allclose(
+        list(remote["betas"].values()), list(local["betas"].values()), rtol=RTOL
+    )
+    np.testing.assert_allclose(_limits(remote), _limits(local), rtol=RTOL)
+    np.testing.assert_allclose(list(remote["betas"].values()), BETA, rtol=0.02)
+    assert remote["trace"] == local["trace"]
+    assert remote["fleet"]["n_partitions"] == 4
+    assert remote["fleet"]["engine_search_sample"] is None
+    assert remote["validation"] is None and local["validation"] is not None
+    assert any("validation is null" in note for note in remote["notes"])
+    for key in ("r2", "rmse_seconds", "condition_number"):
+        assert remote["diagnostics"][key] == pytest.approx(
+            local["diagnostics"][key], rel=RTOL
+        )
+    assert remote["convergence"]["n_iter"] == local["convergence"]["n_iter"]
+
+
+def test_cli_dask_engine_search_runs_on_a_sample_of_whole_instances(
+    capsys, client, fleet_files, monkeypatch
+):
+    import sklearn_beta._cli_fleet as cli_fleet
+
+    # Two of the four engines fit under the bound; the fit uses all four.
+    sizes = sorted(len(pd.read_parquet(p)) for p in glob.glob(fleet_files))
+    monkeypatch.setattr(cli_fleet, "SEARCH_SAMPLE_PHASES", sizes[0] + sizes[1])
+    address = client.scheduler.address
+    remote = _fit_json(
+        capsys, fleet_files, "--dask", address, "--chunk-candidates", "32,64"
+    )
+    sample = remote["fleet"]["engine_search_sample"]
+    assert 1 <= len(sample["instances"]) <= 2
+    assert sample["n_phases"] <= sizes[0] + sizes[1]
+    assert remote["engine_config"]["candidates"]
+    assert remote["chunk_size"] == 64  # the simulator's engine
+    assert remote["trace"]["n_phases"] == sum(sizes)
+    assert any("sample collected to the client" in n for n in remote["notes"])
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--dask", "localhost"], "--dask takes 'local' or a scheduler address"),
+        (["--dask", "local", "--plot", "figures"], "--plot draws every phase"),
+        (["--dask", "local", "--format", "otel"], "--dask reads csv or parquet"),
+    ],
+)
+def test_cli_dask_usage_errors_are_one_line(capsys, fleet_files, argv, message):
+    code, out, err = _cli(capsys, "fit", fleet_files, *argv)
+    assert code == 2 and out == ""
+    assert err.startswith("sklearn-beta: error: ") and message in err
+    assert len(err.strip().splitlines()) == 1
+
+
+def test_cli_dask_data_errors_are_one_line(capsys, client, fleet, tmp_path):
+    import dask
+
+    address = client.scheduler.address
+    code, _, err = _cli(capsys, "fit", tmp_path / "*.parquet", "--dask", address)
+    assert code == 1 and "No trace file matches" in err
+    fleet.drop(columns="decode_tokens").to_parquet(tmp_path / "a.parquet")
+    code, _, err = _cli(
+        capsys, "fit", tmp_path / "a.parquet", "--dask", address, "--chunk-size", 64
+    )
+    assert code == 1 and "decode_tokens" in err
+    with dask.config.set({"distributed.comm.timeouts.connect": "1s"}):
+        code, _, err = _cli(
+            capsys, "fit", tmp_path / "a.parquet", "--dask", "tcp://127.0.0.1:9"
+        )
+    assert code == 1 and "cannot reach the Dask scheduler" in err
+    for text in (err,):
+        assert len(text.strip().splitlines()) == 1 and "Traceback" not in text
