@@ -1,0 +1,206 @@
+"""The edge treatment of windows (``edges="auto"``) on partitions of whole instances.
+
+:func:`~sklearn_beta._edges.fit_with_edge_context` asks a trace a few
+questions: the interior's share of the steps, a Gauss-Newton step of the
+interior's phases, the edges' step-count biases and the phases on
+incomplete edges at given betas, and fits with the weights those answers
+give. Edge zones, biases and context phases are per instance, hence local
+to a partition; the noise level of the test is a sum over interior blocks.
+:class:`PartitionEdges` answers each question with one reduction of the
+block functions here, and derives the weighted step-count problems on the
+workers. No dask here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from ._distributed import Block, RFactor
+from ._distributed_trust import Pooled
+from ._edges import EdgeZones, bias_limit, context_phases, edge_bias_sums, edge_zones
+from ._nnls import nnls_from_r
+from ._schema import phase_windows
+from ._step_count import TimelineCounts, newton_target
+
+
+@dataclass(frozen=True)
+class EdgeState:
+    """A partition's edge zones and what its biases are grouped by."""
+
+    zones: EdgeZones
+    instance: np.ndarray
+    t_start: np.ndarray
+
+
+# --- Block functions ----------------------------------------------------------
+
+
+def edge_state_block(block: Block | None) -> EdgeState | None:
+    """The edge zones of a partition's instances (its own timeline's times)."""
+    if block is None:
+        return None
+    t_start, t_end, instance = phase_windows(block.timeline)
+    zones = edge_zones(t_start, t_end, block.timeline.is_prefill, instance)
+    return EdgeState(zones, instance, t_start)
+
+
+def share_block(block: Block | None, edge: EdgeState | None) -> dict | None:
+    """Objective-weighted steps of the interior and of every phase."""
+    if block is None:
+        return None
+    steps = block.counts.weight * block.timeline.n_steps
+    return {
+        "interior_steps": float(np.sum(steps * edge.zones.interior)),
+        "steps": float(np.sum(steps)),
+        "lifetimes": Pooled((edge.zones.lifetime,)),
+    }
+
+
+def gauss_newton_block(
+    block: Block | None, edge: EdgeState | None, beta: np.ndarray
+) -> dict | None:
+    """R factor of the interior's linearised counts at ``beta``."""
+    if block is None:
+        return None
+    state = block.counts.state(beta)
+    root_w = np.sqrt(block.counts.weight * edge.zones.interior)
+    return {
+        "step_r": RFactor.of(state.jac * root_w[:, None], newton_target(state) * root_w)
+    }
+
+
+def _biases(block: Block, edge: EdgeState, beta: np.ndarray) -> tuple:
+    return edge_bias_sums(
+        edge.zones,
+        edge.instance,
+        edge.t_start,
+        block.counts.state(beta).residual,
+        block.timeline.n_steps,
+        block.counts.weight,
+    )
+
+
+def bias_block(
+    block: Block | None, edge: EdgeState | None, beta: np.ndarray
+) -> dict | None:
+    """The partition's instances' edge biases at ``beta``, and the interior
+    blocks' spread."""
+    if block is None:
+        return None
+    start_bias, end_bias, spread = _biases(block, edge, beta)
+    return {"biases": Pooled((start_bias, end_bias)), "spread": spread}
+
+
+def _context(block: Block, edge: EdgeState, beta: np.ndarray, limit: float):
+    start_bias, end_bias, _ = _biases(block, edge, beta)
+    return context_phases(edge.zones, edge.instance, start_bias, end_bias, limit)
+
+
+def context_block(
+    block: Block | None, edge: EdgeState | None, beta: np.ndarray, limit: float
+) -> dict | None:
+    """Phases of positive weight on the edges found incomplete at ``beta``."""
+    if block is None:
+        return None
+    context = _context(block, edge, beta, limit)
+    return {"n_context": int(np.count_nonzero(context & (_weight(block) > 0)))}
+
+
+def _weight(block: Block) -> np.ndarray:
+    sample_weight = block.counts.sample_weight
+    return np.ones(block.timeline.n_phases) if sample_weight is None else sample_weight
+
+
+def weighted_block(block: Block | None, edge: EdgeState | None, kind) -> Block | None:
+    """The partition's step-count problem with the phase weights of ``kind``
+    (:meth:`~sklearn_beta._edges.TimelineEdges.weights`)."""
+    if block is None:
+        return None
+    if kind == "interior":
+        keep = edge.zones.interior
+    else:
+        _, beta, limit = kind
+        keep = ~_context(block, edge, beta, limit)
+    counts = TimelineCounts(
+        block.timeline, block.counts.correction_mode, _weight(block) * keep
+    )
+    return Block(counts, block.step_density)
+
+
+def counted_block(block: Block | None) -> dict | None:
+    """:meth:`~sklearn_beta._step_count.TimelineCounts.counted_totals` of a block."""
+    if block is None:
+        return None
+    n_weighted, duration, steps = block.counts.counted_totals()
+    return {
+        "n_weighted": n_weighted,
+        "counted_duration": duration,
+        "counted_steps": steps,
+    }
+
+
+# --- Client -------------------------------------------------------------------
+
+
+def gauss_newton_move(beta: np.ndarray, step_r: np.ndarray) -> tuple[np.ndarray, float]:
+    """The projected Gauss-Newton step from ``beta`` and the relative change
+    of the weighted step counts it makes, from the R factor of
+    ``[sqrt(w) J, sqrt(w) (J beta - r)]`` (``_edges._relative_move``: the
+    counts are homogeneous of degree -1, so ``J beta`` is minus the counts)."""
+    new = nnls_from_r(step_r)
+    gram = step_r[:, :3].T @ step_r[:, :3]
+    change = new - beta
+    level = np.sqrt(max(float(beta @ gram @ beta), 0.0))
+    move = np.sqrt(max(float(change @ gram @ change), 0.0))
+    return new, move / max(level, 1e-300)
+
+
+class PartitionEdges:
+    """:class:`~sklearn_beta._edges.TimelineEdges`'s answers from partitions.
+
+    ``blocks`` are the persisted step-count problems of every phase
+    (:class:`~sklearn_beta._dask_fit.Partitions` of :class:`Block`). The
+    per-instance biases come back partition after partition, each
+    partition's instances in the order of their codes there.
+    """
+
+    def __init__(self, blocks):
+        self.blocks = blocks
+        self.edges = blocks.derive(edge_state_block)
+        self._share = None
+
+    def _shares(self) -> dict:
+        if self._share is None:
+            self._share = self.blocks.map(share_block, states=self.edges)
+        return self._share
+
+    def interior_share(self) -> float:
+        share = self._shares()
+        return share["interior_steps"] / max(share["steps"], 1e-300)
+
+    def lifetimes(self) -> np.ndarray:
+        return self._shares()["lifetimes"].arrays[0]
+
+    def gauss_newton_move(self, beta: np.ndarray) -> tuple[np.ndarray, float]:
+        stats = self.blocks.map(gauss_newton_block, beta, states=self.edges)
+        return gauss_newton_move(beta, stats["step_r"].r)
+
+    def biases(self, beta: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
+        stats = self.blocks.map(bias_block, beta, states=self.edges)
+        start_bias, end_bias = stats["biases"].arrays
+        return start_bias, end_bias, bias_limit(stats["spread"])
+
+    def n_context(self, beta: np.ndarray, limit: float) -> int:
+        return self.blocks.map(context_block, beta, limit, states=self.edges)[
+            "n_context"
+        ]
+
+    def weighted(self, kind):
+        """The blocks with the phase weights of ``kind`` (``"all"``: these)
+        and their :func:`counted_block` totals."""
+        if kind == "all":
+            return self.blocks, None
+        blocks = self.blocks.derive(weighted_block, kind, states=self.edges)
+        return blocks, blocks.map(counted_block)
