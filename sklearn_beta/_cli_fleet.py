@@ -218,11 +218,6 @@ def run_fleet_fit(args, progress, fmt: str, client):
         "validation is null: the held-out replay of the fitted betas needs "
         "every phase on this machine, which --dask never collects"
     )
-    if args.algo == "iterative":
-        notes.append(
-            "every phase is fitted (edges='fit'): the distributed fit has no "
-            "window-edge treatment yet; export traces that start idle or drain"
-        )
     options["token_budget"] = pair[1]
     chosen = engine_label(dict(zip(("chunk_size", "token_budget"), pair, strict=True)))
     progress.say(f"fitting on the cluster ({args.algo}, {chosen})...")
@@ -258,12 +253,9 @@ def fit_fleet_trace(
     """Fit the pipeline on a Dask phase table, on the workers.
 
     Like :func:`~sklearn_beta._trace_fit.fit_trace` but without the per-phase
-    fields: the phases stay on the workers. Every phase is fitted
-    (``edges="fit"``): the distributed fit has no window-edge treatment yet.
+    fields: the phases stay on the workers.
     """
     algo = options.get("algo", "iterative")
     model = make_model(chunk_size, **options)
-    if algo == "iterative":
-        model[-1].set_params(edges="fit")
     model.fit(phases)
     return TraceFit(**fitted_summary(model, algo), instance_names=instance_names)

@@ -11,11 +11,12 @@ The solver loops are the pandas fit's own:
 :func:`~sklearn_beta._step_count.solve_step_counts` (``initial_scale``,
 Gauss-Newton steps with step halving) and
 :func:`~sklearn_beta._fixed_point.solve_fixed_point` (the lagged
-re-weighting of the duration objective) run on :class:`PartitionCounts` and
-:class:`PartitionDurations`, which answer each of the loop's questions with
-one reduction of per-partition sums, where the pandas fit asks one
+re-weighting of the duration objective) run on the problems of
+:mod:`sklearn_beta._partition_problems`, which answer each of the loop's
+questions with one reduction of per-partition sums, where the pandas fit asks one
 in-memory timeline: the betas agree with the pandas fit of the same rows to
-rounding.
+rounding. So do the intervals (:mod:`sklearn_beta._distributed_trust`) and
+the window-edge treatment (:mod:`sklearn_beta._distributed_edges`).
 
 Works with the active ``distributed.Client`` (or, without one, Dask's local
 scheduler). A worker lost between iterations costs a recomputation: the
@@ -26,8 +27,6 @@ then the chain of lagged passes) and the fit goes on with the same numbers.
 from __future__ import annotations
 
 import copy
-import warnings
-from dataclasses import dataclass
 
 import dask
 import numpy as np
@@ -40,25 +39,23 @@ from ._distributed import (
     baseline_block,
     build_block,
     combine_stats,
-    count_block,
-    duration_block,
-    reweight_block,
     scale_sums_block,
-    score_block,
     start_block,
-    step_totals_block,
     table_values,
 )
+from ._distributed_edges import PartitionEdges
 from ._distributed_trust import (
     baseline_solution,
     count_solution,
     duration_solution,
     solution_sums,
 )
+from ._edges import edge_test_settings, fit_with_edge_context
 from ._fixed_point import solve_fixed_point
-from ._identifiability import identifiability_diagnostics
+from ._identifiability import at_zero_bound, identifiability_diagnostics
 from ._iterative import _print_progress
 from ._nnls import nnls_from_r, scores_from_sums
+from ._partition_problems import PartitionCounts, PartitionDurations, ReducedState
 from ._schema import EXPOSURE_COLUMNS, column
 from ._step_count import solve_step_counts
 from ._validation import phase_layout
@@ -173,7 +170,6 @@ def fit_partitions(estimator, X, y=None, sample_weight=None):
     estimator._check_width(len(X.columns))
     estimator.feature_names_in_ = np.asarray(X.columns, dtype=object)
     estimator.n_features_in_ = len(X.columns)
-    _warn_not_distributed(estimator)
     tables = Partitions.of(X.persist())
     if isinstance(estimator, BaselineBetaRegressor):
         beta = _fit_baseline(estimator, tables)
@@ -186,32 +182,17 @@ def fit_partitions(estimator, X, y=None, sample_weight=None):
     return estimator
 
 
-def _warn_not_distributed(estimator) -> None:
-    """Say that the distributed fit does not apply ``edges="auto"`` yet.
-
-    The edge treatment refits with per-phase weights chosen from the fit's
-    own edge biases (``._edges``); the distributed fit fits every phase, as
-    ``edges="fit"``.
-    """
-    if getattr(estimator, "edges", "fit") != "fit":
-        warnings.warn(
-            f"{type(estimator).__name__} on a Dask collection does not apply "
-            f"edges={estimator.edges!r} yet: every phase is fitted, as with "
-            "edges='fit' (pass it to silence this). A trace cut from a busy "
-            "engine then biases the betas; see docs/scale.md.",
-            UserWarning,
-            stacklevel=4,
-        )
-
-
 def _diagnostics(
-    estimator, stats, ss_res, duration, beta, unit=1.0, findings=()
+    estimator, stats, ss_res, duration, beta, unit=1.0, findings=(), weighted_r=None
 ) -> dict:
     """``design_diagnostics`` and ``identifiability_diagnostics`` from sums.
 
     ``duration`` (a ``Moments``) and ``ss_res`` are in units of ``unit`` (a
     power of two, so scaling back is exact); the design is in steps and tokens.
-    ``findings`` are the step-count fit's noise-limited coefficients.
+    ``findings`` are the step-count fit's noise-limited coefficients;
+    ``weighted_r`` the R factor of the fit's phase-weighted ``[design,
+    duration]`` (edge context left out), which the collinearity checks read,
+    as the pandas fit reads its weighted design.
     """
     r_design = stats["r_design"].r
     r2, rmse = scores_from_sums(ss_res, duration.m2, duration.count)
@@ -223,16 +204,21 @@ def _diagnostics(
     # Only the design's Gram matrix and the durations' norm enter: the R
     # factor of [design, duration] carries both.
     norm = np.linalg.norm(r_design[:, 3]) * unit
+    checked = r_design if weighted_r is None else weighted_r
     diagnostics.update(
         identifiability_diagnostics(
-            r_design[:, :3],
-            np.array([norm]),
+            checked[:, :3],
+            np.array([np.linalg.norm(checked[:, 3]) * unit]),
             beta,
             stats["shape"],
             estimator=type(estimator).__name__,
             stacklevel=6,
             extra_findings=list(findings),
         )
+    )
+    # The zero bound reads the unweighted fit, as in memory.
+    diagnostics["at_zero_bound"] = at_zero_bound(
+        r_design[:, :3], np.array([norm]), beta
     )
     return diagnostics
 
@@ -255,87 +241,6 @@ def _fit_baseline(estimator, tables: Partitions) -> np.ndarray:
     return beta
 
 
-class PartitionCounts:
-    """The step-count problem of :func:`~sklearn_beta._step_count.solve_step_counts`
-    on persisted partitions: each answer a reduction of per-partition sums."""
-
-    def __init__(self, blocks: Partitions, start: dict):
-        self.blocks = blocks
-        self.start = start
-
-    def counted_totals(self) -> tuple[int, float, float]:
-        start = self.start
-        return (
-            start["n_weighted"],
-            start["counted_duration"],
-            start["counted_steps"],
-        )
-
-    def step_totals(self, beta: np.ndarray) -> tuple[float, float]:
-        sums = self.blocks.map(step_totals_block, beta)
-        return sums["total"], sums["target"]
-
-    def state(self, beta: np.ndarray) -> ReducedState:
-        stats = self.blocks.map(count_block, beta)
-        return ReducedState(beta, stats["loss"], stats)
-
-    def proposal(self, state: ReducedState) -> np.ndarray:
-        return nnls_from_r(state.stats["r_newton"].r)
-
-    def change_basis(self, state: ReducedState) -> np.ndarray:
-        # One row with the Jacobian's column norms: all beta_change reads.
-        return np.sqrt(state.stats["jac_sumsq"])[None, :]
-
-    def duration_fit(self, state: ReducedState) -> tuple[float, float]:
-        moments = self.start["duration"]
-        return scores_from_sums(state.stats["ss_res"], moments.m2, moments.count)
-
-
-@dataclass(frozen=True)
-class ReducedState:
-    """A problem's state at ``beta``, as the reduced statistics of the partitions."""
-
-    beta: np.ndarray
-    loss: float
-    stats: dict
-
-
-class PartitionDurations:
-    """The fixed-point problem of :func:`~sklearn_beta._fixed_point.solve_fixed_point`
-    on persisted partitions; the lagged passes stay on the workers, chained."""
-
-    def __init__(self, blocks: Partitions, start: dict, correction_mode: str):
-        self.blocks = blocks
-        self.start = start
-        self.correction_mode = correction_mode
-        self.states = None
-
-    def reweighted(self, beta: np.ndarray) -> dict:
-        if self.states is None:
-            self.states = self.blocks.derive(
-                reweight_block, None, beta, self.correction_mode
-            )
-        else:
-            self.states = self.blocks.derive(
-                reweight_block, beta, self.correction_mode, states=self.states
-            )
-        return self.blocks.map(duration_block, states=self.states)
-
-    def fit(self, stats: dict) -> np.ndarray:
-        return nnls_from_r(stats["r_design"].r)
-
-    def change_basis(self, stats: dict) -> np.ndarray:
-        # One row with the design's column norms: all beta_change reads.
-        return np.sqrt(stats["design_sumsq"])[None, :]
-
-    def residual_sum(self, beta: np.ndarray) -> float:
-        return self.blocks.map(score_block, beta, states=self.states)["ss_res"]
-
-    def scores(self, stats: dict, beta: np.ndarray) -> tuple[float, float]:
-        moments = self.start["duration"]
-        return scores_from_sums(self.residual_sum(beta), moments.m2, moments.count)
-
-
 def _fit_iterative(estimator, tables: Partitions) -> np.ndarray:
     """``IterativeBetaRegressor._fit_timeline`` on partitions: the same loops
     and the same settings, unit, history and warnings (the estimator's own
@@ -347,15 +252,19 @@ def _fit_iterative(estimator, tables: Partitions) -> np.ndarray:
     settings = estimator._settings()
     # Looked up here, not bound at import: benchmarks and tests hook it.
     callback = estimator._progress(unit, _print_progress)
-    trust, findings = None, []
+    trust, findings, report, weighted_r = None, [], None, None
     if estimator.objective == "step_count":
-        beta, converged, n_iter, state, history = solve_step_counts(
-            PartitionCounts(blocks, start), beta_init, settings, callback
+        result, report = _fit_window(
+            estimator, blocks, start, beta_init, settings, callback
         )
+        beta, converged, n_iter, state, history, fitted, fitted_start = result
         final, ss_res = state.stats, state.stats["ss_res"]
-        # One pass at the solution: the intervals' sums and the typical step.
-        trust = solution_sums(estimator, blocks, count_solution, beta * unit, unit)
-        findings = _noise_limited(state, start, trust[0]["weighted_design"])
+        # One pass at the solution: the intervals' sums, the typical step and
+        # (with edge context left out) the weighted design.
+        trust = solution_sums(estimator, fitted, count_solution, beta * unit, unit)
+        findings = _noise_limited(state, fitted_start, trust[0]["weighted_design"])
+        weighted_r = trust[0].get("r_weighted_design")
+        weighted_r = None if weighted_r is None else weighted_r.r
     else:
         problem = PartitionDurations(blocks, start, estimator.correction_mode)
         beta, converged, n_iter, final, history = solve_fixed_point(
@@ -376,11 +285,43 @@ def _fit_iterative(estimator, tables: Partitions) -> np.ndarray:
     beta = beta * unit
     stats = {**final, "shape": start["shape"]}
     duration = start["duration"]
-    estimator.diagnostics_ = estimator._last_fit(
-        _diagnostics(estimator, stats, ss_res, duration, beta, unit, findings)
+    diagnostics = _diagnostics(
+        estimator, stats, ss_res, duration, beta, unit, findings, weighted_r
     )
+    if report is not None:
+        diagnostics["edges"] = report.as_dict()
+    estimator.diagnostics_ = estimator._last_fit(diagnostics)
     estimator.beta_ci_ = _intervals(estimator, trust, beta, unit)
     return beta
+
+
+def _fit_window(estimator, blocks, start, beta_init, settings, callback):
+    """The step-count fit, with the window-edge treatment of ``edges="auto"``
+    (:func:`~sklearn_beta._edges.fit_with_edge_context` on
+    :class:`~sklearn_beta._distributed_edges.PartitionEdges`).
+
+    Returns ``(result, report)``: ``solve_step_counts``'s result followed by
+    the chosen fit's blocks and starting sums, and the edge report (None
+    with ``edges="fit"``).
+    """
+    window = PartitionEdges(blocks) if estimator.edges == "auto" else None
+
+    def fit(kind, beta_from, final):
+        weighted, counted = (blocks, None) if window is None else window.weighted(kind)
+        totals = start if counted is None else {**start, **counted}
+        chosen = settings if final else edge_test_settings(settings)
+        solved = solve_step_counts(
+            PartitionCounts(weighted, totals),
+            beta_init if beta_from is None else beta_from,
+            chosen,
+            callback,
+        )
+        return (*solved, weighted, totals)
+
+    if window is None:
+        return fit("all", None, True), None
+    result, report, _ = fit_with_edge_context(window, fit, stacklevel=7)
+    return result, report
 
 
 def _noise_limited(state: ReducedState, start: dict, weighted_design) -> list:

@@ -4,7 +4,7 @@ The time-block sandwich of :mod:`sklearn_beta._uncertainty` needs three
 things of the whole trace, and each is a reduction of small per-partition
 summaries:
 
-* the block length and lag count (:func:`~sklearn_beta._uncertainty.block_length`):
+* the block length and lag count (:func:`~sklearn_beta._time_blocks.block_length`):
   the phase count, the instances' total and longest span, and two exact
   duration quantiles. Quantiles are order statistics; :func:`order_statistics`
   finds them by radix selection on the durations' bit patterns, each pass
@@ -28,16 +28,16 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from ._distributed import Block, table_values
+from ._distributed import Block, RFactor, table_values
 from ._schema import column, design_columns, phase_windows
-from ._uncertainty import (
+from ._time_blocks import (
     assign_blocks,
     block_length,
     instance_spans,
     quantile_ranks,
     quantiles_of,
-    sandwich_sums,
 )
+from ._uncertainty import sandwich_sums
 
 #: Bits of the duration keys each selection pass resolves (256-bin histograms).
 DIGIT_BITS = 8
@@ -203,6 +203,12 @@ def solution_block(
         )
     if design is not None:
         out["weighted_design"] = weight @ design
+        sample_weight = item.counts.sample_weight
+        if sample_weight is not None:
+            root_w = np.sqrt(sample_weight)
+            out["r_weighted_design"] = RFactor.of(
+                design * root_w[:, None], item.timeline.duration * root_w
+            )
     return out
 
 

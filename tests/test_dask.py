@@ -16,7 +16,7 @@ from sklearn_beta import (
     IterativeBetaRegressor,
     PhaseExposureTransformer,
 )
-from sklearn_beta.datasets import simulate_trace
+from sklearn_beta.datasets import cut_window, simulate_trace
 
 dd = pytest.importorskip("dask.dataframe")
 distributed = pytest.importorskip("distributed")
@@ -24,10 +24,11 @@ distributed = pytest.importorskip("distributed")
 BETA = (5e-3, 2e-5, 1e-4)
 RTOL = 1e-9
 
-# The distributed fit fits every phase (edges="fit"; it warns when asked for
-# "auto"); its intervals are the pandas fit's.
+# Every setting: the distributed fit's betas, intervals and diagnostics are
+# the pandas fit's (edges="auto" is tested on windows below).
 REGRESSORS = [
     BaselineBetaRegressor(),
+    IterativeBetaRegressor(),
     IterativeBetaRegressor(edges="fit"),
     IterativeBetaRegressor(objective="duration"),
     IterativeBetaRegressor(
@@ -36,15 +37,61 @@ REGRESSORS = [
 ]
 
 
-def test_edges_the_distributed_fit_lacks_are_said(client, fleet):
-    ddf = dd.from_pandas(fleet, npartitions=2)
-    with pytest.warns(UserWarning, match="does not apply edges='auto'") as caught:
-        model = _model(IterativeBetaRegressor()).fit(ddf)
-    assert not [w for w in caught if "confidence" in str(w.message)]
-    assert model[-1].beta_ci_.shape == (3, 2)
+@pytest.fixture(scope="module")
+def windows() -> pd.DataFrame:
+    """Two engines' windows cut from busy serving: edges with missing load."""
+    parts = []
+    for instance, how in enumerate(("arrival", "completion")):
+        phases = simulate_trace(
+            3000,
+            beta=BETA,
+            chunk_size=64,
+            max_num_seqs=64,
+            arrival_rate=24.0,
+            prompt_tokens=(300, 0.6),
+            output_tokens=(100, 0.8),
+            noise=0.05,
+            random_state=instance,
+        )
+        times = phases.groupby("request_id")["t_start" if how == "arrival" else "t_end"]
+        per_request = times.min() if how == "arrival" else times.max()
+        t0, t1 = per_request.quantile([0.3, 0.7])
+        window = cut_window(phases, t0, t1, how=how)
+        parts.append(
+            window.assign(
+                instance_id=instance,
+                request_id=window["request_id"].astype(str) + f"-{instance}",
+            )
+        )
+    return pd.concat(parts, ignore_index=True)
+
+
+def test_edges_auto_on_windows_equals_pandas(client, windows):
+    ddf = dd.from_pandas(windows, npartitions=2)
+    regressor = IterativeBetaRegressor()
+    local = _fit_quietly(_model(regressor), windows)[-1]
     with warnings.catch_warnings():
         warnings.simplefilter("error", UserWarning)
-        _model(IterativeBetaRegressor(edges="fit")).fit(ddf)
+        remote = _model(regressor).fit(ddf)[-1]
+    edges, expected = remote.diagnostics_["edges"], local.diagnostics_["edges"]
+    # Both windows have incomplete edges: their phases are left as context.
+    assert edges["n_context"] == expected["n_context"] > 0
+    assert edges["limit"] == pytest.approx(expected["limit"], rel=RTOL)
+    for key in ("start_bias", "end_bias"):
+        # Partition by partition, against the pandas fit's instance order.
+        np.testing.assert_allclose(sorted(edges[key]), sorted(expected[key]), rtol=RTOL)
+    np.testing.assert_allclose(remote.beta_, local.beta_, rtol=RTOL)
+    np.testing.assert_allclose(remote.beta_ci_, local.beta_ci_, rtol=RTOL)
+    assert remote.n_iter_ == local.n_iter_
+    for key in ("condition_number", "r2"):
+        assert remote.diagnostics_[key] == pytest.approx(
+            local.diagnostics_[key], rel=RTOL
+        )
+    assert remote.diagnostics_["not_identified"] == local.diagnostics_["not_identified"]
+    # The edge treatment is what recovers the betas of a window.
+    np.testing.assert_allclose(remote.beta_, BETA, rtol=0.02)
+    every_phase = _fit_quietly(_model(IterativeBetaRegressor(edges="fit")), ddf)
+    assert np.max(np.abs(every_phase[-1].beta_ / BETA - 1)) > 0.02
 
 
 @pytest.fixture(scope="module")
@@ -288,7 +335,7 @@ def _duration_tables(durations, n_parts):
 )
 def test_order_statistics_of_partitions_are_exact(durations):
     from sklearn_beta._distributed_trust import order_statistics
-    from sklearn_beta._uncertainty import duration_quantiles
+    from sklearn_beta._time_blocks import duration_quantiles
 
     parts = _InMemory(_duration_tables(durations, 3))
     stored = np.concatenate([t["t_end"] - t["t_start"] for t in parts.items])
