@@ -13,7 +13,7 @@ workers. No dask here.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -126,7 +126,7 @@ def weighted_block(block: Block | None, edge: EdgeState | None, kind) -> Block |
     counts = TimelineCounts(
         block.timeline, block.counts.correction_mode, _weight(block) * keep
     )
-    return Block(counts, block.step_density)
+    return replace(block, counts=counts)
 
 
 def counted_block(block: Block | None) -> dict | None:
