@@ -50,7 +50,7 @@ from ._distributed_trust import (
     duration_solution,
     solution_sums,
 )
-from ._edges import edge_test_settings, fit_with_edge_context
+from ._edges import fit_with_edge_context
 from ._fixed_point import solve_fixed_point
 from ._identifiability import at_zero_bound, identifiability_diagnostics
 from ._iterative import _print_progress
@@ -60,6 +60,7 @@ from ._schema import EXPOSURE_COLUMNS, column
 from ._step_count import solve_step_counts
 from ._validation import phase_layout
 from ._what_if import findings_of_split, split_from_sums
+from ._window_fit import edge_test_settings
 from .fleet import fleet_time_resolution, whole_instances
 
 _NOT_COLLECTED = (

@@ -115,7 +115,7 @@ def _weight(block: Block) -> np.ndarray:
 
 def weighted_block(block: Block | None, edge: EdgeState | None, kind) -> Block | None:
     """The partition's step-count problem with the phase weights of ``kind``
-    (:meth:`~sklearn_beta._edges.TimelineEdges.weights`)."""
+    (:meth:`~sklearn_beta._window_fit.TimelineEdges.weights`)."""
     if block is None:
         return None
     if kind == "interior":
@@ -147,7 +147,7 @@ def counted_block(block: Block | None) -> dict | None:
 def gauss_newton_move(beta: np.ndarray, step_r: np.ndarray) -> tuple[np.ndarray, float]:
     """The projected Gauss-Newton step from ``beta`` and the relative change
     of the weighted step counts it makes, from the R factor of
-    ``[sqrt(w) J, sqrt(w) (J beta - r)]`` (``_edges._relative_move``: the
+    ``[sqrt(w) J, sqrt(w) (J beta - r)]`` (``_window_fit._relative_move``: the
     counts are homogeneous of degree -1, so ``J beta`` is minus the counts)."""
     new = nnls_from_r(step_r)
     gram = step_r[:, :3].T @ step_r[:, :3]
@@ -158,7 +158,7 @@ def gauss_newton_move(beta: np.ndarray, step_r: np.ndarray) -> tuple[np.ndarray,
 
 
 class PartitionEdges:
-    """:class:`~sklearn_beta._edges.TimelineEdges`'s answers from partitions.
+    """:class:`~sklearn_beta._window_fit.TimelineEdges`'s answers from partitions.
 
     ``blocks`` are the persisted step-count problems of every phase
     (:class:`~sklearn_beta._dask_fit.Partitions` of :class:`Block`). The

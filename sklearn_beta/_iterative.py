@@ -24,7 +24,6 @@ from ._baseline import design_diagnostics
 from ._constraints import Number, count
 from ._corrections import CORRECTION_MODES, FIXED_CORRECTION_MODES
 from ._design import OBJECTIVES, design_at_betas
-from ._edges import edge_test_settings, fit_step_counts_of_window
 from ._exposure import baseline_exposures
 from ._fixed_point import (
     HISTORY_COLUMNS,
@@ -40,6 +39,7 @@ from ._schema import EXPOSURE_COLUMNS, column, design_columns, read_timeline
 from ._step_count import fit_step_counts
 from ._uncertainty import DEFAULT_CONFIDENCE_LEVEL
 from ._units import rescaled_timeline, unit_from_totals
+from ._window_fit import edge_test_settings, fit_step_counts_of_window
 
 __all__ = ["IterativeBetaRegressor"]
 
