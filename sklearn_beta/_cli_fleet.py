@@ -14,6 +14,7 @@ replay search on a bounded sample of whole instances collected to the client
 
 from __future__ import annotations
 
+import logging
 from contextlib import contextmanager
 
 import numpy as np
@@ -40,6 +41,9 @@ def fleet_client(address: str):
     (with the ``LocalCluster`` it started for ``local``)."""
     from .fleet import connect
 
+    # A shuffle of instances straddling files logs its start and end at
+    # WARNING level: noise on a command line's stderr, not a problem.
+    logging.getLogger("distributed.shuffle").setLevel(logging.ERROR)
     try:
         client = connect(address)
     except (OSError, TimeoutError) as exc:
