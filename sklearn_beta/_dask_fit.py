@@ -61,7 +61,12 @@ from ._step_count import solve_step_counts
 from ._validation import phase_layout
 from ._what_if import findings_of_split, split_from_sums
 from ._window_fit import edge_test_settings
-from .fleet import fleet_time_resolution, whole_instances
+from .fleet import (
+    fleet_time_resolution,
+    instance_index,
+    partition_instances,
+    whole_instances,
+)
 
 _NOT_COLLECTED = (
     "On a Dask DataFrame the durations are the exposure table's 'duration' "
@@ -136,10 +141,21 @@ def check_phase_partitions(transformer, X) -> None:
 
 
 def transform_partitions(transformer, X):
-    """The exposure table of a Dask phase table, one partition per partition."""
+    """The exposure table of a Dask phase table, one partition per partition.
+
+    Its ``instance_id`` codes are the whole fleet's (the sorted instance ids,
+    as in memory), not each partition's own: the table is the pandas
+    transform's, row by row.
+    """
     check_is_fitted(transformer)
     instance_id = transformer._columns().instance_id
-    X = whole_instances(X, instance_id if instance_id in X.columns else None)
+    names = None
+    if instance_id in X.columns:
+        distinct = partition_instances(X, instance_id)
+        X = whole_instances(X, instance_id, distinct)
+        names = instance_index(distinct)
+    else:
+        X = whole_instances(X, None)
     if transformer.time_resolution == "auto":
         transformer = copy.copy(transformer)
         transformer.time_resolution = fleet_time_resolution(X, transformer)
@@ -147,17 +163,26 @@ def transform_partitions(transformer, X):
         {name: pd.Series(dtype=np.float64) for name in EXPOSURE_COLUMNS},
         index=X._meta.index,
     )
-    return X.map_partitions(_transform_part, transformer, meta=meta)
+    return X.map_partitions(_transform_part, transformer, instance_id, names, meta=meta)
 
 
-def _transform_part(part: pd.DataFrame, transformer) -> pd.DataFrame:
+def _transform_part(
+    part: pd.DataFrame, transformer, instance_id: str, names: pd.Index | None
+) -> pd.DataFrame:
     if len(part) == 0:
         return pd.DataFrame(
             np.empty((0, len(EXPOSURE_COLUMNS))),
             columns=list(EXPOSURE_COLUMNS),
             index=part.index,
         )
-    return transformer.transform(part)
+    table = transformer.transform(part)
+    if names is not None:
+        # The partition's codes index its own sorted ids; map them to the
+        # fleet's (a monotone map: every per-instance order is kept).
+        local = pd.factorize(part[instance_id], sort=True)[1]
+        codes = table["instance_id"].to_numpy(dtype=np.intp)
+        table["instance_id"] = names.get_indexer(local)[codes].astype(np.float64)
+    return table
 
 
 # --- Regressors -------------------------------------------------------------

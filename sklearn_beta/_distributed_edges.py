@@ -18,11 +18,33 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 from ._distributed import Block, RFactor
-from ._distributed_trust import Pooled
 from ._edges import EdgeZones, bias_limit, context_phases, edge_bias_sums, edge_zones
 from ._nnls import nnls_from_r
 from ._schema import phase_windows
 from ._step_count import TimelineCounts, newton_target
+
+
+@dataclass(frozen=True)
+class ByInstance:
+    """Arrays indexed by the fleet's instance codes, NaN where a partition
+    holds no such instance; the reduction fills each from the partition
+    that has it."""
+
+    arrays: tuple
+
+    def combine(self, other: ByInstance) -> ByInstance:
+        return ByInstance(
+            tuple(_fill(a, b) for a, b in zip(self.arrays, other.arrays, strict=True))
+        )
+
+
+def _fill(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    out = np.full(max(a.shape[0], b.shape[0]), np.nan)
+    out[: a.shape[0]] = a
+    head = out[: b.shape[0]]
+    missing = np.isnan(head)
+    head[missing] = b[missing]
+    return out
 
 
 @dataclass(frozen=True)
@@ -54,7 +76,7 @@ def share_block(block: Block | None, edge: EdgeState | None) -> dict | None:
     return {
         "interior_steps": float(np.sum(steps * edge.zones.interior)),
         "steps": float(np.sum(steps)),
-        "lifetimes": Pooled((edge.zones.lifetime,)),
+        "lifetimes": ByInstance((_present(edge, edge.zones.lifetime),)),
     }
 
 
@@ -90,7 +112,13 @@ def bias_block(
     if block is None:
         return None
     start_bias, end_bias, spread = _biases(block, edge, beta)
-    return {"biases": Pooled((start_bias, end_bias)), "spread": spread}
+    return {"biases": ByInstance((start_bias, end_bias)), "spread": spread}
+
+
+def _present(edge: EdgeState, values: np.ndarray) -> np.ndarray:
+    """``values`` per instance code, NaN for the codes of other partitions."""
+    count = np.bincount(edge.instance, minlength=values.shape[0])
+    return np.where(count > 0, values, np.nan)
 
 
 def _context(block: Block, edge: EdgeState, beta: np.ndarray, limit: float):
@@ -161,9 +189,9 @@ class PartitionEdges:
     """:class:`~sklearn_beta._window_fit.TimelineEdges`'s answers from partitions.
 
     ``blocks`` are the persisted step-count problems of every phase
-    (:class:`~sklearn_beta._dask_fit.Partitions` of :class:`Block`). The
-    per-instance biases come back partition after partition, each
-    partition's instances in the order of their codes there.
+    (:class:`~sklearn_beta._dask_fit.Partitions` of :class:`Block`), whose
+    instance codes are the fleet's: per-instance results come back in the
+    order of the whole fleet's instances, as in memory.
     """
 
     def __init__(self, blocks):

@@ -67,7 +67,14 @@ def windows() -> pd.DataFrame:
 
 
 def test_edges_auto_on_windows_equals_pandas(client, windows):
-    ddf = dd.from_pandas(windows, npartitions=2)
+    # The second engine in the first partition: per-instance results must
+    # come back in the fleet's order, not the partitions'.
+    ddf = dd.concat(
+        [
+            dd.from_pandas(group, npartitions=1)
+            for _, group in reversed(list(windows.groupby("instance_id")))
+        ]
+    )
     regressor = IterativeBetaRegressor()
     local = _fit_quietly(_model(regressor), windows)[-1]
     with warnings.catch_warnings():
@@ -78,8 +85,7 @@ def test_edges_auto_on_windows_equals_pandas(client, windows):
     assert edges["n_context"] == expected["n_context"] > 0
     assert edges["limit"] == pytest.approx(expected["limit"], rel=RTOL)
     for key in ("start_bias", "end_bias"):
-        # Partition by partition, against the pandas fit's instance order.
-        np.testing.assert_allclose(sorted(edges[key]), sorted(expected[key]), rtol=RTOL)
+        np.testing.assert_allclose(edges[key], expected[key], rtol=RTOL)
     np.testing.assert_allclose(remote.beta_, local.beta_, rtol=RTOL)
     np.testing.assert_allclose(remote.beta_ci_, local.beta_ci_, rtol=RTOL)
     assert remote.n_iter_ == local.n_iter_
@@ -172,6 +178,17 @@ def test_dask_fit_equals_pandas_fit(client, fleet, regressor):
         rtol=RTOL,
     )
     assert remote.score(ddf) == pytest.approx(local.score(fleet), rel=RTOL)
+
+
+def test_dask_exposure_table_is_the_pandas_one(client, fleet):
+    # Instances straddle the partitions, and a partition's own instance codes
+    # (0, 1, ... within it) become the fleet's.
+    ddf = dd.from_pandas(fleet.sort_values("instance_id"), npartitions=3)
+    transformer = _model(BaselineBetaRegressor())[0]
+    local = transformer.fit_transform(fleet)
+    remote = transformer.fit_transform(ddf).compute().loc[local.index]
+    assert sorted(remote["instance_id"].unique()) == [0.0, 1.0, 2.0, 3.0]
+    np.testing.assert_allclose(remote.to_numpy(), local.to_numpy(), rtol=RTOL)
 
 
 def test_partitions_holding_whole_instances_are_kept(client, fleet):
