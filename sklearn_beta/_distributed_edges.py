@@ -69,27 +69,59 @@ def edge_state_block(block: Block | None) -> EdgeState | None:
 
 
 def share_block(block: Block | None, edge: EdgeState | None) -> dict | None:
-    """Objective-weighted steps of the interior and of every phase."""
+    """What the edge test needs that no betas change: the objective-weighted
+    steps of the interior and of every phase, the request lifetimes and, per
+    instance, the phases of positive weight in the start zone, the end zone
+    and both."""
     if block is None:
         return None
     steps = block.counts.weight * block.timeline.n_steps
+    zones, counted = edge.zones, _weight(block) > 0
+    n_inst = zones.lifetime.shape[0]
+
+    def per_instance(mask):
+        count = np.bincount(edge.instance[mask & counted], minlength=n_inst)
+        return _present(edge, count.astype(np.float64))
+
     return {
-        "interior_steps": float(np.sum(steps * edge.zones.interior)),
+        "interior_steps": float(np.sum(steps * zones.interior)),
         "steps": float(np.sum(steps)),
-        "lifetimes": ByInstance((_present(edge, edge.zones.lifetime),)),
+        "lifetimes": ByInstance((_present(edge, zones.lifetime),)),
+        "zone_counts": ByInstance(
+            (
+                per_instance(zones.start),
+                per_instance(zones.end),
+                per_instance(zones.start & zones.end),
+            )
+        ),
     }
 
 
-def gauss_newton_block(
+def probe_block(
     block: Block | None, edge: EdgeState | None, beta: np.ndarray
 ) -> dict | None:
-    """R factor of the interior's linearised counts at ``beta``."""
+    """The edge test at ``beta``, one evaluation of the objective: the R
+    factor of the interior's linearised counts, the partition's instances'
+    edge biases and the interior blocks' spread."""
     if block is None:
         return None
     state = block.counts.state(beta)
-    root_w = np.sqrt(block.counts.weight * edge.zones.interior)
+    weight = block.counts.weight
+    root_w = np.sqrt(weight * edge.zones.interior)
+    start_bias, end_bias, spread = edge_bias_sums(
+        edge.zones,
+        edge.instance,
+        edge.t_start,
+        state.residual,
+        block.timeline.n_steps,
+        weight,
+    )
     return {
-        "step_r": RFactor.of(state.jac * root_w[:, None], newton_target(state) * root_w)
+        "step_r": RFactor.of(
+            state.jac * root_w[:, None], newton_target(state) * root_w
+        ),
+        "biases": ByInstance((start_bias, end_bias)),
+        "spread": spread,
     }
 
 
@@ -104,17 +136,6 @@ def _biases(block: Block, edge: EdgeState, beta: np.ndarray) -> tuple:
     )
 
 
-def bias_block(
-    block: Block | None, edge: EdgeState | None, beta: np.ndarray
-) -> dict | None:
-    """The partition's instances' edge biases at ``beta``, and the interior
-    blocks' spread."""
-    if block is None:
-        return None
-    start_bias, end_bias, spread = _biases(block, edge, beta)
-    return {"biases": ByInstance((start_bias, end_bias)), "spread": spread}
-
-
 def _present(edge: EdgeState, values: np.ndarray) -> np.ndarray:
     """``values`` per instance code, NaN for the codes of other partitions."""
     count = np.bincount(edge.instance, minlength=values.shape[0])
@@ -124,16 +145,6 @@ def _present(edge: EdgeState, values: np.ndarray) -> np.ndarray:
 def _context(block: Block, edge: EdgeState, beta: np.ndarray, limit: float):
     start_bias, end_bias, _ = _biases(block, edge, beta)
     return context_phases(edge.zones, edge.instance, start_bias, end_bias, limit)
-
-
-def context_block(
-    block: Block | None, edge: EdgeState | None, beta: np.ndarray, limit: float
-) -> dict | None:
-    """Phases of positive weight on the edges found incomplete at ``beta``."""
-    if block is None:
-        return None
-    context = _context(block, edge, beta, limit)
-    return {"n_context": int(np.count_nonzero(context & (_weight(block) > 0)))}
 
 
 def _weight(block: Block) -> np.ndarray:
@@ -198,11 +209,19 @@ class PartitionEdges:
         self.blocks = blocks
         self.edges = blocks.derive(edge_state_block)
         self._share = None
+        self._probes: dict = {}
 
     def _shares(self) -> dict:
         if self._share is None:
             self._share = self.blocks.map(share_block, states=self.edges)
         return self._share
+
+    def _probe(self, beta: np.ndarray) -> dict:
+        # The test asks several questions at the same betas: one pass each.
+        key = np.asarray(beta, dtype=np.float64).tobytes()
+        if key not in self._probes:
+            self._probes[key] = self.blocks.map(probe_block, beta, states=self.edges)
+        return self._probes[key]
 
     def interior_share(self) -> float:
         share = self._shares()
@@ -212,18 +231,25 @@ class PartitionEdges:
         return self._shares()["lifetimes"].arrays[0]
 
     def gauss_newton_move(self, beta: np.ndarray) -> tuple[np.ndarray, float]:
-        stats = self.blocks.map(gauss_newton_block, beta, states=self.edges)
-        return gauss_newton_move(beta, stats["step_r"].r)
+        return gauss_newton_move(beta, self._probe(beta)["step_r"].r)
 
     def biases(self, beta: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
-        stats = self.blocks.map(bias_block, beta, states=self.edges)
-        start_bias, end_bias = stats["biases"].arrays
-        return start_bias, end_bias, bias_limit(stats["spread"])
+        probe = self._probe(beta)
+        start_bias, end_bias = probe["biases"].arrays
+        return start_bias, end_bias, bias_limit(probe["spread"])
 
     def n_context(self, beta: np.ndarray, limit: float) -> int:
-        return self.blocks.map(context_block, beta, limit, states=self.edges)[
-            "n_context"
-        ]
+        """Phases of positive weight on the edges found incomplete at ``beta``
+        (``_edges.context_phases``), counted per instance and zone: a phase
+        in both zones of an instance with both edges incomplete counts once."""
+        start_bias, end_bias, _ = self.biases(beta)
+        n_start, n_end, n_both = (
+            np.nan_to_num(c) for c in self._shares()["zone_counts"].arrays
+        )
+        bad_start = ~(np.abs(start_bias) <= limit)
+        bad_end = ~(np.abs(end_bias) <= limit)
+        count = bad_start * n_start + bad_end * n_end - (bad_start & bad_end) * n_both
+        return int(round(float(np.sum(count))))
 
     def weighted(self, kind):
         """The blocks with the phase weights of ``kind`` (``"all"``: these)
