@@ -473,3 +473,20 @@ def test_cli_dask_data_errors_are_one_line(capsys, client, fleet, tmp_path):
     assert code == 1 and "cannot reach the Dask scheduler" in err
     for text in (err,):
         assert len(text.strip().splitlines()) == 1 and "Traceback" not in text
+
+
+@pytest.mark.parametrize(
+    "regressor",
+    [
+        BaselineBetaRegressor(confidence_level=None),
+        IterativeBetaRegressor(confidence_level=None),
+        IterativeBetaRegressor(objective="duration", confidence_level=None),
+    ],
+    ids=["baseline", "step_count", "duration"],
+)
+def test_no_intervals_when_not_asked(client, fleet, regressor):
+    ddf = dd.from_pandas(fleet, npartitions=2)
+    local = _fit_quietly(_model(regressor), fleet)[-1]
+    remote = _fit_quietly(_model(regressor), ddf)[-1]
+    assert remote.beta_ci_ is None and local.beta_ci_ is None
+    np.testing.assert_allclose(remote.beta_, local.beta_, rtol=RTOL)
