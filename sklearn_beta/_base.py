@@ -17,7 +17,12 @@ from ._grid import Timeline
 from ._identifiability import BETA_NAMES
 from ._memory import large_fit_memory
 from ._schema import EXPOSURE_COLUMNS, column, has_column, phase_windows
-from ._uncertainty import sandwich_intervals, trust_warnings
+from ._uncertainty import (
+    SandwichSums,
+    intervals_from_sums,
+    sandwich_intervals,
+    trust_warnings,
+)
 from .exceptions import UncertaintyWarning
 from .fleet import is_dask_collection
 
@@ -133,8 +138,6 @@ class BaseBetaRegressor(RegressorMixin, BaseEstimator):
                 stacklevel=stacklevel,
             )
             return np.full((len(BETA_NAMES), 2), np.nan)
-        bound = self.diagnostics_["at_zero_bound"]
-        at_bound = (beta <= 0) | np.isin(BETA_NAMES, bound)
         ci = sandwich_intervals(
             beta / unit,
             jac,
@@ -142,7 +145,22 @@ class BaseBetaRegressor(RegressorMixin, BaseEstimator):
             weight,
             *phase_windows(timeline),
             self.confidence_level,
-            at_bound,
+            self._at_bound(beta),
+        )
+        return unit * ci
+
+    def _at_bound(self, beta: np.ndarray) -> np.ndarray:
+        # The NNLS constraint set these, not the trace: one-sided intervals.
+        bound = self.diagnostics_["at_zero_bound"]
+        return (beta <= 0) | np.isin(BETA_NAMES, bound)
+
+    def _intervals_from_sums(
+        self, beta: np.ndarray, sums: SandwichSums, n_lags: int, unit: float = 1.0
+    ) -> np.ndarray:
+        """``beta_ci_`` from a fit's sandwich sums, as :meth:`_beta_intervals`
+        forms it in memory: for the fit on a Dask cluster (``_dask_fit``)."""
+        ci = intervals_from_sums(
+            beta / unit, sums, n_lags, self.confidence_level, self._at_bound(beta)
         )
         return unit * ci
 

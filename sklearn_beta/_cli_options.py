@@ -72,7 +72,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _add_input_options(fit) -> None:
     group = fit.add_argument_group("input")
-    group.add_argument("trace", help="trace file")
+    group.add_argument(
+        "trace", help="trace file, or a glob or directory of csv/parquet files"
+    )
     group.add_argument(
         "--format",
         choices=FORMATS,
@@ -89,6 +91,15 @@ def _add_input_options(fit) -> None:
         "--time-unit",
         choices=tuple(u for u in TIME_UNITS if u.isascii()),
         help="unit of t_start/t_end in a csv or parquet trace (default: s)",
+    )
+    group.add_argument(
+        "--dask",
+        metavar="local|tcp://HOST:PORT",
+        help="fit on a Dask cluster: 'local' starts one sized to this machine, "
+        "an address joins a running scheduler. TRACE may then be a glob or a "
+        "directory of csv or parquet files, read one partition per file and "
+        "never collected; see docs/cli.md for what the report then omits "
+        "(default: fit in this process)",
     )
     group.add_argument(
         "--instance-col",

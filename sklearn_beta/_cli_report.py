@@ -33,13 +33,25 @@ BETA0_PLAUSIBLE = (1e-5, 1.0)
 _TIE = inspect.signature(select_engine_config).parameters["tolerance"].default
 
 
+def trace_summary(phases, fit: TraceFit) -> dict:
+    """The report's ``trace`` section of a phase table read in memory."""
+    return {
+        "n_phases": int(len(phases)),
+        "n_requests": int(phases["request_id"].nunique()),
+        "n_instances": len(fit.instance_names),
+        "instances": [str(x) for x in fit.instance_names],
+        "client_side": bool(phases.attrs.get("client_side", False)),
+    }
+
+
 def build_report(
-    fit: TraceFit, args, fmt: str, phases, engine, options, alpha, notes
+    fit: TraceFit, args, fmt: str, trace: dict, engine, options, alpha, notes
 ) -> dict:
     """The JSON document of one fit (schema ``sklearn-beta/fit/v1``).
 
-    ``engine`` is :func:`engine_summary`'s: the engine configuration and its
-    held-out replay errors.
+    ``trace`` is the ``trace`` section (:func:`trace_summary`), ``engine``
+    :func:`engine_summary`'s: the engine configuration and its held-out
+    replay errors.
     """
     betas = dict(zip(UNITS, fit.beta.tolist(), strict=True))
     notes = list(notes) + _fit_notes(fit, betas, alpha)
@@ -58,13 +70,7 @@ def build_report(
             **_model_parameters(options),
             "instance_col": options["instance_col"],
         },
-        "trace": {
-            "n_phases": int(len(phases)),
-            "n_requests": int(phases["request_id"].nunique()),
-            "n_instances": len(fit.instance_names),
-            "instances": [str(x) for x in fit.instance_names],
-            "client_side": bool(phases.attrs.get("client_side", False)),
-        },
+        "trace": trace,
         "chunk_size": engine["chunk_size"],
         "token_budget": engine["token_budget"],
         "engine_config": engine["engine_config"],

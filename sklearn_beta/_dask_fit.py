@@ -11,11 +11,12 @@ The solver loops are the pandas fit's own:
 :func:`~sklearn_beta._step_count.solve_step_counts` (``initial_scale``,
 Gauss-Newton steps with step halving) and
 :func:`~sklearn_beta._fixed_point.solve_fixed_point` (the lagged
-re-weighting of the duration objective) run on :class:`PartitionCounts` and
-:class:`PartitionDurations`, which answer each of the loop's questions with
-one reduction of per-partition sums, where the pandas fit asks one
+re-weighting of the duration objective) run on the problems of
+:mod:`sklearn_beta._partition_problems`, which answer each of the loop's
+questions with one reduction of per-partition sums, where the pandas fit asks one
 in-memory timeline: the betas agree with the pandas fit of the same rows to
-rounding.
+rounding. So do the intervals (:mod:`sklearn_beta._distributed_trust`) and
+the window-edge treatment (:mod:`sklearn_beta._distributed_edges`).
 
 Works with the active ``distributed.Client`` (or, without one, Dask's local
 scheduler). A worker lost between iterations costs a recomputation: the
@@ -26,9 +27,6 @@ then the chain of lagged passes) and the fit goes on with the same numbers.
 from __future__ import annotations
 
 import copy
-import warnings
-from dataclasses import dataclass
-from functools import partial
 
 import dask
 import numpy as np
@@ -41,24 +39,34 @@ from ._distributed import (
     baseline_block,
     build_block,
     combine_stats,
-    count_block,
-    duration_block,
-    reweight_block,
     scale_sums_block,
-    score_block,
     start_block,
-    step_totals_block,
     table_values,
 )
-from ._fixed_point import IterationSettings, solve_fixed_point, warn_not_converged
-from ._identifiability import identifiability_diagnostics
-from ._iterative import _history_frame, _print_progress
+from ._distributed_edges import PartitionEdges
+from ._distributed_trust import (
+    baseline_solution,
+    count_solution,
+    duration_solution,
+    solution_sums,
+)
+from ._edges import fit_with_edge_context
+from ._fixed_point import solve_fixed_point
+from ._identifiability import at_zero_bound, identifiability_diagnostics
+from ._iterative import _print_progress
 from ._nnls import nnls_from_r, scores_from_sums
+from ._partition_problems import PartitionCounts, PartitionDurations, ReducedState
 from ._schema import EXPOSURE_COLUMNS, column
 from ._step_count import solve_step_counts
-from ._units import unit_from_totals
 from ._validation import phase_layout
-from .fleet import fleet_time_resolution, whole_instances
+from ._what_if import findings_of_split, split_from_sums
+from ._window_fit import edge_test_settings
+from .fleet import (
+    fleet_time_resolution,
+    instance_index,
+    partition_instances,
+    whole_instances,
+)
 
 _NOT_COLLECTED = (
     "On a Dask DataFrame the durations are the exposure table's 'duration' "
@@ -133,10 +141,21 @@ def check_phase_partitions(transformer, X) -> None:
 
 
 def transform_partitions(transformer, X):
-    """The exposure table of a Dask phase table, one partition per partition."""
+    """The exposure table of a Dask phase table, one partition per partition.
+
+    Its ``instance_id`` codes are the whole fleet's (the sorted instance ids,
+    as in memory), not each partition's own: the table is the pandas
+    transform's, row by row.
+    """
     check_is_fitted(transformer)
     instance_id = transformer._columns().instance_id
-    X = whole_instances(X, instance_id if instance_id in X.columns else None)
+    names = None
+    if instance_id in X.columns:
+        distinct = partition_instances(X, instance_id)
+        X = whole_instances(X, instance_id, distinct)
+        names = instance_index(distinct)
+    else:
+        X = whole_instances(X, None)
     if transformer.time_resolution == "auto":
         transformer = copy.copy(transformer)
         transformer.time_resolution = fleet_time_resolution(X, transformer)
@@ -144,17 +163,26 @@ def transform_partitions(transformer, X):
         {name: pd.Series(dtype=np.float64) for name in EXPOSURE_COLUMNS},
         index=X._meta.index,
     )
-    return X.map_partitions(_transform_part, transformer, meta=meta)
+    return X.map_partitions(_transform_part, transformer, instance_id, names, meta=meta)
 
 
-def _transform_part(part: pd.DataFrame, transformer) -> pd.DataFrame:
+def _transform_part(
+    part: pd.DataFrame, transformer, instance_id: str, names: pd.Index | None
+) -> pd.DataFrame:
     if len(part) == 0:
         return pd.DataFrame(
             np.empty((0, len(EXPOSURE_COLUMNS))),
             columns=list(EXPOSURE_COLUMNS),
             index=part.index,
         )
-    return transformer.transform(part)
+    table = transformer.transform(part)
+    if names is not None:
+        # The partition's codes index its own sorted ids; map them to the
+        # fleet's (a monotone map: every per-instance order is kept).
+        local = pd.factorize(part[instance_id], sort=True)[1]
+        codes = table["instance_id"].to_numpy(dtype=np.intp)
+        table["instance_id"] = names.get_indexer(local)[codes].astype(np.float64)
+    return table
 
 
 # --- Regressors -------------------------------------------------------------
@@ -176,38 +204,21 @@ def fit_partitions(estimator, X, y=None, sample_weight=None):
     estimator.beta_ = np.asarray(beta, dtype=np.float64)
     estimator.coef_ = estimator.beta_.copy()
     estimator.intercept_ = 0.0
-    _warn_not_distributed(estimator)
+    estimator._warn_untrusted()
     return estimator
 
 
-def _warn_not_distributed(estimator) -> None:
-    """Say which settings the distributed fit does not apply yet.
-
-    The window-edge treatment and the confidence intervals need per-phase
-    residuals gathered by time blocks; the distributed fit fits every phase
-    (as ``edges="fit"``) and sets ``beta_ci_`` to None.
-    """
-    estimator.beta_ci_ = None
-    missing = []
-    if getattr(estimator, "edges", "fit") != "fit":
-        missing.append(f"edges={estimator.edges!r} (every phase is fitted)")
-    if getattr(estimator, "confidence_level", None) is not None:
-        missing.append("confidence intervals (beta_ci_ is None)")
-    if missing:
-        warnings.warn(
-            f"{type(estimator).__name__} on a Dask collection does not apply "
-            f"{' nor '.join(missing)} yet; pass edges='fit' and "
-            "confidence_level=None to silence this.",
-            UserWarning,
-            stacklevel=4,
-        )
-
-
-def _diagnostics(estimator, stats, ss_res, duration, beta, unit=1.0) -> dict:
+def _diagnostics(
+    estimator, stats, ss_res, duration, beta, unit=1.0, findings=(), weighted_r=None
+) -> dict:
     """``design_diagnostics`` and ``identifiability_diagnostics`` from sums.
 
     ``duration`` (a ``Moments``) and ``ss_res`` are in units of ``unit`` (a
     power of two, so scaling back is exact); the design is in steps and tokens.
+    ``findings`` are the step-count fit's noise-limited coefficients;
+    ``weighted_r`` the R factor of the fit's phase-weighted ``[design,
+    duration]`` (edge context left out), which the collinearity checks read,
+    as the pandas fit reads its weighted design.
     """
     r_design = stats["r_design"].r
     r2, rmse = scores_from_sums(ss_res, duration.m2, duration.count)
@@ -219,15 +230,21 @@ def _diagnostics(estimator, stats, ss_res, duration, beta, unit=1.0) -> dict:
     # Only the design's Gram matrix and the durations' norm enter: the R
     # factor of [design, duration] carries both.
     norm = np.linalg.norm(r_design[:, 3]) * unit
+    checked = r_design if weighted_r is None else weighted_r
     diagnostics.update(
         identifiability_diagnostics(
-            r_design[:, :3],
-            np.array([norm]),
+            checked[:, :3],
+            np.array([np.linalg.norm(checked[:, 3]) * unit]),
             beta,
             stats["shape"],
             estimator=type(estimator).__name__,
             stacklevel=6,
+            extra_findings=list(findings),
         )
+    )
+    # The zero bound reads the unweighted fit, as in memory.
+    diagnostics["at_zero_bound"] = at_zero_bound(
+        r_design[:, :3], np.array([norm]), beta
     )
     return diagnostics
 
@@ -239,139 +256,121 @@ def _fit_baseline(estimator, tables: Partitions) -> np.ndarray:
     estimator.diagnostics_ = _diagnostics(
         estimator, stats, ss_res, stats["duration"], beta
     )
+    if estimator.n_features_in_ < len(EXPOSURE_COLUMNS):
+        # Without the phase windows there are no time blocks: NaN, as in memory.
+        estimator.beta_ci_ = estimator._beta_intervals(None, beta, None, None, None)
+    else:
+        trust = None
+        if estimator.confidence_level is not None:
+            trust = solution_sums(estimator, tables, baseline_solution, beta)
+        estimator.beta_ci_ = _intervals(estimator, trust, beta)
     return beta
 
 
-class PartitionCounts:
-    """The step-count problem of :func:`~sklearn_beta._step_count.solve_step_counts`
-    on persisted partitions: each answer a reduction of per-partition sums."""
-
-    def __init__(self, blocks: Partitions, start: dict):
-        self.blocks = blocks
-        self.start = start
-
-    def counted_totals(self) -> tuple[int, float, float]:
-        start = self.start
-        return (
-            start["n_weighted"],
-            start["counted_duration"],
-            start["counted_steps"],
-        )
-
-    def step_totals(self, beta: np.ndarray) -> tuple[float, float]:
-        sums = self.blocks.map(step_totals_block, beta)
-        return sums["total"], sums["target"]
-
-    def state(self, beta: np.ndarray) -> ReducedState:
-        stats = self.blocks.map(count_block, beta)
-        return ReducedState(beta, stats["loss"], stats)
-
-    def proposal(self, state: ReducedState) -> np.ndarray:
-        return nnls_from_r(state.stats["r_newton"].r)
-
-    def change_basis(self, state: ReducedState) -> np.ndarray:
-        # One row with the Jacobian's column norms: all beta_change reads.
-        return np.sqrt(state.stats["jac_sumsq"])[None, :]
-
-    def duration_fit(self, state: ReducedState) -> tuple[float, float]:
-        moments = self.start["duration"]
-        return scores_from_sums(state.stats["ss_res"], moments.m2, moments.count)
-
-
-@dataclass(frozen=True)
-class ReducedState:
-    """A problem's state at ``beta``, as the reduced statistics of the partitions."""
-
-    beta: np.ndarray
-    loss: float
-    stats: dict
-
-
-class PartitionDurations:
-    """The fixed-point problem of :func:`~sklearn_beta._fixed_point.solve_fixed_point`
-    on persisted partitions; the lagged passes stay on the workers, chained."""
-
-    def __init__(self, blocks: Partitions, start: dict, correction_mode: str):
-        self.blocks = blocks
-        self.start = start
-        self.correction_mode = correction_mode
-        self.states = None
-
-    def reweighted(self, beta: np.ndarray) -> dict:
-        if self.states is None:
-            self.states = self.blocks.derive(
-                reweight_block, None, beta, self.correction_mode
-            )
-        else:
-            self.states = self.blocks.derive(
-                reweight_block, beta, self.correction_mode, states=self.states
-            )
-        return self.blocks.map(duration_block, states=self.states)
-
-    def fit(self, stats: dict) -> np.ndarray:
-        return nnls_from_r(stats["r_design"].r)
-
-    def change_basis(self, stats: dict) -> np.ndarray:
-        # One row with the design's column norms: all beta_change reads.
-        return np.sqrt(stats["design_sumsq"])[None, :]
-
-    def residual_sum(self, beta: np.ndarray) -> float:
-        return self.blocks.map(score_block, beta, states=self.states)["ss_res"]
-
-    def scores(self, stats: dict, beta: np.ndarray) -> tuple[float, float]:
-        moments = self.start["duration"]
-        return scores_from_sums(self.residual_sum(beta), moments.m2, moments.count)
-
-
 def _fit_iterative(estimator, tables: Partitions) -> np.ndarray:
-    """``IterativeBetaRegressor._fit_timeline`` on partitions: the same loops."""
-    unit = 1.0
-    if estimator.stopping == "relative":
-        sums = tables.map(scale_sums_block)
-        unit = unit_from_totals(sums["n_steps"], sums["duration"], sums["count"])
-    estimator.time_scale_ = unit
+    """``IterativeBetaRegressor._fit_timeline`` on partitions: the same loops
+    and the same settings, unit, history and warnings (the estimator's own
+    helpers); the diagnostics and intervals from reduced sums."""
+    unit = estimator._set_time_unit(lambda: _scale_totals(tables))
     blocks = tables.derive(build_block, unit, estimator.correction_mode)
     start = tables.map(start_block, estimator.init_correction_mode, states=blocks)
     beta_init = nnls_from_r(start["r_init"].r)
-    settings = IterationSettings(
-        estimator.correction_mode,
-        estimator.max_iter,
-        estimator.tol,
-        estimator.damping,
-        estimator.stopping,
-    )
-    callback = partial(_print_progress, unit=unit) if estimator.verbose else None
+    settings = estimator._settings()
+    # Looked up here, not bound at import: benchmarks and tests hook it.
+    callback = estimator._progress(unit, _print_progress)
+    trust, findings, report, weighted_r = None, [], None, None
     if estimator.objective == "step_count":
-        beta, converged, n_iter, state, history = solve_step_counts(
-            PartitionCounts(blocks, start), beta_init, settings, callback
+        result, report = _fit_window(
+            estimator, blocks, start, beta_init, settings, callback
         )
+        beta, converged, n_iter, state, history, fitted, fitted_start = result
         final, ss_res = state.stats, state.stats["ss_res"]
+        # One pass at the solution: the intervals' sums, the typical step and
+        # (with edge context left out) the weighted design.
+        trust = solution_sums(estimator, fitted, count_solution, beta * unit, unit)
+        findings = _noise_limited(state, fitted_start, trust[0]["weighted_design"])
+        weighted_r = trust[0].get("r_weighted_design")
+        weighted_r = None if weighted_r is None else weighted_r.r
     else:
         problem = PartitionDurations(blocks, start, estimator.correction_mode)
         beta, converged, n_iter, final, history = solve_fixed_point(
             problem, beta_init, settings, callback
         )
         ss_res = problem.residual_sum(beta)
-    if not converged:
-        caller = type(estimator).__name__
-        warn_not_converged(caller, settings, history[-1]["step"], stacklevel=6)
-    estimator.n_iter_ = n_iter
-    estimator.converged_ = converged
-    estimator.history_ = _history_frame(history, unit)
-    beta = beta * unit
-    diagnostics = _diagnostics(
-        estimator,
-        {**final, "shape": start["shape"]},
-        ss_res,
-        start["duration"],
-        beta,
+        if estimator.confidence_level is not None:
+            trust = solution_sums(
+                estimator, blocks, duration_solution, beta * unit, unit, problem.states
+            )
+    estimator._record_iterations(
+        (converged, n_iter, history),
         unit,
+        settings,
+        caller=type(estimator).__name__,
+        stacklevel=7,
     )
-    # The reference reports the last iteration's fit, as the history does.
-    last = estimator.history_.iloc[-1]
-    diagnostics.update(r2=last["r2"], rmse_seconds=last["rmse_seconds"])
-    estimator.diagnostics_ = diagnostics
+    beta = beta * unit
+    stats = {**final, "shape": start["shape"]}
+    duration = start["duration"]
+    diagnostics = _diagnostics(
+        estimator, stats, ss_res, duration, beta, unit, findings, weighted_r
+    )
+    if report is not None:
+        diagnostics["edges"] = report.as_dict()
+    estimator.diagnostics_ = estimator._last_fit(diagnostics)
+    estimator.beta_ci_ = _intervals(estimator, trust, beta, unit)
     return beta
+
+
+def _fit_window(estimator, blocks, start, beta_init, settings, callback):
+    """The step-count fit, with the window-edge treatment of ``edges="auto"``
+    (:func:`~sklearn_beta._edges.fit_with_edge_context` on
+    :class:`~sklearn_beta._distributed_edges.PartitionEdges`).
+
+    Returns ``(result, report)``: ``solve_step_counts``'s result followed by
+    the chosen fit's blocks and starting sums, and the edge report (None
+    with ``edges="fit"``).
+    """
+    window = PartitionEdges(blocks) if estimator.edges == "auto" else None
+
+    def fit(kind, beta_from, final):
+        weighted, counted = (blocks, None) if window is None else window.weighted(kind)
+        totals = start if counted is None else {**start, **counted}
+        chosen = settings if final else edge_test_settings(settings)
+        solved = solve_step_counts(
+            PartitionCounts(weighted, totals),
+            beta_init if beta_from is None else beta_from,
+            chosen,
+            callback,
+        )
+        return (*solved, weighted, totals)
+
+    if window is None:
+        return fit("all", None, True), None
+    result, report, _ = fit_with_edge_context(window, fit, stacklevel=7)
+    return result, report
+
+
+def _noise_limited(state: ReducedState, start: dict, weighted_design) -> list:
+    """``_what_if.noise_limited_findings`` of the step-count fit, from sums."""
+    r = state.stats["r_newton"].r[:, :3]
+    typical = weighted_design / max(float(weighted_design[0]), 1e-300)
+    shares, corr = split_from_sums(
+        r.T @ r, state.loss, start["n_weighted"], state.beta, typical
+    )
+    return findings_of_split(shares, corr, typical)
+
+
+def _intervals(estimator, trust, beta: np.ndarray, unit: float = 1.0):
+    """``beta_ci_`` from :func:`solution_sums`'s result (None without one)."""
+    if trust is None or estimator.confidence_level is None:
+        return None
+    sums, n_lags = trust
+    return estimator._intervals_from_sums(beta, sums["sandwich"], n_lags, unit)
+
+
+def _scale_totals(tables: Partitions) -> tuple[float, float, int]:
+    sums = tables.map(scale_sums_block)
+    return sums["n_steps"], sums["duration"], sums["count"]
 
 
 def predict_partitions(estimator, X):

@@ -27,23 +27,18 @@ like the interior go back into the objective. A complete trace is thus
 fitted on all its phases, as before.
 
 Every function here works on arrays of one trace (phases, instance codes);
-no loop over phases, requests or segments.
+no loop over phases, requests or segments. The fit of a window in memory is
+:mod:`sklearn_beta._window_fit`; the Dask fit asks the same questions of
+partitions of whole instances (:mod:`sklearn_beta._distributed_edges`).
 """
 
 from __future__ import annotations
 
 import warnings
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import numpy as np
-
-from ._corrections import static_correction_mass
-from ._fixed_point import IterationSettings
-from ._grid import Timeline
-from ._nnls import nnls_fit
-from ._step_count import count_state, step_count_weights
-from ._what_if import noise_limited_findings
 
 #: An edge whose phases' step counts at the interior's betas are off by more
 #: than this relative bias (summed over the edge) is always called incomplete.
@@ -148,9 +143,24 @@ def edge_bias(
     the objective's weights. Returns ``(start_bias, end_bias, limit)``: per
     instance, ``sum w r / sum w N`` over the phases of each edge zone (NaN
     where the zone holds no weighted phase) and the largest bias a complete
-    edge shows, ``max(EDGE_BIAS_FLOOR, EDGE_BIAS_SPREAD * rms)`` with rms the
-    root-mean-square bias of interior blocks as long as an edge zone.
+    edge shows (:func:`bias_limit` of :func:`edge_bias_sums`).
     """
+    start_bias, end_bias, spread = edge_bias_sums(
+        zones, instance, t_start, residual, n_steps, weight
+    )
+    return start_bias, end_bias, bias_limit(spread)
+
+
+def edge_bias_sums(
+    zones: EdgeZones,
+    instance: np.ndarray,
+    t_start: np.ndarray,
+    residual: np.ndarray,
+    n_steps: np.ndarray,
+    weight: np.ndarray,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """:func:`edge_bias` before its limit: the edges' biases and ``[sum of
+    squares, count]`` of the interior blocks' biases (instances add up)."""
     instance = np.asarray(instance, dtype=np.intp)
     n_inst = zones.lifetime.shape[0]
     wr, wn = weight * residual, weight * n_steps
@@ -169,8 +179,16 @@ def edge_bias(
     group = np.where(inner, instance * n_blocks + np.maximum(block, 0), 0)
     blocks = bias(inner, group.astype(np.intp), n_inst * n_blocks)
     blocks = blocks[np.isfinite(blocks)]
-    rms = float(np.sqrt(np.mean(blocks**2))) if blocks.size else 0.0
-    return start_bias, end_bias, max(EDGE_BIAS_FLOOR, EDGE_BIAS_SPREAD * rms)
+    return start_bias, end_bias, np.array([np.sum(blocks**2), blocks.size])
+
+
+def bias_limit(spread: np.ndarray) -> float:
+    """The largest bias a complete edge shows: ``max(EDGE_BIAS_FLOOR,
+    EDGE_BIAS_SPREAD * rms)``, rms the root-mean-square interior block bias
+    (``spread`` of :func:`edge_bias_sums`)."""
+    total, count = spread
+    rms = float(np.sqrt(total / count)) if count else 0.0
+    return max(EDGE_BIAS_FLOOR, EDGE_BIAS_SPREAD * rms)
 
 
 def context_phases(
@@ -205,75 +223,45 @@ class EdgeReport:
         )
 
 
-def _gauss_newton_step(beta, residual, jac, weight) -> np.ndarray:
-    """One projected Gauss-Newton step of ``sum w (Lambda - N)^2`` from ``beta``."""
-    return nnls_fit(jac, jac @ beta - residual, weight)
-
-
-def _relative_move(beta, new, jac, weight) -> float:
-    """Relative change of the weighted step counts from ``beta`` to ``new``.
-
-    The counts are homogeneous of degree -1 in the betas, so ``J beta`` is
-    minus the counts themselves.
-    """
-    sw = np.sqrt(weight)
-    level = np.linalg.norm(sw * (jac @ beta))
-    return float(np.linalg.norm(sw * (jac @ (new - beta))) / max(level, 1e-300))
-
-
 def fit_with_edge_context(
-    trace_grid,
-    is_prefill: np.ndarray,
-    n_steps: np.ndarray,
-    fit: Callable[[np.ndarray | None, np.ndarray | None, bool], tuple],
-    linearised: Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]],
-    sample_weight: np.ndarray | None,
-    objective_weight: np.ndarray,
-    *,
-    stacklevel: int,
-) -> tuple[tuple, EdgeReport, np.ndarray | None, tuple | None]:
+    edges, fit: Callable[..., tuple], *, stacklevel: int
+) -> tuple[tuple, EdgeReport, object]:
     """Fit every phase, test the edges, refit without the incomplete ones.
 
-    ``fit(sample_weight, beta_init, final)`` runs the estimator with these
-    phase weights (``beta_init=None``: its own start; ``final=False``: to
-    the looser :data:`EDGE_TEST_TOL`, enough to test the edges) and returns
-    a tuple whose first item is the betas. ``linearised(beta)`` gives the
-    residuals ``Lambda_i - N_i`` and their Jacobian; ``objective_weight``
-    are the objective's weights of those residuals.
+    ``edges`` answers the test's questions (``_window_fit.TimelineEdges`` in
+    memory, ``_distributed_edges.PartitionEdges`` on Dask). ``fit(kind,
+    beta_init, final)`` runs the estimator with the phase weights of
+    ``kind`` (``"all"``, ``"interior"`` or ``("restored", beta, limit)``,
+    see ``TimelineEdges.weights``; ``beta_init=None``: its own start;
+    ``final=False``: to the looser :data:`EDGE_TEST_TOL`, enough to test
+    the edges) and returns a tuple whose first item is the betas.
 
-    The edges are tested at the interior's betas (:func:`edge_bias`). A
-    complete trace is fitted once: one Gauss-Newton step from the fit of
-    every phase, with the interior's weights, barely changes the interior's
-    step counts (below :data:`EDGE_BIAS_FLOOR`), so the joint betas fit the
-    interior as well as its own, and the edges pass there.
-    Otherwise the interior is fitted in full and the edges tested at its
-    betas. Edges off at the interior's betas may still be complete: where
-    the interior leaves a coefficient loose (a saturated engine whose batch
-    only moves at the trace's ramps), the edges identify it, and every phase
-    then fits as well as the interior fits itself; the fit of every phase
-    stands. When no weighted phase lies in the interior (a trace shorter
-    than about two request lifetimes), the edges cannot be tested: every
-    phase is fitted, with a warning (``stacklevel`` for
-    :func:`warnings.warn`), and the report's ``limit`` is NaN.
+    The edges are tested at the interior's betas. A complete trace is fitted
+    once: one Gauss-Newton step from the fit of every phase, with the
+    interior's weights, barely changes the interior's step counts (below
+    :data:`EDGE_BIAS_FLOOR`), so the joint betas fit the interior as well as
+    its own, and the edges pass there. Otherwise the interior is fitted in
+    full and the edges tested at its betas. Edges off at the interior's betas
+    may still be complete: where the interior leaves a coefficient loose (a
+    saturated engine whose batch only moves at the trace's ramps), the edges
+    identify it, and every phase then fits as well as the interior fits
+    itself; the fit of every phase stands. When the interior holds less than
+    :data:`MIN_INTERIOR_SHARE` of the steps (a trace shorter than about two
+    request lifetimes), the edges cannot be tested: every phase is fitted,
+    with a warning (``stacklevel`` for :func:`warnings.warn`), and the
+    report's ``limit`` is NaN.
 
-    Returns ``(result, report, weight, linearisation)``: the chosen fit's
-    result, the :class:`EdgeReport`, the phase weights of that fit, and
-    ``(residual, jacobian)`` at its betas when already computed (else None).
+    Returns ``(result, report, kind)``: the chosen fit's result, the
+    :class:`EdgeReport` and the weights' kind of that fit.
     """
-    t_start = trace_grid.grid[trace_grid.start_idx]
-    t_end = trace_grid.grid[trace_grid.end_idx]
-    instance = trace_grid.grid_instance[trace_grid.start_idx]
-    zones = edge_zones(t_start, t_end, is_prefill, instance)
-    weight = np.ones(n_steps.shape[0]) if sample_weight is None else sample_weight
-    interior_objective = objective_weight * zones.interior
-    joint = fit(sample_weight, None, True)
-    steps = objective_weight * n_steps
-    interior_share = float(np.sum(steps * zones.interior)) / max(np.sum(steps), 1e-300)
+    joint = fit("all", None, True)
+    interior_share = edges.interior_share()
     if interior_share < MIN_INTERIOR_SHARE:
+        lifetimes = edges.lifetimes()
         warnings.warn(
             f"Only {interior_share:.1%} of the trace's steps lie clear of its "
             "edges (the longest request lasts up to "
-            f"{zones.lifetime.max():.4g}, against a trace of about two request "
+            f"{lifetimes.max():.4g}, against a trace of about two request "
             "lifetimes or less): too few to test the edges, so every phase is "
             "fitted. If the trace is a window cut from a busy engine, its edges "
             "miss the load of requests outside it and the betas are biased; "
@@ -281,129 +269,25 @@ def fit_with_edge_context(
             UserWarning,
             stacklevel=stacklevel,
         )
-        nan = [float("nan")] * zones.lifetime.shape[0]
-        return joint, EdgeReport(0, nan, nan, float("nan")), sample_weight, None
-
-    def biases(residual):
-        return edge_bias(zones, instance, t_start, residual, n_steps, objective_weight)
+        nan = [float("nan")] * lifetimes.shape[0]
+        return joint, EdgeReport(0, nan, nan, float("nan")), "all"
 
     def report(n_context, start_bias, end_bias, limit):
         return EdgeReport(n_context, start_bias.tolist(), end_bias.tolist(), limit)
 
     beta_joint = joint[0]
-    at_joint = linearised(beta_joint)
-    beta_step = _gauss_newton_step(beta_joint, *at_joint, interior_objective)
-    if _relative_move(beta_joint, beta_step, at_joint[1], interior_objective) < (
-        EDGE_BIAS_FLOOR
-    ):
+    beta_step, move = edges.gauss_newton_move(beta_joint)
+    if move < EDGE_BIAS_FLOOR:
         # The interior fits the joint betas as well as its own: test there.
-        start_bias, end_bias, limit = biases(at_joint[0])
-        context = context_phases(zones, instance, start_bias, end_bias, limit)
-        if not np.any(context & (weight > 0)):
-            return (
-                joint,
-                report(0, start_bias, end_bias, limit),
-                sample_weight,
-                (at_joint),
-            )
-    interior = fit(weight * zones.interior, beta_step, False)
-    start_bias, end_bias, limit = biases(linearised(interior[0])[0])
-    context = context_phases(zones, instance, start_bias, end_bias, limit)
-    joint_start, joint_end, _ = biases(at_joint[0])
-    complete = ~context_phases(zones, instance, joint_start, joint_end, limit)
-    if not np.any(context & (weight > 0)) or not np.any(~complete & (weight > 0)):
-        return (
-            joint,
-            report(0, joint_start, joint_end, limit),
-            sample_weight,
-            (at_joint),
-        )
-    restored = weight * ~context
-    n_context = int(np.count_nonzero(context & (weight > 0)))
+        start_bias, end_bias, limit = edges.biases(beta_joint)
+        if edges.n_context(beta_joint, limit) == 0:
+            return joint, report(0, start_bias, end_bias, limit), "all"
+    interior = fit("interior", beta_step, False)
+    start_bias, end_bias, limit = edges.biases(interior[0])
+    n_context = edges.n_context(interior[0], limit)
+    joint_start, joint_end, _ = edges.biases(beta_joint)
+    if n_context == 0 or edges.n_context(beta_joint, limit) == 0:
+        return joint, report(0, joint_start, joint_end, limit), "all"
+    restored = ("restored", interior[0], limit)
     final = fit(restored, interior[0], True)
-    return final, report(n_context, start_bias, end_bias, limit), restored, None
-
-
-def edge_test_settings(settings: IterationSettings) -> IterationSettings:
-    """Settings of a fit that only tests the edges (``final=False``).
-
-    With the relative stopping rule the tolerance is at least
-    :data:`EDGE_TEST_TOL`; the absolute rule is in the trace's time unit,
-    which has no such scale-free floor, and stays as it is.
-    """
-    if settings.stopping != "relative":
-        return settings
-    return replace(settings, tol=max(settings.tol, EDGE_TEST_TOL))
-
-
-def fit_step_counts_of_window(
-    timeline: Timeline,
-    fit: Callable[..., tuple],
-    correction_mode: str,
-    sample_weight: np.ndarray | None,
-    *,
-    edges: str,
-    stacklevel: int,
-) -> tuple[tuple, EdgeReport | None, np.ndarray | None, list]:
-    """The step-count fit of a trace that may be a window cut from serving.
-
-    ``fit(weight, beta_init=None, final=True)`` is the estimator's fit (see
-    :func:`fit_with_edge_context`); its result ends with the objective's
-    ``(jac, residual, weight)`` at its betas. With ``edges="auto"`` the edges are
-    treated by :func:`fit_with_edge_context`; with ``"fit"`` every phase is
-    fitted. Then, at the chosen fit's betas and with its phase weights, the
-    step noise is checked for coefficients it leaves unknown
-    (:func:`~sklearn_beta._what_if.noise_limited_findings`), reusing the
-    linearisation of the edge test where it has one. ``stacklevel`` is the
-    caller's, for the short-trace warning.
-
-    Returns ``(result, report, weight, findings)``: ``fit``'s result, the
-    :class:`EdgeReport` (None with ``edges="fit"``), the phase weights of the
-    chosen fit (``sample_weight`` with 0 on the context phases) and the
-    findings for
-    :func:`~sklearn_beta._identifiability.identifiability_diagnostics`.
-    """
-    fixed = static_correction_mass(
-        correction_mode, timeline.trace_grid, timeline.is_prefill, timeline.mu
-    )
-
-    solved = {}
-
-    def fitted(weight, beta_init=None, final=True):
-        # Remember the last fit's own linearisation at its betas: asking for
-        # it again would rebuild the whole objective (seconds at 1e7 phases).
-        result = fit(weight, beta_init, final)
-        jac, residual, _ = result[-1]
-        solved.update(beta=result[0], linearisation=(residual, jac))
-        return result
-
-    def linearised(beta):
-        if "beta" in solved and np.array_equal(beta, solved["beta"]):
-            return solved["linearisation"]
-        state = count_state(timeline, beta, correction_mode, fixed, 1.0)
-        return state.residual, state.jac
-
-    report, linearisation = None, None
-    if edges == "auto":
-        result, report, sample_weight, linearisation = fit_with_edge_context(
-            timeline.trace_grid,
-            timeline.is_prefill,
-            timeline.n_steps,
-            fitted,
-            linearised,
-            sample_weight,
-            step_count_weights(timeline, sample_weight),
-            stacklevel=stacklevel + 1,
-        )
-    else:
-        result = fitted(sample_weight, None)
-    beta, design = result[0], result[3]
-    weight = step_count_weights(timeline, sample_weight)
-    residual, jac = linearisation or linearised(beta)
-    # The typical step: the design's token counts per step, weighted as the
-    # objective weighs the phases.
-    typical = np.sum(weight[:, None] * design, 0) / max(
-        float(np.sum(weight * design[:, 0])), 1e-300
-    )
-    findings = noise_limited_findings(jac, residual, weight, beta, typical)
-    return result, report, sample_weight, findings
+    return final, report(n_context, start_bias, end_bias, limit), restored

@@ -24,7 +24,6 @@ from ._baseline import design_diagnostics
 from ._constraints import Number, count
 from ._corrections import CORRECTION_MODES, FIXED_CORRECTION_MODES
 from ._design import OBJECTIVES, design_at_betas
-from ._edges import edge_test_settings, fit_step_counts_of_window
 from ._exposure import baseline_exposures
 from ._fixed_point import (
     HISTORY_COLUMNS,
@@ -39,7 +38,8 @@ from ._nnls import nnls_fit
 from ._schema import EXPOSURE_COLUMNS, column, design_columns, read_timeline
 from ._step_count import fit_step_counts
 from ._uncertainty import DEFAULT_CONFIDENCE_LEVEL
-from ._units import rescaled_timeline, time_scale
+from ._units import rescaled_timeline, unit_from_totals
+from ._window_fit import edge_test_settings, fit_step_counts_of_window
 
 __all__ = ["IterativeBetaRegressor"]
 
@@ -301,16 +301,13 @@ default=None
             init_design = baseline_exposures(
                 timeline, density, self.init_correction_mode
             )
-        unit = 1.0
-        if self.stopping == "relative":
-            unit = time_scale(timeline.n_steps, duration)
-        self.time_scale_ = unit
+        unit = self._set_time_unit(
+            lambda: (np.sum(timeline.n_steps), np.sum(duration), duration.shape[0])
+        )
         scaled = rescaled_timeline(replace(timeline, duration=duration), unit)
         run = fit_step_counts if self.objective == "step_count" else iterate_betas
-        settings = IterationSettings(
-            self.correction_mode, self.max_iter, self.tol, self.damping, self.stopping
-        )
-        callback = partial(_print_progress, unit=unit) if self.verbose else None
+        settings = self._settings()
+        callback = self._progress(unit)
 
         def fit(weight, beta_init=None, final=True):
             # The result carries the objective's (jac, residual, weight) at its
@@ -342,15 +339,17 @@ default=None
         beta, converged, n_iter, design, history, solution = result
         beta = beta * unit
         caller = caller or type(self).__name__
-        if not converged:
-            warn_not_converged(caller, settings, history[-1]["step"], names, stacklevel)
-        self.n_iter_ = n_iter
-        self.converged_ = converged
-        self.history_ = _history_frame(history, unit)
-        diagnostics = design_diagnostics(design, duration, beta, sample_weight)
-        # The reference reports the last iteration's fit, as the history does.
-        last = self.history_.iloc[-1]
-        diagnostics.update(r2=last["r2"], rmse_seconds=last["rmse_seconds"])
+        self._record_iterations(
+            (converged, n_iter, history),
+            unit,
+            settings,
+            caller=caller,
+            names=names,
+            stacklevel=stacklevel,
+        )
+        diagnostics = self._last_fit(
+            design_diagnostics(design, duration, beta, sample_weight)
+        )
         diagnostics.update(
             identifiability_diagnostics(
                 design,
@@ -368,6 +367,50 @@ default=None
         self.diagnostics_ = diagnostics
         self.beta_ci_ = self._beta_intervals(timeline, beta, *solution, unit=unit)
         return beta
+
+    # --- Shared with the fit on a Dask cluster (._dask_fit) -------------------
+
+    def _settings(self) -> IterationSettings:
+        return IterationSettings(
+            self.correction_mode, self.max_iter, self.tol, self.damping, self.stopping
+        )
+
+    def _set_time_unit(self, totals) -> float:
+        """Set and return ``time_scale_``; ``totals()`` gives the sums of
+        ``N_i`` and ``l_i`` and the phase count (read only when needed)."""
+        unit = 1.0
+        if self.stopping == "relative":
+            steps, duration, n_phases = totals()
+            unit = unit_from_totals(float(steps), float(duration), int(n_phases))
+        self.time_scale_ = unit
+        return unit
+
+    def _progress(self, unit: float, printer=None):
+        """The per-iteration callback of ``verbose`` (``printer`` or
+        :func:`_print_progress`), or None."""
+        if not self.verbose:
+            return None
+        return partial(printer or _print_progress, unit=unit)
+
+    def _record_iterations(
+        self, run, unit, settings, *, caller, names=None, stacklevel=6
+    ) -> None:
+        """``n_iter_``, ``converged_``, ``history_`` of a solver's
+        ``(converged, n_iter, history)``; warns when it did not converge."""
+        converged, n_iter, history = run
+        if not converged:
+            warn_not_converged(
+                caller, settings, history[-1]["step"], names, stacklevel + 1
+            )
+        self.n_iter_ = n_iter
+        self.converged_ = converged
+        self.history_ = _history_frame(history, unit)
+
+    def _last_fit(self, diagnostics: dict) -> dict:
+        # The reference reports the last iteration's fit, as the history does.
+        last = self.history_.iloc[-1]
+        diagnostics.update(r2=last["r2"], rmse_seconds=last["rmse_seconds"])
+        return diagnostics
 
     def _predict_table(self, table):
         view = design_at_betas(

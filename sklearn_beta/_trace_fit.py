@@ -46,18 +46,20 @@ class TraceFit:
     stopping: str | None
     history: pd.DataFrame
     diagnostics: dict
-    observed: np.ndarray
-    predicted: np.ndarray
-    is_prefill: np.ndarray
-    t_start: np.ndarray
-    instance: np.ndarray
     instance_names: list
-    profile: PressureProfile
     model: object = None
     #: The regressor's ``beta_ci_`` (shape (3, 2)) and ``confidence_level``,
     #: None when it has none.
     beta_ci: np.ndarray | None = None
     confidence_level: float | None = None
+    #: Per phase (in the table's row order) and per grid segment; None for a
+    #: fit on a Dask cluster, whose phases never reach the client.
+    observed: np.ndarray | None = None
+    predicted: np.ndarray | None = None
+    is_prefill: np.ndarray | None = None
+    t_start: np.ndarray | None = None
+    instance: np.ndarray | None = None
+    profile: PressureProfile | None = None
 
 
 #: Options of :func:`make_model` set on the exposure transformer.
@@ -208,7 +210,27 @@ def fit_trace(phases: pd.DataFrame, *, chunk_size: int, **options) -> TraceFit:
     table = transformer.fit_transform(phases)
     regressor.fit(table)
     values = table.to_numpy()
-    algo = options.get("algo", "iterative")
+    instance_col = options.get("instance_col")
+    instance_names = (
+        ["all"]
+        if instance_col is None
+        else pd.unique(phases[instance_col].sort_values()).tolist()
+    )
+    return TraceFit(
+        **fitted_summary(model, options.get("algo", "iterative")),
+        instance_names=instance_names,
+        observed=column(values, "duration"),
+        predicted=regressor.predict(table),
+        is_prefill=column(values, "is_prefill") == 1,
+        t_start=column(values, "t_start"),
+        instance=column(values, "instance_id").astype(np.intp),
+        profile=pressure_profile(values, regressor),
+    )
+
+
+def fitted_summary(model, algo: str) -> dict:
+    """The :class:`TraceFit` fields of a fitted pipeline that need no phase."""
+    regressor = model[-1]
     if algo == "iterative":
         history, converged, n_iter = (
             regressor.history_,
@@ -219,29 +241,16 @@ def fit_trace(phases: pd.DataFrame, *, chunk_size: int, **options) -> TraceFit:
     else:
         history, converged, n_iter = _baseline_history(regressor), None, 0
         tol, stopping = None, None
-    instance_col = options.get("instance_col")
-    instance_names = (
-        ["all"]
-        if instance_col is None
-        else pd.unique(phases[instance_col].sort_values()).tolist()
-    )
-    return TraceFit(
+    return dict(
         beta=regressor.beta_,
         algo=algo,
-        chunk_size=int(transformer.chunk_size),
+        chunk_size=int(model[0].chunk_size),
         converged=converged,
         n_iter=n_iter,
         tol=tol,
         stopping=stopping,
         history=history,
         diagnostics=regressor.diagnostics_,
-        observed=column(values, "duration"),
-        predicted=regressor.predict(table),
-        is_prefill=column(values, "is_prefill") == 1,
-        t_start=column(values, "t_start"),
-        instance=column(values, "instance_id").astype(np.intp),
-        instance_names=instance_names,
-        profile=pressure_profile(values, regressor),
         model=model,
         beta_ci=getattr(regressor, "beta_ci_", None),
         confidence_level=getattr(regressor, "confidence_level", None),

@@ -21,114 +21,28 @@ length away:
 * a block bootstrap (:func:`~sklearn_beta._bootstrap.block_bootstrap_ci`,
   its own module), opt-in, which validates the sandwich.
 
+The blocks are :mod:`sklearn_beta._time_blocks`'s. The sums the sandwich
+needs add up over instances (:class:`SandwichSums`), so the partitions of a
+fleet each send theirs (:mod:`sklearn_beta._distributed_trust`).
 Everything here takes and returns plain arrays.
 """
 
 from __future__ import annotations
 
 import warnings
+from dataclasses import dataclass
 
 import numpy as np
 from scipy import stats
 
 from ._identifiability import BETA_NAMES
+from ._time_blocks import time_blocks
 from .exceptions import UncertaintyWarning
 
 #: Default confidence level of ``beta_ci_``.
 DEFAULT_CONFIDENCE_LEVEL = 0.95
-#: Most time blocks a trace is cut into; more add nothing but time.
-MAX_BLOCKS = 4000
-#: Blocks last at least this fraction of the median phase duration, so that a
-#: block holds a few phases.
-MIN_BLOCK_SHARE = 0.5
-#: Residuals of phases further apart than this quantile of the phase
-#: durations are treated as uncorrelated (they share no step).
-LAG_QUANTILE = 0.99
-#: Phases sampled for the duration quantiles that size the blocks.
-QUANTILE_SAMPLE = 20000
 #: An interval wider than this fraction of its beta is reported.
 WIDE_INTERVAL_SHARE = 0.5
-
-
-def time_blocks(
-    t_start: np.ndarray,
-    t_end: np.ndarray,
-    instance: np.ndarray | None = None,
-    max_blocks: int = MAX_BLOCKS,
-) -> tuple[np.ndarray, np.ndarray, int]:
-    """Cut each instance's timeline into equal blocks; assign phases by midpoint.
-
-    The block length ``h`` is the larger of half the median phase duration
-    and the total span over ``max_blocks``; residuals are correlated up to
-    ``n_lags = ceil(q99(duration) / h)`` blocks apart (two phases overlap only
-    if their midpoints are closer than the longer of them).
-
-    Returns
-    -------
-    block : ndarray of int, shape (n_phases,)
-        Block of each phase, numbered instance after instance.
-    block_instance : ndarray of int, shape (n_blocks,)
-        Instance of each block; lags never cross instances.
-    n_lags : int
-        Number of later blocks a block's residuals are correlated with.
-    """
-    t_start = np.asarray(t_start, dtype=np.float64)
-    t_end = np.asarray(t_end, dtype=np.float64)
-    instance, origin, span = _instance_spans(t_start, t_end, instance)
-    n_inst = origin.shape[0]
-    sample = _duration_sample(t_start, t_end)
-    median, longest = np.quantile(sample, [0.5, LAG_QUANTILE])
-    h = max(
-        MIN_BLOCK_SHARE * float(median),
-        float(span.sum()) / max_blocks,
-        np.finfo(float).tiny,
-    )
-    per_instance = np.floor(span / h).astype(np.intp) + 1
-    offset = np.concatenate([[0], np.cumsum(per_instance)[:-1]])
-    mid = 0.5 * (t_start + t_end)
-    if n_inst == 1:
-        block = np.minimum(((mid - origin[0]) / h).astype(np.intp), per_instance[0] - 1)
-    else:
-        local = ((mid - origin[instance]) / h).astype(np.intp)
-        block = offset[instance] + np.minimum(local, per_instance[instance] - 1)
-    block_instance = np.repeat(np.arange(n_inst), per_instance)
-    n_lags = int(np.ceil(longest / h))
-    return block, block_instance, min(n_lags, int(per_instance.max()) - 1)
-
-
-def _duration_sample(t_start: np.ndarray, t_end: np.ndarray) -> np.ndarray:
-    """Durations of at most ``QUANTILE_SAMPLE`` phases drawn at random.
-
-    The quantiles only size the blocks, and a full partition of millions of
-    durations costs more than the rest. The draw is random (with a fixed
-    seed, so fits are reproducible), not strided: exposure tables interleave
-    a request's prefill and decode rows, and a stride of 2 sampled only the
-    short prefill phases, shrinking the lag window a hundredfold.
-    """
-    n = t_start.shape[0]
-    if n <= QUANTILE_SAMPLE:
-        return t_end - t_start
-    pick = np.random.default_rng(0).integers(0, n, QUANTILE_SAMPLE)
-    return t_end[pick] - t_start[pick]
-
-
-def _instance_spans(t_start, t_end, instance):
-    """Instance codes 0..k-1 (None for one instance), each instance's first
-    time and time span."""
-    if instance is None or np.all(instance == instance[0]):
-        origin, last = np.min(t_start), np.max(t_end)
-        return (
-            np.zeros(t_start.shape[0], dtype=np.intp),
-            np.array([origin]),
-            np.array([last - origin]),
-        )
-    _, instance = np.unique(instance, return_inverse=True)
-    n_inst = int(instance.max()) + 1
-    origin = np.full(n_inst, np.inf)
-    np.minimum.at(origin, instance, t_start)
-    last = np.full(n_inst, -np.inf)
-    np.maximum.at(last, instance, t_end)
-    return instance, origin, last - origin
 
 
 def block_scores(
@@ -156,6 +70,9 @@ def long_run_covariance(
     The Bartlett sum (:func:`bartlett_covariance`) with a window of
     ``2 (L + 1)`` blocks, twice the reach ``L`` of the phase overlaps: the
     weight ``1 - l / (2 (L + 1))`` is at least 1/2 on every lag in reach.
+    It is :func:`long_run_from_sums` of :func:`long_run_sums`: instances
+    never share a term, so the sums of the instances of a fleet's partitions
+    add up to the whole fleet's.
 
     Why not the Newey-West window ``L + 1``: the overlap of two phases falls
     like ``1 - l / (L + 1)`` with their distance, so that weight counts the
@@ -169,7 +86,14 @@ def long_run_covariance(
     semi-definite, where a flat-top kernel covered less at light load
     (docs/uncertainty.md, "The window").
     """
-    return bartlett_covariance(scores, block_instance, 2 * (n_lags + 1))
+    return long_run_from_sums(long_run_sums(scores, block_instance, n_lags))
+
+
+def long_run_sums(
+    scores: np.ndarray, block_instance: np.ndarray, n_lags: int
+) -> np.ndarray:
+    """The additive part of :func:`long_run_covariance`, shape (n_sums, k, k)."""
+    return bartlett_covariance(scores, block_instance, 2 * (n_lags + 1))[None]
 
 
 def bartlett_covariance(
@@ -193,6 +117,54 @@ def bartlett_covariance(
     return windows.T @ windows / width
 
 
+def long_run_from_sums(sums: np.ndarray) -> np.ndarray:
+    """:func:`long_run_covariance` from the (summed) :func:`long_run_sums`."""
+    return sums[0]
+
+
+@dataclass(frozen=True)
+class SandwichSums:
+    """What the sandwich covariance needs of a trace, additive over instances.
+
+    ``long_run`` is :func:`long_run_sums` of the block scores, ``bread`` the
+    Gauss-Newton matrix ``J' W J`` and ``nonempty`` the number of blocks with
+    a non-zero score. Partitions holding whole instances send theirs;
+    :meth:`combine` adds them up (:func:`~sklearn_beta._distributed.combine_stats`).
+    """
+
+    long_run: np.ndarray
+    bread: np.ndarray
+    nonempty: float
+
+    def combine(self, other: SandwichSums) -> SandwichSums:
+        return SandwichSums(
+            self.long_run + other.long_run,
+            self.bread + other.bread,
+            self.nonempty + other.nonempty,
+        )
+
+
+def sandwich_sums(
+    jac: np.ndarray,
+    residual: np.ndarray,
+    weight: np.ndarray | None,
+    block: np.ndarray,
+    block_instance: np.ndarray,
+    n_lags: int,
+) -> SandwichSums:
+    """The :class:`SandwichSums` of a least-squares fit's phases."""
+    # Contiguous: the Jacobian often arrives as a column slice, and a strided
+    # (n, 3) matmul misses BLAS.
+    jac = np.ascontiguousarray(jac, dtype=np.float64)
+    scores = block_scores(jac, residual, weight, block, block_instance.shape[0])
+    weighted = jac if weight is None else jac * np.asarray(weight)[:, None]
+    return SandwichSums(
+        long_run_sums(scores, block_instance, n_lags),
+        weighted.T @ jac,
+        float(np.count_nonzero(np.any(scores != 0, axis=1))),
+    )
+
+
 def sandwich_covariance(
     jac: np.ndarray,
     residual: np.ndarray,
@@ -203,22 +175,27 @@ def sandwich_covariance(
 ) -> tuple[np.ndarray, float]:
     """Time-block robust covariance ``A^-1 M A^-1`` of a least-squares fit.
 
-    ``A = J' W J`` and ``M`` the long-run covariance of the block scores
-    (:func:`long_run_covariance`), times ``G / (G - 1)`` for ``G`` effective
-    blocks. Coefficients whose column of ``J`` is zero, or that the others
-    make (nearly) singular, get an infinite variance: nothing in the trace
+    :func:`covariance_from_sums` of :func:`sandwich_sums`.
+    """
+    return covariance_from_sums(
+        sandwich_sums(jac, residual, weight, block, block_instance, n_lags), n_lags
+    )
+
+
+def covariance_from_sums(sums: SandwichSums, n_lags: int) -> tuple[np.ndarray, float]:
+    """``A^-1 M A^-1`` with ``A = J' W J`` and ``M`` the long-run covariance
+    of the block scores (:func:`long_run_covariance`), times ``G / (G - 1)``
+    for ``G`` effective blocks.
+
+    Coefficients whose column of ``J`` is zero, or that the others make
+    (nearly) singular, get an infinite variance: nothing in the trace
     bounds them. Returns the covariance and ``G``.
     """
-    # Contiguous: the Jacobian often arrives as a column slice, and a strided
-    # (n, 3) matmul misses BLAS.
-    jac = np.ascontiguousarray(jac, dtype=np.float64)
-    k = jac.shape[1]
-    scores = block_scores(jac, residual, weight, block, block_instance.shape[0])
-    meat = long_run_covariance(scores, block_instance, n_lags)
-    groups = effective_blocks(scores, n_lags)
-    meat *= groups / max(groups - 1.0, 1.0)
-    weighted = jac if weight is None else jac * np.asarray(weight)[:, None]
-    bread = weighted.T @ jac
+    meat = long_run_from_sums(sums.long_run)
+    groups = effective_blocks(sums.nonempty, n_lags)
+    meat = meat * (groups / max(groups - 1.0, 1.0))
+    bread = sums.bread
+    k = bread.shape[0]
     cov = np.full((k, k), np.inf)
     scale = np.sqrt(np.diag(bread))
     usable = scale > 0
@@ -232,10 +209,9 @@ def sandwich_covariance(
     return cov, groups
 
 
-def effective_blocks(scores: np.ndarray, n_lags: int) -> float:
+def effective_blocks(nonempty: float, n_lags: int) -> float:
     """Number of roughly independent groups: non-empty blocks per kernel
     window (``2 (L + 1)`` blocks, see :func:`long_run_covariance`)."""
-    nonempty = float(np.count_nonzero(np.any(scores != 0, axis=1)))
     return max(nonempty / (2.0 * (n_lags + 1.0)), 1.0)
 
 
@@ -302,9 +278,20 @@ def sandwich_intervals(
         Lower and upper limits, in the unit of ``beta``.
     """
     block, block_instance, n_lags = time_blocks(t_start, t_end, instance)
-    cov, groups = sandwich_covariance(
-        jac, residual, weight, block, block_instance, n_lags
-    )
+    sums = sandwich_sums(jac, residual, weight, block, block_instance, n_lags)
+    return intervals_from_sums(beta, sums, n_lags, level, at_bound)
+
+
+def intervals_from_sums(
+    beta: np.ndarray,
+    sums: SandwichSums,
+    n_lags: int,
+    level: float,
+    at_bound: np.ndarray,
+) -> np.ndarray:
+    """:func:`wald_intervals` of the sandwich covariance of ``sums``, with
+    ``G - 1`` degrees of freedom (:func:`covariance_from_sums`)."""
+    cov, groups = covariance_from_sums(sums, n_lags)
     return wald_intervals(
         beta, cov, level, groups - 1.0, np.asarray(at_bound, dtype=bool)
     )

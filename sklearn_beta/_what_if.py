@@ -78,22 +78,40 @@ def split_uncertainty(
     step's time, it says how well the fit splits the step among them.
     Returns ``(shares, correlation of beta0 and beta2)``; zeros without
     noise. The covariance ignores that overlapping phases share steps: a
-    lower bound of the real uncertainty.
+    lower bound of the real uncertainty. :func:`split_from_sums` of the
+    phases' sums.
     """
     keep = weight > 0
-    n_free = int(np.count_nonzero(keep)) - 3
+    jw = jac[keep] * np.sqrt(weight[keep])[:, None]
+    return split_from_sums(
+        jw.T @ jw,
+        float(np.sum(weight[keep] * residual[keep] ** 2)),
+        int(np.count_nonzero(keep)),
+        beta,
+        typical,
+    )
+
+
+def split_from_sums(
+    gram: np.ndarray,
+    loss: float,
+    n_weighted: int,
+    beta: np.ndarray,
+    typical: np.ndarray,
+) -> tuple[np.ndarray, float]:
+    """:func:`split_uncertainty` from ``J' W J``, ``sum w r^2`` and the
+    number of phases of positive weight (sums a fleet's partitions add up)."""
+    n_free = n_weighted - 3
     zeros = np.zeros(3)
     if n_free <= 0:
         return zeros, 0.0
-    jw = jac[keep] * np.sqrt(weight[keep])[:, None]
-    s2 = float(np.sum(weight[keep] * residual[keep] ** 2)) / n_free
-    scale = np.linalg.norm(jw, axis=0)
+    s2 = loss / n_free
+    scale = np.sqrt(np.diag(gram))
     step = float(typical @ beta)
     if s2 <= 0 or np.any(scale == 0) or step <= 0:
         return zeros, 0.0
-    normed = jw / scale
     try:
-        inv = np.linalg.inv(normed.T @ normed)
+        inv = np.linalg.inv(gram / np.outer(scale, scale))
     except np.linalg.LinAlgError:
         return np.full(3, np.inf), -1.0
     cov = s2 * inv / np.outer(scale, scale)
@@ -118,7 +136,15 @@ def noise_limited_findings(
     and either one's standard error exceeds :data:`SPLIT_SHARE_LIMIT` of the
     typical step (:func:`split_uncertainty`).
     """
-    shares, corr = split_uncertainty(jac, residual, weight, beta, typical)
+    return findings_of_split(
+        *split_uncertainty(jac, residual, weight, beta, typical), typical
+    )
+
+
+def findings_of_split(
+    shares: np.ndarray, corr: float, typical: np.ndarray
+) -> list[tuple[tuple[str, ...], str]]:
+    """:func:`noise_limited_findings` from :func:`split_uncertainty`'s result."""
     if corr > -SPLIT_CORRELATION or max(shares[0], shares[2]) <= SPLIT_SHARE_LIMIT:
         return []
     return [

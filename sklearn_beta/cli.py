@@ -17,14 +17,20 @@ import json
 import math
 import os
 import sys
-import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
 import pandas as pd
 
+from ._cli_engine import (
+    choose_engine,
+    engine_candidates,
+    fit_options,
+    instance_column,
+    one_line,
+)
+from ._cli_fleet import check_dask_usage, fleet_client, run_fleet_fit
 from ._cli_options import (
-    INSTANCE_COLUMNS,
     UsageError,
     build_parser,
 )
@@ -34,17 +40,13 @@ from ._cli_report import (
     format_blis,
     format_llm_d,
     format_table,
+    trace_summary,
 )
 from ._engine_config import (
     EngineConfig,
-    EngineConfigWarning,
-    default_engine_candidates,
     model_chunk_size,
-    select_engine_config,
 )
 from ._trace_fit import (
-    ITERATIVE_OPTIONS,
-    TRANSFORMER_OPTIONS,
     TraceFit,
     check_fit_options,
     fit_client_trace,
@@ -62,7 +64,6 @@ from .io import (
 EXIT_OK = 0
 EXIT_BAD_INPUT = 1
 EXIT_USAGE = 2
-_MAX_ERROR_CHARS = 600
 
 
 def infer_format(path: str) -> str:
@@ -104,14 +105,6 @@ class _Progress:
             print(text, file=sys.stderr, flush=True)
 
 
-def _fit_options(args) -> dict:
-    options = {
-        name: getattr(args, name) for name in (*ITERATIVE_OPTIONS, *TRANSFORMER_OPTIONS)
-    }
-    options |= dict(algo=args.algo, correction_mode=args.correction_mode)
-    return options
-
-
 def check_usage(args) -> None:
     """Every option, checked before the trace is read (raises UsageError)."""
     fmt = args.format or infer_format(args.trace)
@@ -132,26 +125,11 @@ def check_usage(args) -> None:
             f"--time-resolution must be >= 0 seconds, got {args.time_resolution:g}"
         )
     try:
-        check_fit_options(**_fit_options(args))
+        check_fit_options(**fit_options(args))
     except (ValueError, TypeError) as exc:
-        raise UsageError(_one_line(exc)) from exc
-
-
-def _instance_column(args, fmt: str, phases, notes: list) -> str | None:
-    if args.instance_col == "none":
-        return None
-    if args.instance_col is not None:
-        return args.instance_col
-    if fmt in ("otel", "bench"):
-        return "instance_id"
-    found = next((c for c in INSTANCE_COLUMNS if c in phases.columns), None)
-    if found is not None:
-        n = phases[found].nunique()
-        notes.append(
-            f"instance column {found!r} found: {n} engine instance(s) fitted "
-            "per instance (--instance-col none fits one engine)"
-        )
-    return found
+        raise UsageError(one_line(exc)) from exc
+    if args.dask is not None:
+        check_dask_usage(args, fmt)
 
 
 def run_fit(
@@ -160,14 +138,17 @@ def run_fit(
     """Run ``fit``: the JSON-ready report, the fit, the engine configuration
     and the trace as read."""
     fmt = args.format or infer_format(args.trace)
+    if args.dask is not None:
+        with fleet_client(args.dask) as client:
+            return run_fleet_fit(args, progress, fmt, client)
     phases = read_trace(
         args.trace, fmt, time_unit=args.time_unit, header=args.trace_header
     )
     notes = list(phases.attrs.get("notes", []))
     progress.say(f"read {len(phases)} phases from {args.trace} ({fmt})")
-    instance_col = _instance_column(args, fmt, phases, notes)
+    instance_col = instance_column(args, fmt, phases, notes)
     options = dict(
-        _fit_options(args),
+        fit_options(args),
         instance_col=instance_col,
         time_resolution=args.time_resolution,
     )
@@ -199,76 +180,10 @@ def run_fit(
         fit = fit_trace(phases, chunk_size=model_chunk, verbose=verbose, **options)
         alpha = None
     engine = engine_summary(config, (chunk_size, token_budget), args)
-    report = build_report(fit, args, fmt, phases, engine, options, alpha, notes)
+    trace = trace_summary(phases, fit)
+    report = build_report(fit, args, fmt, trace, engine, options, alpha, notes)
     report["warnings"] += engine_warnings
     return report, fit, config, phases
-
-
-def engine_candidates(args) -> list[tuple]:
-    """The ``(chunk_size, token_budget)`` candidates the options leave open.
-
-    One pair when the engine is set (``--chunk-size N`` or ``none``, or
-    ``--token-budget B`` alone: no chunk cap, as in vLLM V1); otherwise the
-    automatic configuration's candidates.
-    """
-    chunk, budget = args.chunk_size, args.token_budget
-    if isinstance(chunk, int) or chunk == "none":
-        return [(chunk if isinstance(chunk, int) else None, budget)]
-    if budget is None:
-        return default_engine_candidates(args.chunk_candidates, args.budget_candidates)
-    if chunk is None:
-        return [(None, budget)]
-    return [(int(c), budget) for c in args.chunk_candidates] + [(None, budget)]
-
-
-def choose_engine(phases, candidates, options, args, progress, notes):
-    """The engine configuration and its held-out replay errors.
-
-    Returns ``(config, warnings)``: the :class:`~sklearn_beta.EngineConfig`
-    (None when a set configuration cannot be validated; then the reason is
-    appended to ``notes``) and the messages of its
-    :class:`~sklearn_beta.EngineConfigWarning`.
-    """
-    auto = len(candidates) > 1
-    progress.say(
-        f"{'choosing the engine configuration among' if auto else 'validating'} "
-        f"{len(candidates)} candidate(s) by {args.cv_folds}-fold held-out replay..."
-    )
-    fixed = {k: v for k, v in options.items() if k != "token_budget"}
-    # The replay and the time blocks read the instance from "instance_id".
-    column = fixed.pop("instance_col")
-    if column != "instance_id":
-        phases = phases.drop(columns="instance_id", errors="ignore")
-        if column is not None:
-            phases = phases.rename(columns={column: "instance_id"})
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always", EngineConfigWarning)
-        try:
-            config = select_engine_config(
-                phases,
-                make_model(instance_col=column and "instance_id", **fixed),
-                candidates=candidates,
-                n_splits=args.cv_folds,
-            )
-        except ValueError as exc:
-            if auto:
-                raise ValueError(
-                    "the automatic engine configuration needs a held-out replay "
-                    f"of the trace, which failed ({_one_line(exc)}); set the "
-                    "engine with --chunk-size N or --token-budget B"
-                ) from exc
-            notes.append(f"no held-out replay validation: {_one_line(exc)}")
-            config = None
-    found = [w for w in caught if issubclass(w.category, EngineConfigWarning)]
-    return config, [str(w.message) for w in found]
-
-
-def _one_line(exc: BaseException) -> str:
-    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
-    text = " | ".join(lines) or type(exc).__name__
-    if len(text) > _MAX_ERROR_CHARS:
-        text = text[: _MAX_ERROR_CHARS - 3] + "..."
-    return text
 
 
 def _error(message: str, code: int) -> int:
@@ -287,7 +202,7 @@ def _plot(report: dict, fit: TraceFit, config, phases, directory: str) -> str | 
     except ImportError as exc:
         return f"--plot needs matplotlib (pip install 'sklearn-beta[plot]'): {exc}"
     except (OSError, ValueError, RuntimeError) as exc:
-        return f"--plot {directory!r} failed: {_one_line(exc)}"
+        return f"--plot {directory!r} failed: {one_line(exc)}"
     return None
 
 
@@ -340,14 +255,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         return _error("interrupted", 130)
     except Exception as exc:  # noqa: BLE001 - one line, never a traceback
-        return _error(_one_line(exc), EXIT_BAD_INPUT)
+        return _error(one_line(exc), EXIT_BAD_INPUT)
     plot_error = _plot(report, fit, config, phases, args.plot) if args.plot else None
     for warning in report["warnings"]:
         print(f"sklearn-beta: warning: {warning}", file=sys.stderr)
     try:
         text = _render(report, args)
     except Exception as exc:  # noqa: BLE001 - one line, never a traceback
-        return _error(_one_line(exc), EXIT_BAD_INPUT)
+        return _error(one_line(exc), EXIT_BAD_INPUT)
     _write(text)
     if plot_error is not None:
         print(f"sklearn-beta: warning: {plot_error}", file=sys.stderr)

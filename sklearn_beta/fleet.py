@@ -156,7 +156,22 @@ def _distinct(values: pd.Series) -> np.ndarray:
     return pd.unique(values.to_numpy())
 
 
-def whole_instances(phases, instance_id: str | None):
+def partition_instances(phases, instance_id: str) -> list[np.ndarray]:
+    """The distinct instance ids of each partition (one pass over the column)."""
+    import dask
+
+    parts = phases[instance_id].to_delayed()
+    return list(dask.compute(*[dask.delayed(_distinct)(p) for p in parts]))
+
+
+def instance_index(distinct: list[np.ndarray]) -> pd.Index:
+    """The fleet's instance ids in the order of their codes: sorted, as
+    :class:`~sklearn_beta.PhaseExposureTransformer` codes a table in memory."""
+    seen = np.concatenate([np.asarray(d, dtype=object) for d in distinct])
+    return pd.Index(pd.factorize(pd.Series(seen), sort=True)[1])
+
+
+def whole_instances(phases, instance_id: str | None, distinct=None):
     """The Dask phase table with every instance inside one partition.
 
     The exposures of a phase depend on every phase of its instance, so an
@@ -165,14 +180,13 @@ def whole_instances(phases, instance_id: str | None):
     by instance (an all-to-all transfer of the whole table through the
     cluster, about the cost of writing it once). Without an instance column
     (``instance_id`` None) the trace is one instance and is gathered into a
-    single partition.
+    single partition. ``distinct`` is :func:`partition_instances`'s result,
+    when the caller has it.
     """
-    import dask
-
     if instance_id is None:
         return phases if phases.npartitions == 1 else phases.repartition(npartitions=1)
-    parts = phases[instance_id].to_delayed()
-    distinct = dask.compute(*[dask.delayed(_distinct)(p) for p in parts])
+    if distinct is None:
+        distinct = partition_instances(phases, instance_id)
     seen = np.concatenate([np.asarray(d, dtype=object) for d in distinct])
     if len(pd.unique(seen)) == len(seen):
         return phases

@@ -441,7 +441,7 @@ def test_help_documents_every_option_and_its_default(capsys):
     help_text = capsys.readouterr().out
     usage = help_text[: help_text.index("\n\n")]
     options = sorted(set(re.findall(r"\[(--[a-z-]+)", usage)) - {"--help"})
-    assert len(options) == 28
+    assert len(options) == 29
     entries = {
         block.split()[0]: block
         for block in re.split(r"\n(?=  -)", help_text)

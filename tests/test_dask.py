@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import glob
+import json
 import warnings
 
 import numpy as np
@@ -14,7 +16,7 @@ from sklearn_beta import (
     IterativeBetaRegressor,
     PhaseExposureTransformer,
 )
-from sklearn_beta.datasets import simulate_trace
+from sklearn_beta.datasets import cut_window, simulate_trace
 
 dd = pytest.importorskip("dask.dataframe")
 distributed = pytest.importorskip("distributed")
@@ -22,27 +24,80 @@ distributed = pytest.importorskip("distributed")
 BETA = (5e-3, 2e-5, 1e-4)
 RTOL = 1e-9
 
-# The distributed fit fits every phase (edges="fit") and makes no intervals
-# yet (it warns when asked for them).
+# Every setting: the distributed fit's betas, intervals and diagnostics are
+# the pandas fit's (edges="auto" is tested on windows below).
 REGRESSORS = [
-    BaselineBetaRegressor(confidence_level=None),
-    IterativeBetaRegressor(edges="fit", confidence_level=None),
-    IterativeBetaRegressor(objective="duration", confidence_level=None),
+    BaselineBetaRegressor(),
+    IterativeBetaRegressor(),
+    IterativeBetaRegressor(edges="fit"),
+    IterativeBetaRegressor(objective="duration"),
     IterativeBetaRegressor(
-        "beta_informed",
-        objective="duration",
-        stopping="absolute",
-        damping=0.7,
-        confidence_level=None,
+        "beta_informed", objective="duration", stopping="absolute", damping=0.7
     ),
 ]
 
 
-def test_settings_the_distributed_fit_lacks_are_said(client, fleet):
-    ddf = dd.from_pandas(fleet, npartitions=2)
-    with pytest.warns(UserWarning, match="edges='auto'.*confidence intervals"):
-        model = _model(IterativeBetaRegressor()).fit(ddf)
-    assert model[-1].beta_ci_ is None
+@pytest.fixture(scope="module")
+def windows() -> pd.DataFrame:
+    """Two engines' windows cut from busy serving: edges with missing load."""
+    parts = []
+    for instance, how in enumerate(("arrival", "completion")):
+        phases = simulate_trace(
+            3000,
+            beta=BETA,
+            chunk_size=64,
+            max_num_seqs=64,
+            arrival_rate=24.0,
+            prompt_tokens=(300, 0.6),
+            output_tokens=(100, 0.8),
+            noise=0.05,
+            random_state=instance,
+        )
+        times = phases.groupby("request_id")["t_start" if how == "arrival" else "t_end"]
+        per_request = times.min() if how == "arrival" else times.max()
+        t0, t1 = per_request.quantile([0.3, 0.7])
+        window = cut_window(phases, t0, t1, how=how)
+        parts.append(
+            window.assign(
+                instance_id=instance,
+                request_id=window["request_id"].astype(str) + f"-{instance}",
+            )
+        )
+    return pd.concat(parts, ignore_index=True)
+
+
+def test_edges_auto_on_windows_equals_pandas(client, windows):
+    # The second engine in the first partition: per-instance results must
+    # come back in the fleet's order, not the partitions'.
+    ddf = dd.concat(
+        [
+            dd.from_pandas(group, npartitions=1)
+            for _, group in reversed(list(windows.groupby("instance_id")))
+        ]
+    )
+    regressor = IterativeBetaRegressor()
+    local = _fit_quietly(_model(regressor), windows)[-1]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)
+        remote = _model(regressor).fit(ddf)[-1]
+    edges, expected = remote.diagnostics_["edges"], local.diagnostics_["edges"]
+    # Both windows have incomplete edges: their phases are left as context.
+    assert edges["n_context"] == expected["n_context"] > 0
+    assert edges["limit"] == pytest.approx(expected["limit"], rel=RTOL)
+    for key in ("start_bias", "end_bias"):
+        np.testing.assert_allclose(edges[key], expected[key], rtol=RTOL)
+    np.testing.assert_allclose(remote.beta_, local.beta_, rtol=RTOL)
+    np.testing.assert_allclose(remote.beta_ci_, local.beta_ci_, rtol=RTOL)
+    assert remote.n_iter_ == local.n_iter_
+    for key in ("condition_number", "r2"):
+        assert remote.diagnostics_[key] == pytest.approx(
+            local.diagnostics_[key], rel=RTOL
+        )
+    assert remote.diagnostics_["not_identified"] == local.diagnostics_["not_identified"]
+    # The edge treatment is what recovers the betas of a window.
+    np.testing.assert_allclose(remote.beta_, BETA, rtol=0.02)
+    every_phase = _fit_quietly(_model(IterativeBetaRegressor(edges="fit")), ddf)
+    assert np.max(np.abs(every_phase[-1].beta_ / BETA - 1)) > 0.02
 
 
 @pytest.fixture(scope="module")
@@ -99,7 +154,13 @@ def test_dask_fit_equals_pandas_fit(client, fleet, regressor):
         assert remote[-1].diagnostics_[key] == pytest.approx(
             local[-1].diagnostics_[key], rel=RTOL
         )
+    for key in ("not_identified", "at_zero_bound"):
+        assert remote[-1].diagnostics_[key] == local[-1].diagnostics_[key]
     assert remote[-1].diagnostics_["n_phases"] == len(fleet)
+    # The time-block sandwich from per-partition sums: the pandas intervals.
+    np.testing.assert_allclose(remote[-1].beta_ci_, local[-1].beta_ci_, rtol=RTOL)
+    lower, upper = remote[-1].beta_ci_.T
+    assert np.all((lower < remote[-1].beta_) & (remote[-1].beta_ < upper))
     if isinstance(regressor, IterativeBetaRegressor):
         assert remote[-1].n_iter_ == local[-1].n_iter_
         assert remote[-1].time_scale_ == local[-1].time_scale_
@@ -117,6 +178,17 @@ def test_dask_fit_equals_pandas_fit(client, fleet, regressor):
         rtol=RTOL,
     )
     assert remote.score(ddf) == pytest.approx(local.score(fleet), rel=RTOL)
+
+
+def test_dask_exposure_table_is_the_pandas_one(client, fleet):
+    # Instances straddle the partitions, and a partition's own instance codes
+    # (0, 1, ... within it) become the fleet's.
+    ddf = dd.from_pandas(fleet.sort_values("instance_id"), npartitions=3)
+    transformer = _model(BaselineBetaRegressor())[0]
+    local = transformer.fit_transform(fleet)
+    remote = transformer.fit_transform(ddf).compute().loc[local.index]
+    assert sorted(remote["instance_id"].unique()) == [0.0, 1.0, 2.0, 3.0]
+    np.testing.assert_allclose(remote.to_numpy(), local.to_numpy(), rtol=RTOL)
 
 
 def test_partitions_holding_whole_instances_are_kept(client, fleet):
@@ -241,3 +313,180 @@ def test_not_converged_warns_like_pandas(client, fleet):
     assert "did not converge in max_iter=2" in str(remote.message)
     # The same words; the last change agrees to the 3 digits shown.
     assert str(remote.message) == str(local.message)
+
+
+class _InMemory:
+    """Partitions held in this process: each block function, then the reduction."""
+
+    def __init__(self, items):
+        self.items = items
+
+    def map(self, fn, *args):
+        from sklearn_beta._distributed import combine_stats
+
+        return combine_stats([fn(item, *args) for item in self.items])
+
+
+def _duration_tables(durations, n_parts):
+    from sklearn_beta._schema import EXPOSURE_COLUMNS
+
+    tables = []
+    for part in np.array_split(durations, n_parts):
+        table = pd.DataFrame(0.0, index=range(len(part)), columns=EXPOSURE_COLUMNS)
+        table["t_start"] = 10.0
+        table["t_end"] = 10.0 + part
+        tables.append(table)
+    return tables
+
+
+@pytest.mark.parametrize(
+    "durations",
+    [
+        # Continuous, millisecond-rounded (ties), and all equal: the last
+        # fixes all 64 bits of the key without ever gathering.
+        np.random.default_rng(0).lognormal(0.0, 2.0, 30_000),
+        np.round(np.random.default_rng(1).exponential(0.5, 20_000), 3) + 1e-3,
+        np.full(9_000, 0.25),
+    ],
+    ids=["lognormal", "rounded", "constant"],
+)
+def test_order_statistics_of_partitions_are_exact(durations):
+    from sklearn_beta._distributed_trust import order_statistics
+    from sklearn_beta._time_blocks import duration_quantiles
+
+    parts = _InMemory(_duration_tables(durations, 3))
+    stored = np.concatenate([t["t_end"] - t["t_start"] for t in parts.items])
+    n = stored.shape[0]
+    ranks = np.array([0, n // 2, n // 2 + 1, int(0.99 * (n - 1)), n - 1])
+    got = order_statistics(parts, 1.0, n, ranks)
+    np.testing.assert_array_equal(got, np.sort(stored)[ranks])
+    # The in-memory quantiles that size the blocks: NumPy's, exactly.
+    np.testing.assert_allclose(
+        duration_quantiles(stored), np.quantile(stored, [0.5, 0.99]), rtol=1e-15
+    )
+
+
+# --- Command line ---------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def fleet_files(fleet, tmp_path_factory):
+    """The fleet as one Parquet file per engine, and as one file."""
+    directory = tmp_path_factory.mktemp("fleet")
+    for instance, group in fleet.groupby("instance_id"):
+        group.to_parquet(directory / f"engine-{instance}.parquet")
+    return str(directory / "engine-*.parquet")
+
+
+def _cli(capsys, *argv):
+    from sklearn_beta.cli import main
+
+    code = main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def _fit_json(capsys, *argv):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        code, out, err = _cli(capsys, "fit", *argv, "--output", "json", "--quiet")
+    assert code == 0, err
+    return json.loads(out)
+
+
+def _limits(report):
+    ci = report["confidence_interval"]
+    return np.array([ci[name] for name in ("beta0", "beta1", "beta2")])
+
+
+def test_cli_dask_local_equals_the_pandas_cli(capsys, fleet_files):
+    local = _fit_json(capsys, fleet_files, "--chunk-size", 64)
+    remote = _fit_json(capsys, fleet_files, "--chunk-size", 64, "--dask", "local")
+    np.testing.assert_allclose(
+        list(remote["betas"].values()), list(local["betas"].values()), rtol=RTOL
+    )
+    np.testing.assert_allclose(_limits(remote), _limits(local), rtol=RTOL)
+    np.testing.assert_allclose(list(remote["betas"].values()), BETA, rtol=0.02)
+    assert remote["trace"] == local["trace"]
+    assert remote["fleet"]["n_partitions"] == 4
+    assert remote["fleet"]["engine_search_sample"] is None
+    assert remote["validation"] is None and local["validation"] is not None
+    assert any("validation is null" in note for note in remote["notes"])
+    for key in ("r2", "rmse_seconds", "condition_number"):
+        assert remote["diagnostics"][key] == pytest.approx(
+            local["diagnostics"][key], rel=RTOL
+        )
+    assert remote["convergence"]["n_iter"] == local["convergence"]["n_iter"]
+
+
+def test_cli_dask_engine_search_runs_on_a_sample_of_whole_instances(
+    capsys, client, fleet_files, monkeypatch
+):
+    import sklearn_beta._cli_fleet as cli_fleet
+
+    # Two of the four engines fit under the bound; the fit uses all four.
+    sizes = sorted(len(pd.read_parquet(p)) for p in glob.glob(fleet_files))
+    monkeypatch.setattr(cli_fleet, "SEARCH_SAMPLE_PHASES", sizes[0] + sizes[1])
+    address = client.scheduler.address
+    remote = _fit_json(
+        capsys, fleet_files, "--dask", address, "--chunk-candidates", "32,64"
+    )
+    sample = remote["fleet"]["engine_search_sample"]
+    assert 1 <= len(sample["instances"]) <= 2
+    assert sample["n_phases"] <= sizes[0] + sizes[1]
+    assert remote["engine_config"]["candidates"]
+    assert remote["chunk_size"] == 64  # the simulator's engine
+    assert remote["trace"]["n_phases"] == sum(sizes)
+    assert any("sample collected to the client" in n for n in remote["notes"])
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--dask", "localhost"], "--dask takes 'local' or a scheduler address"),
+        (["--dask", "local", "--plot", "figures"], "--plot draws every phase"),
+        (["--dask", "local", "--format", "otel"], "--dask reads csv or parquet"),
+    ],
+)
+def test_cli_dask_usage_errors_are_one_line(capsys, fleet_files, argv, message):
+    code, out, err = _cli(capsys, "fit", fleet_files, *argv)
+    assert code == 2 and out == ""
+    assert err.startswith("sklearn-beta: error: ") and message in err
+    assert len(err.strip().splitlines()) == 1
+
+
+def test_cli_dask_data_errors_are_one_line(capsys, client, fleet, tmp_path):
+    import dask
+
+    address = client.scheduler.address
+    code, _, err = _cli(capsys, "fit", tmp_path / "*.parquet", "--dask", address)
+    assert code == 1 and "No trace file matches" in err
+    fleet.drop(columns="decode_tokens").to_parquet(tmp_path / "a.parquet")
+    code, _, err = _cli(
+        capsys, "fit", tmp_path / "a.parquet", "--dask", address, "--chunk-size", 64
+    )
+    assert code == 1 and "decode_tokens" in err
+    with dask.config.set({"distributed.comm.timeouts.connect": "1s"}):
+        code, _, err = _cli(
+            capsys, "fit", tmp_path / "a.parquet", "--dask", "tcp://127.0.0.1:9"
+        )
+    assert code == 1 and "cannot reach the Dask scheduler" in err
+    for text in (err,):
+        assert len(text.strip().splitlines()) == 1 and "Traceback" not in text
+
+
+@pytest.mark.parametrize(
+    "regressor",
+    [
+        BaselineBetaRegressor(confidence_level=None),
+        IterativeBetaRegressor(confidence_level=None),
+        IterativeBetaRegressor(objective="duration", confidence_level=None),
+    ],
+    ids=["baseline", "step_count", "duration"],
+)
+def test_no_intervals_when_not_asked(client, fleet, regressor):
+    ddf = dd.from_pandas(fleet, npartitions=2)
+    local = _fit_quietly(_model(regressor), fleet)[-1]
+    remote = _fit_quietly(_model(regressor), ddf)[-1]
+    assert remote.beta_ci_ is None and local.beta_ci_ is None
+    np.testing.assert_allclose(remote.beta_, local.beta_, rtol=RTOL)
