@@ -91,6 +91,7 @@ def test_python_blocks_run_in_order(capsys):
     assert "{'estimator__phaseexposuretransformer__chunk_size': 64}" in out
     assert "[4000.0, 30.0, 200.0]" in out
     assert "256 None" in out and "(3, 2)" in out
+    assert "[5.e-03 2.e-05 1.e-04]" in out
 
 
 @pytest.mark.filterwarnings("ignore::UserWarning")
