@@ -153,9 +153,12 @@ def sandwich_sums(
     n_lags: int,
 ) -> SandwichSums:
     """The :class:`SandwichSums` of a least-squares fit's phases."""
-    # Contiguous: the Jacobian often arrives as a column slice, and a strided
-    # (n, 3) matmul misses BLAS.
-    jac = np.ascontiguousarray(jac, dtype=np.float64)
+    # Contiguous either way (designs and Jacobians are column-major): a
+    # strided (n, 3) slice of a row-major table would miss BLAS, and a copy
+    # to row-major costs more than the sums.
+    jac = np.asarray(jac, dtype=np.float64)
+    if not (jac.flags.c_contiguous or jac.flags.f_contiguous):
+        jac = np.asfortranarray(jac)
     scores = block_scores(jac, residual, weight, block, block_instance.shape[0])
     weighted = jac if weight is None else jac * np.asarray(weight)[:, None]
     return SandwichSums(
