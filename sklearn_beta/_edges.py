@@ -40,6 +40,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .exceptions import UncertaintyWarning
+
 #: An edge whose phases' step counts at the interior's betas are off by more
 #: than this relative bias (summed over the edge) is always called incomplete.
 #: Without step noise a complete edge fits to rounding; a missing request
@@ -266,7 +268,7 @@ def fit_with_edge_context(
             "fitted. If the trace is a window cut from a busy engine, its edges "
             "miss the load of requests outside it and the betas are biased; "
             "export a longer window.",
-            UserWarning,
+            UncertaintyWarning,
             stacklevel=stacklevel,
         )
         nan = [float("nan")] * lifetimes.shape[0]

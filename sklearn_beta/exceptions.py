@@ -22,8 +22,9 @@ class UncertaintyWarning(UserWarning):
     """A fitted beta cannot be trusted as a measurement.
 
     Raised when a coefficient sits at its zero bound (the non-negativity
-    constraint, not the trace, set it) or when its confidence interval is
-    wider than half of its value. The message names the coefficient, its
-    value, its interval (``beta_ci_``) and what to change. See
-    ``docs/uncertainty.md``.
+    constraint, not the trace, set it), when its confidence interval is
+    wider than half of its value, or when a trace is too short for its
+    window edges to be tested (``edges="auto"``). The message names the
+    coefficient, its value, its interval (``beta_ci_``) and what to change.
+    See ``docs/uncertainty.md``.
     """

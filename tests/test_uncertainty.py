@@ -315,11 +315,9 @@ def test_wide_interval_warns():
     phases = light_trace(40, noise=0.3)
     with pytest.warns(UncertaintyWarning, match=r"beta\d = .* is uncertain") as rec:
         model = fit(phases)
-    # The first warning of its kind (a 40-request trace also warns that it
+    # The first wide-interval warning (a 40-request trace also warns that it
     # has no phase clear of its edges).
-    message = next(
-        str(w.message) for w in rec if issubclass(w.category, UncertaintyWarning)
-    )
+    message = next(str(w.message) for w in rec if "is uncertain" in str(w.message))
     wide = [k for k in range(3) if f"beta{k} = " in message][0]
     low, high = model.beta_ci_[wide]
     assert high - low > 0.5 * model.beta_[wide]
