@@ -12,12 +12,11 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
+from ._ids import id_codes, repeated_phases
 from ._validation import (
     PhaseColumns,
     check_column_types,
-    id_codes,
     phase_layout,
-    repeated_phases,
     row_problems,
 )
 

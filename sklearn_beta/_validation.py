@@ -20,6 +20,7 @@ import numpy as np
 import pandas as pd
 
 from ._columns import OPTIONAL_COLUMNS, PhaseArrays, PhaseColumns
+from ._ids import id_codes, instance_codes, phase_kinds, repeated_phases
 
 PHASE_TYPES = ("prefill", "decode")
 _STEP_TOL = 1e-6
@@ -121,7 +122,7 @@ def phase_layout(phases, columns: PhaseColumns, need_prefill_tokens: bool) -> _L
             "each column name must appear once."
         )
     if "phase_type" in present:
-        is_prefill, is_decode = _phase_kinds(phases[columns.phase_type])
+        is_prefill, is_decode = phase_kinds(phases[columns.phase_type])
         has_prefill, has_decode = is_prefill.any(), is_decode.any()
     else:
         is_prefill = is_decode = np.zeros(len(phases), dtype=bool)
@@ -360,38 +361,6 @@ def _whole_numbers(values: np.ndarray, integral: bool) -> bool:
     return bool(np.max(np.abs(deviation, out=deviation)) <= _STEP_TOL)
 
 
-def _phase_kinds(column: pd.Series) -> tuple[np.ndarray, np.ndarray]:
-    """Which rows are prefills and which decodes, labels normalised."""
-
-    def normalise(values: pd.Series) -> tuple[np.ndarray, np.ndarray]:
-        kind = values.astype("string").str.strip().str.lower()
-        return (
-            (kind == "prefill").fillna(False).to_numpy(dtype=bool),
-            (kind == "decode").fillna(False).to_numpy(dtype=bool),
-        )
-
-    try:
-        codes, labels = pd.factorize(column)
-    except TypeError:  # unhashable cells (lists, dicts): per row, slowly
-        return normalise(column)
-    # Normalising only the few distinct labels, as str() then strip and lower
-    # (what astype("string") does to each), keeps a 1e6-row table fast.
-    kinds = [str(label).strip().lower() for label in labels]
-    label_prefill = np.array([kind == "prefill" for kind in kinds], dtype=bool)
-    label_decode = np.array([kind == "decode" for kind in kinds], dtype=bool)
-    # Code -1 marks a missing label: it picks the False appended at the end.
-    return np.append(label_prefill, False)[codes], np.append(label_decode, False)[codes]
-
-
-def id_codes(column: pd.Series, name: str, sort: bool) -> np.ndarray:
-    try:
-        return pd.factorize(column, sort=sort)[0].astype(np.intp)
-    except TypeError as exc:
-        raise TypeError(
-            f"Column {name!r} must hold hashable ids (strings or numbers): {exc}."
-        ) from None
-
-
 def request_codes(frame: pd.DataFrame, name: str, context: list[str]) -> np.ndarray:
     """Int codes of the request ids in column ``name``, in order of appearance.
 
@@ -405,13 +374,6 @@ def request_codes(frame: pd.DataFrame, name: str, context: list[str]) -> np.ndar
             + describe_rows(frame, ids.isna().to_numpy(), context)
         )
     return id_codes(ids, name, sort=False)
-
-
-def repeated_phases(request: np.ndarray, is_prefill: np.ndarray) -> np.ndarray:
-    """Rows whose request has more than one row of the same phase type."""
-    key = 2 * request + is_prefill
-    counts = np.bincount(key, minlength=2 * (request.max() + 1))
-    return counts[key] > 1
 
 
 # --------------------------------------------------------------------------
@@ -474,18 +436,6 @@ def check_phases(
         name = layout.used["instance_id"]
         instance = instance_codes(phases[name], name)
     return _shifted_arrays(phases, layout, request, values, instance)
-
-
-def instance_codes(column: pd.Series, name: str) -> np.ndarray | None:
-    """Sorted int codes 0..k-1 of the instance ids; None for a single instance.
-
-    One instance (the common case, and every simulated single-engine trace)
-    is found from the column's extremes, without hashing every row.
-    """
-    if pd.api.types.is_numeric_dtype(column) and column.min() == column.max():
-        return None
-    codes = id_codes(column, name, sort=True)
-    return None if not codes.any() else codes
 
 
 def _shifted_arrays(phases, layout, request, values, instance):
