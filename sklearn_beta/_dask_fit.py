@@ -332,6 +332,10 @@ def _fit_iterative(estimator, tables: Partitions) -> np.ndarray:
     estimator.time_scale_ = unit
     blocks = tables.derive(build_block, unit, estimator.correction_mode)
     start = tables.map(start_block, estimator.init_correction_mode, states=blocks)
+    # The iterations read only the blocks: release the persisted exposure
+    # table (two thirds of the workers' memory); a lost worker's blocks are
+    # rebuilt from the table's lineage.
+    tables.items.clear()
     beta_init = nnls_from_r(start["r_init"].r)
     settings = IterationSettings(
         estimator.correction_mode,
