@@ -142,6 +142,16 @@ def _rss_mb() -> float:
         return int(statm.read().split()[1]) * 4096 / 2**20
 
 
+def _spill_totals(dask_worker) -> dict:
+    """What a worker wrote to and read back from its spill directory."""
+    metrics = getattr(dask_worker.data, "cumulative_metrics", {})
+    return {
+        "written_mb": metrics.get(("disk-write", "bytes"), 0.0) / 2**20,
+        "read_mb": metrics.get(("disk-read", "bytes"), 0.0) / 2**20,
+        "seconds": sum(v for (_, unit), v in metrics.items() if unit == "seconds"),
+    }
+
+
 def run_cluster(
     n: int,
     chunk: int,
@@ -159,7 +169,9 @@ def run_cluster(
     exposures). ``setup_s`` runs to the solver loop's start (exposures,
     timelines, starting point); each worker's resident set is read there
     (``worker_rss_setup_mb``, once the exposure table is released) and after
-    every iteration (the largest in ``worker_rss_iter_mb``).
+    every iteration (the largest in ``worker_rss_iter_mb``); ``worker_spill``
+    says what each wrote to its spill directory and read back, and the
+    seconds spent doing so (pickling and disk).
     """
     import dask.dataframe as dd
     from distributed import Client, LocalCluster
@@ -221,6 +233,7 @@ def run_cluster(
             dask_fit._print_progress = original
             dask_fit.solve_step_counts = solve_step_counts
         peaks = client.run(_peak_rss_mb)
+        spilled = client.run(_spill_totals)
     # stamps[0]: the solver loop starts; the next one closes the starting
     # state and the first iteration, each later one an iteration.
     steps = [b - a for a, b in zip(stamps[1:], stamps[2:], strict=False)]
@@ -237,6 +250,7 @@ def run_cluster(
         worker_rss_setup_mb=sorted(rss[0].values()),
         worker_rss_iter_mb=sorted(max(r[w] for r in rss[1:]) for w in rss[0]),
         memory_limit=memory_limit,
+        worker_spill=list(spilled.values()),
         beta=model[-1].beta_.tolist(),
     )
 
