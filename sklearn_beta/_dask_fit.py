@@ -330,12 +330,14 @@ def _fit_iterative(estimator, tables: Partitions) -> np.ndarray:
         sums = tables.map(scale_sums_block)
         unit = unit_from_totals(sums["n_steps"], sums["duration"], sums["count"])
     estimator.time_scale_ = unit
-    blocks = tables.derive(build_block, unit, estimator.correction_mode)
-    start = tables.map(start_block, estimator.init_correction_mode, states=blocks)
-    # The iterations read only the blocks: release the persisted exposure
-    # table (two thirds of the workers' memory); a lost worker's blocks are
-    # rebuilt from the table's lineage.
+    blocks = tables.derive(
+        build_block, unit, estimator.correction_mode, estimator.init_correction_mode
+    )
+    # Nothing reads the exposure table after the blocks: release it, so that
+    # each partition is freed once its block is built (a lost worker's
+    # blocks are rebuilt from the table's lineage).
     tables.items.clear()
+    start = blocks.map(start_block)
     beta_init = nnls_from_r(start["r_init"].r)
     settings = IterationSettings(
         estimator.correction_mode,

@@ -131,18 +131,20 @@ def scale_sums_block(block: pd.DataFrame) -> dict | None:
 
 @dataclass(frozen=True)
 class Block:
-    """One partition's trace, in the fit's time unit ``unit``, kept on a worker.
+    """One partition's trace, in the fit's time unit, kept on a worker.
 
     ``counts`` is the pandas fit's step-count problem of the partition (its
-    timeline, fixed correction and weights). Every array is the block's own
-    (no view of the exposure table, which the fit releases once the blocks
-    exist) and the grid indexes are int32 and the instance codes the
-    narrowest unsigned type that holds them: exact, and 52 bytes per phase
-    on a heavily loaded engine (docs/scale.md) instead of 150.
+    timeline, fixed correction and weights); ``start`` the partition's
+    statistics of the starting point (:func:`start_block`), computed while
+    the exposure table was at hand. Every array is the block's own (no view
+    of the table, which the fit releases as the blocks are built), the grid
+    indexes are int32 and the instance codes the narrowest unsigned type
+    that holds them: exact, and 52 bytes per phase on a heavily loaded
+    engine (docs/scale.md).
     """
 
     counts: TimelineCounts
-    unit: float
+    start: dict
 
     @property
     def timeline(self):
@@ -200,34 +202,41 @@ def lean_timeline(timeline: Timeline) -> Timeline:
     )
 
 
-def build_block(block: pd.DataFrame, unit: float, correction_mode: str) -> Block | None:
-    """Timeline (durations from the table, times / ``unit``) and its problem."""
-    if len(block) == 0:
+def build_block(
+    table: pd.DataFrame,
+    unit: float,
+    correction_mode: str,
+    init_correction_mode: str | None,
+) -> Block | None:
+    """Timeline (durations from the table, times / ``unit``), its problem and
+    the statistics of the starting point (``init_correction_mode``)."""
+    if len(table) == 0:
         return None
-    values = table_values(block)
+    values = table_values(table)
     timeline = replace(read_timeline(values), duration=column(values, "duration"))
-    timeline = lean_timeline(rescaled_timeline(timeline, unit))
-    return Block(TimelineCounts(timeline, correction_mode), unit)
+    counts = TimelineCounts(
+        lean_timeline(rescaled_timeline(timeline, unit)), correction_mode
+    )
+    return Block(counts, _start_stats(values, counts, unit, init_correction_mode))
 
 
-def start_block(
-    table: pd.DataFrame, block: Block | None, init_correction_mode: str | None
-) -> dict | None:
-    """Statistics of the starting point: the baseline NNLS and the trace's shape.
-
-    Like ``IterativeBetaRegressor._fit_timeline``: the table's own design, or
-    the one ``init_correction_mode`` places.
-    """
-    if block is None:
-        return None
-    timeline, values = block.timeline, table_values(table)
+def _start_stats(
+    values: np.ndarray,
+    counts: TimelineCounts,
+    unit: float,
+    init_correction_mode: str | None,
+) -> dict:
+    """Like ``IterativeBetaRegressor._fit_timeline``: the baseline NNLS of the
+    table's own design, or of the one ``init_correction_mode`` places; the
+    trace's shape and weighted totals."""
+    timeline = counts.timeline
     if init_correction_mode is None:
         design = design_columns(values)
     else:
-        density = column(values, "step_density") * block.unit
+        density = column(values, "step_density") * unit
         design = baseline_exposures(timeline, density, init_correction_mode)
     check_finite_design(design)
-    n_weighted, counted_duration, counted_steps = block.counts.counted_totals()
+    n_weighted, counted_duration, counted_steps = counts.counted_totals()
     return {
         "r_init": RFactor.of(design, timeline.duration),
         "duration": Moments.of(timeline.duration),
@@ -236,6 +245,11 @@ def start_block(
         "counted_duration": counted_duration,
         "counted_steps": counted_steps,
     }
+
+
+def start_block(block: Block | None) -> dict | None:
+    """Statistics of the starting point: the baseline NNLS and the trace's shape."""
+    return None if block is None else block.start
 
 
 def step_totals_block(block: Block | None, beta: np.ndarray) -> dict | None:

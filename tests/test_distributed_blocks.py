@@ -54,7 +54,7 @@ def test_block_states_equal_the_full_timeline_bit_for_bit(table, mode, unit):
     values = table.to_numpy()
     timeline = replace(read_timeline(values), duration=column(values, "duration"))
     full = TimelineCounts(rescaled_timeline(timeline, unit), mode)
-    block = build_block(table, unit, mode)
+    block = build_block(table, unit, mode, None)
     beta = np.array([0.08, 3e-4, 1.7e-3]) / unit
     lean = count_block(block, beta)
     state = full.state(beta)
@@ -67,7 +67,7 @@ def test_block_states_equal_the_full_timeline_bit_for_bit(table, mode, unit):
 
 
 def test_block_owns_narrow_arrays_and_says_its_size(table):
-    block = build_block(table, 2.0**-6, "beta_informed")
+    block = build_block(table, 2.0**-6, "beta_informed", None)
     values = table.to_numpy()
     grid = block.timeline.trace_grid
     assert grid.start_idx.dtype == grid.end_idx.dtype == np.int32
@@ -83,9 +83,10 @@ def test_block_owns_narrow_arrays_and_says_its_size(table):
     assert size < values.nbytes
 
 
-def test_exposure_table_leaves_the_workers_once_blocks_are_built(table):
+def test_workers_hold_only_blocks_and_the_fit_equals_pandas(table):
     dd = pytest.importorskip("dask.dataframe")
     distributed = pytest.importorskip("distributed")
+    from sklearn.base import clone
     from sklearn.pipeline import make_pipeline
 
     import sklearn_beta._dask_fit as dask_fit
@@ -117,10 +118,23 @@ def test_exposure_table_leaves_the_workers_once_blocks_are_built(table):
             PhaseExposureTransformer(
                 chunk_size=64, columns={"instance_id": "instance_id"}
             ),
-            IterativeBetaRegressor(verbose=1, edges="fit", confidence_level=None),
+            # A placed initial correction: the start reads the table's
+            # step density while the block is built.
+            IterativeBetaRegressor(
+                init_correction_mode="uniform",
+                verbose=1,
+                edges="fit",
+                confidence_level=None,
+            ),
         )
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)
             model.fit(dd.from_pandas(phases, npartitions=2))
     assert held
     assert all("Block" in kinds and "DataFrame" not in kinds for kinds in held)
+    local = clone(model).set_params(iterativebetaregressor__verbose=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        local.fit(phases)
+    np.testing.assert_allclose(model[-1].beta_, local[-1].beta_, rtol=1e-9)
+    assert model[-1].n_iter_ == local[-1].n_iter_
