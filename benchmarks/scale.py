@@ -5,6 +5,7 @@ Usage::
     python benchmarks/scale.py                          # pandas 1e6, 1e7; cluster 1e7
     python benchmarks/scale.py --pandas 1000000 --cluster   # selected cases
     python benchmarks/scale.py --large                  # adds 1e8 on the cluster (long)
+    python benchmarks/scale.py --pandas --cluster 100000000 --worker-memory 10GB
     python benchmarks/scale.py --save benchmarks/scale_results.json \
         --plot docs/img/scale.png
     python benchmarks/scale.py --compare benchmarks/scale_results.json
@@ -14,12 +15,15 @@ trace of ``_traces.speed_trace`` (one heavily loaded engine; beyond 1e6
 phases that trace repeated back to back in time, see :func:`tiled_trace`;
 read before the clock starts) and report wall and CPU time, minor page
 faults and the peak resident set of the process (trace included). Cluster cases start a
-``LocalCluster`` of 2 single-threaded worker processes; the phases are
-generated partition by partition on the workers (one engine instance per
-partition, ``simulate_trace`` with a per-partition seed) and never exist in
-one process. They report the time to build the exposures and timelines, the
-time per iteration (between the estimator's progress callbacks), the fit
-time and each worker's peak resident set.
+``LocalCluster`` of 2 single-threaded worker processes (``--worker-memory``:
+each one's Dask memory limit); the phases are generated partition by
+partition on the workers (one engine instance per partition,
+``simulate_trace`` with a per-partition seed, cached on disk) whenever a
+task needs them, as ``read_parquet`` would read them, and never exist in one
+process. They report the time of one generating pass, the time to build the
+exposures, timelines and starting point, the time per iteration (between the
+estimator's progress callbacks), the fit time, each worker's resident set
+after the setup and during the iterations, and its peak.
 """
 
 from __future__ import annotations
@@ -133,9 +137,42 @@ def _peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+def _rss_mb() -> float:
+    with open("/proc/self/statm") as statm:
+        return int(statm.read().split()[1]) * 4096 / 2**20
+
+
+def _spill_totals(dask_worker) -> dict:
+    """What a worker wrote to and read back from its spill directory."""
+    metrics = getattr(dask_worker.data, "cumulative_metrics", {})
+    return {
+        "written_mb": metrics.get(("disk-write", "bytes"), 0.0) / 2**20,
+        "read_mb": metrics.get(("disk-read", "bytes"), 0.0) / 2**20,
+        "seconds": sum(v for (_, unit), v in metrics.items() if unit == "seconds"),
+    }
+
+
 def run_cluster(
-    n: int, chunk: int, size: int = PHASES_PER_PARTITION, objective="step_count"
+    n: int,
+    chunk: int,
+    size: int = PHASES_PER_PARTITION,
+    objective="step_count",
+    memory_limit: str = "auto",
 ) -> dict:
+    """Fit ``n`` phases on a 2-worker ``LocalCluster``.
+
+    The phase partitions are not persisted: each is simulated (read from the
+    disk cache of ``_traces.speed_trace``, filled here first so that the
+    workers do not race to write it) where a task needs it, as
+    ``dask.dataframe.read_parquet`` would read it. ``generate_s`` times one
+    such pass; the fit makes three (instance check, ``time_resolution="auto"``,
+    exposures). ``setup_s`` runs to the solver loop's start (exposures,
+    timelines, starting point); each worker's resident set is read there
+    (``worker_rss_setup_mb``, once the exposure table is released) and after
+    every iteration (the largest in ``worker_rss_iter_mb``); ``worker_spill``
+    says what each wrote to its spill directory and read back, and the
+    seconds spent doing so (pickling and disk).
+    """
     import dask.dataframe as dd
     from distributed import Client, LocalCluster
     from sklearn.pipeline import make_pipeline
@@ -143,28 +180,40 @@ def run_cluster(
     import sklearn_beta._dask_fit as dask_fit
     from sklearn_beta import IterativeBetaRegressor, PhaseExposureTransformer
 
-    n_parts = max(1, n // size)
-    stamps = []
+    sys.path.insert(0, str(HERE))
+    from _traces import speed_trace
 
-    def record(entry, unit=1.0):
-        stamps.append(time.perf_counter())
+    n_parts = max(1, n // size)
+    for seed in range(min(N_SEEDS, n_parts)):
+        speed_trace(size, chunk_size=chunk, seed=seed)
+    stamps, rss = [], []
 
     with (
         LocalCluster(
-            n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None
+            n_workers=2,
+            threads_per_worker=1,
+            processes=True,
+            dashboard_address=None,
+            memory_limit=memory_limit,
         ) as cluster,
         Client(cluster) as client,
     ):
+        client.wait_for_workers(2)
+
+        def record(entry, unit=1.0):
+            stamps.append(time.perf_counter())
+            rss.append(client.run(_rss_mb))
+
+        def solver_entry(*args, **kwargs):
+            record(None)
+            return solve_step_counts(*args, **kwargs)
+
         meta = instance_partition(0, chunk, 1000).iloc[:0]
         phases = dd.from_map(
             instance_partition, range(n_parts), args=(chunk, size), meta=meta
         )
         start = time.perf_counter()
-        phases = phases.persist()
-        client.wait_for_workers(2)
-        from distributed import wait
-
-        wait(phases)
+        n_rows = int(phases.map_partitions(len).sum().compute())
         generated = time.perf_counter() - start
         model = make_pipeline(
             PhaseExposureTransformer(
@@ -173,25 +222,35 @@ def run_cluster(
             IterativeBetaRegressor(objective=objective, verbose=1),
         )
         original = dask_fit._print_progress
+        solve_step_counts = dask_fit.solve_step_counts
         dask_fit._print_progress = record
+        dask_fit.solve_step_counts = solver_entry
         try:
             start = time.perf_counter()
             model.fit(phases)
             seconds = time.perf_counter() - start
         finally:
             dask_fit._print_progress = original
+            dask_fit.solve_step_counts = solve_step_counts
         peaks = client.run(_peak_rss_mb)
-    steps = [b - a for a, b in zip(stamps, stamps[1:], strict=False)]
+        spilled = client.run(_spill_totals)
+    # stamps[0]: the solver loop starts; the next one closes the starting
+    # state and the first iteration, each later one an iteration.
+    steps = [b - a for a, b in zip(stamps[1:], stamps[2:], strict=False)]
     return dict(
         case="cluster",
-        phases=n_parts * size,
+        phases=n_rows,
         estimator=f"pipeline-iterative ({objective})",
         iterations=int(model[-1].n_iter_),
         seconds=seconds,
         generate_s=generated,
-        setup_s=(stamps[0] - start) if stamps else seconds,
+        setup_s=stamps[0] - start,
         per_iteration_s=(sum(steps) / len(steps)) if steps else float("nan"),
         worker_peak_rss_mb=sorted(peaks.values()),
+        worker_rss_setup_mb=sorted(rss[0].values()),
+        worker_rss_iter_mb=sorted(max(r[w] for r in rss[1:]) for w in rss[0]),
+        memory_limit=memory_limit,
+        worker_spill=list(spilled.values()),
         beta=model[-1].beta_.tolist(),
     )
 
@@ -218,7 +277,7 @@ def format_table(rows: list[dict], reference: dict | None = None) -> str:
             f"{row.get('per_iteration_s', float('nan')):>8.2f} {cpu:>9.2f} {rss:>16}"
         )
         if reference:
-            old = reference.get((row["case"], row["phases"], row["estimator"]))
+            old = reference.get(_key(row))
             line += (
                 f" {row['seconds'] / old['seconds']:>8.2f}x" if old else f" {'-':>9}"
             )
@@ -254,6 +313,18 @@ def plot(rows: list[dict], path: Path) -> None:
     fig.savefig(path, dpi=120)
 
 
+def _key(row: dict) -> tuple:
+    return row["case"], row["phases"], row["estimator"]
+
+
+def merged(rows: list[dict], path: Path) -> list[dict]:
+    """The rows saved in ``path`` with those of this run in place of theirs."""
+    saved = json.loads(path.read_text()) if path.exists() else []
+    new = {_key(row): row for row in rows}
+    kept = [row for row in saved if _key(row) not in new]
+    return kept + rows
+
+
 def _groups(rows):
     groups = {}
     for row in rows:
@@ -278,7 +349,17 @@ def main(argv=None) -> int:
         default=PHASES_PER_PARTITION,
         help="phases per cluster partition (one engine instance each)",
     )
-    parser.add_argument("--save", type=Path, help="write the results as JSON")
+    parser.add_argument(
+        "--worker-memory",
+        default="auto",
+        help="memory_limit of each cluster worker (Dask spills to disk at 60 %%, "
+        "pauses at 80 %%, restarts at 95 %%); 'auto': the machine's memory / 2",
+    )
+    parser.add_argument(
+        "--save",
+        type=Path,
+        help="write the results as JSON, replacing the rows of the cases rerun",
+    )
     parser.add_argument("--compare", type=Path, help="JSON saved by an earlier --save")
     parser.add_argument("--plot", type=Path, help="write the log-log plot (PNG)")
     args = parser.parse_args(argv)
@@ -289,15 +370,23 @@ def main(argv=None) -> int:
             rows.append(run_pandas(n, est, args.chunk_size))
             print(format_table(rows[-1:]).splitlines()[-1], file=sys.stderr)
     for n in args.cluster + ([100_000_000] if args.large else []):
-        rows.append(run_cluster(n, args.chunk_size, args.partition_phases))
+        rows.append(
+            run_cluster(
+                n,
+                args.chunk_size,
+                args.partition_phases,
+                memory_limit=args.worker_memory,
+            )
+        )
         print(format_table(rows[-1:]).splitlines()[-1], file=sys.stderr)
     reference = None
     if args.compare:
         saved = json.loads(args.compare.read_text())
-        reference = {(r["case"], r["phases"], r["estimator"]): r for r in saved}
+        reference = {_key(r): r for r in saved}
     print(format_table(rows, reference))
     if args.save:
-        args.save.write_text(json.dumps(rows, indent=1))
+        rows = merged(rows, args.save)
+        args.save.write_text(json.dumps(rows, indent=1) + "\n")
     if args.plot:
         plot(rows, args.plot)
     return 0

@@ -272,8 +272,14 @@ def _fit_iterative(estimator, tables: Partitions) -> np.ndarray:
     and the same settings, unit, history and warnings (the estimator's own
     helpers); the diagnostics and intervals from reduced sums."""
     unit = estimator._set_time_unit(lambda: _scale_totals(tables))
-    blocks = tables.derive(build_block, unit, estimator.correction_mode)
-    start = tables.map(start_block, estimator.init_correction_mode, states=blocks)
+    blocks = tables.derive(
+        build_block, unit, estimator.correction_mode, estimator.init_correction_mode
+    )
+    # Nothing reads the exposure table after the blocks: release it, so that
+    # each partition is freed once its block is built (a lost worker's
+    # blocks are rebuilt from the table's lineage).
+    tables.items.clear()
+    start = blocks.map(start_block)
     beta_init = nnls_from_r(start["r_init"].r)
     settings = estimator._settings()
     # Looked up here, not bound at import: benchmarks and tests hook it.

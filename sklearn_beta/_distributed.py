@@ -20,7 +20,7 @@ No dask here: see :mod:`sklearn_beta._dask_fit` for the scheduling.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, fields, is_dataclass, replace
 from functools import reduce
 
 import numpy as np
@@ -30,6 +30,7 @@ from sklearn.utils import check_array
 from ._baseline import _timeline_if_available
 from ._exposure import baseline_exposures
 from ._fixed_point import reweighted_design
+from ._grid import Timeline
 from ._identifiability import trace_shape
 from ._nnls import check_finite_design
 from ._schema import column, design_columns, read_timeline
@@ -133,46 +134,109 @@ class Block:
     """One partition's trace, in the fit's time unit, kept on a worker.
 
     ``counts`` is the pandas fit's step-count problem of the partition (its
-    timeline, fixed correction and weights); ``step_density`` the table's
-    phase-local density in the same unit.
+    timeline, fixed correction and weights); ``start`` the partition's
+    statistics of the starting point (:func:`start_block`), computed while
+    the exposure table was at hand. Every array is the block's own (no view
+    of the table, which the fit releases as the blocks are built), the grid
+    indexes are int32 and the instance codes the narrowest unsigned type
+    that holds them: exact, and 52 bytes per phase on a heavily loaded
+    engine (docs/scale.md).
     """
 
     counts: TimelineCounts
-    step_density: np.ndarray
+    start: dict
 
     @property
     def timeline(self):
         return self.counts.timeline
 
-
-def build_block(block: pd.DataFrame, unit: float, correction_mode: str) -> Block | None:
-    """Timeline (durations from the table, times / ``unit``) and its problem."""
-    if len(block) == 0:
-        return None
-    values = table_values(block)
-    timeline = replace(read_timeline(values), duration=column(values, "duration"))
-    scaled = rescaled_timeline(timeline, unit)
-    density = column(values, "step_density") * unit
-    return Block(TimelineCounts(scaled, correction_mode), density)
+    def __sizeof__(self) -> int:
+        # Dask's memory manager sizes unknown objects by sys.getsizeof: count
+        # the arrays, so that it spills and pauses on the true footprint.
+        counts = self.counts
+        return object.__sizeof__(self) + _array_bytes(
+            counts.timeline, counts.timeline.trace_grid, counts.weight, counts.fixed
+        )
 
 
-def start_block(
-    table: pd.DataFrame, block: Block | None, init_correction_mode: str | None
-) -> dict | None:
-    """Statistics of the starting point: the baseline NNLS and the trace's shape.
+def _array_bytes(*objects) -> int:
+    """Bytes of the arrays among ``objects`` and their dataclass fields."""
+    total = 0
+    for obj in objects:
+        values = (
+            [getattr(obj, f.name) for f in fields(obj)] if is_dataclass(obj) else [obj]
+        )
+        total += sum(v.nbytes for v in values if isinstance(v, np.ndarray))
+    return total
 
-    Like ``IterativeBetaRegressor._fit_timeline``: the table's own design, or
-    the one ``init_correction_mode`` places.
+
+def _own(values: np.ndarray) -> np.ndarray:
+    """``values``, copied if it is a view (of the exposure table)."""
+    return values if values.base is None else values.copy()
+
+
+def lean_timeline(timeline: Timeline) -> Timeline:
+    """The same timeline in less memory, to be kept on a worker for the fit.
+
+    Arrays that view the exposure table are copied, so that releasing the
+    table frees it; grid indexes become int32 (below 2**31 grid points) and
+    instance codes the narrowest unsigned type that holds them. They only
+    index, are compared and are counted: every result is unchanged. Times,
+    counts and pressures stay float64, since they enter the arithmetic.
     """
-    if block is None:
+    tg = timeline.trace_grid
+    index = np.int32 if tg.grid.shape[0] <= np.iinfo(np.int32).max else np.intp
+    codes = np.min_scalar_type(int(tg.grid_instance.max()))
+    grid = replace(
+        tg,
+        grid_instance=tg.grid_instance.astype(codes),
+        start_idx=tg.start_idx.astype(index),
+        end_idx=tg.end_idx.astype(index),
+    )
+    return replace(
+        timeline,
+        trace_grid=grid,
+        n_steps=_own(timeline.n_steps),
+        duration=_own(timeline.duration),
+        mu=_own(timeline.mu),
+    )
+
+
+def build_block(
+    table: pd.DataFrame,
+    unit: float,
+    correction_mode: str,
+    init_correction_mode: str | None,
+) -> Block | None:
+    """Timeline (durations from the table, times / ``unit``), its problem and
+    the statistics of the starting point (``init_correction_mode``)."""
+    if len(table) == 0:
         return None
-    timeline = block.timeline
+    values = table_values(table)
+    timeline = replace(read_timeline(values), duration=column(values, "duration"))
+    counts = TimelineCounts(
+        lean_timeline(rescaled_timeline(timeline, unit)), correction_mode
+    )
+    return Block(counts, _start_stats(values, counts, unit, init_correction_mode))
+
+
+def _start_stats(
+    values: np.ndarray,
+    counts: TimelineCounts,
+    unit: float,
+    init_correction_mode: str | None,
+) -> dict:
+    """Like ``IterativeBetaRegressor._fit_timeline``: the baseline NNLS of the
+    table's own design, or of the one ``init_correction_mode`` places; the
+    trace's shape and weighted totals."""
+    timeline = counts.timeline
     if init_correction_mode is None:
-        design = design_columns(table_values(table))
+        design = design_columns(values)
     else:
-        design = baseline_exposures(timeline, block.step_density, init_correction_mode)
+        density = column(values, "step_density") * unit
+        design = baseline_exposures(timeline, density, init_correction_mode)
     check_finite_design(design)
-    n_weighted, counted_duration, counted_steps = block.counts.counted_totals()
+    n_weighted, counted_duration, counted_steps = counts.counted_totals()
     return {
         "r_init": RFactor.of(design, timeline.duration),
         "duration": Moments.of(timeline.duration),
@@ -181,6 +245,11 @@ def start_block(
         "counted_duration": counted_duration,
         "counted_steps": counted_steps,
     }
+
+
+def start_block(block: Block | None) -> dict | None:
+    """Statistics of the starting point: the baseline NNLS and the trace's shape."""
+    return None if block is None else block.start
 
 
 def step_totals_block(block: Block | None, beta: np.ndarray) -> dict | None:
@@ -229,6 +298,9 @@ class DurationState:
 
     p_eff: np.ndarray
     design: np.ndarray
+
+    def __sizeof__(self) -> int:
+        return object.__sizeof__(self) + _array_bytes(self)
 
 
 def reweight_block(
