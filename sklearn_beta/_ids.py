@@ -21,6 +21,13 @@ def phase_kinds(column: pd.Series) -> tuple[np.ndarray, np.ndarray]:
             (kind == "decode").fillna(False).to_numpy(dtype=bool),
         )
 
+    if pd.api.types.is_string_dtype(column.dtype):
+        # The usual table holds exactly "prefill" and "decode": two vectorised
+        # comparisons decide it, at a fraction of hashing every row.
+        prefill = (column == "prefill").to_numpy(dtype=bool, na_value=False)
+        decode = (column == "decode").to_numpy(dtype=bool, na_value=False)
+        if np.all(prefill | decode):
+            return prefill, decode
     try:
         codes, labels = pd.factorize(column)
     except TypeError:  # unhashable cells (lists, dicts): per row, slowly
@@ -35,12 +42,37 @@ def phase_kinds(column: pd.Series) -> tuple[np.ndarray, np.ndarray]:
 
 
 def id_codes(column: pd.Series, name: str, sort: bool) -> np.ndarray:
+    """Codes 0..k-1 of the ids, by first appearance (``sort=False``) or value."""
+    codes = _counted_up(column)
+    if codes is not None:
+        return codes
     try:
         return pd.factorize(column, sort=sort)[0].astype(np.intp)
     except TypeError as exc:
         raise TypeError(
             f"Column {name!r} must hold hashable ids (strings or numbers): {exc}."
         ) from None
+
+
+def _counted_up(column: pd.Series) -> np.ndarray | None:
+    """The codes of integer ids numbered in the order they first appear.
+
+    Exports and simulators number requests 0, 1, 2, ... as they arrive; then
+    ``id - first id`` is the code, both by first appearance and by value,
+    found in one pass instead of hashing every row. That holds exactly when
+    the first id is the smallest and the running maximum never jumps by
+    more than one (every id in between then appears, first, as the maximum
+    reaches it). None otherwise.
+    """
+    # Plain numpy integers only: nullable ones may hold <NA>.
+    dtype = column.dtype
+    if len(column) == 0 or not (isinstance(dtype, np.dtype) and dtype.kind in "iu"):
+        return None
+    values = column.to_numpy()
+    running = np.maximum.accumulate(values)
+    if values[0] != values.min() or np.any(np.diff(running) > 1):
+        return None
+    return (values - values[0]).astype(np.intp)
 
 
 def repeated_phases(request: np.ndarray, is_prefill: np.ndarray) -> np.ndarray:
