@@ -70,9 +70,8 @@ def long_run_covariance(
     The Bartlett sum (:func:`bartlett_covariance`) with a window of
     ``2 (L + 1)`` blocks, twice the reach ``L`` of the phase overlaps: the
     weight ``1 - l / (2 (L + 1))`` is at least 1/2 on every lag in reach.
-    It is :func:`long_run_from_sums` of :func:`long_run_sums`: instances
-    never share a term, so the sums of the instances of a fleet's partitions
-    add up to the whole fleet's.
+    Instances never share a term, so the sums of the instances of a fleet's
+    partitions add up to the whole fleet's (:class:`SandwichSums`).
 
     Why not the Newey-West window ``L + 1``: the overlap of two phases falls
     like ``1 - l / (L + 1)`` with their distance, so that weight counts the
@@ -86,14 +85,7 @@ def long_run_covariance(
     semi-definite, where a flat-top kernel covered less at light load
     (docs/uncertainty.md, "The window").
     """
-    return long_run_from_sums(long_run_sums(scores, block_instance, n_lags))
-
-
-def long_run_sums(
-    scores: np.ndarray, block_instance: np.ndarray, n_lags: int
-) -> np.ndarray:
-    """The additive part of :func:`long_run_covariance`, shape (n_sums, k, k)."""
-    return bartlett_covariance(scores, block_instance, 2 * (n_lags + 1))[None]
+    return bartlett_covariance(scores, block_instance, 2 * (n_lags + 1))
 
 
 def bartlett_covariance(
@@ -117,16 +109,11 @@ def bartlett_covariance(
     return windows.T @ windows / width
 
 
-def long_run_from_sums(sums: np.ndarray) -> np.ndarray:
-    """:func:`long_run_covariance` from the (summed) :func:`long_run_sums`."""
-    return sums[0]
-
-
 @dataclass(frozen=True)
 class SandwichSums:
     """What the sandwich covariance needs of a trace, additive over instances.
 
-    ``long_run`` is :func:`long_run_sums` of the block scores, ``bread`` the
+    ``long_run`` is :func:`long_run_covariance` of the block scores, ``bread`` the
     Gauss-Newton matrix ``J' W J`` and ``nonempty`` the number of blocks with
     a non-zero score. Partitions holding whole instances send theirs;
     :meth:`combine` adds them up (:func:`~sklearn_beta._distributed.combine_stats`).
@@ -162,7 +149,7 @@ def sandwich_sums(
     scores = block_scores(jac, residual, weight, block, block_instance.shape[0])
     weighted = jac if weight is None else jac * np.asarray(weight)[:, None]
     return SandwichSums(
-        long_run_sums(scores, block_instance, n_lags),
+        long_run_covariance(scores, block_instance, n_lags),
         weighted.T @ jac,
         float(np.count_nonzero(np.any(scores != 0, axis=1))),
     )
@@ -194,7 +181,7 @@ def covariance_from_sums(sums: SandwichSums, n_lags: int) -> tuple[np.ndarray, f
     (nearly) singular, get an infinite variance: nothing in the trace
     bounds them. Returns the covariance and ``G``.
     """
-    meat = long_run_from_sums(sums.long_run)
+    meat = sums.long_run
     groups = effective_blocks(sums.nonempty, n_lags)
     meat = meat * (groups / max(groups - 1.0, 1.0))
     bread = sums.bread
