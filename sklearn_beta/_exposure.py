@@ -138,7 +138,10 @@ def timeline_from_arrays(
     """
     chunk_size = effective_chunk_size(chunk_size, token_budget)
     n_steps = phase_step_counts(arrays, chunk_size)
-    if arrays.prefill_tokens is None:  # N_steps given, no correction wanted
+    groups = budget_bound(chunk_size, token_budget)
+    # No tokens (N_steps given, no correction wanted): nothing is missing.
+    # Prefill groups place their mass once the grid exists.
+    if arrays.prefill_tokens is None or groups:
         mu = np.zeros(arrays.n_phases)
     else:
         mu = missing_prefill_mass(
@@ -154,7 +157,7 @@ def timeline_from_arrays(
         chunk_size,
         token_budget,
     )
-    if budget_bound(chunk_size, token_budget) and arrays.prefill_tokens is not None:
+    if groups and arrays.prefill_tokens is not None:
         mu = budget_group_mass(timeline, arrays.prefill_tokens)
         if arrays.n_steps is None:
             n_steps = alone_step_counts(timeline, arrays.prefill_tokens, n_steps)
