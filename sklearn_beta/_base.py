@@ -99,11 +99,17 @@ class BaseBetaRegressor(RegressorMixin, BaseEstimator):
             )
         with large_fit_memory(table.shape[0]):
             beta = self._fit_table(table, duration, sample_weight)
+        # _fit_table has set beta_ci_ through _beta_intervals.
+        return self._set_betas(beta)
+
+    def _set_betas(self, beta: np.ndarray, stacklevel: int = 6):
+        """The fitted betas as ``beta_`` and ``coef_`` (no intercept), and
+        the warnings about those the fit cannot vouch for (``stacklevel``
+        from the warning to the user's ``fit`` call)."""
         self.beta_ = np.asarray(beta, dtype=np.float64)
         self.coef_ = self.beta_.copy()
         self.intercept_ = 0.0
-        # _fit_table has set beta_ci_ through _beta_intervals.
-        self._warn_untrusted()
+        self._warn_untrusted(stacklevel)
         return self
 
     def _beta_intervals(
@@ -164,7 +170,7 @@ class BaseBetaRegressor(RegressorMixin, BaseEstimator):
         )
         return unit * ci
 
-    def _warn_untrusted(self) -> None:
+    def _warn_untrusted(self, stacklevel: int) -> None:
         # Coefficients the trace does not identify already raised an
         # IdentifiabilityWarning; do not warn twice about them.
         skip = set(self.diagnostics_["not_identified"])
@@ -177,7 +183,7 @@ class BaseBetaRegressor(RegressorMixin, BaseEstimator):
             [n for n in self.diagnostics_["at_zero_bound"] if n not in skip],
             estimator=type(self).__name__,
             level=self.confidence_level,
-            stacklevel=5,
+            stacklevel=stacklevel,
         )
 
     def predict(self, X):

@@ -201,11 +201,8 @@ def fit_partitions(estimator, X, y=None, sample_weight=None):
         beta = _fit_baseline(estimator, tables)
     else:
         beta = _fit_iterative(estimator, tables)
-    estimator.beta_ = np.asarray(beta, dtype=np.float64)
-    estimator.coef_ = estimator.beta_.copy()
-    estimator.intercept_ = 0.0
-    estimator._warn_untrusted()
-    return estimator
+    # One frame deeper than the in-memory fit: fit dispatched here.
+    return estimator._set_betas(beta, stacklevel=7)
 
 
 def _diagnostics(

@@ -383,3 +383,15 @@ def test_decode_convention_with_n_steps_column_warns():
 def test_decode_convention_parameter_is_validated():
     with pytest.raises(InvalidParameterError, match="decode_tokens_include_first"):
         PhaseExposureTransformer(decode_tokens_include_first="yes").fit(light_trace(5))
+
+
+def test_trust_warnings_point_at_the_callers_fit_in_memory_and_on_dask():
+    dd = pytest.importorskip("dask.dataframe")
+    table = PhaseExposureTransformer(chunk_size=LIGHT["chunk_size"]).fit_transform(
+        light_trace(40, noise=0.3)
+    )
+    for X in (table, dd.from_pandas(table, npartitions=1)):
+        with pytest.warns(UncertaintyWarning, match="is uncertain") as record:
+            IterativeBetaRegressor().fit(X)
+        uncertain = [w for w in record if "is uncertain" in str(w.message)]
+        assert uncertain[0].filename == __file__
