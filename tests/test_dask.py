@@ -6,6 +6,8 @@ import glob
 import json
 import warnings
 
+import dask.dataframe as dd
+import distributed
 import numpy as np
 import pandas as pd
 import pytest
@@ -17,9 +19,6 @@ from sklearn_beta import (
     PhaseExposureTransformer,
 )
 from sklearn_beta.datasets import cut_window, simulate_trace
-
-dd = pytest.importorskip("dask.dataframe")
-distributed = pytest.importorskip("distributed")
 
 BETA = (5e-3, 2e-5, 1e-4)
 RTOL = 1e-9

@@ -84,8 +84,8 @@ def test_block_owns_narrow_arrays_and_says_its_size(table):
 
 
 def test_workers_hold_only_blocks_and_the_fit_equals_pandas(table):
-    dd = pytest.importorskip("dask.dataframe")
-    distributed = pytest.importorskip("distributed")
+    import dask.dataframe as dd
+    import distributed
     from sklearn.base import clone
     from sklearn.pipeline import make_pipeline
 

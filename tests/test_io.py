@@ -266,7 +266,7 @@ def test_read_phases_csv_and_parquet_by_name(tmp_path):
     shuffled.to_csv(tmp_path / "p.csv", index=False)
     back = read_phases(tmp_path / "p.csv", columns={"begin": "t_start"})
     pd.testing.assert_frame_equal(back, phases, check_dtype=False)
-    pytest.importorskip("pyarrow")
+    import pyarrow  # noqa: F401
     phases.to_parquet(tmp_path / "p.parquet")
     pd.testing.assert_frame_equal(read_phases(tmp_path / "p.parquet"), phases)
 

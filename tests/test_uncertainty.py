@@ -386,7 +386,7 @@ def test_decode_convention_parameter_is_validated():
 
 
 def test_trust_warnings_point_at_the_callers_fit_in_memory_and_on_dask():
-    dd = pytest.importorskip("dask.dataframe")
+    import dask.dataframe as dd
     table = PhaseExposureTransformer(chunk_size=LIGHT["chunk_size"]).fit_transform(
         light_trace(40, noise=0.3)
     )
