@@ -46,6 +46,7 @@ from ._engine_config import (
     EngineConfig,
     model_chunk_size,
 )
+from ._formats import CLI_FORMATS, container_of
 from ._trace_fit import (
     TraceFit,
     check_fit_options,
@@ -68,13 +69,8 @@ EXIT_USAGE = 2
 
 def infer_format(path: str) -> str:
     """Trace format from the file name's suffix (and a CSV's header line)."""
-    suffix = Path(path).suffix.lower()
-    fmt = {
-        ".jsonl": "otel",
-        ".json": "bench",
-        ".parquet": "parquet",
-        ".pq": "parquet",
-    }.get(suffix, "csv")
+    container = container_of(path)
+    fmt = CLI_FORMATS.get(container, container)
     if fmt == "csv" and Path(path).is_file():
         with open(path, encoding="utf-8", errors="replace") as handle:
             columns = {c.strip().strip('"') for c in handle.readline().split(",")}

@@ -55,6 +55,7 @@ import pandas as pd
 
 from ._bench_results import read_benchmark_results
 from ._columns import PHASE_COLUMNS
+from ._formats import PHASE_FORMATS, check_format
 from ._grid import snap_times
 from ._otel import (
     DEFAULT_CACHED_TOKENS_ATTRIBUTE,
@@ -102,8 +103,9 @@ def read_phases(
         The file, or a directory (its CSV or Parquet files) or a glob such as
         ``"traces/*.parquet"``: their tables are concatenated, in file order.
     format : {"csv", "parquet"} or None, default=None
-        File format; inferred from the suffix (``.parquet``/``.pq`` is
-        Parquet, anything else CSV) when None.
+        File format, also of a directory's or glob's files and with
+        ``dask=True``; inferred from the suffix when None (``.parquet``/``.pq``
+        is Parquet, ``.csv`` or a suffix of no other format CSV).
     columns : dict or None, default=None
         Renames applied after reading, ``{name in the file: schema name}``,
         e.g. ``{"start_s": "t_start"}``.
@@ -123,7 +125,8 @@ def read_phases(
     Raises
     ------
     ValueError
-        If the file is missing, unreadable, or lacks a schema column.
+        If the file is missing, unreadable, or lacks a schema column, or the
+        format (given or inferred) is not CSV or Parquet.
 
     Examples
     --------
@@ -134,10 +137,12 @@ def read_phases(
         raise ValueError(
             f"time_unit must be one of {sorted(TIME_UNITS)}, got {time_unit!r}."
         )
+    if format is not None:
+        check_format(format, path, PHASE_FORMATS, "read_phases")
     if dask:
         from .fleet import read_phases_dask
 
-        frame = read_phases_dask(path, columns=columns, blocksize=None)
+        frame = read_phases_dask(path, format=format, columns=columns, blocksize=None)
         for name in ("t_start", "t_end"):
             frame[name] = frame[name] * TIME_UNITS[time_unit]
         return frame
@@ -156,17 +161,14 @@ def read_phases(
     path = Path(path)
     if not path.is_file():
         raise ValueError(f"Trace file {str(path)!r} does not exist.")
-    if format is None:
-        format = "parquet" if path.suffix.lower() in (".parquet", ".pq") else "csv"
+    format = check_format(format, path, PHASE_FORMATS, "read_phases")
     if format == "csv":
         try:
             frame = pd.read_csv(path)
         except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeError) as exc:
             raise ValueError(f"Cannot read {str(path)!r} as CSV: {exc}") from exc
-    elif format == "parquet":
-        frame = _read_parquet(path)
     else:
-        raise ValueError(f"format must be 'csv' or 'parquet', got {format!r}.")
+        frame = _read_parquet(path)
     frame = schema_columns_first(frame, columns, str(path))
     if time_unit != "s":
         for name in ("t_start", "t_end"):

@@ -267,6 +267,7 @@ def test_read_phases_csv_and_parquet_by_name(tmp_path):
     back = read_phases(tmp_path / "p.csv", columns={"begin": "t_start"})
     pd.testing.assert_frame_equal(back, phases, check_dtype=False)
     import pyarrow  # noqa: F401
+
     phases.to_parquet(tmp_path / "p.parquet")
     pd.testing.assert_frame_equal(read_phases(tmp_path / "p.parquet"), phases)
 
@@ -433,3 +434,58 @@ def test_read_phases_of_a_directory_or_glob_concatenates_the_files(tmp_path):
     )
     with pytest.raises(ValueError, match="No trace file"):
         read_phases(str(tmp_path / "*.parquet"))
+
+
+def _sample_phases():
+    return pd.DataFrame(
+        {
+            "request_id": ["a", "a", "b"],
+            "phase_type": ["prefill", "decode", "prefill"],
+            "t_start": [0.0, 0.25, 0.1],
+            "t_end": [0.25, 0.75, 0.4],
+            "prefill_tokens": [10, 0, 20],
+            "decode_tokens": [0, 3, 0],
+        }
+    )
+
+
+@pytest.mark.parametrize("dask", [False, True], ids=["pandas", "dask"])
+def test_read_phases_honours_format_whatever_the_suffix(tmp_path, dask):
+    expected = _sample_phases()
+    expected.to_csv(tmp_path / "phases.log", index=False)
+    expected.to_parquet(tmp_path / "phases.csv")  # Parquet under a CSV name
+    got = read_phases(tmp_path / "phases.log", format="csv", dask=dask)
+    got = got.compute() if dask else got
+    pd.testing.assert_frame_equal(
+        got.reset_index(drop=True), expected, check_dtype=False
+    )
+    got = read_phases(tmp_path / "phases.csv", format="parquet", dask=dask)
+    got = got.compute() if dask else got
+    pd.testing.assert_frame_equal(
+        got.reset_index(drop=True), expected, check_dtype=False
+    )
+    # Read by its suffix, the Parquet file is not CSV.
+    with pytest.raises(ValueError):
+        frame = read_phases(tmp_path / "phases.csv", dask=dask)
+        if dask:
+            frame.compute()
+    with pytest.raises(ValueError, match=r"format must be one of \['csv', 'parquet'\]"):
+        read_phases(tmp_path / "phases.log", format="otel", dask=dask)
+
+
+def test_read_phases_refuses_a_suffix_of_another_format(tmp_path):
+    _sample_phases().to_csv(tmp_path / "phases.jsonl", index=False)
+    with pytest.raises(ValueError, match="suffix of .* says 'jsonl'. Pass format="):
+        read_phases(tmp_path / "phases.jsonl")
+    assert len(read_phases(tmp_path / "phases.jsonl", format="csv")) == 3
+
+
+def test_one_suffix_table_for_the_readers_and_the_command_line():
+    from sklearn_beta import _formats
+    from sklearn_beta.cli import infer_format
+
+    assert infer_format("spans.jsonl") == "otel"
+    assert infer_format("results.json") == "bench"
+    assert infer_format("fleet.PQ") == "parquet"
+    assert infer_format("trace.txt") == "csv"
+    assert _formats.container_of("t.ndjson") == "jsonl"
