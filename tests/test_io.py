@@ -489,3 +489,117 @@ def test_one_suffix_table_for_the_readers_and_the_command_line():
     assert infer_format("fleet.PQ") == "parquet"
     assert infer_format("trace.txt") == "csv"
     assert _formats.container_of("t.ndjson") == "jsonl"
+
+
+TRACEV3_ROWS = """\
+request_id,client_id,tenant_id,input_tokens,output_tokens,server_input_tokens,\
+arrival_time_us,send_time_us,first_chunk_time_us,last_chunk_time_us,status
+r0,c0,alice,100,5,0,900,1000,1500,1900,ok
+r1,c0,bob,200,1,150,1100,1200,1300,1300,ok
+r2,c1,alice,50,9,0,1150,1250,0,0,error
+r3,c1,bob,70,3,0,1150,1700,1800,2000,ok
+"""
+
+
+def _write_v3(tmp_path, rows=TRACEV3_ROWS, version=3):
+    (tmp_path / "t.csv").write_text(rows)
+    (tmp_path / "t.yaml").write_text(
+        TRACEV2_HEADER.format(unit="ms").replace(
+            "trace_version: 2", f"trace_version: {version}"
+        )
+    )
+    return tmp_path / "t.csv", tmp_path / "t.yaml"
+
+
+def test_read_tracev3_keeps_sends_intended_arrivals_and_tenants(tmp_path):
+    from sklearn_beta.io import read_tracev2
+
+    phases = read_tracev2(*_write_v3(tmp_path))
+    assert phases["request_id"].tolist() == ["r0", "r0", "r1", "r3", "r3"]
+    # Milliseconds; the origin is the earliest intended arrival (900 ms).
+    np.testing.assert_allclose(phases["t_start"], [0.1, 0.6, 0.3, 0.8, 0.9])
+    np.testing.assert_allclose(phases["t_end"], [0.6, 1.0, 0.4, 0.9, 1.1])
+    np.testing.assert_allclose(phases["arrival"], [0.1, 0.1, 0.3, 0.8, 0.8])
+    np.testing.assert_allclose(phases["intended_arrival"], [0, 0, 0.2, 0.25, 0.25])
+    assert phases["tenant_id"].tolist() == ["alice", "alice", "bob", "bob", "bob"]
+    assert phases["client_id"].tolist() == ["c0", "c0", "c0", "c1", "c1"]
+    assert phases["prefill_tokens"].tolist() == [100, 0, 150, 70, 0]
+    assert phases["decode_tokens"].tolist() == [0, 4, 0, 0, 2]
+    assert phases.attrs["trace_version"] == 3
+    assert phases.attrs["time_origin"] == pytest.approx(0.9)
+    notes = phases.attrs["notes"]
+    assert notes[0] == "1 TraceV3 request(s) with status other than 'ok' dropped"
+    # Lags 100, 100 and 550 ms.
+    assert "by 0.25 s on average (at most 0.55 s)" in notes[1]
+
+
+def test_read_tracev3_accepts_aliases(tmp_path):
+    from sklearn_beta.io import read_tracev2
+
+    expected = read_tracev2(*_write_v3(tmp_path))
+    renamed = (
+        TRACEV3_ROWS.replace("arrival_time_us", "intended_arrival_time_us")
+        .replace("tenant_id", "Tenant")
+        .replace("first_chunk_time_us", "first_token_time_us")
+        .replace(",status", ",Status")
+    )
+    got = read_tracev2(*_write_v3(tmp_path, renamed))
+    pd.testing.assert_frame_equal(got, expected)
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (
+            lambda t: t.replace("arrival_time_us", "due"),
+            r"intended_arrival_time_us \(one of \['intended_arrival_time_us', "
+            r"'arrival_time_us'",
+        ),
+        (
+            lambda t: t.replace("tenant_id", "team").replace("client_id", "x"),
+            r"tenant_id \(one of \['tenant_id', 'tenant'\]\)",
+        ),
+        (
+            lambda t: t.replace(",900,1000,", ",1100,1000,"),
+            r"'send_time_us' is earlier than the intended arrival "
+            r"'arrival_time_us': 1 offending row\(s\): row 0 \(request_id='r0'",
+        ),
+    ],
+    ids=["no-intended-arrival", "no-tenant", "send-before-arrival"],
+)
+def test_read_tracev3_errors_name_the_columns(tmp_path, change, message):
+    from sklearn_beta.io import read_tracev2
+
+    with pytest.raises(ValueError, match=message):
+        read_tracev2(*_write_v3(tmp_path, change(TRACEV3_ROWS)))
+
+
+def test_read_tracev2_refuses_an_unknown_version(tmp_path):
+    from sklearn_beta.io import read_tracev2
+
+    with pytest.raises(ValueError, match="trace_version 4 is not one read here"):
+        read_tracev2(*_write_v3(tmp_path, version=4))
+
+
+def test_tracev3_fits_as_its_tracev2_trace(tmp_path):
+    # The shipped TraceV2 example with its sends held back behind earlier
+    # intended arrivals: the phases (the sends on) and the fit are the same.
+    from sklearn_beta._trace_fit import make_model
+    from sklearn_beta.io import read_tracev2
+
+    v2 = pd.read_csv(DATA / "tracev2" / "trace.csv", keep_default_na=False)
+    lag = (np.arange(len(v2)) % 7) * 1000
+    v3 = v2.assign(arrival_time_us=v2["send_time_us"] - lag)
+    v3.to_csv(tmp_path / "v3.csv", index=False)
+    header = {"trace_version": 3, "time_unit": "us"}
+    old = read_tracev2(DATA / "tracev2" / "trace.csv")
+    new = read_tracev2(tmp_path / "v3.csv", header)
+    shift = new.attrs["time_origin"] - old.attrs["time_origin"]
+    np.testing.assert_allclose(new["t_start"] + shift, old["t_start"], atol=1e-9)
+    np.testing.assert_allclose(new["t_end"] + shift, old["t_end"], atol=1e-9)
+    prefill = new["phase_type"] == "prefill"
+    np.testing.assert_array_equal(new["arrival"][prefill], new["t_start"][prefill])
+    model = make_model(256)
+    beta_old = model.fit(old).steps[-1][1].beta_
+    beta_new = make_model(256).fit(new).steps[-1][1].beta_
+    np.testing.assert_allclose(beta_new, beta_old, rtol=1e-9)
