@@ -215,7 +215,7 @@ def tracev2_phases(path: str | PathLike, header=None) -> pd.DataFrame:
             "intended_arrival": seconds_of["intended_arrival_time_us"],
         }
         request |= {r: frame[cols[r]].to_numpy() for r in cols if _carried(r)}
-    phases = client_phase_rows(
+    phases = request_phase_rows(
         request,
         seconds_of["send_time_us"],
         seconds_of["first_chunk_time_us"],
@@ -245,13 +245,14 @@ def _carried(role: str) -> bool:
     return role == "tenant_id" or role in TRACEV3_CARRIED
 
 
-def client_phase_rows(request: dict, send, first, last, prompt, output):
-    """The phase table of client-side requests, prefill then decode per request.
+def request_phase_rows(request: dict, start, first, last, prompt, output):
+    """The phase table of per-request times, prefill then decode per request.
 
     ``request`` holds per-request columns carried onto both rows (the first
-    is ``request_id``); the times are in seconds. The last prefill step
-    emits the first output token, so ``output - 1`` tokens are decoded and a
-    single-token request has no decode row.
+    is ``request_id``); the times are in seconds. The prefill phase is
+    ``[start, first)``, the decode phase ``[first, last)``. The last prefill
+    step emits the first output token, so ``output - 1`` tokens are decoded
+    and a single-token request has no decode row.
     """
     decoded = output > 1
     n, n_decoded = output.shape[0], int(decoded.sum())
@@ -259,7 +260,7 @@ def client_phase_rows(request: dict, send, first, last, prompt, output):
         {
             "request_id": request["request_id"],
             "phase_type": "prefill",
-            "t_start": send,
+            "t_start": start,
             "t_end": first,
             "prefill_tokens": prompt,
             "decode_tokens": np.zeros(n, dtype=np.int64),

@@ -9,7 +9,9 @@ decode_tokens`` and, for the adapters, ``instance_id``), ready for
 * :func:`read_otel_spans`: OTLP JSON lines of vLLM's ``llm_request`` spans.
 * :func:`read_benchmark_results`: a serving benchmark's detailed results, a
   client-side approximation.
-* :func:`read_tracev2`: BLIS TraceV2 request traces (client side).
+* :func:`read_tracev2`: BLIS TraceV2 and TraceV3 request traces (client side).
+* :func:`read_vllm_request_stats`: vLLM's per-request engine timestamps
+  (queued, scheduled, first and last token), CSV or JSON lines.
 * :func:`to_blis_coefficients` (from :mod:`sklearn_beta.export`): betas as
   BLIS's ``beta_coeffs``.
 
@@ -64,7 +66,14 @@ from ._otel import (
     otel_records,
     spans_to_phases,
 )
-from ._tracev2 import TIME_UNITS, TRACEV2_COLUMNS, tracev2_phases
+from ._tracev2 import (
+    TIME_UNITS,
+    TRACEV2_COLUMNS,
+    TRACEV3_CARRIED,
+    TRACEV3_COLUMNS,
+    tracev2_phases,
+)
+from ._vllm_stats import VLLM_STATS_COLUMNS, VLLM_STATS_OPTIONAL, vllm_stats_phases
 from .export import BLIS_UNITS, to_blis_coefficients
 
 __all__ = [
@@ -72,10 +81,15 @@ __all__ = [
     "OTEL_LATENCY_ATTRIBUTES",
     "TIME_UNITS",
     "TRACEV2_COLUMNS",
+    "TRACEV3_CARRIED",
+    "TRACEV3_COLUMNS",
+    "VLLM_STATS_COLUMNS",
+    "VLLM_STATS_OPTIONAL",
     "read_benchmark_results",
     "read_otel_spans",
     "read_phases",
     "read_tracev2",
+    "read_vllm_request_stats",
     "to_blis_coefficients",
 ]
 
@@ -311,7 +325,7 @@ def read_otel_spans(
 
 
 def read_tracev2(data_csv: str | PathLike, header=None) -> pd.DataFrame:
-    """Read a BLIS TraceV2 request trace into a phase table.
+    """Read a BLIS TraceV2 or TraceV3 request trace into a phase table.
 
     TraceV2 is the request trace BLIS's ``observe`` and ``replay`` commands
     write: a YAML header and a CSV with one row per request (columns listed
@@ -331,30 +345,41 @@ def read_tracev2(data_csv: str | PathLike, header=None) -> pd.DataFrame:
     trace, these request-level costs are what the exported ``alpha_coeffs``
     estimate (``docs/formats.md``).
 
+    A header with ``trace_version: 3`` makes the CSV a TraceV3 trace: its
+    columns are found by any name :data:`TRACEV3_COLUMNS` accepts, and each
+    row of a request also carries ``arrival`` (the send, what the engine
+    saw), ``intended_arrival`` (when a closed-loop client meant to send it),
+    ``tenant_id`` and, when present, the :data:`TRACEV3_CARRIED` columns
+    (``client_id``, ``instance_id``, ``model``, ``adapter``).
+
     Parameters
     ----------
     data_csv : str or path-like
-        The TraceV2 CSV.
+        The TraceV2 or TraceV3 CSV.
     header : str, path-like, dict or None, default=None
-        The TraceV2 YAML header (a path, or the parsed mapping). Its
-        ``time_unit`` sets the unit of the ``*_time_us`` columns; without a
-        header they are read as microseconds.
+        The YAML header (a path, or the parsed mapping). Its ``time_unit``
+        sets the unit of the time columns (microseconds without one); its
+        ``trace_version`` (2 without one) the columns read.
 
     Returns
     -------
     phases : DataFrame
         Columns ``request_id, phase_type, t_start, t_end, prefill_tokens,
-        decode_tokens``, times in seconds since the earliest send. ``attrs``
-        holds ``notes`` (e.g. how many requests were dropped for their
-        status), ``client_side=True``, ``time_origin`` (seconds, in the
-        trace's clock) and the ``header``.
+        decode_tokens`` (and TraceV3's request columns), times in seconds
+        since the earliest send (TraceV3: the earliest intended arrival).
+        ``attrs`` holds ``notes`` (e.g. how many requests were dropped for
+        their status, how far sends lag the intended arrivals),
+        ``client_side=True``, ``time_origin`` (seconds, in the trace's
+        clock), ``trace_version`` and the ``header``.
 
     Raises
     ------
     ValueError
-        If a file is missing or unreadable, a column is missing, a time or
-        token count is not a non-negative integer, a chunk time precedes its
-        phase's start, or no request has status ``ok``.
+        If a file is missing or unreadable, the version is not 2 or 3, a
+        column is missing (TraceV3: the message lists the names accepted), a
+        time or token count is not a non-negative integer, a chunk time
+        precedes its phase's start or a send its intended arrival, or no
+        request has status ``ok``.
 
     Examples
     --------
@@ -362,3 +387,78 @@ def read_tracev2(data_csv: str | PathLike, header=None) -> pd.DataFrame:
     >>> phases = read_tracev2("trace.csv", header="trace.yaml")  # doctest: +SKIP
     """
     return tracev2_phases(data_csv, header)
+
+
+# --------------------------------------------------------------------------
+# vLLM request stats (engine side)
+# --------------------------------------------------------------------------
+
+
+def read_vllm_request_stats(
+    path: str | PathLike,
+    *,
+    format: str | None = None,
+    columns: dict[str, str] | None = None,
+    time_unit: str = "s",
+) -> pd.DataFrame:
+    """Read vLLM's per-request engine timestamps into a phase table.
+
+    One row (CSV) or JSON object (JSON lines) per request, with the times
+    vLLM's engine records for it on its own clock (``RequestStateStats``):
+    ``queued``, ``scheduled`` (first scheduled), ``first_token`` and
+    ``last_token``, and the counts ``prompt_tokens`` and ``output_tokens``.
+    Columns are found by any name :data:`VLLM_STATS_COLUMNS` accepts (vLLM's
+    own ``queued_ts``, ``num_generation_tokens``, ... among them); the
+    optional :data:`VLLM_STATS_OPTIONAL` are the prompt tokens served from
+    the prefix cache and the engine instance. Each request gives
+
+    * a prefill row ``[scheduled, first_token]`` with ``prompt_tokens``
+      minus the cached tokens: engine-side, so no queueing inside the phase;
+    * when ``output_tokens > 1``, a decode row ``[first_token, last_token]``
+      with ``output_tokens - 1`` decode tokens (the last prefill step emits
+      the first token).
+
+    Both rows carry ``arrival`` (= ``queued``), ``queued`` and ``scheduled``:
+    the wait before the first step, for the replay and the
+    schedule-consistent estimator.
+
+    Parameters
+    ----------
+    path : str or path-like
+        The file.
+    format : {"csv", "jsonl"} or None, default=None
+        File format; None infers it from the suffix (``.jsonl``/``.ndjson``
+        JSON lines, ``.csv`` or a suffix of no other format CSV).
+    columns : dict or None, default=None
+        Renames applied after reading, ``{name in the file: accepted name}``,
+        e.g. ``{"t_sched": "scheduled"}``.
+    time_unit : {"s", "ms", "us", "ns"}, default="s"
+        Unit of the four times; they are returned in seconds since the
+        earliest ``queued`` (integer columns are subtracted as integers).
+
+    Returns
+    -------
+    phases : DataFrame
+        Columns ``request_id, phase_type, t_start, t_end, prefill_tokens,
+        decode_tokens, arrival, queued, scheduled`` (and ``instance_id`` when
+        the file has one), prefill before decode per request. ``attrs``
+        holds ``time_origin`` (the earliest ``queued``, in seconds) and
+        ``client_side=False``.
+
+    Raises
+    ------
+    ValueError
+        If the file is missing or unreadable, the format is not CSV or JSON
+        lines, a column is missing (the message lists the names accepted), a
+        time is not a number, the times of a request are not ordered
+        ``queued <= scheduled <= first_token <= last_token``, a count is not
+        a non-negative integer, ``output_tokens < 1`` or more tokens are
+        cached than prompted. The message names the column and the first
+        offending rows.
+
+    Examples
+    --------
+    >>> from sklearn_beta.io import read_vllm_request_stats
+    >>> phases = read_vllm_request_stats("stats.jsonl")  # doctest: +SKIP
+    """
+    return vllm_stats_phases(path, format, columns, time_unit)

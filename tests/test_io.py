@@ -603,3 +603,156 @@ def test_tracev3_fits_as_its_tracev2_trace(tmp_path):
     beta_old = model.fit(old).steps[-1][1].beta_
     beta_new = make_model(256).fit(new).steps[-1][1].beta_
     np.testing.assert_allclose(beta_new, beta_old, rtol=1e-9)
+
+
+def _engine_stats(n=120, seed=0):
+    """A simulated engine's phases and the request stats vLLM would log."""
+    from sklearn_beta.datasets import simulate_trace
+
+    phases = simulate_trace(
+        n,
+        beta=(5e-3, 2e-5, 8e-5),
+        chunk_size=256,
+        max_num_seqs=8,
+        arrival_rate=10.0,
+        random_state=seed,
+    )
+    pre = phases[phases["phase_type"] == "prefill"].set_index("request_id")
+    dec = phases[phases["phase_type"] == "decode"].set_index("request_id")
+    wait = np.random.default_rng(seed).uniform(0, 0.05, len(pre))
+    stats = pd.DataFrame(
+        {
+            "request_id": pre.index,
+            "queued_ts": 1000.0 + pre["t_start"].to_numpy() - wait,
+            "scheduled_ts": 1000.0 + pre["t_start"].to_numpy(),
+            "first_token_ts": 1000.0 + pre["t_end"].to_numpy(),
+            "last_token_ts": 1000.0 + dec.loc[pre.index, "t_end"].to_numpy(),
+            "num_prompt_tokens": pre["prefill_tokens"].to_numpy(),
+            "num_generation_tokens": dec.loc[pre.index, "decode_tokens"].to_numpy() + 1,
+        }
+    )
+    return phases, stats
+
+
+@pytest.mark.parametrize("fmt", ["csv", "jsonl"])
+def test_vllm_request_stats_rebuild_the_engines_phases(tmp_path, fmt):
+    from sklearn_beta._trace_fit import make_model
+    from sklearn_beta.io import read_vllm_request_stats
+
+    phases, stats = _engine_stats()
+    path = tmp_path / f"stats.{fmt}"
+    if fmt == "csv":
+        stats.to_csv(path, index=False)
+    else:
+        stats.to_json(path, orient="records", lines=True, double_precision=15)
+    got = read_vllm_request_stats(path)
+    assert got.attrs["client_side"] is False
+    origin = got.attrs["time_origin"]
+    assert origin == pytest.approx(stats["queued_ts"].min(), abs=1e-12)
+    schema = ["request_id", "phase_type", "prefill_tokens", "decode_tokens"]
+    pd.testing.assert_frame_equal(
+        got[schema], phases[schema].reset_index(drop=True), check_dtype=False
+    )
+    for name in ("t_start", "t_end"):
+        np.testing.assert_allclose(got[name] + origin - 1000.0, phases[name], atol=1e-9)
+    # arrival = queued on both rows; the prefill starts when scheduled.
+    np.testing.assert_array_equal(got["arrival"], got["queued"])
+    prefill = got["phase_type"] == "prefill"
+    np.testing.assert_array_equal(got["scheduled"][prefill], got["t_start"][prefill])
+    per_row = stats.set_index("request_id").loc[got["request_id"]]
+    np.testing.assert_allclose(
+        got["queued"] + origin, per_row["queued_ts"].to_numpy(), atol=1e-9
+    )
+    beta = make_model(256).fit(got).steps[-1][1].beta_
+    expected = make_model(256).fit(phases).steps[-1][1].beta_
+    np.testing.assert_allclose(beta, expected, rtol=1e-6)
+
+
+def test_vllm_request_stats_cached_tokens_instances_and_names(tmp_path):
+    from sklearn_beta.io import read_vllm_request_stats
+
+    (tmp_path / "s.log").write_text(
+        '{"id": "a", "queued": 5, "scheduled": 7, "first_token": 10, '
+        '"last_token": 30, "prompt_tokens": 100, "output_tokens": 5, '
+        '"num_cached_tokens": 64, "engine_id": 1}\n'
+        '{"id": "b", "queued": 6, "scheduled": 10, "first_token": 12, '
+        '"last_token": 12, "prompt_tokens": 40, "output_tokens": 1, '
+        '"num_cached_tokens": 0, "engine_id": 0}\n'
+    )
+    got = read_vllm_request_stats(tmp_path / "s.log", format="jsonl", time_unit="ms")
+    assert got["request_id"].tolist() == ["a", "a", "b"]
+    assert got["phase_type"].tolist() == ["prefill", "decode", "prefill"]
+    assert got["prefill_tokens"].tolist() == [36, 0, 40]
+    assert got["decode_tokens"].tolist() == [0, 4, 0]
+    assert got["instance_id"].tolist() == [1, 1, 0]
+    np.testing.assert_allclose(got["t_start"], [0.002, 0.005, 0.005])
+    np.testing.assert_allclose(got["t_end"], [0.005, 0.025, 0.007])
+    np.testing.assert_allclose(got["queued"], [0.0, 0.0, 0.001])
+    assert got.attrs["time_origin"] == pytest.approx(0.005)
+    # columns= renames before the names are looked up.
+    (tmp_path / "r.csv").write_text(
+        "rid,q,s,f,l,p,o\na,5,7,10,30,36,5\nb,6,10,12,12,40,1\n"
+    )
+    names = {"rid": "request_id", "q": "queued", "s": "scheduled"}
+    names |= {"f": "first_token", "l": "last_token", "p": "prompt_tokens"}
+    renamed = read_vllm_request_stats(
+        tmp_path / "r.csv", columns=names | {"o": "output_tokens"}, time_unit="ms"
+    )
+    pd.testing.assert_frame_equal(renamed, got.drop(columns="instance_id"))
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (
+            lambda s: s.assign(scheduled_ts=s["queued_ts"] - 1.0),
+            r"'scheduled_ts' is earlier than 'queued_ts'.*offending row\(s\): row 0 "
+            r"\(request_id=0, queued_ts=",
+        ),
+        (
+            lambda s: s.assign(last_token_ts=s["first_token_ts"] - 1e-3),
+            r"'last_token_ts' is earlier than 'first_token_ts'",
+        ),
+        (
+            lambda s: s.drop(columns="first_token_ts"),
+            r"first_token \(one of \['first_token', 'first_token_ts', "
+            r"'first_token_time'\]\)",
+        ),
+        (
+            lambda s: s.assign(num_generation_tokens=0),
+            r"'num_generation_tokens' must be at least 1",
+        ),
+        (
+            lambda s: s.assign(num_prompt_tokens=1.5),
+            r"'num_prompt_tokens' must hold non-negative integers",
+        ),
+        (
+            lambda s: s.assign(queued_ts="soon"),
+            r"'queued_ts' must hold numbers",
+        ),
+    ],
+    ids=["scheduled<queued", "last<first", "missing", "no-output", "half-token", "nan"],
+)
+def test_vllm_request_stats_errors_name_the_column(tmp_path, change, message):
+    from sklearn_beta.io import read_vllm_request_stats
+
+    _, stats = _engine_stats(20)
+    change(stats).to_csv(tmp_path / "s.csv", index=False)
+    with pytest.raises(ValueError, match=message):
+        read_vllm_request_stats(tmp_path / "s.csv")
+
+
+def test_vllm_request_stats_format(tmp_path):
+    from sklearn_beta.io import read_vllm_request_stats
+
+    _, stats = _engine_stats(20)
+    stats.to_csv(tmp_path / "s.txt", index=False)
+    assert len(read_vllm_request_stats(tmp_path / "s.txt")) == 40
+    assert len(read_vllm_request_stats(tmp_path / "s.txt", format="csv")) == 40
+    with pytest.raises(ValueError, match="s.txt' line 1 is not JSON"):
+        read_vllm_request_stats(tmp_path / "s.txt", format="jsonl")
+    with pytest.raises(ValueError, match=r"format must be one of \['csv', 'jsonl'\]"):
+        read_vllm_request_stats(tmp_path / "s.txt", format="parquet")
+    stats.to_csv(tmp_path / "s.parquet", index=False)
+    with pytest.raises(ValueError, match="suffix of .* says 'parquet'"):
+        read_vllm_request_stats(tmp_path / "s.parquet")
