@@ -78,6 +78,12 @@ def _json_problem(path: Path, exc: Exception) -> str:
     return f"Cannot read {str(path)!r} as JSON lines: {exc}"
 
 
+def has_stats_columns(names) -> bool:
+    """Whether column (or JSON key) ``names`` hold every required column."""
+    names = {str(n).strip().lower() for n in names}
+    return all(names & set(accepted) for accepted in VLLM_STATS_COLUMNS.values())
+
+
 def stats_columns(frame: pd.DataFrame, path) -> dict:
     """``{role: column}`` of the columns found by any accepted name.
 
