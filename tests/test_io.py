@@ -756,3 +756,24 @@ def test_vllm_request_stats_format(tmp_path):
     stats.to_csv(tmp_path / "s.parquet", index=False)
     with pytest.raises(ValueError, match="suffix of .* says 'parquet'"):
         read_vllm_request_stats(tmp_path / "s.parquet")
+
+
+def test_the_format_examples_of_the_docs_read_as_described(tmp_path):
+    from sklearn_beta.io import read_tracev2, read_vllm_request_stats
+
+    text = (DATA.parent / "docs" / "formats.md").read_text(encoding="utf-8")
+    blocks = text.split("```")[1::2]
+    header = next(b for b in blocks if "trace_version: 3" in b).removeprefix("yaml")
+    rows = next(b for b in blocks if b.lstrip().startswith("request_id,client_id"))
+    stats = next(b for b in blocks if '"queued_ts"' in b)
+    (tmp_path / "h.yaml").write_text(header)
+    (tmp_path / "t.csv").write_text(rows.lstrip())
+    (tmp_path / "s.jsonl").write_text(stats.lstrip())
+    v3 = read_tracev2(tmp_path / "t.csv", tmp_path / "h.yaml")
+    assert v3["tenant_id"].tolist() == ["alice", "alice", "bob", "bob", "alice"]
+    np.testing.assert_allclose(v3["intended_arrival"].unique(), [0, 0.055, 0.11])
+    np.testing.assert_allclose(v3["arrival"].unique(), [0, 0.48, 0.9])
+    assert "by 0.405 s on average (at most 0.79 s)" in v3.attrs["notes"][0]
+    engine = read_vllm_request_stats(tmp_path / "s.jsonl")
+    assert engine["prefill_tokens"].tolist() == [990, 0, 498, 0]
+    np.testing.assert_allclose(engine["scheduled"].unique(), [0.004, 7.372], atol=1e-9)
