@@ -1,7 +1,8 @@
 """The functional API of the published package, a thin layer over the estimators.
 
 :func:`estimate_betas_baseline` and :func:`estimate_betas_iterative` keep the
-published names, defaults and result layout. Each builds the
+published names, defaults and result layout, the ``*_col`` column keywords
+included (mapped onto ``columns=``). Each builds the
 :class:`PhaseExposureTransformer` and the regressor its arguments describe,
 validates them through their ``_parameter_constraints`` (errors name the
 published argument) and runs the regressor's own fit on the trace.
