@@ -9,7 +9,7 @@ every computation below the public layer reads.
 from __future__ import annotations
 
 from collections.abc import Hashable, Mapping
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 
 import numpy as np
 
@@ -113,6 +113,69 @@ class PhaseColumns:
                 f"Unknown key(s) {unknown} in columns; the valid keys are {valid}."
             )
         return cls(**columns)
+
+
+#: The published functions' keyword for each schema column they name
+#: (``t_end_col`` for ``t_end``); ``instance_id`` has none.
+COLUMN_KEYWORDS = {name: f"{name}_col" for name in (*PHASE_COLUMNS, "n_steps")}
+
+
+def with_column_keywords(columns, keywords: Mapping) -> PhaseColumns:
+    """``columns`` with the published ``*_col`` keywords applied.
+
+    Parameters
+    ----------
+    columns : None, PhaseColumns or mapping of str to str
+        As :meth:`PhaseColumns.coerce` reads it.
+    keywords : mapping of str to str or None
+        Schema name (a key of :data:`COLUMN_KEYWORDS`) to the value its
+        keyword was given, its default included: a keyword left at its
+        default (the field's :class:`PhaseColumns` default) renames nothing.
+
+    Returns
+    -------
+    columns : PhaseColumns
+
+    Raises
+    ------
+    ValueError
+        If a keyword renames a column that ``columns`` names differently.
+    TypeError
+        If a keyword of a required column is not a column name.
+    """
+    merged = PhaseColumns.coerce(columns)
+    default = PhaseColumns()
+    renamed = {k: v for k, v in keywords.items() if v != getattr(default, k)}
+    for name, value in renamed.items():
+        if value is None and name not in OPTIONAL_COLUMNS:
+            raise TypeError(
+                f"{COLUMN_KEYWORDS[name]} must be a column name (a string), got None."
+            )
+    # What ``columns`` names on purpose: a mapping's keys, a PhaseColumns'
+    # fields that differ from the defaults.
+    if columns is None:
+        given = {}
+    elif isinstance(columns, PhaseColumns):
+        given = {
+            k: getattr(columns, k)
+            for k in renamed
+            if getattr(columns, k) != getattr(default, k)
+        }
+    else:
+        given = dict(columns)
+    conflicts = [
+        f"{COLUMN_KEYWORDS[k]}={v!r} but columns names it {given[k]!r}"
+        for k, v in renamed.items()
+        if k in given and given[k] != v
+    ]
+    if conflicts:
+        raise ValueError(
+            "Conflicting column names: "
+            + "; ".join(conflicts)
+            + ". Name each column once, either with columns= or with its *_col "
+            "keyword."
+        )
+    return replace(merged, **renamed)
 
 
 @dataclass(frozen=True)
