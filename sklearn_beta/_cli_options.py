@@ -245,8 +245,17 @@ def _add_output_options(fit) -> None:
     group.add_argument(
         "--quiet",
         action="store_true",
-        help="no progress on stderr even on a terminal (default: progress "
-        "only when stderr is a terminal)",
+        help="no progress on stderr even on a terminal; warnings are still "
+        "printed (default: progress only when stderr is a terminal)",
+    )
+    group.add_argument(
+        "--strict",
+        action="store_true",
+        help="exit with code 1 when the fit warns (a beta at its bound, an "
+        "interval too wide, an unidentified coefficient, an engine "
+        "configuration at the edge of the candidates, ...), after printing "
+        "the result and the warnings, as python -W error would (default: "
+        "warnings leave the exit code at 0)",
     )
 
 

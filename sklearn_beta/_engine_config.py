@@ -256,6 +256,10 @@ def select_engine_config(
     EngineConfigWarning
         When the choice has the smallest per-step prefill cap of the
         candidates, or the largest finite one with no uncapped candidate.
+        Nothing else: the candidates' fits and replays are discarded and warn
+        nothing (their trouble shows in their scores); fit the chosen engine
+        to see its own :class:`~sklearn_beta.exceptions.UncertaintyWarning`
+        or :class:`~sklearn_beta.exceptions.IdentifiabilityWarning`.
 
     Raises
     ------
@@ -296,14 +300,19 @@ def select_engine_config(
     replay = dict(max_num_seqs=max_num_seqs, columns=cols)
 
     def run(pair, beta):
-        return replay_trace(
-            trace, beta, chunk_size=pair[0], token_budget=pair[1], **replay
-        )
+        with warnings.catch_warnings():
+            # A candidate's replay is discarded; its errors are its score.
+            warnings.simplefilter("ignore")
+            return replay_trace(
+                trace, beta, chunk_size=pair[0], token_budget=pair[1], **replay
+            )
 
     def evaluate(pair, k):
         model = _with_engine(estimator, pair, longest)
         with warnings.catch_warnings():
-            # A candidate's non-converged or unidentified fit shows in its score.
+            # A candidate's fit is discarded: a non-converged or unidentified
+            # fit shows in its score, and the chosen engine's own fit (the
+            # caller's) warns about the betas it reports.
             warnings.simplefilter("ignore")
             fitted = TraceContextRegressor(model, trace).fit(trace.iloc[folds[k][0]])
         replayed = run(pair, fitted.beta_)
