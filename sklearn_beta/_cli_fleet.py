@@ -24,6 +24,7 @@ from ._cli_engine import choose_engine, engine_candidates, fit_options, instance
 from ._cli_options import UsageError
 from ._cli_report import _json_ready, build_report, engine_label, engine_summary
 from ._engine_config import model_chunk_size
+from ._formats import PHASE_FORMATS
 from ._trace_fit import TraceFit, fitted_summary, make_model
 from .io import read_phases
 
@@ -31,8 +32,8 @@ from .io import read_phases
 #: automatic engine configuration's held-out replay search (the smallest
 #: instance is taken whole when it alone holds more).
 SEARCH_SAMPLE_PHASES = 200_000
-#: Trace formats ``--dask`` reads (one partition per file).
-DASK_FORMATS = ("csv", "parquet")
+#: Trace formats ``--dask`` reads (one partition per file): the phase tables'.
+DASK_FORMATS = PHASE_FORMATS
 
 
 @contextmanager
