@@ -703,7 +703,7 @@ def count_warnings_of(monkeypatch, module, name: str) -> list[int]:
 def test_fit_warnings_are_one_line_each_about_the_fit_reported(
     capsys, monkeypatch, zero_beta2_trace
 ):
-    from sklearn_beta import _trace_fit
+    from sklearn_beta.engine_config import _trace_fit
 
     trials = count_warnings_of(monkeypatch, _trace_fit, "fit_trace")
     fixed = ("--chunk-size", 256, "--output", "json")
@@ -768,7 +768,7 @@ def test_strict_and_the_warning_lines_from_the_module_entry(zero_beta2_trace, tm
 def test_warning_lines_fold_each_message_once():
     import warnings
 
-    from sklearn_beta.cli import warning_lines
+    from sklearn_beta.cli._main import warning_lines
 
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")

@@ -24,7 +24,7 @@ from sklearn_beta import (
     estimate_betas_baseline,
     estimate_betas_iterative,
 )
-from sklearn_beta._validation import check_phases
+from sklearn_beta.core._validation import check_phases
 from sklearn_beta.exceptions import IdentifiabilityWarning
 
 TOKENS = ["prefill_tokens", "decode_tokens"]

@@ -18,8 +18,8 @@ from sklearn_beta import (
     default_engine_candidates,
     select_engine_config,
 )
-from sklearn_beta._trace_fit import make_model
 from sklearn_beta.datasets import simulate_trace
+from sklearn_beta.engine_config._trace_fit import make_model
 from sklearn_beta.model_selection import TraceBlockSplit, TraceContextRegressor
 from sklearn_beta.replay import make_replay_scorer
 

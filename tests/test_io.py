@@ -382,7 +382,7 @@ def test_read_tracev2_errors_name_the_column(tmp_path, change, message):
 def test_shipped_tracev2_example_is_reproducible_and_fits(tmp_path):
     import runpy
 
-    from sklearn_beta._trace_fit import fit_client_trace
+    from sklearn_beta.engine_config._trace_fit import fit_client_trace
     from sklearn_beta.io import read_tracev2
 
     script = runpy.run_path(str(DATA / "tracev2" / "make_trace.py"))
@@ -481,8 +481,8 @@ def test_read_phases_refuses_a_suffix_of_another_format(tmp_path):
 
 
 def test_one_suffix_table_for_the_readers_and_the_command_line():
-    from sklearn_beta import _formats
-    from sklearn_beta.cli import infer_format
+    from sklearn_beta.cli._main import infer_format
+    from sklearn_beta.io import _formats
 
     assert infer_format("spans.jsonl") == "otel"
     assert infer_format("results.json") == "bench"
@@ -584,7 +584,7 @@ def test_read_tracev2_refuses_an_unknown_version(tmp_path):
 def test_tracev3_fits_as_its_tracev2_trace(tmp_path):
     # The shipped TraceV2 example with its sends held back behind earlier
     # intended arrivals: the phases (the sends on) and the fit are the same.
-    from sklearn_beta._trace_fit import make_model
+    from sklearn_beta.engine_config._trace_fit import make_model
     from sklearn_beta.io import read_tracev2
 
     v2 = pd.read_csv(DATA / "tracev2" / "trace.csv", keep_default_na=False)
@@ -636,7 +636,7 @@ def _engine_stats(n=120, seed=0):
 
 @pytest.mark.parametrize("fmt", ["csv", "jsonl"])
 def test_vllm_request_stats_rebuild_the_engines_phases(tmp_path, fmt):
-    from sklearn_beta._trace_fit import make_model
+    from sklearn_beta.engine_config._trace_fit import make_model
     from sklearn_beta.io import read_vllm_request_stats
 
     phases, stats = _engine_stats()
