@@ -777,3 +777,20 @@ def test_the_format_examples_of_the_docs_read_as_described(tmp_path):
     engine = read_vllm_request_stats(tmp_path / "s.jsonl")
     assert engine["prefill_tokens"].tolist() == [990, 0, 498, 0]
     np.testing.assert_allclose(engine["scheduled"].unique(), [0.004, 7.372], atol=1e-9)
+
+
+def test_read_tracev3_without_status_or_server_counts_keeps_every_request(tmp_path):
+    from sklearn_beta.io import read_tracev2
+
+    rows = "\n".join(
+        ",".join(line.split(",")[:5] + line.split(",")[6:10])
+        for line in TRACEV3_ROWS.replace(",0,0,", ",1300,1400,").splitlines()
+    )
+    got = read_tracev2(*_write_v3(tmp_path, rows + "\n"))
+    assert got["request_id"].tolist() == ["r0", "r0", "r1", "r2", "r2", "r3", "r3"]
+    # input_tokens without server_input_tokens.
+    assert got["prefill_tokens"].tolist() == [100, 0, 200, 50, 0, 70, 0]
+    assert got.attrs["notes"][0].startswith("sends lag")
+    (tmp_path / "t.csv").write_text(rows.splitlines()[0] + "\n")
+    with pytest.raises(ValueError, match="holds no request"):
+        read_tracev2(tmp_path / "t.csv", tmp_path / "t.yaml")

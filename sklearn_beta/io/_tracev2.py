@@ -161,7 +161,7 @@ def _integers(frame: pd.DataFrame, name: str, request_col: str) -> np.ndarray:
     if bad.any():
         raise ValueError(
             f"TraceV2 column {name!r} must hold non-negative integers: "
-            f"{describe_rows(frame, bad, [request_col, name])}."
+            f"{describe_rows(frame, bad, [request_col, name])}"
         )
     return values.astype(np.int64)
 
@@ -179,6 +179,19 @@ def _check_order(frame, times: dict, cols: dict, pairs) -> None:
             )
 
 
+def _ok_rows(frame: pd.DataFrame, status: str | None, path) -> tuple:
+    """The rows of status ``ok`` (all without a status column), and how many
+    others were dropped."""
+    if frame.empty:
+        raise ValueError(f"{str(path)!r} holds no request.")
+    if status is None:
+        return frame, 0
+    ok = (frame[status].astype(str).str.strip().str.lower() == "ok").to_numpy()
+    if not ok.any():
+        raise ValueError(f"No request of {str(path)!r} has status 'ok'.")
+    return frame.loc[ok].reset_index(drop=True), int((~ok).sum())
+
+
 def tracev2_phases(path: str | PathLike, header=None) -> pd.DataFrame:
     """Implementation of :func:`sklearn_beta.io.read_tracev2`."""
     meta = read_header(header)
@@ -186,14 +199,7 @@ def tracev2_phases(path: str | PathLike, header=None) -> pd.DataFrame:
     version = trace_version(meta)
     frame = _read_csv(Path(path))
     cols = (v3_columns if version == 3 else v2_columns)(frame, Path(path))
-    if "status" in cols:
-        ok = frame[cols["status"]].astype(str).str.strip().str.lower() == "ok"
-    else:
-        ok = pd.Series(True, index=frame.index)
-    n_dropped = int((~ok).sum())
-    frame = frame.loc[ok.to_numpy()].reset_index(drop=True)
-    if frame.empty:
-        raise ValueError(f"No request of {str(path)!r} has status 'ok'.")
+    frame, n_dropped = _ok_rows(frame, cols.get("status"), path)
     rid = cols["request_id"]
     roles = (("intended_arrival_time_us",) if version == 3 else ()) + _TIMES
     times = {r: _integers(frame, cols[r], rid) for r in roles}
