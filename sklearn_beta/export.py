@@ -1,12 +1,26 @@
 """Simulator exports: fitted betas (and request overheads) as simulator input.
 
+BLIS reads two different exports, depending on its build:
+
+* builds before PR #1136 (2026-04-23): the three-coefficient *blackbox*
+  model, :func:`blis_model_entry` / :func:`format_blis_models` with the
+  legacy alphas of :func:`request_overheads`;
+* builds after it: the *trained-physics* model,
+  :func:`blis_trained_physics_coeffs` / :func:`format_blis_trained_physics`
+  (ten betas over roofline basis functions) with the alphas of
+  :func:`blis_alphas`.
+
 * :func:`to_blis_coefficients`: betas as BLIS's ``beta_coeffs`` (microseconds).
 * :func:`blis_model_entry` and :func:`format_blis_models`: one entry of the
-  ``models:`` list that BLIS's blackbox latency model reads, as YAML.
+  ``models:`` list that BLIS's blackbox latency model reads, as YAML (BLIS
+  builds before PR #1136).
+* :func:`blis_trained_physics_coeffs`, :func:`format_blis_trained_physics`
+  and :func:`blis_alphas`: ``--alpha-coeffs`` / ``--beta-coeffs`` of BLIS's
+  trained-physics model and the ``blis replay`` line (builds after PR #1136).
 * :func:`llm_d_latencies` and :func:`format_llm_d_config`: the per-token
   latency options of llm-d's inference simulator, as its YAML config file.
 * :func:`request_overheads`: the request-level overheads ``alpha`` of a
-  client-side trace, for ``alpha_coeffs``.
+  client-side trace, for the blackbox model's ``alpha_coeffs``.
 
 Which simulator releases read which export is in ``docs/simulators.md``.
 
@@ -27,13 +41,24 @@ from collections.abc import Sequence
 import numpy as np
 from scipy.optimize import nnls
 
+from ._export_trained_physics import (
+    BLIS_TRAINED_PHYSICS_KEYS,
+    blis_alphas,
+    blis_trained_physics_coeffs,
+    format_blis_trained_physics,
+)
+
 __all__ = [
     "BLIS_MODEL_KEYS",
     "BLIS_OPTIONAL_KEYS",
     "BLIS_PLACEHOLDERS",
+    "BLIS_TRAINED_PHYSICS_KEYS",
     "BLIS_UNITS",
     "LLM_D_OPTIONS",
+    "blis_alphas",
     "blis_model_entry",
+    "blis_trained_physics_coeffs",
+    "format_blis_trained_physics",
     "format_blis_models",
     "format_llm_d_config",
     "llm_d_latencies",
@@ -78,7 +103,10 @@ def _check_beta(beta) -> np.ndarray:
 
 
 def to_blis_coefficients(beta, *, time_unit: float = 1.0) -> list[float]:
-    """Betas (or alphas) in microseconds, as BLIS's ``beta_coeffs``.
+    """Betas (or alphas) in microseconds, as BLIS's blackbox ``beta_coeffs``.
+
+    The three-coefficient blackbox model, read by BLIS builds before PR
+    #1136 (2026-04-23); later builds read :func:`blis_trained_physics_coeffs`.
 
     Parameters
     ----------
@@ -120,6 +148,9 @@ def request_overheads(
     output_tokens: np.ndarray,
 ) -> np.ndarray:
     """Request-level overheads ``[alpha0, alpha1, alpha2]`` from fit residuals.
+
+    In the legacy blackbox meaning (BLIS builds before PR #1136,
+    2026-04-23); :func:`blis_alphas` gives the trained-physics meaning.
 
     The residual of a phase is its observed minus its predicted duration
     (the steps the fitted betas place inside it). On a client-side trace the
@@ -167,6 +198,9 @@ def blis_model_entry(
     best_loss: float | None = None,
 ) -> dict:
     """One entry of the ``models:`` list of BLIS's blackbox latency model.
+
+    Read by BLIS builds before PR #1136 (2026-04-23), which removed the
+    blackbox model; later builds read :func:`blis_trained_physics_coeffs`.
 
     Parameters
     ----------
