@@ -44,7 +44,7 @@ def _vector(name: str, values) -> np.ndarray:
     if bad.size:
         raise ValueError(
             f"{name} is not finite in {bad.size} row(s); first offending rows: "
-            + ", ".join(f"{i}: {array[i]!r}" for i in bad[:5].tolist())
+            + ", ".join(f"{i}: {array[i].item()!r}" for i in bad[:5].tolist())
         )
     return array
 
@@ -101,7 +101,7 @@ def blis_alphas(prefill_overhead, decode_residual, decode_tokens) -> np.ndarray:
     if negative.size:
         raise ValueError(
             "decode_tokens is negative; first offending rows: "
-            + ", ".join(f"{i}: {tokens[i]!r}" for i in negative[:5].tolist())
+            + ", ".join(f"{i}: {tokens[i].item()!r}" for i in negative[:5].tolist())
         )
     alpha = np.zeros(3)
     if residual.size and np.ptp(tokens) > 0:

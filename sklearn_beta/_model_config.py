@@ -245,7 +245,8 @@ def read_model_description(
     Examples
     --------
     >>> from sklearn_beta._model_config import read_model_description
-    >>> m = read_model_description("tests/data/qwen3-14b/config.json", gpu="H100")
+    >>> path = "sklearn_beta/datasets/data/qwen3-14b-config.json"
+    >>> m = read_model_description(path, gpu="H100", tp=1)
     >>> m.n_layers, m.hidden_size, m.head_dim, m.kv_dim, m.bytes_per_param
     (40, 5120, 128.0, 1024.0, 2)
     """

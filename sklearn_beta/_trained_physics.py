@@ -115,7 +115,11 @@ def _aggregate(name: str, values) -> np.ndarray:
 def _raise_rows(name: str, what: str, mask: np.ndarray, values: np.ndarray) -> None:
     rows = np.flatnonzero(mask)
     if rows.size:
-        shown = ", ".join(f"step {i}: {values[i]!r}" for i in rows[:5].tolist())
+        first = rows[:5]
+        shown = ", ".join(
+            f"step {i}: {v!r}"
+            for i, v in zip(first.tolist(), values[first].tolist(), strict=True)
+        )
         raise ValueError(
             f"{name} {what} in {rows.size} step(s); first offending rows: {shown}."
         )
