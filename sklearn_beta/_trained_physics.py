@@ -44,6 +44,7 @@ __all__ = [
     "identifiable_map",
     "to_blis_betas",
     "trained_physics_basis",
+    "trained_physics_design",
 ]
 
 #: BLIS's ten beta coefficients, in its order. ``b[0..3], b[8], b[9]`` are
@@ -112,16 +113,18 @@ def _aggregate(name: str, values) -> np.ndarray:
     return array
 
 
-def _raise_rows(name: str, what: str, mask: np.ndarray, values: np.ndarray) -> None:
+def _raise_rows(
+    name: str, what: str, mask: np.ndarray, values: np.ndarray, row: str = "step"
+) -> None:
     rows = np.flatnonzero(mask)
     if rows.size:
         first = rows[:5]
         shown = ", ".join(
-            f"step {i}: {v!r}"
+            f"{row} {i}: {v!r}"
             for i, v in zip(first.tolist(), values[first].tolist(), strict=True)
         )
         raise ValueError(
-            f"{name} {what} in {rows.size} step(s); first offending rows: {shown}."
+            f"{name} {what} in {rows.size} {row}(s); first offending rows: {shown}."
         )
 
 
@@ -316,6 +319,43 @@ def identifiable_map(model: ModelDescription) -> np.ndarray:
         the step features.
     """
     return basis_map(model)[list(_IDENTIFIABLE_INDEX)]
+
+
+def trained_physics_design(exposures, model: ModelDescription) -> np.ndarray:
+    """The identifiable trained-physics design of a set of phases.
+
+    Parameters
+    ----------
+    exposures : array-like of shape (n_phases, 6)
+        Each phase's exposure to the step features, columns
+        :data:`STEP_FEATURES`: its steps and the sums over them of ``T_p,
+        A_p, T_d, C_d, B`` (``A_p`` with ``s`` the whole prompt, as BLIS
+        defines it).
+    model : ModelDescription
+
+    Returns
+    -------
+    design : ndarray of shape (n_phases, 6)
+        Columns :data:`IDENTIFIABLE_FEATURES`: ``exposures @
+        identifiable_map(model).T``; a non-negative fit of durations on it
+        gives the ``coef`` of :func:`to_blis_betas`.
+
+    Raises
+    ------
+    ValueError
+        If ``exposures`` is not a finite, non-negative (n, 6) array.
+    """
+    exposures = np.asarray(exposures, dtype=np.float64)
+    if exposures.ndim != 2 or exposures.shape[1] != len(STEP_FEATURES):
+        raise ValueError(
+            f"exposures must have shape (n_phases, 6), columns {STEP_FEATURES}; "
+            f"got {exposures.shape}."
+        )
+    for j, name in enumerate(STEP_FEATURES):
+        column = exposures[:, j]
+        _raise_rows(name, "is negative or not finite", ~(column >= 0), column, "phase")
+        _raise_rows(name, "is infinite", np.isinf(column), column, "phase")
+    return exposures @ identifiable_map(model).T
 
 
 @dataclass(frozen=True)

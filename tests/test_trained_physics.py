@@ -26,6 +26,7 @@ from sklearn_beta._trained_physics import (
     identifiable_map,
     to_blis_betas,
     trained_physics_basis,
+    trained_physics_design,
 )
 from sklearn_beta.export import (
     BLIS_TRAINED_PHYSICS_KEYS,
@@ -326,7 +327,7 @@ def test_what_one_trace_cannot_separate():
 
 def fit_identifiable(model, steps, step_seconds):
     features = np.column_stack([np.ones_like(steps[0]), *steps])
-    design = features @ identifiable_map(model).T
+    design = trained_physics_design(features, model)
     scale = design.max(axis=0)
     coef, _ = nnls(design / scale, step_seconds)
     return coef / scale
@@ -479,3 +480,23 @@ def test_aggregate_and_step_time_errors(qwen):
         blis_step_time(basis, np.ones(9))
     with pytest.raises(ValueError, match=r"shape \(n_steps, 10\)"):
         blis_step_time(basis[:, :9], np.ones(10))
+
+
+def test_phase_design_sums_the_steps_basis(qwen):
+    # A phase's design row is the sum over its steps of the identifiable basis.
+    steps = random_steps(np.random.default_rng(5), 60)
+    features = np.column_stack([np.ones_like(steps[0]), *steps])
+    phase = np.repeat(np.arange(6), 10)
+    exposures = np.zeros((6, 6))
+    np.add.at(exposures, phase, features)
+    basis = trained_physics_basis(qwen, *steps)[:, [0, 1, 6, 5, 8, 9]]
+    summed = np.zeros((6, 6))
+    np.add.at(summed, phase, basis)
+    np.testing.assert_allclose(
+        trained_physics_design(exposures, qwen), summed, rtol=1e-12
+    )
+    with pytest.raises(ValueError, match=r"shape \(n_phases, 6\)"):
+        trained_physics_design(exposures[:, :5], qwen)
+    exposures[2, 4] = -1.0
+    with pytest.raises(ValueError, match="decode_context is negative.*phase 2: -1.0"):
+        trained_physics_design(exposures, qwen)
