@@ -109,6 +109,34 @@ class ModelDescription:
     tp: int
     source: str = ""
 
+    def __post_init__(self):
+        # The checks live here so that a description built by hand is held
+        # to the same rules as one read from a config.json.
+        where = self.source or "the model description"
+        _check_gpu(self.gpu)
+        _positive_int(self.tp, "tp")
+        if self.hidden_size % self.n_heads:
+            raise ValueError(
+                f"'hidden_size' {self.hidden_size} in {where} is not a multiple "
+                f"of 'num_attention_heads' {self.n_heads}: BLIS's head dim is "
+                "their quotient."
+            )
+        if self.n_heads % self.tp:
+            raise ValueError(
+                f"tp = {self.tp} does not divide the {self.n_heads} attention "
+                f"heads of {where}."
+            )
+        if self.bytes_per_param not in (1, 2):
+            raise ValueError(
+                f"bytes_per_param must be 2 (bfloat16/float16) or 1 (FP8), got "
+                f"{self.bytes_per_param!r}."
+            )
+        if self.bytes_per_param == 1 and GPU_SPECS[self.gpu].fp8_tflops is None:
+            raise ValueError(
+                f"{where} has FP8 weights but {self.gpu} has no FP8 figure in "
+                "BLIS's table."
+            )
+
     @property
     def head_dim(self) -> float:
         """``d_h = d / H`` (BLIS's rule; a ``head_dim`` key is not used)."""
@@ -270,20 +298,7 @@ def read_model_description(
         if kv_heads is None
         else _positive_int(kv_heads, f"'num_key_value_heads' in {source}")
     )
-    if hidden % heads:
-        raise ValueError(
-            f"'hidden_size' {hidden} in {source} is not a multiple of "
-            f"'num_attention_heads' {heads}: BLIS's head dim is their quotient."
-        )
-    if heads % tp:
-        raise ValueError(
-            f"tp = {tp} does not divide the {heads} attention heads of {source}."
-        )
     bpp = _bytes_per_param(config, source)
-    if bpp == 1 and GPU_SPECS[gpu].fp8_tflops is None:
-        raise ValueError(
-            f"{source} has FP8 weights but {gpu} has no FP8 figure in BLIS's table."
-        )
     name = config.get("_name_or_path") or path.resolve().parent.name
     return ModelDescription(
         name=str(name),

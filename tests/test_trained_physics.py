@@ -10,13 +10,18 @@ from __future__ import annotations
 import json
 import math
 import shlex
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pytest
 from scipy.optimize import nnls
 
-from sklearn_beta._model_config import GPU_SPECS, read_model_description
+from sklearn_beta._model_config import (
+    GPU_SPECS,
+    ModelDescription,
+    read_model_description,
+)
 from sklearn_beta._trained_physics import (
     BLIS_BETA_NAMES,
     IDENTIFIABLE_FEATURES,
@@ -177,6 +182,19 @@ def test_not_json_is_a_value_error(tmp_path):
     path.write_text("{not json")
     with pytest.raises(ValueError, match="not valid JSON"):
         read_model_description(path, gpu="H100")
+
+
+def test_a_description_built_by_hand_is_checked(qwen):
+    fields = {**qwen.__dict__, "source": ""}
+    with pytest.raises(ValueError, match="Unknown GPU 'B200'"):
+        ModelDescription(**{**fields, "gpu": "B200"})
+    with pytest.raises(ValueError, match="tp = 16 does not divide.*model description"):
+        ModelDescription(**{**fields, "tp": 16})
+    with pytest.raises(ValueError, match="bytes_per_param must be 2"):
+        ModelDescription(**{**fields, "bytes_per_param": 4})
+    with pytest.raises(ValueError, match="A100-80 has no FP8"):
+        ModelDescription(**{**fields, "bytes_per_param": 1, "gpu": "A100-80"})
+    assert ModelDescription(**fields) == replace(qwen, source="")
 
 
 def test_gpu_table_is_blis_s():
