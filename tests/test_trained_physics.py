@@ -17,12 +17,12 @@ import numpy as np
 import pytest
 from scipy.optimize import nnls
 
-from sklearn_beta._model_config import (
+from sklearn_beta.core._model_config import (
     GPU_SPECS,
     ModelDescription,
     read_model_description,
 )
-from sklearn_beta._trained_physics import (
+from sklearn_beta.core._trained_physics import (
     BLIS_BETA_NAMES,
     IDENTIFIABLE_FEATURES,
     STEP_FEATURES,
