@@ -33,7 +33,6 @@ from ._model_config import ModelDescription
 
 __all__ = [
     "BLIS_BETA_NAMES",
-    "BLIS_BUNDLED_ALPHAS",
     "BLIS_BUNDLED_BETAS",
     "CONSTANT_SPLITS",
     "IDENTIFIABLE_FEATURES",
@@ -88,8 +87,7 @@ IDENTIFIABLE_FEATURES = (
 # Where each identifiable coefficient lands in BLIS's vector (per_step: b[6]
 # before the constant is split).
 _IDENTIFIABLE_INDEX = (0, 1, 6, 5, 8, 9)
-#: BLIS's bundled global coefficients (fitted once across many models on H100).
-BLIS_BUNDLED_ALPHAS = (15563.199579, 777.3455, 45.907545)
+#: BLIS's bundled global betas (fitted once across many models on H100).
 BLIS_BUNDLED_BETAS = (
     0.152128,
     0.0,
