@@ -148,7 +148,14 @@ default=None
     beta_ci_ : ndarray of shape (3, 2) or None
         Lower and upper confidence limits of each beta at
         ``confidence_level``, clipped at 0; a beta at its zero bound gets
-        ``[0, upper]``. None when ``confidence_level`` is None.
+        ``[0, upper]``. A beta the trace does not identify (named in
+        ``diagnostics_["not_identified"]``, with an
+        :class:`~sklearn_beta.exceptions.IdentifiabilityWarning`) gets
+        ``[0, T / t_k]``: the trace measures the time ``T`` of its typical
+        step (upper limit), which holds ``t_k`` of the beta's units, and not
+        how the step splits, so nothing excludes a value between 0 and the
+        whole step spent on that beta alone; ``inf`` where the typical step
+        holds none of its units. None when ``confidence_level`` is None.
     coef_ : ndarray of shape (3,)
         Same values as ``beta_``.
     intercept_ : float
