@@ -16,6 +16,7 @@ from sklearn_beta import (
     IterativeBetaRegressor,
     PhaseExposureTransformer,
 )
+from sklearn_beta._trace_fit import make_model
 from sklearn_beta.datasets import simulate_trace
 
 BETA = (6e-3, 2e-5, 1e-4)
@@ -156,3 +157,11 @@ def test_init_correction_mode_conflicting_with_the_table_raises(trace):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)
         model.fit(trace)
+
+
+def test_command_line_model_rejects_min_duration_with_the_step_count_fit():
+    with pytest.raises(ValueError, match="min_duration.*step-count objective"):
+        make_model(CHUNK, min_duration=0.3)
+    # Where it is used: the baseline's design, the reference's start.
+    make_model(CHUNK, algo="baseline", min_duration=0.3)
+    make_model(CHUNK, min_duration=0.3, objective="duration")
