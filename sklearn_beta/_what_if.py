@@ -138,11 +138,12 @@ def split_from_sums(
     try:
         inv = np.linalg.inv(information)
     except np.linalg.LinAlgError:
-        # Exactly collinear: the null direction, in share units.
+        # Exactly collinear: the null direction, in share units, along
+        # which the estimates move together (correlation +-1).
         null = np.linalg.eigh(information)[1][:, 0] / scale * typical
         null /= max(float(np.linalg.norm(null)), 1e-300)
         together = np.sign(np.outer(null, null))
-        return Split(np.full(3, np.inf), np.inf, null, -together)
+        return Split(np.full(3, np.inf), np.inf, null, together)
     cov = s2 * inv / np.outer(scale, scale)
     se = np.sqrt(np.maximum(np.diag(cov), 0.0))
     corr = cov / np.maximum(np.outer(se, se), np.finfo(float).tiny)

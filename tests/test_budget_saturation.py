@@ -13,6 +13,7 @@ from sklearn.pipeline import make_pipeline
 
 from sklearn_beta import IterativeBetaRegressor, PhaseExposureTransformer
 from sklearn_beta._uncertainty import unidentified_intervals
+from sklearn_beta._what_if import noise_limited_findings
 from sklearn_beta.datasets import cut_window, simulate_trace
 from sklearn_beta.exceptions import IdentifiabilityWarning
 
@@ -135,3 +136,36 @@ def test_unidentified_interval_is_the_whole_step_on_one_coefficient():
         wald, beta, np.full((3, 3), np.inf), 0.95, 50, mask, typical
     )
     assert np.all(out[mask, 1] == np.inf)
+
+
+@pytest.mark.parametrize(
+    "prefill, decode, named",
+    [
+        # Every step fills the budget: T_pf = B - T_dec, T_dec ~ 58.
+        ("full", "steady", ("beta0", "beta1")),
+        # Saturated batch, prompts of any size: T_dec ~ 125 on every step.
+        ("varied", "steady", ("beta0", "beta2")),
+        # Both vary: nothing to report.
+        ("varied", "varied", ()),
+    ],
+)
+def test_split_check_names_the_coefficients_the_jacobian_cannot_separate(
+    prefill, decode, named
+):
+    rng = np.random.default_rng(0)
+    n = 2000
+    t_dec = (
+        (58.0 + rng.normal(0, 0.5, n))
+        if decode == "steady"
+        else (rng.uniform(10, 200, n))
+    )
+    if prefill == "full":
+        t_pf = BUDGET - t_dec + rng.normal(0, 1.0, n)
+    else:
+        t_pf = rng.uniform(100, 2000, n)
+    # Step counts fall as the step time grows: dLambda/dbeta = -N tokens/dt.
+    jac = -np.column_stack([np.ones(n), t_pf, t_dec]) * 50.0
+    residual = rng.normal(0, 0.5, n)  # step noise, in steps
+    typical = np.array([1.0, t_pf.mean(), t_dec.mean()])
+    findings = noise_limited_findings(jac, residual, np.ones(n), BETA, typical)
+    assert tuple(c for coefs, _ in findings for c in coefs) == named
