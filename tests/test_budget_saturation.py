@@ -12,10 +12,10 @@ import pytest
 from sklearn.pipeline import make_pipeline
 
 from sklearn_beta import IterativeBetaRegressor, PhaseExposureTransformer
-from sklearn_beta._uncertainty import unidentified_intervals
-from sklearn_beta._what_if import noise_limited_findings
 from sklearn_beta.datasets import cut_window, simulate_trace
 from sklearn_beta.exceptions import IdentifiabilityWarning
+from sklearn_beta.trust._uncertainty import unidentified_intervals
+from sklearn_beta.trust._what_if import noise_limited_findings
 
 BETA = np.array([6e-3, 2e-5, 1e-4])
 BUDGET = 2048

@@ -16,8 +16,8 @@ from sklearn_beta import (
     IterativeBetaRegressor,
     PhaseExposureTransformer,
 )
-from sklearn_beta._trace_fit import make_model
 from sklearn_beta.datasets import simulate_trace
+from sklearn_beta.engine_config._trace_fit import make_model
 
 BETA = (6e-3, 2e-5, 1e-4)
 CHUNK = 256
