@@ -38,16 +38,6 @@ import numpy as np
 from ._grid import Timeline, TraceGrid, count_active, cumulative
 
 
-def budget_bound(chunk_size: int, token_budget: int | None) -> bool:
-    """Whether the budget, not the chunk size, caps every prompt's share of a step."""
-    return token_budget is not None and chunk_size >= token_budget
-
-
-def effective_chunk_size(chunk_size: int, token_budget: int | None) -> int:
-    """Most tokens one prompt can take in a step: the chunk, or the budget below it."""
-    return token_budget if budget_bound(chunk_size, token_budget) else chunk_size
-
-
 def prefill_groups(
     trace_grid: TraceGrid, is_prefill: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

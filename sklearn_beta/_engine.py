@@ -101,6 +101,7 @@ class EngineRun:
     prefill_end: np.ndarray  # end of the step emitting its first token
     decode_end: np.ndarray  # end of the step emitting its last token
     send: np.ndarray  # when the client sent it (its intended arrival if open loop)
+    arrival: np.ndarray  # when it joined the engine's queue (send + delay)
     preemptions: np.ndarray  # times it was preempted
     step_instance: np.ndarray | None
     step_start: np.ndarray | None
@@ -213,7 +214,7 @@ def run_engine(
         times[:, rows] = req_times
         if record_steps:
             steps.append((k, blocks, step_times))
-    return _engine_run(times, steps, record_steps)
+    return _engine_run(times, steps, record_steps, settings.delay)
 
 
 def _check_cached(cached_tokens, prompt) -> np.ndarray:
@@ -265,9 +266,10 @@ def check_beta(beta) -> np.ndarray:
     return values
 
 
-def _engine_run(times, steps, record_steps) -> EngineRun:
-    times = list(times)
-    times[5] = times[5].astype(np.int64)
+def _engine_run(times, steps, record_steps, delay) -> EngineRun:
+    # the loop's rows: admitted, prefill start and end, decode end, send and
+    # preemptions; the queue arrival is the send plus the delay, as there
+    times = [*times[:5], times[4] + delay, times[5].astype(np.int64)]
     if not record_steps:
         return EngineRun(*times, None, None, None, None, None, None, None)
     inst = np.concatenate([np.full(s[2].shape[0], s[0], np.int64) for s in steps])

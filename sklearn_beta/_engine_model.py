@@ -27,6 +27,8 @@ installed it is compiled inside the loop, otherwise it runs as numpy.
 
 from __future__ import annotations
 
+from numbers import Integral
+
 import numpy as np
 
 try:  # compiled inside the numba loop, plain numpy from Python
@@ -99,6 +101,30 @@ def prefill_grants(pf_left, n_decoding, chunk, budget):
         before = np.cumsum(grant) - grant
         grant = np.minimum(np.maximum(budget - n_decoding - before, 0), grant)
     return grant
+
+
+def budgeted_prefill_pressure(
+    p_pf_full: np.ndarray, p_dec: np.ndarray, token_budget: int | None
+) -> np.ndarray:
+    """Prefill pressure under a per-step token budget ``B``.
+
+    The analytic form of :func:`prefill_grants`: a vLLM-style scheduler serves
+    the running decodes first and fills the rest of the budget with prefill
+    chunks, so a step holds
+    ``min(C * #prefills, max(B - p_dec, 0))`` prefill tokens. Without a budget
+    this is ``p_pf_full``.
+    """
+    if token_budget is None:
+        return p_pf_full
+    if (
+        isinstance(token_budget, bool)
+        or not isinstance(token_budget, Integral)
+        or token_budget < 1
+    ):
+        raise ValueError(
+            f"token_budget must be a positive integer or None, got {token_budget!r}."
+        )
+    return np.minimum(p_pf_full, np.maximum(token_budget - p_dec, 0.0))
 
 
 @register_jitable
