@@ -176,7 +176,8 @@ and (128, 1.0)
         that name); with ``chunk_size``, the smaller one caps. None: no cap.
     prefix_cached_fraction : float, default=0.0
         Share of every prompt found in the prefix cache: ``floor(fraction *
-        P)`` tokens (at most ``P - 1``) skip prefill, at every admission.
+        P)`` tokens (at most ``P - 1``) skip prefill, at every admission;
+        the phase table then has a ``cached_tokens`` column (prefill rows).
     request_delay : float, default=0.0
         Seconds from a request's send to its arrival in the engine's queue
         (network, HTTP, tokenisation): a client-side overhead before the queue.
@@ -369,6 +370,9 @@ def _phase_table(truth, view, include_first, max_in_flight) -> pd.DataFrame:
             "instance_id": np.repeat(truth["instance_id"].to_numpy(), 2),
         }
     )
+    cached = truth["cached_tokens"].to_numpy()
+    if cached.any():  # as an engine logs them, e.g. vLLM's num_cached_tokens
+        phases["cached_tokens"] = np.where(is_prefill, np.repeat(cached, 2), 0)
     if view == "engine":
         phases["arrival"] = np.repeat(truth["arrival"].to_numpy(), 2)
     elif view == "client":
