@@ -378,6 +378,7 @@ def _run_instance(
     generated = np.zeros(n, np.int64)  # output tokens so far, per request
     req = np.empty(max_num_seqs, np.int64)  # the running batch, admission order
     pf_left = np.empty(max_num_seqs, np.int64)
+    pf_total = np.empty(max_num_seqs, np.int64)  # prompt to prefill when admitted
     dec_left = np.empty(max_num_seqs, np.int64)
     context = np.zeros(max_num_seqs, np.int64)  # tokens in the KV cache
     held = np.zeros(max_num_seqs, np.int64)  # KV blocks held
@@ -432,9 +433,10 @@ def _run_instance(
                         arrival[head:n_sent], clock, side="right"
                     )
                     n_admit = min(max_num_seqs - m, arrived - head)
-                    new = np.arange(head, head + n_admit)
-                    req[m : m + n_admit] = new
+                    new = slice(head, head + n_admit)
+                    req[m : m + n_admit] = np.arange(head, head + n_admit)
                     pf_left[m : m + n_admit] = prompt[new] - cached[new]
+                    pf_total[m : m + n_admit] = pf_left[m : m + n_admit]
                     dec_left[m : m + n_admit] = output[new]
                     admitted[head : head + n_admit] = clock
                     head += n_admit
@@ -461,6 +463,7 @@ def _run_instance(
                         head += 1
                     req[m] = r
                     pf_left[m] = prompt[r] - cached[r] + generated[r]
+                    pf_total[m] = pf_left[m]
                     dec_left[m] = output[r] - generated[r]
                     context[m] = cached[r]
                     held[m] = need_r
@@ -526,11 +529,17 @@ def _run_instance(
         used += k
 
         # phase boundaries: the block's first step opens, its last closes
-        first = served & np.isnan(prefill_start[run])
+        if kv:  # a readmitted request's phases started before
+            first = served & np.isnan(prefill_start[run])
+        else:
+            first = served & (pf == pf_total[:m])
         prefill_start[run[first]] = clock
         pf -= k * grant
         last = served & (pf == 0)
-        prefill_end[run[last & np.isnan(prefill_end[run])]] = block_end
+        if kv:
+            prefill_end[run[last & np.isnan(prefill_end[run])]] = block_end
+        else:
+            prefill_end[run[last]] = block_end
         dec[decoding] -= k
         if kv:
             context[:m] += np.where(decoding, k, k * grant)
@@ -538,8 +547,8 @@ def _run_instance(
             grown = np.maximum(grown - held[:m], 0)
             held[:m] += grown
             free -= np.sum(grown)
-        generated[run[decoding]] += k
-        generated[run[last]] += 1
+            generated[run[decoding]] += k
+            generated[run[last]] += 1
         if record:
             if n_blocks == blocks.shape[0]:
                 blocks = np.concatenate((blocks, np.empty_like(blocks)))
@@ -573,9 +582,11 @@ def _run_instance(
             m_left = np.count_nonzero(keep)
             req[:m_left] = run[keep]
             pf_left[:m_left] = pf[keep]
+            pf_total[:m_left] = pf_total[:m][keep]
             dec_left[:m_left] = dec[keep]
-            context[:m_left] = context[:m][keep]
-            held[:m_left] = held[:m][keep]
+            if kv:
+                context[:m_left] = context[:m][keep]
+                held[:m_left] = held[:m][keep]
             m = m_left
         clock = block_end
     return times, blocks[:n_blocks], step_times[:n_steps], used, True
