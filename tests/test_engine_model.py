@@ -11,15 +11,15 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from sklearn_beta import _engine
-from sklearn_beta._engine import EngineSettings, run_engine
-from sklearn_beta._engine_model import (
+from sklearn_beta.core._engine_model import (
     decode_steps,
     effective_chunk_size,
     loop_caps,
     prefill_grants,
 )
 from sklearn_beta.datasets import simulate_trace
+from sklearn_beta.engine import _loop as _engine
+from sklearn_beta.engine._loop import EngineSettings, run_engine
 from sklearn_beta.replay import replay_errors, replay_trace
 
 UNIT = (1.0, 0.0, 0.0)

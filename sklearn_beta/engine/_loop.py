@@ -1,0 +1,626 @@
+"""The engine loop shared by the simulator and the replay (vLLM V1 semantics).
+
+One busy loop per engine instance; a fleet is a set of independent instances.
+What a step grants is the engine model's (:mod:`sklearn_beta.core._engine_model`).
+Every step, in this order:
+
+1. with a bounded KV cache (``num_gpu_blocks`` blocks of ``block_size``
+   tokens), every running decode takes the block its next token needs; when
+   none is free, the most recently admitted running request is preempted:
+   its blocks are freed and it goes back to the front of the waiting queue
+   (a step that preempts admits nobody, as vLLM's scheduler does);
+2. waiting requests (preempted ones first, then arrivals by the step's
+   start) are admitted first come, first served while fewer than
+   ``max_num_seqs`` run and, with a bounded KV cache, while the step's token
+   budget has room and the free blocks hold the request's prompt plus any
+   output to recompute (an arrival during a step joins at the next boundary);
+3. every running decode gets one token;
+4. running prefills get ``min(chunk, prompt left)`` tokens each, in running
+   order, until the token budget left after the decodes is spent; a
+   readmitted request prefills its prompt and its generated tokens again
+   (less its prefix-cache hits), and its last prefill step emits its next
+   token;
+5. the step lasts ``(beta0 + beta1 * T_pf + beta2 * T_dec) * noise``, the
+   noise factor ``exp(sigma Z - sigma^2 / 2)`` of mean one, so that the betas
+   are the mean step-time coefficients a least-squares fit estimates.
+
+A request that finishes its prompt decodes from the next step on and leaves
+after its decode steps (at once when it has none). Between scheduling events
+the batch repeats the same step, so the loop advances a block of identical
+steps at a time (with a bounded KV cache a block also ends before the step
+whose new blocks would not fit); step times are accumulated one step after
+another (a sequential cumulative sum from the block's start), so they do not
+depend on where blocks are cut: a replay whose blocks are cut at other
+arrivals gives the same floating-point times.
+
+A closed-loop client (``max_in_flight``) sends a request at its intended
+arrival while fewer than ``max_in_flight`` of the instance's requests are
+outstanding, else when one completes (its last token reported); a request
+reaches the queue ``delay`` after it is sent.
+
+:func:`_run_instance` is written in the numpy subset that numba compiles. With
+numba installed it runs compiled (`pip install sklearn-beta[fast]`); without,
+the same function runs as plain numpy, with the same results.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ..core._engine_model import NO_CAP, kv_blocks, loop_caps, prefill_grants
+
+try:  # optional accelerator: the same loop, compiled
+    import numba
+    from numba.extending import register_jitable
+except ImportError:  # pragma: no cover - exercised where numba is absent
+    numba = None
+
+    def register_jitable(function):
+        return function
+
+
+#: Steps until an event for a request that has none in a block.
+_NO_EVENT = np.iinfo(np.int64).max
+_NOISE_BLOCK = 4096
+#: Which implementation runs :func:`_run_instance`: "auto" (numba when
+#: installed), "numba" or "numpy". Tests switch it to compare both.
+BACKEND = "auto"
+
+
+@dataclass(frozen=True)
+class EngineSettings:
+    """The scheduler's settings beyond the step grants' chunk and budget.
+
+    ``num_gpu_blocks`` None is an unbounded KV cache (no admission stall, no
+    preemption); ``long_prefill_token_threshold`` caps a request's prefill
+    tokens per step; ``max_in_flight`` 0 is an open-loop client; ``delay`` is
+    the time from a request's send to its arrival in the engine's queue;
+    ``done_offset`` the time from its last token to the client seeing it.
+    """
+
+    block_size: int = 16
+    num_gpu_blocks: int | None = None
+    long_prefill_token_threshold: int | None = None
+    max_in_flight: int = 0
+    delay: float = 0.0
+    done_offset: float = 0.0
+
+
+@dataclass(frozen=True)
+class EngineRun:
+    """What the engine did: per request (input order) and per step.
+
+    Every request is served, so no request time is NaN. Steps are ordered
+    by instance, then time; the step fields are None unless recorded.
+    """
+
+    admitted: np.ndarray  # start of the step that first admitted the request
+    prefill_start: np.ndarray  # start of the first step serving its prompt
+    prefill_end: np.ndarray  # end of the step emitting its first token
+    decode_end: np.ndarray  # end of the step emitting its last token
+    send: np.ndarray  # when the client sent it (its intended arrival if open loop)
+    arrival: np.ndarray  # when it joined the engine's queue (send + delay)
+    preemptions: np.ndarray  # times it was preempted
+    step_instance: np.ndarray | None
+    step_start: np.ndarray | None
+    step_end: np.ndarray | None
+    step_prefill_tokens: np.ndarray | None
+    step_decode_tokens: np.ndarray | None
+    step_running: np.ndarray | None
+    step_kv_blocks: np.ndarray | None = field(default=None)
+
+
+def run_engine(
+    arrival: np.ndarray,
+    prompt: np.ndarray,
+    decode_steps: np.ndarray,
+    instance: np.ndarray,
+    *,
+    beta,
+    chunk_size: int | None,
+    token_budget: int | None,
+    max_num_seqs,
+    noise_normals=None,
+    noise: float = 0.0,
+    record_steps: bool = False,
+    cached_tokens: np.ndarray | None = None,
+    settings: EngineSettings | None = None,
+) -> EngineRun:
+    """Run every instance's busy loop over its requests.
+
+    Parameters
+    ----------
+    arrival : ndarray of float, shape (n,)
+        Arrival times (the intended ones under a closed-loop client, whose
+        sends may lag them); an instance serves its requests in arrival
+        order (ties in input order).
+    prompt : ndarray of int, shape (n,)
+        Prompt tokens (at least 1).
+    decode_steps : ndarray of int, shape (n,)
+        Decode steps after the prefill (0 allowed).
+    instance : ndarray of int, shape (n,)
+        Instance codes ``0 .. n_instances - 1``.
+    beta : sequence of 3 floats
+    chunk_size, token_budget : int or None
+        Per-request prefill chunk and per-step token budget; None: no cap.
+    max_num_seqs : int or ndarray of int (one per instance)
+        Not above ``token_budget``, so that every decode gets its token.
+    noise_normals : callable or None
+        ``noise_normals(size)`` returns that many standard normals, the next
+        ones of one stream; step ``j`` of the fleet (instance-major, in time
+        order) takes the ``j``-th. None: noise-free.
+    noise : float
+        Standard deviation of the log of each step's mean-one noise factor
+        ``exp(noise * Z - noise**2 / 2)``.
+    record_steps : bool
+        Also return the step table.
+    cached_tokens : ndarray of int, shape (n,), or None
+        Prompt tokens found in the prefix cache, which skip prefill (below
+        the prompt: its last token is always computed). None: no hits.
+    settings : EngineSettings or None
+        KV cache, long-prefill threshold and client; None: the defaults.
+    """
+    settings = EngineSettings() if settings is None else settings
+    n_inst = int(instance.max()) + 1 if instance.shape[0] else 0
+    caps = np.broadcast_to(np.asarray(max_num_seqs, dtype=np.int64), (n_inst,))
+    if token_budget is not None and token_budget < caps.max(initial=0):
+        raise ValueError(
+            f"token_budget={token_budget} must be at least max_num_seqs="
+            f"{caps.max()}: every running decode needs its token each step."
+        )
+    cached = _check_cached(cached_tokens, prompt)
+    _check_kv_fits(prompt, decode_steps, settings)
+    chunk, budget = loop_caps(
+        chunk_size, token_budget, settings.long_prefill_token_threshold
+    )
+    order = np.lexsort((np.arange(arrival.shape[0]), arrival, instance))
+    bounds = np.searchsorted(instance[order], np.arange(n_inst + 1))
+    times = np.full((6, arrival.shape[0]), np.nan)
+    pool = _NoisePool(noise_normals, noise)
+    steps = []
+    loop = _loop()
+    for k in range(n_inst):
+        rows = order[bounds[k] : bounds[k + 1]]
+        if rows.shape[0] == 0:
+            continue
+        args = (
+            np.ascontiguousarray(arrival[rows], dtype=np.float64),
+            np.ascontiguousarray(prompt[rows], dtype=np.int64),
+            np.ascontiguousarray(decode_steps[rows], dtype=np.int64),
+            np.ascontiguousarray(cached[rows], dtype=np.int64),
+            *(float(b) for b in beta),
+            chunk,
+            budget,
+            int(min(caps[k], rows.shape[0])),
+            int(settings.block_size),
+            NO_CAP if settings.num_gpu_blocks is None else int(settings.num_gpu_blocks),
+            int(settings.max_in_flight),
+            float(settings.delay),
+            float(settings.done_offset),
+        )
+        guess = int(np.sum(-(-prompt[rows] // chunk)))
+        guess += int(np.sum(decode_steps[rows]))
+        while True:  # a noisy run that outgrows its factor pool reruns
+            factors = pool.factors(guess)
+            req_times, blocks, step_times, used, done = loop(
+                *args, factors, record_steps
+            )
+            if done:
+                break
+            guess = 2 * factors.shape[0]
+        pool.consume(used)
+        times[:, rows] = req_times
+        if record_steps:
+            steps.append((k, blocks, step_times))
+    return _engine_run(times, steps, record_steps, settings.delay)
+
+
+def _check_cached(cached_tokens, prompt) -> np.ndarray:
+    if cached_tokens is None:
+        return np.zeros(prompt.shape[0], dtype=np.int64)
+    cached = np.asarray(cached_tokens)
+    bad = (cached < 0) | (cached >= prompt)
+    if bad.any():
+        rows = np.flatnonzero(bad)[:5]
+        raise ValueError(
+            "Prefix-cached prompt tokens must lie in [0, prompt tokens - 1] (the "
+            f"last prompt token is always computed); {int(bad.sum())} request(s) "
+            f"are not, first at positions {rows.tolist()}: cached "
+            f"{cached[rows].tolist()} of prompts {prompt[rows].tolist()}."
+        )
+    return cached.astype(np.int64)
+
+
+def _check_kv_fits(prompt, decode_steps, settings: EngineSettings) -> None:
+    """Every request's longest context must fit the KV cache on its own."""
+    if settings.num_gpu_blocks is None:
+        return
+    needed = kv_blocks(prompt.astype(np.int64) + decode_steps, settings.block_size)
+    bad = needed > settings.num_gpu_blocks
+    if bad.any():
+        rows = np.flatnonzero(bad)[:5]
+        raise ValueError(
+            f"num_gpu_blocks={settings.num_gpu_blocks} of block_size="
+            f"{settings.block_size} cannot hold {int(bad.sum())} request(s) alone "
+            "(prompt plus decode tokens), first at positions "
+            f"{rows.tolist()}: {needed[rows].tolist()} blocks needed."
+        )
+
+
+def check_beta(beta) -> np.ndarray:
+    """``beta`` as three floats that give every step a positive duration."""
+    values = np.asarray(beta, dtype=float)
+    if values.shape != (3,) or not np.all(np.isfinite(values)):
+        raise ValueError(
+            f"beta must be three finite numbers (beta0, beta1, beta2), got {beta!r}."
+        )
+    if np.any(values < 0):
+        raise ValueError(f"beta must be non-negative, got {beta!r}.")
+    if not (values[0] > 0 or (values[1] > 0 and values[2] > 0)):
+        raise ValueError(
+            f"beta={beta!r} allows zero-length steps: need beta0 > 0, or both "
+            "beta1 > 0 and beta2 > 0."
+        )
+    return values
+
+
+def _engine_run(times, steps, record_steps, delay) -> EngineRun:
+    # the loop's rows: admitted, prefill start and end, decode end, send and
+    # preemptions; the queue arrival is the send plus the delay, as there
+    times = [*times[:5], times[4] + delay, times[5].astype(np.int64)]
+    if not record_steps:
+        return EngineRun(*times, None, None, None, None, None, None, None)
+    inst = np.concatenate([np.full(s[2].shape[0], s[0], np.int64) for s in steps])
+    blocks = np.concatenate([s[1] for s in steps])
+    step_times = np.concatenate([s[2] for s in steps])
+    per_step = np.repeat(blocks[:, 1:], blocks[:, 0], axis=0)
+    return EngineRun(
+        *times,
+        inst,
+        step_times[:, 0],
+        step_times[:, 1],
+        *per_step.T,
+    )
+
+
+class _NoisePool:
+    """Mean-one lognormal noise factors, a prefix of one normal stream.
+
+    ``exp(sigma Z - sigma^2 / 2)`` has mean 1: the steps' mean time is the
+    model time, so least squares on the trace estimate the engine's betas
+    themselves, not ``beta * exp(sigma^2 / 2)``.
+    """
+
+    def __init__(self, normals, sigma: float):
+        self.normals = normals
+        self.sigma = sigma
+        self.pool = np.empty(0)
+        self.offset = 0
+
+    def factors(self, size: int) -> np.ndarray:
+        """The next ``size`` (or more) factors, without consuming them."""
+        if self.normals is None or self.sigma == 0:
+            return self.pool[:0]
+        need = self.offset + size - self.pool.shape[0]
+        if need > 0:
+            normals = self.normals(max(need, _NOISE_BLOCK))
+            fresh = np.exp(self.sigma * normals - 0.5 * self.sigma**2)
+            self.pool = np.concatenate((self.pool, fresh))
+        return self.pool[self.offset :]
+
+    def consume(self, used: int) -> None:
+        self.offset += used
+
+
+def _loop():
+    backend = BACKEND
+    if backend == "auto":
+        backend = "numpy" if numba is None else "numba"
+    if backend == "numpy":
+        return _run_instance
+    if numba is None:
+        raise ImportError("BACKEND='numba' needs numba: pip install sklearn-beta[fast]")
+    global _COMPILED
+    if _COMPILED is None:
+        _COMPILED = numba.njit(cache=True, nogil=True)(_run_instance)
+    return _COMPILED
+
+
+_COMPILED = None
+
+
+def _run_instance(
+    intended,
+    prompt,
+    output,
+    cached,
+    beta0,
+    beta1,
+    beta2,
+    chunk,
+    budget,
+    max_num_seqs,
+    block_size,
+    num_blocks,
+    max_in_flight,
+    delay,
+    done_offset,
+    factors,
+    record,
+):
+    """One instance's busy loop over its requests, sorted by intended arrival.
+
+    Returns the request times (6, n): admitted (first admission), prefill
+    start, prefill end (first token), decode end (last token), send and
+    preemptions; the blocks (n_blocks, 5): steps, T_pf, T_dec, running, KV
+    blocks in use; the step times (n_steps, 2): start, end; the number of
+    noise factors used, and False when ``factors`` ran out before the end.
+    """
+    n = intended.shape[0]
+    noisy = factors.shape[0] > 0
+    kv = num_blocks < NO_CAP
+    times = np.full((6, n), np.nan)
+    admitted = times[0]
+    prefill_start = times[1]
+    prefill_end = times[2]
+    decode_end = times[3]
+    send = times[4]
+    preempted = times[5]
+    preempted[:] = 0.0
+    # the client: every request is sent at once (open loop), or while fewer
+    # than max_in_flight are outstanding, the next when one completes
+    n_sent = n if max_in_flight == 0 else min(max_in_flight, n)
+    send[:n_sent] = intended[:n_sent]
+    arrival = np.empty(n)
+    arrival[:n_sent] = send[:n_sent] + delay
+    generated = np.zeros(n, np.int64)  # output tokens so far, per request
+    req = np.empty(max_num_seqs, np.int64)  # the running batch, admission order
+    pf_left = np.empty(max_num_seqs, np.int64)
+    pf_total = np.empty(max_num_seqs, np.int64)  # prompt to prefill when admitted
+    dec_left = np.empty(max_num_seqs, np.int64)
+    context = np.zeros(max_num_seqs, np.int64)  # tokens in the KV cache
+    held = np.zeros(max_num_seqs, np.int64)  # KV blocks held
+    front = np.empty(n, np.int64)  # preempted requests; the top is next
+    n_front = 0
+    free = num_blocks
+    blocks = np.empty((64 if record else 0, 5), np.int64)
+    step_times = np.empty((256 if record else 0, 2))
+    n_blocks = 0
+    n_steps = 0
+    used = 0
+    head = 0
+    m = 0
+    clock = 0.0
+    while True:
+        if m == 0 and n_front == 0:
+            if head == n:
+                break
+            clock = max(clock, arrival[head])
+        preempting = False
+        if kv and m > 0:
+            # this step's decodes take their next KV block; none free: the
+            # most recently admitted request is preempted to the queue front
+            need = np.where(pf_left[:m] == 0, kv_blocks(context[:m] + 1, block_size), 0)
+            grow = np.maximum(need - held[:m], 0)
+            if np.sum(grow) <= free:
+                held[:m] += grow
+                free -= np.sum(grow)
+            else:
+                preempting = True
+                i = 0
+                while i < m:
+                    if grow[i] > 0:
+                        while free == 0:
+                            m -= 1
+                            free += held[m]
+                            r = req[m]
+                            front[n_front] = r
+                            n_front += 1
+                            preempted[r] += 1.0
+                            if m == i:
+                                break
+                        if i == m:
+                            break
+                        held[i] += 1
+                        free -= 1
+                    i += 1
+        if not preempting and m < max_num_seqs:
+            if not kv:
+                if head < n_sent and arrival[head] <= clock:
+                    arrived = head + np.searchsorted(
+                        arrival[head:n_sent], clock, side="right"
+                    )
+                    n_admit = min(max_num_seqs - m, arrived - head)
+                    new = slice(head, head + n_admit)
+                    req[m : m + n_admit] = np.arange(head, head + n_admit)
+                    pf_left[m : m + n_admit] = prompt[new] - cached[new]
+                    pf_total[m : m + n_admit] = pf_left[m : m + n_admit]
+                    dec_left[m : m + n_admit] = output[new]
+                    admitted[head : head + n_admit] = clock
+                    head += n_admit
+                    m += n_admit
+            else:
+                # FCFS while a slot, room in the step's budget and the
+                # blocks of the prompt (plus any output to recompute) are free
+                decoding = pf_left[:m] == 0
+                room = budget - np.count_nonzero(decoding)
+                room -= np.sum(np.minimum(pf_left[:m], chunk))
+                while m < max_num_seqs and room > 0:
+                    if n_front > 0:
+                        r = front[n_front - 1]
+                    elif head < n_sent and arrival[head] <= clock:
+                        r = head
+                    else:
+                        break
+                    need_r = kv_blocks(prompt[r] + generated[r], block_size)
+                    if need_r > free:
+                        break
+                    if n_front > 0:
+                        n_front -= 1
+                    else:
+                        head += 1
+                    req[m] = r
+                    pf_left[m] = prompt[r] - cached[r] + generated[r]
+                    pf_total[m] = pf_left[m]
+                    dec_left[m] = output[r] - generated[r]
+                    context[m] = cached[r]
+                    held[m] = need_r
+                    free -= need_r
+                    if np.isnan(admitted[r]):
+                        admitted[r] = clock
+                    room -= min(pf_left[m], chunk)
+                    m += 1
+        if m == 0:  # every running request was preempted: readmit
+            continue
+        run = req[:m]
+        pf = pf_left[:m]
+        dec = dec_left[:m]
+
+        # grants: decodes first, then prefill chunks in running order
+        decoding = pf == 0
+        t_dec = np.count_nonzero(decoding)
+        grant = prefill_grants(pf, t_dec, chunk, budget)
+        t_pf = np.sum(grant)
+        dt = beta0 + beta1 * t_pf + beta2 * t_dec
+        served = grant > 0
+
+        # identical steps until a grant changes, a prefill or a decode ends,
+        # a request arrives that could be admitted, or the KV cache runs out
+        to_event = np.full(m, _NO_EVENT)
+        to_event[decoding] = dec[decoding]
+        to_event[served] = pf[served] // grant[served]
+        k = np.min(to_event)
+        if preempting:
+            k = min(k, 1)  # the step after a preemption admits again
+        elif kv and t_dec > 0:
+            k = _steps_before_kv_full(
+                context[:m], held[:m], decoding, free, block_size, k
+            )
+        next_arrival = np.inf
+        if m < max_num_seqs and n_front == 0 and head < n_sent:
+            if arrival[head] > clock:
+                next_arrival = arrival[head]
+                # blocks may end early (times do not depend on the cut): stop
+                # where the arrival surely is, noisy steps being shorter
+                reach = np.ceil((next_arrival - clock) / dt)
+                reach = 2.0 * reach + 2.0 if noisy else reach + 1.0
+                if reach < k:
+                    k = np.int64(reach)
+        if noisy:
+            if used == factors.shape[0]:
+                return times, blocks[:n_blocks], step_times[:n_steps], used, False
+            k = min(k, factors.shape[0] - used)
+        seq = np.empty(k + 1)
+        seq[0] = clock
+        if noisy:
+            seq[1:] = dt * factors[used : used + k]
+        else:
+            seq[1:] = dt
+        ends = np.cumsum(seq)  # ends[j] is the end of step j - 1 ...
+        if next_arrival < np.inf:
+            # ... and the start of step j: the first starting at or after the
+            # arrival admits it, so the block stops before that step
+            cut = np.searchsorted(ends[:k], next_arrival, side="left")
+            if cut < k:
+                k = cut
+        block_end = ends[k]
+        used += k
+
+        # phase boundaries: the block's first step opens, its last closes
+        if kv:  # a readmitted request's phases started before
+            first = served & np.isnan(prefill_start[run])
+        else:
+            first = served & (pf == pf_total[:m])
+        prefill_start[run[first]] = clock
+        pf -= k * grant
+        last = served & (pf == 0)
+        if kv:
+            prefill_end[run[last & np.isnan(prefill_end[run])]] = block_end
+        else:
+            prefill_end[run[last]] = block_end
+        dec[decoding] -= k
+        if kv:
+            context[:m] += np.where(decoding, k, k * grant)
+            grown = np.where(decoding, kv_blocks(context[:m], block_size), held[:m])
+            grown = np.maximum(grown - held[:m], 0)
+            held[:m] += grown
+            free -= np.sum(grown)
+            generated[run[decoding]] += k
+            generated[run[last]] += 1
+        if record:
+            if n_blocks == blocks.shape[0]:
+                blocks = np.concatenate((blocks, np.empty_like(blocks)))
+            blocks[n_blocks, 0] = k
+            blocks[n_blocks, 1] = t_pf
+            blocks[n_blocks, 2] = t_dec
+            blocks[n_blocks, 3] = m
+            blocks[n_blocks, 4] = num_blocks - free if kv else 0
+            n_blocks += 1
+            while n_steps + k > step_times.shape[0]:
+                step_times = np.concatenate((step_times, np.empty_like(step_times)))
+            step_times[n_steps : n_steps + k, 0] = ends[:k]
+            step_times[n_steps : n_steps + k, 1] = ends[1 : k + 1]
+            n_steps += k
+        done = (decoding | last) & (dec == 0)
+        if np.any(done):
+            decode_end[run[done]] = block_end
+            if kv:
+                free += np.sum(held[:m][done])
+            if n_sent < n:
+                n_sent = _send_next(
+                    intended,
+                    send,
+                    arrival,
+                    n_sent,
+                    np.count_nonzero(done),
+                    block_end + done_offset,
+                    delay,
+                )
+            keep = ~done
+            m_left = np.count_nonzero(keep)
+            req[:m_left] = run[keep]
+            pf_left[:m_left] = pf[keep]
+            pf_total[:m_left] = pf_total[:m][keep]
+            dec_left[:m_left] = dec[keep]
+            if kv:
+                context[:m_left] = context[:m][keep]
+                held[:m_left] = held[:m][keep]
+            m = m_left
+        clock = block_end
+    return times, blocks[:n_blocks], step_times[:n_steps], used, True
+
+
+@register_jitable
+def _steps_before_kv_full(context, held, decoding, free, block_size, k):
+    """Most of the next ``k`` steps whose decodes' new KV blocks fit in ``free``.
+
+    Step ``j`` (1-based) of a block needs ``ceil((context + j) / block_size)``
+    blocks per decode; the blocks it needs beyond those held grow with ``j``,
+    so the last step that fits is found by bisection.
+    """
+    ctx = context[decoding]
+    have = held[decoding]
+    if np.sum(np.maximum(kv_blocks(ctx + k, block_size) - have, 0)) <= free:
+        return k
+    low = 1  # step 1's blocks were taken before the block
+    high = k
+    while high - low > 1:
+        mid = (low + high) // 2
+        if np.sum(np.maximum(kv_blocks(ctx + mid, block_size) - have, 0)) <= free:
+            low = mid
+        else:
+            high = mid
+    return np.int64(low)
+
+
+@register_jitable
+def _send_next(intended, send, arrival, n_sent, n_done, done_at, delay):
+    """A closed-loop client sends one new request per completion, not before
+    its intended arrival; returns the number sent."""
+    stop = min(n_sent + n_done, intended.shape[0])
+    for i in range(n_sent, stop):
+        send[i] = max(intended[i], done_at)
+        arrival[i] = send[i] + delay
+    return stop
