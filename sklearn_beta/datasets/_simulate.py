@@ -34,7 +34,7 @@ CLIP_SIGMAS = 4.0
     {
         "n_requests": [Interval(Integral, 1, None, closed="left")],
         "beta": ["array-like"],
-        "chunk_size": [Interval(Integral, 1, None, closed="left")],
+        "chunk_size": [Interval(Integral, 1, None, closed="left"), None],
         "max_num_seqs": [Interval(Integral, 1, None, closed="left")],
         "arrival_rate": [Interval(Real, 0, None, closed="neither")],
         "prompt_tokens": [tuple, list],
@@ -65,7 +65,7 @@ def simulate_trace(
     n_requests: int,
     *,
     beta,
-    chunk_size: int,
+    chunk_size: int | None,
     max_num_seqs: int,
     arrival_rate: float,
     prompt_tokens: tuple[float, float] = (512, 1.0),
@@ -135,8 +135,9 @@ def simulate_trace(
         True ``(beta0, beta1, beta2)``: seconds per step, per prefill token and
         per decode token. Non-negative; steps must have positive durations, so
         ``beta0 > 0`` or both ``beta1 > 0`` and ``beta2 > 0``.
-    chunk_size : int
-        Prefill chunk size ``C`` (tokens per request per step).
+    chunk_size : int or None
+        Prefill chunk size ``C`` (tokens per request per step); None: no
+        per-request cap (vLLM's default), the token budget alone cuts prompts.
     max_num_seqs : int
         Most requests running at once on an instance.
     arrival_rate : float
