@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from ._engine_model import prefill_steps
 from ._grid import Timeline, TraceGrid, count_active, cumulative
 
 
@@ -141,5 +142,5 @@ def alone_step_counts(
     start = timeline.trace_grid.start_idx[alone]
     left = timeline.token_budget - timeline.p_dec[start]
     n_steps = n_steps.copy()
-    n_steps[alone] = np.ceil(prefill_tokens[alone] / left)
+    n_steps[alone] = prefill_steps(prefill_tokens[alone], left)
     return n_steps
