@@ -331,6 +331,11 @@ def _loop():
 _COMPILED = None
 
 
+#: Rows of the running batch: request, prompt left, prompt to prefill when
+#: admitted, decode steps left, tokens in the KV cache, KV blocks held.
+_REQ, _PF, _PF_TOTAL, _DEC, _CTX, _HELD = 0, 1, 2, 3, 4, 5
+
+
 def _run_instance(
     intended,
     prompt,
@@ -362,36 +367,20 @@ def _run_instance(
     noisy = factors.shape[0] > 0
     kv = num_blocks < NO_CAP
     times = np.full((6, n), np.nan)
-    admitted = times[0]
-    prefill_start = times[1]
-    prefill_end = times[2]
-    decode_end = times[3]
-    send = times[4]
-    preempted = times[5]
-    preempted[:] = 0.0
+    times[5] = 0.0
     # the client: every request is sent at once (open loop), or while fewer
     # than max_in_flight are outstanding, the next when one completes
     n_sent = n if max_in_flight == 0 else min(max_in_flight, n)
-    send[:n_sent] = intended[:n_sent]
+    times[4, :n_sent] = intended[:n_sent]
     arrival = np.empty(n)
-    arrival[:n_sent] = send[:n_sent] + delay
+    arrival[:n_sent] = times[4, :n_sent] + delay
     generated = np.zeros(n, np.int64)  # output tokens so far, per request
-    req = np.empty(max_num_seqs, np.int64)  # the running batch, admission order
-    pf_left = np.empty(max_num_seqs, np.int64)
-    pf_total = np.empty(max_num_seqs, np.int64)  # prompt to prefill when admitted
-    dec_left = np.empty(max_num_seqs, np.int64)
-    context = np.zeros(max_num_seqs, np.int64)  # tokens in the KV cache
-    held = np.zeros(max_num_seqs, np.int64)  # KV blocks held
+    batch = np.zeros((6, max_num_seqs), np.int64)  # running, admission order
     front = np.empty(n, np.int64)  # preempted requests; the top is next
-    n_front = 0
-    free = num_blocks
     blocks = np.empty((64 if record else 0, 5), np.int64)
     step_times = np.empty((256 if record else 0, 2))
-    n_blocks = 0
-    n_steps = 0
-    used = 0
-    head = 0
-    m = 0
+    n_front = n_blocks = n_steps = used = head = m = 0
+    free = num_blocks
     clock = 0.0
     while True:
         if m == 0 and n_front == 0:
@@ -400,208 +389,342 @@ def _run_instance(
             clock = max(clock, arrival[head])
         preempting = False
         if kv and m > 0:
-            # this step's decodes take their next KV block; none free: the
-            # most recently admitted request is preempted to the queue front
-            need = np.where(pf_left[:m] == 0, kv_blocks(context[:m] + 1, block_size), 0)
-            grow = np.maximum(need - held[:m], 0)
-            if np.sum(grow) <= free:
-                held[:m] += grow
-                free -= np.sum(grow)
-            else:
-                preempting = True
-                i = 0
-                while i < m:
-                    if grow[i] > 0:
-                        while free == 0:
-                            m -= 1
-                            free += held[m]
-                            r = req[m]
-                            front[n_front] = r
-                            n_front += 1
-                            preempted[r] += 1.0
-                            if m == i:
-                                break
-                        if i == m:
-                            break
-                        held[i] += 1
-                        free -= 1
-                    i += 1
-        if not preempting and m < max_num_seqs:
-            if not kv:
-                if head < n_sent and arrival[head] <= clock:
-                    arrived = head + np.searchsorted(
-                        arrival[head:n_sent], clock, side="right"
-                    )
-                    n_admit = min(max_num_seqs - m, arrived - head)
-                    new = slice(head, head + n_admit)
-                    req[m : m + n_admit] = np.arange(head, head + n_admit)
-                    pf_left[m : m + n_admit] = prompt[new] - cached[new]
-                    pf_total[m : m + n_admit] = pf_left[m : m + n_admit]
-                    dec_left[m : m + n_admit] = output[new]
-                    admitted[head : head + n_admit] = clock
-                    head += n_admit
-                    m += n_admit
-            else:
-                # FCFS while a slot, room in the step's budget and the
-                # blocks of the prompt (plus any output to recompute) are free
-                decoding = pf_left[:m] == 0
-                room = budget - np.count_nonzero(decoding)
-                room -= np.sum(np.minimum(pf_left[:m], chunk))
-                while m < max_num_seqs and room > 0:
-                    if n_front > 0:
-                        r = front[n_front - 1]
-                    elif head < n_sent and arrival[head] <= clock:
-                        r = head
-                    else:
-                        break
-                    need_r = kv_blocks(prompt[r] + generated[r], block_size)
-                    if need_r > free:
-                        break
-                    if n_front > 0:
-                        n_front -= 1
-                    else:
-                        head += 1
-                    req[m] = r
-                    pf_left[m] = prompt[r] - cached[r] + generated[r]
-                    pf_total[m] = pf_left[m]
-                    dec_left[m] = output[r] - generated[r]
-                    context[m] = cached[r]
-                    held[m] = need_r
-                    free -= need_r
-                    if np.isnan(admitted[r]):
-                        admitted[r] = clock
-                    room -= min(pf_left[m], chunk)
-                    m += 1
+            m, free, n_front, preempting = _grow_kv(
+                batch, m, free, block_size, front, n_front, times[5]
+            )
+        if kv and not preempting:
+            m, head, n_front, free = _admit_within_kv(
+                batch,
+                m,
+                head,
+                n_sent,
+                n_front,
+                free,
+                arrival,
+                clock,
+                prompt,
+                cached,
+                output,
+                generated,
+                front,
+                times[0],
+                max_num_seqs,
+                budget,
+                chunk,
+                block_size,
+            )
+        elif not kv and m < max_num_seqs and head < n_sent and arrival[head] <= clock:
+            m, head = _admit_arrived(
+                batch,
+                m,
+                head,
+                n_sent,
+                arrival,
+                clock,
+                prompt,
+                cached,
+                output,
+                times[0],
+                max_num_seqs,
+            )
         if m == 0:  # every running request was preempted: readmit
             continue
-        run = req[:m]
-        pf = pf_left[:m]
-        dec = dec_left[:m]
-
         # grants: decodes first, then prefill chunks in running order
-        decoding = pf == 0
+        decoding = batch[_PF, :m] == 0
         t_dec = np.count_nonzero(decoding)
-        grant = prefill_grants(pf, t_dec, chunk, budget)
+        grant = prefill_grants(batch[_PF, :m], t_dec, chunk, budget)
         t_pf = np.sum(grant)
         dt = beta0 + beta1 * t_pf + beta2 * t_dec
-        served = grant > 0
-
-        # identical steps until a grant changes, a prefill or a decode ends,
-        # a request arrives that could be admitted, or the KV cache runs out
-        to_event = np.full(m, _NO_EVENT)
-        to_event[decoding] = dec[decoding]
-        to_event[served] = pf[served] // grant[served]
-        k = np.min(to_event)
+        k = _steps_to_event(batch, m, grant, decoding)
         if preempting:
             k = min(k, 1)  # the step after a preemption admits again
         elif kv and t_dec > 0:
-            k = _steps_before_kv_full(
-                context[:m], held[:m], decoding, free, block_size, k
-            )
+            k = _steps_before_kv_full(batch, m, decoding, free, block_size, k)
         next_arrival = np.inf
         if m < max_num_seqs and n_front == 0 and head < n_sent:
             if arrival[head] > clock:
                 next_arrival = arrival[head]
-                # blocks may end early (times do not depend on the cut): stop
-                # where the arrival surely is, noisy steps being shorter
-                reach = np.ceil((next_arrival - clock) / dt)
-                reach = 2.0 * reach + 2.0 if noisy else reach + 1.0
-                if reach < k:
-                    k = np.int64(reach)
+                k = _reach(next_arrival, clock, dt, noisy, k)
         if noisy:
             if used == factors.shape[0]:
                 return times, blocks[:n_blocks], step_times[:n_steps], used, False
             k = min(k, factors.shape[0] - used)
-        seq = np.empty(k + 1)
-        seq[0] = clock
-        if noisy:
-            seq[1:] = dt * factors[used : used + k]
-        else:
-            seq[1:] = dt
-        ends = np.cumsum(seq)  # ends[j] is the end of step j - 1 ...
-        if next_arrival < np.inf:
-            # ... and the start of step j: the first starting at or after the
-            # arrival admits it, so the block stops before that step
-            cut = np.searchsorted(ends[:k], next_arrival, side="left")
-            if cut < k:
-                k = cut
+        ends, k = _step_ends(clock, dt, k, factors, used, noisy, next_arrival)
         block_end = ends[k]
         used += k
-
-        # phase boundaries: the block's first step opens, its last closes
-        if kv:  # a readmitted request's phases started before
-            first = served & np.isnan(prefill_start[run])
-        else:
-            first = served & (pf == pf_total[:m])
-        prefill_start[run[first]] = clock
-        pf -= k * grant
-        last = served & (pf == 0)
+        last = _advance(batch, m, k, grant, decoding, clock, block_end, times, kv)
         if kv:
-            prefill_end[run[last & np.isnan(prefill_end[run])]] = block_end
-        else:
-            prefill_end[run[last]] = block_end
-        dec[decoding] -= k
-        if kv:
-            context[:m] += np.where(decoding, k, k * grant)
-            grown = np.where(decoding, kv_blocks(context[:m], block_size), held[:m])
-            grown = np.maximum(grown - held[:m], 0)
-            held[:m] += grown
-            free -= np.sum(grown)
+            free -= _grow_blocks(batch, m, decoding, block_size)
+            run = batch[_REQ, :m]
             generated[run[decoding]] += k
             generated[run[last]] += 1
         if record:
-            if n_blocks == blocks.shape[0]:
-                blocks = np.concatenate((blocks, np.empty_like(blocks)))
-            blocks[n_blocks, 0] = k
-            blocks[n_blocks, 1] = t_pf
-            blocks[n_blocks, 2] = t_dec
-            blocks[n_blocks, 3] = m
-            blocks[n_blocks, 4] = num_blocks - free if kv else 0
+            kv_used = num_blocks - free if kv else 0
+            blocks, step_times = _record(
+                blocks,
+                step_times,
+                n_blocks,
+                n_steps,
+                k,
+                t_pf,
+                t_dec,
+                m,
+                kv_used,
+                ends,
+            )
             n_blocks += 1
-            while n_steps + k > step_times.shape[0]:
-                step_times = np.concatenate((step_times, np.empty_like(step_times)))
-            step_times[n_steps : n_steps + k, 0] = ends[:k]
-            step_times[n_steps : n_steps + k, 1] = ends[1 : k + 1]
             n_steps += k
-        done = (decoding | last) & (dec == 0)
+        done = (decoding | last) & (batch[_DEC, :m] == 0)
         if np.any(done):
-            decode_end[run[done]] = block_end
+            times[3, batch[_REQ, :m][done]] = block_end
             if kv:
-                free += np.sum(held[:m][done])
+                free += np.sum(batch[_HELD, :m][done])
             if n_sent < n:
                 n_sent = _send_next(
                     intended,
-                    send,
+                    times[4],
                     arrival,
                     n_sent,
                     np.count_nonzero(done),
                     block_end + done_offset,
                     delay,
                 )
-            keep = ~done
-            m_left = np.count_nonzero(keep)
-            req[:m_left] = run[keep]
-            pf_left[:m_left] = pf[keep]
-            pf_total[:m_left] = pf_total[:m][keep]
-            dec_left[:m_left] = dec[keep]
-            if kv:
-                context[:m_left] = context[:m][keep]
-                held[:m_left] = held[:m][keep]
-            m = m_left
+            m = _retire(batch, m, done)
         clock = block_end
     return times, blocks[:n_blocks], step_times[:n_steps], used, True
 
 
 @register_jitable
-def _steps_before_kv_full(context, held, decoding, free, block_size, k):
+def _grow_kv(batch, m, free, block_size, front, n_front, preempted):
+    """This step's decodes take the KV block their next token needs.
+
+    When none is free, the most recently admitted running request is
+    preempted (possibly the one needing the block): its blocks are freed and
+    it goes on top of the queue front. Returns ``(m, free, n_front,
+    preempting)``.
+    """
+    decoding = batch[_PF, :m] == 0
+    need = np.where(decoding, kv_blocks(batch[_CTX, :m] + 1, block_size), 0)
+    grow = np.maximum(need - batch[_HELD, :m], 0)
+    if np.sum(grow) <= free:
+        batch[_HELD, :m] += grow
+        return m, free - np.sum(grow), n_front, False
+    i = 0
+    while i < m:
+        if grow[i] > 0:
+            while free == 0:
+                m -= 1
+                free += batch[_HELD, m]
+                front[n_front] = batch[_REQ, m]
+                n_front += 1
+                preempted[batch[_REQ, m]] += 1.0
+                if m == i:
+                    break
+            if i == m:
+                break
+            batch[_HELD, i] += 1
+            free -= 1
+        i += 1
+    return m, free, n_front, True
+
+
+@register_jitable
+def _admit_arrived(
+    batch,
+    m,
+    head,
+    n_sent,
+    arrival,
+    clock,
+    prompt,
+    cached,
+    output,
+    admitted,
+    max_num_seqs,
+):
+    """Admit the requests arrived by ``clock``, FCFS, while slots are free.
+    Returns ``(m, head)``."""
+    arrived = head + np.searchsorted(arrival[head:n_sent], clock, side="right")
+    n_admit = min(max_num_seqs - m, arrived - head)
+    new = slice(head, head + n_admit)
+    rows = slice(m, m + n_admit)
+    batch[_REQ, rows] = np.arange(head, head + n_admit)
+    batch[_PF, rows] = prompt[new] - cached[new]
+    batch[_PF_TOTAL, rows] = batch[_PF, rows]
+    batch[_DEC, rows] = output[new]
+    admitted[new] = clock
+    return m + n_admit, head + n_admit
+
+
+@register_jitable
+def _admit_within_kv(
+    batch,
+    m,
+    head,
+    n_sent,
+    n_front,
+    free,
+    arrival,
+    clock,
+    prompt,
+    cached,
+    output,
+    generated,
+    front,
+    admitted,
+    max_num_seqs,
+    budget,
+    chunk,
+    block_size,
+):
+    """Admit FCFS (the preempted first) while a slot, room in the step's
+    budget and the blocks of the prompt plus any output to recompute are
+    free; the first that does not fit stops admission. Returns ``(m, head,
+    n_front, free)``."""
+    room = budget - np.count_nonzero(batch[_PF, :m] == 0)
+    room -= np.sum(np.minimum(batch[_PF, :m], chunk))
+    while m < max_num_seqs and room > 0:
+        if n_front > 0:
+            r = front[n_front - 1]
+        elif head < n_sent and arrival[head] <= clock:
+            r = head
+        else:
+            break
+        need = kv_blocks(prompt[r] + generated[r], block_size)
+        if need > free:
+            break
+        if n_front > 0:
+            n_front -= 1
+        else:
+            head += 1
+        batch[_REQ, m] = r
+        batch[_PF, m] = prompt[r] - cached[r] + generated[r]
+        batch[_PF_TOTAL, m] = batch[_PF, m]
+        batch[_DEC, m] = output[r] - generated[r]
+        batch[_CTX, m] = cached[r]
+        batch[_HELD, m] = need
+        free -= need
+        if np.isnan(admitted[r]):
+            admitted[r] = clock
+        room -= min(batch[_PF, m], chunk)
+        m += 1
+    return m, head, n_front, free
+
+
+@register_jitable
+def _steps_to_event(batch, m, grant, decoding):
+    """Identical steps until a grant changes, a prefill or a decode ends."""
+    served = grant > 0
+    to_event = np.full(m, _NO_EVENT)
+    to_event[decoding] = batch[_DEC, :m][decoding]
+    to_event[served] = batch[_PF, :m][served] // grant[served]
+    return np.min(to_event)
+
+
+@register_jitable
+def _reach(next_arrival, clock, dt, noisy, k):
+    """Steps until the next arrival surely started: blocks may end early
+    (times do not depend on the cut), noisy steps being shorter."""
+    reach = np.ceil((next_arrival - clock) / dt)
+    reach = 2.0 * reach + 2.0 if noisy else reach + 1.0
+    if reach < k:
+        return np.int64(reach)
+    return k
+
+
+@register_jitable
+def _step_ends(clock, dt, k, factors, used, noisy, next_arrival):
+    """Ends of the block's ``k`` steps, summed one after another from
+    ``clock`` (``ends[j]`` is the end of step ``j - 1`` and the start of step
+    ``j``), and ``k`` cut before the first step starting at or after
+    ``next_arrival``, which admits it."""
+    seq = np.empty(k + 1)
+    seq[0] = clock
+    if noisy:
+        seq[1:] = dt * factors[used : used + k]
+    else:
+        seq[1:] = dt
+    ends = np.cumsum(seq)
+    if next_arrival < np.inf:
+        cut = np.searchsorted(ends[:k], next_arrival, side="left")
+        if cut < k:
+            k = cut
+    return ends, k
+
+
+@register_jitable
+def _advance(batch, m, k, grant, decoding, clock, block_end, times, kv):
+    """Serve ``k`` identical steps: prompt and decode tokens, context, and the
+    phase boundaries (the block's first step opens a prefill, its last closes
+    one). Returns the requests whose prompt ended."""
+    run = batch[_REQ, :m]
+    pf = batch[_PF, :m]
+    served = grant > 0
+    if kv:  # a readmitted request's phases started before
+        first = served & np.isnan(times[1][run])
+    else:
+        first = served & (pf == batch[_PF_TOTAL, :m])
+    times[1, run[first]] = clock
+    pf -= k * grant
+    last = served & (pf == 0)
+    if kv:
+        times[2, run[last & np.isnan(times[2][run])]] = block_end
+        batch[_CTX, :m] += np.where(decoding, k, k * grant)
+    else:
+        times[2, run[last]] = block_end
+    batch[_DEC, :m][decoding] -= k
+    return last
+
+
+@register_jitable
+def _grow_blocks(batch, m, decoding, block_size):
+    """Blocks the decodes took during the block (they fit: see
+    :func:`_steps_before_kv_full`); returns how many."""
+    held = batch[_HELD, :m]
+    need = np.where(decoding, kv_blocks(batch[_CTX, :m], block_size), held)
+    grown = np.maximum(need - held, 0)
+    held += grown
+    return np.sum(grown)
+
+
+@register_jitable
+def _record(blocks, step_times, n_blocks, n_steps, k, t_pf, t_dec, m, kv_used, ends):
+    """Write the block and its steps' times, growing the buffers as needed."""
+    if n_blocks == blocks.shape[0]:
+        blocks = np.concatenate((blocks, np.empty_like(blocks)))
+    blocks[n_blocks, 0] = k
+    blocks[n_blocks, 1] = t_pf
+    blocks[n_blocks, 2] = t_dec
+    blocks[n_blocks, 3] = m
+    blocks[n_blocks, 4] = kv_used
+    while n_steps + k > step_times.shape[0]:
+        step_times = np.concatenate((step_times, np.empty_like(step_times)))
+    step_times[n_steps : n_steps + k, 0] = ends[:k]
+    step_times[n_steps : n_steps + k, 1] = ends[1 : k + 1]
+    return blocks, step_times
+
+
+@register_jitable
+def _retire(batch, m, done):
+    """Drop the finished requests from the batch, keeping the others' order;
+    returns how many run."""
+    keep = ~done
+    m_left = np.count_nonzero(keep)
+    for row in range(batch.shape[0]):
+        batch[row, :m_left] = batch[row, :m][keep]
+    return m_left
+
+
+@register_jitable
+def _steps_before_kv_full(batch, m, decoding, free, block_size, k):
     """Most of the next ``k`` steps whose decodes' new KV blocks fit in ``free``.
 
     Step ``j`` (1-based) of a block needs ``ceil((context + j) / block_size)``
     blocks per decode; the blocks it needs beyond those held grow with ``j``,
     so the last step that fits is found by bisection.
     """
-    ctx = context[decoding]
-    have = held[decoding]
+    ctx = batch[_CTX, :m][decoding]
+    have = batch[_HELD, :m][decoding]
     if np.sum(np.maximum(kv_blocks(ctx + k, block_size) - have, 0)) <= free:
         return k
     low = 1  # step 1's blocks were taken before the block
