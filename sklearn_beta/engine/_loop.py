@@ -334,6 +334,12 @@ _COMPILED = None
 #: Rows of the running batch: request, prompt left, prompt to prefill when
 #: admitted, decode steps left, tokens in the KV cache, KV blocks held.
 _REQ, _PF, _PF_TOTAL, _DEC, _CTX, _HELD = 0, 1, 2, 3, 4, 5
+#: Rows of the requests' token counts: prompt, decode steps, prefix-cached
+#: prompt tokens, output tokens generated so far.
+_PROMPT, _OUTPUT, _CACHED, _GENERATED = 0, 1, 2, 3
+#: The scheduler's limits: per-request chunk, step budget, running requests,
+#: KV block size.
+_CHUNK, _BUDGET, _MAX_SEQS, _BLOCK = 0, 1, 2, 3
 
 
 def _run_instance(
@@ -374,7 +380,11 @@ def _run_instance(
     times[4, :n_sent] = intended[:n_sent]
     arrival = np.empty(n)
     arrival[:n_sent] = times[4, :n_sent] + delay
-    generated = np.zeros(n, np.int64)  # output tokens so far, per request
+    tokens = np.zeros((4, n), np.int64)
+    tokens[_PROMPT] = prompt
+    tokens[_OUTPUT] = output
+    tokens[_CACHED] = cached
+    limits = np.array([chunk, budget, max_num_seqs, block_size], np.int64)
     batch = np.zeros((6, max_num_seqs), np.int64)  # running, admission order
     front = np.empty(n, np.int64)  # preempted requests; the top is next
     blocks = np.empty((64 if record else 0, 5), np.int64)
@@ -390,42 +400,17 @@ def _run_instance(
         preempting = False
         if kv and m > 0:
             m, free, n_front, preempting = _grow_kv(
-                batch, m, free, block_size, front, n_front, times[5]
+                batch, m, free, block_size, front, n_front, times
             )
         if kv and not preempting:
-            m, head, n_front, free = _admit_within_kv(
-                batch,
-                m,
-                head,
-                n_sent,
-                n_front,
-                free,
-                arrival,
-                clock,
-                prompt,
-                cached,
-                output,
-                generated,
-                front,
-                times[0],
-                max_num_seqs,
-                budget,
-                chunk,
-                block_size,
+            waiting = np.array([head, n_sent, n_front, free])
+            m = _admit_within_kv(
+                batch, m, waiting, arrival, clock, tokens, front, times, limits
             )
+            head, n_sent, n_front, free = waiting
         elif not kv and m < max_num_seqs and head < n_sent and arrival[head] <= clock:
             m, head = _admit_arrived(
-                batch,
-                m,
-                head,
-                n_sent,
-                arrival,
-                clock,
-                prompt,
-                cached,
-                output,
-                times[0],
-                max_num_seqs,
+                batch, m, head, n_sent, arrival, clock, tokens, times, limits
             )
         if m == 0:  # every running request was preempted: readmit
             continue
@@ -456,21 +441,12 @@ def _run_instance(
         if kv:
             free -= _grow_blocks(batch, m, decoding, block_size)
             run = batch[_REQ, :m]
-            generated[run[decoding]] += k
-            generated[run[last]] += 1
+            tokens[_GENERATED, run[decoding]] += k
+            tokens[_GENERATED, run[last]] += 1
         if record:
-            kv_used = num_blocks - free if kv else 0
+            block = np.array([k, t_pf, t_dec, m, num_blocks - free if kv else 0])
             blocks, step_times = _record(
-                blocks,
-                step_times,
-                n_blocks,
-                n_steps,
-                k,
-                t_pf,
-                t_dec,
-                m,
-                kv_used,
-                ends,
+                blocks, step_times, n_blocks, n_steps, block, ends
             )
             n_blocks += 1
             n_steps += k
@@ -480,14 +456,10 @@ def _run_instance(
             if kv:
                 free += np.sum(batch[_HELD, :m][done])
             if n_sent < n:
+                done_at = block_end + done_offset
+                n_done = np.count_nonzero(done)
                 n_sent = _send_next(
-                    intended,
-                    times[4],
-                    arrival,
-                    n_sent,
-                    np.count_nonzero(done),
-                    block_end + done_offset,
-                    delay,
+                    intended, times, arrival, n_sent, n_done, done_at, delay
                 )
             m = _retire(batch, m, done)
         clock = block_end
@@ -495,7 +467,7 @@ def _run_instance(
 
 
 @register_jitable
-def _grow_kv(batch, m, free, block_size, front, n_front, preempted):
+def _grow_kv(batch, m, free, block_size, front, n_front, times):
     """This step's decodes take the KV block their next token needs.
 
     When none is free, the most recently admitted running request is
@@ -517,7 +489,7 @@ def _grow_kv(batch, m, free, block_size, front, n_front, preempted):
                 free += batch[_HELD, m]
                 front[n_front] = batch[_REQ, m]
                 n_front += 1
-                preempted[batch[_REQ, m]] += 1.0
+                times[5, batch[_REQ, m]] += 1.0
                 if m == i:
                     break
             if i == m:
@@ -529,68 +501,41 @@ def _grow_kv(batch, m, free, block_size, front, n_front, preempted):
 
 
 @register_jitable
-def _admit_arrived(
-    batch,
-    m,
-    head,
-    n_sent,
-    arrival,
-    clock,
-    prompt,
-    cached,
-    output,
-    admitted,
-    max_num_seqs,
-):
+def _admit_arrived(batch, m, head, n_sent, arrival, clock, tokens, times, limits):
     """Admit the requests arrived by ``clock``, FCFS, while slots are free.
     Returns ``(m, head)``."""
     arrived = head + np.searchsorted(arrival[head:n_sent], clock, side="right")
-    n_admit = min(max_num_seqs - m, arrived - head)
+    n_admit = min(limits[_MAX_SEQS] - m, arrived - head)
     new = slice(head, head + n_admit)
     rows = slice(m, m + n_admit)
     batch[_REQ, rows] = np.arange(head, head + n_admit)
-    batch[_PF, rows] = prompt[new] - cached[new]
+    batch[_PF, rows] = tokens[_PROMPT, new] - tokens[_CACHED, new]
     batch[_PF_TOTAL, rows] = batch[_PF, rows]
-    batch[_DEC, rows] = output[new]
-    admitted[new] = clock
+    batch[_DEC, rows] = tokens[_OUTPUT, new]
+    times[0, new] = clock
     return m + n_admit, head + n_admit
 
 
 @register_jitable
-def _admit_within_kv(
-    batch,
-    m,
-    head,
-    n_sent,
-    n_front,
-    free,
-    arrival,
-    clock,
-    prompt,
-    cached,
-    output,
-    generated,
-    front,
-    admitted,
-    max_num_seqs,
-    budget,
-    chunk,
-    block_size,
-):
+def _admit_within_kv(batch, m, waiting, arrival, clock, tokens, front, times, limits):
     """Admit FCFS (the preempted first) while a slot, room in the step's
     budget and the blocks of the prompt plus any output to recompute are
-    free; the first that does not fit stops admission. Returns ``(m, head,
-    n_front, free)``."""
-    room = budget - np.count_nonzero(batch[_PF, :m] == 0)
+    free; the first that does not fit stops admission. ``waiting`` holds the
+    queue's head, sent requests, preempted requests and free blocks, updated
+    in place; returns the running count."""
+    head, n_sent, n_front, free = waiting
+    chunk = limits[_CHUNK]
+    room = limits[_BUDGET] - np.count_nonzero(batch[_PF, :m] == 0)
     room -= np.sum(np.minimum(batch[_PF, :m], chunk))
-    while m < max_num_seqs and room > 0:
+    while m < limits[_MAX_SEQS] and room > 0:
         if n_front > 0:
             r = front[n_front - 1]
         elif head < n_sent and arrival[head] <= clock:
             r = head
         else:
             break
-        need = kv_blocks(prompt[r] + generated[r], block_size)
+        generated = tokens[_GENERATED, r]
+        need = kv_blocks(tokens[_PROMPT, r] + generated, limits[_BLOCK])
         if need > free:
             break
         if n_front > 0:
@@ -598,17 +543,20 @@ def _admit_within_kv(
         else:
             head += 1
         batch[_REQ, m] = r
-        batch[_PF, m] = prompt[r] - cached[r] + generated[r]
+        batch[_PF, m] = tokens[_PROMPT, r] - tokens[_CACHED, r] + generated
         batch[_PF_TOTAL, m] = batch[_PF, m]
-        batch[_DEC, m] = output[r] - generated[r]
-        batch[_CTX, m] = cached[r]
+        batch[_DEC, m] = tokens[_OUTPUT, r] - generated
+        batch[_CTX, m] = tokens[_CACHED, r]
         batch[_HELD, m] = need
         free -= need
-        if np.isnan(admitted[r]):
-            admitted[r] = clock
+        if np.isnan(times[0, r]):
+            times[0, r] = clock
         room -= min(batch[_PF, m], chunk)
         m += 1
-    return m, head, n_front, free
+    waiting[0] = head
+    waiting[2] = n_front
+    waiting[3] = free
+    return m
 
 
 @register_jitable
@@ -688,15 +636,13 @@ def _grow_blocks(batch, m, decoding, block_size):
 
 
 @register_jitable
-def _record(blocks, step_times, n_blocks, n_steps, k, t_pf, t_dec, m, kv_used, ends):
-    """Write the block and its steps' times, growing the buffers as needed."""
+def _record(blocks, step_times, n_blocks, n_steps, block, ends):
+    """Write the block (steps, T_pf, T_dec, running, KV blocks in use) and its
+    steps' times, growing the buffers as needed."""
     if n_blocks == blocks.shape[0]:
         blocks = np.concatenate((blocks, np.empty_like(blocks)))
-    blocks[n_blocks, 0] = k
-    blocks[n_blocks, 1] = t_pf
-    blocks[n_blocks, 2] = t_dec
-    blocks[n_blocks, 3] = m
-    blocks[n_blocks, 4] = kv_used
+    blocks[n_blocks] = block
+    k = block[0]
     while n_steps + k > step_times.shape[0]:
         step_times = np.concatenate((step_times, np.empty_like(step_times)))
     step_times[n_steps : n_steps + k, 0] = ends[:k]
@@ -739,11 +685,11 @@ def _steps_before_kv_full(batch, m, decoding, free, block_size, k):
 
 
 @register_jitable
-def _send_next(intended, send, arrival, n_sent, n_done, done_at, delay):
+def _send_next(intended, times, arrival, n_sent, n_done, done_at, delay):
     """A closed-loop client sends one new request per completion, not before
     its intended arrival; returns the number sent."""
     stop = min(n_sent + n_done, intended.shape[0])
     for i in range(n_sent, stop):
-        send[i] = max(intended[i], done_at)
-        arrival[i] = send[i] + delay
+        times[4, i] = max(intended[i], done_at)
+        arrival[i] = times[4, i] + delay
     return stop
