@@ -159,7 +159,10 @@ def engine_summary(config, pair: tuple, args) -> dict:
     ``validation`` from :func:`~sklearn_beta.select_engine_config`'s result
     (None when the set configuration could not be validated)."""
     chunk, budget = pair
-    summary = {"chunk_size": chunk, "token_budget": budget}
+    summary = {"chunk_size": chunk, "token_budget": budget} | {
+        name: getattr(args, name, None)
+        for name in ("max_num_seqs", "num_gpu_blocks", "block_size")
+    }
     if config is None:
         return summary | {"engine_config": None, "validation": None}
     scores = config.scores.astype(object).where(config.scores.notna(), None)
