@@ -455,7 +455,7 @@ def test_help_documents_every_option_and_its_default(capsys):
     help_text = capsys.readouterr().out
     usage = help_text[: help_text.index("\n\n")]
     options = sorted(set(re.findall(r"\[(--[a-z-]+)", usage)) - {"--help"})
-    assert len(options) == 30
+    assert len(options) == 33  # with --max-num-seqs, --num-gpu-blocks, --block-size
     entries = {
         block.split()[0]: block
         for block in re.split(r"\n(?=  -)", help_text)

@@ -71,6 +71,11 @@ def build_report(
             "chunk_candidates": list(args.chunk_candidates),
             "budget_candidates": list(args.budget_candidates),
             "cv_folds": args.cv_folds,
+            # The replay's engine settings (None: the replay's defaults).
+            **{
+                name: getattr(args, name, None)
+                for name in ("max_num_seqs", "num_gpu_blocks", "block_size")
+            },
             "model_chunk_size": fit.chunk_size,
             **_model_parameters(options),
             "instance_col": options["instance_col"],
@@ -159,10 +164,7 @@ def engine_summary(config, pair: tuple, args) -> dict:
     ``validation`` from :func:`~sklearn_beta.select_engine_config`'s result
     (None when the set configuration could not be validated)."""
     chunk, budget = pair
-    summary = {"chunk_size": chunk, "token_budget": budget} | {
-        name: getattr(args, name, None)
-        for name in ("max_num_seqs", "num_gpu_blocks", "block_size")
-    }
+    summary = {"chunk_size": chunk, "token_budget": budget}
     if config is None:
         return summary | {"engine_config": None, "validation": None}
     scores = config.scores.astype(object).where(config.scores.notna(), None)
