@@ -20,6 +20,8 @@ import numpy as np
 import pandas as pd
 
 from ..core._columns import PhaseColumns
+from ._search import VLLM_TOKEN_BUDGETS, default_engine_candidates, select_engine_config
+from ._trace_fit import DEFAULT_CHUNK_CANDIDATES
 
 __all__ = [
     "EngineSettings",
@@ -447,8 +449,6 @@ def estimate_engine_settings(
     -------
     settings : EngineSettings
     """
-    from ._search import select_engine_config
-
     _check_positive_int(block_size, "block_size")
     for name, value in (
         ("max_num_seqs", max_num_seqs),
@@ -531,9 +531,6 @@ def estimate_engine_settings(
 
 def _chunking_candidates(chunk_size, token_budget) -> list[tuple]:
     """The search's candidates for the chunking left ``"auto"``."""
-    from ._search import VLLM_TOKEN_BUDGETS, default_engine_candidates
-    from ._trace_fit import DEFAULT_CHUNK_CANDIDATES
-
     if chunk_size == "auto" and token_budget == "auto":
         return default_engine_candidates()
     if token_budget == "auto":
