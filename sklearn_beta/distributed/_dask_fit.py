@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import copy
 
-import dask
 import numpy as np
 import pandas as pd
 from sklearn.utils.validation import check_is_fitted
@@ -86,14 +85,20 @@ class Partitions:
 
     def derive(self, fn, *args, states: Partitions | None = None) -> Partitions:
         """Persist ``fn(item[, state], *args)`` of every partition where it lives."""
+        import dask  # optional dependency: the dask extra
+
         tasks = self._tasks(fn, args, states)
         return Partitions(list(_run(dask.persist, tasks)))
 
     def map(self, fn, *args, states: Partitions | None = None) -> dict:
         """Compute ``fn(item[, state], *args)`` everywhere and reduce the results."""
+        import dask  # optional dependency: the dask extra
+
         return combine_stats(list(_run(dask.compute, self._tasks(fn, args, states))))
 
     def _tasks(self, fn, args, states):
+        import dask  # optional dependency: the dask extra
+
         call = dask.delayed(fn, pure=False)
         if states is None:
             return [call(item, *args) for item in self.items]

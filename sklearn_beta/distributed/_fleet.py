@@ -15,16 +15,16 @@ Requires the ``dask`` extra: ``pip install "sklearn-beta[dask]"``.
 
 from __future__ import annotations
 
-import glob
+import os
 import sys
-from os import PathLike
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from ..core._budget import effective_chunk_size
 from ..core._memory import reuse_freed_memory
+from ..estimators._exposure import phase_step_counts, resolution_from_totals
+from ..io._files import expand_trace_paths, read_phases_dask
 
 __all__ = [
     "connect",
@@ -34,15 +34,12 @@ __all__ = [
     "whole_instances",
 ]
 
-_PARQUET = (".parquet", ".pq")
-_TRACE_SUFFIXES = (".csv", *_PARQUET)
-
 
 def is_dask_collection(obj) -> bool:
     """Whether ``obj`` is a Dask collection; never imports Dask itself."""
     if "dask" not in sys.modules:
         return False
-    import dask
+    import dask  # optional dependency: the dask extra
 
     return dask.is_dask_collection(obj)
 
@@ -56,11 +53,9 @@ def connect(address: str):
     ``"tcp://HOST:8786"``. The client becomes the default scheduler of Dask
     collections until it is closed.
     """
-    from distributed import Client, LocalCluster
+    from distributed import Client, LocalCluster  # optional: the dask extra
 
     if address == "local":
-        import os
-
         cluster = LocalCluster(
             n_workers=os.cpu_count() or 1, threads_per_worker=1, processes=True
         )
@@ -73,92 +68,13 @@ def connect(address: str):
     return Client(address)
 
 
-def expand_trace_paths(path_or_glob: str | PathLike | list) -> list[Path]:
-    """The trace files named by a file, a directory, a glob or a list of them.
-
-    A directory stands for its ``*.csv``, ``*.parquet`` and ``*.pq`` files.
-    Files are returned sorted, so that partitions come in a stable order.
-
-    Raises
-    ------
-    ValueError
-        If nothing matches, or CSV and Parquet files are mixed.
-    """
-    if isinstance(path_or_glob, list | tuple):
-        found = [p for item in path_or_glob for p in expand_trace_paths(item)]
-    else:
-        path = Path(path_or_glob)
-        if path.is_dir():
-            found = [p for p in path.iterdir() if p.suffix.lower() in _TRACE_SUFFIXES]
-        elif path.is_file():
-            found = [path]
-        else:
-            found = [Path(p) for p in glob.glob(str(path_or_glob), recursive=True)]
-            found = [p for p in found if p.is_file()]
-    if not found:
-        raise ValueError(f"No trace file matches {str(path_or_glob)!r}.")
-    kinds = {p.suffix.lower() in _PARQUET for p in found}
-    if len(kinds) > 1:
-        raise ValueError(
-            f"{str(path_or_glob)!r} mixes CSV and Parquet files; read them apart."
-        )
-    return sorted(dict.fromkeys(found))
-
-
-def read_phases_dask(
-    path_or_glob: str | PathLike | list,
-    *,
-    columns: dict[str, str] | None = None,
-    blocksize: int | str | None = "default",
-):
-    """Read phase tables lazily as a Dask DataFrame, one partition per file.
-
-    Parameters
-    ----------
-    path_or_glob : str, path-like or list
-        A file, a directory (its CSV / Parquet files), a glob such as
-        ``"traces/*.parquet"``, or a list of these.
-    columns : dict or None, default=None
-        Renames applied after reading, ``{name in the file: schema name}``.
-    blocksize : int, str or None, default="default"
-        Parquet: ``None`` keeps one partition per file (one engine per file
-        then needs no repartitioning); otherwise Dask's default splitting.
-        CSV files are always read one partition per file.
-
-    Returns
-    -------
-    phases : dask.dataframe.DataFrame
-        Nothing is read until the data is used.
-
-    Raises
-    ------
-    ValueError
-        If nothing matches, or a schema column is missing.
-
-    Examples
-    --------
-    >>> from sklearn_beta.fleet import read_phases_dask
-    >>> phases = read_phases_dask("traces/*.parquet")  # doctest: +SKIP
-    """
-    import dask.dataframe as dd
-
-    from ..io._readers import schema_columns_first
-
-    paths = [str(p) for p in expand_trace_paths(path_or_glob)]
-    if Path(paths[0]).suffix.lower() in _PARQUET:
-        frame = dd.read_parquet(paths, blocksize=blocksize)
-    else:
-        frame = dd.read_csv(paths, blocksize=None)
-    return schema_columns_first(frame, columns, str(path_or_glob))
-
-
 def _distinct(values: pd.Series) -> np.ndarray:
     return pd.unique(values.to_numpy())
 
 
 def partition_instances(phases, instance_id: str) -> list[np.ndarray]:
     """The distinct instance ids of each partition (one pass over the column)."""
-    import dask
+    import dask  # optional dependency: the dask extra
 
     parts = phases[instance_id].to_delayed()
     return list(dask.compute(*[dask.delayed(_distinct)(p) for p in parts]))
@@ -200,9 +116,7 @@ def fleet_time_resolution(phases, transformer) -> float:
     trace (:func:`~sklearn_beta._exposure.resolution_from_totals`), not of
     each partition.
     """
-    import dask
-
-    from ..estimators._exposure import resolution_from_totals
+    import dask  # optional dependency: the dask extra
 
     sums = dask.compute(
         *[dask.delayed(_step_sums)(p, transformer) for p in phases.to_delayed()]
@@ -211,8 +125,6 @@ def fleet_time_resolution(phases, transformer) -> float:
 
 
 def _step_sums(part: pd.DataFrame, transformer) -> tuple[float, float]:
-    from ..estimators._exposure import phase_step_counts
-
     if len(part) == 0:
         return 0.0, 0.0
     arrays = transformer._phase_arrays(part)

@@ -16,7 +16,6 @@ from sklearn.utils.validation import (
 from ..core._grid import Timeline
 from ..core._memory import large_fit_memory
 from ..core._schema import EXPOSURE_COLUMNS, column, has_column, phase_windows
-from ..distributed._fleet import is_dask_collection
 from ..exceptions import UncertaintyWarning
 from ..trust._identifiability import BETA_NAMES
 from ..trust._uncertainty import (
@@ -25,6 +24,7 @@ from ..trust._uncertainty import (
     sandwich_intervals,
     trust_warnings,
 )
+from ._backend import backend_for
 
 N_BETAS = 3
 
@@ -88,10 +88,9 @@ class BaseBetaRegressor(RegressorMixin, BaseEstimator):
         self : object
             Fitted estimator.
         """
-        if is_dask_collection(X):  # fleet scale: see sklearn_beta._dask_fit
-            from ..distributed._dask_fit import fit_partitions
-
-            return fit_partitions(self, X, y, sample_weight)
+        backend = backend_for(X)
+        if backend is not None:  # a collection out of memory, such as Dask's
+            return backend.fit(self, X, y, sample_weight)
         table, duration = self._check_table(X, y, reset=True)
         if sample_weight is not None:
             sample_weight = _check_sample_weight(
@@ -200,10 +199,9 @@ class BaseBetaRegressor(RegressorMixin, BaseEstimator):
             Predicted durations, in the time unit of the trace.
         """
         check_is_fitted(self)
-        if is_dask_collection(X):
-            from ..distributed._dask_fit import predict_partitions
-
-            return predict_partitions(self, X)
+        backend = backend_for(X)
+        if backend is not None:
+            return backend.predict(self, X)
         table, _ = self._check_table(X, reset=False, need_y=False)
         return self._predict_table(table)
 
@@ -224,10 +222,9 @@ class BaseBetaRegressor(RegressorMixin, BaseEstimator):
         score : float
         """
         check_is_fitted(self)
-        if is_dask_collection(X):
-            from ..distributed._dask_fit import score_partitions
-
-            return score_partitions(self, X, y, sample_weight)
+        backend = backend_for(X)
+        if backend is not None:
+            return backend.score(self, X, y, sample_weight)
         table, duration = self._check_table(X, y, reset=False)
         return r2_score(
             duration, self._predict_table(table), sample_weight=sample_weight
