@@ -9,7 +9,7 @@ when a Dask collection reaches an estimator (it is an optional dependency).
 from ..estimators._backend import Backend, register_backend
 from ._dask_fit import (
     check_phase_partitions,
-    fit_partitions,
+    partition_exposures,
     predict_partitions,
     score_partitions,
     transform_partitions,
@@ -21,7 +21,7 @@ register_backend(
     Backend(
         check_phases=check_phase_partitions,
         transform=transform_partitions,
-        fit=fit_partitions,
+        exposures=partition_exposures,
         predict=predict_partitions,
         score=score_partitions,
     ),

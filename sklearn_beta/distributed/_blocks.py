@@ -226,7 +226,7 @@ def _start_stats(
     unit: float,
     init_correction_mode: str | None,
 ) -> dict:
-    """Like ``IterativeBetaRegressor._fit_timeline``: the baseline NNLS of the
+    """Like ``_iterative.TimelineSource.solve``: the baseline NNLS of the
     table's own design, or of the one ``init_correction_mode`` places; the
     trace's shape and weighted totals."""
     timeline = counts.timeline

@@ -21,8 +21,9 @@ import sys
 import numpy as np
 import pandas as pd
 
-from ..core._budget import effective_chunk_size
+from ..core._columns import PhaseColumns
 from ..core._memory import reuse_freed_memory
+from ..core._validation import check_phases
 from ..estimators._exposure import phase_step_counts, resolution_from_totals
 from ..io._files import expand_trace_paths, read_phases_dask
 
@@ -109,7 +110,9 @@ def whole_instances(phases, instance_id: str | None, distinct=None):
     return phases.shuffle(on=instance_id, npartitions=phases.npartitions)
 
 
-def fleet_time_resolution(phases, transformer) -> float:
+def fleet_time_resolution(
+    phases, columns: PhaseColumns, need_tokens: bool, chunk: int
+) -> float:
     """``time_resolution="auto"`` of the whole trace, from partition sums.
 
     The resolution is a fraction of the mean time per step of the whole
@@ -119,16 +122,19 @@ def fleet_time_resolution(phases, transformer) -> float:
     import dask  # optional dependency: the dask extra
 
     sums = dask.compute(
-        *[dask.delayed(_step_sums)(p, transformer) for p in phases.to_delayed()]
+        *[
+            dask.delayed(_step_sums)(p, columns, need_tokens, chunk)
+            for p in phases.to_delayed()
+        ]
     )
     return resolution_from_totals(sum(s[0] for s in sums), sum(s[1] for s in sums))
 
 
-def _step_sums(part: pd.DataFrame, transformer) -> tuple[float, float]:
+def _step_sums(
+    part: pd.DataFrame, columns: PhaseColumns, need_tokens: bool, chunk: int
+) -> tuple[float, float]:
     if len(part) == 0:
         return 0.0, 0.0
-    arrays = transformer._phase_arrays(part)
-    n_steps = phase_step_counts(
-        arrays, effective_chunk_size(transformer.chunk_size, transformer.token_budget)
-    )
+    arrays = check_phases(part, columns, need_prefill_tokens=need_tokens)
+    n_steps = phase_step_counts(arrays, chunk)
     return float(n_steps.sum()), float(arrays.duration.sum())

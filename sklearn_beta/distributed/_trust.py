@@ -252,7 +252,12 @@ def order_statistics(parts, unit: float, n: int, ranks: np.ndarray) -> np.ndarra
 
 
 def solution_sums(
-    estimator, parts, solution, beta: np.ndarray, unit: float = 1.0, states=None
+    confidence_level: float | None,
+    parts,
+    solution,
+    beta: np.ndarray,
+    unit: float = 1.0,
+    states=None,
 ) -> tuple[dict, int | None]:
     """The partitions' :func:`solution_block` sums at the fitted ``beta``.
 
@@ -260,12 +265,12 @@ def solution_sums(
     (:func:`~sklearn_beta._units.time_scale`); ``solution(item, state,
     beta / unit)`` gives each partition's ``(jac, residual, weight,
     design)``, ``states`` the partitions' per-fit state it reads (or None).
-    The sandwich sums are made when ``estimator.confidence_level`` is set,
+    The sandwich sums are made when ``confidence_level`` is set,
     with the blocks of the whole trace (:func:`block_layout`). Returns the
     reduced sums and the lag count (None without intervals).
     """
     h, n_lags = None, None
-    if estimator.confidence_level is not None:
+    if confidence_level is not None:
         h, n_lags = block_layout(parts, unit)
     args = (solution, beta / unit, unit, h, n_lags)
     if states is None:

@@ -21,16 +21,23 @@ __all__ = ["Backend", "backend_for", "register_backend"]
 class Backend:
     """What a backend does for the estimators, one callable per method.
 
-    ``check_phases(transformer, X)`` validates a phase table's columns for
-    the transformer's ``fit``; ``transform(transformer, X)`` returns the
-    exposure table; ``fit(estimator, X, y, sample_weight)``,
-    ``predict(estimator, X)`` and ``score(estimator, X, y, sample_weight)``
-    are the regressors' methods on the backend's collections.
+    ``check_phases(X, columns, need_tokens)`` checks a phase table's
+    columns (a :class:`~sklearn_beta.PhaseColumns`; ``need_tokens``: the
+    prefill token counts are read) for the transformer's ``fit``;
+    ``transform(transformer, X, columns, need_tokens, chunk)`` returns the
+    exposure table (``chunk``: the most prompt tokens of a step), calling
+    only the transformer's public methods. ``exposures(X, y,
+    sample_weight)`` is the data source of an exposure table, on which
+    :func:`~sklearn_beta.estimators._fit.fit_baseline` and
+    :func:`~sklearn_beta.estimators._fit.fit_iterative` run; it has the
+    table's ``columns``. ``predict(estimator, X)`` and ``score(estimator,
+    X, y, sample_weight)`` call the fitted estimator's public ``predict``
+    on the collection's pieces.
     """
 
     check_phases: Callable
     transform: Callable
-    fit: Callable
+    exposures: Callable
     predict: Callable
     score: Callable
 

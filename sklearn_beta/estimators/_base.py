@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import warnings
-
 import numpy as np
 from sklearn.base import BaseEstimator, RegressorMixin, _fit_context
 from sklearn.metrics import r2_score
@@ -13,18 +11,12 @@ from sklearn.utils.validation import (
     validate_data,
 )
 
-from ..core._grid import Timeline
 from ..core._memory import large_fit_memory
-from ..core._schema import EXPOSURE_COLUMNS, column, has_column, phase_windows
-from ..exceptions import UncertaintyWarning
+from ..core._schema import EXPOSURE_COLUMNS, column, has_column
 from ..trust._identifiability import BETA_NAMES
-from ..trust._uncertainty import (
-    SandwichSums,
-    intervals_from_sums,
-    sandwich_intervals,
-    trust_warnings,
-)
+from ..trust._uncertainty import trust_warnings
 from ._backend import backend_for
+from ._fit import FittedBetas
 
 N_BETAS = 3
 
@@ -33,7 +25,9 @@ class BaseBetaRegressor(RegressorMixin, BaseEstimator):
     """Common base: validates the exposure table and defaults ``y`` to durations.
 
     Subclasses implement ``_fit_table(table, duration, sample_weight) -> beta``
-    and ``_predict_table(table) -> durations`` on plain float arrays.
+    and ``_predict_table(table) -> durations`` on plain float arrays, and
+    ``_fit_source(source, *, stacklevel) -> beta`` on a backend's data
+    source (:mod:`~sklearn_beta.estimators._fit`).
     """
 
     _min_columns = N_BETAS
@@ -90,7 +84,12 @@ class BaseBetaRegressor(RegressorMixin, BaseEstimator):
         """
         backend = backend_for(X)
         if backend is not None:  # a collection out of memory, such as Dask's
-            return backend.fit(self, X, y, sample_weight)
+            source = backend.exposures(X, y, sample_weight)
+            self._check_width(len(source.columns))
+            self.feature_names_in_ = np.asarray(source.columns, dtype=object)
+            self.n_features_in_ = len(source.columns)
+            # Level 5: fit's caller, past _fit_context's wrapper.
+            return self._set_betas(self._fit_source(source, stacklevel=5))
         table, duration = self._check_table(X, y, reset=True)
         if sample_weight is not None:
             sample_weight = _check_sample_weight(
@@ -98,8 +97,13 @@ class BaseBetaRegressor(RegressorMixin, BaseEstimator):
             )
         with large_fit_memory(table.shape[0]):
             beta = self._fit_table(table, duration, sample_weight)
-        # _fit_table has set beta_ci_ through _beta_intervals.
         return self._set_betas(beta)
+
+    def _fitted(self, fitted: FittedBetas) -> np.ndarray:
+        """Set a fit's ``diagnostics_`` and ``beta_ci_``; return its betas."""
+        self.diagnostics_ = fitted.diagnostics
+        self.beta_ci_ = fitted.beta_ci
+        return fitted.beta
 
     def _set_betas(self, beta: np.ndarray, stacklevel: int = 6):
         """The fitted betas as ``beta_`` and ``coef_`` (no intercept), and
@@ -110,64 +114,6 @@ class BaseBetaRegressor(RegressorMixin, BaseEstimator):
         self.intercept_ = 0.0
         self._warn_untrusted(stacklevel)
         return self
-
-    def _beta_intervals(
-        self,
-        timeline: Timeline | None,
-        beta: np.ndarray,
-        jac: np.ndarray,
-        residual: np.ndarray,
-        weight: np.ndarray | None,
-        *,
-        unit: float = 1.0,
-        stacklevel: int = 6,
-    ) -> np.ndarray | None:
-        """``beta_ci_`` of the fitted least-squares objective.
-
-        ``jac`` and ``residual`` are the objective's Jacobian (n_phases, 3)
-        and residuals at ``beta / unit`` (the fit's time unit), ``weight``
-        its weights; the intervals come back in the unit of ``beta``. None
-        when ``confidence_level`` is None; NaN, with a warning, without the
-        ``timeline`` whose phase windows form the time blocks (a table that
-        is not a full exposure table).
-        """
-        if self.confidence_level is None:
-            return None
-        if timeline is None:
-            warnings.warn(
-                f"{type(self).__name__}: beta_ci_ needs the full exposure table "
-                f"(columns {list(EXPOSURE_COLUMNS)}) to group phases into time "
-                "blocks; it is NaN. Fit on PhaseExposureTransformer's output, "
-                "or set confidence_level=None.",
-                UncertaintyWarning,
-                stacklevel=stacklevel,
-            )
-            return np.full((len(BETA_NAMES), 2), np.nan)
-        ci = sandwich_intervals(
-            beta / unit,
-            jac,
-            residual,
-            weight,
-            *phase_windows(timeline),
-            self.confidence_level,
-            self._at_bound(beta),
-        )
-        return unit * ci
-
-    def _at_bound(self, beta: np.ndarray) -> np.ndarray:
-        # The NNLS constraint set these, not the trace: one-sided intervals.
-        bound = self.diagnostics_["at_zero_bound"]
-        return (beta <= 0) | np.isin(BETA_NAMES, bound)
-
-    def _intervals_from_sums(
-        self, beta: np.ndarray, sums: SandwichSums, n_lags: int, unit: float = 1.0
-    ) -> np.ndarray:
-        """``beta_ci_`` from a fit's sandwich sums, as :meth:`_beta_intervals`
-        forms it in memory: for the fit on a Dask cluster (``_dask_fit``)."""
-        ci = intervals_from_sums(
-            beta / unit, sums, n_lags, self.confidence_level, self._at_bound(beta)
-        )
-        return unit * ci
 
     def _warn_untrusted(self, stacklevel: int) -> None:
         # Coefficients the trace does not identify already raised an

@@ -373,7 +373,10 @@ class PhaseExposureTransformer(TransformerMixin, BaseEstimator):
         """
         backend = backend_for(X)
         if backend is not None:  # a collection out of memory, such as Dask's
-            backend.check_phases(self, X)
+            self._validate_params()
+            backend.check_phases(X, self._columns(), self._need_tokens())
+            self.feature_names_in_ = np.asarray(X.columns, dtype=object)
+            self.n_features_in_ = len(self.feature_names_in_)
             return self
         self._fit_arrays(X)
         return self
@@ -424,7 +427,10 @@ class PhaseExposureTransformer(TransformerMixin, BaseEstimator):
         check_is_fitted(self)
         backend = backend_for(X)
         if backend is not None:
-            return backend.transform(self, X)
+            chunk = effective_chunk_size(self.chunk_size, self.token_budget)
+            return backend.transform(
+                self, X, self._columns(), self._need_tokens(), chunk
+            )
         with large_fit_memory(n_rows(X)):
             return self._exposure_frame(X)
 
