@@ -1,7 +1,14 @@
 """Simulator exports: fitted betas (and request overheads) as simulator input.
 
-The code is in :mod:`sklearn_beta.io._export`;
-this module is its public face.
+BLIS builds before PR #1136 (2026-04-23) read the three-coefficient blackbox
+model (:func:`blis_model_entry`, :func:`format_blis_models`, the legacy
+alphas of :func:`request_overheads`); later builds read the trained-physics
+model (:func:`blis_trained_physics_coeffs`,
+:func:`format_blis_trained_physics`, the alphas of :func:`blis_alphas`).
+
+The code is in :mod:`sklearn_beta.io._export` and
+:mod:`sklearn_beta.io._export_trained_physics`; this module is their public
+face.
 """
 
 from .io._export import (
@@ -17,15 +24,25 @@ from .io._export import (
     request_overheads,
     to_blis_coefficients,
 )
+from .io._export_trained_physics import (
+    BLIS_TRAINED_PHYSICS_KEYS,
+    blis_alphas,
+    blis_trained_physics_coeffs,
+    format_blis_trained_physics,
+)
 
 __all__ = [
     "BLIS_MODEL_KEYS",
     "BLIS_OPTIONAL_KEYS",
     "BLIS_PLACEHOLDERS",
+    "BLIS_TRAINED_PHYSICS_KEYS",
     "BLIS_UNITS",
     "LLM_D_OPTIONS",
+    "blis_alphas",
     "blis_model_entry",
+    "blis_trained_physics_coeffs",
     "format_blis_models",
+    "format_blis_trained_physics",
     "format_llm_d_config",
     "llm_d_latencies",
     "request_overheads",

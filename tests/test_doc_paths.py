@@ -15,7 +15,7 @@ import pytest
 from conftest import REPO
 
 PAGES = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
-FILE = re.compile(r"(?<![\w/])sklearn_beta/[\w/]*[\w/.]*")
+FILE = re.compile(r"(?<![\w/])sklearn_beta/[\w/.-]*[\w/]")
 DOTTED = re.compile(r"(?<![\w.])sklearn_beta(?:\.[A-Za-z_]\w*)+")
 
 

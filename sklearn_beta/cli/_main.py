@@ -6,9 +6,10 @@ prints them as a table, as JSON, as a BLIS ``models:`` entry or as llm-d
 simulator options; ``--plot DIR`` adds diagnostic figures. Run
 ``sklearn-beta fit --help`` for the options (``docs/cli.md`` explains them).
 
-Exit codes: 0 success, 1 bad data (the trace, or a fit that failed), 2 bad
-usage (an option). Errors are one line on stderr, never a traceback; the
-trace and every option are checked before any fitting starts.
+Exit codes: 0 success, 1 bad data (the trace, or a fit that failed; with
+``--strict`` also a warning about the fit), 2 bad usage (an option). Errors
+and warnings are one line each on stderr, never a traceback or a source
+line; the trace and every option are checked before any fitting starts.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import json
 import math
 import os
 import sys
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -155,8 +157,11 @@ def run_fit(
     )
     candidates = engine_candidates(args)
     first = next((c for c, _ in candidates if c is not None), None)
-    # The whole trace is validated here, before any search or fit.
-    make_model(first, **options)[0].fit_transform(phases)
+    # The whole trace is validated here, before any search or fit. This pass
+    # is not the fit reported: its warnings are the final fit's to give.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        make_model(first, **options)[0].fit_transform(phases)
     config, engine_warnings = choose_engine(
         phases, candidates, options, args, progress, notes
     )
@@ -185,6 +190,26 @@ def run_fit(
     report = build_report(fit, args, fmt, trace, engine, options, alpha, notes)
     report["warnings"] += engine_warnings
     return report, fit, config, phases
+
+
+#: Python's own default filters hide these: they speak to developers of the
+#: code that raised them, not about the fit.
+_DEVELOPER_WARNINGS = (
+    DeprecationWarning,
+    PendingDeprecationWarning,
+    ImportWarning,
+    ResourceWarning,
+)
+
+
+def warning_lines(caught: Sequence[warnings.WarningMessage]) -> list[str]:
+    """The messages of recorded warnings, each on one line and each once.
+
+    The message only: never the source file, line or code that raised it.
+    Whitespace runs (line breaks included) are folded into one space.
+    """
+    lines = (" ".join(str(w.message).split()) for w in caught)
+    return list(dict.fromkeys(line for line in lines if line))
 
 
 def _error(message: str, code: int) -> int:
@@ -238,7 +263,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     -------
     code : int
         0 on success (also when the reader of stdout closes it early), 1 for a
-        bad trace or a failed fit, 2 for bad usage.
+        bad trace or a failed fit (with ``--strict``, also for a warning about
+        the fit), 2 for bad usage.
+
+    Notes
+    -----
+    Every warning raised while fitting (the package's
+    :mod:`~sklearn_beta.exceptions` and any other but Python's developer
+    warnings) is recorded, added to the report's ``warnings`` and printed
+    once per message as one ``sklearn-beta: warning: MESSAGE`` line on
+    stderr, ``--quiet`` or not.
     """
     parser = build_parser()
     try:
@@ -249,13 +283,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SystemExit as exc:  # --help and --version
         return int(exc.code or 0)
     progress = _Progress(enabled=not args.quiet and sys.stderr.isatty())
-    try:
-        report, fit, config, phases = run_fit(args, progress)
-    except KeyboardInterrupt:
-        return _error("interrupted", 130)
-    except Exception as exc:  # noqa: BLE001 - one line, never a traceback
-        return _error(one_line(exc), EXIT_BAD_INPUT)
-    plot_error = _plot(report, fit, config, phases, args.plot) if args.plot else None
+    with warnings.catch_warnings(record=True) as caught:
+        # Recorded, not shown: Python's display names the source line.
+        warnings.simplefilter("always")
+        for category in _DEVELOPER_WARNINGS:
+            warnings.simplefilter("ignore", category)
+        try:
+            report, fit, config, phases = run_fit(args, progress)
+        except KeyboardInterrupt:
+            return _error("interrupted", 130)
+        except Exception as exc:  # noqa: BLE001 - one line, never a traceback
+            return _error(one_line(exc), EXIT_BAD_INPUT)
+        plot_error = (
+            _plot(report, fit, config, phases, args.plot) if args.plot else None
+        )
+    report["warnings"] = list(
+        dict.fromkeys([*report["warnings"], *warning_lines(caught)])
+    )
     for warning in report["warnings"]:
         print(f"sklearn-beta: warning: {warning}", file=sys.stderr)
     try:
@@ -265,6 +309,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     _write(text)
     if plot_error is not None:
         print(f"sklearn-beta: warning: {plot_error}", file=sys.stderr)
+    if args.strict and report["warnings"]:
+        # As `python -W error` would, but after the report: it is the
+        # evidence of what the warnings are about.
+        return EXIT_BAD_INPUT
     return EXIT_OK
 
 

@@ -9,22 +9,12 @@ every computation below the public layer reads.
 from __future__ import annotations
 
 from collections.abc import Hashable, Mapping
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields, replace
 
 import numpy as np
 
-#: The reference schema's column names, in order (docs/method.md, "The phase table").
-PHASE_COLUMNS = (
-    "request_id",
-    "phase_type",
-    "t_start",
-    "t_end",
-    "prefill_tokens",
-    "decode_tokens",
-)
-
-#: The optional columns and their default names.
-OPTIONAL_COLUMNS = {"n_steps": "N_steps", "instance_id": "instance_id"}
+#: Field metadata of the schema's optional columns (``None`` ignores them).
+_OPTIONAL = {"optional": True}
 
 
 @dataclass(frozen=True)
@@ -61,13 +51,13 @@ class PhaseColumns:
     t_end: str = "t_end"
     prefill_tokens: str = "prefill_tokens"
     decode_tokens: str = "decode_tokens"
-    n_steps: str | None = "N_steps"
-    instance_id: str | None = "instance_id"
+    n_steps: str | None = field(default="N_steps", metadata=_OPTIONAL)
+    instance_id: str | None = field(default="instance_id", metadata=_OPTIONAL)
 
     def __post_init__(self):
         for item in fields(self):
             name = getattr(self, item.name)
-            if name is None and item.name in OPTIONAL_COLUMNS:
+            if name is None and item.metadata.get("optional", False):
                 continue
             if name is None or not isinstance(name, Hashable):
                 raise TypeError(
@@ -113,6 +103,81 @@ class PhaseColumns:
                 f"Unknown key(s) {unknown} in columns; the valid keys are {valid}."
             )
         return cls(**columns)
+
+
+# The field defaults above are the one spelling of the default names.
+#: The reference schema's column names, in order (docs/method.md, "The phase table").
+PHASE_COLUMNS = tuple(
+    item.default for item in fields(PhaseColumns) if not item.metadata.get("optional")
+)
+#: The optional columns and their default names.
+OPTIONAL_COLUMNS = {
+    item.name: item.default
+    for item in fields(PhaseColumns)
+    if item.metadata.get("optional")
+}
+
+#: The published functions' keyword for each schema column they name
+#: (``t_end_col`` for ``t_end``); ``instance_id`` has none.
+COLUMN_KEYWORDS = {name: f"{name}_col" for name in (*PHASE_COLUMNS, "n_steps")}
+
+
+def with_column_keywords(columns, keywords: Mapping) -> PhaseColumns:
+    """``columns`` with the published ``*_col`` keywords applied.
+
+    Parameters
+    ----------
+    columns : None, PhaseColumns or mapping of str to str
+        As :meth:`PhaseColumns.coerce` reads it.
+    keywords : mapping of str to str or None
+        Schema name (a key of :data:`COLUMN_KEYWORDS`) to the value its
+        keyword was given, its default included: a keyword left at its
+        default (the field's :class:`PhaseColumns` default) renames nothing.
+
+    Returns
+    -------
+    columns : PhaseColumns
+
+    Raises
+    ------
+    ValueError
+        If a keyword renames a column that ``columns`` names differently.
+    TypeError
+        If a keyword of a required column is not a column name.
+    """
+    merged = PhaseColumns.coerce(columns)
+    default = PhaseColumns()
+    renamed = {k: v for k, v in keywords.items() if v != getattr(default, k)}
+    for name, value in renamed.items():
+        if value is None and name not in OPTIONAL_COLUMNS:
+            raise TypeError(
+                f"{COLUMN_KEYWORDS[name]} must be a column name (a string), got None."
+            )
+    # What ``columns`` names on purpose: a mapping's keys, a PhaseColumns'
+    # fields that differ from the defaults.
+    if columns is None:
+        given = {}
+    elif isinstance(columns, PhaseColumns):
+        given = {
+            k: getattr(columns, k)
+            for k in renamed
+            if getattr(columns, k) != getattr(default, k)
+        }
+    else:
+        given = dict(columns)
+    conflicts = [
+        f"{COLUMN_KEYWORDS[k]}={v!r} but columns names it {given[k]!r}"
+        for k, v in renamed.items()
+        if k in given and given[k] != v
+    ]
+    if conflicts:
+        raise ValueError(
+            "Conflicting column names: "
+            + "; ".join(conflicts)
+            + ". Name each column once, either with columns= or with its *_col "
+            "keyword."
+        )
+    return replace(merged, **renamed)
 
 
 @dataclass(frozen=True)

@@ -9,6 +9,7 @@ their defaults and behaviour) and keeps those by-products.
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -268,6 +269,20 @@ def _shift_prefill_starts(phases: pd.DataFrame, is_prefill, delay: float):
     return shifted
 
 
+def reemit_warnings(caught, *, stacklevel: int = 2) -> None:
+    """Issue recorded warnings again, each distinct (category, message) once.
+
+    They then go through the caller's warning filters, which the recording
+    bypassed.
+    """
+    seen = set()
+    for record in caught:
+        key = (record.category, str(record.message))
+        if key not in seen:
+            seen.add(key)
+            warnings.warn(record.message, stacklevel=stacklevel + 1)
+
+
 def fit_client_trace(
     phases: pd.DataFrame, *, chunk_size: int, xtol: float = 1e-6, **options
 ) -> tuple[TraceFit, np.ndarray]:
@@ -302,15 +317,25 @@ def fit_client_trace(
         The fit at the prefill starts delayed by the chosen delay.
     alpha : ndarray of shape (3,)
         Seconds, seconds per input token, seconds per output token.
+
+    Warns
+    -----
+    UncertaintyWarning, IdentifiabilityWarning, ConvergenceWarning
+        Those of the returned fit only, each once; the fits at the other
+        trial delays warn nothing.
     """
     kind = phases["phase_type"].astype(str).str.strip().str.lower()
     is_prefill = (kind == "prefill").to_numpy()
     durations = (phases["t_end"] - phases["t_start"]).to_numpy(dtype=np.float64)
-    fits = {}
+    fits, caught = {}, {}
 
     def mean_squared_residual(delay: float) -> float:
         shifted = _shift_prefill_starts(phases, is_prefill, delay)
-        fits[delay] = fit_trace(shifted, chunk_size=chunk_size, **options)
+        # A trial delay's fit is discarded: its warnings are kept aside, and
+        # only those of the fit returned reach the caller.
+        with warnings.catch_warnings(record=True) as caught[delay]:
+            warnings.simplefilter("always")
+            fits[delay] = fit_trace(shifted, chunk_size=chunk_size, **options)
         return float(np.mean((fits[delay].observed - fits[delay].predicted) ** 2))
 
     upper = 0.9 * float(durations[is_prefill].min())
@@ -323,6 +348,7 @@ def fit_client_trace(
     # Brent never tries the bounds themselves: compare with no delay at all.
     delay = min((best.x, 0.0), key=mean_squared_residual)
     fit = fits[delay]
+    reemit_warnings(caught[delay], stacklevel=3)
     residual = fit.observed - fit.predicted
     tokens = phases[["prefill_tokens", "decode_tokens"]].to_numpy(dtype=np.float64)
     alpha = request_overheads(

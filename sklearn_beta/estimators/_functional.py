@@ -1,7 +1,8 @@
 """The functional API of the published package, a thin layer over the estimators.
 
 :func:`estimate_betas_baseline` and :func:`estimate_betas_iterative` keep the
-published names, defaults and result layout. Each builds the
+published names, defaults and result layout, the ``*_col`` column keywords
+included (mapped onto ``columns=``). Each builds the
 :class:`PhaseExposureTransformer` and the regressor its arguments describe,
 validates them through their ``_parameter_constraints`` (errors name the
 published argument) and runs the regressor's own fit on the trace.
@@ -15,8 +16,9 @@ import numpy as np
 import pandas as pd
 from sklearn.utils._param_validation import InvalidParameterError
 
+from ..core._columns import PhaseColumns, with_column_keywords
 from ..core._memory import large_fit_memory, n_rows
-from ..core._validation import PhaseColumns
+from ..core._validation import check_phases
 from ..trust._uncertainty import interval_summary
 from ._baseline import BaselineBetaRegressor
 from ._exposure import PhaseExposureTransformer
@@ -40,6 +42,8 @@ _ITERATIVE_NAMES = {
 }
 #: Messages that start with the published implementation's phrase, by argument.
 _PUBLISHED_PHRASES = {"chunk_size": "chunk_size must be positive"}
+#: The default column names, the ``*_col`` keywords' defaults.
+_NAMES = PhaseColumns()
 
 
 @dataclass(frozen=True)
@@ -118,6 +122,19 @@ def _transformer(caller: str, correction_argument: str, **params):
     return _validated(transformer, published, caller)
 
 
+def _phase_arrays(phases, transformer: PhaseExposureTransformer):
+    """The validated trace, its token columns optional beside ``N_steps``.
+
+    As published, a trace with an ``N_steps`` column fits without token
+    columns whatever the correction mode: the pressures need only ``C`` and
+    which phases are active, and with no prompt length no missing mass
+    ``mu`` is known, so the correction is zero. The estimators instead
+    require ``prefill_tokens`` for any correction but ``"none"`` rather than
+    ignore the mode.
+    """
+    return check_phases(phases, transformer._columns(), need_prefill_tokens=False)
+
+
 def estimate_betas_baseline(
     phases: pd.DataFrame,
     *,
@@ -127,6 +144,13 @@ def estimate_betas_baseline(
     token_budget: int | None = None,
     time_resolution: float | str = 0.0,
     columns: PhaseColumns | dict | None = None,
+    n_steps_col: str | None = _NAMES.n_steps,
+    prefill_tokens_col: str = _NAMES.prefill_tokens,
+    decode_tokens_col: str = _NAMES.decode_tokens,
+    t_start_col: str = _NAMES.t_start,
+    t_end_col: str = _NAMES.t_end,
+    phase_type_col: str = _NAMES.phase_type,
+    request_id_col: str = _NAMES.request_id,
 ) -> BaselineResult:
     """Estimate ``(beta0, beta1, beta2)`` with the baseline estimator.
 
@@ -154,6 +178,20 @@ def estimate_betas_baseline(
     columns : PhaseColumns, mapping or None, default=None
         Column names (:meth:`PhaseColumns.coerce`); ``N_steps`` and
         ``instance_id`` are used when present.
+    n_steps_col : str or None, default="N_steps"
+        The published name of ``columns={"n_steps": ...}``: observed step
+        counts, used when the column is present (``None`` ignores it). They
+        replace the inferred ones, and the trace then needs no token column:
+        without ``prefill_tokens`` no prefill's last chunk is known to be
+        short, so the partial-chunk correction takes nothing back (zero
+        missing mass, whatever the correction mode).
+    prefill_tokens_col, decode_tokens_col, t_start_col, t_end_col, \
+phase_type_col, request_id_col : str
+        The published names of the other ``columns`` fields, defaults
+        ``"prefill_tokens"``, ``"decode_tokens"``, ``"t_start"``, ``"t_end"``,
+        ``"phase_type"`` and ``"request_id"``. A keyword left at its default
+        renames nothing; one that renames a column ``columns`` names
+        differently raises ``ValueError``.
 
     Returns
     -------
@@ -187,11 +225,24 @@ def estimate_betas_baseline(
         min_duration=min_duration_sec,
         token_budget=token_budget,
         time_resolution=time_resolution,
-        columns=columns,
+        columns=with_column_keywords(
+            columns,
+            {
+                "n_steps": n_steps_col,
+                "prefill_tokens": prefill_tokens_col,
+                "decode_tokens": decode_tokens_col,
+                "t_start": t_start_col,
+                "t_end": t_end_col,
+                "phase_type": phase_type_col,
+                "request_id": request_id_col,
+            },
+        ),
     )
     regressor = BaselineBetaRegressor()
     with large_fit_memory(n_rows(phases)):
-        timeline, design, _ = transformer._exposures(phases)
+        timeline, design, _ = transformer._exposures(
+            phases, _phase_arrays(phases, transformer)
+        )
         beta = regressor._fit_design(
             design, timeline.duration, None, timeline, caller=caller, stacklevel=4
         )
@@ -215,6 +266,13 @@ def estimate_betas_iterative(
     token_budget: int | None = None,
     time_resolution: float | str = 0.0,
     columns: PhaseColumns | dict | None = None,
+    n_steps_col: str | None = _NAMES.n_steps,
+    prefill_tokens_col: str = _NAMES.prefill_tokens,
+    decode_tokens_col: str = _NAMES.decode_tokens,
+    t_start_col: str = _NAMES.t_start,
+    t_end_col: str = _NAMES.t_end,
+    phase_type_col: str = _NAMES.phase_type,
+    request_id_col: str = _NAMES.request_id,
 ) -> IterativeResult:
     """Estimate ``(beta0, beta1, beta2)`` with the iterative estimator.
 
@@ -260,6 +318,20 @@ default="end"
         Merge phase boundaries closer than this; 0 keeps the reference's grid.
     columns : PhaseColumns, mapping or None, default=None
         Column names (:meth:`PhaseColumns.coerce`).
+    n_steps_col : str or None, default="N_steps"
+        The published name of ``columns={"n_steps": ...}``: observed step
+        counts, used when the column is present (``None`` ignores it). They
+        replace the inferred ones, and the trace then needs no token column:
+        without ``prefill_tokens`` no prefill's last chunk is known to be
+        short, so the partial-chunk correction takes nothing back (zero
+        missing mass, whatever the correction mode).
+    prefill_tokens_col, decode_tokens_col, t_start_col, t_end_col, \
+phase_type_col, request_id_col : str
+        The published names of the other ``columns`` fields, defaults
+        ``"prefill_tokens"``, ``"decode_tokens"``, ``"t_start"``, ``"t_end"``,
+        ``"phase_type"`` and ``"request_id"``. A keyword left at its default
+        renames nothing; one that renames a column ``columns`` names
+        differently raises ``ValueError``.
 
     Returns
     -------
@@ -283,7 +355,18 @@ default="end"
         min_duration=min_duration_sec,
         token_budget=token_budget,
         time_resolution=time_resolution,
-        columns=columns,
+        columns=with_column_keywords(
+            columns,
+            {
+                "n_steps": n_steps_col,
+                "prefill_tokens": prefill_tokens_col,
+                "decode_tokens": decode_tokens_col,
+                "t_start": t_start_col,
+                "t_end": t_end_col,
+                "phase_type": phase_type_col,
+                "request_id": request_id_col,
+            },
+        ),
     )
     regressor = _validated(
         IterativeBetaRegressor(
@@ -300,7 +383,9 @@ default="end"
         caller,
     )
     with large_fit_memory(n_rows(phases)):
-        timeline, design, density = transformer._exposures(phases)
+        timeline, design, density = transformer._exposures(
+            phases, _phase_arrays(phases, transformer)
+        )
         beta = regressor._fit_timeline(
             timeline,
             design,

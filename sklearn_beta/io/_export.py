@@ -1,12 +1,18 @@
 """Simulator exports: fitted betas (and request overheads) as simulator input.
 
+BLIS reads two different exports, depending on its build: builds before PR
+#1136 (2026-04-23) read the three-coefficient *blackbox* model written here;
+later builds read the *trained-physics* model of
+:mod:`sklearn_beta.io._export_trained_physics`.
+
 * :func:`to_blis_coefficients`: betas as BLIS's ``beta_coeffs`` (microseconds).
 * :func:`blis_model_entry` and :func:`format_blis_models`: one entry of the
-  ``models:`` list that BLIS's blackbox latency model reads, as YAML.
+  ``models:`` list that BLIS's blackbox latency model reads, as YAML (BLIS
+  builds before PR #1136).
 * :func:`llm_d_latencies` and :func:`format_llm_d_config`: the per-token
   latency options of llm-d's inference simulator, as its YAML config file.
 * :func:`request_overheads`: the request-level overheads ``alpha`` of a
-  client-side trace, for ``alpha_coeffs``.
+  client-side trace, for the blackbox model's ``alpha_coeffs``.
 
 Which simulator releases read which export is in ``docs/simulators.md``.
 
@@ -78,7 +84,11 @@ def _check_beta(beta) -> np.ndarray:
 
 
 def to_blis_coefficients(beta, *, time_unit: float = 1.0) -> list[float]:
-    """Betas (or alphas) in microseconds, as BLIS's ``beta_coeffs``.
+    """Betas (or alphas) in microseconds, as BLIS's blackbox ``beta_coeffs``.
+
+    The three-coefficient blackbox model, read by BLIS builds before PR
+    #1136 (2026-04-23); later builds read
+    :func:`sklearn_beta.export.blis_trained_physics_coeffs`.
 
     Parameters
     ----------
@@ -120,6 +130,10 @@ def request_overheads(
     output_tokens: np.ndarray,
 ) -> np.ndarray:
     """Request-level overheads ``[alpha0, alpha1, alpha2]`` from fit residuals.
+
+    In the legacy blackbox meaning (BLIS builds before PR #1136,
+    2026-04-23); :func:`sklearn_beta.export.blis_alphas` gives the
+    trained-physics meaning.
 
     The residual of a phase is its observed minus its predicted duration
     (the steps the fitted betas place inside it). On a client-side trace the
@@ -167,6 +181,10 @@ def blis_model_entry(
     best_loss: float | None = None,
 ) -> dict:
     """One entry of the ``models:`` list of BLIS's blackbox latency model.
+
+    Read by BLIS builds before PR #1136 (2026-04-23), which removed the
+    blackbox model; later builds read
+    :func:`sklearn_beta.export.blis_trained_physics_coeffs`.
 
     Parameters
     ----------

@@ -64,6 +64,7 @@ class TimelineEdges:
         ones = np.ones(self.n_steps.shape[0])
         self.weight = ones if sample_weight is None else sample_weight
         self.objective_weight = step_count_weights(timeline, sample_weight)
+        self.time_unit = timeline.time_unit
         self._linearised = linearised
         self._cache: dict = {}
 
@@ -84,7 +85,9 @@ class TimelineEdges:
         return inner / max(float(np.sum(steps)), 1e-300)
 
     def lifetimes(self) -> np.ndarray:
-        return self.zones.lifetime
+        """Per instance, the longest a request lasts, in the trace's seconds
+        (the zones are in the fit's time unit)."""
+        return self.zones.lifetime * self.time_unit
 
     def gauss_newton_move(self, beta: np.ndarray) -> tuple[np.ndarray, float]:
         """The interior's Gauss-Newton step from ``beta`` and its relative move."""
