@@ -44,10 +44,9 @@ from ..core._schema import EXPOSURE_COLUMNS, column
 from ..core._step_count import solve_step_counts
 from ..core._validation import phase_layout
 from ..estimators._baseline import diagnostics_from_sums
-from ..estimators._fit import FitSettings, Solution, nan_intervals
+from ..estimators._fit import FitSettings, Solution, intervals_of_sums, nan_intervals
 from ..trust._edges import fit_with_edge_context
 from ..trust._identifiability import at_zero_bound, identifiability_diagnostics
-from ..trust._uncertainty import intervals_from_sums
 from ..trust._what_if import findings_of_split, split_from_sums
 from ..trust._window_fit import edge_test_settings
 from ._blocks import (
@@ -339,7 +338,7 @@ class PartitionSource:
         )
         return diagnostics
 
-    def intervals(self, solution, beta, unit, bound, settings):
+    def intervals(self, solution, beta, unit, diagnostics, settings):
         """``beta_ci_`` from the sums at the solution (None without them)."""
         reduced = solution.state
         if settings.confidence_level is None:
@@ -353,10 +352,9 @@ class PartitionSource:
                 settings.confidence_level, self._persisted(), baseline_solution, beta
             )
         sums, n_lags = reduced.trust
-        ci = intervals_from_sums(
-            beta / unit, sums["sandwich"], n_lags, settings.confidence_level, bound
+        return intervals_of_sums(
+            beta, sums["sandwich"], n_lags, diagnostics, settings, unit
         )
-        return unit * ci
 
 
 def _fit_window(settings, blocks, start, beta_init, callback):
@@ -394,10 +392,10 @@ def _noise_limited(state: ReducedState, start: dict, weighted_design) -> list:
     """``_what_if.noise_limited_findings`` of the step-count fit, from sums."""
     r = state.stats["r_newton"].r[:, :3]
     typical = weighted_design / max(float(weighted_design[0]), 1e-300)
-    shares, corr = split_from_sums(
+    split = split_from_sums(
         r.T @ r, state.loss, start["n_weighted"], state.beta, typical
     )
-    return findings_of_split(shares, corr, typical)
+    return findings_of_split(split, typical)
 
 
 def predict_partitions(estimator, X):

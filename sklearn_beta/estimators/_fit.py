@@ -32,7 +32,8 @@ from ..core._schema import EXPOSURE_COLUMNS, phase_windows
 from ..core._units import unit_from_totals
 from ..exceptions import UncertaintyWarning
 from ..trust._identifiability import BETA_NAMES
-from ..trust._uncertainty import sandwich_intervals
+from ..trust._time_blocks import time_blocks
+from ..trust._uncertainty import SandwichSums, intervals_from_sums, sandwich_sums
 
 
 @dataclass(frozen=True)
@@ -90,9 +91,7 @@ def fit_baseline(source, settings: FitSettings) -> FittedBetas:
     solution = source.baseline()
     beta = solution.beta
     diagnostics = source.diagnostics(solution, beta, 1.0, settings)
-    beta_ci = source.intervals(
-        solution, beta, 1.0, at_bound(beta, diagnostics), settings
-    )
+    beta_ci = source.intervals(solution, beta, 1.0, diagnostics, settings)
     return FittedBetas(beta, beta_ci, diagnostics)
 
 
@@ -121,9 +120,7 @@ def fit_iterative(source, settings: FitSettings) -> FittedBetas:
     diagnostics.update(r2=last["r2"], rmse_seconds=last["rmse_seconds"])
     if solution.edges is not None:
         diagnostics["edges"] = solution.edges.as_dict()
-    beta_ci = source.intervals(
-        solution, beta, unit, at_bound(beta, diagnostics), settings
-    )
+    beta_ci = source.intervals(solution, beta, unit, diagnostics, settings)
     return FittedBetas(
         beta, beta_ci, diagnostics, solution.converged, solution.n_iter, history, unit
     )
@@ -139,18 +136,13 @@ def time_unit(stopping: str, totals) -> float:
     return unit_from_totals(float(steps), float(duration), int(n_phases))
 
 
-def at_bound(beta: np.ndarray, diagnostics: dict) -> np.ndarray:
-    """The betas the NNLS constraint set, not the trace: one-sided intervals."""
-    return (beta <= 0) | np.isin(BETA_NAMES, diagnostics["at_zero_bound"])
-
-
 def beta_intervals(
     timeline: Timeline | None,
     beta: np.ndarray,
     jac: np.ndarray,
     residual: np.ndarray,
     weight: np.ndarray | None,
-    bound: np.ndarray,
+    diagnostics: dict,
     settings: FitSettings,
     *,
     unit: float = 1.0,
@@ -160,25 +152,57 @@ def beta_intervals(
 
     ``jac`` and ``residual`` are the objective's Jacobian (n_phases, 3)
     and residuals at ``beta / unit`` (the fit's time unit), ``weight`` its
-    weights, ``bound`` the betas at their zero bound; the intervals come
-    back in the unit of ``beta``. None when ``confidence_level`` is None;
-    NaN, with a warning, without the ``timeline`` whose phase windows form
-    the time blocks (a table that is not a full exposure table).
+    weights, ``diagnostics`` the fit's; the intervals come back in the unit
+    of ``beta``. None when ``confidence_level`` is None; NaN, with a
+    warning, without the ``timeline`` whose phase windows form the time
+    blocks (a table that is not a full exposure table).
     """
     if settings.confidence_level is None:
         return None
     if timeline is None:
         return nan_intervals(settings, stacklevel=stacklevel + 1)
-    ci = sandwich_intervals(
+    block, block_instance, n_lags = time_blocks(*phase_windows(timeline))
+    sums = sandwich_sums(jac, residual, weight, block, block_instance, n_lags)
+    return intervals_of_sums(beta, sums, n_lags, diagnostics, settings, unit)
+
+
+def intervals_of_sums(
+    beta: np.ndarray,
+    sums: SandwichSums,
+    n_lags: int,
+    diagnostics: dict,
+    settings: FitSettings,
+    unit: float = 1.0,
+) -> np.ndarray:
+    """``beta_ci_`` from a fit's sandwich sums, in memory and on a Dask
+    cluster. A beta at its zero bound (the NNLS constraint set it, not the
+    trace) gets a one-sided interval; coefficients the trace does not
+    identify (``diagnostics["not_identified"]``) get ``[0, typical step /
+    their tokens in it]``
+    (:func:`~sklearn_beta.trust._uncertainty.unidentified_intervals`)."""
+    at_bound = (beta <= 0) | np.isin(BETA_NAMES, diagnostics["at_zero_bound"])
+    ci = intervals_from_sums(
         beta / unit,
-        jac,
-        residual,
-        weight,
-        *phase_windows(timeline),
+        sums,
+        n_lags,
         settings.confidence_level,
-        bound,
+        at_bound,
+        np.isin(BETA_NAMES, diagnostics["not_identified"]),
+        typical_step(diagnostics),
     )
     return unit * ci
+
+
+def typical_step(diagnostics: dict) -> np.ndarray:
+    """``[1, T_pf, T_dec]``: the fitted design's tokens per step."""
+    steps = max(float(diagnostics["mean_steps"]), np.finfo(float).tiny)
+    return np.array(
+        [
+            1.0,
+            diagnostics["mean_A_pf_tokens"] / steps,
+            diagnostics["mean_A_dec_tokens"] / steps,
+        ]
+    )
 
 
 def nan_intervals(settings: FitSettings, *, stacklevel: int) -> np.ndarray | None:
