@@ -189,7 +189,7 @@ class TimelineDurations(TimelineProblem):
     re-weighting pass at given betas (the problem keeps the lagged ``p_eff``),
     that pass's NNLS of the durations, the basis its stopping rule measures a
     step in and its fit statistics. The Dask implementation
-    (:mod:`sklearn_beta._dask_fit`) answers with sums over partitions.
+    (:mod:`sklearn_beta.distributed._dask_fit`) answers with sums over partitions.
     """
 
     def __init__(self, timeline, correction_mode, sample_weight=None):

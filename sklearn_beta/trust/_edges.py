@@ -28,8 +28,8 @@ fitted on all its phases, as before.
 
 Every function here works on arrays of one trace (phases, instance codes);
 no loop over phases, requests or segments. The fit of a window in memory is
-:mod:`sklearn_beta._window_fit`; the Dask fit asks the same questions of
-partitions of whole instances (:mod:`sklearn_beta._distributed_edges`).
+:mod:`sklearn_beta.trust._window_fit`; the Dask fit asks the same questions of
+partitions of whole instances (:mod:`sklearn_beta.distributed._edges`).
 """
 
 from __future__ import annotations

@@ -1,11 +1,11 @@
 """The step-count fit of a trace in memory that may be a window cut from serving.
 
 :func:`fit_step_counts_of_window` runs the estimator's step-count fit with
-the window-edge treatment of :mod:`sklearn_beta._edges` (whose decision
-:func:`~sklearn_beta._edges.fit_with_edge_context` asks
+the window-edge treatment of :mod:`sklearn_beta.trust._edges` (whose decision
+:func:`~sklearn_beta.trust._edges.fit_with_edge_context` asks
 :class:`TimelineEdges` its questions about the trace), then checks the
 step noise for coefficients it leaves unknown. The Dask fit answers the
-same questions from partitions (:mod:`sklearn_beta._distributed_edges`).
+same questions from partitions (:mod:`sklearn_beta.distributed._edges`).
 """
 
 from __future__ import annotations
@@ -156,7 +156,7 @@ def fit_step_counts_of_window(
     treated by :func:`fit_with_edge_context`; with ``"fit"`` every phase is
     fitted. Then, at the chosen fit's betas and with its phase weights, the
     step noise is checked for coefficients it leaves unknown
-    (:func:`~sklearn_beta._what_if.noise_limited_findings`), reusing the
+    (:func:`~sklearn_beta.trust._what_if.noise_limited_findings`), reusing the
     linearisation of the edge test where it has one. ``stacklevel`` is the
     caller's, for the short-trace warning.
 
@@ -164,7 +164,7 @@ def fit_step_counts_of_window(
     :class:`EdgeReport` (None with ``edges="fit"``), the phase weights of the
     chosen fit (``sample_weight`` with 0 on the context phases) and the
     findings for
-    :func:`~sklearn_beta._identifiability.identifiability_diagnostics`.
+    :func:`~sklearn_beta.trust._identifiability.identifiability_diagnostics`.
     """
     fixed = static_correction_mass(
         correction_mode, timeline.trace_grid, timeline.is_prefill, timeline.mu
