@@ -4,7 +4,6 @@ The code is in :mod:`sklearn_beta.model_selection._metrics`;
 this module is its public face.
 """
 
-from .engine._what_if import infer_max_in_flight, what_if_latencies
 from .model_selection._metrics import (
     PhaseDurationScorer,
     PhaseScorers,
@@ -29,6 +28,4 @@ __all__ = [
     "phase_scorers",
     "step_time_error",
     "what_if_error",
-    "what_if_latencies",
-    "infer_max_in_flight",
 ]

@@ -18,7 +18,7 @@ from sklearn.pipeline import make_pipeline
 
 from sklearn_beta import IterativeBetaRegressor, PhaseExposureTransformer
 from sklearn_beta.datasets import simulate_trace
-from sklearn_beta.metrics import infer_max_in_flight, what_if_latencies
+from sklearn_beta.replay import infer_max_in_flight, what_if_latencies
 
 BETA = (6e-3, 2.5e-5, 5e-5)
 CAPACITY = 27.4

@@ -265,7 +265,7 @@ def what_if_latencies(
     Examples
     --------
     >>> from sklearn_beta.datasets import simulate_trace
-    >>> from sklearn_beta.metrics import what_if_latencies
+    >>> from sklearn_beta.replay import what_if_latencies
     >>> phases = simulate_trace(200, beta=(6e-3, 2.5e-5, 5e-5), chunk_size=None,
     ...                         token_budget=8192, max_num_seqs=256,
     ...                         arrival_rate=5.0, view="engine", random_state=0)
