@@ -286,3 +286,31 @@ def test_cli_prints_one_line_per_dropped_candidate(capsys, tmp_path, monkeypatch
     lines = [line for line in out.splitlines() if "candidate dropped" in line]
     assert len(lines) == 1 and lines[0].startswith("note: engine candidate dropped: ")
     assert "token_budget=1024: beta=" in lines[0]
+
+
+def test_cli_automatic_mode_completes_on_a_saturated_engine_side_trace(
+    capsys, tmp_path
+):
+    # Issue 19: "TraceBlockSplit: fold has no training phases" aborted this.
+    phases = simulate_trace(
+        300,
+        beta=BETA,
+        chunk_size=None,
+        token_budget=2048,
+        max_num_seqs=128,
+        arrival_rate=20.0,
+        prompt_tokens=(600, 0.8),
+        output_tokens=(400, 0.6),
+        view="engine",
+        noise=0.02,
+        random_state=0,
+    )
+    path = tmp_path / "saturated.csv"
+    phases.to_csv(path, index=False)
+    code, out, err = run(capsys, "fit", path, "--max-num-seqs", 128, "--output", "json")
+    assert code == 0, err
+    report = json.loads(out)
+    assert (report["chunk_size"], report["token_budget"]) == (None, 2048)
+    assert report["validation"]["n_splits"] == 2
+    assert any(n.startswith("time-block fold(s) [0] of 3") for n in report["notes"])
+    assert abs(report["betas"]["beta1"] / BETA[1] - 1) < 0.03
