@@ -95,6 +95,18 @@ def test_open_loop_traces_have_no_cap():
     assert infer_max_in_flight(phases) is None  # no intended arrivals
     light = closed_loop(0.3)  # the cap never binds: sends are on time
     assert infer_max_in_flight(light) is None
+    # A client's jitter (sends 0.5 ms late) is no cap; a tolerance below it
+    # takes every send for held back, not at a cap: still open loop.
+    jittery = light.copy()
+    jittery["intended_arrival"] -= 5e-4
+    assert infer_max_in_flight(jittery) is None
+    assert infer_max_in_flight(jittery, lag_tolerance=1e-4) is None
+    # The saturated closed loop with the same jitter is still found.
+    saturated = closed_loop(1.3)
+    saturated["intended_arrival"] -= 5e-4
+    assert infer_max_in_flight(saturated) == 256
+    with pytest.raises(ValueError, match="lag_tolerance must be a number >= 0"):
+        infer_max_in_flight(saturated, lag_tolerance=-1.0)
     assert what_if_latencies(light, BETA, **REPLAY).attrs["max_in_flight"] is None
 
 

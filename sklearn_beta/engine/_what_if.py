@@ -22,8 +22,9 @@ from ._replay import replay_trace
 __all__ = ["infer_max_in_flight", "what_if_latencies"]
 
 #: A send lagging its intended arrival by more than this (seconds) was held
-#: back by the client.
-LAG_TOLERANCE = 1e-6
+#: back by the client; less is the client's own jitter (an asyncio client
+#: at a few hundred requests/s lags by well under a millisecond).
+LAG_TOLERANCE = 1e-3
 #: A trace is closed loop when at least this share of its requests were held
 #: back, and at least :data:`AT_CAP_SHARE` of those were sent with the
 #: in-flight count at its maximum (one completed, the next one sent).
@@ -54,13 +55,14 @@ def infer_max_in_flight(
     *,
     arrival: str = "arrival",
     intended_arrival: str = "intended_arrival",
+    lag_tolerance: float = LAG_TOLERANCE,
     columns=None,
 ) -> int | None:
     """A closed-loop client's cap on requests in flight, or None (open loop).
 
     A trace with both the sends (``arrival``) and the intended arrivals
     (TraceV3's ``intended_arrival``) is closed loop when sends lag their
-    intended arrivals (by more than :data:`LAG_TOLERANCE`) for at least
+    intended arrivals (by more than ``lag_tolerance``) for at least
     :data:`MIN_LAGGED_SHARE` of the requests and the in-flight count (sent,
     last token not yet recorded, per instance) right after such a send is at
     its maximum for at least :data:`AT_CAP_SHARE` of them: the client sent
@@ -72,6 +74,9 @@ def infer_max_in_flight(
         The phase table; ``arrival`` and ``intended_arrival`` on prefill rows.
     arrival, intended_arrival : str
         Columns of the sends and the intended arrivals.
+    lag_tolerance : float, default=1e-3
+        Seconds a send may lag its intended arrival by the client's jitter
+        alone.
     columns : PhaseColumns, mapping or None, default=None
         Column names.
 
@@ -81,6 +86,10 @@ def infer_max_in_flight(
         None when a column is missing or the sends do not lag at a cap.
     """
     cols = PhaseColumns.coerce(columns)
+    if isinstance(lag_tolerance, bool) or not isinstance(lag_tolerance, Real):
+        raise ValueError(f"lag_tolerance must be a number >= 0, got {lag_tolerance!r}.")
+    if not 0 <= lag_tolerance < np.inf:
+        raise ValueError(f"lag_tolerance must be a number >= 0, got {lag_tolerance!r}.")
     if arrival not in phases.columns or intended_arrival not in phases.columns:
         return None
     pre = _prefill_rows(phases, cols)
@@ -112,7 +121,7 @@ def infer_max_in_flight(
     count = np.empty(2 * n, dtype=np.int64)
     count[order] = running[group_end][group]
     after_send = count[n:]
-    lagged = send - intended > LAG_TOLERANCE
+    lagged = send - intended > lag_tolerance
     if lagged.sum() < MIN_LAGGED_SHARE * n:
         return None
     cap = int(after_send.max())
