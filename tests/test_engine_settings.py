@@ -116,9 +116,17 @@ def test_given_settings_are_kept_and_the_budget_is_searched():
         candidates=[(None, 2048), (None, 8192)],
     )
     assert settings.max_num_seqs == 100 and settings.num_gpu_blocks is None
+    assert not any("client-side" in note for note in settings.notes)
     assert settings.evidence["max_num_seqs"] == "given"
     assert settings.token_budget == 8192 and settings.engine_config is not None
     assert settings.replay_settings()["max_num_seqs"] == 100
+
+
+def test_client_side_traces_are_noted():
+    phases = saturated(64, n=300)
+    phases.attrs["client_side"] = True
+    settings = estimate_engine_settings(phases, chunk_size=None, token_budget=8192)
+    assert settings.notes[0].startswith("client-side trace: prefill phases start")
 
 
 def test_profile_counts_against_an_independent_count():

@@ -467,6 +467,13 @@ def estimate_engine_settings(
         "kv_level": kv_level(profile),
     }
     notes = []
+    if phases.attrs.get("client_side"):
+        notes.append(
+            "client-side trace: prefill phases start at the sends, so the "
+            "running count is the client's in-flight count and the waits are "
+            "not the engine's queue; max_num_seqs and the KV cache read from "
+            "it describe the client (give them, or use engine-side times)"
+        )
     queued = waiting_share >= MIN_WAITING_SHARE
     if max_num_seqs == "auto":
         binds = queued and share >= CEILING_SHARE
