@@ -212,6 +212,19 @@ def test_every_candidate_failing_is_one_clear_error(monkeypatch):
         select_engine_config(light_trace(), candidates=[(None, 512), (None, 1024)])
 
 
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(num_gpu_blocks=0), "num_gpu_blocks must be an integer >= 1"),
+        (dict(block_size=2.0), "block_size must be an integer >= 1"),
+        (dict(max_num_seqs=-3), "max_num_seqs must be an integer >= 1"),
+    ],
+)
+def test_bad_engine_limits_fail_before_the_search(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        select_engine_config(light_trace(60), candidates=[(None, 512)], **kwargs)
+
+
 def test_folds_without_training_phases_are_dropped():
     # 300 requests, 128 running, decodes as long as the arrival window.
     phases = simulate_trace(

@@ -302,7 +302,8 @@ def select_engine_config(
     Raises
     ------
     ValueError
-        For a bad candidate, ``n_splits`` or ``n_keep``, when every fold lacks
+        For a bad candidate, ``n_splits``, ``n_keep``, ``max_num_seqs``,
+        ``num_gpu_blocks`` or ``block_size``, when every fold lacks
         training phases, or when no candidate could be scored (every
         candidate's reason is given).
 
@@ -325,6 +326,13 @@ def select_engine_config(
     _check_count(n_splits, "n_splits", minimum=2)
     _check_count(n_keep, "n_keep", minimum=1)
     _check_tolerance(tolerance)
+    # Engine limits every candidate shares: wrong ones are the caller's, not
+    # a candidate's failure.
+    if max_num_seqs is not None:
+        _check_count(max_num_seqs, "max_num_seqs", minimum=1)
+    if num_gpu_blocks is not None:
+        _check_count(num_gpu_blocks, "num_gpu_blocks", minimum=1)
+    _check_count(block_size, "block_size", minimum=1)
     trace = phases.reset_index(drop=True)
     longest = int(pd.to_numeric(trace[cols.prefill_tokens]).max())
     pairs = _engine_candidates(candidates, longest)
