@@ -328,7 +328,6 @@ class PartitionSource:
                 beta,
                 stats["shape"],
                 estimator=settings.caller,
-                stacklevel=settings.stacklevel + 1,
                 extra_findings=list(reduced.findings),
             )
         )
@@ -347,7 +346,7 @@ class PartitionSource:
             if len(self.columns) < len(EXPOSURE_COLUMNS):
                 # Without the phase windows there are no time blocks: NaN, as
                 # in memory.
-                return nan_intervals(settings, stacklevel=settings.stacklevel + 1)
+                return nan_intervals(settings)
             reduced.trust = solution_sums(
                 settings.confidence_level, self._persisted(), baseline_solution, beta
             )
@@ -382,9 +381,7 @@ def _fit_window(settings, blocks, start, beta_init, callback):
 
     if window is None:
         return fit("all", None, True), None
-    # Two frames below fit_iterative's callee (solve).
-    stacklevel = settings.stacklevel + 2
-    result, report, _ = fit_with_edge_context(window, fit, stacklevel=stacklevel)
+    result, report, _ = fit_with_edge_context(window, fit)
     return result, report
 
 

@@ -27,6 +27,7 @@ from sklearn.base import clone
 
 from ..core._columns import PhaseColumns
 from ..core._engine_model import effective_chunk_size
+from ..core._warnings import warn
 from ..engine._replay import replay_trace
 from ..estimators._exposure import PhaseExposureTransformer
 from ..estimators._iterative import IterativeBetaRegressor
@@ -383,12 +384,11 @@ def select_engine_config(
     config = replace(config, notes=notes)
     if config.edge is not None:
         best = (config.chunk_size, config.token_budget)
-        warnings.warn(
+        warn(
             edge_message(
                 best, config.edge, config.runner_up, config.margin, config.scores
             ),
             EngineConfigWarning,
-            stacklevel=2,
         )
     return config
 

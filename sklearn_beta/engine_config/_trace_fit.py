@@ -21,6 +21,7 @@ from ..core._corrections import FIXED_CORRECTION_MODES
 from ..core._design import DesignAtBetas, design_at_betas
 from ..core._fixed_point import HISTORY_COLUMNS
 from ..core._schema import column
+from ..core._warnings import warn
 from ..estimators._baseline import BaselineBetaRegressor
 from ..estimators._exposure import PhaseExposureTransformer
 from ..estimators._iterative import IterativeBetaRegressor
@@ -278,7 +279,7 @@ def _shift_prefill_starts(phases: pd.DataFrame, is_prefill, delay: float):
     return shifted
 
 
-def reemit_warnings(caught, *, stacklevel: int = 2) -> None:
+def reemit_warnings(caught) -> None:
     """Issue recorded warnings again, each distinct (category, message) once.
 
     They then go through the caller's warning filters, which the recording
@@ -289,7 +290,7 @@ def reemit_warnings(caught, *, stacklevel: int = 2) -> None:
         key = (record.category, str(record.message))
         if key not in seen:
             seen.add(key)
-            warnings.warn(record.message, stacklevel=stacklevel + 1)
+            warn(record.message)
 
 
 def fit_client_trace(
@@ -357,7 +358,7 @@ def fit_client_trace(
     # Brent never tries the bounds themselves: compare with no delay at all.
     delay = min((best.x, 0.0), key=mean_squared_residual)
     fit = fits[delay]
-    reemit_warnings(caught[delay], stacklevel=3)
+    reemit_warnings(caught[delay])
     residual = fit.observed - fit.predicted
     tokens = phases[["prefill_tokens", "decode_tokens"]].to_numpy(dtype=np.float64)
     alpha = request_overheads(

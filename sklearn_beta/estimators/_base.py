@@ -26,7 +26,7 @@ class BaseBetaRegressor(RegressorMixin, BaseEstimator):
 
     Subclasses implement ``_fit_table(table, duration, sample_weight) -> beta``
     and ``_predict_table(table) -> durations`` on plain float arrays, and
-    ``_fit_source(source, *, stacklevel) -> beta`` on a backend's data
+    ``_fit_source(source) -> beta`` on a backend's data
     source (:mod:`~sklearn_beta.estimators._fit`).
     """
 
@@ -89,7 +89,7 @@ class BaseBetaRegressor(RegressorMixin, BaseEstimator):
             self.feature_names_in_ = np.asarray(source.columns, dtype=object)
             self.n_features_in_ = len(source.columns)
             # Level 5: fit's caller, past _fit_context's wrapper.
-            return self._set_betas(self._fit_source(source, stacklevel=5))
+            return self._set_betas(self._fit_source(source))
         table, duration = self._check_table(X, y, reset=True)
         if sample_weight is not None:
             sample_weight = _check_sample_weight(
@@ -105,17 +105,16 @@ class BaseBetaRegressor(RegressorMixin, BaseEstimator):
         self.beta_ci_ = fitted.beta_ci
         return fitted.beta
 
-    def _set_betas(self, beta: np.ndarray, stacklevel: int = 6):
+    def _set_betas(self, beta: np.ndarray):
         """The fitted betas as ``beta_`` and ``coef_`` (no intercept), and
-        the warnings about those the fit cannot vouch for (``stacklevel``
-        from the warning to the user's ``fit`` call)."""
+        the warnings about those the fit cannot vouch for."""
         self.beta_ = np.asarray(beta, dtype=np.float64)
         self.coef_ = self.beta_.copy()
         self.intercept_ = 0.0
-        self._warn_untrusted(stacklevel)
+        self._warn_untrusted()
         return self
 
-    def _warn_untrusted(self, stacklevel: int) -> None:
+    def _warn_untrusted(self) -> None:
         # Coefficients the trace does not identify already raised an
         # IdentifiabilityWarning; do not warn twice about them.
         skip = set(self.diagnostics_["not_identified"])
@@ -128,7 +127,6 @@ class BaseBetaRegressor(RegressorMixin, BaseEstimator):
             [n for n in self.diagnostics_["at_zero_bound"] if n not in skip],
             estimator=type(self).__name__,
             level=self.confidence_level,
-            stacklevel=stacklevel,
         )
 
     def predict(self, X):

@@ -72,7 +72,6 @@ class DesignSource:
                 self.timeline,
                 self.sample_weight,
                 estimator=settings.caller,
-                stacklevel=settings.stacklevel + 1,
             )
         )
         return diagnostics
@@ -86,7 +85,6 @@ class DesignSource:
             self.sample_weight,
             diagnostics,
             settings,
-            stacklevel=settings.stacklevel + 1,
         )
 
 
@@ -186,7 +184,6 @@ class BaselineBetaRegressor(BaseBetaRegressor):
         timeline: Timeline | None = None,
         *,
         caller: str | None = None,
-        stacklevel: int = 6,
     ) -> np.ndarray:
         """The fit in memory, shared with :func:`estimate_betas_baseline`.
 
@@ -196,14 +193,12 @@ class BaselineBetaRegressor(BaseBetaRegressor):
         ``beta_ci_`` and returns the betas.
         """
         source = DesignSource(design, duration, sample_weight, timeline)
-        return self._fit_source(source, caller=caller, stacklevel=stacklevel + 1)
+        return self._fit_source(source, caller=caller)
 
-    def _fit_source(self, source, *, caller=None, stacklevel=6) -> np.ndarray:
+    def _fit_source(self, source, *, caller=None) -> np.ndarray:
         """:func:`~sklearn_beta.estimators._fit.fit_baseline` on ``source``."""
         name = type(self).__name__
-        settings = FitSettings(
-            name, caller or name, self.confidence_level, stacklevel + 1
-        )
+        settings = FitSettings(name, caller or name, self.confidence_level)
         return self._fitted(fit_baseline(source, settings))
 
     def _predict_table(self, table):

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Mapping
 from dataclasses import replace
 from numbers import Real
@@ -34,6 +33,7 @@ from ..core._grid import PhaseIntegrals, Timeline, build_timeline, snap_times
 from ..core._memory import large_fit_memory, n_rows
 from ..core._schema import EXPOSURE_COLUMNS, write_exposure_table
 from ..core._validation import PhaseArrays, PhaseColumns, check_phases
+from ..core._warnings import warn
 from ._backend import backend_for
 
 __all__ = ["PhaseExposureTransformer"]
@@ -356,11 +356,10 @@ class PhaseExposureTransformer(TransformerMixin, BaseEstimator):
         if not self.decode_tokens_include_first:
             return arrays
         if arrays.n_steps is not None:
-            warnings.warn(
+            warn(
                 "decode_tokens_include_first=True has no effect: the "
                 f"{self._columns().n_steps!r} column gives the step counts.",
-                UserWarning,
-                stacklevel=6,  # the caller of transform (set_output wraps it)
+                UserWarning,  # the caller of transform (set_output wraps it)
             )
             return arrays
         decode = exclude_first_decode_token(arrays.is_prefill, arrays.decode_tokens)

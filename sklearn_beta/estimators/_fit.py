@@ -11,15 +11,13 @@ backend's on partitions, from reduced sums. What a fit needs from its
 estimator travels in a :class:`FitSettings`; nothing reads the estimator
 itself.
 
-``stacklevel`` (in :class:`FitSettings`) is that of a warning raised by a
-function :func:`fit_baseline` or :func:`fit_iterative` calls, so that every
-warning points at the code that called the estimator.
+Every warning points at the code that called the estimator
+(:func:`~sklearn_beta.core._warnings.warn`).
 """
 
 from __future__ import annotations
 
 import sys
-import warnings
 from dataclasses import dataclass
 from functools import partial
 
@@ -30,6 +28,7 @@ from ..core._fixed_point import HISTORY_COLUMNS, IterationSettings, warn_not_con
 from ..core._grid import Timeline
 from ..core._schema import EXPOSURE_COLUMNS, phase_windows
 from ..core._units import unit_from_totals
+from ..core._warnings import warn
 from ..exceptions import UncertaintyWarning
 from ..trust._identifiability import BETA_NAMES
 from ..trust._time_blocks import time_blocks
@@ -49,7 +48,6 @@ class FitSettings:
     estimator: str
     caller: str
     confidence_level: float | None
-    stacklevel: int
     names: dict | None = None
     objective: str | None = None
     correction_mode: str | None = None
@@ -110,7 +108,6 @@ def fit_iterative(source, settings: FitSettings) -> FittedBetas:
             settings.iteration,
             solution.history[-1]["step"],
             settings.names,
-            settings.stacklevel,
         )
     history = history_frame(solution.history, unit)
     beta = solution.beta * unit
@@ -146,7 +143,6 @@ def beta_intervals(
     settings: FitSettings,
     *,
     unit: float = 1.0,
-    stacklevel: int,
 ) -> np.ndarray | None:
     """``beta_ci_`` of the fitted least-squares objective.
 
@@ -160,7 +156,7 @@ def beta_intervals(
     if settings.confidence_level is None:
         return None
     if timeline is None:
-        return nan_intervals(settings, stacklevel=stacklevel + 1)
+        return nan_intervals(settings)
     block, block_instance, n_lags = time_blocks(*phase_windows(timeline))
     sums = sandwich_sums(jac, residual, weight, block, block_instance, n_lags)
     return intervals_of_sums(beta, sums, n_lags, diagnostics, settings, unit)
@@ -205,17 +201,16 @@ def typical_step(diagnostics: dict) -> np.ndarray:
     )
 
 
-def nan_intervals(settings: FitSettings, *, stacklevel: int) -> np.ndarray | None:
+def nan_intervals(settings: FitSettings) -> np.ndarray | None:
     """``beta_ci_`` of a table without phase windows: NaN, with a warning."""
     if settings.confidence_level is None:
         return None
-    warnings.warn(
+    warn(
         f"{settings.estimator}: beta_ci_ needs the full exposure table "
         f"(columns {list(EXPOSURE_COLUMNS)}) to group phases into time "
         "blocks; it is NaN. Fit on PhaseExposureTransformer's output, "
         "or set confidence_level=None.",
         UncertaintyWarning,
-        stacklevel=stacklevel,
     )
     return np.full((len(BETA_NAMES), 2), np.nan)
 

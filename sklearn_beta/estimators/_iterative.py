@@ -11,7 +11,6 @@ same :meth:`IterativeBetaRegressor._fit_timeline`.
 
 from __future__ import annotations
 
-import warnings
 from dataclasses import replace
 from numbers import Real
 
@@ -31,6 +30,7 @@ from ..core._nnls import nnls_fit
 from ..core._schema import EXPOSURE_COLUMNS, column, design_columns, read_timeline
 from ..core._step_count import fit_step_counts
 from ..core._units import rescaled_timeline
+from ..core._warnings import warn
 from ..trust._identifiability import identifiability_diagnostics
 from ..trust._uncertainty import DEFAULT_CONFIDENCE_LEVEL
 from ..trust._window_fit import edge_test_settings, fit_step_counts_of_window
@@ -102,7 +102,6 @@ class TimelineSource:
                 settings.correction_mode,
                 weight,
                 edges=settings.edges,
-                stacklevel=settings.stacklevel + 1,
             )
         else:
             result = fit(weight)
@@ -121,7 +120,6 @@ class TimelineSource:
                 self.timeline,
                 weight,
                 estimator=settings.caller,
-                stacklevel=settings.stacklevel + 1,
                 extra_findings=findings,
             )
         )
@@ -138,7 +136,6 @@ class TimelineSource:
             diagnostics,
             settings,
             unit=unit,
-            stacklevel=settings.stacklevel + 1,
         )
 
 
@@ -450,7 +447,6 @@ default=None
         *,
         caller: str | None = None,
         names: dict | None = None,
-        stacklevel: int = 6,
     ) -> np.ndarray:
         """The fit in memory, shared with :func:`estimate_betas_iterative`.
 
@@ -461,18 +457,15 @@ default=None
         attributes (``beta_ci_`` too) but ``beta_``; returns the betas.
         """
         source = TimelineSource(timeline, init_design, density, duration, sample_weight)
-        return self._fit_source(
-            source, caller=caller, names=names, stacklevel=stacklevel + 1
-        )
+        return self._fit_source(source, caller=caller, names=names)
 
-    def _fit_source(self, source, *, caller=None, names=None, stacklevel=6):
+    def _fit_source(self, source, *, caller=None, names=None):
         """:func:`~sklearn_beta.estimators._fit.fit_iterative` on ``source``."""
         name = type(self).__name__
         settings = FitSettings(
             name,
             caller or name,
             self.confidence_level,
-            stacklevel + 1,
             names=names,
             objective=self.objective,
             correction_mode=self.correction_mode,
@@ -540,12 +533,11 @@ def _warn_if_y_unused(table: np.ndarray, duration: np.ndarray) -> None:
     observed = column(table, "duration")
     if duration is observed or np.array_equal(duration, observed):
         return
-    warnings.warn(
+    warn(
         "IterativeBetaRegressor(objective='step_count') fits the betas to the "
         "step counts of the phase windows in the exposure table; the y given "
         "to fit differs from the table's 'duration' column and only enters "
         "the starting point and the reported r2/rmse. Use "
         "objective='duration' to regress y.",
         UserWarning,
-        stacklevel=5,
     )

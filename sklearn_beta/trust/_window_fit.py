@@ -146,7 +146,6 @@ def fit_step_counts_of_window(
     sample_weight: np.ndarray | None,
     *,
     edges: str,
-    stacklevel: int,
 ) -> tuple[tuple, EdgeReport | None, np.ndarray | None, list]:
     """The step-count fit of a trace that may be a window cut from serving.
 
@@ -157,8 +156,7 @@ def fit_step_counts_of_window(
     fitted. Then, at the chosen fit's betas and with its phase weights, the
     step noise is checked for coefficients it leaves unknown
     (:func:`~sklearn_beta.trust._what_if.noise_limited_findings`), reusing the
-    linearisation of the edge test where it has one. ``stacklevel`` is the
-    caller's, for the short-trace warning.
+    linearisation of the edge test where it has one.
 
     Returns ``(result, report, weight, findings)``: ``fit``'s result, the
     :class:`EdgeReport` (None with ``edges="fit"``), the phase weights of the
@@ -194,7 +192,6 @@ def fit_step_counts_of_window(
             lambda kind, beta_init, final: fitted(
                 window.weights(kind), beta_init, final
             ),
-            stacklevel=stacklevel + 1,
         )
         sample_weight = window.weights(kind)
         linearised = window.linearised
