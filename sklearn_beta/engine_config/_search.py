@@ -233,6 +233,15 @@ def select_engine_config(
     folds. Chunk sizes at least as long as the
     longest prompt are the same engine as no chunking and are dropped.
 
+    Robustness: a candidate whose fit or replay raises (a fit with
+    ``beta0 = beta2 = 0`` that the replay refuses, a solver failure), on the
+    first fold or a later one, is dropped with a one-line note
+    (``notes``, and its ``error`` in ``scores``) and the next best engine
+    takes its place; a time-block fold without training phases (a saturated
+    trace whose requests span the whole window) is dropped with a note while
+    another fold remains. Only when every candidate (or every fold) fails
+    does the search raise.
+
     Parameters
     ----------
     phases : DataFrame
@@ -290,15 +299,6 @@ def select_engine_config(
         nothing (their trouble shows in their scores); fit the chosen engine
         to see its own :class:`~sklearn_beta.exceptions.UncertaintyWarning`
         or :class:`~sklearn_beta.exceptions.IdentifiabilityWarning`.
-
-    Robustness: a candidate whose fit or replay raises (a fit with
-    ``beta0 = beta2 = 0`` that the replay refuses, a solver failure), on the
-    first fold or a later one, is dropped with a one-line note
-    (``notes``, and its ``error`` in ``scores``) and the next best engine
-    takes its place; a time-block fold without training phases (a saturated
-    trace whose requests span the whole window) is dropped with a note while
-    another fold remains. Only when every candidate (or every fold) fails
-    does the search raise.
 
     Raises
     ------
