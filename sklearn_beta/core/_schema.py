@@ -23,6 +23,13 @@ Columns, in order (all float64; counts and codes are whole numbers):
 
 The first three columns are the baseline design ``[N_i, A_pf_i, A_dec_i]``
 under the transformer's ``correction_mode`` and ``min_duration``.
+
+A step model other than the published one (``step_model`` of the
+transformer) appends ``step_features``, its features as one code, the same
+on every row (:func:`step_model_code`), then one ``<feature>_exposure``
+column per feature beyond the published three, in the order of
+:data:`~sklearn_beta.core._step_features.STEP_FEATURES`. The published
+table keeps its twelve columns.
 """
 
 from __future__ import annotations
@@ -30,12 +37,16 @@ from __future__ import annotations
 import numpy as np
 
 from ._grid import Timeline, build_timeline
+from ._step_features import PUBLISHED_FEATURES, STEP_FEATURES
 
 __all__ = [
     "DESIGN_COLUMNS",
     "EXPOSURE_COLUMNS",
     "column",
     "design_columns",
+    "step_design",
+    "step_model_of",
+    "with_step_features",
     "has_column",
     "phase_windows",
     "read_timeline",
@@ -75,6 +86,97 @@ def column(table: np.ndarray, name: str) -> np.ndarray:
 def design_columns(table: np.ndarray) -> np.ndarray:
     """The baseline design ``[N_i, A_pf_i, A_dec_i]``, shape (n_phases, 3)."""
     return table[:, : len(DESIGN_COLUMNS)]
+
+
+#: The code column of a table with a step model beyond the published one.
+STEP_CODE_COLUMN = "step_features"
+_CODE_BASE = len(STEP_FEATURES) + 1
+
+
+def step_model_code(features) -> float:
+    """The features of a step model as one whole number: digit ``p`` in base
+    7 is 1 + the index of the ``p``-th feature in ``STEP_FEATURES``."""
+    code = 0
+    for position, name in enumerate(features):
+        code += (STEP_FEATURES.index(name) + 1) * _CODE_BASE**position
+    return float(code)
+
+
+def _features_of_code(code: float) -> tuple[str, ...]:
+    features = []
+    code = int(code)
+    while code:
+        code, digit = divmod(code, _CODE_BASE)
+        features.append(STEP_FEATURES[digit - 1])
+    return tuple(features)
+
+
+def _extra_features(features) -> list[str]:
+    """Features with a column of their own, in canonical order."""
+    return [f for f in STEP_FEATURES if f in features and f not in PUBLISHED_FEATURES]
+
+
+def extra_column_names(features) -> list[str]:
+    """Names of the columns a step model appends to the twelve."""
+    return [STEP_CODE_COLUMN] + [f"{f}_exposure" for f in _extra_features(features)]
+
+
+def step_model_of(table: np.ndarray) -> tuple[str, ...]:
+    """The step model's features of an exposure table (published: 12 columns)."""
+    if table.shape[1] <= len(EXPOSURE_COLUMNS):
+        return PUBLISHED_FEATURES
+    code = table[:, len(EXPOSURE_COLUMNS)]
+    bad = code != code[0]
+    try:
+        features = _features_of_code(code[0]) if not bad.any() else ()
+    except IndexError:
+        features = ()
+    if not features or code[0] != step_model_code(features):
+        bad = np.ones(code.shape[0], dtype=bool) if not bad.any() else bad
+        rows = np.flatnonzero(bad)[:5]
+        raise ValueError(
+            f"Exposure-table column {STEP_CODE_COLUMN!r} must hold one step "
+            "model code (made by PhaseExposureTransformer?); first offending "
+            f"rows at positions {rows.tolist()}: {code[rows].tolist()}."
+        )
+    need = len(EXPOSURE_COLUMNS) + len(extra_column_names(features))
+    if table.shape[1] != need:
+        raise ValueError(
+            f"The exposure table of step model {list(features)} needs {need} "
+            f"columns, got {table.shape[1]}."
+        )
+    return features
+
+
+def step_design(table: np.ndarray) -> np.ndarray:
+    """The design of the table's step model, one column per feature, in the
+    model's order; the published one is :func:`design_columns`."""
+    features = step_model_of(table)
+    if features == PUBLISHED_FEATURES:
+        return design_columns(table)
+    extra = _extra_features(features)
+    position = {f: i for i, f in enumerate(PUBLISHED_FEATURES)}
+    offset = len(EXPOSURE_COLUMNS) + 1
+    position.update({f: offset + i for i, f in enumerate(extra)})
+    return table[:, [position[f] for f in features]]
+
+
+def with_step_features(
+    table: np.ndarray, features, exposures: np.ndarray
+) -> np.ndarray:
+    """The table with the step model's code and extra exposure columns;
+    ``exposures`` holds one column per feature, in the model's order."""
+    if tuple(features) == PUBLISHED_FEATURES:
+        return table
+    extra = _extra_features(features)
+    wide = np.empty((table.shape[0], len(EXPOSURE_COLUMNS) + 1 + len(extra)), order="F")
+    wide[:, : len(EXPOSURE_COLUMNS)] = table
+    wide[:, len(EXPOSURE_COLUMNS)] = step_model_code(features)
+    for i, name in enumerate(extra):
+        wide[:, len(EXPOSURE_COLUMNS) + 1 + i] = exposures[
+            :, list(features).index(name)
+        ]
+    return wide
 
 
 def phase_windows(

@@ -16,6 +16,7 @@ from sklearn.utils.validation import (
 from ..core._grid import Timeline
 from ..core._memory import large_fit_memory
 from ..core._schema import EXPOSURE_COLUMNS, column, has_column, phase_windows
+from ..core._step_features import PUBLISHED_FEATURES
 from ..distributed._fleet import is_dask_collection
 from ..exceptions import UncertaintyWarning
 from ..trust._identifiability import BETA_NAMES
@@ -143,7 +144,7 @@ class BaseBetaRegressor(RegressorMixin, BaseEstimator):
                 UncertaintyWarning,
                 stacklevel=stacklevel,
             )
-            return np.full((len(BETA_NAMES), 2), np.nan)
+            return np.full((len(self._coef_names()), 2), np.nan)
         ci = sandwich_intervals(
             beta / unit,
             jac,
@@ -158,7 +159,7 @@ class BaseBetaRegressor(RegressorMixin, BaseEstimator):
     def _at_bound(self, beta: np.ndarray) -> np.ndarray:
         # The NNLS constraint set these, not the trace: one-sided intervals.
         bound = self.diagnostics_["at_zero_bound"]
-        return (beta <= 0) | np.isin(BETA_NAMES, bound)
+        return (beta <= 0) | np.isin(self._coef_names(), bound)
 
     def _intervals_from_sums(
         self, beta: np.ndarray, sums: SandwichSums, n_lags: int, unit: float = 1.0
@@ -176,7 +177,8 @@ class BaseBetaRegressor(RegressorMixin, BaseEstimator):
         skip = set(self.diagnostics_["not_identified"])
         ci = self.beta_ci_
         if ci is not None:
-            ci = np.where(np.isin(BETA_NAMES, list(skip))[:, None], np.nan, ci)
+            names = self._coef_names()
+            ci = np.where(np.isin(names, list(skip))[:, None], np.nan, ci)
         trust_warnings(
             self.beta_,
             ci,
@@ -184,7 +186,14 @@ class BaseBetaRegressor(RegressorMixin, BaseEstimator):
             estimator=type(self).__name__,
             level=self.confidence_level,
             stacklevel=stacklevel,
+            names=self._coef_names(),
         )
+
+    def _coef_names(self) -> tuple[str, ...]:
+        """Names of the coefficients in warnings and diagnostics: beta0,
+        beta1, beta2 for the published step model, else its features."""
+        features = getattr(self, "step_features_", PUBLISHED_FEATURES)
+        return BETA_NAMES if tuple(features) == PUBLISHED_FEATURES else tuple(features)
 
     def predict(self, X):
         """Predict each phase's duration from the fitted betas.

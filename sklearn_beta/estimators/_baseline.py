@@ -9,7 +9,14 @@ import numpy as np
 from ..core._constraints import Number
 from ..core._grid import Timeline
 from ..core._nnls import fit_statistics, nnls_fit
-from ..core._schema import EXPOSURE_COLUMNS, design_columns, has_column, read_timeline
+from ..core._schema import (
+    EXPOSURE_COLUMNS,
+    has_column,
+    read_timeline,
+    step_design,
+    step_model_of,
+)
+from ..core._step_features import PUBLISHED_FEATURES
 from ..trust._identifiability import identifiability_diagnostics
 from ..trust._uncertainty import DEFAULT_CONFIDENCE_LEVEL
 from ._base import BaseBetaRegressor
@@ -22,11 +29,23 @@ def design_diagnostics(
     duration: np.ndarray,
     beta: np.ndarray,
     sample_weight: np.ndarray | None = None,
+    features=PUBLISHED_FEATURES,
 ) -> dict:
-    """The diagnostics the reference prints for a fitted design."""
+    """The diagnostics the reference prints for a fitted design; a step model
+    other than the published one has ``mean_exposures`` by feature instead of
+    the three ``mean_*`` exposures."""
     scores = fit_statistics(duration, design @ beta, sample_weight)
     sums = [float(np.sum(duration))] + [float(np.sum(c)) for c in design.T]
-    return diagnostics_from_sums(design.shape[0], scores, sums)
+    if tuple(features) == PUBLISHED_FEATURES:
+        return diagnostics_from_sums(design.shape[0], scores, sums)
+    n = design.shape[0]
+    return {
+        "n_phases": int(n),
+        "r2": scores[0],
+        "rmse_seconds": scores[1],
+        "mean_duration_seconds": sums[0] / n,
+        "mean_exposures": {f: t / n for f, t in zip(features, sums[1:], strict=True)},
+    }
 
 
 def diagnostics_from_sums(
@@ -66,16 +85,21 @@ class BaselineBetaRegressor(BaseBetaRegressor):
 
     Attributes
     ----------
-    beta_ : ndarray of shape (3,)
+    beta_ : ndarray of shape (n_step_features,)
         ``[beta0, beta1, beta2]``: seconds per step, per prefill token and per
-        decode token (in the time unit of the trace).
-    beta_ci_ : ndarray of shape (3, 2) or None
+        decode token (in the time unit of the trace); under another step model
+        of the transformer, one coefficient per feature of
+        ``step_features_``, in seconds per unit of the feature.
+    step_features_ : tuple of str
+        The step model's features the table was made with (its
+        ``step_model``), in the order of ``beta_``.
+    beta_ci_ : ndarray of shape (n_step_features, 2) or None
         Lower and upper confidence limits of each beta at
         ``confidence_level``, clipped at 0. They cover the estimator's noise,
         not its bias: under heavy load the baseline's bias exceeds them (use
         :class:`IterativeBetaRegressor`). NaN when the table has no phase
         windows to form time blocks; None when ``confidence_level`` is None.
-    coef_ : ndarray of shape (3,)
+    coef_ : ndarray of shape (n_step_features,)
         Same values as ``beta_``.
     intercept_ : float
         Always 0.0: the model has no intercept.
@@ -125,8 +149,9 @@ class BaselineBetaRegressor(BaseBetaRegressor):
         self.confidence_level = confidence_level
 
     def _fit_table(self, table, duration, sample_weight):
+        self.step_features_ = step_model_of(table)
         return self._fit_design(
-            design_columns(table),
+            step_design(table),
             duration,
             sample_weight,
             _timeline_if_available(table),
@@ -150,7 +175,13 @@ class BaselineBetaRegressor(BaseBetaRegressor):
         ``beta_ci_`` and returns the betas.
         """
         beta = nnls_fit(design, duration, sample_weight)
-        self.diagnostics_ = design_diagnostics(design, duration, beta, sample_weight)
+        self.diagnostics_ = design_diagnostics(
+            design,
+            duration,
+            beta,
+            sample_weight,
+            getattr(self, "step_features_", PUBLISHED_FEATURES),
+        )
         self.diagnostics_.update(
             identifiability_diagnostics(
                 design,
@@ -160,6 +191,7 @@ class BaselineBetaRegressor(BaseBetaRegressor):
                 sample_weight,
                 estimator=caller or type(self).__name__,
                 stacklevel=stacklevel,
+                names=self._coef_names(),
             )
         )
         self.beta_ci_ = self._beta_intervals(
@@ -173,7 +205,14 @@ class BaselineBetaRegressor(BaseBetaRegressor):
         return beta
 
     def _predict_table(self, table):
-        return design_columns(table) @ self.beta_
+        features = step_model_of(table)
+        if features != tuple(getattr(self, "step_features_", PUBLISHED_FEATURES)):
+            raise ValueError(
+                f"The exposure table has step model {list(features)}, the fit "
+                f"had {list(self.step_features_)}: transform with the same "
+                "step_model."
+            )
+        return step_design(table) @ self.beta_
 
 
 def _timeline_if_available(table: np.ndarray) -> Timeline | None:

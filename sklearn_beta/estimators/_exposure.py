@@ -30,7 +30,18 @@ from ..core._corrections import (
 )
 from ..core._grid import PhaseIntegrals, Timeline, build_timeline, snap_times
 from ..core._memory import large_fit_memory, n_rows
-from ..core._schema import EXPOSURE_COLUMNS, write_exposure_table
+from ..core._schema import (
+    EXPOSURE_COLUMNS,
+    extra_column_names,
+    with_step_features,
+    write_exposure_table,
+)
+from ..core._step_features import (
+    PUBLISHED_FEATURES,
+    check_step_model,
+    feature_exposures,
+    request_prompts,
+)
 from ..core._validation import PhaseArrays, PhaseColumns, check_phases
 from ..distributed._fleet import is_dask_collection
 
@@ -258,6 +269,17 @@ class PhaseExposureTransformer(TransformerMixin, BaseEstimator):
         True. An ``N_steps`` column overrides both (with a warning when this
         is True). See ``docs/uncertainty.md`` for what the wrong setting
         costs.
+    step_model : str or list of str, default="published"
+        The step time's features (docs/method.md, section 5.1):
+        ``"published"`` is ``(steps, prefill_tokens, decode_tokens)``, the
+        table of twelve columns; ``"attention"`` adds ``prefill_attention``
+        and ``decode_context``: ``(steps, prefill_tokens, prefill_attention,
+        decode_tokens, decode_context)``; a list names features of
+        ``("steps", "prefill_tokens", "prefill_attention",
+        "decode_tokens", "decode_context", "batch_size")`` in the order of
+        the betas. Other models append a ``step_features`` code and one
+        ``<feature>_exposure`` column per feature beyond the published
+        three. ``"trained-physics"`` raises (not wired yet).
 
     Attributes
     ----------
@@ -292,6 +314,7 @@ class PhaseExposureTransformer(TransformerMixin, BaseEstimator):
         ],
         "columns": [PhaseColumns, Mapping, None],
         "decode_tokens_include_first": ["boolean"],
+        "step_model": [str, list, tuple],
     }
 
     def __init__(
@@ -304,6 +327,7 @@ class PhaseExposureTransformer(TransformerMixin, BaseEstimator):
         time_resolution=0.0,
         columns=None,
         decode_tokens_include_first=False,
+        step_model="published",
     ):
         self.chunk_size = chunk_size
         self.correction_mode = correction_mode
@@ -312,15 +336,19 @@ class PhaseExposureTransformer(TransformerMixin, BaseEstimator):
         self.time_resolution = time_resolution
         self.columns = columns
         self.decode_tokens_include_first = decode_tokens_include_first
+        self.step_model = step_model
 
     def _columns(self) -> PhaseColumns:
         return PhaseColumns.coerce(self.columns)
 
     def _phase_arrays(self, X) -> PhaseArrays:
-        # Prefill token counts matter beside N_steps only for the correction.
-        return check_phases(
-            X, self._columns(), need_prefill_tokens=self.correction_mode != "none"
+        # Prefill token counts matter beside N_steps only for the correction
+        # and the features that read the prompt lengths.
+        need = self.correction_mode != "none" or bool(
+            {"prefill_attention", "decode_context"}
+            & set(check_step_model(self.step_model))
         )
+        return check_phases(X, self._columns(), need_prefill_tokens=need)
 
     def _exposures(
         self, X, arrays: PhaseArrays | None = None
@@ -374,6 +402,8 @@ class PhaseExposureTransformer(TransformerMixin, BaseEstimator):
         if is_dask_collection(X):  # fleet scale: see sklearn_beta._dask_fit
             from ..distributed._dask_fit import check_phase_partitions
 
+            self._check_published("a Dask collection")
+
             check_phase_partitions(self, X)
             return self
         self._fit_arrays(X)
@@ -401,8 +431,9 @@ class PhaseExposureTransformer(TransformerMixin, BaseEstimator):
 
         Returns
         -------
-        X_out : DataFrame of shape (n_phases, 12)
-            Columns :data:`EXPOSURE_COLUMNS`, indexed like ``X``.
+        X_out : DataFrame of shape (n_phases, n_outputs)
+            Columns :data:`EXPOSURE_COLUMNS` (and a step model's, see
+            ``step_model``), indexed like ``X``.
         """
         if is_dask_collection(X):
             return self.fit(X).transform(X)
@@ -419,26 +450,57 @@ class PhaseExposureTransformer(TransformerMixin, BaseEstimator):
 
         Returns
         -------
-        X_out : DataFrame of shape (n_phases, 12)
-            Columns :data:`EXPOSURE_COLUMNS`, indexed like ``X``.
+        X_out : DataFrame of shape (n_phases, n_outputs)
+            Columns :data:`EXPOSURE_COLUMNS` (and a step model's, see
+            ``step_model``), indexed like ``X``.
         """
         check_is_fitted(self)
         if is_dask_collection(X):
             from ..distributed._dask_fit import transform_partitions
 
+            self._check_published("a Dask collection")
+
             return transform_partitions(self, X)
         with large_fit_memory(n_rows(X)):
             return self._exposure_frame(X)
 
+    def _check_published(self, where: str) -> None:
+        features = check_step_model(self.step_model)
+        if features != PUBLISHED_FEATURES:
+            raise ValueError(
+                f"step_model={self.step_model!r} has no exposures on {where} "
+                "yet; compute the pandas table in memory, or use "
+                "step_model='published'."
+            )
+
     def _exposure_frame(self, X, arrays: PhaseArrays | None = None) -> pd.DataFrame:
+        features = check_step_model(self.step_model)
+        if arrays is None:
+            arrays = self._phase_arrays(X)
         timeline, design, density = self._exposures(X, arrays)
         table = write_exposure_table(design, timeline, density)
+        if features != PUBLISHED_FEATURES:
+            prompt = None
+            if arrays.prefill_tokens is not None:
+                prompt = request_prompts(
+                    arrays.request, arrays.is_prefill, arrays.prefill_tokens
+                )
+            exposures = feature_exposures(
+                timeline, density, design, prompt, features, self.correction_mode
+            )
+            table = with_step_features(table, features, exposures)
         del timeline, design, density
         # The fresh column-major table becomes the frame's one block as it is:
         # pandas would otherwise copy (and transpose) a gigabyte at 1e7 phases.
         return pd.DataFrame(
-            table, columns=list(EXPOSURE_COLUMNS), index=X.index, copy=False
+            table, columns=self._output_names(features), index=X.index, copy=False
         )
+
+    def _output_names(self, features) -> list[str]:
+        names = list(EXPOSURE_COLUMNS)
+        if tuple(features) != PUBLISHED_FEATURES:
+            names += extra_column_names(features)
+        return names
 
     def get_feature_names_out(self, input_features=None):
         """Names of the exposure table's columns.
@@ -453,7 +515,9 @@ class PhaseExposureTransformer(TransformerMixin, BaseEstimator):
         feature_names_out : ndarray of str
         """
         check_is_fitted(self)
-        return np.asarray(EXPOSURE_COLUMNS, dtype=object)
+        return np.asarray(
+            self._output_names(check_step_model(self.step_model)), dtype=object
+        )
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()

@@ -31,8 +31,15 @@ from ..core._fixed_point import (
 )
 from ..core._grid import Timeline
 from ..core._nnls import nnls_fit
-from ..core._schema import EXPOSURE_COLUMNS, column, design_columns, read_timeline
+from ..core._schema import (
+    EXPOSURE_COLUMNS,
+    column,
+    design_columns,
+    read_timeline,
+    step_model_of,
+)
 from ..core._step_count import fit_step_counts
+from ..core._step_features import PUBLISHED_FEATURES
 from ..core._units import rescaled_timeline, unit_from_totals
 from ..trust._identifiability import identifiability_diagnostics
 from ..trust._uncertainty import DEFAULT_CONFIDENCE_LEVEL
@@ -267,6 +274,14 @@ default=None
         self.verbose = verbose
 
     def _fit_table(self, table, duration, sample_weight):
+        features = step_model_of(table)
+        if features != PUBLISHED_FEATURES:
+            raise ValueError(
+                f"IterativeBetaRegressor fits the published step model only; "
+                f"the exposure table has step model {list(features)}. Fit it "
+                "with BaselineBetaRegressor, or make the table with "
+                "PhaseExposureTransformer(step_model='published')."
+            )
         if self.objective == "step_count":
             _warn_if_y_unused(table, duration)
         return self._fit_timeline(
