@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ..core._budget import effective_chunk_size
+from ..core._engine_model import effective_chunk_size
 from ..core._memory import reuse_freed_memory
 
 __all__ = [

@@ -25,6 +25,7 @@ import pandas as pd
 from sklearn.base import clone
 
 from ..core._columns import PhaseColumns
+from ..core._engine_model import effective_chunk_size
 from ..engine._replay import replay_trace
 from ..model_selection import TraceBlockSplit, TraceContextRegressor
 from ._scores import (
@@ -199,7 +200,9 @@ def select_engine_config(
     The betas of a candidate with a token budget are fitted with the
     budget-aware exposures (the transformer gets ``model_chunk_size`` and
     the budget; with no chunk cap below the budget, prefill groups,
-    docs/method.md section 4.1), the same engine the replay runs.
+    docs/method.md section 4.1), the same engine the replay runs. The
+    replay reads decode tokens with the estimator's
+    ``decode_tokens_include_first``, as its fit does.
 
     To keep the cost down, every candidate is first scored on the first
     fold only. Candidates that replay the trace identically at the same
@@ -293,7 +296,11 @@ def select_engine_config(
         TraceBlockSplit(n_splits, columns={"instance_id": instance_col}).split(trace)
     )
     held = [trace[cols.request_id].to_numpy()[test] for _, test in folds]
-    replay = dict(max_num_seqs=max_num_seqs, columns=columns)
+    replay = dict(
+        max_num_seqs=max_num_seqs,
+        columns=columns,
+        decode_tokens_include_first=decode_convention(estimator),
+    )
 
     def run(pair, beta):
         with warnings.catch_warnings():
@@ -426,8 +433,17 @@ def model_chunk_size(pair: tuple, longest: int) -> int:
     neither caps the steps. A budget stays the chunk even above the longest
     prompt: the exposures then model the budget alone (prefill groups).
     """
-    caps = [v for v in pair if v is not None]
-    return int(min(caps)) if caps else int(longest)
+    return effective_chunk_size(pair[0], pair[1], longest=longest)
+
+
+def decode_convention(estimator) -> bool:
+    """The pipeline's ``decode_tokens_include_first``: the replay reads the
+    trace's decode tokens as the fit does (False when no step has it)."""
+    for _, step in getattr(estimator, "steps", [])[:-1]:
+        params = step.get_params(deep=False)
+        if "decode_tokens_include_first" in params:
+            return bool(params["decode_tokens_include_first"])
+    return False
 
 
 def _with_engine(estimator, pair: tuple, longest: int):
