@@ -25,8 +25,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from ._budget import budget_bound
 from ._corrections import fixed_correction_mass
+from ._engine_model import budget_bound
 from ._grid import PhaseIntegrals, Timeline, count_active
 
 __all__ = [
