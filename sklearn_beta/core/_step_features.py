@@ -25,7 +25,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from ._corrections import fixed_correction_mass
+from ._corrections import budget_capped_mass, fixed_correction_mass
 from ._engine_model import budget_bound
 from ._grid import PhaseIntegrals, Timeline, count_active
 
@@ -132,67 +132,82 @@ def _active_sum(timeline: Timeline, mask: np.ndarray, weight: np.ndarray):
     return np.cumsum(delta[:-1])
 
 
+def attention_pressure(timeline: Timeline, prompt: np.ndarray) -> np.ndarray:
+    """Full-chunk prefill attention per step, ``sum_r C (P_r + C/2)`` over
+    the active prefills; under a token budget it shrinks with the prefill
+    tokens the budget leaves, at the segment's mean attention per token."""
+    chunk = float(timeline.chunk_size)
+    full = chunk * (prompt + 0.5 * chunk)
+    pressure = _active_sum(timeline, timeline.is_prefill, full)
+    if timeline.budget_excess is None:
+        return pressure
+    tokens_full = timeline.p_pf_full + timeline.budget_excess
+    share = np.divide(
+        timeline.p_pf_full,
+        tokens_full,
+        out=np.ones_like(tokens_full),
+        where=tokens_full > 0,
+    )
+    return pressure * share
+
+
+def attention_missing_mass(timeline: Timeline, prompt: np.ndarray) -> np.ndarray:
+    """Attention a prefill's partial last chunk lacks: ``C (P + C/2) - rho
+    (P + rho/2)`` with ``rho = C - mu`` (0 without a missing mass)."""
+    chunk = float(timeline.chunk_size)
+    rho = chunk - timeline.mu
+    missing = chunk * (prompt + 0.5 * chunk) - rho * (prompt + 0.5 * rho)
+    return np.where(timeline.is_prefill & (timeline.mu > 0), missing, 0.0)
+
+
+def budget_capped_attention(
+    attention_mass: np.ndarray, token_mass: np.ndarray, timeline: Timeline
+) -> np.ndarray:
+    """The missing attention left where a token budget already capped the
+    pressure: the share of the missing tokens the cap left
+    (:func:`~._corrections.budget_capped_mass`)."""
+    if timeline.budget_excess is None:
+        return attention_mass
+    capped = budget_capped_mass(token_mass, timeline)
+    kept = np.divide(capped, token_mass, out=np.ones_like(capped), where=token_mass > 0)
+    return attention_mass * kept
+
+
 def attention_mass_per_segment(
     timeline: Timeline, prompt: np.ndarray, correction_mode: str
-) -> np.ndarray:
-    """Prefill attention per segment: ``int sum_r C (P_r + C/2) dt`` over the
-    active prefills, and the partial last chunks' missing attention.
-
-    Returns ``(pressure_mass, correction)``: the full-chunk pressure's mass
-    per segment (to be weighted by each phase's step density) and the
-    missing attention ``C (P + C/2) - rho (P + rho/2)`` of each prefill,
-    placed like ``mu`` (section 4). Under a token budget the pressure and
-    the correction scale with the prefill tokens the budget leaves.
-    """
+) -> tuple[np.ndarray, np.ndarray]:
+    """Prefill attention per segment: the full-chunk pressure's mass (to be
+    weighted by each phase's step density) and the partial last chunks'
+    missing attention, placed like ``mu`` (section 4)."""
     tg = timeline.trace_grid
-    chunk = float(timeline.chunk_size)
-    is_prefill = timeline.is_prefill
-    full = chunk * (prompt + 0.5 * chunk)
-    pressure = _active_sum(timeline, is_prefill, full)
-    rho = chunk - timeline.mu
-    missing = np.where(is_prefill, full - rho * (prompt + 0.5 * rho), 0.0)
-    missing = np.where(timeline.mu > 0, missing, 0.0)
-    correction = fixed_correction_mass(correction_mode, tg, is_prefill, missing)
-    if timeline.budget_excess is not None:
-        # The budget serves fewer tokens than the chunks ask: the attention
-        # shrinks with them, at each segment's mean attention per token.
-        tokens_full = timeline.p_pf_full + timeline.budget_excess
-        share = np.divide(
-            timeline.p_pf_full,
-            tokens_full,
-            out=np.ones_like(tokens_full),
-            where=tokens_full > 0,
-        )
-        pressure = pressure * share
-        token_correction = fixed_correction_mass(
-            correction_mode, tg, is_prefill, timeline.mu
-        )
-        capped = np.maximum(token_correction - timeline.budget_excess * tg.seg_len, 0)
-        kept = np.divide(
-            capped,
-            token_correction,
-            out=np.ones_like(capped),
-            where=token_correction > 0,
-        )
-        correction = correction * kept
-    return pressure * tg.seg_len, correction
+    missing = attention_missing_mass(timeline, prompt)
+    correction = fixed_correction_mass(
+        correction_mode, tg, timeline.is_prefill, missing
+    )
+    token_mass = fixed_correction_mass(
+        correction_mode, tg, timeline.is_prefill, timeline.mu
+    )
+    correction = budget_capped_attention(correction, token_mass, timeline)
+    return attention_pressure(timeline, prompt) * tg.seg_len, correction
 
 
 def context_mass_per_segment(
     timeline: Timeline, prompt: np.ndarray, step_density: np.ndarray
 ) -> np.ndarray:
-    """``int C_d(t) dt`` per segment, with ``C_d(t) = sum_r (P_r + lam_r (t -
-    t_rs))`` over the active decodes.
+    """``int C_d(t) dt`` per segment, with ``C_d(t) = sum_r (P_r - 1/2 +
+    lam_r (t - t_rs))`` over the active decodes.
 
     A decode's context grows by one token per step, ``lam_r = N_r / l_r``
     steps per time unit, so the pressure is piecewise linear: a constant part
-    ``sum (P_r - lam_r t_rs)`` and a slope ``sum lam_r``, each piecewise
-    constant, integrated exactly at the segment's midpoint.
+    ``sum (P_r - 1/2 - lam_r t_rs)`` and a slope ``sum lam_r``, each
+    piecewise constant, integrated exactly at the segment's midpoint. The
+    ``k``-th decode step reads ``P + k - 1`` tokens while the steps run grow
+    from ``k - 1`` to ``k`` during it, ``k - 1/2`` on average.
     """
     tg = timeline.trace_grid
     is_decode = ~timeline.is_prefill
     t_start = tg.grid[tg.start_idx]
-    constant = _active_sum(timeline, is_decode, prompt - step_density * t_start)
+    constant = _active_sum(timeline, is_decode, prompt - 0.5 - step_density * t_start)
     slope = _active_sum(timeline, is_decode, step_density)
     midpoint = 0.5 * (tg.grid[:-1] + tg.grid[1:])
     return (constant + slope * midpoint) * tg.seg_len
