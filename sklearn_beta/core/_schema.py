@@ -26,7 +26,8 @@ under the transformer's ``correction_mode`` and ``min_duration``.
 
 A step model other than the published one (``step_model`` of the
 transformer) appends ``step_features``, its features as one code, the same
-on every row (:func:`step_model_code`), then one ``<feature>_exposure``
+on every row (:func:`step_model_code`), ``request_prompt`` (the prompt
+``P_r`` of the phase's request), then one ``<feature>_exposure``
 column per feature beyond the published three, in the order of
 :data:`~sklearn_beta.core._step_features.STEP_FEATURES`. The published
 table keeps its twelve columns.
@@ -44,6 +45,7 @@ __all__ = [
     "EXPOSURE_COLUMNS",
     "column",
     "design_columns",
+    "request_prompts_of",
     "step_design",
     "step_model_of",
     "with_step_features",
@@ -107,6 +109,8 @@ def _features_of_code(code: float) -> tuple[str, ...]:
     code = int(code)
     while code:
         code, digit = divmod(code, _CODE_BASE)
+        if digit == 0 or len(features) == len(STEP_FEATURES):
+            raise IndexError("not a step model code")
         features.append(STEP_FEATURES[digit - 1])
     return tuple(features)
 
@@ -116,35 +120,38 @@ def _extra_features(features) -> list[str]:
     return [f for f in STEP_FEATURES if f in features and f not in PUBLISHED_FEATURES]
 
 
+#: The request's prompt ``P_r`` on every row of a step model's table.
+PROMPT_COLUMN = "request_prompt"
+
+
 def extra_column_names(features) -> list[str]:
     """Names of the columns a step model appends to the twelve."""
-    return [STEP_CODE_COLUMN] + [f"{f}_exposure" for f in _extra_features(features)]
+    extra = [f"{f}_exposure" for f in _extra_features(features)]
+    return [STEP_CODE_COLUMN, PROMPT_COLUMN, *extra]
 
 
 def step_model_of(table: np.ndarray) -> tuple[str, ...]:
-    """The step model's features of an exposure table (published: 12 columns)."""
-    if table.shape[1] <= len(EXPOSURE_COLUMNS):
+    """The step model's features of an exposure table.
+
+    A table of twelve columns, or one whose thirteenth column is no step
+    model's code (extra columns of the caller's, which the fits ignore as
+    they always did), is the published model's.
+    """
+    if table.shape[1] <= len(EXPOSURE_COLUMNS) or table.shape[0] == 0:
         return PUBLISHED_FEATURES
     code = table[:, len(EXPOSURE_COLUMNS)]
-    bad = code != code[0]
+    first = code[0]
+    if not (np.isfinite(first) and first == np.round(first) and first > 0):
+        return PUBLISHED_FEATURES
     try:
-        features = _features_of_code(code[0]) if not bad.any() else ()
+        features = _features_of_code(first)
     except IndexError:
-        features = ()
-    if not features or code[0] != step_model_code(features):
-        bad = np.ones(code.shape[0], dtype=bool) if not bad.any() else bad
-        rows = np.flatnonzero(bad)[:5]
-        raise ValueError(
-            f"Exposure-table column {STEP_CODE_COLUMN!r} must hold one step "
-            "model code (made by PhaseExposureTransformer?); first offending "
-            f"rows at positions {rows.tolist()}: {code[rows].tolist()}."
-        )
+        return PUBLISHED_FEATURES
+    if len(set(features)) != len(features) or np.any(code != first):
+        return PUBLISHED_FEATURES
     need = len(EXPOSURE_COLUMNS) + len(extra_column_names(features))
     if table.shape[1] != need:
-        raise ValueError(
-            f"The exposure table of step model {list(features)} needs {need} "
-            f"columns, got {table.shape[1]}."
-        )
+        return PUBLISHED_FEATURES
     return features
 
 
@@ -156,26 +163,35 @@ def step_design(table: np.ndarray) -> np.ndarray:
         return design_columns(table)
     extra = _extra_features(features)
     position = {f: i for i, f in enumerate(PUBLISHED_FEATURES)}
-    offset = len(EXPOSURE_COLUMNS) + 1
+    offset = len(EXPOSURE_COLUMNS) + 2
     position.update({f: offset + i for i, f in enumerate(extra)})
     return table[:, [position[f] for f in features]]
 
 
+def request_prompts_of(table: np.ndarray) -> np.ndarray | None:
+    """Each phase's request prompt of a step model's table (None: published)."""
+    if step_model_of(table) == PUBLISHED_FEATURES:
+        return None
+    return table[:, len(EXPOSURE_COLUMNS) + 1]
+
+
 def with_step_features(
-    table: np.ndarray, features, exposures: np.ndarray
+    table: np.ndarray, features, exposures: np.ndarray, prompt: np.ndarray | None
 ) -> np.ndarray:
-    """The table with the step model's code and extra exposure columns;
-    ``exposures`` holds one column per feature, in the model's order."""
+    """The table with the step model's code, the request prompts (NaN when
+    the trace has none) and the extra exposure columns; ``exposures`` holds
+    one column per feature, in the model's order."""
     if tuple(features) == PUBLISHED_FEATURES:
         return table
     extra = _extra_features(features)
-    wide = np.empty((table.shape[0], len(EXPOSURE_COLUMNS) + 1 + len(extra)), order="F")
-    wide[:, : len(EXPOSURE_COLUMNS)] = table
-    wide[:, len(EXPOSURE_COLUMNS)] = step_model_code(features)
+    n_base = len(EXPOSURE_COLUMNS)
+    wide = np.empty((table.shape[0], n_base + 2 + len(extra)), order="F")
+    wide[:, :n_base] = table
+    wide[:, n_base] = step_model_code(features)
+    wide[:, n_base + 1] = np.nan if prompt is None else prompt
+    order = list(features)
     for i, name in enumerate(extra):
-        wide[:, len(EXPOSURE_COLUMNS) + 1 + i] = exposures[
-            :, list(features).index(name)
-        ]
+        wide[:, n_base + 2 + i] = exposures[:, order.index(name)]
     return wide
 
 

@@ -290,7 +290,8 @@ class PhaseExposureTransformer(TransformerMixin, BaseEstimator):
         decode_tokens, decode_context)``; a list names features of
         ``("steps", "prefill_tokens", "prefill_attention",
         "decode_tokens", "decode_context", "batch_size")`` in the order of
-        the betas. Other models append a ``step_features`` code and one
+        the betas. Other models append a ``step_features`` code, the
+        ``request_prompt`` of each phase's request and one
         ``<feature>_exposure`` column per feature beyond the published
         three. ``"trained-physics"`` raises (not wired yet).
 
@@ -501,7 +502,7 @@ class PhaseExposureTransformer(TransformerMixin, BaseEstimator):
             exposures = feature_exposures(
                 timeline, density, design, prompt, features, self.correction_mode
             )
-            table = with_step_features(table, features, exposures)
+            table = with_step_features(table, features, exposures, prompt)
         del timeline, design, density
         # The fresh column-major table becomes the frame's one block as it is:
         # pandas would otherwise copy (and transpose) a gigabyte at 1e7 phases.

@@ -22,6 +22,7 @@ from sklearn.utils._param_validation import StrOptions
 from ..core._constraints import Number, count
 from ..core._corrections import CORRECTION_MODES, FIXED_CORRECTION_MODES
 from ..core._design import OBJECTIVES, design_at_betas
+from ..core._feature_fixed_point import FeatureDurations, iterate_feature_betas
 from ..core._fixed_point import (
     HISTORY_COLUMNS,
     STOPPING_RULES,
@@ -36,6 +37,8 @@ from ..core._schema import (
     column,
     design_columns,
     read_timeline,
+    request_prompts_of,
+    step_design,
     step_model_of,
 )
 from ..core._step_count import fit_step_counts
@@ -288,14 +291,9 @@ default=None
         self.verbose = verbose
 
     def _fit_table(self, table, duration, sample_weight):
-        features = step_model_of(table)
-        if features != PUBLISHED_FEATURES:
-            raise ValueError(
-                f"IterativeBetaRegressor fits the published step model only; "
-                f"the exposure table has step model {list(features)}. Fit it "
-                "with BaselineBetaRegressor, or make the table with "
-                "PhaseExposureTransformer(step_model='published')."
-            )
+        self.step_features_ = step_model_of(table)
+        if self.step_features_ != PUBLISHED_FEATURES:
+            return self._fit_features(table, duration, sample_weight)
         if self.objective == "step_count":
             _warn_if_y_unused(table, duration)
         timeline = read_timeline(table)
@@ -451,6 +449,73 @@ default=None
         self.beta_ci_ = self._beta_intervals(timeline, beta, *solution, unit=unit)
         return beta
 
+    def _feature_problem(self, table, sample_weight=None) -> FeatureDurations:
+        features = step_model_of(table)
+        prompt = request_prompts_of(table)
+        if self.objective != "duration":
+            raise ValueError(
+                f"The step-count objective fits the published step model only; "
+                f"the exposure table has step model {list(features)}. Use "
+                "IterativeBetaRegressor(objective='duration'), or "
+                "PhaseExposureTransformer(step_model='published')."
+            )
+        needs_prompt = {"prefill_attention", "decode_context"} & set(features)
+        if needs_prompt and not np.all(np.isfinite(prompt)):
+            raise ValueError(
+                f"The step features {sorted(needs_prompt)} need each request's "
+                "prompt: the exposure table's 'request_prompt' column is NaN "
+                "(a trace without 'prefill_tokens')."
+            )
+        return FeatureDurations(
+            read_timeline(table), prompt, features, self.correction_mode, sample_weight
+        )
+
+    def _fit_features(self, table, duration, sample_weight):
+        """The duration objective of a step model beyond the published one
+        (:mod:`sklearn_beta.core._feature_fixed_point`), from the baseline
+        fit of the table's exposures."""
+        problem = self._feature_problem(table, sample_weight)
+        timeline = problem.timeline
+        problem.timeline = replace(timeline, duration=duration)
+        if self.init_correction_mode is not None:
+            raise ValueError(
+                "init_correction_mode is not available under step model "
+                f"{list(self.step_features_)}: the start is the transformer's "
+                "exposures; set init_correction_mode=None."
+            )
+        beta_init = nnls_fit(step_design(table), duration, sample_weight)
+        beta, converged, n_iter, design, history = iterate_feature_betas(
+            problem, beta_init, self.max_iter, self.tol, self.damping, self.stopping
+        )
+        if not converged:
+            warn_not_converged(
+                type(self).__name__, self._settings(), history[-1]["step"], None, 7
+            )
+        self.time_scale_ = 1.0
+        self.n_iter_ = n_iter
+        self.converged_ = converged
+        self.history_ = pd.DataFrame(history)
+        diagnostics = design_diagnostics(
+            design, duration, beta, sample_weight, self.step_features_
+        )
+        diagnostics.update(
+            identifiability_diagnostics(
+                design,
+                duration,
+                beta,
+                None,
+                sample_weight,
+                estimator=type(self).__name__,
+                stacklevel=6,
+                names=self._coef_names(),
+            )
+        )
+        self.diagnostics_ = diagnostics
+        self.beta_ci_ = self._beta_intervals(
+            timeline, beta, design, duration - design @ beta, sample_weight
+        )
+        return beta
+
     # --- Shared with the fit on a Dask cluster (._dask_fit) -------------------
 
     def _settings(self) -> IterationSettings:
@@ -496,6 +561,19 @@ default=None
         return diagnostics
 
     def _predict_table(self, table):
+        features = step_model_of(table)
+        if features != tuple(getattr(self, "step_features_", PUBLISHED_FEATURES)):
+            raise ValueError(
+                f"The exposure table has step model {list(features)}, the fit "
+                f"had {list(self.step_features_)}: transform with the same "
+                "step_model."
+            )
+        if features != PUBLISHED_FEATURES:
+            # the design at the fitted betas, settled by three lagged passes
+            problem = self._feature_problem(table)
+            for _ in range(3):
+                design = problem.reweighted(self.beta_)
+            return design @ self.beta_
         view = design_at_betas(
             table,
             self.beta_,
