@@ -311,9 +311,9 @@ def make_replay_scorer(
     """Held-out replay error as a scorer ``scorer(estimator, X, y=None)``.
 
     The scorer takes the fitted estimator's betas (its last step's
-    ``beta_``) and its engine settings (``chunk_size``, ``token_budget`` and
-    ``decode_tokens_include_first`` of the first pipeline step that has a
-    chunk size), replays the WHOLE ``trace`` with
+    ``beta_``) and its engine settings (``chunk_size``, ``token_budget``,
+    ``decode_tokens_include_first`` and ``step_model`` of the first pipeline
+    step that has a chunk size), replays the WHOLE ``trace`` with
     them, so that the held-out requests run amid their real concurrency, and
     returns minus the mean absolute relative error (MAPE, as a fraction) of
     ``quantity`` over the requests of ``X``. Greater is better, as
@@ -460,6 +460,11 @@ def _engine_settings(estimator) -> tuple[np.ndarray, dict]:
             settings["decode_tokens_include_first"] = bool(
                 params.get("decode_tokens_include_first", False)
             )
+            # the replay's steps last what the fitted step model says
+            step_model = params.get("step_model", "published")
+            if not isinstance(step_model, str):
+                step_model = tuple(step_model)
+            settings["step_model"] = step_model
             return np.asarray(pipeline[-1].beta_, dtype=float), settings
     raise ValueError(
         "No step of the pipeline has a chunk_size parameter: the replay needs "
