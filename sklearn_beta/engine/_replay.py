@@ -229,6 +229,13 @@ def replay_trace(
             done_offset=float(last_token_offset),
         ),
     )
+    offsets = (first_token_offset, last_token_offset)
+    return _replayed_table(requests, run, origin, offsets, max_in_flight is not None)
+
+
+def _replayed_table(requests, run, origin, offsets, closed_loop) -> pd.DataFrame:
+    """One row per request: the trace's inputs, the replay's times in the
+    trace's clock (reporting offsets added) and the observed times."""
     return pd.DataFrame(
         {
             "request_id": requests["request_id"],
@@ -236,12 +243,14 @@ def replay_trace(
             "arrival": requests["arrival"],
             "prefill_tokens": requests["prompt"],
             "decode_steps": requests["decode_steps"],
-            "send": requests["arrival"] if max_in_flight is None else run.send + origin,
+            # open loop, the sends are the arrivals themselves (no round trip
+            # through the replay's clock origin)
+            "send": run.send + origin if closed_loop else requests["arrival"],
             "admitted": run.admitted + origin,
             "preemptions": run.preemptions,
             "prefill_start": run.prefill_start + origin,
-            "prefill_end": run.prefill_end + origin + first_token_offset,
-            "decode_end": run.decode_end + origin + last_token_offset,
+            "prefill_end": run.prefill_end + origin + offsets[0],
+            "decode_end": run.decode_end + origin + offsets[1],
             "observed_prefill_start": requests["prefill_start"],
             "observed_prefill_end": requests["prefill_end"],
             "observed_decode_end": requests["decode_end"],

@@ -17,7 +17,7 @@ time. See ``docs/engine_config.md``.
 from __future__ import annotations
 
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from numbers import Integral, Real
 
 import numpy as np
@@ -244,7 +244,9 @@ def select_engine_config(
         The engine's most running requests, passed to the replay (None: the
         most the trace shows running at once).
     columns : PhaseColumns, mapping or None, default=None
-        Column names of the phase table.
+        Column names of the phase table, used by the folds, the default
+        estimator's transformer and the replay (a given ``estimator`` names
+        its columns itself).
 
     Returns
     -------
@@ -281,9 +283,9 @@ def select_engine_config(
     (256, None)
     """
     cols = PhaseColumns.coerce(columns)
+    if cols.instance_id is not None and cols.instance_id not in phases.columns:
+        cols = replace(cols, instance_id=None)
     instance_col = cols.instance_id
-    if instance_col is not None and instance_col not in phases.columns:
-        instance_col = None
     _check_count(n_splits, "n_splits", minimum=2)
     _check_count(n_keep, "n_keep", minimum=1)
     _check_tolerance(tolerance)
@@ -292,13 +294,12 @@ def select_engine_config(
     pairs = _engine_candidates(candidates, longest)
     if estimator is None:
         estimator = make_model(instance_col=instance_col)
-    folds = list(
-        TraceBlockSplit(n_splits, columns={"instance_id": instance_col}).split(trace)
-    )
+        estimator[0].set_params(columns=cols)
+    folds = list(TraceBlockSplit(n_splits, columns=cols).split(trace))
     held = [trace[cols.request_id].to_numpy()[test] for _, test in folds]
     replay = dict(
         max_num_seqs=max_num_seqs,
-        columns=columns,
+        columns=cols,
         decode_tokens_include_first=decode_convention(estimator),
     )
 
