@@ -295,6 +295,7 @@ and (128, 1.0)
         noise_normals=rng.standard_normal,
         noise=noise,
         record_steps=return_steps,
+        record_features=not _is_published(step_model),
         cached_tokens=cached.astype(np.int64),
         settings=EngineSettings(
             block_size=block_size,
@@ -399,6 +400,10 @@ def _phase_table(truth, view, include_first, max_in_flight) -> pd.DataFrame:
     return phases
 
 
+def _is_published(step_model) -> bool:
+    return isinstance(step_model, str) and step_model == "published"
+
+
 def _step_table(run: EngineRun, with_kv: bool, step_model="published") -> pd.DataFrame:
     fields = (
         run.step_instance,
@@ -411,7 +416,7 @@ def _step_table(run: EngineRun, with_kv: bool, step_model="published") -> pd.Dat
     steps = pd.DataFrame(dict(zip(STEP_COLUMNS, fields, strict=True)))
     if with_kv:
         steps["kv_blocks"] = run.step_kv_blocks
-    if isinstance(step_model, str) and step_model == "published":
+    if _is_published(step_model):
         return steps
     # the ground truth of the richer step models' features
     steps["prefill_attention"] = run.step_prefill_attention

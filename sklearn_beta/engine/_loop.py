@@ -51,7 +51,7 @@ the same function runs as plain numpy, with the same results.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -140,6 +140,7 @@ def run_engine(
     noise_normals=None,
     noise: float = 0.0,
     record_steps: bool = False,
+    record_features: bool = False,
     cached_tokens: np.ndarray | None = None,
     settings: EngineSettings | None = None,
 ) -> EngineRun:
@@ -174,6 +175,10 @@ def run_engine(
         ``exp(noise * Z - noise**2 / 2)``.
     record_steps : bool
         Also return the step table.
+    record_features : bool
+        With ``record_steps``, also each step's prefill attention, decode
+        context and batch size (the default step table does without them,
+        at the default's speed).
     cached_tokens : ndarray of int, shape (n,), or None
         Prompt tokens found in the prefix cache, which skip prefill (below
         the prompt: its last token is always computed). None: no hits.
@@ -223,7 +228,7 @@ def run_engine(
         while True:  # a noisy run that outgrows its factor pool reruns
             factors = pool.factors(guess)
             req_times, blocks, step_times, used, done = loop(
-                *args, factors, record_steps
+                *args, factors, record_steps, record_steps and record_features
             )
             if done:
                 break
@@ -232,7 +237,9 @@ def run_engine(
         times[:, rows] = req_times
         if record_steps:
             steps.append((k, blocks, step_times))
-    return _engine_run(times, steps, record_steps, settings.delay)
+    return _engine_run(
+        times, steps, record_steps, settings.delay, record_steps and record_features
+    )
 
 
 def _check_cached(cached_tokens, prompt) -> np.ndarray:
@@ -321,7 +328,7 @@ def check_step_beta(beta, step_model="published") -> np.ndarray:
     return full_step_beta(features, values)
 
 
-def _engine_run(times, steps, record_steps, delay) -> EngineRun:
+def _engine_run(times, steps, record_steps, delay, record_features) -> EngineRun:
     # the loop's rows: admitted, prefill start and end, decode end, send and
     # preemptions; the queue arrival is the send plus the delay, as there
     times = [*times[:5], times[4] + delay, times[5].astype(np.int64)]
@@ -330,16 +337,22 @@ def _engine_run(times, steps, record_steps, delay) -> EngineRun:
     inst = np.concatenate([np.full(s[2].shape[0], s[0], np.int64) for s in steps])
     blocks = np.concatenate([s[1] for s in steps])
     step_times = np.concatenate([s[2] for s in steps])
-    per_step = np.repeat(blocks[:, 1:], blocks[:, 0], axis=0)
-    # a block's decode context grows by its decode tokens every step
-    first = np.repeat(np.cumsum(blocks[:, 0]) - blocks[:, 0], blocks[:, 0])
-    within = np.arange(per_step.shape[0]) - first
-    return EngineRun(
+    columns = 8 if record_features else 5
+    per_step = np.repeat(blocks[:, 1:columns], blocks[:, 0], axis=0)
+    run = EngineRun(
         *times,
         inst,
         step_times[:, 0],
         step_times[:, 1],
         *per_step[:, :4].T,
+    )
+    if not record_features:
+        return run
+    # a block's decode context grows by its decode tokens every step
+    first = np.repeat(np.cumsum(blocks[:, 0]) - blocks[:, 0], blocks[:, 0])
+    within = np.arange(per_step.shape[0]) - first
+    return replace(
+        run,
         step_prefill_attention=per_step[:, 4] / 2.0,
         step_decode_context=per_step[:, 5] + within * per_step[:, 1],
         step_batch_size=per_step[:, 6],
@@ -424,6 +437,7 @@ def _run_instance(
     done_offset,
     factors,
     record,
+    record_features,
 ):
     """One instance's busy loop over its requests, sorted by intended arrival.
 
@@ -489,7 +503,7 @@ def _run_instance(
         dt = beta0 + beta1 * t_pf + beta2 * t_dec
         slope = 0.0
         attention2 = context = served = 0
-        if features or record:
+        if features or record_features:
             attention2, context, served = _step_features(
                 batch, m, grant, decoding, tokens
             )
