@@ -455,8 +455,8 @@ default=None
         if self.objective != "duration":
             raise ValueError(
                 f"The step-count objective fits the published step model only; "
-                f"the exposure table has step model {list(features)}. Use "
-                "IterativeBetaRegressor(objective='duration'), or "
+                f"the exposure table has step model {list(features)}. Set "
+                "IterativeBetaRegressor(objective='duration'), or set "
                 "PhaseExposureTransformer(step_model='published')."
             )
         needs_prompt = {"prefill_attention", "decode_context"} & set(features)
