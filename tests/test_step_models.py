@@ -25,6 +25,7 @@ from sklearn_beta.core._schema import (
 )
 from sklearn_beta.core._step_features import STEP_MODELS
 from sklearn_beta.datasets import simulate_trace
+from sklearn_beta.engine import _loop
 from sklearn_beta.metrics import get_scorer
 from sklearn_beta.model_selection import (
     TraceBlockSplit,
@@ -130,6 +131,25 @@ def test_engine_step_features_match_an_independent_count():
     np.testing.assert_allclose(
         _step_features(steps) @ BETA_ATTENTION, duration, rtol=1e-9
     )
+
+
+def test_numba_and_numpy_loops_agree_on_a_step_model(monkeypatch):
+    pytest.importorskip("numba")
+    params = dict(
+        noise=0.05,
+        token_budget=1024,
+        num_gpu_blocks=3000,
+        return_steps=True,
+        step_model=["steps", "prefill_attention", "decode_context", "batch_size"],
+        beta=[4e-3, 5e-9, 3e-8, 2e-5],
+    )
+    monkeypatch.setattr(_loop, "BACKEND", "numba")
+    compiled = _simulate(400, **params)
+    monkeypatch.setattr(_loop, "BACKEND", "numpy")
+    plain = _simulate(400, **params)
+    for got, want in zip(compiled, plain, strict=True):
+        pd.testing.assert_frame_equal(got, want, check_exact=True)
+    assert compiled[1]["batch_size"].max() > 1
 
 
 @pytest.mark.parametrize("noise", [0.0, 0.05])
