@@ -6,6 +6,9 @@ recovers ``(beta0, beta1, beta2)`` from them, as scikit-learn estimators and as
 a functional API that reproduces the published reference.
 """
 
+# Importing the distributed subpackage registers the estimators' Dask backend
+# (which imports dask only when a Dask collection arrives).
+from . import distributed  # noqa: F401
 from .core._cleaning import CleaningReport, clean_phases
 from .core._columns import PhaseColumns
 from .core._design import DesignAtBetas, design_at_betas

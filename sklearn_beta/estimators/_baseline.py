@@ -17,9 +17,10 @@ from ..core._schema import (
     step_model_of,
 )
 from ..core._step_features import PUBLISHED_FEATURES
-from ..trust._identifiability import identifiability_diagnostics
+from ..trust._identifiability import BETA_NAMES, identifiability_diagnostics
 from ..trust._uncertainty import DEFAULT_CONFIDENCE_LEVEL
 from ._base import BaseBetaRegressor
+from ._fit import FitSettings, Solution, beta_intervals, fit_baseline
 
 __all__ = ["BaselineBetaRegressor"]
 
@@ -63,6 +64,50 @@ def diagnostics_from_sums(
         "mean_A_pf_tokens": means[2],
         "mean_A_dec_tokens": means[3],
     }
+
+
+class DesignSource:
+    """An exposure table in memory, for the baseline: its design, durations,
+    weights and, for a full exposure table, the trace's timeline."""
+
+    def __init__(self, design, duration, sample_weight=None, timeline=None):
+        self.design = design
+        self.duration = duration
+        self.sample_weight = sample_weight
+        self.timeline = timeline
+
+    def baseline(self) -> Solution:
+        return Solution(nnls_fit(self.design, self.duration, self.sample_weight))
+
+    def diagnostics(self, solution, beta, unit, settings) -> dict:
+        names = settings.coef_names
+        features = PUBLISHED_FEATURES if names == BETA_NAMES else names
+        diagnostics = design_diagnostics(
+            self.design, self.duration, beta, self.sample_weight, features
+        )
+        diagnostics.update(
+            identifiability_diagnostics(
+                self.design,
+                self.duration,
+                beta,
+                self.timeline,
+                self.sample_weight,
+                estimator=settings.caller,
+                names=names,
+            )
+        )
+        return diagnostics
+
+    def intervals(self, solution, beta, unit, diagnostics, settings):
+        return beta_intervals(
+            self.timeline,
+            beta,
+            self.design,
+            self.duration - self.design @ beta,
+            self.sample_weight,
+            diagnostics,
+            settings,
+        )
 
 
 class BaselineBetaRegressor(BaseBetaRegressor):
@@ -167,44 +212,24 @@ class BaselineBetaRegressor(BaseBetaRegressor):
         timeline: Timeline | None = None,
         *,
         caller: str | None = None,
-        stacklevel: int = 6,
     ) -> np.ndarray:
-        """The fit itself, shared with :func:`estimate_betas_baseline`.
+        """The fit in memory, shared with :func:`estimate_betas_baseline`.
 
         ``timeline`` (None when unknown) lets the identifiability checks look
         at the trace and forms the time blocks of ``beta_ci_``; ``caller``
         names the estimator in warnings. Sets ``diagnostics_`` and
         ``beta_ci_`` and returns the betas.
         """
-        beta = nnls_fit(design, duration, sample_weight)
-        self.diagnostics_ = design_diagnostics(
-            design,
-            duration,
-            beta,
-            sample_weight,
-            getattr(self, "step_features_", PUBLISHED_FEATURES),
+        source = DesignSource(design, duration, sample_weight, timeline)
+        return self._fit_source(source, caller=caller)
+
+    def _fit_source(self, source, *, caller=None) -> np.ndarray:
+        """:func:`~sklearn_beta.estimators._fit.fit_baseline` on ``source``."""
+        name = type(self).__name__
+        settings = FitSettings(
+            name, caller or name, self.confidence_level, coef_names=self._coef_names()
         )
-        self.diagnostics_.update(
-            identifiability_diagnostics(
-                design,
-                duration,
-                beta,
-                timeline,
-                sample_weight,
-                estimator=caller or type(self).__name__,
-                stacklevel=stacklevel,
-                names=self._coef_names(),
-            )
-        )
-        self.beta_ci_ = self._beta_intervals(
-            timeline,
-            beta,
-            design,
-            duration - design @ beta,
-            sample_weight,
-            stacklevel=stacklevel,
-        )
-        return beta
+        return self._fitted(fit_baseline(source, settings))
 
     def _predict_table(self, table):
         features = step_model_of(table)

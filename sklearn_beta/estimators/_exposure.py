@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Mapping
 from dataclasses import replace
 from numbers import Real
@@ -45,7 +44,8 @@ from ..core._step_features import (
     request_prompts,
 )
 from ..core._validation import PhaseArrays, PhaseColumns, check_phases
-from ..distributed._fleet import is_dask_collection
+from ..core._warnings import warn
+from ._backend import backend_for
 
 __all__ = ["PhaseExposureTransformer"]
 
@@ -293,7 +293,9 @@ class PhaseExposureTransformer(TransformerMixin, BaseEstimator):
         the betas. Other models append a ``step_features`` code, the
         ``request_prompt`` of each phase's request and one
         ``<feature>_exposure`` column per feature beyond the published
-        three. ``"trained-physics"`` raises (not wired yet).
+        three. ``"trained-physics"`` raises (not wired yet), and so does a
+        collection out of memory (Dask) under another model than the
+        published one.
 
     Attributes
     ----------
@@ -356,13 +358,7 @@ class PhaseExposureTransformer(TransformerMixin, BaseEstimator):
         return PhaseColumns.coerce(self.columns)
 
     def _phase_arrays(self, X) -> PhaseArrays:
-        # Prefill token counts matter beside N_steps only for the correction
-        # and the features that read the prompt lengths.
-        need = self.correction_mode != "none" or bool(
-            {"prefill_attention", "decode_context"}
-            & set(check_step_model(self.step_model))
-        )
-        return check_phases(X, self._columns(), need_prefill_tokens=need)
+        return check_phases(X, self._columns(), need_prefill_tokens=self._need_tokens())
 
     def _exposures(
         self, X, arrays: PhaseArrays | None = None
@@ -385,18 +381,21 @@ class PhaseExposureTransformer(TransformerMixin, BaseEstimator):
         if not self.decode_tokens_include_first:
             return arrays
         if arrays.n_steps is not None:
-            warnings.warn(
+            warn(
                 "decode_tokens_include_first=True has no effect: the "
                 f"{self._columns().n_steps!r} column gives the step counts.",
-                UserWarning,
-                stacklevel=6,  # the caller of transform (set_output wraps it)
+                UserWarning,  # the caller of transform (set_output wraps it)
             )
             return arrays
         decode = exclude_first_decode_token(arrays.is_prefill, arrays.decode_tokens)
         return replace(arrays, decode_tokens=decode)
 
     def _need_tokens(self) -> bool:
-        return self.correction_mode != "none"
+        # Prefill token counts matter beside N_steps for the correction and
+        # for the features that read the prompt lengths.
+        features = check_step_model(self.step_model)
+        reads_prompt = {"prefill_attention", "decode_context"} & set(features)
+        return self.correction_mode != "none" or bool(reads_prompt)
 
     def fit(self, X, y=None):
         """Validate the phase table and remember its columns.
@@ -413,12 +412,13 @@ class PhaseExposureTransformer(TransformerMixin, BaseEstimator):
         self : object
             Fitted transformer.
         """
-        if is_dask_collection(X):  # fleet scale: see sklearn_beta._dask_fit
-            from ..distributed._dask_fit import check_phase_partitions
-
-            self._check_published("a Dask collection")
-
-            check_phase_partitions(self, X)
+        backend = backend_for(X)
+        if backend is not None:  # a collection out of memory, such as Dask's
+            self._validate_params()
+            self._check_published("a collection out of memory (Dask)")
+            backend.check_phases(X, self._columns(), self._need_tokens())
+            self.feature_names_in_ = np.asarray(X.columns, dtype=object)
+            self.n_features_in_ = len(self.feature_names_in_)
             return self
         self._fit_arrays(X)
         return self
@@ -449,7 +449,7 @@ class PhaseExposureTransformer(TransformerMixin, BaseEstimator):
             Columns :data:`EXPOSURE_COLUMNS` (and a step model's, see
             ``step_model``), indexed like ``X``.
         """
-        if is_dask_collection(X):
+        if backend_for(X) is not None:
             return self.fit(X).transform(X)
         with large_fit_memory(n_rows(X)):
             return self._exposure_frame(X, self._fit_arrays(X))
@@ -469,12 +469,13 @@ class PhaseExposureTransformer(TransformerMixin, BaseEstimator):
             ``step_model``), indexed like ``X``.
         """
         check_is_fitted(self)
-        if is_dask_collection(X):
-            from ..distributed._dask_fit import transform_partitions
-
-            self._check_published("a Dask collection")
-
-            return transform_partitions(self, X)
+        backend = backend_for(X)
+        if backend is not None:
+            self._check_published("a collection out of memory (Dask)")
+            chunk = effective_chunk_size(self.chunk_size, self.token_budget)
+            return backend.transform(
+                self, X, self._columns(), self._need_tokens(), chunk
+            )
         with large_fit_memory(n_rows(X)):
             return self._exposure_frame(X)
 
@@ -483,7 +484,7 @@ class PhaseExposureTransformer(TransformerMixin, BaseEstimator):
         if features != PUBLISHED_FEATURES:
             raise ValueError(
                 f"step_model={self.step_model!r} has no exposures on {where} "
-                "yet; compute the pandas table in memory, or use "
+                "yet; compute the pandas table in memory, or set "
                 "step_model='published'."
             )
 
