@@ -15,6 +15,8 @@ from sklearn_beta import (
     BaselineBetaRegressor,
     IterativeBetaRegressor,
     PhaseExposureTransformer,
+    block_bootstrap_ci,
+    design_at_betas,
 )
 from sklearn_beta.core._feature_fixed_point import FeatureDurations
 from sklearn_beta.core._schema import (
@@ -399,6 +401,21 @@ def test_baseline_fits_a_list_of_features_with_named_diagnostics():
     names = set(regressor.diagnostics_["not_identified"])
     names |= set(regressor.diagnostics_["at_zero_bound"])
     assert names <= set(features)
+
+
+def test_bootstrap_and_design_at_betas_with_a_step_model():
+    phases = _simulate(600, noise=0.02, max_num_seqs=64)
+    table = PhaseExposureTransformer(CHUNK, step_model="attention").fit_transform(
+        phases
+    )
+    ci = block_bootstrap_ci(
+        BaselineBetaRegressor(), table, n_resamples=5, random_state=0
+    )
+    assert ci.shape == (5, 2) and np.all(ci[:, 0] <= ci[:, 1])
+    with pytest.raises(ValueError, match="published step model"):
+        design_at_betas(
+            table, BETA_ATTENTION, correction_mode="end_inside", objective="duration"
+        )
 
 
 # --- model comparison -----------------------------------------------------------
