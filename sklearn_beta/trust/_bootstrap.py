@@ -98,8 +98,9 @@ def block_bootstrap_ci(
 
     Returns
     -------
-    intervals : ndarray of shape (3, 2)
-        Lower and upper limits of ``beta0``, ``beta1``, ``beta2``.
+    intervals : ndarray of shape (3, 2) or (n_step_features, 2)
+        Lower and upper limits of ``beta0``, ``beta1``, ``beta2`` (of each
+        feature's coefficient under another step model of the table).
 
     Examples
     --------
