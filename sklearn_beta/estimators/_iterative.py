@@ -11,7 +11,7 @@ same :meth:`IterativeBetaRegressor._fit_timeline`.
 
 from __future__ import annotations
 
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from numbers import Real
 
 import numpy as np
@@ -401,55 +401,18 @@ default=None
         )
 
     def _check_table_settings(self, table: np.ndarray, timeline: Timeline) -> None:
-        """Reject an exposure table made with transformer settings this fit
-        would ignore (docs/method.md, section 6).
-
-        The transformer's ``correction_mode`` and ``min_duration`` shape only
-        the baseline design, which is where the iterations start; every later
-        step density comes from the betas and every later correction from this
-        estimator's own ``correction_mode``. The step-count objective reaches
-        the same solution from any start, and an explicit
-        ``init_correction_mode`` replaces the table's design: a non-default
-        setting there would change nothing, so it is an error.
-        """
-        name = type(self).__name__
-        floored = _floored_densities(table)
-        if floored.any() and self.objective == "step_count":
-            rows = np.flatnonzero(floored)[:5]
-            raise ValueError(
-                "PhaseExposureTransformer(min_duration > 0) floors the step "
-                f"density of {int(floored.sum())} phase(s) (first at positions "
-                f"{rows.tolist()}), which only enters the baseline design; "
-                f"{name}(objective='step_count') computes every step density "
-                "from its betas and reaches the same betas from any start, so "
-                "it would ignore it. Set min_duration=0 on the transformer, or "
-                "use BaselineBetaRegressor (or objective='duration', which "
-                "starts from that design)."
-            )
-        mode = table_correction_mode(table, timeline)
-        if mode in (None, "end"):
-            return
-        init = self.init_correction_mode
-        if init is not None and init != mode:
-            reason = (
-                f"{name}(init_correction_mode={init!r}) recomputes the "
-                "starting design with its own placement"
-            )
-        elif init is None and self.objective == "step_count":
-            reason = (
-                f"it only sets where {name}(objective='step_count') starts, "
-                "and that fit reaches the same betas from any start"
-            )
-        else:
-            return
-        raise ValueError(
-            f"PhaseExposureTransformer(correction_mode={mode!r}) places the "
-            "last prefill chunk's missing tokens in the baseline design only; "
-            f"{reason}, so the transformer's setting would be ignored. {name} "
-            f"places them by its own correction_mode (here "
-            f"{self.correction_mode!r}): set {name}(correction_mode={mode!r}) "
-            "for that placement (and init_correction_mode to choose the start), "
-            "and leave the transformer at correction_mode='end'."
+        """:func:`check_table_settings` of an in-memory exposure table."""
+        floored = floored_densities(table)
+        check_table_settings(
+            TableSettings(
+                int(floored.sum()),
+                table_correction_mode(table, timeline),
+                np.flatnonzero(floored)[:5],
+            ),
+            name=type(self).__name__,
+            objective=self.objective,
+            correction_mode=self.correction_mode,
+            init_correction_mode=self.init_correction_mode,
         )
 
     def _fit_timeline(
@@ -609,7 +572,79 @@ default=None
         return view.design @ self.beta_
 
 
-def _floored_densities(table: np.ndarray) -> np.ndarray:
+@dataclass(frozen=True)
+class TableSettings:
+    """What an exposure table shows of the transformer settings that made it:
+    the phases whose step density a ``min_duration`` floor changed (and the
+    first positions, where known) and the correction placement of its
+    baseline design (:func:`table_correction_mode`)."""
+
+    n_floored: int
+    correction_mode: str | None
+    first_floored: np.ndarray | None = None
+
+
+def check_table_settings(
+    table: TableSettings,
+    *,
+    name: str,
+    objective: str,
+    correction_mode: str,
+    init_correction_mode: str | None,
+) -> None:
+    """Reject an exposure table made with transformer settings this fit
+    would ignore (docs/method.md, section 6).
+
+    The transformer's ``correction_mode`` and ``min_duration`` shape only
+    the baseline design, which is where the iterations start; every later
+    step density comes from the betas and every later correction from this
+    estimator's own ``correction_mode``. The step-count objective reaches
+    the same solution from any start, and an explicit
+    ``init_correction_mode`` replaces the table's design: a non-default
+    setting there would change nothing, so it is an error. In memory and on
+    Dask alike (the partitions' :class:`TableSettings` reduced).
+    """
+    if table.n_floored and objective == "step_count":
+        where = ""
+        if table.first_floored is not None:
+            where = f" (first at positions {table.first_floored.tolist()})"
+        raise ValueError(
+            "PhaseExposureTransformer(min_duration > 0) floors the step "
+            f"density of {table.n_floored} phase(s){where}, which only enters "
+            f"the baseline design; {name}(objective='step_count') computes "
+            "every step density from its betas and reaches the same betas from "
+            "any start, so it would ignore it. Set min_duration=0 on the "
+            "transformer, or use BaselineBetaRegressor (or objective='duration', "
+            "which starts from that design)."
+        )
+    mode = table.correction_mode
+    if mode in (None, "end"):
+        return
+    init = init_correction_mode
+    if init is not None and init != mode:
+        reason = (
+            f"{name}(init_correction_mode={init!r}) recomputes the "
+            "starting design with its own placement"
+        )
+    elif init is None and objective == "step_count":
+        reason = (
+            f"it only sets where {name}(objective='step_count') starts, "
+            "and that fit reaches the same betas from any start"
+        )
+    else:
+        return
+    raise ValueError(
+        f"PhaseExposureTransformer(correction_mode={mode!r}) places the "
+        "last prefill chunk's missing tokens in the baseline design only; "
+        f"{reason}, so the transformer's setting would be ignored. {name} "
+        f"places them by its own correction_mode (here "
+        f"{correction_mode!r}): set {name}(correction_mode={mode!r}) "
+        "for that placement (and init_correction_mode to choose the start), "
+        "and leave the transformer at correction_mode='end'."
+    )
+
+
+def floored_densities(table: np.ndarray) -> np.ndarray:
     """Phases whose tabled step density is not ``N_i / l_i``: a
     ``min_duration`` floor made it."""
     with np.errstate(divide="ignore", invalid="ignore"):
