@@ -15,20 +15,32 @@ from dataclasses import dataclass, replace
 from numbers import Real
 
 import numpy as np
+import pandas as pd
 from sklearn.utils._param_validation import StrOptions
 
 from ..core._constraints import Number, count
 from ..core._corrections import CORRECTION_MODES, FIXED_CORRECTION_MODES
 from ..core._design import OBJECTIVES, design_at_betas
+from ..core._feature_fixed_point import FeatureDurations, iterate_feature_betas
 from ..core._fixed_point import (
     STOPPING_RULES,
     IterationSettings,
     iterate_betas,
+    warn_not_converged,
 )
 from ..core._grid import Timeline
 from ..core._nnls import nnls_fit
-from ..core._schema import EXPOSURE_COLUMNS, column, design_columns, read_timeline
+from ..core._schema import (
+    EXPOSURE_COLUMNS,
+    column,
+    design_columns,
+    read_timeline,
+    request_prompts_of,
+    step_design,
+    step_model_of,
+)
 from ..core._step_count import fit_step_counts
+from ..core._step_features import PUBLISHED_FEATURES
 from ..core._units import rescaled_timeline
 from ..core._warnings import warn
 from ..trust._identifiability import identifiability_diagnostics
@@ -373,6 +385,9 @@ default=None
         self.verbose = verbose
 
     def _fit_table(self, table, duration, sample_weight):
+        self.step_features_ = step_model_of(table)
+        if self.step_features_ != PUBLISHED_FEATURES:
+            return self._fit_features(table, duration, sample_weight)
         if self.objective == "step_count":
             _warn_if_y_unused(table, duration)
         timeline = read_timeline(table)
@@ -452,7 +467,102 @@ default=None
         self.history_ = fitted.history
         return super()._fitted(fitted)
 
+    def _feature_problem(self, table, sample_weight=None) -> FeatureDurations:
+        """The duration objective of the table's step model (one beyond the
+        published one); raises where this estimator cannot fit it."""
+        features = step_model_of(table)
+        if self.objective != "duration":
+            raise ValueError(
+                "The step-count objective fits the published step model only; "
+                f"the exposure table has step model {list(features)}. Set "
+                "IterativeBetaRegressor(objective='duration'), or set "
+                "PhaseExposureTransformer(step_model='published')."
+            )
+        if self.init_correction_mode is not None:
+            raise ValueError(
+                "IterativeBetaRegressor(init_correction_mode=...) recomputes a "
+                "published design; under step model "
+                f"{list(features)} the start is the table's exposures: set "
+                "init_correction_mode=None."
+            )
+        prompt = request_prompts_of(table)
+        needs_prompt = {"prefill_attention", "decode_context"} & set(features)
+        if needs_prompt and not np.all(np.isfinite(prompt)):
+            raise ValueError(
+                f"The step features {sorted(needs_prompt)} need each request's "
+                "prompt: the exposure table's 'request_prompt' column is NaN "
+                "(a trace without 'prefill_tokens')."
+            )
+        return FeatureDurations(
+            read_timeline(table), prompt, features, self.correction_mode, sample_weight
+        )
+
+    def _fit_features(self, table, duration, sample_weight):
+        """The duration objective of a step model beyond the published one
+        (:mod:`sklearn_beta.core._feature_fixed_point`), from the baseline
+        fit of the table's exposures. The betas stay in the trace's unit."""
+        problem = self._feature_problem(table, sample_weight)
+        timeline = problem.timeline
+        problem.timeline = replace(timeline, duration=duration)
+        beta_init = nnls_fit(step_design(table), duration, sample_weight)
+        beta, converged, n_iter, design, history = iterate_feature_betas(
+            problem, beta_init, self.max_iter, self.tol, self.damping, self.stopping
+        )
+        name = type(self).__name__
+        settings = FitSettings(
+            name,
+            name,
+            self.confidence_level,
+            objective=self.objective,
+            correction_mode=self.correction_mode,
+            iteration=IterationSettings(
+                self.correction_mode,
+                self.max_iter,
+                self.tol,
+                self.damping,
+                self.stopping,
+            ),
+            coef_names=self.step_features_,
+        )
+        if not converged:
+            warn_not_converged(name, settings.iteration, history[-1]["step"])
+        diagnostics = design_diagnostics(
+            design, duration, beta, sample_weight, self.step_features_
+        )
+        diagnostics.update(
+            identifiability_diagnostics(
+                design,
+                duration,
+                beta,
+                None,
+                sample_weight,
+                estimator=name,
+                names=self.step_features_,
+            )
+        )
+        residual = duration - design @ beta
+        beta_ci = beta_intervals(
+            timeline, beta, design, residual, sample_weight, diagnostics, settings
+        )
+        fitted = FittedBetas(
+            beta, beta_ci, diagnostics, converged, n_iter, pd.DataFrame(history), 1.0
+        )
+        return self._fitted(fitted)
+
     def _predict_table(self, table):
+        features = step_model_of(table)
+        if features != tuple(getattr(self, "step_features_", PUBLISHED_FEATURES)):
+            raise ValueError(
+                f"The exposure table has step model {list(features)}, the fit "
+                f"had {list(self.step_features_)}: transform with the same "
+                "step_model."
+            )
+        if features != PUBLISHED_FEATURES:
+            # the design at the fitted betas, settled by three lagged passes
+            problem = self._feature_problem(table)
+            for _ in range(3):
+                design = problem.reweighted(self.beta_)
+            return design @ self.beta_
         view = design_at_betas(
             table,
             self.beta_,
