@@ -26,6 +26,7 @@ from ._functional import (
     estimate_betas_iterative,
 )
 from ._iterative import IterativeBetaRegressor
+from ._schedule import ScheduleBetaRegressor
 from ._schema import EXPOSURE_COLUMNS
 
 __version__ = "0.1.0"
@@ -43,6 +44,7 @@ __all__ = [
     "IterativeResult",
     "PhaseColumns",
     "PhaseExposureTransformer",
+    "ScheduleBetaRegressor",
     "block_bootstrap_ci",
     "clean_phases",
     "default_engine_candidates",

@@ -80,6 +80,7 @@ def run_engine(
     noise_normals=None,
     noise: float = 0.0,
     record_steps: bool = False,
+    observed_ends: np.ndarray | None = None,
 ) -> EngineRun:
     """Run every instance's busy loop over its requests.
 
@@ -108,6 +109,13 @@ def run_engine(
         ``exp(noise * Z - noise**2 / 2)``.
     record_steps : bool
         Also return the step table.
+    observed_ends : ndarray of float, shape (2, n), or None
+        Observed times of each request's first and last token on the
+        engine's clock (NaN: none). A block of steps that ends one of them
+        ends at their mean instead of its model time (clamped to leave its
+        last step a positive duration), so that the replay runs on the
+        trace's clock: the schedule-consistent fit (``_schedule``) replays
+        with it. None: model times only.
     """
     n_inst = int(instance.max()) + 1 if instance.shape[0] else 0
     caps = np.broadcast_to(np.asarray(max_num_seqs, dtype=np.int64), (n_inst,))
@@ -135,12 +143,14 @@ def run_engine(
             _NO_CAP if token_budget is None else int(token_budget),
             int(min(caps[k], rows.shape[0])),
         )
+        snap = _NO_SNAP if observed_ends is None else observed_ends[:, rows]
+        snap = np.ascontiguousarray(snap, dtype=np.float64)
         guess = int(np.sum(-(-prompt[rows] // (chunk_size or _NO_CAP))))
         guess += int(np.sum(decode_steps[rows]))
         while True:  # a noisy run that outgrows its factor pool reruns
             factors = pool.factors(guess)
             req_times, blocks, step_times, used, done = loop(
-                *args, factors, record_steps
+                *args, factors, snap, record_steps
             )
             if done:
                 break
@@ -229,6 +239,8 @@ def _loop():
 
 
 _COMPILED = None
+#: ``observed_ends`` of a replay on model time only.
+_NO_SNAP = np.empty((2, 0))
 
 
 def _run_instance(
@@ -242,6 +254,7 @@ def _run_instance(
     budget,
     max_num_seqs,
     factors,
+    snap,
     record,
 ):
     """One instance's busy loop over its requests, sorted by arrival.
@@ -253,6 +266,7 @@ def _run_instance(
     """
     n = arrival.shape[0]
     noisy = factors.shape[0] > 0
+    snapping = snap.shape[1] > 0
     times = np.full((4, n), np.nan)
     admitted = times[0]
     prefill_start = times[1]
@@ -331,6 +345,16 @@ def _run_instance(
                 k = cut
         block_end = ends[k]
         used += k
+        pf_after = pf - k * grant
+        last = served & (pf_after == 0)
+        done = (decoding & (dec == k)) | (last & (dec == 0))
+        if snapping and k > 0:
+            observed = np.concatenate((snap[0][run[last]], snap[1][run[done]]))
+            observed = observed[~np.isnan(observed)]
+            if observed.shape[0] > 0:
+                # never back to or before the block's last step start
+                floor = ends[k - 1] + 1e-3 * (ends[k] - ends[k - 1])
+                block_end = max(np.mean(observed), floor)
         if record:
             if n_blocks == blocks.shape[0]:
                 blocks = np.concatenate((blocks, np.empty_like(blocks)))
@@ -343,16 +367,15 @@ def _run_instance(
                 step_times = np.concatenate((step_times, np.empty_like(step_times)))
             step_times[n_steps : n_steps + k, 0] = ends[:k]
             step_times[n_steps : n_steps + k, 1] = ends[1 : k + 1]
+            step_times[n_steps + k - 1, 1] = block_end
             n_steps += k
 
         # phase boundaries: the block's first step opens, its last closes
         first = served & (pf == prompt[run])
         prefill_start[run[first]] = clock
         pf -= k * grant
-        last = served & (pf == 0)
         prefill_end[run[last]] = block_end
         dec[decoding] -= k
-        done = (decoding | last) & (dec == 0)
         if np.any(done):
             decode_end[run[done]] = block_end
             keep = ~done

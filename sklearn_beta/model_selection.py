@@ -27,6 +27,13 @@ trace, so every phase keeps its full-trace exposures in training and test.
 """
 
 from ._context import TraceContextRegressor
+from ._schedule import RequestKFold, make_schedule_scorer
 from ._trace_split import TraceBlockSplit, complete_context_mask
 
-__all__ = ["TraceBlockSplit", "TraceContextRegressor", "complete_context_mask"]
+__all__ = [
+    "RequestKFold",
+    "TraceBlockSplit",
+    "TraceContextRegressor",
+    "complete_context_mask",
+    "make_schedule_scorer",
+]
