@@ -25,7 +25,7 @@ from sklearn.metrics import r2_score
 from sklearn.model_selection import BaseCrossValidator
 from sklearn.pipeline import Pipeline, make_pipeline
 from sklearn.utils import check_random_state
-from sklearn.utils._param_validation import Interval, StrOptions
+from sklearn.utils._param_validation import StrOptions
 from sklearn.utils.validation import check_is_fitted
 
 from ._baseline import BaselineBetaRegressor
@@ -254,7 +254,9 @@ default="iterative"
         self.init_beta_ = theta[:3].copy()
         previous, changes, history = None, [], []
         converged, stage, last_step = False, "levels", np.inf
-        for n_iter in range(1, self.max_iter + 1):
+        n_iter = 0
+        while n_iter < self.max_iter:
+            n_iter += 1
             schedule = self._schedule(trace, theta, trace.engine_ends(theta, keep))
             signature = schedule.local_signature(trace.n_requests)
             if previous is not None:
@@ -274,7 +276,9 @@ default="iterative"
                 )
             new = np.zeros(6)
             if stage == "levels":
-                new[free] = nnls_fit(rows_.design[:, free], rows_.target, rows_.weight)
+                # betas only: offsets fitted on levels are weakly identified
+                # and, fed back into the snapping, push the schedule off
+                new[:3] = nnls_fit(rows_.design[:, :3], rows_.target, rows_.weight)
             else:
                 new[free], rows_ = _robust_fit(rows_, free)
             new[:3] = _usable_beta(new[:3], schedule.features)
@@ -508,7 +512,7 @@ default="iterative"
         if observed_ends is not None:
             settings["observed_ends"] = observed_ends
         return run_engine(
-            trace.requests["arrival"] - trace.origin + queue,
+            trace.replay_arrival + queue,
             trace.requests["prompt"],
             trace.requests["decode_steps"],
             trace.requests["instance"],
@@ -526,7 +530,7 @@ default="iterative"
         run = self._run(trace, beta, queue, True, observed_ends)
         return schedule_events(
             run,
-            trace.requests["arrival"] - trace.origin + queue,
+            trace.replay_arrival + queue,
             trace.requests["instance"],
             scheduled=trace.scheduled,
         )
@@ -586,9 +590,16 @@ class _TraceEvents:
         requests = trace_requests(frame, cols, arrival)
         self.requests = requests
         self.n_requests = requests["prompt"].shape[0]
-        self.origin = clock_origin(requests["arrival"], requests["instance"])
         # A prefill that starts after its arrival shows the scheduled time.
         self.scheduled = bool(np.any(requests["prefill_start"] > requests["arrival"]))
+        self.origin = clock_origin(requests["arrival"], requests["instance"])
+        self.replay_arrival = requests["arrival"] - self.origin
+        if arrival is None:
+            # The prefill start is a step boundary of the trace: an arrival
+            # exactly there would tie with the replay's boundary, broken by
+            # rounding or by the step noise. A quarter step before it, the
+            # request joins at the nearest boundary, as it did.
+            self.replay_arrival = self.replay_arrival - _tie_margin(requests)
         kinds = [requests["prefill_end"], requests["decode_end"]]
         if self.scheduled:
             kinds.insert(0, requests["prefill_start"])
@@ -612,6 +623,15 @@ class _TraceEvents:
     def anchor_times(self, schedule) -> np.ndarray:
         arrival = self.requests["arrival"] - self.origin
         return arrival[schedule.anchor]
+
+
+def _tie_margin(requests) -> float:
+    """A quarter of the trace's typical step time (decode time per step)."""
+    steps = requests["decode_steps"]
+    span = requests["decode_end"] - requests["prefill_end"]
+    per_step = span[steps > 0] / steps[steps > 0]
+    typical = float(np.median(per_step)) if per_step.shape[0] else 0.0
+    return 0.25 * typical if typical > 0 else 1e-9
 
 
 def _robust_fit(rows, free):
@@ -717,7 +737,8 @@ class RequestKFold(BaseCrossValidator):
     def _iter_test_masks(self, X=None, y=None, groups=None):
         if not isinstance(X, pd.DataFrame):
             raise TypeError(
-                f"RequestKFold reads request ids from a DataFrame, got {type(X).__name__}."
+                "RequestKFold reads request ids from a DataFrame, got "
+                f"{type(X).__name__}."
             )
         name = PhaseColumns.coerce(self.columns).request_id
         if name not in X.columns:
