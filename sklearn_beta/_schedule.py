@@ -597,9 +597,12 @@ class _TraceEvents:
         if arrival is None:
             # The prefill start is a step boundary of the trace: an arrival
             # exactly there would tie with the replay's boundary, broken by
-            # rounding or by the step noise. A quarter step before it, the
-            # request joins at the nearest boundary, as it did.
-            self.replay_arrival = self.replay_arrival - _tie_margin(requests)
+            # rounding or by the step noise. A fraction of a step before
+            # it, the request joins at that boundary, as it did.
+            # A request that started an idle engine keeps its time: the
+            # period's steps are measured from it.
+            busy = _joins_busy_engine(requests)
+            self.replay_arrival = self.replay_arrival - busy * _tie_margin(requests)
         kinds = [requests["prefill_end"], requests["decode_end"]]
         if self.scheduled:
             kinds.insert(0, requests["prefill_start"])
@@ -626,12 +629,27 @@ class _TraceEvents:
 
 
 def _tie_margin(requests) -> float:
-    """A quarter of the trace's typical step time (decode time per step)."""
+    """A tenth of the shortest mean step time of a request's decode phase:
+    below (nearly) every step of the trace, far above rounding and noise."""
     steps = requests["decode_steps"]
     span = requests["decode_end"] - requests["prefill_end"]
     per_step = span[steps > 0] / steps[steps > 0]
-    typical = float(np.median(per_step)) if per_step.shape[0] else 0.0
-    return 0.25 * typical if typical > 0 else 1e-9
+    shortest = float(np.min(per_step)) if per_step.shape[0] else 0.0
+    return 0.1 * shortest if shortest > 0 else 1e-9
+
+
+def _joins_busy_engine(requests) -> np.ndarray:
+    """Whether another request of the instance runs when each prefill starts
+    (its decode ends after), per request."""
+    start, end = requests["prefill_start"], requests["decode_end"]
+    instance = requests["instance"]
+    busy = np.zeros(start.shape[0], dtype=bool)
+    for k in np.unique(instance):  # a loop over engine instances
+        rows = np.flatnonzero(instance == k)
+        rows = rows[np.argsort(start[rows], kind="stable")]
+        ended = np.maximum.accumulate(end[rows])
+        busy[rows[1:]] = ended[:-1] > start[rows[1:]]
+    return busy
 
 
 def _robust_fit(rows, free):
