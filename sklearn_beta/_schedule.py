@@ -319,7 +319,7 @@ default="iterative"
                 "step",
             ],
         )
-        self._set_coefficients(theta, trace.scheduled)
+        self._set_coefficients(theta)
         self.n_rows_ = int(fit_rows.target.shape[0])
         self.beta_ci_ = self._intervals(fit_rows, theta, free)
         return self
@@ -535,20 +535,13 @@ default="iterative"
             scheduled=trace.scheduled,
         )
 
-    def _set_coefficients(self, theta, scheduled: bool) -> None:
+    def _set_coefficients(self, theta) -> None:
         self.beta_ = theta[:3].copy()
         self.coef_ = self.beta_.copy()
         self.intercept_ = 0.0
         queue = float(theta[3])
-        self.alpha_ = {
-            "queue": queue,
-            "first_token": float(theta[4]) - queue,
-            "last_token": float(theta[5]) - queue,
-        }
-        if self.fit_offsets and not scheduled:
-            self.alpha_names_fixed_ = ("queue",)
-        else:
-            self.alpha_names_fixed_ = () if self.fit_offsets else ALPHA_NAMES
+        totals = (queue, float(theta[4]) - queue, float(theta[5]) - queue)
+        self.alpha_ = dict(zip(ALPHA_NAMES, totals, strict=True))
 
     def _alpha_total(self, name: str) -> float:
         return self.alpha_["queue"] + self.alpha_[name]

@@ -31,11 +31,20 @@ ENGINE = dict(chunk_size=256, token_budget=512, max_num_seqs=64)
 
 
 def client_trace(
-    n, *, rate, noise=0.0, seed=0, first_offset=0.0, last_offset=0.0, **engine
+    n,
+    *,
+    rate,
+    noise=0.0,
+    seed=0,
+    first_offset=0.0,
+    last_offset=0.0,
+    delay=0.0,
+    **engine,
 ):
     """A client-side phase table: prefill ``[send, first token]``, decode
     ``[first token, last token]``, the send in an ``arrival`` column; and the
-    engine's run with its step table."""
+    engine's run with its step table. ``delay``: from the send to the
+    engine's queue."""
     engine = {**ENGINE, **engine}
     rng = np.random.RandomState(seed)
     send = np.cumsum(rng.exponential(1.0 / rate, n))
@@ -43,7 +52,7 @@ def client_trace(
     output = np.clip(np.rint(100 * np.exp(0.5 * rng.standard_normal(n))), 1, None)
     prompt, output = prompt.astype(np.int64), output.astype(np.int64)
     run = run_engine(
-        send,
+        send + delay,
         prompt,
         output,
         np.zeros(n, np.int64),
@@ -268,3 +277,24 @@ def test_request_kfold_keeps_requests_whole():
         RequestKFold(2, random_state=0)
     with pytest.raises(ValueError, match="into n_splits=6"):
         list(RequestKFold(6).split(X))
+
+
+@pytest.mark.parametrize("noise", [0.0, 0.02])
+def test_engine_side_saturated_300_requests(noise):
+    # Engine-side times: queued (arrival), scheduled (prefill start), first
+    # and last token. 300 saturated requests: betas within 2 % (issue 19);
+    # the scheduled times identify the queue delay, here 5 ms between the
+    # arrival column and the engine's queue.
+    phases, run = client_trace(300, rate=40.0, noise=noise, delay=0.005)
+    phases.loc[phases["phase_type"] == "prefill", "t_start"] = run.prefill_start
+    model = ScheduleBetaRegressor(**ENGINE).fit(phases)
+    assert model.converged_
+    np.testing.assert_allclose(model.beta_, BETA, rtol=1e-9 if noise == 0 else 0.02)
+    assert model.alpha_["queue"] == pytest.approx(
+        0.005, abs=1e-9 if noise == 0 else 2e-4
+    )
+    # predicted prefill phases run from the predicted scheduled time
+    held = model.predict(phases)
+    observed = (phases["t_end"] - phases["t_start"]).to_numpy()
+    if noise == 0:
+        np.testing.assert_allclose(held, observed, rtol=1e-6, atol=1e-9)
