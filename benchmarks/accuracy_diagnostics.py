@@ -48,21 +48,21 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from accuracy import SCENARIOS, exact_step_sums, simulate  # noqa: E402
 
 from sklearn_beta import IterativeBetaRegressor, PhaseExposureTransformer  # noqa: E402
-from sklearn_beta._corrections import fixed_correction_mass  # noqa: E402
-from sklearn_beta._exposure import timeline_from_arrays  # noqa: E402
-from sklearn_beta._fixed_point import (  # noqa: E402
+from sklearn_beta.core._corrections import fixed_correction_mass  # noqa: E402
+from sklearn_beta.core._fixed_point import (  # noqa: E402
     IterationSettings,
     correction_rate,
     iterate_betas,
     reweighted_design,
 )
-from sklearn_beta._nnls import nnls_fit  # noqa: E402
-from sklearn_beta._step_count import (  # noqa: E402
+from sklearn_beta.core._nnls import nnls_fit  # noqa: E402
+from sklearn_beta.core._step_count import (  # noqa: E402
     count_state,
     solved_step_counts,
     step_count_weights,
 )
-from sklearn_beta._validation import PhaseColumns, check_phases  # noqa: E402
+from sklearn_beta.core._validation import PhaseColumns, check_phases  # noqa: E402
+from sklearn_beta.estimators._exposure import timeline_from_arrays  # noqa: E402
 from sklearn_beta.metrics import coefficient_errors, what_if_error  # noqa: E402
 from sklearn_beta.model_selection import complete_context_mask  # noqa: E402
 

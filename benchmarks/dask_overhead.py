@@ -27,7 +27,7 @@ import distributed
 import numpy as np
 from sklearn.pipeline import make_pipeline
 
-import sklearn_beta._dask_fit as dask_fit
+import sklearn_beta.distributed._dask_fit as dask_fit
 from sklearn_beta import IterativeBetaRegressor, PhaseExposureTransformer
 from sklearn_beta.datasets import simulate_trace
 

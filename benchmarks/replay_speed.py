@@ -20,8 +20,9 @@ from __future__ import annotations
 import argparse
 import time
 
-from sklearn_beta import _engine, replay
+from sklearn_beta import replay
 from sklearn_beta.datasets import simulate_trace
+from sklearn_beta.engine import _loop as _engine
 
 BETA = (5e-3, 2e-5, 8e-5)
 COMMON = dict(chunk_size=256, max_num_seqs=256)

@@ -177,7 +177,7 @@ def run_cluster(
     from distributed import Client, LocalCluster
     from sklearn.pipeline import make_pipeline
 
-    import sklearn_beta._dask_fit as dask_fit
+    import sklearn_beta.distributed._dask_fit as dask_fit
     from sklearn_beta import IterativeBetaRegressor, PhaseExposureTransformer
 
     sys.path.insert(0, str(HERE))

@@ -24,7 +24,7 @@ from functools import partial
 
 from _traces import speed_trace
 
-import sklearn_beta._base as base
+import sklearn_beta.estimators._base as base
 from sklearn_beta import (
     BaselineBetaRegressor,
     IterativeBetaRegressor,

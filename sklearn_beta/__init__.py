@@ -6,28 +6,28 @@ recovers ``(beta0, beta1, beta2)`` from them, as scikit-learn estimators and as
 a functional API that reproduces the published reference.
 """
 
-from ._baseline import BaselineBetaRegressor
-from ._bootstrap import block_bootstrap_ci
-from ._cleaning import CleaningReport, clean_phases
-from ._columns import PhaseColumns
-from ._design import DesignAtBetas, design_at_betas
-from ._engine_config import (
+from .core._cleaning import CleaningReport, clean_phases
+from .core._columns import PhaseColumns
+from .core._design import DesignAtBetas, design_at_betas
+from .core._schema import EXPOSURE_COLUMNS
+from .engine_config._search import (
     VLLM_TOKEN_BUDGETS,
     EngineConfig,
     EngineConfigWarning,
     default_engine_candidates,
     select_engine_config,
 )
-from ._exposure import PhaseExposureTransformer
-from ._functional import (
+from .estimators._baseline import BaselineBetaRegressor
+from .estimators._exposure import PhaseExposureTransformer
+from .estimators._functional import (
     BaselineResult,
     IterativeResult,
     estimate_betas_baseline,
     estimate_betas_iterative,
 )
-from ._iterative import IterativeBetaRegressor
-from ._schedule import ScheduleBetaRegressor
-from ._schema import EXPOSURE_COLUMNS
+from .estimators._iterative import IterativeBetaRegressor
+from .estimators._schedule import ScheduleBetaRegressor
+from .trust._bootstrap import block_bootstrap_ci
 
 __version__ = "0.1.0"
 

@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ._design import design_at_betas
+from .core._design import design_at_betas
 
 __all__ = [
     "plot_beta_history",

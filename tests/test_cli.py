@@ -58,6 +58,16 @@ def run(capsys, *argv):
     return code, out, err
 
 
+WARNING = "sklearn-beta: warning: "
+
+
+def warning_messages(err: str) -> list[str]:
+    """The messages of a stderr that must hold warning lines and nothing else."""
+    lines = err.splitlines()
+    assert all(line.startswith(WARNING) for line in lines), err
+    return [line[len(WARNING) :] for line in lines]
+
+
 def test_json_output_reproduces_the_reference_iterative_fit(capsys):
     smoke = data_path("smoke.csv")
     reference = ("--correction-mode", "beta_informed", "--objective", "duration")
@@ -65,8 +75,10 @@ def test_json_output_reproduces_the_reference_iterative_fit(capsys):
     code, out, err = run(
         capsys, "fit", smoke, "--chunk-size", 64, *reference, "--output", "json"
     )
-    assert code == 0 and err == ""
+    assert code == 0
     report = json.loads(out)
+    # Two requests: the betas' intervals are wide, and the fit says so.
+    assert warning_messages(err) == report["warnings"] != []
     golden = load_golden("smoke_c64.json")["iterative"]["beta_informed/eta=1.0"]
     np.testing.assert_allclose(
         list(report["betas"].values()), golden["beta"], rtol=1e-9, atol=1e-15
@@ -148,7 +160,8 @@ def test_progress_only_on_a_terminal(capsys, monkeypatch):
     assert code == 0
     assert len(re.findall(r"^  iter +\d+ +beta0=.* change=", err, re.M)) == 7
     code, _, err = run(capsys, "fit", smoke, "--chunk-size", 64, "--quiet")
-    assert err == ""
+    assert code == 0 and "iter" not in err
+    assert len(warning_messages(err)) == 4  # --quiet keeps the fit's warnings
 
 
 @pytest.mark.parametrize(
@@ -441,7 +454,7 @@ def test_help_documents_every_option_and_its_default(capsys):
     help_text = capsys.readouterr().out
     usage = help_text[: help_text.index("\n\n")]
     options = sorted(set(re.findall(r"\[(--[a-z-]+)", usage)) - {"--help"})
-    assert len(options) == 29
+    assert len(options) == 30
     entries = {
         block.split()[0]: block
         for block in re.split(r"\n(?=  -)", help_text)
@@ -556,10 +569,11 @@ def test_edge_warning_is_one_line_on_stderr(capsys, tmp_path):
         "json",
     )
     assert code == 0 and "Traceback" not in err
-    assert err.count("\n") == 1
-    assert err.startswith("sklearn-beta: warning: The engine configuration chosen")
-    assert "Runner-up: chunk_size=128" in err
     report = json.loads(out)
+    # One line per warning: the edge first, then those of the fit reported.
+    assert warning_messages(err) == report["warnings"]
+    assert err.startswith("sklearn-beta: warning: The engine configuration chosen")
+    assert "Runner-up: chunk_size=128" in err.splitlines()[0]
     assert report["chunk_size"] == 64 and report["engine_config"]["edge"] == "low"
     assert any("smallest" in w for w in report["warnings"])
 
@@ -567,10 +581,153 @@ def test_edge_warning_is_one_line_on_stderr(capsys, tmp_path):
 def test_a_set_engine_without_enough_requests_for_folds_is_noted(capsys):
     smoke = data_path("smoke.csv")  # two requests
     code, out, err = run(capsys, "fit", smoke, "--chunk-size", 64, "--output", "json")
-    assert code == 0 and err == ""
+    assert code == 0
     report = json.loads(out)
+    assert warning_messages(err) == report["warnings"]
     assert report["validation"] is None and report["engine_config"] is None
     assert any("no held-out replay validation" in n for n in report["notes"])
     code, out, err = run(capsys, "fit", smoke)
     assert code == 1 and out == ""
     assert err.count("\n") == 1 and "--chunk-size N or --token-budget B" in err
+
+
+#: An engine whose decode tokens cost nothing: every fit of its trace puts
+#: beta2 on its zero bound, and says so.
+ZERO_BETA2 = (8e-3, 2.5e-5, 0.0)
+
+
+@pytest.fixture(scope="module")
+def zero_beta2_trace(tmp_path_factory) -> Path:
+    """A client-side (TraceV2) trace: its fit searches the request overheads
+    with a fit per trial delay, each of which warns."""
+    phases = simulate_trace(
+        120,
+        beta=ZERO_BETA2,
+        chunk_size=256,
+        max_num_seqs=16,
+        arrival_rate=4.0,
+        noise=0.05,
+        random_state=0,
+    )
+    path = tmp_path_factory.mktemp("zero_beta2") / "trace.csv"
+    write_tracev2(phases, path)
+    return path
+
+
+def zero_bound_line(report: dict) -> str:
+    """The warning line of a reported fit with beta2 at 0, from its interval."""
+    interval = report["confidence_interval"]
+    low, high = interval["beta2"]
+    return (
+        f"{WARNING}IterativeBetaRegressor: beta2 = 0 is at its zero bound "
+        f"({interval['level']:.0%} interval [{low:.4g}, {high:.4g}]): the "
+        "non-negativity constraint, not the trace, set it. Check the engine "
+        "settings (chunk_size, token_budget) and the decode token convention, "
+        "or use a trace with more varied load."
+    )
+
+
+def assert_no_python_warning_dump(err: str) -> None:
+    for line in err.splitlines():
+        assert ".py:" not in line and not line.startswith(" "), line
+        assert "regressor.fit(" not in line and "Warning: " not in line, line
+
+
+def count_warnings_of(monkeypatch, module, name: str) -> list[int]:
+    """Wrap ``module.name`` so that each call's warnings are counted, then
+    raised again as the call would have raised them."""
+    import warnings
+
+    real, counts = getattr(module, name), []
+
+    def counted(*args, **kwargs):
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            result = real(*args, **kwargs)
+        counts.append(len(caught))
+        for record in caught:
+            warnings.warn(record.message, stacklevel=2)
+        return result
+
+    monkeypatch.setattr(module, name, counted)
+    return counts
+
+
+def test_fit_warnings_are_one_line_each_about_the_fit_reported(
+    capsys, monkeypatch, zero_beta2_trace
+):
+    from sklearn_beta.engine_config import _trace_fit
+
+    trials = count_warnings_of(monkeypatch, _trace_fit, "fit_trace")
+    fixed = ("--chunk-size", 256, "--output", "json")
+    code, out, err = run(capsys, "fit", zero_beta2_trace, *fixed)
+    assert code == 0
+    report = json.loads(out)
+    assert report["betas"]["beta2"] == 0.0  # the truth, on the bound
+    assert 0 < report["confidence_interval"]["beta2"][1] < 2e-5
+    # Exactly the reported fit's one warning, its interval that of the report.
+    assert err.splitlines() == [zero_bound_line(report)]
+    assert report["warnings"] == [err.splitlines()[0][len(WARNING) :]]
+    assert_no_python_warning_dump(err)
+    # The overhead search fitted many trial delays and each one warned
+    # (Python showed their 14 distinct messages as 14 two-line dumps).
+    assert len(trials) >= 10 and all(n >= 1 for n in trials), trials
+    monkeypatch.undo()
+
+    code, quiet_out, quiet_err = run(capsys, "fit", zero_beta2_trace, *fixed, "--quiet")
+    assert (code, quiet_out, quiet_err) == (0, out, err)
+    code, strict_out, strict_err = run(
+        capsys, "fit", zero_beta2_trace, *fixed, "--strict"
+    )
+    assert (code, strict_out, strict_err) == (1, out, err)  # report, lines, exit 1
+
+
+def test_engine_search_candidates_warn_nothing(capsys, monkeypatch, zero_beta2_trace):
+    from sklearn_beta.model_selection import TraceContextRegressor
+
+    fits = count_warnings_of(monkeypatch, TraceContextRegressor, "fit")
+    candidates = ("--chunk-candidates", "128,256", "--budget-candidates", "2048")
+    code, out, err = run(
+        capsys, "fit", zero_beta2_trace, *candidates, "--output", "json"
+    )
+    assert code == 0
+    report = json.loads(out)
+    assert len(report["engine_config"]["candidates"]) == 4
+    assert report["chunk_size"] == 256 and report["betas"]["beta2"] == 0.0
+    assert warning_messages(err) == report["warnings"]
+    assert err.splitlines() == [zero_bound_line(report)]
+    assert_no_python_warning_dump(err)
+    # The search fitted each candidate on its folds, and every such fit
+    # warned (25 warnings over 10 fits when written): none reached stderr.
+    assert len(fits) >= 4 and all(n >= 1 for n in fits), fits
+
+
+def test_strict_and_the_warning_lines_from_the_module_entry(zero_beta2_trace, tmp_path):
+    done = subprocess.run(
+        [sys.executable, "-m", "sklearn_beta.cli", "fit", str(zero_beta2_trace)]
+        + ["--chunk-size", "256", "--output", "json", "--quiet", "--strict"],
+        capture_output=True,
+        text=True,
+        env=dict(os.environ, PYTHONPATH=str(REPO)),
+        cwd=tmp_path,
+        check=False,
+    )
+    assert done.returncode == 1, done.stderr
+    report = json.loads(done.stdout)  # the report is printed all the same
+    assert done.stderr.splitlines() == [zero_bound_line(report)]
+    assert_no_python_warning_dump(done.stderr)
+
+
+def test_warning_lines_fold_each_message_once():
+    import warnings
+
+    from sklearn_beta.cli._main import warning_lines
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for _ in range(3):
+            warnings.warn("beta2 is\n  at its bound:\tcheck", UserWarning, stacklevel=1)
+        warnings.warn("beta2 is at its bound: check", RuntimeWarning, stacklevel=1)
+        warnings.warn("another", UserWarning, stacklevel=1)
+    assert len(caught) == 5
+    assert warning_lines(caught) == ["beta2 is at its bound: check", "another"]

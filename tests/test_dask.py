@@ -222,7 +222,7 @@ def test_missing_column_is_named(client, fleet):
 
 @pytest.mark.parametrize("objective", ["step_count", "duration"])
 def test_worker_lost_between_iterations_changes_nothing(fleet, objective, monkeypatch):
-    import sklearn_beta._dask_fit as dask_fit
+    import sklearn_beta.distributed._dask_fit as dask_fit
 
     regressor = IterativeBetaRegressor(objective=objective, edges="fit", verbose=1)
     local = _fit_quietly(_model(regressor), fleet)
@@ -321,13 +321,13 @@ class _InMemory:
         self.items = items
 
     def map(self, fn, *args):
-        from sklearn_beta._distributed import combine_stats
+        from sklearn_beta.distributed._blocks import combine_stats
 
         return combine_stats([fn(item, *args) for item in self.items])
 
 
 def _duration_tables(durations, n_parts):
-    from sklearn_beta._schema import EXPOSURE_COLUMNS
+    from sklearn_beta.core._schema import EXPOSURE_COLUMNS
 
     tables = []
     for part in np.array_split(durations, n_parts):
@@ -350,8 +350,8 @@ def _duration_tables(durations, n_parts):
     ids=["lognormal", "rounded", "constant"],
 )
 def test_order_statistics_of_partitions_are_exact(durations):
-    from sklearn_beta._distributed_trust import order_statistics
-    from sklearn_beta._time_blocks import duration_quantiles
+    from sklearn_beta.distributed._trust import order_statistics
+    from sklearn_beta.trust._time_blocks import duration_quantiles
 
     parts = _InMemory(_duration_tables(durations, 3))
     stored = np.concatenate([t["t_end"] - t["t_start"] for t in parts.items])
@@ -421,7 +421,7 @@ def test_cli_dask_local_equals_the_pandas_cli(capsys, fleet_files):
 def test_cli_dask_engine_search_runs_on_a_sample_of_whole_instances(
     capsys, client, fleet_files, monkeypatch
 ):
-    import sklearn_beta._cli_fleet as cli_fleet
+    import sklearn_beta.cli._fleet as cli_fleet
 
     # Two of the four engines fit under the bound; the fit uses all four.
     sizes = sorted(len(pd.read_parquet(p)) for p in glob.glob(fleet_files))

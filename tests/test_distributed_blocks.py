@@ -10,11 +10,11 @@ import numpy as np
 import pytest
 
 from sklearn_beta import IterativeBetaRegressor, PhaseExposureTransformer
-from sklearn_beta._distributed import build_block, count_block, step_totals_block
-from sklearn_beta._schema import column, read_timeline
-from sklearn_beta._step_count import TimelineCounts
-from sklearn_beta._units import rescaled_timeline
+from sklearn_beta.core._schema import column, read_timeline
+from sklearn_beta.core._step_count import TimelineCounts
+from sklearn_beta.core._units import rescaled_timeline
 from sklearn_beta.datasets import simulate_trace
+from sklearn_beta.distributed._blocks import build_block, count_block, step_totals_block
 
 BETA = (5e-3, 2e-5, 1e-4)
 
@@ -89,7 +89,7 @@ def test_workers_hold_only_blocks_and_the_fit_equals_pandas(table):
     from sklearn.base import clone
     from sklearn.pipeline import make_pipeline
 
-    import sklearn_beta._dask_fit as dask_fit
+    import sklearn_beta.distributed._dask_fit as dask_fit
 
     phases = simulate_trace(
         600,

@@ -18,8 +18,8 @@ from sklearn_beta import (
     default_engine_candidates,
     select_engine_config,
 )
-from sklearn_beta._trace_fit import make_model
 from sklearn_beta.datasets import simulate_trace
+from sklearn_beta.engine_config._trace_fit import make_model
 from sklearn_beta.model_selection import TraceBlockSplit, TraceContextRegressor
 from sklearn_beta.replay import make_replay_scorer
 
@@ -202,3 +202,36 @@ def test_tolerance_prefers_the_largest_cap_among_ties():
     assert loose.scores.loc[0, "score"] > loose.scores.loc[1, "score"]
     with pytest.raises(ValueError, match="tolerance"):
         select_engine_config(phases, candidates=candidates, tolerance=-0.1)
+
+
+def test_candidate_fits_warn_nothing(monkeypatch):
+    # beta2 = 0 in truth: every candidate's fit puts it on its zero bound.
+    phases = simulate_trace(
+        300,
+        beta=(8e-3, 2.5e-5, 0.0),
+        chunk_size=256,
+        max_num_seqs=16,
+        arrival_rate=4.0,
+        noise=0.05,
+        random_state=0,
+    )
+    real_fit, warned = TraceContextRegressor.fit, []
+
+    def fit_and_count(self, *args, **kwargs):
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            real_fit(self, *args, **kwargs)
+        warned.append(len(caught))
+        for record in caught:  # raised again, as the fit itself raised them
+            warnings.warn(record.message, stacklevel=2)
+        return self
+
+    monkeypatch.setattr(TraceContextRegressor, "fit", fit_and_count)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        config = select_engine_config(
+            phases, candidates=[(128, None), (256, None), (None, None)]
+        )
+    assert config.chunk_size == 256
+    assert len(warned) >= 3 and sum(warned) >= len(warned), warned
+    assert [w.category for w in caught] == []

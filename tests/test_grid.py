@@ -5,13 +5,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from sklearn_beta._corrections import (
+from sklearn_beta.core._corrections import (
     beta_informed_correction_mass,
     fixed_correction_mass,
     missing_prefill_mass,
     step_counts,
 )
-from sklearn_beta._grid import build_grid, build_timeline, phase_integrals
+from sklearn_beta.core._grid import build_grid, build_timeline, phase_integrals
 
 # tests/data/smoke.csv by hand: A prefill [0,2) P=96, A decode [2,6) D=4,
 # B prefill [1,3) P=64, B decode [3,5) D=2.

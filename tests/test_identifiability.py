@@ -22,13 +22,13 @@ from sklearn_beta import (
     estimate_betas_baseline,
     estimate_betas_iterative,
 )
-from sklearn_beta._identifiability import CONDITION_LIMIT, condition_number
 from sklearn_beta.datasets import simulate_trace
 from sklearn_beta.exceptions import IdentifiabilityWarning
+from sklearn_beta.trust._identifiability import CONDITION_LIMIT, condition_number
 
 
 def fit_trace_diagnostics(phases):
-    from sklearn_beta._trace_fit import fit_trace
+    from sklearn_beta.engine_config._trace_fit import fit_trace
 
     return fit_trace(phases, chunk_size=64).diagnostics
 

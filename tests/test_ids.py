@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from sklearn_beta._ids import id_codes, phase_kinds
+from sklearn_beta.core._ids import id_codes, phase_kinds
 
 
 @pytest.mark.parametrize(

@@ -22,24 +22,24 @@ from sklearn_beta import (
     estimate_betas_baseline,
     estimate_betas_iterative,
 )
-from sklearn_beta._corrections import (
+from sklearn_beta.core._corrections import (
     FIXED_CORRECTION_MODES,
     beta_informed_correction_mass,
     fixed_correction_mass,
 )
-from sklearn_beta._exposure import (
-    baseline_exposures,
-    phase_step_density,
-    timeline_from_arrays,
-)
-from sklearn_beta._fixed_point import step_averaged_design, step_density
-from sklearn_beta._grid import (
+from sklearn_beta.core._fixed_point import step_averaged_design, step_density
+from sklearn_beta.core._grid import (
     build_grid,
     count_active,
     cumulative,
     phase_integrals,
 )
-from sklearn_beta._validation import PhaseColumns, check_phases
+from sklearn_beta.core._validation import PhaseColumns, check_phases
+from sklearn_beta.estimators._exposure import (
+    baseline_exposures,
+    phase_step_density,
+    timeline_from_arrays,
+)
 
 PROPERTY = settings(
     max_examples=8,

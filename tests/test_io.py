@@ -267,6 +267,7 @@ def test_read_phases_csv_and_parquet_by_name(tmp_path):
     back = read_phases(tmp_path / "p.csv", columns={"begin": "t_start"})
     pd.testing.assert_frame_equal(back, phases, check_dtype=False)
     import pyarrow  # noqa: F401
+
     phases.to_parquet(tmp_path / "p.parquet")
     pd.testing.assert_frame_equal(read_phases(tmp_path / "p.parquet"), phases)
 
@@ -381,7 +382,7 @@ def test_read_tracev2_errors_name_the_column(tmp_path, change, message):
 def test_shipped_tracev2_example_is_reproducible_and_fits(tmp_path):
     import runpy
 
-    from sklearn_beta._trace_fit import fit_client_trace
+    from sklearn_beta.engine_config._trace_fit import fit_client_trace
     from sklearn_beta.io import read_tracev2
 
     script = runpy.run_path(str(DATA / "tracev2" / "make_trace.py"))

@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 from sklearn.pipeline import make_pipeline
 
-from sklearn_beta import IterativeBetaRegressor, PhaseExposureTransformer, _memory
+from sklearn_beta import IterativeBetaRegressor, PhaseExposureTransformer
+from sklearn_beta.core import _memory
 from sklearn_beta.datasets import simulate_trace
 from sklearn_beta.fleet import reuse_freed_memory
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from scipy.optimize import nnls
 
-from sklearn_beta._nnls import fit_statistics, nnls_fit
+from sklearn_beta.core._nnls import fit_statistics, nnls_fit
 
 
 def _reference(design, target):

@@ -19,7 +19,7 @@ from sklearn_beta import (  # noqa: E402
     design_at_betas,
     plotting,
 )
-from sklearn_beta._trace_fit import fit_trace  # noqa: E402
+from sklearn_beta.engine_config._trace_fit import fit_trace  # noqa: E402
 from sklearn_beta.io import read_otel_spans  # noqa: E402
 
 SPANS = Path(__file__).resolve().parents[1] / "data" / "otel" / "spans.jsonl"

@@ -18,12 +18,12 @@ from sklearn_beta import (
     PhaseExposureTransformer,
     estimate_betas_iterative,
 )
-from sklearn_beta._corrections import fixed_correction_mass
-from sklearn_beta._exposure import timeline_from_arrays
-from sklearn_beta._fixed_point import IterationSettings
-from sklearn_beta._step_count import fit_step_counts, solved_step_counts
-from sklearn_beta._validation import PhaseColumns, check_phases
+from sklearn_beta.core._corrections import fixed_correction_mass
+from sklearn_beta.core._fixed_point import IterationSettings
+from sklearn_beta.core._step_count import fit_step_counts, solved_step_counts
+from sklearn_beta.core._validation import PhaseColumns, check_phases
 from sklearn_beta.datasets import simulate_trace
+from sklearn_beta.estimators._exposure import timeline_from_arrays
 from sklearn_beta.metrics import coefficient_errors, step_time_error
 
 BETA = (6e-3, 3e-5, 1e-4)  # H100-like: beta1 * C / beta0 = 2.56 at C = 512

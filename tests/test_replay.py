@@ -12,9 +12,9 @@ from sklearn_beta import (
     BaselineBetaRegressor,
     IterativeBetaRegressor,
     PhaseExposureTransformer,
-    _engine,
 )
 from sklearn_beta.datasets import simulate_trace
+from sklearn_beta.engine import _loop as _engine
 from sklearn_beta.model_selection import TraceBlockSplit, TraceContextRegressor
 from sklearn_beta.replay import (
     make_replay_scorer,

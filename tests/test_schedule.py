@@ -21,8 +21,8 @@ from sklearn_beta import (
     PhaseExposureTransformer,
     ScheduleBetaRegressor,
 )
-from sklearn_beta._engine import run_engine
 from sklearn_beta.datasets import simulate_trace
+from sklearn_beta.engine._loop import run_engine
 from sklearn_beta.model_selection import RequestKFold, make_schedule_scorer
 from sklearn_beta.replay import replay_errors
 

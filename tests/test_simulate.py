@@ -6,8 +6,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from sklearn_beta import _engine
 from sklearn_beta.datasets import simulate_trace
+from sklearn_beta.engine import _loop as _engine
 from sklearn_beta.metrics import coefficient_errors, step_time_error
 
 BETA = (5e-3, 2e-5, 8e-5)

@@ -5,15 +5,15 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from sklearn_beta._corrections import (
+from sklearn_beta.core._corrections import (
     budget_capped_mass,
     counted_phases,
     fixed_correction_mass,
     missing_prefill_mass,
     step_counts,
 )
-from sklearn_beta._grid import budgeted_prefill_pressure, build_timeline
-from sklearn_beta._step_count import solved_step_counts
+from sklearn_beta.core._grid import budgeted_prefill_pressure, build_timeline
+from sklearn_beta.core._step_count import solved_step_counts
 
 # tests/data/smoke.csv by hand: A prefill [0,2) P=96, A decode [2,6) D=4,
 # B prefill [1,3) P=64, B decode [3,5) D=2. Segments [0,1) [1,2) [2,3) [3,5)

@@ -8,7 +8,7 @@ from conftest import REPO
 from sklearn.pipeline import make_pipeline
 
 from sklearn_beta import IterativeBetaRegressor, PhaseExposureTransformer
-from sklearn_beta._grid import snap_times
+from sklearn_beta.core._grid import snap_times
 from sklearn_beta.datasets import simulate_trace
 from sklearn_beta.io import read_otel_spans
 

@@ -17,14 +17,14 @@ from sklearn_beta import (
     estimate_betas_baseline,
     estimate_betas_iterative,
 )
-from sklearn_beta._uncertainty import (
+from sklearn_beta.datasets import simulate_trace
+from sklearn_beta.exceptions import UncertaintyWarning
+from sklearn_beta.trust._uncertainty import (
     bartlett_covariance,
     long_run_covariance,
     sandwich_covariance,
     time_blocks,
 )
-from sklearn_beta.datasets import simulate_trace
-from sklearn_beta.exceptions import UncertaintyWarning
 
 # The light-load scenario of benchmarks/accuracy.py, on a smaller engine.
 BETA = (6e-3, 3e-5, 1e-4)
@@ -387,6 +387,7 @@ def test_decode_convention_parameter_is_validated():
 
 def test_trust_warnings_point_at_the_callers_fit_in_memory_and_on_dask():
     import dask.dataframe as dd
+
     table = PhaseExposureTransformer(chunk_size=LIGHT["chunk_size"]).fit_transform(
         light_trace(40, noise=0.3)
     )

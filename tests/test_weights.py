@@ -18,14 +18,14 @@ from sklearn.model_selection import GridSearchCV, GroupKFold, cross_validate
 from sklearn.pipeline import make_pipeline
 from trace_factory import make_trace
 
-import sklearn_beta._fixed_point as fixed_point_module
-import sklearn_beta._iterative as iterative_module
+import sklearn_beta.core._fixed_point as fixed_point_module
+import sklearn_beta.estimators._iterative as iterative_module
 from sklearn_beta import (
     BaselineBetaRegressor,
     IterativeBetaRegressor,
     PhaseExposureTransformer,
 )
-from sklearn_beta._nnls import nnls_fit
+from sklearn_beta.core._nnls import nnls_fit
 from sklearn_beta.model_selection import TraceBlockSplit
 
 INST = "instance_id"

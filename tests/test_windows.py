@@ -14,11 +14,11 @@ from sklearn.pipeline import make_pipeline
 from sklearn.utils._param_validation import InvalidParameterError
 
 from sklearn_beta import IterativeBetaRegressor, PhaseExposureTransformer
-from sklearn_beta._edges import edge_zones
 from sklearn_beta.datasets import cut_window, simulate_trace
 from sklearn_beta.exceptions import IdentifiabilityWarning
 from sklearn_beta.metrics import coefficient_errors, what_if_error
 from sklearn_beta.model_selection import TraceBlockSplit, TraceContextRegressor
+from sklearn_beta.trust._edges import edge_zones
 
 BETA = (6e-3, 2e-5, 1e-4)
 CHUNK = 256

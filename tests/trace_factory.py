@@ -31,7 +31,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from sklearn_beta._columns import PHASE_COLUMNS
+from sklearn_beta.core._columns import PHASE_COLUMNS
 from sklearn_beta.datasets import simulate_trace
 
 #: Time quantum of :func:`synthetic_trace` with ``quantum=GRID``: a shift by

@@ -15,7 +15,7 @@ import pandas as pd
 from sklearn.utils import check_random_state
 from sklearn.utils._param_validation import Interval, validate_params
 
-from .._engine import EngineRun, check_beta, run_engine
+from ..engine._loop import EngineRun, check_beta, run_engine
 
 STEP_COLUMNS = (
     "instance_id",

@@ -13,9 +13,9 @@ from numbers import Real
 import numpy as np
 import pandas as pd
 
-from .._columns import PhaseColumns
-from .._constraints import check_option
-from .._validation import numeric_column, request_codes
+from ..core._columns import PhaseColumns
+from ..core._constraints import check_option
+from ..core._validation import numeric_column, request_codes
 
 CUTS = ("arrival", "completion")
 

@@ -1,0 +1,321 @@
+"""The ``sklearn-beta`` command: from a trace file to step-time coefficients.
+
+``sklearn-beta fit TRACE`` reads a trace (reference CSV/Parquet, OTLP JSON
+spans, benchmark results or BLIS TraceV2), fits ``(beta0, beta1, beta2)`` and
+prints them as a table, as JSON, as a BLIS ``models:`` entry or as llm-d
+simulator options; ``--plot DIR`` adds diagnostic figures. Run
+``sklearn-beta fit --help`` for the options (``docs/cli.md`` explains them).
+
+Exit codes: 0 success, 1 bad data (the trace, or a fit that failed; with
+``--strict`` also a warning about the fit), 2 bad usage (an option). Errors
+and warnings are one line each on stderr, never a traceback or a source
+line; the trace and every option are checked before any fitting starts.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+
+import pandas as pd
+
+from ..engine_config._search import (
+    EngineConfig,
+    model_chunk_size,
+)
+from ..engine_config._trace_fit import (
+    TraceFit,
+    check_fit_options,
+    fit_client_trace,
+    fit_trace,
+    make_model,
+)
+from ..io._readers import (
+    TRACEV2_COLUMNS,
+    read_benchmark_results,
+    read_otel_spans,
+    read_phases,
+    read_tracev2,
+)
+from ._engine import (
+    choose_engine,
+    engine_candidates,
+    fit_options,
+    instance_column,
+    one_line,
+)
+from ._fleet import check_dask_usage, fleet_client, run_fleet_fit
+from ._options import (
+    UsageError,
+    build_parser,
+)
+from ._report import (
+    build_report,
+    engine_summary,
+    format_blis,
+    format_llm_d,
+    format_table,
+    trace_summary,
+)
+
+EXIT_OK = 0
+EXIT_BAD_INPUT = 1
+EXIT_USAGE = 2
+
+
+def infer_format(path: str) -> str:
+    """Trace format from the file name's suffix (and a CSV's header line)."""
+    suffix = Path(path).suffix.lower()
+    fmt = {
+        ".jsonl": "otel",
+        ".json": "bench",
+        ".parquet": "parquet",
+        ".pq": "parquet",
+    }.get(suffix, "csv")
+    if fmt == "csv" and Path(path).is_file():
+        with open(path, encoding="utf-8", errors="replace") as handle:
+            columns = {c.strip().strip('"') for c in handle.readline().split(",")}
+        if set(TRACEV2_COLUMNS) <= columns:
+            return "tracev2"
+    return fmt
+
+
+def read_trace(path: str, format: str, *, time_unit=None, header=None):
+    """Read a trace file of the given format into a phase table."""
+    if format == "otel":
+        return read_otel_spans(path)
+    if format == "bench":
+        return read_benchmark_results(path)
+    if format == "tracev2":
+        return read_tracev2(path, header)
+    return read_phases(path, format=format, time_unit=time_unit or "s")
+
+
+class _Progress:
+    """Progress lines on stderr, only when stderr is a terminal."""
+
+    def __init__(self, enabled: bool):
+        self.enabled = enabled
+
+    def say(self, text: str) -> None:
+        if self.enabled:
+            print(text, file=sys.stderr, flush=True)
+
+
+def check_usage(args) -> None:
+    """Every option, checked before the trace is read (raises UsageError)."""
+    fmt = args.format or infer_format(args.trace)
+    if args.time_unit is not None and fmt not in ("csv", "parquet"):
+        raise UsageError(
+            f"--time-unit applies to csv and parquet traces, not {fmt} (its "
+            "times carry their unit)"
+        )
+    if args.trace_header is not None and fmt != "tracev2":
+        raise UsageError(f"--trace-header applies to tracev2 traces, not {fmt}")
+    blis_only = ("model_id", "gpu", "tensor_parallelism", "vllm_version")
+    given = [n for n in (*blis_only, "total_kv_blocks") if getattr(args, n)]
+    if given and args.output != "blis":
+        flags = ", ".join("--" + n.replace("_", "-") for n in given)
+        raise UsageError(f"{flags} describe(s) --output blis, not {args.output}")
+    if args.time_resolution < 0 or not math.isfinite(args.time_resolution):
+        raise UsageError(
+            f"--time-resolution must be >= 0 seconds, got {args.time_resolution:g}"
+        )
+    try:
+        check_fit_options(**fit_options(args))
+    except (ValueError, TypeError) as exc:
+        raise UsageError(one_line(exc)) from exc
+    if args.dask is not None:
+        check_dask_usage(args, fmt)
+
+
+def run_fit(
+    args, progress: _Progress
+) -> tuple[dict, TraceFit, EngineConfig | None, pd.DataFrame]:
+    """Run ``fit``: the JSON-ready report, the fit, the engine configuration
+    and the trace as read."""
+    fmt = args.format or infer_format(args.trace)
+    if args.dask is not None:
+        with fleet_client(args.dask) as client:
+            return run_fleet_fit(args, progress, fmt, client)
+    phases = read_trace(
+        args.trace, fmt, time_unit=args.time_unit, header=args.trace_header
+    )
+    notes = list(phases.attrs.get("notes", []))
+    progress.say(f"read {len(phases)} phases from {args.trace} ({fmt})")
+    instance_col = instance_column(args, fmt, phases, notes)
+    options = dict(
+        fit_options(args),
+        instance_col=instance_col,
+        time_resolution=args.time_resolution,
+    )
+    candidates = engine_candidates(args)
+    first = next((c for c, _ in candidates if c is not None), None)
+    # The whole trace is validated here, before any search or fit. This pass
+    # is not the fit reported: its warnings are the final fit's to give.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        make_model(first, **options)[0].fit_transform(phases)
+    config, engine_warnings = choose_engine(
+        phases, candidates, options, args, progress, notes
+    )
+    if config is None:
+        chunk_size, token_budget = candidates[0]
+        longest = int(phases["prefill_tokens"].max())
+        model_chunk = model_chunk_size(candidates[0], longest)
+    else:
+        chunk_size, token_budget = config.chunk_size, config.token_budget
+        model_chunk = config.model_chunk_size
+    options["token_budget"] = token_budget
+    progress.say(
+        f"fitting ({args.algo}, chunk size {chunk_size}, token budget "
+        f"{token_budget})..."
+    )
+    verbose = int(progress.enabled) if args.algo == "iterative" else 0
+    if phases.attrs.get("client_side"):
+        # One fit per trial delay: per-iteration lines would drown the rest.
+        progress.say("client-side times: searching the request overheads...")
+        fit, alpha = fit_client_trace(phases, chunk_size=model_chunk, **options)
+    else:
+        fit = fit_trace(phases, chunk_size=model_chunk, verbose=verbose, **options)
+        alpha = None
+    engine = engine_summary(config, (chunk_size, token_budget), args)
+    trace = trace_summary(phases, fit)
+    report = build_report(fit, args, fmt, trace, engine, options, alpha, notes)
+    report["warnings"] += engine_warnings
+    return report, fit, config, phases
+
+
+#: Python's own default filters hide these: they speak to developers of the
+#: code that raised them, not about the fit.
+_DEVELOPER_WARNINGS = (
+    DeprecationWarning,
+    PendingDeprecationWarning,
+    ImportWarning,
+    ResourceWarning,
+)
+
+
+def warning_lines(caught: Sequence[warnings.WarningMessage]) -> list[str]:
+    """The messages of recorded warnings, each on one line and each once.
+
+    The message only: never the source file, line or code that raised it.
+    Whitespace runs (line breaks included) are folded into one space.
+    """
+    lines = (" ".join(str(w.message).split()) for w in caught)
+    return list(dict.fromkeys(line for line in lines if line))
+
+
+def _error(message: str, code: int) -> int:
+    print(f"sklearn-beta: error: {message}", file=sys.stderr)
+    return code
+
+
+def _plot(report: dict, fit: TraceFit, config, phases, directory: str) -> str | None:
+    """Write the plots; the reason they failed, or None."""
+    try:
+        from ..plotting import save_fit_plots, save_replay_plot
+
+        report["plots"] = [str(p) for p in save_fit_plots(fit.model, phases, directory)]
+        if config is not None:
+            report["plots"].append(str(save_replay_plot(config.held_out, directory)))
+    except ImportError as exc:
+        return f"--plot needs matplotlib (pip install 'sklearn-beta[plot]'): {exc}"
+    except (OSError, ValueError, RuntimeError) as exc:
+        return f"--plot {directory!r} failed: {one_line(exc)}"
+    return None
+
+
+def _render(report: dict, args) -> str:
+    if args.output == "json":
+        return json.dumps(report, indent=2)
+    if args.output == "blis":
+        return format_blis(report, args)
+    if args.output == "llm-d":
+        return format_llm_d(report)
+    return format_table(report)
+
+
+def _write(text: str) -> None:
+    try:
+        sys.stdout.write(text + "\n")
+        sys.stdout.flush()
+    except BrokenPipeError:
+        # The reader left (e.g. `| head -1`): what it wanted was written.
+        # Point stdout at devnull so that the flush at exit cannot fail too.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``sklearn-beta``; returns the exit code.
+
+    Parameters
+    ----------
+    argv : sequence of str or None, default=None
+        Arguments without the program name; ``sys.argv[1:]`` when None.
+
+    Returns
+    -------
+    code : int
+        0 on success (also when the reader of stdout closes it early), 1 for a
+        bad trace or a failed fit (with ``--strict``, also for a warning about
+        the fit), 2 for bad usage.
+
+    Notes
+    -----
+    Every warning raised while fitting (the package's
+    :mod:`~sklearn_beta.exceptions` and any other but Python's developer
+    warnings) is recorded, added to the report's ``warnings`` and printed
+    once per message as one ``sklearn-beta: warning: MESSAGE`` line on
+    stderr, ``--quiet`` or not.
+    """
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+        check_usage(args)
+    except UsageError as exc:
+        return _error(str(exc), EXIT_USAGE)
+    except SystemExit as exc:  # --help and --version
+        return int(exc.code or 0)
+    progress = _Progress(enabled=not args.quiet and sys.stderr.isatty())
+    with warnings.catch_warnings(record=True) as caught:
+        # Recorded, not shown: Python's display names the source line.
+        warnings.simplefilter("always")
+        for category in _DEVELOPER_WARNINGS:
+            warnings.simplefilter("ignore", category)
+        try:
+            report, fit, config, phases = run_fit(args, progress)
+        except KeyboardInterrupt:
+            return _error("interrupted", 130)
+        except Exception as exc:  # noqa: BLE001 - one line, never a traceback
+            return _error(one_line(exc), EXIT_BAD_INPUT)
+        plot_error = (
+            _plot(report, fit, config, phases, args.plot) if args.plot else None
+        )
+    report["warnings"] = list(
+        dict.fromkeys([*report["warnings"], *warning_lines(caught)])
+    )
+    for warning in report["warnings"]:
+        print(f"sklearn-beta: warning: {warning}", file=sys.stderr)
+    try:
+        text = _render(report, args)
+    except Exception as exc:  # noqa: BLE001 - one line, never a traceback
+        return _error(one_line(exc), EXIT_BAD_INPUT)
+    _write(text)
+    if plot_error is not None:
+        print(f"sklearn-beta: warning: {plot_error}", file=sys.stderr)
+    if args.strict and report["warnings"]:
+        # As `python -W error` would, but after the report: it is the
+        # evidence of what the warnings are about.
+        return EXIT_BAD_INPUT
+    return EXIT_OK
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

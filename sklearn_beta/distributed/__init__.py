@@ -1,0 +1,4 @@
+"""The distributed backend.
+
+The estimators on Dask collections, partition by partition.
+"""

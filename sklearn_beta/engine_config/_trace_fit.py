@@ -1,0 +1,388 @@
+"""One fit of a trace with everything needed to report and plot it.
+
+The command-line tool and :mod:`sklearn_beta.plotting` need more than the
+betas: the observed and predicted durations of every phase, the pressures
+and step density on the grid and the history of the iterative fit. This
+module runs the scikit-learn estimators (so the command line gets exactly
+their defaults and behaviour) and keeps those by-products.
+"""
+
+from __future__ import annotations
+
+import inspect
+import warnings
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+from sklearn.pipeline import make_pipeline
+
+from ..core._corrections import FIXED_CORRECTION_MODES
+from ..core._design import DesignAtBetas, design_at_betas
+from ..core._fixed_point import HISTORY_COLUMNS
+from ..core._schema import column
+from ..estimators._baseline import BaselineBetaRegressor
+from ..estimators._exposure import PhaseExposureTransformer
+from ..estimators._iterative import IterativeBetaRegressor
+
+ALGORITHMS = ("baseline", "iterative")
+#: Chunk sizes among the candidates of :func:`~sklearn_beta.select_engine_config`.
+DEFAULT_CHUNK_CANDIDATES = (16, 32, 64, 128, 256, 512, 1024, 2048)
+
+
+#: Pressures and step density on the trace grid at the fitted betas.
+PressureProfile = DesignAtBetas
+
+
+@dataclass(frozen=True)
+class TraceFit:
+    """Result of :func:`fit_trace`: betas, diagnostics and per-phase detail."""
+
+    beta: np.ndarray
+    algo: str
+    chunk_size: int
+    converged: bool | None
+    n_iter: int
+    tol: float | None
+    stopping: str | None
+    history: pd.DataFrame
+    diagnostics: dict
+    instance_names: list
+    model: object = None
+    #: The regressor's ``beta_ci_`` (shape (3, 2)) and ``confidence_level``,
+    #: None when it has none.
+    beta_ci: np.ndarray | None = None
+    confidence_level: float | None = None
+    #: Per phase (in the table's row order) and per grid segment; None for a
+    #: fit on a Dask cluster, whose phases never reach the client.
+    observed: np.ndarray | None = None
+    predicted: np.ndarray | None = None
+    is_prefill: np.ndarray | None = None
+    t_start: np.ndarray | None = None
+    instance: np.ndarray | None = None
+    profile: PressureProfile | None = None
+
+
+#: Options of :func:`make_model` set on the exposure transformer.
+TRANSFORMER_OPTIONS = (
+    "min_duration",
+    "token_budget",
+    "time_resolution",
+    "decode_tokens_include_first",
+)
+#: Options of :func:`make_model` set on the iterative estimator only.
+ITERATIVE_OPTIONS = (
+    "damping",
+    "max_iter",
+    "tol",
+    "init_correction_mode",
+    "stopping",
+    "objective",
+)
+
+
+def fit_option_defaults() -> dict:
+    """The estimators' defaults of every :func:`make_model` option.
+
+    Read from the scikit-learn estimators themselves, so that the command
+    line and its ``--help`` never type a default a second time.
+    ``correction_mode`` is per algorithm: ``{"baseline": ..., "iterative": ...}``;
+    ``algo`` is :func:`make_model`'s and ``n_splits``
+    :func:`~sklearn_beta.select_engine_config`'s.
+    """
+    transformer = PhaseExposureTransformer().get_params()
+    iterative = IterativeBetaRegressor().get_params()
+    defaults = {name: transformer[name] for name in TRANSFORMER_OPTIONS}
+    defaults |= {name: iterative[name] for name in ITERATIVE_OPTIONS}
+    defaults["chunk_size"] = transformer["chunk_size"]
+    defaults["algo"] = inspect.signature(make_model).parameters["algo"].default
+    from ._search import select_engine_config  # it builds on make_model
+
+    search = inspect.signature(select_engine_config).parameters
+    defaults["n_splits"] = search["n_splits"].default
+    defaults["correction_mode"] = {
+        "baseline": transformer["correction_mode"],
+        "iterative": iterative["correction_mode"],
+    }
+    return defaults
+
+
+def make_model(
+    chunk_size: int | None = None,
+    *,
+    algo: str = "iterative",
+    instance_col: str | None = None,
+    verbose: int = 0,
+    **options,
+):
+    """The pipeline ``PhaseExposureTransformer -> regressor`` for these options.
+
+    Parameters
+    ----------
+    chunk_size : int or None, default=None
+        Prefill chunk size; None keeps the transformer's default.
+    algo : {"baseline", "iterative"}, default="iterative"
+        The regressor.
+    instance_col : str or None, default=None
+        Column naming the engine instance; None fits one instance.
+    verbose : int, default=0
+        Verbosity of the iterative estimator.
+    **options
+        ``correction_mode`` and the names of :data:`TRANSFORMER_OPTIONS` and
+        :data:`ITERATIVE_OPTIONS`. A value of None (or a missing key) keeps
+        the estimator's default (:func:`fit_option_defaults`).
+
+    Raises
+    ------
+    ValueError
+        For an unknown option, an unknown ``algo``, or an option of the
+        iterative estimator given with ``algo="baseline"``.
+    """
+    given = {k: v for k, v in options.items() if v is not None}
+    known = {"correction_mode", *TRANSFORMER_OPTIONS, *ITERATIVE_OPTIONS}
+    unknown = sorted(set(given) - known)
+    if unknown:
+        raise ValueError(f"Unknown fit option(s) {unknown}; known: {sorted(known)}.")
+    if algo not in ALGORITHMS:
+        raise ValueError(f"algo must be one of {ALGORITHMS}, got {algo!r}.")
+    transformer = PhaseExposureTransformer(
+        **{k: given[k] for k in TRANSFORMER_OPTIONS if k in given},
+        columns={"instance_id": instance_col},
+    )
+    if chunk_size is not None:
+        transformer.set_params(chunk_size=chunk_size)
+    iterative_given = {k: given[k] for k in ITERATIVE_OPTIONS if k in given}
+    mode = given.get("correction_mode")
+    if algo == "baseline":
+        if iterative_given:
+            raise ValueError(
+                f"Option(s) {sorted(iterative_given)} belong to the iterative "
+                "estimator (algo='iterative'); the baseline has none of them."
+            )
+        if mode is not None and mode not in FIXED_CORRECTION_MODES:
+            raise ValueError(
+                f"correction_mode {mode!r} needs the iterative estimator "
+                f"(algo='iterative'); the baseline takes {FIXED_CORRECTION_MODES}."
+            )
+        if mode is not None:
+            transformer.set_params(correction_mode=mode)
+        return make_pipeline(transformer, BaselineBetaRegressor())
+    regressor = IterativeBetaRegressor(verbose=verbose, **iterative_given)
+    if mode is not None:
+        regressor.set_params(correction_mode=mode)
+    # The table's fixed correction is the iterative fit's first pass; an
+    # explicit init_correction_mode sets it, None keeps the transformer's.
+    if regressor.init_correction_mode is not None:
+        transformer.set_params(correction_mode=regressor.init_correction_mode)
+    return make_pipeline(transformer, regressor)
+
+
+def check_fit_options(**options) -> None:
+    """Validate :func:`make_model` options against the estimators' constraints.
+
+    Raises the estimators' own ``ValueError``/``TypeError`` (naming the
+    parameter) without fitting anything, so that a bad option is reported
+    before a long chunk-size search rather than by each of its fits.
+    """
+    for step in make_model(**options).named_steps.values():
+        # scikit-learn's own check of _parameter_constraints, run by fit().
+        step._validate_params()
+
+
+def fit_trace(phases: pd.DataFrame, *, chunk_size: int, **options) -> TraceFit:
+    """Fit the betas of a phase table and keep what a report needs.
+
+    Parameters
+    ----------
+    phases : DataFrame
+        The phase table (reference column names).
+    chunk_size : int
+        Prefill chunk size ``C``.
+    **options
+        Options of :func:`make_model` (``algo``, ``instance_col``,
+        ``verbose``, ``correction_mode`` and the estimator options).
+
+    Returns
+    -------
+    fit : TraceFit
+    """
+    model = make_model(chunk_size, **options)
+    transformer, regressor = model[0], model[-1]
+    table = transformer.fit_transform(phases)
+    regressor.fit(table)
+    values = table.to_numpy()
+    instance_col = options.get("instance_col")
+    instance_names = (
+        ["all"]
+        if instance_col is None
+        else pd.unique(phases[instance_col].sort_values()).tolist()
+    )
+    return TraceFit(
+        **fitted_summary(model, options.get("algo", "iterative")),
+        instance_names=instance_names,
+        observed=column(values, "duration"),
+        predicted=regressor.predict(table),
+        is_prefill=column(values, "is_prefill") == 1,
+        t_start=column(values, "t_start"),
+        instance=column(values, "instance_id").astype(np.intp),
+        profile=pressure_profile(values, regressor),
+    )
+
+
+def fitted_summary(model, algo: str) -> dict:
+    """The :class:`TraceFit` fields of a fitted pipeline that need no phase."""
+    regressor = model[-1]
+    if algo == "iterative":
+        history, converged, n_iter = (
+            regressor.history_,
+            regressor.converged_,
+            regressor.n_iter_,
+        )
+        tol, stopping = regressor.tol, regressor.stopping
+    else:
+        history, converged, n_iter = _baseline_history(regressor), None, 0
+        tol, stopping = None, None
+    return dict(
+        beta=regressor.beta_,
+        algo=algo,
+        chunk_size=int(model[0].chunk_size),
+        converged=converged,
+        n_iter=n_iter,
+        tol=tol,
+        stopping=stopping,
+        history=history,
+        diagnostics=regressor.diagnostics_,
+        model=model,
+        beta_ci=getattr(regressor, "beta_ci_", None),
+        confidence_level=getattr(regressor, "confidence_level", None),
+    )
+
+
+def _baseline_history(regressor: BaselineBetaRegressor) -> pd.DataFrame:
+    diag = regressor.diagnostics_
+    return pd.DataFrame(
+        [[0, *regressor.beta_, np.nan, diag["r2"], diag["rmse_seconds"]]],
+        columns=list(HISTORY_COLUMNS),
+    )
+
+
+def pressure_profile(table: np.ndarray, regressor) -> PressureProfile:
+    """Pressures and step density of the trace at the fitted betas.
+
+    With the iterative estimator's step-count objective, the density and
+    ``p_eff`` it solves on each segment; otherwise ``p_eff`` settled by a
+    few lagged passes at fixed betas.
+    """
+    # The baseline's correction already sits inside its exposures; for the
+    # profile, "end_inside" places the same mass where the partial step ran.
+    return design_at_betas(
+        table,
+        regressor.beta_,
+        correction_mode=getattr(regressor, "correction_mode", "end_inside"),
+        objective=getattr(regressor, "objective", "duration"),
+    )
+
+
+def _shift_prefill_starts(phases: pd.DataFrame, is_prefill, delay: float):
+    shifted = phases.copy()
+    t_start = shifted["t_start"].to_numpy(dtype=np.float64).copy()
+    t_end = shifted["t_end"].to_numpy(dtype=np.float64)
+    t_start[is_prefill] = t_start[is_prefill] + delay
+    # fit_client_trace keeps every delay below the shortest prefill phase.
+    shifted["t_start"] = np.minimum(t_start, t_end)
+    return shifted
+
+
+def reemit_warnings(caught, *, stacklevel: int = 2) -> None:
+    """Issue recorded warnings again, each distinct (category, message) once.
+
+    They then go through the caller's warning filters, which the recording
+    bypassed.
+    """
+    seen = set()
+    for record in caught:
+        key = (record.category, str(record.message))
+        if key not in seen:
+            seen.add(key)
+            warnings.warn(record.message, stacklevel=stacklevel + 1)
+
+
+def fit_client_trace(
+    phases: pd.DataFrame, *, chunk_size: int, xtol: float = 1e-6, **options
+) -> tuple[TraceFit, np.ndarray]:
+    """Fit betas and request overheads ``alpha`` to a client-side trace.
+
+    A client sees each request ``alpha0 + alpha1 * input_tokens`` before the
+    engine's first step (network, request handling, queueing), which the
+    betas would otherwise absorb: 3.5 ms of it on 4 ms steps biased the
+    step times by 8 %. ``alpha0`` is the delay of the prefill starts that
+    minimises the mean squared residual of the phase durations (observed
+    minus predicted) of the betas fitted on the delayed trace, found by
+    bounded Brent minimisation between 0 and 0.9 of the shortest prefill
+    phase (each trial is one fit). Then ``alpha0, alpha1`` are a
+    non-negative line through the per-request overheads (the delay plus each
+    prefill residual) and ``alpha2`` the mean decode residual per decode
+    token, clipped at 0 (:func:`sklearn_beta.export.request_overheads`).
+
+    Parameters
+    ----------
+    phases : DataFrame
+        The client-side phase table (e.g. :func:`sklearn_beta.io.read_tracev2`).
+    chunk_size : int
+        Prefill chunk size.
+    xtol : float, default=1e-6
+        Seconds: the tolerance of the delay.
+    **options
+        Options of :func:`make_model`.
+
+    Returns
+    -------
+    fit : TraceFit
+        The fit at the prefill starts delayed by the chosen delay.
+    alpha : ndarray of shape (3,)
+        Seconds, seconds per input token, seconds per output token.
+
+    Warns
+    -----
+    UncertaintyWarning, IdentifiabilityWarning, ConvergenceWarning
+        Those of the returned fit only, each once; the fits at the other
+        trial delays warn nothing.
+    """
+    from scipy.optimize import minimize_scalar
+
+    from ..io._export import request_overheads
+
+    kind = phases["phase_type"].astype(str).str.strip().str.lower()
+    is_prefill = (kind == "prefill").to_numpy()
+    durations = (phases["t_end"] - phases["t_start"]).to_numpy(dtype=np.float64)
+    fits, caught = {}, {}
+
+    def mean_squared_residual(delay: float) -> float:
+        shifted = _shift_prefill_starts(phases, is_prefill, delay)
+        # A trial delay's fit is discarded: its warnings are kept aside, and
+        # only those of the fit returned reach the caller.
+        with warnings.catch_warnings(record=True) as caught[delay]:
+            warnings.simplefilter("always")
+            fits[delay] = fit_trace(shifted, chunk_size=chunk_size, **options)
+        return float(np.mean((fits[delay].observed - fits[delay].predicted) ** 2))
+
+    upper = 0.9 * float(durations[is_prefill].min())
+    best = minimize_scalar(
+        mean_squared_residual,
+        bounds=(0.0, upper),
+        method="bounded",
+        options={"xatol": xtol},
+    )
+    # Brent never tries the bounds themselves: compare with no delay at all.
+    delay = min((best.x, 0.0), key=mean_squared_residual)
+    fit = fits[delay]
+    reemit_warnings(caught[delay], stacklevel=3)
+    residual = fit.observed - fit.predicted
+    tokens = phases[["prefill_tokens", "decode_tokens"]].to_numpy(dtype=np.float64)
+    alpha = request_overheads(
+        delay + residual[is_prefill],
+        tokens[is_prefill, 0],
+        residual[~is_prefill],
+        tokens[~is_prefill, 1],
+    )
+    return fit, alpha

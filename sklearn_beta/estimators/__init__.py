@@ -1,0 +1,5 @@
+"""The estimators.
+
+The exposure transformer, the baseline and iterative regressors, the functional
+API.
+"""

@@ -1,0 +1,186 @@
+"""The baseline estimator: time-integrated exposures + NNLS (docs/method.md, 5)."""
+
+from __future__ import annotations
+
+from numbers import Real
+
+import numpy as np
+
+from ..core._constraints import Number
+from ..core._grid import Timeline
+from ..core._nnls import fit_statistics, nnls_fit
+from ..core._schema import EXPOSURE_COLUMNS, design_columns, has_column, read_timeline
+from ..trust._identifiability import identifiability_diagnostics
+from ..trust._uncertainty import DEFAULT_CONFIDENCE_LEVEL
+from ._base import BaseBetaRegressor
+
+__all__ = ["BaselineBetaRegressor"]
+
+
+def design_diagnostics(
+    design: np.ndarray,
+    duration: np.ndarray,
+    beta: np.ndarray,
+    sample_weight: np.ndarray | None = None,
+) -> dict:
+    """The diagnostics the reference prints for a fitted design."""
+    scores = fit_statistics(duration, design @ beta, sample_weight)
+    sums = [float(np.sum(duration))] + [float(np.sum(c)) for c in design.T]
+    return diagnostics_from_sums(design.shape[0], scores, sums)
+
+
+def diagnostics_from_sums(
+    n_phases: int, scores: tuple[float, float], sums: list[float]
+) -> dict:
+    """:func:`design_diagnostics` from ``(r2, rmse)`` and the sums of the
+    durations and of the three design columns over the phases."""
+    means = [total / n_phases for total in sums]
+    return {
+        "n_phases": int(n_phases),
+        "r2": scores[0],
+        "rmse_seconds": scores[1],
+        "mean_duration_seconds": means[0],
+        "mean_steps": means[1],
+        "mean_A_pf_tokens": means[2],
+        "mean_A_dec_tokens": means[3],
+    }
+
+
+class BaselineBetaRegressor(BaseBetaRegressor):
+    """Non-negative least squares of phase durations on their exposures.
+
+    Fits ``l_i ~ beta0 * N_i + beta1 * A_pf_i + beta2 * A_dec_i`` with all
+    betas non-negative and no intercept, on the exposure table made by
+    :class:`PhaseExposureTransformer` (docs/method.md, section 5). Fast and
+    reference-exact, but biased wherever the step density inside a phase is
+    far from uniform (heavy load, large chunks); prefer
+    :class:`IterativeBetaRegressor` there.
+
+    Parameters
+    ----------
+    confidence_level : float in (0, 1) or None, default=0.95
+        Level of the confidence intervals ``beta_ci_``: the time-block robust
+        (sandwich) covariance of the NNLS fit, see ``docs/uncertainty.md``.
+        None skips them (``beta_ci_`` is None) and with them the warning
+        about wide intervals; a beta at its zero bound still warns.
+
+    Attributes
+    ----------
+    beta_ : ndarray of shape (3,)
+        ``[beta0, beta1, beta2]``: seconds per step, per prefill token and per
+        decode token (in the time unit of the trace).
+    beta_ci_ : ndarray of shape (3, 2) or None
+        Lower and upper confidence limits of each beta at
+        ``confidence_level``, clipped at 0. They cover the estimator's noise,
+        not its bias: under heavy load the baseline's bias exceeds them (use
+        :class:`IterativeBetaRegressor`). NaN when the table has no phase
+        windows to form time blocks; None when ``confidence_level`` is None.
+    coef_ : ndarray of shape (3,)
+        Same values as ``beta_``.
+    intercept_ : float
+        Always 0.0: the model has no intercept.
+    diagnostics_ : dict
+        n_phases, r2, rmse_seconds and mean exposures of the fit;
+        ``condition_number`` of the column-normalised design,
+        ``not_identified`` and ``at_zero_bound`` (lists of coefficient names).
+        See :class:`~sklearn_beta.exceptions.IdentifiabilityWarning`.
+    n_features_in_ : int
+        Number of columns of the exposure table.
+    feature_names_in_ : ndarray of str
+        Column names of the exposure table, when it is a DataFrame.
+
+    See Also
+    --------
+    IterativeBetaRegressor : Step-density re-weighted estimator.
+    estimate_betas_baseline : The functional, reference-compatible API.
+
+    References
+    ----------
+    The baseline estimator of the published trace-only calibration of
+    vLLM-style step times; see docs/method.md, section 5.
+
+    Warns
+    -----
+    UncertaintyWarning
+        When a beta is at its zero bound or its interval is wider than half
+        its value.
+
+    Examples
+    --------
+    >>> from sklearn.pipeline import make_pipeline
+    >>> from sklearn_beta import BaselineBetaRegressor, PhaseExposureTransformer
+    >>> from sklearn_beta.datasets import load_sample_trace
+    >>> phases = load_sample_trace()
+    >>> model = make_pipeline(PhaseExposureTransformer(chunk_size=64),
+    ...                       BaselineBetaRegressor()).fit(phases)
+    >>> model[-1].beta_.shape
+    (3,)
+    """
+
+    _parameter_constraints: dict = {
+        "confidence_level": [Number(Real, 0, 1, closed="neither"), None],
+    }
+
+    def __init__(self, confidence_level=DEFAULT_CONFIDENCE_LEVEL):
+        self.confidence_level = confidence_level
+
+    def _fit_table(self, table, duration, sample_weight):
+        return self._fit_design(
+            design_columns(table),
+            duration,
+            sample_weight,
+            _timeline_if_available(table),
+        )
+
+    def _fit_design(
+        self,
+        design: np.ndarray,
+        duration: np.ndarray,
+        sample_weight: np.ndarray | None = None,
+        timeline: Timeline | None = None,
+        *,
+        caller: str | None = None,
+        stacklevel: int = 6,
+    ) -> np.ndarray:
+        """The fit itself, shared with :func:`estimate_betas_baseline`.
+
+        ``timeline`` (None when unknown) lets the identifiability checks look
+        at the trace and forms the time blocks of ``beta_ci_``; ``caller``
+        names the estimator in warnings. Sets ``diagnostics_`` and
+        ``beta_ci_`` and returns the betas.
+        """
+        beta = nnls_fit(design, duration, sample_weight)
+        self.diagnostics_ = design_diagnostics(design, duration, beta, sample_weight)
+        self.diagnostics_.update(
+            identifiability_diagnostics(
+                design,
+                duration,
+                beta,
+                timeline,
+                sample_weight,
+                estimator=caller or type(self).__name__,
+                stacklevel=stacklevel,
+            )
+        )
+        self.beta_ci_ = self._beta_intervals(
+            timeline,
+            beta,
+            design,
+            duration - design @ beta,
+            sample_weight,
+            stacklevel=stacklevel,
+        )
+        return beta
+
+    def _predict_table(self, table):
+        return design_columns(table) @ self.beta_
+
+
+def _timeline_if_available(table: np.ndarray) -> Timeline | None:
+    """The trace behind a full exposure table, for the identifiability checks."""
+    if not has_column(table, EXPOSURE_COLUMNS[-1]):
+        return None
+    try:
+        return read_timeline(table)
+    except ValueError:  # not a transformer's table: judge the design alone
+        return None

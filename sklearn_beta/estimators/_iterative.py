@@ -1,0 +1,454 @@
+"""The iterative estimator: step-density re-weighted NNLS (docs/method.md, 6).
+
+:class:`IterativeBetaRegressor` runs either objective on a trace's timeline:
+the reference's fixed point of the durations (:mod:`._fixed_point`) or the
+step counts (:mod:`._step_count`). The functional
+:func:`~sklearn_beta.estimate_betas_iterative` calls the same
+:meth:`IterativeBetaRegressor._fit_timeline`.
+"""
+
+from __future__ import annotations
+
+import sys
+import warnings
+from dataclasses import replace
+from functools import partial
+from numbers import Real
+
+import numpy as np
+import pandas as pd
+from sklearn.utils._param_validation import StrOptions
+
+from ..core._constraints import Number, count
+from ..core._corrections import CORRECTION_MODES, FIXED_CORRECTION_MODES
+from ..core._design import OBJECTIVES, design_at_betas
+from ..core._fixed_point import (
+    HISTORY_COLUMNS,
+    STOPPING_RULES,
+    IterationSettings,
+    iterate_betas,
+    warn_not_converged,
+)
+from ..core._grid import Timeline
+from ..core._nnls import nnls_fit
+from ..core._schema import EXPOSURE_COLUMNS, column, design_columns, read_timeline
+from ..core._step_count import fit_step_counts
+from ..core._units import rescaled_timeline, unit_from_totals
+from ..trust._identifiability import identifiability_diagnostics
+from ..trust._uncertainty import DEFAULT_CONFIDENCE_LEVEL
+from ..trust._window_fit import edge_test_settings, fit_step_counts_of_window
+from ._base import BaseBetaRegressor
+from ._baseline import design_diagnostics
+from ._exposure import baseline_exposures
+
+__all__ = ["IterativeBetaRegressor"]
+
+#: Treatments of a trace's edges (``IterativeBetaRegressor(edges=...)``).
+EDGE_TREATMENTS = ("auto", "fit")
+
+
+class IterativeBetaRegressor(BaseBetaRegressor):
+    """Step-density re-weighted estimator: the iterative estimator.
+
+    Every grid segment of the trace lasts a whole number of steps of
+    ``b0 + b1 p_eff + b2 p_dec`` seconds each, so betas imply a step density
+    ``lam`` on every segment, hence a number of steps ``Lambda_i`` inside every
+    phase. By default (``objective="step_count"``) the betas are those under
+    which every phase holds its known ``N_i`` steps (``ceil(P / C)`` or
+    ``D``): a non-negative nonlinear least squares on ``Lambda_i - N_i``,
+    solved by Gauss-Newton steps that are each an NNLS, with the density and
+    ``p_eff`` solved together on each segment. On simulated traces this
+    recovers the betas exactly without noise, in every regime of
+    ``benchmarks/accuracy.py``, where the reference's fixed point
+    oscillates under heavy load.
+
+    ``objective="duration"`` is the reference's fixed-point iteration
+    (docs/method.md, section 6): from the baseline betas, compute ``lam`` from the
+    previous iteration's ``p_eff``, place each prefill's missing last-chunk
+    tokens, average the pressures over the steps inside every phase and refit
+    the durations by NNLS on ``[N_i, N_i pbar_pf_i, N_i pbar_dec_i]``.
+
+    Parameters
+    ----------
+    correction_mode : {"end_inside", "beta_informed", "end", "uniform", \
+"none"}, default="end_inside"
+        Placement of the last prefill chunk's missing tokens. ``"end_inside"``
+        puts them on the last segment of the prefill, where the partial step
+        ran: exact for an engine without a token budget. ``"beta_informed"``
+        (the reference default) places them on the last step under the
+        current density; with the step-count objective the two agree at the
+        solution, but ``"end_inside"`` keeps the objective smooth. The start
+        of the iterations is the baseline under the transformer's own
+        ``correction_mode`` (see ``init_correction_mode``).
+    damping : float in (0, 1], default=1.0
+        Damping ``eta`` of each update. Duration objective: ``beta = (1 -
+        eta) beta + eta beta_fit``. Step-count objective: the Gauss-Newton
+        step ``Delta`` is taken as ``beta + eta Delta`` (then halved while it
+        does not lower the objective); it changes the path and ``n_iter_``,
+        not the solution.
+    max_iter : int, default=25
+        Maximum number of iterations.
+    tol : float, default=1e-6
+        Stopping threshold on the change of betas per iteration.
+    init_correction_mode : {"end", "end_inside", "uniform", "none"} or None, \
+default=None
+        Correction mode of the initialising baseline fit. None starts from the
+        baseline design of the exposure table, i.e. from the
+        ``correction_mode`` and ``min_duration`` of the
+        :class:`PhaseExposureTransformer` before it (the published
+        ``init_via_baseline_correction``); a mode recomputes that design with
+        its own placement instead.
+    stopping : {"relative", "absolute"}, default="relative"
+        ``"relative"`` stops when every coefficient's contribution (to the
+        predicted durations, or to the step counts) moves by less than
+        ``tol`` of itself: free of the time unit. ``"absolute"`` is the
+        reference rule ``||d beta||_2 < tol`` in the trace's time unit.
+    objective : {"step_count", "duration"}, default="step_count"
+        What the betas are fitted to; see above. With
+        ``IterativeBetaRegressor("beta_informed", objective="duration",
+        stopping="absolute")`` the fit reproduces
+        :func:`estimate_betas_iterative` (the published reference) exactly.
+    confidence_level : float in (0, 1) or None, default=0.95
+        Level of the confidence intervals ``beta_ci_``: the time-block robust
+        (sandwich) covariance of the fitted objective at the solution, see
+        ``docs/uncertainty.md``. None skips them (``beta_ci_`` is None) and
+        with them the warning about wide intervals; a beta at its zero bound
+        still warns.
+    edges : {"auto", "fit"}, default="auto"
+        Treatment of the trace's edges with the step-count objective. A trace
+        cut from a busy engine misses the requests that ran beside its first
+        and last phases, so their pressures are too low. ``"auto"`` tests
+        each instance's edge zones (about a request lifetime at each end)
+        at the betas of the phases clear of them: an edge whose phases hold
+        more steps than their ``N_i`` beyond the noise level (the visible
+        load is less than the engine ran) stays context only (in the
+        pressures, out of the objective); edges that fit like the interior
+        (an engine that started idle, or drained) are fitted, so a complete
+        trace is fitted on every phase as before. A trace too short to have
+        phases clear of its edges is fitted whole, with a warning. ``"fit"``
+        fits every phase (the behaviour before windows were handled, and
+        :func:`estimate_betas_iterative`'s). The duration objective always
+        fits every phase. See ``docs/windows.md``.
+    verbose : int, default=0
+        With ``verbose > 0``, print one line per iteration (betas and their
+        change) to stderr.
+
+    Attributes
+    ----------
+    beta_ : ndarray of shape (3,)
+        ``[beta0, beta1, beta2]`` (time unit per step, per prefill token, per
+        decode token).
+    beta_ci_ : ndarray of shape (3, 2) or None
+        Lower and upper confidence limits of each beta at
+        ``confidence_level``, clipped at 0; a beta at its zero bound gets
+        ``[0, upper]``. None when ``confidence_level`` is None.
+    coef_ : ndarray of shape (3,)
+        Same values as ``beta_``.
+    intercept_ : float
+        Always 0.0.
+    n_iter_ : int
+        Number of iterations run.
+    converged_ : bool
+        Whether the stopping rule was met within ``max_iter``.
+    history_ : DataFrame
+        One row per iteration (0 = the start): betas, step (the change the
+        stopping rule measures), r2, rmse_seconds and a note.
+        With the step-count objective the start is the baseline rescaled to
+        the trace's step counts, and r2 / rmse score the durations predicted
+        as ``l_i N_i / Lambda_i``.
+    diagnostics_ : dict
+        n_phases, mean exposures of the last design; r2 and rmse_seconds of
+        the last iteration's fit (the reference's report, also the history's
+        last row);
+        its ``condition_number``, ``not_identified`` and ``at_zero_bound``
+        (see :class:`~sklearn_beta.exceptions.IdentifiabilityWarning`);
+        with ``edges="auto"`` and the step-count objective, ``edges``: the
+        number of phases left as context (``n_context``), each instance's
+        start and end edge bias (relative step-count excess of the edge's
+        phases) and the largest bias taken as complete (``limit``).
+    time_scale_ : float
+        The power of two (near the mean time per step) the trace's times were
+        divided by for the fit with ``stopping="relative"``, so that the
+        floors on step times are in units of the trace's own steps and the
+        betas scale exactly with the time unit; 1.0 with ``"absolute"``,
+        which keeps the reference's arithmetic bit for bit.
+    n_features_in_ : int
+        Number of columns of the exposure table.
+    feature_names_in_ : ndarray of str
+        Column names of the exposure table, when it is a DataFrame.
+
+    See Also
+    --------
+    BaselineBetaRegressor : The non-iterative estimator.
+    estimate_betas_iterative : The functional, reference-compatible API.
+    PhaseExposureTransformer : Its ``token_budget`` makes the prefill pressure
+        budget-aware.
+
+    Notes
+    -----
+    Why the step-count objective: under heavy load the duration map's
+    Jacobian at the true betas has an eigenvalue below -1 (about -1.5 at
+    ~230 running requests, even with exact features), so that the reference
+    iteration, started at the truth, drifts into a period-2 oscillation
+    between ``b0 = 0`` and a ``b0`` two to four times too large; and with the
+    exact token sums as design, any betas with ``b0 = 0`` fit the durations
+    exactly, since ``l_i = X_i beta + b0 (N_i - Lambda_i)``. The information
+    on the betas is in ``Lambda_i = N_i``: see
+    ``benchmarks/accuracy_diagnostics.py``.
+
+    The step-count objective reads the durations off the timeline itself
+    (the grid of ``t_start`` and ``t_end``): ``fit`` warns (``UserWarning``)
+    when it is given a ``y`` that differs from the exposure table's
+    ``duration`` column, which would only enter its starting point and the
+    reported ``r2``/``rmse``. With ``objective="duration"`` the betas are a
+    regression of ``y``.
+
+    Warns
+    -----
+    UncertaintyWarning
+        When a beta is at its zero bound or its interval is wider than half
+        its value.
+
+    References
+    ----------
+    The iterative estimator of the published trace-only calibration of
+    vLLM-style step times; see docs/method.md, section 6.
+
+    Examples
+    --------
+    >>> from sklearn.pipeline import make_pipeline
+    >>> from sklearn_beta import IterativeBetaRegressor, PhaseExposureTransformer
+    >>> from sklearn_beta.datasets import load_sample_trace
+    >>> phases = load_sample_trace()
+    >>> model = make_pipeline(PhaseExposureTransformer(chunk_size=64),
+    ...                       IterativeBetaRegressor()).fit(phases)
+    >>> bool(model[-1].converged_)
+    True
+    """
+
+    _min_columns = len(EXPOSURE_COLUMNS)
+
+    _parameter_constraints: dict = {
+        "correction_mode": [StrOptions(set(CORRECTION_MODES))],
+        "damping": [Number(Real, 0, 1, closed="right")],
+        "max_iter": [count(1)],
+        "tol": [Number(Real, 0, None, closed="neither")],
+        "init_correction_mode": [StrOptions(set(FIXED_CORRECTION_MODES)), None],
+        "stopping": [StrOptions(set(STOPPING_RULES))],
+        "objective": [StrOptions(set(OBJECTIVES))],
+        "confidence_level": [Number(Real, 0, 1, closed="neither"), None],
+        "edges": [StrOptions(set(EDGE_TREATMENTS))],
+        "verbose": ["verbose"],
+    }
+
+    def __init__(
+        self,
+        correction_mode="end_inside",
+        *,
+        damping=1.0,
+        max_iter=25,
+        tol=1e-6,
+        init_correction_mode=None,
+        stopping="relative",
+        objective="step_count",
+        confidence_level=DEFAULT_CONFIDENCE_LEVEL,
+        edges="auto",
+        verbose=0,
+    ):
+        self.correction_mode = correction_mode
+        self.damping = damping
+        self.max_iter = max_iter
+        self.tol = tol
+        self.init_correction_mode = init_correction_mode
+        self.stopping = stopping
+        self.objective = objective
+        self.confidence_level = confidence_level
+        self.edges = edges
+        self.verbose = verbose
+
+    def _fit_table(self, table, duration, sample_weight):
+        if self.objective == "step_count":
+            _warn_if_y_unused(table, duration)
+        return self._fit_timeline(
+            read_timeline(table),
+            design_columns(table),
+            column(table, "step_density"),
+            duration,
+            sample_weight,
+        )
+
+    def _fit_timeline(
+        self,
+        timeline: Timeline,
+        init_design: np.ndarray,
+        density: np.ndarray,
+        duration: np.ndarray,
+        sample_weight: np.ndarray | None = None,
+        *,
+        caller: str | None = None,
+        names: dict | None = None,
+        stacklevel: int = 6,
+    ) -> np.ndarray:
+        """The fit itself, shared with :func:`estimate_betas_iterative`.
+
+        ``init_design`` is the trace's baseline design and ``density`` its
+        phase-local step density (both from :func:`phase_exposures`);
+        ``caller`` names the estimator in warnings and ``names`` maps its
+        parameters to the caller's arguments there. Sets the fitted
+        attributes (``beta_ci_`` too) but ``beta_``; returns the betas.
+        """
+        if self.init_correction_mode is not None:
+            init_design = baseline_exposures(
+                timeline, density, self.init_correction_mode
+            )
+        unit = self._set_time_unit(
+            lambda: (np.sum(timeline.n_steps), np.sum(duration), duration.shape[0])
+        )
+        scaled = rescaled_timeline(replace(timeline, duration=duration), unit)
+        run = fit_step_counts if self.objective == "step_count" else iterate_betas
+        settings = self._settings()
+        callback = self._progress(unit)
+
+        def fit(weight, beta_init=None, final=True):
+            # The result carries the objective's (jac, residual, weight) at its
+            # solution last: beta_ci_ comes from the fit the edge treatment keeps.
+            if beta_init is None:
+                beta_init = nnls_fit(init_design, scaled.duration, weight)
+            chosen = settings if final else edge_test_settings(settings)
+            solved = []
+            result = run(
+                scaled, beta_init, chosen, weight, callback, on_solution=solved.append
+            )
+            return (*result, solved[0])
+
+        edges, findings = None, []
+        if self.objective == "step_count":
+            # A window's edges (._edges) and a saturated engine's beta0/beta2
+            # split (._what_if) are read off the step counts.
+            # The diagnostics below weigh the phases as the chosen fit did.
+            result, edges, sample_weight, findings = fit_step_counts_of_window(
+                scaled,
+                fit,
+                self.correction_mode,
+                sample_weight,
+                edges=self.edges,
+                stacklevel=stacklevel,
+            )
+        else:
+            result = fit(sample_weight)
+        beta, converged, n_iter, design, history, solution = result
+        beta = beta * unit
+        caller = caller or type(self).__name__
+        self._record_iterations(
+            (converged, n_iter, history),
+            unit,
+            settings,
+            caller=caller,
+            names=names,
+            stacklevel=stacklevel,
+        )
+        diagnostics = self._last_fit(
+            design_diagnostics(design, duration, beta, sample_weight)
+        )
+        diagnostics.update(
+            identifiability_diagnostics(
+                design,
+                duration,
+                beta,
+                timeline,
+                sample_weight,
+                estimator=caller,
+                stacklevel=stacklevel,
+                extra_findings=findings,
+            )
+        )
+        if edges is not None:
+            diagnostics["edges"] = edges.as_dict()
+        self.diagnostics_ = diagnostics
+        self.beta_ci_ = self._beta_intervals(timeline, beta, *solution, unit=unit)
+        return beta
+
+    # --- Shared with the fit on a Dask cluster (._dask_fit) -------------------
+
+    def _settings(self) -> IterationSettings:
+        return IterationSettings(
+            self.correction_mode, self.max_iter, self.tol, self.damping, self.stopping
+        )
+
+    def _set_time_unit(self, totals) -> float:
+        """Set and return ``time_scale_``; ``totals()`` gives the sums of
+        ``N_i`` and ``l_i`` and the phase count (read only when needed)."""
+        unit = 1.0
+        if self.stopping == "relative":
+            steps, duration, n_phases = totals()
+            unit = unit_from_totals(float(steps), float(duration), int(n_phases))
+        self.time_scale_ = unit
+        return unit
+
+    def _progress(self, unit: float, printer=None):
+        """The per-iteration callback of ``verbose`` (``printer`` or
+        :func:`_print_progress`), or None."""
+        if not self.verbose:
+            return None
+        return partial(printer or _print_progress, unit=unit)
+
+    def _record_iterations(
+        self, run, unit, settings, *, caller, names=None, stacklevel=6
+    ) -> None:
+        """``n_iter_``, ``converged_``, ``history_`` of a solver's
+        ``(converged, n_iter, history)``; warns when it did not converge."""
+        converged, n_iter, history = run
+        if not converged:
+            warn_not_converged(
+                caller, settings, history[-1]["step"], names, stacklevel + 1
+            )
+        self.n_iter_ = n_iter
+        self.converged_ = converged
+        self.history_ = _history_frame(history, unit)
+
+    def _last_fit(self, diagnostics: dict) -> dict:
+        # The reference reports the last iteration's fit, as the history does.
+        last = self.history_.iloc[-1]
+        diagnostics.update(r2=last["r2"], rmse_seconds=last["rmse_seconds"])
+        return diagnostics
+
+    def _predict_table(self, table):
+        view = design_at_betas(
+            table,
+            self.beta_,
+            correction_mode=self.correction_mode,
+            objective=self.objective,
+        )
+        return view.design @ self.beta_
+
+
+def _warn_if_y_unused(table: np.ndarray, duration: np.ndarray) -> None:
+    observed = column(table, "duration")
+    if duration is observed or np.array_equal(duration, observed):
+        return
+    warnings.warn(
+        "IterativeBetaRegressor(objective='step_count') fits the betas to the "
+        "step counts of the phase windows in the exposure table; the y given "
+        "to fit differs from the table's 'duration' column and only enters "
+        "the starting point and the reported r2/rmse. Use "
+        "objective='duration' to regress y.",
+        UserWarning,
+        stacklevel=5,
+    )
+
+
+def _history_frame(history: list[dict], unit: float) -> pd.DataFrame:
+    frame = pd.DataFrame(history, columns=[*HISTORY_COLUMNS, "note"])
+    if unit != 1.0:
+        frame[["beta0", "beta1", "beta2", "rmse_seconds"]] *= unit
+    return frame
+
+
+def _print_progress(record: dict, unit: float = 1.0) -> None:
+    b0, b1, b2 = (record[k] * unit for k in ("beta0", "beta1", "beta2"))
+    print(
+        f"  iter {record['iteration']:3d}  beta0={b0:.6g}  beta1={b1:.6g}  "
+        f"beta2={b2:.6g}  change={record['step']:.3g}",
+        file=sys.stderr,
+        flush=True,
+    )

@@ -1,0 +1,21 @@
+"""Step-level replay of an engine over a trace's arrivals and token counts.
+
+The code is in :mod:`sklearn_beta.engine._replay`;
+this module is its public face.
+"""
+
+from ..engine._replay import (
+    REPLAY_QUANTITIES,
+    make_replay_scorer,
+    replay_errors,
+    replay_scorers,
+    replay_trace,
+)
+
+__all__ = [
+    "REPLAY_QUANTITIES",
+    "make_replay_scorer",
+    "replay_errors",
+    "replay_scorers",
+    "replay_trace",
+]
