@@ -254,6 +254,7 @@ default="iterative"
         self.init_beta_ = theta[:3].copy()
         previous, changes, history = None, [], []
         converged, stage, last_step = False, "levels", np.inf
+        fitted_differences = False
         n_iter = 0
         while n_iter < self.max_iter:
             n_iter += 1
@@ -263,7 +264,7 @@ default="iterative"
                 changes.append(
                     int(np.count_nonzero(np.any(signature != previous[1], 1)))
                 )
-                if stage == "differences" and schedule.same_as(previous[0]):
+                if fitted_differences and schedule.same_as(previous[0]):
                     converged = True  # the same schedule fits the same theta
                     break
             previous = (schedule, signature)
@@ -281,6 +282,7 @@ default="iterative"
                 new[:3] = nnls_fit(rows_.design[:, :3], rows_.target, rows_.weight)
             else:
                 new[free], rows_ = _robust_fit(rows_, free)
+                fitted_differences = True
             new[:3] = _usable_beta(new[:3], schedule.features)
             step = _relative_step(theta[:3], new[:3], schedule.features)
             history.append((stage, *new, changes[-1] if changes else -1, step))
@@ -289,7 +291,7 @@ default="iterative"
                 # close enough, or no closer: the noise of the levels (a
                 # random walk) limits them, the differences take over
                 if step < LEVELS_TOL or step >= last_step:
-                    stage, previous = "differences", None
+                    stage = "differences"
                 last_step = step
             elif step < self.tol:
                 converged = True
