@@ -254,7 +254,7 @@ default="iterative"
         self.init_beta_ = theta[:3].copy()
         previous, changes, history = None, [], []
         converged, stage, last_step = False, "levels", np.inf
-        fitted_differences = False
+        fitted_differences, fit_rows, older = False, None, None
         n_iter = 0
         while n_iter < self.max_iter:
             n_iter += 1
@@ -267,6 +267,7 @@ default="iterative"
                 if fitted_differences and schedule.same_as(previous[0]):
                     converged = True  # the same schedule fits the same theta
                     break
+            two_back, older = older, None if previous is None else previous[0]
             previous = (schedule, signature)
             anchors = trace.anchor_times(schedule)
             if stage == "levels":
@@ -282,20 +283,33 @@ default="iterative"
                 new[:3] = nnls_fit(rows_.design[:, :3], rows_.target, rows_.weight)
             else:
                 new[free], rows_ = _robust_fit(rows_, free)
-                fitted_differences = True
-            new[:3] = _usable_beta(new[:3], schedule.features)
             step = _relative_step(theta[:3], new[:3], schedule.features)
-            history.append((stage, *new, changes[-1] if changes else -1, step))
+            pooled = fitted_differences and schedule.same_as(two_back)
+            if pooled:
+                # the replays alternate between two schedules (each one's
+                # fit replays into the other): both are schedules of the
+                # trace within the noise; fit their rows together and stop.
+                rows_ = _stack_rows(fit_rows, rows_)
+                new = np.zeros(6)
+                new[free], rows_ = _robust_fit(rows_, free)
+                step = _relative_step(theta[:3], new[:3], schedule.features)
+            new[:3] = _usable_beta(new[:3], schedule.features)
+            fit = "pooled" if pooled else stage
+            history.append((fit, *new, changes[-1] if changes else -1, step))
             fit_rows, theta = rows_, new
             if stage == "levels":
                 # close enough, or no closer: the noise of the levels (a
                 # random walk) limits them, the differences take over
                 if step < LEVELS_TOL or step >= last_step:
-                    stage = "differences"
+                    stage, last_step = "differences", np.inf
+                else:
+                    last_step = step
+            else:
+                if step < self.tol or pooled:
+                    converged = True
+                    break
+                fitted_differences = True
                 last_step = step
-            elif step < self.tol:
-                converged = True
-                break
         self.n_iter_ = n_iter
         self.converged_ = converged
         if not converged:
@@ -647,6 +661,20 @@ def _joins_busy_engine(requests) -> np.ndarray:
     return busy
 
 
+def _stack_rows(first, second):
+    """Two fits' rows as one least-squares problem (weights as they were
+    before the robust reweighting of each)."""
+    return type(first)(
+        design=np.vstack((first.design, second.design)),
+        target=np.concatenate((first.target, second.target)),
+        weight=np.concatenate([_prior(r) for r in (first, second)]),
+    )
+
+
+def _prior(rows) -> np.ndarray:
+    return rows.weight if rows.prior_weight is None else rows.prior_weight
+
+
 def _robust_fit(rows, free):
     """NNLS with Tukey's bisquare weights on the standardised residuals.
 
@@ -668,7 +696,7 @@ def _robust_fit(rows, free):
         u = z / (TUKEY_C * scale)
         weight = rows.weight * np.where(np.abs(u) < 1, (1 - u * u) ** 2, 0.0)
         theta = nnls_fit(design, rows.target, weight)
-    return theta, replace(rows, weight=weight)
+    return theta, replace(rows, weight=weight, prior_weight=rows.weight)
 
 
 def _usable_beta(beta: np.ndarray, features) -> np.ndarray:

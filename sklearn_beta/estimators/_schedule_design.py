@@ -193,6 +193,7 @@ class DifferenceDesign:
     design: np.ndarray  # (n_rows, 6)
     target: np.ndarray  # (n_rows,)
     weight: np.ndarray  # (n_rows,)
+    prior_weight: np.ndarray | None = None  # before a robust reweighting
 
 
 def difference_design(
