@@ -67,11 +67,16 @@ class ScheduleBetaRegressor(RegressorMixin, BaseEstimator):
     token), every observed time is linear in the betas and three offsets.
     Each iteration replays the trace on the engine loop of
     :func:`~sklearn_beta.datasets.simulate_trace` with the current
-    coefficients, takes its schedule, and fits the differences of consecutive
-    observed events of each busy period (the first one from the period's
-    arrival) by weighted non-negative least squares, the weights those of a
-    random walk of the step noise (GLS). It stops when the schedule no longer
-    changes or the coefficients change by less than ``tol``.
+    coefficients, its steps ending at the observed first and last token
+    times (so that arrivals meet step boundaries as in the trace), and takes
+    its schedule. The first fits regress each event's time since its busy
+    period's start (robust to a schedule still wrong here and there); then
+    the differences of consecutive events of each period are fitted by
+    non-negative least squares weighted as a random walk of the step noise
+    (GLS), with bisquare weights against rows of requests scheduled
+    otherwise than in the trace. It stops when the schedule no longer
+    changes, the coefficients change by less than ``tol``, or the replays
+    alternate between two schedules (whose rows are then fitted together).
 
     The waiting in the queue is part of the schedule, so the fit holds on
     saturated engines and on client-side traces whose prefill phase runs
@@ -153,9 +158,12 @@ default="iterative"
         Per iteration after the first, how many requests the replay
         scheduled differently from the previous one.
     history_ : DataFrame
-        One row per fit: the betas, offsets and the requests rescheduled.
+        One row per fit: its kind (``"levels"``, ``"differences"`` or
+        ``"pooled"``), the betas, the offset totals ``c_scheduled``,
+        ``c_first``, ``c_last``, the requests rescheduled by its replay and
+        the coefficients' change (``step``).
     n_rows_ : int
-        Difference rows of the last fit.
+        Rows of the last fit.
 
     See Also
     --------
