@@ -127,6 +127,7 @@ def test_dask_fit_of_a_budget_bound_fleet_equals_pandas():
     # Prefill groups never cross instances, so partitions holding whole
     # instances give the pandas exposures.
     import dask.dataframe as dd
+
     fleet = simulate_trace(
         400,
         beta=BETA,

@@ -123,6 +123,7 @@ def test_baseline_uniform_matches_the_reference(capsys):
 
 def test_otel_auto_chunk_size_blis_entry_and_plots(capsys, tmp_path):
     import matplotlib  # noqa: F401
+
     code, out, err = run(
         capsys, "fit", SPANS, "--output", "blis", "--plot", tmp_path / "plots"
     )

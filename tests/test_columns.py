@@ -7,7 +7,9 @@ correction uses it (any correction mode but ``"none"``).
 
 from __future__ import annotations
 
+import re
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -24,6 +26,7 @@ from sklearn_beta import (
     estimate_betas_baseline,
     estimate_betas_iterative,
 )
+from sklearn_beta.core._columns import OPTIONAL_COLUMNS, PHASE_COLUMNS
 from sklearn_beta.core._validation import check_phases
 from sklearn_beta.exceptions import IdentifiabilityWarning
 
@@ -49,6 +52,26 @@ def test_defaults_are_the_schema_names():
     assert columns == PhaseColumns()
     assert (columns.request_id, columns.t_end) == ("request_id", "t_end")
     assert (columns.n_steps, columns.instance_id) == ("N_steps", "instance_id")
+
+
+def test_schema_constants_are_the_documented_defaults():
+    # The constants derive from PhaseColumns' defaults; docs/method.md section 2
+    # is the independent spelling they must match.
+    table = Path(__file__).parents[1].joinpath("docs", "method.md").read_text()
+    section = table.split("## 2. The phase table")[1].split("## 3.")[0]
+    documented = re.findall(r"^\| `([A-Za-z_]+)`", section, flags=re.MULTILINE)
+    documented += re.findall(r"^\| `[a-z_]+`, `([a-z_]+)`", section, flags=re.MULTILINE)
+    assert PHASE_COLUMNS == (
+        "request_id",
+        "phase_type",
+        "t_start",
+        "t_end",
+        "prefill_tokens",
+        "decode_tokens",
+    )
+    assert OPTIONAL_COLUMNS == {"n_steps": "N_steps", "instance_id": "instance_id"}
+    assert set(documented) == {*PHASE_COLUMNS, *OPTIONAL_COLUMNS.values()}
+    assert PhaseColumns(n_steps=None, instance_id=None).n_steps is None
 
 
 def test_coerce_reads_a_mapping_of_schema_names():

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import glob
 import json
+import re
 import warnings
 
 import dask.dataframe as dd
@@ -19,6 +20,7 @@ from sklearn_beta import (
     PhaseExposureTransformer,
 )
 from sklearn_beta.datasets import cut_window, simulate_trace
+from sklearn_beta.exceptions import UncertaintyWarning
 
 BETA = (5e-3, 2e-5, 1e-4)
 RTOL = 1e-9
@@ -489,3 +491,31 @@ def test_no_intervals_when_not_asked(client, fleet, regressor):
     remote = _fit_quietly(_model(regressor), ddf)[-1]
     assert remote.beta_ci_ is None and local.beta_ci_ is None
     np.testing.assert_allclose(remote.beta_, local.beta_, rtol=RTOL)
+
+
+def _edge_lifetime(record) -> float:
+    (message,) = [str(w.message) for w in record if "test the edges" in str(w.message)]
+    return float(re.search(r"the longest request lasts up to (\S+) s,", message)[1])
+
+
+def test_short_trace_warning_in_seconds_like_the_pandas_fit(client):
+    # The edge zones live in the fit's time unit; both fits report seconds.
+    phases = simulate_trace(
+        12,
+        beta=BETA,
+        chunk_size=64,
+        max_num_seqs=64,
+        arrival_rate=50.0,
+        random_state=0,
+    )
+    model = _model(IterativeBetaRegressor())
+    with pytest.warns(UncertaintyWarning) as local:
+        model.fit(phases)
+    with pytest.warns(UncertaintyWarning) as remote:
+        _model(IterativeBetaRegressor()).fit(dd.from_pandas(phases, npartitions=1))
+    life = (
+        phases.groupby("request_id").t_end.max()
+        - phases.groupby("request_id").t_start.min()
+    )
+    assert _edge_lifetime(remote) == pytest.approx(_edge_lifetime(local), rel=1e-9)
+    assert _edge_lifetime(local) <= 2 * life.max()

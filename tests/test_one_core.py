@@ -103,13 +103,17 @@ def test_transformer_correction_reaches_the_iterative_start(trace):
         warnings.simplefilter("ignore", ConvergenceWarning)
         end = _pipeline("end", **options).fit(trace)[-1]
         uniform = _pipeline("uniform", **options).fit(trace)[-1]
-        explicit = _pipeline("uniform", init_correction_mode="end", **options)
+        explicit = _pipeline("end", init_correction_mode="uniform", **options)
         explicit = explicit.fit(trace)[-1]
     start = ["beta0", "beta1", "beta2"]
     assert not np.allclose(end.history_.loc[0, start], uniform.history_.loc[0, start])
     assert not np.allclose(end.beta_, uniform.beta_, rtol=1e-6)
-    # An explicit init_correction_mode overrides the table's.
-    np.testing.assert_array_equal(explicit.beta_, end.beta_)
+    # An explicit init_correction_mode starts from its own placement; a
+    # table made with another (not the default "end") would be ignored: an
+    # error (issue 17).
+    np.testing.assert_allclose(explicit.beta_, uniform.beta_, rtol=1e-12)
+    with pytest.raises(ValueError, match="correction_mode='uniform'"):
+        _pipeline("uniform", init_correction_mode="end", **options).fit(trace)
 
 
 def test_grid_search_over_the_transformer_correction(trace):

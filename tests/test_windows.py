@@ -3,6 +3,7 @@ default pipeline, what_if_error and the saturated-engine warning."""
 
 from __future__ import annotations
 
+import re
 import warnings
 
 import numpy as np
@@ -15,7 +16,7 @@ from sklearn.utils._param_validation import InvalidParameterError
 
 from sklearn_beta import IterativeBetaRegressor, PhaseExposureTransformer
 from sklearn_beta.datasets import cut_window, simulate_trace
-from sklearn_beta.exceptions import IdentifiabilityWarning
+from sklearn_beta.exceptions import IdentifiabilityWarning, UncertaintyWarning
 from sklearn_beta.metrics import coefficient_errors, what_if_error
 from sklearn_beta.model_selection import TraceBlockSplit, TraceContextRegressor
 from sklearn_beta.trust._edges import edge_zones
@@ -207,6 +208,28 @@ def test_short_trace_is_fitted_whole():
     assert reg.diagnostics_["edges"]["n_context"] == 0
     assert np.isnan(reg.diagnostics_["edges"]["limit"])
     np.testing.assert_allclose(reg.beta_, fit(phases, edges="fit").beta_)
+
+
+def test_short_trace_warning_gives_the_longest_request_in_seconds():
+    # The edge zones live in the fit's time unit (a power of two near the mean
+    # step: 2**-7 s here); the warning used to print 766.6 for this 5.989 s
+    # request. The first request is stretched by 1 s at each end so that it
+    # holds both the longest prefill and the longest decode: the zones' bound
+    # on a request's life (longest prefill + longest decode) is then its span.
+    phases = busy_trace(12, arrival_rate=50.0)
+    first = phases.request_id == phases.request_id.iloc[0]
+    prefill = first & (phases.phase_type == "prefill")
+    decode = first & (phases.phase_type == "decode")
+    phases.loc[prefill, "t_start"] -= 1.0
+    phases.loc[decode, "t_end"] += 1.0
+    span = phases.loc[decode, "t_end"].item() - phases.loc[prefill, "t_start"].item()
+    assert span == pytest.approx(5.98884, rel=1e-6)
+    with pytest.warns(UncertaintyWarning) as record:
+        reg = fit(phases)
+    assert reg.time_scale_ == 2.0**-7
+    (message,) = [str(w.message) for w in record if "test the edges" in str(w.message)]
+    reported = re.search(r"the longest request lasts up to (\S+) s,", message)
+    assert float(reported.group(1)) == pytest.approx(span, rel=1e-3)
 
 
 def test_complete_trace_whose_longest_request_spans_it_is_fitted_whole():

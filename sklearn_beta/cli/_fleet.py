@@ -202,22 +202,9 @@ def run_fleet_fit(args, progress, fmt: str, client):
         time_resolution=args.time_resolution,
     )
     summary = summary_of(instance_col)
-    candidates = engine_candidates(args)
-    config, engine_warnings, searched = None, [], None
-    if len(candidates) > 1:
-        sample, chosen, note = search_sample(phases, instance_col, summary)
-        notes.append(note)
-        config, engine_warnings = choose_engine(
-            sample, candidates, options, args, progress, notes
-        )
-        pair = (config.chunk_size, config.token_budget)
-        searched = {
-            "n_phases": len(sample),
-            "instances": [str(c) for c in chosen],
-            "validation": config.validation,
-        }
-    else:
-        pair = candidates[0]
+    pair, config, engine_warnings, searched = _fleet_engine(
+        phases, instance_col, summary, options, args, progress, notes
+    )
     notes.append(
         "validation is null: the held-out replay of the fitted betas needs "
         "every phase on this machine, which --dask never collects"
@@ -233,13 +220,7 @@ def run_fleet_fit(args, progress, fmt: str, client):
         **options,
     )
     engine = engine_summary(config, pair, args) | {"validation": None}
-    trace = {
-        "n_phases": summary["n_phases"],
-        "n_requests": summary["n_requests"],
-        "n_instances": len(summary["instances"]),
-        "instances": [str(x) for x in summary["instances"]],
-        "client_side": False,
-    }
+    trace = _trace_section(summary)
     report = build_report(fit, args, fmt, trace, engine, options, None, notes)
     report["fleet"] = {
         "dask": args.dask,
@@ -249,6 +230,41 @@ def run_fleet_fit(args, progress, fmt: str, client):
     }
     report["warnings"] += engine_warnings
     return report, fit, None, None
+
+
+def _fleet_engine(phases, instance_col, summary, options, args, progress, notes):
+    """The fleet's engine configuration: given, or searched on a sample.
+
+    The search's notes are appended to ``notes``. Returns ``(pair, config,
+    warnings, searched)``: the ``(chunk_size, token_budget)`` pair, the
+    search's :class:`~sklearn_beta.EngineConfig` and warning lines (None and
+    [] when the engine was given) and the report's ``engine_search_sample``.
+    """
+    candidates = engine_candidates(args)
+    if len(candidates) <= 1:
+        return candidates[0], None, [], None
+    sample, chosen, note = search_sample(phases, instance_col, summary)
+    notes.append(note)
+    config, engine_warnings = choose_engine(
+        sample, candidates, options, args, progress, notes
+    )
+    searched = {
+        "n_phases": len(sample),
+        "instances": [str(c) for c in chosen],
+        "validation": config.validation,
+    }
+    return (config.chunk_size, config.token_budget), config, engine_warnings, searched
+
+
+def _trace_section(summary: dict) -> dict:
+    """The report's ``trace`` section of a fleet, from :func:`fleet_summary`."""
+    return {
+        "n_phases": summary["n_phases"],
+        "n_requests": summary["n_requests"],
+        "n_instances": len(summary["instances"]),
+        "instances": [str(x) for x in summary["instances"]],
+        "client_side": False,
+    }
 
 
 def fit_fleet_trace(

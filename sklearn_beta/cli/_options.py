@@ -112,6 +112,14 @@ def _add_input_options(fit) -> None:
 def _add_fit_options(fit) -> None:
     defaults = fit_option_defaults()
     group = fit.add_argument_group("fit (defaults are the estimators')")
+    _add_engine_options(group, defaults)
+    _add_estimator_choice(group, defaults)
+    _add_estimator_settings(group, defaults)
+    _add_trace_convention_options(group, defaults)
+
+
+def _add_engine_options(group, defaults: dict) -> None:
+    """The engine's chunking, given or chosen by held-out replay."""
     group.add_argument(
         "--chunk-size",
         type=_chunk_size,
@@ -143,6 +151,10 @@ def _add_fit_options(fit) -> None:
         help="time-block folds of the held-out replay that chooses the engine "
         f"configuration and validates the fit (default: {defaults['n_splits']})",
     )
+
+
+def _add_estimator_choice(group, defaults: dict) -> None:
+    """The estimator and its partial-chunk correction."""
     group.add_argument(
         "--algo",
         choices=ALGORITHMS,
@@ -157,6 +169,11 @@ def _add_fit_options(fit) -> None:
         f"baseline, {modes['iterative']} for iterative; baseline takes only "
         f"{', '.join(FIXED_CORRECTION_MODES)})",
     )
+
+
+def _add_estimator_settings(group, defaults: dict) -> None:
+    """One option per setting of the estimators (a default of None keeps the
+    estimator's own); the trace's time and decode conventions have theirs."""
     helps = {
         "objective": f"iterative: {' or '.join(OBJECTIVES)}",
         "token_budget": "the engine's per-step token budget "
@@ -190,6 +207,10 @@ def _add_fit_options(fit) -> None:
             choices=choices.get(name),
             help=f"{helps[name]} (default: {defaults[name]})",
         )
+
+
+def _add_trace_convention_options(group, defaults: dict) -> None:
+    """How the trace's times and decode token counts are read."""
     group.add_argument(
         "--time-resolution",
         type=float,

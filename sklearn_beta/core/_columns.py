@@ -9,22 +9,12 @@ every computation below the public layer reads.
 from __future__ import annotations
 
 from collections.abc import Hashable, Mapping
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, field, fields, replace
 
 import numpy as np
 
-#: The reference schema's column names, in order (docs/method.md, "The phase table").
-PHASE_COLUMNS = (
-    "request_id",
-    "phase_type",
-    "t_start",
-    "t_end",
-    "prefill_tokens",
-    "decode_tokens",
-)
-
-#: The optional columns and their default names.
-OPTIONAL_COLUMNS = {"n_steps": "N_steps", "instance_id": "instance_id"}
+#: Field metadata of the schema's optional columns (``None`` ignores them).
+_OPTIONAL = {"optional": True}
 
 
 @dataclass(frozen=True)
@@ -61,13 +51,13 @@ class PhaseColumns:
     t_end: str = "t_end"
     prefill_tokens: str = "prefill_tokens"
     decode_tokens: str = "decode_tokens"
-    n_steps: str | None = "N_steps"
-    instance_id: str | None = "instance_id"
+    n_steps: str | None = field(default="N_steps", metadata=_OPTIONAL)
+    instance_id: str | None = field(default="instance_id", metadata=_OPTIONAL)
 
     def __post_init__(self):
         for item in fields(self):
             name = getattr(self, item.name)
-            if name is None and item.name in OPTIONAL_COLUMNS:
+            if name is None and item.metadata.get("optional", False):
                 continue
             if name is None or not isinstance(name, Hashable):
                 raise TypeError(
@@ -114,6 +104,18 @@ class PhaseColumns:
             )
         return cls(**columns)
 
+
+# The field defaults above are the one spelling of the default names.
+#: The reference schema's column names, in order (docs/method.md, "The phase table").
+PHASE_COLUMNS = tuple(
+    item.default for item in fields(PhaseColumns) if not item.metadata.get("optional")
+)
+#: The optional columns and their default names.
+OPTIONAL_COLUMNS = {
+    item.name: item.default
+    for item in fields(PhaseColumns)
+    if item.metadata.get("optional")
+}
 
 #: The published functions' keyword for each schema column they name
 #: (``t_end_col`` for ``t_end``); ``instance_id`` has none.

@@ -284,6 +284,9 @@ class Timeline:
     ``p_dec``. With a ``token_budget``, ``p_pf_full`` is capped by the budget
     left after the decodes (:func:`budgeted_prefill_pressure`) and
     ``budget_excess`` holds the full-chunk tokens per step the cap removed.
+    ``time_unit`` is the trace's time (seconds) per unit of the grid's times
+    and the durations: not 1 once :func:`~sklearn_beta._units.rescaled_timeline`
+    has put them in the fit's unit.
     """
 
     trace_grid: TraceGrid
@@ -296,6 +299,7 @@ class Timeline:
     p_dec: np.ndarray
     token_budget: int | None = None
     budget_excess: np.ndarray | None = None
+    time_unit: float = 1.0
 
     @property
     def n_phases(self) -> int:

@@ -34,9 +34,18 @@ def unit_from_totals(steps: float, duration: float, n_phases: int) -> float:
 
 
 def rescaled_timeline(timeline: Timeline, unit: float) -> Timeline:
-    """The timeline with its times (grid, segment lengths, durations) / ``unit``."""
+    """The timeline with its times (grid, segment lengths, durations) / ``unit``.
+
+    Its ``time_unit`` records the change, so that times reported to the user
+    can be put back in the trace's unit.
+    """
     if unit == 1.0:
         return timeline
     tg = timeline.trace_grid
     grid = replace(tg, grid=tg.grid / unit, seg_len=tg.seg_len / unit)
-    return replace(timeline, trace_grid=grid, duration=timeline.duration / unit)
+    return replace(
+        timeline,
+        trace_grid=grid,
+        duration=timeline.duration / unit,
+        time_unit=timeline.time_unit * unit,
+    )

@@ -242,17 +242,59 @@ def row_problems(frame: pd.DataFrame, layout: _Layout):
     Values of a token column on rows of the other phase type are not used by
     the method, so they are neither checked nor kept (set to 0). Each message
     starts with the published implementation's phrase, which scripts match.
+    The problems come in the order :func:`check_phases` reports the first of.
     """
-    problems: list[_RowProblem] = []
     used = layout.used
+    rows_of = _rows_of_columns(layout, len(frame))
+    problems = _identity_problems(frame, layout)
+    values = {}
+    integral = set()
+    for key in _NUMERIC:
+        if key not in used:
+            continue
+        values[key], found = _column_values(frame[used[key]], key, rows_of[key])
+        problems += found
+        if _is_integer_column(frame, layout, key):
+            integral.add(key)
+    problems += _duration_problems(values, used)
+    for key in _COUNTS:
+        if key in values:
+            problems += _count_problems(
+                values[key], key, used[key], rows_of[key], key in integral
+            )
+    if "instance_id" in used:
+        problems += _problem(
+            "missing_instance",
+            ValueError,
+            f"Column {used['instance_id']!r} has missing values.",
+            pd.isna(frame[used["instance_id"]]).to_numpy(dtype=bool),
+        )
+    return problems, values
 
-    def add(reason, error, message, mask):
-        mask = np.asarray(mask, dtype=bool)
-        if mask.any():
-            problems.append(_RowProblem(reason, error, message, mask))
 
-    rid = used["request_id"]
-    add(
+def _problem(reason: str, error: type, message: str, mask) -> list[_RowProblem]:
+    """The problem of the rows in ``mask``, as a list: empty when none is bad."""
+    mask = np.asarray(mask, dtype=bool)
+    return [_RowProblem(reason, error, message, mask)] if mask.any() else []
+
+
+def _rows_of_columns(layout: _Layout, n_rows: int) -> dict:
+    """The rows each numeric column is read on: a token column only on the
+    rows of its phase type."""
+    everywhere = np.ones(n_rows, dtype=bool)
+    return {
+        "t_start": everywhere,
+        "t_end": everywhere,
+        "prefill_tokens": layout.is_prefill,
+        "decode_tokens": layout.is_decode,
+        "n_steps": everywhere,
+    }
+
+
+def _identity_problems(frame: pd.DataFrame, layout: _Layout) -> list[_RowProblem]:
+    """Rows without a request id, and rows of neither phase type."""
+    rid = layout.used["request_id"]
+    problems = _problem(
         "missing_request_id",
         ValueError,
         f"Column {rid!r} has missing values.",
@@ -260,52 +302,48 @@ def row_problems(frame: pd.DataFrame, layout: _Layout):
     )
     # Case and surrounding whitespace are forgiven ("Prefill ", "DECODE"):
     # exporters differ, the meaning does not.
-    add(
+    problems += _problem(
         "unknown_phase_type",
         ValueError,
         f"phase_type must be one of {list(PHASE_TYPES)} (column "
-        f"{used['phase_type']!r}; case and surrounding spaces are ignored).",
+        f"{layout.used['phase_type']!r}; case and surrounding spaces are ignored).",
         ~(layout.is_prefill | layout.is_decode),
     )
-    everywhere = np.ones(len(frame), dtype=bool)
-    rows_of = {
-        "t_start": everywhere,
-        "t_end": everywhere,
-        "prefill_tokens": layout.is_prefill,
-        "decode_tokens": layout.is_decode,
-        "n_steps": everywhere,
-    }
-    values = {}
-    integral = set()
-    for key in _NUMERIC:
-        if key not in used:
-            continue
-        name, rows = used[key], rows_of[key]
-        numbers, not_number = _as_numbers(frame[name])
-        if _is_integer_column(frame, layout, key):
-            integral.add(key)
-        # Masks are built only where a one-pass look (a sum, a minimum) finds
-        # something to show: on a clean table each column is read once or twice.
-        if not_number.any():
-            add(
-                "not_a_number",
-                TypeError,
-                f"Column {name!r} must be numeric; these values are not numbers.",
-                not_number & rows,
-            )
-        if np.isfinite(np.sum(numbers)):
-            values[key] = numbers if key in _EVERY_ROW else np.where(rows, numbers, 0)
-            continue
-        finite = np.isfinite(numbers)
-        add(
-            "not_finite",
-            ValueError,
-            f"Column {name!r} has NaN, missing or infinite values.",
-            ~finite & ~not_number & rows,
-        )
-        values[key] = np.where(rows & finite, numbers, 0.0)
+    return problems
 
-    add(
+
+def _column_values(
+    column: pd.Series, key: str, rows: np.ndarray
+) -> tuple[np.ndarray, list[_RowProblem]]:
+    """A numeric column's float values (0 where not read or not finite) and
+    its entries that are not numbers or not finite, on the rows it is read."""
+    name = column.name
+    numbers, not_number = _as_numbers(column)
+    problems = []
+    # Masks are built only where a one-pass look (a sum, a minimum) finds
+    # something to show: on a clean table each column is read once or twice.
+    if not_number.any():
+        problems += _problem(
+            "not_a_number",
+            TypeError,
+            f"Column {name!r} must be numeric; these values are not numbers.",
+            not_number & rows,
+        )
+    if np.isfinite(np.sum(numbers)):
+        return (numbers if key in _EVERY_ROW else np.where(rows, numbers, 0)), problems
+    finite = np.isfinite(numbers)
+    problems += _problem(
+        "not_finite",
+        ValueError,
+        f"Column {name!r} has NaN, missing or infinite values.",
+        ~finite & ~not_number & rows,
+    )
+    return np.where(rows & finite, numbers, 0.0), problems
+
+
+def _duration_problems(values: dict, used: dict) -> list[_RowProblem]:
+    """Phases that do not end after they start."""
+    return _problem(
         "non_positive_duration",
         ValueError,
         f"non-positive durations: column {used['t_end']!r} must be greater than "
@@ -313,35 +351,33 @@ def row_problems(frame: pd.DataFrame, layout: _Layout):
         "step density).",
         values["t_end"] <= values["t_start"],
     )
-    for key in _COUNTS:
-        if key not in values:
-            continue
-        v, label, name = values[key], _SCHEMA_NAME.get(key, key), used[key]
-        # Off the column's rows v is 0: neither negative nor fractional.
-        if v.size and np.min(v) < 0:
-            add(
-                "bad_count",
-                ValueError,
-                f"{label} contains negative values (column {name!r}).",
-                (v < 0) & rows_of[key],
-            )
-        if _whole_numbers(v, key in integral):
-            continue
-        add(
+
+
+def _count_problems(
+    counts: np.ndarray, key: str, name: str, rows: np.ndarray, integral: bool
+) -> list[_RowProblem]:
+    """Negative counts, then counts that are not whole numbers below 2**53."""
+    label = _SCHEMA_NAME.get(key, key)
+    problems = []
+    # Off the column's rows the counts are 0: neither negative nor fractional.
+    if counts.size and np.min(counts) < 0:
+        problems += _problem(
             "bad_count",
             ValueError,
-            f"{label} must be integer-valued (column {name!r}: whole numbers "
-            "within 1e-6, below 2**53).",
-            (v >= 0) & ((v >= _MAX_COUNT) | (np.abs(v - np.round(v)) > _STEP_TOL)),
+            f"{label} contains negative values (column {name!r}).",
+            (counts < 0) & rows,
         )
-    if "instance_id" in used:
-        add(
-            "missing_instance",
-            ValueError,
-            f"Column {used['instance_id']!r} has missing values.",
-            pd.isna(frame[used["instance_id"]]).to_numpy(dtype=bool),
-        )
-    return problems, values
+    if _whole_numbers(counts, integral):
+        return problems
+    fractional = np.abs(counts - np.round(counts)) > _STEP_TOL
+    problems += _problem(
+        "bad_count",
+        ValueError,
+        f"{label} must be integer-valued (column {name!r}: whole numbers "
+        "within 1e-6, below 2**53).",
+        (counts >= 0) & ((counts >= _MAX_COUNT) | fractional),
+    )
+    return problems
 
 
 def _is_integer_column(frame: pd.DataFrame, layout: _Layout, key: str) -> bool:

@@ -357,10 +357,10 @@ def _noise_limited(state: ReducedState, start: dict, weighted_design) -> list:
     """``_what_if.noise_limited_findings`` of the step-count fit, from sums."""
     r = state.stats["r_newton"].r[:, :3]
     typical = weighted_design / max(float(weighted_design[0]), 1e-300)
-    shares, corr = split_from_sums(
+    split = split_from_sums(
         r.T @ r, state.loss, start["n_weighted"], state.beta, typical
     )
-    return findings_of_split(shares, corr, typical)
+    return findings_of_split(split, typical)
 
 
 def _intervals(estimator, trust, beta: np.ndarray, unit: float = 1.0):

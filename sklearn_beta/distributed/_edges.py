@@ -92,7 +92,9 @@ def share_block(block: Block | None, edge: EdgeState | None) -> dict | None:
     return {
         "interior_steps": float(np.sum(steps * zones.interior)),
         "steps": float(np.sum(steps)),
-        "lifetimes": ByInstance((_present(edge, zones.lifetime),)),
+        "lifetimes": ByInstance(
+            (_present(edge, zones.lifetime * block.timeline.time_unit),)
+        ),
         "zone_counts": ByInstance(
             (
                 per_instance(zones.start),

@@ -283,10 +283,7 @@ def select_engine_config(
         instance_col = None
     _check_count(n_splits, "n_splits", minimum=2)
     _check_count(n_keep, "n_keep", minimum=1)
-    if isinstance(tolerance, bool) or not isinstance(tolerance, Real):
-        raise ValueError(f"tolerance must be a number >= 0, got {tolerance!r}.")
-    if not 0 <= tolerance < np.inf:
-        raise ValueError(f"tolerance must be a number >= 0, got {tolerance!r}.")
+    _check_tolerance(tolerance)
     trace = phases.reset_index(drop=True)
     longest = int(pd.to_numeric(trace[cols.prefill_tokens]).max())
     pairs = _engine_candidates(candidates, longest)
@@ -318,6 +315,32 @@ def select_engine_config(
         return replayed[replayed["request_id"].isin(held[k]).to_numpy()], fitted.beta_
 
     first = {pair: _attempt(evaluate, pair, 0) for pair in pairs}
+    screened = _screened_runs(pairs, first, evaluate, run, n_keep, n_splits)
+    config = _chosen_config(
+        pairs, first, screened, tolerance=tolerance, longest=longest, n_splits=n_splits
+    )
+    if config.edge is not None:
+        best = (config.chunk_size, config.token_budget)
+        warnings.warn(
+            edge_message(
+                best, config.edge, config.runner_up, config.margin, config.scores
+            ),
+            EngineConfigWarning,
+            stacklevel=2,
+        )
+    return config
+
+
+def _screened_runs(pairs, first, evaluate, run, n_keep: int, n_splits: int):
+    """Every fold's held-out replays of the candidates kept after the first.
+
+    ``first`` holds each candidate's first-fold result (or why it failed).
+    The candidates scored there are grouped into engines that replay the
+    trace alike at the first fold's best betas; the best of the ``n_keep``
+    best groups is replayed on every other fold. Returns ``(runs, classes,
+    n_kept)``: per scored candidate the list of its folds' held-out replays,
+    the groups best first, and how many candidates were scored on every fold.
+    """
     scored = [p for p in pairs if not isinstance(first[p], str)]
     if not scored:
         raise ValueError(f"No engine configuration could be scored: {first[pairs[0]]}")
@@ -327,22 +350,24 @@ def select_engine_config(
     runs = {p: [first[p][0]] for p in scored}
     for pair in kept:
         runs[pair] += [evaluate(pair, k)[0] for k in range(1, n_splits)]
+    return runs, classes, len(kept)
+
+
+def _chosen_config(
+    pairs, first, screened: tuple, *, tolerance: float, longest: int, n_splits: int
+) -> EngineConfig:
+    """The :class:`EngineConfig` of the simplest candidate within ``tolerance``
+    of the best, from the first fold's results and :func:`_screened_runs`'s."""
+    runs, classes, n_kept = screened
     table = score_table(pairs, runs, first, classes)
-    best = simplest_within(table, len(kept), classes, tolerance)
+    best = simplest_within(table, n_kept, classes, tolerance)
     table = pd.concat([table.iloc[[best]], table.drop(index=best)], ignore_index=True)
     best, runner_up, margin = pair_of(table.iloc[0]), None, float("nan")
-    if len(kept) > 1:
+    if n_kept > 1:
         runner_up = pair_of(table.iloc[1])
         margin = float(table.loc[1, "score"] / table.loc[0, "score"] - 1.0)
     same = next(members for members in classes if best in members)
     equivalent = [p for p in same if p != best]
-    edge = on_edge([best, *equivalent], pairs)
-    if edge is not None:
-        warnings.warn(
-            edge_message(best, edge, runner_up, margin, table),
-            EngineConfigWarning,
-            stacklevel=2,
-        )
     return EngineConfig(
         chunk_size=best[0],
         token_budget=best[1],
@@ -351,10 +376,17 @@ def select_engine_config(
         runner_up=runner_up,
         margin=margin,
         equivalent=equivalent,
-        edge=edge,
+        edge=on_edge([best, *equivalent], pairs),
         validation=validation(runs[best], n_splits),
         held_out=held_out(runs[best]),
     )
+
+
+def _check_tolerance(tolerance) -> None:
+    if isinstance(tolerance, bool) or not isinstance(tolerance, Real):
+        raise ValueError(f"tolerance must be a number >= 0, got {tolerance!r}.")
+    if not 0 <= tolerance < np.inf:
+        raise ValueError(f"tolerance must be a number >= 0, got {tolerance!r}.")
 
 
 def _check_count(value, name: str, *, minimum: int) -> None:

@@ -168,6 +168,15 @@ def make_model(
             transformer.set_params(correction_mode=mode)
         return make_pipeline(transformer, BaselineBetaRegressor())
     regressor = IterativeBetaRegressor(verbose=verbose, **iterative_given)
+    if given.get("min_duration", 0) > 0 and regressor.objective == "step_count":
+        # The regressor would reject the table at fit time (issue 17).
+        raise ValueError(
+            "min_duration floors the step density of the baseline design "
+            "only; the iterative estimator's step-count objective takes every "
+            "step density from its betas and would ignore it. Leave "
+            "min_duration at 0, or use algo='baseline' (or "
+            "objective='duration', which starts from that design)."
+        )
     if mode is not None:
         regressor.set_params(correction_mode=mode)
     # The table's fixed correction is the iterative fit's first pass; an

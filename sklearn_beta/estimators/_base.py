@@ -19,10 +19,11 @@ from ..core._schema import EXPOSURE_COLUMNS, column, has_column, phase_windows
 from ..distributed._fleet import is_dask_collection
 from ..exceptions import UncertaintyWarning
 from ..trust._identifiability import BETA_NAMES
+from ..trust._time_blocks import time_blocks
 from ..trust._uncertainty import (
     SandwichSums,
     intervals_from_sums,
-    sandwich_intervals,
+    sandwich_sums,
     trust_warnings,
 )
 
@@ -144,16 +145,9 @@ class BaseBetaRegressor(RegressorMixin, BaseEstimator):
                 stacklevel=stacklevel,
             )
             return np.full((len(BETA_NAMES), 2), np.nan)
-        ci = sandwich_intervals(
-            beta / unit,
-            jac,
-            residual,
-            weight,
-            *phase_windows(timeline),
-            self.confidence_level,
-            self._at_bound(beta),
-        )
-        return unit * ci
+        block, block_instance, n_lags = time_blocks(*phase_windows(timeline))
+        sums = sandwich_sums(jac, residual, weight, block, block_instance, n_lags)
+        return self._intervals_from_sums(beta, sums, n_lags, unit)
 
     def _at_bound(self, beta: np.ndarray) -> np.ndarray:
         # The NNLS constraint set these, not the trace: one-sided intervals.
@@ -163,12 +157,28 @@ class BaseBetaRegressor(RegressorMixin, BaseEstimator):
     def _intervals_from_sums(
         self, beta: np.ndarray, sums: SandwichSums, n_lags: int, unit: float = 1.0
     ) -> np.ndarray:
-        """``beta_ci_`` from a fit's sandwich sums, as :meth:`_beta_intervals`
-        forms it in memory: for the fit on a Dask cluster (``_dask_fit``)."""
+        """``beta_ci_`` from a fit's sandwich sums, in memory and on a Dask
+        cluster (``_dask_fit``). Coefficients the trace does not identify
+        (``diagnostics_["not_identified"]``) get ``[0, typical step / their
+        tokens in it]`` (:func:`~sklearn_beta._uncertainty.unidentified_intervals`)."""
         ci = intervals_from_sums(
-            beta / unit, sums, n_lags, self.confidence_level, self._at_bound(beta)
+            beta / unit,
+            sums,
+            n_lags,
+            self.confidence_level,
+            self._at_bound(beta),
+            np.isin(BETA_NAMES, self.diagnostics_["not_identified"]),
+            self._typical_step(),
         )
         return unit * ci
+
+    def _typical_step(self) -> np.ndarray:
+        """``[1, T_pf, T_dec]``: the fitted design's tokens per step."""
+        diag = self.diagnostics_
+        steps = max(float(diag["mean_steps"]), np.finfo(float).tiny)
+        return np.array(
+            [1.0, diag["mean_A_pf_tokens"] / steps, diag["mean_A_dec_tokens"] / steps]
+        )
 
     def _warn_untrusted(self, stacklevel: int) -> None:
         # Coefficients the trace does not identify already raised an

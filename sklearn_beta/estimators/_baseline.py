@@ -73,6 +73,8 @@ class BaselineBetaRegressor(BaseBetaRegressor):
         Lower and upper confidence limits of each beta at
         ``confidence_level``, clipped at 0. They cover the estimator's noise,
         not its bias: under heavy load the baseline's bias exceeds them (use
+        :class:`IterativeBetaRegressor`). A beta the trace does not identify
+        gets ``[0, T / t_k]``, the whole typical step spent on it alone (see
         :class:`IterativeBetaRegressor`). NaN when the table has no phase
         windows to form time blocks; None when ``confidence_level`` is None.
     coef_ : ndarray of shape (3,)

@@ -207,12 +207,23 @@ class PhaseExposureTransformer(TransformerMixin, BaseEstimator):
     correction_mode : {"end", "end_inside", "uniform", "none"}, default="end"
         Where the last prefill chunk's missing tokens are taken back in the
         baseline design (docs/method.md, section 4). ``"end"`` is the
-        reference's placement. It is also where
-        :class:`IterativeBetaRegressor` starts from (its
-        ``init_correction_mode=None``); its iterations place the tokens by
-        their own ``correction_mode``, which depends on the betas.
+        reference's placement. For :class:`IterativeBetaRegressor` this is the
+        correction mode of the initialising baseline (docs/method.md, section
+        6; its ``init_correction_mode=None``): only where its iterations
+        start, since they place the tokens by the regressor's own
+        ``correction_mode``, which depends on the betas. Its reference
+        objective (``objective="duration"``) starts from it; its step-count
+        objective (the default) reaches the same betas from any start, and an
+        explicit ``init_correction_mode`` replaces it, so there any value but
+        ``"end"`` raises a ``ValueError`` at ``fit``: set the regressor's
+        ``correction_mode`` (e.g. ``"none"`` to fit without the correction)
+        instead.
     min_duration : float, default=0.0
-        Floor ``l_min`` on the duration in the step density ``N_i/max(l_i, l_min)``.
+        Floor ``l_min`` on the duration in the step density
+        ``N_i/max(l_i, l_min)`` of the baseline design. The iterative
+        estimator takes its step densities from its betas: with its step-count
+        objective a floor that changes any phase's density raises a
+        ``ValueError`` at ``fit`` (the reference objective starts from it).
     token_budget : int or None, default=None
         Per-step token budget ``B`` of the engine (vLLM's
         ``max_num_batched_tokens``), or None when steps are not capped. A

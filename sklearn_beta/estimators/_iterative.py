@@ -39,7 +39,7 @@ from ..trust._uncertainty import DEFAULT_CONFIDENCE_LEVEL
 from ..trust._window_fit import edge_test_settings, fit_step_counts_of_window
 from ._base import BaseBetaRegressor
 from ._baseline import design_diagnostics
-from ._exposure import baseline_exposures
+from ._exposure import baseline_exposures, phase_step_density
 
 __all__ = ["IterativeBetaRegressor"]
 
@@ -79,7 +79,8 @@ class IterativeBetaRegressor(BaseBetaRegressor):
         current density; with the step-count objective the two agree at the
         solution, but ``"end_inside"`` keeps the objective smooth. The start
         of the iterations is the baseline under the transformer's own
-        ``correction_mode`` (see ``init_correction_mode``).
+        ``correction_mode`` (see ``init_correction_mode``); ``"none"`` here,
+        not on the transformer, fits without the correction.
     damping : float in (0, 1], default=1.0
         Damping ``eta`` of each update. Duration objective: ``beta = (1 -
         eta) beta + eta beta_fit``. Step-count objective: the Gauss-Newton
@@ -97,7 +98,13 @@ default=None
         ``correction_mode`` and ``min_duration`` of the
         :class:`PhaseExposureTransformer` before it (the published
         ``init_via_baseline_correction``); a mode recomputes that design with
-        its own placement instead.
+        its own placement instead. A table made with another placement than
+        ``"end"`` raises a ``ValueError`` where that placement would be
+        ignored: with the step-count objective (which reaches the same betas
+        from any start) and with an ``init_correction_mode`` that differs
+        from it; so does a table whose step densities a ``min_duration``
+        floor changed, with the step-count objective. See
+        :class:`PhaseExposureTransformer`.
     stopping : {"relative", "absolute"}, default="relative"
         ``"relative"`` stops when every coefficient's contribution (to the
         predicted durations, or to the step counts) moves by less than
@@ -141,7 +148,14 @@ default=None
     beta_ci_ : ndarray of shape (3, 2) or None
         Lower and upper confidence limits of each beta at
         ``confidence_level``, clipped at 0; a beta at its zero bound gets
-        ``[0, upper]``. None when ``confidence_level`` is None.
+        ``[0, upper]``. A beta the trace does not identify (named in
+        ``diagnostics_["not_identified"]``, with an
+        :class:`~sklearn_beta.exceptions.IdentifiabilityWarning`) gets
+        ``[0, T / t_k]``: the trace measures the time ``T`` of its typical
+        step (upper limit), which holds ``t_k`` of the beta's units, and not
+        how the step splits, so nothing excludes a value between 0 and the
+        whole step spent on that beta alone; ``inf`` where the typical step
+        holds none of its units. None when ``confidence_level`` is None.
     coef_ : ndarray of shape (3,)
         Same values as ``beta_``.
     intercept_ : float
@@ -269,12 +283,66 @@ default=None
     def _fit_table(self, table, duration, sample_weight):
         if self.objective == "step_count":
             _warn_if_y_unused(table, duration)
+        timeline = read_timeline(table)
+        self._check_table_settings(table, timeline)
         return self._fit_timeline(
-            read_timeline(table),
+            timeline,
             design_columns(table),
             column(table, "step_density"),
             duration,
             sample_weight,
+        )
+
+    def _check_table_settings(self, table: np.ndarray, timeline: Timeline) -> None:
+        """Reject an exposure table made with transformer settings this fit
+        would ignore (docs/method.md, section 6).
+
+        The transformer's ``correction_mode`` and ``min_duration`` shape only
+        the baseline design, which is where the iterations start; every later
+        step density comes from the betas and every later correction from this
+        estimator's own ``correction_mode``. The step-count objective reaches
+        the same solution from any start, and an explicit
+        ``init_correction_mode`` replaces the table's design: a non-default
+        setting there would change nothing, so it is an error.
+        """
+        name = type(self).__name__
+        floored = _floored_densities(table)
+        if floored.any() and self.objective == "step_count":
+            rows = np.flatnonzero(floored)[:5]
+            raise ValueError(
+                "PhaseExposureTransformer(min_duration > 0) floors the step "
+                f"density of {int(floored.sum())} phase(s) (first at positions "
+                f"{rows.tolist()}), which only enters the baseline design; "
+                f"{name}(objective='step_count') computes every step density "
+                "from its betas and reaches the same betas from any start, so "
+                "it would ignore it. Set min_duration=0 on the transformer, or "
+                "use BaselineBetaRegressor (or objective='duration', which "
+                "starts from that design)."
+            )
+        mode = table_correction_mode(table, timeline)
+        if mode in (None, "end"):
+            return
+        init = self.init_correction_mode
+        if init is not None and init != mode:
+            reason = (
+                f"{name}(init_correction_mode={init!r}) recomputes the "
+                "starting design with its own placement"
+            )
+        elif init is None and self.objective == "step_count":
+            reason = (
+                f"it only sets where {name}(objective='step_count') starts, "
+                "and that fit reaches the same betas from any start"
+            )
+        else:
+            return
+        raise ValueError(
+            f"PhaseExposureTransformer(correction_mode={mode!r}) places the "
+            "last prefill chunk's missing tokens in the baseline design only; "
+            f"{reason}, so the transformer's setting would be ignored. {name} "
+            f"places them by its own correction_mode (here "
+            f"{self.correction_mode!r}): set {name}(correction_mode={mode!r}) "
+            "for that placement (and init_correction_mode to choose the start), "
+            "and leave the transformer at correction_mode='end'."
         )
 
     def _fit_timeline(
@@ -420,6 +488,36 @@ default=None
             objective=self.objective,
         )
         return view.design @ self.beta_
+
+
+def _floored_densities(table: np.ndarray) -> np.ndarray:
+    """Phases whose tabled step density is not ``N_i / l_i``: a
+    ``min_duration`` floor made it."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        plain = phase_step_density(column(table, "n_steps"), column(table, "duration"))
+    return ~np.isclose(
+        column(table, "step_density"), plain, rtol=1e-12, atol=0.0, equal_nan=True
+    )
+
+
+def table_correction_mode(table: np.ndarray, timeline: Timeline) -> str | None:
+    """The fixed placement (``"end"`` first) whose baseline design the table
+    holds, or None for a design no placement reproduces (a table not made by
+    :class:`PhaseExposureTransformer`).
+
+    Without missing mass every placement gives the same design: ``"end"``.
+    """
+    prefill = design_columns(table)[:, 1]
+    density = column(table, "step_density")
+    # The design is recomputed from the same grid by the same code: only
+    # rounding separates it from the table's, while placements differ by
+    # whole tokens on every prefill with a partial last chunk.
+    tolerance = 1e-9 * max(float(np.max(np.abs(prefill), initial=0.0)), 1.0)
+    for mode in FIXED_CORRECTION_MODES:  # "end" first
+        expected = baseline_exposures(timeline, density, mode)[:, 1]
+        if np.allclose(prefill, expected, rtol=0.0, atol=tolerance, equal_nan=True):
+            return mode
+    return None
 
 
 def _warn_if_y_unused(table: np.ndarray, duration: np.ndarray) -> None:

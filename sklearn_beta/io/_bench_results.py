@@ -67,6 +67,44 @@ def read_benchmark_results(
         with their count.
     """
     path = Path(path)
+    result = _load_result(path, start_times_key)
+    failed = _failed_requests(result, path)
+    if failed.any():
+        warnings.warn(
+            f"{int(failed.sum())} failed request(s) of {len(result['ttfts'])} "
+            f"in {str(path)!r} are left out (non-empty 'errors').",
+            UserWarning,
+            stacklevel=2,
+        )
+    ok = ~failed
+    start = np.asarray(result[start_times_key], dtype=np.float64)[ok]
+    ttft = np.asarray(result["ttfts"], dtype=np.float64)[ok]
+    input_len = np.asarray(result["input_lens"], dtype=np.float64)[ok]
+    output_len = np.asarray(result["output_lens"], dtype=np.float64)[ok]
+    index = np.flatnonzero(ok)
+    itls = [result["itls"][i] for i in index]
+    n_itl = np.fromiter((len(x) for x in itls), dtype=np.int64, count=len(itls))
+    decode_time = np.fromiter((sum(x) for x in itls), dtype=np.float64, count=len(itls))
+    _check_bench(path, index, ttft > 0, "ttfts", "must be positive", ttft)
+    _check_bench(path, index, input_len >= 0, "input_lens", "must be >= 0", input_len)
+    _check_bench(
+        path, index, output_len >= 1, "output_lens", "must be >= 1", output_len
+    )
+    _check_bench(
+        path,
+        index,
+        n_itl == output_len - 1,
+        "itls",
+        "must hold output_len - 1 gaps",
+        n_itl,
+    )
+    phases = _client_phases(index, start, ttft, input_len, output_len, decode_time)
+    phases.attrs["client_side"] = True
+    return phases
+
+
+def _load_result(path: Path, start_times_key: str) -> dict:
+    """The result file's JSON, checked to hold per-request lists of one length."""
     if not path.is_file():
         raise ValueError(f"Benchmark result file {str(path)!r} does not exist.")
     try:
@@ -85,40 +123,22 @@ def read_benchmark_results(
         raise ValueError(
             f"Per-request lists of {str(path)!r} differ in length: {lengths}."
         )
-    n = lengths["ttfts"]
+    return result
+
+
+def _failed_requests(result: dict, path: Path) -> np.ndarray:
+    """Which requests failed (a non-empty ``errors`` entry); raises if all did."""
+    n = len(result["ttfts"])
     errors = result.get("errors") or [""] * n
     failed = np.array([bool(e) for e in errors], dtype=bool)
     if failed.all():
         raise ValueError(f"Every request in {str(path)!r} failed: nothing to fit.")
-    if failed.any():
-        warnings.warn(
-            f"{int(failed.sum())} failed request(s) of {n} in {str(path)!r} are "
-            "left out (non-empty 'errors').",
-            UserWarning,
-            stacklevel=2,
-        )
-    ok = ~failed
-    start = np.asarray(result[start_times_key], dtype=np.float64)[ok]
-    ttft = np.asarray(result["ttfts"], dtype=np.float64)[ok]
-    input_len = np.asarray(result["input_lens"], dtype=np.float64)[ok]
-    output_len = np.asarray(result["output_lens"], dtype=np.float64)[ok]
-    itls = [result["itls"][i] for i in np.flatnonzero(ok)]
-    n_itl = np.fromiter((len(x) for x in itls), dtype=np.int64, count=len(itls))
-    decode_time = np.fromiter((sum(x) for x in itls), dtype=np.float64, count=len(itls))
-    index = np.flatnonzero(ok)
-    _check_bench(path, index, ttft > 0, "ttfts", "must be positive", ttft)
-    _check_bench(path, index, input_len >= 0, "input_lens", "must be >= 0", input_len)
-    _check_bench(
-        path, index, output_len >= 1, "output_lens", "must be >= 1", output_len
-    )
-    _check_bench(
-        path,
-        index,
-        n_itl == output_len - 1,
-        "itls",
-        "must hold output_len - 1 gaps",
-        n_itl,
-    )
+    return failed
+
+
+def _client_phases(index, start, ttft, input_len, output_len, decode_time):
+    """The phase table the client sees: each request's prefill row, then its
+    decode row when it decoded for a positive time."""
     decoded = (output_len > 1) & (decode_time > 0)
     prefill_end = start - start.min() + ttft
     prefill_rows = pd.DataFrame(
@@ -147,9 +167,7 @@ def read_benchmark_results(
     order = np.argsort(
         np.concatenate([np.arange(len(index)), np.flatnonzero(decoded)]), kind="stable"
     )
-    phases = phases.iloc[order].reset_index(drop=True)
-    phases.attrs["client_side"] = True
-    return phases
+    return phases.iloc[order].reset_index(drop=True)
 
 
 def _check_bench(path, index, ok, key, rule, values):

@@ -250,8 +250,9 @@ def fit_with_edge_context(
     itself; the fit of every phase stands. When the interior holds less than
     :data:`MIN_INTERIOR_SHARE` of the steps (a trace shorter than about two
     request lifetimes), the edges cannot be tested: every phase is fitted,
-    with a warning (``stacklevel`` for :func:`warnings.warn`), and the
-    report's ``limit`` is NaN.
+    with a warning (``stacklevel`` for :func:`warnings.warn`) that gives the
+    longest request lifetime (``edges.lifetimes()``, in seconds: the zones'
+    times may be in the fit's unit), and the report's ``limit`` is NaN.
 
     Returns ``(result, report, kind)``: the chosen fit's result, the
     :class:`EdgeReport` and the weights' kind of that fit.
@@ -263,7 +264,7 @@ def fit_with_edge_context(
         warnings.warn(
             f"Only {interior_share:.1%} of the trace's steps lie clear of its "
             "edges (the longest request lasts up to "
-            f"{lifetimes.max():.4g}, against a trace of about two request "
+            f"{lifetimes.max():.4g} s, against a trace of about two request "
             "lifetimes or less): too few to test the edges, so every phase is "
             "fitted. If the trace is a window cut from a busy engine, its edges "
             "miss the load of requests outside it and the betas are biased; "

@@ -251,7 +251,10 @@ def identifiability_diagnostics(
         Once per reason a coefficient is not identified.
     """
     findings = trace_findings(timeline) if timeline is not None else []
-    findings += list(extra_findings)
+    # The caller's findings about coefficients the trace's shape already
+    # names would only say the same again.
+    shape_named = {c for coefs, _ in findings for c in coefs}
+    findings += [f for f in extra_findings if not set(f[0]) <= shape_named]
     named = {c for coefs, _ in findings for c in coefs}
     r = design_r(design, sample_weight)
     zero = np.einsum("ij,ij->j", r, r) == 0

@@ -280,13 +280,56 @@ def intervals_from_sums(
     n_lags: int,
     level: float,
     at_bound: np.ndarray,
+    not_identified: np.ndarray | None = None,
+    typical: np.ndarray | None = None,
 ) -> np.ndarray:
     """:func:`wald_intervals` of the sandwich covariance of ``sums``, with
-    ``G - 1`` degrees of freedom (:func:`covariance_from_sums`)."""
+    ``G - 1`` degrees of freedom (:func:`covariance_from_sums`); the
+    coefficients ``not_identified`` (a mask) get
+    :func:`unidentified_intervals` over the ``typical`` step."""
     cov, groups = covariance_from_sums(sums, n_lags)
-    return wald_intervals(
+    ci = wald_intervals(
         beta, cov, level, groups - 1.0, np.asarray(at_bound, dtype=bool)
     )
+    if not_identified is not None and np.any(not_identified):
+        ci = unidentified_intervals(
+            ci, beta, cov, level, groups - 1.0, not_identified, typical
+        )
+    return ci
+
+
+def unidentified_intervals(
+    intervals: np.ndarray,
+    beta: np.ndarray,
+    cov: np.ndarray,
+    level: float,
+    dof: float,
+    not_identified: np.ndarray,
+    typical: np.ndarray,
+) -> np.ndarray:
+    """Intervals of coefficients the trace does not identify: ``[0, T / t_k]``.
+
+    Where the objective cannot separate some coefficients, the trace measures
+    the time of its typical step ``T = typical @ beta`` (``typical = [1,
+    T_pf, T_dec]``, its tokens per step) and not its split: any non-negative
+    betas that keep ``T`` fit about as well, so nothing excludes a
+    coefficient between 0 and the whole step spent on it alone, ``T / t_k``
+    (``T`` at its upper confidence limit). That is the widest the data
+    allow, not a noise band: an honest cover of what the trace cannot
+    exclude. Unbounded (``inf``) for a coefficient the typical step holds
+    none of (``t_k = 0``), or when not even ``T`` is bounded. The Wald limits
+    stay where they are wider.
+    """
+    step = float(typical @ beta)
+    var = float(typical @ cov @ typical) if np.all(np.isfinite(cov)) else np.inf
+    step += interval_quantile(level, dof) * np.sqrt(max(var, 0.0))
+    with np.errstate(divide="ignore"):
+        alone = np.where(typical > 0, step / np.where(typical > 0, typical, 1), np.inf)
+    out = np.array(intervals, dtype=np.float64, copy=True)
+    mask = np.asarray(not_identified, dtype=bool)
+    out[mask, 0] = 0.0
+    out[mask, 1] = np.fmax(out[mask, 1], alone[mask])
+    return out
 
 
 def trust_warnings(

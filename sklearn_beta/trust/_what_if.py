@@ -10,7 +10,11 @@ and beta2 apart are as uncertain as the step noise makes them.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
+
+from ._identifiability import BETA_NAMES
 
 #: Default probe steps ``(prefill tokens, decode tokens)``: a 256-request
 #: decode batch, a lone 2048-token prefill chunk, and a mixed step.
@@ -62,24 +66,45 @@ def relative_step_errors(
     return np.abs(design @ beta_est - true) / true
 
 
+@dataclass(frozen=True)
+class Split:
+    """How well a step-count fit splits the typical step among the betas.
+
+    ``shares``: each coefficient's standard error as a share of the typical
+    step; ``worst``: the standard error (same unit) of the combination of
+    shares the fit determines worst, and ``direction`` that combination (a
+    unit vector over beta0, beta1, beta2); ``corr``: the correlation matrix
+    of the estimates.
+    """
+
+    shares: np.ndarray
+    worst: float
+    direction: np.ndarray
+    corr: np.ndarray
+
+
+#: The split of a fit without noise or without enough phases: nothing to say.
+NO_SPLIT = Split(np.zeros(3), 0.0, np.zeros(3), np.eye(3))
+
+
 def split_uncertainty(
     jac: np.ndarray,
     residual: np.ndarray,
     weight: np.ndarray,
     beta: np.ndarray,
     typical: np.ndarray,
-) -> tuple[np.ndarray, float]:
-    """Each coefficient's standard error as a share of the typical step.
+) -> Split:
+    """How well the step-count fit splits the typical step among the betas.
 
     The Gauss-Newton covariance of the step-count fit, ``s^2 (J' W J)^-1``
     with ``s^2`` the weighted residual variance, gives each coefficient a
     standard error; times the coefficient's token count in the trace's
     typical step (``typical = [1, mean T_pf, mean T_dec]``) and over that
-    step's time, it says how well the fit splits the step among them.
-    Returns ``(shares, correlation of beta0 and beta2)``; zeros without
-    noise. The covariance ignores that overlapping phases share steps: a
-    lower bound of the real uncertainty. :func:`split_from_sums` of the
-    phases' sums.
+    step's time, it says how well the fit splits the step among them. The
+    same covariance in those share units gives the worst-determined
+    combination (:class:`Split`). Zeros without noise. The covariance
+    ignores that overlapping phases share steps: a lower bound of the real
+    uncertainty. :func:`split_from_sums` of the phases' sums.
     """
     keep = weight > 0
     jw = jac[keep] * np.sqrt(weight[keep])[:, None]
@@ -98,26 +123,40 @@ def split_from_sums(
     n_weighted: int,
     beta: np.ndarray,
     typical: np.ndarray,
-) -> tuple[np.ndarray, float]:
+) -> Split:
     """:func:`split_uncertainty` from ``J' W J``, ``sum w r^2`` and the
     number of phases of positive weight (sums a fleet's partitions add up)."""
     n_free = n_weighted - 3
-    zeros = np.zeros(3)
     if n_free <= 0:
-        return zeros, 0.0
+        return NO_SPLIT
     s2 = loss / n_free
     scale = np.sqrt(np.diag(gram))
     step = float(typical @ beta)
     if s2 <= 0 or np.any(scale == 0) or step <= 0:
-        return zeros, 0.0
+        return NO_SPLIT
+    information = gram / np.outer(scale, scale)
     try:
-        inv = np.linalg.inv(gram / np.outer(scale, scale))
+        inv = np.linalg.inv(information)
     except np.linalg.LinAlgError:
-        return np.full(3, np.inf), -1.0
+        # Exactly collinear: the null direction, in share units, along
+        # which the estimates move together (correlation +-1).
+        null = np.linalg.eigh(information)[1][:, 0] / scale * typical
+        null /= max(float(np.linalg.norm(null)), 1e-300)
+        together = np.sign(np.outer(null, null))
+        return Split(np.full(3, np.inf), np.inf, null, together)
     cov = s2 * inv / np.outer(scale, scale)
     se = np.sqrt(np.maximum(np.diag(cov), 0.0))
-    corr = cov[0, 2] / max(se[0] * se[2], np.finfo(float).tiny)
-    return se * typical / step, float(corr)
+    corr = cov / np.maximum(np.outer(se, se), np.finfo(float).tiny)
+    # The covariance of the shares beta_k typical_k / step: its top
+    # eigenvector is the split of the typical step the trace resolves worst.
+    share = typical / step
+    values, vectors = np.linalg.eigh(cov * np.outer(share, share))
+    return Split(
+        se * share,
+        float(np.sqrt(max(values[-1], 0.0))),
+        vectors[:, -1],
+        corr,
+    )
 
 
 def noise_limited_findings(
@@ -127,34 +166,71 @@ def noise_limited_findings(
     beta: np.ndarray,
     typical: np.ndarray,
 ) -> list[tuple[tuple[str, ...], str]]:
-    """beta0 and beta2 when the step noise cannot split the decode step.
+    """Coefficients the step noise cannot split the typical step among.
 
     A saturated engine runs the same decode batch on every step: the trace
     measures ``beta0 + beta2 * batch`` well and each coefficient apart only
-    through the small variation of the batch, which the noise drowns. This
-    is reported when the two estimates are almost perfectly anti-correlated
-    and either one's standard error exceeds :data:`SPLIT_SHARE_LIMIT` of the
-    typical step (:func:`split_uncertainty`).
+    through the small variation of the batch, which the noise drowns. A
+    token budget that every step fills (``T_pf + T_dec = B``) ties beta1 to
+    beta0 and beta2 the same way. Both are the weighted Jacobian of the
+    objective failing to separate its columns. Reported for the combination
+    of shares the fit determines worst (:func:`split_uncertainty`): when the
+    estimates of its two main coefficients trade off with a correlation
+    beyond :data:`SPLIT_CORRELATION` and either one's standard error exceeds
+    :data:`SPLIT_SHARE_LIMIT` of the typical step; every coefficient with a
+    part of at least :data:`SPLIT_MEMBER` in it is named.
     """
     return findings_of_split(
-        *split_uncertainty(jac, residual, weight, beta, typical), typical
+        split_uncertainty(jac, residual, weight, beta, typical), typical
     )
 
 
+#: A coefficient takes part in the worst-determined split when its entry of
+#: that (unit) direction is at least this.
+SPLIT_MEMBER = 0.2
+
+
 def findings_of_split(
-    shares: np.ndarray, corr: float, typical: np.ndarray
+    split: Split, typical: np.ndarray
 ) -> list[tuple[tuple[str, ...], str]]:
     """:func:`noise_limited_findings` from :func:`split_uncertainty`'s result."""
-    if corr > -SPLIT_CORRELATION or max(shares[0], shares[2]) <= SPLIT_SHARE_LIMIT:
+    direction = split.direction
+    members = [k for k in range(3) if abs(direction[k]) >= SPLIT_MEMBER]
+    a, b = sorted(np.argsort(-np.abs(direction))[:2])
+    # The estimates' errors lie along the direction: for a trade-off their
+    # correlation nears +-1 with the sign of the direction's two entries.
+    trade_off = split.corr[a, b] * np.sign(direction[a] * direction[b])
+    if (
+        len(members) < 2
+        or not trade_off > SPLIT_CORRELATION
+        or max(split.shares[a], split.shares[b]) <= SPLIT_SHARE_LIMIT
+    ):
         return []
+    names = tuple(BETA_NAMES[k] for k in members)
+    if names == ("beta0", "beta2"):
+        return [
+            (
+                names,
+                "the decode batch barely varies (a saturated engine: the "
+                f"typical step runs {typical[2]:.0f} decode tokens), so the step "
+                "noise cannot split the step between them (correlation of "
+                f"their estimates {split.corr[0, 2]:.3f}; standard errors "
+                f"{100 * split.shares[0]:.1f} % and {100 * split.shares[2]:.1f} % "
+                f"of the typical step); beta0 + beta2 * {typical[2]:.0f} is "
+                "measured, each apart is not",
+            )
+        ]
+    shares = " and ".join(f"{100 * split.shares[k]:.1f} %" for k in members)
     return [
         (
-            ("beta0", "beta2"),
-            "the decode batch barely varies (a saturated engine: the typical "
-            f"step runs {typical[2]:.0f} decode tokens), so the step noise "
-            "cannot split the step between them (correlation of their "
-            f"estimates {corr:.3f}; standard errors {100 * shares[0]:.1f} % and "
-            f"{100 * shares[2]:.1f} % of the typical step); beta0 + beta2 * "
-            f"{typical[2]:.0f} is measured, each apart is not",
+            names,
+            "the weighted phases' steps barely vary in their token mix (the "
+            f"typical step runs {typical[1]:.0f} prefill and {typical[2]:.0f} "
+            "decode tokens; e.g. a token budget every step fills keeps their "
+            "sum fixed), so the objective's Jacobian cannot separate these "
+            "coefficients and the step noise cannot split the step among "
+            f"them (standard errors {shares} of the typical step; the worst "
+            f"combination {100 * split.worst:.1f} %); the typical step's "
+            "time is measured, its split is not",
         )
     ]

@@ -28,6 +28,7 @@ from ._edges import (
     edge_zones,
     fit_with_edge_context,
 )
+from ._identifiability import BETA_NAMES, ZERO_BOUND_SHARE, _join
 from ._what_if import noise_limited_findings
 
 
@@ -64,6 +65,7 @@ class TimelineEdges:
         ones = np.ones(self.n_steps.shape[0])
         self.weight = ones if sample_weight is None else sample_weight
         self.objective_weight = step_count_weights(timeline, sample_weight)
+        self.time_unit = timeline.time_unit
         self._linearised = linearised
         self._cache: dict = {}
 
@@ -84,7 +86,9 @@ class TimelineEdges:
         return inner / max(float(np.sum(steps)), 1e-300)
 
     def lifetimes(self) -> np.ndarray:
-        return self.zones.lifetime
+        """Per instance, the longest a request lasts, in the trace's seconds
+        (the zones are in the fit's time unit)."""
+        return self.zones.lifetime * self.time_unit
 
     def gauss_newton_move(self, beta: np.ndarray) -> tuple[np.ndarray, float]:
         """The interior's Gauss-Newton step from ``beta`` and its relative move."""
@@ -205,4 +209,47 @@ def fit_step_counts_of_window(
         float(np.sum(weight * design[:, 0])), 1e-300
     )
     findings = noise_limited_findings(jac, residual, weight, beta, typical)
+    if not findings and report is not None:
+        interior = step_count_weights(timeline, window.weights("interior"))
+        findings = edge_identified_findings(jac, residual, interior, beta, typical)
     return result, report, sample_weight, findings
+
+
+def edge_identified_findings(
+    jac: np.ndarray,
+    residual: np.ndarray,
+    interior_weight: np.ndarray,
+    beta: np.ndarray,
+    typical: np.ndarray,
+) -> list[tuple[tuple[str, ...], str]]:
+    """Coefficients only the edge zones separate, one of them at zero.
+
+    Where the phases clear of the edges cannot split the typical step
+    (:func:`~sklearn_beta._what_if.noise_limited_findings` on them alone, at
+    the chosen fit's betas), the split rests on the edges: the ramp-up and
+    drain of a complete trace, or the missing load of a window's cut, which
+    the edge test cannot tell apart once the split absorbs it (a beta2 of 0
+    makes missing decodes cost nothing, so an arrival cut's start edge fits
+    as well as a real ramp). A member of that split at its zero bound is the
+    sign: the bound set it, not the trace. The complete trace of a saturated
+    engine, identified through its real ramps, keeps every beta positive.
+    """
+    found = noise_limited_findings(jac, residual, interior_weight, beta, typical)
+    step = float(typical @ beta)
+    at_zero = {
+        name
+        for name, part in zip(BETA_NAMES, beta * typical, strict=True)
+        if part <= ZERO_BOUND_SHARE * step
+    }
+    return [
+        (
+            names,
+            "the phases clear of the trace's edges cannot split the step "
+            "between them, and the fit put "
+            f"{_join(sorted(at_zero & set(names)))} at zero: the split rests on "
+            "the edge phases, where a window cut from a busy engine misses the "
+            "load of the requests outside it",
+        )
+        for names, _ in found
+        if at_zero & set(names)
+    ]
