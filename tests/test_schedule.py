@@ -298,3 +298,60 @@ def test_engine_side_saturated_300_requests(noise):
     observed = (phases["t_end"] - phases["t_start"]).to_numpy()
     if noise == 0:
         np.testing.assert_allclose(held, observed, rtol=1e-6, atol=1e-9)
+
+
+def vllm_sized_trace(seed):
+    """256 running, budget 8192, no chunk cap, ~1000-token prompts, 128
+    output tokens, steps of ~125 ms with 256 running (REGIMES.md), 3000
+    requests at 25/s (~1.5 x capacity), 2 % step noise."""
+    beta = np.array([8e-3, 5e-6, 3e-4])
+    rng = np.random.RandomState(seed)
+    n = 3000
+    send = np.cumsum(rng.exponential(1.0 / 25.0, n))
+    prompt = np.clip(np.rint(1000 * np.exp(0.3 * rng.standard_normal(n))), 1, None)
+    output = np.full(n, 128, np.int64)
+    run = run_engine(
+        send,
+        prompt.astype(np.int64),
+        output,
+        np.zeros(n, np.int64),
+        beta=beta,
+        chunk_size=None,
+        token_budget=8192,
+        max_num_seqs=256,
+        noise_normals=rng.standard_normal,
+        noise=0.02,
+    )
+    is_prefill = np.tile([True, False], n)
+    first, last = run.prefill_end, run.decode_end
+    phases = pd.DataFrame(
+        {
+            "request_id": np.repeat(np.arange(n), 2),
+            "phase_type": np.where(is_prefill, "prefill", "decode"),
+            "t_start": np.ravel(np.column_stack((send, first))),
+            "t_end": np.ravel(np.column_stack((first, last))),
+            "prefill_tokens": np.where(is_prefill, np.repeat(prompt, 2), 0),
+            "decode_tokens": np.where(is_prefill, 0, np.repeat(output, 2)),
+            "arrival": np.repeat(send, 2),
+        }
+    )
+    return phases, beta
+
+
+def test_vllm_sized_engine_auto_start():
+    # The iterative start (beta0 = beta2 = 0, beta1 2.4 x too high) is outside
+    # the iteration's basin here (measured: beta1 fitted 0, no convergence);
+    # init="auto" replays from both starts and takes the baseline's, whose
+    # schedule fits ~100 times better.
+    phases, beta = vllm_sized_trace(0)
+    model = ScheduleBetaRegressor(None, 8192, 256).fit(phases)
+    assert model.init_misfit_["baseline"] < model.init_misfit_["iterative"] / 10
+    assert model.converged_
+    np.testing.assert_allclose(model.beta_, beta, rtol=0.01)
+    train, test = next(RequestKFold(5).split(phases))
+    held = ScheduleBetaRegressor(None, 8192, 256, trace=phases).fit(phases.iloc[train])
+    replayed = held.replay(phases.iloc[test])
+    # measured: decode 0.15 %, end-to-end 0.29 % (TTFT 5.7 %: the requests
+    # sent before the queue formed have TTFTs of a step or two)
+    for quantity in ("decode", "e2e"):
+        assert np.mean(np.abs(replay_errors(replayed, quantity))) <= 0.01

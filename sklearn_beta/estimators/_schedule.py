@@ -46,7 +46,8 @@ __all__ = ["RequestKFold", "ScheduleBetaRegressor", "make_schedule_scorer"]
 #: Names of the offsets in ``alpha_``.
 ALPHA_NAMES = ("queue", "first_token", "last_token")
 #: Starts of the iteration (``init=``) besides an explicit beta.
-INIT_FITS = ("iterative", "baseline")
+INIT_FITS = ("baseline", "iterative")
+INIT_OPTIONS = ("auto", *INIT_FITS)
 #: The fit on event times (robust to a schedule still wrong in places) hands
 #: over to the fit on their differences once its betas move by less than
 #: this share of the step time: close enough for the replay to find the
@@ -106,13 +107,16 @@ class ScheduleBetaRegressor(RegressorMixin, BaseEstimator):
         index label), and ``predict(X)`` returns the rows of ``X`` of the
         whole trace's replay: held-out requests are predicted amid their real
         load. Needed for cross-validation by requests (:class:`RequestKFold`).
-    init : {"iterative", "baseline"} or array-like of shape (3,), \
-default="iterative"
-        Start of the iteration: the phase-exposure fit
+    init : {"auto", "baseline", "iterative"} or array-like of shape (3,), \
+default="auto"
+        Start of the iteration: a phase-exposure fit
         (``PhaseExposureTransformer`` with this engine's chunk size and
-        budget, then :class:`IterativeBetaRegressor` or
-        :class:`BaselineBetaRegressor`; biased under load, the iteration
-        corrects that), or given betas.
+        budget, then :class:`BaselineBetaRegressor` or
+        :class:`IterativeBetaRegressor`; biased under load, the iteration
+        corrects that), or given betas. ``"auto"`` computes both fits,
+        replays from each and starts from the one whose schedule the levels
+        fit carries best (least residual sum of squares, ``init_misfit_``):
+        either start fails on some traces (docs/schedule.md).
     fit_offsets : bool, default=True
         Fit the offsets between the engine's events and the observed times
         (``alpha_``); False fixes them at zero (an engine-side trace).
@@ -150,6 +154,9 @@ default="iterative"
         weighted fit, clipped at 0; None when ``confidence_level`` is None.
     init_beta_ : ndarray of shape (3,)
         The betas the iteration started from.
+    init_misfit_ : dict
+        With ``init="auto"``, each phase-exposure start's levels misfit;
+        else empty.
     n_iter_ : int
         Number of replays run.
     converged_ : bool
@@ -190,7 +197,7 @@ default="iterative"
         "max_num_seqs": [count(), None],
         "engine_settings": [dict, None],
         "trace": [pd.DataFrame, None],
-        "init": [StrOptions(set(INIT_FITS)), "array-like"],
+        "init": [StrOptions(set(INIT_OPTIONS)), "array-like"],
         "fit_offsets": ["boolean"],
         "max_iter": [count()],
         "tol": [Number(Real, 0, None, closed="left")],
@@ -207,7 +214,7 @@ default="iterative"
         *,
         engine_settings=None,
         trace=None,
-        init="iterative",
+        init="auto",
         fit_offsets=True,
         max_iter=20,
         tol=1e-6,
@@ -258,15 +265,28 @@ default="iterative"
             keep = np.repeat(fitted, trace.n_kinds)
         free = self._free_columns(trace.scheduled)
         theta = np.zeros(6)
-        theta[:3] = self._initial_beta(X if rows is None else frame.iloc[rows])
+        starts = self._initial_betas(X if rows is None else frame.iloc[rows])
+        self.init_misfit_ = {}
+        if len(starts) > 1:
+            misfit = [self._levels_misfit(trace, beta, keep) for beta in starts]
+            self.init_misfit_ = dict(zip(INIT_FITS, misfit, strict=True))
+            theta[:3] = starts[int(np.argmin(misfit))]
+        else:
+            theta[:3] = starts[0]
         self.init_beta_ = theta[:3].copy()
         previous, changes, history = None, [], []
         converged, stage, last_step = False, "levels", np.inf
         fitted_differences, fit_rows, older = False, None, None
+        # The offsets the replays snap to: those of the first fit on
+        # differences, then kept. Updated every fit, they feed back (an
+        # offset too large moves the snapped steps, whose schedule fits a
+        # larger one) and can run away.
+        snap_offsets = np.zeros(3)
         n_iter = 0
         while n_iter < self.max_iter:
             n_iter += 1
-            schedule = self._schedule(trace, theta, trace.engine_ends(theta, keep))
+            snap = np.r_[theta[:3], snap_offsets]
+            schedule = self._schedule(trace, theta, trace.engine_ends(snap, keep))
             signature = schedule.local_signature(trace.n_requests)
             if previous is not None:
                 changes.append(
@@ -316,6 +336,8 @@ default="iterative"
                 if step < self.tol or pooled:
                     converged = True
                     break
+                if not fitted_differences:
+                    snap_offsets = theta[3:].copy()
                 fitted_differences = True
                 last_step = step
         self.n_iter_ = n_iter
@@ -495,34 +517,49 @@ default="iterative"
             free[3] = scheduled  # only scheduled times see the queue delay
         return free
 
-    def _initial_beta(self, X) -> np.ndarray:
+    def _initial_betas(self, X) -> list:
+        """The starts ``init`` names: one, or both phase-exposure fits."""
         if not isinstance(self.init, str):
             beta = np.asarray(self.init, dtype=float)
             if beta.shape != (3,) or not np.all(np.isfinite(beta)) or np.any(beta < 0):
                 raise ValueError(
-                    f"init must be 'iterative', 'baseline' or three non-negative "
-                    f"betas, got {self.init!r}."
+                    f"init must be 'auto', 'baseline', 'iterative' or three "
+                    f"non-negative betas, got {self.init!r}."
                 )
-            return beta
+            return [beta]
+        names = INIT_FITS if self.init == "auto" else (self.init,)
+        return [self._phase_exposure_beta(X, name) for name in names]
+
+    def _phase_exposure_beta(self, X, name: str) -> np.ndarray:
         chunk = self.chunk_size
         if chunk is None:  # no chunk cap: every prompt is one chunk
             chunk = int(X[self._columns().prefill_tokens].max())
-        regressor = (
-            IterativeBetaRegressor(confidence_level=None)
-            if self.init == "iterative"
-            else BaselineBetaRegressor(confidence_level=None)
-        )
+        regressor = {
+            "baseline": BaselineBetaRegressor,
+            "iterative": IterativeBetaRegressor,
+        }
         model = make_pipeline(
             PhaseExposureTransformer(
                 chunk, token_budget=self.token_budget, columns=self.columns
             ),
-            regressor,
+            regressor[name](confidence_level=None),
         )
         with warnings.catch_warnings():
             # The phase-exposure fit is only the start, expected biased.
             warnings.simplefilter("ignore")
             model.fit(X)
         return np.asarray(model[-1].beta_, dtype=float)
+
+    def _levels_misfit(self, trace, beta, keep) -> float:
+        """Residual sum of squares of the levels fit on the replay from
+        ``beta``: how well a start's schedule carries the trace."""
+        theta = np.r_[beta, 0.0, 0.0, 0.0]
+        schedule = self._schedule(trace, theta, trace.engine_ends(theta, keep))
+        rows = level_design(
+            schedule, trace.event_times, trace.anchor_times(schedule), keep
+        )
+        fit = nnls_fit(rows.design[:, :3], rows.target, rows.weight)
+        return float(np.sum((rows.target - rows.design[:, :3] @ fit) ** 2))
 
     def _caps(self, n_requests: int):
         if self.max_num_seqs is not None:
