@@ -23,6 +23,7 @@ import time
 from sklearn_beta import replay
 from sklearn_beta.datasets import simulate_trace
 from sklearn_beta.engine import _loop as _engine
+from sklearn_beta.engine import _replay
 
 BETA = (5e-3, 2e-5, 8e-5)
 COMMON = dict(chunk_size=256, max_num_seqs=256)
@@ -37,7 +38,7 @@ SCENARIOS = {
 
 
 class _Timed:
-    """Wraps ``replay.run_engine`` to time the engine loop apart."""
+    """Wraps the replay's ``run_engine`` to time the engine loop apart."""
 
     def __init__(self, run):
         self.run = run
@@ -58,8 +59,8 @@ def main() -> None:
     args = parser.parse_args()
     if args.backend:
         _engine.BACKEND = args.backend
-    timed = _Timed(replay.run_engine)
-    replay.run_engine = timed
+    timed = _Timed(_replay.run_engine)
+    _replay.run_engine = timed
     print(
         f"{'scenario':<14}{'requests':>9}{'wall s':>9}{'cpu s':>8}{'read s':>8}"
         f"{'loop s':>8}{'steps':>11}"

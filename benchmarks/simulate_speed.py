@@ -30,6 +30,15 @@ SCENARIOS = {
     "fleet-noisy-budget": dict(
         arrival_rate=60.0, n_instances=4, noise=0.05, token_budget=2048
     ),
+    # vLLM defaults under load: a KV cache of 4000 blocks of 16 tokens that
+    # binds (admission stalls, preemptions), 2 % step noise
+    "kv-bound": dict(
+        arrival_rate=60.0,
+        token_budget=8192,
+        num_gpu_blocks=4000,
+        block_size=16,
+        noise=0.02,
+    ),
 }
 
 

@@ -592,6 +592,52 @@ def test_a_set_engine_without_enough_requests_for_folds_is_noted(capsys):
     assert err.count("\n") == 1 and "--chunk-size N or --token-budget B" in err
 
 
+@pytest.mark.parametrize("suffix", [".csv", ".jsonl"])
+def test_vllm_request_stats_are_recognised_and_fitted(capsys, tmp_path, suffix):
+    phases = simulate_trace(
+        300,
+        beta=TRUE_BETA,
+        chunk_size=256,
+        max_num_seqs=16,
+        arrival_rate=2.0,
+        random_state=0,
+    )
+    pre = phases[phases["phase_type"] == "prefill"].set_index("request_id")
+    dec = phases[phases["phase_type"] == "decode"].set_index("request_id")
+    stats = pd.DataFrame(
+        {
+            "request_id": pre.index,
+            "queued_ts": pre["t_start"].to_numpy() - 0.01,
+            "scheduled_ts": pre["t_start"].to_numpy(),
+            "first_token_ts": pre["t_end"].to_numpy(),
+            "last_token_ts": dec.loc[pre.index, "t_end"].to_numpy(),
+            "num_prompt_tokens": pre["prefill_tokens"].to_numpy(),
+            "num_generation_tokens": dec.loc[pre.index, "decode_tokens"].to_numpy() + 1,
+        }
+    )
+    path = tmp_path / f"stats{suffix}"
+    if suffix == ".csv":
+        stats.to_csv(path, index=False)
+    else:
+        stats.to_json(path, orient="records", lines=True, double_precision=15)
+    phases.to_csv(tmp_path / "phases.csv", index=False)
+    options = ["--chunk-size", 256, "--output", "json"]
+    code, out, err = run(capsys, "fit", path, *options)
+    assert code == 0, err
+    report = json.loads(out)
+    assert report["parameters"]["format"] == "vllm-stats"
+    code, out, err = run(capsys, "fit", tmp_path / "phases.csv", *options)
+    assert code == 0, err
+    reference = json.loads(out)
+    # The same phases as the simulator's table, so the same fit.
+    np.testing.assert_allclose(
+        list(report["betas"].values()), list(reference["betas"].values()), rtol=1e-6
+    )
+    beta = np.array(list(report["betas"].values()))
+    probes = np.array([[1, 256, 0], [1, 0, 1], [1, 0, 16], [1, 256, 16], [1, 64, 4]])
+    assert np.abs(probes @ beta / (probes @ TRUE_BETA) - 1).max() < 0.01
+
+
 #: An engine whose decode tokens cost nothing: every fit of its trace puts
 #: beta2 on its zero bound, and says so.
 ZERO_BETA2 = (8e-3, 2.5e-5, 0.0)

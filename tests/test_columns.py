@@ -258,3 +258,81 @@ def test_one_token_column_can_serve_both_phase_types(published_sample):
     merged.loc[3, "tokens"] = -2  # a decode row
     with pytest.raises(ValueError, match=r"^decode_tokens contains negative values"):
         check_phases(merged, columns)
+
+
+# --- columns= reaches every function that reads columns (issue 18 item 4) ---
+
+RENAMED = {
+    "request_id": "rid",
+    "phase_type": "kind",
+    "t_start": "start_s",
+    "t_end": "end_s",
+    "prefill_tokens": "prompt",
+    "decode_tokens": "generated",
+    "instance_id": "host",
+}
+
+
+@pytest.fixture(scope="module")
+def fleet():
+    from sklearn_beta.datasets import simulate_trace
+
+    return simulate_trace(
+        200,
+        beta=(5e-3, 2e-5, 8e-5),
+        chunk_size=64,
+        max_num_seqs=8,
+        arrival_rate=6.0,
+        n_instances=2,
+        random_state=0,
+    )
+
+
+def _replayed(phases, **kwargs):
+    from sklearn_beta.replay import replay_trace
+
+    table = replay_trace(phases, (5e-3, 2e-5, 8e-5), chunk_size=64, **kwargs)
+    return table[["prefill_end", "decode_end"]].to_numpy()
+
+
+def _scored(phases, **kwargs):
+    from sklearn_beta.replay import make_replay_scorer
+
+    columns = PhaseColumns.coerce(kwargs.get("columns"))
+    transformer = PhaseExposureTransformer(chunk_size=64, columns=columns)
+    model = make_pipeline(transformer, BaselineBetaRegressor()).fit(phases)
+    return make_replay_scorer(phases, "e2e", **kwargs)(model, phases.iloc[::3])
+
+
+def _window(phases, **kwargs):
+    from sklearn_beta.datasets import cut_window
+
+    return cut_window(phases, 3.0, 9.0, **kwargs).index.to_numpy()
+
+
+def _folds(phases, **kwargs):
+    from sklearn_beta.model_selection import TraceBlockSplit
+
+    return np.concatenate([t for _, t in TraceBlockSplit(3, **kwargs).split(phases)])
+
+
+def _context(phases, **kwargs):
+    from sklearn_beta.model_selection import complete_context_mask
+
+    return complete_context_mask(phases, np.arange(0, len(phases), 2), **kwargs)
+
+
+def _cleaned(phases, **kwargs):
+    return clean_phases(phases, **kwargs)[0].index.to_numpy()
+
+
+@pytest.mark.parametrize(
+    "reader", [_replayed, _scored, _window, _folds, _context, _cleaned]
+)
+def test_renamed_columns_give_the_default_names_result(fleet, reader):
+    expected = reader(fleet)
+    got = reader(fleet.rename(columns=RENAMED), columns=RENAMED)
+    np.testing.assert_array_equal(got, expected)
+    # The renamed table without columns= is refused, never misread.
+    with pytest.raises(ValueError):
+        reader(fleet.rename(columns=RENAMED))

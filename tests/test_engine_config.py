@@ -204,6 +204,38 @@ def test_tolerance_prefers_the_largest_cap_among_ties():
         select_engine_config(phases, candidates=candidates, tolerance=-0.1)
 
 
+def test_renamed_columns_choose_and_score_as_the_schema_names():
+    # Every column renamed, the instance one too: the folds, the default
+    # model and the replay must all read the renamed columns.
+    phases = trace(300, chunk_size=256).assign(instance_id="engine-0")
+    names = {
+        "request_id": "rid",
+        "phase_type": "kind",
+        "t_start": "start_s",
+        "t_end": "end_s",
+        "prefill_tokens": "prompt",
+        "decode_tokens": "generated",
+        "instance_id": "host",
+    }
+    renamed = phases.rename(columns=names)
+    candidates = [(128, None), (256, None), (None, None)]
+    default = choose(phases, candidates)
+    other = choose(renamed, candidates, columns=names)
+    assert (other.chunk_size, other.token_budget) == (256, None)
+    assert (other.chunk_size, other.token_budget) == (
+        default.chunk_size,
+        default.token_budget,
+    )
+    np.testing.assert_allclose(
+        other.scores["score"].to_numpy(), default.scores["score"].to_numpy(), rtol=1e-12
+    )
+    np.testing.assert_allclose(
+        other.held_out["predicted_ttft"].to_numpy(),
+        default.held_out["predicted_ttft"].to_numpy(),
+        rtol=1e-12,
+    )
+
+
 def test_candidate_fits_warn_nothing(monkeypatch):
     # beta2 = 0 in truth: every candidate's fit puts it on its zero bound.
     phases = simulate_trace(

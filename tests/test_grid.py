@@ -9,8 +9,8 @@ from sklearn_beta.core._corrections import (
     beta_informed_correction_mass,
     fixed_correction_mass,
     missing_prefill_mass,
-    step_counts,
 )
+from sklearn_beta.core._engine_model import step_counts
 from sklearn_beta.core._grid import build_grid, build_timeline, phase_integrals
 
 # tests/data/smoke.csv by hand: A prefill [0,2) P=96, A decode [2,6) D=4,

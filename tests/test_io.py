@@ -434,3 +434,363 @@ def test_read_phases_of_a_directory_or_glob_concatenates_the_files(tmp_path):
     )
     with pytest.raises(ValueError, match="No trace file"):
         read_phases(str(tmp_path / "*.parquet"))
+
+
+def _sample_phases():
+    return pd.DataFrame(
+        {
+            "request_id": ["a", "a", "b"],
+            "phase_type": ["prefill", "decode", "prefill"],
+            "t_start": [0.0, 0.25, 0.1],
+            "t_end": [0.25, 0.75, 0.4],
+            "prefill_tokens": [10, 0, 20],
+            "decode_tokens": [0, 3, 0],
+        }
+    )
+
+
+@pytest.mark.parametrize("dask", [False, True], ids=["pandas", "dask"])
+def test_read_phases_honours_format_whatever_the_suffix(tmp_path, dask):
+    expected = _sample_phases()
+    expected.to_csv(tmp_path / "phases.log", index=False)
+    expected.to_parquet(tmp_path / "phases.csv")  # Parquet under a CSV name
+    got = read_phases(tmp_path / "phases.log", format="csv", dask=dask)
+    got = got.compute() if dask else got
+    pd.testing.assert_frame_equal(
+        got.reset_index(drop=True), expected, check_dtype=False
+    )
+    got = read_phases(tmp_path / "phases.csv", format="parquet", dask=dask)
+    got = got.compute() if dask else got
+    pd.testing.assert_frame_equal(
+        got.reset_index(drop=True), expected, check_dtype=False
+    )
+    # Read by its suffix, the Parquet file is not CSV.
+    with pytest.raises(ValueError):
+        frame = read_phases(tmp_path / "phases.csv", dask=dask)
+        if dask:
+            frame.compute()
+    with pytest.raises(ValueError, match=r"format must be one of \['csv', 'parquet'\]"):
+        read_phases(tmp_path / "phases.log", format="otel", dask=dask)
+
+
+def test_read_phases_refuses_a_suffix_of_another_format(tmp_path):
+    _sample_phases().to_csv(tmp_path / "phases.jsonl", index=False)
+    with pytest.raises(ValueError, match="suffix of .* says 'jsonl'. Pass format="):
+        read_phases(tmp_path / "phases.jsonl")
+    assert len(read_phases(tmp_path / "phases.jsonl", format="csv")) == 3
+
+
+def test_one_suffix_table_for_the_readers_and_the_command_line():
+    from sklearn_beta.cli._main import infer_format
+    from sklearn_beta.io import _formats
+
+    assert infer_format("spans.jsonl") == "otel"
+    assert infer_format("results.json") == "bench"
+    assert infer_format("fleet.PQ") == "parquet"
+    assert infer_format("trace.txt") == "csv"
+    assert _formats.container_of("t.ndjson") == "jsonl"
+
+
+TRACEV3_ROWS = """\
+request_id,client_id,tenant_id,input_tokens,output_tokens,server_input_tokens,\
+arrival_time_us,send_time_us,first_chunk_time_us,last_chunk_time_us,status
+r0,c0,alice,100,5,0,900,1000,1500,1900,ok
+r1,c0,bob,200,1,150,1100,1200,1300,1300,ok
+r2,c1,alice,50,9,0,1150,1250,0,0,error
+r3,c1,bob,70,3,0,1150,1700,1800,2000,ok
+"""
+
+
+def _write_v3(tmp_path, rows=TRACEV3_ROWS, version=3):
+    (tmp_path / "t.csv").write_text(rows)
+    (tmp_path / "t.yaml").write_text(
+        TRACEV2_HEADER.format(unit="ms").replace(
+            "trace_version: 2", f"trace_version: {version}"
+        )
+    )
+    return tmp_path / "t.csv", tmp_path / "t.yaml"
+
+
+def test_read_tracev3_keeps_sends_intended_arrivals_and_tenants(tmp_path):
+    from sklearn_beta.io import read_tracev2
+
+    phases = read_tracev2(*_write_v3(tmp_path))
+    assert phases["request_id"].tolist() == ["r0", "r0", "r1", "r3", "r3"]
+    # Milliseconds; the origin is the earliest intended arrival (900 ms).
+    np.testing.assert_allclose(phases["t_start"], [0.1, 0.6, 0.3, 0.8, 0.9])
+    np.testing.assert_allclose(phases["t_end"], [0.6, 1.0, 0.4, 0.9, 1.1])
+    np.testing.assert_allclose(phases["arrival"], [0.1, 0.1, 0.3, 0.8, 0.8])
+    np.testing.assert_allclose(phases["intended_arrival"], [0, 0, 0.2, 0.25, 0.25])
+    assert phases["tenant_id"].tolist() == ["alice", "alice", "bob", "bob", "bob"]
+    assert phases["client_id"].tolist() == ["c0", "c0", "c0", "c1", "c1"]
+    assert phases["prefill_tokens"].tolist() == [100, 0, 150, 70, 0]
+    assert phases["decode_tokens"].tolist() == [0, 4, 0, 0, 2]
+    assert phases.attrs["trace_version"] == 3
+    assert phases.attrs["time_origin"] == pytest.approx(0.9)
+    notes = phases.attrs["notes"]
+    assert notes[0] == "1 TraceV3 request(s) with status other than 'ok' dropped"
+    # Lags 100, 100 and 550 ms.
+    assert "by 0.25 s on average (at most 0.55 s)" in notes[1]
+
+
+def test_read_tracev3_accepts_aliases(tmp_path):
+    from sklearn_beta.io import read_tracev2
+
+    expected = read_tracev2(*_write_v3(tmp_path))
+    renamed = (
+        TRACEV3_ROWS.replace("arrival_time_us", "intended_arrival_time_us")
+        .replace("tenant_id", "Tenant")
+        .replace("first_chunk_time_us", "first_token_time_us")
+        .replace(",status", ",Status")
+    )
+    got = read_tracev2(*_write_v3(tmp_path, renamed))
+    pd.testing.assert_frame_equal(got, expected)
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (
+            lambda t: t.replace("arrival_time_us", "due"),
+            r"intended_arrival_time_us \(one of \['intended_arrival_time_us', "
+            r"'arrival_time_us'",
+        ),
+        (
+            lambda t: t.replace("tenant_id", "team").replace("client_id", "x"),
+            r"tenant_id \(one of \['tenant_id', 'tenant'\]\)",
+        ),
+        (
+            lambda t: t.replace(",900,1000,", ",1100,1000,"),
+            r"'send_time_us' is earlier than the intended arrival "
+            r"'arrival_time_us': 1 offending row\(s\): row 0 \(request_id='r0'",
+        ),
+    ],
+    ids=["no-intended-arrival", "no-tenant", "send-before-arrival"],
+)
+def test_read_tracev3_errors_name_the_columns(tmp_path, change, message):
+    from sklearn_beta.io import read_tracev2
+
+    with pytest.raises(ValueError, match=message):
+        read_tracev2(*_write_v3(tmp_path, change(TRACEV3_ROWS)))
+
+
+def test_read_tracev2_refuses_an_unknown_version(tmp_path):
+    from sklearn_beta.io import read_tracev2
+
+    with pytest.raises(ValueError, match="trace_version 4 is not one read here"):
+        read_tracev2(*_write_v3(tmp_path, version=4))
+
+
+def test_tracev3_fits_as_its_tracev2_trace(tmp_path):
+    # The shipped TraceV2 example with its sends held back behind earlier
+    # intended arrivals: the phases (the sends on) and the fit are the same.
+    from sklearn_beta.engine_config._trace_fit import make_model
+    from sklearn_beta.io import read_tracev2
+
+    v2 = pd.read_csv(DATA / "tracev2" / "trace.csv", keep_default_na=False)
+    lag = (np.arange(len(v2)) % 7) * 1000
+    v3 = v2.assign(arrival_time_us=v2["send_time_us"] - lag)
+    v3.to_csv(tmp_path / "v3.csv", index=False)
+    header = {"trace_version": 3, "time_unit": "us"}
+    old = read_tracev2(DATA / "tracev2" / "trace.csv")
+    new = read_tracev2(tmp_path / "v3.csv", header)
+    shift = new.attrs["time_origin"] - old.attrs["time_origin"]
+    np.testing.assert_allclose(new["t_start"] + shift, old["t_start"], atol=1e-9)
+    np.testing.assert_allclose(new["t_end"] + shift, old["t_end"], atol=1e-9)
+    prefill = new["phase_type"] == "prefill"
+    np.testing.assert_array_equal(new["arrival"][prefill], new["t_start"][prefill])
+    model = make_model(256)
+    beta_old = model.fit(old).steps[-1][1].beta_
+    beta_new = make_model(256).fit(new).steps[-1][1].beta_
+    np.testing.assert_allclose(beta_new, beta_old, rtol=1e-9)
+
+
+def _engine_stats(n=120, seed=0):
+    """A simulated engine's phases and the request stats vLLM would log."""
+    from sklearn_beta.datasets import simulate_trace
+
+    phases = simulate_trace(
+        n,
+        beta=(5e-3, 2e-5, 8e-5),
+        chunk_size=256,
+        max_num_seqs=8,
+        arrival_rate=10.0,
+        random_state=seed,
+    )
+    pre = phases[phases["phase_type"] == "prefill"].set_index("request_id")
+    dec = phases[phases["phase_type"] == "decode"].set_index("request_id")
+    wait = np.random.default_rng(seed).uniform(0, 0.05, len(pre))
+    stats = pd.DataFrame(
+        {
+            "request_id": pre.index,
+            "queued_ts": 1000.0 + pre["t_start"].to_numpy() - wait,
+            "scheduled_ts": 1000.0 + pre["t_start"].to_numpy(),
+            "first_token_ts": 1000.0 + pre["t_end"].to_numpy(),
+            "last_token_ts": 1000.0 + dec.loc[pre.index, "t_end"].to_numpy(),
+            "num_prompt_tokens": pre["prefill_tokens"].to_numpy(),
+            "num_generation_tokens": dec.loc[pre.index, "decode_tokens"].to_numpy() + 1,
+        }
+    )
+    return phases, stats
+
+
+@pytest.mark.parametrize("fmt", ["csv", "jsonl"])
+def test_vllm_request_stats_rebuild_the_engines_phases(tmp_path, fmt):
+    from sklearn_beta.engine_config._trace_fit import make_model
+    from sklearn_beta.io import read_vllm_request_stats
+
+    phases, stats = _engine_stats()
+    path = tmp_path / f"stats.{fmt}"
+    if fmt == "csv":
+        stats.to_csv(path, index=False)
+    else:
+        stats.to_json(path, orient="records", lines=True, double_precision=15)
+    got = read_vllm_request_stats(path)
+    assert got.attrs["client_side"] is False
+    origin = got.attrs["time_origin"]
+    assert origin == pytest.approx(stats["queued_ts"].min(), abs=1e-12)
+    schema = ["request_id", "phase_type", "prefill_tokens", "decode_tokens"]
+    pd.testing.assert_frame_equal(
+        got[schema], phases[schema].reset_index(drop=True), check_dtype=False
+    )
+    for name in ("t_start", "t_end"):
+        np.testing.assert_allclose(got[name] + origin - 1000.0, phases[name], atol=1e-9)
+    # arrival = queued on both rows; the prefill starts when scheduled.
+    np.testing.assert_array_equal(got["arrival"], got["queued"])
+    prefill = got["phase_type"] == "prefill"
+    np.testing.assert_array_equal(got["scheduled"][prefill], got["t_start"][prefill])
+    per_row = stats.set_index("request_id").loc[got["request_id"]]
+    np.testing.assert_allclose(
+        got["queued"] + origin, per_row["queued_ts"].to_numpy(), atol=1e-9
+    )
+    beta = make_model(256).fit(got).steps[-1][1].beta_
+    expected = make_model(256).fit(phases).steps[-1][1].beta_
+    np.testing.assert_allclose(beta, expected, rtol=1e-6)
+
+
+def test_vllm_request_stats_cached_tokens_instances_and_names(tmp_path):
+    from sklearn_beta.io import read_vllm_request_stats
+
+    (tmp_path / "s.log").write_text(
+        '{"id": "a", "queued": 5, "scheduled": 7, "first_token": 10, '
+        '"last_token": 30, "prompt_tokens": 100, "output_tokens": 5, '
+        '"num_cached_tokens": 64, "engine_id": 1}\n'
+        '{"id": "b", "queued": 6, "scheduled": 10, "first_token": 12, '
+        '"last_token": 12, "prompt_tokens": 40, "output_tokens": 1, '
+        '"num_cached_tokens": 0, "engine_id": 0}\n'
+    )
+    got = read_vllm_request_stats(tmp_path / "s.log", format="jsonl", time_unit="ms")
+    assert got["request_id"].tolist() == ["a", "a", "b"]
+    assert got["phase_type"].tolist() == ["prefill", "decode", "prefill"]
+    assert got["prefill_tokens"].tolist() == [36, 0, 40]
+    assert got["decode_tokens"].tolist() == [0, 4, 0]
+    assert got["instance_id"].tolist() == [1, 1, 0]
+    np.testing.assert_allclose(got["t_start"], [0.002, 0.005, 0.005])
+    np.testing.assert_allclose(got["t_end"], [0.005, 0.025, 0.007])
+    np.testing.assert_allclose(got["queued"], [0.0, 0.0, 0.001])
+    assert got.attrs["time_origin"] == pytest.approx(0.005)
+    # columns= renames before the names are looked up.
+    (tmp_path / "r.csv").write_text(
+        "rid,q,s,f,l,p,o\na,5,7,10,30,36,5\nb,6,10,12,12,40,1\n"
+    )
+    names = {"rid": "request_id", "q": "queued", "s": "scheduled"}
+    names |= {"f": "first_token", "l": "last_token", "p": "prompt_tokens"}
+    renamed = read_vllm_request_stats(
+        tmp_path / "r.csv", columns=names | {"o": "output_tokens"}, time_unit="ms"
+    )
+    pd.testing.assert_frame_equal(renamed, got.drop(columns="instance_id"))
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (
+            lambda s: s.assign(scheduled_ts=s["queued_ts"] - 1.0),
+            r"'scheduled_ts' is earlier than 'queued_ts'.*offending row\(s\): row 0 "
+            r"\(request_id=0, queued_ts=",
+        ),
+        (
+            lambda s: s.assign(last_token_ts=s["first_token_ts"] - 1e-3),
+            r"'last_token_ts' is earlier than 'first_token_ts'",
+        ),
+        (
+            lambda s: s.drop(columns="first_token_ts"),
+            r"first_token \(one of \['first_token', 'first_token_ts', "
+            r"'first_token_time'\]\)",
+        ),
+        (
+            lambda s: s.assign(num_generation_tokens=0),
+            r"'num_generation_tokens' must be at least 1",
+        ),
+        (
+            lambda s: s.assign(num_prompt_tokens=1.5),
+            r"'num_prompt_tokens' must hold non-negative integers",
+        ),
+        (
+            lambda s: s.assign(queued_ts="soon"),
+            r"'queued_ts' must hold numbers",
+        ),
+    ],
+    ids=["scheduled<queued", "last<first", "missing", "no-output", "half-token", "nan"],
+)
+def test_vllm_request_stats_errors_name_the_column(tmp_path, change, message):
+    from sklearn_beta.io import read_vllm_request_stats
+
+    _, stats = _engine_stats(20)
+    change(stats).to_csv(tmp_path / "s.csv", index=False)
+    with pytest.raises(ValueError, match=message):
+        read_vllm_request_stats(tmp_path / "s.csv")
+
+
+def test_vllm_request_stats_format(tmp_path):
+    from sklearn_beta.io import read_vllm_request_stats
+
+    _, stats = _engine_stats(20)
+    stats.to_csv(tmp_path / "s.txt", index=False)
+    assert len(read_vllm_request_stats(tmp_path / "s.txt")) == 40
+    assert len(read_vllm_request_stats(tmp_path / "s.txt", format="csv")) == 40
+    with pytest.raises(ValueError, match="s.txt' line 1 is not JSON"):
+        read_vllm_request_stats(tmp_path / "s.txt", format="jsonl")
+    with pytest.raises(ValueError, match=r"format must be one of \['csv', 'jsonl'\]"):
+        read_vllm_request_stats(tmp_path / "s.txt", format="parquet")
+    stats.to_csv(tmp_path / "s.parquet", index=False)
+    with pytest.raises(ValueError, match="suffix of .* says 'parquet'"):
+        read_vllm_request_stats(tmp_path / "s.parquet")
+
+
+def test_the_format_examples_of_the_docs_read_as_described(tmp_path):
+    from sklearn_beta.io import read_tracev2, read_vllm_request_stats
+
+    text = (DATA.parent / "docs" / "formats.md").read_text(encoding="utf-8")
+    blocks = text.split("```")[1::2]
+    header = next(b for b in blocks if "trace_version: 3" in b).removeprefix("yaml")
+    rows = next(b for b in blocks if b.lstrip().startswith("request_id,client_id"))
+    stats = next(b for b in blocks if '"queued_ts"' in b)
+    (tmp_path / "h.yaml").write_text(header)
+    (tmp_path / "t.csv").write_text(rows.lstrip())
+    (tmp_path / "s.jsonl").write_text(stats.lstrip())
+    v3 = read_tracev2(tmp_path / "t.csv", tmp_path / "h.yaml")
+    assert v3["tenant_id"].tolist() == ["alice", "alice", "bob", "bob", "alice"]
+    np.testing.assert_allclose(v3["intended_arrival"].unique(), [0, 0.055, 0.11])
+    np.testing.assert_allclose(v3["arrival"].unique(), [0, 0.48, 0.9])
+    assert "by 0.405 s on average (at most 0.79 s)" in v3.attrs["notes"][0]
+    engine = read_vllm_request_stats(tmp_path / "s.jsonl")
+    assert engine["prefill_tokens"].tolist() == [990, 0, 498, 0]
+    np.testing.assert_allclose(engine["scheduled"].unique(), [0.004, 7.372], atol=1e-9)
+
+
+def test_read_tracev3_without_status_or_server_counts_keeps_every_request(tmp_path):
+    from sklearn_beta.io import read_tracev2
+
+    rows = "\n".join(
+        ",".join(line.split(",")[:5] + line.split(",")[6:10])
+        for line in TRACEV3_ROWS.replace(",0,0,", ",1300,1400,").splitlines()
+    )
+    got = read_tracev2(*_write_v3(tmp_path, rows + "\n"))
+    assert got["request_id"].tolist() == ["r0", "r0", "r1", "r2", "r2", "r3", "r3"]
+    # input_tokens without server_input_tokens.
+    assert got["prefill_tokens"].tolist() == [100, 0, 200, 50, 0, 70, 0]
+    assert got.attrs["notes"][0].startswith("sends lag")
+    (tmp_path / "t.csv").write_text(rows.splitlines()[0] + "\n")
+    with pytest.raises(ValueError, match="holds no request"):
+        read_tracev2(tmp_path / "t.csv", tmp_path / "t.yaml")

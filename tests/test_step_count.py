@@ -10,8 +10,8 @@ from sklearn_beta.core._corrections import (
     counted_phases,
     fixed_correction_mass,
     missing_prefill_mass,
-    step_counts,
 )
+from sklearn_beta.core._engine_model import step_counts
 from sklearn_beta.core._grid import budgeted_prefill_pressure, build_timeline
 from sklearn_beta.core._step_count import solved_step_counts
 

@@ -22,6 +22,7 @@ import pandas as pd
 
 from ..engine_config._search import model_chunk_size
 from ..engine_config._trace_fit import TraceFit, fitted_summary, make_model
+from ..io._formats import PHASE_FORMATS
 from ..io._readers import read_phases
 from ._engine import choose_engine, engine_candidates, fit_options, instance_column
 from ._options import UsageError
@@ -31,8 +32,8 @@ from ._report import _json_ready, build_report, engine_label, engine_summary
 #: automatic engine configuration's held-out replay search (the smallest
 #: instance is taken whole when it alone holds more).
 SEARCH_SAMPLE_PHASES = 200_000
-#: Trace formats ``--dask`` reads (one partition per file).
-DASK_FORMATS = ("csv", "parquet")
+#: Trace formats ``--dask`` reads (one partition per file): the phase tables'.
+DASK_FORMATS = PHASE_FORMATS
 
 
 @contextmanager

@@ -35,13 +35,16 @@ from ..engine_config._trace_fit import (
     fit_trace,
     make_model,
 )
+from ..io._formats import CLI_FORMATS, container_of
 from ..io._readers import (
     TRACEV2_COLUMNS,
     read_benchmark_results,
     read_otel_spans,
     read_phases,
     read_tracev2,
+    read_vllm_request_stats,
 )
+from ..io._vllm_stats import has_stats_columns
 from ._engine import (
     choose_engine,
     engine_candidates,
@@ -69,19 +72,25 @@ EXIT_USAGE = 2
 
 
 def infer_format(path: str) -> str:
-    """Trace format from the file name's suffix (and a CSV's header line)."""
-    suffix = Path(path).suffix.lower()
-    fmt = {
-        ".jsonl": "otel",
-        ".json": "bench",
-        ".parquet": "parquet",
-        ".pq": "parquet",
-    }.get(suffix, "csv")
-    if fmt == "csv" and Path(path).is_file():
+    """Trace format from the file name's suffix (and a CSV's header line or a
+    JSON lines file's first record)."""
+    container = container_of(path)
+    fmt = CLI_FORMATS.get(container, container)
+    if fmt in ("csv", "otel") and Path(path).is_file():
         with open(path, encoding="utf-8", errors="replace") as handle:
-            columns = {c.strip().strip('"') for c in handle.readline().split(",")}
+            line = handle.readline()
+        if fmt == "otel":
+            try:
+                names = json.loads(line)
+            except json.JSONDecodeError:
+                return fmt
+            stats = isinstance(names, dict) and has_stats_columns(names)
+            return "vllm-stats" if stats else fmt
+        columns = {c.strip().strip('"') for c in line.split(",")}
         if set(TRACEV2_COLUMNS) <= columns:
             return "tracev2"
+        if has_stats_columns(columns):
+            return "vllm-stats"
     return fmt
 
 
@@ -93,6 +102,8 @@ def read_trace(path: str, format: str, *, time_unit=None, header=None):
         return read_benchmark_results(path)
     if format == "tracev2":
         return read_tracev2(path, header)
+    if format == "vllm-stats":
+        return read_vllm_request_stats(path, time_unit=time_unit or "s")
     return read_phases(path, format=format, time_unit=time_unit or "s")
 
 
@@ -110,10 +121,10 @@ class _Progress:
 def check_usage(args) -> None:
     """Every option, checked before the trace is read (raises UsageError)."""
     fmt = args.format or infer_format(args.trace)
-    if args.time_unit is not None and fmt not in ("csv", "parquet"):
+    if args.time_unit is not None and fmt not in ("csv", "parquet", "vllm-stats"):
         raise UsageError(
-            f"--time-unit applies to csv and parquet traces, not {fmt} (its "
-            "times carry their unit)"
+            f"--time-unit applies to csv, parquet and vllm-stats traces, not "
+            f"{fmt} (its times carry their unit)"
         )
     if args.trace_header is not None and fmt != "tracev2":
         raise UsageError(f"--trace-header applies to tracev2 traces, not {fmt}")

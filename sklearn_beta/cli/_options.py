@@ -22,7 +22,7 @@ from ..engine_config._trace_fit import (
 from ..estimators._iterative import OBJECTIVES, STOPPING_RULES
 from ..io._readers import TIME_UNITS
 
-FORMATS = ("csv", "parquet", "otel", "bench", "tracev2")
+FORMATS = ("csv", "parquet", "otel", "bench", "tracev2", "vllm-stats")
 OUTPUTS = ("table", "json", "blis", "llm-d")
 #: Instance columns recognised, in order, when --instance-col is not given.
 INSTANCE_COLUMNS = ("instance_id", "instance")
@@ -79,7 +79,8 @@ def _add_input_options(fit) -> None:
         "--format",
         choices=FORMATS,
         help="trace format (default: by suffix: .jsonl otel, .json bench, "
-        ".parquet/.pq parquet; a CSV with TraceV2 columns tracev2; else csv)",
+        ".parquet/.pq parquet; a CSV with TraceV2 columns tracev2; a CSV or "
+        "JSON lines with vLLM request-stats columns vllm-stats; else csv)",
     )
     group.add_argument(
         "--trace-header",
@@ -90,7 +91,7 @@ def _add_input_options(fit) -> None:
     group.add_argument(
         "--time-unit",
         choices=tuple(u for u in TIME_UNITS if u.isascii()),
-        help="unit of t_start/t_end in a csv or parquet trace (default: s)",
+        help="unit of the times of a csv, parquet or vllm-stats trace (default: s)",
     )
     group.add_argument(
         "--dask",

@@ -35,17 +35,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from ._engine_model import prefill_steps
 from ._grid import Timeline, TraceGrid, count_active, cumulative
-
-
-def budget_bound(chunk_size: int, token_budget: int | None) -> bool:
-    """Whether the budget, not the chunk size, caps every prompt's share of a step."""
-    return token_budget is not None and chunk_size >= token_budget
-
-
-def effective_chunk_size(chunk_size: int, token_budget: int | None) -> int:
-    """Most tokens one prompt can take in a step: the chunk, or the budget below it."""
-    return token_budget if budget_bound(chunk_size, token_budget) else chunk_size
 
 
 def prefill_groups(
@@ -151,5 +142,5 @@ def alone_step_counts(
     start = timeline.trace_grid.start_idx[alone]
     left = timeline.token_budget - timeline.p_dec[start]
     n_steps = n_steps.copy()
-    n_steps[alone] = np.ceil(prefill_tokens[alone] / left)
+    n_steps[alone] = prefill_steps(prefill_tokens[alone], left)
     return n_steps

@@ -11,54 +11,12 @@ from __future__ import annotations
 
 import numpy as np
 
-from ._budget import alone_prefills, budget_bound
+from ._budget import alone_prefills
+from ._engine_model import budget_bound
 from ._grid import Timeline, TraceGrid, cumulative, phase_integrals
 
 FIXED_CORRECTION_MODES = ("end", "end_inside", "uniform", "none")
 CORRECTION_MODES = ("beta_informed",) + FIXED_CORRECTION_MODES
-
-
-def step_counts(
-    is_prefill: np.ndarray,
-    prefill_tokens: np.ndarray,
-    decode_tokens: np.ndarray,
-    chunk_size: int,
-    n_steps: np.ndarray | None = None,
-) -> np.ndarray:
-    """Steps per phase: ``ceil(P / C)`` for a prefill, ``D`` for a decode.
-
-    An observed ``n_steps`` (the optional ``N_steps`` column) is authoritative.
-    A token array is ``None`` only where validation found it not needed.
-    """
-    if n_steps is not None:
-        return np.asarray(n_steps, dtype=np.float64)
-    prefill = 0.0 if prefill_tokens is None else np.ceil(prefill_tokens / chunk_size)
-    decode = 0.0 if decode_tokens is None else decode_tokens
-    return np.where(is_prefill, prefill, decode).astype(np.float64)
-
-
-def exclude_first_decode_token(
-    is_prefill: np.ndarray, decode_tokens: np.ndarray
-) -> np.ndarray:
-    """Decode tokens without the first output token, which a prefill step made.
-
-    Exports that count every output token in ``decode_tokens`` include the
-    one the last prefill step emits; the decode phase then runs ``D - 1``
-    steps. A decode row left with no step is an error: its phase has a
-    duration but would hold no step.
-    """
-    decode_tokens = np.asarray(decode_tokens, dtype=np.float64)
-    bad = ~is_prefill & (decode_tokens < 2)
-    if bad.any():
-        rows = np.flatnonzero(bad)[:5]
-        raise ValueError(
-            "With decode_tokens_include_first=True a decode phase runs "
-            "decode_tokens - 1 steps, so column 'decode_tokens' must be at least "
-            f"2 on decode rows; {int(bad.sum())} row(s) are not, first at "
-            f"positions {rows.tolist()}: {decode_tokens[rows].tolist()}. Drop "
-            "these phases, or check which convention the export uses."
-        )
-    return np.where(is_prefill, decode_tokens, decode_tokens - 1.0)
 
 
 def missing_prefill_mass(

@@ -15,9 +15,10 @@ points, such an integral is a difference of two prefix sums.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from numbers import Integral
 
 import numpy as np
+
+from ._engine_model import budgeted_prefill_pressure
 
 
 @dataclass(frozen=True)
@@ -191,29 +192,6 @@ def prefill_pressure(
 def decode_pressure(trace_grid: TraceGrid, is_prefill: np.ndarray) -> np.ndarray:
     """Decode pressure ``p_dec[j] = #decodes active on j`` (tokens per step)."""
     return count_active(trace_grid, ~is_prefill)
-
-
-def budgeted_prefill_pressure(
-    p_pf_full: np.ndarray, p_dec: np.ndarray, token_budget: int | None
-) -> np.ndarray:
-    """Prefill pressure under a per-step token budget ``B``.
-
-    A vLLM-style scheduler serves the running decodes first and fills the rest
-    of the budget with prefill chunks, so a step holds
-    ``min(C * #prefills, max(B - p_dec, 0))`` prefill tokens. Without a budget
-    this is ``p_pf_full``.
-    """
-    if token_budget is None:
-        return p_pf_full
-    if (
-        isinstance(token_budget, bool)
-        or not isinstance(token_budget, Integral)
-        or token_budget < 1
-    ):
-        raise ValueError(
-            f"token_budget must be a positive integer or None, got {token_budget!r}."
-        )
-    return np.minimum(p_pf_full, np.maximum(token_budget - p_dec, 0.0))
 
 
 def cumulative(mass_per_segment: np.ndarray) -> np.ndarray:

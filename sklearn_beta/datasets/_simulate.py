@@ -13,9 +13,9 @@ from numbers import Integral, Real
 import numpy as np
 import pandas as pd
 from sklearn.utils import check_random_state
-from sklearn.utils._param_validation import Interval, validate_params
+from sklearn.utils._param_validation import Interval, StrOptions, validate_params
 
-from ..engine._loop import EngineRun, check_beta, run_engine
+from ..engine._loop import EngineRun, EngineSettings, check_beta, run_engine
 
 STEP_COLUMNS = (
     "instance_id",
@@ -34,7 +34,7 @@ CLIP_SIGMAS = 4.0
     {
         "n_requests": [Interval(Integral, 1, None, closed="left")],
         "beta": ["array-like"],
-        "chunk_size": [Interval(Integral, 1, None, closed="left")],
+        "chunk_size": [Interval(Integral, 1, None, closed="left"), None],
         "max_num_seqs": [Interval(Integral, 1, None, closed="left")],
         "arrival_rate": [Interval(Real, 0, None, closed="neither")],
         "prompt_tokens": [tuple, list],
@@ -44,6 +44,20 @@ CLIP_SIGMAS = 4.0
         "n_instances": [Interval(Integral, 1, None, closed="left")],
         "random_state": ["random_state"],
         "return_steps": ["boolean"],
+        "num_gpu_blocks": [Interval(Integral, 1, None, closed="left"), None],
+        "block_size": [Interval(Integral, 1, None, closed="left")],
+        "long_prefill_token_threshold": [
+            Interval(Integral, 1, None, closed="left"),
+            None,
+        ],
+        "prefix_cached_fraction": [Interval(Real, 0, 1, closed="left")],
+        "request_delay": [Interval(Real, 0, None, closed="left")],
+        "first_token_offset": [Interval(Real, 0, None, closed="left")],
+        "last_token_offset": [Interval(Real, 0, None, closed="left")],
+        "max_in_flight": [Interval(Integral, 1, None, closed="left"), None],
+        "view": [StrOptions({"phases", "engine", "client"})],
+        "decode_tokens_include_first": ["boolean"],
+        "return_truth": ["boolean"],
     },
     prefer_skip_nested_validation=True,
 )
@@ -51,7 +65,7 @@ def simulate_trace(
     n_requests: int,
     *,
     beta,
-    chunk_size: int,
+    chunk_size: int | None,
     max_num_seqs: int,
     arrival_rate: float,
     prompt_tokens: tuple[float, float] = (512, 1.0),
@@ -61,7 +75,18 @@ def simulate_trace(
     n_instances: int = 1,
     random_state=None,
     return_steps: bool = False,
-) -> pd.DataFrame | tuple[pd.DataFrame, pd.DataFrame]:
+    num_gpu_blocks: int | None = None,
+    block_size: int = 16,
+    long_prefill_token_threshold: int | None = None,
+    prefix_cached_fraction: float = 0.0,
+    request_delay: float = 0.0,
+    first_token_offset: float = 0.0,
+    last_token_offset: float = 0.0,
+    max_in_flight: int | None = None,
+    view: str = "phases",
+    decode_tokens_include_first: bool = False,
+    return_truth: bool = False,
+) -> pd.DataFrame | tuple:
     """Simulate the phase trace of a vLLM-style engine with known betas.
 
     Each engine instance runs one busy loop of steps. A step lasts
@@ -87,6 +112,14 @@ def simulate_trace(
       ``D`` steps and the prefill phase ``ceil(P / chunk_size)`` (without a
       token budget), as the estimators assume.
     * When nothing runs and nothing waits, the clock jumps to the next arrival.
+    * With a bounded KV cache (``num_gpu_blocks``), a request is admitted
+      only while the step's budget has room and the free blocks hold its
+      prompt; each running request takes one more block per ``block_size``
+      tokens of context (prompt plus generated) it grows; when a decode needs
+      a block and none is free, the most recently admitted running request is
+      preempted: its blocks are freed, it goes back to the front of the
+      queue and, readmitted, prefills its prompt and generated tokens again.
+      ``docs/simulators.md`` states the model in full.
 
     The prefill phase runs from the start of the first step that processes
     any of its prompt to the end of the step that processes its last prompt
@@ -102,8 +135,9 @@ def simulate_trace(
         True ``(beta0, beta1, beta2)``: seconds per step, per prefill token and
         per decode token. Non-negative; steps must have positive durations, so
         ``beta0 > 0`` or both ``beta1 > 0`` and ``beta2 > 0``.
-    chunk_size : int
-        Prefill chunk size ``C`` (tokens per request per step).
+    chunk_size : int or None
+        Prefill chunk size ``C`` (tokens per request per step); None: no
+        per-request cap (vLLM's default), the token budget alone cuts prompts.
     max_num_seqs : int
         Most requests running at once on an instance.
     arrival_rate : float
@@ -132,6 +166,49 @@ and (128, 1.0)
         draw per step, instance by instance, in time order).
     return_steps : bool, default=False
         Also return the step table.
+    num_gpu_blocks : int, default=None
+        KV-cache blocks per instance (vLLM's ``num_gpu_blocks``); None is an
+        unbounded cache: no admission stall and no preemption. Every request
+        must fit alone: ``ceil((P + D) / block_size) <= num_gpu_blocks``.
+    block_size : int, default=16
+        Tokens per KV-cache block; used with ``num_gpu_blocks``.
+    long_prefill_token_threshold : int, default=None
+        Most prompt tokens one request prefills per step (vLLM's setting of
+        that name); with ``chunk_size``, the smaller one caps. None: no cap.
+    prefix_cached_fraction : float, default=0.0
+        Share of every prompt found in the prefix cache: ``floor(fraction *
+        P)`` tokens (at most ``P - 1``) skip prefill, at every admission;
+        the phase table then has a ``cached_tokens`` column (prefill rows).
+    request_delay : float, default=0.0
+        Seconds from a request's send to its arrival in the engine's queue
+        (network, HTTP, tokenisation): a client-side overhead before the queue.
+    first_token_offset, last_token_offset : float, default=0.0
+        Seconds from the engine emitting the first (last) token to the
+        client recording it (detokenisation, network). They shift the
+        reported times of ``view="client"`` only, and raise otherwise.
+    max_in_flight : int, default=None
+        A closed-loop client per instance: at most this many of the
+        instance's requests outstanding (sent, last token not yet seen);
+        a request is sent at its intended (Poisson) arrival, or when one
+        completes if later. None: open loop, every request sent at its
+        intended arrival.
+    view : {"phases", "engine", "client"}, default="phases"
+        Which times the phase table shows. ``"phases"``: the prefill phase
+        from the first step serving the prompt to the first token, the decode
+        phase to the last token (engine clock). ``"engine"``: the same plus
+        an ``arrival`` column with the time the request joined the engine's
+        queue (vLLM's request stats: queued, scheduled, first and last token).
+        ``"client"``: the prefill phase from the send to the first token
+        as recorded (``+ first_token_offset``), the decode phase to the last
+        token as recorded (``+ last_token_offset``), an ``arrival`` column
+        holding the send, and with ``max_in_flight`` an ``intended_arrival``
+        column.
+    decode_tokens_include_first : bool, default=False
+        Whether decode rows' ``decode_tokens`` count the first output token
+        (which the last prefill step emits), as most exports do: ``D + 1``
+        for a decode phase of ``D`` steps. False writes ``D``.
+    return_truth : bool, default=False
+        Also return what the engine did per request (last in the tuple).
 
     Returns
     -------
@@ -148,7 +225,17 @@ and (128, 1.0)
         instance then time: ``instance_id``, ``t_start``, ``t_end``,
         ``prefill_tokens``, ``decode_tokens`` (the step's ``T_pf`` and
         ``T_dec``) and ``n_running`` (requests admitted and not finished,
-        including prefills that a token budget starves in that step).
+        including prefills that a token budget starves in that step); with
+        ``num_gpu_blocks``, also ``kv_blocks`` (blocks in use at the block's
+        last step).
+    truth : DataFrame
+        Returned with ``return_truth=True``: one row per request, by
+        ``request_id``: ``instance_id``, ``intended_arrival``, ``send``,
+        ``arrival`` (joined the queue), ``admitted`` (first admission),
+        ``scheduled`` (first step serving the prompt), ``first_token`` and
+        ``last_token`` (engine clock), ``first_token_reported`` and
+        ``last_token_reported`` (client clock), ``prompt_tokens``,
+        ``cached_tokens``, ``decode_steps`` and ``preemptions``.
 
     Examples
     --------
@@ -165,6 +252,11 @@ and (128, 1.0)
     beta = check_beta(beta)
     prompt_median, prompt_sigma = _check_length_spec(prompt_tokens, "prompt_tokens")
     output_median, output_sigma = _check_length_spec(output_tokens, "output_tokens")
+    if view != "client" and (first_token_offset or last_token_offset):
+        raise ValueError(
+            "first_token_offset and last_token_offset shift the times a client "
+            f"records: they need view='client', got view={view!r}."
+        )
     rng = check_random_state(random_state)
 
     arrival = np.cumsum(rng.exponential(1.0 / arrival_rate, size=n_requests))
@@ -174,6 +266,7 @@ and (128, 1.0)
         instance = rng.randint(n_instances, size=n_requests)
     else:
         instance = np.zeros(n_requests, dtype=np.intp)
+    cached = np.minimum(np.floor(prefix_cached_fraction * prompt), prompt - 1)
 
     run = run_engine(
         arrival,
@@ -187,11 +280,25 @@ and (128, 1.0)
         noise_normals=rng.standard_normal,
         noise=noise,
         record_steps=return_steps,
+        cached_tokens=cached.astype(np.int64),
+        settings=EngineSettings(
+            block_size=block_size,
+            num_gpu_blocks=num_gpu_blocks,
+            long_prefill_token_threshold=long_prefill_token_threshold,
+            max_in_flight=0 if max_in_flight is None else max_in_flight,
+            delay=request_delay,
+            done_offset=last_token_offset,
+        ),
     )
-    phases = _phase_table(run, prompt, output, instance)
-    if not return_steps:
-        return phases
-    return phases, _step_table(run)
+    offsets = (first_token_offset, last_token_offset)
+    truth = _truth_table(run, arrival, prompt, output, instance, cached, offsets)
+    phases = _phase_table(truth, view, decode_tokens_include_first, max_in_flight)
+    result = (phases,)
+    if return_steps:
+        result += (_step_table(run, num_gpu_blocks is not None),)
+    if return_truth:
+        result += (truth,)
+    return result[0] if len(result) == 1 else result
 
 
 def _check_length_spec(spec, name: str) -> tuple[float, float]:
@@ -211,29 +318,73 @@ def _lognormal_lengths(rng, median: float, sigma: float, size: int) -> np.ndarra
     return np.clip(np.rint(draws), 1, upper).astype(np.int64)
 
 
-def _phase_table(run: EngineRun, prompt, output, instance) -> pd.DataFrame:
-    n = prompt.shape[0]
+def _truth_table(run: EngineRun, arrival, prompt, output, instance, cached, offsets):
+    """What the engine did, per request, and the times a client records."""
+    first_offset, last_offset = offsets
+    return pd.DataFrame(
+        {
+            "request_id": np.arange(prompt.shape[0]),
+            "instance_id": instance,
+            "intended_arrival": arrival,
+            "send": run.send,
+            "arrival": run.arrival,
+            "admitted": run.admitted,
+            "scheduled": run.prefill_start,
+            "first_token": run.prefill_end,
+            "last_token": run.decode_end,
+            "first_token_reported": run.prefill_end + first_offset,
+            "last_token_reported": run.decode_end + last_offset,
+            "prompt_tokens": prompt,
+            "cached_tokens": cached.astype(np.int64),
+            "decode_steps": output,
+            "preemptions": run.preemptions,
+        }
+    )
+
+
+def _phase_table(truth, view, include_first, max_in_flight) -> pd.DataFrame:
+    """Two rows per request (prefill, decode) with the times of ``view``."""
+    n = len(truth)
+    if view == "client":
+        bounds = ("send", "first_token_reported", "last_token_reported")
+    else:
+        bounds = ("scheduled", "first_token", "last_token")
+    start, first, last = (truth[name].to_numpy() for name in bounds)
     is_prefill = np.tile([True, False], n)
     t_start = np.empty(2 * n)
     t_end = np.empty(2 * n)
-    t_start[0::2] = run.prefill_start
-    t_end[0::2] = run.prefill_end
-    t_start[1::2] = run.prefill_end
-    t_end[1::2] = run.decode_end
-    return pd.DataFrame(
+    t_start[0::2] = start
+    t_end[0::2] = first
+    t_start[1::2] = first
+    t_end[1::2] = last
+    decode = truth["decode_steps"].to_numpy() + int(include_first)
+    phases = pd.DataFrame(
         {
             "request_id": np.repeat(np.arange(n), 2),
             "phase_type": np.where(is_prefill, "prefill", "decode"),
             "t_start": t_start,
             "t_end": t_end,
-            "prefill_tokens": np.where(is_prefill, np.repeat(prompt, 2), 0),
-            "decode_tokens": np.where(is_prefill, 0, np.repeat(output, 2)),
-            "instance_id": np.repeat(instance, 2),
+            "prefill_tokens": np.where(
+                is_prefill, np.repeat(truth["prompt_tokens"].to_numpy(), 2), 0
+            ),
+            "decode_tokens": np.where(is_prefill, 0, np.repeat(decode, 2)),
+            "instance_id": np.repeat(truth["instance_id"].to_numpy(), 2),
         }
     )
+    cached = truth["cached_tokens"].to_numpy()
+    if cached.any():  # as an engine logs them, e.g. vLLM's num_cached_tokens
+        phases["cached_tokens"] = np.where(is_prefill, np.repeat(cached, 2), 0)
+    if view == "engine":
+        phases["arrival"] = np.repeat(truth["arrival"].to_numpy(), 2)
+    elif view == "client":
+        phases["arrival"] = np.repeat(truth["send"].to_numpy(), 2)
+        if max_in_flight is not None:
+            intended = truth["intended_arrival"].to_numpy()
+            phases["intended_arrival"] = np.repeat(intended, 2)
+    return phases
 
 
-def _step_table(run: EngineRun) -> pd.DataFrame:
+def _step_table(run: EngineRun, with_kv: bool) -> pd.DataFrame:
     fields = (
         run.step_instance,
         run.step_start,
@@ -242,4 +393,7 @@ def _step_table(run: EngineRun) -> pd.DataFrame:
         run.step_decode_tokens,
         run.step_running,
     )
-    return pd.DataFrame(dict(zip(STEP_COLUMNS, fields, strict=True)))
+    steps = pd.DataFrame(dict(zip(STEP_COLUMNS, fields, strict=True)))
+    if with_kv:
+        steps["kv_blocks"] = run.step_kv_blocks
+    return steps

@@ -23,8 +23,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ..core._budget import effective_chunk_size
+from ..core._engine_model import effective_chunk_size
 from ..core._memory import reuse_freed_memory
+from ..io._formats import PHASE_FORMATS, SUFFIX_CONTAINERS, check_format, container_of
 
 __all__ = [
     "connect",
@@ -33,9 +34,6 @@ __all__ = [
     "reuse_freed_memory",
     "whole_instances",
 ]
-
-_PARQUET = (".parquet", ".pq")
-_TRACE_SUFFIXES = (".csv", *_PARQUET)
 
 
 def is_dask_collection(obj) -> bool:
@@ -89,7 +87,12 @@ def expand_trace_paths(path_or_glob: str | PathLike | list) -> list[Path]:
     else:
         path = Path(path_or_glob)
         if path.is_dir():
-            found = [p for p in path.iterdir() if p.suffix.lower() in _TRACE_SUFFIXES]
+            found = [
+                p
+                for p in path.iterdir()
+                if p.suffix.lower() in SUFFIX_CONTAINERS
+                and container_of(p) in PHASE_FORMATS
+            ]
         elif path.is_file():
             found = [path]
         else:
@@ -97,7 +100,7 @@ def expand_trace_paths(path_or_glob: str | PathLike | list) -> list[Path]:
             found = [p for p in found if p.is_file()]
     if not found:
         raise ValueError(f"No trace file matches {str(path_or_glob)!r}.")
-    kinds = {p.suffix.lower() in _PARQUET for p in found}
+    kinds = {container_of(p) == "parquet" for p in found}
     if len(kinds) > 1:
         raise ValueError(
             f"{str(path_or_glob)!r} mixes CSV and Parquet files; read them apart."
@@ -108,6 +111,7 @@ def expand_trace_paths(path_or_glob: str | PathLike | list) -> list[Path]:
 def read_phases_dask(
     path_or_glob: str | PathLike | list,
     *,
+    format: str | None = None,
     columns: dict[str, str] | None = None,
     blocksize: int | str | None = "default",
 ):
@@ -118,6 +122,9 @@ def read_phases_dask(
     path_or_glob : str, path-like or list
         A file, a directory (its CSV / Parquet files), a glob such as
         ``"traces/*.parquet"``, or a list of these.
+    format : {"csv", "parquet"} or None, default=None
+        Format of every file; None infers it from the first file's suffix
+        (``.parquet``/``.pq`` is Parquet, ``.csv`` or an unlisted suffix CSV).
     columns : dict or None, default=None
         Renames applied after reading, ``{name in the file: schema name}``.
     blocksize : int, str or None, default="default"
@@ -133,7 +140,8 @@ def read_phases_dask(
     Raises
     ------
     ValueError
-        If nothing matches, or a schema column is missing.
+        If nothing matches, the format is not CSV or Parquet, or a schema
+        column is missing.
 
     Examples
     --------
@@ -145,7 +153,8 @@ def read_phases_dask(
     from ..io._readers import schema_columns_first
 
     paths = [str(p) for p in expand_trace_paths(path_or_glob)]
-    if Path(paths[0]).suffix.lower() in _PARQUET:
+    format = check_format(format, paths[0], PHASE_FORMATS, "read_phases_dask")
+    if format == "parquet":
         frame = dd.read_parquet(paths, blocksize=blocksize)
     else:
         frame = dd.read_csv(paths, blocksize=None)

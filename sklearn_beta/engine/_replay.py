@@ -18,7 +18,7 @@ requests are scored.
 from __future__ import annotations
 
 from functools import partial
-from numbers import Integral
+from numbers import Integral, Real
 
 import numpy as np
 import pandas as pd
@@ -26,7 +26,7 @@ from sklearn.pipeline import Pipeline
 from sklearn.utils.validation import check_is_fitted
 
 from ..core._columns import PhaseColumns
-from ._loop import check_beta, run_engine
+from ._loop import EngineSettings, check_beta, run_engine
 from ._replay_requests import (
     clock_origin,
     observed_concurrency,
@@ -54,6 +54,16 @@ def replay_trace(
     max_num_seqs: int | None = None,
     arrival: str | None = "arrival",
     columns=None,
+    decode_tokens_include_first: bool = False,
+    num_gpu_blocks: int | None = None,
+    block_size: int = 16,
+    long_prefill_token_threshold: int | None = None,
+    cached_tokens: str | None = None,
+    request_delay: float = 0.0,
+    first_token_offset: float = 0.0,
+    last_token_offset: float = 0.0,
+    max_in_flight: int | None = None,
+    intended_arrival: str = "intended_arrival",
 ) -> pd.DataFrame:
     """Replay a trace's requests on an engine with the given betas.
 
@@ -66,7 +76,9 @@ def replay_trace(
     prefill step, for as many steps as its decode phase has. Instances (the
     ``instance_id`` column) are replayed independently. It is the loop of
     :func:`~sklearn_beta.datasets.simulate_trace`: replaying a simulated
-    trace with the simulator's settings gives back its phase times.
+    trace with the simulator's settings gives back its phase times, KV cache,
+    preemptions, prefix-cache hits and client (delay, reporting offsets,
+    closed loop) included (``docs/replay.md``).
 
     Parameters
     ----------
@@ -98,14 +110,51 @@ def replay_trace(
         their first row in the table, which should follow the arrivals.
     columns : PhaseColumns, mapping or None, default=None
         Column names of the phase table (defaults: the schema's names).
+    decode_tokens_include_first : bool, default=False
+        Whether decode rows' ``decode_tokens`` count the first output token,
+        which the last prefill step emits: then a request decodes
+        ``decode_tokens - 1`` steps, else ``decode_tokens``. An ``N_steps``
+        column gives the steps itself and wins. It is the convention of
+        :class:`~sklearn_beta.PhaseExposureTransformer`'s parameter of that name.
+    num_gpu_blocks : int, default=None
+        KV-cache blocks per instance; None: unbounded (no admission stall, no
+        preemption). With a bound, requests are admitted while the blocks of
+        their prompt are free and the step's budget has room, grow one block
+        per ``block_size`` tokens of context, and the most recently admitted
+        is preempted (and later recomputed) when a decode finds no free block.
+    block_size : int, default=16
+        Tokens per KV-cache block; used with ``num_gpu_blocks``.
+    long_prefill_token_threshold : int, default=None
+        Most prompt tokens one request prefills per step (vLLM's setting);
+        with ``chunk_size`` the smaller one caps. None: no cap.
+    cached_tokens : str, default=None
+        Column of the prefill rows giving each request's prompt tokens found
+        in the prefix cache (e.g. vLLM's ``num_cached_tokens``), which skip
+        prefill; None: no hits.
+    request_delay : float, default=0.0
+        Seconds from a request's arrival (its send, for a client-side trace)
+        to the engine's queue.
+    first_token_offset, last_token_offset : float, default=0.0
+        Seconds from the engine emitting the first (last) token to the trace
+        recording it; added to the replayed ``prefill_end`` (``decode_end``).
+    max_in_flight : int, default=None
+        A closed-loop client per instance: requests are sent at their
+        intended arrivals (column ``intended_arrival``) while fewer than this
+        many are outstanding, else when one completes. None: the arrivals are
+        the sends (open loop).
+    intended_arrival : str, default="intended_arrival"
+        Column of the prefill rows' intended arrivals, read with
+        ``max_in_flight``.
 
     Returns
     -------
     replayed : DataFrame
         One row per request, in order of first appearance: ``request_id``,
         ``instance_id``, ``arrival``, ``prefill_tokens``, ``decode_steps``;
-        the replay's ``prefill_start`` (first step serving the prompt),
-        ``prefill_end`` and ``decode_end``; and the trace's
+        the replay's ``send`` (the arrival, or a closed-loop client's send),
+        ``admitted`` (first admission), ``preemptions``, ``prefill_start``
+        (first step serving the prompt), ``prefill_end`` and ``decode_end``
+        (plus the reporting offsets); and the trace's
         ``observed_prefill_start``, ``observed_prefill_end``,
         ``observed_decode_end``. Times in the trace's clock.
 
@@ -126,16 +175,36 @@ def replay_trace(
     True
     """
     beta = check_beta(beta)
-    _check_count(chunk_size, "chunk_size")
-    _check_count(token_budget, "token_budget")
-    _check_count(max_num_seqs, "max_num_seqs")
-    requests = trace_requests(phases, PhaseColumns.coerce(columns), arrival)
+    for value, name in (
+        (chunk_size, "chunk_size"),
+        (token_budget, "token_budget"),
+        (max_num_seqs, "max_num_seqs"),
+        (num_gpu_blocks, "num_gpu_blocks"),
+        (block_size, "block_size"),
+        (long_prefill_token_threshold, "long_prefill_token_threshold"),
+        (max_in_flight, "max_in_flight"),
+    ):
+        _check_count(value, name)
+    for value, name in (
+        (request_delay, "request_delay"),
+        (first_token_offset, "first_token_offset"),
+        (last_token_offset, "last_token_offset"),
+    ):
+        _check_delay(value, name)
+    requests = trace_requests(
+        phases,
+        PhaseColumns.coerce(columns),
+        arrival,
+        include_first=bool(decode_tokens_include_first),
+        cached_col=cached_tokens,
+        intended_col=None if max_in_flight is None else intended_arrival,
+    )
     caps = max_num_seqs
     if caps is None:
         caps = observed_concurrency(requests)
-    origin = clock_origin(requests["arrival"], requests["instance"])
+    origin = clock_origin(requests["intended"], requests["instance"])
     run = run_engine(
-        requests["arrival"] - origin,
+        requests["intended"] - origin,
         requests["prompt"],
         requests["decode_steps"],
         requests["instance"],
@@ -143,7 +212,23 @@ def replay_trace(
         chunk_size=chunk_size,
         token_budget=token_budget,
         max_num_seqs=caps,
+        cached_tokens=requests["cached"],
+        settings=EngineSettings(
+            block_size=block_size,
+            num_gpu_blocks=num_gpu_blocks,
+            long_prefill_token_threshold=long_prefill_token_threshold,
+            max_in_flight=0 if max_in_flight is None else max_in_flight,
+            delay=float(request_delay),
+            done_offset=float(last_token_offset),
+        ),
     )
+    offsets = (first_token_offset, last_token_offset)
+    return _replayed_table(requests, run, origin, offsets, max_in_flight is not None)
+
+
+def _replayed_table(requests, run, origin, offsets, closed_loop) -> pd.DataFrame:
+    """One row per request: the trace's inputs, the replay's times in the
+    trace's clock (reporting offsets added) and the observed times."""
     return pd.DataFrame(
         {
             "request_id": requests["request_id"],
@@ -151,9 +236,14 @@ def replay_trace(
             "arrival": requests["arrival"],
             "prefill_tokens": requests["prompt"],
             "decode_steps": requests["decode_steps"],
+            # open loop, the sends are the arrivals themselves (no round trip
+            # through the replay's clock origin)
+            "send": run.send + origin if closed_loop else requests["arrival"],
+            "admitted": run.admitted + origin,
+            "preemptions": run.preemptions,
             "prefill_start": run.prefill_start + origin,
-            "prefill_end": run.prefill_end + origin,
-            "decode_end": run.decode_end + origin,
+            "prefill_end": run.prefill_end + origin + offsets[0],
+            "decode_end": run.decode_end + origin + offsets[1],
             "observed_prefill_start": requests["prefill_start"],
             "observed_prefill_end": requests["prefill_end"],
             "observed_decode_end": requests["decode_end"],
@@ -167,7 +257,9 @@ def replay_errors(replayed: pd.DataFrame, quantity: str = "ttft") -> np.ndarray:
     ``(predicted - observed) / observed`` of
 
     * ``"ttft"``: prefill end minus arrival (the prefill phase's duration when
-      arrivals are the prefill starts);
+      arrivals are the prefill starts); the replay's from its ``send`` when
+      it has that column (a closed-loop client's sends), the trace's from its
+      ``arrival``;
     * ``"decode"``: decode end minus prefill end;
     * ``"e2e"``: decode end minus arrival.
 
@@ -200,6 +292,8 @@ def replay_errors(replayed: pd.DataFrame, quantity: str = "ttft") -> np.ndarray:
     start = {"ttft": "arrival", "decode": "prefill_end", "e2e": "arrival"}[quantity]
     end = {"ttft": "prefill_end", "decode": "decode_end", "e2e": "decode_end"}[quantity]
     observed_start = "arrival" if start == "arrival" else "observed_" + start
+    if start == "arrival" and "send" in replayed.columns:
+        start = "send"
     predicted = replayed[end].to_numpy() - replayed[start].to_numpy()
     observed = (
         replayed["observed_" + end].to_numpy() - replayed[observed_start].to_numpy()
@@ -214,12 +308,14 @@ def make_replay_scorer(
     max_num_seqs: int | None = None,
     arrival: str | None = "arrival",
     columns=None,
+    **engine,
 ):
     """Held-out replay error as a scorer ``scorer(estimator, X, y=None)``.
 
     The scorer takes the fitted estimator's betas (its last step's
-    ``beta_``) and its engine settings (``chunk_size`` and ``token_budget`` of
-    the first pipeline step that has them), replays the WHOLE ``trace`` with
+    ``beta_``) and its engine settings (``chunk_size``, ``token_budget`` and
+    ``decode_tokens_include_first`` of the first pipeline step that has a
+    chunk size), replays the WHOLE ``trace`` with
     them, so that the held-out requests run amid their real concurrency, and
     returns minus the mean absolute relative error (MAPE, as a fraction) of
     ``quantity`` over the requests of ``X``. Greater is better, as
@@ -235,6 +331,12 @@ def make_replay_scorer(
         See :func:`replay_errors`.
     max_num_seqs, arrival, columns
         Passed to :func:`replay_trace`.
+    **engine
+        Other engine and client settings of :func:`replay_trace`
+        (``num_gpu_blocks``, ``block_size``, ``long_prefill_token_threshold``,
+        ``cached_tokens``, ``request_delay``, the reporting offsets,
+        ``max_in_flight``, ``intended_arrival``); the pipeline gives the
+        chunking and the decode convention.
 
     Returns
     -------
@@ -279,7 +381,9 @@ def make_replay_scorer(
         _replay_score,
         trace=trace,
         quantity=quantity,
-        replay_kwargs=dict(max_num_seqs=max_num_seqs, arrival=arrival, columns=columns),
+        replay_kwargs=dict(
+            max_num_seqs=max_num_seqs, arrival=arrival, columns=columns, **engine
+        ),
         cache={},
     )
 
@@ -328,7 +432,7 @@ def _replay_score(estimator, X, y=None, *, trace, quantity, replay_kwargs, cache
             f"{int(np.count_nonzero(pos < 0))} row(s) of X are not in the scorer's "
             f"trace, first index labels: {X.index[pos < 0][:5].tolist()}."
         )
-    key = (tuple(beta), settings["chunk_size"], settings["token_budget"])
+    key = (tuple(beta), *settings.values())
     if key not in cache:
         cache.clear()  # the last engine only: folds come one after another
         cache[key] = replay_trace(trace, beta, **settings, **replay_kwargs)
@@ -353,11 +457,23 @@ def _engine_settings(estimator) -> tuple[np.ndarray, dict]:
         params = step.get_params(deep=False)
         if "chunk_size" in params:
             settings = {k: params.get(k) for k in ("chunk_size", "token_budget")}
+            # the transformer's decode convention is the trace's: the replay
+            # must read decode_tokens as the fit did
+            settings["decode_tokens_include_first"] = bool(
+                params.get("decode_tokens_include_first", False)
+            )
             return np.asarray(pipeline[-1].beta_, dtype=float), settings
     raise ValueError(
         "No step of the pipeline has a chunk_size parameter: the replay needs "
         "the engine's chunk size (e.g. PhaseExposureTransformer(chunk_size=...))."
     )
+
+
+def _check_delay(value, name: str) -> None:
+    if isinstance(value, bool) or not isinstance(value, Real) or not value >= 0:
+        raise ValueError(f"{name} must be a non-negative number, got {value!r}.")
+    if not np.isfinite(value):
+        raise ValueError(f"{name} must be finite, got {value!r}.")
 
 
 def _check_count(value, name: str) -> None:

@@ -12,6 +12,7 @@ from dataclasses import astuple
 
 import numpy as np
 
+from ..core._engine_model import decode_steps
 from ..core._validation import PhaseColumns, check_phases, describe_rows, numeric_column
 
 #: Times at or beyond this (seconds, about 194 days: an epoch clock) are
@@ -19,9 +20,24 @@ from ..core._validation import PhaseColumns, check_phases, describe_rows, numeri
 EPOCH_CLOCK = 2.0**24
 
 
-def trace_requests(phases, cols: PhaseColumns, arrival_col) -> dict:
+def trace_requests(
+    phases,
+    cols: PhaseColumns,
+    arrival_col,
+    *,
+    include_first: bool = False,
+    cached_col: str | None = None,
+    intended_col: str | None = None,
+) -> dict:
     """Per request (order of first appearance): what the replay needs and the
-    observed times, as arrays."""
+    observed times, as arrays.
+
+    Decode steps are the ``N_steps`` of decode rows when the table has them,
+    else their ``decode_tokens`` read with the decode convention
+    (``include_first``: the count holds the first token, one step fewer).
+    ``cached_col`` and ``intended_col`` name the prefill rows' prefix-cached
+    prompt tokens and intended arrivals (a closed-loop client's), when used.
+    """
     arrays = check_phases(phases, cols)
     context = [name for name in astuple(cols) if name in phases.columns]
     request, is_prefill = arrays.request, arrays.is_prefill
@@ -45,7 +61,10 @@ def trace_requests(phases, cols: PhaseColumns, arrival_col) -> dict:
             f"Column {cols.prefill_tokens!r}: the replay needs at least one prompt "
             "token per prefill. " + describe_rows(phases, bad, context)
         )
-    steps = arrays.decode_tokens if arrays.n_steps is None else arrays.n_steps
+    if arrays.n_steps is None:
+        steps = _decode_steps(phases, arrays, cols, include_first, context)
+    else:
+        steps = arrays.n_steps
     instance_col = cols.instance_id
     instance_id = (
         phases[instance_col].to_numpy()[pre]
@@ -63,7 +82,35 @@ def trace_requests(phases, cols: PhaseColumns, arrival_col) -> dict:
         "decode_end": t_end[dec],
     }
     requests["arrival"] = _arrival_times(phases, arrival_col, pre, requests, context)
+    requests["cached"] = None
+    if cached_col is not None:
+        requests["cached"] = _named_column(phases, cached_col, pre, context)
+    requests["intended"] = requests["arrival"]
+    if intended_col is not None:
+        requests["intended"] = _named_column(phases, intended_col, pre, context)
     return requests
+
+
+def _decode_steps(phases, arrays, cols, include_first, context) -> np.ndarray:
+    """Decode steps per row from ``decode_tokens`` under the decode convention."""
+    steps = decode_steps(arrays.decode_tokens, include_first)
+    bad = ~arrays.is_prefill & (steps < 0)
+    if bad.any():
+        raise ValueError(
+            f"Column {cols.decode_tokens!r}: with decode_tokens_include_first=True "
+            "a decode row counts its first token, so it needs at least 1. "
+            + describe_rows(phases, bad, context)
+        )
+    return steps
+
+
+def _named_column(phases, name, pre, context) -> np.ndarray:
+    if name not in phases.columns:
+        raise ValueError(
+            f"{name!r} is not a column of the phase table; it has "
+            f"{list(phases.columns)[:20]}."
+        )
+    return numeric_column(phases, name, context + [name])[pre]
 
 
 def _arrival_times(phases, arrival_col, pre, requests, context) -> np.ndarray:

@@ -17,7 +17,7 @@ time. See ``docs/engine_config.md``.
 from __future__ import annotations
 
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from numbers import Integral, Real
 
 import numpy as np
@@ -25,6 +25,7 @@ import pandas as pd
 from sklearn.base import clone
 
 from ..core._columns import PhaseColumns
+from ..core._engine_model import effective_chunk_size
 from ..engine._replay import replay_trace
 from ..model_selection import TraceBlockSplit, TraceContextRegressor
 from ._scores import (
@@ -199,7 +200,9 @@ def select_engine_config(
     The betas of a candidate with a token budget are fitted with the
     budget-aware exposures (the transformer gets ``model_chunk_size`` and
     the budget; with no chunk cap below the budget, prefill groups,
-    docs/method.md section 4.1), the same engine the replay runs.
+    docs/method.md section 4.1), the same engine the replay runs. The
+    replay reads decode tokens with the estimator's
+    ``decode_tokens_include_first``, as its fit does.
 
     To keep the cost down, every candidate is first scored on the first
     fold only. Candidates that replay the trace identically at the same
@@ -241,7 +244,9 @@ def select_engine_config(
         The engine's most running requests, passed to the replay (None: the
         most the trace shows running at once).
     columns : PhaseColumns, mapping or None, default=None
-        Column names of the phase table.
+        Column names of the phase table, used by the folds, the default
+        estimator's transformer and the replay (a given ``estimator`` names
+        its columns itself).
 
     Returns
     -------
@@ -278,9 +283,9 @@ def select_engine_config(
     (256, None)
     """
     cols = PhaseColumns.coerce(columns)
+    if cols.instance_id is not None and cols.instance_id not in phases.columns:
+        cols = replace(cols, instance_id=None)
     instance_col = cols.instance_id
-    if instance_col is not None and instance_col not in phases.columns:
-        instance_col = None
     _check_count(n_splits, "n_splits", minimum=2)
     _check_count(n_keep, "n_keep", minimum=1)
     _check_tolerance(tolerance)
@@ -289,11 +294,14 @@ def select_engine_config(
     pairs = _engine_candidates(candidates, longest)
     if estimator is None:
         estimator = make_model(instance_col=instance_col)
-    folds = list(
-        TraceBlockSplit(n_splits, columns={"instance_id": instance_col}).split(trace)
-    )
+        estimator[0].set_params(columns=cols)
+    folds = list(TraceBlockSplit(n_splits, columns=cols).split(trace))
     held = [trace[cols.request_id].to_numpy()[test] for _, test in folds]
-    replay = dict(max_num_seqs=max_num_seqs, columns=columns)
+    replay = dict(
+        max_num_seqs=max_num_seqs,
+        columns=cols,
+        decode_tokens_include_first=decode_convention(estimator),
+    )
 
     def run(pair, beta):
         with warnings.catch_warnings():
@@ -426,8 +434,17 @@ def model_chunk_size(pair: tuple, longest: int) -> int:
     neither caps the steps. A budget stays the chunk even above the longest
     prompt: the exposures then model the budget alone (prefill groups).
     """
-    caps = [v for v in pair if v is not None]
-    return int(min(caps)) if caps else int(longest)
+    return effective_chunk_size(pair[0], pair[1], longest=longest)
+
+
+def decode_convention(estimator) -> bool:
+    """The pipeline's ``decode_tokens_include_first``: the replay reads the
+    trace's decode tokens as the fit does (False when no step has it)."""
+    for _, step in getattr(estimator, "steps", [])[:-1]:
+        params = step.get_params(deep=False)
+        if "decode_tokens_include_first" in params:
+            return bool(params["decode_tokens_include_first"])
+    return False
 
 
 def _with_engine(estimator, pair: tuple, longest: int):

@@ -15,17 +15,19 @@ from sklearn.utils.validation import check_is_fitted
 
 from ..core._budget import (
     alone_step_counts,
-    budget_bound,
     budget_group_mass,
-    effective_chunk_size,
 )
 from ..core._constraints import Number, WholeNumber, check_chunk_size, count
 from ..core._corrections import (
     FIXED_CORRECTION_MODES,
     budget_capped_mass,
-    exclude_first_decode_token,
     fixed_correction_mass,
     missing_prefill_mass,
+)
+from ..core._engine_model import (
+    budget_bound,
+    effective_chunk_size,
+    exclude_first_decode_token,
     step_counts,
 )
 from ..core._grid import PhaseIntegrals, Timeline, build_timeline, snap_times

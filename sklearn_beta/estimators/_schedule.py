@@ -33,7 +33,7 @@ from ..core._constraints import Number, count
 from ..core._ids import phase_kinds
 from ..core._nnls import nnls_fit
 from ..core._validation import request_codes
-from ..engine._loop import run_engine
+from ..engine._loop import EngineSettings, run_engine
 from ..engine._replay import REPLAY_QUANTITIES, replay_errors
 from ..engine._replay_requests import clock_origin, trace_requests
 from ._baseline import BaselineBetaRegressor
@@ -98,9 +98,13 @@ class ScheduleBetaRegressor(RegressorMixin, BaseEstimator):
         :func:`~sklearn_beta.replay.replay_trace` it is not read off the
         trace, whose phases include the waiting.
     engine_settings : dict or None, default=None
-        Further keywords of the engine loop
-        (:func:`sklearn_beta.engine._loop.run_engine`), passed to every replay as
-        they are; an unknown keyword raises there.
+        Further settings of the engine loop, the fields of
+        :class:`sklearn_beta.engine._loop.EngineSettings`: ``num_gpu_blocks``
+        and ``block_size`` (a bounded KV cache: admission stalls and
+        preemption), ``long_prefill_token_threshold``, ``max_in_flight``;
+        passed to every replay; an unknown key raises ``TypeError``. Leave
+        the client offsets ``delay`` and ``done_offset`` at 0: the fit
+        estimates them (``alpha_``).
     trace : DataFrame or None, default=None
         The full phase table. When given, ``fit(X)`` replays the whole trace
         and fits the events of the requests of ``X`` only (rows matched by
@@ -569,9 +573,7 @@ default="auto"
         )
 
     def _run(self, trace, beta, queue: float, record: bool, observed_ends=None):
-        settings = dict(self.engine_settings or {})
-        if observed_ends is not None:
-            settings["observed_ends"] = observed_ends
+        settings = EngineSettings(**(self.engine_settings or {}))
         return run_engine(
             trace.replay_arrival + queue,
             trace.requests["prompt"],
@@ -582,7 +584,8 @@ default="auto"
             token_budget=self.token_budget,
             max_num_seqs=self._caps(trace.n_requests),
             record_steps=record,
-            **settings,
+            settings=settings,
+            observed_ends=observed_ends,
         )
 
     def _schedule(self, trace, theta, observed_ends):
@@ -591,7 +594,7 @@ default="auto"
         run = self._run(trace, beta, queue, True, observed_ends)
         return schedule_events(
             run,
-            trace.replay_arrival + queue,
+            run.arrival,
             trace.requests["instance"],
             scheduled=trace.scheduled,
         )

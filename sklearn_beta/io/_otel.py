@@ -101,77 +101,82 @@ def _numeric_field(frame: pd.DataFrame, name: str) -> np.ndarray:
 
 
 def spans_to_phases(frame, cached_attr, consistency_tol) -> pd.DataFrame:
-    attr = OTEL_LATENCY_ATTRIBUTES
-    request_id = frame[attr["request_id"]]
-    bad = request_id.isna().to_numpy()
+    """The phase table of a frame of ``llm_request`` spans, one row each."""
+    request_id = _request_ids(frame)
+    arrival, origin_ns = _arrivals(frame)
+    queue, prefill, decode, completion = _latencies(frame, consistency_tol)
+    prompt = _token_field(frame, OTEL_LATENCY_ATTRIBUTES["prompt_tokens"])
+    cached = _cached_tokens(frame, cached_attr, prompt)
+    prefill_start = arrival + queue
+    phases = _phase_rows(
+        request_id,
+        prefill_start,
+        prefill_start + prefill,
+        decode,
+        (prompt - cached).astype(np.int64),
+        completion,
+        _instances(frame),
+    )
+    phases.attrs["time_origin_unix_nano"] = origin_ns
+    return phases
+
+
+def _reject(frame, bad: np.ndarray, what: str, names: list) -> None:
+    """Raise the span reader's ValueError for the rows where ``bad`` holds."""
     if bad.any():
-        raise ValueError(
-            f"llm_request span attribute {attr['request_id']!r} is missing: "
-            f"{_describe(frame, bad, [attr['request_id']])}."
-        )
+        raise ValueError(f"llm_request {what}: {_describe(frame, bad, names)}.")
+
+
+def _request_ids(frame) -> pd.Series:
+    name = OTEL_LATENCY_ATTRIBUTES["request_id"]
+    request_id = frame[name]
+    _reject(
+        frame,
+        request_id.isna().to_numpy(),
+        f"span attribute {name!r} is missing",
+        [name],
+    )
     dup = request_id.duplicated(keep=False).to_numpy()
-    if dup.any():
-        raise ValueError(
-            f"llm_request spans repeat {attr['request_id']!r}: "
-            f"{_describe(frame, dup, [attr['request_id']])}."
-        )
+    _reject(frame, dup, f"spans repeat {name!r}", [name])
+    return request_id
+
+
+def _arrivals(frame) -> tuple[np.ndarray, int]:
+    """Span starts in seconds from the earliest, and that origin in ns."""
     start_ns = pd.to_numeric(frame["_start_ns"], errors="coerce")
-    bad = start_ns.isna().to_numpy()
-    if bad.any():
-        raise ValueError(
-            "llm_request span field 'startTimeUnixNano' is missing or not an "
-            f"integer: {_describe(frame, bad, ['_start_ns'])}."
-        )
+    what = "span field 'startTimeUnixNano' is missing or not an integer"
+    _reject(frame, start_ns.isna().to_numpy(), what, ["_start_ns"])
     # Integer nanoseconds: subtract the origin before converting to float.
     start_ns = start_ns.astype("int64").to_numpy()
     origin_ns = int(start_ns.min())
-    arrival = (start_ns - origin_ns) / 1e9
+    return (start_ns - origin_ns) / 1e9, origin_ns
 
+
+def _latencies(frame, consistency_tol) -> tuple[np.ndarray, ...]:
+    """Queue, prefill and decode latencies and completion tokens, checked."""
+    attr = OTEL_LATENCY_ATTRIBUTES
     queue, ttft, prefill, decode, e2e = (
         _numeric_field(frame, attr[k])
         for k in ("queue", "ttft", "prefill", "decode", "e2e")
     )
     for key, values in (("queue", queue), ("prefill", prefill), ("decode", decode)):
-        bad = values < 0
-        if bad.any():
-            raise ValueError(
-                f"llm_request span attribute {attr[key]!r} is negative: "
-                f"{_describe(frame, bad, [attr[key]])}."
-            )
-    bad = prefill <= 0
-    if bad.any():
-        raise ValueError(
-            f"llm_request span attribute {attr['prefill']!r} must be positive: "
-            f"{_describe(frame, bad, [attr['prefill']])}."
+        _reject(
+            frame, values < 0, f"span attribute {attr[key]!r} is negative", [attr[key]]
         )
-    prompt = _token_field(frame, attr["prompt_tokens"])
+    what = f"span attribute {attr['prefill']!r} must be positive"
+    _reject(frame, prefill <= 0, what, [attr["prefill"]])
     completion = _token_field(frame, attr["completion_tokens"])
-    bad = completion < 1
-    if bad.any():
-        raise ValueError(
-            f"llm_request span attribute {attr['completion_tokens']!r} must be "
-            f">= 1 (the last prefill step emits a token): "
-            f"{_describe(frame, bad, [attr['completion_tokens']])}."
-        )
-    cached = np.zeros_like(prompt)
-    if cached_attr is not None and cached_attr in frame.columns:
-        present = frame[cached_attr].notna().to_numpy()
-        cached[present] = _token_field(frame.loc[present], cached_attr)
-        bad = cached > prompt
-        if bad.any():
-            raise ValueError(
-                f"llm_request span attribute {cached_attr!r} exceeds "
-                f"{attr['prompt_tokens']!r}: "
-                f"{_describe(frame, bad, [cached_attr, attr['prompt_tokens']])}."
-            )
-    decoded = completion > 1
-    bad = decoded & (decode <= 0)
-    if bad.any():
-        raise ValueError(
-            f"llm_request span attribute {attr['decode']!r} must be positive when "
-            f"{attr['completion_tokens']!r} > 1: "
-            f"{_describe(frame, bad, [attr['decode'], attr['completion_tokens']])}."
-        )
+    what = (
+        f"span attribute {attr['completion_tokens']!r} must be >= 1 (the last prefill "
+        "step emits a token)"
+    )
+    _reject(frame, completion < 1, what, [attr["completion_tokens"]])
+    what = (
+        f"span attribute {attr['decode']!r} must be positive when "
+        f"{attr['completion_tokens']!r} > 1"
+    )
+    names = [attr["decode"], attr["completion_tokens"]]
+    _reject(frame, (completion > 1) & (decode <= 0), what, names)
     if consistency_tol is not None:
         _check_consistent(
             frame, queue + prefill, ttft, ("queue", "prefill"), "ttft", consistency_tol
@@ -179,18 +184,34 @@ def spans_to_phases(frame, cached_attr, consistency_tol) -> pd.DataFrame:
         _check_consistent(
             frame, ttft + decode, e2e, ("ttft", "decode"), "e2e", consistency_tol
         )
+    return queue, prefill, decode, completion
 
-    instance = _instances(frame)
-    prefill_start = arrival + queue
-    prefill_end = prefill_start + prefill
-    n = len(frame)
+
+def _cached_tokens(frame, cached_attr, prompt: np.ndarray) -> np.ndarray:
+    cached = np.zeros_like(prompt)
+    if cached_attr is None or cached_attr not in frame.columns:
+        return cached
+    present = frame[cached_attr].notna().to_numpy()
+    cached[present] = _token_field(frame.loc[present], cached_attr)
+    name = OTEL_LATENCY_ATTRIBUTES["prompt_tokens"]
+    what = f"span attribute {cached_attr!r} exceeds {name!r}"
+    _reject(frame, cached > prompt, what, [cached_attr, name])
+    return cached
+
+
+def _phase_rows(
+    request_id, prefill_start, prefill_end, decode, prefill_tokens, completion, instance
+) -> pd.DataFrame:
+    """One prefill row per span and a decode row after it when it decoded."""
+    n = prefill_start.shape[0]
+    decoded = completion > 1
     prefill_rows = pd.DataFrame(
         {
             "request_id": request_id.to_numpy(),
             "phase_type": "prefill",
             "t_start": prefill_start,
             "t_end": prefill_end,
-            "prefill_tokens": (prompt - cached).astype(np.int64),
+            "prefill_tokens": prefill_tokens,
             "decode_tokens": np.zeros(n, dtype=np.int64),
             "instance_id": instance,
         }
@@ -208,9 +229,7 @@ def spans_to_phases(frame, cached_attr, consistency_tol) -> pd.DataFrame:
     )
     order_key = np.concatenate([np.arange(n), np.flatnonzero(decoded)])
     phases = pd.concat([prefill_rows, decode_rows], ignore_index=True)
-    phases = phases.iloc[np.argsort(order_key, kind="stable")].reset_index(drop=True)
-    phases.attrs["time_origin_unix_nano"] = origin_ns
-    return phases
+    return phases.iloc[np.argsort(order_key, kind="stable")].reset_index(drop=True)
 
 
 def _token_field(frame: pd.DataFrame, name: str) -> np.ndarray:

@@ -9,7 +9,9 @@ decode_tokens`` and, for the adapters, ``instance_id``), ready for
 * :func:`read_otel_spans`: OTLP JSON lines of vLLM's ``llm_request`` spans.
 * :func:`read_benchmark_results`: a serving benchmark's detailed results, a
   client-side approximation.
-* :func:`read_tracev2`: BLIS TraceV2 request traces (client side).
+* :func:`read_tracev2`: BLIS TraceV2 and TraceV3 request traces (client side).
+* :func:`read_vllm_request_stats`: vLLM's per-request engine timestamps
+  (queued, scheduled, first and last token), CSV or JSON lines.
 * :func:`to_blis_coefficients` (from :mod:`sklearn_beta.export`): betas as
   BLIS's ``beta_coeffs``.
 
@@ -57,6 +59,7 @@ from ..core._columns import PHASE_COLUMNS
 from ..core._grid import snap_times
 from ._bench_results import read_benchmark_results
 from ._export import BLIS_UNITS, to_blis_coefficients
+from ._formats import PHASE_FORMATS, check_format
 from ._otel import (
     DEFAULT_CACHED_TOKENS_ATTRIBUTE,
     DEFAULT_INSTANCE_ATTRIBUTES,
@@ -64,17 +67,29 @@ from ._otel import (
     otel_records,
     spans_to_phases,
 )
-from ._tracev2 import TIME_UNITS, TRACEV2_COLUMNS, tracev2_phases
+from ._tracev2 import (
+    TIME_UNITS,
+    TRACEV2_COLUMNS,
+    TRACEV3_CARRIED,
+    TRACEV3_COLUMNS,
+    tracev2_phases,
+)
+from ._vllm_stats import VLLM_STATS_COLUMNS, VLLM_STATS_OPTIONAL, vllm_stats_phases
 
 __all__ = [
     "BLIS_UNITS",
     "OTEL_LATENCY_ATTRIBUTES",
     "TIME_UNITS",
     "TRACEV2_COLUMNS",
+    "TRACEV3_CARRIED",
+    "TRACEV3_COLUMNS",
+    "VLLM_STATS_COLUMNS",
+    "VLLM_STATS_OPTIONAL",
     "read_benchmark_results",
     "read_otel_spans",
     "read_phases",
     "read_tracev2",
+    "read_vllm_request_stats",
     "to_blis_coefficients",
 ]
 
@@ -102,8 +117,9 @@ def read_phases(
         The file, or a directory (its CSV or Parquet files) or a glob such as
         ``"traces/*.parquet"``: their tables are concatenated, in file order.
     format : {"csv", "parquet"} or None, default=None
-        File format; inferred from the suffix (``.parquet``/``.pq`` is
-        Parquet, anything else CSV) when None.
+        File format, also of a directory's or glob's files and with
+        ``dask=True``; inferred from the suffix when None (``.parquet``/``.pq``
+        is Parquet, ``.csv`` or a suffix of no other format CSV).
     columns : dict or None, default=None
         Renames applied after reading, ``{name in the file: schema name}``,
         e.g. ``{"start_s": "t_start"}``.
@@ -123,7 +139,8 @@ def read_phases(
     Raises
     ------
     ValueError
-        If the file is missing, unreadable, or lacks a schema column.
+        If the file is missing, unreadable, or lacks a schema column, or the
+        format (given or inferred) is not CSV or Parquet.
 
     Examples
     --------
@@ -134,10 +151,12 @@ def read_phases(
         raise ValueError(
             f"time_unit must be one of {sorted(TIME_UNITS)}, got {time_unit!r}."
         )
+    if format is not None:
+        check_format(format, path, PHASE_FORMATS, "read_phases")
     if dask:
         from ..distributed._fleet import read_phases_dask
 
-        frame = read_phases_dask(path, columns=columns, blocksize=None)
+        frame = read_phases_dask(path, format=format, columns=columns, blocksize=None)
         for name in ("t_start", "t_end"):
             frame[name] = frame[name] * TIME_UNITS[time_unit]
         return frame
@@ -156,17 +175,14 @@ def read_phases(
     path = Path(path)
     if not path.is_file():
         raise ValueError(f"Trace file {str(path)!r} does not exist.")
-    if format is None:
-        format = "parquet" if path.suffix.lower() in (".parquet", ".pq") else "csv"
+    format = check_format(format, path, PHASE_FORMATS, "read_phases")
     if format == "csv":
         try:
             frame = pd.read_csv(path)
         except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeError) as exc:
             raise ValueError(f"Cannot read {str(path)!r} as CSV: {exc}") from exc
-    elif format == "parquet":
-        frame = _read_parquet(path)
     else:
-        raise ValueError(f"format must be 'csv' or 'parquet', got {format!r}.")
+        frame = _read_parquet(path)
     frame = schema_columns_first(frame, columns, str(path))
     if time_unit != "s":
         for name in ("t_start", "t_end"):
@@ -309,7 +325,7 @@ def read_otel_spans(
 
 
 def read_tracev2(data_csv: str | PathLike, header=None) -> pd.DataFrame:
-    """Read a BLIS TraceV2 request trace into a phase table.
+    """Read a BLIS TraceV2 or TraceV3 request trace into a phase table.
 
     TraceV2 is the request trace BLIS's ``observe`` and ``replay`` commands
     write: a YAML header and a CSV with one row per request (columns listed
@@ -329,30 +345,41 @@ def read_tracev2(data_csv: str | PathLike, header=None) -> pd.DataFrame:
     trace, these request-level costs are what the exported ``alpha_coeffs``
     estimate (``docs/formats.md``).
 
+    A header with ``trace_version: 3`` makes the CSV a TraceV3 trace: its
+    columns are found by any name :data:`TRACEV3_COLUMNS` accepts, and each
+    row of a request also carries ``arrival`` (the send, what the engine
+    saw), ``intended_arrival`` (when a closed-loop client meant to send it),
+    ``tenant_id`` and, when present, the :data:`TRACEV3_CARRIED` columns
+    (``client_id``, ``instance_id``, ``model``, ``adapter``).
+
     Parameters
     ----------
     data_csv : str or path-like
-        The TraceV2 CSV.
+        The TraceV2 or TraceV3 CSV.
     header : str, path-like, dict or None, default=None
-        The TraceV2 YAML header (a path, or the parsed mapping). Its
-        ``time_unit`` sets the unit of the ``*_time_us`` columns; without a
-        header they are read as microseconds.
+        The YAML header (a path, or the parsed mapping). Its ``time_unit``
+        sets the unit of the time columns (microseconds without one); its
+        ``trace_version`` (2 without one) the columns read.
 
     Returns
     -------
     phases : DataFrame
         Columns ``request_id, phase_type, t_start, t_end, prefill_tokens,
-        decode_tokens``, times in seconds since the earliest send. ``attrs``
-        holds ``notes`` (e.g. how many requests were dropped for their
-        status), ``client_side=True``, ``time_origin`` (seconds, in the
-        trace's clock) and the ``header``.
+        decode_tokens`` (and TraceV3's request columns), times in seconds
+        since the earliest send (TraceV3: the earliest intended arrival).
+        ``attrs`` holds ``notes`` (e.g. how many requests were dropped for
+        their status, how far sends lag the intended arrivals),
+        ``client_side=True``, ``time_origin`` (seconds, in the trace's
+        clock), ``trace_version`` and the ``header``.
 
     Raises
     ------
     ValueError
-        If a file is missing or unreadable, a column is missing, a time or
-        token count is not a non-negative integer, a chunk time precedes its
-        phase's start, or no request has status ``ok``.
+        If a file is missing or unreadable, the version is not 2 or 3, a
+        column is missing (TraceV3: the message lists the names accepted), a
+        time or token count is not a non-negative integer, a chunk time
+        precedes its phase's start or a send its intended arrival, or no
+        request has status ``ok``.
 
     Examples
     --------
@@ -360,3 +387,78 @@ def read_tracev2(data_csv: str | PathLike, header=None) -> pd.DataFrame:
     >>> phases = read_tracev2("trace.csv", header="trace.yaml")  # doctest: +SKIP
     """
     return tracev2_phases(data_csv, header)
+
+
+# --------------------------------------------------------------------------
+# vLLM request stats (engine side)
+# --------------------------------------------------------------------------
+
+
+def read_vllm_request_stats(
+    path: str | PathLike,
+    *,
+    format: str | None = None,
+    columns: dict[str, str] | None = None,
+    time_unit: str = "s",
+) -> pd.DataFrame:
+    """Read vLLM's per-request engine timestamps into a phase table.
+
+    One row (CSV) or JSON object (JSON lines) per request, with the times
+    vLLM's engine records for it on its own clock (``RequestStateStats``):
+    ``queued``, ``scheduled`` (first scheduled), ``first_token`` and
+    ``last_token``, and the counts ``prompt_tokens`` and ``output_tokens``.
+    Columns are found by any name :data:`VLLM_STATS_COLUMNS` accepts (vLLM's
+    own ``queued_ts``, ``num_generation_tokens``, ... among them); the
+    optional :data:`VLLM_STATS_OPTIONAL` are the prompt tokens served from
+    the prefix cache and the engine instance. Each request gives
+
+    * a prefill row ``[scheduled, first_token]`` with ``prompt_tokens``
+      minus the cached tokens: engine-side, so no queueing inside the phase;
+    * when ``output_tokens > 1``, a decode row ``[first_token, last_token]``
+      with ``output_tokens - 1`` decode tokens (the last prefill step emits
+      the first token).
+
+    Both rows carry ``arrival`` (= ``queued``), ``queued`` and ``scheduled``:
+    the wait before the first step, for the replay and the
+    schedule-consistent estimator.
+
+    Parameters
+    ----------
+    path : str or path-like
+        The file.
+    format : {"csv", "jsonl"} or None, default=None
+        File format; None infers it from the suffix (``.jsonl``/``.ndjson``
+        JSON lines, ``.csv`` or a suffix of no other format CSV).
+    columns : dict or None, default=None
+        Renames applied after reading, ``{name in the file: accepted name}``,
+        e.g. ``{"t_sched": "scheduled"}``.
+    time_unit : {"s", "ms", "us", "ns"}, default="s"
+        Unit of the four times; they are returned in seconds since the
+        earliest ``queued`` (integer columns are subtracted as integers).
+
+    Returns
+    -------
+    phases : DataFrame
+        Columns ``request_id, phase_type, t_start, t_end, prefill_tokens,
+        decode_tokens, arrival, queued, scheduled`` (and ``instance_id`` when
+        the file has one), prefill before decode per request. ``attrs``
+        holds ``time_origin`` (the earliest ``queued``, in seconds) and
+        ``client_side=False``.
+
+    Raises
+    ------
+    ValueError
+        If the file is missing or unreadable, the format is not CSV or JSON
+        lines, a column is missing (the message lists the names accepted), a
+        time is not a number, the times of a request are not ordered
+        ``queued <= scheduled <= first_token <= last_token``, a count is not
+        a non-negative integer, ``output_tokens < 1`` or more tokens are
+        cached than prompted. The message names the column and the first
+        offending rows.
+
+    Examples
+    --------
+    >>> from sklearn_beta.io import read_vllm_request_stats
+    >>> phases = read_vllm_request_stats("stats.jsonl")  # doctest: +SKIP
+    """
+    return vllm_stats_phases(path, format, columns, time_unit)

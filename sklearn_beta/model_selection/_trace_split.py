@@ -339,6 +339,12 @@ def complete_context_mask(
     t_start_col, t_end_col = columns.t_start, columns.t_end
     instance_col = columns.instance_id
     needed = [t_start_col, t_end_col] + ([instance_col] if instance_col else [])
+    missing = [c for c in needed if c not in frame.columns]
+    if missing:
+        raise ValueError(
+            f"The phase table is missing column(s) {missing}; it has "
+            f"{list(frame.columns)}. Name them with columns={{schema name: column}}."
+        )
     t_start = numeric_column(frame, t_start_col, needed)
     t_end = numeric_column(frame, t_end_col, needed)
     if instance_col is None:
