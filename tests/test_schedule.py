@@ -355,3 +355,44 @@ def test_vllm_sized_engine_auto_start():
     # sent before the queue formed have TTFTs of a step or two)
     for quantity in ("decode", "e2e"):
         assert np.mean(np.abs(replay_errors(replayed, quantity))) <= 0.01
+
+
+def test_kv_cache_bound_with_preemptions_exact():
+    # A KV cache of 900 blocks of 16 tokens bounds the batch at ~44 of the
+    # 64 slots and preempts 457 times (recomputing the preempted): given the
+    # KV settings, the noise-free fit is exact; the engine without them
+    # cannot carry the trace (measured: all betas fitted about 0).
+    from sklearn_beta.engine._loop import EngineSettings
+
+    kv = dict(num_gpu_blocks=900, block_size=16)
+    rng = np.random.RandomState(5)
+    n = 2000
+    send = np.cumsum(rng.exponential(1.0 / 40.0, n))
+    prompt = np.clip(np.rint(300 * np.exp(0.5 * rng.standard_normal(n))), 1, None)
+    output = np.clip(np.rint(100 * np.exp(0.5 * rng.standard_normal(n))), 1, None)
+    run = run_engine(
+        send,
+        prompt.astype(np.int64),
+        output.astype(np.int64),
+        np.zeros(n, np.int64),
+        beta=BETA,
+        settings=EngineSettings(**kv),
+        **ENGINE,
+    )
+    assert run.preemptions.sum() > 400
+    is_prefill = np.tile([True, False], n)
+    first, last = run.prefill_end, run.decode_end
+    phases = pd.DataFrame(
+        {
+            "request_id": np.repeat(np.arange(n), 2),
+            "phase_type": np.where(is_prefill, "prefill", "decode"),
+            "t_start": np.ravel(np.column_stack((send, first))),
+            "t_end": np.ravel(np.column_stack((first, last))),
+            "prefill_tokens": np.where(is_prefill, np.repeat(prompt, 2), 0),
+            "decode_tokens": np.where(is_prefill, 0, np.repeat(output, 2)),
+            "arrival": np.repeat(send, 2),
+        }
+    )
+    model = ScheduleBetaRegressor(**ENGINE, engine_settings=kv).fit(phases)
+    assert model.converged_
+    np.testing.assert_allclose(model.beta_, BETA, rtol=1e-9)
