@@ -178,6 +178,7 @@ def run_cluster(
     from sklearn.pipeline import make_pipeline
 
     import sklearn_beta.distributed._dask_fit as dask_fit
+    import sklearn_beta.estimators._fit as fit_module
     from sklearn_beta import IterativeBetaRegressor, PhaseExposureTransformer
 
     sys.path.insert(0, str(HERE))
@@ -221,16 +222,16 @@ def run_cluster(
             ),
             IterativeBetaRegressor(objective=objective, verbose=1),
         )
-        original = dask_fit._print_progress
+        original = fit_module.print_progress
         solve_step_counts = dask_fit.solve_step_counts
-        dask_fit._print_progress = record
+        fit_module.print_progress = record
         dask_fit.solve_step_counts = solver_entry
         try:
             start = time.perf_counter()
             model.fit(phases)
             seconds = time.perf_counter() - start
         finally:
-            dask_fit._print_progress = original
+            fit_module.print_progress = original
             dask_fit.solve_step_counts = solve_step_counts
         peaks = client.run(_peak_rss_mb)
         spilled = client.run(_spill_totals)

@@ -28,7 +28,7 @@ import pandas as pd
 
 from sklearn_beta import ScheduleBetaRegressor
 from sklearn_beta.engine._loop import run_engine
-from sklearn_beta.estimators import _schedule as schedule_module
+from sklearn_beta.engine_config import _schedule as schedule_module
 
 BETA = np.array([6e-3, 3e-5, 1.2e-4])
 ENGINE = dict(chunk_size=256, token_budget=512, max_num_seqs=64)

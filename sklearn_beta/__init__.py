@@ -6,10 +6,14 @@ recovers ``(beta0, beta1, beta2)`` from them, as scikit-learn estimators and as
 a functional API that reproduces the published reference.
 """
 
+# Importing the distributed subpackage registers the estimators' Dask backend
+# (which imports dask only when a Dask collection arrives).
+from . import distributed  # noqa: F401
 from .core._cleaning import CleaningReport, clean_phases
 from .core._columns import PhaseColumns
 from .core._design import DesignAtBetas, design_at_betas
 from .core._schema import EXPOSURE_COLUMNS
+from .engine_config._schedule import ScheduleBetaRegressor
 from .engine_config._search import (
     VLLM_TOKEN_BUDGETS,
     EngineConfig,
@@ -26,7 +30,6 @@ from .estimators._functional import (
     estimate_betas_iterative,
 )
 from .estimators._iterative import IterativeBetaRegressor
-from .estimators._schedule import ScheduleBetaRegressor
 from .trust._bootstrap import block_bootstrap_ci
 
 __version__ = "0.1.0"

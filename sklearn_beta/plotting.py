@@ -44,7 +44,7 @@ _MAX_INSTANCES = 4
 
 def _figure(**kwargs):
     try:
-        from matplotlib.figure import Figure
+        from matplotlib.figure import Figure  # optional dependency: the plot extra
     except ImportError as exc:
         raise ImportError(
             "Plotting needs matplotlib: pip install 'sklearn-beta[plot]'."
@@ -262,7 +262,7 @@ def plot_beta_history(
     fig : matplotlib.figure.Figure
     """
     fig = _figure(figsize=(9, 6), layout="constrained")
-    from matplotlib.ticker import MaxNLocator
+    from matplotlib.ticker import MaxNLocator  # optional dependency (plot extra)
 
     axes = fig.subplots(2, 2, sharex=True).ravel()
     it = history["iteration"].to_numpy()

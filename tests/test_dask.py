@@ -224,7 +224,7 @@ def test_missing_column_is_named(client, fleet):
 
 @pytest.mark.parametrize("objective", ["step_count", "duration"])
 def test_worker_lost_between_iterations_changes_nothing(fleet, objective, monkeypatch):
-    import sklearn_beta.distributed._dask_fit as dask_fit
+    import sklearn_beta.estimators._fit as fit_module
 
     regressor = IterativeBetaRegressor(objective=objective, edges="fit", verbose=1)
     local = _fit_quietly(_model(regressor), fleet)
@@ -244,7 +244,7 @@ def test_worker_lost_between_iterations_changes_nothing(fleet, objective, monkey
                 lost.append(len(worker.data))
                 cluster.sync(worker.close)
 
-        monkeypatch.setattr(dask_fit, "_print_progress", close_a_worker)
+        monkeypatch.setattr(fit_module, "print_progress", close_a_worker)
         ddf = dd.from_pandas(fleet.sort_values("instance_id"), npartitions=4)
         remote = _fit_quietly(_model(regressor), ddf)
         assert len(client.scheduler_info()["workers"]) == 1

@@ -89,7 +89,7 @@ def test_workers_hold_only_blocks_and_the_fit_equals_pandas(table):
     from sklearn.base import clone
     from sklearn.pipeline import make_pipeline
 
-    import sklearn_beta.distributed._dask_fit as dask_fit
+    import sklearn_beta.estimators._fit as fit_module
 
     phases = simulate_trace(
         600,
@@ -113,7 +113,7 @@ def test_workers_hold_only_blocks_and_the_fit_equals_pandas(table):
         def record(entry, unit=1.0):
             held.append({type(value).__name__ for value in worker.data.values()})
 
-        patch.setattr(dask_fit, "_print_progress", record)
+        patch.setattr(fit_module, "print_progress", record)
         model = make_pipeline(
             PhaseExposureTransformer(
                 chunk_size=64, columns={"instance_id": "instance_id"}

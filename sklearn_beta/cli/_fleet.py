@@ -20,6 +20,7 @@ from contextlib import contextmanager
 import numpy as np
 import pandas as pd
 
+from ..distributed._fleet import connect
 from ..engine_config._search import model_chunk_size
 from ..engine_config._trace_fit import TraceFit, fitted_summary, make_model
 from ..io._formats import PHASE_FORMATS
@@ -40,8 +41,6 @@ DASK_FORMATS = PHASE_FORMATS
 def fleet_client(address: str):
     """The ``distributed.Client`` of ``--dask ADDRESS``, closed on exit
     (with the ``LocalCluster`` it started for ``local``)."""
-    from ..distributed._fleet import connect
-
     # A shuffle of instances straddling files logs its start and end at
     # WARNING level: noise on a command line's stderr, not a problem.
     logging.getLogger("distributed.shuffle").setLevel(logging.ERROR)
@@ -71,7 +70,7 @@ def fleet_summary(phases, instance_col: str | None) -> dict:
     phase counts in ``instance_sizes``; ``longest_prompt`` is the most
     prefill tokens of a phase.
     """
-    import dask
+    import dask  # optional dependency: the dask extra
 
     parts = phases.to_delayed()
     counts = dask.compute(

@@ -45,6 +45,7 @@ from ..io._readers import (
     read_vllm_request_stats,
 )
 from ..io._vllm_stats import has_stats_columns
+from ..plotting import save_fit_plots, save_replay_plot
 from ._engine import (
     choose_engine,
     engine_candidates,
@@ -230,8 +231,6 @@ def _error(message: str, code: int) -> int:
 def _plot(report: dict, fit: TraceFit, config, phases, directory: str) -> str | None:
     """Write the plots; the reason they failed, or None."""
     try:
-        from ..plotting import save_fit_plots, save_replay_plot
-
         report["plots"] = [str(p) for p in save_fit_plots(fit.model, phases, directory)]
         if config is not None:
             report["plots"].append(str(save_replay_plot(config.held_out, directory)))

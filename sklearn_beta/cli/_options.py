@@ -1,7 +1,7 @@
 """The argument parser of ``sklearn-beta`` (options, their help and defaults).
 
 Estimator options take their defaults from the estimator classes
-(:func:`sklearn_beta._trace_fit.fit_option_defaults`): ``--help`` shows them,
+(:func:`sklearn_beta.engine_config._search.fit_option_defaults`): ``--help`` shows them,
 and an option not given keeps the estimator's own default.
 """
 
@@ -11,13 +11,12 @@ import argparse
 
 from .. import __version__
 from ..core._corrections import CORRECTION_MODES, FIXED_CORRECTION_MODES
-from ..engine_config._search import VLLM_TOKEN_BUDGETS
+from ..engine_config._search import VLLM_TOKEN_BUDGETS, fit_option_defaults
 from ..engine_config._trace_fit import (
     ALGORITHMS,
     DEFAULT_CHUNK_CANDIDATES,
     ITERATIVE_OPTIONS,
     TRANSFORMER_OPTIONS,
-    fit_option_defaults,
 )
 from ..estimators._iterative import OBJECTIVES, STOPPING_RULES
 from ..io._readers import TIME_UNITS

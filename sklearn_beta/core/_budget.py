@@ -73,7 +73,7 @@ def budget_group_mass(timeline: Timeline, prefill_tokens: np.ndarray) -> np.ndar
     ``B - p_dec``. Each group's deficit (module docstring) is returned as the
     mass of the prefills that end on its last segment, shared equally, plus
     the ``n B - (B - p_dec)`` tokens the budget cap already removed there,
-    which :func:`~sklearn_beta._corrections.budget_capped_mass` takes back
+    which :func:`~sklearn_beta.core._corrections.budget_capped_mass` takes back
     off. 0 on every other phase.
     """
     budget = timeline.token_budget

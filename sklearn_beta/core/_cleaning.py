@@ -1,6 +1,6 @@
 """Cleaning damaged phase tables: drop the rows the estimators reject.
 
-:func:`clean_phases` runs the row checks of :mod:`sklearn_beta._validation`
+:func:`clean_phases` runs the row checks of :mod:`sklearn_beta.core._validation`
 and, instead of raising on the first kind of bad row, drops every bad row and
 counts it under its first reason.
 """

@@ -2,7 +2,7 @@
 
 :class:`PhaseColumns` says which frame column plays which part of the schema
 (docs/method.md section 2); :class:`PhaseArrays` is the table once
-:func:`sklearn_beta._validation.check_phases` has validated it, the form
+:func:`sklearn_beta.core._validation.check_phases` has validated it, the form
 every computation below the public layer reads.
 """
 

@@ -165,7 +165,7 @@ def counted_phases(timeline: Timeline) -> np.ndarray:
     Decodes always run ``D`` steps. A prefill runs ``ceil(P / C)`` steps only
     if no step of its window was short of budget; a capped step may have
     served it a partial chunk, or none. Under a budget and no chunk cap
-    (:mod:`sklearn_beta._budget`) the prefills alone in their group, with
+    (:mod:`sklearn_beta.core._budget`) the prefills alone in their group, with
     the decodes unchanged, are known.
     """
     if timeline.budget_excess is None:

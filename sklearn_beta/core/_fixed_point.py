@@ -10,7 +10,6 @@ gives the next betas. The lag is the reference's: the density of pass m uses
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -24,6 +23,7 @@ from ._corrections import (
 )
 from ._grid import Timeline, phase_integrals
 from ._nnls import fit_statistics, nnls_fit
+from ._warnings import warn
 
 #: Floor on a step time, in the fit's time unit.
 MIN_STEP_TIME = 1e-12
@@ -189,7 +189,7 @@ class TimelineDurations(TimelineProblem):
     re-weighting pass at given betas (the problem keeps the lagged ``p_eff``),
     that pass's NNLS of the durations, the basis its stopping rule measures a
     step in and its fit statistics. The Dask implementation
-    (:mod:`sklearn_beta._dask_fit`) answers with sums over partitions.
+    (:mod:`sklearn_beta.distributed._dask_fit`) answers with sums over partitions.
     """
 
     def __init__(self, timeline, correction_mode, sample_weight=None):
@@ -283,19 +283,17 @@ def warn_not_converged(
     settings: IterationSettings,
     last_step: float,
     names: dict | None = None,
-    stacklevel: int = 2,
 ) -> None:
     """The ConvergenceWarning of a fit that ran out of iterations.
 
     ``names`` maps the estimator's parameters to the caller's arguments.
     """
     max_iter, damping = ((names or {}).get(k, k) for k in ("max_iter", "damping"))
-    warnings.warn(
+    warn(
         f"{caller} did not converge in {max_iter}={settings.max_iter} "
         f"iterations (last change {last_step:.3g} >= tol="
         f"{settings.tol:g}); increase {max_iter} or damp with {damping} < 1.",
         ConvergenceWarning,
-        stacklevel=stacklevel,
     )
 
 

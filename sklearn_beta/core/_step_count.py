@@ -244,7 +244,7 @@ class TimelineCounts(TimelineProblem):
     What :func:`solve_step_counts` asks of a trace: weighted totals, the
     state at given betas, its Gauss-Newton proposal, the basis its stopping
     rule measures a step in, and the duration fit it reports. The Dask
-    implementation (:mod:`sklearn_beta._dask_fit`) answers the same
+    implementation (:mod:`sklearn_beta.distributed._dask_fit`) answers the same
     questions with sums over partitions, so one loop serves both.
     """
 

@@ -6,7 +6,7 @@ Everything below the public layer works on the plain arrays of
 :func:`check_phases` raises on the first kind of bad row it finds, with a
 one-paragraph message that starts with the published implementation's phrase
 and goes on to name the column and show the first offending rows.
-:func:`sklearn_beta._cleaning.clean_phases` runs the same column and row
+:func:`sklearn_beta.core._cleaning.clean_phases` runs the same column and row
 checks (:func:`phase_layout`, :func:`row_problems`) and drops the bad rows
 instead. Problems that dropping rows cannot fix (a missing column, a boolean
 or datetime column, an empty table) raise in both.

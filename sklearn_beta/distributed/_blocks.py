@@ -11,11 +11,11 @@ R factor of ``[design, target]``, at most 4 x 4; column sums; a loss), and
 :func:`combine_stats` reduces them on the client.
 
 The R factor of a stack of R factors is the R factor of the stacked blocks
-(tall-skinny QR), so :func:`~sklearn_beta._nnls.nnls_from_r` solves the same
-least-squares problem as :func:`~sklearn_beta._nnls.nnls_fit` on the whole
+(tall-skinny QR), so :func:`~sklearn_beta.core._nnls.nnls_from_r` solves the same
+least-squares problem as :func:`~sklearn_beta.core._nnls.nnls_fit` on the whole
 design. Each block computes with the in-memory objects of the pandas fit
-(:class:`~sklearn_beta._step_count.TimelineCounts`, ``reweighted_design``).
-No dask here: see :mod:`sklearn_beta._dask_fit` for the scheduling.
+(:class:`~sklearn_beta.core._step_count.TimelineCounts`, ``reweighted_design``).
+No dask here: see :mod:`sklearn_beta.distributed._dask_fit` for the scheduling.
 """
 
 from __future__ import annotations
@@ -226,7 +226,7 @@ def _start_stats(
     unit: float,
     init_correction_mode: str | None,
 ) -> dict:
-    """Like ``IterativeBetaRegressor._fit_timeline``: the baseline NNLS of the
+    """Like ``_iterative.TimelineSource.solve``: the baseline NNLS of the
     table's own design, or of the one ``init_correction_mode`` places; the
     trace's shape and weighted totals."""
     timeline = counts.timeline

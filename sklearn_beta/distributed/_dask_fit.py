@@ -4,19 +4,23 @@ Every partition must hold whole engine instances (the transformer
 repartitions when they do not, see :mod:`sklearn_beta.fleet`). The exposure
 table is persisted, each partition's timeline is built once where it lives
 and kept there, and each iteration sends the betas out and brings back only
-the statistics of :mod:`sklearn_beta._distributed` (R factors of at most
-4 x 4, column sums, a loss). The phase table never reaches the client.
+the statistics of :mod:`sklearn_beta.distributed._blocks` (R factors of at
+most 4 x 4, column sums, a loss). The phase table never reaches the client.
 
-The solver loops are the pandas fit's own:
-:func:`~sklearn_beta._step_count.solve_step_counts` (``initial_scale``,
+The fit is the in-memory fit's orchestration
+(:func:`~sklearn_beta.estimators._fit.fit_baseline`,
+:func:`~sklearn_beta.estimators._fit.fit_iterative`) on a
+:class:`PartitionSource`, and the solver loops are the in-memory fit's own:
+:func:`~sklearn_beta.core._step_count.solve_step_counts` (``initial_scale``,
 Gauss-Newton steps with step halving) and
-:func:`~sklearn_beta._fixed_point.solve_fixed_point` (the lagged
+:func:`~sklearn_beta.core._fixed_point.solve_fixed_point` (the lagged
 re-weighting of the duration objective) run on the problems of
-:mod:`sklearn_beta._partition_problems`, which answer each of the loop's
-questions with one reduction of per-partition sums, where the pandas fit asks one
-in-memory timeline: the betas agree with the pandas fit of the same rows to
-rounding. So do the intervals (:mod:`sklearn_beta._distributed_trust`) and
-the window-edge treatment (:mod:`sklearn_beta._distributed_edges`).
+:mod:`sklearn_beta.distributed._partition_problems`, which answer each of the
+loop's questions with one reduction of per-partition sums, where the pandas
+fit asks one in-memory timeline: the betas agree with the pandas fit of the
+same rows to rounding. So do the intervals
+(:mod:`sklearn_beta.distributed._trust`) and the window-edge treatment
+(:mod:`sklearn_beta.distributed._edges`).
 
 Works with the active ``distributed.Client`` (or, without one, Dask's local
 scheduler). A worker lost between iterations costs a recomputation: the
@@ -27,19 +31,20 @@ then the chain of lagged passes) and the fit goes on with the same numbers.
 from __future__ import annotations
 
 import copy
+from dataclasses import dataclass, field
 
-import dask
 import numpy as np
 import pandas as pd
 from sklearn.utils.validation import check_is_fitted
 
+from ..core._columns import PhaseColumns
 from ..core._fixed_point import solve_fixed_point
 from ..core._nnls import nnls_from_r, scores_from_sums
 from ..core._schema import EXPOSURE_COLUMNS, column
 from ..core._step_count import solve_step_counts
 from ..core._validation import phase_layout
-from ..estimators._baseline import BaselineBetaRegressor, diagnostics_from_sums
-from ..estimators._iterative import _print_progress
+from ..estimators._baseline import diagnostics_from_sums
+from ..estimators._fit import FitSettings, Solution, intervals_of_sums, nan_intervals
 from ..trust._edges import fit_with_edge_context
 from ..trust._identifiability import at_zero_bound, identifiability_diagnostics
 from ..trust._what_if import findings_of_split, split_from_sums
@@ -86,14 +91,20 @@ class Partitions:
 
     def derive(self, fn, *args, states: Partitions | None = None) -> Partitions:
         """Persist ``fn(item[, state], *args)`` of every partition where it lives."""
+        import dask  # optional dependency: the dask extra
+
         tasks = self._tasks(fn, args, states)
         return Partitions(list(_run(dask.persist, tasks)))
 
     def map(self, fn, *args, states: Partitions | None = None) -> dict:
         """Compute ``fn(item[, state], *args)`` everywhere and reduce the results."""
+        import dask  # optional dependency: the dask extra
+
         return combine_stats(list(_run(dask.compute, self._tasks(fn, args, states))))
 
     def _tasks(self, fn, args, states):
+        import dask  # optional dependency: the dask extra
+
         call = dask.delayed(fn, pure=False)
         if states is None:
             return [call(item, *args) for item in self.items]
@@ -123,32 +134,33 @@ def _run(scheduler_call, tasks):
 # --- Transformer ------------------------------------------------------------
 
 
-def check_phase_partitions(transformer, X) -> None:
-    """Validate the parameters and the columns of a Dask phase table (``fit``).
+def check_phase_partitions(X, columns: PhaseColumns, need_tokens: bool) -> None:
+    """Check the columns of a Dask phase table (the transformer's ``fit``).
 
     The rows are validated partition by partition in ``transform``; here the
-    column rule of :func:`~sklearn_beta._validation.phase_layout` runs on a
-    stand-in with one prefill and one decode row (a partition may hold both).
+    column rule of :func:`~sklearn_beta.core._validation.phase_layout` runs
+    on a stand-in with one prefill and one decode row (a partition may hold
+    both).
     """
-    transformer._validate_params()
-    columns = transformer._columns()
     stand_in = pd.DataFrame({name: [None, None] for name in X.columns})
     if columns.phase_type in stand_in.columns:
         stand_in[columns.phase_type] = ["prefill", "decode"]
-    phase_layout(stand_in, columns, transformer._need_tokens())
-    transformer.feature_names_in_ = np.asarray(X.columns, dtype=object)
-    transformer.n_features_in_ = len(transformer.feature_names_in_)
+    phase_layout(stand_in, columns, need_tokens)
 
 
-def transform_partitions(transformer, X):
+def transform_partitions(
+    transformer, X, columns: PhaseColumns, need_tokens: bool, chunk: int
+):
     """The exposure table of a Dask phase table, one partition per partition.
 
-    Its ``instance_id`` codes are the whole fleet's (the sorted instance ids,
-    as in memory), not each partition's own: the table is the pandas
-    transform's, row by row.
+    Each partition is the fitted ``transformer``'s ``transform`` of it;
+    ``columns``, ``need_tokens`` and ``chunk`` (the most prompt tokens of a
+    step) are the transformer's. Its ``instance_id`` codes are the whole
+    fleet's (the sorted instance ids, as in memory), not each partition's
+    own: the table is the pandas transform's, row by row.
     """
     check_is_fitted(transformer)
-    instance_id = transformer._columns().instance_id
+    instance_id = columns.instance_id
     names = None
     if instance_id in X.columns:
         distinct = partition_instances(X, instance_id)
@@ -156,9 +168,9 @@ def transform_partitions(transformer, X):
         names = instance_index(distinct)
     else:
         X = whole_instances(X, None)
-    if transformer.time_resolution == "auto":
-        transformer = copy.copy(transformer)
-        transformer.time_resolution = fleet_time_resolution(X, transformer)
+    if transformer.get_params()["time_resolution"] == "auto":
+        resolution = fleet_time_resolution(X, columns, need_tokens, chunk)
+        transformer = copy.copy(transformer).set_params(time_resolution=resolution)
     meta = pd.DataFrame(
         {name: pd.Series(dtype=np.float64) for name in EXPOSURE_COLUMNS},
         index=X._meta.index,
@@ -188,157 +200,177 @@ def _transform_part(
 # --- Regressors -------------------------------------------------------------
 
 
-def fit_partitions(estimator, X, y=None, sample_weight=None):
-    """Fit a beta regressor on a Dask exposure table."""
+def partition_exposures(X, y=None, sample_weight=None) -> PartitionSource:
+    """The data source of a Dask exposure table (the regressors' ``fit``)."""
     for name, value in (("y", y), ("sample_weight", sample_weight)):
         if value is not None:
             raise TypeError(_NOT_COLLECTED.format(name=name))
-    estimator._check_width(len(X.columns))
-    estimator.feature_names_in_ = np.asarray(X.columns, dtype=object)
-    estimator.n_features_in_ = len(X.columns)
-    tables = Partitions.of(X.persist())
-    if isinstance(estimator, BaselineBetaRegressor):
-        beta = _fit_baseline(estimator, tables)
-    else:
-        beta = _fit_iterative(estimator, tables)
-    # One frame deeper than the in-memory fit: fit dispatched here.
-    return estimator._set_betas(beta, stacklevel=7)
+    return PartitionSource(X)
 
 
-def _diagnostics(
-    estimator, stats, ss_res, duration, beta, unit=1.0, findings=(), weighted_r=None
-) -> dict:
-    """``design_diagnostics`` and ``identifiability_diagnostics`` from sums.
+@dataclass
+class _Reduced:
+    """What a solved fit on partitions keeps for its diagnostics and intervals."""
 
-    ``duration`` (a ``Moments``) and ``ss_res`` are in units of ``unit`` (a
-    power of two, so scaling back is exact); the design is in steps and tokens.
-    ``findings`` are the step-count fit's noise-limited coefficients;
-    ``weighted_r`` the R factor of the fit's phase-weighted ``[design,
-    duration]`` (edge context left out), which the collinearity checks read,
-    as the pandas fit reads its weighted design.
+    stats: dict
+    ss_res: float
+    duration: Moments
+    findings: list = field(default_factory=list)
+    weighted_r: np.ndarray | None = None
+    trust: tuple | None = None
+    baseline: bool = False
+
+
+class PartitionSource:
+    """A Dask exposure table, for :mod:`~sklearn_beta.estimators._fit`.
+
+    Every question of the fit is answered by a reduction of per-partition
+    sums: the table is persisted on first use and each partition's timeline
+    is built once where it lives.
     """
-    r_design = stats["r_design"].r
-    r2, rmse = scores_from_sums(ss_res, duration.m2, duration.count)
-    diagnostics = diagnostics_from_sums(
-        duration.count,
-        (r2, rmse * unit),
-        [duration.total * unit, *stats["design_sum"]],
-    )
-    # Only the design's Gram matrix and the durations' norm enter: the R
-    # factor of [design, duration] carries both.
-    norm = np.linalg.norm(r_design[:, 3]) * unit
-    checked = r_design if weighted_r is None else weighted_r
-    diagnostics.update(
-        identifiability_diagnostics(
-            checked[:, :3],
-            np.array([np.linalg.norm(checked[:, 3]) * unit]),
-            beta,
-            stats["shape"],
-            estimator=type(estimator).__name__,
-            stacklevel=6,
-            extra_findings=list(findings),
+
+    def __init__(self, X):
+        self.columns = list(X.columns)
+        self._frame = X
+        self._tables = None
+
+    def _persisted(self) -> Partitions:
+        if self._tables is None:
+            self._tables = Partitions.of(self._frame.persist())
+        return self._tables
+
+    def baseline(self) -> Solution:
+        tables = self._persisted()
+        stats = tables.map(baseline_block, None)
+        beta = nnls_from_r(stats["r_design"].r)
+        ss_res = tables.map(baseline_block, beta)["ss_res"]
+        return Solution(
+            beta, state=_Reduced(stats, ss_res, stats["duration"], baseline=True)
         )
-    )
-    # The zero bound reads the unweighted fit, as in memory.
-    diagnostics["at_zero_bound"] = at_zero_bound(
-        r_design[:, :3], np.array([norm]), beta
-    )
-    return diagnostics
 
+    def scale_totals(self) -> tuple[float, float, int]:
+        sums = self._persisted().map(scale_sums_block)
+        return sums["n_steps"], sums["duration"], sums["count"]
 
-def _fit_baseline(estimator, tables: Partitions) -> np.ndarray:
-    stats = tables.map(baseline_block, None)
-    beta = nnls_from_r(stats["r_design"].r)
-    ss_res = tables.map(baseline_block, beta)["ss_res"]
-    estimator.diagnostics_ = _diagnostics(
-        estimator, stats, ss_res, stats["duration"], beta
-    )
-    if estimator.n_features_in_ < len(EXPOSURE_COLUMNS):
-        # Without the phase windows there are no time blocks: NaN, as in memory.
-        estimator.beta_ci_ = estimator._beta_intervals(None, beta, None, None, None)
-    else:
-        trust = None
-        if estimator.confidence_level is not None:
-            trust = solution_sums(estimator, tables, baseline_solution, beta)
-        estimator.beta_ci_ = _intervals(estimator, trust, beta)
-    return beta
-
-
-def _fit_iterative(estimator, tables: Partitions) -> np.ndarray:
-    """``IterativeBetaRegressor._fit_timeline`` on partitions: the same loops
-    and the same settings, unit, history and warnings (the estimator's own
-    helpers); the diagnostics and intervals from reduced sums."""
-    unit = estimator._set_time_unit(lambda: _scale_totals(tables))
-    blocks = tables.derive(
-        build_block, unit, estimator.correction_mode, estimator.init_correction_mode
-    )
-    # Nothing reads the exposure table after the blocks: release it, so that
-    # each partition is freed once its block is built (a lost worker's
-    # blocks are rebuilt from the table's lineage).
-    tables.items.clear()
-    start = blocks.map(start_block)
-    beta_init = nnls_from_r(start["r_init"].r)
-    settings = estimator._settings()
-    # Looked up here, not bound at import: benchmarks and tests hook it.
-    callback = estimator._progress(unit, _print_progress)
-    trust, findings, report, weighted_r = None, [], None, None
-    if estimator.objective == "step_count":
-        result, report = _fit_window(
-            estimator, blocks, start, beta_init, settings, callback
+    def solve(self, unit: float, settings: FitSettings, callback) -> Solution:
+        """The in-memory fit's loops and settings on the partitions."""
+        tables = self._persisted()
+        blocks = tables.derive(
+            build_block, unit, settings.correction_mode, settings.init_correction_mode
         )
-        beta, converged, n_iter, state, history, fitted, fitted_start = result
-        final, ss_res = state.stats, state.stats["ss_res"]
-        # One pass at the solution: the intervals' sums, the typical step and
-        # (with edge context left out) the weighted design.
-        trust = solution_sums(estimator, fitted, count_solution, beta * unit, unit)
-        findings = _noise_limited(state, fitted_start, trust[0]["weighted_design"])
-        weighted_r = trust[0].get("r_weighted_design")
-        weighted_r = None if weighted_r is None else weighted_r.r
-    else:
-        problem = PartitionDurations(blocks, start, estimator.correction_mode)
-        beta, converged, n_iter, final, history = solve_fixed_point(
-            problem, beta_init, settings, callback
-        )
-        ss_res = problem.residual_sum(beta)
-        if estimator.confidence_level is not None:
+        # Nothing reads the exposure table after the blocks: release it, so that
+        # each partition is freed once its block is built (a lost worker's
+        # blocks are rebuilt from the table's lineage).
+        tables.items.clear()
+        start = blocks.map(start_block)
+        beta_init = nnls_from_r(start["r_init"].r)
+        trust, findings, report, weighted_r = None, [], None, None
+        if settings.objective == "step_count":
+            result, report = _fit_window(settings, blocks, start, beta_init, callback)
+            beta, converged, n_iter, state, history, fitted, fitted_start = result
+            final, ss_res = state.stats, state.stats["ss_res"]
+            # One pass at the solution: the intervals' sums, the typical step and
+            # (with edge context left out) the weighted design.
             trust = solution_sums(
-                estimator, blocks, duration_solution, beta * unit, unit, problem.states
+                settings.confidence_level, fitted, count_solution, beta * unit, unit
             )
-    estimator._record_iterations(
-        (converged, n_iter, history),
-        unit,
-        settings,
-        caller=type(estimator).__name__,
-        stacklevel=7,
-    )
-    beta = beta * unit
-    stats = {**final, "shape": start["shape"]}
-    duration = start["duration"]
-    diagnostics = _diagnostics(
-        estimator, stats, ss_res, duration, beta, unit, findings, weighted_r
-    )
-    if report is not None:
-        diagnostics["edges"] = report.as_dict()
-    estimator.diagnostics_ = estimator._last_fit(diagnostics)
-    estimator.beta_ci_ = _intervals(estimator, trust, beta, unit)
-    return beta
+            findings = _noise_limited(state, fitted_start, trust[0]["weighted_design"])
+            weighted_r = trust[0].get("r_weighted_design")
+            weighted_r = None if weighted_r is None else weighted_r.r
+        else:
+            problem = PartitionDurations(blocks, start, settings.correction_mode)
+            beta, converged, n_iter, final, history = solve_fixed_point(
+                problem, beta_init, settings.iteration, callback
+            )
+            ss_res = problem.residual_sum(beta)
+            if settings.confidence_level is not None:
+                trust = solution_sums(
+                    settings.confidence_level,
+                    blocks,
+                    duration_solution,
+                    beta * unit,
+                    unit,
+                    problem.states,
+                )
+        stats = {**final, "shape": start["shape"]}
+        reduced = _Reduced(
+            stats, ss_res, start["duration"], findings, weighted_r, trust
+        )
+        return Solution(beta, converged, n_iter, history, report, reduced)
+
+    def diagnostics(self, solution, beta, unit, settings) -> dict:
+        """``design_diagnostics`` and ``identifiability_diagnostics`` from sums.
+
+        The durations and ``ss_res`` are in units of ``unit`` (a power of
+        two, so scaling back is exact); the design is in steps and tokens.
+        The findings are the step-count fit's noise-limited coefficients;
+        ``weighted_r`` the R factor of the fit's phase-weighted ``[design,
+        duration]`` (edge context left out), which the collinearity checks
+        read, as the pandas fit reads its weighted design.
+        """
+        reduced = solution.state
+        stats, duration = reduced.stats, reduced.duration
+        r_design = stats["r_design"].r
+        r2, rmse = scores_from_sums(reduced.ss_res, duration.m2, duration.count)
+        diagnostics = diagnostics_from_sums(
+            duration.count,
+            (r2, rmse * unit),
+            [duration.total * unit, *stats["design_sum"]],
+        )
+        # Only the design's Gram matrix and the durations' norm enter: the R
+        # factor of [design, duration] carries both.
+        norm = np.linalg.norm(r_design[:, 3]) * unit
+        checked = r_design if reduced.weighted_r is None else reduced.weighted_r
+        diagnostics.update(
+            identifiability_diagnostics(
+                checked[:, :3],
+                np.array([np.linalg.norm(checked[:, 3]) * unit]),
+                beta,
+                stats["shape"],
+                estimator=settings.caller,
+                extra_findings=list(reduced.findings),
+            )
+        )
+        # The zero bound reads the unweighted fit, as in memory.
+        diagnostics["at_zero_bound"] = at_zero_bound(
+            r_design[:, :3], np.array([norm]), beta
+        )
+        return diagnostics
+
+    def intervals(self, solution, beta, unit, diagnostics, settings):
+        """``beta_ci_`` from the sums at the solution (None without them)."""
+        reduced = solution.state
+        if settings.confidence_level is None:
+            return None
+        if reduced.baseline:
+            if len(self.columns) < len(EXPOSURE_COLUMNS):
+                # Without the phase windows there are no time blocks: NaN, as
+                # in memory.
+                return nan_intervals(settings)
+            reduced.trust = solution_sums(
+                settings.confidence_level, self._persisted(), baseline_solution, beta
+            )
+        sums, n_lags = reduced.trust
+        return intervals_of_sums(
+            beta, sums["sandwich"], n_lags, diagnostics, settings, unit
+        )
 
 
-def _fit_window(estimator, blocks, start, beta_init, settings, callback):
+def _fit_window(settings, blocks, start, beta_init, callback):
     """The step-count fit, with the window-edge treatment of ``edges="auto"``
-    (:func:`~sklearn_beta._edges.fit_with_edge_context` on
-    :class:`~sklearn_beta._distributed_edges.PartitionEdges`).
+    (:func:`~sklearn_beta.trust._edges.fit_with_edge_context` on
+    :class:`~sklearn_beta.distributed._edges.PartitionEdges`).
 
     Returns ``(result, report)``: ``solve_step_counts``'s result followed by
     the chosen fit's blocks and starting sums, and the edge report (None
     with ``edges="fit"``).
     """
-    window = PartitionEdges(blocks) if estimator.edges == "auto" else None
+    window = PartitionEdges(blocks) if settings.edges == "auto" else None
 
     def fit(kind, beta_from, final):
         weighted, counted = (blocks, None) if window is None else window.weighted(kind)
         totals = start if counted is None else {**start, **counted}
-        chosen = settings if final else edge_test_settings(settings)
+        chosen = settings.iteration if final else edge_test_settings(settings.iteration)
         solved = solve_step_counts(
             PartitionCounts(weighted, totals),
             beta_init if beta_from is None else beta_from,
@@ -349,7 +381,7 @@ def _fit_window(estimator, blocks, start, beta_init, settings, callback):
 
     if window is None:
         return fit("all", None, True), None
-    result, report, _ = fit_with_edge_context(window, fit, stacklevel=7)
+    result, report, _ = fit_with_edge_context(window, fit)
     return result, report
 
 
@@ -361,19 +393,6 @@ def _noise_limited(state: ReducedState, start: dict, weighted_design) -> list:
         r.T @ r, state.loss, start["n_weighted"], state.beta, typical
     )
     return findings_of_split(split, typical)
-
-
-def _intervals(estimator, trust, beta: np.ndarray, unit: float = 1.0):
-    """``beta_ci_`` from :func:`solution_sums`'s result (None without one)."""
-    if trust is None or estimator.confidence_level is None:
-        return None
-    sums, n_lags = trust
-    return estimator._intervals_from_sums(beta, sums["sandwich"], n_lags, unit)
-
-
-def _scale_totals(tables: Partitions) -> tuple[float, float, int]:
-    sums = tables.map(scale_sums_block)
-    return sums["n_steps"], sums["duration"], sums["count"]
 
 
 def predict_partitions(estimator, X):

@@ -1,6 +1,6 @@
 """The edge treatment of windows (``edges="auto"``) on partitions of whole instances.
 
-:func:`~sklearn_beta._edges.fit_with_edge_context` asks a trace a few
+:func:`~sklearn_beta.trust._edges.fit_with_edge_context` asks a trace a few
 questions: the interior's share of the steps, a Gauss-Newton step of the
 interior's phases, the edges' step-count biases and the phases on
 incomplete edges at given betas, and fits with the weights those answers
@@ -162,7 +162,7 @@ def _weight(block: Block) -> np.ndarray:
 
 def weighted_block(block: Block | None, edge: EdgeState | None, kind) -> Block | None:
     """The partition's step-count problem with the phase weights of ``kind``
-    (:meth:`~sklearn_beta._window_fit.TimelineEdges.weights`)."""
+    (:meth:`~sklearn_beta.trust._window_fit.TimelineEdges.weights`)."""
     if block is None:
         return None
     if kind == "interior":
@@ -177,7 +177,8 @@ def weighted_block(block: Block | None, edge: EdgeState | None, kind) -> Block |
 
 
 def counted_block(block: Block | None) -> dict | None:
-    """:meth:`~sklearn_beta._step_count.TimelineCounts.counted_totals` of a block."""
+    """:meth:`~sklearn_beta.core._step_count.TimelineCounts.counted_totals`
+    of a block."""
     if block is None:
         return None
     n_weighted, duration, steps = block.counts.counted_totals()
@@ -205,10 +206,10 @@ def gauss_newton_move(beta: np.ndarray, step_r: np.ndarray) -> tuple[np.ndarray,
 
 
 class PartitionEdges:
-    """:class:`~sklearn_beta._window_fit.TimelineEdges`'s answers from partitions.
+    """:class:`~sklearn_beta.trust._window_fit.TimelineEdges`'s answers from partitions.
 
     ``blocks`` are the persisted step-count problems of every phase
-    (:class:`~sklearn_beta._dask_fit.Partitions` of :class:`Block`), whose
+    (:class:`~sklearn_beta.distributed._dask_fit.Partitions` of :class:`Block`), whose
     instance codes are the fleet's: per-instance results come back in the
     order of the whole fleet's instances, as in memory.
     """

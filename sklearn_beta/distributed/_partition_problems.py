@@ -1,13 +1,13 @@
 """The fit's problems on persisted partitions, for the pandas fit's solver loops.
 
-:func:`~sklearn_beta._step_count.solve_step_counts` and
-:func:`~sklearn_beta._fixed_point.solve_fixed_point` ask a problem for its
+:func:`~sklearn_beta.core._step_count.solve_step_counts` and
+:func:`~sklearn_beta.core._fixed_point.solve_fixed_point` ask a problem for its
 state at given betas, its proposal, the basis of the stopping rule and its
 fit statistics. In memory a problem is one timeline
-(:class:`~sklearn_beta._step_count.TimelineCounts`,
-:class:`~sklearn_beta._fixed_point.TimelineDurations`); here each answer is
-one reduction of per-partition sums (:mod:`sklearn_beta._distributed`) over
-:class:`~sklearn_beta._dask_fit.Partitions`.
+(:class:`~sklearn_beta.core._step_count.TimelineCounts`,
+:class:`~sklearn_beta.core._fixed_point.TimelineDurations`); here each answer is
+one reduction of per-partition sums (:mod:`sklearn_beta.distributed._blocks`) over
+:class:`~sklearn_beta.distributed._dask_fit.Partitions`.
 """
 
 from __future__ import annotations
@@ -27,8 +27,9 @@ from ._blocks import (
 
 
 class PartitionCounts:
-    """The step-count problem of :func:`~sklearn_beta._step_count.solve_step_counts`
-    on persisted partitions: each answer a reduction of per-partition sums."""
+    """The step-count problem of
+    :func:`~sklearn_beta.core._step_count.solve_step_counts` on persisted
+    partitions: each answer a reduction of per-partition sums."""
 
     def __init__(self, blocks, start: dict):
         self.blocks = blocks
@@ -72,8 +73,9 @@ class ReducedState:
 
 
 class PartitionDurations:
-    """The fixed-point problem of :func:`~sklearn_beta._fixed_point.solve_fixed_point`
-    on persisted partitions; the lagged passes stay on the workers, chained."""
+    """The fixed-point problem of
+    :func:`~sklearn_beta.core._fixed_point.solve_fixed_point` on persisted
+    partitions; the lagged passes stay on the workers, chained."""
 
     def __init__(self, blocks, start: dict, correction_mode: str):
         self.blocks = blocks

@@ -1,23 +1,24 @@
 """Confidence intervals of a fit on partitions that hold whole instances.
 
-The time-block sandwich of :mod:`sklearn_beta._uncertainty` needs three
+The time-block sandwich of :mod:`sklearn_beta.trust._uncertainty` needs three
 things of the whole trace, and each is a reduction of small per-partition
 summaries:
 
-* the block length and lag count (:func:`~sklearn_beta._time_blocks.block_length`):
-  the phase count, the instances' total and longest span, and two exact
-  duration quantiles. Quantiles are order statistics; :func:`order_statistics`
-  finds them by radix selection on the durations' bit patterns, each pass
-  one 256-bin histogram per target rank and partition, then the few
-  remaining candidates (at most :data:`GATHER_LIMIT` per rank);
+* the block length and lag count
+  (:func:`~sklearn_beta.trust._time_blocks.block_length`): the phase count, the
+  instances' total and longest span, and two exact duration quantiles.
+  Quantiles are order statistics; :func:`order_statistics` finds them by radix
+  selection on the durations' bit patterns, each pass one 256-bin histogram per
+  target rank and partition, then the few remaining candidates (at most
+  :data:`GATHER_LIMIT` per rank);
 * per partition, once the blocks are known, its
-  :class:`~sklearn_beta._uncertainty.SandwichSums`: time blocks never cross
+  :class:`~sklearn_beta.trust._uncertainty.SandwichSums`: time blocks never cross
   instances, so the long-run sums, ``J' W J`` and the count of non-empty
   blocks add up over partitions.
 
 The block functions (``*_block``) run where a partition lives, on its
 exposure table (the baseline) or its persisted
-:class:`~sklearn_beta._distributed.Block` (the iterative fit); the client
+:class:`~sklearn_beta.distributed._blocks.Block` (the iterative fit); the client
 half is :func:`solution_sums`. No dask here.
 """
 
@@ -48,7 +49,8 @@ _SIGN = np.uint64(1 << 63)
 
 @dataclass(frozen=True)
 class Largest:
-    """A maximum that :func:`~sklearn_beta._distributed.combine_stats` reduces."""
+    """A maximum that :func:`~sklearn_beta.distributed._blocks.combine_stats`
+    reduces."""
 
     value: float
 
@@ -185,7 +187,7 @@ def solution_block(
 ) -> dict | None:
     """A partition's sums at the solution ``beta`` (in the fit's unit).
 
-    ``sandwich``: its :class:`~sklearn_beta._uncertainty.SandwichSums` with
+    ``sandwich``: its :class:`~sklearn_beta.trust._uncertainty.SandwichSums` with
     blocks of length ``h`` (the trace's unit; none when ``h`` is None);
     ``weighted_design``: ``sum_i w_i design_i`` when the solution has a
     design (the typical step of ``_what_if.split_uncertainty``).
@@ -227,7 +229,7 @@ def order_statistics(parts, unit: float, n: int, ranks: np.ndarray) -> np.ndarra
     the keys sharing the bits fixed so far; once at most
     :data:`GATHER_LIMIT` keys share a target's prefix, they are gathered and
     sorted. ``parts`` maps a block function over the partitions and reduces
-    the results (:class:`~sklearn_beta._dask_fit.Partitions`); ``n`` is
+    the results (:class:`~sklearn_beta.distributed._dask_fit.Partitions`); ``n`` is
     the number of phases.
     """
     ranks = np.asarray(ranks, dtype=np.int64)
@@ -252,20 +254,25 @@ def order_statistics(parts, unit: float, n: int, ranks: np.ndarray) -> np.ndarra
 
 
 def solution_sums(
-    estimator, parts, solution, beta: np.ndarray, unit: float = 1.0, states=None
+    confidence_level: float | None,
+    parts,
+    solution,
+    beta: np.ndarray,
+    unit: float = 1.0,
+    states=None,
 ) -> tuple[dict, int | None]:
     """The partitions' :func:`solution_block` sums at the fitted ``beta``.
 
     ``beta`` is in the trace's unit and ``unit`` the fit's time unit
-    (:func:`~sklearn_beta._units.time_scale`); ``solution(item, state,
+    (:func:`~sklearn_beta.core._units.time_scale`); ``solution(item, state,
     beta / unit)`` gives each partition's ``(jac, residual, weight,
     design)``, ``states`` the partitions' per-fit state it reads (or None).
-    The sandwich sums are made when ``estimator.confidence_level`` is set,
+    The sandwich sums are made when ``confidence_level`` is set,
     with the blocks of the whole trace (:func:`block_layout`). Returns the
     reduced sums and the lag count (None without intervals).
     """
     h, n_lags = None, None
-    if estimator.confidence_level is not None:
+    if confidence_level is not None:
         h, n_lags = block_layout(parts, unit)
     args = (solution, beta / unit, unit, h, n_lags)
     if states is None:
@@ -277,7 +284,7 @@ def solution_sums(
 
 def block_layout(parts, unit: float) -> tuple[float, int]:
     """Block length and lag count of the trace behind the partitions, as
-    :func:`~sklearn_beta._uncertainty.time_blocks` finds them in memory."""
+    :func:`~sklearn_beta.trust._uncertainty.time_blocks` finds them in memory."""
     layout = parts.map(layout_block, unit)
     ranks, weight = quantile_ranks(layout["n"])
     wanted = np.unique(ranks)

@@ -168,7 +168,7 @@ def run_engine(
         ends at their mean instead of its model time (clamped to leave its
         last step a positive duration), so that the replay runs on the
         trace's clock: the schedule-consistent fit
-        (``estimators._schedule``) replays with it. None: model times only.
+        (``engine_config._schedule``) replays with it. None: model times only.
     """
     settings = EngineSettings() if settings is None else settings
     n_inst = int(instance.max()) + 1 if instance.shape[0] else 0

@@ -16,6 +16,7 @@ time. See ``docs/engine_config.md``.
 
 from __future__ import annotations
 
+import inspect
 import warnings
 from dataclasses import dataclass, replace
 from numbers import Integral, Real
@@ -26,7 +27,10 @@ from sklearn.base import clone
 
 from ..core._columns import PhaseColumns
 from ..core._engine_model import effective_chunk_size
+from ..core._warnings import warn
 from ..engine._replay import replay_trace
+from ..estimators._exposure import PhaseExposureTransformer
+from ..estimators._iterative import IterativeBetaRegressor
 from ..model_selection import TraceBlockSplit, TraceContextRegressor
 from ._scores import (
     cap,
@@ -41,7 +45,12 @@ from ._scores import (
     simplest_within,
     validation,
 )
-from ._trace_fit import DEFAULT_CHUNK_CANDIDATES, make_model
+from ._trace_fit import (
+    DEFAULT_CHUNK_CANDIDATES,
+    ITERATIVE_OPTIONS,
+    TRANSFORMER_OPTIONS,
+    make_model,
+)
 
 __all__ = [
     "VLLM_TOKEN_BUDGETS",
@@ -329,12 +338,11 @@ def select_engine_config(
     )
     if config.edge is not None:
         best = (config.chunk_size, config.token_budget)
-        warnings.warn(
+        warn(
             edge_message(
                 best, config.edge, config.runner_up, config.margin, config.scores
             ),
             EngineConfigWarning,
-            stacklevel=2,
         )
     return config
 
@@ -494,3 +502,27 @@ def _same_engine_classes(scored, replay_at_reference) -> list[list[tuple]]:
         ).tobytes()
         classes.setdefault(key, []).append(pair)
     return [sorted(group, key=lambda p: -cap(p)) for group in classes.values()]
+
+
+def fit_option_defaults() -> dict:
+    """The estimators' defaults of every :func:`make_model` option.
+
+    Read from the scikit-learn estimators themselves, so that the command
+    line and its ``--help`` never type a default a second time.
+    ``correction_mode`` is per algorithm: ``{"baseline": ..., "iterative": ...}``;
+    ``algo`` is :func:`make_model`'s and ``n_splits``
+    :func:`~sklearn_beta.select_engine_config`'s.
+    """
+    transformer = PhaseExposureTransformer().get_params()
+    iterative = IterativeBetaRegressor().get_params()
+    defaults = {name: transformer[name] for name in TRANSFORMER_OPTIONS}
+    defaults |= {name: iterative[name] for name in ITERATIVE_OPTIONS}
+    defaults["chunk_size"] = transformer["chunk_size"]
+    defaults["algo"] = inspect.signature(make_model).parameters["algo"].default
+    search = inspect.signature(select_engine_config).parameters
+    defaults["n_splits"] = search["n_splits"].default
+    defaults["correction_mode"] = {
+        "baseline": transformer["correction_mode"],
+        "iterative": iterative["correction_mode"],
+    }
+    return defaults

@@ -9,21 +9,23 @@ their defaults and behaviour) and keeps those by-products.
 
 from __future__ import annotations
 
-import inspect
 import warnings
 from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
+from scipy.optimize import minimize_scalar
 from sklearn.pipeline import make_pipeline
 
 from ..core._corrections import FIXED_CORRECTION_MODES
 from ..core._design import DesignAtBetas, design_at_betas
 from ..core._fixed_point import HISTORY_COLUMNS
 from ..core._schema import column
+from ..core._warnings import warn
 from ..estimators._baseline import BaselineBetaRegressor
 from ..estimators._exposure import PhaseExposureTransformer
 from ..estimators._iterative import IterativeBetaRegressor
+from ..io._export import request_overheads
 
 ALGORITHMS = ("baseline", "iterative")
 #: Chunk sizes among the candidates of :func:`~sklearn_beta.select_engine_config`.
@@ -81,32 +83,6 @@ ITERATIVE_OPTIONS = (
 )
 
 
-def fit_option_defaults() -> dict:
-    """The estimators' defaults of every :func:`make_model` option.
-
-    Read from the scikit-learn estimators themselves, so that the command
-    line and its ``--help`` never type a default a second time.
-    ``correction_mode`` is per algorithm: ``{"baseline": ..., "iterative": ...}``;
-    ``algo`` is :func:`make_model`'s and ``n_splits``
-    :func:`~sklearn_beta.select_engine_config`'s.
-    """
-    transformer = PhaseExposureTransformer().get_params()
-    iterative = IterativeBetaRegressor().get_params()
-    defaults = {name: transformer[name] for name in TRANSFORMER_OPTIONS}
-    defaults |= {name: iterative[name] for name in ITERATIVE_OPTIONS}
-    defaults["chunk_size"] = transformer["chunk_size"]
-    defaults["algo"] = inspect.signature(make_model).parameters["algo"].default
-    from ._search import select_engine_config  # it builds on make_model
-
-    search = inspect.signature(select_engine_config).parameters
-    defaults["n_splits"] = search["n_splits"].default
-    defaults["correction_mode"] = {
-        "baseline": transformer["correction_mode"],
-        "iterative": iterative["correction_mode"],
-    }
-    return defaults
-
-
 def make_model(
     chunk_size: int | None = None,
     *,
@@ -130,7 +106,8 @@ def make_model(
     **options
         ``correction_mode`` and the names of :data:`TRANSFORMER_OPTIONS` and
         :data:`ITERATIVE_OPTIONS`. A value of None (or a missing key) keeps
-        the estimator's default (:func:`fit_option_defaults`).
+        the estimator's default
+        (:func:`~sklearn_beta.engine_config._search.fit_option_defaults`).
 
     Raises
     ------
@@ -302,7 +279,7 @@ def _shift_prefill_starts(phases: pd.DataFrame, is_prefill, delay: float):
     return shifted
 
 
-def reemit_warnings(caught, *, stacklevel: int = 2) -> None:
+def reemit_warnings(caught) -> None:
     """Issue recorded warnings again, each distinct (category, message) once.
 
     They then go through the caller's warning filters, which the recording
@@ -313,7 +290,7 @@ def reemit_warnings(caught, *, stacklevel: int = 2) -> None:
         key = (record.category, str(record.message))
         if key not in seen:
             seen.add(key)
-            warnings.warn(record.message, stacklevel=stacklevel + 1)
+            warn(record.message)
 
 
 def fit_client_trace(
@@ -357,10 +334,6 @@ def fit_client_trace(
         Those of the returned fit only, each once; the fits at the other
         trial delays warn nothing.
     """
-    from scipy.optimize import minimize_scalar
-
-    from ..io._export import request_overheads
-
     kind = phases["phase_type"].astype(str).str.strip().str.lower()
     is_prefill = (kind == "prefill").to_numpy()
     durations = (phases["t_end"] - phases["t_start"]).to_numpy(dtype=np.float64)
@@ -385,7 +358,7 @@ def fit_client_trace(
     # Brent never tries the bounds themselves: compare with no delay at all.
     delay = min((best.x, 0.0), key=mean_squared_residual)
     fit = fits[delay]
-    reemit_warnings(caught[delay], stacklevel=3)
+    reemit_warnings(caught[delay])
     residual = fit.observed - fit.predicted
     tokens = phases[["prefill_tokens", "decode_tokens"]].to_numpy(dtype=np.float64)
     alpha = request_overheads(

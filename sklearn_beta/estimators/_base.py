@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import warnings
-
 import numpy as np
 from sklearn.base import BaseEstimator, RegressorMixin, _fit_context
 from sklearn.metrics import r2_score
@@ -13,19 +11,12 @@ from sklearn.utils.validation import (
     validate_data,
 )
 
-from ..core._grid import Timeline
 from ..core._memory import large_fit_memory
-from ..core._schema import EXPOSURE_COLUMNS, column, has_column, phase_windows
-from ..distributed._fleet import is_dask_collection
-from ..exceptions import UncertaintyWarning
+from ..core._schema import EXPOSURE_COLUMNS, column, has_column
 from ..trust._identifiability import BETA_NAMES
-from ..trust._time_blocks import time_blocks
-from ..trust._uncertainty import (
-    SandwichSums,
-    intervals_from_sums,
-    sandwich_sums,
-    trust_warnings,
-)
+from ..trust._uncertainty import trust_warnings
+from ._backend import backend_for
+from ._fit import FittedBetas
 
 N_BETAS = 3
 
@@ -34,7 +25,9 @@ class BaseBetaRegressor(RegressorMixin, BaseEstimator):
     """Common base: validates the exposure table and defaults ``y`` to durations.
 
     Subclasses implement ``_fit_table(table, duration, sample_weight) -> beta``
-    and ``_predict_table(table) -> durations`` on plain float arrays.
+    and ``_predict_table(table) -> durations`` on plain float arrays, and
+    ``_fit_source(source) -> beta`` on a backend's data
+    source (:mod:`~sklearn_beta.estimators._fit`).
     """
 
     _min_columns = N_BETAS
@@ -89,10 +82,14 @@ class BaseBetaRegressor(RegressorMixin, BaseEstimator):
         self : object
             Fitted estimator.
         """
-        if is_dask_collection(X):  # fleet scale: see sklearn_beta._dask_fit
-            from ..distributed._dask_fit import fit_partitions
-
-            return fit_partitions(self, X, y, sample_weight)
+        backend = backend_for(X)
+        if backend is not None:  # a collection out of memory, such as Dask's
+            source = backend.exposures(X, y, sample_weight)
+            self._check_width(len(source.columns))
+            self.feature_names_in_ = np.asarray(source.columns, dtype=object)
+            self.n_features_in_ = len(source.columns)
+            # Level 5: fit's caller, past _fit_context's wrapper.
+            return self._set_betas(self._fit_source(source))
         table, duration = self._check_table(X, y, reset=True)
         if sample_weight is not None:
             sample_weight = _check_sample_weight(
@@ -100,87 +97,24 @@ class BaseBetaRegressor(RegressorMixin, BaseEstimator):
             )
         with large_fit_memory(table.shape[0]):
             beta = self._fit_table(table, duration, sample_weight)
-        # _fit_table has set beta_ci_ through _beta_intervals.
         return self._set_betas(beta)
 
-    def _set_betas(self, beta: np.ndarray, stacklevel: int = 6):
+    def _fitted(self, fitted: FittedBetas) -> np.ndarray:
+        """Set a fit's ``diagnostics_`` and ``beta_ci_``; return its betas."""
+        self.diagnostics_ = fitted.diagnostics
+        self.beta_ci_ = fitted.beta_ci
+        return fitted.beta
+
+    def _set_betas(self, beta: np.ndarray):
         """The fitted betas as ``beta_`` and ``coef_`` (no intercept), and
-        the warnings about those the fit cannot vouch for (``stacklevel``
-        from the warning to the user's ``fit`` call)."""
+        the warnings about those the fit cannot vouch for."""
         self.beta_ = np.asarray(beta, dtype=np.float64)
         self.coef_ = self.beta_.copy()
         self.intercept_ = 0.0
-        self._warn_untrusted(stacklevel)
+        self._warn_untrusted()
         return self
 
-    def _beta_intervals(
-        self,
-        timeline: Timeline | None,
-        beta: np.ndarray,
-        jac: np.ndarray,
-        residual: np.ndarray,
-        weight: np.ndarray | None,
-        *,
-        unit: float = 1.0,
-        stacklevel: int = 6,
-    ) -> np.ndarray | None:
-        """``beta_ci_`` of the fitted least-squares objective.
-
-        ``jac`` and ``residual`` are the objective's Jacobian (n_phases, 3)
-        and residuals at ``beta / unit`` (the fit's time unit), ``weight``
-        its weights; the intervals come back in the unit of ``beta``. None
-        when ``confidence_level`` is None; NaN, with a warning, without the
-        ``timeline`` whose phase windows form the time blocks (a table that
-        is not a full exposure table).
-        """
-        if self.confidence_level is None:
-            return None
-        if timeline is None:
-            warnings.warn(
-                f"{type(self).__name__}: beta_ci_ needs the full exposure table "
-                f"(columns {list(EXPOSURE_COLUMNS)}) to group phases into time "
-                "blocks; it is NaN. Fit on PhaseExposureTransformer's output, "
-                "or set confidence_level=None.",
-                UncertaintyWarning,
-                stacklevel=stacklevel,
-            )
-            return np.full((len(BETA_NAMES), 2), np.nan)
-        block, block_instance, n_lags = time_blocks(*phase_windows(timeline))
-        sums = sandwich_sums(jac, residual, weight, block, block_instance, n_lags)
-        return self._intervals_from_sums(beta, sums, n_lags, unit)
-
-    def _at_bound(self, beta: np.ndarray) -> np.ndarray:
-        # The NNLS constraint set these, not the trace: one-sided intervals.
-        bound = self.diagnostics_["at_zero_bound"]
-        return (beta <= 0) | np.isin(BETA_NAMES, bound)
-
-    def _intervals_from_sums(
-        self, beta: np.ndarray, sums: SandwichSums, n_lags: int, unit: float = 1.0
-    ) -> np.ndarray:
-        """``beta_ci_`` from a fit's sandwich sums, in memory and on a Dask
-        cluster (``_dask_fit``). Coefficients the trace does not identify
-        (``diagnostics_["not_identified"]``) get ``[0, typical step / their
-        tokens in it]`` (:func:`~sklearn_beta._uncertainty.unidentified_intervals`)."""
-        ci = intervals_from_sums(
-            beta / unit,
-            sums,
-            n_lags,
-            self.confidence_level,
-            self._at_bound(beta),
-            np.isin(BETA_NAMES, self.diagnostics_["not_identified"]),
-            self._typical_step(),
-        )
-        return unit * ci
-
-    def _typical_step(self) -> np.ndarray:
-        """``[1, T_pf, T_dec]``: the fitted design's tokens per step."""
-        diag = self.diagnostics_
-        steps = max(float(diag["mean_steps"]), np.finfo(float).tiny)
-        return np.array(
-            [1.0, diag["mean_A_pf_tokens"] / steps, diag["mean_A_dec_tokens"] / steps]
-        )
-
-    def _warn_untrusted(self, stacklevel: int) -> None:
+    def _warn_untrusted(self) -> None:
         # Coefficients the trace does not identify already raised an
         # IdentifiabilityWarning; do not warn twice about them.
         skip = set(self.diagnostics_["not_identified"])
@@ -193,7 +127,6 @@ class BaseBetaRegressor(RegressorMixin, BaseEstimator):
             [n for n in self.diagnostics_["at_zero_bound"] if n not in skip],
             estimator=type(self).__name__,
             level=self.confidence_level,
-            stacklevel=stacklevel,
         )
 
     def predict(self, X):
@@ -210,10 +143,9 @@ class BaseBetaRegressor(RegressorMixin, BaseEstimator):
             Predicted durations, in the time unit of the trace.
         """
         check_is_fitted(self)
-        if is_dask_collection(X):
-            from ..distributed._dask_fit import predict_partitions
-
-            return predict_partitions(self, X)
+        backend = backend_for(X)
+        if backend is not None:
+            return backend.predict(self, X)
         table, _ = self._check_table(X, reset=False, need_y=False)
         return self._predict_table(table)
 
@@ -234,10 +166,9 @@ class BaseBetaRegressor(RegressorMixin, BaseEstimator):
         score : float
         """
         check_is_fitted(self)
-        if is_dask_collection(X):
-            from ..distributed._dask_fit import score_partitions
-
-            return score_partitions(self, X, y, sample_weight)
+        backend = backend_for(X)
+        if backend is not None:
+            return backend.score(self, X, y, sample_weight)
         table, duration = self._check_table(X, y, reset=False)
         return r2_score(
             duration, self._predict_table(table), sample_weight=sample_weight

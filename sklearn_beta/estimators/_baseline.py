@@ -13,6 +13,7 @@ from ..core._schema import EXPOSURE_COLUMNS, design_columns, has_column, read_ti
 from ..trust._identifiability import identifiability_diagnostics
 from ..trust._uncertainty import DEFAULT_CONFIDENCE_LEVEL
 from ._base import BaseBetaRegressor
+from ._fit import FitSettings, Solution, beta_intervals, fit_baseline
 
 __all__ = ["BaselineBetaRegressor"]
 
@@ -44,6 +45,47 @@ def diagnostics_from_sums(
         "mean_A_pf_tokens": means[2],
         "mean_A_dec_tokens": means[3],
     }
+
+
+class DesignSource:
+    """An exposure table in memory, for the baseline: its design, durations,
+    weights and, for a full exposure table, the trace's timeline."""
+
+    def __init__(self, design, duration, sample_weight=None, timeline=None):
+        self.design = design
+        self.duration = duration
+        self.sample_weight = sample_weight
+        self.timeline = timeline
+
+    def baseline(self) -> Solution:
+        return Solution(nnls_fit(self.design, self.duration, self.sample_weight))
+
+    def diagnostics(self, solution, beta, unit, settings) -> dict:
+        diagnostics = design_diagnostics(
+            self.design, self.duration, beta, self.sample_weight
+        )
+        diagnostics.update(
+            identifiability_diagnostics(
+                self.design,
+                self.duration,
+                beta,
+                self.timeline,
+                self.sample_weight,
+                estimator=settings.caller,
+            )
+        )
+        return diagnostics
+
+    def intervals(self, solution, beta, unit, diagnostics, settings):
+        return beta_intervals(
+            self.timeline,
+            beta,
+            self.design,
+            self.duration - self.design @ beta,
+            self.sample_weight,
+            diagnostics,
+            settings,
+        )
 
 
 class BaselineBetaRegressor(BaseBetaRegressor):
@@ -142,37 +184,22 @@ class BaselineBetaRegressor(BaseBetaRegressor):
         timeline: Timeline | None = None,
         *,
         caller: str | None = None,
-        stacklevel: int = 6,
     ) -> np.ndarray:
-        """The fit itself, shared with :func:`estimate_betas_baseline`.
+        """The fit in memory, shared with :func:`estimate_betas_baseline`.
 
         ``timeline`` (None when unknown) lets the identifiability checks look
         at the trace and forms the time blocks of ``beta_ci_``; ``caller``
         names the estimator in warnings. Sets ``diagnostics_`` and
         ``beta_ci_`` and returns the betas.
         """
-        beta = nnls_fit(design, duration, sample_weight)
-        self.diagnostics_ = design_diagnostics(design, duration, beta, sample_weight)
-        self.diagnostics_.update(
-            identifiability_diagnostics(
-                design,
-                duration,
-                beta,
-                timeline,
-                sample_weight,
-                estimator=caller or type(self).__name__,
-                stacklevel=stacklevel,
-            )
-        )
-        self.beta_ci_ = self._beta_intervals(
-            timeline,
-            beta,
-            design,
-            duration - design @ beta,
-            sample_weight,
-            stacklevel=stacklevel,
-        )
-        return beta
+        source = DesignSource(design, duration, sample_weight, timeline)
+        return self._fit_source(source, caller=caller)
+
+    def _fit_source(self, source, *, caller=None) -> np.ndarray:
+        """:func:`~sklearn_beta.estimators._fit.fit_baseline` on ``source``."""
+        name = type(self).__name__
+        settings = FitSettings(name, caller or name, self.confidence_level)
+        return self._fitted(fit_baseline(source, settings))
 
     def _predict_table(self, table):
         return design_columns(table) @ self.beta_

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Mapping
 from dataclasses import replace
 from numbers import Real
@@ -34,7 +33,8 @@ from ..core._grid import PhaseIntegrals, Timeline, build_timeline, snap_times
 from ..core._memory import large_fit_memory, n_rows
 from ..core._schema import EXPOSURE_COLUMNS, write_exposure_table
 from ..core._validation import PhaseArrays, PhaseColumns, check_phases
-from ..distributed._fleet import is_dask_collection
+from ..core._warnings import warn
+from ._backend import backend_for
 
 __all__ = ["PhaseExposureTransformer"]
 
@@ -356,11 +356,10 @@ class PhaseExposureTransformer(TransformerMixin, BaseEstimator):
         if not self.decode_tokens_include_first:
             return arrays
         if arrays.n_steps is not None:
-            warnings.warn(
+            warn(
                 "decode_tokens_include_first=True has no effect: the "
                 f"{self._columns().n_steps!r} column gives the step counts.",
-                UserWarning,
-                stacklevel=6,  # the caller of transform (set_output wraps it)
+                UserWarning,  # the caller of transform (set_output wraps it)
             )
             return arrays
         decode = exclude_first_decode_token(arrays.is_prefill, arrays.decode_tokens)
@@ -384,10 +383,12 @@ class PhaseExposureTransformer(TransformerMixin, BaseEstimator):
         self : object
             Fitted transformer.
         """
-        if is_dask_collection(X):  # fleet scale: see sklearn_beta._dask_fit
-            from ..distributed._dask_fit import check_phase_partitions
-
-            check_phase_partitions(self, X)
+        backend = backend_for(X)
+        if backend is not None:  # a collection out of memory, such as Dask's
+            self._validate_params()
+            backend.check_phases(X, self._columns(), self._need_tokens())
+            self.feature_names_in_ = np.asarray(X.columns, dtype=object)
+            self.n_features_in_ = len(self.feature_names_in_)
             return self
         self._fit_arrays(X)
         return self
@@ -417,7 +418,7 @@ class PhaseExposureTransformer(TransformerMixin, BaseEstimator):
         X_out : DataFrame of shape (n_phases, 12)
             Columns :data:`EXPOSURE_COLUMNS`, indexed like ``X``.
         """
-        if is_dask_collection(X):
+        if backend_for(X) is not None:
             return self.fit(X).transform(X)
         with large_fit_memory(n_rows(X)):
             return self._exposure_frame(X, self._fit_arrays(X))
@@ -436,10 +437,12 @@ class PhaseExposureTransformer(TransformerMixin, BaseEstimator):
             Columns :data:`EXPOSURE_COLUMNS`, indexed like ``X``.
         """
         check_is_fitted(self)
-        if is_dask_collection(X):
-            from ..distributed._dask_fit import transform_partitions
-
-            return transform_partitions(self, X)
+        backend = backend_for(X)
+        if backend is not None:
+            chunk = effective_chunk_size(self.chunk_size, self.token_budget)
+            return backend.transform(
+                self, X, self._columns(), self._need_tokens(), chunk
+            )
         with large_fit_memory(n_rows(X)):
             return self._exposure_frame(X)
 

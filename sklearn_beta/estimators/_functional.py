@@ -244,7 +244,7 @@ phase_type_col, request_id_col : str
             phases, _phase_arrays(phases, transformer)
         )
         beta = regressor._fit_design(
-            design, timeline.duration, None, timeline, caller=caller, stacklevel=4
+            design, timeline.duration, None, timeline, caller=caller
         )
     return BaselineResult(
         *beta.tolist(), diagnostics=regressor.diagnostics_ | _intervals(regressor)
@@ -393,7 +393,6 @@ phase_type_col, request_id_col : str
             timeline.duration,
             caller=caller,
             names=_ITERATIVE_NAMES,
-            stacklevel=4,
         )
     history = published_history(regressor.history_)
     return IterativeResult(

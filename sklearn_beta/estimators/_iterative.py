@@ -2,49 +2,141 @@
 
 :class:`IterativeBetaRegressor` runs either objective on a trace's timeline:
 the reference's fixed point of the durations (:mod:`._fixed_point`) or the
-step counts (:mod:`._step_count`). The functional
-:func:`~sklearn_beta.estimate_betas_iterative` calls the same
-:meth:`IterativeBetaRegressor._fit_timeline`.
+step counts (:mod:`._step_count`), through
+:func:`~sklearn_beta.estimators._fit.fit_iterative` on a
+:class:`TimelineSource` (in memory) or the distributed backend's source.
+The functional :func:`~sklearn_beta.estimate_betas_iterative` calls the
+same :meth:`IterativeBetaRegressor._fit_timeline`.
 """
 
 from __future__ import annotations
 
-import sys
-import warnings
 from dataclasses import replace
-from functools import partial
 from numbers import Real
 
 import numpy as np
-import pandas as pd
 from sklearn.utils._param_validation import StrOptions
 
 from ..core._constraints import Number, count
 from ..core._corrections import CORRECTION_MODES, FIXED_CORRECTION_MODES
 from ..core._design import OBJECTIVES, design_at_betas
 from ..core._fixed_point import (
-    HISTORY_COLUMNS,
     STOPPING_RULES,
     IterationSettings,
     iterate_betas,
-    warn_not_converged,
 )
 from ..core._grid import Timeline
 from ..core._nnls import nnls_fit
 from ..core._schema import EXPOSURE_COLUMNS, column, design_columns, read_timeline
 from ..core._step_count import fit_step_counts
-from ..core._units import rescaled_timeline, unit_from_totals
+from ..core._units import rescaled_timeline
+from ..core._warnings import warn
 from ..trust._identifiability import identifiability_diagnostics
 from ..trust._uncertainty import DEFAULT_CONFIDENCE_LEVEL
 from ..trust._window_fit import edge_test_settings, fit_step_counts_of_window
 from ._base import BaseBetaRegressor
 from ._baseline import design_diagnostics
 from ._exposure import baseline_exposures, phase_step_density
+from ._fit import (
+    FitSettings,
+    FittedBetas,
+    Solution,
+    beta_intervals,
+    fit_iterative,
+)
 
 __all__ = ["IterativeBetaRegressor"]
 
 #: Treatments of a trace's edges (``IterativeBetaRegressor(edges=...)``).
 EDGE_TREATMENTS = ("auto", "fit")
+
+
+class TimelineSource:
+    """A trace in memory, for the iterative fit: its timeline, baseline
+    design and phase-local step density (from :func:`phase_exposures`), the
+    durations fitted and their weights."""
+
+    def __init__(self, timeline, init_design, density, duration, sample_weight=None):
+        self.timeline = timeline
+        self.init_design = init_design
+        self.density = density
+        self.duration = duration
+        self.sample_weight = sample_weight
+
+    def scale_totals(self) -> tuple:
+        n_steps = np.sum(self.timeline.n_steps)
+        return n_steps, np.sum(self.duration), self.duration.shape[0]
+
+    def solve(self, unit: float, settings: FitSettings, callback) -> Solution:
+        init_design = self.init_design
+        if settings.init_correction_mode is not None:
+            init_design = baseline_exposures(
+                self.timeline, self.density, settings.init_correction_mode
+            )
+        scaled = rescaled_timeline(replace(self.timeline, duration=self.duration), unit)
+        step_count = settings.objective == "step_count"
+        run = fit_step_counts if step_count else iterate_betas
+
+        def fit(weight, beta_init=None, final=True):
+            # The result carries the objective's (jac, residual, weight) at its
+            # solution last: beta_ci_ comes from the fit the edge treatment keeps.
+            if beta_init is None:
+                beta_init = nnls_fit(init_design, scaled.duration, weight)
+            chosen = settings.iteration
+            if not final:
+                chosen = edge_test_settings(chosen)
+            solved = []
+            result = run(
+                scaled, beta_init, chosen, weight, callback, on_solution=solved.append
+            )
+            return (*result, solved[0])
+
+        edges, findings, weight = None, [], self.sample_weight
+        if step_count:
+            # A window's edges (trust._edges) and a saturated engine's
+            # beta0/beta2 split (trust._what_if) are read off the step counts.
+            # The diagnostics weigh the phases as the chosen fit did.
+            result, edges, weight, findings = fit_step_counts_of_window(
+                scaled,
+                fit,
+                settings.correction_mode,
+                weight,
+                edges=settings.edges,
+            )
+        else:
+            result = fit(weight)
+        beta, converged, n_iter, design, history, objective = result
+        state = (design, weight, findings, objective)
+        return Solution(beta, converged, n_iter, history, edges, state)
+
+    def diagnostics(self, solution, beta, unit, settings) -> dict:
+        design, weight, findings, _ = solution.state
+        diagnostics = design_diagnostics(design, self.duration, beta, weight)
+        diagnostics.update(
+            identifiability_diagnostics(
+                design,
+                self.duration,
+                beta,
+                self.timeline,
+                weight,
+                estimator=settings.caller,
+                extra_findings=findings,
+            )
+        )
+        return diagnostics
+
+    def intervals(self, solution, beta, unit, diagnostics, settings):
+        jac, residual, weight = solution.state[-1]
+        return beta_intervals(
+            self.timeline,
+            beta,
+            jac,
+            residual,
+            weight,
+            diagnostics,
+            settings,
+            unit=unit,
+        )
 
 
 class IterativeBetaRegressor(BaseBetaRegressor):
@@ -355,9 +447,8 @@ default=None
         *,
         caller: str | None = None,
         names: dict | None = None,
-        stacklevel: int = 6,
     ) -> np.ndarray:
-        """The fit itself, shared with :func:`estimate_betas_iterative`.
+        """The fit in memory, shared with :func:`estimate_betas_iterative`.
 
         ``init_design`` is the trace's baseline design and ``density`` its
         phase-local step density (both from :func:`phase_exposures`);
@@ -365,120 +456,38 @@ default=None
         parameters to the caller's arguments there. Sets the fitted
         attributes (``beta_ci_`` too) but ``beta_``; returns the betas.
         """
-        if self.init_correction_mode is not None:
-            init_design = baseline_exposures(
-                timeline, density, self.init_correction_mode
-            )
-        unit = self._set_time_unit(
-            lambda: (np.sum(timeline.n_steps), np.sum(duration), duration.shape[0])
-        )
-        scaled = rescaled_timeline(replace(timeline, duration=duration), unit)
-        run = fit_step_counts if self.objective == "step_count" else iterate_betas
-        settings = self._settings()
-        callback = self._progress(unit)
+        source = TimelineSource(timeline, init_design, density, duration, sample_weight)
+        return self._fit_source(source, caller=caller, names=names)
 
-        def fit(weight, beta_init=None, final=True):
-            # The result carries the objective's (jac, residual, weight) at its
-            # solution last: beta_ci_ comes from the fit the edge treatment keeps.
-            if beta_init is None:
-                beta_init = nnls_fit(init_design, scaled.duration, weight)
-            chosen = settings if final else edge_test_settings(settings)
-            solved = []
-            result = run(
-                scaled, beta_init, chosen, weight, callback, on_solution=solved.append
-            )
-            return (*result, solved[0])
-
-        edges, findings = None, []
-        if self.objective == "step_count":
-            # A window's edges (._edges) and a saturated engine's beta0/beta2
-            # split (._what_if) are read off the step counts.
-            # The diagnostics below weigh the phases as the chosen fit did.
-            result, edges, sample_weight, findings = fit_step_counts_of_window(
-                scaled,
-                fit,
-                self.correction_mode,
-                sample_weight,
-                edges=self.edges,
-                stacklevel=stacklevel,
-            )
-        else:
-            result = fit(sample_weight)
-        beta, converged, n_iter, design, history, solution = result
-        beta = beta * unit
-        caller = caller or type(self).__name__
-        self._record_iterations(
-            (converged, n_iter, history),
-            unit,
-            settings,
-            caller=caller,
+    def _fit_source(self, source, *, caller=None, names=None):
+        """:func:`~sklearn_beta.estimators._fit.fit_iterative` on ``source``."""
+        name = type(self).__name__
+        settings = FitSettings(
+            name,
+            caller or name,
+            self.confidence_level,
             names=names,
-            stacklevel=stacklevel,
+            objective=self.objective,
+            correction_mode=self.correction_mode,
+            init_correction_mode=self.init_correction_mode,
+            edges=self.edges,
+            iteration=IterationSettings(
+                self.correction_mode,
+                self.max_iter,
+                self.tol,
+                self.damping,
+                self.stopping,
+            ),
+            verbose=self.verbose,
         )
-        diagnostics = self._last_fit(
-            design_diagnostics(design, duration, beta, sample_weight)
-        )
-        diagnostics.update(
-            identifiability_diagnostics(
-                design,
-                duration,
-                beta,
-                timeline,
-                sample_weight,
-                estimator=caller,
-                stacklevel=stacklevel,
-                extra_findings=findings,
-            )
-        )
-        if edges is not None:
-            diagnostics["edges"] = edges.as_dict()
-        self.diagnostics_ = diagnostics
-        self.beta_ci_ = self._beta_intervals(timeline, beta, *solution, unit=unit)
-        return beta
+        return self._fitted(fit_iterative(source, settings))
 
-    # --- Shared with the fit on a Dask cluster (._dask_fit) -------------------
-
-    def _settings(self) -> IterationSettings:
-        return IterationSettings(
-            self.correction_mode, self.max_iter, self.tol, self.damping, self.stopping
-        )
-
-    def _set_time_unit(self, totals) -> float:
-        """Set and return ``time_scale_``; ``totals()`` gives the sums of
-        ``N_i`` and ``l_i`` and the phase count (read only when needed)."""
-        unit = 1.0
-        if self.stopping == "relative":
-            steps, duration, n_phases = totals()
-            unit = unit_from_totals(float(steps), float(duration), int(n_phases))
-        self.time_scale_ = unit
-        return unit
-
-    def _progress(self, unit: float, printer=None):
-        """The per-iteration callback of ``verbose`` (``printer`` or
-        :func:`_print_progress`), or None."""
-        if not self.verbose:
-            return None
-        return partial(printer or _print_progress, unit=unit)
-
-    def _record_iterations(
-        self, run, unit, settings, *, caller, names=None, stacklevel=6
-    ) -> None:
-        """``n_iter_``, ``converged_``, ``history_`` of a solver's
-        ``(converged, n_iter, history)``; warns when it did not converge."""
-        converged, n_iter, history = run
-        if not converged:
-            warn_not_converged(
-                caller, settings, history[-1]["step"], names, stacklevel + 1
-            )
-        self.n_iter_ = n_iter
-        self.converged_ = converged
-        self.history_ = _history_frame(history, unit)
-
-    def _last_fit(self, diagnostics: dict) -> dict:
-        # The reference reports the last iteration's fit, as the history does.
-        last = self.history_.iloc[-1]
-        diagnostics.update(r2=last["r2"], rmse_seconds=last["rmse_seconds"])
-        return diagnostics
+    def _fitted(self, fitted: FittedBetas) -> np.ndarray:
+        self.time_scale_ = fitted.time_scale
+        self.n_iter_ = fitted.n_iter
+        self.converged_ = fitted.converged
+        self.history_ = fitted.history
+        return super()._fitted(fitted)
 
     def _predict_table(self, table):
         view = design_at_betas(
@@ -524,29 +533,11 @@ def _warn_if_y_unused(table: np.ndarray, duration: np.ndarray) -> None:
     observed = column(table, "duration")
     if duration is observed or np.array_equal(duration, observed):
         return
-    warnings.warn(
+    warn(
         "IterativeBetaRegressor(objective='step_count') fits the betas to the "
         "step counts of the phase windows in the exposure table; the y given "
         "to fit differs from the table's 'duration' column and only enters "
         "the starting point and the reported r2/rmse. Use "
         "objective='duration' to regress y.",
         UserWarning,
-        stacklevel=5,
-    )
-
-
-def _history_frame(history: list[dict], unit: float) -> pd.DataFrame:
-    frame = pd.DataFrame(history, columns=[*HISTORY_COLUMNS, "note"])
-    if unit != 1.0:
-        frame[["beta0", "beta1", "beta2", "rmse_seconds"]] *= unit
-    return frame
-
-
-def _print_progress(record: dict, unit: float = 1.0) -> None:
-    b0, b1, b2 = (record[k] * unit for k in ("beta0", "beta1", "beta2"))
-    print(
-        f"  iter {record['iteration']:3d}  beta0={b0:.6g}  beta1={b1:.6g}  "
-        f"beta2={b2:.6g}  change={record['step']:.3g}",
-        file=sys.stderr,
-        flush=True,
     )

@@ -6,12 +6,13 @@ Public through :func:`sklearn_beta.io.read_benchmark_results`.
 from __future__ import annotations
 
 import json
-import warnings
 from os import PathLike
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+
+from ..core._warnings import warn
 
 _MAX_SHOWN = 5
 
@@ -70,11 +71,10 @@ def read_benchmark_results(
     result = _load_result(path, start_times_key)
     failed = _failed_requests(result, path)
     if failed.any():
-        warnings.warn(
+        warn(
             f"{int(failed.sum())} failed request(s) of {len(result['ttfts'])} "
             f"in {str(path)!r} are left out (non-empty 'errors').",
             UserWarning,
-            stacklevel=2,
         )
     ok = ~failed
     start = np.asarray(result[start_times_key], dtype=np.float64)[ok]

@@ -55,10 +55,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ..core._columns import PHASE_COLUMNS
 from ..core._grid import snap_times
 from ._bench_results import read_benchmark_results
 from ._export import BLIS_UNITS, to_blis_coefficients
+from ._files import expand_trace_paths, read_phases_dask, schema_columns_first
 from ._formats import PHASE_FORMATS, check_format
 from ._otel import (
     DEFAULT_CACHED_TOKENS_ATTRIBUTE,
@@ -154,16 +154,12 @@ def read_phases(
     if format is not None:
         check_format(format, path, PHASE_FORMATS, "read_phases")
     if dask:
-        from ..distributed._fleet import read_phases_dask
-
         frame = read_phases_dask(path, format=format, columns=columns, blocksize=None)
         for name in ("t_start", "t_end"):
             frame[name] = frame[name] * TIME_UNITS[time_unit]
         return frame
     target = Path(path)
     if target.is_dir() or (not target.is_file() and any(c in str(path) for c in "*?[")):
-        from ..distributed._fleet import expand_trace_paths
-
         files = expand_trace_paths(path)
         return pd.concat(
             [
@@ -191,24 +187,6 @@ def read_phases(
             if values.notna().all():
                 frame[name] = values * TIME_UNITS[time_unit]
     return frame
-
-
-def schema_columns_first(frame, columns: dict | None, source: str):
-    """``frame`` (pandas or Dask) renamed by ``columns``, schema columns first.
-
-    Raises ValueError naming ``source`` if a schema column is missing.
-    """
-    if columns:
-        frame = frame.rename(columns=columns)
-    missing = [c for c in PHASE_COLUMNS if c not in frame.columns]
-    if missing:
-        raise ValueError(
-            f"{source!r} lacks phase-table column(s) {missing}; it has "
-            f"{list(frame.columns)}. Map differently named columns with "
-            "columns={'name in file': 'schema name'}."
-        )
-    rest = [c for c in frame.columns if c not in PHASE_COLUMNS]
-    return frame[list(PHASE_COLUMNS) + rest]
 
 
 def _read_parquet(path: Path) -> pd.DataFrame:

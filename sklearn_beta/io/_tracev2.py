@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import yaml
 
 from ..core._validation import describe_rows
 
@@ -79,8 +80,6 @@ def read_header(header) -> dict:
     path = Path(header)
     if not path.is_file():
         raise ValueError(f"TraceV2 header {str(path)!r} does not exist.")
-    import yaml
-
     try:
         parsed = yaml.safe_load(path.read_text(encoding="utf-8"))
     except (yaml.YAMLError, UnicodeError) as exc:

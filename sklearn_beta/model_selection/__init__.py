@@ -26,8 +26,8 @@ trace with zero weight outside the training rows and predicts the full
 trace, so every phase keeps its full-trace exposures in training and test.
 """
 
-from ..estimators._schedule import RequestKFold, make_schedule_scorer
 from ._context import TraceContextRegressor
+from ._request_split import RequestKFold, make_schedule_scorer
 from ._trace_split import TraceBlockSplit, complete_context_mask
 
 __all__ = [

@@ -5,7 +5,6 @@ Public through :mod:`sklearn_beta.metrics`.
 
 from __future__ import annotations
 
-import warnings
 from types import MappingProxyType
 
 import numpy as np
@@ -21,6 +20,7 @@ from sklearn.pipeline import Pipeline
 from sklearn.utils.metadata_routing import MetadataRequest
 
 from ..core._schema import column, has_column
+from ..core._warnings import warn
 from ..estimators._base import BaseBetaRegressor
 from ..estimators._exposure import PhaseExposureTransformer
 from ._context import TraceContextRegressor
@@ -227,10 +227,9 @@ class PhaseDurationScorer(_ScoreRequest):
                 )
             keep = is_prefill if self._phase == "prefill" else ~is_prefill
             if not keep.any():
-                warnings.warn(
+                warn(
                     f"No {self._phase} phase to score: returning NaN.",
                     UndefinedMetricWarning,
-                    stacklevel=3,
                 )
                 return float("nan")
         kwargs = dict(self._kwargs)

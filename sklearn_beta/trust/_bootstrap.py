@@ -1,6 +1,6 @@
 """Block-bootstrap confidence intervals of the betas: the check of ``beta_ci_``.
 
-Resamples the time blocks of :func:`~sklearn_beta._uncertainty.time_blocks`
+Resamples the time blocks of :func:`~sklearn_beta.trust._uncertainty.time_blocks`
 (merged to the residuals' correlation length) through multinomial block
 counts used as ``sample_weight``: every row stays in the fit as context for
 the concurrency of the others, only its weight changes. Opt-in: it refits

@@ -28,18 +28,18 @@ fitted on all its phases, as before.
 
 Every function here works on arrays of one trace (phases, instance codes);
 no loop over phases, requests or segments. The fit of a window in memory is
-:mod:`sklearn_beta._window_fit`; the Dask fit asks the same questions of
-partitions of whole instances (:mod:`sklearn_beta._distributed_edges`).
+:mod:`sklearn_beta.trust._window_fit`; the Dask fit asks the same questions of
+partitions of whole instances (:mod:`sklearn_beta.distributed._edges`).
 """
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
 
+from ..core._warnings import warn
 from ..exceptions import UncertaintyWarning
 
 #: An edge whose phases' step counts at the interior's betas are off by more
@@ -226,7 +226,7 @@ class EdgeReport:
 
 
 def fit_with_edge_context(
-    edges, fit: Callable[..., tuple], *, stacklevel: int
+    edges, fit: Callable[..., tuple]
 ) -> tuple[tuple, EdgeReport, object]:
     """Fit every phase, test the edges, refit without the incomplete ones.
 
@@ -250,7 +250,7 @@ def fit_with_edge_context(
     itself; the fit of every phase stands. When the interior holds less than
     :data:`MIN_INTERIOR_SHARE` of the steps (a trace shorter than about two
     request lifetimes), the edges cannot be tested: every phase is fitted,
-    with a warning (``stacklevel`` for :func:`warnings.warn`) that gives the
+    with a warning that gives the
     longest request lifetime (``edges.lifetimes()``, in seconds: the zones'
     times may be in the fit's unit), and the report's ``limit`` is NaN.
 
@@ -261,7 +261,7 @@ def fit_with_edge_context(
     interior_share = edges.interior_share()
     if interior_share < MIN_INTERIOR_SHARE:
         lifetimes = edges.lifetimes()
-        warnings.warn(
+        warn(
             f"Only {interior_share:.1%} of the trace's steps lie clear of its "
             "edges (the longest request lasts up to "
             f"{lifetimes.max():.4g} s, against a trace of about two request "
@@ -270,7 +270,6 @@ def fit_with_edge_context(
             "miss the load of requests outside it and the betas are biased; "
             "export a longer window.",
             UncertaintyWarning,
-            stacklevel=stacklevel,
         )
         nan = [float("nan")] * lifetimes.shape[0]
         return joint, EdgeReport(0, nan, nan, float("nan")), "all"

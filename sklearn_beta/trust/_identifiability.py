@@ -20,13 +20,13 @@ coefficient at zero; the warning says that zero is not a measurement.
 
 from __future__ import annotations
 
-import warnings
 from dataclasses import dataclass
 
 import numpy as np
 
 from ..core._grid import Timeline, count_active
 from ..core._nnls import BLOCK_ROWS, single_threaded_blas, weighted_rows
+from ..core._warnings import warn
 from ..exceptions import IdentifiabilityWarning
 
 BETA_NAMES = ("beta0", "beta1", "beta2")
@@ -212,7 +212,6 @@ def identifiability_diagnostics(
     sample_weight: np.ndarray | None = None,
     *,
     estimator: str = "the estimator",
-    stacklevel: int = 3,
     extra_findings: list | tuple = (),
 ) -> dict:
     """Warn about coefficients the trace cannot identify; return diagnostics.
@@ -233,8 +232,6 @@ def identifiability_diagnostics(
         Weights of the fit.
     estimator : str
         Name used in the warning.
-    stacklevel : int
-        Passed to :func:`warnings.warn`.
     extra_findings : list of (coefficients, reason)
         Further findings of the caller, warned about like the trace's own
         (e.g. :func:`sklearn_beta._what_if.noise_limited_findings`).
@@ -273,13 +270,12 @@ def identifiability_diagnostics(
             )
         )
     for coefs, reason in findings:
-        warnings.warn(
+        warn(
             f"{estimator}: {_join(coefs)} "
             f"{'is' if len(coefs) == 1 else 'are'} not identified by this trace: "
             f"{reason}. The fitted value is one of many that fit equally well; "
             "use a trace with concurrent prefills and decodes under varying load.",
             IdentifiabilityWarning,
-            stacklevel=stacklevel,
         )
     not_identified = [n for n in BETA_NAMES if any(n in c for c, _ in findings)]
     return {

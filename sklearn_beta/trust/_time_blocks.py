@@ -2,10 +2,10 @@
 
 Each instance's timeline is cut into equal blocks; a phase belongs to the
 block of its midpoint, and residuals are correlated with the blocks up to a
-lag count away (see :mod:`sklearn_beta._uncertainty`). The block length and
+lag count away (see :mod:`sklearn_beta.trust._uncertainty`). The block length and
 the lag count come from sums, maxima and two exact duration quantiles of the
 whole trace, so that the partitions of a fleet (whole instances each) find
-the same blocks from small summaries (:mod:`sklearn_beta._distributed_trust`).
+the same blocks from small summaries (:mod:`sklearn_beta.distributed._trust`).
 """
 
 from __future__ import annotations
@@ -127,7 +127,7 @@ def duration_quantiles(duration: np.ndarray) -> tuple[float, float]:
 
     Exact, not from a sample: quantiles are order statistics, which the
     partitions of a fleet find exactly from small per-partition histograms
-    (:func:`sklearn_beta._distributed_trust.order_statistics`), so a fit on
+    (:func:`sklearn_beta.distributed._trust.order_statistics`), so a fit on
     a Dask cluster forms the same blocks as the fit in memory. A random
     sample cannot be drawn alike from rows spread over partitions, and a
     strided one saw only the prefills of an exposure table (its rows

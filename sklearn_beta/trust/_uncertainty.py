@@ -29,12 +29,12 @@ Everything here takes and returns plain arrays.
 
 from __future__ import annotations
 
-import warnings
 from dataclasses import dataclass
 
 import numpy as np
 from scipy import special
 
+from ..core._warnings import warn
 from ..exceptions import UncertaintyWarning
 from ._identifiability import BETA_NAMES
 from ._time_blocks import time_blocks
@@ -339,7 +339,6 @@ def trust_warnings(
     *,
     estimator: str,
     level: float | None,
-    stacklevel: int = 3,
 ) -> list[str]:
     """Warn about betas at their zero bound and intervals wider than half a beta.
 
@@ -349,23 +348,21 @@ def trust_warnings(
     for k, name in enumerate(BETA_NAMES):
         interval = "" if intervals is None else _interval_text(level, intervals[k])
         if name in at_bound:
-            warnings.warn(
+            warn(
                 f"{estimator}: {name} = {beta[k]:.4g} is at its zero bound"
                 f"{interval}: the non-negativity constraint, not the trace, set "
                 "it. Check the engine settings (chunk_size, token_budget) and "
                 "the decode token convention, or use a trace with more varied "
                 "load.",
                 UncertaintyWarning,
-                stacklevel=stacklevel,
             )
             flagged.append(name)
         elif intervals is not None and _too_wide(beta[k], intervals[k]):
-            warnings.warn(
+            warn(
                 f"{estimator}: {name} = {beta[k]:.4g} is uncertain"
                 f"{interval}, wider than {WIDE_INTERVAL_SHARE:.0%} of its "
                 "value. Use a longer trace, or one whose load varies more.",
                 UncertaintyWarning,
-                stacklevel=stacklevel,
             )
             flagged.append(name)
     return flagged

@@ -1,11 +1,11 @@
 """The step-count fit of a trace in memory that may be a window cut from serving.
 
 :func:`fit_step_counts_of_window` runs the estimator's step-count fit with
-the window-edge treatment of :mod:`sklearn_beta._edges` (whose decision
-:func:`~sklearn_beta._edges.fit_with_edge_context` asks
+the window-edge treatment of :mod:`sklearn_beta.trust._edges` (whose decision
+:func:`~sklearn_beta.trust._edges.fit_with_edge_context` asks
 :class:`TimelineEdges` its questions about the trace), then checks the
 step noise for coefficients it leaves unknown. The Dask fit answers the
-same questions from partitions (:mod:`sklearn_beta._distributed_edges`).
+same questions from partitions (:mod:`sklearn_beta.distributed._edges`).
 """
 
 from __future__ import annotations
@@ -146,7 +146,6 @@ def fit_step_counts_of_window(
     sample_weight: np.ndarray | None,
     *,
     edges: str,
-    stacklevel: int,
 ) -> tuple[tuple, EdgeReport | None, np.ndarray | None, list]:
     """The step-count fit of a trace that may be a window cut from serving.
 
@@ -156,15 +155,14 @@ def fit_step_counts_of_window(
     treated by :func:`fit_with_edge_context`; with ``"fit"`` every phase is
     fitted. Then, at the chosen fit's betas and with its phase weights, the
     step noise is checked for coefficients it leaves unknown
-    (:func:`~sklearn_beta._what_if.noise_limited_findings`), reusing the
-    linearisation of the edge test where it has one. ``stacklevel`` is the
-    caller's, for the short-trace warning.
+    (:func:`~sklearn_beta.trust._what_if.noise_limited_findings`), reusing the
+    linearisation of the edge test where it has one.
 
     Returns ``(result, report, weight, findings)``: ``fit``'s result, the
     :class:`EdgeReport` (None with ``edges="fit"``), the phase weights of the
     chosen fit (``sample_weight`` with 0 on the context phases) and the
     findings for
-    :func:`~sklearn_beta._identifiability.identifiability_diagnostics`.
+    :func:`~sklearn_beta.trust._identifiability.identifiability_diagnostics`.
     """
     fixed = static_correction_mass(
         correction_mode, timeline.trace_grid, timeline.is_prefill, timeline.mu
@@ -194,7 +192,6 @@ def fit_step_counts_of_window(
             lambda kind, beta_init, final: fitted(
                 window.weights(kind), beta_init, final
             ),
-            stacklevel=stacklevel + 1,
         )
         sample_weight = window.weights(kind)
         linearised = window.linearised

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import warnings
 from dataclasses import replace
-from numbers import Integral, Real
+from numbers import Real
 
 import numpy as np
 import pandas as pd
@@ -22,9 +22,7 @@ from scipy.stats import norm
 from sklearn.base import BaseEstimator, RegressorMixin, _fit_context
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.metrics import r2_score
-from sklearn.model_selection import BaseCrossValidator
-from sklearn.pipeline import Pipeline, make_pipeline
-from sklearn.utils import check_random_state
+from sklearn.pipeline import make_pipeline
 from sklearn.utils._param_validation import StrOptions
 from sklearn.utils.validation import check_is_fitted
 
@@ -34,14 +32,13 @@ from ..core._ids import phase_kinds
 from ..core._nnls import nnls_fit
 from ..core._validation import request_codes
 from ..engine._loop import EngineSettings, run_engine
-from ..engine._replay import REPLAY_QUANTITIES, replay_errors
 from ..engine._replay_requests import clock_origin, trace_requests
-from ._baseline import BaselineBetaRegressor
-from ._exposure import PhaseExposureTransformer
-from ._iterative import IterativeBetaRegressor
+from ..estimators._baseline import BaselineBetaRegressor
+from ..estimators._exposure import PhaseExposureTransformer
+from ..estimators._iterative import IterativeBetaRegressor
 from ._schedule_design import difference_design, level_design, schedule_events
 
-__all__ = ["RequestKFold", "ScheduleBetaRegressor", "make_schedule_scorer"]
+__all__ = ["ScheduleBetaRegressor"]
 
 #: Names of the offsets in ``alpha_``.
 ALPHA_NAMES = ("queue", "first_token", "last_token")
@@ -769,128 +766,3 @@ def _relative_step(old, new, features) -> float:
     if scale <= 0:
         return np.inf
     return float(np.max(np.abs(new - old) * mean_f) / scale)
-
-
-class RequestKFold(BaseCrossValidator):
-    """K folds of whole requests (both phases of a request in one fold).
-
-    For held-out evaluation on traces too short, or too saturated, for time
-    blocks (:class:`TraceBlockSplit`): request ``i`` (in order of first
-    appearance, or of a shuffled order) goes to fold ``i % n_splits``, so
-    every fold spreads over the whole trace. Use it with an estimator that
-    replays the whole trace and fits or scores the fold's requests
-    (:class:`ScheduleBetaRegressor` with ``trace=``): a subset alone would be
-    an engine with less load on it.
-
-    Parameters
-    ----------
-    n_splits : int, default=5
-        Number of folds, at least 2.
-    shuffle : bool, default=False
-        Shuffle the requests before dealing them out.
-    random_state : int, RandomState instance or None, default=None
-        Seeds the shuffle; only with ``shuffle=True``.
-    columns : PhaseColumns, mapping or None, default=None
-        Column names; the split reads ``request_id``.
-
-    Examples
-    --------
-    >>> import pandas as pd
-    >>> from sklearn_beta.model_selection import RequestKFold
-    >>> X = pd.DataFrame({"request_id": [0, 0, 1, 1, 2, 2]})
-    >>> [test.tolist() for _, test in RequestKFold(3).split(X)]
-    [[0, 1], [2, 3], [4, 5]]
-    """
-
-    def __init__(self, n_splits=5, *, shuffle=False, random_state=None, columns=None):
-        if isinstance(n_splits, bool) or not isinstance(n_splits, Integral):
-            raise TypeError(f"n_splits must be an integer, got {n_splits!r}.")
-        if n_splits < 2:
-            raise ValueError(f"n_splits must be at least 2, got {n_splits}.")
-        if not shuffle and random_state is not None:
-            raise ValueError("random_state has no effect without shuffle=True.")
-        self.n_splits = n_splits
-        self.shuffle = shuffle
-        self.random_state = random_state
-        self.columns = columns
-
-    def get_n_splits(self, X=None, y=None, groups=None):
-        """Number of folds.
-
-        Returns
-        -------
-        n_splits : int
-        """
-        return self.n_splits
-
-    def _iter_test_masks(self, X=None, y=None, groups=None):
-        if not isinstance(X, pd.DataFrame):
-            raise TypeError(
-                "RequestKFold reads request ids from a DataFrame, got "
-                f"{type(X).__name__}."
-            )
-        name = PhaseColumns.coerce(self.columns).request_id
-        if name not in X.columns:
-            raise ValueError(f"Column {name!r} (request ids) is not in X.")
-        codes = request_codes(X, name, [name])
-        n_req = int(codes.max()) + 1
-        if n_req < self.n_splits:
-            raise ValueError(
-                f"Cannot split {n_req} request(s) into n_splits={self.n_splits} folds."
-            )
-        rank = np.arange(n_req)
-        if self.shuffle:
-            rank = check_random_state(self.random_state).permutation(n_req)
-        fold = (rank % self.n_splits)[codes]
-        for k in range(self.n_splits):
-            yield fold == k
-
-
-def make_schedule_scorer(quantity: str = "ttft"):
-    """Held-out replay error of a fitted :class:`ScheduleBetaRegressor`.
-
-    The scorer replays the estimator's whole ``trace`` (or ``X`` itself when
-    it has none) with the fitted coefficients and returns minus the mean
-    absolute relative error of ``quantity`` over the requests of ``X``:
-    greater is better, as scikit-learn expects.
-
-    Parameters
-    ----------
-    quantity : {"ttft", "decode", "e2e"}, default="ttft"
-        See :func:`~sklearn_beta.replay.replay_errors`.
-
-    Returns
-    -------
-    scorer : callable
-        ``scorer(estimator, X, y=None) -> float``; ``estimator`` is the
-        regressor or a pipeline ending in it.
-
-    Examples
-    --------
-    >>> from sklearn_beta.datasets import simulate_trace
-    >>> from sklearn_beta import ScheduleBetaRegressor
-    >>> from sklearn_beta.model_selection import make_schedule_scorer
-    >>> phases = simulate_trace(200, beta=(5e-3, 2e-5, 8e-5), chunk_size=64,
-    ...                         max_num_seqs=16, arrival_rate=20.0,
-    ...                         random_state=0)
-    >>> model = ScheduleBetaRegressor(64, max_num_seqs=16, arrival=None)
-    >>> scorer = make_schedule_scorer("e2e")
-    >>> round(-scorer(model.fit(phases), phases), 6)
-    0.0
-    """
-    if quantity not in REPLAY_QUANTITIES:
-        raise ValueError(
-            f"quantity must be one of {list(REPLAY_QUANTITIES)}, got {quantity!r}."
-        )
-
-    def scorer(estimator, X, y=None):
-        model = estimator[-1] if isinstance(estimator, Pipeline) else estimator
-        if not isinstance(model, ScheduleBetaRegressor):
-            raise TypeError(
-                "make_schedule_scorer scores a fitted ScheduleBetaRegressor (or a "
-                f"pipeline ending in one), got {type(model).__name__}."
-            )
-        errors = replay_errors(model.replay(X), quantity)
-        return -float(np.mean(np.abs(errors)))
-
-    return scorer
