@@ -143,6 +143,7 @@ def run_engine(
     record_features: bool = False,
     cached_tokens: np.ndarray | None = None,
     settings: EngineSettings | None = None,
+    observed_ends: np.ndarray | None = None,
 ) -> EngineRun:
     """Run every instance's busy loop over its requests.
 
@@ -184,6 +185,13 @@ def run_engine(
         the prompt: its last token is always computed). None: no hits.
     settings : EngineSettings or None
         KV cache, long-prefill threshold and client; None: the defaults.
+    observed_ends : ndarray of float, shape (2, n), or None
+        Observed times of each request's first and last token on the
+        engine's clock (NaN: none). A block of steps that ends one of them
+        ends at their mean instead of its model time (clamped to leave its
+        last step a positive duration), so that the replay runs on the
+        trace's clock: the schedule-consistent fit
+        (``engine_config._schedule``) replays with it. None: model times only.
     """
     settings = EngineSettings() if settings is None else settings
     n_inst = int(instance.max()) + 1 if instance.shape[0] else 0
@@ -223,12 +231,18 @@ def run_engine(
             float(settings.delay),
             float(settings.done_offset),
         )
+        snap = _NO_SNAP if observed_ends is None else observed_ends[:, rows]
+        snap = np.ascontiguousarray(snap, dtype=np.float64)
         guess = int(np.sum(-(-prompt[rows] // chunk)))
         guess += int(np.sum(decode_steps[rows]))
         while True:  # a noisy run that outgrows its factor pool reruns
             factors = pool.factors(guess)
             req_times, blocks, step_times, used, done = loop(
-                *args, factors, record_steps, record_steps and record_features
+                *args,
+                factors,
+                snap,
+                record_steps,
+                record_steps and record_features,
             )
             if done:
                 break
@@ -403,6 +417,8 @@ def _loop():
 
 
 _COMPILED = None
+#: ``observed_ends`` of a replay on model time only.
+_NO_SNAP = np.empty((2, 0))
 
 
 #: Rows of the running batch: request, prompt left, prompt to prefill when
@@ -436,6 +452,7 @@ def _run_instance(
     delay,
     done_offset,
     factors,
+    snap,
     record,
     record_features,
 ):
@@ -451,6 +468,7 @@ def _run_instance(
     """
     n = intended.shape[0]
     noisy = factors.shape[0] > 0
+    snapping = snap.shape[1] > 0
     kv = num_blocks < NO_CAP
     times = np.full((6, n), np.nan)
     times[5] = 0.0
@@ -530,6 +548,8 @@ def _run_instance(
                 return times, blocks[:n_blocks], step_times[:n_steps], used, False
             k = min(k, factors.shape[0] - used)
         ends, k = _step_ends(clock, dt, k, factors, used, noisy, next_arrival, slope)
+        if snapping and k > 0:
+            ends[k] = _snapped_end(batch, m, k, grant, decoding, ends, snap, times)
         block_end = ends[k]
         used += k
         last = _advance(batch, m, k, grant, decoding, clock, block_end, times, kv)
@@ -724,6 +744,23 @@ def _step_ends(clock, dt, k, factors, used, noisy, next_arrival, slope):
         if cut < k:
             k = cut
     return ends, k
+
+
+@register_jitable
+def _snapped_end(batch, m, k, grant, decoding, ends, snap, times):
+    """The block's end on the trace's clock: the mean observed time of the
+    first tokens (a request's first, not a recomputation's) and last tokens
+    it gives, none before its last step starts; its model end without any."""
+    run = batch[_REQ, :m]
+    last = (grant > 0) & (batch[_PF, :m] - k * grant == 0)
+    dec = batch[_DEC, :m]
+    done = (decoding & (dec == k)) | (last & (dec == 0))
+    first = last & np.isnan(times[2][run])
+    observed = np.concatenate((snap[0][run[first]], snap[1][run[done]]))
+    observed = observed[~np.isnan(observed)]
+    if observed.shape[0] == 0:
+        return ends[k]
+    return max(np.mean(observed), ends[k - 1] + 1e-3 * (ends[k] - ends[k - 1]))
 
 
 @register_jitable

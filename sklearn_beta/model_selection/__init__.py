@@ -30,12 +30,15 @@ best.
 """
 
 from ._context import TraceContextRegressor
+from ._request_split import RequestKFold, make_schedule_scorer
 from ._step_models import one_standard_error_rule
 from ._trace_split import TraceBlockSplit, complete_context_mask
 
 __all__ = [
+    "RequestKFold",
     "TraceBlockSplit",
     "TraceContextRegressor",
     "complete_context_mask",
+    "make_schedule_scorer",
     "one_standard_error_rule",
 ]
