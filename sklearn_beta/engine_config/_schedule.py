@@ -13,7 +13,7 @@ traces whose prefill phase starts at the send.
 from __future__ import annotations
 
 import warnings
-from dataclasses import replace
+from dataclasses import dataclass, field, replace
 from numbers import Real
 
 import numpy as np
@@ -31,6 +31,7 @@ from ..core._constraints import Number, count
 from ..core._ids import phase_kinds
 from ..core._nnls import nnls_fit
 from ..core._validation import request_codes
+from ..core._warnings import warn
 from ..engine._loop import EngineSettings, run_engine
 from ..engine._replay_requests import clock_origin, trace_requests
 from ..estimators._baseline import BaselineBetaRegressor
@@ -266,109 +267,28 @@ default="auto"
             keep = np.repeat(fitted, trace.n_kinds)
         free = self._free_columns(trace.scheduled)
         theta = np.zeros(6)
-        starts = self._initial_betas(X if rows is None else frame.iloc[rows])
-        self.init_misfit_ = {}
-        if len(starts) > 1:
-            misfit = [self._levels_misfit(trace, beta, keep) for beta in starts]
-            self.init_misfit_ = dict(zip(INIT_FITS, misfit, strict=True))
-            theta[:3] = starts[int(np.argmin(misfit))]
-        else:
-            theta[:3] = starts[0]
-        self.init_beta_ = theta[:3].copy()
-        previous, changes, history = None, [], []
-        converged, stage, last_step = False, "levels", np.inf
-        fitted_differences, fit_rows, older = False, None, None
-        # The offsets the replays snap to: those of the first fit on
-        # differences, then kept. Updated every fit, they feed back (an
-        # offset too large moves the snapped steps, whose schedule fits a
-        # larger one) and can run away.
-        snap_offsets = np.zeros(3)
-        n_iter = 0
-        while n_iter < self.max_iter:
-            n_iter += 1
-            snap = np.r_[theta[:3], snap_offsets]
-            schedule = self._schedule(trace, theta, trace.engine_ends(snap, keep))
-            signature = schedule.local_signature(trace.n_requests)
-            if previous is not None:
-                changes.append(
-                    int(np.count_nonzero(np.any(signature != previous[1], 1)))
-                )
-                if fitted_differences and schedule.same_as(previous[0]):
-                    converged = True  # the same schedule fits the same theta
-                    break
-            two_back, older = older, None if previous is None else previous[0]
-            previous = (schedule, signature)
-            anchors = trace.anchor_times(schedule)
-            if stage == "levels":
-                rows_ = level_design(schedule, trace.event_times, anchors, keep)
-            else:
-                rows_ = difference_design(
-                    schedule, trace.event_times, anchors, theta[:3], keep
-                )
-            new = np.zeros(6)
-            if stage == "levels":
-                # betas only: offsets fitted on levels are weakly identified
-                # and, fed back into the snapping, push the schedule off
-                new[:3] = nnls_fit(rows_.design[:, :3], rows_.target, rows_.weight)
-            else:
-                new[free], rows_ = _robust_fit(rows_, free)
-            step = _relative_step(theta[:3], new[:3], schedule.features)
-            pooled = fitted_differences and schedule.same_as(two_back)
-            if pooled:
-                # the replays alternate between two schedules (each one's
-                # fit replays into the other): both are schedules of the
-                # trace within the noise; fit their rows together and stop.
-                rows_ = _stack_rows(fit_rows, rows_)
-                new = np.zeros(6)
-                new[free], rows_ = _robust_fit(rows_, free)
-                step = _relative_step(theta[:3], new[:3], schedule.features)
-            new[:3] = _usable_beta(new[:3], schedule.features)
-            fit = "pooled" if pooled else stage
-            history.append((fit, *new, changes[-1] if changes else -1, step))
-            fit_rows, theta = rows_, new
-            if stage == "levels":
-                # close enough, or no closer: the noise of the levels (a
-                # random walk) limits them, the differences take over
-                if step < LEVELS_TOL or step >= last_step:
-                    stage, last_step = "differences", np.inf
-                else:
-                    last_step = step
-            else:
-                if step < self.tol or pooled:
-                    converged = True
-                    break
-                if not fitted_differences:
-                    snap_offsets = theta[3:].copy()
-                fitted_differences = True
-                last_step = step
-        self.n_iter_ = n_iter
-        self.converged_ = converged
-        if not converged:
-            warnings.warn(
-                f"ScheduleBetaRegressor did not converge in {self.max_iter} "
-                f"replays: the last one rescheduled {changes[-1] if changes else '?'} "
-                "request(s). Raise max_iter, or check the engine settings.",
-                ConvergenceWarning,
-                stacklevel=3,
-            )
-        self.schedule_changes_ = np.asarray(changes, dtype=np.int64)
-        self.history_ = pd.DataFrame(
-            history,
-            columns=[
-                "fit",
-                "beta0",
-                "beta1",
-                "beta2",
-                "c_scheduled",
-                "c_first",
-                "c_last",
-                "rescheduled",
-                "step",
-            ],
+        theta[:3] = self._initial_beta(
+            X if rows is None else frame.iloc[rows], trace, keep
         )
-        self._set_coefficients(theta)
-        self.n_rows_ = int(fit_rows.target.shape[0])
-        self.beta_ci_ = self._intervals(fit_rows, theta, free)
+        self.init_beta_ = theta[:3].copy()
+        solved = solve_schedule(
+            trace, theta, keep, free, self._schedule, self.max_iter, self.tol
+        )
+        self.n_iter_ = solved.n_iter
+        self.converged_ = solved.converged
+        if not solved.converged:
+            last = solved.changes[-1] if solved.changes else "?"
+            warn(
+                f"ScheduleBetaRegressor did not converge in {self.max_iter} "
+                f"replays: the last one rescheduled {last} request(s). Raise "
+                "max_iter, or check the engine settings.",
+                ConvergenceWarning,
+            )
+        self.schedule_changes_ = np.asarray(solved.changes, dtype=np.int64)
+        self.history_ = pd.DataFrame(solved.history, columns=HISTORY_COLUMNS)
+        self._set_coefficients(solved.theta)
+        self.n_rows_ = int(solved.rows.target.shape[0])
+        self.beta_ci_ = self._intervals(solved.rows, solved.theta, free)
         return self
 
     def replay(self, X=None) -> pd.DataFrame:
@@ -518,6 +438,17 @@ default="auto"
             free[3] = scheduled  # only scheduled times see the queue delay
         return free
 
+    def _initial_beta(self, X, trace, keep) -> np.ndarray:
+        """The start: the phase-exposure fit whose replay fits the trace's
+        levels best (``init="auto"``), or the one asked for."""
+        starts = self._initial_betas(X)
+        self.init_misfit_ = {}
+        if len(starts) == 1:
+            return starts[0]
+        misfit = [self._levels_misfit(trace, beta, keep) for beta in starts]
+        self.init_misfit_ = dict(zip(INIT_FITS, misfit, strict=True))
+        return starts[int(np.argmin(misfit))]
+
     def _initial_betas(self, X) -> list:
         """The starts ``init`` names: one, or both phase-exposure fits."""
         if not isinstance(self.init, str):
@@ -624,6 +555,133 @@ default="auto"
         z = norm.ppf(0.5 + self.confidence_level / 2)
         beta = theta[:3]
         return np.column_stack((np.clip(beta - z * se, 0, None), beta + z * se))
+
+
+HISTORY_COLUMNS = [
+    "fit",
+    "beta0",
+    "beta1",
+    "beta2",
+    "c_scheduled",
+    "c_first",
+    "c_last",
+    "rescheduled",
+    "step",
+]
+
+
+@dataclass
+class ScheduleSolution:
+    """What :func:`solve_schedule` found: the coefficients ``theta`` (three
+    betas, then the queue, first-token and last-token offsets), whether the
+    schedule settled, the replays it took, the requests each replay
+    rescheduled, one history record per fit and the rows of the last fit."""
+
+    theta: np.ndarray
+    converged: bool
+    n_iter: int
+    changes: list
+    history: list
+    rows: object
+
+
+@dataclass
+class _LoopState:
+    """The replay-and-refit loop's memory between replays."""
+
+    stage: str = "levels"
+    last_step: float = np.inf
+    fitted_differences: bool = False
+    previous: tuple | None = None
+    older: object = None
+    fit_rows: object = None
+    # The offsets the replays snap to: those of the first fit on
+    # differences, then kept. Updated every fit, they feed back (an offset
+    # too large moves the snapped steps, whose schedule fits a larger one)
+    # and can run away.
+    snap_offsets: np.ndarray = field(default_factory=lambda: np.zeros(3))
+
+
+def solve_schedule(trace, theta, keep, free, schedule_of, max_iter, tol):
+    """Replay, fit the times the schedule makes linear, repeat
+    (docs/schedule.md): levels first, then differences, until the schedule
+    repeats, the step falls below ``tol`` or the replays alternate between
+    two schedules (both then fitted together).
+
+    ``schedule_of(trace, theta, observed_ends)`` replays the trace; ``free``
+    are the coefficients the trace identifies. Returns a
+    :class:`ScheduleSolution`.
+    """
+    state, changes, history = _LoopState(), [], []
+    n_iter, converged = 0, False
+    while n_iter < max_iter:
+        n_iter += 1
+        snap = np.r_[theta[:3], state.snap_offsets]
+        schedule = schedule_of(trace, theta, trace.engine_ends(snap, keep))
+        signature = schedule.local_signature(trace.n_requests)
+        if state.previous is not None:
+            moved = np.any(signature != state.previous[1], 1)
+            changes.append(int(np.count_nonzero(moved)))
+            if state.fitted_differences and schedule.same_as(state.previous[0]):
+                converged = True  # the same schedule fits the same theta
+                break
+        two_back = state.older
+        state.older = None if state.previous is None else state.previous[0]
+        state.previous = (schedule, signature)
+        new, rows, step, pooled = _fit_schedule(
+            state, schedule, two_back, trace, theta, keep, free
+        )
+        fit = "pooled" if pooled else state.stage
+        history.append((fit, *new, changes[-1] if changes else -1, step))
+        state.fit_rows, theta = rows, new
+        if _settled(state, step, theta, tol, pooled):
+            converged = True
+            break
+    return ScheduleSolution(theta, converged, n_iter, changes, history, state.fit_rows)
+
+
+def _fit_schedule(state, schedule, two_back, trace, theta, keep, free):
+    """One fit on a replay's schedule: ``(theta, rows, step, pooled)``."""
+    anchors = trace.anchor_times(schedule)
+    new = np.zeros(6)
+    if state.stage == "levels":
+        rows = level_design(schedule, trace.event_times, anchors, keep)
+        # betas only: offsets fitted on levels are weakly identified and, fed
+        # back into the snapping, push the schedule off
+        new[:3] = nnls_fit(rows.design[:, :3], rows.target, rows.weight)
+    else:
+        rows = difference_design(schedule, trace.event_times, anchors, theta[:3], keep)
+        new[free], rows = _robust_fit(rows, free)
+    pooled = state.fitted_differences and schedule.same_as(two_back)
+    if pooled:
+        # the replays alternate between two schedules (each one's fit
+        # replays into the other): both are schedules of the trace within
+        # the noise; fit their rows together and stop.
+        rows = _stack_rows(state.fit_rows, rows)
+        new = np.zeros(6)
+        new[free], rows = _robust_fit(rows, free)
+    step = _relative_step(theta[:3], new[:3], schedule.features)
+    new[:3] = _usable_beta(new[:3], schedule.features)
+    return new, rows, step, pooled
+
+
+def _settled(state: _LoopState, step: float, theta, tol: float, pooled: bool) -> bool:
+    """Move the loop on after a fit; True when it has converged."""
+    if state.stage == "levels":
+        # close enough, or no closer: the noise of the levels (a random
+        # walk) limits them, the differences take over
+        if step < LEVELS_TOL or step >= state.last_step:
+            state.stage, state.last_step = "differences", np.inf
+        else:
+            state.last_step = step
+        return False
+    if step < tol or pooled:
+        return True
+    if not state.fitted_differences:
+        state.snap_offsets = theta[3:].copy()
+    state.fitted_differences = True
+    state.last_step = step
+    return False
 
 
 class _TraceEvents:
