@@ -216,20 +216,17 @@ def run_engine(
         rows = order[bounds[k] : bounds[k + 1]]
         if rows.shape[0] == 0:
             continue
-        args = (
-            np.ascontiguousarray(arrival[rows], dtype=np.float64),
-            np.ascontiguousarray(prompt[rows], dtype=np.int64),
-            np.ascontiguousarray(decode_steps[rows], dtype=np.int64),
-            np.ascontiguousarray(cached[rows], dtype=np.int64),
-            *(float(b) for b in _loop_beta(beta)),
+        args = _instance_args(
+            rows,
+            arrival,
+            prompt,
+            decode_steps,
+            cached,
+            beta,
             chunk,
             budget,
             int(min(caps[k], rows.shape[0])),
-            int(settings.block_size),
-            NO_CAP if settings.num_gpu_blocks is None else int(settings.num_gpu_blocks),
-            int(settings.max_in_flight),
-            float(settings.delay),
-            float(settings.done_offset),
+            settings,
         )
         snap = _NO_SNAP if observed_ends is None else observed_ends[:, rows]
         snap = np.ascontiguousarray(snap, dtype=np.float64)
@@ -253,6 +250,29 @@ def run_engine(
             steps.append((k, blocks, step_times))
     return _engine_run(
         times, steps, record_steps, settings.delay, record_steps and record_features
+    )
+
+
+def _instance_args(
+    rows, arrival, prompt, decode_steps, cached, beta, chunk, budget, cap, settings
+) -> tuple:
+    """One instance's requests and the engine's limits, as the loop takes
+    them (contiguous arrays, then scalars)."""
+    num_gpu_blocks = settings.num_gpu_blocks
+    return (
+        np.ascontiguousarray(arrival[rows], dtype=np.float64),
+        np.ascontiguousarray(prompt[rows], dtype=np.int64),
+        np.ascontiguousarray(decode_steps[rows], dtype=np.int64),
+        np.ascontiguousarray(cached[rows], dtype=np.int64),
+        *(float(b) for b in _loop_beta(beta)),
+        chunk,
+        budget,
+        cap,
+        int(settings.block_size),
+        NO_CAP if num_gpu_blocks is None else int(num_gpu_blocks),
+        int(settings.max_in_flight),
+        float(settings.delay),
+        float(settings.done_offset),
     )
 
 
