@@ -13,6 +13,7 @@ from .core._cleaning import CleaningReport, clean_phases
 from .core._columns import PhaseColumns
 from .core._design import DesignAtBetas, design_at_betas
 from .core._schema import EXPOSURE_COLUMNS
+from .engine_config._schedule import ScheduleBetaRegressor
 from .engine_config._search import (
     VLLM_TOKEN_BUDGETS,
     EngineConfig,
@@ -46,6 +47,7 @@ __all__ = [
     "IterativeResult",
     "PhaseColumns",
     "PhaseExposureTransformer",
+    "ScheduleBetaRegressor",
     "block_bootstrap_ci",
     "clean_phases",
     "default_engine_candidates",

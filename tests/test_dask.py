@@ -519,3 +519,31 @@ def test_short_trace_warning_in_seconds_like_the_pandas_fit(client):
     )
     assert _edge_lifetime(remote) == pytest.approx(_edge_lifetime(local), rel=1e-9)
     assert _edge_lifetime(local) <= 2 * life.max()
+
+
+@pytest.mark.parametrize(
+    "transformer",
+    [
+        {"correction_mode": "none"},
+        {"correction_mode": "uniform"},
+        {"min_duration": 1.0},
+    ],
+)
+def test_ignored_transformer_settings_raise_on_dask_as_in_memory(
+    client, fleet, transformer
+):
+    # The step-count fit would ignore these settings: both backends say so.
+    def model():
+        return make_pipeline(
+            PhaseExposureTransformer(
+                chunk_size=64, columns={"instance_id": "instance_id"}, **transformer
+            ),
+            IterativeBetaRegressor(),
+        )
+
+    with pytest.raises(ValueError, match="would (be )?ignored?") as local:
+        _fit_quietly(model(), fleet)
+    with pytest.raises(ValueError, match="would (be )?ignored?") as remote:
+        _fit_quietly(model(), dd.from_pandas(fleet, npartitions=3))
+    first_sentence = str(local.value).split(";")[0].split(" (first at")[0]
+    assert str(remote.value).startswith(first_sentence)

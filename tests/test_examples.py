@@ -86,6 +86,19 @@ def test_compare_models_finds_the_true_chunk_sizes(capsys):
     assert "KFold (WRONG)" in out
 
 
+def test_compare_step_models_picks_the_simulated_model(capsys):
+    runpy.run_path(
+        str(REPO / "examples" / "compare_step_models.py"), run_name="__main__"
+    )
+    out = capsys.readouterr().out
+    chosen = [line.split()[1] for line in out.splitlines() if "chosen:" in line]
+    assert chosen == ["published", "attention"]
+    mape = [float(m) for m in re.findall(r"MAPE\s+(\S+) %", out)]
+    # published trace: a tie; attention trace: three coefficients miss by 5 %
+    assert mape[0] == pytest.approx(mape[1], abs=0.05)
+    assert mape[2] > 5 * mape[3]
+
+
 def test_run_rejects_iterative_options_for_the_baseline(capsys):
     assert run.main(["--damping-eta", "0.5"]) == 2
     assert "['damping_eta'] apply to --algo iterative only" in capsys.readouterr().err

@@ -71,6 +71,8 @@ VARIANTS = {
     "time_resolution": dict(time_resolution=0.002),
     "columns": dict(columns={"instance_id": "shard"}),
     "decode_tokens_include_first": dict(decode_tokens_include_first=True),
+    # The published features in another order: the betas follow it.
+    "step_model": dict(step_model=["steps", "decode_tokens", "prefill_tokens"]),
 }
 
 

@@ -16,8 +16,9 @@ from numpy.typing import ArrayLike
 from ._constraints import check_option
 from ._corrections import CORRECTION_MODES, static_correction_mass
 from ._fixed_point import settled_design, step_density
-from ._schema import column, read_timeline
+from ._schema import column, read_timeline, step_model_of
 from ._step_count import count_state
+from ._step_features import PUBLISHED_FEATURES
 from ._units import rescaled_timeline, time_scale
 
 __all__ = ["DesignAtBetas", "design_at_betas"]
@@ -93,6 +94,14 @@ def design_at_betas(
     check_option(objective, OBJECTIVES, "objective")
     table = np.asarray(exposures, dtype=np.float64)
     beta = np.asarray(beta, dtype=np.float64)
+    features = step_model_of(table)
+    if features != PUBLISHED_FEATURES:
+        raise ValueError(
+            f"design_at_betas reads the published step model's table; this one "
+            f"has step model {list(features)}. Use a fitted "
+            "IterativeBetaRegressor(objective='duration').predict on it, or "
+            "PhaseExposureTransformer(step_model='published')."
+        )
     timeline = read_timeline(table)
     # Floors on step times hold in units of the trace's own steps.
     unit = time_scale(column(table, "n_steps"), column(table, "duration"))

@@ -23,6 +23,14 @@ Columns, in order (all float64; counts and codes are whole numbers):
 
 The first three columns are the baseline design ``[N_i, A_pf_i, A_dec_i]``
 under the transformer's ``correction_mode`` and ``min_duration``.
+
+A step model other than the published one (``step_model`` of the
+transformer) appends ``step_features``, its features as one code, the same
+on every row (:func:`step_model_code`), ``request_prompt`` (the prompt
+``P_r`` of the phase's request), then one ``<feature>_exposure``
+column per feature beyond the published three, in the order of
+:data:`~sklearn_beta.core._step_features.STEP_FEATURES`. The published
+table keeps its twelve columns.
 """
 
 from __future__ import annotations
@@ -30,12 +38,17 @@ from __future__ import annotations
 import numpy as np
 
 from ._grid import Timeline, build_timeline
+from ._step_features import PUBLISHED_FEATURES, STEP_FEATURES
 
 __all__ = [
     "DESIGN_COLUMNS",
     "EXPOSURE_COLUMNS",
     "column",
     "design_columns",
+    "request_prompts_of",
+    "step_design",
+    "step_model_of",
+    "with_step_features",
     "has_column",
     "phase_windows",
     "read_timeline",
@@ -75,6 +88,111 @@ def column(table: np.ndarray, name: str) -> np.ndarray:
 def design_columns(table: np.ndarray) -> np.ndarray:
     """The baseline design ``[N_i, A_pf_i, A_dec_i]``, shape (n_phases, 3)."""
     return table[:, : len(DESIGN_COLUMNS)]
+
+
+#: The code column of a table with a step model beyond the published one.
+STEP_CODE_COLUMN = "step_features"
+_CODE_BASE = len(STEP_FEATURES) + 1
+
+
+def step_model_code(features) -> float:
+    """The features of a step model as one whole number: digit ``p`` in base
+    7 is 1 + the index of the ``p``-th feature in ``STEP_FEATURES``."""
+    code = 0
+    for position, name in enumerate(features):
+        code += (STEP_FEATURES.index(name) + 1) * _CODE_BASE**position
+    return float(code)
+
+
+def _features_of_code(code: float) -> tuple[str, ...]:
+    features = []
+    code = int(code)
+    while code:
+        code, digit = divmod(code, _CODE_BASE)
+        if digit == 0 or len(features) == len(STEP_FEATURES):
+            raise IndexError("not a step model code")
+        features.append(STEP_FEATURES[digit - 1])
+    return tuple(features)
+
+
+def _extra_features(features) -> list[str]:
+    """Features with a column of their own, in canonical order."""
+    return [f for f in STEP_FEATURES if f in features and f not in PUBLISHED_FEATURES]
+
+
+#: The request's prompt ``P_r`` on every row of a step model's table.
+PROMPT_COLUMN = "request_prompt"
+
+
+def extra_column_names(features) -> list[str]:
+    """Names of the columns a step model appends to the twelve."""
+    extra = [f"{f}_exposure" for f in _extra_features(features)]
+    return [STEP_CODE_COLUMN, PROMPT_COLUMN, *extra]
+
+
+def step_model_of(table: np.ndarray) -> tuple[str, ...]:
+    """The step model's features of an exposure table.
+
+    A table of twelve columns, or one whose thirteenth column is no step
+    model's code (extra columns of the caller's, which the fits ignore as
+    they always did), is the published model's.
+    """
+    if table.shape[1] <= len(EXPOSURE_COLUMNS) or table.shape[0] == 0:
+        return PUBLISHED_FEATURES
+    code = table[:, len(EXPOSURE_COLUMNS)]
+    first = code[0]
+    if not (np.isfinite(first) and first == np.round(first) and first > 0):
+        return PUBLISHED_FEATURES
+    try:
+        features = _features_of_code(first)
+    except IndexError:
+        return PUBLISHED_FEATURES
+    if len(set(features)) != len(features) or np.any(code != first):
+        return PUBLISHED_FEATURES
+    need = len(EXPOSURE_COLUMNS) + len(extra_column_names(features))
+    if table.shape[1] != need:
+        return PUBLISHED_FEATURES
+    return features
+
+
+def step_design(table: np.ndarray) -> np.ndarray:
+    """The design of the table's step model, one column per feature, in the
+    model's order; the published one is :func:`design_columns`."""
+    features = step_model_of(table)
+    if features == PUBLISHED_FEATURES:
+        return design_columns(table)
+    extra = _extra_features(features)
+    position = {f: i for i, f in enumerate(PUBLISHED_FEATURES)}
+    offset = len(EXPOSURE_COLUMNS) + 2
+    position.update({f: offset + i for i, f in enumerate(extra)})
+    return table[:, [position[f] for f in features]]
+
+
+def request_prompts_of(table: np.ndarray) -> np.ndarray | None:
+    """Each phase's request prompt of a step model's table (None: published)."""
+    if step_model_of(table) == PUBLISHED_FEATURES:
+        return None
+    return table[:, len(EXPOSURE_COLUMNS) + 1]
+
+
+def with_step_features(
+    table: np.ndarray, features, exposures: np.ndarray, prompt: np.ndarray | None
+) -> np.ndarray:
+    """The table with the step model's code, the request prompts (NaN when
+    the trace has none) and the extra exposure columns; ``exposures`` holds
+    one column per feature, in the model's order."""
+    if tuple(features) == PUBLISHED_FEATURES:
+        return table
+    extra = _extra_features(features)
+    n_base = len(EXPOSURE_COLUMNS)
+    wide = np.empty((table.shape[0], n_base + 2 + len(extra)), order="F")
+    wide[:, :n_base] = table
+    wide[:, n_base] = step_model_code(features)
+    wide[:, n_base + 1] = np.nan if prompt is None else prompt
+    order = list(features)
+    for i, name in enumerate(extra):
+        wide[:, n_base + 2 + i] = exposures[:, order.index(name)]
+    return wide
 
 
 def phase_windows(

@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ._model_config import ModelDescription
+from ._step_features import STEP_FEATURES
 
 __all__ = [
     "BLIS_BETA_NAMES",
@@ -62,17 +63,9 @@ BLIS_BETA_NAMES = (
     "prefill_kv",
     "decode_kv",
 )
-#: Per-step batch aggregates the basis is linear in: 1 per step, prefill
-#: tokens ``T_p``, prefill attention ``A_p = sum t*(s + t/2)``, decode tokens
-#: ``T_d``, decode context ``C_d = sum c`` and batch size ``B``.
-STEP_FEATURES = (
-    "steps",
-    "prefill_tokens",
-    "prefill_attention",
-    "decode_tokens",
-    "decode_context",
-    "batch_size",
-)
+#: The basis is linear in the per-step batch aggregates of
+#: :data:`~sklearn_beta.core._step_features.STEP_FEATURES` (1 per step, ``T_p``,
+#: ``A_p``, ``T_d``, ``C_d``, ``B``).
 #: The combinations of BLIS coefficients one deployment's trace identifies:
 #: ``b[0], b[1]``, the per-step constant ``b[2]*T_weight + b[4]*L + b[6]``
 #: (microseconds), ``b[5], b[8], b[9]``.

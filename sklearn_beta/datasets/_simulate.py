@@ -15,7 +15,7 @@ import pandas as pd
 from sklearn.utils import check_random_state
 from sklearn.utils._param_validation import Interval, StrOptions, validate_params
 
-from ..engine._loop import EngineRun, EngineSettings, check_beta, run_engine
+from ..engine._loop import EngineRun, EngineSettings, check_step_beta, run_engine
 
 STEP_COLUMNS = (
     "instance_id",
@@ -58,6 +58,7 @@ CLIP_SIGMAS = 4.0
         "view": [StrOptions({"phases", "engine", "client"})],
         "decode_tokens_include_first": ["boolean"],
         "return_truth": ["boolean"],
+        "step_model": [str, list, tuple],
     },
     prefer_skip_nested_validation=True,
 )
@@ -86,6 +87,7 @@ def simulate_trace(
     view: str = "phases",
     decode_tokens_include_first: bool = False,
     return_truth: bool = False,
+    step_model="published",
 ) -> pd.DataFrame | tuple:
     """Simulate the phase trace of a vLLM-style engine with known betas.
 
@@ -209,6 +211,19 @@ and (128, 1.0)
         for a decode phase of ``D`` steps. False writes ``D``.
     return_truth : bool, default=False
         Also return what the engine did per request (last in the tuple).
+    step_model : str or list of str, default="published"
+        The step time's features (docs/method.md, section 5.1), as
+        :class:`~sklearn_beta.PhaseExposureTransformer` takes them:
+        ``"published"`` is ``beta0 + beta1 T_pf + beta2 T_dec``;
+        ``"attention"`` has ``beta`` of five coefficients for ``(steps,
+        prefill_tokens, prefill_attention, decode_tokens, decode_context)``,
+        the prefill attention ``sum t (s + t/2)`` over a step's chunks
+        (``t`` tokens of a whole prompt ``s``) and the decode context ``sum
+        (P + k - 1)`` over its decodes (in their ``k``-th decode step); a
+        list of features names them in the order of ``beta``
+        (``batch_size``: the requests a step serves). The step table then
+        also has ``prefill_attention``, ``decode_context`` and
+        ``batch_size``.
 
     Returns
     -------
@@ -249,7 +264,7 @@ and (128, 1.0)
     ['instance_id', 't_start', 't_end', 'prefill_tokens', 'decode_tokens', \
 'n_running']
     """
-    beta = check_beta(beta)
+    beta = check_step_beta(beta, step_model)
     prompt_median, prompt_sigma = _check_length_spec(prompt_tokens, "prompt_tokens")
     output_median, output_sigma = _check_length_spec(output_tokens, "output_tokens")
     if view != "client" and (first_token_offset or last_token_offset):
@@ -280,6 +295,7 @@ and (128, 1.0)
         noise_normals=rng.standard_normal,
         noise=noise,
         record_steps=return_steps,
+        record_features=not _is_published(step_model),
         cached_tokens=cached.astype(np.int64),
         settings=EngineSettings(
             block_size=block_size,
@@ -295,7 +311,7 @@ and (128, 1.0)
     phases = _phase_table(truth, view, decode_tokens_include_first, max_in_flight)
     result = (phases,)
     if return_steps:
-        result += (_step_table(run, num_gpu_blocks is not None),)
+        result += (_step_table(run, num_gpu_blocks is not None, step_model),)
     if return_truth:
         result += (truth,)
     return result[0] if len(result) == 1 else result
@@ -384,7 +400,11 @@ def _phase_table(truth, view, include_first, max_in_flight) -> pd.DataFrame:
     return phases
 
 
-def _step_table(run: EngineRun, with_kv: bool) -> pd.DataFrame:
+def _is_published(step_model) -> bool:
+    return isinstance(step_model, str) and step_model == "published"
+
+
+def _step_table(run: EngineRun, with_kv: bool, step_model="published") -> pd.DataFrame:
     fields = (
         run.step_instance,
         run.step_start,
@@ -396,4 +416,10 @@ def _step_table(run: EngineRun, with_kv: bool) -> pd.DataFrame:
     steps = pd.DataFrame(dict(zip(STEP_COLUMNS, fields, strict=True)))
     if with_kv:
         steps["kv_blocks"] = run.step_kv_blocks
+    if _is_published(step_model):
+        return steps
+    # the ground truth of the richer step models' features
+    steps["prefill_attention"] = run.step_prefill_attention
+    steps["decode_context"] = run.step_decode_context
+    steps["batch_size"] = run.step_batch_size
     return steps

@@ -27,6 +27,7 @@ import numpy as np
 import pandas as pd
 from sklearn.utils import check_array
 
+from ..core._corrections import FIXED_CORRECTION_MODES
 from ..core._fixed_point import reweighted_design
 from ..core._grid import Timeline
 from ..core._nnls import check_finite_design
@@ -35,6 +36,11 @@ from ..core._step_count import TimelineCounts, newton_target
 from ..core._units import rescaled_timeline
 from ..estimators._baseline import _timeline_if_available
 from ..estimators._exposure import baseline_exposures
+from ..estimators._iterative import (
+    TableSettings,
+    floored_densities,
+    table_correction_mode,
+)
 from ..trust._identifiability import trace_shape
 
 # --- Reductions ---------------------------------------------------------------
@@ -217,7 +223,37 @@ def build_block(
     counts = TimelineCounts(
         lean_timeline(rescaled_timeline(timeline, unit)), correction_mode
     )
-    return Block(counts, _start_stats(values, counts, unit, init_correction_mode))
+    start = _start_stats(values, counts, unit, init_correction_mode)
+    start.update(table_settings_stats(values, timeline))
+    return Block(counts, start)
+
+
+#: Placements a partition's table can show; the last slot counts tables no
+#: placement reproduces.
+TABLE_MODES = (*FIXED_CORRECTION_MODES, None)
+
+
+def table_settings_stats(values: np.ndarray, timeline: Timeline) -> dict:
+    """A partition's share of the table settings check, as sums: its floored
+    phases and a one-hot count of its correction placement."""
+    modes = np.zeros(len(TABLE_MODES), dtype=np.int64)
+    modes[TABLE_MODES.index(table_correction_mode(values, timeline))] = 1
+    return {"n_floored": int(floored_densities(values).sum()), "table_modes": modes}
+
+
+def reduced_table_settings(start: dict) -> TableSettings:
+    """The trace's :class:`TableSettings` from the reduced partition sums: an
+    unrecognised partition makes the placement unknown (None); otherwise the
+    first placement other than ``"end"`` any partition shows (a partition
+    without missing prefill mass reads as ``"end"`` whatever made it)."""
+    counts = start["table_modes"]
+    if counts[-1]:
+        mode = None
+    else:
+        pairs = zip(TABLE_MODES[:-1], counts[:-1], strict=True)
+        shown = [m for m, c in pairs if c and m != "end"]
+        mode = shown[0] if shown else "end"
+    return TableSettings(int(start["n_floored"]), mode)
 
 
 def _start_stats(

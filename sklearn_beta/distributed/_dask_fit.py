@@ -45,6 +45,7 @@ from ..core._step_count import solve_step_counts
 from ..core._validation import phase_layout
 from ..estimators._baseline import diagnostics_from_sums
 from ..estimators._fit import FitSettings, Solution, intervals_of_sums, nan_intervals
+from ..estimators._iterative import check_table_settings
 from ..trust._edges import fit_with_edge_context
 from ..trust._identifiability import at_zero_bound, identifiability_diagnostics
 from ..trust._what_if import findings_of_split, split_from_sums
@@ -54,6 +55,7 @@ from ._blocks import (
     baseline_block,
     build_block,
     combine_stats,
+    reduced_table_settings,
     scale_sums_block,
     start_block,
     table_values,
@@ -263,6 +265,13 @@ class PartitionSource:
         # blocks are rebuilt from the table's lineage).
         tables.items.clear()
         start = blocks.map(start_block)
+        check_table_settings(
+            reduced_table_settings(start),
+            name=settings.estimator,
+            objective=settings.objective,
+            correction_mode=settings.correction_mode,
+            init_correction_mode=settings.init_correction_mode,
+        )
         beta_init = nnls_from_r(start["r_init"].r)
         trust, findings, report, weighted_r = None, [], None, None
         if settings.objective == "step_count":

@@ -22,7 +22,13 @@ Every step, in this order:
    token;
 5. the step lasts ``(beta0 + beta1 * T_pf + beta2 * T_dec) * noise``, the
    noise factor ``exp(sigma Z - sigma^2 / 2)`` of mean one, so that the betas
-   are the mean step-time coefficients a least-squares fit estimates.
+   are the mean step-time coefficients a least-squares fit estimates. A step
+   model with more features (``core._step_features``) adds ``beta_A * A_p +
+   beta_C * C_d + beta_B * B``: the prefill attention ``sum t (s + t/2)``
+   over the step's chunks (``t`` tokens of a prompt of ``s``), the decode
+   context ``sum c`` (``c = P + k - 1`` in a request's ``k``-th decode step)
+   and the requests served. ``C_d`` grows by ``T_dec`` a step, so the steps
+   of a block lengthen linearly.
 
 A request that finishes its prompt decodes from the next step on and leaves
 after its decode steps (at once when it has none). Between scheduling events
@@ -45,11 +51,17 @@ the same function runs as plain numpy, with the same results.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
 from ..core._engine_model import NO_CAP, kv_blocks, loop_caps, prefill_grants
+from ..core._step_features import (
+    PUBLISHED_FEATURES,
+    STEP_FEATURES,
+    check_step_model,
+    full_step_beta,
+)
 
 try:  # optional accelerator: the same loop, compiled
     import numba
@@ -110,6 +122,9 @@ class EngineRun:
     step_decode_tokens: np.ndarray | None
     step_running: np.ndarray | None
     step_kv_blocks: np.ndarray | None = field(default=None)
+    step_prefill_attention: np.ndarray | None = field(default=None)
+    step_decode_context: np.ndarray | None = field(default=None)
+    step_batch_size: np.ndarray | None = field(default=None)
 
 
 def run_engine(
@@ -125,8 +140,10 @@ def run_engine(
     noise_normals=None,
     noise: float = 0.0,
     record_steps: bool = False,
+    record_features: bool = False,
     cached_tokens: np.ndarray | None = None,
     settings: EngineSettings | None = None,
+    observed_ends: np.ndarray | None = None,
 ) -> EngineRun:
     """Run every instance's busy loop over its requests.
 
@@ -142,7 +159,10 @@ def run_engine(
         Decode steps after the prefill (0 allowed).
     instance : ndarray of int, shape (n,)
         Instance codes ``0 .. n_instances - 1``.
-    beta : sequence of 3 floats
+    beta : sequence of 3 or 6 floats
+        ``(beta0, beta1, beta2)``, or the six coefficients of
+        ``core._step_features.STEP_FEATURES`` (steps, prefill tokens,
+        prefill attention, decode tokens, decode context, batch size).
     chunk_size, token_budget : int or None
         Per-request prefill chunk and per-step token budget; None: no cap.
     max_num_seqs : int or ndarray of int (one per instance)
@@ -156,11 +176,22 @@ def run_engine(
         ``exp(noise * Z - noise**2 / 2)``.
     record_steps : bool
         Also return the step table.
+    record_features : bool
+        With ``record_steps``, also each step's prefill attention, decode
+        context and batch size (the default step table does without them,
+        at the default's speed).
     cached_tokens : ndarray of int, shape (n,), or None
         Prompt tokens found in the prefix cache, which skip prefill (below
         the prompt: its last token is always computed). None: no hits.
     settings : EngineSettings or None
         KV cache, long-prefill threshold and client; None: the defaults.
+    observed_ends : ndarray of float, shape (2, n), or None
+        Observed times of each request's first and last token on the
+        engine's clock (NaN: none). A block of steps that ends one of them
+        ends at their mean instead of its model time (clamped to leave its
+        last step a positive duration), so that the replay runs on the
+        trace's clock: the schedule-consistent fit
+        (``engine_config._schedule``) replays with it. None: model times only.
     """
     settings = EngineSettings() if settings is None else settings
     n_inst = int(instance.max()) + 1 if instance.shape[0] else 0
@@ -185,27 +216,30 @@ def run_engine(
         rows = order[bounds[k] : bounds[k + 1]]
         if rows.shape[0] == 0:
             continue
-        args = (
-            np.ascontiguousarray(arrival[rows], dtype=np.float64),
-            np.ascontiguousarray(prompt[rows], dtype=np.int64),
-            np.ascontiguousarray(decode_steps[rows], dtype=np.int64),
-            np.ascontiguousarray(cached[rows], dtype=np.int64),
-            *(float(b) for b in beta),
+        args = _instance_args(
+            rows,
+            arrival,
+            prompt,
+            decode_steps,
+            cached,
+            beta,
             chunk,
             budget,
             int(min(caps[k], rows.shape[0])),
-            int(settings.block_size),
-            NO_CAP if settings.num_gpu_blocks is None else int(settings.num_gpu_blocks),
-            int(settings.max_in_flight),
-            float(settings.delay),
-            float(settings.done_offset),
+            settings,
         )
+        snap = _NO_SNAP if observed_ends is None else observed_ends[:, rows]
+        snap = np.ascontiguousarray(snap, dtype=np.float64)
         guess = int(np.sum(-(-prompt[rows] // chunk)))
         guess += int(np.sum(decode_steps[rows]))
         while True:  # a noisy run that outgrows its factor pool reruns
             factors = pool.factors(guess)
             req_times, blocks, step_times, used, done = loop(
-                *args, factors, record_steps
+                *args,
+                factors,
+                snap,
+                record_steps,
+                record_steps and record_features,
             )
             if done:
                 break
@@ -214,7 +248,32 @@ def run_engine(
         times[:, rows] = req_times
         if record_steps:
             steps.append((k, blocks, step_times))
-    return _engine_run(times, steps, record_steps, settings.delay)
+    return _engine_run(
+        times, steps, record_steps, settings.delay, record_steps and record_features
+    )
+
+
+def _instance_args(
+    rows, arrival, prompt, decode_steps, cached, beta, chunk, budget, cap, settings
+) -> tuple:
+    """One instance's requests and the engine's limits, as the loop takes
+    them (contiguous arrays, then scalars)."""
+    num_gpu_blocks = settings.num_gpu_blocks
+    return (
+        np.ascontiguousarray(arrival[rows], dtype=np.float64),
+        np.ascontiguousarray(prompt[rows], dtype=np.int64),
+        np.ascontiguousarray(decode_steps[rows], dtype=np.int64),
+        np.ascontiguousarray(cached[rows], dtype=np.int64),
+        *(float(b) for b in _loop_beta(beta)),
+        chunk,
+        budget,
+        cap,
+        int(settings.block_size),
+        NO_CAP if num_gpu_blocks is None else int(num_gpu_blocks),
+        int(settings.max_in_flight),
+        float(settings.delay),
+        float(settings.done_offset),
+    )
 
 
 def _check_cached(cached_tokens, prompt) -> np.ndarray:
@@ -249,6 +308,16 @@ def _check_kv_fits(prompt, decode_steps, settings: EngineSettings) -> None:
         )
 
 
+def _loop_beta(beta) -> np.ndarray:
+    """The loop's six coefficients: beta0, beta1, beta2 (steps, prefill and
+    decode tokens), then prefill attention, decode context and batch size."""
+    beta = np.asarray(beta, dtype=np.float64)
+    if beta.shape == (3,):
+        return np.concatenate((beta, np.zeros(3)))
+    # STEP_FEATURES order: steps, T_p, A_p, T_d, C_d, B
+    return beta[[0, 1, 3, 2, 4, 5]]
+
+
 def check_beta(beta) -> np.ndarray:
     """``beta`` as three floats that give every step a positive duration."""
     values = np.asarray(beta, dtype=float)
@@ -266,7 +335,34 @@ def check_beta(beta) -> np.ndarray:
     return values
 
 
-def _engine_run(times, steps, record_steps, delay) -> EngineRun:
+def check_step_beta(beta, step_model="published") -> np.ndarray:
+    """The engine's coefficients of a step model: ``check_beta``'s three for
+    the published model, else the six of ``STEP_FEATURES`` (zero for the
+    features the model lacks), checked to give every step a positive time."""
+    features = check_step_model(step_model)
+    if features == PUBLISHED_FEATURES:
+        return check_beta(beta)
+    values = np.asarray(beta, dtype=float)
+    if values.shape != (len(features),) or not np.all(np.isfinite(values)):
+        raise ValueError(
+            f"beta must be {len(features)} finite numbers, one per feature of "
+            f"step_model {list(features)}, got {beta!r}."
+        )
+    if np.any(values < 0):
+        raise ValueError(f"beta must be non-negative, got {beta!r}.")
+    full = dict(zip(STEP_FEATURES, full_step_beta(features, values), strict=True))
+    prefill = full["prefill_tokens"] > 0 or full["prefill_attention"] > 0
+    decode = full["decode_tokens"] > 0 or full["decode_context"] > 0
+    if not (full["steps"] > 0 or full["batch_size"] > 0 or (prefill and decode)):
+        raise ValueError(
+            f"beta={beta!r} of step_model {list(features)} allows zero-length "
+            "steps: need steps > 0 or batch_size > 0, or a positive prefill "
+            "and a positive decode coefficient."
+        )
+    return full_step_beta(features, values)
+
+
+def _engine_run(times, steps, record_steps, delay, record_features) -> EngineRun:
     # the loop's rows: admitted, prefill start and end, decode end, send and
     # preemptions; the queue arrival is the send plus the delay, as there
     times = [*times[:5], times[4] + delay, times[5].astype(np.int64)]
@@ -275,13 +371,25 @@ def _engine_run(times, steps, record_steps, delay) -> EngineRun:
     inst = np.concatenate([np.full(s[2].shape[0], s[0], np.int64) for s in steps])
     blocks = np.concatenate([s[1] for s in steps])
     step_times = np.concatenate([s[2] for s in steps])
-    per_step = np.repeat(blocks[:, 1:], blocks[:, 0], axis=0)
-    return EngineRun(
+    columns = 8 if record_features else 5
+    per_step = np.repeat(blocks[:, 1:columns], blocks[:, 0], axis=0)
+    run = EngineRun(
         *times,
         inst,
         step_times[:, 0],
         step_times[:, 1],
-        *per_step.T,
+        *per_step[:, :4].T,
+    )
+    if not record_features:
+        return run
+    # a block's decode context grows by its decode tokens every step
+    first = np.repeat(np.cumsum(blocks[:, 0]) - blocks[:, 0], blocks[:, 0])
+    within = np.arange(per_step.shape[0]) - first
+    return replace(
+        run,
+        step_prefill_attention=per_step[:, 4] / 2.0,
+        step_decode_context=per_step[:, 5] + within * per_step[:, 1],
+        step_batch_size=per_step[:, 6],
     )
 
 
@@ -329,6 +437,8 @@ def _loop():
 
 
 _COMPILED = None
+#: ``observed_ends`` of a replay on model time only.
+_NO_SNAP = np.empty((2, 0))
 
 
 #: Rows of the running batch: request, prompt left, prompt to prefill when
@@ -350,6 +460,9 @@ def _run_instance(
     beta0,
     beta1,
     beta2,
+    beta_attention,
+    beta_context,
+    beta_batch,
     chunk,
     budget,
     max_num_seqs,
@@ -359,18 +472,23 @@ def _run_instance(
     delay,
     done_offset,
     factors,
+    snap,
     record,
+    record_features,
 ):
     """One instance's busy loop over its requests, sorted by intended arrival.
 
     Returns the request times (6, n): admitted (first admission), prefill
     start, prefill end (first token), decode end (last token), send and
-    preemptions; the blocks (n_blocks, 5): steps, T_pf, T_dec, running, KV
-    blocks in use; the step times (n_steps, 2): start, end; the number of
-    noise factors used, and False when ``factors`` ran out before the end.
+    preemptions; the blocks (n_blocks, 8): steps, T_pf, T_dec, running, KV
+    blocks in use, twice the prefill attention, the first step's decode
+    context and the requests served; the step times (n_steps, 2): start,
+    end; the number of noise factors used, and False when ``factors`` ran
+    out before the end.
     """
     n = intended.shape[0]
     noisy = factors.shape[0] > 0
+    snapping = snap.shape[1] > 0
     kv = num_blocks < NO_CAP
     times = np.full((6, n), np.nan)
     times[5] = 0.0
@@ -387,7 +505,8 @@ def _run_instance(
     limits = np.array([chunk, budget, max_num_seqs, block_size], np.int64)
     batch = np.zeros((6, max_num_seqs), np.int64)  # running, admission order
     front = np.empty(n, np.int64)  # preempted requests; the top is next
-    blocks = np.empty((64 if record else 0, 5), np.int64)
+    blocks = np.empty((64 if record else 0, 8), np.int64)
+    features = beta_attention != 0 or beta_context != 0 or beta_batch != 0
     step_times = np.empty((256 if record else 0, 2))
     n_front = n_blocks = n_steps = used = head = m = 0
     free = num_blocks
@@ -420,6 +539,20 @@ def _run_instance(
         grant = prefill_grants(batch[_PF, :m], t_dec, chunk, budget)
         t_pf = np.sum(grant)
         dt = beta0 + beta1 * t_pf + beta2 * t_dec
+        slope = 0.0
+        attention2 = context = served = 0
+        if features or record_features:
+            attention2, context, served = _step_features(
+                batch, m, grant, decoding, tokens
+            )
+            if features:
+                # the default model's steps stay bit for bit the same
+                dt += (
+                    beta_attention * 0.5 * attention2
+                    + beta_context * context
+                    + beta_batch * served
+                )
+                slope = beta_context * t_dec
         k = _steps_to_event(batch, m, grant, decoding)
         if preempting:
             k = min(k, 1)  # the step after a preemption admits again
@@ -434,7 +567,9 @@ def _run_instance(
             if used == factors.shape[0]:
                 return times, blocks[:n_blocks], step_times[:n_steps], used, False
             k = min(k, factors.shape[0] - used)
-        ends, k = _step_ends(clock, dt, k, factors, used, noisy, next_arrival)
+        ends, k = _step_ends(clock, dt, k, factors, used, noisy, next_arrival, slope)
+        if snapping and k > 0:
+            ends[k] = _snapped_end(batch, m, k, grant, decoding, ends, snap, times)
         block_end = ends[k]
         used += k
         last = _advance(batch, m, k, grant, decoding, clock, block_end, times, kv)
@@ -444,7 +579,18 @@ def _run_instance(
             tokens[_GENERATED, run[decoding]] += k
             tokens[_GENERATED, run[last]] += 1
         if record:
-            block = np.array([k, t_pf, t_dec, m, num_blocks - free if kv else 0])
+            block = np.array(
+                [
+                    k,
+                    t_pf,
+                    t_dec,
+                    m,
+                    num_blocks - free if kv else 0,
+                    attention2,
+                    context,
+                    served,
+                ]
+            )
             blocks, step_times = _record(
                 blocks, step_times, n_blocks, n_steps, block, ends
             )
@@ -560,6 +706,21 @@ def _admit_within_kv(batch, m, waiting, arrival, clock, tokens, front, times, li
 
 
 @register_jitable
+def _step_features(batch, m, grant, decoding, tokens):
+    """Twice the prefill attention ``sum t (2 s + t)`` over the step's chunks
+    (``s`` the whole prompt), the decode context ``sum P + D - d`` (``d``
+    decode steps left: ``P + k - 1`` in the ``k``-th) and the requests served."""
+    run = batch[_REQ, :m]
+    grant_served = grant > 0
+    prompt = tokens[_PROMPT][run]
+    attention2 = np.sum(grant * (2 * prompt + grant))
+    done_steps = tokens[_OUTPUT][run] - batch[_DEC, :m]
+    context = np.sum(np.where(decoding, prompt + done_steps, 0))
+    served = np.count_nonzero(decoding) + np.count_nonzero(grant_served)
+    return attention2, context, served
+
+
+@register_jitable
 def _steps_to_event(batch, m, grant, decoding):
     """Identical steps until a grant changes, a prefill or a decode ends."""
     served = grant > 0
@@ -581,14 +742,19 @@ def _reach(next_arrival, clock, dt, noisy, k):
 
 
 @register_jitable
-def _step_ends(clock, dt, k, factors, used, noisy, next_arrival):
+def _step_ends(clock, dt, k, factors, used, noisy, next_arrival, slope):
     """Ends of the block's ``k`` steps, summed one after another from
     ``clock`` (``ends[j]`` is the end of step ``j - 1`` and the start of step
     ``j``), and ``k`` cut before the first step starting at or after
-    ``next_arrival``, which admits it."""
+    ``next_arrival``, which admits it. Step ``j`` lasts ``dt + j * slope``
+    (the decode context's growth) times its noise factor."""
     seq = np.empty(k + 1)
     seq[0] = clock
-    if noisy:
+    if slope != 0.0:
+        seq[1:] = dt + slope * np.arange(k)
+        if noisy:
+            seq[1:] *= factors[used : used + k]
+    elif noisy:
         seq[1:] = dt * factors[used : used + k]
     else:
         seq[1:] = dt
@@ -598,6 +764,23 @@ def _step_ends(clock, dt, k, factors, used, noisy, next_arrival):
         if cut < k:
             k = cut
     return ends, k
+
+
+@register_jitable
+def _snapped_end(batch, m, k, grant, decoding, ends, snap, times):
+    """The block's end on the trace's clock: the mean observed time of the
+    first tokens (a request's first, not a recomputation's) and last tokens
+    it gives, none before its last step starts; its model end without any."""
+    run = batch[_REQ, :m]
+    last = (grant > 0) & (batch[_PF, :m] - k * grant == 0)
+    dec = batch[_DEC, :m]
+    done = (decoding & (dec == k)) | (last & (dec == 0))
+    first = last & np.isnan(times[2][run])
+    observed = np.concatenate((snap[0][run[first]], snap[1][run[done]]))
+    observed = observed[~np.isnan(observed)]
+    if observed.shape[0] == 0:
+        return ends[k]
+    return max(np.mean(observed), ends[k - 1] + 1e-3 * (ends[k] - ends[k - 1]))
 
 
 @register_jitable

@@ -26,7 +26,7 @@ from sklearn.pipeline import Pipeline
 from sklearn.utils.validation import check_is_fitted
 
 from ..core._columns import PhaseColumns
-from ._loop import EngineSettings, check_beta, run_engine
+from ._loop import EngineSettings, check_step_beta, run_engine
 from ._replay_requests import (
     clock_origin,
     observed_concurrency,
@@ -64,6 +64,7 @@ def replay_trace(
     last_token_offset: float = 0.0,
     max_in_flight: int | None = None,
     intended_arrival: str = "intended_arrival",
+    step_model="published",
 ) -> pd.DataFrame:
     """Replay a trace's requests on an engine with the given betas.
 
@@ -86,10 +87,11 @@ def replay_trace(
         Phase table with one prefill and one decode row per request. Decode
         steps come from ``N_steps`` on decode rows when the table has that
         column, else from ``decode_tokens``.
-    beta : array-like of shape (3,)
+    beta : array-like of shape (3,) or (n_step_features,)
         ``(beta0, beta1, beta2)`` in seconds per step, per prefill token and
         per decode token; non-negative, with ``beta0 > 0`` or both
-        ``beta1 > 0`` and ``beta2 > 0``.
+        ``beta1 > 0`` and ``beta2 > 0``. Under another ``step_model``, one
+        coefficient per feature, in its order.
     chunk_size : int, default=None
         Most prompt tokens a request prefills per step; None: no chunk cap.
     token_budget : int, default=None
@@ -145,6 +147,11 @@ def replay_trace(
     intended_arrival : str, default="intended_arrival"
         Column of the prefill rows' intended arrivals, read with
         ``max_in_flight``.
+    step_model : str or list of str, default="published"
+        The step time's features, as
+        :func:`~sklearn_beta.datasets.simulate_trace` takes them: the
+        replay of a trace simulated with a step model and its betas gives
+        back its times.
 
     Returns
     -------
@@ -174,7 +181,7 @@ def replay_trace(
     >>> bool((replayed["decode_end"] == replayed["observed_decode_end"]).all())
     True
     """
-    beta = check_beta(beta)
+    beta = check_step_beta(beta, step_model)
     for value, name in (
         (chunk_size, "chunk_size"),
         (token_budget, "token_budget"),
@@ -313,9 +320,9 @@ def make_replay_scorer(
     """Held-out replay error as a scorer ``scorer(estimator, X, y=None)``.
 
     The scorer takes the fitted estimator's betas (its last step's
-    ``beta_``) and its engine settings (``chunk_size``, ``token_budget`` and
-    ``decode_tokens_include_first`` of the first pipeline step that has a
-    chunk size), replays the WHOLE ``trace`` with
+    ``beta_``) and its engine settings (``chunk_size``, ``token_budget``,
+    ``decode_tokens_include_first`` and ``step_model`` of the first pipeline
+    step that has a chunk size), replays the WHOLE ``trace`` with
     them, so that the held-out requests run amid their real concurrency, and
     returns minus the mean absolute relative error (MAPE, as a fraction) of
     ``quantity`` over the requests of ``X``. Greater is better, as
@@ -462,6 +469,11 @@ def _engine_settings(estimator) -> tuple[np.ndarray, dict]:
             settings["decode_tokens_include_first"] = bool(
                 params.get("decode_tokens_include_first", False)
             )
+            # the replay's steps last what the fitted step model says
+            step_model = params.get("step_model", "published")
+            if not isinstance(step_model, str):
+                step_model = tuple(step_model)
+            settings["step_model"] = step_model
             return np.asarray(pipeline[-1].beta_, dtype=float), settings
     raise ValueError(
         "No step of the pipeline has a chunk_size parameter: the replay needs "

@@ -13,6 +13,7 @@ from sklearn.utils.validation import (
 
 from ..core._memory import large_fit_memory
 from ..core._schema import EXPOSURE_COLUMNS, column, has_column
+from ..core._step_features import PUBLISHED_FEATURES
 from ..trust._identifiability import BETA_NAMES
 from ..trust._uncertainty import trust_warnings
 from ._backend import backend_for
@@ -88,6 +89,7 @@ class BaseBetaRegressor(RegressorMixin, BaseEstimator):
             self._check_width(len(source.columns))
             self.feature_names_in_ = np.asarray(source.columns, dtype=object)
             self.n_features_in_ = len(source.columns)
+            self.step_features_ = PUBLISHED_FEATURES  # the backend's tables
             # Level 5: fit's caller, past _fit_context's wrapper.
             return self._set_betas(self._fit_source(source))
         table, duration = self._check_table(X, y, reset=True)
@@ -119,15 +121,23 @@ class BaseBetaRegressor(RegressorMixin, BaseEstimator):
         # IdentifiabilityWarning; do not warn twice about them.
         skip = set(self.diagnostics_["not_identified"])
         ci = self.beta_ci_
+        names = self._coef_names()
         if ci is not None:
-            ci = np.where(np.isin(BETA_NAMES, list(skip))[:, None], np.nan, ci)
+            ci = np.where(np.isin(names, list(skip))[:, None], np.nan, ci)
         trust_warnings(
             self.beta_,
             ci,
             [n for n in self.diagnostics_["at_zero_bound"] if n not in skip],
             estimator=type(self).__name__,
             level=self.confidence_level,
+            names=names,
         )
+
+    def _coef_names(self) -> tuple[str, ...]:
+        """Names of the coefficients in warnings and diagnostics: beta0,
+        beta1, beta2 for the published step model, else its features."""
+        features = getattr(self, "step_features_", PUBLISHED_FEATURES)
+        return BETA_NAMES if tuple(features) == PUBLISHED_FEATURES else tuple(features)
 
     def predict(self, X):
         """Predict each phase's duration from the fitted betas.

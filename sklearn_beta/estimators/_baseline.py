@@ -9,8 +9,15 @@ import numpy as np
 from ..core._constraints import Number
 from ..core._grid import Timeline
 from ..core._nnls import fit_statistics, nnls_fit
-from ..core._schema import EXPOSURE_COLUMNS, design_columns, has_column, read_timeline
-from ..trust._identifiability import identifiability_diagnostics
+from ..core._schema import (
+    EXPOSURE_COLUMNS,
+    has_column,
+    read_timeline,
+    step_design,
+    step_model_of,
+)
+from ..core._step_features import PUBLISHED_FEATURES
+from ..trust._identifiability import BETA_NAMES, identifiability_diagnostics
 from ..trust._uncertainty import DEFAULT_CONFIDENCE_LEVEL
 from ._base import BaseBetaRegressor
 from ._fit import FitSettings, Solution, beta_intervals, fit_baseline
@@ -23,11 +30,23 @@ def design_diagnostics(
     duration: np.ndarray,
     beta: np.ndarray,
     sample_weight: np.ndarray | None = None,
+    features=PUBLISHED_FEATURES,
 ) -> dict:
-    """The diagnostics the reference prints for a fitted design."""
+    """The diagnostics the reference prints for a fitted design; a step model
+    other than the published one has ``mean_exposures`` by feature instead of
+    the three ``mean_*`` exposures."""
     scores = fit_statistics(duration, design @ beta, sample_weight)
     sums = [float(np.sum(duration))] + [float(np.sum(c)) for c in design.T]
-    return diagnostics_from_sums(design.shape[0], scores, sums)
+    if tuple(features) == PUBLISHED_FEATURES:
+        return diagnostics_from_sums(design.shape[0], scores, sums)
+    n = design.shape[0]
+    return {
+        "n_phases": int(n),
+        "r2": scores[0],
+        "rmse_seconds": scores[1],
+        "mean_duration_seconds": sums[0] / n,
+        "mean_exposures": {f: t / n for f, t in zip(features, sums[1:], strict=True)},
+    }
 
 
 def diagnostics_from_sums(
@@ -61,8 +80,10 @@ class DesignSource:
         return Solution(nnls_fit(self.design, self.duration, self.sample_weight))
 
     def diagnostics(self, solution, beta, unit, settings) -> dict:
+        names = settings.coef_names
+        features = PUBLISHED_FEATURES if names == BETA_NAMES else names
         diagnostics = design_diagnostics(
-            self.design, self.duration, beta, self.sample_weight
+            self.design, self.duration, beta, self.sample_weight, features
         )
         diagnostics.update(
             identifiability_diagnostics(
@@ -72,6 +93,7 @@ class DesignSource:
                 self.timeline,
                 self.sample_weight,
                 estimator=settings.caller,
+                names=names,
             )
         )
         return diagnostics
@@ -108,10 +130,15 @@ class BaselineBetaRegressor(BaseBetaRegressor):
 
     Attributes
     ----------
-    beta_ : ndarray of shape (3,)
+    beta_ : ndarray of shape (n_step_features,)
         ``[beta0, beta1, beta2]``: seconds per step, per prefill token and per
-        decode token (in the time unit of the trace).
-    beta_ci_ : ndarray of shape (3, 2) or None
+        decode token (in the time unit of the trace); under another step model
+        of the transformer, one coefficient per feature of
+        ``step_features_``, in seconds per unit of the feature.
+    step_features_ : tuple of str
+        The step model's features the table was made with (its
+        ``step_model``), in the order of ``beta_``.
+    beta_ci_ : ndarray of shape (n_step_features, 2) or None
         Lower and upper confidence limits of each beta at
         ``confidence_level``, clipped at 0. They cover the estimator's noise,
         not its bias: under heavy load the baseline's bias exceeds them (use
@@ -119,7 +146,7 @@ class BaselineBetaRegressor(BaseBetaRegressor):
         gets ``[0, T / t_k]``, the whole typical step spent on it alone (see
         :class:`IterativeBetaRegressor`). NaN when the table has no phase
         windows to form time blocks; None when ``confidence_level`` is None.
-    coef_ : ndarray of shape (3,)
+    coef_ : ndarray of shape (n_step_features,)
         Same values as ``beta_``.
     intercept_ : float
         Always 0.0: the model has no intercept.
@@ -169,8 +196,9 @@ class BaselineBetaRegressor(BaseBetaRegressor):
         self.confidence_level = confidence_level
 
     def _fit_table(self, table, duration, sample_weight):
+        self.step_features_ = step_model_of(table)
         return self._fit_design(
-            design_columns(table),
+            step_design(table),
             duration,
             sample_weight,
             _timeline_if_available(table),
@@ -198,11 +226,20 @@ class BaselineBetaRegressor(BaseBetaRegressor):
     def _fit_source(self, source, *, caller=None) -> np.ndarray:
         """:func:`~sklearn_beta.estimators._fit.fit_baseline` on ``source``."""
         name = type(self).__name__
-        settings = FitSettings(name, caller or name, self.confidence_level)
+        settings = FitSettings(
+            name, caller or name, self.confidence_level, coef_names=self._coef_names()
+        )
         return self._fitted(fit_baseline(source, settings))
 
     def _predict_table(self, table):
-        return design_columns(table) @ self.beta_
+        features = step_model_of(table)
+        if features != tuple(getattr(self, "step_features_", PUBLISHED_FEATURES)):
+            raise ValueError(
+                f"The exposure table has step model {list(features)}, the fit "
+                f"had {list(self.step_features_)}: transform with the same "
+                "step_model."
+            )
+        return step_design(table) @ self.beta_
 
 
 def _timeline_if_available(table: np.ndarray) -> Timeline | None:

@@ -31,7 +31,18 @@ from ..core._engine_model import (
 )
 from ..core._grid import PhaseIntegrals, Timeline, build_timeline, snap_times
 from ..core._memory import large_fit_memory, n_rows
-from ..core._schema import EXPOSURE_COLUMNS, write_exposure_table
+from ..core._schema import (
+    EXPOSURE_COLUMNS,
+    extra_column_names,
+    with_step_features,
+    write_exposure_table,
+)
+from ..core._step_features import (
+    PUBLISHED_FEATURES,
+    check_step_model,
+    feature_exposures,
+    request_prompts,
+)
 from ..core._validation import PhaseArrays, PhaseColumns, check_phases
 from ..core._warnings import warn
 from ._backend import backend_for
@@ -271,6 +282,20 @@ class PhaseExposureTransformer(TransformerMixin, BaseEstimator):
         True. An ``N_steps`` column overrides both (with a warning when this
         is True). See ``docs/uncertainty.md`` for what the wrong setting
         costs.
+    step_model : str or list of str, default="published"
+        The step time's features (docs/method.md, section 5.1):
+        ``"published"`` is ``(steps, prefill_tokens, decode_tokens)``, the
+        table of twelve columns; ``"attention"`` adds ``prefill_attention``
+        and ``decode_context``: ``(steps, prefill_tokens, prefill_attention,
+        decode_tokens, decode_context)``; a list names features of
+        ``("steps", "prefill_tokens", "prefill_attention",
+        "decode_tokens", "decode_context", "batch_size")`` in the order of
+        the betas. Other models append a ``step_features`` code, the
+        ``request_prompt`` of each phase's request and one
+        ``<feature>_exposure`` column per feature beyond the published
+        three. ``"trained-physics"`` raises (not wired yet), and so does a
+        collection out of memory (Dask) under another model than the
+        published one.
 
     Attributes
     ----------
@@ -305,6 +330,7 @@ class PhaseExposureTransformer(TransformerMixin, BaseEstimator):
         ],
         "columns": [PhaseColumns, Mapping, None],
         "decode_tokens_include_first": ["boolean"],
+        "step_model": [str, list, tuple],
     }
 
     def __init__(
@@ -317,6 +343,7 @@ class PhaseExposureTransformer(TransformerMixin, BaseEstimator):
         time_resolution=0.0,
         columns=None,
         decode_tokens_include_first=False,
+        step_model="published",
     ):
         self.chunk_size = chunk_size
         self.correction_mode = correction_mode
@@ -325,15 +352,13 @@ class PhaseExposureTransformer(TransformerMixin, BaseEstimator):
         self.time_resolution = time_resolution
         self.columns = columns
         self.decode_tokens_include_first = decode_tokens_include_first
+        self.step_model = step_model
 
     def _columns(self) -> PhaseColumns:
         return PhaseColumns.coerce(self.columns)
 
     def _phase_arrays(self, X) -> PhaseArrays:
-        # Prefill token counts matter beside N_steps only for the correction.
-        return check_phases(
-            X, self._columns(), need_prefill_tokens=self.correction_mode != "none"
-        )
+        return check_phases(X, self._columns(), need_prefill_tokens=self._need_tokens())
 
     def _exposures(
         self, X, arrays: PhaseArrays | None = None
@@ -366,7 +391,11 @@ class PhaseExposureTransformer(TransformerMixin, BaseEstimator):
         return replace(arrays, decode_tokens=decode)
 
     def _need_tokens(self) -> bool:
-        return self.correction_mode != "none"
+        # Prefill token counts matter beside N_steps for the correction and
+        # for the features that read the prompt lengths.
+        features = check_step_model(self.step_model)
+        reads_prompt = {"prefill_attention", "decode_context"} & set(features)
+        return self.correction_mode != "none" or bool(reads_prompt)
 
     def fit(self, X, y=None):
         """Validate the phase table and remember its columns.
@@ -386,6 +415,7 @@ class PhaseExposureTransformer(TransformerMixin, BaseEstimator):
         backend = backend_for(X)
         if backend is not None:  # a collection out of memory, such as Dask's
             self._validate_params()
+            self._check_published("a collection out of memory (Dask)")
             backend.check_phases(X, self._columns(), self._need_tokens())
             self.feature_names_in_ = np.asarray(X.columns, dtype=object)
             self.n_features_in_ = len(self.feature_names_in_)
@@ -415,8 +445,9 @@ class PhaseExposureTransformer(TransformerMixin, BaseEstimator):
 
         Returns
         -------
-        X_out : DataFrame of shape (n_phases, 12)
-            Columns :data:`EXPOSURE_COLUMNS`, indexed like ``X``.
+        X_out : DataFrame of shape (n_phases, n_outputs)
+            Columns :data:`EXPOSURE_COLUMNS` (and a step model's, see
+            ``step_model``), indexed like ``X``.
         """
         if backend_for(X) is not None:
             return self.fit(X).transform(X)
@@ -433,12 +464,14 @@ class PhaseExposureTransformer(TransformerMixin, BaseEstimator):
 
         Returns
         -------
-        X_out : DataFrame of shape (n_phases, 12)
-            Columns :data:`EXPOSURE_COLUMNS`, indexed like ``X``.
+        X_out : DataFrame of shape (n_phases, n_outputs)
+            Columns :data:`EXPOSURE_COLUMNS` (and a step model's, see
+            ``step_model``), indexed like ``X``.
         """
         check_is_fitted(self)
         backend = backend_for(X)
         if backend is not None:
+            self._check_published("a collection out of memory (Dask)")
             chunk = effective_chunk_size(self.chunk_size, self.token_budget)
             return backend.transform(
                 self, X, self._columns(), self._need_tokens(), chunk
@@ -446,15 +479,43 @@ class PhaseExposureTransformer(TransformerMixin, BaseEstimator):
         with large_fit_memory(n_rows(X)):
             return self._exposure_frame(X)
 
+    def _check_published(self, where: str) -> None:
+        features = check_step_model(self.step_model)
+        if features != PUBLISHED_FEATURES:
+            raise ValueError(
+                f"step_model={self.step_model!r} has no exposures on {where} "
+                "yet; compute the pandas table in memory, or set "
+                "step_model='published'."
+            )
+
     def _exposure_frame(self, X, arrays: PhaseArrays | None = None) -> pd.DataFrame:
+        features = check_step_model(self.step_model)
+        if arrays is None:
+            arrays = self._phase_arrays(X)
         timeline, design, density = self._exposures(X, arrays)
         table = write_exposure_table(design, timeline, density)
+        if features != PUBLISHED_FEATURES:
+            prompt = None
+            if arrays.prefill_tokens is not None:
+                prompt = request_prompts(
+                    arrays.request, arrays.is_prefill, arrays.prefill_tokens
+                )
+            exposures = feature_exposures(
+                timeline, density, design, prompt, features, self.correction_mode
+            )
+            table = with_step_features(table, features, exposures, prompt)
         del timeline, design, density
         # The fresh column-major table becomes the frame's one block as it is:
         # pandas would otherwise copy (and transpose) a gigabyte at 1e7 phases.
         return pd.DataFrame(
-            table, columns=list(EXPOSURE_COLUMNS), index=X.index, copy=False
+            table, columns=self._output_names(features), index=X.index, copy=False
         )
+
+    def _output_names(self, features) -> list[str]:
+        names = list(EXPOSURE_COLUMNS)
+        if tuple(features) != PUBLISHED_FEATURES:
+            names += extra_column_names(features)
+        return names
 
     def get_feature_names_out(self, input_features=None):
         """Names of the exposure table's columns.
@@ -469,7 +530,9 @@ class PhaseExposureTransformer(TransformerMixin, BaseEstimator):
         feature_names_out : ndarray of str
         """
         check_is_fitted(self)
-        return np.asarray(EXPOSURE_COLUMNS, dtype=object)
+        return np.asarray(
+            self._output_names(check_step_model(self.step_model)), dtype=object
+        )
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()

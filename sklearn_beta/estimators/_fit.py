@@ -55,6 +55,8 @@ class FitSettings:
     edges: str | None = None
     iteration: IterationSettings | None = None
     verbose: int = 0
+    #: The coefficients' names: beta0..2, or a step model's features.
+    coef_names: tuple = BETA_NAMES
 
 
 @dataclass
@@ -176,21 +178,27 @@ def intervals_of_sums(
     identify (``diagnostics["not_identified"]``) get ``[0, typical step /
     their tokens in it]``
     (:func:`~sklearn_beta.trust._uncertainty.unidentified_intervals`)."""
-    at_bound = (beta <= 0) | np.isin(BETA_NAMES, diagnostics["at_zero_bound"])
+    names = settings.coef_names
+    at_bound = (beta <= 0) | np.isin(names, diagnostics["at_zero_bound"])
     ci = intervals_from_sums(
         beta / unit,
         sums,
         n_lags,
         settings.confidence_level,
         at_bound,
-        np.isin(BETA_NAMES, diagnostics["not_identified"]),
+        np.isin(names, diagnostics["not_identified"]),
         typical_step(diagnostics),
     )
     return unit * ci
 
 
 def typical_step(diagnostics: dict) -> np.ndarray:
-    """``[1, T_pf, T_dec]``: the fitted design's tokens per step."""
+    """``[1, T_pf, T_dec]``: the fitted design's tokens per step (a step
+    model's features per step; per phase without a ``steps`` feature)."""
+    if "mean_exposures" in diagnostics:
+        means = np.array(list(diagnostics["mean_exposures"].values()))
+        per = diagnostics["mean_exposures"].get("steps", 1.0)
+        return means / max(per, np.finfo(float).tiny)
     steps = max(float(diagnostics["mean_steps"]), np.finfo(float).tiny)
     return np.array(
         [
@@ -212,7 +220,7 @@ def nan_intervals(settings: FitSettings) -> np.ndarray | None:
         "or set confidence_level=None.",
         UncertaintyWarning,
     )
-    return np.full((len(BETA_NAMES), 2), np.nan)
+    return np.full((len(settings.coef_names), 2), np.nan)
 
 
 def history_frame(history: list[dict], unit: float) -> pd.DataFrame:

@@ -11,24 +11,36 @@ same :meth:`IterativeBetaRegressor._fit_timeline`.
 
 from __future__ import annotations
 
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from numbers import Real
 
 import numpy as np
+import pandas as pd
 from sklearn.utils._param_validation import StrOptions
 
 from ..core._constraints import Number, count
 from ..core._corrections import CORRECTION_MODES, FIXED_CORRECTION_MODES
 from ..core._design import OBJECTIVES, design_at_betas
+from ..core._feature_fixed_point import FeatureDurations, iterate_feature_betas
 from ..core._fixed_point import (
     STOPPING_RULES,
     IterationSettings,
     iterate_betas,
+    warn_not_converged,
 )
 from ..core._grid import Timeline
 from ..core._nnls import nnls_fit
-from ..core._schema import EXPOSURE_COLUMNS, column, design_columns, read_timeline
+from ..core._schema import (
+    EXPOSURE_COLUMNS,
+    column,
+    design_columns,
+    read_timeline,
+    request_prompts_of,
+    step_design,
+    step_model_of,
+)
 from ..core._step_count import fit_step_counts
+from ..core._step_features import PUBLISHED_FEATURES
 from ..core._units import rescaled_timeline
 from ..core._warnings import warn
 from ..trust._identifiability import identifiability_diagnostics
@@ -373,6 +385,9 @@ default=None
         self.verbose = verbose
 
     def _fit_table(self, table, duration, sample_weight):
+        self.step_features_ = step_model_of(table)
+        if self.step_features_ != PUBLISHED_FEATURES:
+            return self._fit_features(table, duration, sample_weight)
         if self.objective == "step_count":
             _warn_if_y_unused(table, duration)
         timeline = read_timeline(table)
@@ -386,55 +401,18 @@ default=None
         )
 
     def _check_table_settings(self, table: np.ndarray, timeline: Timeline) -> None:
-        """Reject an exposure table made with transformer settings this fit
-        would ignore (docs/method.md, section 6).
-
-        The transformer's ``correction_mode`` and ``min_duration`` shape only
-        the baseline design, which is where the iterations start; every later
-        step density comes from the betas and every later correction from this
-        estimator's own ``correction_mode``. The step-count objective reaches
-        the same solution from any start, and an explicit
-        ``init_correction_mode`` replaces the table's design: a non-default
-        setting there would change nothing, so it is an error.
-        """
-        name = type(self).__name__
-        floored = _floored_densities(table)
-        if floored.any() and self.objective == "step_count":
-            rows = np.flatnonzero(floored)[:5]
-            raise ValueError(
-                "PhaseExposureTransformer(min_duration > 0) floors the step "
-                f"density of {int(floored.sum())} phase(s) (first at positions "
-                f"{rows.tolist()}), which only enters the baseline design; "
-                f"{name}(objective='step_count') computes every step density "
-                "from its betas and reaches the same betas from any start, so "
-                "it would ignore it. Set min_duration=0 on the transformer, or "
-                "use BaselineBetaRegressor (or objective='duration', which "
-                "starts from that design)."
-            )
-        mode = table_correction_mode(table, timeline)
-        if mode in (None, "end"):
-            return
-        init = self.init_correction_mode
-        if init is not None and init != mode:
-            reason = (
-                f"{name}(init_correction_mode={init!r}) recomputes the "
-                "starting design with its own placement"
-            )
-        elif init is None and self.objective == "step_count":
-            reason = (
-                f"it only sets where {name}(objective='step_count') starts, "
-                "and that fit reaches the same betas from any start"
-            )
-        else:
-            return
-        raise ValueError(
-            f"PhaseExposureTransformer(correction_mode={mode!r}) places the "
-            "last prefill chunk's missing tokens in the baseline design only; "
-            f"{reason}, so the transformer's setting would be ignored. {name} "
-            f"places them by its own correction_mode (here "
-            f"{self.correction_mode!r}): set {name}(correction_mode={mode!r}) "
-            "for that placement (and init_correction_mode to choose the start), "
-            "and leave the transformer at correction_mode='end'."
+        """:func:`check_table_settings` of an in-memory exposure table."""
+        floored = floored_densities(table)
+        check_table_settings(
+            TableSettings(
+                int(floored.sum()),
+                table_correction_mode(table, timeline),
+                np.flatnonzero(floored)[:5],
+            ),
+            name=type(self).__name__,
+            objective=self.objective,
+            correction_mode=self.correction_mode,
+            init_correction_mode=self.init_correction_mode,
         )
 
     def _fit_timeline(
@@ -489,7 +467,102 @@ default=None
         self.history_ = fitted.history
         return super()._fitted(fitted)
 
+    def _feature_problem(self, table, sample_weight=None) -> FeatureDurations:
+        """The duration objective of the table's step model (one beyond the
+        published one); raises where this estimator cannot fit it."""
+        features = step_model_of(table)
+        if self.objective != "duration":
+            raise ValueError(
+                "The step-count objective fits the published step model only; "
+                f"the exposure table has step model {list(features)}. Set "
+                "IterativeBetaRegressor(objective='duration'), or set "
+                "PhaseExposureTransformer(step_model='published')."
+            )
+        if self.init_correction_mode is not None:
+            raise ValueError(
+                "IterativeBetaRegressor(init_correction_mode=...) recomputes a "
+                "published design; under step model "
+                f"{list(features)} the start is the table's exposures: set "
+                "init_correction_mode=None."
+            )
+        prompt = request_prompts_of(table)
+        needs_prompt = {"prefill_attention", "decode_context"} & set(features)
+        if needs_prompt and not np.all(np.isfinite(prompt)):
+            raise ValueError(
+                f"The step features {sorted(needs_prompt)} need each request's "
+                "prompt: the exposure table's 'request_prompt' column is NaN "
+                "(a trace without 'prefill_tokens')."
+            )
+        return FeatureDurations(
+            read_timeline(table), prompt, features, self.correction_mode, sample_weight
+        )
+
+    def _fit_features(self, table, duration, sample_weight):
+        """The duration objective of a step model beyond the published one
+        (:mod:`sklearn_beta.core._feature_fixed_point`), from the baseline
+        fit of the table's exposures. The betas stay in the trace's unit."""
+        problem = self._feature_problem(table, sample_weight)
+        timeline = problem.timeline
+        problem.timeline = replace(timeline, duration=duration)
+        beta_init = nnls_fit(step_design(table), duration, sample_weight)
+        beta, converged, n_iter, design, history = iterate_feature_betas(
+            problem, beta_init, self.max_iter, self.tol, self.damping, self.stopping
+        )
+        name = type(self).__name__
+        settings = FitSettings(
+            name,
+            name,
+            self.confidence_level,
+            objective=self.objective,
+            correction_mode=self.correction_mode,
+            iteration=IterationSettings(
+                self.correction_mode,
+                self.max_iter,
+                self.tol,
+                self.damping,
+                self.stopping,
+            ),
+            coef_names=self.step_features_,
+        )
+        if not converged:
+            warn_not_converged(name, settings.iteration, history[-1]["step"])
+        diagnostics = design_diagnostics(
+            design, duration, beta, sample_weight, self.step_features_
+        )
+        diagnostics.update(
+            identifiability_diagnostics(
+                design,
+                duration,
+                beta,
+                None,
+                sample_weight,
+                estimator=name,
+                names=self.step_features_,
+            )
+        )
+        residual = duration - design @ beta
+        beta_ci = beta_intervals(
+            timeline, beta, design, residual, sample_weight, diagnostics, settings
+        )
+        fitted = FittedBetas(
+            beta, beta_ci, diagnostics, converged, n_iter, pd.DataFrame(history), 1.0
+        )
+        return self._fitted(fitted)
+
     def _predict_table(self, table):
+        features = step_model_of(table)
+        if features != tuple(getattr(self, "step_features_", PUBLISHED_FEATURES)):
+            raise ValueError(
+                f"The exposure table has step model {list(features)}, the fit "
+                f"had {list(self.step_features_)}: transform with the same "
+                "step_model."
+            )
+        if features != PUBLISHED_FEATURES:
+            # the design at the fitted betas, settled by three lagged passes
+            problem = self._feature_problem(table)
+            for _ in range(3):
+                design = problem.reweighted(self.beta_)
+            return design @ self.beta_
         view = design_at_betas(
             table,
             self.beta_,
@@ -499,7 +572,79 @@ default=None
         return view.design @ self.beta_
 
 
-def _floored_densities(table: np.ndarray) -> np.ndarray:
+@dataclass(frozen=True)
+class TableSettings:
+    """What an exposure table shows of the transformer settings that made it:
+    the phases whose step density a ``min_duration`` floor changed (and the
+    first positions, where known) and the correction placement of its
+    baseline design (:func:`table_correction_mode`)."""
+
+    n_floored: int
+    correction_mode: str | None
+    first_floored: np.ndarray | None = None
+
+
+def check_table_settings(
+    table: TableSettings,
+    *,
+    name: str,
+    objective: str,
+    correction_mode: str,
+    init_correction_mode: str | None,
+) -> None:
+    """Reject an exposure table made with transformer settings this fit
+    would ignore (docs/method.md, section 6).
+
+    The transformer's ``correction_mode`` and ``min_duration`` shape only
+    the baseline design, which is where the iterations start; every later
+    step density comes from the betas and every later correction from this
+    estimator's own ``correction_mode``. The step-count objective reaches
+    the same solution from any start, and an explicit
+    ``init_correction_mode`` replaces the table's design: a non-default
+    setting there would change nothing, so it is an error. In memory and on
+    Dask alike (the partitions' :class:`TableSettings` reduced).
+    """
+    if table.n_floored and objective == "step_count":
+        where = ""
+        if table.first_floored is not None:
+            where = f" (first at positions {table.first_floored.tolist()})"
+        raise ValueError(
+            "PhaseExposureTransformer(min_duration > 0) floors the step "
+            f"density of {table.n_floored} phase(s){where}, which only enters "
+            f"the baseline design; {name}(objective='step_count') computes "
+            "every step density from its betas and reaches the same betas from "
+            "any start, so it would ignore it. Set min_duration=0 on the "
+            "transformer, or use BaselineBetaRegressor (or objective='duration', "
+            "which starts from that design)."
+        )
+    mode = table.correction_mode
+    if mode in (None, "end"):
+        return
+    init = init_correction_mode
+    if init is not None and init != mode:
+        reason = (
+            f"{name}(init_correction_mode={init!r}) recomputes the "
+            "starting design with its own placement"
+        )
+    elif init is None and objective == "step_count":
+        reason = (
+            f"it only sets where {name}(objective='step_count') starts, "
+            "and that fit reaches the same betas from any start"
+        )
+    else:
+        return
+    raise ValueError(
+        f"PhaseExposureTransformer(correction_mode={mode!r}) places the "
+        "last prefill chunk's missing tokens in the baseline design only; "
+        f"{reason}, so the transformer's setting would be ignored. {name} "
+        f"places them by its own correction_mode (here "
+        f"{correction_mode!r}): set {name}(correction_mode={mode!r}) "
+        "for that placement (and init_correction_mode to choose the start), "
+        "and leave the transformer at correction_mode='end'."
+    )
+
+
+def floored_densities(table: np.ndarray) -> np.ndarray:
     """Phases whose tabled step density is not ``N_i / l_i``: a
     ``min_duration`` floor made it."""
     with np.errstate(divide="ignore", invalid="ignore"):

@@ -24,9 +24,21 @@ their full-trace exposures; it measures the edge effect of any split.
 :class:`TraceContextRegressor` removes the edge effect: it fits on the full
 trace with zero weight outside the training rows and predicts the full
 trace, so every phase keeps its full-trace exposures in training and test.
+:func:`one_standard_error_rule` is a ``refit`` for GridSearchCV over the
+step model that prefers the simplest model within one standard error of the
+best.
 """
 
 from ._context import TraceContextRegressor
+from ._request_split import RequestKFold, make_schedule_scorer
+from ._step_models import one_standard_error_rule
 from ._trace_split import TraceBlockSplit, complete_context_mask
 
-__all__ = ["TraceBlockSplit", "TraceContextRegressor", "complete_context_mask"]
+__all__ = [
+    "RequestKFold",
+    "TraceBlockSplit",
+    "TraceContextRegressor",
+    "complete_context_mask",
+    "make_schedule_scorer",
+    "one_standard_error_rule",
+]

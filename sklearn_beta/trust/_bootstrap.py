@@ -17,7 +17,6 @@ from sklearn.base import clone
 from sklearn.utils import check_array, check_random_state
 
 from ..core._schema import EXPOSURE_COLUMNS, column, has_column
-from ._identifiability import BETA_NAMES
 from ._uncertainty import DEFAULT_CONFIDENCE_LEVEL, time_blocks
 
 __all__ = ["block_bootstrap_ci"]
@@ -99,8 +98,9 @@ def block_bootstrap_ci(
 
     Returns
     -------
-    intervals : ndarray of shape (3, 2)
-        Lower and upper limits of ``beta0``, ``beta1``, ``beta2``.
+    intervals : ndarray of shape (3, 2) or (n_step_features, 2)
+        Lower and upper limits of ``beta0``, ``beta1``, ``beta2`` (of each
+        feature's coefficient under another step model of the table).
 
     Examples
     --------
@@ -140,11 +140,11 @@ def block_bootstrap_ci(
     block, n_blocks = moving_blocks(block, block_instance, n_lags)
     rng = check_random_state(random_state)
     model = clone(estimator).set_params(confidence_level=None)
-    samples = np.empty((n_resamples, len(BETA_NAMES)))
+    samples = []  # one coefficient per feature of the table's step model
     with warnings.catch_warnings():
         # The resamples repeat the warnings of the fit itself.
         warnings.simplefilter("ignore")
-        for r in range(n_resamples):
+        for _ in range(n_resamples):
             weight = block_bootstrap_weights(block, n_blocks, rng)
-            samples[r] = clone(model).fit(X, y, sample_weight=weight).beta_
-    return percentile_intervals(samples, confidence_level)
+            samples.append(clone(model).fit(X, y, sample_weight=weight).beta_)
+    return percentile_intervals(np.asarray(samples), confidence_level)

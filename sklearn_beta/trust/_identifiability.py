@@ -69,11 +69,11 @@ def collinear_coefficients(
     return _collinear_of_r(design_r(design, sample_weight))
 
 
-def _collinear_of_r(r: np.ndarray) -> tuple[str, ...]:
+def _collinear_of_r(r: np.ndarray, names=BETA_NAMES) -> tuple[str, ...]:
     norms = np.sqrt(np.einsum("ij,ij->j", r, r))
     scaled = r / np.where(norms > 0, norms, 1.0)
     weakest = np.linalg.svd(scaled)[2][-1]
-    return tuple(n for n, v in zip(BETA_NAMES, weakest, strict=True) if abs(v) > 0.1)
+    return tuple(n for n, v in zip(names, weakest, strict=True) if abs(v) > 0.1)
 
 
 def design_r(design: np.ndarray, sample_weight: np.ndarray | None = None) -> np.ndarray:
@@ -213,6 +213,7 @@ def identifiability_diagnostics(
     *,
     estimator: str = "the estimator",
     extra_findings: list | tuple = (),
+    names=BETA_NAMES,
 ) -> dict:
     """Warn about coefficients the trace cannot identify; return diagnostics.
 
@@ -235,6 +236,10 @@ def identifiability_diagnostics(
     extra_findings : list of (coefficients, reason)
         Further findings of the caller, warned about like the trace's own
         (e.g. :func:`sklearn_beta._what_if.noise_limited_findings`).
+    names : sequence of str, default=BETA_NAMES
+        Names of the design's coefficients: a step model's features. The
+        trace's named checks speak of the published three, so they run only
+        under the default names; other models are judged by their design.
 
     Returns
     -------
@@ -247,7 +252,9 @@ def identifiability_diagnostics(
     IdentifiabilityWarning
         Once per reason a coefficient is not identified.
     """
-    findings = trace_findings(timeline) if timeline is not None else []
+    names = tuple(names)
+    published = names == BETA_NAMES
+    findings = trace_findings(timeline) if timeline is not None and published else []
     # The caller's findings about coefficients the trace's shape already
     # names would only say the same again.
     shape_named = {c for coefs, _ in findings for c in coefs}
@@ -255,7 +262,7 @@ def identifiability_diagnostics(
     named = {c for coefs, _ in findings for c in coefs}
     r = design_r(design, sample_weight)
     zero = np.einsum("ij,ij->j", r, r) == 0
-    for name in np.asarray(BETA_NAMES)[zero]:
+    for name in np.asarray(names)[zero]:
         if name not in named:
             findings.append(
                 ((str(name),), "its design column is zero: no phase is exposed to it")
@@ -264,7 +271,7 @@ def identifiability_diagnostics(
     if not findings and cond > CONDITION_LIMIT:
         findings.append(
             (
-                _collinear_of_r(r),
+                _collinear_of_r(r, names),
                 "their columns of the design are nearly collinear (condition "
                 f"number {cond:.3g} > {CONDITION_LIMIT:g})",
             )
@@ -277,12 +284,12 @@ def identifiability_diagnostics(
             "use a trace with concurrent prefills and decodes under varying load.",
             IdentifiabilityWarning,
         )
-    not_identified = [n for n in BETA_NAMES if any(n in c for c, _ in findings)]
+    not_identified = [n for n in names if any(n in c for c, _ in findings)]
     return {
         "condition_number": cond,
         "not_identified": not_identified,
         "at_zero_bound": at_zero_bound(
-            design, duration, beta, r if sample_weight is None else None
+            design, duration, beta, r if sample_weight is None else None, names
         ),
     }
 
@@ -292,6 +299,7 @@ def at_zero_bound(
     duration: np.ndarray,
     beta: np.ndarray,
     r: np.ndarray | None = None,
+    names=BETA_NAMES,
 ) -> list:
     """Coefficients at zero, or contributing a negligible share of the fit.
 
@@ -304,7 +312,7 @@ def at_zero_bound(
     scale = max(total, np.finfo(float).tiny)
     return [
         n
-        for n, b, c in zip(BETA_NAMES, beta, contribution, strict=True)
+        for n, b, c in zip(names, beta, contribution, strict=True)
         if b <= 0 or c <= ZERO_BOUND_SHARE * scale
     ]
 

@@ -339,13 +339,15 @@ def trust_warnings(
     *,
     estimator: str,
     level: float | None,
+    names=BETA_NAMES,
 ) -> list[str]:
     """Warn about betas at their zero bound and intervals wider than half a beta.
 
-    Returns the names of the coefficients warned about.
+    ``names`` are the coefficients' names (a step model's features). Returns
+    the names of the coefficients warned about.
     """
     flagged = []
-    for k, name in enumerate(BETA_NAMES):
+    for k, name in enumerate(names):
         interval = "" if intervals is None else _interval_text(level, intervals[k])
         if name in at_bound:
             warn(

@@ -1,0 +1,826 @@
+"""The schedule-consistent estimator (docs/schedule.md).
+
+:class:`ScheduleBetaRegressor` fits the betas to what the engine's scheduler
+did: replay the trace with the current betas, read off the schedule (which
+steps ran, with how many tokens, and in which step each request was
+scheduled, got its first and its last token), fit every observed time as a
+linear function of the betas on that schedule, and repeat until the schedule
+stops changing. Unlike the phase-exposure estimators, the waiting in the
+queue is part of the model, so it holds under saturation and on client-side
+traces whose prefill phase starts at the send.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass, field, replace
+from numbers import Real
+
+import numpy as np
+import pandas as pd
+from scipy.stats import norm
+from sklearn.base import BaseEstimator, RegressorMixin, _fit_context
+from sklearn.exceptions import ConvergenceWarning
+from sklearn.metrics import r2_score
+from sklearn.pipeline import make_pipeline
+from sklearn.utils._param_validation import StrOptions
+from sklearn.utils.validation import check_is_fitted
+
+from ..core._columns import PhaseColumns
+from ..core._constraints import Number, count
+from ..core._ids import phase_kinds
+from ..core._nnls import nnls_fit
+from ..core._validation import request_codes
+from ..core._warnings import warn
+from ..engine._loop import EngineSettings, run_engine
+from ..engine._replay_requests import clock_origin, trace_requests
+from ..estimators._baseline import BaselineBetaRegressor
+from ..estimators._exposure import PhaseExposureTransformer
+from ..estimators._iterative import IterativeBetaRegressor
+from ._schedule_design import difference_design, level_design, schedule_events
+
+__all__ = ["ScheduleBetaRegressor"]
+
+#: Names of the offsets in ``alpha_``.
+ALPHA_NAMES = ("queue", "first_token", "last_token")
+#: Starts of the iteration (``init=``) besides an explicit beta.
+INIT_FITS = ("baseline", "iterative")
+INIT_OPTIONS = ("auto", *INIT_FITS)
+#: The fit on event times (robust to a schedule still wrong in places) hands
+#: over to the fit on their differences once its betas move by less than
+#: this share of the step time: close enough for the replay to find the
+#: trace's schedule (docs/schedule.md).
+LEVELS_TOL = 1e-3
+#: Reweightings of the robust fit, and the bisquare's tuning constant.
+ROBUST_ITER = 5
+TUKEY_C = 4.685
+
+
+class ScheduleBetaRegressor(RegressorMixin, BaseEstimator):
+    """Schedule-consistent estimator: fit the betas to the engine's schedule.
+
+    The engine runs busy periods of steps; a period starts at an arrival and
+    its step ``k`` ends ``beta . sum_{j <= k} (1, T_pf[j], T_dec[j])`` after
+    it. Given the schedule (which steps ran with how many tokens, and the
+    step in which each request was scheduled, got its first and its last
+    token), every observed time is linear in the betas and three offsets.
+    Each iteration replays the trace on the engine loop of
+    :func:`~sklearn_beta.datasets.simulate_trace` with the current
+    coefficients, its steps ending at the observed first and last token
+    times (so that arrivals meet step boundaries as in the trace), and takes
+    its schedule. The first fits regress each event's time since its busy
+    period's start (robust to a schedule still wrong here and there); then
+    the differences of consecutive events of each period are fitted by
+    non-negative least squares weighted as a random walk of the step noise
+    (GLS), with bisquare weights against rows of requests scheduled
+    otherwise than in the trace. It stops when the schedule no longer
+    changes, the coefficients change by less than ``tol``, or the replays
+    alternate between two schedules (whose rows are then fitted together).
+
+    The waiting in the queue is part of the schedule, so the fit holds on
+    saturated engines and on client-side traces whose prefill phase runs
+    from the send to the first token, where the phase-exposure estimators
+    (:class:`BaselineBetaRegressor`, :class:`IterativeBetaRegressor`) read
+    the waiting as step time. See ``docs/schedule.md``.
+
+    Parameters
+    ----------
+    chunk_size : int, default=None
+        Most prompt tokens a request prefills per step; None: no chunk cap.
+    token_budget : int, default=None
+        Most tokens per step (vLLM's ``max_num_batched_tokens``); None: no
+        budget.
+    max_num_seqs : int, default=None
+        Most requests running at once per instance. None: no cap but the
+        token budget (a decode needs its token every step); unlike
+        :func:`~sklearn_beta.replay.replay_trace` it is not read off the
+        trace, whose phases include the waiting.
+    engine_settings : dict or None, default=None
+        Further settings of the engine loop, the fields of
+        :class:`sklearn_beta.engine._loop.EngineSettings`: ``num_gpu_blocks``
+        and ``block_size`` (a bounded KV cache: admission stalls and
+        preemption), ``long_prefill_token_threshold``, ``max_in_flight``;
+        passed to every replay; an unknown key raises ``TypeError``. Leave
+        the client offsets ``delay`` and ``done_offset`` at 0: the fit
+        estimates them (``alpha_``).
+    trace : DataFrame or None, default=None
+        The full phase table. When given, ``fit(X)`` replays the whole trace
+        and fits the events of the requests of ``X`` only (rows matched by
+        index label), and ``predict(X)`` returns the rows of ``X`` of the
+        whole trace's replay: held-out requests are predicted amid their real
+        load. Needed for cross-validation by requests (:class:`RequestKFold`).
+    init : {"auto", "baseline", "iterative"} or array-like of shape (3,), \
+default="auto"
+        Start of the iteration: a phase-exposure fit
+        (``PhaseExposureTransformer`` with this engine's chunk size and
+        budget, then :class:`BaselineBetaRegressor` or
+        :class:`IterativeBetaRegressor`; biased under load, the iteration
+        corrects that), or given betas. ``"auto"`` computes both fits,
+        replays from each and starts from the one whose schedule the levels
+        fit carries best (least residual sum of squares, ``init_misfit_``):
+        either start fails on some traces (docs/schedule.md).
+    fit_offsets : bool, default=True
+        Fit the offsets between the engine's events and the observed times
+        (``alpha_``); False fixes them at zero (an engine-side trace).
+    max_iter : int, default=20
+        Most replays (each followed by a fit).
+    tol : float, default=1e-6
+        Stop when no coefficient's share of the mean step time moves by more
+        than ``tol`` of it.
+    confidence_level : float in (0, 1) or None, default=0.95
+        Level of ``beta_ci_``; None skips the intervals.
+    arrival : str or None, default="arrival"
+        Column of the arrival (send) times, read on prefill rows; it must
+        exist. None: the trace has none, each request arrives at its prefill
+        start (the engine's scheduled time), so no waiting is modelled.
+    columns : PhaseColumns, mapping or None, default=None
+        Column names of the phase table.
+
+    Attributes
+    ----------
+    beta_ : ndarray of shape (3,)
+        ``[beta0, beta1, beta2]``.
+    coef_ : ndarray of shape (3,)
+        Same values as ``beta_``.
+    intercept_ : float
+        Always 0.0.
+    alpha_ : dict
+        The offsets, in the trace's time unit: ``"queue"``, the delay from
+        the arrival column to the engine's arrival (identified only by
+        scheduled times, i.e. prefill starts after the arrivals; else 0 and
+        absorbed by the others), ``"first_token"`` and ``"last_token"``,
+        from the engine's event to the observed time.
+    beta_ci_ : ndarray of shape (3, 2) or None
+        Confidence limits of the betas at ``confidence_level`` from the
+        heteroscedasticity-robust (HC0 sandwich) covariance of the last
+        weighted fit, clipped at 0; None when ``confidence_level`` is None.
+    init_beta_ : ndarray of shape (3,)
+        The betas the iteration started from.
+    init_misfit_ : dict
+        With ``init="auto"``, each phase-exposure start's levels misfit;
+        else empty.
+    n_iter_ : int
+        Number of replays run.
+    converged_ : bool
+        Whether the schedule or the coefficients settled within ``max_iter``.
+    schedule_changes_ : ndarray of int
+        Per iteration after the first, how many requests the replay
+        scheduled differently from the previous one.
+    history_ : DataFrame
+        One row per fit: its kind (``"levels"``, ``"differences"`` or
+        ``"pooled"``), the betas, the offset totals ``c_scheduled``,
+        ``c_first``, ``c_last``, the requests rescheduled by its replay and
+        the coefficients' change (``step``).
+    n_rows_ : int
+        Rows of the last fit.
+
+    See Also
+    --------
+    IterativeBetaRegressor : The phase-exposure fit it starts from.
+    RequestKFold : Folds of whole requests, for held-out evaluation.
+    make_schedule_scorer : Held-out TTFT / decode / end-to-end error.
+
+    Examples
+    --------
+    >>> from sklearn_beta.datasets import simulate_trace
+    >>> from sklearn_beta import ScheduleBetaRegressor
+    >>> phases = simulate_trace(300, beta=(5e-3, 2e-5, 8e-5), chunk_size=64,
+    ...                         max_num_seqs=16, arrival_rate=30.0,
+    ...                         random_state=0)
+    >>> model = ScheduleBetaRegressor(chunk_size=64, max_num_seqs=16,
+    ...                               arrival=None).fit(phases)
+    >>> model.beta_.round(8).tolist()
+    [0.005, 2e-05, 8e-05]
+    """
+
+    _parameter_constraints: dict = {
+        "chunk_size": [count(), None],
+        "token_budget": [count(), None],
+        "max_num_seqs": [count(), None],
+        "engine_settings": [dict, None],
+        "trace": [pd.DataFrame, None],
+        "init": [StrOptions(set(INIT_OPTIONS)), "array-like"],
+        "fit_offsets": ["boolean"],
+        "max_iter": [count()],
+        "tol": [Number(Real, 0, None, closed="left")],
+        "confidence_level": [Number(Real, 0, 1, closed="neither"), None],
+        "arrival": [str, None],
+        "columns": [PhaseColumns, dict, None],
+    }
+
+    def __init__(
+        self,
+        chunk_size=None,
+        token_budget=None,
+        max_num_seqs=None,
+        *,
+        engine_settings=None,
+        trace=None,
+        init="auto",
+        fit_offsets=True,
+        max_iter=20,
+        tol=1e-6,
+        confidence_level=0.95,
+        arrival="arrival",
+        columns=None,
+    ):
+        self.chunk_size = chunk_size
+        self.token_budget = token_budget
+        self.max_num_seqs = max_num_seqs
+        self.engine_settings = engine_settings
+        self.trace = trace
+        self.init = init
+        self.fit_offsets = fit_offsets
+        self.max_iter = max_iter
+        self.tol = tol
+        self.confidence_level = confidence_level
+        self.arrival = arrival
+        self.columns = columns
+
+    # ------------------------------------------------------------------
+    # public API
+    # ------------------------------------------------------------------
+
+    @_fit_context(prefer_skip_nested_validation=True)
+    def fit(self, X, y=None):
+        """Fit the betas and offsets to the schedule of the trace.
+
+        Parameters
+        ----------
+        X : DataFrame
+            Phase table, one prefill and one decode row per request; with
+            ``trace``, rows of it (their requests are fitted).
+        y : None
+            Ignored: the observed times come from the table.
+
+        Returns
+        -------
+        self : object
+            Fitted estimator.
+        """
+        frame, rows = self._frame_rows(X)
+        trace = _TraceEvents.read(frame, self._columns(), self.arrival)
+        keep = None
+        if rows is not None:
+            fitted = np.zeros(trace.n_requests, dtype=bool)
+            fitted[trace.row_request[rows]] = True
+            keep = np.repeat(fitted, trace.n_kinds)
+        free = self._free_columns(trace.scheduled)
+        theta = np.zeros(6)
+        theta[:3] = self._initial_beta(
+            X if rows is None else frame.iloc[rows], trace, keep
+        )
+        self.init_beta_ = theta[:3].copy()
+        solved = solve_schedule(
+            trace, theta, keep, free, self._schedule, self.max_iter, self.tol
+        )
+        self.n_iter_ = solved.n_iter
+        self.converged_ = solved.converged
+        if not solved.converged:
+            last = solved.changes[-1] if solved.changes else "?"
+            warn(
+                f"ScheduleBetaRegressor did not converge in {self.max_iter} "
+                f"replays: the last one rescheduled {last} request(s). Raise "
+                "max_iter, or check the engine settings.",
+                ConvergenceWarning,
+            )
+        self.schedule_changes_ = np.asarray(solved.changes, dtype=np.int64)
+        self.history_ = pd.DataFrame(solved.history, columns=HISTORY_COLUMNS)
+        self._set_coefficients(solved.theta)
+        self.n_rows_ = int(solved.rows.target.shape[0])
+        self.beta_ci_ = self._intervals(solved.rows, solved.theta, free)
+        return self
+
+    def replay(self, X=None) -> pd.DataFrame:
+        """Replay with the fitted coefficients: predicted and observed times.
+
+        Parameters
+        ----------
+        X : DataFrame or None, default=None
+            Phase table (rows of ``trace`` when it is set, whose whole replay
+            is returned for the requests of ``X``). None: all of ``trace``.
+
+        Returns
+        -------
+        replayed : DataFrame
+            One row per request, the columns of
+            :func:`~sklearn_beta.replay.replay_trace`; predicted times are on
+            the trace's clock, offsets included, so that
+            :func:`~sklearn_beta.replay.replay_errors` applies.
+        """
+        check_is_fitted(self)
+        if X is None:
+            if self.trace is None:
+                raise ValueError("replay() without X needs the trace parameter.")
+            X = self.trace
+        frame, rows = self._frame_rows(X)
+        trace = _TraceEvents.read(frame, self._columns(), self.arrival)
+        run = self._run(trace, self.beta_, self.alpha_["queue"], record=False)
+        shift = trace.origin - self.alpha_["queue"]
+        requests = trace.requests
+        replayed = pd.DataFrame(
+            {
+                "request_id": requests["request_id"],
+                "instance_id": requests["instance_id"],
+                "arrival": requests["arrival"],
+                "prefill_tokens": requests["prompt"],
+                "decode_steps": requests["decode_steps"],
+                "prefill_start": run.prefill_start + trace.origin,
+                "prefill_end": run.prefill_end
+                + shift
+                + self._alpha_total("first_token"),
+                "decode_end": run.decode_end + shift + self._alpha_total("last_token"),
+                "observed_prefill_start": requests["prefill_start"],
+                "observed_prefill_end": requests["prefill_end"],
+                "observed_decode_end": requests["decode_end"],
+            }
+        )
+        if rows is None:
+            return replayed
+        wanted = np.zeros(trace.n_requests, dtype=bool)
+        wanted[trace.row_request[rows]] = True
+        return replayed[wanted].reset_index(drop=True)
+
+    def predict(self, X):
+        """Predicted phase durations of a replay with the fitted coefficients.
+
+        Parameters
+        ----------
+        X : DataFrame
+            Phase table (rows of ``trace`` when it is set).
+
+        Returns
+        -------
+        y_pred : ndarray of shape (len(X),)
+            Prefill rows: first token minus the phase's start (the arrival on
+            a client-side trace, the predicted scheduled time when the trace
+            has scheduled times); decode rows: last token minus first token.
+        """
+        check_is_fitted(self)
+        frame, rows = self._frame_rows(X)
+        trace = _TraceEvents.read(frame, self._columns(), self.arrival)
+        run = self._run(trace, self.beta_, self.alpha_["queue"], record=False)
+        first = (
+            run.prefill_end + self._alpha_total("first_token") - self.alpha_["queue"]
+        )
+        last = run.decode_end + self._alpha_total("last_token") - self.alpha_["queue"]
+        if trace.scheduled:
+            start = run.prefill_start  # the engine's own clock: no offset
+        else:
+            start = trace.requests["arrival"] - trace.origin
+        prefill, decode = first - start, last - first
+        request = trace.row_request
+        pred = np.where(trace.row_is_prefill, prefill[request], decode[request])
+        return pred if rows is None else pred[rows]
+
+    def score(self, X, y=None):
+        """R^2 of the predicted phase durations (prefill and decode rows).
+
+        Parameters
+        ----------
+        X : DataFrame
+            Phase table (rows of ``trace`` when it is set).
+        y : array-like of shape (len(X),), default=None
+            Observed durations; ``t_end - t_start`` of the rows when None.
+
+        Returns
+        -------
+        score : float
+        """
+        if y is None:
+            cols = self._columns()
+            y = (X[cols.t_end] - X[cols.t_start]).to_numpy(dtype=float)
+        return r2_score(y, self.predict(X))
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.target_tags.required = False
+        # The input is a phase table with named, partly non-numeric columns.
+        tags.input_tags.string = True
+        tags.input_tags.categorical = True
+        tags.regressor_tags.poor_score = True
+        return tags
+
+    # ------------------------------------------------------------------
+    # helpers
+    # ------------------------------------------------------------------
+
+    def _columns(self) -> PhaseColumns:
+        return PhaseColumns.coerce(self.columns)
+
+    def _frame_rows(self, X):
+        """The table to replay and the positions of ``X``'s rows in it
+        (None: ``X`` is the table)."""
+        if not isinstance(X, pd.DataFrame):
+            raise TypeError(
+                "ScheduleBetaRegressor takes the phase table as a DataFrame, got "
+                f"{type(X).__name__}."
+            )
+        if self.trace is None:
+            return X, None
+        if not self.trace.index.is_unique:
+            raise ValueError(
+                "trace must have a unique index: its labels identify rows."
+            )
+        pos = self.trace.index.get_indexer(X.index)
+        if np.any(pos < 0):
+            raise ValueError(
+                f"{int(np.count_nonzero(pos < 0))} row(s) of X are not in trace, "
+                f"first index labels: {X.index[pos < 0][:5].tolist()}."
+            )
+        return self.trace, pos
+
+    def _free_columns(self, scheduled: bool) -> np.ndarray:
+        free = np.zeros(6, dtype=bool)
+        free[:3] = True
+        if self.fit_offsets:
+            free[4:] = True
+            free[3] = scheduled  # only scheduled times see the queue delay
+        return free
+
+    def _initial_beta(self, X, trace, keep) -> np.ndarray:
+        """The start: the phase-exposure fit whose replay fits the trace's
+        levels best (``init="auto"``), or the one asked for."""
+        starts = self._initial_betas(X)
+        self.init_misfit_ = {}
+        if len(starts) == 1:
+            return starts[0]
+        misfit = [self._levels_misfit(trace, beta, keep) for beta in starts]
+        self.init_misfit_ = dict(zip(INIT_FITS, misfit, strict=True))
+        return starts[int(np.argmin(misfit))]
+
+    def _initial_betas(self, X) -> list:
+        """The starts ``init`` names: one, or both phase-exposure fits."""
+        if not isinstance(self.init, str):
+            beta = np.asarray(self.init, dtype=float)
+            if beta.shape != (3,) or not np.all(np.isfinite(beta)) or np.any(beta < 0):
+                raise ValueError(
+                    f"init must be 'auto', 'baseline', 'iterative' or three "
+                    f"non-negative betas, got {self.init!r}."
+                )
+            return [beta]
+        names = INIT_FITS if self.init == "auto" else (self.init,)
+        return [self._phase_exposure_beta(X, name) for name in names]
+
+    def _phase_exposure_beta(self, X, name: str) -> np.ndarray:
+        chunk = self.chunk_size
+        if chunk is None:  # no chunk cap: every prompt is one chunk
+            chunk = int(X[self._columns().prefill_tokens].max())
+        regressor = {
+            "baseline": BaselineBetaRegressor,
+            "iterative": IterativeBetaRegressor,
+        }
+        model = make_pipeline(
+            PhaseExposureTransformer(
+                chunk, token_budget=self.token_budget, columns=self.columns
+            ),
+            regressor[name](confidence_level=None),
+        )
+        with warnings.catch_warnings():
+            # The phase-exposure fit is only the start, expected biased.
+            warnings.simplefilter("ignore")
+            model.fit(X)
+        return np.asarray(model[-1].beta_, dtype=float)
+
+    def _levels_misfit(self, trace, beta, keep) -> float:
+        """Residual sum of squares of the levels fit on the replay from
+        ``beta``: how well a start's schedule carries the trace."""
+        theta = np.r_[beta, 0.0, 0.0, 0.0]
+        schedule = self._schedule(trace, theta, trace.engine_ends(theta, keep))
+        rows = level_design(
+            schedule, trace.event_times, trace.anchor_times(schedule), keep
+        )
+        fit = nnls_fit(rows.design[:, :3], rows.target, rows.weight)
+        return float(np.sum((rows.target - rows.design[:, :3] @ fit) ** 2))
+
+    def _caps(self, n_requests: int):
+        if self.max_num_seqs is not None:
+            return self.max_num_seqs
+        return (
+            self.token_budget if self.token_budget is not None else max(n_requests, 1)
+        )
+
+    def _run(self, trace, beta, queue: float, record: bool, observed_ends=None):
+        settings = EngineSettings(**(self.engine_settings or {}))
+        return run_engine(
+            trace.replay_arrival + queue,
+            trace.requests["prompt"],
+            trace.requests["decode_steps"],
+            trace.requests["instance"],
+            beta=beta,
+            chunk_size=self.chunk_size,
+            token_budget=self.token_budget,
+            max_num_seqs=self._caps(trace.n_requests),
+            record_steps=record,
+            settings=settings,
+            observed_ends=observed_ends,
+        )
+
+    def _schedule(self, trace, theta, observed_ends):
+        queue = theta[3]
+        beta = _usable_beta(theta[:3], None)
+        run = self._run(trace, beta, queue, True, observed_ends)
+        return schedule_events(
+            run,
+            run.arrival,
+            trace.requests["instance"],
+            scheduled=trace.scheduled,
+        )
+
+    def _set_coefficients(self, theta) -> None:
+        self.beta_ = theta[:3].copy()
+        self.coef_ = self.beta_.copy()
+        self.intercept_ = 0.0
+        queue = float(theta[3])
+        totals = (queue, float(theta[4]) - queue, float(theta[5]) - queue)
+        self.alpha_ = dict(zip(ALPHA_NAMES, totals, strict=True))
+
+    def _alpha_total(self, name: str) -> float:
+        return self.alpha_["queue"] + self.alpha_[name]
+
+    def _intervals(self, rows, theta, free):
+        if self.confidence_level is None:
+            return None
+        X = rows.design[:, free]
+        w = rows.weight
+        resid = rows.target - X @ theta[free]
+        active = theta[free] > 0
+        A = (X[:, active] * w[:, None]).T @ X[:, active]
+        meat_rows = X[:, active] * (w * resid)[:, None]
+        B = meat_rows.T @ meat_rows
+        inv = np.linalg.pinv(A)
+        cov = np.zeros((X.shape[1], X.shape[1]))
+        cov[np.ix_(active, active)] = inv @ B @ inv
+        se = np.sqrt(np.clip(np.diag(cov)[:3], 0, None))
+        z = norm.ppf(0.5 + self.confidence_level / 2)
+        beta = theta[:3]
+        return np.column_stack((np.clip(beta - z * se, 0, None), beta + z * se))
+
+
+HISTORY_COLUMNS = [
+    "fit",
+    "beta0",
+    "beta1",
+    "beta2",
+    "c_scheduled",
+    "c_first",
+    "c_last",
+    "rescheduled",
+    "step",
+]
+
+
+@dataclass
+class ScheduleSolution:
+    """What :func:`solve_schedule` found: the coefficients ``theta`` (three
+    betas, then the queue, first-token and last-token offsets), whether the
+    schedule settled, the replays it took, the requests each replay
+    rescheduled, one history record per fit and the rows of the last fit."""
+
+    theta: np.ndarray
+    converged: bool
+    n_iter: int
+    changes: list
+    history: list
+    rows: object
+
+
+@dataclass
+class _LoopState:
+    """The replay-and-refit loop's memory between replays."""
+
+    stage: str = "levels"
+    last_step: float = np.inf
+    fitted_differences: bool = False
+    previous: tuple | None = None
+    older: object = None
+    fit_rows: object = None
+    # The offsets the replays snap to: those of the first fit on
+    # differences, then kept. Updated every fit, they feed back (an offset
+    # too large moves the snapped steps, whose schedule fits a larger one)
+    # and can run away.
+    snap_offsets: np.ndarray = field(default_factory=lambda: np.zeros(3))
+
+
+def solve_schedule(trace, theta, keep, free, schedule_of, max_iter, tol):
+    """Replay, fit the times the schedule makes linear, repeat
+    (docs/schedule.md): levels first, then differences, until the schedule
+    repeats, the step falls below ``tol`` or the replays alternate between
+    two schedules (both then fitted together).
+
+    ``schedule_of(trace, theta, observed_ends)`` replays the trace; ``free``
+    are the coefficients the trace identifies. Returns a
+    :class:`ScheduleSolution`.
+    """
+    state, changes, history = _LoopState(), [], []
+    n_iter, converged = 0, False
+    while n_iter < max_iter:
+        n_iter += 1
+        snap = np.r_[theta[:3], state.snap_offsets]
+        schedule = schedule_of(trace, theta, trace.engine_ends(snap, keep))
+        signature = schedule.local_signature(trace.n_requests)
+        if state.previous is not None:
+            moved = np.any(signature != state.previous[1], 1)
+            changes.append(int(np.count_nonzero(moved)))
+            if state.fitted_differences and schedule.same_as(state.previous[0]):
+                converged = True  # the same schedule fits the same theta
+                break
+        two_back = state.older
+        state.older = None if state.previous is None else state.previous[0]
+        state.previous = (schedule, signature)
+        new, rows, step, pooled = _fit_schedule(
+            state, schedule, two_back, trace, theta, keep, free
+        )
+        fit = "pooled" if pooled else state.stage
+        history.append((fit, *new, changes[-1] if changes else -1, step))
+        state.fit_rows, theta = rows, new
+        if _settled(state, step, theta, tol, pooled):
+            converged = True
+            break
+    return ScheduleSolution(theta, converged, n_iter, changes, history, state.fit_rows)
+
+
+def _fit_schedule(state, schedule, two_back, trace, theta, keep, free):
+    """One fit on a replay's schedule: ``(theta, rows, step, pooled)``."""
+    anchors = trace.anchor_times(schedule)
+    new = np.zeros(6)
+    if state.stage == "levels":
+        rows = level_design(schedule, trace.event_times, anchors, keep)
+        # betas only: offsets fitted on levels are weakly identified and, fed
+        # back into the snapping, push the schedule off
+        new[:3] = nnls_fit(rows.design[:, :3], rows.target, rows.weight)
+    else:
+        rows = difference_design(schedule, trace.event_times, anchors, theta[:3], keep)
+        new[free], rows = _robust_fit(rows, free)
+    pooled = state.fitted_differences and schedule.same_as(two_back)
+    if pooled:
+        # the replays alternate between two schedules (each one's fit
+        # replays into the other): both are schedules of the trace within
+        # the noise; fit their rows together and stop.
+        rows = _stack_rows(state.fit_rows, rows)
+        new = np.zeros(6)
+        new[free], rows = _robust_fit(rows, free)
+    step = _relative_step(theta[:3], new[:3], schedule.features)
+    new[:3] = _usable_beta(new[:3], schedule.features)
+    return new, rows, step, pooled
+
+
+def _settled(state: _LoopState, step: float, theta, tol: float, pooled: bool) -> bool:
+    """Move the loop on after a fit; True when it has converged."""
+    if state.stage == "levels":
+        # close enough, or no closer: the noise of the levels (a random
+        # walk) limits them, the differences take over
+        if step < LEVELS_TOL or step >= state.last_step:
+            state.stage, state.last_step = "differences", np.inf
+        else:
+            state.last_step = step
+        return False
+    if step < tol or pooled:
+        return True
+    if not state.fitted_differences:
+        state.snap_offsets = theta[3:].copy()
+    state.fitted_differences = True
+    state.last_step = step
+    return False
+
+
+class _TraceEvents:
+    """A phase table as the fit reads it: the requests (replay inputs), the
+    observed event times (origin-shifted) and each row's request."""
+
+    @classmethod
+    def read(cls, frame, cols: PhaseColumns, arrival):
+        if arrival is not None and arrival not in frame.columns:
+            raise ValueError(
+                f"arrival={arrival!r} is not a column of the phase table: the "
+                "schedule-consistent fit needs each request's arrival (send) time "
+                "to model its waiting. Pass arrival=None for a trace without "
+                "arrivals (each request then arrives at its prefill start). "
+                f"Columns: {list(frame.columns)[:20]}."
+            )
+        self = cls()
+        requests = trace_requests(frame, cols, arrival)
+        self.requests = requests
+        self.n_requests = requests["prompt"].shape[0]
+        # A prefill that starts after its arrival shows the scheduled time.
+        self.scheduled = bool(np.any(requests["prefill_start"] > requests["arrival"]))
+        self.origin = clock_origin(requests["arrival"], requests["instance"])
+        self.replay_arrival = requests["arrival"] - self.origin
+        if arrival is None:
+            # The prefill start is a step boundary of the trace: an arrival
+            # exactly there would tie with the replay's boundary, broken by
+            # rounding or by the step noise. A fraction of a step before
+            # it, the request joins at that boundary, as it did.
+            # A request that started an idle engine keeps its time: the
+            # period's steps are measured from it.
+            busy = _joins_busy_engine(requests)
+            self.replay_arrival = self.replay_arrival - busy * _tie_margin(requests)
+        kinds = [requests["prefill_end"], requests["decode_end"]]
+        if self.scheduled:
+            kinds.insert(0, requests["prefill_start"])
+        self.n_kinds = len(kinds)
+        self.event_times = (np.column_stack(kinds) - self.origin[:, None]).ravel()
+        context = [cols.request_id]
+        self.row_request = request_codes(frame, cols.request_id, context)
+        self.row_is_prefill = phase_kinds(frame[cols.phase_type])[0]
+        return self
+
+    def engine_ends(self, theta, keep) -> np.ndarray:
+        """Observed first and last token times on the engine's clock (the
+        offsets of ``theta`` removed), NaN outside ``keep``: the times a
+        replay on the trace's clock snaps its steps to."""
+        times = self.event_times.reshape(self.n_requests, self.n_kinds)[:, -2:]
+        ends = (times - theta[4:6] + theta[3]).T.copy()
+        if keep is not None:
+            ends[:, ~keep.reshape(self.n_requests, self.n_kinds)[:, 0]] = np.nan
+        return ends
+
+    def anchor_times(self, schedule) -> np.ndarray:
+        arrival = self.requests["arrival"] - self.origin
+        return arrival[schedule.anchor]
+
+
+def _tie_margin(requests) -> float:
+    """A tenth of the shortest mean step time of a request's decode phase:
+    below (nearly) every step of the trace, far above rounding and noise."""
+    steps = requests["decode_steps"]
+    span = requests["decode_end"] - requests["prefill_end"]
+    per_step = span[steps > 0] / steps[steps > 0]
+    shortest = float(np.min(per_step)) if per_step.shape[0] else 0.0
+    return 0.1 * shortest if shortest > 0 else 1e-9
+
+
+def _joins_busy_engine(requests) -> np.ndarray:
+    """Whether another request of the instance runs when each prefill starts
+    (its decode ends after), per request."""
+    start, end = requests["prefill_start"], requests["decode_end"]
+    instance = requests["instance"]
+    busy = np.zeros(start.shape[0], dtype=bool)
+    for k in np.unique(instance):  # a loop over engine instances
+        rows = np.flatnonzero(instance == k)
+        rows = rows[np.argsort(start[rows], kind="stable")]
+        ended = np.maximum.accumulate(end[rows])
+        busy[rows[1:]] = ended[:-1] > start[rows[1:]]
+    return busy
+
+
+def _stack_rows(first, second):
+    """Two fits' rows as one least-squares problem (weights as they were
+    before the robust reweighting of each)."""
+    return type(first)(
+        design=np.vstack((first.design, second.design)),
+        target=np.concatenate((first.target, second.target)),
+        weight=np.concatenate([_prior(r) for r in (first, second)]),
+    )
+
+
+def _prior(rows) -> np.ndarray:
+    return rows.weight if rows.prior_weight is None else rows.prior_weight
+
+
+def _robust_fit(rows, free):
+    """NNLS with Tukey's bisquare weights on the standardised residuals.
+
+    A request the replay schedules otherwise than the trace did gives its
+    difference rows an error of whole steps, which least squares would
+    spread over the betas; bisquare weights (``c = 4.685`` robust standard
+    deviations, 95 % efficient under Gaussian noise) set such rows aside.
+    Returns the coefficients and the rows with their final weights.
+    """
+    design = rows.design[:, free]
+    root_w = np.sqrt(rows.weight)
+    theta = nnls_fit(design, rows.target, rows.weight)
+    weight = rows.weight
+    for _ in range(ROBUST_ITER):
+        z = (rows.target - design @ theta) * root_w
+        scale = 1.4826 * float(np.median(np.abs(z)))
+        # a noise-free fit on the right schedule: residuals are rounding
+        scale = max(scale, 1e-9 * float(np.sqrt(np.mean(rows.target**2 * rows.weight))))
+        u = z / (TUKEY_C * scale)
+        weight = rows.weight * np.where(np.abs(u) < 1, (1 - u * u) ** 2, 0.0)
+        theta = nnls_fit(design, rows.target, weight)
+    return theta, replace(rows, weight=weight, prior_weight=rows.weight)
+
+
+def _usable_beta(beta: np.ndarray, features) -> np.ndarray:
+    """``beta`` with a positive step time for every step the replay may run.
+
+    A fit may put ``beta0`` at zero with ``beta1`` or ``beta2`` too; the
+    engine refuses zero-length steps, so ``beta0`` gets a millionth of the
+    mean step time instead (far below what a trace resolves).
+    """
+    beta = np.asarray(beta, dtype=float).copy()
+    if beta[0] > 0 or (beta[1] > 0 and beta[2] > 0):
+        return beta
+    mean_step = float(np.mean(features @ beta)) if features is not None else 0.0
+    beta[0] = 1e-6 * mean_step if mean_step > 0 else 1e-9
+    return beta
+
+
+def _relative_step(old, new, features) -> float:
+    """Largest change of a coefficient's share of the mean step time."""
+    mean_f = features.mean(axis=0)
+    scale = float(mean_f @ np.maximum(new, old))
+    if scale <= 0:
+        return np.inf
+    return float(np.max(np.abs(new - old) * mean_f) / scale)

@@ -1,0 +1,84 @@
+"""Choosing the step model by cross-validation: the one-standard-error rule.
+
+:class:`~sklearn.model_selection.GridSearchCV` over a pipeline's
+``step_model`` scores every candidate on held-out folds. A richer model fits
+at least as well on the training folds and, when the engine does not have
+its extra costs, scores on held-out folds within noise of the simpler one:
+picking the best mean then picks the richer model about half the time. The
+rule here picks the simplest model (fewest step features) whose mean score
+lies within one standard error of the best mean (Hastie, Tibshirani and
+Friedman, *The Elements of Statistical Learning*, 7.10), the standard error
+being the best candidate's fold standard deviation over the square root of
+the number of folds. Among equally simple models the better mean wins.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..core._step_features import check_step_model
+
+__all__ = ["one_standard_error_rule"]
+
+
+def one_standard_error_rule(scoring: str | None = None):
+    """A ``refit`` callable for GridSearchCV that prefers simpler step models.
+
+    Parameters
+    ----------
+    scoring : str or None, default=None
+        The metric's name under multi-metric ``scoring`` (the keys
+        ``mean_test_<name>``); None for a single metric (``mean_test_score``).
+
+    Returns
+    -------
+    refit : callable
+        ``refit(cv_results) -> int``: the index of the candidate with the
+        fewest step features whose mean test score is at least the best mean
+        minus one standard error of the best (its fold standard deviation
+        over the square root of the number of folds); ties in the number of
+        features go to the better mean. A candidate's step model is its
+        parameter whose name ends in ``step_model`` (``"published"`` when it
+        has none).
+
+    Examples
+    --------
+    >>> from sklearn_beta.model_selection import one_standard_error_rule
+    >>> results = {
+    ...     "params": [{"t__step_model": "published"},
+    ...                {"t__step_model": "attention"}],
+    ...     "mean_test_score": [-0.0201, -0.0200],
+    ...     "std_test_score": [0.002, 0.002],
+    ...     "split0_test_score": [0, 0], "split1_test_score": [0, 0],
+    ...     "split2_test_score": [0, 0], "split3_test_score": [0, 0]}
+    >>> one_standard_error_rule()(results)
+    0
+    """
+    name = "score" if scoring is None else scoring
+
+    def refit(cv_results) -> int:
+        mean = np.asarray(cv_results[f"mean_test_{name}"], dtype=float)
+        std = np.asarray(cv_results[f"std_test_{name}"], dtype=float)
+        n_splits = sum(
+            1
+            for key in cv_results
+            if key.startswith("split") and key.endswith(f"_test_{name}")
+        )
+        if not np.any(np.isfinite(mean)):
+            raise ValueError(f"No candidate has a finite mean test {name}.")
+        best = int(np.nanargmax(mean))
+        threshold = mean[best] - std[best] / np.sqrt(max(n_splits, 1))
+        sizes = np.array([_n_features(p) for p in cv_results["params"]])
+        within = np.flatnonzero(np.nan_to_num(mean, nan=-np.inf) >= threshold)
+        simplest = within[sizes[within] == sizes[within].min()]
+        return int(simplest[np.argmax(mean[simplest])])
+
+    return refit
+
+
+def _n_features(params: dict) -> int:
+    model = "published"
+    for key, value in params.items():
+        if key.endswith("step_model"):
+            model = value
+    return len(check_step_model(model))

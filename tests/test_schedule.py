@@ -1,0 +1,398 @@
+"""ScheduleBetaRegressor: recovery on saturated client-side traces (issue 19).
+
+Ground truth comes from the engine loop itself (the simulator's
+``run_engine``): a client-side trace is its requests' send times, and the
+first and last token times the engine produced, plus optional constant
+reporting offsets.
+"""
+
+import warnings
+
+import numpy as np
+import pandas as pd
+import pytest
+from sklearn.exceptions import ConvergenceWarning
+from sklearn.model_selection import GridSearchCV
+from sklearn.pipeline import make_pipeline
+
+from sklearn_beta import (
+    BaselineBetaRegressor,
+    IterativeBetaRegressor,
+    PhaseExposureTransformer,
+    ScheduleBetaRegressor,
+)
+from sklearn_beta.datasets import simulate_trace
+from sklearn_beta.engine._loop import run_engine
+from sklearn_beta.model_selection import RequestKFold, make_schedule_scorer
+from sklearn_beta.replay import replay_errors
+
+BETA = np.array([6e-3, 3e-5, 1.2e-4])
+ENGINE = dict(chunk_size=256, token_budget=512, max_num_seqs=64)
+
+
+def client_trace(
+    n,
+    *,
+    rate,
+    noise=0.0,
+    seed=0,
+    first_offset=0.0,
+    last_offset=0.0,
+    delay=0.0,
+    **engine,
+):
+    """A client-side phase table: prefill ``[send, first token]``, decode
+    ``[first token, last token]``, the send in an ``arrival`` column; and the
+    engine's run with its step table. ``delay``: from the send to the
+    engine's queue."""
+    engine = {**ENGINE, **engine}
+    rng = np.random.RandomState(seed)
+    send = np.cumsum(rng.exponential(1.0 / rate, n))
+    prompt = np.clip(np.rint(300 * np.exp(0.5 * rng.standard_normal(n))), 1, None)
+    output = np.clip(np.rint(100 * np.exp(0.5 * rng.standard_normal(n))), 1, None)
+    prompt, output = prompt.astype(np.int64), output.astype(np.int64)
+    run = run_engine(
+        send + delay,
+        prompt,
+        output,
+        np.zeros(n, np.int64),
+        beta=BETA,
+        noise_normals=rng.standard_normal,
+        noise=noise,
+        record_steps=True,
+        **engine,
+    )
+    first = run.prefill_end + first_offset
+    last = run.decode_end + last_offset
+    is_prefill = np.tile([True, False], n)
+    phases = pd.DataFrame(
+        {
+            "request_id": np.repeat(np.arange(n), 2),
+            "phase_type": np.where(is_prefill, "prefill", "decode"),
+            "t_start": np.ravel(np.column_stack((send, first))),
+            "t_end": np.ravel(np.column_stack((first, last))),
+            "prefill_tokens": np.where(is_prefill, np.repeat(prompt, 2), 0),
+            "decode_tokens": np.where(is_prefill, 0, np.repeat(output, 2)),
+            "arrival": np.repeat(send, 2),
+        }
+    )
+    return phases, run
+
+
+def waiting_queue(run, send) -> int:
+    """Most requests sent and not yet admitted at once."""
+    times = np.concatenate((send, run.admitted))
+    delta = np.repeat([1, -1], send.shape[0])
+    order = np.lexsort((delta, times))
+    return int(np.max(np.cumsum(delta[order])))
+
+
+@pytest.fixture(scope="module")
+def saturated():
+    return client_trace(2000, rate=40.0)
+
+
+@pytest.fixture(scope="module")
+def noisy():
+    return client_trace(3000, rate=40.0, noise=0.02, seed=1)
+
+
+def test_saturated_trace_binds_every_limit(saturated):
+    # The trace is what the test claims: hundreds waiting, the batch at
+    # max_num_seqs, steps filling the token budget.
+    phases, run = saturated
+    send = phases["arrival"].to_numpy()[0::2]
+    assert waiting_queue(run, send) > 400  # 482
+    assert run.step_running.max() == ENGINE["max_num_seqs"]
+    tokens = run.step_prefill_tokens + run.step_decode_tokens
+    assert np.mean(tokens == ENGINE["token_budget"]) > 0.1  # 16 % of steps
+
+
+def test_noise_free_saturated_exact(saturated):
+    phases, _ = saturated
+    model = ScheduleBetaRegressor(**ENGINE).fit(phases)
+    np.testing.assert_allclose(model.beta_, BETA, rtol=1e-6)
+    assert model.converged_
+    assert model.n_iter_ <= model.max_iter
+    assert abs(model.alpha_["first_token"]) < 1e-9
+    assert abs(model.alpha_["last_token"]) < 1e-9
+    np.testing.assert_array_equal(model.coef_, model.beta_)
+    assert model.intercept_ == 0.0
+    # the replay with the fitted betas gives the trace back
+    assert model.score(phases) == pytest.approx(1.0, abs=1e-12)
+    lower, upper = model.beta_ci_.T
+    assert np.all(lower <= BETA * (1 + 1e-6)) and np.all(upper >= BETA * (1 - 1e-6))
+
+
+def test_phase_exposure_estimators_far_off_under_saturation(noisy):
+    # The reason for the schedule-consistent fit: on this trace the
+    # phase-exposure fits read the queueing as step time. Measured:
+    # IterativeBetaRegressor beta = (+73 %, -36 %, -98 %) off,
+    # BaselineBetaRegressor (-1 %, +10 %, -100 %).
+    phases, _ = noisy
+    for regressor in (IterativeBetaRegressor, BaselineBetaRegressor):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            model = make_pipeline(
+                PhaseExposureTransformer(256, token_budget=512),
+                regressor(confidence_level=None),
+            ).fit(phases)
+        error = np.abs(model[-1].beta_ / BETA - 1)
+        assert error.max() > 0.3, (regressor.__name__, error)
+
+
+def test_noisy_saturated_within_one_percent(noisy):
+    phases, _ = noisy
+    model = ScheduleBetaRegressor(**ENGINE).fit(phases)
+    assert model.converged_
+    np.testing.assert_allclose(model.beta_, BETA, rtol=0.01)
+    lower, upper = model.beta_ci_.T
+    assert np.all(lower < model.beta_) and np.all(model.beta_ < upper)
+
+
+def test_noisy_saturated_held_out_requests(noisy):
+    # Fit on 4/5 of the requests, in the whole trace's replay; the held-out
+    # fifth's TTFT and end-to-end latency replay within 2 % per request.
+    phases, _ = noisy
+    train, test = next(RequestKFold(5).split(phases))
+    model = ScheduleBetaRegressor(**ENGINE, trace=phases).fit(phases.iloc[train])
+    held_out = phases.iloc[test]
+    replayed = model.replay(held_out)
+    assert len(replayed) == len(test) // 2
+    for quantity in ("ttft", "e2e"):
+        mape = np.mean(np.abs(replay_errors(replayed, quantity)))
+        assert mape <= 0.02, (quantity, mape)
+        assert make_schedule_scorer(quantity)(model, held_out) == pytest.approx(-mape)
+
+
+def test_reporting_offsets_recovered():
+    phases, _ = client_trace(1500, rate=40.0, first_offset=0.004, last_offset=0.009)
+    model = ScheduleBetaRegressor(**ENGINE).fit(phases)
+    np.testing.assert_allclose(model.beta_, BETA, rtol=1e-6)
+    assert model.alpha_["queue"] == 0.0  # not identified from client times
+    assert model.alpha_["first_token"] == pytest.approx(0.004, abs=1e-9)
+    assert model.alpha_["last_token"] == pytest.approx(0.009, abs=1e-9)
+    # without the offsets the betas must absorb them
+    fixed = ScheduleBetaRegressor(**ENGINE, fit_offsets=False, max_iter=8)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        fixed.fit(phases)
+    assert fixed.alpha_ == {"queue": 0.0, "first_token": 0.0, "last_token": 0.0}
+    assert np.max(np.abs(fixed.beta_ / BETA - 1)) > 1e-3
+
+
+@pytest.mark.parametrize("noise", [0.0, 0.02])
+def test_light_load_agrees_with_phase_exposure_fit(noise):
+    # An engine-side trace at light load (prefill from the scheduled time),
+    # where the phase-exposure fit holds: both fits agree.
+    phases = simulate_trace(
+        1500,
+        beta=BETA,
+        arrival_rate=8.0,
+        noise=noise,
+        random_state=3,
+        prompt_tokens=(300, 0.5),
+        output_tokens=(100, 0.5),
+        **ENGINE,
+    )
+    exposure = make_pipeline(
+        PhaseExposureTransformer(256, token_budget=512),
+        IterativeBetaRegressor(confidence_level=None),
+    ).fit(phases)
+    model = ScheduleBetaRegressor(**ENGINE, arrival=None).fit(phases)
+    assert model.converged_
+    np.testing.assert_allclose(model.beta_, exposure[-1].beta_, rtol=0.005)
+    np.testing.assert_allclose(model.beta_, BETA, rtol=1e-9 if noise == 0 else 0.005)
+
+
+def test_grid_search_over_max_num_seqs_held_out():
+    # GridSearchCV over an engine setting, scored on held-out requests of
+    # the whole trace's replay, finds the engine's max_num_seqs.
+    phases, _ = client_trace(1200, rate=40.0, noise=0.02, seed=2)
+    search = GridSearchCV(
+        ScheduleBetaRegressor(**{**ENGINE, "max_num_seqs": None}, trace=phases),
+        {"max_num_seqs": [32, 64, 128]},
+        cv=RequestKFold(3, shuffle=True, random_state=0),
+        scoring=make_schedule_scorer("e2e"),
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        search.fit(phases)
+    assert search.best_params_ == {"max_num_seqs": 64}
+    assert search.best_score_ > -0.02
+
+
+def test_pipeline_and_predict(saturated):
+    phases, _ = saturated
+    pipe = make_pipeline(ScheduleBetaRegressor(**ENGINE, init="baseline"))
+    pred = pipe.fit(phases).predict(phases)
+    observed = (phases["t_end"] - phases["t_start"]).to_numpy()
+    np.testing.assert_allclose(pred, observed, rtol=1e-6, atol=1e-9)
+
+
+def test_init_array_and_convergence_warning(saturated):
+    phases, _ = saturated
+    model = ScheduleBetaRegressor(**ENGINE, init=BETA * 1.2, max_iter=1)
+    with pytest.warns(ConvergenceWarning, match="did not converge in 1"):
+        model.fit(phases)
+    np.testing.assert_array_equal(model.init_beta_, BETA * 1.2)
+    assert not model.converged_ and model.n_iter_ == 1
+
+
+def test_errors(saturated):
+    phases, _ = saturated
+    with pytest.raises(ValueError, match="arrival='arrival' is not a column"):
+        ScheduleBetaRegressor(**ENGINE).fit(phases.drop(columns="arrival"))
+    with pytest.raises(ValueError, match="arrival='send' is not a column"):
+        ScheduleBetaRegressor(**ENGINE, arrival="send").fit(phases)
+    with pytest.raises(TypeError, match="DataFrame"):
+        ScheduleBetaRegressor(**ENGINE).fit(phases.to_numpy())
+    with pytest.raises(ValueError, match="three non-negative"):
+        ScheduleBetaRegressor(**ENGINE, init=[1.0, -1.0, 0.0]).fit(phases)
+    with pytest.raises(ValueError, match="max_num_seqs"):
+        ScheduleBetaRegressor(**{**ENGINE, "max_num_seqs": 0}).fit(phases)
+    with pytest.raises(TypeError, match="unknown_setting"):
+        ScheduleBetaRegressor(**ENGINE, engine_settings={"unknown_setting": 1}).fit(
+            phases
+        )
+    late = phases.copy()
+    late.loc[0, "arrival"] = late.loc[0, "t_start"] + 1.0
+    with pytest.raises(ValueError, match="cannot arrive after its prefill starts"):
+        ScheduleBetaRegressor(**ENGINE).fit(late)
+    other = client_trace(20, rate=40.0)[0].set_axis(range(10**6, 10**6 + 40))
+    with pytest.raises(ValueError, match="not in trace"):
+        ScheduleBetaRegressor(**ENGINE, trace=phases).fit(other)
+
+
+def test_request_kfold_keeps_requests_whole():
+    X = pd.DataFrame({"request_id": np.repeat([5, 3, 9, 1, 7], 2)})
+    folds = [test for _, test in RequestKFold(2).split(X)]
+    assert [f.tolist() for f in folds] == [[0, 1, 4, 5, 8, 9], [2, 3, 6, 7]]
+    shuffled = [t for _, t in RequestKFold(2, shuffle=True, random_state=0).split(X)]
+    assert sorted(np.concatenate(shuffled).tolist()) == list(range(10))
+    assert all(np.all(X["request_id"].iloc[t].value_counts() == 2) for t in shuffled)
+    with pytest.raises(ValueError, match="at least 2"):
+        RequestKFold(1)
+    with pytest.raises(ValueError, match="random_state"):
+        RequestKFold(2, random_state=0)
+    with pytest.raises(ValueError, match="into n_splits=6"):
+        list(RequestKFold(6).split(X))
+
+
+@pytest.mark.parametrize("noise", [0.0, 0.02])
+def test_engine_side_saturated_300_requests(noise):
+    # Engine-side times: queued (arrival), scheduled (prefill start), first
+    # and last token. 300 saturated requests: betas within 2 % (issue 19);
+    # the scheduled times identify the queue delay, here 5 ms between the
+    # arrival column and the engine's queue.
+    phases, run = client_trace(300, rate=40.0, noise=noise, delay=0.005)
+    phases.loc[phases["phase_type"] == "prefill", "t_start"] = run.prefill_start
+    model = ScheduleBetaRegressor(**ENGINE).fit(phases)
+    assert model.converged_
+    np.testing.assert_allclose(model.beta_, BETA, rtol=1e-9 if noise == 0 else 0.02)
+    assert model.alpha_["queue"] == pytest.approx(
+        0.005, abs=1e-9 if noise == 0 else 2e-4
+    )
+    # predicted prefill phases run from the predicted scheduled time
+    held = model.predict(phases)
+    observed = (phases["t_end"] - phases["t_start"]).to_numpy()
+    if noise == 0:
+        np.testing.assert_allclose(held, observed, rtol=1e-6, atol=1e-9)
+
+
+def vllm_sized_trace(seed):
+    """256 running, budget 8192, no chunk cap, ~1000-token prompts, 128
+    output tokens, steps of ~125 ms with 256 running (REGIMES.md), 3000
+    requests at 25/s (~1.5 x capacity), 2 % step noise."""
+    beta = np.array([8e-3, 5e-6, 3e-4])
+    rng = np.random.RandomState(seed)
+    n = 3000
+    send = np.cumsum(rng.exponential(1.0 / 25.0, n))
+    prompt = np.clip(np.rint(1000 * np.exp(0.3 * rng.standard_normal(n))), 1, None)
+    output = np.full(n, 128, np.int64)
+    run = run_engine(
+        send,
+        prompt.astype(np.int64),
+        output,
+        np.zeros(n, np.int64),
+        beta=beta,
+        chunk_size=None,
+        token_budget=8192,
+        max_num_seqs=256,
+        noise_normals=rng.standard_normal,
+        noise=0.02,
+    )
+    is_prefill = np.tile([True, False], n)
+    first, last = run.prefill_end, run.decode_end
+    phases = pd.DataFrame(
+        {
+            "request_id": np.repeat(np.arange(n), 2),
+            "phase_type": np.where(is_prefill, "prefill", "decode"),
+            "t_start": np.ravel(np.column_stack((send, first))),
+            "t_end": np.ravel(np.column_stack((first, last))),
+            "prefill_tokens": np.where(is_prefill, np.repeat(prompt, 2), 0),
+            "decode_tokens": np.where(is_prefill, 0, np.repeat(output, 2)),
+            "arrival": np.repeat(send, 2),
+        }
+    )
+    return phases, beta
+
+
+def test_vllm_sized_engine_auto_start():
+    # The iterative start (beta0 = beta2 = 0, beta1 2.4 x too high) is outside
+    # the iteration's basin here (measured: beta1 fitted 0, no convergence);
+    # init="auto" replays from both starts and takes the baseline's, whose
+    # schedule fits ~100 times better.
+    phases, beta = vllm_sized_trace(0)
+    model = ScheduleBetaRegressor(None, 8192, 256).fit(phases)
+    assert model.init_misfit_["baseline"] < model.init_misfit_["iterative"] / 10
+    assert model.converged_
+    np.testing.assert_allclose(model.beta_, beta, rtol=0.01)
+    train, test = next(RequestKFold(5).split(phases))
+    held = ScheduleBetaRegressor(None, 8192, 256, trace=phases).fit(phases.iloc[train])
+    replayed = held.replay(phases.iloc[test])
+    # measured: decode 0.15 %, end-to-end 0.29 % (TTFT 5.7 %: the requests
+    # sent before the queue formed have TTFTs of a step or two)
+    for quantity in ("decode", "e2e"):
+        assert np.mean(np.abs(replay_errors(replayed, quantity))) <= 0.01
+
+
+def test_kv_cache_bound_with_preemptions_exact():
+    # A KV cache of 900 blocks of 16 tokens bounds the batch at ~44 of the
+    # 64 slots and preempts 457 times (recomputing the preempted): given the
+    # KV settings, the noise-free fit is exact; the engine without them
+    # cannot carry the trace (measured: all betas fitted about 0).
+    from sklearn_beta.engine._loop import EngineSettings
+
+    kv = dict(num_gpu_blocks=900, block_size=16)
+    rng = np.random.RandomState(5)
+    n = 2000
+    send = np.cumsum(rng.exponential(1.0 / 40.0, n))
+    prompt = np.clip(np.rint(300 * np.exp(0.5 * rng.standard_normal(n))), 1, None)
+    output = np.clip(np.rint(100 * np.exp(0.5 * rng.standard_normal(n))), 1, None)
+    run = run_engine(
+        send,
+        prompt.astype(np.int64),
+        output.astype(np.int64),
+        np.zeros(n, np.int64),
+        beta=BETA,
+        settings=EngineSettings(**kv),
+        **ENGINE,
+    )
+    assert run.preemptions.sum() > 400
+    is_prefill = np.tile([True, False], n)
+    first, last = run.prefill_end, run.decode_end
+    phases = pd.DataFrame(
+        {
+            "request_id": np.repeat(np.arange(n), 2),
+            "phase_type": np.where(is_prefill, "prefill", "decode"),
+            "t_start": np.ravel(np.column_stack((send, first))),
+            "t_end": np.ravel(np.column_stack((first, last))),
+            "prefill_tokens": np.where(is_prefill, np.repeat(prompt, 2), 0),
+            "decode_tokens": np.where(is_prefill, 0, np.repeat(output, 2)),
+            "arrival": np.repeat(send, 2),
+        }
+    )
+    model = ScheduleBetaRegressor(**ENGINE, engine_settings=kv).fit(phases)
+    assert model.converged_
+    np.testing.assert_allclose(model.beta_, BETA, rtol=1e-9)
