@@ -99,8 +99,9 @@ class ScheduleBetaRegressor(RegressorMixin, BaseEstimator):
         Further settings of the engine loop, the fields of
         :class:`sklearn_beta.engine._loop.EngineSettings`: ``num_gpu_blocks``
         and ``block_size`` (a bounded KV cache: admission stalls and
-        preemption), ``long_prefill_token_threshold``, ``max_in_flight``;
-        passed to every replay; an unknown key raises ``TypeError``. Leave
+        preemption), ``long_prefill_token_threshold``; passed to every
+        replay; an unknown key raises ``TypeError``; the client cap is
+        ``max_in_flight`` (a key of that name raises ``ValueError``). Leave
         the client offsets ``delay`` and ``done_offset`` at 0: the fit
         estimates them (``alpha_``).
     trace : DataFrame or None, default=None
@@ -133,6 +134,22 @@ default="auto"
         Column of the arrival (send) times, read on prefill rows; it must
         exist. None: the trace has none, each request arrives at its prefill
         start (the engine's scheduled time), so no waiting is modelled.
+    cached_tokens : str or None, default="cached_tokens"
+        Column of the prefill rows' prompt tokens found in the prefix cache
+        (vLLM's ``num_cached_tokens``; :func:`~sklearn_beta.datasets.simulate_trace`
+        writes it), which skip prefill in every replay. Read when present;
+        another name must exist. None: no prefix-cache hits.
+    max_in_flight : int or None, default=None
+        A closed-loop client's cap on requests in flight per instance. The
+        fit replays the observed sends, which already lag the intended
+        arrivals; ``predict`` and ``replay`` (the forecasts) send from the
+        intended arrivals (column ``intended_arrival``) while fewer than
+        this many are outstanding, else as one completes: replaying such
+        sends open-loop would let a saturated queue grow without bound.
+        None: open loop, the arrival column holds the sends.
+    intended_arrival : str, default="intended_arrival"
+        Column of the prefill rows' intended arrivals, read with
+        ``max_in_flight``.
     columns : PhaseColumns, mapping or None, default=None
         Column names of the phase table.
 
@@ -205,6 +222,9 @@ default="auto"
         "tol": [Number(Real, 0, None, closed="left")],
         "confidence_level": [Number(Real, 0, 1, closed="neither"), None],
         "arrival": [str, None],
+        "cached_tokens": [str, None],
+        "max_in_flight": [count(), None],
+        "intended_arrival": [str],
         "columns": [PhaseColumns, dict, None],
     }
 
@@ -222,6 +242,9 @@ default="auto"
         tol=1e-6,
         confidence_level=0.95,
         arrival="arrival",
+        cached_tokens="cached_tokens",
+        max_in_flight=None,
+        intended_arrival="intended_arrival",
         columns=None,
     ):
         self.chunk_size = chunk_size
@@ -235,6 +258,9 @@ default="auto"
         self.tol = tol
         self.confidence_level = confidence_level
         self.arrival = arrival
+        self.cached_tokens = cached_tokens
+        self.max_in_flight = max_in_flight
+        self.intended_arrival = intended_arrival
         self.columns = columns
 
     # ------------------------------------------------------------------
@@ -259,7 +285,7 @@ default="auto"
             Fitted estimator.
         """
         frame, rows = self._frame_rows(X)
-        trace = _TraceEvents.read(frame, self._columns(), self.arrival)
+        trace = self._read(frame)
         keep = None
         if rows is not None:
             fitted = np.zeros(trace.n_requests, dtype=bool)
@@ -314,8 +340,8 @@ default="auto"
                 raise ValueError("replay() without X needs the trace parameter.")
             X = self.trace
         frame, rows = self._frame_rows(X)
-        trace = _TraceEvents.read(frame, self._columns(), self.arrival)
-        run = self._run(trace, self.beta_, self.alpha_["queue"], record=False)
+        trace = self._read(frame)
+        run = self._run(trace, self.beta_, self.alpha_["queue"], forecast=True)
         shift = trace.origin - self.alpha_["queue"]
         requests = trace.requests
         replayed = pd.DataFrame(
@@ -335,6 +361,9 @@ default="auto"
                 "observed_decode_end": requests["decode_end"],
             }
         )
+        if self.max_in_flight is not None:
+            # the TTFT of a closed-loop client runs from its predicted send
+            replayed["send"] = run.send + trace.origin
         if rows is None:
             return replayed
         wanted = np.zeros(trace.n_requests, dtype=bool)
@@ -358,14 +387,16 @@ default="auto"
         """
         check_is_fitted(self)
         frame, rows = self._frame_rows(X)
-        trace = _TraceEvents.read(frame, self._columns(), self.arrival)
-        run = self._run(trace, self.beta_, self.alpha_["queue"], record=False)
+        trace = self._read(frame)
+        run = self._run(trace, self.beta_, self.alpha_["queue"], forecast=True)
         first = (
             run.prefill_end + self._alpha_total("first_token") - self.alpha_["queue"]
         )
         last = run.decode_end + self._alpha_total("last_token") - self.alpha_["queue"]
         if trace.scheduled:
             start = run.prefill_start  # the engine's own clock: no offset
+        elif self.max_in_flight is not None:
+            start = run.send  # a closed-loop client's predicted send
         else:
             start = trace.requests["arrival"] - trace.origin
         prefill, decode = first - start, last - first
@@ -500,10 +531,43 @@ default="auto"
             self.token_budget if self.token_budget is not None else max(n_requests, 1)
         )
 
-    def _run(self, trace, beta, queue: float, record: bool, observed_ends=None):
+    def _read(self, frame) -> _TraceEvents:
+        settings = self.engine_settings or {}
+        if "max_in_flight" in settings:
+            raise ValueError(
+                "engine_settings['max_in_flight'] is not used: pass the client cap "
+                "as max_in_flight=, with the intended arrivals in the column "
+                "intended_arrival names."
+            )
+        cached = self.cached_tokens
+        if cached == "cached_tokens" and cached not in frame.columns:
+            cached = None  # the default column, absent: no prefix-cache hits
+        intended = None if self.max_in_flight is None else self.intended_arrival
+        return _TraceEvents.read(
+            frame, self._columns(), self.arrival, cached=cached, intended=intended
+        )
+
+    def _run(
+        self, trace, beta, queue, record=False, observed_ends=None, forecast=False
+    ):
+        """Replay the trace with ``beta``. The fit's replays take the observed
+        sends (a closed-loop client's included: they are data); a
+        ``forecast`` (``predict``, ``replay``) with ``max_in_flight`` sends
+        from the intended arrivals under the client cap, the sends lagging
+        them as completions allow (the fitted offsets move the queue entry
+        and the client's view of a completion)."""
         settings = EngineSettings(**(self.engine_settings or {}))
+        arrival = trace.replay_arrival + queue
+        if forecast and self.max_in_flight is not None:
+            arrival = trace.requests["intended"] - trace.origin
+            settings = replace(
+                settings,
+                max_in_flight=self.max_in_flight,
+                delay=settings.delay + queue,
+                done_offset=settings.done_offset + self.alpha_["last_token"],
+            )
         return run_engine(
-            trace.replay_arrival + queue,
+            arrival,
             trace.requests["prompt"],
             trace.requests["decode_steps"],
             trace.requests["instance"],
@@ -514,6 +578,7 @@ default="auto"
             record_steps=record,
             settings=settings,
             observed_ends=observed_ends,
+            cached_tokens=trace.requests["cached"],
         )
 
     def _schedule(self, trace, theta, observed_ends):
@@ -689,7 +754,7 @@ class _TraceEvents:
     observed event times (origin-shifted) and each row's request."""
 
     @classmethod
-    def read(cls, frame, cols: PhaseColumns, arrival):
+    def read(cls, frame, cols: PhaseColumns, arrival, cached=None, intended=None):
         if arrival is not None and arrival not in frame.columns:
             raise ValueError(
                 f"arrival={arrival!r} is not a column of the phase table: the "
@@ -699,12 +764,16 @@ class _TraceEvents:
                 f"Columns: {list(frame.columns)[:20]}."
             )
         self = cls()
-        requests = trace_requests(frame, cols, arrival)
+        requests = trace_requests(
+            frame, cols, arrival, cached_col=cached, intended_col=intended
+        )
         self.requests = requests
         self.n_requests = requests["prompt"].shape[0]
         # A prefill that starts after its arrival shows the scheduled time.
         self.scheduled = bool(np.any(requests["prefill_start"] > requests["arrival"]))
-        self.origin = clock_origin(requests["arrival"], requests["instance"])
+        # a closed-loop client's intended arrivals precede its sends
+        first = np.minimum(requests["arrival"], requests["intended"])
+        self.origin = clock_origin(first, requests["instance"])
         self.replay_arrival = requests["arrival"] - self.origin
         if arrival is None:
             # The prefill start is a step boundary of the trace: an arrival
