@@ -37,7 +37,12 @@ from ..engine._replay_requests import clock_origin, trace_requests
 from ..estimators._baseline import BaselineBetaRegressor
 from ..estimators._exposure import PhaseExposureTransformer
 from ..estimators._iterative import IterativeBetaRegressor
-from ._schedule_design import difference_design, level_design, schedule_events
+from ._schedule_design import (
+    difference_design,
+    level_design,
+    locate,
+    schedule_events,
+)
 
 __all__ = ["ScheduleBetaRegressor"]
 
@@ -51,6 +56,13 @@ INIT_OPTIONS = ("auto", *INIT_FITS)
 #: this share of the step time: close enough for the replay to find the
 #: trace's schedule (docs/schedule.md).
 LEVELS_TOL = 1e-3
+#: How far, as a share of a step, the replay moves an arrival across a step
+#: boundary where the trace's first token shows the admission was taken at
+#: the other one: the drift of a step boundary between observed events (a
+#: few steps' noise) is a few percent of a step (docs/schedule.md).
+ADMISSION_SLACK = 0.1
+#: Most replays per iteration that move arrivals so.
+ALIGN_ROUNDS = 3
 #: Reweightings of the robust fit, and the bisquare's tuning constant.
 ROBUST_ITER = 5
 TUKEY_C = 4.685
@@ -581,10 +593,18 @@ default="auto"
             cached_tokens=trace.requests["cached"],
         )
 
-    def _schedule(self, trace, theta, observed_ends):
+    def _schedule(self, trace, theta, observed_ends, align=False):
         queue = theta[3]
         beta = _usable_beta(theta[:3], None)
         run = self._run(trace, beta, queue, True, observed_ends)
+        if align and self.arrival is not None:
+            # from the trace's arrivals every time: the schedule stays a
+            # function of theta, which the solver's stopping rules assume
+            trace.replay_arrival = trace.base_arrival
+            for _ in range(ALIGN_ROUNDS):
+                if not trace.align_admissions(run, beta):
+                    break
+                run = self._run(trace, beta, queue, True, observed_ends)
         return schedule_events(
             run,
             run.arrival,
@@ -673,7 +693,8 @@ def solve_schedule(trace, theta, keep, free, schedule_of, max_iter, tol):
     repeats, the step falls below ``tol`` or the replays alternate between
     two schedules (both then fitted together).
 
-    ``schedule_of(trace, theta, observed_ends)`` replays the trace; ``free``
+    ``schedule_of(trace, theta, observed_ends, align)`` replays the trace
+    (``align``: see ``_TraceEvents.align_admissions``); ``free``
     are the coefficients the trace identifies. Returns a
     :class:`ScheduleSolution`.
     """
@@ -682,7 +703,11 @@ def solve_schedule(trace, theta, keep, free, schedule_of, max_iter, tol):
     while n_iter < max_iter:
         n_iter += 1
         snap = np.r_[theta[:3], state.snap_offsets]
-        schedule = schedule_of(trace, theta, trace.engine_ends(snap, keep))
+        # arrivals are aligned once the snapping has its offsets (those of
+        # the first fit on differences): offsets still missing strain the
+        # snapped steps as a misplaced arrival does
+        ends = trace.engine_ends(snap, keep)
+        schedule = schedule_of(trace, theta, ends, state.fitted_differences)
         signature = schedule.local_signature(trace.n_requests)
         if state.previous is not None:
             moved = np.any(signature != state.previous[1], 1)
@@ -784,6 +809,7 @@ class _TraceEvents:
             # period's steps are measured from it.
             busy = _joins_busy_engine(requests)
             self.replay_arrival = self.replay_arrival - busy * _tie_margin(requests)
+        self.base_arrival = self.replay_arrival
         kinds = [requests["prefill_end"], requests["decode_end"]]
         if self.scheduled:
             kinds.insert(0, requests["prefill_start"])
@@ -803,6 +829,46 @@ class _TraceEvents:
         if keep is not None:
             ends[:, ~keep.reshape(self.n_requests, self.n_kinds)[:, 0]] = np.nan
         return ends
+
+    def align_admissions(self, run, beta) -> bool:
+        """Move the replay's arrivals across a step boundary where the trace
+        shows the replay admitted the request at the wrong one; True when
+        any moved.
+
+        Between observed events the replay's steps last their model time,
+        so its step boundaries drift from the trace's by the random walk of
+        the step noise; an arrival within that drift of a boundary is
+        admitted a step early or late, and under a KV bound such a flip
+        changes every later block growth and preemption (docs/schedule.md).
+        The replay still ends the step of the request's first token at the
+        observed time, so that step is stretched by about a step (admitted
+        early) or squeezed to nothing (late). A request the replay admitted
+        at the first boundary after its arrival, whose first-token step is
+        so strained, and whose arrival lies within ``ADMISSION_SLACK`` of a
+        step of the boundary it should have met, is moved just across that
+        boundary. The observed arrival stays the anchor of the fit.
+        """
+        inst, start, end = run.step_instance, run.step_start, run.step_end
+        model = beta[0] + beta[1] * run.step_prefill_tokens
+        strain = (end - start) / (model + beta[2] * run.step_decode_tokens) - 1
+        instance = self.requests["instance"]
+        j = locate(inst, start, instance, run.admitted)
+        strain = strain[locate(inst, end, instance, run.prefill_end)]
+        before = np.maximum(j - 1, 0)
+        two_before = np.maximum(j - 2, 0)
+        # the admitting step and the two before it run back to back
+        joined = (j > 1) & (end[before] == start[j]) & (inst[before] == inst[j])
+        joined &= (end[two_before] == start[before]) & (inst[two_before] == inst[j])
+        lo, hi, a = start[before], start[j], run.arrival
+        step = np.minimum(hi - lo, lo - start[two_before])
+        timed = joined & (a > lo) & (a < hi)  # no queue: the first boundary
+        slack = ADMISSION_SLACK * step
+        late = timed & (strain < -0.5) & (a - lo < slack)
+        early = timed & (strain > 0.5) & (hi - a < slack)
+        shift = np.where(late, lo - a - slack / 2, 0.0)
+        shift = np.where(early, hi - a + slack / 2, shift)
+        self.replay_arrival = self.replay_arrival + shift
+        return bool(np.any(late | early))
 
     def anchor_times(self, schedule) -> np.ndarray:
         arrival = self.requests["arrival"] - self.origin
