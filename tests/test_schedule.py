@@ -523,3 +523,18 @@ def test_kv_bound_noisy_admissions_aligned():
     model = ScheduleBetaRegressor(**ENGINE, engine_settings=kv).fit(phases)
     assert model.converged_
     np.testing.assert_allclose(model.beta_, BETA, rtol=0.01)
+    # the schedule found: residuals at the noise level (0.67 sigma = 0.013)
+    assert model.schedule_misfit_ < 0.02  # measured 0.009
+
+
+def test_schedule_misfit_flags_a_wrong_schedule(noisy):
+    # Seed 17 of the KV-bound traces converges to another schedule (beta1
+    # -18 %, beta2 +17 %, measured): the residuals are half a step's noise
+    # deviation, against 0.007 on the open-queue noisy trace.
+    phases, _ = kv_bound_trace(17, 0.02)
+    kv = dict(num_gpu_blocks=900, block_size=16)
+    wrong = ScheduleBetaRegressor(**ENGINE, engine_settings=kv).fit(phases)
+    assert np.max(np.abs(wrong.beta_ / BETA - 1)) > 0.05
+    assert wrong.schedule_misfit_ > 0.2  # measured 0.49
+    right = ScheduleBetaRegressor(**ENGINE).fit(noisy[0])
+    assert right.schedule_misfit_ < 0.02  # measured 0.007
