@@ -604,7 +604,12 @@ default="auto"
         queue = theta[3]
         beta = _usable_beta(theta[:3], None)
         run = self._run(trace, beta, queue, True, observed_ends)
-        if align and self.arrival is not None:
+        # Only a bounded KV cache carries a flipped admission on to every
+        # later preemption; without one the flip stays local, the robust
+        # weights set it aside, and moving arrivals near many boundaries
+        # (light load) kept the schedule from settling (docs/schedule.md).
+        kv_bound = (self.engine_settings or {}).get("num_gpu_blocks") is not None
+        if align and kv_bound and self.arrival is not None:
             # from the trace's arrivals every time: the schedule stays a
             # function of theta, which the solver's stopping rules assume
             trace.replay_arrival = trace.base_arrival
