@@ -11,9 +11,9 @@ from ..core._grid import Timeline
 from ..core._nnls import fit_statistics, nnls_fit
 from ..core._schema import (
     EXPOSURE_COLUMNS,
+    fit_design,
     has_column,
     read_timeline,
-    step_design,
     step_model_of,
 )
 from ..core._step_features import PUBLISHED_FEATURES
@@ -197,8 +197,9 @@ class BaselineBetaRegressor(BaseBetaRegressor):
 
     def _fit_table(self, table, duration, sample_weight):
         self.step_features_ = step_model_of(table)
+        design, self.step_basis_ = fit_design(table)
         return self._fit_design(
-            step_design(table),
+            design,
             duration,
             sample_weight,
             _timeline_if_available(table),
@@ -232,14 +233,7 @@ class BaselineBetaRegressor(BaseBetaRegressor):
         return self._fitted(fit_baseline(source, settings))
 
     def _predict_table(self, table):
-        features = step_model_of(table)
-        if features != tuple(getattr(self, "step_features_", PUBLISHED_FEATURES)):
-            raise ValueError(
-                f"The exposure table has step model {list(features)}, the fit "
-                f"had {list(self.step_features_)}: transform with the same "
-                "step_model."
-            )
-        return step_design(table) @ self.beta_
+        return self._table_design(table) @ self.beta_
 
 
 def _timeline_if_available(table: np.ndarray) -> Timeline | None:
