@@ -146,7 +146,9 @@ def check_usage(args) -> None:
     ]
     if given and args.output != "blis-blackbox":
         flags = ", ".join("--" + n.replace("_", "-") for n in given)
-        raise UsageError(f"{flags} describe(s) --output blis, not {args.output}")
+        raise UsageError(
+            f"{flags} describe(s) --output blis-blackbox, not {args.output}"
+        )
     if args.time_resolution < 0 or not math.isfinite(args.time_resolution):
         raise UsageError(
             f"--time-resolution must be >= 0 seconds, got {args.time_resolution:g}"

@@ -362,5 +362,6 @@ def add_step_model_options(fit) -> None:
         metavar="PATH",
         help="the model's HuggingFace config.json, for the trained-physics "
         "basis; --gpu (H100, A100-SXM, A100-80, L40S) and "
-        "--tensor-parallelism (default 1) complete the deployment",
+        "--tensor-parallelism (default 1) complete the deployment "
+        "(default: none; used by trained-physics and auto only)",
     )

@@ -48,6 +48,9 @@ __all__ = [
 #: The held-out metric of ``--step-model auto``.
 AUTO_SCORING = "neg_duration_mape"
 _FEATURE_UNITS = {
+    "beta0": "s/step",
+    "beta1": "s/prefill_token",
+    "beta2": "s/decode_token",
     "steps": "s/step",
     "prefill_tokens": "s/prefill_token",
     "prefill_attention": "s/(prefill_token x context_token)",
