@@ -138,6 +138,7 @@ def check_usage(args) -> None:
         )
     if args.trace_header is not None and fmt != "tracev2":
         raise UsageError(f"--trace-header applies to tracev2 traces, not {fmt}")
+    check_step_model_usage(args)
     blis_only = ("model_id", "gpu", "tensor_parallelism", "vllm_version")
     given = [
         n
@@ -157,7 +158,6 @@ def check_usage(args) -> None:
         check_fit_options(**fit_options(args))
     except (ValueError, TypeError) as exc:
         raise UsageError(one_line(exc)) from exc
-    check_step_model_usage(args)
     if args.dask is not None:
         check_dask_usage(args, fmt)
 
