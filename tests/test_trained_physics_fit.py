@@ -102,7 +102,7 @@ def test_duration_fit_recovers_blis_step_times(trace, deployment):
         warnings.simplefilter("ignore")
         model.fit(phases)
     regressor = model[-1]
-    assert regressor._coef_names() == IDENTIFIABLE_FEATURES
+    assert regressor.coef_names_ == IDENTIFIABLE_FEATURES
     assert np.all(regressor.beta_ >= 0)
     exported = to_blis_betas(regressor.beta_, model[0].model_description_)
     basis = trained_physics_basis(

@@ -240,7 +240,7 @@ def _compare(phases, args, options: dict, chunk_size: int, progress) -> tuple:
 def _coefficients(regressor, model_description) -> tuple[dict, dict | None]:
     """Every coefficient by name with its interval and unit; for
     trained-physics the values BLIS takes (microseconds)."""
-    names = regressor._coef_names()
+    names = regressor.coef_names_
     beta = np.asarray(regressor.beta_, dtype=float)
     ci = getattr(regressor, "beta_ci_", None)
     ci = np.full((len(names), 2), np.nan) if ci is None else np.asarray(ci, float)

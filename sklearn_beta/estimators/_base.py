@@ -121,6 +121,7 @@ class BaseBetaRegressor(RegressorMixin, BaseEstimator):
         self.beta_ = np.asarray(beta, dtype=np.float64)
         self.coef_ = self.beta_.copy()
         self.intercept_ = 0.0
+        self.coef_names_ = self._coef_names()
         # What a trained-physics fit leaves to BLIS's export (by name, why).
         self.fixed_coefficients_ = (
             {} if getattr(self, "step_basis_", None) is None else fixed_coefficients()

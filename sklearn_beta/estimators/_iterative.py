@@ -254,6 +254,22 @@ default=None
     beta_ : ndarray of shape (3,)
         ``[beta0, beta1, beta2]`` (time unit per step, per prefill token, per
         decode token).
+    coef_names_ : tuple of str
+        The name of each entry of ``beta_``: ``beta0, beta1, beta2`` for the
+        published step model, the identifiable trained-physics coefficients
+        (``prefill_compute, decode_compute, per_step, per_request,
+        prefill_kv, decode_kv``) for ``step_model="trained-physics"``, else
+        the features.
+    step_features_ : tuple of str
+        The step model's features the table was made with.
+    step_basis_ : ndarray of shape (6, 6) or None
+        For a trained-physics table, the map from the step features to the
+        identifiable trained-physics columns the fit ran on; else None.
+    fixed_coefficients_ : dict of str to str
+        For a trained-physics fit, the BLIS coefficients the trace cannot
+        identify, with the value the export gives them and why
+        (:func:`~sklearn_beta.core._trained_physics.fixed_coefficients`);
+        empty otherwise.
     beta_ci_ : ndarray of shape (3, 2) or None
         Lower and upper confidence limits of each beta at
         ``confidence_level``, clipped at 0; a beta at its zero bound gets
