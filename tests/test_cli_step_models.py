@@ -223,3 +223,22 @@ def test_missing_or_wrong_inputs_are_usage_errors(capsys, traces, options, messa
     assert code == 2 and out == ""
     assert err.startswith("sklearn-beta: error: ") and message in err
     assert len(err.splitlines()) == 1
+
+
+def test_auto_with_a_model_config_compares_trained_physics(capsys, traces):
+    trace = traces["trained-physics"]
+    code, out, _ = _fit(
+        capsys, trace, "--step-model", "auto", *TP[2:], "--output", "json"
+    )
+    assert code == 0
+    report = json.loads(out)
+    rows = report["step_model_selection"]["candidates"]
+    assert [r["step_model"] for r in rows] == [
+        "published",
+        "attention",
+        "trained-physics",
+    ]
+    assert [r["n_coefficients"] for r in rows] == [3, 5, 6]
+    # the truth has a per-request term that neither other model has
+    assert report["step_model"] == "trained-physics"
+    assert len(report["blis_trained_physics"]["beta_coeffs"]) == 10
