@@ -242,3 +242,26 @@ def test_auto_with_a_model_config_compares_trained_physics(capsys, traces):
     # the truth has a per-request term that neither other model has
     assert report["step_model"] == "trained-physics"
     assert len(report["blis_trained_physics"]["beta_coeffs"]) == 10
+
+
+def test_auto_shows_a_model_the_engine_cannot_run_as_failed(capsys, traces):
+    # Under a budget and no chunk cap the attention exposures are not
+    # modelled: that candidate fails, the other is chosen.
+    code, out, _ = run(
+        capsys,
+        "fit",
+        traces["published"],
+        "--token-budget",
+        2048,
+        "--quiet",
+        "--step-model",
+        "auto",
+        "--output",
+        "json",
+    )
+    assert code == 0
+    report = json.loads(out)
+    rows = {r["step_model"]: r for r in report["step_model_selection"]["candidates"]}
+    assert rows["attention"]["held_out_error"] is None
+    assert not rows["attention"]["chosen"] and rows["published"]["chosen"]
+    assert report["step_model"] == "published"

@@ -202,7 +202,9 @@ def _compare(phases, args, options: dict, chunk_size: int, progress) -> tuple:
         cv=TraceBlockSplit(args.cv_folds),
         scoring=get_scorer(AUTO_SCORING),
         refit=one_standard_error_rule(),
-        error_score="raise",
+        # a model this engine cannot run (attention under a budget-bound
+        # chunk) scores NaN and is shown as failed, not chosen
+        error_score=np.nan,
     )
     with warnings.catch_warnings():
         # Each fold's fit warns as the final fit will; only the final fit's
@@ -213,8 +215,8 @@ def _compare(phases, args, options: dict, chunk_size: int, progress) -> tuple:
     chosen = int(search.best_index_)
     rows = []
     for i, params in enumerate(results["params"]):
-        error = -float(results["mean_test_score"][i])
-        se = float(results["std_test_score"][i]) / math.sqrt(args.cv_folds)
+        error = _finite(-float(results["mean_test_score"][i]))
+        se = _finite(float(results["std_test_score"][i]) / math.sqrt(args.cv_folds))
         rows.append(
             {
                 "step_model": params[param],
@@ -328,6 +330,9 @@ def format_step_model_table(report: dict) -> str:
         )
         lines.append(f"  {'model':<18} {'held-out error':>15} {'+- se':>9}  chosen")
         for row in selection["candidates"]:
+            if row["held_out_error"] is None:
+                lines.append(f"  {_label(row['step_model']):<18} {'failed':>15}")
+                continue
             lines.append(
                 f"  {_label(row['step_model']):<18} "
                 f"{100 * row['held_out_error']:>14.3f}% "
