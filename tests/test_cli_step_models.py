@@ -114,7 +114,7 @@ def test_trained_physics_json_schema(capsys, traces):
     np.testing.assert_allclose(
         np.asarray(blis["beta_coeffs"])[identifiable],
         TRUE_BLIS[identifiable],
-        rtol=0.02,
+        rtol=1e-3,  # noise-free: the duration objective recovers them
     )
     assert set(report["fixed_coefficients"]) == {
         "tp_allreduce",
