@@ -37,7 +37,12 @@ from ..engine._replay_requests import clock_origin, trace_requests
 from ..estimators._baseline import BaselineBetaRegressor
 from ..estimators._exposure import PhaseExposureTransformer
 from ..estimators._iterative import IterativeBetaRegressor
-from ._schedule_design import difference_design, level_design, schedule_events
+from ._schedule_design import (
+    difference_design,
+    level_design,
+    locate,
+    schedule_events,
+)
 
 __all__ = ["ScheduleBetaRegressor"]
 
@@ -51,6 +56,13 @@ INIT_OPTIONS = ("auto", *INIT_FITS)
 #: this share of the step time: close enough for the replay to find the
 #: trace's schedule (docs/schedule.md).
 LEVELS_TOL = 1e-3
+#: How far, as a share of a step, the replay moves an arrival across a step
+#: boundary where the trace's first token shows the admission was taken at
+#: the other one: the drift of a step boundary between observed events (a
+#: few steps' noise) is a few percent of a step (docs/schedule.md).
+ADMISSION_SLACK = 0.1
+#: Most replays per iteration that move arrivals so.
+ALIGN_ROUNDS = 3
 #: Reweightings of the robust fit, and the bisquare's tuning constant.
 ROBUST_ITER = 5
 TUKEY_C = 4.685
@@ -99,8 +111,9 @@ class ScheduleBetaRegressor(RegressorMixin, BaseEstimator):
         Further settings of the engine loop, the fields of
         :class:`sklearn_beta.engine._loop.EngineSettings`: ``num_gpu_blocks``
         and ``block_size`` (a bounded KV cache: admission stalls and
-        preemption), ``long_prefill_token_threshold``, ``max_in_flight``;
-        passed to every replay; an unknown key raises ``TypeError``. Leave
+        preemption), ``long_prefill_token_threshold``; passed to every
+        replay; an unknown key raises ``TypeError``; the client cap is
+        ``max_in_flight`` (a key of that name raises ``ValueError``). Leave
         the client offsets ``delay`` and ``done_offset`` at 0: the fit
         estimates them (``alpha_``).
     trace : DataFrame or None, default=None
@@ -133,6 +146,22 @@ default="auto"
         Column of the arrival (send) times, read on prefill rows; it must
         exist. None: the trace has none, each request arrives at its prefill
         start (the engine's scheduled time), so no waiting is modelled.
+    cached_tokens : str or None, default="cached_tokens"
+        Column of the prefill rows' prompt tokens found in the prefix cache
+        (vLLM's ``num_cached_tokens``; :func:`~sklearn_beta.datasets.simulate_trace`
+        writes it), which skip prefill in every replay. Read when present;
+        another name must exist. None: no prefix-cache hits.
+    max_in_flight : int or None, default=None
+        A closed-loop client's cap on requests in flight per instance. The
+        fit replays the observed sends, which already lag the intended
+        arrivals; ``predict`` and ``replay`` (the forecasts) send from the
+        intended arrivals (column ``intended_arrival``) while fewer than
+        this many are outstanding, else as one completes: replaying such
+        sends open-loop would let a saturated queue grow without bound.
+        None: open loop, the arrival column holds the sends.
+    intended_arrival : str, default="intended_arrival"
+        Column of the prefill rows' intended arrivals, read with
+        ``max_in_flight``.
     columns : PhaseColumns, mapping or None, default=None
         Column names of the phase table.
 
@@ -173,6 +202,12 @@ default="auto"
         the coefficients' change (``step``).
     n_rows_ : int
         Rows of the last fit.
+    schedule_misfit_ : float
+        Median absolute standardised residual of the last fit (each row's
+        residual over its modelled standard deviation, before the robust
+        reweighting): about 0.67 times the step noise's sigma when the
+        replay found the trace's schedule (0.009 at 2 % noise), tens of
+        percent when it converged to another schedule (docs/schedule.md).
 
     See Also
     --------
@@ -205,6 +240,9 @@ default="auto"
         "tol": [Number(Real, 0, None, closed="left")],
         "confidence_level": [Number(Real, 0, 1, closed="neither"), None],
         "arrival": [str, None],
+        "cached_tokens": [str, None],
+        "max_in_flight": [count(), None],
+        "intended_arrival": [str],
         "columns": [PhaseColumns, dict, None],
     }
 
@@ -222,6 +260,9 @@ default="auto"
         tol=1e-6,
         confidence_level=0.95,
         arrival="arrival",
+        cached_tokens="cached_tokens",
+        max_in_flight=None,
+        intended_arrival="intended_arrival",
         columns=None,
     ):
         self.chunk_size = chunk_size
@@ -235,6 +276,9 @@ default="auto"
         self.tol = tol
         self.confidence_level = confidence_level
         self.arrival = arrival
+        self.cached_tokens = cached_tokens
+        self.max_in_flight = max_in_flight
+        self.intended_arrival = intended_arrival
         self.columns = columns
 
     # ------------------------------------------------------------------
@@ -259,7 +303,7 @@ default="auto"
             Fitted estimator.
         """
         frame, rows = self._frame_rows(X)
-        trace = _TraceEvents.read(frame, self._columns(), self.arrival)
+        trace = self._read(frame)
         keep = None
         if rows is not None:
             fitted = np.zeros(trace.n_requests, dtype=bool)
@@ -288,6 +332,7 @@ default="auto"
         self.history_ = pd.DataFrame(solved.history, columns=HISTORY_COLUMNS)
         self._set_coefficients(solved.theta)
         self.n_rows_ = int(solved.rows.target.shape[0])
+        self.schedule_misfit_ = schedule_misfit(solved.rows, solved.theta, free)
         self.beta_ci_ = self._intervals(solved.rows, solved.theta, free)
         return self
 
@@ -314,8 +359,8 @@ default="auto"
                 raise ValueError("replay() without X needs the trace parameter.")
             X = self.trace
         frame, rows = self._frame_rows(X)
-        trace = _TraceEvents.read(frame, self._columns(), self.arrival)
-        run = self._run(trace, self.beta_, self.alpha_["queue"], record=False)
+        trace = self._read(frame)
+        run = self._run(trace, self.beta_, self.alpha_["queue"], forecast=True)
         shift = trace.origin - self.alpha_["queue"]
         requests = trace.requests
         replayed = pd.DataFrame(
@@ -335,6 +380,9 @@ default="auto"
                 "observed_decode_end": requests["decode_end"],
             }
         )
+        if self.max_in_flight is not None:
+            # the TTFT of a closed-loop client runs from its predicted send
+            replayed["send"] = run.send + trace.origin
         if rows is None:
             return replayed
         wanted = np.zeros(trace.n_requests, dtype=bool)
@@ -358,14 +406,16 @@ default="auto"
         """
         check_is_fitted(self)
         frame, rows = self._frame_rows(X)
-        trace = _TraceEvents.read(frame, self._columns(), self.arrival)
-        run = self._run(trace, self.beta_, self.alpha_["queue"], record=False)
+        trace = self._read(frame)
+        run = self._run(trace, self.beta_, self.alpha_["queue"], forecast=True)
         first = (
             run.prefill_end + self._alpha_total("first_token") - self.alpha_["queue"]
         )
         last = run.decode_end + self._alpha_total("last_token") - self.alpha_["queue"]
         if trace.scheduled:
             start = run.prefill_start  # the engine's own clock: no offset
+        elif self.max_in_flight is not None:
+            start = run.send  # a closed-loop client's predicted send
         else:
             start = trace.requests["arrival"] - trace.origin
         prefill, decode = first - start, last - first
@@ -500,10 +550,43 @@ default="auto"
             self.token_budget if self.token_budget is not None else max(n_requests, 1)
         )
 
-    def _run(self, trace, beta, queue: float, record: bool, observed_ends=None):
+    def _read(self, frame) -> _TraceEvents:
+        settings = self.engine_settings or {}
+        if "max_in_flight" in settings:
+            raise ValueError(
+                "engine_settings['max_in_flight'] is not used: pass the client cap "
+                "as max_in_flight=, with the intended arrivals in the column "
+                "intended_arrival names."
+            )
+        cached = self.cached_tokens
+        if cached == "cached_tokens" and cached not in frame.columns:
+            cached = None  # the default column, absent: no prefix-cache hits
+        intended = None if self.max_in_flight is None else self.intended_arrival
+        return _TraceEvents.read(
+            frame, self._columns(), self.arrival, cached=cached, intended=intended
+        )
+
+    def _run(
+        self, trace, beta, queue, record=False, observed_ends=None, forecast=False
+    ):
+        """Replay the trace with ``beta``. The fit's replays take the observed
+        sends (a closed-loop client's included: they are data); a
+        ``forecast`` (``predict``, ``replay``) with ``max_in_flight`` sends
+        from the intended arrivals under the client cap, the sends lagging
+        them as completions allow (the fitted offsets move the queue entry
+        and the client's view of a completion)."""
         settings = EngineSettings(**(self.engine_settings or {}))
+        arrival = trace.replay_arrival + queue
+        if forecast and self.max_in_flight is not None:
+            arrival = trace.requests["intended"] - trace.origin
+            settings = replace(
+                settings,
+                max_in_flight=self.max_in_flight,
+                delay=settings.delay + queue,
+                done_offset=settings.done_offset + self.alpha_["last_token"],
+            )
         return run_engine(
-            trace.replay_arrival + queue,
+            arrival,
             trace.requests["prompt"],
             trace.requests["decode_steps"],
             trace.requests["instance"],
@@ -514,12 +597,26 @@ default="auto"
             record_steps=record,
             settings=settings,
             observed_ends=observed_ends,
+            cached_tokens=trace.requests["cached"],
         )
 
-    def _schedule(self, trace, theta, observed_ends):
+    def _schedule(self, trace, theta, observed_ends, align=False):
         queue = theta[3]
         beta = _usable_beta(theta[:3], None)
         run = self._run(trace, beta, queue, True, observed_ends)
+        # Only a bounded KV cache carries a flipped admission on to every
+        # later preemption; without one the flip stays local, the robust
+        # weights set it aside, and moving arrivals near many boundaries
+        # (light load) kept the schedule from settling (docs/schedule.md).
+        kv_bound = (self.engine_settings or {}).get("num_gpu_blocks") is not None
+        if align and kv_bound and self.arrival is not None:
+            # from the trace's arrivals every time: the schedule stays a
+            # function of theta, which the solver's stopping rules assume
+            trace.replay_arrival = trace.base_arrival
+            for _ in range(ALIGN_ROUNDS):
+                if not trace.align_admissions(run, beta):
+                    break
+                run = self._run(trace, beta, queue, True, observed_ends)
         return schedule_events(
             run,
             run.arrival,
@@ -608,7 +705,8 @@ def solve_schedule(trace, theta, keep, free, schedule_of, max_iter, tol):
     repeats, the step falls below ``tol`` or the replays alternate between
     two schedules (both then fitted together).
 
-    ``schedule_of(trace, theta, observed_ends)`` replays the trace; ``free``
+    ``schedule_of(trace, theta, observed_ends, align)`` replays the trace
+    (``align``: see ``_TraceEvents.align_admissions``); ``free``
     are the coefficients the trace identifies. Returns a
     :class:`ScheduleSolution`.
     """
@@ -617,7 +715,11 @@ def solve_schedule(trace, theta, keep, free, schedule_of, max_iter, tol):
     while n_iter < max_iter:
         n_iter += 1
         snap = np.r_[theta[:3], state.snap_offsets]
-        schedule = schedule_of(trace, theta, trace.engine_ends(snap, keep))
+        # arrivals are aligned once the snapping has its offsets (those of
+        # the first fit on differences): offsets still missing strain the
+        # snapped steps as a misplaced arrival does
+        ends = trace.engine_ends(snap, keep)
+        schedule = schedule_of(trace, theta, ends, state.fitted_differences)
         signature = schedule.local_signature(trace.n_requests)
         if state.previous is not None:
             moved = np.any(signature != state.previous[1], 1)
@@ -689,7 +791,7 @@ class _TraceEvents:
     observed event times (origin-shifted) and each row's request."""
 
     @classmethod
-    def read(cls, frame, cols: PhaseColumns, arrival):
+    def read(cls, frame, cols: PhaseColumns, arrival, cached=None, intended=None):
         if arrival is not None and arrival not in frame.columns:
             raise ValueError(
                 f"arrival={arrival!r} is not a column of the phase table: the "
@@ -699,12 +801,16 @@ class _TraceEvents:
                 f"Columns: {list(frame.columns)[:20]}."
             )
         self = cls()
-        requests = trace_requests(frame, cols, arrival)
+        requests = trace_requests(
+            frame, cols, arrival, cached_col=cached, intended_col=intended
+        )
         self.requests = requests
         self.n_requests = requests["prompt"].shape[0]
         # A prefill that starts after its arrival shows the scheduled time.
         self.scheduled = bool(np.any(requests["prefill_start"] > requests["arrival"]))
-        self.origin = clock_origin(requests["arrival"], requests["instance"])
+        # a closed-loop client's intended arrivals precede its sends
+        first = np.minimum(requests["arrival"], requests["intended"])
+        self.origin = clock_origin(first, requests["instance"])
         self.replay_arrival = requests["arrival"] - self.origin
         if arrival is None:
             # The prefill start is a step boundary of the trace: an arrival
@@ -715,6 +821,7 @@ class _TraceEvents:
             # period's steps are measured from it.
             busy = _joins_busy_engine(requests)
             self.replay_arrival = self.replay_arrival - busy * _tie_margin(requests)
+        self.base_arrival = self.replay_arrival
         kinds = [requests["prefill_end"], requests["decode_end"]]
         if self.scheduled:
             kinds.insert(0, requests["prefill_start"])
@@ -734,6 +841,46 @@ class _TraceEvents:
         if keep is not None:
             ends[:, ~keep.reshape(self.n_requests, self.n_kinds)[:, 0]] = np.nan
         return ends
+
+    def align_admissions(self, run, beta) -> bool:
+        """Move the replay's arrivals across a step boundary where the trace
+        shows the replay admitted the request at the wrong one; True when
+        any moved.
+
+        Between observed events the replay's steps last their model time,
+        so its step boundaries drift from the trace's by the random walk of
+        the step noise; an arrival within that drift of a boundary is
+        admitted a step early or late, and under a KV bound such a flip
+        changes every later block growth and preemption (docs/schedule.md).
+        The replay still ends the step of the request's first token at the
+        observed time, so that step is stretched by about a step (admitted
+        early) or squeezed to nothing (late). A request the replay admitted
+        at the first boundary after its arrival, whose first-token step is
+        so strained, and whose arrival lies within ``ADMISSION_SLACK`` of a
+        step of the boundary it should have met, is moved just across that
+        boundary. The observed arrival stays the anchor of the fit.
+        """
+        inst, start, end = run.step_instance, run.step_start, run.step_end
+        model = beta[0] + beta[1] * run.step_prefill_tokens
+        strain = (end - start) / (model + beta[2] * run.step_decode_tokens) - 1
+        instance = self.requests["instance"]
+        j = locate(inst, start, instance, run.admitted)
+        strain = strain[locate(inst, end, instance, run.prefill_end)]
+        before = np.maximum(j - 1, 0)
+        two_before = np.maximum(j - 2, 0)
+        # the admitting step and the two before it run back to back
+        joined = (j > 1) & (end[before] == start[j]) & (inst[before] == inst[j])
+        joined &= (end[two_before] == start[before]) & (inst[two_before] == inst[j])
+        lo, hi, a = start[before], start[j], run.arrival
+        step = np.minimum(hi - lo, lo - start[two_before])
+        timed = joined & (a > lo) & (a < hi)  # no queue: the first boundary
+        slack = ADMISSION_SLACK * step
+        late = timed & (strain < -0.5) & (a - lo < slack)
+        early = timed & (strain > 0.5) & (hi - a < slack)
+        shift = np.where(late, lo - a - slack / 2, 0.0)
+        shift = np.where(early, hi - a + slack / 2, shift)
+        self.replay_arrival = self.replay_arrival + shift
+        return bool(np.any(late | early))
 
     def anchor_times(self, schedule) -> np.ndarray:
         arrival = self.requests["arrival"] - self.origin
@@ -762,6 +909,14 @@ def _joins_busy_engine(requests) -> np.ndarray:
         ended = np.maximum.accumulate(end[rows])
         busy[rows[1:]] = ended[:-1] > start[rows[1:]]
     return busy
+
+
+def schedule_misfit(rows, theta, free) -> float:
+    """Median absolute residual of ``rows`` at ``theta``, each over its
+    modelled standard deviation (the prior weights): near the step noise on
+    the trace's own schedule, far above it on another one."""
+    residual = rows.target - rows.design[:, free] @ theta[free]
+    return float(np.median(np.abs(residual) * np.sqrt(_prior(rows))))
 
 
 def _stack_rows(first, second):
