@@ -86,6 +86,13 @@ def basis_options(args) -> set[str]:
 
 def check_step_model_usage(args) -> None:
     """The step-model options, checked before the trace is read."""
+    _check_basis_inputs(args)
+    _check_step_model_outputs(args)
+
+
+def _check_basis_inputs(args) -> None:
+    """The trained-physics basis's deployment: given where it is used,
+    readable, and not given where it is not."""
     step_model = args.step_model
     if step_model == "trained-physics" and (args.model_config is None or not args.gpu):
         missing = [
@@ -118,6 +125,11 @@ def check_step_model_usage(args) -> None:
             )
         except (OSError, ValueError) as exc:
             raise UsageError(f"--model-config: {' '.join(str(exc).split())}") from None
+
+
+def _check_step_model_outputs(args) -> None:
+    """The outputs, objective and options the step model can serve."""
+    step_model = args.step_model
     if step_model == "published":
         if args.output == "blis":
             raise UsageError(
