@@ -125,7 +125,7 @@ def test_otel_auto_chunk_size_blis_entry_and_plots(capsys, tmp_path):
     import matplotlib  # noqa: F401
 
     code, out, err = run(
-        capsys, "fit", SPANS, "--output", "blis", "--plot", tmp_path / "plots"
+        capsys, "fit", SPANS, "--output", "blis-blackbox", "--plot", tmp_path / "plots"
     )
     assert code == 0 and err == ""
     assert "# chunk size 256, iterative" in out
@@ -431,7 +431,14 @@ def test_blis_entry_from_options_and_llm_d_config(capsys, tmp_path):
     options = ("--chunk-size", 256, "--model-id", "meta-llama/Llama-3.1-8B-Instruct")
     options += ("--gpu", "H100", "--tensor-parallelism", 2, "--vllm-version", "0.11.0")
     code, out, _ = run(
-        capsys, "fit", SPANS, *options, "--total-kv-blocks", 4096, "--output", "blis"
+        capsys,
+        "fit",
+        SPANS,
+        *options,
+        "--total-kv-blocks",
+        4096,
+        "--output",
+        "blis-blackbox",
     )
     entry = check_blis_document(out)
     assert entry["id"] == "meta-llama/Llama-3.1-8B-Instruct"
@@ -455,7 +462,9 @@ def test_help_documents_every_option_and_its_default(capsys):
     help_text = capsys.readouterr().out
     usage = help_text[: help_text.index("\n\n")]
     options = sorted(set(re.findall(r"\[(--[a-z-]+)", usage)) - {"--help"})
-    assert len(options) == 33  # with --max-num-seqs, --num-gpu-blocks, --block-size
+    # 30 + --step-model, --model-config + --max-num-seqs, --num-gpu-blocks,
+    # --block-size
+    assert len(options) == 35
     entries = {
         block.split()[0]: block
         for block in re.split(r"\n(?=  -)", help_text)

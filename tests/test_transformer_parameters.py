@@ -3,7 +3,9 @@ raises where the regressor cannot use it (issue 17, item 4)."""
 
 from __future__ import annotations
 
+import json
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -76,9 +78,44 @@ VARIANTS = {
 }
 
 
+QWEN = "tests/data/qwen3-14b/config.json"
+TRAINED_PHYSICS = dict(step_model="trained-physics", model_config=QWEN, gpu="H100")
+# The deployment's parameters, each against the trained-physics fit above
+# (their betas have another length than the published default's).
+DEPLOYMENT_VARIANTS = {
+    "model_config": dict(model_config=None),  # a narrower MLP's, written below
+    "gpu": dict(gpu="A100-80"),
+    "tensor_parallelism": dict(tensor_parallelism=2),
+}
+
+
 def test_variants_cover_every_transformer_parameter():
-    covered = {k for options in VARIANTS.values() for k in options}
+    covered = {
+        k
+        for options in (*VARIANTS.values(), *DEPLOYMENT_VARIANTS.values())
+        for k in options
+    }
     assert covered == set(PhaseExposureTransformer().get_params())
+
+
+@pytest.mark.parametrize("variant", list(DEPLOYMENT_VARIANTS))
+def test_deployment_parameters_change_the_trained_physics_fit(trace, variant, tmp_path):
+    options = dict(DEPLOYMENT_VARIANTS[variant])
+    if variant == "model_config":
+        config = json.loads(Path(QWEN).read_text())
+        config["intermediate_size"] //= 2  # a model with a narrower MLP
+        options["model_config"] = tmp_path / "config.json"
+        options["model_config"].write_text(json.dumps(config))
+    for regressor in ("baseline", "duration"):
+        default = _fit(trace, regressor, **TRAINED_PHYSICS).beta_
+        beta = _fit(trace, regressor, **{**TRAINED_PHYSICS, **options}).beta_
+        change = np.max(np.abs(beta / np.where(default > 0, default, 1) - 1))
+        assert change > 1e-6, f"{variant} left {regressor}'s fit unchanged"
+    with pytest.raises(ValueError, match="step-count objective"):
+        _fit(trace, "step_count", **{**TRAINED_PHYSICS, **options})
+    # Given to a step model that does not use it, it raises (naming it).
+    with pytest.raises(ValueError, match=variant):
+        _fit(trace, "baseline", **{**options, "step_model": "attention"})
 
 
 def _fit(phases, regressor, **options):

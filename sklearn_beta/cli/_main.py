@@ -24,6 +24,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from .. import __version__
 from ..engine_config._search import (
     EngineConfig,
     model_chunk_size,
@@ -59,12 +60,20 @@ from ._options import (
     build_parser,
 )
 from ._report import (
+    SCHEMA,
     build_report,
     engine_summary,
     format_blis,
     format_llm_d,
     format_table,
     trace_summary,
+)
+from ._step_model import (
+    basis_options,
+    check_step_model_usage,
+    fit_step_model,
+    format_step_model_blis,
+    format_step_model_table,
 )
 
 EXIT_OK = 0
@@ -129,11 +138,18 @@ def check_usage(args) -> None:
         )
     if args.trace_header is not None and fmt != "tracev2":
         raise UsageError(f"--trace-header applies to tracev2 traces, not {fmt}")
+    check_step_model_usage(args)
     blis_only = ("model_id", "gpu", "tensor_parallelism", "vllm_version")
-    given = [n for n in (*blis_only, "total_kv_blocks") if getattr(args, n)]
-    if given and args.output != "blis":
+    given = [
+        n
+        for n in (*blis_only, "total_kv_blocks")
+        if getattr(args, n) and n not in basis_options(args)
+    ]
+    if given and args.output != "blis-blackbox":
         flags = ", ".join("--" + n.replace("_", "-") for n in given)
-        raise UsageError(f"{flags} describe(s) --output blis, not {args.output}")
+        raise UsageError(
+            f"{flags} describe(s) --output blis-blackbox, not {args.output}"
+        )
     if args.time_resolution < 0 or not math.isfinite(args.time_resolution):
         raise UsageError(
             f"--time-resolution must be >= 0 seconds, got {args.time_resolution:g}"
@@ -189,6 +205,20 @@ def run_fit(
         f"{token_budget})..."
     )
     verbose = int(progress.enabled) if args.algo == "iterative" else 0
+    if args.step_model != "published":
+        return (
+            step_model_report(
+                phases,
+                args,
+                fmt,
+                engine_summary(config, (chunk_size, token_budget), args),
+                dict(options, model_chunk=model_chunk, notes=notes),
+                progress,
+            ),
+            None,
+            config,
+            phases,
+        )
     if phases.attrs.get("client_side"):
         # One fit per trial delay: per-iteration lines would drown the rest.
         progress.say("client-side times: searching the request overheads...")
@@ -199,6 +229,7 @@ def run_fit(
     engine = engine_summary(config, (chunk_size, token_budget), args)
     trace = trace_summary(phases, fit)
     report = build_report(fit, args, fmt, trace, engine, options, alpha, notes)
+    report["step_model"] = "published"
     report["warnings"] += engine_warnings
     return report, fit, config, phases
 
@@ -241,10 +272,53 @@ def _plot(report: dict, fit: TraceFit, config, phases, directory: str) -> str | 
     return None
 
 
+def step_model_report(phases, args, fmt, engine: dict, options, progress) -> dict:
+    """The report of a fit of another step model than the published one:
+    the trace and engine sections as the published report's, then
+    :func:`~sklearn_beta.cli._step_model.fit_step_model`'s sections.
+    ``options`` holds the fit options, ``model_chunk`` and ``notes``."""
+    options = dict(options)
+    chunk, notes = options.pop("model_chunk"), options.pop("notes")
+    fitted = fit_step_model(phases, args, options, chunk, progress)
+    parameters = dict(
+        trace=args.trace,
+        format=fmt,
+        time_unit=args.time_unit,
+        chunk_size=args.chunk_size,
+        model_chunk_size=chunk,
+        model_config=args.model_config,
+        gpu=args.gpu,
+        tensor_parallelism=args.tensor_parallelism,
+        algo=options["algo"],
+        instance_col=options["instance_col"],
+    )
+    report = {
+        "schema": SCHEMA,
+        "sklearn_beta_version": __version__,
+        "parameters": parameters,
+        "trace": {
+            "n_phases": int(len(phases)),
+            "n_requests": int(phases["request_id"].nunique()),
+        },
+        "chunk_size": engine["chunk_size"],
+        "token_budget": engine["token_budget"],
+        "engine_config": engine["engine_config"],
+        "validation": engine["validation"],
+        **fitted,
+    }
+    report["notes"] = list(notes) + report["notes"]
+    report["warnings"] = []
+    return report
+
+
 def _render(report: dict, args) -> str:
     if args.output == "json":
         return json.dumps(report, indent=2)
-    if args.output == "blis":
+    if args.step_model != "published":
+        if args.output == "blis":
+            return format_step_model_blis(report, args)
+        return format_step_model_table(report)
+    if args.output == "blis-blackbox":
         return format_blis(report, args)
     if args.output == "llm-d":
         return format_llm_d(report)

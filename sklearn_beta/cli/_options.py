@@ -11,6 +11,7 @@ import argparse
 
 from .. import __version__
 from ..core._corrections import CORRECTION_MODES, FIXED_CORRECTION_MODES
+from ..core._step_features import STEP_FEATURES, check_step_model
 from ..engine_config._search import VLLM_TOKEN_BUDGETS, fit_option_defaults
 from ..engine_config._trace_fit import (
     ALGORITHMS,
@@ -22,7 +23,9 @@ from ..estimators._iterative import OBJECTIVES, STOPPING_RULES
 from ..io._readers import TIME_UNITS
 
 FORMATS = ("csv", "parquet", "otel", "bench", "tracev2", "vllm-stats")
-OUTPUTS = ("table", "json", "blis", "llm-d")
+OUTPUTS = ("table", "json", "blis", "blis-blackbox", "llm-d")
+#: Named choices of ``--step-model`` (or a comma list of step features).
+STEP_MODEL_CHOICES = ("published", "attention", "trained-physics", "auto")
 #: Instance columns recognised, in order, when --instance-col is not given.
 INSTANCE_COLUMNS = ("instance_id", "instance")
 #: Seconds. The library's default keeps every distinct time (0); exported
@@ -66,6 +69,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_input_options(fit)
     _add_fit_options(fit)
     _add_output_options(fit)
+    add_step_model_options(fit)
     return parser
 
 
@@ -260,8 +264,11 @@ def _add_output_options(fit) -> None:
         "--output",
         choices=OUTPUTS,
         default="table",
-        help="table, json (schema sklearn-beta/fit/v1), blis (a BLIS "
-        "blackbox models: entry) or llm-d (llm-d inference simulator config) "
+        help="table, json (schema sklearn-beta/fit/v1), blis (BLIS's "
+        "trained-physics --alpha-coeffs/--beta-coeffs and a blis replay line, "
+        "BLIS after 2026-04-23; needs --step-model trained-physics), "
+        "blis-blackbox (the legacy three-coefficient models: entry, BLIS "
+        "before 2026-04-23) or llm-d (llm-d inference simulator config) "
         "(default: table)",
     )
     for flag, what, kind in (
@@ -274,7 +281,13 @@ def _add_output_options(fit) -> None:
         group.add_argument(
             flag,
             type=kind,
-            help=f"--output blis: the {what} (default: a placeholder, with a note)",
+            help=f"--output blis-blackbox: the {what} (default: a placeholder, "
+            "with a note)"
+            + {
+                "--gpu": "; the trained-physics basis's GPU",
+                "--tensor-parallelism": "; the trained-physics basis's tp",
+                "--model-id": "; --output blis: the replay's --model",
+            }.get(flag, ""),
         )
     group.add_argument(
         "--plot",
@@ -329,3 +342,46 @@ def _int_list(text: str) -> tuple[int, ...]:
     if not values:
         raise argparse.ArgumentTypeError(f"expected integers, got {text!r}")
     return values
+
+
+def _step_model(text: str):
+    """``--step-model``: a name of :data:`STEP_MODEL_CHOICES` or a comma
+    list of step features."""
+    if text in STEP_MODEL_CHOICES:
+        return text
+    features = [part.strip() for part in text.split(",") if part.strip()]
+    try:
+        return list(check_step_model(features))
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected one of {', '.join(STEP_MODEL_CHOICES)} or a comma list "
+            f"of {', '.join(STEP_FEATURES)}; got {text!r}"
+        ) from None
+
+
+def add_step_model_options(fit) -> None:
+    """``--step-model`` and ``--model-config`` (``--gpu`` and
+    ``--tensor-parallelism`` are the output group's, reused)."""
+    group = fit.add_argument_group("step model")
+    group.add_argument(
+        "--step-model",
+        type=_step_model,
+        default="published",
+        metavar="published|attention|trained-physics|auto|FEATURES",
+        help="the step time's features: published (beta0 + beta1 T_p + beta2 "
+        "T_d), attention (adds prefill attention and decode context), "
+        "trained-physics (BLIS's roofline basis; needs --model-config and "
+        "--gpu), auto (the simplest within one standard error of the best "
+        "held-out phase-duration error; trained-physics among them when "
+        f"--model-config is given), or a comma list of {', '.join(STEP_FEATURES)}. "
+        "Other than published, the iterative estimator runs the duration "
+        "objective (default: published)",
+    )
+    group.add_argument(
+        "--model-config",
+        metavar="PATH",
+        help="the model's HuggingFace config.json, for the trained-physics "
+        "basis; --gpu (H100, A100-SXM, A100-80, L40S) and "
+        "--tensor-parallelism (default 1) complete the deployment "
+        "(default: none; used by trained-physics and auto only)",
+    )

@@ -194,3 +194,26 @@ def _record(iteration, names, beta, step, r2, rmse) -> dict:
         "r2": r2,
         "rmse_seconds": rmse,
     }
+
+
+class BasisDurations:
+    """The duration objective in the coordinates of a linear basis of the
+    step features (trained-physics): coefficients ``c`` with step-feature
+    betas ``K.T @ c`` and design ``features @ K.T``, so that the fit stays
+    non-negative in ``c``, the coefficients the basis names."""
+
+    def __init__(self, problem: FeatureDurations, basis: np.ndarray, names):
+        self.problem = problem
+        self.basis = np.asarray(basis, dtype=np.float64)
+        self.features = tuple(names)
+        self.timeline = problem.timeline
+        self.sample_weight = problem.sample_weight
+
+    def reweighted(self, coef: np.ndarray) -> np.ndarray:
+        return self.problem.reweighted(self.basis.T @ coef) @ self.basis.T
+
+    def fit(self, design: np.ndarray) -> np.ndarray:
+        return self.problem.fit(design)
+
+    def scores(self, design, coef) -> tuple[float, float]:
+        return self.problem.scores(design, coef)

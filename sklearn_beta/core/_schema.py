@@ -39,15 +39,19 @@ import numpy as np
 
 from ._grid import Timeline, build_timeline
 from ._step_features import PUBLISHED_FEATURES, STEP_FEATURES
+from ._trained_physics import identifiable_map_of
 
 __all__ = [
     "DESIGN_COLUMNS",
     "EXPOSURE_COLUMNS",
     "column",
     "design_columns",
+    "fit_design",
     "request_prompts_of",
     "step_design",
+    "step_basis_of",
     "step_model_of",
+    "with_basis_constants",
     "with_step_features",
     "has_column",
     "phase_windows",
@@ -130,29 +134,60 @@ def extra_column_names(features) -> list[str]:
     return [STEP_CODE_COLUMN, PROMPT_COLUMN, *extra]
 
 
+#: Columns a trained-physics table appends after its step features: the
+#: :func:`~sklearn_beta.core._trained_physics.basis_constants` of the
+#: deployment, the same on every row. Its code column holds the negated code
+#: of the six step features.
+BASIS_COLUMNS = ("tp_token_us", "tp_attention_us", "tp_kv_us")
+
+
 def step_model_of(table: np.ndarray) -> tuple[str, ...]:
     """The step model's features of an exposure table.
 
     A table of twelve columns, or one whose thirteenth column is no step
     model's code (extra columns of the caller's, which the fits ignore as
-    they always did), is the published model's.
+    they always did), is the published model's. A trained-physics table's
+    features are all six (its basis is :func:`step_basis_of`).
     """
     if table.shape[1] <= len(EXPOSURE_COLUMNS) or table.shape[0] == 0:
         return PUBLISHED_FEATURES
     code = table[:, len(EXPOSURE_COLUMNS)]
     first = code[0]
-    if not (np.isfinite(first) and first == np.round(first) and first > 0):
+    if not (np.isfinite(first) and first == np.round(first) and first != 0):
         return PUBLISHED_FEATURES
     try:
-        features = _features_of_code(first)
+        features = _features_of_code(abs(first))
     except IndexError:
         return PUBLISHED_FEATURES
     if len(set(features)) != len(features) or np.any(code != first):
         return PUBLISHED_FEATURES
     need = len(EXPOSURE_COLUMNS) + len(extra_column_names(features))
+    if first < 0:
+        if features != STEP_FEATURES:
+            return PUBLISHED_FEATURES
+        need += len(BASIS_COLUMNS)
     if table.shape[1] != need:
         return PUBLISHED_FEATURES
     return features
+
+
+def step_basis_of(table: np.ndarray) -> tuple[float, float, float] | None:
+    """The trained-physics basis constants of a table (None for another
+    step model)."""
+    if step_model_of(table) != STEP_FEATURES or table[0, len(EXPOSURE_COLUMNS)] > 0:
+        return None
+    return tuple(float(v) for v in table[0, -len(BASIS_COLUMNS) :])
+
+
+def with_basis_constants(table: np.ndarray, constants) -> np.ndarray:
+    """A six-feature table marked as trained-physics, with the basis
+    constants appended (:data:`BASIS_COLUMNS`)."""
+    n_base = len(EXPOSURE_COLUMNS)
+    wide = np.empty((table.shape[0], table.shape[1] + len(BASIS_COLUMNS)), order="F")
+    wide[:, : table.shape[1]] = table
+    wide[:, n_base] = -step_model_code(STEP_FEATURES)
+    wide[:, table.shape[1] :] = np.asarray(constants, dtype=np.float64)
+    return wide
 
 
 def step_design(table: np.ndarray) -> np.ndarray:
@@ -166,6 +201,17 @@ def step_design(table: np.ndarray) -> np.ndarray:
     offset = len(EXPOSURE_COLUMNS) + 2
     position.update({f: offset + i for i, f in enumerate(extra)})
     return table[:, [position[f] for f in features]]
+
+
+def fit_design(table: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+    """The design a regressor fits and the basis that made it: the step
+    features' design, or for a trained-physics table the identifiable
+    trained-physics columns ``step_design @ K.T`` and ``K``."""
+    constants = step_basis_of(table)
+    if constants is None:
+        return step_design(table), None
+    basis = identifiable_map_of(*constants)
+    return step_design(table) @ basis.T, basis
 
 
 def request_prompts_of(table: np.ndarray) -> np.ndarray | None:

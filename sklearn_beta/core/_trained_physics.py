@@ -39,8 +39,11 @@ __all__ = [
     "IDENTIFIABLE_FEATURES",
     "STEP_FEATURES",
     "TrainedPhysicsBetas",
+    "basis_constants",
     "basis_map",
     "blis_step_time",
+    "fixed_coefficients",
+    "identifiable_map_of",
     "identifiable_map",
     "to_blis_betas",
     "trained_physics_basis",
@@ -291,6 +294,36 @@ def basis_map(model: ModelDescription) -> np.ndarray:
     return M
 
 
+def basis_constants(model: ModelDescription) -> tuple[float, float, float]:
+    """What the identifiable map depends on: microseconds of roofline time per
+    token, per attended (token, context) pair and per KV token
+    (:func:`identifiable_map_of`)."""
+    k = _per_token_constants(model)
+    return float(k["token"]), float(k["attention"]), float(k["kv"])
+
+
+def identifiable_map_of(token: float, attention: float, kv: float) -> np.ndarray:
+    """:func:`identifiable_map` from the three :func:`basis_constants`.
+
+    An exposure table carries these three numbers (not the model), so that a
+    regressor can rebuild the trained-physics design from the step features.
+    """
+    constants = np.array([token, attention, kv], dtype=np.float64)
+    if constants.shape != (3,) or not np.all(np.isfinite(constants) & (constants > 0)):
+        raise ValueError(
+            "The trained-physics constants (token, attention, kv) must be "
+            f"positive and finite, got {constants.tolist()!r}."
+        )
+    K = np.zeros((len(IDENTIFIABLE_FEATURES), len(STEP_FEATURES)))
+    K[0, 1:3] = token, attention  # prefill compute: T_p, A_p
+    K[1, 3:5] = token, attention  # decode compute: T_d, C_d
+    K[2, 0] = 1.0  # the per-step constant
+    K[3, 5] = 1.0  # per request in the batch
+    K[4, 1] = kv  # KV write of T_p tokens
+    K[5, 3:5] = kv  # KV read of C_d + T_d tokens
+    return K
+
+
 def identifiable_map(model: ModelDescription) -> np.ndarray:
     """The identifiable trained-physics features as a map of the step features.
 
@@ -379,6 +412,41 @@ def _significant(values: np.ndarray) -> tuple[float, ...]:
     return tuple(float(f"{v:.12g}") for v in values.tolist())
 
 
+def fixed_coefficients(constant_split: str = "per_step") -> dict[str, str]:
+    """The BLIS coefficients a trace-only fit does not determine, by name, with
+    the value :func:`to_blis_betas` gives them and why.
+
+    Parameters
+    ----------
+    constant_split : {"per_step", "bundled"}, default="per_step"
+        How the per-step constant is spread (:func:`to_blis_betas`).
+
+    Returns
+    -------
+    fixed : dict of str to str
+    """
+    if constant_split not in CONSTANT_SPLITS:
+        raise ValueError(
+            f"constant_split must be one of {CONSTANT_SPLITS}, got {constant_split!r}."
+        )
+    fixed = {
+        "tp_allreduce": "0: its basis is 0 at tp = 1 and proportional to "
+        "T_p + T_d at tp > 1, which prefill_kv and the decode pair span",
+        "per_moe_layer": "0: n_moe = 0 for dense models",
+    }
+    if constant_split == "per_step":
+        fixed["weights"] = fixed["per_layer"] = (
+            "0: only b[2]*T_weight + b[4]*L + b[6] is identifiable; all of it on "
+            "b[6] (per_step)"
+        )
+    else:
+        fixed["weights"] = fixed["per_layer"] = fixed["per_step"] = (
+            "only b[2]*T_weight + b[4]*L + b[6] is identifiable; split in the "
+            "proportions of BLIS's bundled global set"
+        )
+    return fixed
+
+
 def to_blis_betas(
     coef,
     model: ModelDescription,
@@ -443,26 +511,13 @@ def to_blis_betas(
     beta = np.zeros(10)
     beta[list(_IDENTIFIABLE_INDEX)] = coef_us
     per_step = float(coef_us[2])
-    fixed = {
-        "tp_allreduce": "0: its basis is 0 at tp = 1 and proportional to "
-        "T_p + T_d at tp > 1, which prefill_kv and the decode pair span",
-        "per_moe_layer": "0: n_moe = 0 for dense models",
-    }
-    if constant_split == "per_step":
-        fixed["weights"] = fixed["per_layer"] = (
-            "0: only b[2]*T_weight + b[4]*L + b[6] is identifiable; all of it on "
-            "b[6] (per_step)"
-        )
-    else:
+    fixed = fixed_coefficients(constant_split)
+    if constant_split == "bundled":
         g = np.asarray(BLIS_BUNDLED_BETAS)
         weights_us = float(basis_map(model)[2, 0])
         shares = np.array([g[2] * weights_us, g[4] * model.n_layers, g[6]])
         beta[[2, 4, 6]] = (
             per_step * shares / shares.sum() / [weights_us, model.n_layers, 1]
-        )
-        fixed["weights"] = fixed["per_layer"] = fixed["per_step"] = (
-            "only b[2]*T_weight + b[4]*L + b[6] is identifiable; split in the "
-            "proportions of BLIS's bundled global set"
         )
     return TrainedPhysicsBetas(
         beta_coeffs=_significant(beta),

@@ -12,8 +12,15 @@ from sklearn.utils.validation import (
 )
 
 from ..core._memory import large_fit_memory
-from ..core._schema import EXPOSURE_COLUMNS, column, has_column
+from ..core._schema import (
+    EXPOSURE_COLUMNS,
+    column,
+    fit_design,
+    has_column,
+    step_model_of,
+)
 from ..core._step_features import PUBLISHED_FEATURES
+from ..core._trained_physics import IDENTIFIABLE_FEATURES, fixed_coefficients
 from ..trust._identifiability import BETA_NAMES
 from ..trust._uncertainty import trust_warnings
 from ._backend import backend_for
@@ -90,6 +97,7 @@ class BaseBetaRegressor(RegressorMixin, BaseEstimator):
             self.feature_names_in_ = np.asarray(source.columns, dtype=object)
             self.n_features_in_ = len(source.columns)
             self.step_features_ = PUBLISHED_FEATURES  # the backend's tables
+            self.step_basis_ = None
             # Level 5: fit's caller, past _fit_context's wrapper.
             return self._set_betas(self._fit_source(source))
         table, duration = self._check_table(X, y, reset=True)
@@ -113,6 +121,11 @@ class BaseBetaRegressor(RegressorMixin, BaseEstimator):
         self.beta_ = np.asarray(beta, dtype=np.float64)
         self.coef_ = self.beta_.copy()
         self.intercept_ = 0.0
+        self.coef_names_ = self._coef_names()
+        # What a trained-physics fit leaves to BLIS's export (by name, why).
+        self.fixed_coefficients_ = (
+            {} if getattr(self, "step_basis_", None) is None else fixed_coefficients()
+        )
         self._warn_untrusted()
         return self
 
@@ -133,9 +146,28 @@ class BaseBetaRegressor(RegressorMixin, BaseEstimator):
             names=names,
         )
 
+    def _table_design(self, table: np.ndarray) -> np.ndarray:
+        """The design of a table to predict, after checking that it has the
+        fit's step model."""
+        features = step_model_of(table)
+        design, basis = fit_design(table)
+        fitted_basis = getattr(self, "step_basis_", None)
+        same = features == tuple(getattr(self, "step_features_", PUBLISHED_FEATURES))
+        if not same or (basis is None) != (fitted_basis is None):
+            fitted = "trained-physics" if fitted_basis is not None else None
+            raise ValueError(
+                f"The exposure table has step model {list(features)}"
+                f"{' (trained-physics)' if basis is not None else ''}, the fit "
+                f"had {fitted or list(self.step_features_)}: transform with the "
+                "same step_model."
+            )
+        return design
+
     def _coef_names(self) -> tuple[str, ...]:
         """Names of the coefficients in warnings and diagnostics: beta0,
         beta1, beta2 for the published step model, else its features."""
+        if getattr(self, "step_basis_", None) is not None:
+            return IDENTIFIABLE_FEATURES
         features = getattr(self, "step_features_", PUBLISHED_FEATURES)
         return BETA_NAMES if tuple(features) == PUBLISHED_FEATURES else tuple(features)
 

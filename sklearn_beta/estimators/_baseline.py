@@ -11,9 +11,9 @@ from ..core._grid import Timeline
 from ..core._nnls import fit_statistics, nnls_fit
 from ..core._schema import (
     EXPOSURE_COLUMNS,
+    fit_design,
     has_column,
     read_timeline,
-    step_design,
     step_model_of,
 )
 from ..core._step_features import PUBLISHED_FEATURES
@@ -135,6 +135,20 @@ class BaselineBetaRegressor(BaseBetaRegressor):
         decode token (in the time unit of the trace); under another step model
         of the transformer, one coefficient per feature of
         ``step_features_``, in seconds per unit of the feature.
+    coef_names_ : tuple of str
+        The name of each entry of ``beta_``: ``beta0, beta1, beta2`` for the
+        published step model, the identifiable trained-physics coefficients
+        (``prefill_compute, decode_compute, per_step, per_request,
+        prefill_kv, decode_kv``) for ``step_model="trained-physics"``, else
+        the features.
+    step_basis_ : ndarray of shape (6, 6) or None
+        For a trained-physics table, the map from the step features to the
+        identifiable trained-physics columns the fit ran on; else None.
+    fixed_coefficients_ : dict of str to str
+        For a trained-physics fit, the BLIS coefficients the trace cannot
+        identify, with the value the export gives them and why
+        (:func:`~sklearn_beta.core._trained_physics.fixed_coefficients`);
+        empty otherwise.
     step_features_ : tuple of str
         The step model's features the table was made with (its
         ``step_model``), in the order of ``beta_``.
@@ -197,8 +211,9 @@ class BaselineBetaRegressor(BaseBetaRegressor):
 
     def _fit_table(self, table, duration, sample_weight):
         self.step_features_ = step_model_of(table)
+        design, self.step_basis_ = fit_design(table)
         return self._fit_design(
-            step_design(table),
+            design,
             duration,
             sample_weight,
             _timeline_if_available(table),
@@ -232,14 +247,7 @@ class BaselineBetaRegressor(BaseBetaRegressor):
         return self._fitted(fit_baseline(source, settings))
 
     def _predict_table(self, table):
-        features = step_model_of(table)
-        if features != tuple(getattr(self, "step_features_", PUBLISHED_FEATURES)):
-            raise ValueError(
-                f"The exposure table has step model {list(features)}, the fit "
-                f"had {list(self.step_features_)}: transform with the same "
-                "step_model."
-            )
-        return step_design(table) @ self.beta_
+        return self._table_design(table) @ self.beta_
 
 
 def _timeline_if_available(table: np.ndarray) -> Timeline | None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
 from dataclasses import replace
 from numbers import Real
@@ -31,18 +32,23 @@ from ..core._engine_model import (
 )
 from ..core._grid import PhaseIntegrals, Timeline, build_timeline, snap_times
 from ..core._memory import large_fit_memory, n_rows
+from ..core._model_config import GPU_SPECS, ModelDescription, read_model_description
 from ..core._schema import (
+    BASIS_COLUMNS,
     EXPOSURE_COLUMNS,
     extra_column_names,
+    with_basis_constants,
     with_step_features,
     write_exposure_table,
 )
 from ..core._step_features import (
     PUBLISHED_FEATURES,
+    STEP_FEATURES,
     check_step_model,
     feature_exposures,
     request_prompts,
 )
+from ..core._trained_physics import basis_constants
 from ..core._validation import PhaseArrays, PhaseColumns, check_phases
 from ..core._warnings import warn
 from ._backend import backend_for
@@ -293,9 +299,24 @@ class PhaseExposureTransformer(TransformerMixin, BaseEstimator):
         the betas. Other models append a ``step_features`` code, the
         ``request_prompt`` of each phase's request and one
         ``<feature>_exposure`` column per feature beyond the published
-        three. ``"trained-physics"`` raises (not wired yet), and so does a
-        collection out of memory (Dask) under another model than the
-        published one.
+        three. ``"trained-physics"`` is BLIS's step model
+        (``shared/blis/trained-physics.md``) for the deployment that
+        ``model_config``, ``gpu`` and ``tensor_parallelism`` describe: the
+        table holds the six step features and the deployment's basis
+        constants, and the regressors fit the six identifiable
+        trained-physics coefficients
+        (:data:`~sklearn_beta.core._trained_physics.IDENTIFIABLE_FEATURES`)
+        on them. A collection out of memory (Dask) raises under another
+        model than the published one.
+    model_config : str, path-like or None, default=None
+        ``step_model="trained-physics"`` only (required there): the model's
+        HuggingFace ``config.json``.
+    gpu : str or None, default=None
+        ``step_model="trained-physics"`` only (required there): one of
+        ``"H100"``, ``"A100-SXM"``, ``"A100-80"``, ``"L40S"``.
+    tensor_parallelism : int or None, default=None
+        ``step_model="trained-physics"`` only: the tensor-parallel degree
+        (None: 1).
 
     Attributes
     ----------
@@ -303,6 +324,8 @@ class PhaseExposureTransformer(TransformerMixin, BaseEstimator):
         Number of columns of the phase table seen in ``fit``.
     feature_names_in_ : ndarray of str
         Column names of the phase table seen in ``fit``.
+    model_description_ : ModelDescription or None
+        The deployment of ``step_model="trained-physics"`` (None otherwise).
 
     See Also
     --------
@@ -331,6 +354,9 @@ class PhaseExposureTransformer(TransformerMixin, BaseEstimator):
         "columns": [PhaseColumns, Mapping, None],
         "decode_tokens_include_first": ["boolean"],
         "step_model": [str, list, tuple],
+        "model_config": [str, os.PathLike, None],
+        "gpu": [StrOptions(set(GPU_SPECS)), None],
+        "tensor_parallelism": [count(1), None],
     }
 
     def __init__(
@@ -344,6 +370,9 @@ class PhaseExposureTransformer(TransformerMixin, BaseEstimator):
         columns=None,
         decode_tokens_include_first=False,
         step_model="published",
+        model_config=None,
+        gpu=None,
+        tensor_parallelism=None,
     ):
         self.chunk_size = chunk_size
         self.correction_mode = correction_mode
@@ -353,6 +382,41 @@ class PhaseExposureTransformer(TransformerMixin, BaseEstimator):
         self.columns = columns
         self.decode_tokens_include_first = decode_tokens_include_first
         self.step_model = step_model
+        self.model_config = model_config
+        self.gpu = gpu
+        self.tensor_parallelism = tensor_parallelism
+
+    def _features(self) -> tuple[str, ...]:
+        if self._is_trained_physics():
+            return STEP_FEATURES
+        return check_step_model(self.step_model)
+
+    def _is_trained_physics(self) -> bool:
+        return isinstance(self.step_model, str) and self.step_model == "trained-physics"
+
+    def _model_description(self) -> ModelDescription | None:
+        """The trained-physics deployment; raises when its parameters are
+        missing, or given to another step model."""
+        names = ("model_config", "gpu", "tensor_parallelism")
+        if not self._is_trained_physics():
+            given = [n for n in names if getattr(self, n) is not None]
+            if given:
+                raise ValueError(
+                    f"{', '.join(given)} describe(s) the trained-physics "
+                    f"deployment; step_model={self.step_model!r} does not use "
+                    "them. Set step_model='trained-physics' or leave them None."
+                )
+            return None
+        missing = [n for n in names[:2] if getattr(self, n) is None]
+        if missing:
+            raise ValueError(
+                f"step_model='trained-physics' needs {' and '.join(missing)}: "
+                "the model's HuggingFace config.json and the GPU "
+                f"({', '.join(sorted(GPU_SPECS))})."
+            )
+        return read_model_description(
+            self.model_config, gpu=self.gpu, tp=self.tensor_parallelism or 1
+        )
 
     def _columns(self) -> PhaseColumns:
         return PhaseColumns.coerce(self.columns)
@@ -393,7 +457,7 @@ class PhaseExposureTransformer(TransformerMixin, BaseEstimator):
     def _need_tokens(self) -> bool:
         # Prefill token counts matter beside N_steps for the correction and
         # for the features that read the prompt lengths.
-        features = check_step_model(self.step_model)
+        features = self._features()
         reads_prompt = {"prefill_attention", "decode_context"} & set(features)
         return self.correction_mode != "none" or bool(reads_prompt)
 
@@ -416,6 +480,7 @@ class PhaseExposureTransformer(TransformerMixin, BaseEstimator):
         if backend is not None:  # a collection out of memory, such as Dask's
             self._validate_params()
             self._check_published("a collection out of memory (Dask)")
+            self.model_description_ = self._model_description()
             backend.check_phases(X, self._columns(), self._need_tokens())
             self.feature_names_in_ = np.asarray(X.columns, dtype=object)
             self.n_features_in_ = len(self.feature_names_in_)
@@ -426,6 +491,7 @@ class PhaseExposureTransformer(TransformerMixin, BaseEstimator):
     def _fit_arrays(self, X) -> PhaseArrays:
         """Validate the parameters and the phase table; remember its columns."""
         self._validate_params()
+        self.model_description_ = self._model_description()
         arrays = self._phase_arrays(X)
         self.feature_names_in_ = np.asarray(X.columns, dtype=object)
         self.n_features_in_ = len(self.feature_names_in_)
@@ -480,7 +546,7 @@ class PhaseExposureTransformer(TransformerMixin, BaseEstimator):
             return self._exposure_frame(X)
 
     def _check_published(self, where: str) -> None:
-        features = check_step_model(self.step_model)
+        features = self._features()
         if features != PUBLISHED_FEATURES:
             raise ValueError(
                 f"step_model={self.step_model!r} has no exposures on {where} "
@@ -489,7 +555,7 @@ class PhaseExposureTransformer(TransformerMixin, BaseEstimator):
             )
 
     def _exposure_frame(self, X, arrays: PhaseArrays | None = None) -> pd.DataFrame:
-        features = check_step_model(self.step_model)
+        features = self._features()
         if arrays is None:
             arrays = self._phase_arrays(X)
         timeline, design, density = self._exposures(X, arrays)
@@ -504,6 +570,10 @@ class PhaseExposureTransformer(TransformerMixin, BaseEstimator):
                 timeline, density, design, prompt, features, self.correction_mode
             )
             table = with_step_features(table, features, exposures, prompt)
+        if self._is_trained_physics():
+            table = with_basis_constants(
+                table, basis_constants(self.model_description_)
+            )
         del timeline, design, density
         # The fresh column-major table becomes the frame's one block as it is:
         # pandas would otherwise copy (and transpose) a gigabyte at 1e7 phases.
@@ -515,6 +585,8 @@ class PhaseExposureTransformer(TransformerMixin, BaseEstimator):
         names = list(EXPOSURE_COLUMNS)
         if tuple(features) != PUBLISHED_FEATURES:
             names += extra_column_names(features)
+        if self._is_trained_physics():
+            names += list(BASIS_COLUMNS)
         return names
 
     def get_feature_names_out(self, input_features=None):
@@ -530,9 +602,7 @@ class PhaseExposureTransformer(TransformerMixin, BaseEstimator):
         feature_names_out : ndarray of str
         """
         check_is_fitted(self)
-        return np.asarray(
-            self._output_names(check_step_model(self.step_model)), dtype=object
-        )
+        return np.asarray(self._output_names(self._features()), dtype=object)
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()

@@ -21,7 +21,11 @@ from sklearn.utils._param_validation import StrOptions
 from ..core._constraints import Number, count
 from ..core._corrections import CORRECTION_MODES, FIXED_CORRECTION_MODES
 from ..core._design import OBJECTIVES, design_at_betas
-from ..core._feature_fixed_point import FeatureDurations, iterate_feature_betas
+from ..core._feature_fixed_point import (
+    BasisDurations,
+    FeatureDurations,
+    iterate_feature_betas,
+)
 from ..core._fixed_point import (
     STOPPING_RULES,
     IterationSettings,
@@ -34,13 +38,14 @@ from ..core._schema import (
     EXPOSURE_COLUMNS,
     column,
     design_columns,
+    fit_design,
     read_timeline,
     request_prompts_of,
-    step_design,
     step_model_of,
 )
 from ..core._step_count import fit_step_counts
 from ..core._step_features import PUBLISHED_FEATURES
+from ..core._trained_physics import IDENTIFIABLE_FEATURES
 from ..core._units import rescaled_timeline
 from ..core._warnings import warn
 from ..trust._identifiability import identifiability_diagnostics
@@ -249,6 +254,22 @@ default=None
     beta_ : ndarray of shape (3,)
         ``[beta0, beta1, beta2]`` (time unit per step, per prefill token, per
         decode token).
+    coef_names_ : tuple of str
+        The name of each entry of ``beta_``: ``beta0, beta1, beta2`` for the
+        published step model, the identifiable trained-physics coefficients
+        (``prefill_compute, decode_compute, per_step, per_request,
+        prefill_kv, decode_kv``) for ``step_model="trained-physics"``, else
+        the features.
+    step_features_ : tuple of str
+        The step model's features the table was made with.
+    step_basis_ : ndarray of shape (6, 6) or None
+        For a trained-physics table, the map from the step features to the
+        identifiable trained-physics columns the fit ran on; else None.
+    fixed_coefficients_ : dict of str to str
+        For a trained-physics fit, the BLIS coefficients the trace cannot
+        identify, with the value the export gives them and why
+        (:func:`~sklearn_beta.core._trained_physics.fixed_coefficients`);
+        empty otherwise.
     beta_ci_ : ndarray of shape (3, 2) or None
         Lower and upper confidence limits of each beta at
         ``confidence_level``, clipped at 0; a beta at its zero bound gets
@@ -386,6 +407,7 @@ default=None
 
     def _fit_table(self, table, duration, sample_weight):
         self.step_features_ = step_model_of(table)
+        self.step_basis_ = fit_design(table)[1]
         if self.step_features_ != PUBLISHED_FEATURES:
             return self._fit_features(table, duration, sample_weight)
         if self.objective == "step_count":
@@ -493,9 +515,14 @@ default=None
                 "prompt: the exposure table's 'request_prompt' column is NaN "
                 "(a trace without 'prefill_tokens')."
             )
-        return FeatureDurations(
+        problem = FeatureDurations(
             read_timeline(table), prompt, features, self.correction_mode, sample_weight
         )
+        basis = fit_design(table)[1]
+        if basis is None:
+            return problem
+        # trained-physics: the fixed point runs on the identifiable columns
+        return BasisDurations(problem, basis, IDENTIFIABLE_FEATURES)
 
     def _fit_features(self, table, duration, sample_weight):
         """The duration objective of a step model beyond the published one
@@ -503,8 +530,9 @@ default=None
         fit of the table's exposures. The betas stay in the trace's unit."""
         problem = self._feature_problem(table, sample_weight)
         timeline = problem.timeline
-        problem.timeline = replace(timeline, duration=duration)
-        beta_init = nnls_fit(step_design(table), duration, sample_weight)
+        features = getattr(problem, "problem", problem)
+        features.timeline = problem.timeline = replace(timeline, duration=duration)
+        beta_init = nnls_fit(fit_design(table)[0], duration, sample_weight)
         beta, converged, n_iter, design, history = iterate_feature_betas(
             problem, beta_init, self.max_iter, self.tol, self.damping, self.stopping
         )
@@ -522,12 +550,12 @@ default=None
                 self.damping,
                 self.stopping,
             ),
-            coef_names=self.step_features_,
+            coef_names=self._coef_names(),
         )
         if not converged:
             warn_not_converged(name, settings.iteration, history[-1]["step"])
         diagnostics = design_diagnostics(
-            design, duration, beta, sample_weight, self.step_features_
+            design, duration, beta, sample_weight, self._coef_names()
         )
         diagnostics.update(
             identifiability_diagnostics(
@@ -537,7 +565,7 @@ default=None
                 None,
                 sample_weight,
                 estimator=name,
-                names=self.step_features_,
+                names=self._coef_names(),
             )
         )
         residual = duration - design @ beta
@@ -550,13 +578,8 @@ default=None
         return self._fitted(fitted)
 
     def _predict_table(self, table):
+        self._table_design(table)  # the step model's check
         features = step_model_of(table)
-        if features != tuple(getattr(self, "step_features_", PUBLISHED_FEATURES)):
-            raise ValueError(
-                f"The exposure table has step model {list(features)}, the fit "
-                f"had {list(self.step_features_)}: transform with the same "
-                "step_model."
-            )
         if features != PUBLISHED_FEATURES:
             # the design at the fitted betas, settled by three lagged passes
             problem = self._feature_problem(table)

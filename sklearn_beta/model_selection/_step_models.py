@@ -17,6 +17,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..core._step_features import check_step_model
+from ..core._trained_physics import IDENTIFIABLE_FEATURES
 
 __all__ = ["one_standard_error_rule"]
 
@@ -81,4 +82,6 @@ def _n_features(params: dict) -> int:
     for key, value in params.items():
         if key.endswith("step_model"):
             model = value
+    if model == "trained-physics":
+        return len(IDENTIFIABLE_FEATURES)
     return len(check_step_model(model))
