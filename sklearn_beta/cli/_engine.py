@@ -97,7 +97,10 @@ def choose_engine(phases, candidates, options, args, progress, notes):
                 make_model(instance_col=column and "instance_id", **fixed),
                 candidates=candidates,
                 n_splits=args.cv_folds,
+                **engine_settings(args),
             )
+            # Candidates and folds the search dropped instead of failing.
+            notes.extend(config.notes)
         except ValueError as exc:
             if auto:
                 raise ValueError(
@@ -109,6 +112,16 @@ def choose_engine(phases, candidates, options, args, progress, notes):
             config = None
     found = [w for w in caught if issubclass(w.category, EngineConfigWarning)]
     return config, [str(w.message) for w in found]
+
+
+def engine_settings(args) -> dict:
+    """The replay's engine settings given on the command line
+    (``--max-num-seqs``, ``--num-gpu-blocks``, ``--block-size``)."""
+    return {
+        "max_num_seqs": getattr(args, "max_num_seqs", None),
+        "num_gpu_blocks": getattr(args, "num_gpu_blocks", None),
+        "block_size": getattr(args, "block_size", 16),
+    }
 
 
 def one_line(exc: BaseException) -> str:

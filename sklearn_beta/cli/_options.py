@@ -149,6 +149,26 @@ def _add_engine_options(group, defaults: dict) -> None:
         f"automatic configuration (default: {','.join(map(str, VLLM_TOKEN_BUDGETS))})",
     )
     group.add_argument(
+        "--max-num-seqs",
+        type=_positive_int,
+        help="the engine's most running requests (vLLM's max_num_seqs), given "
+        "to the held-out replay (default: the most the trace shows running "
+        "at once)",
+    )
+    group.add_argument(
+        "--num-gpu-blocks",
+        type=_positive_int,
+        help="the engine's KV cache in blocks (vLLM's num_gpu_blocks), given "
+        "to the held-out replay: admission waits for a prompt's blocks and a "
+        "full cache preempts (default: no KV bound)",
+    )
+    group.add_argument(
+        "--block-size",
+        type=_positive_int,
+        default=16,
+        help="tokens per KV block, with --num-gpu-blocks (default: 16)",
+    )
+    group.add_argument(
         "--cv-folds",
         type=_folds,
         default=defaults["n_splits"],

@@ -71,6 +71,11 @@ def build_report(
             "chunk_candidates": list(args.chunk_candidates),
             "budget_candidates": list(args.budget_candidates),
             "cv_folds": args.cv_folds,
+            # The replay's engine settings (None: the replay's defaults).
+            **{
+                name: getattr(args, name, None)
+                for name in ("max_num_seqs", "num_gpu_blocks", "block_size")
+            },
             "model_chunk_size": fit.chunk_size,
             **_model_parameters(options),
             "instance_col": options["instance_col"],

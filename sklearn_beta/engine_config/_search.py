@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import inspect
 import warnings
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from numbers import Integral, Real
 
 import numpy as np
@@ -32,6 +32,11 @@ from ..engine._replay import replay_trace
 from ..estimators._exposure import PhaseExposureTransformer
 from ..estimators._iterative import IterativeBetaRegressor
 from ..model_selection import TraceBlockSplit, TraceContextRegressor
+from ..model_selection._trace_split import (
+    _trace_times,
+    overlapping_test,
+    request_blocks,
+)
 from ._scores import (
     cap,
     edge_message,
@@ -127,6 +132,10 @@ class EngineConfig:
         replayed with the betas of the fold that did not train on it):
         ``request_id``, ``observed_ttft``, ``predicted_ttft``,
         ``observed_decode``, ``predicted_decode``.
+    notes : list of str
+        One line per thing the search dropped rather than fail the run: a
+        candidate whose fit or replay failed (on any fold; its reason is also
+        in ``scores["error"]``), a time-block fold without training phases.
     """
 
     chunk_size: int | None
@@ -139,6 +148,7 @@ class EngineConfig:
     edge: str | None
     validation: dict
     held_out: pd.DataFrame
+    notes: list = field(default_factory=list)
 
 
 def default_engine_candidates(
@@ -182,6 +192,8 @@ def select_engine_config(
     n_keep: int = 3,
     tolerance: float = 0.02,
     max_num_seqs: int | None = None,
+    num_gpu_blocks: int | None = None,
+    block_size: int = 16,
     columns=None,
 ) -> EngineConfig:
     """Choose the engine's chunk size and/or token budget by held-out replay.
@@ -221,6 +233,15 @@ def select_engine_config(
     folds. Chunk sizes at least as long as the
     longest prompt are the same engine as no chunking and are dropped.
 
+    Robustness: a candidate whose fit or replay raises (a fit with
+    ``beta0 = beta2 = 0`` that the replay refuses, a solver failure), on the
+    first fold or a later one, is dropped with a one-line note
+    (``notes``, and its ``error`` in ``scores``) and the next best engine
+    takes its place; a time-block fold without training phases (a saturated
+    trace whose requests span the whole window) is dropped with a note while
+    another fold remains. Only when every candidate (or every fold) fails
+    does the search raise.
+
     Parameters
     ----------
     phases : DataFrame
@@ -252,6 +273,12 @@ def select_engine_config(
     max_num_seqs : int or None, default=None
         The engine's most running requests, passed to the replay (None: the
         most the trace shows running at once).
+    num_gpu_blocks : int or None, default=None
+        The engine's KV cache in blocks, passed to the replay (None: no KV
+        bound; :func:`~sklearn_beta.engine_config.estimate_engine_settings`
+        reads it from a trace where it binds).
+    block_size : int, default=16
+        Tokens per KV block, passed to the replay.
     columns : PhaseColumns, mapping or None, default=None
         Column names of the phase table, used by the folds, the default
         estimator's transformer and the replay (a given ``estimator`` names
@@ -276,8 +303,10 @@ def select_engine_config(
     Raises
     ------
     ValueError
-        For a bad candidate, ``n_splits`` or ``n_keep``, or when no candidate
-        could be scored (the first failure's reason is given).
+        For a bad candidate, ``n_splits``, ``n_keep``, ``max_num_seqs``,
+        ``num_gpu_blocks`` or ``block_size``, when every fold lacks
+        training phases, or when no candidate could be scored (every
+        candidate's reason is given).
 
     Examples
     --------
@@ -298,16 +327,27 @@ def select_engine_config(
     _check_count(n_splits, "n_splits", minimum=2)
     _check_count(n_keep, "n_keep", minimum=1)
     _check_tolerance(tolerance)
+    # Engine limits every candidate shares: wrong ones are the caller's, not
+    # a candidate's failure.
+    if max_num_seqs is not None:
+        _check_count(max_num_seqs, "max_num_seqs", minimum=1)
+    if num_gpu_blocks is not None:
+        _check_count(num_gpu_blocks, "num_gpu_blocks", minimum=1)
+    _check_count(block_size, "block_size", minimum=1)
     trace = phases.reset_index(drop=True)
     longest = int(pd.to_numeric(trace[cols.prefill_tokens]).max())
     pairs = _engine_candidates(candidates, longest)
     if estimator is None:
         estimator = make_model(instance_col=instance_col)
         estimator[0].set_params(columns=cols)
-    folds = list(TraceBlockSplit(n_splits, columns=cols).split(trace))
+    notes: list[str] = []
+    folds = usable_folds(trace, n_splits, cols, notes)
+    n_splits = len(folds)
     held = [trace[cols.request_id].to_numpy()[test] for _, test in folds]
     replay = dict(
         max_num_seqs=max_num_seqs,
+        num_gpu_blocks=num_gpu_blocks,
+        block_size=block_size,
         columns=cols,
         decode_tokens_include_first=decode_convention(estimator),
     )
@@ -336,6 +376,12 @@ def select_engine_config(
     config = _chosen_config(
         pairs, first, screened, tolerance=tolerance, longest=longest, n_splits=n_splits
     )
+    notes += [
+        f"engine candidate dropped: {reason}"
+        for reason in first.values()
+        if isinstance(reason, str)
+    ]
+    config = replace(config, notes=notes)
     if config.edge is not None:
         best = (config.chunk_size, config.token_budget)
         warn(
@@ -353,20 +399,46 @@ def _screened_runs(pairs, first, evaluate, run, n_keep: int, n_splits: int):
     ``first`` holds each candidate's first-fold result (or why it failed).
     The candidates scored there are grouped into engines that replay the
     trace alike at the first fold's best betas; the best of the ``n_keep``
-    best groups is replayed on every other fold. Returns ``(runs, classes,
-    n_kept)``: per scored candidate the list of its folds' held-out replays,
-    the groups best first, and how many candidates were scored on every fold.
+    best groups is replayed on every other fold. A candidate that fails on
+    a later fold is dropped (``first`` then holds why) and the next group's
+    best takes its place. Returns ``(runs, classes, n_kept)``: per scored
+    candidate the list of its folds' held-out replays, the groups best
+    first (the fully scored ones first), and how many candidates were scored
+    on every fold.
     """
     scored = [p for p in pairs if not isinstance(first[p], str)]
     if not scored:
-        raise ValueError(f"No engine configuration could be scored: {first[pairs[0]]}")
+        raise ValueError(
+            "No engine configuration could be scored: "
+            + "; ".join(first[p] for p in pairs)
+        )
     scored.sort(key=lambda p: score(errors(first[p][0])))
-    classes = _same_engine_classes(scored, lambda p: run(p, first[scored[0]][1]))
-    kept = [members[0] for members in classes[:n_keep]]
+    reference = first[scored[0]][1]
+    classes = _same_engine_classes(
+        scored, lambda p: _attempt(lambda q, _: run(q, reference), p, 0)
+    )
     runs = {p: [first[p][0]] for p in scored}
-    for pair in kept:
-        runs[pair] += [evaluate(pair, k)[0] for k in range(1, n_splits)]
-    return runs, classes, len(kept)
+    kept, rest = [], []
+    for members in classes:
+        pair = members[0]
+        if len(kept) < n_keep:
+            later = [_attempt(evaluate, pair, k) for k in range(1, n_splits)]
+            failed = next((r for r in later if isinstance(r, str)), None)
+            if failed is None:
+                runs[pair] += [r[0] for r in later]
+                kept.append(members)
+                continue
+            first[pair] = failed
+            del runs[pair]
+            members = members[1:]
+        if members:
+            rest.append(members)
+    if not kept:
+        raise ValueError(
+            "No engine configuration could be scored on every fold: "
+            + "; ".join(r for r in first.values() if isinstance(r, str))
+        )
+    return runs, kept + rest, len(kept)
 
 
 def _chosen_config(
@@ -477,11 +549,64 @@ def _with_engine(estimator, pair: tuple, longest: int):
     )
 
 
+#: What a candidate's fit or replay may raise on a trace it does not suit
+#: (a fit the replay refuses, a singular solve, a solver that gives up): the
+#: candidate is dropped, not the search. Other errors are bugs and propagate.
+CANDIDATE_ERRORS = (ValueError, ArithmeticError, np.linalg.LinAlgError, RuntimeError)
+
+
 def _attempt(evaluate, pair, k):
+    """``evaluate(pair, k)``, or a one-line reason it failed."""
     try:
         return evaluate(pair, k)
-    except ValueError as exc:  # e.g. a budget below the running requests
-        return f"{label(pair)}: {exc}"
+    except CANDIDATE_ERRORS as exc:  # e.g. a budget below the running requests
+        text = " ".join(str(exc).split()) or type(exc).__name__
+        fold = "" if k == 0 else f" (fold {k})"
+        return f"{label(pair)}{fold}: {text}"
+
+
+def usable_folds(trace: pd.DataFrame, n_splits: int, cols, notes: list) -> list:
+    """The time-block folds of the trace that have training phases.
+
+    :class:`~sklearn_beta.model_selection.TraceBlockSplit` refuses a trace
+    where some fold's test block overlaps every request (a saturated trace
+    whose requests live as long as the arrival window); the search drops
+    those folds with a note in ``notes`` and goes on while one remains.
+    """
+    splitter = TraceBlockSplit(n_splits, columns=cols)
+    try:
+        return list(splitter.split(trace))
+    except ValueError as exc:
+        if "no training phases" not in str(exc):
+            raise
+    folds = list(block_folds(trace, n_splits, cols))
+    kept = [(train, test) for train, test in folds if train.size]
+    dropped = [k for k, (train, _) in enumerate(folds) if not train.size]
+    if not kept:
+        raise ValueError(
+            f"No time-block fold of {n_splits} has training phases: every "
+            "request overlaps every test block (a trace whose requests span "
+            "the whole window). Set the engine (--chunk-size/--token-budget) "
+            "to fit without held-out replay, or use fewer --cv-folds."
+        )
+    notes.append(
+        f"time-block fold(s) {dropped} of {n_splits} dropped: every request "
+        "overlaps their test block, so they have no training phases; "
+        f"{len(kept)} fold(s) scored"
+    )
+    return kept
+
+
+def block_folds(trace: pd.DataFrame, n_splits: int, cols):
+    """Every time-block fold's ``(train, test)`` rows, as
+    :class:`~sklearn_beta.model_selection.TraceBlockSplit` cuts them, also
+    those without training phases (empty ``train``)."""
+    times = _trace_times(trace, cols)
+    block = request_blocks(times, n_splits)
+    for k in range(n_splits):
+        test = block == k
+        train = ~test & ~overlapping_test(times, test, 0.0)
+        yield np.flatnonzero(train), np.flatnonzero(test)
 
 
 def _same_engine_classes(scored, replay_at_reference) -> list[list[tuple]]:
@@ -497,6 +622,10 @@ def _same_engine_classes(scored, replay_at_reference) -> list[list[tuple]]:
     classes: dict[bytes, list[tuple]] = {}
     for pair in scored:
         replayed = replay_at_reference(pair)
+        if isinstance(replayed, str):
+            # Unreplayable at the reference betas: its own engine.
+            classes[replayed.encode()] = [pair]
+            continue
         key = np.concatenate(
             [replayed["prefill_end"].to_numpy(), replayed["decode_end"].to_numpy()]
         ).tobytes()

@@ -11,8 +11,11 @@ from ..engine._replay import (
     replay_scorers,
     replay_trace,
 )
+from ..engine._what_if import infer_max_in_flight, what_if_latencies
 
 __all__ = [
+    "infer_max_in_flight",
+    "what_if_latencies",
     "REPLAY_QUANTITIES",
     "make_replay_scorer",
     "replay_errors",
