@@ -162,6 +162,25 @@ def check_usage(args) -> None:
         check_dask_usage(args, fmt)
 
 
+def _validate_trace(phases, candidates, options: dict) -> None:
+    """Check the whole trace before any search or fit. This pass is not the
+    fit reported: its warnings are the final fit's to give."""
+    first = next((c for c, _ in candidates if c is not None), None)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        make_model(first, **options)[0].fit_transform(phases)
+
+
+def _chosen_chunking(config, candidates, phases) -> tuple:
+    """``(chunk_size, token_budget, model_chunk)`` of the engine search's
+    choice, or of the one candidate when nothing was searched."""
+    if config is not None:
+        return config.chunk_size, config.token_budget, config.model_chunk_size
+    chunk_size, token_budget = candidates[0]
+    longest = int(phases["prefill_tokens"].max())
+    return chunk_size, token_budget, model_chunk_size(candidates[0], longest)
+
+
 def run_fit(
     args, progress: _Progress
 ) -> tuple[dict, TraceFit, EngineConfig | None, pd.DataFrame]:
@@ -183,22 +202,11 @@ def run_fit(
         time_resolution=args.time_resolution,
     )
     candidates = engine_candidates(args)
-    first = next((c for c, _ in candidates if c is not None), None)
-    # The whole trace is validated here, before any search or fit. This pass
-    # is not the fit reported: its warnings are the final fit's to give.
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        make_model(first, **options)[0].fit_transform(phases)
+    _validate_trace(phases, candidates, options)
     config, engine_warnings = choose_engine(
         phases, candidates, options, args, progress, notes
     )
-    if config is None:
-        chunk_size, token_budget = candidates[0]
-        longest = int(phases["prefill_tokens"].max())
-        model_chunk = model_chunk_size(candidates[0], longest)
-    else:
-        chunk_size, token_budget = config.chunk_size, config.token_budget
-        model_chunk = config.model_chunk_size
+    chunk_size, token_budget, model_chunk = _chosen_chunking(config, candidates, phases)
     options["token_budget"] = token_budget
     progress.say(
         f"fitting ({args.algo}, chunk size {chunk_size}, token budget "

@@ -297,36 +297,9 @@ def what_if_latencies(
     ['arrival', 'e2e', 'instance_id', 'itl']
     """
     cols = PhaseColumns.coerce(columns)
-    if isinstance(rate_scale, bool) or not isinstance(rate_scale, Real):
-        raise ValueError(f"rate_scale must be a number > 0, got {rate_scale!r}.")
-    if not 0 < rate_scale < np.inf:
-        raise ValueError(f"rate_scale must be a number > 0, got {rate_scale!r}.")
+    _check_rate_scale(rate_scale)
     values, bounds = _beta_and_interval(beta, beta_interval)
-    if isinstance(max_in_flight, str):
-        if max_in_flight != "auto":
-            raise ValueError(
-                f"max_in_flight must be a positive integer, None or 'auto', got "
-                f"{max_in_flight!r}."
-            )
-        max_in_flight = (
-            None
-            if arrival is None
-            else infer_max_in_flight(
-                phases,
-                arrival=arrival,
-                intended_arrival=intended_arrival,
-                columns=cols,
-            )
-        )
-    elif max_in_flight is not None and (
-        isinstance(max_in_flight, bool)
-        or not isinstance(max_in_flight, Integral)
-        or max_in_flight < 1
-    ):
-        raise ValueError(
-            f"max_in_flight must be a positive integer, None or 'auto', got "
-            f"{max_in_flight!r}."
-        )
+    max_in_flight = _client_cap(max_in_flight, phases, arrival, intended_arrival, cols)
     frame, arrival = _rescaled(phases, cols, arrival, intended_arrival, rate_scale)
     if max_in_flight is not None and intended_arrival not in frame.columns:
         # Without intended arrivals, the arrivals are what the client meant.
@@ -353,14 +326,52 @@ def what_if_latencies(
         )
         out["arrival"] = intended.reindex(out["request_id"]).to_numpy()
     if bounds is not None:
-        low = _latencies(replay_trace(frame, bounds[:, 0], **settings))
-        high = _latencies(replay_trace(frame, bounds[:, 1], **settings))
-        for name in ("ttft", "itl", "e2e"):
-            runs = np.vstack([low[name], out[name], high[name]])
-            out[f"{name}_low"] = runs.min(axis=0)
-            out[f"{name}_high"] = runs.max(axis=0)
+        _add_intervals(out, frame, bounds, settings)
     out.attrs["max_in_flight"] = max_in_flight
     return out
+
+
+def _check_rate_scale(rate_scale) -> None:
+    if isinstance(rate_scale, bool) or not isinstance(rate_scale, Real):
+        raise ValueError(f"rate_scale must be a number > 0, got {rate_scale!r}.")
+    if not 0 < rate_scale < np.inf:
+        raise ValueError(f"rate_scale must be a number > 0, got {rate_scale!r}.")
+
+
+def _client_cap(max_in_flight, phases, arrival, intended_arrival, cols):
+    """The client's in-flight cap: given, None (open loop) or ``"auto"``
+    (:func:`infer_max_in_flight`)."""
+    message = (
+        f"max_in_flight must be a positive integer, None or 'auto', got "
+        f"{max_in_flight!r}."
+    )
+    if isinstance(max_in_flight, str):
+        if max_in_flight != "auto":
+            raise ValueError(message)
+        if arrival is None:
+            return None
+        return infer_max_in_flight(
+            phases, arrival=arrival, intended_arrival=intended_arrival, columns=cols
+        )
+    if max_in_flight is not None and (
+        isinstance(max_in_flight, bool)
+        or not isinstance(max_in_flight, Integral)
+        or max_in_flight < 1
+    ):
+        raise ValueError(message)
+    return max_in_flight
+
+
+def _add_intervals(out: pd.DataFrame, frame, bounds: np.ndarray, settings) -> None:
+    """Each latency's range over replays at the interval's ends and the betas:
+    latencies need not rise with the betas (a slower engine can queue less
+    of a closed-loop client's load), so the range, not the two ends."""
+    low = _latencies(replay_trace(frame, bounds[:, 0], **settings))
+    high = _latencies(replay_trace(frame, bounds[:, 1], **settings))
+    for name in ("ttft", "itl", "e2e"):
+        runs = np.vstack([low[name], out[name], high[name]])
+        out[f"{name}_low"] = runs.min(axis=0)
+        out[f"{name}_high"] = runs.max(axis=0)
 
 
 def _latencies(replayed: pd.DataFrame) -> pd.DataFrame:

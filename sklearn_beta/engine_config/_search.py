@@ -324,16 +324,9 @@ def select_engine_config(
     if cols.instance_id is not None and cols.instance_id not in phases.columns:
         cols = replace(cols, instance_id=None)
     instance_col = cols.instance_id
-    _check_count(n_splits, "n_splits", minimum=2)
-    _check_count(n_keep, "n_keep", minimum=1)
-    _check_tolerance(tolerance)
-    # Engine limits every candidate shares: wrong ones are the caller's, not
-    # a candidate's failure.
-    if max_num_seqs is not None:
-        _check_count(max_num_seqs, "max_num_seqs", minimum=1)
-    if num_gpu_blocks is not None:
-        _check_count(num_gpu_blocks, "num_gpu_blocks", minimum=1)
-    _check_count(block_size, "block_size", minimum=1)
+    _check_search_settings(
+        n_splits, n_keep, tolerance, max_num_seqs, num_gpu_blocks, block_size
+    )
     trace = phases.reset_index(drop=True)
     longest = int(pd.to_numeric(trace[cols.prefill_tokens]).max())
     pairs = _engine_candidates(candidates, longest)
@@ -382,15 +375,34 @@ def select_engine_config(
         if isinstance(reason, str)
     ]
     config = replace(config, notes=notes)
-    if config.edge is not None:
-        best = (config.chunk_size, config.token_budget)
-        warn(
-            edge_message(
-                best, config.edge, config.runner_up, config.margin, config.scores
-            ),
-            EngineConfigWarning,
-        )
+    _warn_if_at_edge(config)
     return config
+
+
+def _check_search_settings(
+    n_splits, n_keep, tolerance, max_num_seqs, num_gpu_blocks, block_size
+) -> None:
+    _check_count(n_splits, "n_splits", minimum=2)
+    _check_count(n_keep, "n_keep", minimum=1)
+    _check_tolerance(tolerance)
+    # Engine limits every candidate shares: wrong ones are the caller's, not
+    # a candidate's failure.
+    if max_num_seqs is not None:
+        _check_count(max_num_seqs, "max_num_seqs", minimum=1)
+    if num_gpu_blocks is not None:
+        _check_count(num_gpu_blocks, "num_gpu_blocks", minimum=1)
+    _check_count(block_size, "block_size", minimum=1)
+
+
+def _warn_if_at_edge(config) -> None:
+    """The chosen engine at the edge of the candidates: say so."""
+    if config.edge is None:
+        return
+    best = (config.chunk_size, config.token_budget)
+    warn(
+        edge_message(best, config.edge, config.runner_up, config.margin, config.scores),
+        EngineConfigWarning,
+    )
 
 
 def _screened_runs(pairs, first, evaluate, run, n_keep: int, n_splits: int):

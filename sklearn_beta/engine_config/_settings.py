@@ -475,55 +475,24 @@ def estimate_engine_settings(
             "it describe the client (give them, or use engine-side times)"
         )
     queued = waiting_share >= MIN_WAITING_SHARE
-    if max_num_seqs == "auto":
-        binds = queued and share >= CEILING_SHARE
-        max_num_seqs = ceiling if binds else None
-        evidence["max_num_seqs"] = "from the trace" if binds else "not binding"
-        notes.append(
-            f"max_num_seqs {ceiling}: the running count sits there for "
-            f"{share:.0%} of the time requests wait"
-            if binds
-            else f"max_num_seqs not binding: requests wait {waiting_share:.1%} "
-            f"of the time, {share:.0%} of it at the running maximum {ceiling}"
-        )
-    else:
-        evidence["max_num_seqs"] = "given"
-    if num_gpu_blocks == "auto":
-        binds = queued and share < CEILING_SHARE
-        num_gpu_blocks = evidence["kv_level"] if binds else None
-        evidence["num_gpu_blocks"] = "from the trace" if binds else "not binding"
-        notes.append(
-            f"num_gpu_blocks {num_gpu_blocks}: requests wait while the running "
-            f"count stays below a plateau ({share:.0%} of the waiting time at "
-            f"{ceiling}); the running requests' blocks sit there"
-            if binds
-            else "num_gpu_blocks not binding: no wait below a running plateau"
-        )
-    else:
-        evidence["num_gpu_blocks"] = "given"
-    config = None
-    if chunk_size == "auto" or token_budget == "auto":
-        if candidates is None:
-            candidates = _chunking_candidates(chunk_size, token_budget)
-        config = select_engine_config(
-            phases,
-            estimator,
+    stats = (queued, waiting_share, share, ceiling)
+    max_num_seqs = _max_num_seqs_setting(max_num_seqs, stats, evidence, notes)
+    num_gpu_blocks = _kv_setting(num_gpu_blocks, stats, evidence, notes)
+    chunk_size, token_budget, config = _chunking_setting(
+        phases,
+        (chunk_size, token_budget),
+        dict(
+            estimator=estimator,
             candidates=candidates,
             n_splits=n_splits,
             max_num_seqs=max_num_seqs,
             num_gpu_blocks=num_gpu_blocks,
             block_size=block_size,
             columns=columns,
-        )
-        chunk_size, token_budget = config.chunk_size, config.token_budget
-        evidence["chunking"] = "from the trace"
-        notes.append(
-            f"chunking: chunk size {chunk_size}, token budget {token_budget} "
-            "by held-out replay"
-        )
-        notes += config.notes
-    else:
-        evidence["chunking"] = "given"
+        ),
+        evidence,
+        notes,
+    )
     return EngineSettings(
         max_num_seqs=max_num_seqs,
         num_gpu_blocks=num_gpu_blocks,
@@ -534,6 +503,66 @@ def estimate_engine_settings(
         evidence=evidence,
         notes=notes,
     )
+
+
+def _max_num_seqs_setting(max_num_seqs, stats, evidence: dict, notes: list):
+    """``max_num_seqs`` as given, or the running ceiling where requests wait
+    at it for most of their waiting time (None: not binding)."""
+    if max_num_seqs != "auto":
+        evidence["max_num_seqs"] = "given"
+        return max_num_seqs
+    queued, waiting_share, share, ceiling = stats
+    binds = queued and share >= CEILING_SHARE
+    evidence["max_num_seqs"] = "from the trace" if binds else "not binding"
+    notes.append(
+        f"max_num_seqs {ceiling}: the running count sits there for "
+        f"{share:.0%} of the time requests wait"
+        if binds
+        else f"max_num_seqs not binding: requests wait {waiting_share:.1%} "
+        f"of the time, {share:.0%} of it at the running maximum {ceiling}"
+    )
+    return ceiling if binds else None
+
+
+def _kv_setting(num_gpu_blocks, stats, evidence: dict, notes: list):
+    """``num_gpu_blocks`` as given, or the running requests' KV level where
+    requests wait below a running plateau (None: not binding)."""
+    if num_gpu_blocks != "auto":
+        evidence["num_gpu_blocks"] = "given"
+        return num_gpu_blocks
+    queued, _, share, ceiling = stats
+    binds = queued and share < CEILING_SHARE
+    num_gpu_blocks = evidence["kv_level"] if binds else None
+    evidence["num_gpu_blocks"] = "from the trace" if binds else "not binding"
+    notes.append(
+        f"num_gpu_blocks {num_gpu_blocks}: requests wait while the running "
+        f"count stays below a plateau ({share:.0%} of the waiting time at "
+        f"{ceiling}); the running requests' blocks sit there"
+        if binds
+        else "num_gpu_blocks not binding: no wait below a running plateau"
+    )
+    return num_gpu_blocks
+
+
+def _chunking_setting(phases, chunking, search: dict, evidence: dict, notes: list):
+    """``(chunk_size, token_budget, config)``: as given (config None), or by
+    held-out replay (:func:`~sklearn_beta.select_engine_config`) given the
+    other settings."""
+    chunk_size, token_budget = chunking
+    if chunk_size != "auto" and token_budget != "auto":
+        evidence["chunking"] = "given"
+        return chunk_size, token_budget, None
+    if search["candidates"] is None:
+        search["candidates"] = _chunking_candidates(chunk_size, token_budget)
+    estimator = search.pop("estimator")
+    config = select_engine_config(phases, estimator, **search)
+    evidence["chunking"] = "from the trace"
+    notes.append(
+        f"chunking: chunk size {config.chunk_size}, token budget "
+        f"{config.token_budget} by held-out replay"
+    )
+    notes.extend(config.notes)
+    return config.chunk_size, config.token_budget, config
 
 
 def _chunking_candidates(chunk_size, token_budget) -> list[tuple]:
