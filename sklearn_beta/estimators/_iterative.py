@@ -459,6 +459,11 @@ default=None
         source = TimelineSource(timeline, init_design, density, duration, sample_weight)
         return self._fit_source(source, caller=caller, names=names)
 
+    def _iteration_settings(self) -> IterationSettings:
+        return IterationSettings(
+            self.correction_mode, self.max_iter, self.tol, self.damping, self.stopping
+        )
+
     def _fit_source(self, source, *, caller=None, names=None):
         """:func:`~sklearn_beta.estimators._fit.fit_iterative` on ``source``."""
         name = type(self).__name__
@@ -471,13 +476,7 @@ default=None
             correction_mode=self.correction_mode,
             init_correction_mode=self.init_correction_mode,
             edges=self.edges,
-            iteration=IterationSettings(
-                self.correction_mode,
-                self.max_iter,
-                self.tol,
-                self.damping,
-                self.stopping,
-            ),
+            iteration=self._iteration_settings(),
             verbose=self.verbose,
         )
         return self._fitted(fit_iterative(source, settings))
@@ -543,13 +542,7 @@ default=None
             self.confidence_level,
             objective=self.objective,
             correction_mode=self.correction_mode,
-            iteration=IterationSettings(
-                self.correction_mode,
-                self.max_iter,
-                self.tol,
-                self.damping,
-                self.stopping,
-            ),
+            iteration=self._iteration_settings(),
             coef_names=self._coef_names(),
         )
         if not converged:
