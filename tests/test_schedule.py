@@ -30,6 +30,24 @@ BETA = np.array([6e-3, 3e-5, 1.2e-4])
 ENGINE = dict(chunk_size=256, token_budget=512, max_num_seqs=64)
 
 
+def client_phases(send, first, last, prompt, output) -> pd.DataFrame:
+    """The client's phase table: prefill ``[send, first token]``, decode
+    ``[first token, last token]``, the send in an ``arrival`` column."""
+    n = send.shape[0]
+    is_prefill = np.tile([True, False], n)
+    return pd.DataFrame(
+        {
+            "request_id": np.repeat(np.arange(n), 2),
+            "phase_type": np.where(is_prefill, "prefill", "decode"),
+            "t_start": np.ravel(np.column_stack((send, first))),
+            "t_end": np.ravel(np.column_stack((first, last))),
+            "prefill_tokens": np.where(is_prefill, np.repeat(prompt, 2), 0),
+            "decode_tokens": np.where(is_prefill, 0, np.repeat(output, 2)),
+            "arrival": np.repeat(send, 2),
+        }
+    )
+
+
 def client_trace(
     n,
     *,
@@ -64,18 +82,7 @@ def client_trace(
     )
     first = run.prefill_end + first_offset
     last = run.decode_end + last_offset
-    is_prefill = np.tile([True, False], n)
-    phases = pd.DataFrame(
-        {
-            "request_id": np.repeat(np.arange(n), 2),
-            "phase_type": np.where(is_prefill, "prefill", "decode"),
-            "t_start": np.ravel(np.column_stack((send, first))),
-            "t_end": np.ravel(np.column_stack((first, last))),
-            "prefill_tokens": np.where(is_prefill, np.repeat(prompt, 2), 0),
-            "decode_tokens": np.where(is_prefill, 0, np.repeat(output, 2)),
-            "arrival": np.repeat(send, 2),
-        }
-    )
+    phases = client_phases(send, first, last, prompt, output)
     return phases, run
 
 
@@ -322,19 +329,7 @@ def vllm_sized_trace(seed):
         noise_normals=rng.standard_normal,
         noise=0.02,
     )
-    is_prefill = np.tile([True, False], n)
-    first, last = run.prefill_end, run.decode_end
-    phases = pd.DataFrame(
-        {
-            "request_id": np.repeat(np.arange(n), 2),
-            "phase_type": np.where(is_prefill, "prefill", "decode"),
-            "t_start": np.ravel(np.column_stack((send, first))),
-            "t_end": np.ravel(np.column_stack((first, last))),
-            "prefill_tokens": np.where(is_prefill, np.repeat(prompt, 2), 0),
-            "decode_tokens": np.where(is_prefill, 0, np.repeat(output, 2)),
-            "arrival": np.repeat(send, 2),
-        }
-    )
+    phases = client_phases(send, run.prefill_end, run.decode_end, prompt, output)
     return phases, beta
 
 
@@ -380,19 +375,7 @@ def test_kv_cache_bound_with_preemptions_exact():
         **ENGINE,
     )
     assert run.preemptions.sum() > 400
-    is_prefill = np.tile([True, False], n)
-    first, last = run.prefill_end, run.decode_end
-    phases = pd.DataFrame(
-        {
-            "request_id": np.repeat(np.arange(n), 2),
-            "phase_type": np.where(is_prefill, "prefill", "decode"),
-            "t_start": np.ravel(np.column_stack((send, first))),
-            "t_end": np.ravel(np.column_stack((first, last))),
-            "prefill_tokens": np.where(is_prefill, np.repeat(prompt, 2), 0),
-            "decode_tokens": np.where(is_prefill, 0, np.repeat(output, 2)),
-            "arrival": np.repeat(send, 2),
-        }
-    )
+    phases = client_phases(send, run.prefill_end, run.decode_end, prompt, output)
     model = ScheduleBetaRegressor(**ENGINE, engine_settings=kv).fit(phases)
     assert model.converged_
     np.testing.assert_allclose(model.beta_, BETA, rtol=1e-9)
@@ -494,19 +477,7 @@ def kv_bound_trace(seed, noise):
         noise=noise,
         **ENGINE,
     )
-    is_prefill = np.tile([True, False], n)
-    first, last = run.prefill_end, run.decode_end
-    phases = pd.DataFrame(
-        {
-            "request_id": np.repeat(np.arange(n), 2),
-            "phase_type": np.where(is_prefill, "prefill", "decode"),
-            "t_start": np.ravel(np.column_stack((send, first))),
-            "t_end": np.ravel(np.column_stack((first, last))),
-            "prefill_tokens": np.where(is_prefill, np.repeat(prompt, 2), 0),
-            "decode_tokens": np.where(is_prefill, 0, np.repeat(output, 2)),
-            "arrival": np.repeat(send, 2),
-        }
-    )
+    phases = client_phases(send, run.prefill_end, run.decode_end, prompt, output)
     return phases, run
 
 
