@@ -225,9 +225,9 @@ def test_bad_engine_limits_fail_before_the_search(kwargs, message):
         select_engine_config(light_trace(60), candidates=[(None, 512)], **kwargs)
 
 
-def test_folds_without_training_phases_are_dropped():
-    # 300 requests, 128 running, decodes as long as the arrival window.
-    phases = simulate_trace(
+def saturated_engine_side_trace():
+    """300 requests, 128 running, decodes as long as the arrival window."""
+    return simulate_trace(
         300,
         beta=BETA,
         chunk_size=None,
@@ -240,6 +240,11 @@ def test_folds_without_training_phases_are_dropped():
         noise=0.02,
         random_state=0,
     )
+
+
+def test_folds_without_training_phases_are_dropped():
+    # 300 requests, 128 running, decodes as long as the arrival window.
+    phases = saturated_engine_side_trace()
     config = select_engine_config(
         phases, candidates=[(None, 1024), (None, 2048)], max_num_seqs=128
     )
@@ -313,19 +318,7 @@ def test_cli_automatic_mode_completes_on_a_saturated_engine_side_trace(
     capsys, tmp_path
 ):
     # Issue 19: "TraceBlockSplit: fold has no training phases" aborted this.
-    phases = simulate_trace(
-        300,
-        beta=BETA,
-        chunk_size=None,
-        token_budget=2048,
-        max_num_seqs=128,
-        arrival_rate=20.0,
-        prompt_tokens=(600, 0.8),
-        output_tokens=(400, 0.6),
-        view="engine",
-        noise=0.02,
-        random_state=0,
-    )
+    phases = saturated_engine_side_trace()
     path = tmp_path / "saturated.csv"
     phases.to_csv(path, index=False)
     code, out, err = run(capsys, "fit", path, "--max-num-seqs", 128, "--output", "json")
