@@ -12,6 +12,7 @@ traces whose prefill phase starts at the send.
 
 from __future__ import annotations
 
+import os
 import warnings
 from dataclasses import dataclass, field, replace
 from numbers import Real
@@ -29,16 +30,26 @@ from sklearn.utils.validation import check_is_fitted
 from ..core._columns import PhaseColumns
 from ..core._constraints import Number, count
 from ..core._ids import phase_kinds
+from ..core._model_config import GPU_SPECS
 from ..core._nnls import nnls_fit
+from ..core._step_features import STEP_FEATURES
+from ..core._trained_physics import (
+    IDENTIFIABLE_FEATURES,
+    fixed_coefficients,
+    identifiable_map,
+)
 from ..core._validation import request_codes
 from ..core._warnings import warn
 from ..engine._loop import EngineSettings, run_engine
 from ..engine._replay_requests import clock_origin, trace_requests
+from ..estimators._backend import backend_for
 from ..estimators._baseline import BaselineBetaRegressor
 from ..estimators._exposure import PhaseExposureTransformer
 from ..estimators._iterative import IterativeBetaRegressor
 from ._schedule_design import (
+    StepBasis,
     difference_design,
+    embed_beta,
     level_design,
     locate,
     schedule_events,
@@ -244,6 +255,10 @@ default="auto"
         "max_in_flight": [count(), None],
         "intended_arrival": [str],
         "columns": [PhaseColumns, dict, None],
+        "step_model": [str, list, tuple],
+        "model_config": [str, os.PathLike, None],
+        "gpu": [StrOptions(set(GPU_SPECS)), None],
+        "tensor_parallelism": [count(1), None],
     }
 
     def __init__(
@@ -264,6 +279,10 @@ default="auto"
         max_in_flight=None,
         intended_arrival="intended_arrival",
         columns=None,
+        step_model="published",
+        model_config=None,
+        gpu=None,
+        tensor_parallelism=None,
     ):
         self.chunk_size = chunk_size
         self.token_budget = token_budget
@@ -280,6 +299,10 @@ default="auto"
         self.max_in_flight = max_in_flight
         self.intended_arrival = intended_arrival
         self.columns = columns
+        self.step_model = step_model
+        self.model_config = model_config
+        self.gpu = gpu
+        self.tensor_parallelism = tensor_parallelism
 
     # ------------------------------------------------------------------
     # public API
@@ -302,19 +325,21 @@ default="auto"
         self : object
             Fitted estimator.
         """
+        X = self._in_memory(X)
         frame, rows = self._frame_rows(X)
+        basis = self._set_step_model()
         trace = self._read(frame)
         keep = None
         if rows is not None:
             fitted = np.zeros(trace.n_requests, dtype=bool)
             fitted[trace.row_request[rows]] = True
             keep = np.repeat(fitted, trace.n_kinds)
-        free = self._free_columns(trace.scheduled)
-        theta = np.zeros(6)
-        theta[:3] = self._initial_beta(
+        free = self._free_columns(trace.scheduled, basis.n_coef)
+        theta = np.zeros(basis.n_coef + 3)
+        theta[:-3] = self._initial_beta(
             X if rows is None else frame.iloc[rows], trace, keep
         )
-        self.init_beta_ = theta[:3].copy()
+        self.init_beta_ = theta[:-3].copy()
         solved = solve_schedule(
             trace, theta, keep, free, self._schedule, self.max_iter, self.tol
         )
@@ -329,7 +354,9 @@ default="auto"
                 ConvergenceWarning,
             )
         self.schedule_changes_ = np.asarray(solved.changes, dtype=np.int64)
-        self.history_ = pd.DataFrame(solved.history, columns=HISTORY_COLUMNS)
+        self.history_ = pd.DataFrame(
+            solved.history, columns=history_columns(self.coef_names_)
+        )
         self._set_coefficients(solved.theta)
         self.n_rows_ = int(solved.rows.target.shape[0])
         self.schedule_misfit_ = schedule_misfit(solved.rows, solved.theta, free)
@@ -360,7 +387,8 @@ default="auto"
             X = self.trace
         frame, rows = self._frame_rows(X)
         trace = self._read(frame)
-        run = self._run(trace, self.beta_, self.alpha_["queue"], forecast=True)
+        beta = self._engine_beta(self.beta_)
+        run = self._run(trace, beta, self.alpha_["queue"], forecast=True)
         shift = trace.origin - self.alpha_["queue"]
         requests = trace.requests
         replayed = pd.DataFrame(
@@ -407,7 +435,8 @@ default="auto"
         check_is_fitted(self)
         frame, rows = self._frame_rows(X)
         trace = self._read(frame)
-        run = self._run(trace, self.beta_, self.alpha_["queue"], forecast=True)
+        beta = self._engine_beta(self.beta_)
+        run = self._run(trace, beta, self.alpha_["queue"], forecast=True)
         first = (
             run.prefill_end + self._alpha_total("first_token") - self.alpha_["queue"]
         )
@@ -458,6 +487,14 @@ default="auto"
     def _columns(self) -> PhaseColumns:
         return PhaseColumns.coerce(self.columns)
 
+    def _in_memory(self, X):
+        """``X``, or a Dask collection's per-request reduction as a phase
+        table in memory (:func:`_reduced_phases`)."""
+        backend = backend_for(X)
+        if backend is None:
+            return X
+        return self._reduced_phases(X, backend)
+
     def _frame_rows(self, X):
         """The table to replay and the positions of ``X``'s rows in it
         (None: ``X`` is the table)."""
@@ -480,12 +517,12 @@ default="auto"
             )
         return self.trace, pos
 
-    def _free_columns(self, scheduled: bool) -> np.ndarray:
-        free = np.zeros(6, dtype=bool)
-        free[:3] = True
+    def _free_columns(self, scheduled: bool, n_coef: int) -> np.ndarray:
+        free = np.zeros(n_coef + 3, dtype=bool)
+        free[:n_coef] = True
         if self.fit_offsets:
-            free[4:] = True
-            free[3] = scheduled  # only scheduled times see the queue delay
+            free[-2:] = True
+            free[-3] = scheduled  # only scheduled times see the queue delay
         return free
 
     def _initial_beta(self, X, trace, keep) -> np.ndarray:
@@ -503,10 +540,13 @@ default="auto"
         """The starts ``init`` names: one, or both phase-exposure fits."""
         if not isinstance(self.init, str):
             beta = np.asarray(self.init, dtype=float)
-            if beta.shape != (3,) or not np.all(np.isfinite(beta)) or np.any(beta < 0):
+            n = len(self.coef_names_)
+            if beta.shape != (n,) or not np.all(np.isfinite(beta)) or np.any(beta < 0):
+                count = "three" if n == 3 else str(n)
                 raise ValueError(
-                    f"init must be 'auto', 'baseline', 'iterative' or three "
-                    f"non-negative betas, got {self.init!r}."
+                    f"init must be 'auto', 'baseline', 'iterative' or {count} "
+                    f"non-negative betas {list(self.coef_names_)}, got "
+                    f"{self.init!r}."
                 )
             return [beta]
         names = INIT_FITS if self.init == "auto" else (self.init,)
@@ -516,21 +556,84 @@ default="auto"
         chunk = self.chunk_size
         if chunk is None:  # no chunk cap: every prompt is one chunk
             chunk = int(X[self._columns().prefill_tokens].max())
-        regressor = {
+        basis = self._fitted_basis()
+        if basis.published:
+            return self._exposure_fit(X, name, chunk, {}, {})
+        regressor = {}
+        if name == "iterative":
+            # the step-count objective fits the published model only
+            regressor = dict(
+                objective="duration",
+                init_correction_mode=None,
+                correction_mode="beta_informed",
+            )
+        try:
+            return self._exposure_fit(X, name, chunk, self._step_params(), regressor)
+        except ValueError:
+            # e.g. prefill attention under a budget-bound chunk: start from
+            # the published fit's steps instead
+            return embed_beta(basis, self._exposure_fit(X, name, chunk, {}, {}))
+
+    def _exposure_fit(self, X, name, chunk, step_params, regressor) -> np.ndarray:
+        """Betas of a phase-exposure pipeline (the transformer with this
+        engine's chunking and ``step_params``, then ``name``'s regressor)."""
+        regressors = {
             "baseline": BaselineBetaRegressor,
             "iterative": IterativeBetaRegressor,
         }
         model = make_pipeline(
             PhaseExposureTransformer(
-                chunk, token_budget=self.token_budget, columns=self.columns
+                chunk,
+                token_budget=self.token_budget,
+                columns=self.columns,
+                **step_params,
             ),
-            regressor[name](confidence_level=None),
+            regressors[name](confidence_level=None, **regressor),
         )
         with warnings.catch_warnings():
             # The phase-exposure fit is only the start, expected biased.
             warnings.simplefilter("ignore")
             model.fit(X)
         return np.asarray(model[-1].beta_, dtype=float)
+
+    def _step_params(self) -> dict:
+        return {
+            "step_model": self.step_model,
+            "model_config": self.model_config,
+            "gpu": self.gpu,
+            "tensor_parallelism": self.tensor_parallelism,
+        }
+
+    def _set_step_model(self) -> StepBasis:
+        """Resolve ``step_model`` as :class:`PhaseExposureTransformer` does
+        (the same names, checks and trained-physics deployment) and set the
+        fitted attributes naming the coefficients; returns the basis."""
+        transformer = PhaseExposureTransformer(**self._step_params())
+        features = transformer._features()
+        self.model_description_ = transformer._model_description()
+        basis = None
+        if self.model_description_ is not None:
+            basis = identifiable_map(self.model_description_)
+        self.step_features_ = tuple(features)
+        self.step_basis_ = basis
+        step = self._fitted_basis()
+        if basis is not None:
+            self.coef_names_ = IDENTIFIABLE_FEATURES
+        else:
+            self.coef_names_ = BETA_NAMES if step.published else self.step_features_
+        self.fixed_coefficients_ = {} if basis is None else fixed_coefficients()
+        return step
+
+    def _fitted_basis(self) -> StepBasis:
+        return StepBasis(self.step_features_, self.step_basis_)
+
+    def _engine_beta(self, coef) -> np.ndarray:
+        """The engine loop's betas of the coefficients ``coef``, with a
+        positive time for every step."""
+        basis = self._fitted_basis()
+        if basis.published:
+            return _usable_beta(coef, None)
+        return _usable_engine_beta(basis.engine_beta(coef))
 
     def _levels_misfit(self, trace, beta, keep) -> float:
         """Residual sum of squares of the levels fit on the replay from
@@ -540,8 +643,8 @@ default="auto"
         rows = level_design(
             schedule, trace.event_times, trace.anchor_times(schedule), keep
         )
-        fit = nnls_fit(rows.design[:, :3], rows.target, rows.weight)
-        return float(np.sum((rows.target - rows.design[:, :3] @ fit) ** 2))
+        fit = nnls_fit(rows.design[:, :-3], rows.target, rows.weight)
+        return float(np.sum((rows.target - rows.design[:, :-3] @ fit) ** 2))
 
     def _caps(self, n_requests: int):
         if self.max_num_seqs is not None:
@@ -595,14 +698,16 @@ default="auto"
             token_budget=self.token_budget,
             max_num_seqs=self._caps(trace.n_requests),
             record_steps=record,
+            # a step model beyond the published three reads every feature
+            record_features=record and len(beta) != 3,
             settings=settings,
             observed_ends=observed_ends,
             cached_tokens=trace.requests["cached"],
         )
 
     def _schedule(self, trace, theta, observed_ends, align=False):
-        queue = theta[3]
-        beta = _usable_beta(theta[:3], None)
+        queue = theta[-3]
+        beta = self._engine_beta(theta[:-3])
         run = self._run(trace, beta, queue, True, observed_ends)
         # Only a bounded KV cache carries a flipped admission on to every
         # later preemption; without one the flip stays local, the robust
@@ -614,7 +719,7 @@ default="auto"
             # function of theta, which the solver's stopping rules assume
             trace.replay_arrival = trace.base_arrival
             for _ in range(ALIGN_ROUNDS):
-                if not trace.align_admissions(run, beta):
+                if not trace.align_admissions(run, self._model_steps(run, beta)):
                     break
                 run = self._run(trace, beta, queue, True, observed_ends)
         return schedule_events(
@@ -622,14 +727,24 @@ default="auto"
             run.arrival,
             trace.requests["instance"],
             scheduled=trace.scheduled,
+            basis=self._fitted_basis(),
         )
 
+    def _model_steps(self, run, beta) -> np.ndarray:
+        """Model time of each recorded step of ``run`` under the engine's
+        betas ``beta``."""
+        if len(beta) == 3:
+            model = beta[0] + beta[1] * run.step_prefill_tokens
+            return model + beta[2] * run.step_decode_tokens
+        columns, scale = StepBasis(STEP_FEATURES).step_columns(run)
+        return (columns * scale) @ beta
+
     def _set_coefficients(self, theta) -> None:
-        self.beta_ = theta[:3].copy()
+        self.beta_ = theta[:-3].copy()
         self.coef_ = self.beta_.copy()
         self.intercept_ = 0.0
-        queue = float(theta[3])
-        totals = (queue, float(theta[4]) - queue, float(theta[5]) - queue)
+        queue = float(theta[-3])
+        totals = (queue, float(theta[-2]) - queue, float(theta[-1]) - queue)
         self.alpha_ = dict(zip(ALPHA_NAMES, totals, strict=True))
 
     def _alpha_total(self, name: str) -> float:
@@ -648,23 +763,30 @@ default="auto"
         inv = np.linalg.pinv(A)
         cov = np.zeros((X.shape[1], X.shape[1]))
         cov[np.ix_(active, active)] = inv @ B @ inv
-        se = np.sqrt(np.clip(np.diag(cov)[:3], 0, None))
+        n_coef = theta.shape[0] - 3
+        se = np.sqrt(np.clip(np.diag(cov)[:n_coef], 0, None))
         z = norm.ppf(0.5 + self.confidence_level / 2)
-        beta = theta[:3]
+        beta = theta[:n_coef]
         return np.column_stack((np.clip(beta - z * se, 0, None), beta + z * se))
 
 
+#: Names of the published model's coefficients.
+BETA_NAMES = ("beta0", "beta1", "beta2")
 HISTORY_COLUMNS = [
     "fit",
-    "beta0",
-    "beta1",
-    "beta2",
+    *BETA_NAMES,
     "c_scheduled",
     "c_first",
     "c_last",
     "rescheduled",
     "step",
 ]
+
+
+def history_columns(coef_names) -> list:
+    """``history_``'s columns: the fit, each coefficient, the offsets, the
+    rescheduled requests and the step."""
+    return ["fit", *coef_names, *HISTORY_COLUMNS[4:]]
 
 
 @dataclass
@@ -714,7 +836,7 @@ def solve_schedule(trace, theta, keep, free, schedule_of, max_iter, tol):
     n_iter, converged = 0, False
     while n_iter < max_iter:
         n_iter += 1
-        snap = np.r_[theta[:3], state.snap_offsets]
+        snap = np.r_[theta[:-3], state.snap_offsets]
         # arrivals are aligned once the snapping has its offsets (those of
         # the first fit on differences): offsets still missing strain the
         # snapped steps as a misplaced arrival does
@@ -745,14 +867,14 @@ def solve_schedule(trace, theta, keep, free, schedule_of, max_iter, tol):
 def _fit_schedule(state, schedule, two_back, trace, theta, keep, free):
     """One fit on a replay's schedule: ``(theta, rows, step, pooled)``."""
     anchors = trace.anchor_times(schedule)
-    new = np.zeros(6)
+    new = np.zeros_like(theta)
     if state.stage == "levels":
         rows = level_design(schedule, trace.event_times, anchors, keep)
         # betas only: offsets fitted on levels are weakly identified and, fed
         # back into the snapping, push the schedule off
-        new[:3] = nnls_fit(rows.design[:, :3], rows.target, rows.weight)
+        new[:-3] = nnls_fit(rows.design[:, :-3], rows.target, rows.weight)
     else:
-        rows = difference_design(schedule, trace.event_times, anchors, theta[:3], keep)
+        rows = difference_design(schedule, trace.event_times, anchors, theta[:-3], keep)
         new[free], rows = _robust_fit(rows, free)
     pooled = state.fitted_differences and schedule.same_as(two_back)
     if pooled:
@@ -760,10 +882,10 @@ def _fit_schedule(state, schedule, two_back, trace, theta, keep, free):
         # replays into the other): both are schedules of the trace within
         # the noise; fit their rows together and stop.
         rows = _stack_rows(state.fit_rows, rows)
-        new = np.zeros(6)
+        new = np.zeros_like(theta)
         new[free], rows = _robust_fit(rows, free)
-    step = _relative_step(theta[:3], new[:3], schedule.features)
-    new[:3] = _usable_beta(new[:3], schedule.features)
+    step = _relative_step(theta[:-3], new[:-3], schedule)
+    new[:-3] = _usable_beta(new[:-3], schedule)
     return new, rows, step, pooled
 
 
@@ -780,7 +902,7 @@ def _settled(state: _LoopState, step: float, theta, tol: float, pooled: bool) ->
     if step < tol or pooled:
         return True
     if not state.fitted_differences:
-        state.snap_offsets = theta[3:].copy()
+        state.snap_offsets = theta[-3:].copy()
     state.fitted_differences = True
     state.last_step = step
     return False
@@ -837,12 +959,12 @@ class _TraceEvents:
         offsets of ``theta`` removed), NaN outside ``keep``: the times a
         replay on the trace's clock snaps its steps to."""
         times = self.event_times.reshape(self.n_requests, self.n_kinds)[:, -2:]
-        ends = (times - theta[4:6] + theta[3]).T.copy()
+        ends = (times - theta[-2:] + theta[-3]).T.copy()
         if keep is not None:
             ends[:, ~keep.reshape(self.n_requests, self.n_kinds)[:, 0]] = np.nan
         return ends
 
-    def align_admissions(self, run, beta) -> bool:
+    def align_admissions(self, run, model) -> bool:
         """Move the replay's arrivals across a step boundary where the trace
         shows the replay admitted the request at the wrong one; True when
         any moved.
@@ -861,8 +983,7 @@ class _TraceEvents:
         boundary. The observed arrival stays the anchor of the fit.
         """
         inst, start, end = run.step_instance, run.step_start, run.step_end
-        model = beta[0] + beta[1] * run.step_prefill_tokens
-        strain = (end - start) / (model + beta[2] * run.step_decode_tokens) - 1
+        strain = (end - start) / model - 1
         instance = self.requests["instance"]
         j = locate(inst, start, instance, run.admitted)
         strain = strain[locate(inst, end, instance, run.prefill_end)]
@@ -957,24 +1078,44 @@ def _robust_fit(rows, free):
     return theta, replace(rows, weight=weight, prior_weight=rows.weight)
 
 
-def _usable_beta(beta: np.ndarray, features) -> np.ndarray:
+def _usable_beta(beta: np.ndarray, schedule) -> np.ndarray:
     """``beta`` with a positive step time for every step the replay may run.
 
     A fit may put ``beta0`` at zero with ``beta1`` or ``beta2`` too; the
     engine refuses zero-length steps, so ``beta0`` gets a millionth of the
-    mean step time instead (far below what a trace resolves).
+    mean step time instead (far below what a trace resolves). Other step
+    models keep their coefficients: their replays make the engine's betas
+    usable (:func:`_usable_engine_beta`).
     """
     beta = np.asarray(beta, dtype=float).copy()
+    if schedule is not None and schedule.scale is not None:
+        return beta
     if beta[0] > 0 or (beta[1] > 0 and beta[2] > 0):
         return beta
-    mean_step = float(np.mean(features @ beta)) if features is not None else 0.0
+    mean_step = (
+        float(np.mean(schedule.step_times(beta))) if schedule is not None else 0.0
+    )
     beta[0] = 1e-6 * mean_step if mean_step > 0 else 1e-9
     return beta
 
 
-def _relative_step(old, new, features) -> float:
+def _usable_engine_beta(full: np.ndarray) -> np.ndarray:
+    """The six engine betas (``STEP_FEATURES``) with a positive time for every
+    step: a per-step time far below what a trace resolves where the fit
+    left none, as :func:`_usable_beta` does for the published three."""
+    b = dict(zip(STEP_FEATURES, full, strict=True))
+    prefill = b["prefill_tokens"] > 0 or b["prefill_attention"] > 0
+    decode = b["decode_tokens"] > 0 or b["decode_context"] > 0
+    if b["steps"] > 0 or b["batch_size"] > 0 or (prefill and decode):
+        return full
+    full = full.copy()
+    full[0] = 1e-9
+    return full
+
+
+def _relative_step(old, new, schedule) -> float:
     """Largest change of a coefficient's share of the mean step time."""
-    mean_f = features.mean(axis=0)
+    mean_f = schedule.mean_design()
     scale = float(mean_f @ np.maximum(new, old))
     if scale <= 0:
         return np.inf
