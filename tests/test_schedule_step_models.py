@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from test_schedule import ENGINE, client_phases
 
 from sklearn_beta import ScheduleBetaRegressor
 from sklearn_beta.core._model_config import read_model_description
@@ -19,7 +20,6 @@ from sklearn_beta.core._trained_physics import (
     trained_physics_basis,
 )
 from sklearn_beta.engine._loop import run_engine
-from test_schedule import ENGINE, client_phases
 
 # steps, prefill tokens, prefill attention, decode tokens, decode context (s)
 BETA = np.array([6e-3, 3e-5, 2e-8, 1.2e-4, 1e-7])
