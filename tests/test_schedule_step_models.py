@@ -5,11 +5,15 @@ model; the truth is the simulator's coefficients."""
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
+import pandas as pd
 import pytest
 from test_schedule import ENGINE, client_phases
 
 from sklearn_beta import ScheduleBetaRegressor
+from sklearn_beta.cli import main
 from sklearn_beta.core._model_config import read_model_description
 from sklearn_beta.core._step_features import STEP_FEATURES, STEP_MODELS, full_step_beta
 from sklearn_beta.core._trained_physics import (
@@ -152,3 +156,66 @@ def test_step_model_errors():
         ScheduleBetaRegressor(**ENGINE, step_model="attention", init=BETA[:3]).fit(
             phases
         )
+
+
+def test_cli_trained_physics_client_side_carries_the_overheads(capsys, tmp_path):
+    # A TraceV2 trace (client-side: send, first and last chunk) of the
+    # trained-physics truth under saturation, noise-free: the command line
+    # fits it on the schedule and exports the overheads as BLIS's alphas.
+    deployment = read_model_description(QWEN, gpu="H100")
+    engine_beta = basis_map(deployment).T @ TRUE_BLIS * 1e-6
+    phases, _ = step_model_trace(1500, engine_beta, rate=10.0)
+    pf = phases[phases.phase_type == "prefill"].reset_index(drop=True)
+    de = phases[phases.phase_type == "decode"].reset_index(drop=True)
+
+    def us(t):
+        return np.round(np.asarray(t) * 1e6).astype(np.int64)
+
+    pd.DataFrame(
+        {
+            "request_id": pf.request_id,
+            "input_tokens": pf.prefill_tokens,
+            "output_tokens": de.decode_tokens + 1,
+            "server_input_tokens": pf.prefill_tokens,
+            "send_time_us": us(pf.t_start),
+            "first_chunk_time_us": us(pf.t_end),
+            "last_chunk_time_us": us(de.t_end),
+            "status": "ok",
+        }
+    ).to_csv(tmp_path / "trace.csv", index=False)
+    (tmp_path / "trace.yaml").write_text("trace_version: 2\ntime_unit: us\n")
+    code = main(
+        [
+            "fit",
+            str(tmp_path / "trace.csv"),
+            "--trace-header",
+            str(tmp_path / "trace.yaml"),
+            "--chunk-size",
+            "256",
+            "--token-budget",
+            "512",
+            "--max-num-seqs",
+            "64",
+            "--step-model",
+            "trained-physics",
+            "--model-config",
+            QWEN,
+            "--gpu",
+            "H100",
+            "--output",
+            "json",
+            "--quiet",
+        ]
+    )
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    report = json.loads(out)
+    assert report["objective"] == "schedule"
+    # BLIS: TTFT = a0 + a2 (4 ms), end-to-end adds a1 (9 ms - 4 ms); the
+    # microsecond rounding of the trace's times: measured 3995.5, 5000.3 us
+    alpha = report["blis_trained_physics"]["alpha_coeffs"]
+    np.testing.assert_allclose(alpha, [4000.0, 5000.0, 0.0], atol=10.0)
+    beta = np.asarray(report["blis_trained_physics"]["beta_coeffs"])
+    assert abs(beta[6] / TRUE_BLIS[6] - 1) < 0.01  # measured 1e-4
+    assert set(report["request_overheads"]) == {"queue", "first_token", "last_token"}
+    assert any("schedule-consistent" in note for note in report["notes"])
