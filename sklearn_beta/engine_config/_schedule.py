@@ -488,12 +488,23 @@ default="auto"
         return PhaseColumns.coerce(self.columns)
 
     def _in_memory(self, X):
-        """``X``, or a Dask collection's per-request reduction as a phase
-        table in memory (:func:`_reduced_phases`)."""
+        """``X``, or the phase table in memory that the backend of a
+        collection out of memory (Dask) reduces it to: one prefill and one
+        decode row per request, the columns the fit reads."""
         backend = backend_for(X)
         if backend is None:
             return X
-        return self._reduced_phases(X, backend)
+        if backend.requests is None or self.trace is not None:
+            raise TypeError(
+                "ScheduleBetaRegressor fits a collection out of memory (Dask) "
+                "without trace= only, through a backend that collects its "
+                f"requests; got {type(X).__name__}"
+                + (" with trace= set." if self.trace is not None else ".")
+            )
+        extra = [self.arrival, self.cached_tokens]
+        if self.max_in_flight is not None:
+            extra.append(self.intended_arrival)
+        return backend.requests(X, self._columns(), [c for c in extra if c is not None])
 
     def _frame_rows(self, X):
         """The table to replay and the positions of ``X``'s rows in it
