@@ -84,9 +84,11 @@ class ScheduleBetaRegressor(RegressorMixin, BaseEstimator):
 
     The engine runs busy periods of steps; a period starts at an arrival and
     its step ``k`` ends ``beta . sum_{j <= k} (1, T_pf[j], T_dec[j])`` after
-    it. Given the schedule (which steps ran with how many tokens, and the
-    step in which each request was scheduled, got its first and its last
-    token), every observed time is linear in the betas and three offsets.
+    it (another ``step_model``: ``beta . sum_{j <= k} f_j`` over its
+    per-step features ``f_j``). Given the schedule (which steps ran with how
+    many tokens, and the step in which each request was scheduled, got its
+    first and its last token), every observed time is linear in the betas
+    and three offsets.
     Each iteration replays the trace on the engine loop of
     :func:`~sklearn_beta.datasets.simulate_trace` with the current
     coefficients, its steps ending at the observed first and last token
@@ -133,13 +135,17 @@ class ScheduleBetaRegressor(RegressorMixin, BaseEstimator):
         index label), and ``predict(X)`` returns the rows of ``X`` of the
         whole trace's replay: held-out requests are predicted amid their real
         load. Needed for cross-validation by requests (:class:`RequestKFold`).
-    init : {"auto", "baseline", "iterative"} or array-like of shape (3,), \
-default="auto"
+    init : {"auto", "baseline", "iterative"} or array-like of shape \
+(n_coefficients,), default="auto"
         Start of the iteration: a phase-exposure fit
-        (``PhaseExposureTransformer`` with this engine's chunk size and
-        budget, then :class:`BaselineBetaRegressor` or
-        :class:`IterativeBetaRegressor`; biased under load, the iteration
-        corrects that), or given betas. ``"auto"`` computes both fits,
+        (``PhaseExposureTransformer`` with this engine's chunk size, budget
+        and step model, then :class:`BaselineBetaRegressor` or
+        :class:`IterativeBetaRegressor`, the latter on the duration
+        objective for a step model beyond the published one; biased under
+        load, the iteration corrects that; where the step model's exposures
+        cannot be computed, e.g. prefill attention under a budget-bound
+        chunk, the published fit's steps in the model's coefficients), or
+        given coefficients (``coef_names_``). ``"auto"`` computes both fits,
         replays from each and starts from the one whose schedule the levels
         fit carries best (least residual sum of squares, ``init_misfit_``):
         either start fails on some traces (docs/schedule.md).
@@ -175,13 +181,50 @@ default="auto"
         ``max_in_flight``.
     columns : PhaseColumns, mapping or None, default=None
         Column names of the phase table.
+    step_model : str or list of str, default="published"
+        The step time's features, as on :class:`PhaseExposureTransformer`
+        (the same names and checks): ``"published"`` ``(steps,
+        prefill_tokens, decode_tokens)``, ``"attention"`` (adds
+        ``prefill_attention`` and ``decode_context``), a list of features of
+        ``core._step_features.STEP_FEATURES``, or ``"trained-physics"``
+        (BLIS's basis for the deployment of ``model_config``, ``gpu`` and
+        ``tensor_parallelism``; the six identifiable coefficients are
+        fitted). The replays run the engine with this step model and the
+        design rows hold its per-step feature sums.
+    model_config : str, path-like or None, default=None
+        ``step_model="trained-physics"`` only (required there): the model's
+        HuggingFace ``config.json``.
+    gpu : str or None, default=None
+        ``step_model="trained-physics"`` only (required there): one of
+        ``"H100"``, ``"A100-SXM"``, ``"A100-80"``, ``"L40S"``.
+    tensor_parallelism : int or None, default=None
+        ``step_model="trained-physics"`` only: the tensor-parallel degree
+        (None: 1).
 
     Attributes
     ----------
-    beta_ : ndarray of shape (3,)
-        ``[beta0, beta1, beta2]``.
-    coef_ : ndarray of shape (3,)
+    beta_ : ndarray of shape (n_coefficients,)
+        ``[beta0, beta1, beta2]`` for the published step model, else one
+        coefficient per name of ``coef_names_`` (seconds per unit of the
+        feature; trained-physics: per microsecond of roofline time, per step
+        and per request in the batch, as the phase-exposure regressors).
+    coef_ : ndarray of shape (n_coefficients,)
         Same values as ``beta_``.
+    coef_names_ : tuple of str
+        The coefficients' names, as the phase-exposure regressors name them:
+        ``beta0, beta1, beta2``, the step model's features, or
+        ``core._trained_physics.IDENTIFIABLE_FEATURES``.
+    step_features_ : tuple of str
+        The per-step features the replays record (all six for
+        trained-physics).
+    step_basis_ : ndarray of shape (6, 6) or None
+        Trained-physics: the map from the step features to the identifiable
+        coefficients' columns (``identifiable_map``); else None.
+    fixed_coefficients_ : dict
+        Trained-physics: the BLIS coefficients a trace does not determine,
+        with their value and why; else empty.
+    model_description_ : ModelDescription or None
+        The trained-physics deployment (None otherwise).
     intercept_ : float
         Always 0.0.
     alpha_ : dict
@@ -190,12 +233,12 @@ default="auto"
         scheduled times, i.e. prefill starts after the arrivals; else 0 and
         absorbed by the others), ``"first_token"`` and ``"last_token"``,
         from the engine's event to the observed time.
-    beta_ci_ : ndarray of shape (3, 2) or None
+    beta_ci_ : ndarray of shape (n_coefficients, 2) or None
         Confidence limits of the betas at ``confidence_level`` from the
         heteroscedasticity-robust (HC0 sandwich) covariance of the last
         weighted fit, clipped at 0; None when ``confidence_level`` is None.
-    init_beta_ : ndarray of shape (3,)
-        The betas the iteration started from.
+    init_beta_ : ndarray of shape (n_coefficients,)
+        The coefficients the iteration started from.
     init_misfit_ : dict
         With ``init="auto"``, each phase-exposure start's levels misfit;
         else empty.
@@ -208,7 +251,8 @@ default="auto"
         scheduled differently from the previous one.
     history_ : DataFrame
         One row per fit: its kind (``"levels"``, ``"differences"`` or
-        ``"pooled"``), the betas, the offset totals ``c_scheduled``,
+        ``"pooled"``), the coefficients (named as ``coef_names_``), the
+        offset totals ``c_scheduled``,
         ``c_first``, ``c_last``, the requests rescheduled by its replay and
         the coefficients' change (``step``).
     n_rows_ : int
@@ -314,9 +358,12 @@ default="auto"
 
         Parameters
         ----------
-        X : DataFrame
+        X : DataFrame or dask.dataframe.DataFrame
             Phase table, one prefill and one decode row per request; with
-            ``trace``, rows of it (their requests are fitted).
+            ``trace``, rows of it (their requests are fitted). A Dask
+            DataFrame (without ``trace``) is reduced on its workers to the
+            few numbers per request the fit reads, which are collected and
+            fitted in memory: the same fit as of the pandas table.
         y : None
             Ignored: the observed times come from the table.
 
