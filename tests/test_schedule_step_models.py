@@ -158,13 +158,9 @@ def test_step_model_errors():
         )
 
 
-def test_cli_trained_physics_client_side_carries_the_overheads(capsys, tmp_path):
-    # A TraceV2 trace (client-side: send, first and last chunk) of the
-    # trained-physics truth under saturation, noise-free: the command line
-    # fits it on the schedule and exports the overheads as BLIS's alphas.
-    deployment = read_model_description(QWEN, gpu="H100")
-    engine_beta = basis_map(deployment).T @ TRUE_BLIS * 1e-6
-    phases, _ = step_model_trace(1500, engine_beta, rate=10.0)
+def write_client_trace(phases, directory) -> list[str]:
+    """``phases`` as a TraceV2 trace (send, first and last chunk, in us);
+    the command line's arguments reading it."""
     pf = phases[phases.phase_type == "prefill"].reset_index(drop=True)
     de = phases[phases.phase_type == "decode"].reset_index(drop=True)
 
@@ -182,31 +178,31 @@ def test_cli_trained_physics_client_side_carries_the_overheads(capsys, tmp_path)
             "last_chunk_time_us": us(de.t_end),
             "status": "ok",
         }
-    ).to_csv(tmp_path / "trace.csv", index=False)
-    (tmp_path / "trace.yaml").write_text("trace_version: 2\ntime_unit: us\n")
-    code = main(
-        [
-            "fit",
-            str(tmp_path / "trace.csv"),
-            "--trace-header",
-            str(tmp_path / "trace.yaml"),
-            "--chunk-size",
-            "256",
-            "--token-budget",
-            "512",
-            "--max-num-seqs",
-            "64",
-            "--step-model",
-            "trained-physics",
-            "--model-config",
-            QWEN,
-            "--gpu",
-            "H100",
-            "--output",
-            "json",
-            "--quiet",
-        ]
-    )
+    ).to_csv(directory / "trace.csv", index=False)
+    (directory / "trace.yaml").write_text("trace_version: 2\ntime_unit: us\n")
+    engine = ("--chunk-size", "256", "--token-budget", "512", "--max-num-seqs", "64")
+    return [
+        "fit",
+        str(directory / "trace.csv"),
+        "--trace-header",
+        str(directory / "trace.yaml"),
+        *engine,
+        "--output",
+        "json",
+        "--quiet",
+    ]
+
+
+def test_cli_trained_physics_client_side_carries_the_overheads(capsys, tmp_path):
+    # A TraceV2 trace (client-side: send, first and last chunk) of the
+    # trained-physics truth under saturation, noise-free: the command line
+    # fits it on the schedule and exports the overheads as BLIS's alphas.
+    deployment = read_model_description(QWEN, gpu="H100")
+    engine_beta = basis_map(deployment).T @ TRUE_BLIS * 1e-6
+    phases, _ = step_model_trace(1500, engine_beta, rate=10.0)
+    args = write_client_trace(phases, tmp_path)
+    tp = ["--step-model", "trained-physics", "--model-config", QWEN, "--gpu", "H100"]
+    code = main([*args, *tp])
     out, err = capsys.readouterr()
     assert code == 0, err
     report = json.loads(out)
@@ -219,3 +215,19 @@ def test_cli_trained_physics_client_side_carries_the_overheads(capsys, tmp_path)
     assert abs(beta[6] / TRUE_BLIS[6] - 1) < 0.01  # measured 1e-4
     assert set(report["request_overheads"]) == {"queue", "first_token", "last_token"}
     assert any("schedule-consistent" in note for note in report["notes"])
+
+
+@pytest.mark.parametrize("truth", ["published", "attention"])
+def test_cli_auto_on_a_client_side_trace_picks_the_true_model(capsys, tmp_path, truth):
+    # Schedule fits of each step model compared on held-out requests.
+    beta = {"published": (6e-3, 3e-5, 1.2e-4), "attention": BETA}[truth]
+    features = STEP_MODELS["attention" if truth == "attention" else "published"]
+    engine_beta = full_step_beta(features, beta)
+    phases, _ = step_model_trace(1000, engine_beta, rate=12.0, noise=0.02)
+    code = main([*write_client_trace(phases, tmp_path), "--step-model", "auto"])
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    report = json.loads(out)
+    assert report["step_model"] == truth
+    rows = report["step_model_selection"]["candidates"]
+    assert [r["step_model"] for r in rows] == ["published", "attention"]

@@ -38,8 +38,10 @@ from ..io._export_trained_physics import (
 )
 from ..metrics import get_scorer
 from ..model_selection import (
+    RequestKFold,
     TraceBlockSplit,
     TraceContextRegressor,
+    make_schedule_scorer,
     one_standard_error_rule,
 )
 from ._options import STEP_MODEL_CHOICES, UsageError
@@ -50,6 +52,8 @@ __all__ = [
     "check_step_model_usage",
     "fit_client_step_model",
     "fit_step_model",
+    "schedule_model",
+    "with_sends",
     "format_step_model_blis",
     "format_step_model_table",
 ]
@@ -426,7 +430,7 @@ def format_step_model_blis(report: dict, args) -> str:
     )
 
 
-def _schedule_model(step_model, args, options: dict, chunk_size: int):
+def schedule_model(step_model, args, options: dict, chunk_size: int):
     """The schedule-consistent estimator of a step model on the engine the
     command line chose (chunking) or was given (``--max-num-seqs``, the KV
     cache)."""
@@ -455,7 +459,7 @@ def _schedule_model(step_model, args, options: dict, chunk_size: int):
     )
 
 
-def _with_sends(phases):
+def with_sends(phases):
     """The trace with each request's send (its prefill start on a
     client-side trace) in an ``arrival`` column."""
     if "arrival" in phases.columns:
@@ -470,16 +474,15 @@ def fit_client_step_model(phases, args, options: dict, chunk_size: int, progress
     queueing is in the prefill phases), its coefficients and request
     overheads, and for trained-physics BLIS's values with the overheads as
     its alphas (``io._export_trained_physics.blis_alphas_of_offsets``)."""
-    step_model = args.step_model
+    step_model, selection = args.step_model, None
+    phases = with_sends(phases)
     if step_model == "auto":
-        raise ValueError(
-            "--step-model auto compares phase-duration fits, which the queueing "
-            "in a client-side trace's prefill phases biases; name the step model "
-            "(published, attention, trained-physics or a list of features)"
+        step_model, selection = _compare_schedules(
+            phases, args, options, chunk_size, progress
         )
     progress.say(f"fitting step model {_label(step_model)} to the schedule...")
-    model = _schedule_model(step_model, args, options, chunk_size)
-    model.fit(_with_sends(phases))
+    model = schedule_model(step_model, args, options, chunk_size)
+    model.fit(phases)
     offsets = dict(model.alpha_)
     alpha = blis_alphas_of_offsets(*offsets.values())
     coefficients, blis = _coefficients(model, model.model_description_, alpha)
@@ -488,7 +491,7 @@ def fit_client_step_model(phases, args, options: dict, chunk_size: int, progress
         "objective": "schedule",
         "coefficients": coefficients,
         "confidence_level": model.confidence_level,
-        "step_model_selection": None,
+        "step_model_selection": selection,
         "request_overheads": offsets,
         "notes": _schedule_notes(model, step_model, offsets),
     }
@@ -528,3 +531,74 @@ def _alpha_note(offsets: dict, alpha) -> str:
     if offsets["last_token"] < offsets["first_token"]:
         note += "; a1 clipped at 0 (the last-token offset is the smaller)"
     return note
+
+
+def _held_out_replay_error(estimator, X, y=None) -> float:
+    """Minus the mean of the held-out requests' TTFT and decode-phase mean
+    absolute relative errors in a replay of the whole trace: the prefill
+    step model shows in the one, the decode step model in the other."""
+    ttft = make_schedule_scorer("ttft")(estimator, X)
+    decode = make_schedule_scorer("decode")(estimator, X)
+    return 0.5 * (ttft + decode)
+
+
+def _compare_schedules(phases, args, options: dict, chunk_size: int, progress):
+    """``--step-model auto`` on a client-side trace: the schedule fits of
+    each candidate compared by held-out requests (:class:`RequestKFold`,
+    each fold's requests replayed amid the whole trace)."""
+    candidates = _candidates(args)
+    progress.say(
+        f"comparing step models {', '.join(candidates)} by held-out requests..."
+    )
+    grid = [{"step_model": [c]} for c in candidates if c != "trained-physics"]
+    if "trained-physics" in candidates:
+        grid.append(
+            {
+                "step_model": ["trained-physics"],
+                "model_config": [args.model_config],
+                "gpu": [args.gpu],
+                "tensor_parallelism": [args.tensor_parallelism],
+            }
+        )
+    estimator = schedule_model("published", args, options, chunk_size)
+    search = GridSearchCV(
+        estimator.set_params(trace=phases),
+        grid,
+        cv=RequestKFold(args.cv_folds, shuffle=True, random_state=0),
+        scoring=_held_out_replay_error,
+        refit=one_standard_error_rule(),
+        error_score=np.nan,
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the final fit's warnings are the report's
+        search.fit(phases)
+    results = search.cv_results_
+    rows = [
+        _selection_row(results, i, params["step_model"], args.cv_folds, search)
+        for i, params in enumerate(results["params"])
+    ]
+    selection = {
+        "metric": "mean of the held-out requests' TTFT and decode-phase mean "
+        "absolute relative errors (schedule-consistent fits)",
+        "cv": f"RequestKFold({args.cv_folds}, shuffled) replayed in the whole trace",
+        "rule": "the fewest coefficients within one standard error of the best",
+        "candidates": rows,
+    }
+    return results["params"][int(search.best_index_)]["step_model"], selection
+
+
+def _selection_row(results, i: int, step_model, folds: int, search) -> dict:
+    error = _finite(-float(results["mean_test_score"][i]))
+    se = _finite(float(results["std_test_score"][i]) / math.sqrt(folds))
+    n_coefficients = len(
+        IDENTIFIABLE_FEATURES
+        if step_model == "trained-physics"
+        else check_step_model(step_model)
+    )
+    return {
+        "step_model": step_model,
+        "n_coefficients": n_coefficients,
+        "held_out_error": error,
+        "standard_error": se,
+        "chosen": i == int(search.best_index_),
+    }
