@@ -24,6 +24,7 @@ from sklearn_beta.core._trained_physics import (
     trained_physics_basis,
 )
 from sklearn_beta.engine._loop import run_engine
+from sklearn_beta.engine_config._schedule_design import StepBasis, embed_beta
 
 # steps, prefill tokens, prefill attention, decode tokens, decode context (s)
 BETA = np.array([6e-3, 3e-5, 2e-8, 1.2e-4, 1e-7])
@@ -32,7 +33,9 @@ TRUE_BLIS = np.array([0.6, 0.9, 0.0, 0.0, 0.0, 40.0, 4000.0, 0.0, 2.0, 3.0])
 OFFSETS = (0.004, 0.009)  # first-token and last-token reporting offsets, s
 
 
-def step_model_trace(n, engine_beta, *, rate=12.0, noise=0.0, seed=1, steps=False):
+def step_model_trace(
+    n, engine_beta, *, rate=12.0, noise=0.0, seed=1, steps=False, engine=ENGINE
+):
     """A client-side trace of the ENGINE with six engine coefficients
     ``engine_beta`` (STEP_FEATURES order): prompts ~1000 and outputs ~150
     tokens (lognormal, sigma 0.8), reporting offsets OFFSETS."""
@@ -52,7 +55,7 @@ def step_model_trace(n, engine_beta, *, rate=12.0, noise=0.0, seed=1, steps=Fals
         noise=noise,
         record_steps=steps,
         record_features=steps,
-        **ENGINE,
+        **engine,
     )
     first, last = run.prefill_end + OFFSETS[0], run.decode_end + OFFSETS[1]
     return client_phases(send, first, last, prompt, output), run
@@ -142,6 +145,23 @@ def test_trained_physics_client_side(noise, tol):
     np.testing.assert_allclose(exported[6], TRUE_BLIS[6], rtol=0.01)  # per step
     gap = model.alpha_["last_token"] - model.alpha_["first_token"]
     assert abs(gap - (OFFSETS[1] - OFFSETS[0])) < 1e-4
+
+
+def test_published_start_embedded_where_attention_exposures_cannot_run():
+    # No chunk cap under a token budget: the attention exposures are not
+    # modelled there, so the start is the published fit's steps in the
+    # attention model's coefficients (hand check: the same three, zero
+    # attention and context), and the iteration still finds the truth.
+    basis = StepBasis(STEP_MODELS["attention"])
+    np.testing.assert_allclose(
+        embed_beta(basis, [6e-3, 3e-5, 1.2e-4]), [6e-3, 3e-5, 0, 1.2e-4, 0], atol=1e-15
+    )
+    engine = dict(ENGINE, chunk_size=None)
+    phases, _ = attention_trace(1000, engine=engine)
+    model = ScheduleBetaRegressor(**engine, step_model="attention").fit(phases)
+    assert model.init_beta_[2] == 0 and model.init_beta_[4] == 0
+    assert model.converged_
+    np.testing.assert_allclose(model.beta_, BETA, rtol=1e-9)
 
 
 def test_step_model_errors():
