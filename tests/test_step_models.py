@@ -25,7 +25,7 @@ from sklearn_beta.core._schema import (
     request_prompts_of,
     step_design,
 )
-from sklearn_beta.core._step_features import STEP_MODELS
+from sklearn_beta.core._step_features import STEP_MODELS, attention_pressure
 from sklearn_beta.datasets import simulate_trace
 from sklearn_beta.engine import _loop
 from sklearn_beta.metrics import get_scorer
@@ -285,6 +285,50 @@ def test_heavy_load_noise_free_exact_with_damping():
         warnings.simplefilter("ignore")
         undamped = _fit(phases, damping=1.0)[-1]
     assert not undamped.converged_
+
+
+@pytest.fixture(scope="module")
+def heavy_budget():
+    """12 000 phases, noise-free, ~170 running, a 2048-token budget caps 17 %
+    of the steps."""
+    return _simulate(
+        6000, arrival_rate=14.0, token_budget=2048, noise=0.0, return_steps=True
+    )
+
+
+def test_capped_attention_pressure_is_the_engines(heavy_budget):
+    # On every segment where no prefill ends, the attention pressure is the
+    # simulator's per-step attention: on a capped one the first started
+    # prefills get the chunks, the next one the rest, the others nothing.
+    phases, steps = heavy_budget
+    table = PhaseExposureTransformer(
+        CHUNK, step_model="attention", token_budget=2048
+    ).fit_transform(phases)
+    timeline = read_timeline(table.to_numpy())
+    tg = timeline.trace_grid
+    pressure = attention_pressure(timeline, request_prompts_of(table.to_numpy()))
+    middle = 0.5 * (steps["t_start"] + steps["t_end"]) - phases["t_start"].min()
+    segment = np.searchsorted(tg.grid, middle.to_numpy()) - 1
+    inside = (segment >= 0) & (segment < tg.n_segments)
+    per_step = steps["prefill_attention"].to_numpy()[inside]
+    segment = segment[inside]
+    ends = np.zeros(tg.n_segments, dtype=bool)
+    ends[tg.end_idx[timeline.is_prefill] - 1] = True
+    check = ~ends[segment]
+    capped = timeline.budget_excess[segment] > 0
+    assert np.count_nonzero(check & capped) > 200
+    np.testing.assert_allclose(pressure[segment[check]], per_step[check], rtol=1e-12)
+
+
+def test_heavy_budget_noise_free_exact(heavy_budget):
+    # Capped steps serve the first started prefills; the capped prefills run
+    # more steps than ceil(P / C) and their last chunks are not P - C (N - 1).
+    # With those modelled the fit is exact; the attention pressure scaled by
+    # the capped share of tokens (the previous model) was 0.9-8 % off here.
+    phases, _ = heavy_budget
+    regressor = _fit(phases, token_budget=2048)[-1]
+    assert regressor.converged_
+    np.testing.assert_allclose(regressor.beta_, BETA_ATTENTION, rtol=1e-4)
 
 
 @pytest.mark.parametrize(
