@@ -34,6 +34,7 @@ from ._corrections import (
     beta_informed_correction_mass,
     budget_capped_mass,
     counted_phases,
+    design_step_counts,
     fixed_correction_mass,
     static_correction_mass,
 )
@@ -225,12 +226,10 @@ class FeatureDurations:
             self.p_attention = np.maximum(self.attention - a_rate / per_step, 0.0)
         if self.context:
             self.p_context = self._context_pressure(cumulative(steps))
-        # the design: N_i times the pressures averaged over its steps; a
-        # prefill a budget capped ran more steps than ceil(P / C), as many as
-        # the density puts in its window
+        # the design: N_i times the pressures averaged over its steps
         total = self.integrals(steps)
-        scale = np.divide(tl.n_steps, total, out=np.zeros_like(total), where=total > 0)
-        scale[~self.counted] = 1.0
+        n_steps = design_step_counts(tl, total)
+        scale = np.divide(n_steps, total, out=np.zeros_like(total), where=total > 0)
         design = np.empty((tl.n_phases, len(self.features)), order="F")
         for k, pressure in enumerate(self._pressures()):
             self.integrals(pressure * steps, out=design[:, k])
