@@ -332,13 +332,21 @@ def test_heavy_budget_noise_free_exact(heavy_budget):
 
 
 @pytest.mark.parametrize(
-    "load, token_budget",
-    [("light", None), ("moderate", None), ("moderate", 2048)],
+    "load, token_budget, n_requests",
+    [("light", None, 6000), ("moderate", None, 6000), ("moderate", 2048, 20000)],
 )
-def test_noisy_attention_traces_recovered_within_one_percent(load, token_budget):
+def test_noisy_attention_traces_recovered_within_one_percent(
+    load, token_budget, n_requests
+):
+    # The errors are scatter, shrinking like 1 / sqrt(n): over 8 seeds their
+    # means are within 0.2 % (0.65 % on the attention pair at 6000 requests
+    # under the budget) and their standard deviations, decode context last,
+    # are 0.02-0.48 % at light load (6000 requests), 0.16-1.24 % at moderate
+    # load (6000) and 0.08-0.88 % under the budget at 20 000 requests
+    # (0.17-1.25 % at 6000, where this seed's decode context is 1.07 % off).
     rate = {"light": 4.0, "moderate": 10.0}[load]
     phases, steps = _simulate(
-        6000,
+        n_requests,
         arrival_rate=rate,
         token_budget=token_budget,
         noise=0.02,
@@ -371,7 +379,11 @@ def test_noisy_attention_traces_recovered_within_one_percent(load, token_budget)
 def test_heavy_noisy_step_time_error_below_one_percent():
     # At heavy load the decode tokens and the decode context move together
     # (condition number ~100): their split is off by up to 3 % under 2 %
-    # step noise, the step times they predict by well under 1 %.
+    # step noise, the step times they predict by well under 1 %. It is
+    # scatter, not bias: over 8 seeds the means are within 0.2 % (0.53 % on
+    # the decode context, 0.3 standard errors), and the standard deviations
+    # of the decode tokens and context fall like 1 / sqrt(n), 3.4 and 7.0 %
+    # at 1500 requests, 1.7 and 3.0 % at 6000, 0.6 and 1.7 % at 24 000.
     phases, steps = _simulate(
         6000, arrival_rate=14.0, noise=0.02, random_state=1, return_steps=True
     )
@@ -381,12 +393,27 @@ def test_heavy_noisy_step_time_error_below_one_percent():
     assert _step_time_error(regressor.beta_, steps) < 0.005
 
 
-def test_published_fit_shows_model_form_error_in_held_out_replay():
-    phases = _simulate(2000, noise=0.02, max_num_seqs=128)
-    cv = TraceBlockSplit(4)
+@pytest.mark.parametrize(
+    "rate, token_budget, published_min, attention_max",
+    [
+        # measured: e2e 15.2 % against 0.39 %, 15.2 % against 0.40 %, 52.8 %
+        # against 6.9 % (TTFT 68 % against 7 %, 88 % against 17 %)
+        (4.0, None, 0.10, 0.01),
+        (4.0, 2048, 0.10, 0.01),
+        (10.0, None, 0.30, 0.10),
+    ],
+)
+def test_published_fit_shows_model_form_error_in_held_out_replay(
+    rate, token_budget, published_min, attention_max
+):
+    # Saturated traces (14 requests/s) are left out: there a held-out replay
+    # of either model is off by 70-85 % e2e, the queue amplifying any error.
+    phases = _simulate(
+        2000, noise=0.02, max_num_seqs=128, arrival_rate=rate, token_budget=token_budget
+    )
     scorer = make_replay_scorer(phases, "e2e", max_num_seqs=128)
     pipe = make_pipeline(
-        PhaseExposureTransformer(CHUNK),
+        PhaseExposureTransformer(CHUNK, token_budget=token_budget),
         IterativeBetaRegressor(
             "beta_informed", objective="duration", damping=0.5, max_iter=100
         ),
@@ -394,12 +421,13 @@ def test_published_fit_shows_model_form_error_in_held_out_replay():
     search = GridSearchCV(
         pipe,
         {"phaseexposuretransformer__step_model": ["published", "attention"]},
-        cv=cv,
+        cv=TraceBlockSplit(4),
         scoring=scorer,
         refit=False,
     ).fit(phases)
     published, attention = -search.cv_results_["mean_test_score"]
-    assert published > 0.3  # the three coefficients miss e2e by > 30 %
+    assert published > published_min
+    assert attention < attention_max
     assert published > 3 * attention
 
 
