@@ -29,6 +29,14 @@ A prompt alone in its group, with the decodes unchanged while it runs, gets
 ``ceil(P / (B - p_dec))`` steps, a count the step-count objective can fit
 (:func:`alone_prefills`). Other prompts of a budget-bound engine share
 steps in ways the trace does not show, and their counts are left out.
+
+A chunked engine under a budget (``chunk_size < token_budget``) serves its
+capped steps in running order instead: the first started prefills get full
+chunks, the next one the rest (:func:`capped_prefill_grants`). What that
+changes for the features that weigh a chunk by its prompt, for the capped
+prefills' last chunks and for the chains of short last chunks on a capped
+step is :func:`capped_prefill_wants` and :func:`capped_last_steps`
+(docs/method.md 5.1).
 """
 
 from __future__ import annotations
@@ -164,8 +172,8 @@ def capped_prefill_grants(
 
     Returns ``(phase, segment, rank, grant)`` for every running prefill on
     every capped segment, ordered by segment and rank (prefills starting
-    together in row order, the engine's admission order). Partial last
-    chunks are left to the ``mu`` correction (:func:`capped_missing_attention`).
+    together in row order, the engine's admission order). Short last
+    chunks are left to the ``mu`` correction (:func:`capped_last_steps`).
     """
     tg = timeline.trace_grid
     chunk = float(timeline.chunk_size)
