@@ -424,7 +424,11 @@ def test_published_fit_shows_model_form_error_in_held_out_replay(
         cv=TraceBlockSplit(4),
         scoring=scorer,
         refit=False,
-    ).fit(phases)
+    )
+    with warnings.catch_warnings():
+        # the moderate trace's folds stop at max_iter, 1e-5 from settled
+        warnings.simplefilter("ignore")
+        search.fit(phases)
     published, attention = -search.cv_results_["mean_test_score"]
     assert published > published_min
     assert attention < attention_max
