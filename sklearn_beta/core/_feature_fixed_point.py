@@ -20,6 +20,7 @@ the corrected pressures and the cumulative steps of pass m-1.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import replace
 
 import numpy as np
 
@@ -28,9 +29,16 @@ from ._corrections import (
     budget_capped_mass,
     static_correction_mass,
 )
-from ._fixed_point import MIN_STEP_TIME, beta_change, correction_rate
+from ._fixed_point import MIN_STEP_TIME, correction_rate
 from ._grid import PhaseIntegrals, Timeline, count_active, cumulative
-from ._nnls import fit_statistics, nnls_fit
+from ._nnls import (
+    fit_statistics,
+    nnls_fit,
+    residual_squares,
+    scores_from_sums,
+    total_squares,
+)
+from ._step_count import CountState, newton_target, step_count_weights
 from ._step_features import (
     _active_sum,
     attention_missing_mass,
@@ -58,6 +66,7 @@ class FeatureDurations:
         tg = timeline.trace_grid
         self.timeline = timeline
         self.features = tuple(features)
+        self.coef_columns = tuple(f"beta_{f}" for f in self.features)
         self.mode = correction_mode
         self.sample_weight = sample_weight
         self.integrals = PhaseIntegrals(tg)
@@ -154,46 +163,12 @@ class FeatureDurations:
     def fit(self, design: np.ndarray) -> np.ndarray:
         return nnls_fit(design, self.timeline.duration, self.sample_weight)
 
+    def change_basis(self, design: np.ndarray) -> np.ndarray:
+        """What :func:`~._fixed_point.beta_change` measures a step against."""
+        return design
+
     def scores(self, design, beta) -> tuple[float, float]:
         return fit_statistics(self.timeline.duration, design @ beta, self.sample_weight)
-
-
-def iterate_feature_betas(
-    problem: FeatureDurations,
-    beta_init: np.ndarray,
-    max_iter: int,
-    tol: float,
-    damping: float,
-    stopping: str,
-) -> tuple[np.ndarray, bool, int, np.ndarray, list[dict]]:
-    """The fixed-point loop of a step model: ``(beta, converged, n_iter,
-    design, history)``, one history record per iteration (0: the start)."""
-    names = [f"beta_{f}" for f in problem.features]
-    beta = np.asarray(beta_init, dtype=np.float64)
-    history = [_record(0, names, beta, np.nan, np.nan, np.nan)]
-    converged, design, n_iter = False, None, 0
-    for n_iter in range(1, max_iter + 1):
-        design = problem.reweighted(beta)
-        beta_fit = problem.fit(design)
-        new = (1.0 - damping) * beta + damping * beta_fit
-        step = beta_change(new, beta, design, stopping)
-        r2, rmse = problem.scores(design, beta_fit)
-        history.append(_record(n_iter, names, new, step, r2, rmse))
-        beta = new
-        if step < tol:
-            converged = True
-            break
-    return beta, converged, n_iter, design, history
-
-
-def _record(iteration, names, beta, step, r2, rmse) -> dict:
-    return {
-        "iteration": iteration,
-        **dict(zip(names, np.asarray(beta).tolist(), strict=True)),
-        "step": step,
-        "r2": r2,
-        "rmse_seconds": rmse,
-    }
 
 
 class BasisDurations:
@@ -206,6 +181,7 @@ class BasisDurations:
         self.problem = problem
         self.basis = np.asarray(basis, dtype=np.float64)
         self.features = tuple(names)
+        self.coef_columns = tuple(f"beta_{f}" for f in self.features)
         self.timeline = problem.timeline
         self.sample_weight = problem.sample_weight
 
@@ -215,5 +191,245 @@ class BasisDurations:
     def fit(self, design: np.ndarray) -> np.ndarray:
         return self.problem.fit(design)
 
+    def change_basis(self, design: np.ndarray) -> np.ndarray:
+        return design
+
     def scores(self, design, coef) -> tuple[float, float]:
         return self.problem.scores(design, coef)
+
+
+class BasisCounts:
+    """The step-count objective (:class:`FeatureCounts`) in the coordinates
+    of a linear basis of the step features, as :class:`BasisDurations`: the
+    Jacobian and the design are the features' times ``K.T``."""
+
+    def __init__(self, problem: FeatureCounts, basis: np.ndarray, names):
+        self.problem = problem
+        self.basis = np.asarray(basis, dtype=np.float64)
+        self.features = tuple(names)
+        self.coef_columns = tuple(f"beta_{f}" for f in self.features)
+        self.timeline = problem.timeline
+        self.weight = problem.weight
+        # the per-step overhead the start gives a floor (initial_scale)
+        overhead = [k for k, f in enumerate(names) if f in ("steps", "per_step")]
+        self.overhead = overhead[0] if overhead else None
+
+    def _in_basis(self, state: CountState, coef: np.ndarray) -> CountState:
+        k = self.basis.T
+        return replace(state, beta=coef, jac=state.jac @ k, design=state.design @ k)
+
+    def state(self, coef: np.ndarray) -> CountState:
+        coef = np.asarray(coef, dtype=np.float64)
+        return self._in_basis(self.problem.state(self.basis.T @ coef), coef)
+
+    def settle(self, state: CountState) -> CountState:
+        inner = replace(state, beta=self.basis.T @ state.beta)
+        settled = self.problem.settle(inner)
+        if settled is inner:  # nothing lagged: the state stands
+            return state
+        return self._in_basis(settled, state.beta)
+
+    def counted_totals(self):
+        return self.problem.counted_totals()
+
+    def step_totals(self, coef):
+        return self.problem.step_totals(self.basis.T @ np.asarray(coef))
+
+    def proposal(self, state: CountState) -> np.ndarray:
+        return nnls_fit(state.jac, newton_target(state), self.weight)
+
+    def change_basis(self, state: CountState) -> np.ndarray:
+        return state.jac
+
+    def duration_fit(self, state: CountState) -> tuple[float, float]:
+        return self.problem.duration_fit(state)
+
+
+#: The step features a partial last prefill chunk takes mass back from.
+PREFILL_FEATURES = ("prefill_tokens", "prefill_attention")
+
+
+class FeatureCounts:
+    """The step-count objective of a step model on one in-memory timeline.
+
+    The published objective (:mod:`._step_count`) with one pressure per
+    feature: a segment of length ``s`` holding ``n`` steps lasts ``s = n
+    sum_k b_k p_k - sum_k b_k m_k``, ``m_k`` the mass a partial last chunk
+    takes back from feature ``k`` (prefill tokens and attention), so ``n =
+    (s + sum b_k m_k) / sum b_k p_k`` and ``dn / db_k = (m_k - n p_k) /
+    sum b_k p_k``. Where the masses exceed what the full chunks hold the
+    prefill features are emptied. Two inputs depend on the steps themselves
+    and are lagged, as in the duration objective: the decode context (the
+    cumulative steps) and a ``beta_informed`` placement (the density); the
+    loop refreshes them at every accepted state (:meth:`settle`), so at
+    convergence they agree with the betas. With the published features and
+    a fixed placement this is :func:`~._step_count.count_state` exactly.
+
+    Answers what :func:`~._step_count.solve_step_counts` asks of a trace.
+    """
+
+    def __init__(self, problem: FeatureDurations, sample_weight=None):
+        tl = problem.timeline
+        self.problem = problem
+        self.timeline = tl
+        self.features = problem.features
+        self.coef_columns = tuple(f"beta_{f}" for f in self.features)
+        self.overhead = (
+            self.features.index("steps") if "steps" in self.features else None
+        )
+        self.weight = step_count_weights(tl, sample_weight)
+        self.integrals = problem.integrals
+        self.prefill = np.isin(self.features, PREFILL_FEATURES)
+        self.duration_squares = None
+        self.masses = self._masses(None)
+
+    def _full_pressures(self) -> list[np.ndarray]:
+        """Per-step pressure of each feature before any partial chunk."""
+        p = self.problem
+        by_name = {
+            "steps": np.ones(self.timeline.trace_grid.n_segments),
+            "prefill_tokens": self.timeline.p_pf_full,
+            "prefill_attention": p.attention,
+            "decode_tokens": p.p_dec,
+            "decode_context": p.p_context,
+            "batch_size": p.p_batch,
+        }
+        return [by_name[name] for name in self.features]
+
+    def _masses(self, density: np.ndarray | None) -> list:
+        """Mass taken back from each feature per segment (None: none); a
+        ``beta_informed`` placement needs the step ``density``."""
+        p, tl = self.problem, self.timeline
+        tg = tl.trace_grid
+        if p.mode == "beta_informed" and density is None:
+            # before any density: the last segment of each window
+            tokens = static_correction_mass("end_inside", tg, tl.is_prefill, tl.mu)
+            attention = None
+            if p.attention is not None:
+                attention = static_correction_mass(
+                    "end_inside", tg, tl.is_prefill, p.attention_missing
+                )
+        elif p.mode == "beta_informed":
+            tokens = beta_informed_correction_mass(
+                tg, density, tl.is_prefill, tl.n_steps, tl.mu
+            )
+            attention = None
+            if p.attention is not None:
+                attention = beta_informed_correction_mass(
+                    tg, density, tl.is_prefill, tl.n_steps, p.attention_missing
+                )
+        else:
+            tokens, attention = p.fixed, getattr(p, "fixed_attention", None)
+        capped = budget_capped_mass(tokens, tl)
+        by_name = {"prefill_tokens": capped}
+        if attention is not None:
+            by_name["prefill_attention"] = budget_capped_attention(
+                attention, tokens, tl
+            )
+        return [by_name.get(name) for name in self.features]
+
+    def _counts(self, beta: np.ndarray):
+        """``(n, step_time, emptied, pressures)`` at ``beta``: the steps on
+        every segment, the time each lasts, the segments whose prefill
+        features the masses emptied (or None) and the full pressures."""
+        s = self.timeline.trace_grid.seg_len
+        pressures = self._full_pressures()
+        step_time = np.zeros(s.shape[0])
+        bare = np.zeros(s.shape[0])
+        taken = s.copy()
+        for b, pressure, mass, pre in zip(
+            beta, pressures, self.masses, self.prefill, strict=True
+        ):
+            step_time += b * pressure
+            if not pre:
+                bare += b * pressure
+            if mass is not None:
+                taken += b * mass
+        np.maximum(step_time, MIN_STEP_TIME, out=step_time)
+        n = taken / step_time
+        emptied = np.zeros(s.shape[0], dtype=bool)
+        for pressure, mass in zip(pressures, self.masses, strict=True):
+            if mass is not None:
+                emptied |= n * pressure < mass
+        if np.any(emptied):
+            # no prefill left: the steps last the other features' time
+            bare = np.maximum(bare[emptied], MIN_STEP_TIME)
+            n[emptied] = s[emptied] / bare
+            step_time[emptied] = bare
+        else:
+            emptied = None
+        return n, step_time, emptied, pressures
+
+    def state(self, beta: np.ndarray) -> CountState:
+        """The objective at ``beta`` under the lagged context and placement."""
+        beta = np.asarray(beta, dtype=np.float64)
+        tl = self.timeline
+        n, step_time, emptied, pressures = self._counts(beta)
+        steps = self.integrals(n)
+        held = steps > 0
+        scale = np.divide(tl.n_steps, steps, out=np.zeros_like(steps), where=held)
+        n_features = len(self.features)
+        design = np.empty((tl.n_phases, n_features), order="F")
+        jac = np.empty((tl.n_phases, n_features), order="F")
+        for k, (pressure, mass) in enumerate(zip(pressures, self.masses, strict=True)):
+            held_k = n * pressure
+            slope = -held_k
+            if mass is not None:
+                held_k = np.maximum(held_k - mass, 0.0)
+                slope = slope + mass
+            if emptied is not None and self.prefill[k]:
+                held_k[emptied] = 0.0
+                slope[emptied] = 0.0
+            self.integrals(held_k, out=design[:, k])
+            design[:, k] *= scale
+            self.integrals(slope / step_time, out=jac[:, k])
+        residual = steps - tl.n_steps
+        loss = float(np.sum(self.weight * np.square(residual)))
+        return CountState(beta, residual, jac, design, loss, n, None)
+
+    def settle(self, state: CountState) -> CountState:
+        """The state at the same betas with the lagged inputs taken from its
+        steps: the decode context of their cumulative count and a
+        ``beta_informed`` placement under their density."""
+        p = self.problem
+        if not p.context and p.mode != "beta_informed":
+            return state
+        tg = self.timeline.trace_grid
+        if p.context:
+            p.p_context = p._context_pressure(cumulative(state.n))
+        if p.mode == "beta_informed":
+            density = correction_rate(state.n, tg.seg_len)
+            self.masses = self._masses(density)
+        return self.state(state.beta)
+
+    def counted_totals(self) -> tuple[int, float, float]:
+        """Phases of positive weight; the sums of their durations and ``N_i``."""
+        counted = self.weight > 0
+        return (
+            int(np.count_nonzero(counted)),
+            float(self.timeline.duration[counted].sum()),
+            float(self.timeline.n_steps[counted].sum()),
+        )
+
+    def step_totals(self, beta: np.ndarray) -> tuple[float, float]:
+        """Weighted steps the phases hold at ``beta``, and ``N_i``."""
+        n = self._counts(np.asarray(beta, dtype=np.float64))[0]
+        total = float(np.sum(self.weight * self.integrals(n)))
+        return total, float(np.sum(self.weight * self.timeline.n_steps))
+
+    def proposal(self, state: CountState) -> np.ndarray:
+        """The NNLS of the linearised counts: the full Gauss-Newton step's end."""
+        return nnls_fit(state.jac, newton_target(state), self.weight)
+
+    def change_basis(self, state: CountState) -> np.ndarray:
+        return state.jac
+
+    def duration_fit(self, state: CountState) -> tuple[float, float]:
+        """``(r2, rmse)`` of the durations the state predicts, ``design @ beta``."""
+        duration = self.timeline.duration
+        if self.duration_squares is None:
+            self.duration_squares = total_squares(duration)
+        predicted = state.design @ state.beta
+        return scores_from_sums(
+            residual_squares(duration, predicted), *self.duration_squares
+        )

@@ -320,8 +320,10 @@ def initial_scale(problem, beta: np.ndarray) -> np.ndarray:
     """
     beta = np.array(beta, dtype=np.float64)
     _, duration, steps = problem.counted_totals()
-    if beta[0] <= 0:
-        beta[0] = 0.1 * (duration / max(steps, 1.0))
+    # the per-step overhead's position (a step model may lack one: None)
+    overhead = getattr(problem, "overhead", 0)
+    if overhead is not None and beta[overhead] <= 0:
+        beta[overhead] = 0.1 * (duration / max(steps, 1.0))
     total, target = problem.step_totals(beta)
     if total > 0 and target > 0:
         beta *= total / target
@@ -384,9 +386,17 @@ def solve_step_counts(
     tol = settings.tol
     beta = initial_scale(problem, beta_init)
     state = problem.state(beta)
-    history = [history_record(0, beta, np.nan, *problem.duration_fit(state), "start")]
+    # A step model's problem names its betas and refreshes what it lags
+    # (the decode context) at every accepted state; the published has neither.
+    columns = getattr(problem, "coef_columns", None)
+    settle = getattr(problem, "settle", None)
+    history = [
+        history_record(0, beta, np.nan, *problem.duration_fit(state), "start", columns)
+    ]
     converged, n_iter = False, 0
     for n_iter in range(1, settings.max_iter + 1):
+        if settle is not None:
+            state = settle(state)
         proposal = problem.proposal(state)
         # Converged when the full Gauss-Newton step is negligible, not when a
         # halved one is: near the minimum the loss comparisons are rounding
@@ -409,6 +419,7 @@ def solve_step_counts(
                 step,
                 *problem.duration_fit(state),
                 f"Gauss-Newton step x{shrink:g}",
+                columns,
             )
         )
         if callback is not None:

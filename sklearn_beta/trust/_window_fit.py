@@ -146,6 +146,8 @@ def fit_step_counts_of_window(
     sample_weight: np.ndarray | None,
     *,
     edges: str,
+    linearise: Callable | None = None,
+    names: tuple = BETA_NAMES,
 ) -> tuple[tuple, EdgeReport | None, np.ndarray | None, list]:
     """The step-count fit of a trace that may be a window cut from serving.
 
@@ -163,6 +165,11 @@ def fit_step_counts_of_window(
     chosen fit (``sample_weight`` with 0 on the context phases) and the
     findings for
     :func:`~sklearn_beta.trust._identifiability.identifiability_diagnostics`.
+
+    ``linearise(beta)``, ``(Lambda_i - N_i, dLambda_i / dbeta)`` at
+    ``beta``, is the published objective's unless given (a step model's);
+    the step-noise findings speak of the published ``names`` and are made
+    for them only (a step model is judged by its design).
     """
     fixed = static_correction_mass(
         correction_mode, timeline.trace_grid, timeline.is_prefill, timeline.mu
@@ -181,6 +188,8 @@ def fit_step_counts_of_window(
     def linearised(beta):
         if "beta" in solved and np.array_equal(beta, solved["beta"]):
             return solved["linearisation"]
+        if linearise is not None:
+            return linearise(beta)
         state = count_state(timeline, beta, correction_mode, fixed, 1.0)
         return state.residual, state.jac
 
@@ -198,6 +207,8 @@ def fit_step_counts_of_window(
     else:
         result = fitted(sample_weight, None)
     beta, design = result[0], result[3]
+    if tuple(names) != BETA_NAMES:
+        return result, report, sample_weight, []
     weight = step_count_weights(timeline, sample_weight)
     residual, jac = linearised(beta)
     # The typical step: the design's token counts per step, weighted as the
