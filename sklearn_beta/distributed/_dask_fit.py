@@ -207,6 +207,17 @@ def partition_exposures(X, y=None, sample_weight=None) -> PartitionSource:
     for name, value in (("y", y), ("sample_weight", sample_weight)):
         if value is not None:
             raise TypeError(_NOT_COLLECTED.format(name=name))
+    n_columns = len(X.columns)
+    if n_columns <= EXPOSURE_COLUMNS.index("duration"):
+        # In memory y gives the durations of a design-only table; here they
+        # can only be the table's own column.
+        raise ValueError(
+            "On a Dask DataFrame the durations are the exposure table's "
+            f"'duration' column (column {EXPOSURE_COLUMNS.index('duration')}); "
+            f"the table has {n_columns} columns {list(X.columns)}. Fit on "
+            "PhaseExposureTransformer's output, or at least on its columns "
+            f"{list(EXPOSURE_COLUMNS[:4])}."
+        )
     return PartitionSource(X)
 
 

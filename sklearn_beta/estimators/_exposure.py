@@ -422,7 +422,7 @@ class PhaseExposureTransformer(TransformerMixin, BaseEstimator):
         return PhaseColumns.coerce(self.columns)
 
     def _phase_arrays(self, X) -> PhaseArrays:
-        return check_phases(X, self._columns(), need_prefill_tokens=self._need_tokens())
+        return validated_phases(self, X)
 
     def _exposures(
         self, X, arrays: PhaseArrays | None = None
@@ -610,3 +610,12 @@ class PhaseExposureTransformer(TransformerMixin, BaseEstimator):
         tags.input_tags.string = True
         tags.input_tags.categorical = True
         return tags
+
+
+def validated_phases(transformer: PhaseExposureTransformer, X) -> PhaseArrays:
+    """The phase table ``X`` validated as ``transformer`` reads it: its
+    columns, with the prefill tokens where its correction or step features
+    need them (for the scorers, which should not call its private members)."""
+    return check_phases(
+        X, transformer._columns(), need_prefill_tokens=transformer._need_tokens()
+    )
