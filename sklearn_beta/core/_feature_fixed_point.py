@@ -266,13 +266,6 @@ class BasisCounts:
         coef = np.asarray(coef, dtype=np.float64)
         return self._in_basis(self.problem.state(self.basis.T @ coef), coef)
 
-    def settle(self, state: CountState) -> CountState:
-        inner = replace(state, beta=self.basis.T @ state.beta)
-        settled = self.problem.settle(inner)
-        if settled is inner:  # nothing lagged: the state stands
-            return state
-        return self._in_basis(settled, state.beta)
-
     def counted_totals(self):
         return self.problem.counted_totals()
 
@@ -304,9 +297,12 @@ class FeatureCounts:
     sum b_k p_k``. Where the masses exceed what the full chunks hold the
     prefill features are emptied. Two inputs depend on the steps themselves
     and are lagged, as in the duration objective: the decode context (the
-    cumulative steps) and a ``beta_informed`` placement (the density); the
-    loop refreshes them at every accepted state (:meth:`settle`), so at
-    convergence they agree with the betas. With the published features and
+    cumulative steps) and a ``beta_informed`` placement (the density). Each
+    state takes them from the state evaluated before it, which in
+    :func:`~._step_count.solve_step_counts` is the accepted one (unless a
+    step was halved), so at convergence they agree with the betas; settling
+    them by evaluating every state twice doubled the fit's cost. With the
+    published features and
     a fixed placement this is :func:`~._step_count.count_state` exactly.
 
     Answers what :func:`~._step_count.solve_step_counts` asks of a trace.
@@ -429,22 +425,20 @@ class FeatureCounts:
             self.integrals(slope / step_time, out=jac[:, k])
         residual = steps - tl.n_steps
         loss = float(np.sum(self.weight * np.square(residual)))
+        self._refresh(n)
         return CountState(beta, residual, jac, design, loss, n, None)
 
-    def settle(self, state: CountState) -> CountState:
-        """The state at the same betas with the lagged inputs taken from its
-        steps: the decode context of their cumulative count and a
+    def _refresh(self, n: np.ndarray) -> None:
+        """Take the lagged inputs of the next state from the steps ``n`` of
+        this one: the decode context of their cumulative count and a
         ``beta_informed`` placement under their density."""
         p = self.problem
-        if not p.context and p.mode != "beta_informed":
-            return state
-        tg = self.timeline.trace_grid
         if p.context:
-            p.p_context = p._context_pressure(cumulative(state.n))
+            p.p_context = p._context_pressure(cumulative(n))
         if p.mode == "beta_informed":
-            density = correction_rate(state.n, tg.seg_len)
-            self.masses = self._masses(density)
-        return self.state(state.beta)
+            self.masses = self._masses(
+                correction_rate(n, self.timeline.trace_grid.seg_len)
+            )
 
     def counted_totals(self) -> tuple[int, float, float]:
         """Phases of positive weight; the sums of their durations and ``N_i``."""

@@ -386,17 +386,13 @@ def solve_step_counts(
     tol = settings.tol
     beta = initial_scale(problem, beta_init)
     state = problem.state(beta)
-    # A step model's problem names its betas and refreshes what it lags
-    # (the decode context) at every accepted state; the published has neither.
+    # A step model's problem names its betas (the published: beta0..2).
     columns = getattr(problem, "coef_columns", None)
-    settle = getattr(problem, "settle", None)
     history = [
         history_record(0, beta, np.nan, *problem.duration_fit(state), "start", columns)
     ]
     converged, n_iter = False, 0
     for n_iter in range(1, settings.max_iter + 1):
-        if settle is not None:
-            state = settle(state)
         proposal = problem.proposal(state)
         # Converged when the full Gauss-Newton step is negligible, not when a
         # halved one is: near the minimum the loss comparisons are rounding

@@ -126,9 +126,8 @@ class FeatureSource:
         """``(Lambda_i - N_i, dLambda_i / dbeta)`` at ``beta``, the decode
         context settled at it (the edge test's question)."""
         problem = self.problem(timeline, settings, None)
-        state = problem.state(beta)
         for _ in range(SETTLING_PASSES):
-            state = problem.settle(state)
+            state = problem.state(beta)
         return state.residual, state.jac
 
     def diagnostics(self, solution, beta, unit, settings) -> dict:
