@@ -375,9 +375,6 @@ def test_step_model_paths_that_cannot_fit_raise():
         fitted = BaselineBetaRegressor().fit(published)
     with pytest.raises(ValueError, match="features"):
         fitted.predict(table)
-    transformer = PhaseExposureTransformer(step_model="attention")
-    with pytest.raises(ValueError, match="Dask"):
-        transformer._check_published("a Dask collection")
 
 
 def test_baseline_fits_a_list_of_features_with_named_diagnostics():

@@ -254,6 +254,10 @@ class BasisCounts:
         self.coef_columns = tuple(f"beta_{f}" for f in self.features)
         self.timeline = problem.timeline
         self.weight = problem.weight
+        self.sample_weight = problem.sample_weight
+        self.correction_mode = problem.correction_mode
+        self.fixed = problem.fixed
+        self.last = None
         # the per-step overhead the start gives a floor (initial_scale)
         overhead = [k for k, f in enumerate(names) if f in ("steps", "per_step")]
         self.overhead = overhead[0] if overhead else None
@@ -264,7 +268,8 @@ class BasisCounts:
 
     def state(self, coef: np.ndarray) -> CountState:
         coef = np.asarray(coef, dtype=np.float64)
-        return self._in_basis(self.problem.state(self.basis.T @ coef), coef)
+        self.last = self._in_basis(self.problem.state(self.basis.T @ coef), coef)
+        return self.last
 
     def counted_totals(self):
         return self.problem.counted_totals()
@@ -318,6 +323,11 @@ class FeatureCounts:
             self.features.index("steps") if "steps" in self.features else None
         )
         self.weight = step_count_weights(tl, sample_weight)
+        self.sample_weight = sample_weight
+        self.correction_mode = problem.mode
+        self.fixed = problem.fixed
+        #: The state evaluated last (the solution's, once a fit ends).
+        self.last = None
         self.integrals = problem.integrals
         self.prefill = np.isin(self.features, PREFILL_FEATURES)
         self.duration_squares = None
@@ -426,7 +436,8 @@ class FeatureCounts:
         residual = steps - tl.n_steps
         loss = float(np.sum(self.weight * np.square(residual)))
         self._refresh(n)
-        return CountState(beta, residual, jac, design, loss, n, None)
+        self.last = CountState(beta, residual, jac, design, loss, n, None)
+        return self.last
 
     def _refresh(self, n: np.ndarray) -> None:
         """Take the lagged inputs of the next state from the steps ``n`` of

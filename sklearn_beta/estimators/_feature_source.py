@@ -69,17 +69,15 @@ class FeatureSource:
 
     def problem(self, timeline, settings: FitSettings, weight):
         """The objective of ``settings`` on ``timeline`` with phase ``weight``."""
-        durations = FeatureDurations(
-            timeline, self.prompt, self.features, settings.correction_mode, weight
+        return feature_problem(
+            timeline,
+            self.prompt,
+            self.features,
+            (self.basis, self.basis_names),
+            settings.objective,
+            settings.correction_mode,
+            weight,
         )
-        if settings.objective == "step_count":
-            counts = FeatureCounts(durations, weight)
-            if self.basis is None:
-                return counts
-            return BasisCounts(counts, self.basis, self.basis_names)
-        if self.basis is None:
-            return durations
-        return BasisDurations(durations, self.basis, self.basis_names)
 
     def solve(self, unit: float, settings: FitSettings, callback) -> Solution:
         scaled = rescaled_timeline(replace(self.timeline, duration=self.duration), unit)
@@ -160,3 +158,17 @@ class FeatureSource:
             settings,
             unit=unit,
         )
+
+
+def feature_problem(
+    timeline, prompt, features, basis, objective, correction_mode, weight=None
+):
+    """A step model's problem of ``objective`` on ``timeline``: the
+    features' own, or in the coordinates of ``basis = (K, names)`` (K None:
+    none). Shared with the distributed backend's partitions."""
+    matrix, names = basis
+    durations = FeatureDurations(timeline, prompt, features, correction_mode, weight)
+    if objective == "step_count":
+        counts = FeatureCounts(durations, weight)
+        return counts if matrix is None else BasisCounts(counts, matrix, names)
+    return durations if matrix is None else BasisDurations(durations, matrix, names)
