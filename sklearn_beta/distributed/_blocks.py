@@ -21,7 +21,7 @@ No dask here: see :mod:`sklearn_beta.distributed._dask_fit` for the scheduling.
 from __future__ import annotations
 
 from dataclasses import dataclass, fields, is_dataclass, replace
-from functools import reduce
+from functools import partial, reduce
 
 import numpy as np
 import pandas as pd
@@ -166,6 +166,9 @@ class Block:
     #: lagged passes are :class:`DurationState`); its count problem is
     #: ``counts`` (:mod:`sklearn_beta.core._feature_fixed_point`).
     durations: object = None
+    #: A step model's count problem under given phase weights, made afresh
+    #: (``factory(weight)``; None: the published model's).
+    factory: object = None
 
     @property
     def timeline(self):
@@ -253,11 +256,19 @@ def _feature_block(values, timeline, features, correction_mode) -> Block:
     design, matrix = fit_design(values)
     prompt = _own(request_prompts_of(values))
     basis = (matrix, IDENTIFIABLE_FEATURES)
-    made = [
-        feature_problem(timeline, prompt, features, basis, objective, correction_mode)
-        for objective in ("step_count", "duration")
-    ]
-    counts = made[0]
+    factory = partial(
+        feature_problem,
+        timeline,
+        prompt,
+        features,
+        basis,
+        "step_count",
+        correction_mode,
+    )
+    counts = factory(None)
+    durations = feature_problem(
+        timeline, prompt, features, basis, "duration", correction_mode
+    )
     n_weighted, counted_duration, counted_steps = counts.counted_totals()
     start = {
         "r_init": RFactor.of(design, timeline.duration),
@@ -269,7 +280,7 @@ def _feature_block(values, timeline, features, correction_mode) -> Block:
         "n_floored": 0,
         "table_modes": np.zeros(len(TABLE_MODES), dtype=np.int64),
     }
-    return Block(counts, start, made[1])
+    return Block(counts, start, durations, factory)
 
 
 #: Placements a partition's table can show; the last slot counts tables no

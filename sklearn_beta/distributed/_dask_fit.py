@@ -427,19 +427,12 @@ class PartitionSource:
 
 
 def _check_feature_settings(settings: FitSettings) -> None:
-    """What the in-memory fit of a step model refuses, and the edge
-    treatment it has on partitions only for the published model."""
+    """What the in-memory fit of a step model refuses."""
     if settings.init_correction_mode is not None:
         raise ValueError(
             f"{settings.estimator}(init_correction_mode=...) recomputes a "
             "published design; under a step model the start is the table's "
             "exposures: set init_correction_mode=None."
-        )
-    if settings.objective == "step_count" and settings.edges == "auto":
-        raise ValueError(
-            f"{settings.estimator}(edges='auto') of a step model runs in memory "
-            "only; on a Dask DataFrame set edges='fit' (every phase fitted), or "
-            "fit the pandas table."
         )
 
 

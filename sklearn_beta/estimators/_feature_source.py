@@ -123,10 +123,7 @@ class FeatureSource:
     def linearised(self, timeline, settings, beta) -> tuple[np.ndarray, np.ndarray]:
         """``(Lambda_i - N_i, dLambda_i / dbeta)`` at ``beta``, the decode
         context settled at it (the edge test's question)."""
-        problem = self.problem(timeline, settings, None)
-        for _ in range(SETTLING_PASSES):
-            state = problem.state(beta)
-        return state.residual, state.jac
+        return settled_linearisation(self.problem(timeline, settings, None), beta)
 
     def diagnostics(self, solution, beta, unit, settings) -> dict:
         design, weight, findings, _ = solution.state
@@ -172,3 +169,13 @@ def feature_problem(
         counts = FeatureCounts(durations, weight)
         return counts if matrix is None else BasisCounts(counts, matrix, names)
     return durations if matrix is None else BasisDurations(durations, matrix, names)
+
+
+def settled_linearisation(problem, beta) -> tuple[np.ndarray, np.ndarray]:
+    """``(Lambda_i - N_i, dLambda_i / dbeta)`` of a fresh step-count
+    ``problem`` at ``beta``, its lagged decode context settled by
+    :data:`SETTLING_PASSES` states (the edge test's question, in memory and
+    on partitions)."""
+    for _ in range(SETTLING_PASSES):
+        state = problem.state(beta)
+    return state.residual, state.jac

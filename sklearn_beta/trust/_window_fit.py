@@ -186,10 +186,13 @@ def fit_step_counts_of_window(
         return result
 
     def linearised(beta):
+        if linearise is not None:
+            # A step model's state depends on its lagged decode context,
+            # hence on the states before it: its linearisation is made
+            # afresh at ``beta`` alone, the same on partitions.
+            return linearise(beta)
         if "beta" in solved and np.array_equal(beta, solved["beta"]):
             return solved["linearisation"]
-        if linearise is not None:
-            return linearise(beta)
         state = count_state(timeline, beta, correction_mode, fixed, 1.0)
         return state.residual, state.jac
 
