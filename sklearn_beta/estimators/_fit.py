@@ -102,7 +102,9 @@ def fit_iterative(source, settings: FitSettings) -> FittedBetas:
     callback = None
     if settings.verbose:
         # Looked up here, not bound at import: benchmarks and tests hook it.
-        callback = partial(print_progress, unit=unit, names=settings.coef_names)
+        callback = partial(print_progress, unit=unit)
+        if settings.coef_names != BETA_NAMES:  # a step model's betas by name
+            callback = partial(callback, names=settings.coef_names)
     solution = source.solve(unit, settings, callback)
     if not solution.converged:
         warn_not_converged(
