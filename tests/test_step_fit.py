@@ -131,3 +131,34 @@ def test_edges_auto_on_a_window_of_a_step_model_trace(how):
     assert auto.diagnostics_["edges"]["n_context"] > 0
     np.testing.assert_array_less(np.abs(auto.beta_ / BETA_ATTENTION - 1), 0.02)
     assert np.max(np.abs(every.beta_ / BETA_ATTENTION - 1)) > 0.3
+
+
+def test_identifiability_warnings_name_a_step_models_features():
+    # One request at a time: every step's batch is 1, so the batch_size
+    # feature is the steps feature again and the trace cannot split them.
+    phases = simulate_trace(
+        200,
+        beta=(5e-3, 2e-5, 8e-5),
+        chunk_size=64,
+        max_num_seqs=1,
+        arrival_rate=2.0,
+        noise=0.02,
+        random_state=0,
+    )
+    model = make_pipeline(
+        PhaseExposureTransformer(
+            64, step_model=["steps", "prefill_tokens", "decode_tokens", "batch_size"]
+        ),
+        IterativeBetaRegressor(),
+    )
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        model.fit(phases)
+    found = [
+        str(w.message)
+        for w in caught
+        if w.category.__name__ == "IdentifiabilityWarning"
+    ]
+    assert found and "batch_size" in found[0]
+    assert "batch_size" in model[-1].diagnostics_["not_identified"]
+    assert model[-1].beta_ci_.shape == (4, 2)

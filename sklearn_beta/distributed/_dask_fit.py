@@ -336,9 +336,10 @@ class PartitionSource:
             trust = solution_sums(
                 settings.confidence_level, fitted, count_solution, beta * unit, unit
             )
-            if published:  # the step-noise findings name the published three
-                weighted = trust[0]["weighted_design"]
-                findings = _noise_limited(state, fitted_start, weighted)
+            weighted = trust[0]["weighted_design"]
+            findings = _noise_limited(
+                state, fitted_start, weighted, settings.coef_names
+            )
             weighted_r = trust[0].get("r_weighted_design")
             weighted_r = None if weighted_r is None else weighted_r.r
         else:
@@ -469,14 +470,16 @@ def _fit_window(settings, blocks, start, beta_init, callback, columns=None):
     return result, report
 
 
-def _noise_limited(state: ReducedState, start: dict, weighted_design) -> list:
+def _noise_limited(
+    state: ReducedState, start: dict, weighted_design, names=BETA_NAMES
+) -> list:
     """``_what_if.noise_limited_findings`` of the step-count fit, from sums."""
-    r = state.stats["r_newton"].r[:, :3]
+    r = state.stats["r_newton"].r[:, :-1]
     typical = weighted_design / max(float(weighted_design[0]), 1e-300)
     split = split_from_sums(
         r.T @ r, state.loss, start["n_weighted"], state.beta, typical
     )
-    return findings_of_split(split, typical)
+    return findings_of_split(split, typical, names)
 
 
 def predict_partitions(estimator, X):

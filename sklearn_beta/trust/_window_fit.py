@@ -167,9 +167,8 @@ def fit_step_counts_of_window(
     :func:`~sklearn_beta.trust._identifiability.identifiability_diagnostics`.
 
     ``linearise(beta)``, ``(Lambda_i - N_i, dLambda_i / dbeta)`` at
-    ``beta``, is the published objective's unless given (a step model's);
-    the step-noise findings speak of the published ``names`` and are made
-    for them only (a step model is judged by its design).
+    ``beta``, is the published objective's unless given (a step model's,
+    whose coefficients the findings call ``names``).
     """
     fixed = static_correction_mass(
         correction_mode, timeline.trace_grid, timeline.is_prefill, timeline.mu
@@ -210,8 +209,6 @@ def fit_step_counts_of_window(
     else:
         result = fitted(sample_weight, None)
     beta, design = result[0], result[3]
-    if tuple(names) != BETA_NAMES:
-        return result, report, sample_weight, []
     weight = step_count_weights(timeline, sample_weight)
     residual, jac = linearised(beta)
     # The typical step: the design's token counts per step, weighted as the
@@ -219,10 +216,12 @@ def fit_step_counts_of_window(
     typical = np.sum(weight[:, None] * design, 0) / max(
         float(np.sum(weight * design[:, 0])), 1e-300
     )
-    findings = noise_limited_findings(jac, residual, weight, beta, typical)
+    findings = noise_limited_findings(jac, residual, weight, beta, typical, names)
     if not findings and report is not None:
         interior = step_count_weights(timeline, window.weights("interior"))
-        findings = edge_identified_findings(jac, residual, interior, beta, typical)
+        findings = edge_identified_findings(
+            jac, residual, interior, beta, typical, names
+        )
     return result, report, sample_weight, findings
 
 
@@ -232,6 +231,7 @@ def edge_identified_findings(
     interior_weight: np.ndarray,
     beta: np.ndarray,
     typical: np.ndarray,
+    names=BETA_NAMES,
 ) -> list[tuple[tuple[str, ...], str]]:
     """Coefficients only the edge zones separate, one of them at zero.
 
@@ -245,11 +245,11 @@ def edge_identified_findings(
     sign: the bound set it, not the trace. The complete trace of a saturated
     engine, identified through its real ramps, keeps every beta positive.
     """
-    found = noise_limited_findings(jac, residual, interior_weight, beta, typical)
+    found = noise_limited_findings(jac, residual, interior_weight, beta, typical, names)
     step = float(typical @ beta)
     at_zero = {
         name
-        for name, part in zip(BETA_NAMES, beta * typical, strict=True)
+        for name, part in zip(names, beta * typical, strict=True)
         if part <= ZERO_BOUND_SHARE * step
     }
     return [
