@@ -315,13 +315,7 @@ class PartitionSource:
         tables.items.clear()
         start = blocks.map(start_block)
         if published:  # as in memory: a step model's table is not checked
-            check_table_settings(
-                reduced_table_settings(start),
-                name=settings.estimator,
-                objective=settings.objective,
-                correction_mode=settings.correction_mode,
-                init_correction_mode=settings.init_correction_mode,
-            )
+            _check_table_settings(start, settings)
         beta_init = nnls_from_r(start["r_init"].r)
         columns = None if published else coef_columns(settings.coef_names)
         trust, findings, report, weighted_r = None, [], None, None
@@ -425,6 +419,17 @@ class PartitionSource:
         return intervals_of_sums(
             beta, sums["sandwich"], n_lags, diagnostics, settings, unit
         )
+
+
+def _check_table_settings(start: dict, settings: FitSettings) -> None:
+    """``check_table_settings`` of the partitions' reduced table settings."""
+    check_table_settings(
+        reduced_table_settings(start),
+        name=settings.estimator,
+        objective=settings.objective,
+        correction_mode=settings.correction_mode,
+        init_correction_mode=settings.init_correction_mode,
+    )
 
 
 def _check_feature_settings(settings: FitSettings) -> None:
