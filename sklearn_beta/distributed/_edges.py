@@ -135,9 +135,14 @@ def probe_block(
 
 
 def _linearised(block: Block, beta: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """``(Lambda_i - N_i, dLambda_i / dbeta)`` of a block at ``beta``: a step
-    model's afresh, as the in-memory edge test makes it."""
+    """``(Lambda_i - N_i, dLambda_i / dbeta)`` of a block at ``beta``, a step
+    model's as the in-memory edge test makes it."""
     if block.factory is not None:
+        # The fit of every phase ran on these blocks: at its betas, its own
+        # state (as in memory), else afresh.
+        last = block.counts.last
+        if last is not None and np.array_equal(last.beta, beta):
+            return last.residual, last.jac
         return settled_linearisation(block.factory(None), beta)
     state = block.counts.state(beta)
     return state.residual, state.jac

@@ -32,7 +32,7 @@ from ._baseline import design_diagnostics
 from ._fit import FitSettings, Solution, beta_intervals
 
 #: Lagged passes that settle the decode context at given betas.
-SETTLING_PASSES = 3
+SETTLING_PASSES = 2
 
 
 class FeatureSource:

@@ -174,21 +174,26 @@ def fit_step_counts_of_window(
         correction_mode, timeline.trace_grid, timeline.is_prefill, timeline.mu
     )
 
-    solved = {}
+    solved, first = {}, {}
 
-    def fitted(weight, beta_init=None, final=True):
+    def fitted(weight, beta_init=None, final=True, every_phase=True):
         # Remember the last fit's own linearisation at its betas: asking for
         # it again would rebuild the whole objective (seconds at 1e7 phases).
         result = fit(weight, beta_init, final)
         jac, residual, _ = result[-1]
         solved.update(beta=result[0], linearisation=(residual, jac))
+        if every_phase:
+            first.update(solved)
         return result
 
     def linearised(beta):
         if linearise is not None:
             # A step model's state depends on its lagged decode context,
-            # hence on the states before it: its linearisation is made
-            # afresh at ``beta`` alone, the same on partitions.
+            # hence on the states before it: its linearisation is the fit
+            # of every phase's own at its betas, else made afresh at
+            # ``beta`` alone; the partitions keep the same two.
+            if "beta" in first and np.array_equal(beta, first["beta"]):
+                return first["linearisation"]
             return linearise(beta)
         if "beta" in solved and np.array_equal(beta, solved["beta"]):
             return solved["linearisation"]
@@ -201,7 +206,7 @@ def fit_step_counts_of_window(
         result, report, kind = fit_with_edge_context(
             window,
             lambda kind, beta_init, final: fitted(
-                window.weights(kind), beta_init, final
+                window.weights(kind), beta_init, final, kind == "all"
             ),
         )
         sample_weight = window.weights(kind)
