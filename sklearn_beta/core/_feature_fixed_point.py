@@ -281,7 +281,7 @@ class BasisCounts:
         return nnls_fit(state.jac, newton_target(state), self.weight)
 
     def change_basis(self, state: CountState) -> np.ndarray:
-        return state.jac
+        return column_norms(state.jac)
 
     def duration_fit(self, state: CountState) -> tuple[float, float]:
         return self.problem.duration_fit(state)
@@ -471,7 +471,7 @@ class FeatureCounts:
         return nnls_fit(state.jac, newton_target(state), self.weight)
 
     def change_basis(self, state: CountState) -> np.ndarray:
-        return state.jac
+        return column_norms(state.jac)
 
     def duration_fit(self, state: CountState) -> tuple[float, float]:
         """``(r2, rmse)`` of the durations the state predicts, ``design @ beta``."""
@@ -482,3 +482,10 @@ class FeatureCounts:
         return scores_from_sums(
             residual_squares(duration, predicted), *self.duration_squares
         )
+
+
+def column_norms(jac: np.ndarray) -> np.ndarray:
+    """One row with the columns' norms: all :func:`~._fixed_point.beta_change`
+    reads of its basis, without the temporary the size of ``jac`` that
+    ``np.linalg.norm`` makes (as the distributed fit reduces them)."""
+    return np.sqrt(np.einsum("ij,ij->j", jac, jac))[None, :]
