@@ -422,6 +422,11 @@ class FeatureCounts:
         design = np.empty((tl.n_phases, n_features), order="F")
         jac = np.empty((tl.n_phases, n_features), order="F")
         for k, (pressure, mass) in enumerate(zip(pressures, self.masses, strict=True)):
+            if self.features[k] == "steps":
+                # N_i steps of one each: no integral (the published design's)
+                design[:, k] = tl.n_steps
+                self.integrals(-n / step_time, out=jac[:, k])
+                continue
             held_k = n * pressure
             slope = -held_k
             if mass is not None:
