@@ -122,6 +122,19 @@ class ScheduleBetaRegressor(RegressorMixin, BaseEstimator):
         index label), and ``predict(X)`` returns the rows of ``X`` of the
         whole trace's replay: held-out requests are predicted amid their real
         load. Needed for cross-validation by requests (:class:`RequestKFold`).
+    clock : {"auto", "trace", "model"}, default="auto"
+        The clock of the replays of ``predict``, ``score`` and ``replay``.
+        ``"model"``: steps last their model time (a forecast; the step
+        noise's random walk moves later step boundaries by whole steps over
+        a long busy period). ``"trace"`` (needs ``trace``): the replay is
+        snapped to the observed first and last token times of the requests
+        ``fit`` was given (the offsets removed, admissions aligned as in the
+        fit), never to those of the requests it predicts: held-out requests
+        are predicted amid the real timing of the others, which is what a
+        held-out evaluation by requests may condition on. ``"auto"``:
+        ``"trace"`` when ``trace`` is set (held-out evaluation), else
+        ``"model"`` (a replay of ``X`` itself may not use its own times).
+        What-if forecasts run on model time whatever this is.
     init : {"auto", "baseline", "iterative"} or array-like of shape (3,), \
 default="auto"
         Start of the iteration: a phase-exposure fit
@@ -200,6 +213,10 @@ default="auto"
         ``"pooled"``), the betas, the offset totals ``c_scheduled``,
         ``c_first``, ``c_last``, the requests rescheduled by its replay and
         the coefficients' change (``step``).
+    fitted_requests_ : ndarray of bool of shape (n_requests,)
+        Which requests of the replayed table (``trace``, or ``X``) the fit
+        read, in order of first appearance: those a ``clock="trace"``
+        replay snaps to.
     n_rows_ : int
         Rows of the last fit.
     schedule_misfit_ : float
@@ -234,6 +251,7 @@ default="auto"
         "max_num_seqs": [count(), None],
         "engine_settings": [dict, None],
         "trace": [pd.DataFrame, None],
+        "clock": [StrOptions({"auto", "trace", "model"})],
         "init": [StrOptions(set(INIT_OPTIONS)), "array-like"],
         "fit_offsets": ["boolean"],
         "max_iter": [count()],
@@ -254,6 +272,7 @@ default="auto"
         *,
         engine_settings=None,
         trace=None,
+        clock="auto",
         init="auto",
         fit_offsets=True,
         max_iter=20,
@@ -270,6 +289,7 @@ default="auto"
         self.max_num_seqs = max_num_seqs
         self.engine_settings = engine_settings
         self.trace = trace
+        self.clock = clock
         self.init = init
         self.fit_offsets = fit_offsets
         self.max_iter = max_iter
@@ -302,13 +322,16 @@ default="auto"
         self : object
             Fitted estimator.
         """
+        self._resolved_clock()  # clock="trace" without trace raises
         frame, rows = self._frame_rows(X)
         trace = self._read(frame)
         keep = None
+        fitted = np.ones(trace.n_requests, dtype=bool)
         if rows is not None:
-            fitted = np.zeros(trace.n_requests, dtype=bool)
+            fitted[:] = False
             fitted[trace.row_request[rows]] = True
             keep = np.repeat(fitted, trace.n_kinds)
+        self.fitted_requests_ = fitted
         free = self._free_columns(trace.scheduled)
         theta = np.zeros(6)
         theta[:3] = self._initial_beta(
@@ -360,7 +383,7 @@ default="auto"
             X = self.trace
         frame, rows = self._frame_rows(X)
         trace = self._read(frame)
-        run = self._run(trace, self.beta_, self.alpha_["queue"], forecast=True)
+        run = self._forecast(trace)
         shift = trace.origin - self.alpha_["queue"]
         requests = trace.requests
         replayed = pd.DataFrame(
@@ -380,9 +403,11 @@ default="auto"
                 "observed_decode_end": requests["decode_end"],
             }
         )
-        if self.max_in_flight is not None:
+        if self._closed_loop_forecast():
             # the TTFT of a closed-loop client runs from its predicted send
             replayed["send"] = run.send + trace.origin
+        elif self.max_in_flight is not None:
+            replayed["send"] = requests["arrival"]  # the trace's clock: as sent
         if rows is None:
             return replayed
         wanted = np.zeros(trace.n_requests, dtype=bool)
@@ -407,14 +432,14 @@ default="auto"
         check_is_fitted(self)
         frame, rows = self._frame_rows(X)
         trace = self._read(frame)
-        run = self._run(trace, self.beta_, self.alpha_["queue"], forecast=True)
+        run = self._forecast(trace)
         first = (
             run.prefill_end + self._alpha_total("first_token") - self.alpha_["queue"]
         )
         last = run.decode_end + self._alpha_total("last_token") - self.alpha_["queue"]
         if trace.scheduled:
             start = run.prefill_start  # the engine's own clock: no offset
-        elif self.max_in_flight is not None:
+        elif self._closed_loop_forecast():
             start = run.send  # a closed-loop client's predicted send
         else:
             start = trace.requests["arrival"] - trace.origin
@@ -600,7 +625,51 @@ default="auto"
             cached_tokens=trace.requests["cached"],
         )
 
+    def _resolved_clock(self) -> str:
+        """The clock of ``predict`` and ``replay`` (``clock``, ``"auto"``
+        resolved)."""
+        if self.clock == "auto":
+            return "model" if self.trace is None else "trace"
+        if self.clock == "trace" and self.trace is None:
+            raise ValueError(
+                "clock='trace' snaps the replay to the observed times of the "
+                "requests fit was given, within the whole trace: set trace= (the "
+                "full phase table), or use clock='model'."
+            )
+        return self.clock
+
+    def _closed_loop_forecast(self) -> bool:
+        """Whether predict and replay send under the client cap (a forecast
+        on model time); on the trace's clock the observed sends are kept."""
+        return self.max_in_flight is not None and self._resolved_clock() == "model"
+
+    def _forecast(self, trace):
+        """The replay of ``predict`` and ``replay``: on model time, or on the
+        trace's clock of the fitted requests' observed token times."""
+        if self._resolved_clock() == "model":
+            return self._run(trace, self.beta_, self.alpha_["queue"], forecast=True)
+        alpha = self.alpha_
+        theta = np.r_[
+            self.beta_,
+            alpha["queue"],
+            self._alpha_total("first_token"),
+            self._alpha_total("last_token"),
+        ]
+        keep = np.repeat(self.fitted_requests_, trace.n_kinds)
+        return self._aligned_run(trace, theta, trace.engine_ends(theta, keep), True)
+
     def _schedule(self, trace, theta, observed_ends, align=False):
+        run = self._aligned_run(trace, theta, observed_ends, align)
+        return schedule_events(
+            run,
+            run.arrival,
+            trace.requests["instance"],
+            scheduled=trace.scheduled,
+        )
+
+    def _aligned_run(self, trace, theta, observed_ends, align):
+        """A replay snapped to ``observed_ends``, its admissions aligned with
+        the trace's when ``align`` and the KV cache is bounded."""
         queue = theta[3]
         beta = _usable_beta(theta[:3], None)
         run = self._run(trace, beta, queue, True, observed_ends)
@@ -617,12 +686,7 @@ default="auto"
                 if not trace.align_admissions(run, beta):
                     break
                 run = self._run(trace, beta, queue, True, observed_ends)
-        return schedule_events(
-            run,
-            run.arrival,
-            trace.requests["instance"],
-            scheduled=trace.scheduled,
-        )
+        return run
 
     def _set_coefficients(self, theta) -> None:
         self.beta_ = theta[:3].copy()
