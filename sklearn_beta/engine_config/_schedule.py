@@ -63,6 +63,25 @@ LEVELS_TOL = 1e-3
 ADMISSION_SLACK = 0.1
 #: Most replays per iteration that move arrivals so.
 ALIGN_ROUNDS = 3
+#: A fit's ``schedule_misfit_`` above this (0.67 x a step-noise sigma of
+#: 7.5 %, above the few percent of an engine's step noise) is on another
+#: schedule than the trace's: the snapping offsets are searched
+#: (``search_snap_offsets``), and above ``MISFIT_WARN`` the fit warns.
+MISFIT_SEARCH = 0.05
+MISFIT_WARN = 0.1
+#: The search: offset levels within ``SEARCH_SPAN`` mean steps of the fit's
+#: (a flipped admission moves the schedule by up to a step), on
+#: ``SEARCH_POINTS`` points (a 24th of a step apart, about the width of the
+#: windows that find the trace's schedule, docs/schedule.md), the
+#: ``SEARCH_STARTS`` best iterated.
+SEARCH_SPAN = 1.0
+SEARCH_POINTS = 49
+SEARCH_STARTS = 3
+#: Most searches, each from the last one's best while it improves.
+SEARCH_ROUNDS = 3
+#: Least share of the requests whose first token coincides with another's
+#: last token at one gap for the trace to show the offsets' gap.
+GAP_SHARE = 0.05
 #: Reweightings of the robust fit, and the bisquare's tuning constant.
 ROBUST_ITER = 5
 TUKEY_C = 4.685
@@ -341,6 +360,16 @@ default="auto"
         solved = solve_schedule(
             trace, theta, keep, free, self._schedule, self.max_iter, self.tol
         )
+        for _ in range(SEARCH_ROUNDS):
+            if solved.misfit <= MISFIT_SEARCH:
+                break
+            searched = search_snap_offsets(
+                trace, solved, keep, free, self._schedule, self.max_iter, self.tol
+            )
+            if searched.misfit >= solved.misfit:
+                solved = replace(solved, n_iter=searched.n_iter)
+                break
+            solved = searched
         self.n_iter_ = solved.n_iter
         self.converged_ = solved.converged
         if not solved.converged:
@@ -355,7 +384,17 @@ default="auto"
         self.history_ = pd.DataFrame(solved.history, columns=HISTORY_COLUMNS)
         self._set_coefficients(solved.theta)
         self.n_rows_ = int(solved.rows.target.shape[0])
-        self.schedule_misfit_ = schedule_misfit(solved.rows, solved.theta, free)
+        self.schedule_misfit_ = solved.misfit
+        if solved.misfit > MISFIT_WARN:
+            warn(
+                f"ScheduleBetaRegressor's replay did not find the trace's schedule: "
+                f"schedule_misfit_ = {solved.misfit:.3g} after a search of the "
+                "snapping offsets, where about 0.67 times the step noise's "
+                "relative sigma (0.013 at 2 % noise) shows the schedule found. "
+                "The coefficients are unreliable; check the engine settings "
+                "(max_num_seqs, token_budget, engine_settings' KV cache).",
+                ConvergenceWarning,
+            )
         self.beta_ci_ = self._intervals(solved.rows, solved.theta, free)
         return self
 
@@ -740,7 +779,8 @@ class ScheduleSolution:
     """What :func:`solve_schedule` found: the coefficients ``theta`` (three
     betas, then the queue, first-token and last-token offsets), whether the
     schedule settled, the replays it took, the requests each replay
-    rescheduled, one history record per fit and the rows of the last fit."""
+    rescheduled, one history record per fit, the rows of the last fit, their
+    ``schedule_misfit`` and the mean model step time of the last replay."""
 
     theta: np.ndarray
     converged: bool
@@ -748,6 +788,8 @@ class ScheduleSolution:
     changes: list
     history: list
     rows: object
+    misfit: float = np.inf
+    mean_step: float = 0.0
 
 
 @dataclass
@@ -765,9 +807,11 @@ class _LoopState:
     # too large moves the snapped steps, whose schedule fits a larger one)
     # and can run away.
     snap_offsets: np.ndarray = field(default_factory=lambda: np.zeros(3))
+    # The fit on differences of least misfit so far: (misfit, theta, rows).
+    best: tuple = (np.inf, None, None)
 
 
-def solve_schedule(trace, theta, keep, free, schedule_of, max_iter, tol):
+def solve_schedule(trace, theta, keep, free, schedule_of, max_iter, tol, snap=None):
     """Replay, fit the times the schedule makes linear, repeat
     (docs/schedule.md): levels first, then differences, until the schedule
     repeats, the step falls below ``tol`` or the replays alternate between
@@ -775,10 +819,17 @@ def solve_schedule(trace, theta, keep, free, schedule_of, max_iter, tol):
 
     ``schedule_of(trace, theta, observed_ends, align)`` replays the trace
     (``align``: see ``_TraceEvents.align_admissions``); ``free``
-    are the coefficients the trace identifies. Returns a
-    :class:`ScheduleSolution`.
+    are the coefficients the trace identifies. ``snap``: offsets to snap
+    to from the start (the fits on differences only, admissions aligned);
+    None: levels first, then the first fit on differences gives them.
+    Where the last fit's misfit is above ``MISFIT_SEARCH`` and an earlier
+    fit's lower, that one is returned. Returns a :class:`ScheduleSolution`.
     """
     state, changes, history = _LoopState(), [], []
+    if snap is not None:
+        state = _LoopState(
+            stage="differences", fitted_differences=True, snap_offsets=snap
+        )
     n_iter, converged = 0, False
     while n_iter < max_iter:
         n_iter += 1
@@ -804,10 +855,100 @@ def solve_schedule(trace, theta, keep, free, schedule_of, max_iter, tol):
         fit = "pooled" if pooled else state.stage
         history.append((fit, *new, changes[-1] if changes else -1, step))
         state.fit_rows, theta = rows, new
+        if fit != "levels":
+            misfit = schedule_misfit(rows, new, free)
+            if misfit < state.best[0]:
+                state.best = (misfit, new, rows)
         if _settled(state, step, theta, tol, pooled):
             converged = True
             break
-    return ScheduleSolution(theta, converged, n_iter, changes, history, state.fit_rows)
+    rows = state.fit_rows
+    misfit = schedule_misfit(rows, theta, free)
+    if misfit > MISFIT_SEARCH and state.best[0] < misfit:
+        # a fit far above the noise is not an answer: an earlier one with
+        # less misfit was on a schedule closer to the trace's
+        misfit, theta, rows = state.best
+    mean_step = float(np.mean(schedule.features @ theta[:3]))
+    return ScheduleSolution(
+        theta, converged, n_iter, changes, history, rows, misfit, mean_step
+    )
+
+
+def search_snap_offsets(trace, solved, keep, free, schedule_of, max_iter, tol):
+    """Restarts of the fits on differences from a grid of snapping offsets;
+    the solution of least misfit (``solved`` included).
+
+    Under a KV bound a replay snapped with offsets off by a fraction of a
+    step admits requests near a step boundary on the other side, and the
+    fit can settle on that other schedule (docs/schedule.md). The gap
+    between the first- and last-token offsets is read off the trace
+    (:func:`coincident_gap`); their level runs over ``SEARCH_SPAN`` mean
+    steps either side of the fit's, ``SEARCH_POINTS`` points. Each point is
+    one replay and fit; the ``SEARCH_STARTS`` of least misfit are iterated.
+    """
+    theta = solved.theta
+    gap = coincident_gap(trace, keep, solved.mean_step)
+    if gap is None:
+        gap = theta[4] - theta[5]
+    span = SEARCH_SPAN * solved.mean_step
+    level = theta[4] + np.linspace(-span, span, SEARCH_POINTS)
+    lowest = max(0.0, gap)  # the fit's offsets are >= 0
+    # the bound itself, too: a trace without reporting delays has it
+    level = np.r_[lowest, level[level > lowest]]
+    starts = [theta]
+    levels = [record for record in solved.history if record[0] == "levels"]
+    if levels:  # the hand-over to the differences, too
+        starts.append(np.r_[levels[-1][1:4], theta[3:]])
+    # a loop over the grid's points, not requests
+    grid = [(start, np.r_[theta[3], c, c - gap]) for start in starts for c in level]
+    shots = [
+        solve_schedule(trace, start, keep, free, schedule_of, 1, tol, snap=snap)
+        for start, snap in grid
+    ]
+    best, replays = solved, solved.n_iter + len(shots)
+    for k in np.argsort([shot.misfit for shot in shots])[:SEARCH_STARTS]:
+        iterated = solve_schedule(
+            trace, *grid[k][:1], keep, free, schedule_of, max_iter, tol, grid[k][1]
+        )
+        replays += iterated.n_iter
+        # a fit at the noise level is an answer; of two, the converged one
+        for candidate in (iterated, shots[k]):
+            if _rank(candidate) < _rank(best):
+                best = candidate
+    return replace(best, n_iter=replays)
+
+
+def _rank(solution) -> tuple:
+    """Order of the search's candidates: at the noise level first, then
+    converged, then by misfit."""
+    return (solution.misfit > MISFIT_SEARCH, not solution.converged, solution.misfit)
+
+
+def coincident_gap(trace, keep, mean_step):
+    """The first-token offset minus the last-token offset, read off the
+    trace; None when it does not show it.
+
+    A step that gives one request its first token and another its last
+    shows both at one engine time: their observed times differ by the gap
+    between the two offsets exactly, whatever the betas or the noise. The
+    most frequent difference between a first token and its nearest last
+    tokens (to a millionth of a step) is that gap when it recurs for at
+    least ``GAP_SHARE`` of the requests.
+    """
+    times = trace.event_times.reshape(trace.n_requests, trace.n_kinds)[:, -2:]
+    if keep is not None:
+        times = times[keep.reshape(trace.n_requests, trace.n_kinds)[:, 0]]
+    first, last = times[:, 0], np.sort(times[:, 1])
+    if last.shape[0] < 2 or mean_step <= 0:
+        return None
+    j = np.clip(np.searchsorted(last, first), 1, last.shape[0] - 1)
+    diff = np.concatenate((first - last[j - 1], first - last[j]))
+    quantum = 1e-6 * mean_step
+    values, counts = np.unique(np.rint(diff / quantum), return_counts=True)
+    k = int(np.argmax(counts))
+    if counts[k] < GAP_SHARE * first.shape[0]:
+        return None
+    return float(np.median(diff[np.rint(diff / quantum) == values[k]]))
 
 
 def _fit_schedule(state, schedule, two_back, trace, theta, keep, free):
@@ -930,7 +1071,9 @@ class _TraceEvents:
         """
         inst, start, end = run.step_instance, run.step_start, run.step_end
         model = beta[0] + beta[1] * run.step_prefill_tokens
-        strain = (end - start) / (model + beta[2] * run.step_decode_tokens) - 1
+        # in time, not relative to the step: a prompt's last chunk (a long
+        # step) takes up the whole admission step (a short one) gained or lost
+        strain = (end - start) - (model + beta[2] * run.step_decode_tokens)
         instance = self.requests["instance"]
         j = locate(inst, start, instance, run.admitted)
         strain = strain[locate(inst, end, instance, run.prefill_end)]
@@ -943,8 +1086,8 @@ class _TraceEvents:
         step = np.minimum(hi - lo, lo - start[two_before])
         timed = joined & (a > lo) & (a < hi)  # no queue: the first boundary
         slack = ADMISSION_SLACK * step
-        late = timed & (strain < -0.5) & (a - lo < slack)
-        early = timed & (strain > 0.5) & (hi - a < slack)
+        late = timed & (strain < -0.5 * step) & (a - lo < slack)
+        early = timed & (strain > 0.5 * step) & (hi - a < slack)
         shift = np.where(late, lo - a - slack / 2, 0.0)
         shift = np.where(early, hi - a + slack / 2, shift)
         self.replay_arrival = self.replay_arrival + shift
