@@ -360,7 +360,10 @@ default="auto"
         solved = solve_schedule(
             trace, theta, keep, free, self._schedule, self.max_iter, self.tol
         )
-        for _ in range(SEARCH_ROUNDS):
+        # only a bounded KV cache carries a flipped admission on to the whole
+        # schedule; else a high misfit says the engine settings are wrong,
+        # which no snapping cures
+        for _ in range(SEARCH_ROUNDS if self._kv_bound() else 0):
             if solved.misfit <= MISFIT_SEARCH:
                 break
             searched = search_snap_offsets(
@@ -706,14 +709,16 @@ default="auto"
         # later preemption; without one the flip stays local, the robust
         # weights set it aside, and moving arrivals near many boundaries
         # (light load) kept the schedule from settling (docs/schedule.md).
-        kv_bound = (self.engine_settings or {}).get("num_gpu_blocks") is not None
-        run = self._aligned_run(trace, theta, observed_ends, align and kv_bound)
+        run = self._aligned_run(trace, theta, observed_ends, align and self._kv_bound())
         return schedule_events(
             run,
             run.arrival,
             trace.requests["instance"],
             scheduled=trace.scheduled,
         )
+
+    def _kv_bound(self) -> bool:
+        return (self.engine_settings or {}).get("num_gpu_blocks") is not None
 
     def _aligned_run(self, trace, theta, observed_ends, align):
         """A replay snapped to ``observed_ends``, its admissions aligned with
@@ -882,10 +887,39 @@ def search_snap_offsets(trace, solved, keep, free, schedule_of, max_iter, tol):
     step admits requests near a step boundary on the other side, and the
     fit can settle on that other schedule (docs/schedule.md). The gap
     between the first- and last-token offsets is read off the trace
-    (:func:`coincident_gap`); their level runs over ``SEARCH_SPAN`` mean
-    steps either side of the fit's, ``SEARCH_POINTS`` points. Each point is
-    one replay and fit; the ``SEARCH_STARTS`` of least misfit are iterated.
+    (:func:`coincident_gap`); their level runs from its bound (offsets are
+    non-negative) over ``SEARCH_SPAN`` mean steps either side of the fit's,
+    ``SEARCH_POINTS`` points, from the fit's betas and from those the
+    levels handed over. Each point is one replay and fit; the first at the
+    noise level (``MISFIT_SEARCH``), else the ``SEARCH_STARTS`` of least
+    misfit, are iterated.
     """
+    grid = _search_grid(trace, solved, keep)
+    best, replays, shots = solved, solved.n_iter, []
+    for start, snap in grid:  # a loop over the grid's points, not requests
+        shots.append(
+            solve_schedule(trace, start, keep, free, schedule_of, 1, tol, snap)
+        )
+        replays += 1
+        if shots[-1].misfit <= MISFIT_SEARCH:
+            break  # the trace's schedule: no need to look further
+    misfits = [shot.misfit for shot in shots]
+    for k in np.argsort(misfits, kind="stable")[:SEARCH_STARTS]:
+        iterated = solve_schedule(
+            trace, *grid[k][:1], keep, free, schedule_of, max_iter, tol, grid[k][1]
+        )
+        replays += iterated.n_iter
+        # a fit at the noise level is an answer; of two, the converged one
+        for candidate in (iterated, shots[k]):
+            if _rank(candidate) < _rank(best):
+                best = candidate
+        if best.misfit <= MISFIT_SEARCH:
+            break
+    return replace(best, n_iter=replays)
+
+
+def _search_grid(trace, solved, keep) -> list:
+    """The search's (start theta, snapping offsets) pairs, in order."""
     theta = solved.theta
     gap = coincident_gap(trace, keep, solved.mean_step)
     if gap is None:
@@ -899,23 +933,7 @@ def search_snap_offsets(trace, solved, keep, free, schedule_of, max_iter, tol):
     levels = [record for record in solved.history if record[0] == "levels"]
     if levels:  # the hand-over to the differences, too
         starts.append(np.r_[levels[-1][1:4], theta[3:]])
-    # a loop over the grid's points, not requests
-    grid = [(start, np.r_[theta[3], c, c - gap]) for start in starts for c in level]
-    shots = [
-        solve_schedule(trace, start, keep, free, schedule_of, 1, tol, snap=snap)
-        for start, snap in grid
-    ]
-    best, replays = solved, solved.n_iter + len(shots)
-    for k in np.argsort([shot.misfit for shot in shots])[:SEARCH_STARTS]:
-        iterated = solve_schedule(
-            trace, *grid[k][:1], keep, free, schedule_of, max_iter, tol, grid[k][1]
-        )
-        replays += iterated.n_iter
-        # a fit at the noise level is an answer; of two, the converged one
-        for candidate in (iterated, shots[k]):
-            if _rank(candidate) < _rank(best):
-                best = candidate
-    return replace(best, n_iter=replays)
+    return [(start, np.r_[theta[3], c, c - gap]) for start in starts for c in level]
 
 
 def _rank(solution) -> tuple:
