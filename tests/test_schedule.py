@@ -583,3 +583,55 @@ def test_kv_bound_misfit_guided_search(monkeypatch, seed, offsets):
     first, last = model.alpha_["first_token"], model.alpha_["last_token"]
     assert last - first == pytest.approx(offsets[1] - offsets[0], abs=1e-5)
     assert first == pytest.approx(offsets[0], abs=1e-3)
+
+
+def test_closed_loop_client_with_a_delay_before_the_queue():
+    # Issue 19 recheck: a closed-loop client (96 in flight, 130 % of
+    # capacity) whose requests reach the queue 5 ms after the send, first
+    # and last tokens seen 2 and 3 ms late, 2 % step noise. From client
+    # times the delay folds into the reporting offsets (7 and 8 ms).
+    # Measured: betas -0.02 %, +0.02 %, +0.08 %; offsets 6.98 and 7.98 ms;
+    # mean TTFT +0.01 %, decode +0.02 %, end-to-end +0.01 %.
+    phases = simulate_trace(
+        2000,
+        beta=BETA,
+        arrival_rate=30.0,
+        noise=0.02,
+        random_state=7,
+        view="client",
+        max_in_flight=96,
+        request_delay=0.005,
+        first_token_offset=0.002,
+        last_token_offset=0.003,
+        **SIMULATED,
+    )
+    model = ScheduleBetaRegressor(**ENGINE, max_in_flight=96).fit(phases)
+    assert model.converged_
+    np.testing.assert_allclose(model.beta_, BETA, rtol=0.01)
+    assert model.alpha_["first_token"] == pytest.approx(0.007, abs=1e-4)
+    assert model.alpha_["last_token"] == pytest.approx(0.008, abs=1e-4)
+    replayed = model.replay(phases)
+    predicted = replayed["decode_end"] - replayed["send"]
+    observed = replayed["observed_decode_end"] - replayed["arrival"]
+    assert abs(predicted.mean() / observed.mean() - 1) <= 0.03
+
+
+def test_trace_without_prefill_cost():
+    # Issue 19 recheck: beta1 = 0 (prefill tokens cost nothing), a saturated
+    # client-side trace with 2 % step noise. Measured: beta0 +0.03 %,
+    # beta2 -0.12 %, beta1 exactly 0.
+    truth = np.array([6e-3, 0.0, 1.2e-4])
+    phases = simulate_trace(
+        2000,
+        beta=truth,
+        arrival_rate=40.0,
+        noise=0.02,
+        random_state=3,
+        view="client",
+        **SIMULATED,
+    )
+    model = ScheduleBetaRegressor(**ENGINE).fit(phases)
+    assert model.converged_
+    np.testing.assert_allclose(model.beta_[[0, 2]], truth[[0, 2]], rtol=0.01)
+    assert model.beta_[1] < 1e-3 * BETA[1]
+    assert model.schedule_misfit_ < 0.02  # the trace's schedule: measured 0.0125
