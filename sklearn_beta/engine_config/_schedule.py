@@ -221,7 +221,8 @@ default="auto"
         With ``init="auto"``, each phase-exposure start's levels misfit;
         else empty.
     n_iter_ : int
-        Number of replays run.
+        Number of replays run (those of a search of the snapping offsets
+        included).
     converged_ : bool
         Whether the schedule or the coefficients settled within ``max_iter``.
     schedule_changes_ : ndarray of int
@@ -244,6 +245,9 @@ default="auto"
         reweighting): about 0.67 times the step noise's sigma when the
         replay found the trace's schedule (0.009 at 2 % noise), tens of
         percent when it converged to another schedule (docs/schedule.md).
+        Under a bounded KV cache a fit above 0.05 restarts from a grid of
+        snapping offsets and keeps the fit of least misfit; a fit that
+        ends above 0.1 warns (``ConvergenceWarning``).
 
     See Also
     --------
@@ -357,6 +361,21 @@ default="auto"
             X if rows is None else frame.iloc[rows], trace, keep
         )
         self.init_beta_ = theta[:3].copy()
+        solved = self._solve(trace, theta, keep, free)
+        self.n_iter_ = solved.n_iter
+        self.converged_ = solved.converged
+        self.schedule_changes_ = np.asarray(solved.changes, dtype=np.int64)
+        self.history_ = pd.DataFrame(solved.history, columns=HISTORY_COLUMNS)
+        self._set_coefficients(solved.theta)
+        self.n_rows_ = int(solved.rows.target.shape[0])
+        self.schedule_misfit_ = solved.misfit
+        self._warn_unsettled(solved)
+        self.beta_ci_ = self._intervals(solved.rows, solved.theta, free)
+        return self
+
+    def _solve(self, trace, theta, keep, free) -> ScheduleSolution:
+        """The iteration, then, under a KV bound and while the misfit is far
+        above the noise, searches of the snapping offsets."""
         solved = solve_schedule(
             trace, theta, keep, free, self._schedule, self.max_iter, self.tol
         )
@@ -370,11 +389,11 @@ default="auto"
                 trace, solved, keep, free, self._schedule, self.max_iter, self.tol
             )
             if searched.misfit >= solved.misfit:
-                solved = replace(solved, n_iter=searched.n_iter)
-                break
+                return replace(solved, n_iter=searched.n_iter)
             solved = searched
-        self.n_iter_ = solved.n_iter
-        self.converged_ = solved.converged
+        return solved
+
+    def _warn_unsettled(self, solved) -> None:
         if not solved.converged:
             last = solved.changes[-1] if solved.changes else "?"
             warn(
@@ -383,23 +402,17 @@ default="auto"
                 "max_iter, or check the engine settings.",
                 ConvergenceWarning,
             )
-        self.schedule_changes_ = np.asarray(solved.changes, dtype=np.int64)
-        self.history_ = pd.DataFrame(solved.history, columns=HISTORY_COLUMNS)
-        self._set_coefficients(solved.theta)
-        self.n_rows_ = int(solved.rows.target.shape[0])
-        self.schedule_misfit_ = solved.misfit
         if solved.misfit > MISFIT_WARN:
+            searched = " after a search of the snapping offsets" * self._kv_bound()
             warn(
-                f"ScheduleBetaRegressor's replay did not find the trace's schedule: "
-                f"schedule_misfit_ = {solved.misfit:.3g} after a search of the "
-                "snapping offsets, where about 0.67 times the step noise's "
-                "relative sigma (0.013 at 2 % noise) shows the schedule found. "
-                "The coefficients are unreliable; check the engine settings "
-                "(max_num_seqs, token_budget, engine_settings' KV cache).",
+                "ScheduleBetaRegressor's replay did not find the trace's schedule: "
+                f"schedule_misfit_ = {solved.misfit:.3g}{searched}, where about "
+                "0.67 times the step noise's relative sigma (0.013 at 2 % noise) "
+                "shows the schedule found. The coefficients are unreliable; check "
+                "the engine settings (max_num_seqs, token_budget, engine_settings' "
+                "KV cache).",
                 ConvergenceWarning,
             )
-        self.beta_ci_ = self._intervals(solved.rows, solved.theta, free)
-        return self
 
     def replay(self, X=None) -> pd.DataFrame:
         """Replay with the fitted coefficients: predicted and observed times.
