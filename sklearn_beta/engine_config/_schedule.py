@@ -84,6 +84,15 @@ SEARCH_ROUNDS = 3
 GAP_SHARE = 0.05
 #: Reweightings of the robust fit, and the bisquare's tuning constant.
 ROBUST_ITER = 5
+#: Common reporting offsets tried before the fit, in typical steps, the
+#: replays of each fit, and the requests they are fitted on
+#: (``ScheduleBetaRegressor._snap_start``).
+PROFILE_MAX_STEPS = 5.0
+PROFILE_MAX = 21
+PROFILE_SPACING = 2.5e-3
+PROFILE_ITER = 8
+PROFILE_GAIN = 0.5
+PROFILE_REQUESTS = 1500
 TUKEY_C = 4.685
 
 
@@ -220,6 +229,10 @@ default="auto"
     init_misfit_ : dict
         With ``init="auto"``, each phase-exposure start's levels misfit;
         else empty.
+    init_offsets_ : ndarray of shape (3,)
+        The queue, first-token and last-token offsets (totals) the replays
+        first snapped to: profiled on the trace's head when ``fit_offsets``
+        (zeros unless an offset explained the times far better than none).
     n_iter_ : int
         Number of replays run (those of a search of the snapping offsets
         included).
@@ -361,7 +374,9 @@ default="auto"
             X if rows is None else frame.iloc[rows], trace, keep
         )
         self.init_beta_ = theta[:3].copy()
-        solved = self._solve(trace, theta, keep, free)
+        snap = self._snap_start(frame, trace, theta, keep, free)
+        self.init_offsets_ = snap
+        solved = self._solve(trace, theta, keep, free, snap)
         self.n_iter_ = solved.n_iter
         self.converged_ = solved.converged
         self.schedule_changes_ = np.asarray(solved.changes, dtype=np.int64)
@@ -373,11 +388,12 @@ default="auto"
         self.beta_ci_ = self._intervals(solved.rows, solved.theta, free)
         return self
 
-    def _solve(self, trace, theta, keep, free) -> ScheduleSolution:
-        """The iteration, then, under a KV bound and while the misfit is far
-        above the noise, searches of the snapping offsets."""
+    def _solve(self, trace, theta, keep, free, snap) -> ScheduleSolution:
+        """The iteration from the snapping offsets ``snap``, then, under a
+        KV bound and while the misfit is far above the noise, searches of
+        the snapping offsets."""
         solved = solve_schedule(
-            trace, theta, keep, free, self._schedule, self.max_iter, self.tol
+            trace, theta, keep, free, self._schedule, self.max_iter, self.tol, snap
         )
         # only a bounded KV cache carries a flipped admission on to the whole
         # schedule; else a high misfit says the engine settings are wrong,
@@ -612,6 +628,50 @@ default="auto"
             model.fit(X)
         return np.asarray(model[-1].beta_, dtype=float)
 
+    def _snap_start(self, frame, trace, theta, keep, free) -> np.ndarray:
+        """The reporting offsets the first replays snap to.
+
+        The replays end the steps of observed tokens at the observed times
+        minus the offsets, and the first fit on differences finds the
+        offsets on that schedule. Snapped with none, a client's reporting
+        delay of a step or more moves every snapped step boundary past the
+        sends that came before it; the schedule is another one, and the fit
+        settles there (measured: a 10 ms delay on steps of 19 ms left beta1
+        -74 %). The offsets are a nuisance parameter of the schedule, so
+        they are profiled: short fits from common offsets
+        (``_offset_candidates``) on the trace's first ``PROFILE_REQUESTS``
+        requests, and the one whose fit on differences explains the times
+        best (smallest ``schedule_misfit``) starts the fit, if it explains
+        them far better than none.
+        """
+        snap = np.zeros(3)
+        if not self.fit_offsets or not np.any(free[4:]):
+            return snap
+        head, head_keep = _trace_head(self, frame, trace, keep)
+        misfits, offsets = [], []
+        for c in _offset_candidates(head.requests):
+            solved = solve_schedule(
+                head,
+                theta,
+                head_keep,
+                free,
+                self._schedule,
+                PROFILE_ITER,
+                self.tol,
+                np.array([0.0, c, c]),
+            )
+            reached = solved.history[-1][0] != "levels"
+            fitted = solved.theta
+            misfits.append(
+                schedule_misfit(solved.rows, fitted, free) if reached else np.inf
+            )
+            offsets.append(fitted[3:].copy())
+        best = int(np.argmin(misfits))
+        # Short fits on a head that finds no schedule from any offset (a KV
+        # bound's preemptions) differ by chance: only an offset that explains
+        # the times far better than none replaces the zero start.
+        return offsets[best] if misfits[best] < PROFILE_GAIN * misfits[0] else snap
+
     def _levels_misfit(self, trace, beta, keep) -> float:
         """Residual sum of squares of the levels fit on the replay from
         ``beta``: how well a start's schedule carries the trace."""
@@ -829,7 +889,17 @@ class _LoopState:
     best: tuple = (np.inf, None, None)
 
 
-def solve_schedule(trace, theta, keep, free, schedule_of, max_iter, tol, snap=None):
+def solve_schedule(
+    trace,
+    theta,
+    keep,
+    free,
+    schedule_of,
+    max_iter,
+    tol,
+    snap_offsets=None,
+    restart=False,
+):
     """Replay, fit the times the schedule makes linear, repeat
     (docs/schedule.md): levels first, then differences, until the schedule
     repeats, the step falls below ``tol`` or the replays alternate between
@@ -837,17 +907,19 @@ def solve_schedule(trace, theta, keep, free, schedule_of, max_iter, tol, snap=No
 
     ``schedule_of(trace, theta, observed_ends, align)`` replays the trace
     (``align``: see ``_TraceEvents.align_admissions``); ``free``
-    are the coefficients the trace identifies. ``snap``: offsets to snap
-    to from the start (the fits on differences only, admissions aligned);
-    None: levels first, then the first fit on differences gives them.
+    are the coefficients the trace identifies; ``snap_offsets`` (queue,
+    first-token, last-token totals; zeros when None) are the offsets the
+    replays snap to and the levels take as known until the first fit on
+    differences. ``restart``: fits on differences only, admissions aligned
+    and ``snap_offsets`` kept from the start (the search's restarts).
     Where the last fit's misfit is above ``MISFIT_SEARCH`` and an earlier
     fit's lower, that one is returned. Returns a :class:`ScheduleSolution`.
     """
     state, changes, history = _LoopState(), [], []
-    if snap is not None:
-        state = _LoopState(
-            stage="differences", fitted_differences=True, snap_offsets=snap
-        )
+    if restart:
+        state.stage, state.fitted_differences = "differences", True
+    if snap_offsets is not None:
+        state.snap_offsets = np.asarray(snap_offsets, dtype=float).copy()
     n_iter, converged = 0, False
     while n_iter < max_iter:
         n_iter += 1
@@ -911,15 +983,16 @@ def search_snap_offsets(trace, solved, keep, free, schedule_of, max_iter, tol):
     best, replays, shots = solved, solved.n_iter, []
     for start, snap in grid:  # a loop over the grid's points, not requests
         shots.append(
-            solve_schedule(trace, start, keep, free, schedule_of, 1, tol, snap)
+            solve_schedule(trace, start, keep, free, schedule_of, 1, tol, snap, True)
         )
         replays += 1
         if shots[-1].misfit <= MISFIT_SEARCH:
             break  # the trace's schedule: no need to look further
     misfits = [shot.misfit for shot in shots]
     for k in np.argsort(misfits, kind="stable")[:SEARCH_STARTS]:
+        start, snap = grid[k]
         iterated = solve_schedule(
-            trace, *grid[k][:1], keep, free, schedule_of, max_iter, tol, grid[k][1]
+            trace, start, keep, free, schedule_of, max_iter, tol, snap, True
         )
         replays += iterated.n_iter
         # a fit at the noise level is an answer; of two, the converged one
@@ -989,8 +1062,12 @@ def _fit_schedule(state, schedule, two_back, trace, theta, keep, free):
     if state.stage == "levels":
         rows = level_design(schedule, trace.event_times, anchors, keep)
         # betas only: offsets fitted on levels are weakly identified and, fed
-        # back into the snapping, push the schedule off
-        new[:3] = nnls_fit(rows.design[:, :3], rows.target, rows.weight)
+        # back into the snapping, push the schedule off. The snapping's
+        # offsets are taken as known instead: left in the targets, a
+        # reporting delay of a few steps reads as step time.
+        known = rows.design[:, 3:] @ state.snap_offsets
+        new[:3] = nnls_fit(rows.design[:, :3], rows.target - known, rows.weight)
+        new[3:] = state.snap_offsets
     else:
         rows = difference_design(schedule, trace.event_times, anchors, theta[:3], keep)
         new[free], rows = _robust_fit(rows, free)
@@ -1127,6 +1204,47 @@ class _TraceEvents:
     def anchor_times(self, schedule) -> np.ndarray:
         arrival = self.requests["arrival"] - self.origin
         return arrival[schedule.anchor]
+
+
+def _typical_step(requests) -> float:
+    """The median time per decode step of the requests' decode phases."""
+    steps = requests["decode_steps"]
+    span = requests["decode_end"] - requests["prefill_end"]
+    decoding = steps > 0
+    if not np.any(decoding):
+        return 0.0
+    return float(np.median(span[decoding] / steps[decoding]))
+
+
+def _offset_candidates(requests) -> np.ndarray:
+    """Common reporting offsets to profile: a quarter of a typical step
+    apart (the basin of the trace's schedule is about that wide: measured
+    +-5 ms around a 30 ms delay on 19 ms steps), from zero to the shortest
+    time to first token (the offset is part of every one) or
+    ``PROFILE_MAX_STEPS`` typical steps, at most ``PROFILE_MAX`` of them."""
+    step = _typical_step(requests)
+    ttft = requests["prefill_end"] - requests["arrival"]
+    upper = min(PROFILE_MAX_STEPS * step, float(np.min(ttft, initial=np.inf)))
+    if not step > 0 or not upper > 0:
+        return np.zeros(1)
+    spacing = min(0.25 * step, PROFILE_SPACING)
+    n = min(int(upper / spacing) + 1, PROFILE_MAX)
+    return np.linspace(0.0, (n - 1) * max(spacing, upper / (PROFILE_MAX - 1)), n)
+
+
+def _trace_head(estimator, frame, trace, keep):
+    """The trace's first ``PROFILE_REQUESTS`` requests by arrival, read as
+    a trace of their own (with their share of ``keep``), or the trace."""
+    if trace.n_requests <= PROFILE_REQUESTS:
+        return trace, keep
+    order = np.argsort(trace.requests["arrival"], kind="stable")
+    chosen = np.zeros(trace.n_requests, dtype=bool)
+    chosen[order[:PROFILE_REQUESTS]] = True
+    head = estimator._read(frame.iloc[np.flatnonzero(chosen[trace.row_request])])
+    if keep is None:
+        return head, None
+    kept = keep.reshape(trace.n_requests, trace.n_kinds)[chosen]
+    return head, kept.ravel()
 
 
 def _tie_margin(requests) -> float:
