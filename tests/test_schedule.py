@@ -527,7 +527,7 @@ def test_kv_bound_noisy_admissions_aligned():
     # admissions with the trace (an arrival within the step noise of a step
     # boundary is admitted a step late or early, and under a KV bound that
     # changes every later preemption) the fit ended at +0.8 %, -26 %, +19 %;
-    # aligned: 0.00 %, -0.20 %, +0.13 %. On 11 seeds (5, 10 to 19) 10 fits
+    # aligned: 0.00 %, -0.20 %, +0.13 %. On 11 seeds (5, 10 to 19) 11 fits
     # come within 1 % with the misfit-guided search (docs/schedule.md).
     phases, run = kv_bound_trace(19, 0.02)
     assert run.preemptions.sum() > 400

@@ -71,11 +71,11 @@ MISFIT_SEARCH = 0.05
 MISFIT_WARN = 0.1
 #: The search: offset levels within ``SEARCH_SPAN`` mean steps of the fit's
 #: (a flipped admission moves the schedule by up to a step), on
-#: ``SEARCH_POINTS`` points (a 24th of a step apart, about the width of the
-#: windows that find the trace's schedule, docs/schedule.md), the
+#: ``SEARCH_POINTS`` points (a 48th of a step apart: the windows that find the
+#: trace's schedule are a 24th to a 6th of a step wide, docs/schedule.md), the
 #: ``SEARCH_STARTS`` best iterated.
 SEARCH_SPAN = 1.0
-SEARCH_POINTS = 49
+SEARCH_POINTS = 97
 SEARCH_STARTS = 3
 #: Most searches, each from the last one's best while it improves.
 SEARCH_ROUNDS = 3
