@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import warnings
 from dataclasses import dataclass, field, replace
+from itertools import product
 from numbers import Real
 
 import numpy as np
@@ -86,7 +87,7 @@ GAP_SHARE = 0.05
 ROBUST_ITER = 5
 #: Common reporting offsets tried before the fit, in typical steps, the
 #: replays of each fit, and the requests they are fitted on
-#: (``ScheduleBetaRegressor._snap_start``).
+#: (``ScheduleBetaRegressor._start``).
 PROFILE_MAX_STEPS = 5.0
 PROFILE_MAX = 21
 PROFILE_SPACING = 2.5e-3
@@ -170,9 +171,10 @@ default="auto"
         budget, then :class:`BaselineBetaRegressor` or
         :class:`IterativeBetaRegressor`; biased under load, the iteration
         corrects that), or given betas. ``"auto"`` computes both fits,
-        replays from each and starts from the one whose schedule the levels
-        fit carries best (least residual sum of squares, ``init_misfit_``):
-        either start fails on some traces (docs/schedule.md).
+        runs short fits from each (and from each profiled offset) on the
+        trace's head and starts from the one whose fit explains the times
+        best (``init_misfit_``): either start fails on some traces
+        (docs/schedule.md).
     fit_offsets : bool, default=True
         Fit the offsets between the engine's events and the observed times
         (``alpha_``); False fixes them at zero (an engine-side trace).
@@ -227,8 +229,10 @@ default="auto"
     init_beta_ : ndarray of shape (3,)
         The betas the iteration started from.
     init_misfit_ : dict
-        With ``init="auto"``, each phase-exposure start's levels misfit;
-        else empty.
+        The smallest ``schedule_misfit`` of the short fits from each start
+        (``"baseline"`` and ``"iterative"`` with ``init="auto"``, else
+        ``"given"``, or the one named); inf where none reached the fit on
+        differences.
     init_offsets_ : ndarray of shape (3,)
         The queue, first-token and last-token offsets (totals) the replays
         first snapped to: profiled on the trace's head when ``fit_offsets``
@@ -369,12 +373,10 @@ default="auto"
             keep = np.repeat(fitted, trace.n_kinds)
         self.fitted_requests_ = fitted
         free = self._free_columns(trace.scheduled)
+        starts = self._initial_betas(X if rows is None else frame.iloc[rows])
         theta = np.zeros(6)
-        theta[:3] = self._initial_beta(
-            X if rows is None else frame.iloc[rows], trace, keep
-        )
+        theta[:3], snap = self._start(frame, trace, starts, keep, free)
         self.init_beta_ = theta[:3].copy()
-        snap = self._snap_start(frame, trace, theta, keep, free)
         self.init_offsets_ = snap
         solved = self._solve(trace, theta, keep, free, snap)
         self.n_iter_ = solved.n_iter
@@ -584,17 +586,6 @@ default="auto"
             free[3] = scheduled  # only scheduled times see the queue delay
         return free
 
-    def _initial_beta(self, X, trace, keep) -> np.ndarray:
-        """The start: the phase-exposure fit whose replay fits the trace's
-        levels best (``init="auto"``), or the one asked for."""
-        starts = self._initial_betas(X)
-        self.init_misfit_ = {}
-        if len(starts) == 1:
-            return starts[0]
-        misfit = [self._levels_misfit(trace, beta, keep) for beta in starts]
-        self.init_misfit_ = dict(zip(INIT_FITS, misfit, strict=True))
-        return starts[int(np.argmin(misfit))]
-
     def _initial_betas(self, X) -> list:
         """The starts ``init`` names: one, or both phase-exposure fits."""
         if not isinstance(self.init, str):
@@ -628,31 +619,37 @@ default="auto"
             model.fit(X)
         return np.asarray(model[-1].beta_, dtype=float)
 
-    def _snap_start(self, frame, trace, theta, keep, free) -> np.ndarray:
-        """The reporting offsets the first replays snap to.
+    def _start(self, frame, trace, starts, keep, free) -> tuple:
+        """The betas and the offsets the fit starts from.
 
-        The replays end the steps of observed tokens at the observed times
-        minus the offsets, and the first fit on differences finds the
-        offsets on that schedule. Snapped with none, a client's reporting
-        delay of a step or more moves every snapped step boundary past the
-        sends that came before it; the schedule is another one, and the fit
+        Neither phase-exposure start is always inside the iteration's basin
+        (docs/schedule.md), and the replays snap to the observed times
+        minus the offsets: snapped with none, a client's reporting delay of
+        a step or more moves every snapped step boundary past the sends
+        that came before it; the schedule is another one, and the fit
         settles there (measured: a 10 ms delay on steps of 19 ms left beta1
-        -74 %). The offsets are a nuisance parameter of the schedule, so
-        they are profiled: short fits from common offsets
-        (``_offset_candidates``) on the trace's first ``PROFILE_REQUESTS``
-        requests, and the one whose fit on differences explains the times
-        best (smallest ``schedule_misfit``) starts the fit, if it explains
-        them far better than none.
+        -74 %). Both are nuisances of the schedule, which is a step
+        function of them, so they are profiled: short fits
+        (``PROFILE_ITER`` replays) from each start and common offsets
+        (``_offset_candidates``; zero alone without ``fit_offsets``) on
+        the trace's first ``PROFILE_REQUESTS`` requests. The pair whose fit
+        on differences explains the times best (smallest
+        ``schedule_misfit``) starts the fit; its offsets only if they
+        explain them far better (``PROFILE_GAIN``) than none.
+
+        Returns the betas and the offsets (queue, first, last totals), and
+        sets ``init_misfit_``.
         """
-        snap = np.zeros(3)
-        if not self.fit_offsets or not np.any(free[4:]):
-            return snap
         head, head_keep = _trace_head(self, frame, trace, keep)
-        misfits, offsets = [], []
-        for c in _offset_candidates(head.requests):
+        offsets = [0.0]
+        if self.fit_offsets and np.any(free[4:]):
+            offsets = _offset_candidates(head.requests)
+        misfit = np.full((len(starts), len(offsets)), np.inf)
+        found = np.zeros((len(starts), len(offsets), 3))
+        for (i, beta), (j, c) in product(enumerate(starts), enumerate(offsets)):
             solved = solve_schedule(
                 head,
-                theta,
+                np.r_[beta, 0.0, 0.0, 0.0],
                 head_keep,
                 free,
                 self._schedule,
@@ -660,28 +657,19 @@ default="auto"
                 self.tol,
                 np.array([0.0, c, c]),
             )
-            reached = solved.history[-1][0] != "levels"
-            fitted = solved.theta
-            misfits.append(
-                schedule_misfit(solved.rows, fitted, free) if reached else np.inf
-            )
-            offsets.append(fitted[3:].copy())
-        best = int(np.argmin(misfits))
+            if solved.history[-1][0] != "levels":  # else nothing to compare
+                misfit[i, j] = schedule_misfit(solved.rows, solved.theta, free)
+            found[i, j] = solved.theta[3:]
+        names = INIT_FITS if len(starts) > 1 else ("given",)
+        self.init_misfit_ = dict(zip(names, misfit.min(axis=1).tolist(), strict=True))
+        i, j = np.unravel_index(np.argmin(misfit), misfit.shape)
         # Short fits on a head that finds no schedule from any offset (a KV
         # bound's preemptions) differ by chance: only an offset that explains
         # the times far better than none replaces the zero start.
-        return offsets[best] if misfits[best] < PROFILE_GAIN * misfits[0] else snap
-
-    def _levels_misfit(self, trace, beta, keep) -> float:
-        """Residual sum of squares of the levels fit on the replay from
-        ``beta``: how well a start's schedule carries the trace."""
-        theta = np.r_[beta, 0.0, 0.0, 0.0]
-        schedule = self._schedule(trace, theta, trace.engine_ends(theta, keep))
-        rows = level_design(
-            schedule, trace.event_times, trace.anchor_times(schedule), keep
-        )
-        fit = nnls_fit(rows.design[:, :3], rows.target, rows.weight)
-        return float(np.sum((rows.target - rows.design[:, :3] @ fit) ** 2))
+        none = int(np.argmin(misfit[:, 0]))
+        if not misfit[i, j] < PROFILE_GAIN * misfit[none, 0]:
+            return starts[none], np.zeros(3)
+        return starts[i], found[i, j]
 
     def _caps(self, n_requests: int):
         if self.max_num_seqs is not None:
