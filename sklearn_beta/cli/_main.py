@@ -286,16 +286,10 @@ def run_schedule_fit(phases, args, fmt, setup, notes, progress, reason):
     frame = schedule_frame(phases, options["instance_col"])
     decision = detect_queueing(frame, block_size=args.block_size)
     settings = read_settings(frame, args, decision)
-    try:
-        config, engine_warnings = search_chunking(
-            phases, candidates, options, args, settings, progress, notes
-        )
-    except ValueError as exc:
-        raise ScheduleFallback(f"the chunking search failed ({one_line(exc)})") from exc
-    chunk_size, token_budget, _ = _chosen_chunking(config, candidates, phases)
-    settings = replace(
-        settings, chunk_size=chunk_size, token_budget=token_budget, engine_config=config
+    chunk_size, token_budget, section = search_chunking(
+        frame, candidates, settings, progress
     )
+    settings = replace(settings, chunk_size=chunk_size, token_budget=token_budget)
     model = fit_schedule(frame, settings, progress, strict=args.estimator == "auto")
     notes.append(f"fit: schedule-consistent, ScheduleBetaRegressor ({reason})")
     notes.extend(settings.notes)
@@ -305,7 +299,11 @@ def run_schedule_fit(phases, args, fmt, setup, notes, progress, reason):
         validation = None
         notes.append(f"no held-out check: {one_line(exc)}")
     parts = dict(
-        engine=engine_summary(config, (chunk_size, token_budget), args),
+        engine={
+            "chunk_size": chunk_size,
+            "token_budget": token_budget,
+            "engine_config": section,
+        },
         settings=settings,
         reason=reason,
         validation=validation,
@@ -315,8 +313,7 @@ def run_schedule_fit(phases, args, fmt, setup, notes, progress, reason):
     )
     report = schedule_report(model, frame, args, fmt, parts)
     report["step_model"] = "published"
-    report["warnings"] += engine_warnings
-    return report, config
+    return report, None
 
 
 #: Python's own default filters hide these: they speak to developers of the

@@ -11,8 +11,8 @@ with a note. See docs/cli.md, "Which fit".
 
 from __future__ import annotations
 
-import argparse
 import warnings
+from dataclasses import replace
 
 import numpy as np
 import pandas as pd
@@ -28,7 +28,7 @@ from ..engine_config._regime import (
 )
 from ..engine_config._schedule import ScheduleBetaRegressor
 from ..model_selection._request_split import RequestKFold, make_schedule_scorer
-from ._engine import choose_engine, one_line
+from ._engine import one_line
 
 #: ``schedule_misfit_`` above this is warned about: about 0.67 times the step
 #: noise's sigma when the replay found the trace's schedule (0.009 at 2 %
@@ -36,6 +36,8 @@ from ._engine import choose_engine, one_line
 MISFIT_WARNING = 0.1
 #: The held-out check's quantities, in the report's order.
 HELD_OUT = ("ttft", "decode", "e2e")
+#: Most replays of each candidate's fit in the chunking search.
+SEARCH_ITER = 8
 
 
 class ScheduleFallback(Exception):
@@ -94,32 +96,74 @@ def read_settings(frame, args, decision: QueueingDecision):
     )
 
 
-def search_chunking(phases, candidates, options, args, settings, progress, notes):
-    """``(config, warnings)`` of the chunking search (held-out replay of the
-    phase-exposure fits), given the read max_num_seqs and KV cache."""
-    search_args = argparse.Namespace(
-        **{
-            **vars(args),
-            "max_num_seqs": settings.max_num_seqs,
-            "num_gpu_blocks": settings.num_gpu_blocks,
-        }
+def search_chunking(frame, candidates, settings, progress) -> tuple:
+    """``(chunk_size, token_budget, engine_config)``: the candidate whose
+    schedule fit (at most :data:`SEARCH_ITER` replays) converged with the
+    least ``schedule_misfit_``. The phase-exposure search reads queueing as
+    step time and under load prefers the smallest budget (issue 19); the
+    schedule fit's misfit is the noise level on the right engine and tens of
+    percent on a wrong one. ``engine_config`` is the report's section."""
+    if len(candidates) == 1:
+        return (*candidates[0], None)
+    progress.say(
+        f"choosing the chunking among {len(candidates)} candidates by schedule "
+        "fit misfit..."
     )
-    return choose_engine(phases, candidates, options, search_args, progress, notes)
+    rows = []
+    for chunk, budget in candidates:
+        trial = replace(settings, chunk_size=chunk, token_budget=budget)
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                model = schedule_model(frame, trial).set_params(
+                    max_iter=SEARCH_ITER, confidence_level=None
+                )
+                model.fit(frame)
+            misfit, converged = float(model.schedule_misfit_), bool(model.converged_)
+        except Exception:  # noqa: BLE001 - a failing candidate is dropped
+            misfit, converged = None, False
+        rows.append(
+            dict(
+                chunk_size=chunk,
+                token_budget=budget,
+                schedule_misfit=misfit,
+                converged=converged,
+            )
+        )
+    ranked = sorted(
+        (r for r in rows if r["schedule_misfit"] is not None),
+        key=lambda r: (not r["converged"], r["schedule_misfit"]),
+    )
+    if not ranked:
+        raise ScheduleFallback("every chunking candidate's schedule fit failed")
+    best = ranked[0]
+    runner = ranked[1] if len(ranked) > 1 else None
+    section = {
+        "method": "schedule fit of each candidate (at most "
+        f"{SEARCH_ITER} replays): least schedule_misfit_ among the converged",
+        "candidates": rows,
+        "runner_up": None
+        if runner is None
+        else {k: runner[k] for k in ("chunk_size", "token_budget")},
+        "margin": None
+        if runner is None or not best["schedule_misfit"]
+        else runner["schedule_misfit"] / best["schedule_misfit"] - 1,
+        "same_engine_on_this_trace": [],
+        "edge": False,
+    }
+    return best["chunk_size"], best["token_budget"], section
 
 
-def fit_schedule(frame, settings, progress, *, strict: bool) -> ScheduleBetaRegressor:
-    """The schedule-consistent fit with these settings (raises
-    :class:`ScheduleFallback` when it fails, or with ``strict`` when it does
-    not converge)."""
-    kv = (
-        None
-        if settings.num_gpu_blocks is None
-        else {
+def schedule_model(frame, settings) -> ScheduleBetaRegressor:
+    """The estimator for these settings (KV cache, client cap from the
+    trace's intended arrivals)."""
+    kv = None
+    if settings.num_gpu_blocks is not None:
+        kv = {
             "num_gpu_blocks": settings.num_gpu_blocks,
             "block_size": settings.block_size,
         }
-    )
-    model = ScheduleBetaRegressor(
+    return ScheduleBetaRegressor(
         chunk_size=settings.chunk_size,
         token_budget=settings.token_budget,
         max_num_seqs=settings.max_num_seqs,
@@ -127,6 +171,13 @@ def fit_schedule(frame, settings, progress, *, strict: bool) -> ScheduleBetaRegr
         arrival="arrival" if "arrival" in frame.columns else None,
         max_in_flight=infer_max_in_flight(frame),
     )
+
+
+def fit_schedule(frame, settings, progress, *, strict: bool) -> ScheduleBetaRegressor:
+    """The schedule-consistent fit with these settings (raises
+    :class:`ScheduleFallback` when it fails, or with ``strict`` when it does
+    not converge)."""
+    model = schedule_model(frame, settings)
     progress.say("fitting the schedule-consistent estimator...")
     try:
         model.fit(frame)
