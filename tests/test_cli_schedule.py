@@ -74,7 +74,7 @@ def test_client_side_saturated_trace_gets_the_schedule_fit(capsys, saturated_cli
     assert code == 0, err
     report = json.loads(out)
     assert report["fit"]["estimator"] == "schedule"
-    assert report["fit"]["reason"].startswith("client-side times")
+    assert report["fit"]["reason"].startswith("client-side times with queueing")
     settings = report["engine_settings"]
     assert settings["max_num_seqs"] == {"value": 64, "source": "read from the trace"}
     assert settings["num_gpu_blocks"]["value"] is None

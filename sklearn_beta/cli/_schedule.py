@@ -98,10 +98,11 @@ def read_settings(frame, args, decision: QueueingDecision):
 
 def search_chunking(frame, candidates, settings, progress) -> tuple:
     """``(chunk_size, token_budget, engine_config)``: the candidate whose
-    schedule fit (at most :data:`SEARCH_ITER` replays) converged with the
-    least ``schedule_misfit_``. The phase-exposure search reads queueing as
-    step time and under load prefers the smallest budget (issue 19); the
-    schedule fit's misfit is the noise level on the right engine and tens of
+    schedule fit (at most :data:`SEARCH_ITER` replays) has all betas
+    positive and the least ``schedule_misfit_``. The phase-exposure search
+    reads queueing as step time and under load prefers the smallest budget
+    (issue 19); the schedule fit's misfit is the noise level on the right
+    engine and tens of
     percent on a wrong one. ``engine_config`` is the report's section."""
     if len(candidates) == 1:
         return (*candidates[0], None)
@@ -120,6 +121,8 @@ def search_chunking(frame, candidates, settings, progress) -> tuple:
                 )
                 model.fit(frame)
             misfit, converged = float(model.schedule_misfit_), bool(model.converged_)
+            if not np.all(model.beta_ > 0) or not np.isfinite(misfit):
+                misfit = None  # a degenerate engine: steps of no time
         except Exception:  # noqa: BLE001 - a failing candidate is dropped
             misfit, converged = None, False
         rows.append(
@@ -132,7 +135,7 @@ def search_chunking(frame, candidates, settings, progress) -> tuple:
         )
     ranked = sorted(
         (r for r in rows if r["schedule_misfit"] is not None),
-        key=lambda r: (not r["converged"], r["schedule_misfit"]),
+        key=lambda r: r["schedule_misfit"],
     )
     if not ranked:
         raise ScheduleFallback("every chunking candidate's schedule fit failed")
@@ -140,7 +143,7 @@ def search_chunking(frame, candidates, settings, progress) -> tuple:
     runner = ranked[1] if len(ranked) > 1 else None
     section = {
         "method": "schedule fit of each candidate (at most "
-        f"{SEARCH_ITER} replays): least schedule_misfit_ among the converged",
+        f"{SEARCH_ITER} replays): least schedule_misfit_, all betas positive",
         "candidates": rows,
         "runner_up": None
         if runner is None

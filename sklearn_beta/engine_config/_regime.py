@@ -55,7 +55,7 @@ class QueueingDecision:
     ----------
     queued : bool
         Whether the trace shows waiting that the phase-exposure fits cannot
-        explain (always True on client-side times).
+        explain.
     client_side : bool
         Whether the prefill phases start at the client's sends.
     reason : str
@@ -162,10 +162,11 @@ def detect_queueing(
 
     * **Client-side times** (the reader marks them, ``attrs["client_side"]``,
       or every prefill starts at its ``arrival``): the prefill phase runs
-      from the send and holds any wait in the engine's queue, so the answer
-      is yes; the reason adds how many sent requests wait for a first token
-      on average and the running plateau (requests between first and last
-      token).
+      from the send and holds any wait in the engine's queue. Requests queue
+      when the sent ones without a first token outnumber
+      :data:`QUEUE_SHARE` of the running plateau (requests between first
+      and last token; at least :data:`MIN_QUEUE`) for at least
+      :data:`MIN_WAITING_SHARE` of the span.
     * **Engine-side times with arrivals** before the scheduled prefill
       start: requests wait (longer than the median prefill phase, the wait
       for a step boundary) for at least :data:`MIN_WAITING_SHARE` of the
@@ -190,15 +191,20 @@ def detect_queueing(
     """
     if is_client_side(phases, arrival, columns):
         ev = client_evidence(phases, block_size=block_size, columns=columns)
-        return QueueingDecision(
-            True,
-            True,
-            "client-side times: each prefill phase runs from the send and holds "
-            f"the wait in the engine's queue ({ev['mean_queue']:.1f} sent "
-            "requests without a first token on average, "
-            f"{ev['running_plateau']} running at the plateau)",
-            ev,
+        queued = ev["queueing_share"] >= MIN_WAITING_SHARE
+        counts = (
+            f"{ev['mean_queue']:.1f} sent requests without a first token on "
+            f"average, more than {QUEUE_SHARE:.0%} of the {ev['running_plateau']} "
+            f"running for {ev['queueing_share']:.0%} of the span"
         )
+        reason = (
+            "client-side times with queueing: each prefill phase runs from the "
+            f"send and holds the wait in the engine's queue ({counts})"
+            if queued
+            else f"client-side times without queueing ({counts}; under "
+            f"{MIN_WAITING_SHARE:.0%})"
+        )
+        return QueueingDecision(queued, True, reason, ev)
     preempted = _preemptions(phases, columns)
     if arrival not in phases.columns:
         if preempted:
