@@ -76,6 +76,7 @@ from ._schedule import (
     fit_schedule,
     held_out_check,
     read_settings,
+    refine_kv,
     schedule_frame,
     search_chunking,
 )
@@ -290,6 +291,9 @@ def run_schedule_fit(phases, args, fmt, setup, notes, progress, reason):
         frame, candidates, settings, progress
     )
     settings = replace(settings, chunk_size=chunk_size, token_budget=token_budget)
+    settings, kv_rows = refine_kv(frame, settings, progress)
+    if section is not None and kv_rows:
+        section["kv_candidates"] = kv_rows
     model = fit_schedule(frame, settings, progress, strict=args.estimator == "auto")
     notes.append(f"fit: schedule-consistent, ScheduleBetaRegressor ({reason})")
     notes.extend(settings.notes)
