@@ -78,7 +78,7 @@ def test_client_side_saturated_trace_gets_the_schedule_fit(capsys, saturated_cli
     settings = report["engine_settings"]
     assert settings["max_num_seqs"] == {"value": 64, "source": "read from the trace"}
     assert settings["num_gpu_blocks"]["value"] is None
-    # measured: -0.03 %, +0.21 %, -0.04 %
+    # measured: -0.22 %, -0.09 %, +0.16 %; offsets 3.35 ms and 5.34 ms
     np.testing.assert_allclose(betas_of(report), BETA, rtol=0.01)
     alpha = report["schedule"]["alpha"]
     assert alpha["first_token"] == pytest.approx(0.003, abs=1e-3)
@@ -194,9 +194,14 @@ def test_light_load_keeps_the_phase_fit_bit_identical(capsys, light_engine):
     forced = json.loads(out)
     assert auto["betas"] == forced["betas"]
     assert auto["validation"] == forced["validation"]
-    # measured: the same numbers as before --estimator existed (main at
-    # a16c3a0): beta = 6.0036e-3, 3.0054e-5, 1.1874e-4
-    np.testing.assert_allclose(betas_of(auto), BETA, rtol=0.02)
+    # The numbers of main before --estimator (a16c3a0), compared by hand:
+    # beta = 6.00310255511341e-3, 3.0003810921766928e-5, 1.1953185977730873e-4
+    # (the validation, intervals and engine search equal too).
+    assert auto["betas"] == {
+        "beta0": 0.00600310255511341,
+        "beta1": 3.0003810921766928e-05,
+        "beta2": 0.00011953185977730873,
+    }
 
 
 def test_saturated_engine_side_trace_reads_max_num_seqs(capsys, tmp_path):

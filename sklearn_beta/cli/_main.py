@@ -231,7 +231,11 @@ def run_fit(
             )
             return report, None, config, phases
         except ScheduleFallback as exc:
-            reason = f"{exc}; the schedule fit was chosen because {reason}"
+            reason = (
+                f"{exc}; the schedule fit was chosen because {reason}. Give the "
+                "engine (--chunk-size, --token-budget, --max-num-seqs, "
+                "--num-gpu-blocks) or force it with --estimator schedule"
+            )
     notes.append(f"fit: phase-exposure ({reason})")
     report, fit, config = run_phase_fit(
         phases, args, fmt, (options, candidates), notes, progress
