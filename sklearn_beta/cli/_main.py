@@ -231,6 +231,7 @@ def run_fit(
             )
             return report, None, config, phases
         except ScheduleFallback as exc:
+            fallback = f"{exc}: the phase-exposure fit is reported instead"
             reason = (
                 f"{exc}; the schedule fit was chosen because {reason}. Give the "
                 "engine (--chunk-size, --token-budget, --max-num-seqs, "
@@ -241,6 +242,8 @@ def run_fit(
         phases, args, fmt, (options, candidates), notes, progress
     )
     report["fit"] = {"estimator": "phase", "reason": reason}
+    if estimator == "schedule":
+        report["warnings"].insert(0, fallback)
     return report, fit, config, phases
 
 

@@ -349,7 +349,10 @@ def engine_label(report: dict) -> str:
 def _choice(engine: dict | None) -> str:
     if engine is None or len(engine["candidates"]) < 2:
         return ""
-    text = f" (held-out replay, best of {len(engine['candidates'])} candidates"
+    how = "held-out replay"
+    if engine["method"].startswith("schedule fit"):
+        how = "least schedule misfit"
+    text = f" ({how}, best of {len(engine['candidates'])} candidates"
     if engine["runner_up"] is not None:
         runner = engine_label(engine["runner_up"])
         margin = engine["margin"]

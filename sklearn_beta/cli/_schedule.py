@@ -247,7 +247,11 @@ def fit_schedule(frame, settings, progress, *, strict: bool) -> ScheduleBetaRegr
     model = schedule_model(frame, settings)
     progress.say("fitting the schedule-consistent estimator...")
     try:
-        model.fit(frame)
+        with warnings.catch_warnings():
+            # The phase-exposure starts' warnings concern the start only; the
+            # report warns of no convergence and a large misfit itself.
+            warnings.simplefilter("ignore")
+            model.fit(frame)
     except Exception as exc:  # noqa: BLE001 - any failure falls back, noted
         raise ScheduleFallback(f"the schedule fit failed ({one_line(exc)})") from exc
     if not np.all(np.isfinite(model.beta_)) or not np.any(model.beta_ > 0):

@@ -45,6 +45,10 @@ RUNNING_QUANTILE = 0.98
 #: 130 % of capacity, 1.07 on a saturated vLLM-sized engine.
 QUEUE_SHARE = 0.1
 MIN_QUEUE = 2.0
+#: ... for at least this share of the span: 0 at light load, 3 % on the
+#: bursts of data/bench/results.json (5 running at most), 74-88 % on the
+#: saturated and closed-loop traces of docs/cli.md.
+CLIENT_QUEUEING_SHARE = 0.1
 
 
 @dataclass(frozen=True)
@@ -86,7 +90,8 @@ def is_client_side(phases: pd.DataFrame, arrival: str = "arrival", columns=None)
 
 
 def client_profile(phases: pd.DataFrame, *, block_size: int = 16, columns=None) -> dict:
-    """Running and queued requests of a client-side trace between events.
+    """Running and queued requests of a client-side trace between events,
+    per instance.
 
     The engine's admission is not in the trace; the requests between first
     and last token (``running``) are the ones it runs, less the few in
@@ -97,21 +102,27 @@ def client_profile(phases: pd.DataFrame, *, block_size: int = 16, columns=None) 
     spans = request_spans(phases, columns, arrival=None)
     send, first, last = spans["start"], spans["prefill_end"], spans["end"]
     n = send.size
-    b_time, b_change, _ = block_events(
+    b_time, b_change, b_owner = block_events(
         first, first, last, spans["prompt"], spans["decode"], block_size
     )
     ones, zeros = np.ones(n, np.int64), np.zeros(n, np.int64)
     nb = np.zeros(b_time.size, np.int64)
     time = np.concatenate([send, first, last, b_time])
+    instance = spans["instance"][np.concatenate([np.arange(n)] * 3 + [b_owner])]
     d_run = np.concatenate([zeros, ones, -ones, nb])
     d_queue = np.concatenate([ones, -ones, zeros, nb])
     d_blocks = np.concatenate([zeros, zeros, zeros, b_change])
-    order = np.argsort(time, kind="stable")
-    time = time[order]
+    # Each instance's changes sum to zero: one running sum over the events
+    # sorted by instance, then time, counts each instance.
+    order = np.lexsort((time, instance))
+    time, instance = time[order], instance[order]
     # The value between two distinct times is the sum after every event at
     # the first: keep the last row of each time.
-    last_row = np.append(time[1:] != time[:-1], True)
-    duration = np.append(np.diff(time), 0.0)[last_row]
+    last_row = np.append(
+        (time[1:] != time[:-1]) | (instance[1:] != instance[:-1]), True
+    )
+    same = np.append(instance[1:] == instance[:-1], False)
+    duration = np.where(same, np.append(np.diff(time), 0.0), 0.0)[last_row]
     return {
         "duration": duration,
         "running": np.cumsum(d_run[order])[last_row],
@@ -166,7 +177,7 @@ def detect_queueing(
       when the sent ones without a first token outnumber
       :data:`QUEUE_SHARE` of the running plateau (requests between first
       and last token; at least :data:`MIN_QUEUE`) for at least
-      :data:`MIN_WAITING_SHARE` of the span.
+      :data:`CLIENT_QUEUEING_SHARE` of the span.
     * **Engine-side times with arrivals** before the scheduled prefill
       start: requests wait (longer than the median prefill phase, the wait
       for a step boundary) for at least :data:`MIN_WAITING_SHARE` of the
@@ -191,7 +202,7 @@ def detect_queueing(
     """
     if is_client_side(phases, arrival, columns):
         ev = client_evidence(phases, block_size=block_size, columns=columns)
-        queued = ev["queueing_share"] >= MIN_WAITING_SHARE
+        queued = ev["queueing_share"] >= CLIENT_QUEUEING_SHARE
         counts = (
             f"{ev['mean_queue']:.1f} sent requests without a first token on "
             f"average, more than {QUEUE_SHARE:.0%} of the {ev['running_plateau']} "
@@ -202,7 +213,7 @@ def detect_queueing(
             f"send and holds the wait in the engine's queue ({counts})"
             if queued
             else f"client-side times without queueing ({counts}; under "
-            f"{MIN_WAITING_SHARE:.0%})"
+            f"{CLIENT_QUEUEING_SHARE:.0%})"
         )
         return QueueingDecision(queued, True, reason, ev)
     preempted = _preemptions(phases, columns)
