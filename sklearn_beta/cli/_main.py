@@ -235,7 +235,8 @@ def run_fit(
             reason = (
                 f"{exc}; the schedule fit was chosen because {reason}. Give the "
                 "engine (--chunk-size, --token-budget, --max-num-seqs, "
-                "--num-gpu-blocks) or force it with --estimator schedule"
+                "--num-gpu-blocks)"
+                + ("" if args.estimator == "schedule" else " or --estimator schedule")
             )
     notes.append(f"fit: phase-exposure ({reason})")
     report, fit, config = run_phase_fit(

@@ -70,7 +70,7 @@ def choose_estimator(phases, args, instance_col) -> tuple[str, str]:
         decision = detect_queueing(
             schedule_frame(phases, instance_col), block_size=args.block_size
         )
-    except (ValueError, TypeError, KeyError) as exc:
+    except Exception as exc:  # noqa: BLE001 - the phase fit, with the reason
         return "phase", f"the queueing check failed ({one_line(exc)})"
     if args.estimator == "schedule":
         return "schedule", "--estimator schedule; " + decision.reason
@@ -87,9 +87,10 @@ def schedule_frame(phases: pd.DataFrame, instance_col) -> pd.DataFrame:
         if instance_col is not None:
             frame = frame.rename(columns={instance_col: "instance_id"})
     if "arrival" not in frame.columns and phases.attrs.get("client_side"):
-        kind = frame["phase_type"].astype(str).str.lower()
-        sends = frame.loc[kind == "prefill"].set_index("request_id")["t_start"]
-        frame = frame.assign(arrival=frame["request_id"].map(sends).to_numpy())
+        # A request's prefill starts at its send, before its decode.
+        keys = [c for c in ("instance_id", "request_id") if c in frame.columns]
+        sends = frame.groupby(keys, sort=False)["t_start"].transform("min")
+        frame = frame.assign(arrival=sends.to_numpy())
     frame.attrs = dict(phases.attrs)
     return frame
 

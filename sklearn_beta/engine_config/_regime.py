@@ -153,12 +153,15 @@ def client_evidence(phases, *, block_size: int = 16, columns=None) -> dict:
     near = running >= plateau - max(1, int(0.02 * plateau))
     at_plateau = float(duration[queueing & near].sum())
     kv = _weighted_quantile(prof["blocks"][queueing], duration[queueing], KV_QUANTILE)
+    spans = request_spans(phases, columns, arrival=None)
+    tokens = spans["prompt"] + spans["decode"]
     return {
         "running_plateau": plateau,
         "mean_queue": mean_queue,
         "queueing_share": wait_time / span if span > 0 else 0.0,
         "ceiling_share": at_plateau / wait_time if wait_time > 0 else 0.0,
         "kv_level": int(kv),
+        "largest_request": int(-(-tokens.max() // block_size)) if tokens.size else 0,
     }
 
 
@@ -284,12 +287,13 @@ def schedule_engine_settings(
     Client-side, the requests between first and last token are the running
     ones (less the few in prefill): ``max_num_seqs`` is their plateau (the
     :data:`RUNNING_QUANTILE` of their count) when requests queue for at least
-    :data:`MIN_WAITING_SHARE` of the span and the count sits within 2 % of
-    the plateau for at least :data:`CEILING_SHARE` of that time; otherwise,
-    when requests queue, the KV cache binds and ``num_gpu_blocks`` is the
-    running requests' blocks at the :data:`KV_QUANTILE` while they queue
-    (low by the blocks of the requests in prefill, which the trace does not
-    show as running).
+    :data:`CLIENT_QUEUEING_SHARE` of the span and the count sits within 2 %
+    of the plateau for at least :data:`CEILING_SHARE` of that time;
+    otherwise, when requests queue, the KV cache binds and
+    ``num_gpu_blocks`` is the running requests' blocks at the
+    :data:`KV_QUANTILE` while they queue (low by the blocks of the requests
+    in prefill, which the trace does not show as running), unless that
+    cannot hold the longest request alone.
 
     Parameters
     ----------
@@ -328,7 +332,7 @@ def schedule_engine_settings(
     ev = dict(decision.evidence) or client_evidence(
         phases, block_size=block_size, columns=columns
     )
-    queued = ev["queueing_share"] >= MIN_WAITING_SHARE
+    queued = ev["queueing_share"] >= CLIENT_QUEUEING_SHARE
     binds = queued and ev["ceiling_share"] >= CEILING_SHARE
     notes = []
     if max_num_seqs == "auto":
@@ -347,7 +351,8 @@ def schedule_engine_settings(
     else:
         ev["max_num_seqs"] = "given"
     if num_gpu_blocks == "auto":
-        kv_binds = queued and not binds
+        # A cache that cannot hold the longest request alone is no reading.
+        kv_binds = queued and not binds and ev["kv_level"] >= ev["largest_request"]
         num_gpu_blocks = ev["kv_level"] if kv_binds else None
         ev["num_gpu_blocks"] = "from the trace" if kv_binds else "not binding"
         notes.append(
