@@ -334,13 +334,14 @@ def vllm_sized_trace(seed):
 
 
 def test_vllm_sized_engine_auto_start():
-    # The iterative start (beta0 = beta2 = 0, beta1 2.4 x too high) is outside
-    # the iteration's basin here (measured: beta1 fitted 0, no convergence);
-    # init="auto" replays from both starts and takes the baseline's, whose
-    # schedule fits ~100 times better.
+    # The iterative start (beta0 = beta2 = 0, beta1 2.4 x too high) was outside
+    # the iteration's basin here when started alone (beta1 fitted 0, no
+    # convergence); init="auto" profiles short fits from both starts and
+    # starts from the better: its fit on differences is at the noise level
+    # (measured 0.0041, 0.67 sigma of the 2 % step noise is 0.013).
     phases, beta = vllm_sized_trace(0)
     model = ScheduleBetaRegressor(None, 8192, 256).fit(phases)
-    assert model.init_misfit_["baseline"] < model.init_misfit_["iterative"] / 10
+    assert min(model.init_misfit_.values()) < 0.013
     assert model.converged_
     np.testing.assert_allclose(model.beta_, beta, rtol=0.01)
     train, test = next(RequestKFold(5).split(phases))

@@ -399,3 +399,46 @@ def test_noise_pool_refill_keeps_the_stream(monkeypatch):
     at_once = simulate_trace(1, **params)
     for got, want in zip(refilled, at_once, strict=True):
         pd.testing.assert_frame_equal(got, want, check_exact=True)
+
+
+def test_given_lengths_are_used_as_they_are():
+    # REGIMES.md's prompt mix: half 256-token, half 4096-token prompts.
+    rng = np.random.RandomState(0)
+    prompt = np.where(rng.rand(300) < 0.5, 256, 4096)
+    output = np.full(300, 128)
+    phases, truth = simulate_trace(
+        300,
+        beta=(6e-3, 2.5e-5, 5e-5),
+        chunk_size=None,
+        token_budget=8192,
+        max_num_seqs=64,
+        arrival_rate=5.0,
+        prompt_tokens=prompt,
+        output_tokens=output,
+        random_state=0,
+        return_truth=True,
+    )
+    np.testing.assert_array_equal(truth["prompt_tokens"], prompt)
+    np.testing.assert_array_equal(truth["decode_steps"], output)
+    pre = phases[phases.phase_type == "prefill"].sort_values("request_id")
+    np.testing.assert_array_equal(pre["prefill_tokens"], prompt)
+
+
+@pytest.mark.parametrize(
+    "lengths, message",
+    [
+        (np.full(9, 100), r"shape \(n_requests,\) = \(10,\), got \(9,\)"),
+        (np.r_[np.full(9, 100), 0], r"requests \[9\] have \[0\]"),
+        (np.r_[np.full(9, 100.0), 1.5], r"requests \[9\] have \[1.5\]"),
+    ],
+)
+def test_given_lengths_checked(lengths, message):
+    with pytest.raises(ValueError, match=message):
+        simulate_trace(
+            10,
+            beta=(6e-3, 2.5e-5, 5e-5),
+            chunk_size=None,
+            max_num_seqs=8,
+            arrival_rate=5.0,
+            prompt_tokens=lengths,
+        )

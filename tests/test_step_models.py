@@ -25,7 +25,7 @@ from sklearn_beta.core._schema import (
     request_prompts_of,
     step_design,
 )
-from sklearn_beta.core._step_features import STEP_MODELS
+from sklearn_beta.core._step_features import STEP_MODELS, attention_pressure
 from sklearn_beta.datasets import simulate_trace
 from sklearn_beta.engine import _loop
 from sklearn_beta.metrics import get_scorer
@@ -287,14 +287,66 @@ def test_heavy_load_noise_free_exact_with_damping():
     assert not undamped.converged_
 
 
+@pytest.fixture(scope="module")
+def heavy_budget():
+    """12 000 phases, noise-free, ~170 running, a 2048-token budget caps 17 %
+    of the steps."""
+    return _simulate(
+        6000, arrival_rate=14.0, token_budget=2048, noise=0.0, return_steps=True
+    )
+
+
+def test_capped_attention_pressure_is_the_engines(heavy_budget):
+    # On every segment where no prefill ends, the attention pressure is the
+    # simulator's per-step attention: on a capped one the first started
+    # prefills get the chunks, the next one the rest, the others nothing.
+    phases, steps = heavy_budget
+    table = PhaseExposureTransformer(
+        CHUNK, step_model="attention", token_budget=2048
+    ).fit_transform(phases)
+    timeline = read_timeline(table.to_numpy())
+    tg = timeline.trace_grid
+    pressure = attention_pressure(timeline, request_prompts_of(table.to_numpy()))
+    middle = 0.5 * (steps["t_start"] + steps["t_end"]) - phases["t_start"].min()
+    segment = np.searchsorted(tg.grid, middle.to_numpy()) - 1
+    inside = (segment >= 0) & (segment < tg.n_segments)
+    per_step = steps["prefill_attention"].to_numpy()[inside]
+    segment = segment[inside]
+    ends = np.zeros(tg.n_segments, dtype=bool)
+    ends[tg.end_idx[timeline.is_prefill] - 1] = True
+    check = ~ends[segment]
+    capped = timeline.budget_excess[segment] > 0
+    assert np.count_nonzero(check & capped) > 200
+    np.testing.assert_allclose(pressure[segment[check]], per_step[check], rtol=1e-12)
+
+
+def test_heavy_budget_noise_free_exact(heavy_budget):
+    # Capped steps serve the first started prefills; the capped prefills run
+    # more steps than ceil(P / C) and their last chunks are not P - C (N - 1).
+    # With those modelled the fit is exact; the attention pressure scaled by
+    # the capped share of tokens (the previous model) was 0.9-8 % off here.
+    phases, _ = heavy_budget
+    regressor = _fit(phases, token_budget=2048)[-1]
+    assert regressor.converged_
+    np.testing.assert_allclose(regressor.beta_, BETA_ATTENTION, rtol=1e-4)
+
+
 @pytest.mark.parametrize(
-    "load, token_budget",
-    [("light", None), ("moderate", None), ("moderate", 2048)],
+    "load, token_budget, n_requests",
+    [("light", None, 6000), ("moderate", None, 6000), ("moderate", 2048, 20000)],
 )
-def test_noisy_attention_traces_recovered_within_one_percent(load, token_budget):
+def test_noisy_attention_traces_recovered_within_one_percent(
+    load, token_budget, n_requests
+):
+    # The errors are scatter, shrinking like 1 / sqrt(n): over 8 seeds their
+    # means are within 0.2 % (0.65 % on the attention pair at 6000 requests
+    # under the budget) and their standard deviations, decode context last,
+    # are 0.02-0.48 % at light load (6000 requests), 0.16-1.24 % at moderate
+    # load (6000) and 0.08-0.88 % under the budget at 20 000 requests
+    # (0.17-1.25 % at 6000, where this seed's decode context is 1.07 % off).
     rate = {"light": 4.0, "moderate": 10.0}[load]
     phases, steps = _simulate(
-        6000,
+        n_requests,
         arrival_rate=rate,
         token_budget=token_budget,
         noise=0.02,
@@ -327,7 +379,11 @@ def test_noisy_attention_traces_recovered_within_one_percent(load, token_budget)
 def test_heavy_noisy_step_time_error_below_one_percent():
     # At heavy load the decode tokens and the decode context move together
     # (condition number ~100): their split is off by up to 3 % under 2 %
-    # step noise, the step times they predict by well under 1 %.
+    # step noise, the step times they predict by well under 1 %. It is
+    # scatter, not bias: over 8 seeds the means are within 0.2 % (0.53 % on
+    # the decode context, 0.3 standard errors), and the standard deviations
+    # of the decode tokens and context fall like 1 / sqrt(n), 3.4 and 7.0 %
+    # at 1500 requests, 1.7 and 3.0 % at 6000, 0.6 and 1.7 % at 24 000.
     phases, steps = _simulate(
         6000, arrival_rate=14.0, noise=0.02, random_state=1, return_steps=True
     )
@@ -337,12 +393,27 @@ def test_heavy_noisy_step_time_error_below_one_percent():
     assert _step_time_error(regressor.beta_, steps) < 0.005
 
 
-def test_published_fit_shows_model_form_error_in_held_out_replay():
-    phases = _simulate(2000, noise=0.02, max_num_seqs=128)
-    cv = TraceBlockSplit(4)
+@pytest.mark.parametrize(
+    "rate, token_budget, published_min, attention_max",
+    [
+        # measured: e2e 15.2 % against 0.39 %, 15.2 % against 0.40 %, 52.8 %
+        # against 6.9 % (TTFT 68 % against 7 %, 88 % against 17 %)
+        (4.0, None, 0.10, 0.01),
+        (4.0, 2048, 0.10, 0.01),
+        (10.0, None, 0.30, 0.10),
+    ],
+)
+def test_published_fit_shows_model_form_error_in_held_out_replay(
+    rate, token_budget, published_min, attention_max
+):
+    # Saturated traces (14 requests/s) are left out: there a held-out replay
+    # of either model is off by 70-85 % e2e, the queue amplifying any error.
+    phases = _simulate(
+        2000, noise=0.02, max_num_seqs=128, arrival_rate=rate, token_budget=token_budget
+    )
     scorer = make_replay_scorer(phases, "e2e", max_num_seqs=128)
     pipe = make_pipeline(
-        PhaseExposureTransformer(CHUNK),
+        PhaseExposureTransformer(CHUNK, token_budget=token_budget),
         IterativeBetaRegressor(
             "beta_informed", objective="duration", damping=0.5, max_iter=100
         ),
@@ -350,12 +421,17 @@ def test_published_fit_shows_model_form_error_in_held_out_replay():
     search = GridSearchCV(
         pipe,
         {"phaseexposuretransformer__step_model": ["published", "attention"]},
-        cv=cv,
+        cv=TraceBlockSplit(4),
         scoring=scorer,
         refit=False,
-    ).fit(phases)
+    )
+    with warnings.catch_warnings():
+        # the moderate trace's folds stop at max_iter, 1e-5 from settled
+        warnings.simplefilter("ignore")
+        search.fit(phases)
     published, attention = -search.cv_results_["mean_test_score"]
-    assert published > 0.3  # the three coefficients miss e2e by > 30 %
+    assert published > published_min
+    assert attention < attention_max
     assert published > 3 * attention
 
 
@@ -421,41 +497,50 @@ def test_bootstrap_and_design_at_betas_with_a_step_model():
 # --- model comparison -----------------------------------------------------------
 
 
+CONTEXT = ("steps", "prefill_tokens", "decode_tokens", "decode_context")
+#: The true models of benchmarks/step_model_cv.py, its candidates simplest first.
+TRUTHS = {
+    "published": ("published", BETA_PUBLISHED),
+    "context": (list(CONTEXT), np.array([5e-3, 2e-5, 8e-5, 2e-8])),
+    "attention": ("attention", BETA_ATTENTION),
+}
+
+
 @pytest.mark.parametrize(
-    "truth, seed",
+    "rate, token_budget, truth, seed",
     [
-        ("attention", 0),
-        ("attention", 1),
-        ("attention", 2),
-        ("published", 0),
-        ("published", 1),
-        ("published", 2),
+        # four of the benchmark's twenty traces (20 of 20 picked right)
+        (14.0, 2048, "published", 0),  # was "context" before the capped counts
+        (14.0, 2048, "context", 0),
+        (14.0, None, "published", 1),
+        (4.0, None, "attention", 0),
+        # moderate load (~50 running)
+        (10.0, None, "attention", 1),
+        (10.0, None, "published", 2),
     ],
 )
-def test_cross_validation_picks_the_true_step_model(truth, seed):
-    beta = BETA_ATTENTION if truth == "attention" else BETA_PUBLISHED
+def test_cross_validation_picks_the_true_step_model(rate, token_budget, truth, seed):
+    step_model, beta = TRUTHS[truth]
     phases = _simulate(
         2000,
         beta=beta,
-        step_model=truth,
+        step_model=step_model,
+        arrival_rate=rate,
+        token_budget=token_budget,
         noise=0.02,
         random_state=seed,
         max_num_seqs=128,
     )
     pipe = make_pipeline(
-        PhaseExposureTransformer(CHUNK),
+        PhaseExposureTransformer(CHUNK, token_budget=token_budget),
         IterativeBetaRegressor(
             "beta_informed", objective="duration", damping=0.5, max_iter=100
         ),
     )
+    param = "estimator__phaseexposuretransformer__step_model"
     search = GridSearchCV(
         TraceContextRegressor(pipe, trace=phases),
-        {
-            "estimator__phaseexposuretransformer__step_model": [
-                "attention",
-                "published",
-            ]
-        },
+        {param: [TRUTHS[name][0] for name in ("published", "context", "attention")]},
         cv=TraceBlockSplit(4),
         scoring=get_scorer("neg_duration_mape"),
         refit=one_standard_error_rule(),
@@ -463,9 +548,7 @@ def test_cross_validation_picks_the_true_step_model(truth, seed):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         search.fit(phases)
-    assert search.best_params_ == {
-        "estimator__phaseexposuretransformer__step_model": truth
-    }
+    assert search.best_params_ == {param: step_model}
 
 
 def test_one_standard_error_rule_prefers_the_simpler_model_in_ties():

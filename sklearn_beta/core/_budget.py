@@ -29,6 +29,14 @@ A prompt alone in its group, with the decodes unchanged while it runs, gets
 ``ceil(P / (B - p_dec))`` steps, a count the step-count objective can fit
 (:func:`alone_prefills`). Other prompts of a budget-bound engine share
 steps in ways the trace does not show, and their counts are left out.
+
+A chunked engine under a budget (``chunk_size < token_budget``) serves its
+capped steps in running order instead: the first started prefills get full
+chunks, the next one the rest (:func:`capped_prefill_grants`). What that
+changes for the features that weigh a chunk by its prompt, for the capped
+prefills' last chunks and for the chains of short last chunks on a capped
+step is :func:`capped_prefill_wants` and :func:`capped_last_steps`
+(docs/method.md 5.1).
 """
 
 from __future__ import annotations
@@ -36,7 +44,7 @@ from __future__ import annotations
 import numpy as np
 
 from ._engine_model import prefill_steps
-from ._grid import Timeline, TraceGrid, count_active, cumulative
+from ._grid import Timeline, TraceGrid, count_active, cumulative, phase_integrals
 
 
 def prefill_groups(
@@ -144,3 +152,123 @@ def alone_step_counts(
     n_steps = n_steps.copy()
     n_steps[alone] = prefill_steps(prefill_tokens[alone], left)
     return n_steps
+
+
+def capped_prefill_grants(
+    timeline: Timeline,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Full-chunk grants of the running prefills on the budget-capped segments.
+
+    A chunked engine under a budget (``chunk_size < token_budget``) serves the
+    running prefills in running order, ``min(C, left)`` tokens each, until
+    the budget left after the decodes, ``L = B - p_dec``, is spent: on a
+    segment where the ``n`` running prefills want more (``n C > L``) the
+    ``floor(L / C)`` first started get ``C``, the next gets ``L mod C`` and
+    the rest none (:func:`~._engine_model.prefill_grants`). The tokens are
+    ``L`` whichever prefills take them, but a feature that weighs each chunk
+    by its prompt (the prefill attention) depends on which ones do: the
+    earliest started, which are long prompts more often than the average
+    running one.
+
+    Returns ``(phase, segment, rank, grant)`` for every running prefill on
+    every capped segment, ordered by segment and rank (prefills starting
+    together in row order, the engine's admission order). Short last
+    chunks are left to the ``mu`` correction (:func:`capped_last_steps`).
+    """
+    tg = timeline.trace_grid
+    chunk = float(timeline.chunk_size)
+    capped = np.flatnonzero(timeline.budget_excess > 0)
+    # number of capped segments before each grid point
+    before = np.zeros(tg.grid.shape[0], dtype=np.intp)
+    before[capped + 1] = 1
+    before = np.cumsum(before)
+    prefill = np.flatnonzero(timeline.is_prefill)
+    prefill = prefill[np.argsort(tg.start_idx[prefill], kind="stable")]
+    first = before[tg.start_idx[prefill]]
+    counts = before[tg.end_idx[prefill]] - first
+    offsets = np.cumsum(counts) - counts
+    position = np.arange(counts.sum()) - np.repeat(offsets - first, counts)
+    segment = capped[position]
+    phase = np.repeat(prefill, counts)
+    # within a segment, the pairs stay in start order (a stable sort)
+    order = np.argsort(segment, kind="stable")
+    segment, phase = segment[order], phase[order]
+    rank = np.arange(segment.shape[0]) - np.searchsorted(segment, segment)
+    left = np.maximum(timeline.token_budget - timeline.p_dec[segment], 0.0)
+    grant = np.clip(left - rank * chunk, 0.0, chunk)
+    return phase, segment, rank, grant
+
+
+def _chunk_attention(prompt, grant):
+    return grant * (prompt + 0.5 * grant)
+
+
+def capped_last_steps(
+    timeline: Timeline, prompt: np.ndarray, grants, want: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """What short last chunks change on budget-capped steps.
+
+    On a capped segment where prefills end, the last step gives each ending
+    prefill only what it still wants (``want``, per phase) and the tokens it
+    leaves go to the next ones in running order: the step's grants are those
+    of :func:`~._engine_model.prefill_grants` with those wants. Returns, per
+    phase, the tokens and the attention the step lacks against the
+    full-chunk grants of :func:`capped_prefill_grants` (shared equally by
+    the prefills ending there, 0 elsewhere), and the tokens each prefill
+    gains from them.
+    """
+    chunk = float(timeline.chunk_size)
+    phase, segment, _, grant = grants
+    n_phases = timeline.n_phases
+    ending = segment == timeline.trace_grid.end_idx[phase] - 1
+    wants = np.where(ending, np.clip(want[phase], 0.0, chunk), chunk)
+    total = np.cumsum(wants)
+    first = np.searchsorted(segment, segment)
+    before = total - wants - (total[first] - wants[first])
+    left = np.maximum(timeline.token_budget - timeline.p_dec[segment], 0.0)
+    last = np.clip(left - before, 0.0, wants)
+    tokens = np.bincount(segment, weights=grant - last, minlength=left.shape[0])
+    attention = _chunk_attention(prompt[phase], grant)
+    attention -= _chunk_attention(prompt[phase], last)
+    attention = np.bincount(segment, weights=attention, minlength=left.shape[0])
+    n_ending = np.bincount(segment[ending], minlength=left.shape[0])
+    owner, at = phase[ending], segment[ending]
+    mu = np.zeros(n_phases)
+    mu[owner] = tokens[at] / n_ending[at]
+    missing = np.zeros(n_phases)
+    missing[owner] = attention[at] / n_ending[at]
+    gains = np.bincount(
+        phase, weights=np.where(ending, 0.0, last - grant), minlength=n_phases
+    )
+    return mu, missing, gains
+
+
+def capped_prefill_wants(
+    timeline: Timeline,
+    grants,
+    steps: np.ndarray,
+    prompt: np.ndarray,
+    gains: np.ndarray,
+) -> np.ndarray:
+    """What each prefill wants on its last step, at a density.
+
+    Under a chunked engine's budget the last chunk is not ``P - C (N - 1)``:
+    capped steps gave the prefill a partial chunk or none. With ``steps``
+    per segment it receives ``C`` per uncapped step and its grant of
+    :func:`capped_prefill_grants` per capped one, plus the ``gains`` other
+    prefills' short last chunks left it (:func:`capped_last_steps`, of the
+    previous pass); its prompt less all that but its last step's grant is
+    what its last step wants.
+    """
+    chunk = float(timeline.chunk_size)
+    phase, segment, _, grant = grants
+    tg = timeline.trace_grid
+    capped = timeline.budget_excess > 0
+    received = chunk * phase_integrals(tg, np.where(capped, 0.0, steps))
+    received += np.bincount(
+        phase, weights=grant * steps[segment], minlength=timeline.n_phases
+    )
+    last_grant = np.full(timeline.n_phases, chunk)
+    ending = segment == tg.end_idx[phase] - 1
+    last_grant[phase[ending]] = grant[ending]
+    return prompt - (received + gains - last_grant)

@@ -174,3 +174,20 @@ def counted_phases(timeline: Timeline) -> np.ndarray:
         return ~timeline.is_prefill | alone_prefills(timeline)
     capped = (timeline.budget_excess > 0).astype(np.float64)
     return ~timeline.is_prefill | (phase_integrals(timeline.trace_grid, capped) == 0)
+
+
+def design_step_counts(timeline: Timeline, density_steps: np.ndarray) -> np.ndarray:
+    """The step counts that scale the duration objective's design rows.
+
+    ``N_i``, except for the prefills a chunked engine's budget capped
+    (``chunk_size < token_budget``; not :func:`counted_phases`): a capped
+    step gave them a partial chunk or none, so they ran more steps than
+    ``ceil(P / C)`` (2.8 % more over the prefills of a heavy trace under a
+    2048-token budget), as many as the density puts in their window,
+    ``density_steps`` (per phase).
+    """
+    if timeline.budget_excess is None or budget_bound(
+        timeline.chunk_size, timeline.token_budget
+    ):
+        return timeline.n_steps
+    return np.where(counted_phases(timeline), timeline.n_steps, density_steps)

@@ -20,14 +20,25 @@ the corrected pressures and the cumulative steps of pass m-1.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import replace
+from functools import partial
 
 import numpy as np
 
+from ._budget import (
+    capped_last_steps,
+    capped_prefill_grants,
+    capped_prefill_wants,
+)
 from ._corrections import (
     beta_informed_correction_mass,
     budget_capped_mass,
+    counted_phases,
+    design_step_counts,
+    fixed_correction_mass,
     static_correction_mass,
 )
+from ._engine_model import budget_bound
 from ._fixed_point import MIN_STEP_TIME, beta_change, correction_rate
 from ._grid import PhaseIntegrals, Timeline, count_active, cumulative
 from ._nnls import fit_statistics, nnls_fit
@@ -38,6 +49,19 @@ from ._step_features import (
     budget_capped_attention,
     context_mass_per_segment,
 )
+
+
+def last_segment_mass(trace_grid, is_prefill, mass) -> np.ndarray:
+    """Each prefill's ``mass`` on the last segment of its window."""
+    return np.bincount(
+        np.maximum(trace_grid.end_idx - 1, 0),
+        weights=np.where(is_prefill, mass, 0.0),
+        minlength=trace_grid.n_segments,
+    )
+
+
+#: Passes over the chains of short last chunks on budget-capped steps.
+MAX_GAIN_PASSES = 100
 
 
 class FeatureDurations:
@@ -66,10 +90,21 @@ class FeatureDurations:
         )
         self.p_dec = timeline.p_dec
         self.p_pf = timeline.p_pf_full
+        self.counted = counted_phases(timeline)
+        self.prompt = prompt
+        # a chunked engine's budget: who gets the capped steps' tokens
+        self.grants = None
+        if timeline.budget_excess is not None and not budget_bound(
+            timeline.chunk_size, timeline.token_budget
+        ):
+            self.grants = capped_prefill_grants(timeline)
+            self.gains = np.zeros(timeline.n_phases)
+            last = np.maximum(tg.end_idx - 1, 0)
+            self.ends_capped = timeline.is_prefill & (timeline.budget_excess[last] > 0)
         self.p_batch = None
         if "batch_size" in self.features:
             self.p_batch = count_active(tg)
-        self.attention = None
+        self.attention = self.attention_missing = self.fixed_attention = None
         if "prefill_attention" in self.features:
             self.attention = attention_pressure(timeline, prompt)
             self.attention_missing = attention_missing_mass(timeline, prompt)
@@ -111,6 +146,67 @@ class FeatureDurations:
         }
         return [by_name[name] for name in self.features]
 
+    def _corrections(self, density, steps):
+        """The missing tokens and attention per segment (the latter None
+        without the feature), placed by the mode at ``density``, less what
+        a token budget already took off the pressures."""
+        tl = self.timeline
+        if self.grants is not None:
+            return self._capped_corrections(steps)
+        if self.mode != "beta_informed":
+            mass, missing = self.fixed, self.fixed_attention
+        else:
+            place = partial(
+                beta_informed_correction_mass, tl.trace_grid, density, tl.is_prefill
+            )
+            mass = place(tl.n_steps, tl.mu)
+            missing = (
+                None
+                if self.attention is None
+                else place(tl.n_steps, self.attention_missing)
+            )
+        if missing is not None:
+            missing = budget_capped_attention(missing, mass, tl)
+        return budget_capped_mass(mass, tl), missing
+
+    def _capped_corrections(self, steps):
+        """:meth:`_corrections` of a chunked engine under a budget: each
+        prefill's last want at this density and the grants of the capped
+        last steps (:func:`~._budget.capped_last_steps`).
+
+        ``beta_informed`` places a prefill's missing mass on its last
+        segment: its last step lies there (grid points are step boundaries),
+        and spreading the mass onto the segment before, as a slightly low
+        density does, lowers the density there further: a fixed point 1-2 %
+        off the engine's betas on a heavy noise-free trace.
+        """
+        tl = self.timeline
+        chunk = float(tl.chunk_size)
+        # a short last chunk leaves tokens to the next prefill, whose last
+        # chunk it shortens in turn: one link of such chains per pass
+        for _ in range(MAX_GAIN_PASSES):
+            want = capped_prefill_wants(tl, self.grants, steps, self.prompt, self.gains)
+            mu_capped, missing_capped, gains = capped_last_steps(
+                tl, self.prompt, self.grants, want
+            )
+            settled = np.array_equal(gains, self.gains)
+            self.gains = gains
+            if settled:
+                break
+        uncounted = np.clip(chunk - want, 0.0, chunk)
+        mu = np.where(self.counted, tl.mu, uncounted)
+        mu = np.where(self.ends_capped, mu_capped, np.where(tl.is_prefill, mu, 0.0))
+        place = partial(fixed_correction_mass, self.mode, tl.trace_grid, tl.is_prefill)
+        if self.mode in ("beta_informed", "end_inside"):
+            # on the last segment, negative masses too: a short last chunk
+            # can hand its tokens to longer prompts
+            place = partial(last_segment_mass, tl.trace_grid, tl.is_prefill)
+        if self.attention is None:
+            return place(mu), None
+        missing = attention_missing_mass(replace(tl, mu=mu), self.prompt)
+        missing = np.where(self.ends_capped, missing_capped, missing)
+        return place(mu), place(missing)
+
     def reweighted(self, beta: np.ndarray) -> np.ndarray:
         """One lagged pass: density from ``beta`` and the previous pressures,
         then the corrections, the new pressures and the design."""
@@ -122,29 +218,18 @@ class FeatureDurations:
         density = 1.0 / np.maximum(step_time, MIN_STEP_TIME)
         steps = density * tg.seg_len
         per_step = np.maximum(density, MIN_STEP_TIME)
-        if self.mode == "beta_informed":
-            mass = beta_informed_correction_mass(
-                tg, density, tl.is_prefill, tl.n_steps, tl.mu
-            )
-        else:
-            mass = self.fixed
-        rate = correction_rate(budget_capped_mass(mass, tl), tg.seg_len)
+        mass, missing = self._corrections(density, steps)
+        rate = correction_rate(mass, tg.seg_len)
         self.p_pf = np.maximum(tl.p_pf_full - rate / per_step, 0.0)
         if self.attention is not None:
-            if self.mode == "beta_informed":
-                missing = beta_informed_correction_mass(
-                    tg, density, tl.is_prefill, tl.n_steps, self.attention_missing
-                )
-            else:
-                missing = self.fixed_attention
-            missing = budget_capped_attention(missing, mass, tl)
             a_rate = correction_rate(missing, tg.seg_len)
             self.p_attention = np.maximum(self.attention - a_rate / per_step, 0.0)
         if self.context:
             self.p_context = self._context_pressure(cumulative(steps))
         # the design: N_i times the pressures averaged over its steps
         total = self.integrals(steps)
-        scale = np.divide(tl.n_steps, total, out=np.zeros_like(total), where=total > 0)
+        n_steps = design_step_counts(tl, total)
+        scale = np.divide(n_steps, total, out=np.zeros_like(total), where=total > 0)
         design = np.empty((tl.n_phases, len(self.features)), order="F")
         for k, pressure in enumerate(self._pressures()):
             self.integrals(pressure * steps, out=design[:, k])

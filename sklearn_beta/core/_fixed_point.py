@@ -19,6 +19,7 @@ from sklearn.exceptions import ConvergenceWarning
 from ._corrections import (
     beta_informed_correction_mass,
     budget_capped_mass,
+    design_step_counts,
     static_correction_mass,
 )
 from ._grid import Timeline, phase_integrals
@@ -75,7 +76,7 @@ def step_averaged_design(
     pbar_dec = np.where(
         total > 0, phase_integrals(tg, timeline.p_dec * steps) / safe, 0.0
     )
-    n = timeline.n_steps
+    n = design_step_counts(timeline, total)
     return np.column_stack([n, n * pbar_pf, n * pbar_dec])
 
 

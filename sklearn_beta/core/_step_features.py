@@ -25,6 +25,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from ._budget import capped_prefill_grants
 from ._corrections import budget_capped_mass, fixed_correction_mass
 from ._engine_model import budget_bound
 from ._grid import PhaseIntegrals, Timeline, count_active
@@ -133,22 +134,23 @@ def _active_sum(timeline: Timeline, mask: np.ndarray, weight: np.ndarray):
 
 
 def attention_pressure(timeline: Timeline, prompt: np.ndarray) -> np.ndarray:
-    """Full-chunk prefill attention per step, ``sum_r C (P_r + C/2)`` over
-    the active prefills; under a token budget it shrinks with the prefill
-    tokens the budget leaves, at the segment's mean attention per token."""
+    """Full-chunk prefill attention per step, ``sum_r g_r (P_r + g_r/2)``
+    over the active prefills: ``g_r = C`` each, and on a segment a token
+    budget caps, the grants of the engine's running order
+    (:func:`~._budget.capped_prefill_grants`)."""
     chunk = float(timeline.chunk_size)
     full = chunk * (prompt + 0.5 * chunk)
     pressure = _active_sum(timeline, timeline.is_prefill, full)
     if timeline.budget_excess is None:
         return pressure
-    tokens_full = timeline.p_pf_full + timeline.budget_excess
-    share = np.divide(
-        timeline.p_pf_full,
-        tokens_full,
-        out=np.ones_like(tokens_full),
-        where=tokens_full > 0,
-    )
-    return pressure * share
+    phase, segment, _, grant = capped_prefill_grants(timeline)
+    capped = timeline.budget_excess > 0
+    pressure[capped] = np.bincount(
+        segment,
+        weights=grant * (prompt[phase] + 0.5 * grant),
+        minlength=pressure.shape[0],
+    )[capped]
+    return pressure
 
 
 def attention_missing_mass(timeline: Timeline, prompt: np.ndarray) -> np.ndarray:

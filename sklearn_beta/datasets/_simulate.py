@@ -37,8 +37,8 @@ CLIP_SIGMAS = 4.0
         "chunk_size": [Interval(Integral, 1, None, closed="left"), None],
         "max_num_seqs": [Interval(Integral, 1, None, closed="left")],
         "arrival_rate": [Interval(Real, 0, None, closed="neither")],
-        "prompt_tokens": [tuple, list],
-        "output_tokens": [tuple, list],
+        "prompt_tokens": [tuple, list, np.ndarray],
+        "output_tokens": [tuple, list, np.ndarray],
         "token_budget": [Interval(Integral, 1, None, closed="left"), None],
         "noise": [Interval(Real, 0, None, closed="left")],
         "n_instances": [Interval(Integral, 1, None, closed="left")],
@@ -69,8 +69,8 @@ def simulate_trace(
     chunk_size: int | None,
     max_num_seqs: int,
     arrival_rate: float,
-    prompt_tokens: tuple[float, float] = (512, 1.0),
-    output_tokens: tuple[float, float] = (128, 1.0),
+    prompt_tokens: tuple[float, float] | np.ndarray = (512, 1.0),
+    output_tokens: tuple[float, float] | np.ndarray = (128, 1.0),
     token_budget: int | None = None,
     noise: float = 0.0,
     n_instances: int = 1,
@@ -149,7 +149,9 @@ and (128, 1.0)
         Lognormal prompt length ``P`` and output length ``D``: median and
         sigma of the underlying normal. Draws are rounded and clipped to
         ``[1, ceil(median * exp(4 * sigma))]``; ``sigma = 0`` gives a fixed
-        length.
+        length. An ndarray of shape ``(n_requests,)`` gives every request's
+        length itself (positive integers), e.g. a mix of short and long
+        prompts as in ``REGIMES.md``; it draws nothing.
     token_budget : int, default=None
         Tokens per step (vLLM's ``max_num_batched_tokens``); ``None`` means no
         budget. Must be at least ``max_num_seqs`` (as vLLM requires), so every
@@ -265,8 +267,11 @@ and (128, 1.0)
 'n_running']
     """
     beta = check_step_beta(beta, step_model)
-    prompt_median, prompt_sigma = _check_length_spec(prompt_tokens, "prompt_tokens")
-    output_median, output_sigma = _check_length_spec(output_tokens, "output_tokens")
+    for spec, name in (
+        (prompt_tokens, "prompt_tokens"),
+        (output_tokens, "output_tokens"),
+    ):
+        _check_length_spec(spec, name, n_requests)
     if view != "client" and (first_token_offset or last_token_offset):
         raise ValueError(
             "first_token_offset and last_token_offset shift the times a client "
@@ -275,8 +280,8 @@ and (128, 1.0)
     rng = check_random_state(random_state)
 
     arrival = np.cumsum(rng.exponential(1.0 / arrival_rate, size=n_requests))
-    prompt = _lognormal_lengths(rng, prompt_median, prompt_sigma, n_requests)
-    output = _lognormal_lengths(rng, output_median, output_sigma, n_requests)
+    prompt = _lengths(rng, prompt_tokens, n_requests)
+    output = _lengths(rng, output_tokens, n_requests)
     if n_instances > 1:
         instance = rng.randint(n_instances, size=n_requests)
     else:
@@ -317,15 +322,44 @@ and (128, 1.0)
     return result[0] if len(result) == 1 else result
 
 
-def _check_length_spec(spec, name: str) -> tuple[float, float]:
+def _check_length_spec(spec, name: str, n_requests: int) -> None:
+    if isinstance(spec, np.ndarray):
+        _check_given_lengths(spec, name, n_requests)
+        return
     if len(spec) != 2:
-        raise ValueError(f"{name} must be a pair (median, sigma), got {spec!r}.")
+        raise ValueError(
+            f"{name} must be a pair (median, sigma) or an ndarray of "
+            f"n_requests={n_requests} lengths, got {spec!r}."
+        )
     median, sigma = (float(v) for v in spec)
     if not (np.isfinite(median) and median >= 1):
         raise ValueError(f"{name}: the median must be at least 1, got {spec!r}.")
     if not (np.isfinite(sigma) and sigma >= 0):
         raise ValueError(f"{name}: sigma must be non-negative, got {spec!r}.")
-    return median, sigma
+
+
+def _check_given_lengths(lengths: np.ndarray, name: str, n_requests: int) -> None:
+    if lengths.shape != (n_requests,):
+        raise ValueError(
+            f"{name}: an ndarray of lengths must have shape (n_requests,) = "
+            f"({n_requests},), got {lengths.shape}."
+        )
+    with np.errstate(invalid="ignore"):
+        bad = ~(np.isfinite(lengths) & (lengths >= 1) & (lengths == np.rint(lengths)))
+    if np.any(bad):
+        rows = np.flatnonzero(bad)[:5]
+        raise ValueError(
+            f"{name}: lengths must be positive integers; requests {rows.tolist()} "
+            f"have {lengths[rows].tolist()}."
+        )
+
+
+def _lengths(rng, spec, size: int) -> np.ndarray:
+    """Given lengths as they are, else lognormal draws of (median, sigma)."""
+    if isinstance(spec, np.ndarray):
+        return spec.astype(np.int64)
+    median, sigma = (float(v) for v in spec)
+    return _lognormal_lengths(rng, median, sigma, size)
 
 
 def _lognormal_lengths(rng, median: float, sigma: float, size: int) -> np.ndarray:

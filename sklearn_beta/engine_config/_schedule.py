@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import warnings
 from dataclasses import dataclass, field, replace
+from itertools import product
 from numbers import Real
 
 import numpy as np
@@ -65,6 +66,15 @@ ADMISSION_SLACK = 0.1
 ALIGN_ROUNDS = 3
 #: Reweightings of the robust fit, and the bisquare's tuning constant.
 ROBUST_ITER = 5
+#: Common reporting offsets tried before the fit, in typical steps, the
+#: replays of each fit, and the requests they are fitted on
+#: (``ScheduleBetaRegressor._start``).
+PROFILE_MAX_STEPS = 5.0
+PROFILE_MAX = 21
+PROFILE_SPACING = 2.5e-3
+PROFILE_ITER = 8
+PROFILE_GAIN = 0.5
+PROFILE_REQUESTS = 1500
 TUKEY_C = 4.685
 
 
@@ -129,9 +139,10 @@ default="auto"
         budget, then :class:`BaselineBetaRegressor` or
         :class:`IterativeBetaRegressor`; biased under load, the iteration
         corrects that), or given betas. ``"auto"`` computes both fits,
-        replays from each and starts from the one whose schedule the levels
-        fit carries best (least residual sum of squares, ``init_misfit_``):
-        either start fails on some traces (docs/schedule.md).
+        runs short fits from each (and from each profiled offset) on the
+        trace's head and starts from the one whose fit explains the times
+        best (``init_misfit_``): either start fails on some traces
+        (docs/schedule.md).
     fit_offsets : bool, default=True
         Fit the offsets between the engine's events and the observed times
         (``alpha_``); False fixes them at zero (an engine-side trace).
@@ -186,8 +197,14 @@ default="auto"
     init_beta_ : ndarray of shape (3,)
         The betas the iteration started from.
     init_misfit_ : dict
-        With ``init="auto"``, each phase-exposure start's levels misfit;
-        else empty.
+        The smallest ``schedule_misfit`` of the short fits from each start
+        (``"baseline"`` and ``"iterative"`` with ``init="auto"``, else
+        ``"given"``, or the one named); inf where none reached the fit on
+        differences.
+    init_offsets_ : ndarray of shape (3,)
+        The queue, first-token and last-token offsets (totals) the replays
+        first snapped to: profiled on the trace's head when ``fit_offsets``
+        (zeros unless an offset explained the times far better than none).
     n_iter_ : int
         Number of replays run.
     converged_ : bool
@@ -310,13 +327,13 @@ default="auto"
             fitted[trace.row_request[rows]] = True
             keep = np.repeat(fitted, trace.n_kinds)
         free = self._free_columns(trace.scheduled)
+        starts = self._initial_betas(X if rows is None else frame.iloc[rows])
         theta = np.zeros(6)
-        theta[:3] = self._initial_beta(
-            X if rows is None else frame.iloc[rows], trace, keep
-        )
+        theta[:3], snap = self._start(frame, trace, starts, keep, free)
         self.init_beta_ = theta[:3].copy()
+        self.init_offsets_ = snap
         solved = solve_schedule(
-            trace, theta, keep, free, self._schedule, self.max_iter, self.tol
+            trace, theta, keep, free, self._schedule, self.max_iter, self.tol, snap
         )
         self.n_iter_ = solved.n_iter
         self.converged_ = solved.converged
@@ -488,17 +505,6 @@ default="auto"
             free[3] = scheduled  # only scheduled times see the queue delay
         return free
 
-    def _initial_beta(self, X, trace, keep) -> np.ndarray:
-        """The start: the phase-exposure fit whose replay fits the trace's
-        levels best (``init="auto"``), or the one asked for."""
-        starts = self._initial_betas(X)
-        self.init_misfit_ = {}
-        if len(starts) == 1:
-            return starts[0]
-        misfit = [self._levels_misfit(trace, beta, keep) for beta in starts]
-        self.init_misfit_ = dict(zip(INIT_FITS, misfit, strict=True))
-        return starts[int(np.argmin(misfit))]
-
     def _initial_betas(self, X) -> list:
         """The starts ``init`` names: one, or both phase-exposure fits."""
         if not isinstance(self.init, str):
@@ -532,16 +538,57 @@ default="auto"
             model.fit(X)
         return np.asarray(model[-1].beta_, dtype=float)
 
-    def _levels_misfit(self, trace, beta, keep) -> float:
-        """Residual sum of squares of the levels fit on the replay from
-        ``beta``: how well a start's schedule carries the trace."""
-        theta = np.r_[beta, 0.0, 0.0, 0.0]
-        schedule = self._schedule(trace, theta, trace.engine_ends(theta, keep))
-        rows = level_design(
-            schedule, trace.event_times, trace.anchor_times(schedule), keep
-        )
-        fit = nnls_fit(rows.design[:, :3], rows.target, rows.weight)
-        return float(np.sum((rows.target - rows.design[:, :3] @ fit) ** 2))
+    def _start(self, frame, trace, starts, keep, free) -> tuple:
+        """The betas and the offsets the fit starts from.
+
+        Neither phase-exposure start is always inside the iteration's basin
+        (docs/schedule.md), and the replays snap to the observed times
+        minus the offsets: snapped with none, a client's reporting delay of
+        a step or more moves every snapped step boundary past the sends
+        that came before it; the schedule is another one, and the fit
+        settles there (measured: a 10 ms delay on steps of 19 ms left beta1
+        -74 %). Both are nuisances of the schedule, which is a step
+        function of them, so they are profiled: short fits
+        (``PROFILE_ITER`` replays) from each start and common offsets
+        (``_offset_candidates``; zero alone without ``fit_offsets``) on
+        the trace's first ``PROFILE_REQUESTS`` requests. The pair whose fit
+        on differences explains the times best (smallest
+        ``schedule_misfit``) starts the fit; its offsets only if they
+        explain them far better (``PROFILE_GAIN``) than none.
+
+        Returns the betas and the offsets (queue, first, last totals), and
+        sets ``init_misfit_``.
+        """
+        head, head_keep = _trace_head(self, frame, trace, keep)
+        offsets = [0.0]
+        if self.fit_offsets and np.any(free[4:]):
+            offsets = _offset_candidates(head.requests)
+        misfit = np.full((len(starts), len(offsets)), np.inf)
+        found = np.zeros((len(starts), len(offsets), 3))
+        for (i, beta), (j, c) in product(enumerate(starts), enumerate(offsets)):
+            solved = solve_schedule(
+                head,
+                np.r_[beta, 0.0, 0.0, 0.0],
+                head_keep,
+                free,
+                self._schedule,
+                PROFILE_ITER,
+                self.tol,
+                np.array([0.0, c, c]),
+            )
+            if solved.history[-1][0] != "levels":  # else nothing to compare
+                misfit[i, j] = schedule_misfit(solved.rows, solved.theta, free)
+            found[i, j] = solved.theta[3:]
+        names = INIT_FITS if len(starts) > 1 else ("given",)
+        self.init_misfit_ = dict(zip(names, misfit.min(axis=1).tolist(), strict=True))
+        i, j = np.unravel_index(np.argmin(misfit), misfit.shape)
+        # Short fits on a head that finds no schedule from any offset (a KV
+        # bound's preemptions) differ by chance: only an offset that explains
+        # the times far better than none replaces the zero start.
+        none = int(np.argmin(misfit[:, 0]))
+        if not misfit[i, j] < PROFILE_GAIN * misfit[none, 0]:
+            return starts[none], np.zeros(3)
+        return starts[i], found[i, j]
 
     def _caps(self, n_requests: int):
         if self.max_num_seqs is not None:
@@ -699,7 +746,9 @@ class _LoopState:
     snap_offsets: np.ndarray = field(default_factory=lambda: np.zeros(3))
 
 
-def solve_schedule(trace, theta, keep, free, schedule_of, max_iter, tol):
+def solve_schedule(
+    trace, theta, keep, free, schedule_of, max_iter, tol, snap_offsets=None
+):
     """Replay, fit the times the schedule makes linear, repeat
     (docs/schedule.md): levels first, then differences, until the schedule
     repeats, the step falls below ``tol`` or the replays alternate between
@@ -707,10 +756,14 @@ def solve_schedule(trace, theta, keep, free, schedule_of, max_iter, tol):
 
     ``schedule_of(trace, theta, observed_ends, align)`` replays the trace
     (``align``: see ``_TraceEvents.align_admissions``); ``free``
-    are the coefficients the trace identifies. Returns a
-    :class:`ScheduleSolution`.
+    are the coefficients the trace identifies; ``snap_offsets`` (queue,
+    first-token, last-token totals; zeros when None) are the offsets the
+    replays snap to and the levels take as known until the first fit on
+    differences. Returns a :class:`ScheduleSolution`.
     """
     state, changes, history = _LoopState(), [], []
+    if snap_offsets is not None:
+        state.snap_offsets = np.asarray(snap_offsets, dtype=float).copy()
     n_iter, converged = 0, False
     while n_iter < max_iter:
         n_iter += 1
@@ -749,8 +802,12 @@ def _fit_schedule(state, schedule, two_back, trace, theta, keep, free):
     if state.stage == "levels":
         rows = level_design(schedule, trace.event_times, anchors, keep)
         # betas only: offsets fitted on levels are weakly identified and, fed
-        # back into the snapping, push the schedule off
-        new[:3] = nnls_fit(rows.design[:, :3], rows.target, rows.weight)
+        # back into the snapping, push the schedule off. The snapping's
+        # offsets are taken as known instead: left in the targets, a
+        # reporting delay of a few steps reads as step time.
+        known = rows.design[:, 3:] @ state.snap_offsets
+        new[:3] = nnls_fit(rows.design[:, :3], rows.target - known, rows.weight)
+        new[3:] = state.snap_offsets
     else:
         rows = difference_design(schedule, trace.event_times, anchors, theta[:3], keep)
         new[free], rows = _robust_fit(rows, free)
@@ -885,6 +942,47 @@ class _TraceEvents:
     def anchor_times(self, schedule) -> np.ndarray:
         arrival = self.requests["arrival"] - self.origin
         return arrival[schedule.anchor]
+
+
+def _typical_step(requests) -> float:
+    """The median time per decode step of the requests' decode phases."""
+    steps = requests["decode_steps"]
+    span = requests["decode_end"] - requests["prefill_end"]
+    decoding = steps > 0
+    if not np.any(decoding):
+        return 0.0
+    return float(np.median(span[decoding] / steps[decoding]))
+
+
+def _offset_candidates(requests) -> np.ndarray:
+    """Common reporting offsets to profile: a quarter of a typical step
+    apart (the basin of the trace's schedule is about that wide: measured
+    +-5 ms around a 30 ms delay on 19 ms steps), from zero to the shortest
+    time to first token (the offset is part of every one) or
+    ``PROFILE_MAX_STEPS`` typical steps, at most ``PROFILE_MAX`` of them."""
+    step = _typical_step(requests)
+    ttft = requests["prefill_end"] - requests["arrival"]
+    upper = min(PROFILE_MAX_STEPS * step, float(np.min(ttft, initial=np.inf)))
+    if not step > 0 or not upper > 0:
+        return np.zeros(1)
+    spacing = min(0.25 * step, PROFILE_SPACING)
+    n = min(int(upper / spacing) + 1, PROFILE_MAX)
+    return np.linspace(0.0, (n - 1) * max(spacing, upper / (PROFILE_MAX - 1)), n)
+
+
+def _trace_head(estimator, frame, trace, keep):
+    """The trace's first ``PROFILE_REQUESTS`` requests by arrival, read as
+    a trace of their own (with their share of ``keep``), or the trace."""
+    if trace.n_requests <= PROFILE_REQUESTS:
+        return trace, keep
+    order = np.argsort(trace.requests["arrival"], kind="stable")
+    chosen = np.zeros(trace.n_requests, dtype=bool)
+    chosen[order[:PROFILE_REQUESTS]] = True
+    head = estimator._read(frame.iloc[np.flatnonzero(chosen[trace.row_request])])
+    if keep is None:
+        return head, None
+    kept = keep.reshape(trace.n_requests, trace.n_kinds)[chosen]
+    return head, kept.ravel()
 
 
 def _tie_margin(requests) -> float:
