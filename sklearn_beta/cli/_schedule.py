@@ -154,14 +154,14 @@ def search_chunking(frame, candidates, settings, progress) -> tuple:
     return best["chunk_size"], best["token_budget"], section
 
 
-def _trial_misfit(frame, settings, *, all_positive: bool) -> float | None:
+def _trial_misfit(frame, settings, *, all_positive: bool, init="auto"):
     """``schedule_misfit_`` of a short fit with these settings; None when it
     fails, a step costs nothing, or with ``all_positive`` a beta is 0."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             model = schedule_model(frame, settings).set_params(
-                max_iter=SEARCH_ITER, confidence_level=None
+                max_iter=SEARCH_ITER, confidence_level=None, init=init
             )
             model.fit(frame)
     except Exception:  # noqa: BLE001 - a failing candidate is dropped
@@ -192,11 +192,14 @@ def refine_kv(frame, settings, progress):
     read = settings.num_gpu_blocks
     progress.say(f"refining the KV cache from the reading {read} blocks...")
     tried: dict = {}
+    # The phase-exposure start does not depend on the KV cache: profile it
+    # once (the costly part of a short fit), then start every trial there.
+    start = _start(frame, settings)
 
     def misfit(blocks: int):
         if blocks not in tried:
             trial = replace(settings, num_gpu_blocks=blocks)
-            tried[blocks] = _trial_misfit(frame, trial, all_positive=False)
+            tried[blocks] = _trial_misfit(frame, trial, all_positive=False, init=start)
         value = tried[blocks]
         return np.inf if value is None else value
 
@@ -220,6 +223,20 @@ def refine_kv(frame, settings, progress):
         f"of {len(rows)} sizes from the reading {read} up"
     )
     return settings, rows
+
+
+def _start(frame, settings):
+    """The betas a fit with these settings starts from (``init="auto"``), or
+    ``"auto"`` when that fails."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            model = schedule_model(frame, settings).set_params(
+                max_iter=1, confidence_level=None
+            )
+            return model.fit(frame).init_beta_
+    except Exception:  # noqa: BLE001 - each trial then profiles its own
+        return "auto"
 
 
 def schedule_model(frame, settings) -> ScheduleBetaRegressor:
