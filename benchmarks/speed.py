@@ -7,6 +7,8 @@ Usage::
     python benchmarks/speed.py --save benchmarks/speed_baseline.json
     python benchmarks/speed.py --compare benchmarks/speed_baseline.json
     python benchmarks/speed.py --sizes 100000 --estimators baseline --repeat 20
+    python benchmarks/speed.py --sizes 1000000 --estimators pipeline-iterative \
+        --step-model published attention all          # step models' cost
 
 Each case runs in a fresh process: timed (the best of ``--repeat`` runs, wall
 and CPU seconds), then once under ``tracemalloc`` for the peak memory the fit
@@ -17,6 +19,11 @@ the published function; ``pipeline-baseline`` the scikit-learn pipeline of
 :class:`PhaseExposureTransformer` and :class:`BaselineBetaRegressor`. On a
 machine shared with other work, the CPU seconds of the best run are the
 steadier figure (BLAS threads that spin count there too).
+
+``--step-model`` fits the pipelines (``pipeline-*``) under other step models
+of the same trace: ``attention`` (five features), ``all`` (the six step
+features) or ``published``; the functional API fits the published model
+only. The row's estimator is suffixed with the model (``[attention]``).
 """
 
 from __future__ import annotations
@@ -37,8 +44,12 @@ from _traces import speed_trace
 from sklearn.pipeline import make_pipeline
 from sklearn_beta import (estimate_betas_baseline, estimate_betas_iterative,
     BaselineBetaRegressor, IterativeBetaRegressor, PhaseExposureTransformer)
+from sklearn_beta.core._step_features import STEP_FEATURES
 warnings.simplefilter("ignore")
 phases = speed_trace({n}, chunk_size={chunk})
+step_model = {step_model!r}
+if step_model == "all":
+    step_model = list(STEP_FEATURES)
 
 def run():
     if {est!r} == "baseline":
@@ -49,7 +60,8 @@ def run():
         return r.n_outer_iters
     last = (BaselineBetaRegressor() if {est!r} == "pipeline-baseline"
             else IterativeBetaRegressor())
-    model = make_pipeline(PhaseExposureTransformer(chunk_size={chunk}),
+    model = make_pipeline(PhaseExposureTransformer(chunk_size={chunk},
+                                                   step_model=step_model),
                           last).fit(phases)
     return getattr(model[-1], "n_iter_", 0)
 
@@ -62,14 +74,30 @@ for _ in range({repeat}):
 tracemalloc.start()
 run()
 peak = tracemalloc.get_traced_memory()[1] / 2**20
-print(json.dumps(dict(phases={n}, estimator={est!r}, iterations=n_iter,
+print(json.dumps(dict(phases={n}, estimator={label!r}, iterations=n_iter,
                       seconds=seconds, cpu_seconds=cpu_seconds, peak_mb=peak,
                       repeat={repeat})))
 """
 
 
-def run_case(n: int, estimator: str, chunk: int, repeat: int = 1) -> dict:
-    code = _CASE.format(here=str(HERE), n=n, est=estimator, chunk=chunk, repeat=repeat)
+def run_case(
+    n: int, estimator: str, chunk: int, repeat: int = 1, step_model="published"
+) -> dict:
+    if step_model != "published" and not estimator.startswith("pipeline-"):
+        raise SystemExit(
+            f"--step-model {step_model}: the functional {estimator!r} fits the "
+            "published model only; use the pipeline-* estimators."
+        )
+    label = estimator if step_model == "published" else f"{estimator}[{step_model}]"
+    code = _CASE.format(
+        here=str(HERE),
+        n=n,
+        est=estimator,
+        chunk=chunk,
+        repeat=repeat,
+        step_model=step_model,
+        label=label,
+    )
     out = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, check=True
     )
@@ -78,7 +106,7 @@ def run_case(n: int, estimator: str, chunk: int, repeat: int = 1) -> dict:
 
 def format_table(rows: list[dict], reference: dict | None = None) -> str:
     header = (
-        f"{'phases':>9} {'estimator':<19} {'iters':>5} {'seconds':>9} "
+        f"{'phases':>9} {'estimator':<31} {'iters':>5} {'seconds':>9} "
         f"{'cpu s':>9} {'peak MB':>9}"
     )
     if reference:
@@ -86,7 +114,7 @@ def format_table(rows: list[dict], reference: dict | None = None) -> str:
     lines = [header, "-" * len(header)]
     for row in rows:
         line = (
-            f"{row['phases']:>9} {row['estimator']:<19} {row['iterations']:>5} "
+            f"{row['phases']:>9} {row['estimator']:<31} {row['iterations']:>5} "
             f"{row['seconds']:>9.3f} {row.get('cpu_seconds', float('nan')):>9.3f} "
             f"{row['peak_mb']:>9.1f}"
         )
@@ -109,6 +137,13 @@ def main(argv=None) -> int:
     parser.add_argument(
         "--repeat", type=int, default=1, help="time the best of this many runs"
     )
+    parser.add_argument(
+        "--step-model",
+        nargs="+",
+        default=["published"],
+        choices=["published", "attention", "all"],
+        help="step models of the pipelines (all: the six step features)",
+    )
     parser.add_argument("--save", type=Path, help="write the results as JSON")
     parser.add_argument("--compare", type=Path, help="JSON saved by an earlier --save")
     args = parser.parse_args(argv)
@@ -116,8 +151,11 @@ def main(argv=None) -> int:
     rows = []
     for n in args.sizes:
         for est in args.estimators:
-            rows.append(run_case(n, est, args.chunk_size, args.repeat))
-            print(format_table(rows[-1:]).splitlines()[-1], file=sys.stderr)
+            for model in args.step_model:
+                if model != "published" and not est.startswith("pipeline-"):
+                    continue
+                rows.append(run_case(n, est, args.chunk_size, args.repeat, model))
+                print(format_table(rows[-1:]).splitlines()[-1], file=sys.stderr)
     reference = None
     if args.compare:
         saved = json.loads(args.compare.read_text())

@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from .core._columns import columns_of
 from .core._design import design_at_betas
 
 __all__ = [
@@ -333,7 +334,7 @@ def save_fit_plots(
     observed, is_prefill = table["duration"], table["is_prefill"] == 1
     predicted = regressor.predict(table)
     instance = table["instance_id"].to_numpy(dtype=np.intp)
-    column = model[0]._columns().instance_id
+    column = columns_of(model[0]).instance_id
     names = None
     if column is not None and column in phases:
         names = pd.unique(phases[column].sort_values()).tolist()

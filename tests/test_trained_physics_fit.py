@@ -95,9 +95,10 @@ def test_table_columns_are_the_identifiable_design(trace, deployment):
     assert list(table.columns[-3:]) == ["tp_token_us", "tp_attention_us", "tp_kv_us"]
 
 
-def test_duration_fit_recovers_blis_step_times(trace, deployment):
+@pytest.mark.parametrize("objective", ["duration", "step_count"])
+def test_iterative_fit_recovers_blis_step_times(trace, deployment, objective):
     phases, steps = trace
-    model = make_pipeline(_transformer(), IterativeBetaRegressor(objective="duration"))
+    model = make_pipeline(_transformer(), IterativeBetaRegressor(objective=objective))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         model.fit(phases)

@@ -207,3 +207,10 @@ class PhaseArrays:
     @property
     def duration(self) -> np.ndarray:
         return self.t_end - self.t_start
+
+
+def columns_of(transformer) -> PhaseColumns:
+    """The phase-table columns an exposure transformer reads, from its
+    public ``columns`` parameter (for the layers above the core, which
+    should not call the transformer's private members)."""
+    return PhaseColumns.coerce(transformer.get_params()["columns"])

@@ -257,7 +257,8 @@ def solve_fixed_point(
     """
     damping = settings.damping
     beta = np.asarray(beta_init, dtype=np.float64)
-    history = [history_record(0, beta, np.nan, np.nan, np.nan, "start")]
+    columns = getattr(problem, "coef_columns", None)  # a step model's betas
+    history = [history_record(0, beta, np.nan, np.nan, np.nan, "start", columns)]
     note = "NNLS of the durations" + (f", damped by {damping:g}" if damping < 1 else "")
     converged, last_pass, n_iter = False, None, 0
     for n_iter in range(1, settings.max_iter + 1):
@@ -269,7 +270,7 @@ def solve_fixed_point(
         )
         # The reference scores the undamped NNLS fit of the iteration.
         r2, rmse = problem.scores(last_pass, beta_fit)
-        history.append(history_record(n_iter, new, step, r2, rmse, note))
+        history.append(history_record(n_iter, new, step, r2, rmse, note, columns))
         if callback is not None:
             callback(history[-1])
         beta = new
@@ -298,7 +299,14 @@ def warn_not_converged(
     )
 
 
-def history_record(iteration, beta, step, r2, rmse, note="") -> dict:
-    """One row of the history; ``note`` says how the iteration went."""
+def history_record(iteration, beta, step, r2, rmse, note="", columns=None) -> dict:
+    """One row of the history; ``note`` says how the iteration went.
+    ``columns`` names the betas (a step model's), ``beta0..2`` by default."""
+    names = HISTORY_COLUMNS if columns is None else history_columns(columns)
     values = [iteration, *np.asarray(beta).tolist(), step, r2, rmse]
-    return dict(zip(HISTORY_COLUMNS, values, strict=True), note=note)
+    return dict(zip(names, values, strict=True), note=note)
+
+
+def history_columns(coef_columns) -> tuple:
+    """A history's columns with the betas named ``coef_columns``."""
+    return ("iteration", *coef_columns, *HISTORY_COLUMNS[-3:])

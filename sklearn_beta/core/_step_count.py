@@ -320,8 +320,10 @@ def initial_scale(problem, beta: np.ndarray) -> np.ndarray:
     """
     beta = np.array(beta, dtype=np.float64)
     _, duration, steps = problem.counted_totals()
-    if beta[0] <= 0:
-        beta[0] = 0.1 * (duration / max(steps, 1.0))
+    # the per-step overhead's position (a step model may lack one: None)
+    overhead = getattr(problem, "overhead", 0)
+    if overhead is not None and beta[overhead] <= 0:
+        beta[overhead] = 0.1 * (duration / max(steps, 1.0))
     total, target = problem.step_totals(beta)
     if total > 0 and target > 0:
         beta *= total / target
@@ -384,7 +386,11 @@ def solve_step_counts(
     tol = settings.tol
     beta = initial_scale(problem, beta_init)
     state = problem.state(beta)
-    history = [history_record(0, beta, np.nan, *problem.duration_fit(state), "start")]
+    # A step model's problem names its betas (the published: beta0..2).
+    columns = getattr(problem, "coef_columns", None)
+    history = [
+        history_record(0, beta, np.nan, *problem.duration_fit(state), "start", columns)
+    ]
     converged, n_iter = False, 0
     for n_iter in range(1, settings.max_iter + 1):
         proposal = problem.proposal(state)
@@ -409,6 +415,7 @@ def solve_step_counts(
                 step,
                 *problem.duration_fit(state),
                 f"Gauss-Newton step x{shrink:g}",
+                columns,
             )
         )
         if callback is not None:

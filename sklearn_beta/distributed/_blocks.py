@@ -21,7 +21,7 @@ No dask here: see :mod:`sklearn_beta.distributed._dask_fit` for the scheduling.
 from __future__ import annotations
 
 from dataclasses import dataclass, fields, is_dataclass, replace
-from functools import reduce
+from functools import partial, reduce
 
 import numpy as np
 import pandas as pd
@@ -31,11 +31,22 @@ from ..core._corrections import FIXED_CORRECTION_MODES
 from ..core._fixed_point import reweighted_design
 from ..core._grid import Timeline
 from ..core._nnls import check_finite_design
-from ..core._schema import column, design_columns, read_timeline
+from ..core._schema import (
+    column,
+    design_columns,
+    fit_design,
+    read_timeline,
+    request_prompts_of,
+    step_basis_of,
+    step_model_of,
+)
 from ..core._step_count import TimelineCounts, newton_target
+from ..core._step_features import PUBLISHED_FEATURES
+from ..core._trained_physics import IDENTIFIABLE_FEATURES
 from ..core._units import rescaled_timeline
 from ..estimators._baseline import _timeline_if_available
 from ..estimators._exposure import baseline_exposures
+from ..estimators._feature_source import feature_problem
 from ..estimators._iterative import (
     TableSettings,
     floored_densities,
@@ -151,6 +162,13 @@ class Block:
 
     counts: TimelineCounts
     start: dict
+    #: A step model's duration problem (None: the published model's, whose
+    #: lagged passes are :class:`DurationState`); its count problem is
+    #: ``counts`` (:mod:`sklearn_beta.core._feature_fixed_point`).
+    durations: object = None
+    #: A step model's count problem under given phase weights, made afresh
+    #: (``factory(weight)``; None: the published model's).
+    factory: object = None
 
     @property
     def timeline(self):
@@ -220,12 +238,49 @@ def build_block(
         return None
     values = table_values(table)
     timeline = replace(read_timeline(values), duration=column(values, "duration"))
-    counts = TimelineCounts(
-        lean_timeline(rescaled_timeline(timeline, unit)), correction_mode
-    )
+    scaled = lean_timeline(rescaled_timeline(timeline, unit))
+    features = step_model_of(values)
+    if features != PUBLISHED_FEATURES:
+        return _feature_block(values, scaled, features, correction_mode)
+    counts = TimelineCounts(scaled, correction_mode)
     start = _start_stats(values, counts, unit, init_correction_mode)
     start.update(table_settings_stats(values, timeline))
     return Block(counts, start)
+
+
+def _feature_block(values, timeline, features, correction_mode) -> Block:
+    """A step model's block: both objectives' problems, as the in-memory
+    fit makes them (:func:`~sklearn_beta.estimators._feature_source.feature_problem`),
+    and the start from the table's design. The in-memory fit checks no
+    transformer settings of a step model's table: neither does this one."""
+    design, matrix = fit_design(values)
+    prompt = _own(request_prompts_of(values))
+    basis = (matrix, IDENTIFIABLE_FEATURES)
+    factory = partial(
+        feature_problem,
+        timeline,
+        prompt,
+        features,
+        basis,
+        "step_count",
+        correction_mode,
+    )
+    counts = factory(None)
+    durations = feature_problem(
+        timeline, prompt, features, basis, "duration", correction_mode
+    )
+    n_weighted, counted_duration, counted_steps = counts.counted_totals()
+    start = {
+        "r_init": RFactor.of(design, timeline.duration),
+        "duration": Moments.of(timeline.duration),
+        "shape": None,
+        "n_weighted": n_weighted,
+        "counted_duration": counted_duration,
+        "counted_steps": counted_steps,
+        "n_floored": 0,
+        "table_modes": np.zeros(len(TABLE_MODES), dtype=np.int64),
+    }
+    return Block(counts, start, durations, factory)
 
 
 #: Placements a partition's table can show; the last slot counts tables no
@@ -288,6 +343,32 @@ def start_block(block: Block | None) -> dict | None:
     return None if block is None else block.start
 
 
+@dataclass(frozen=True)
+class SameModel:
+    """A partition's step model (its features and trained-physics constants),
+    reduced by checking that every partition has the same."""
+
+    features: tuple
+    constants: tuple | None
+
+    def combine(self, other: SameModel) -> SameModel:
+        if other != self:
+            raise ValueError(
+                "The exposure table's partitions hold different step models "
+                f"({list(self.features)} and {list(other.features)}): "
+                "transform the whole trace with one PhaseExposureTransformer."
+            )
+        return self
+
+
+def step_model_block(table: pd.DataFrame) -> dict | None:
+    """The step model of a partition's exposure table."""
+    if len(table) == 0:
+        return None
+    values = table_values(table)
+    return {"model": SameModel(step_model_of(values), step_basis_of(values))}
+
+
 def step_totals_block(block: Block | None, beta: np.ndarray) -> dict | None:
     """Weighted step counts at ``beta`` against the known ones (``initial_scale``)."""
     if block is None:
@@ -348,6 +429,11 @@ def reweight_block(
     """One lagged re-weighting pass of a block (``reweighted_design``)."""
     if block is None:
         return None
+    if block.durations is not None:
+        # A step model's problem keeps its own lagged pressures, as in memory.
+        design = block.durations.reweighted(beta)
+        check_finite_design(design)
+        return DurationState(None, design)
     p_eff = block.timeline.p_pf_full if state is None else state.p_eff
     design, p_eff = reweighted_design(
         block.timeline, beta, p_eff, correction_mode, block.counts.fixed
@@ -377,7 +463,7 @@ def baseline_block(block: pd.DataFrame, beta: np.ndarray | None) -> dict | None:
     if len(block) == 0:
         return None
     values = table_values(block)
-    design, duration = design_columns(values), column(values, "duration")
+    design, duration = fit_design(values)[0], column(values, "duration")
     check_finite_design(design)
     if beta is not None:
         return {"ss_res": residual_sum(design, duration, beta)}

@@ -42,12 +42,24 @@ from ..core._fixed_point import solve_fixed_point
 from ..core._nnls import nnls_from_r, scores_from_sums
 from ..core._schema import EXPOSURE_COLUMNS, column
 from ..core._step_count import solve_step_counts
+from ..core._step_features import PUBLISHED_FEATURES
+from ..core._trained_physics import identifiable_map_of
 from ..core._validation import phase_layout
 from ..estimators._baseline import diagnostics_from_sums
-from ..estimators._fit import FitSettings, Solution, intervals_of_sums, nan_intervals
+from ..estimators._fit import (
+    FitSettings,
+    Solution,
+    coef_columns,
+    intervals_of_sums,
+    nan_intervals,
+)
 from ..estimators._iterative import check_table_settings
 from ..trust._edges import fit_with_edge_context
-from ..trust._identifiability import at_zero_bound, identifiability_diagnostics
+from ..trust._identifiability import (
+    BETA_NAMES,
+    at_zero_bound,
+    identifiability_diagnostics,
+)
 from ..trust._what_if import findings_of_split, split_from_sums
 from ..trust._window_fit import edge_test_settings
 from ._blocks import (
@@ -58,6 +70,7 @@ from ._blocks import (
     reduced_table_settings,
     scale_sums_block,
     start_block,
+    step_model_block,
     table_values,
 )
 from ._edges import PartitionEdges
@@ -74,6 +87,9 @@ from ._trust import (
     duration_solution,
     solution_sums,
 )
+
+#: History columns of a step model's per-step overhead (initial_scale).
+_OVERHEADS = ("beta_steps", "beta_per_step")
 
 _NOT_COLLECTED = (
     "On a Dask DataFrame the durations are the exposure table's 'duration' "
@@ -173,21 +189,27 @@ def transform_partitions(
     if transformer.get_params()["time_resolution"] == "auto":
         resolution = fleet_time_resolution(X, columns, need_tokens, chunk)
         transformer = copy.copy(transformer).set_params(time_resolution=resolution)
+    # a step model's table has more columns than the published twelve
+    columns = list(transformer.get_feature_names_out())
     meta = pd.DataFrame(
-        {name: pd.Series(dtype=np.float64) for name in EXPOSURE_COLUMNS},
+        {name: pd.Series(dtype=np.float64) for name in columns},
         index=X._meta.index,
     )
-    return X.map_partitions(_transform_part, transformer, instance_id, names, meta=meta)
+    return X.map_partitions(
+        _transform_part, transformer, instance_id, names, columns, meta=meta
+    )
 
 
 def _transform_part(
-    part: pd.DataFrame, transformer, instance_id: str, names: pd.Index | None
+    part: pd.DataFrame,
+    transformer,
+    instance_id: str,
+    names: pd.Index | None,
+    columns: list,
 ) -> pd.DataFrame:
     if len(part) == 0:
         return pd.DataFrame(
-            np.empty((0, len(EXPOSURE_COLUMNS))),
-            columns=list(EXPOSURE_COLUMNS),
-            index=part.index,
+            np.empty((0, len(columns))), columns=columns, index=part.index
         )
     table = transformer.transform(part)
     if names is not None:
@@ -207,6 +229,17 @@ def partition_exposures(X, y=None, sample_weight=None) -> PartitionSource:
     for name, value in (("y", y), ("sample_weight", sample_weight)):
         if value is not None:
             raise TypeError(_NOT_COLLECTED.format(name=name))
+    n_columns = len(X.columns)
+    if n_columns <= EXPOSURE_COLUMNS.index("duration"):
+        # In memory y gives the durations of a design-only table; here they
+        # can only be the table's own column.
+        raise ValueError(
+            "On a Dask DataFrame the durations are the exposure table's "
+            f"'duration' column (column {EXPOSURE_COLUMNS.index('duration')}); "
+            f"the table has {n_columns} columns {list(X.columns)}. Fit on "
+            "PhaseExposureTransformer's output, or at least on its columns "
+            f"{list(EXPOSURE_COLUMNS[:4])}."
+        )
     return PartitionSource(X)
 
 
@@ -235,6 +268,19 @@ class PartitionSource:
         self.columns = list(X.columns)
         self._frame = X
         self._tables = None
+        self._model = None
+
+    def step_model(self) -> tuple[tuple, np.ndarray | None]:
+        """The table's step model and trained-physics basis (None: none), as
+        :func:`~sklearn_beta.core._schema.step_model_of` reads them in memory;
+        asked before the fit."""
+        if self._model is None:
+            model = self._persisted().map(step_model_block)["model"]
+            basis = None
+            if model.constants is not None:
+                basis = identifiable_map_of(*model.constants)
+            self._model = (model.features, basis)
+        return self._model
 
     def _persisted(self) -> Partitions:
         if self._tables is None:
@@ -256,6 +302,9 @@ class PartitionSource:
 
     def solve(self, unit: float, settings: FitSettings, callback) -> Solution:
         """The in-memory fit's loops and settings on the partitions."""
+        published = self.step_model()[0] == PUBLISHED_FEATURES
+        if not published:
+            _check_feature_settings(settings)
         tables = self._persisted()
         blocks = tables.derive(
             build_block, unit, settings.correction_mode, settings.init_correction_mode
@@ -265,17 +314,15 @@ class PartitionSource:
         # blocks are rebuilt from the table's lineage).
         tables.items.clear()
         start = blocks.map(start_block)
-        check_table_settings(
-            reduced_table_settings(start),
-            name=settings.estimator,
-            objective=settings.objective,
-            correction_mode=settings.correction_mode,
-            init_correction_mode=settings.init_correction_mode,
-        )
+        if published:  # as in memory: a step model's table is not checked
+            _check_table_settings(start, settings)
         beta_init = nnls_from_r(start["r_init"].r)
+        columns = None if published else coef_columns(settings.coef_names)
         trust, findings, report, weighted_r = None, [], None, None
         if settings.objective == "step_count":
-            result, report = _fit_window(settings, blocks, start, beta_init, callback)
+            result, report = _fit_window(
+                settings, blocks, start, beta_init, callback, columns
+            )
             beta, converged, n_iter, state, history, fitted, fitted_start = result
             final, ss_res = state.stats, state.stats["ss_res"]
             # One pass at the solution: the intervals' sums, the typical step and
@@ -283,11 +330,16 @@ class PartitionSource:
             trust = solution_sums(
                 settings.confidence_level, fitted, count_solution, beta * unit, unit
             )
-            findings = _noise_limited(state, fitted_start, trust[0]["weighted_design"])
+            weighted = trust[0]["weighted_design"]
+            findings = _noise_limited(
+                state, fitted_start, weighted, settings.coef_names
+            )
             weighted_r = trust[0].get("r_weighted_design")
             weighted_r = None if weighted_r is None else weighted_r.r
         else:
-            problem = PartitionDurations(blocks, start, settings.correction_mode)
+            problem = PartitionDurations(
+                blocks, start, settings.correction_mode, columns
+            )
             beta, converged, n_iter, final, history = solve_fixed_point(
                 problem, beta_init, settings.iteration, callback
             )
@@ -319,30 +371,34 @@ class PartitionSource:
         """
         reduced = solution.state
         stats, duration = reduced.stats, reduced.duration
+        names = settings.coef_names
+        k = len(names)
         r_design = stats["r_design"].r
         r2, rmse = scores_from_sums(reduced.ss_res, duration.m2, duration.count)
         diagnostics = diagnostics_from_sums(
             duration.count,
             (r2, rmse * unit),
             [duration.total * unit, *stats["design_sum"]],
+            None if names == BETA_NAMES else names,
         )
         # Only the design's Gram matrix and the durations' norm enter: the R
         # factor of [design, duration] carries both.
-        norm = np.linalg.norm(r_design[:, 3]) * unit
+        norm = np.linalg.norm(r_design[:, k]) * unit
         checked = r_design if reduced.weighted_r is None else reduced.weighted_r
         diagnostics.update(
             identifiability_diagnostics(
-                checked[:, :3],
-                np.array([np.linalg.norm(checked[:, 3]) * unit]),
+                checked[:, :k],
+                np.array([np.linalg.norm(checked[:, k]) * unit]),
                 beta,
                 stats["shape"],
                 estimator=settings.caller,
                 extra_findings=list(reduced.findings),
+                names=names,
             )
         )
         # The zero bound reads the unweighted fit, as in memory.
         diagnostics["at_zero_bound"] = at_zero_bound(
-            r_design[:, :3], np.array([norm]), beta
+            r_design[:, :k], np.array([norm]), beta, names=names
         )
         return diagnostics
 
@@ -365,7 +421,28 @@ class PartitionSource:
         )
 
 
-def _fit_window(settings, blocks, start, beta_init, callback):
+def _check_table_settings(start: dict, settings: FitSettings) -> None:
+    """``check_table_settings`` of the partitions' reduced table settings."""
+    check_table_settings(
+        reduced_table_settings(start),
+        name=settings.estimator,
+        objective=settings.objective,
+        correction_mode=settings.correction_mode,
+        init_correction_mode=settings.init_correction_mode,
+    )
+
+
+def _check_feature_settings(settings: FitSettings) -> None:
+    """What the in-memory fit of a step model refuses."""
+    if settings.init_correction_mode is not None:
+        raise ValueError(
+            f"{settings.estimator}(init_correction_mode=...) recomputes a "
+            "published design; under a step model the start is the table's "
+            "exposures: set init_correction_mode=None."
+        )
+
+
+def _fit_window(settings, blocks, start, beta_init, callback, columns=None):
     """The step-count fit, with the window-edge treatment of ``edges="auto"``
     (:func:`~sklearn_beta.trust._edges.fit_with_edge_context` on
     :class:`~sklearn_beta.distributed._edges.PartitionEdges`).
@@ -380,8 +457,12 @@ def _fit_window(settings, blocks, start, beta_init, callback):
         weighted, counted = (blocks, None) if window is None else window.weighted(kind)
         totals = start if counted is None else {**start, **counted}
         chosen = settings.iteration if final else edge_test_settings(settings.iteration)
+        overhead = 0
+        if columns is not None:  # a step model's per-step overhead, if any
+            steps = [k for k, c in enumerate(columns) if c in _OVERHEADS]
+            overhead = steps[0] if steps else None
         solved = solve_step_counts(
-            PartitionCounts(weighted, totals),
+            PartitionCounts(weighted, totals, columns, overhead),
             beta_init if beta_from is None else beta_from,
             chosen,
             callback,
@@ -394,14 +475,16 @@ def _fit_window(settings, blocks, start, beta_init, callback):
     return result, report
 
 
-def _noise_limited(state: ReducedState, start: dict, weighted_design) -> list:
+def _noise_limited(
+    state: ReducedState, start: dict, weighted_design, names=BETA_NAMES
+) -> list:
     """``_what_if.noise_limited_findings`` of the step-count fit, from sums."""
-    r = state.stats["r_newton"].r[:, :3]
+    r = state.stats["r_newton"].r[:, :-1]
     typical = weighted_design / max(float(weighted_design[0]), 1e-300)
     split = split_from_sums(
         r.T @ r, state.loss, start["n_weighted"], state.beta, typical
     )
-    return findings_of_split(split, typical)
+    return findings_of_split(split, typical, names)
 
 
 def predict_partitions(estimator, X):

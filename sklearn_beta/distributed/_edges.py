@@ -19,7 +19,8 @@ import numpy as np
 
 from ..core._nnls import nnls_from_r
 from ..core._schema import phase_windows
-from ..core._step_count import TimelineCounts, newton_target
+from ..core._step_count import TimelineCounts
+from ..estimators._feature_source import settled_linearisation
 from ..trust._edges import (
     EdgeZones,
     bias_limit,
@@ -113,24 +114,38 @@ def probe_block(
     edge biases and the interior blocks' spread."""
     if block is None:
         return None
-    state = block.counts.state(beta)
+    residual, jac = _linearised(block, beta)
     weight = block.counts.weight
     root_w = np.sqrt(weight * edge.zones.interior)
     start_bias, end_bias, spread = edge_bias_sums(
         edge.zones,
         edge.instance,
         edge.t_start,
-        state.residual,
+        residual,
         block.timeline.n_steps,
         weight,
     )
+    target = jac @ beta
+    target -= residual
     return {
-        "step_r": RFactor.of(
-            state.jac * root_w[:, None], newton_target(state) * root_w
-        ),
+        "step_r": RFactor.of(jac * root_w[:, None], target * root_w),
         "biases": ByInstance((start_bias, end_bias)),
         "spread": spread,
     }
+
+
+def _linearised(block: Block, beta: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``(Lambda_i - N_i, dLambda_i / dbeta)`` of a block at ``beta``, a step
+    model's as the in-memory edge test makes it."""
+    if block.factory is not None:
+        # The fit of every phase ran on these blocks: at its betas, its own
+        # state (as in memory), else afresh.
+        last = block.counts.last
+        if last is not None and np.array_equal(last.beta, beta):
+            return last.residual, last.jac
+        return settled_linearisation(block.factory(None), beta)
+    state = block.counts.state(beta)
+    return state.residual, state.jac
 
 
 def _biases(block: Block, edge: EdgeState, beta: np.ndarray) -> tuple:
@@ -138,7 +153,7 @@ def _biases(block: Block, edge: EdgeState, beta: np.ndarray) -> tuple:
         edge.zones,
         edge.instance,
         edge.t_start,
-        block.counts.state(beta).residual,
+        _linearised(block, beta)[0],
         block.timeline.n_steps,
         block.counts.weight,
     )
@@ -170,9 +185,10 @@ def weighted_block(block: Block | None, edge: EdgeState | None, kind) -> Block |
     else:
         _, beta, limit = kind
         keep = ~_context(block, edge, beta, limit)
-    counts = TimelineCounts(
-        block.timeline, block.counts.correction_mode, _weight(block) * keep
-    )
+    weight = _weight(block) * keep
+    if block.factory is not None:
+        return replace(block, counts=block.factory(weight))
+    counts = TimelineCounts(block.timeline, block.counts.correction_mode, weight)
     return replace(block, counts=counts)
 
 
@@ -198,7 +214,7 @@ def gauss_newton_move(beta: np.ndarray, step_r: np.ndarray) -> tuple[np.ndarray,
     ``[sqrt(w) J, sqrt(w) (J beta - r)]`` (``_window_fit._relative_move``: the
     counts are homogeneous of degree -1, so ``J beta`` is minus the counts)."""
     new = nnls_from_r(step_r)
-    gram = step_r[:, :3].T @ step_r[:, :3]
+    gram = step_r[:, :-1].T @ step_r[:, :-1]
     change = new - beta
     level = np.sqrt(max(float(beta @ gram @ beta), 0.0))
     move = np.sqrt(max(float(change @ gram @ change), 0.0))

@@ -31,9 +31,13 @@ class PartitionCounts:
     :func:`~sklearn_beta.core._step_count.solve_step_counts` on persisted
     partitions: each answer a reduction of per-partition sums."""
 
-    def __init__(self, blocks, start: dict):
+    def __init__(self, blocks, start: dict, coef_columns=None, overhead=0):
         self.blocks = blocks
         self.start = start
+        # a step model's betas: their history columns and the per-step
+        # overhead's position (``initial_scale``); None for the published
+        self.coef_columns = coef_columns
+        self.overhead = overhead
 
     def counted_totals(self) -> tuple[int, float, float]:
         start = self.start
@@ -77,11 +81,12 @@ class PartitionDurations:
     :func:`~sklearn_beta.core._fixed_point.solve_fixed_point` on persisted
     partitions; the lagged passes stay on the workers, chained."""
 
-    def __init__(self, blocks, start: dict, correction_mode: str):
+    def __init__(self, blocks, start: dict, correction_mode: str, coef_columns=None):
         self.blocks = blocks
         self.start = start
         self.correction_mode = correction_mode
         self.states = None
+        self.coef_columns = coef_columns
 
     def reweighted(self, beta: np.ndarray) -> dict:
         if self.states is None:

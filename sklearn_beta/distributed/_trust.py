@@ -29,7 +29,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from ..core._schema import column, design_columns, phase_windows
+from ..core._schema import column, fit_design, phase_windows
 from ..trust._time_blocks import (
     assign_blocks,
     block_length,
@@ -165,8 +165,14 @@ def key_gather_block(
 def count_solution(block: Block, state, beta: np.ndarray) -> tuple:
     """``(jac, residual, weight, design)`` of the step-count objective at
     ``beta``; the design is the one the phases' steps give."""
-    solved = block.counts.state(beta)
-    return solved.jac, solved.residual, block.counts.weight, solved.design
+    counts = block.counts
+    solved = getattr(counts, "last", None)
+    if solved is None or not np.array_equal(solved.beta, beta):
+        # A step model's problem keeps the solution's state: evaluating it
+        # again would move its lagged decode context (the in-memory fit's
+        # intervals read the solution's state too).
+        solved = counts.state(beta)
+    return solved.jac, solved.residual, counts.weight, solved.design
 
 
 def duration_solution(block: Block, state, beta: np.ndarray) -> tuple:
@@ -178,7 +184,7 @@ def duration_solution(block: Block, state, beta: np.ndarray) -> tuple:
 def baseline_solution(table: pd.DataFrame, state, beta: np.ndarray) -> tuple:
     """``(jac, residual, weight, None)`` of the baseline NNLS."""
     values = table_values(table)
-    design = design_columns(values)
+    design = fit_design(values)[0]
     return design, column(values, "duration") - design @ beta, None, None
 
 

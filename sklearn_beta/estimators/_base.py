@@ -96,8 +96,8 @@ class BaseBetaRegressor(RegressorMixin, BaseEstimator):
             self._check_width(len(source.columns))
             self.feature_names_in_ = np.asarray(source.columns, dtype=object)
             self.n_features_in_ = len(source.columns)
-            self.step_features_ = PUBLISHED_FEATURES  # the backend's tables
-            self.step_basis_ = None
+            # the backend's table's step model, read where its partitions live
+            self.step_features_, self.step_basis_ = source.step_model()
             # Level 5: fit's caller, past _fit_context's wrapper.
             return self._set_betas(self._fit_source(source))
         table, duration = self._check_table(X, y, reset=True)

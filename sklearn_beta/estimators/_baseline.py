@@ -37,24 +37,24 @@ def design_diagnostics(
     the three ``mean_*`` exposures."""
     scores = fit_statistics(duration, design @ beta, sample_weight)
     sums = [float(np.sum(duration))] + [float(np.sum(c)) for c in design.T]
-    if tuple(features) == PUBLISHED_FEATURES:
-        return diagnostics_from_sums(design.shape[0], scores, sums)
-    n = design.shape[0]
-    return {
-        "n_phases": int(n),
-        "r2": scores[0],
-        "rmse_seconds": scores[1],
-        "mean_duration_seconds": sums[0] / n,
-        "mean_exposures": {f: t / n for f, t in zip(features, sums[1:], strict=True)},
-    }
+    return diagnostics_from_sums(design.shape[0], scores, sums, features)
 
 
 def diagnostics_from_sums(
-    n_phases: int, scores: tuple[float, float], sums: list[float]
+    n_phases: int, scores: tuple[float, float], sums: list[float], features=None
 ) -> dict:
     """:func:`design_diagnostics` from ``(r2, rmse)`` and the sums of the
-    durations and of the three design columns over the phases."""
+    durations and of the design's columns over the phases (``features``: a
+    step model's other than the published one, by name)."""
     means = [total / n_phases for total in sums]
+    if features is not None and tuple(features) != PUBLISHED_FEATURES:
+        return {
+            "n_phases": int(n_phases),
+            "r2": scores[0],
+            "rmse_seconds": scores[1],
+            "mean_duration_seconds": means[0],
+            "mean_exposures": dict(zip(features, means[1:], strict=True)),
+        }
     return {
         "n_phases": int(n_phases),
         "r2": scores[0],

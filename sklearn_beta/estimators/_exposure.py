@@ -422,7 +422,7 @@ class PhaseExposureTransformer(TransformerMixin, BaseEstimator):
         return PhaseColumns.coerce(self.columns)
 
     def _phase_arrays(self, X) -> PhaseArrays:
-        return check_phases(X, self._columns(), need_prefill_tokens=self._need_tokens())
+        return validated_phases(self, X)
 
     def _exposures(
         self, X, arrays: PhaseArrays | None = None
@@ -479,7 +479,6 @@ class PhaseExposureTransformer(TransformerMixin, BaseEstimator):
         backend = backend_for(X)
         if backend is not None:  # a collection out of memory, such as Dask's
             self._validate_params()
-            self._check_published("a collection out of memory (Dask)")
             self.model_description_ = self._model_description()
             backend.check_phases(X, self._columns(), self._need_tokens())
             self.feature_names_in_ = np.asarray(X.columns, dtype=object)
@@ -537,22 +536,12 @@ class PhaseExposureTransformer(TransformerMixin, BaseEstimator):
         check_is_fitted(self)
         backend = backend_for(X)
         if backend is not None:
-            self._check_published("a collection out of memory (Dask)")
             chunk = effective_chunk_size(self.chunk_size, self.token_budget)
             return backend.transform(
                 self, X, self._columns(), self._need_tokens(), chunk
             )
         with large_fit_memory(n_rows(X)):
             return self._exposure_frame(X)
-
-    def _check_published(self, where: str) -> None:
-        features = self._features()
-        if features != PUBLISHED_FEATURES:
-            raise ValueError(
-                f"step_model={self.step_model!r} has no exposures on {where} "
-                "yet; compute the pandas table in memory, or set "
-                "step_model='published'."
-            )
 
     def _exposure_frame(self, X, arrays: PhaseArrays | None = None) -> pd.DataFrame:
         features = self._features()
@@ -610,3 +599,12 @@ class PhaseExposureTransformer(TransformerMixin, BaseEstimator):
         tags.input_tags.string = True
         tags.input_tags.categorical = True
         return tags
+
+
+def validated_phases(transformer: PhaseExposureTransformer, X) -> PhaseArrays:
+    """The phase table ``X`` validated as ``transformer`` reads it: its
+    columns, with the prefill tokens where its correction or step features
+    need them (for the scorers, which should not call its private members)."""
+    return check_phases(
+        X, transformer._columns(), need_prefill_tokens=transformer._need_tokens()
+    )

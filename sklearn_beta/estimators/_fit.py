@@ -103,6 +103,8 @@ def fit_iterative(source, settings: FitSettings) -> FittedBetas:
     if settings.verbose:
         # Looked up here, not bound at import: benchmarks and tests hook it.
         callback = partial(print_progress, unit=unit)
+        if settings.coef_names != BETA_NAMES:  # a step model's betas by name
+            callback = partial(callback, names=settings.coef_names)
     solution = source.solve(unit, settings, callback)
     if not solution.converged:
         warn_not_converged(
@@ -111,7 +113,7 @@ def fit_iterative(source, settings: FitSettings) -> FittedBetas:
             solution.history[-1]["step"],
             settings.names,
         )
-    history = history_frame(solution.history, unit)
+    history = history_frame(solution.history, unit, settings.coef_names)
     beta = solution.beta * unit
     diagnostics = source.diagnostics(solution, beta, unit, settings)
     # The reference reports the last iteration's fit, as the history does.
@@ -223,20 +225,27 @@ def nan_intervals(settings: FitSettings) -> np.ndarray | None:
     return np.full((len(settings.coef_names), 2), np.nan)
 
 
-def history_frame(history: list[dict], unit: float) -> pd.DataFrame:
+def coef_columns(names=BETA_NAMES) -> tuple:
+    """The history's beta columns: ``beta0..2``, or ``beta_<feature>``."""
+    names = tuple(names)
+    return names if names == BETA_NAMES else tuple(f"beta_{n}" for n in names)
+
+
+def history_frame(history: list[dict], unit: float, names=BETA_NAMES) -> pd.DataFrame:
     """The solver's per-iteration records as ``history_`` (trace units)."""
-    frame = pd.DataFrame(history, columns=[*HISTORY_COLUMNS, "note"])
+    betas = list(coef_columns(names))
+    columns = ["iteration", *betas, *HISTORY_COLUMNS[-3:], "note"]
+    frame = pd.DataFrame(history, columns=columns)
     if unit != 1.0:
-        frame[["beta0", "beta1", "beta2", "rmse_seconds"]] *= unit
+        frame[[*betas, "rmse_seconds"]] *= unit
     return frame
 
 
-def print_progress(record: dict, unit: float = 1.0) -> None:
+def print_progress(record: dict, unit: float = 1.0, names=BETA_NAMES) -> None:
     """One line per iteration on stderr (``verbose``)."""
-    b0, b1, b2 = (record[k] * unit for k in ("beta0", "beta1", "beta2"))
+    betas = "  ".join(f"{k}={record[k] * unit:.6g}" for k in coef_columns(names))
     print(
-        f"  iter {record['iteration']:3d}  beta0={b0:.6g}  beta1={b1:.6g}  "
-        f"beta2={b2:.6g}  change={record['step']:.3g}",
+        f"  iter {record['iteration']:3d}  {betas}  change={record['step']:.3g}",
         file=sys.stderr,
         flush=True,
     )

@@ -15,22 +15,15 @@ from dataclasses import dataclass, replace
 from numbers import Real
 
 import numpy as np
-import pandas as pd
 from sklearn.utils._param_validation import StrOptions
 
 from ..core._constraints import Number, count
 from ..core._corrections import CORRECTION_MODES, FIXED_CORRECTION_MODES
 from ..core._design import OBJECTIVES, design_at_betas
-from ..core._feature_fixed_point import (
-    BasisDurations,
-    FeatureDurations,
-    iterate_feature_betas,
-)
 from ..core._fixed_point import (
     STOPPING_RULES,
     IterationSettings,
     iterate_betas,
-    warn_not_converged,
 )
 from ..core._grid import Timeline
 from ..core._nnls import nnls_fit
@@ -54,6 +47,7 @@ from ..trust._window_fit import edge_test_settings, fit_step_counts_of_window
 from ._base import BaseBetaRegressor
 from ._baseline import design_diagnostics
 from ._exposure import baseline_exposures, phase_step_density
+from ._feature_source import FeatureSource
 from ._fit import (
     FitSettings,
     FittedBetas,
@@ -408,10 +402,12 @@ default=None
     def _fit_table(self, table, duration, sample_weight):
         self.step_features_ = step_model_of(table)
         self.step_basis_ = fit_design(table)[1]
-        if self.step_features_ != PUBLISHED_FEATURES:
-            return self._fit_features(table, duration, sample_weight)
         if self.objective == "step_count":
             _warn_if_y_unused(table, duration)
+        if self.step_features_ != PUBLISHED_FEATURES:
+            return self._fit_source(
+                self._feature_source(table, duration, sample_weight)
+            )
         timeline = read_timeline(table)
         self._check_table_settings(table, timeline)
         return self._fit_timeline(
@@ -466,8 +462,13 @@ default=None
 
     def _fit_source(self, source, *, caller=None, names=None):
         """:func:`~sklearn_beta.estimators._fit.fit_iterative` on ``source``."""
+        settings = self._fit_settings(caller, names)
+        return self._fitted(fit_iterative(source, settings))
+
+    def _fit_settings(self, caller=None, names=None) -> FitSettings:
+        """What :func:`fit_iterative` takes from this estimator."""
         name = type(self).__name__
-        settings = FitSettings(
+        return FitSettings(
             name,
             caller or name,
             self.confidence_level,
@@ -478,8 +479,8 @@ default=None
             edges=self.edges,
             iteration=self._iteration_settings(),
             verbose=self.verbose,
+            coef_names=self._coef_names(),
         )
-        return self._fitted(fit_iterative(source, settings))
 
     def _fitted(self, fitted: FittedBetas) -> np.ndarray:
         self.time_scale_ = fitted.time_scale
@@ -488,17 +489,10 @@ default=None
         self.history_ = fitted.history
         return super()._fitted(fitted)
 
-    def _feature_problem(self, table, sample_weight=None) -> FeatureDurations:
-        """The duration objective of the table's step model (one beyond the
-        published one); raises where this estimator cannot fit it."""
+    def _check_feature_table(self, table) -> np.ndarray:
+        """The request prompts of a step model's table; raises where this
+        estimator cannot fit it."""
         features = step_model_of(table)
-        if self.objective != "duration":
-            raise ValueError(
-                "The step-count objective fits the published step model only; "
-                f"the exposure table has step model {list(features)}. Set "
-                "IterativeBetaRegressor(objective='duration'), or set "
-                "PhaseExposureTransformer(step_model='published')."
-            )
         if self.init_correction_mode is not None:
             raise ValueError(
                 "IterativeBetaRegressor(init_correction_mode=...) recomputes a "
@@ -514,68 +508,32 @@ default=None
                 "prompt: the exposure table's 'request_prompt' column is NaN "
                 "(a trace without 'prefill_tokens')."
             )
-        problem = FeatureDurations(
-            read_timeline(table), prompt, features, self.correction_mode, sample_weight
-        )
-        basis = fit_design(table)[1]
-        if basis is None:
-            return problem
-        # trained-physics: the fixed point runs on the identifiable columns
-        return BasisDurations(problem, basis, IDENTIFIABLE_FEATURES)
+        return prompt
 
-    def _fit_features(self, table, duration, sample_weight):
-        """The duration objective of a step model beyond the published one
-        (:mod:`sklearn_beta.core._feature_fixed_point`), from the baseline
-        fit of the table's exposures. The betas stay in the trace's unit."""
-        problem = self._feature_problem(table, sample_weight)
-        timeline = problem.timeline
-        features = getattr(problem, "problem", problem)
-        features.timeline = problem.timeline = replace(timeline, duration=duration)
-        beta_init = nnls_fit(fit_design(table)[0], duration, sample_weight)
-        beta, converged, n_iter, design, history = iterate_feature_betas(
-            problem, beta_init, self.max_iter, self.tol, self.damping, self.stopping
+    def _feature_source(self, table, duration, sample_weight) -> FeatureSource:
+        """The step model's data source (one beyond the published model)."""
+        prompt = self._check_feature_table(table)
+        design, basis = fit_design(table)
+        return FeatureSource(
+            read_timeline(table),
+            prompt,
+            step_model_of(table),
+            basis,
+            design,
+            duration,
+            sample_weight,
+            basis_names=IDENTIFIABLE_FEATURES,
         )
-        name = type(self).__name__
-        settings = FitSettings(
-            name,
-            name,
-            self.confidence_level,
-            objective=self.objective,
-            correction_mode=self.correction_mode,
-            iteration=self._iteration_settings(),
-            coef_names=self._coef_names(),
-        )
-        if not converged:
-            warn_not_converged(name, settings.iteration, history[-1]["step"])
-        diagnostics = design_diagnostics(
-            design, duration, beta, sample_weight, self._coef_names()
-        )
-        diagnostics.update(
-            identifiability_diagnostics(
-                design,
-                duration,
-                beta,
-                None,
-                sample_weight,
-                estimator=name,
-                names=self._coef_names(),
-            )
-        )
-        residual = duration - design @ beta
-        beta_ci = beta_intervals(
-            timeline, beta, design, residual, sample_weight, diagnostics, settings
-        )
-        fitted = FittedBetas(
-            beta, beta_ci, diagnostics, converged, n_iter, pd.DataFrame(history), 1.0
-        )
-        return self._fitted(fitted)
 
     def _predict_table(self, table):
         self._table_design(table)  # the step model's check
         features = step_model_of(table)
         if features != PUBLISHED_FEATURES:
-            # the design at the fitted betas, settled by three lagged passes
-            problem = self._feature_problem(table)
+            # the duration objective's design at the fitted betas, settled
+            # by three lagged passes
+            source = self._feature_source(table, column(table, "duration"), None)
+            durations = replace(self._fit_settings(), objective="duration")
+            problem = source.problem(source.timeline, durations, None)
             for _ in range(3):
                 design = problem.reweighted(self.beta_)
             return design @ self.beta_

@@ -22,7 +22,7 @@ from sklearn.utils.metadata_routing import MetadataRequest
 from ..core._schema import column, has_column
 from ..core._warnings import warn
 from ..estimators._base import BaseBetaRegressor
-from ..estimators._exposure import PhaseExposureTransformer
+from ..estimators._exposure import PhaseExposureTransformer, validated_phases
 from ._context import TraceContextRegressor
 
 # --- Scorers for cross-validation and GridSearchCV (phase durations) ---
@@ -69,7 +69,7 @@ def _observed_durations(estimator, X):
         if len(estimator) == 2 and isinstance(first, PhaseExposureTransformer):
             # Validating the phase table gives the same durations and kinds
             # as its exposure table, without building the grid again.
-            arrays = first._phase_arrays(X)
+            arrays = validated_phases(first, X)
             return arrays.duration, arrays.is_prefill
         table = estimator[:-1].transform(X)
     elif isinstance(estimator, BaseBetaRegressor):

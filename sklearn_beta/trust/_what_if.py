@@ -83,8 +83,14 @@ class Split:
     corr: np.ndarray
 
 
-#: The split of a fit without noise or without enough phases: nothing to say.
-NO_SPLIT = Split(np.zeros(3), 0.0, np.zeros(3), np.eye(3))
+def no_split(k: int = 3) -> Split:
+    """The split of a fit without noise or without enough phases (``k``
+    coefficients): nothing to say."""
+    return Split(np.zeros(k), 0.0, np.zeros(k), np.eye(k))
+
+
+#: :func:`no_split` of the published three coefficients.
+NO_SPLIT = no_split()
 
 
 def split_uncertainty(
@@ -126,14 +132,15 @@ def split_from_sums(
 ) -> Split:
     """:func:`split_uncertainty` from ``J' W J``, ``sum w r^2`` and the
     number of phases of positive weight (sums a fleet's partitions add up)."""
-    n_free = n_weighted - 3
+    k = gram.shape[0]
+    n_free = n_weighted - k
     if n_free <= 0:
-        return NO_SPLIT
+        return no_split(k)
     s2 = loss / n_free
     scale = np.sqrt(np.diag(gram))
     step = float(typical @ beta)
     if s2 <= 0 or np.any(scale == 0) or step <= 0:
-        return NO_SPLIT
+        return no_split(k)
     information = gram / np.outer(scale, scale)
     try:
         inv = np.linalg.inv(information)
@@ -143,7 +150,7 @@ def split_from_sums(
         null = np.linalg.eigh(information)[1][:, 0] / scale * typical
         null /= max(float(np.linalg.norm(null)), 1e-300)
         together = np.sign(np.outer(null, null))
-        return Split(np.full(3, np.inf), np.inf, null, together)
+        return Split(np.full(k, np.inf), np.inf, null, together)
     cov = s2 * inv / np.outer(scale, scale)
     se = np.sqrt(np.maximum(np.diag(cov), 0.0))
     corr = cov / np.maximum(np.outer(se, se), np.finfo(float).tiny)
@@ -165,6 +172,7 @@ def noise_limited_findings(
     weight: np.ndarray,
     beta: np.ndarray,
     typical: np.ndarray,
+    names=BETA_NAMES,
 ) -> list[tuple[tuple[str, ...], str]]:
     """Coefficients the step noise cannot split the typical step among.
 
@@ -178,10 +186,11 @@ def noise_limited_findings(
     estimates of its two main coefficients trade off with a correlation
     beyond :data:`SPLIT_CORRELATION` and either one's standard error exceeds
     :data:`SPLIT_SHARE_LIMIT` of the typical step; every coefficient with a
-    part of at least :data:`SPLIT_MEMBER` in it is named.
+    part of at least :data:`SPLIT_MEMBER` in it is named (``names``: a step
+    model's features, whose ``typical`` step is its features per step).
     """
     return findings_of_split(
-        split_uncertainty(jac, residual, weight, beta, typical), typical
+        split_uncertainty(jac, residual, weight, beta, typical), typical, names
     )
 
 
@@ -191,11 +200,11 @@ SPLIT_MEMBER = 0.2
 
 
 def findings_of_split(
-    split: Split, typical: np.ndarray
+    split: Split, typical: np.ndarray, names=BETA_NAMES
 ) -> list[tuple[tuple[str, ...], str]]:
     """:func:`noise_limited_findings` from :func:`split_uncertainty`'s result."""
     direction = split.direction
-    members = [k for k in range(3) if abs(direction[k]) >= SPLIT_MEMBER]
+    members = [k for k in range(len(direction)) if abs(direction[k]) >= SPLIT_MEMBER]
     a, b = sorted(np.argsort(-np.abs(direction))[:2])
     # The estimates' errors lie along the direction: for a trade-off their
     # correlation nears +-1 with the sign of the direction's two entries.
@@ -206,7 +215,11 @@ def findings_of_split(
         or max(split.shares[a], split.shares[b]) <= SPLIT_SHARE_LIMIT
     ):
         return []
-    names = tuple(BETA_NAMES[k] for k in members)
+    published = tuple(names) == BETA_NAMES
+    shares = " and ".join(f"{100 * split.shares[k]:.1f} %" for k in members)
+    names = tuple(names[k] for k in members)
+    if not published:
+        return [(names, _feature_split_reason(shares, split.worst))]
     if names == ("beta0", "beta2"):
         return [
             (
@@ -220,7 +233,6 @@ def findings_of_split(
                 "measured, each apart is not",
             )
         ]
-    shares = " and ".join(f"{100 * split.shares[k]:.1f} %" for k in members)
     return [
         (
             names,
@@ -234,3 +246,14 @@ def findings_of_split(
             "time is measured, its split is not",
         )
     ]
+
+
+def _feature_split_reason(shares: str, worst: float) -> str:
+    """The finding of :func:`findings_of_split` under a step model's features."""
+    return (
+        "the weighted phases' steps barely vary in the mix of these features, "
+        "so the objective's Jacobian cannot separate them and the step noise "
+        f"cannot split the step among them (standard errors {shares} of the "
+        f"typical step; the worst combination {100 * worst:.1f} %); the "
+        "typical step's time is measured, its split is not"
+    )

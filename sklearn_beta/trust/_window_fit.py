@@ -146,6 +146,8 @@ def fit_step_counts_of_window(
     sample_weight: np.ndarray | None,
     *,
     edges: str,
+    linearise: Callable | None = None,
+    names: tuple = BETA_NAMES,
 ) -> tuple[tuple, EdgeReport | None, np.ndarray | None, list]:
     """The step-count fit of a trace that may be a window cut from serving.
 
@@ -163,22 +165,36 @@ def fit_step_counts_of_window(
     chosen fit (``sample_weight`` with 0 on the context phases) and the
     findings for
     :func:`~sklearn_beta.trust._identifiability.identifiability_diagnostics`.
+
+    ``linearise(beta)``, ``(Lambda_i - N_i, dLambda_i / dbeta)`` at
+    ``beta``, is the published objective's unless given (a step model's,
+    whose coefficients the findings call ``names``).
     """
     fixed = static_correction_mass(
         correction_mode, timeline.trace_grid, timeline.is_prefill, timeline.mu
     )
 
-    solved = {}
+    solved, first = {}, {}
 
-    def fitted(weight, beta_init=None, final=True):
+    def fitted(weight, beta_init=None, final=True, every_phase=True):
         # Remember the last fit's own linearisation at its betas: asking for
         # it again would rebuild the whole objective (seconds at 1e7 phases).
         result = fit(weight, beta_init, final)
         jac, residual, _ = result[-1]
         solved.update(beta=result[0], linearisation=(residual, jac))
+        if every_phase:
+            first.update(solved)
         return result
 
     def linearised(beta):
+        if linearise is not None:
+            # A step model's state depends on its lagged decode context,
+            # hence on the states before it: its linearisation is the fit
+            # of every phase's own at its betas, else made afresh at
+            # ``beta`` alone; the partitions keep the same two.
+            if "beta" in first and np.array_equal(beta, first["beta"]):
+                return first["linearisation"]
+            return linearise(beta)
         if "beta" in solved and np.array_equal(beta, solved["beta"]):
             return solved["linearisation"]
         state = count_state(timeline, beta, correction_mode, fixed, 1.0)
@@ -190,7 +206,7 @@ def fit_step_counts_of_window(
         result, report, kind = fit_with_edge_context(
             window,
             lambda kind, beta_init, final: fitted(
-                window.weights(kind), beta_init, final
+                window.weights(kind), beta_init, final, kind == "all"
             ),
         )
         sample_weight = window.weights(kind)
@@ -205,10 +221,12 @@ def fit_step_counts_of_window(
     typical = np.sum(weight[:, None] * design, 0) / max(
         float(np.sum(weight * design[:, 0])), 1e-300
     )
-    findings = noise_limited_findings(jac, residual, weight, beta, typical)
+    findings = noise_limited_findings(jac, residual, weight, beta, typical, names)
     if not findings and report is not None:
         interior = step_count_weights(timeline, window.weights("interior"))
-        findings = edge_identified_findings(jac, residual, interior, beta, typical)
+        findings = edge_identified_findings(
+            jac, residual, interior, beta, typical, names
+        )
     return result, report, sample_weight, findings
 
 
@@ -218,6 +236,7 @@ def edge_identified_findings(
     interior_weight: np.ndarray,
     beta: np.ndarray,
     typical: np.ndarray,
+    names=BETA_NAMES,
 ) -> list[tuple[tuple[str, ...], str]]:
     """Coefficients only the edge zones separate, one of them at zero.
 
@@ -231,11 +250,11 @@ def edge_identified_findings(
     sign: the bound set it, not the trace. The complete trace of a saturated
     engine, identified through its real ramps, keeps every beta positive.
     """
-    found = noise_limited_findings(jac, residual, interior_weight, beta, typical)
+    found = noise_limited_findings(jac, residual, interior_weight, beta, typical, names)
     step = float(typical @ beta)
     at_zero = {
         name
-        for name, part in zip(BETA_NAMES, beta * typical, strict=True)
+        for name, part in zip(names, beta * typical, strict=True)
         if part <= ZERO_BOUND_SHARE * step
     }
     return [
