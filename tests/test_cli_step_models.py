@@ -42,6 +42,7 @@ REPORT_KEYS = {
     "step_model_selection",
     "notes",
     "warnings",
+    "fit",  # which fit and why (docs/cli.md, "Which fit")
 }
 
 

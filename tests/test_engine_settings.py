@@ -321,7 +321,19 @@ def test_cli_automatic_mode_completes_on_a_saturated_engine_side_trace(
     phases = saturated_engine_side_trace()
     path = tmp_path / "saturated.csv"
     phases.to_csv(path, index=False)
-    code, out, err = run(capsys, "fit", path, "--max-num-seqs", 128, "--output", "json")
+    # The phase-exposure search (--estimator auto takes the schedule fit
+    # here: tests/test_cli_schedule.py).
+    code, out, err = run(
+        capsys,
+        "fit",
+        path,
+        "--max-num-seqs",
+        128,
+        "--estimator",
+        "phase",
+        "--output",
+        "json",
+    )
     assert code == 0, err
     report = json.loads(out)
     assert (report["chunk_size"], report["token_budget"]) == (None, 2048)

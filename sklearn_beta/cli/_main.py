@@ -20,11 +20,13 @@ import os
 import sys
 import warnings
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 
 import pandas as pd
 
 from .. import __version__
+from ..engine_config._regime import detect_queueing
 from ..engine_config._search import (
     EngineConfig,
     model_chunk_size,
@@ -68,6 +70,17 @@ from ._report import (
     format_table,
     trace_summary,
 )
+from ._schedule import (
+    ScheduleFallback,
+    choose_estimator,
+    fit_schedule,
+    held_out_check,
+    read_settings,
+    refine_kv,
+    schedule_frame,
+    search_chunking,
+)
+from ._schedule_report import schedule_report
 from ._step_model import (
     basis_options,
     check_step_model_usage,
@@ -160,6 +173,13 @@ def check_usage(args) -> None:
         raise UsageError(one_line(exc)) from exc
     if args.dask is not None:
         check_dask_usage(args, fmt)
+    if args.estimator == "schedule" and args.step_model != "published":
+        raise UsageError(
+            "--estimator schedule fits the published three coefficients, not "
+            f"--step-model {args.step_model}"
+        )
+    if args.estimator == "schedule" and args.dask is not None:
+        raise UsageError("--estimator schedule runs in memory, not with --dask")
 
 
 def _validate_trace(phases, candidates, options: dict) -> None:
@@ -183,9 +203,9 @@ def _chosen_chunking(config, candidates, phases) -> tuple:
 
 def run_fit(
     args, progress: _Progress
-) -> tuple[dict, TraceFit, EngineConfig | None, pd.DataFrame]:
-    """Run ``fit``: the JSON-ready report, the fit, the engine configuration
-    and the trace as read."""
+) -> tuple[dict, TraceFit | None, EngineConfig | None, pd.DataFrame]:
+    """Run ``fit``: the JSON-ready report, the fit (None for a schedule
+    fit), the engine configuration and the trace as read."""
     fmt = args.format or infer_format(args.trace)
     if args.dask is not None:
         with fleet_client(args.dask) as client:
@@ -203,6 +223,35 @@ def run_fit(
     )
     candidates = engine_candidates(args)
     _validate_trace(phases, candidates, options)
+    estimator, reason = choose_estimator(phases, args, instance_col)
+    if estimator == "schedule":
+        try:
+            report, config = run_schedule_fit(
+                phases, args, fmt, (options, candidates), list(notes), progress, reason
+            )
+            return report, None, config, phases
+        except ScheduleFallback as exc:
+            fallback = f"{exc}: the phase-exposure fit is reported instead"
+            reason = (
+                f"{exc}; the schedule fit was chosen because {reason}. Give the "
+                "engine (--chunk-size, --token-budget, --max-num-seqs, "
+                "--num-gpu-blocks)"
+                + ("" if args.estimator == "schedule" else " or --estimator schedule")
+            )
+    notes.append(f"fit: phase-exposure ({reason})")
+    report, fit, config = run_phase_fit(
+        phases, args, fmt, (options, candidates), notes, progress
+    )
+    report["fit"] = {"estimator": "phase", "reason": reason}
+    if estimator == "schedule":
+        report["warnings"].insert(0, fallback)
+    return report, fit, config, phases
+
+
+def run_phase_fit(phases, args, fmt, setup, notes, progress):
+    """The phase-exposure fit (today's path): ``(report, fit, config)``;
+    ``setup`` is ``(options, candidates)``."""
+    options, candidates = setup
     config, engine_warnings = choose_engine(
         phases, candidates, options, args, progress, notes
     )
@@ -213,20 +262,17 @@ def run_fit(
         f"{token_budget})..."
     )
     verbose = int(progress.enabled) if args.algo == "iterative" else 0
+    engine = engine_summary(config, (chunk_size, token_budget), args)
     if args.step_model != "published":
-        return (
-            step_model_report(
-                phases,
-                args,
-                fmt,
-                engine_summary(config, (chunk_size, token_budget), args),
-                dict(options, model_chunk=model_chunk, notes=notes),
-                progress,
-            ),
-            None,
-            config,
+        report = step_model_report(
             phases,
+            args,
+            fmt,
+            engine,
+            dict(options, model_chunk=model_chunk, notes=notes),
+            progress,
         )
+        return report, None, config
     if phases.attrs.get("client_side"):
         # One fit per trial delay: per-iteration lines would drown the rest.
         progress.say("client-side times: searching the request overheads...")
@@ -234,12 +280,52 @@ def run_fit(
     else:
         fit = fit_trace(phases, chunk_size=model_chunk, verbose=verbose, **options)
         alpha = None
-    engine = engine_summary(config, (chunk_size, token_budget), args)
     trace = trace_summary(phases, fit)
     report = build_report(fit, args, fmt, trace, engine, options, alpha, notes)
     report["step_model"] = "published"
     report["warnings"] += engine_warnings
-    return report, fit, config, phases
+    return report, fit, config
+
+
+def run_schedule_fit(phases, args, fmt, setup, notes, progress, reason):
+    """The schedule-consistent fit: ``(report, config)``; raises
+    :class:`~sklearn_beta.cli._schedule.ScheduleFallback` when it gives no
+    usable result. ``setup`` is ``(options, candidates)``."""
+    options, candidates = setup
+    frame = schedule_frame(phases, options["instance_col"])
+    decision = detect_queueing(frame, block_size=args.block_size)
+    settings = read_settings(frame, args, decision)
+    chunk_size, token_budget, section = search_chunking(
+        frame, candidates, settings, progress
+    )
+    settings = replace(settings, chunk_size=chunk_size, token_budget=token_budget)
+    settings, kv_rows = refine_kv(frame, settings, progress)
+    if section is not None and kv_rows:
+        section["kv_candidates"] = kv_rows
+    model = fit_schedule(frame, settings, progress, strict=args.estimator == "auto")
+    notes.append(f"fit: schedule-consistent, ScheduleBetaRegressor ({reason})")
+    notes.extend(settings.notes)
+    try:
+        validation = held_out_check(model, frame, args.cv_folds, progress)
+    except Exception as exc:  # noqa: BLE001 - the check is optional, noted
+        validation = None
+        notes.append(f"no held-out check: {one_line(exc)}")
+    parts = dict(
+        engine={
+            "chunk_size": chunk_size,
+            "token_budget": token_budget,
+            "engine_config": section,
+        },
+        settings=settings,
+        reason=reason,
+        validation=validation,
+        notes=notes,
+        instance_col=options["instance_col"],
+        max_in_flight=model.max_in_flight,
+    )
+    report = schedule_report(model, frame, args, fmt, parts)
+    report["step_model"] = "published"
+    return report, None
 
 
 #: Python's own default filters hide these: they speak to developers of the
@@ -269,6 +355,11 @@ def _error(message: str, code: int) -> int:
 
 def _plot(report: dict, fit: TraceFit, config, phases, directory: str) -> str | None:
     """Write the plots; the reason they failed, or None."""
+    if fit is None:
+        return (
+            "--plot draws the phase-exposure fit's figures; this report is of "
+            "the schedule-consistent fit (--estimator phase for the figures)"
+        )
     try:
         report["plots"] = [str(p) for p in save_fit_plots(fit.model, phases, directory)]
         if config is not None:

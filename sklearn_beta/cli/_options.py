@@ -24,6 +24,8 @@ from ..io._readers import TIME_UNITS
 
 FORMATS = ("csv", "parquet", "otel", "bench", "tracev2", "vllm-stats")
 OUTPUTS = ("table", "json", "blis", "blis-blackbox", "llm-d")
+#: ``--estimator`` choices (docs/cli.md, "Which fit").
+ESTIMATORS = ("auto", "phase", "schedule")
 #: Named choices of ``--step-model`` (or a comma list of step features).
 STEP_MODEL_CHOICES = ("published", "attention", "trained-physics", "auto")
 #: Instance columns recognised, in order, when --instance-col is not given.
@@ -152,15 +154,17 @@ def _add_engine_options(group, defaults: dict) -> None:
         "--max-num-seqs",
         type=_positive_int,
         help="the engine's most running requests (vLLM's max_num_seqs), given "
-        "to the held-out replay (default: the most the trace shows running "
-        "at once)",
+        "to the held-out replay and the schedule fit (default: the most the "
+        "trace shows running at once; the schedule fit reads the plateau "
+        "where requests wait at it)",
     )
     group.add_argument(
         "--num-gpu-blocks",
         type=_positive_int,
         help="the engine's KV cache in blocks (vLLM's num_gpu_blocks), given "
         "to the held-out replay: admission waits for a prompt's blocks and a "
-        "full cache preempts (default: no KV bound)",
+        "full cache preempts (default: no KV bound; the schedule fit reads it "
+        "where requests wait below a running plateau)",
     )
     group.add_argument(
         "--block-size",
@@ -179,6 +183,17 @@ def _add_engine_options(group, defaults: dict) -> None:
 
 def _add_estimator_choice(group, defaults: dict) -> None:
     """The estimator and its partial-chunk correction."""
+    group.add_argument(
+        "--estimator",
+        choices=ESTIMATORS,
+        default="auto",
+        help="which fit: 'phase' (the phase-exposure fit of --algo, with the "
+        "request overheads searched on client-side times), 'schedule' (the "
+        "schedule-consistent fit, ScheduleBetaRegressor, with max_num_seqs and "
+        "the KV cache read from the trace unless given) or 'auto': the "
+        "schedule fit when the trace shows queueing or has client-side times, "
+        "else the phase fit; the report says which and why (default: auto)",
+    )
     group.add_argument(
         "--algo",
         choices=ALGORITHMS,

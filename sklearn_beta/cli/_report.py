@@ -220,17 +220,27 @@ def format_table(report: dict) -> str:
     """Human-readable summary of a report."""
     trace, params, diag = report["trace"], report["parameters"], report["diagnostics"]
     conv = report["convergence"]
-    if conv["algo"] == "iterative":
+    if conv["algo"] == "schedule":
+        state = "converged" if conv["converged"] else "NOT converged"
+        algorithm = (
+            f"schedule-consistent (ScheduleBetaRegressor), {state} after "
+            f"{conv['n_iter']} replays, schedule misfit "
+            f"{report['schedule']['schedule_misfit']:.3g}"
+        )
+    elif conv["algo"] == "iterative":
         state = "converged" if conv["converged"] else "NOT converged"
         run = f"{state} after {conv['n_iter']} iterations"
     else:
         run = "one NNLS solve"
+    if conv["algo"] != "schedule":
+        algorithm = f"{conv['algo']}, {params['correction_mode']} correction, {run}"
     lines = [
         f"sklearn-beta {report['sklearn_beta_version']}: {params['trace']} "
         f"({params['format']}, {trace['n_phases']} phases, {trace['n_requests']} "
         f"requests, {trace['n_instances']} instance(s))",
         f"engine      {engine_label(report)}{_choice(report['engine_config'])}",
-        f"algorithm   {conv['algo']}, {params['correction_mode']} correction, {run}",
+        *_settings_lines(report.get("engine_settings")),
+        f"algorithm   {algorithm}",
         "",
         f"{'coefficient':<12}{'value':>14}  {'unit':<18}{'BLIS (us)':>12}"
         + _ci_header(report["confidence_interval"]),
@@ -339,7 +349,10 @@ def engine_label(report: dict) -> str:
 def _choice(engine: dict | None) -> str:
     if engine is None or len(engine["candidates"]) < 2:
         return ""
-    text = f" (held-out replay, best of {len(engine['candidates'])} candidates"
+    how = "held-out replay"
+    if engine["method"].startswith("schedule fit"):
+        how = "least schedule misfit"
+    text = f" ({how}, best of {len(engine['candidates'])} candidates"
     if engine["runner_up"] is not None:
         runner = engine_label(engine["runner_up"])
         margin = engine["margin"]
@@ -363,9 +376,29 @@ def _ci_cell(ci: dict | None, name: str) -> str:
     return f"  [{_num(low, '.4e')}, {_num(high, '.4e')}]"
 
 
+def _settings_lines(settings: dict | None) -> list[str]:
+    """A schedule fit's engine settings and where each came from."""
+    if settings is None:
+        return []
+    parts = [
+        f"{name} {settings[name]['value']} ({settings[name]['source']})"
+        for name in ("max_num_seqs", "num_gpu_blocks")
+    ]
+    return [
+        f"settings    {', '.join(parts)}, block size {settings['block_size']['value']}"
+    ]
+
+
 def _validation_lines(validation: dict | None) -> list[str]:
     if validation is None:
         return []
+    if "method" in validation:  # a schedule fit's check by requests
+        return [
+            f"held-out requests (RequestKFold, {validation['n_splits']} folds, "
+            f"mean absolute relative error): TTFT {_num(validation['ttft'], '.2%')}, "
+            f"decode {_num(validation['decode'], '.2%')}, end-to-end "
+            f"{_num(validation['e2e'], '.2%')}"
+        ]
     return [
         f"held-out replay ({validation['n_splits']} time blocks, mean absolute "
         f"relative error): prefill {_num(validation['prefill'], '.2%')}, TTFT "

@@ -1,0 +1,310 @@
+"""``sklearn-beta fit``'s choice of fit, and its schedule-consistent fit.
+
+``--estimator auto`` (the default) asks
+:func:`~sklearn_beta.engine_config._regime.detect_queueing` whether the
+trace shows queueing: then (and on client-side times) it fits
+:class:`~sklearn_beta.ScheduleBetaRegressor` with the engine settings given
+or read from the trace, else the phase-exposure fit as before. A schedule
+fit that fails or does not converge falls back to the phase-exposure fit
+with a note. See docs/cli.md, "Which fit".
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import replace
+
+import numpy as np
+import pandas as pd
+from sklearn.base import clone
+from sklearn.exceptions import ConvergenceWarning
+from sklearn.model_selection import cross_validate
+
+from ..engine._what_if import infer_max_in_flight
+from ..engine_config._regime import (
+    QueueingDecision,
+    detect_queueing,
+    schedule_engine_settings,
+)
+from ..engine_config._schedule import ScheduleBetaRegressor
+from ..model_selection._request_split import RequestKFold, make_schedule_scorer
+from ._engine import one_line
+
+#: ``schedule_misfit_`` above this is warned about: about 0.67 times the step
+#: noise's sigma when the replay found the trace's schedule (0.009 at 2 %
+#: noise), 0.3-0.75 where it converged to another one (docs/schedule.md).
+MISFIT_WARNING = 0.1
+#: The held-out check's quantities, in the report's order.
+HELD_OUT = ("ttft", "decode", "e2e")
+#: Most replays of each candidate's fit in the chunking search.
+SEARCH_ITER = 8
+#: :func:`refine_kv` scans a KV cache read from the trace up to this share
+#: above the reading, in steps of KV_STEP of it, then halves the step.
+KV_SPAN = 0.01
+KV_STEP = 0.001
+#: First, every block from the reading to this share above it (in steps of
+#: KV_FINE_STEP of it, at least one block): the engine-side reading is
+#: within 0.1 % (docs/engine_config.md), and the fit's misfit is rough.
+KV_FINE_SPAN = 0.0015
+KV_FINE_STEP = 0.0001
+
+
+class ScheduleFallback(Exception):
+    """The schedule fit gave no usable result; the message says why."""
+
+
+def choose_estimator(phases, args, instance_col) -> tuple[str, str]:
+    """``("schedule" | "phase", reason)`` of ``--estimator``."""
+    if args.estimator == "phase":
+        return "phase", "--estimator phase"
+    if args.step_model != "published":
+        return "phase", (
+            "--step-model "
+            + str(args.step_model)
+            + ": the schedule-consistent fit has the published three "
+            "coefficients only"
+        )
+    if args.dask is not None:
+        return "phase", "--dask: the schedule-consistent fit runs in memory only"
+    try:
+        decision = detect_queueing(
+            schedule_frame(phases, instance_col), block_size=args.block_size
+        )
+    except Exception as exc:  # noqa: BLE001 - the phase fit, with the reason
+        return "phase", f"the queueing check failed ({one_line(exc)})"
+    if args.estimator == "schedule":
+        return "schedule", "--estimator schedule; " + decision.reason
+    return ("schedule" if decision.queued else "phase"), decision.reason
+
+
+def schedule_frame(phases: pd.DataFrame, instance_col) -> pd.DataFrame:
+    """The phase table as the schedule fit reads it: the instance in
+    ``instance_id``, and on client-side times without an ``arrival`` column
+    the sends (the prefill starts) in one."""
+    frame = phases
+    if instance_col != "instance_id":
+        frame = frame.drop(columns="instance_id", errors="ignore")
+        if instance_col is not None:
+            frame = frame.rename(columns={instance_col: "instance_id"})
+    if "arrival" not in frame.columns and phases.attrs.get("client_side"):
+        # A request's prefill starts at its send, before its decode.
+        keys = [c for c in ("instance_id", "request_id") if c in frame.columns]
+        sends = frame.groupby(keys, sort=False)["t_start"].transform("min")
+        frame = frame.assign(arrival=sends.to_numpy())
+    frame.attrs = dict(phases.attrs)
+    return frame
+
+
+def read_settings(frame, args, decision: QueueingDecision):
+    """max_num_seqs and the KV cache, given (the command line wins) or read."""
+    return schedule_engine_settings(
+        frame,
+        decision,
+        max_num_seqs="auto" if args.max_num_seqs is None else args.max_num_seqs,
+        num_gpu_blocks="auto" if args.num_gpu_blocks is None else args.num_gpu_blocks,
+        block_size=args.block_size,
+    )
+
+
+def search_chunking(frame, candidates, settings, progress) -> tuple:
+    """``(chunk_size, token_budget, engine_config)``: the candidate whose
+    schedule fit (at most :data:`SEARCH_ITER` replays) has a positive
+    ``beta0`` and the least ``schedule_misfit_``. The phase-exposure search
+    reads queueing as step time and under load prefers the smallest budget
+    (issue 19); the schedule fit's misfit is the noise level on the right
+    engine and tens of
+    percent on a wrong one. ``engine_config`` is the report's section."""
+    if len(candidates) == 1:
+        return (*candidates[0], None)
+    progress.say(
+        f"choosing the chunking among {len(candidates)} candidates by schedule "
+        "fit misfit..."
+    )
+    rows = []
+    for chunk, budget in candidates:
+        trial = replace(settings, chunk_size=chunk, token_budget=budget)
+        rows.append(
+            dict(
+                chunk_size=chunk,
+                token_budget=budget,
+                schedule_misfit=_trial_misfit(frame, trial, all_positive=False),
+            )
+        )
+    ranked = sorted(
+        (r for r in rows if r["schedule_misfit"] is not None),
+        key=lambda r: r["schedule_misfit"],
+    )
+    if not ranked:
+        raise ScheduleFallback("every chunking candidate's schedule fit failed")
+    best = ranked[0]
+    runner = ranked[1] if len(ranked) > 1 else None
+    section = {
+        "method": "schedule fit of each candidate (at most "
+        f"{SEARCH_ITER} replays): least schedule_misfit_ (beta0 > 0)",
+        "candidates": rows,
+        "runner_up": None
+        if runner is None
+        else {k: runner[k] for k in ("chunk_size", "token_budget")},
+        "margin": None
+        if runner is None or not best["schedule_misfit"]
+        else runner["schedule_misfit"] / best["schedule_misfit"] - 1,
+        "same_engine_on_this_trace": [],
+        "edge": False,
+    }
+    return best["chunk_size"], best["token_budget"], section
+
+
+def _trial_misfit(frame, settings, *, all_positive: bool, init="auto"):
+    """``schedule_misfit_`` of a short fit with these settings; None when it
+    fails, a step costs nothing, or with ``all_positive`` a beta is 0."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            model = schedule_model(frame, settings).set_params(
+                max_iter=SEARCH_ITER, confidence_level=None, init=init
+            )
+            model.fit(frame)
+    except Exception:  # noqa: BLE001 - a failing candidate is dropped
+        return None
+    misfit = float(model.schedule_misfit_)
+    positive = model.beta_ > 0
+    if not (positive.all() if all_positive else positive[0]):
+        return None
+    return misfit if np.isfinite(misfit) else None
+
+
+def refine_kv(frame, settings, progress):
+    """A KV cache read from the trace, refined by the schedule fit.
+
+    The reading is a lower bound (requests in prefill are not counted) and
+    the fit is sharp in it: on a simulated vLLM-sized trace of 14000 blocks
+    the reading was 13989, and fits at 13989, 13999, 14001 and 14010 blocks
+    put beta1 at 0 or -49 % (misfits 0.28, 0.18, 0.087, 0.69) where 14000
+    gave -8.9 % (misfit 0.031), and 13993 a local minimum (0.143). So the
+    misfit is scanned from the reading up to :data:`KV_FINE_SPAN` above it
+    block by block (:data:`KV_FINE_STEP`); when the best is still over
+    :data:`MISFIT_WARNING`, on up to :data:`KV_SPAN` in steps of
+    :data:`KV_STEP`, then around the best in halved steps. Returns
+    ``(settings, rows)``: the settings with the least misfit, every trial.
+    """
+    if settings.evidence.get("num_gpu_blocks") != "from the trace":
+        return settings, []
+    read = settings.num_gpu_blocks
+    progress.say(f"refining the KV cache from the reading {read} blocks...")
+    tried: dict = {}
+    # The phase-exposure start does not depend on the KV cache: profile it
+    # once (the costly part of a short fit), then start every trial there.
+    start = _start(frame, settings)
+
+    def misfit(blocks: int):
+        if blocks not in tried:
+            trial = replace(settings, num_gpu_blocks=blocks)
+            tried[blocks] = _trial_misfit(frame, trial, all_positive=False, init=start)
+        value = tried[blocks]
+        return np.inf if value is None else value
+
+    fine = max(1, round(read * KV_FINE_STEP))
+    best = min(range(read, round(read * (1 + KV_FINE_SPAN)) + 1, fine), key=misfit)
+    step = max(1, round(read * KV_STEP))
+    if misfit(best) > MISFIT_WARNING and step > fine:
+        coarse = range(
+            round(read * (1 + KV_FINE_SPAN)), round(read * (1 + KV_SPAN)) + 1, step
+        )
+        best = min((best, *coarse), key=misfit)
+        while step > 1:
+            step = max(1, step // 2)
+            best = min((best - step, best, best + step), key=misfit)
+    rows = [{"num_gpu_blocks": b, "schedule_misfit": m} for b, m in tried.items()]
+    if not np.isfinite(misfit(best)):
+        return settings, rows
+    settings = replace(settings, num_gpu_blocks=int(best))
+    settings.notes.append(
+        f"num_gpu_blocks {best}: the least schedule misfit ({tried[best]:.3g}) "
+        f"of {len(rows)} sizes from the reading {read} up"
+    )
+    return settings, rows
+
+
+def _start(frame, settings):
+    """The betas a fit with these settings starts from (``init="auto"``), or
+    ``"auto"`` when that fails."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            model = schedule_model(frame, settings).set_params(
+                max_iter=1, confidence_level=None
+            )
+            return model.fit(frame).init_beta_
+    except Exception:  # noqa: BLE001 - each trial then profiles its own
+        return "auto"
+
+
+def schedule_model(frame, settings) -> ScheduleBetaRegressor:
+    """The estimator for these settings (KV cache, client cap from the
+    trace's intended arrivals)."""
+    kv = None
+    if settings.num_gpu_blocks is not None:
+        kv = {
+            "num_gpu_blocks": settings.num_gpu_blocks,
+            "block_size": settings.block_size,
+        }
+    return ScheduleBetaRegressor(
+        chunk_size=settings.chunk_size,
+        token_budget=settings.token_budget,
+        max_num_seqs=settings.max_num_seqs,
+        engine_settings=kv,
+        arrival="arrival" if "arrival" in frame.columns else None,
+        max_in_flight=infer_max_in_flight(frame),
+    )
+
+
+def fit_schedule(frame, settings, progress, *, strict: bool) -> ScheduleBetaRegressor:
+    """The schedule-consistent fit with these settings (raises
+    :class:`ScheduleFallback` when it fails, or with ``strict`` when it does
+    not converge)."""
+    model = schedule_model(frame, settings)
+    progress.say("fitting the schedule-consistent estimator...")
+    try:
+        with warnings.catch_warnings():
+            # The phase-exposure starts' warnings concern the start only; the
+            # report warns of no convergence and a large misfit itself.
+            warnings.simplefilter("ignore")
+            model.fit(frame)
+    except Exception as exc:  # noqa: BLE001 - any failure falls back, noted
+        raise ScheduleFallback(f"the schedule fit failed ({one_line(exc)})") from exc
+    if not np.all(np.isfinite(model.beta_)) or not np.any(model.beta_ > 0):
+        raise ScheduleFallback(f"the schedule fit gave betas {model.beta_.tolist()}")
+    if strict and not model.converged_:
+        raise ScheduleFallback(
+            f"the schedule fit did not converge in {model.n_iter_} replays"
+        )
+    return model
+
+
+def held_out_check(model, frame, n_splits: int, progress) -> dict | None:
+    """Mean absolute relative errors of held-out requests (``RequestKFold``,
+    each fold fitted from the full fit's betas amid the whole trace's
+    replay); None when the trace has too few requests."""
+    n_requests = int(frame["request_id"].nunique())
+    if n_requests < 2 * n_splits:
+        return None
+    progress.say(f"held-out check: {n_splits} folds of requests...")
+    estimator = clone(model).set_params(trace=frame, init=model.beta_)
+    with warnings.catch_warnings():
+        # A fold's convergence is the check's business, not the fit's.
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        scores = cross_validate(
+            estimator,
+            frame,
+            cv=RequestKFold(n_splits, shuffle=True, random_state=0),
+            scoring={q: make_schedule_scorer(q) for q in HELD_OUT},
+            error_score="raise",
+        )
+    return {
+        "metric": "mean absolute relative error of the held-out requests",
+        "method": f"RequestKFold({n_splits}, shuffle=True, random_state=0): fit "
+        "on the other requests amid the whole trace's replay, score the "
+        "held-out requests",
+        "n_splits": n_splits,
+        **{q: float(-np.mean(scores[f"test_{q}"])) for q in HELD_OUT},
+    }
