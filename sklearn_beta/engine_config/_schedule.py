@@ -684,7 +684,10 @@ default="auto"
             if solved.history[-1][0] != "levels":  # else nothing to compare
                 misfit[i, j] = schedule_misfit(solved.rows, solved.theta, free)
             found[i, j] = solved.theta[3:]
-        names = INIT_FITS if len(starts) > 1 else ("given",)
+        if len(starts) > 1:
+            names = INIT_FITS
+        else:
+            names = (self.init if isinstance(self.init, str) else "given",)
         self.init_misfit_ = dict(zip(names, misfit.min(axis=1).tolist(), strict=True))
         i, j = np.unravel_index(np.argmin(misfit), misfit.shape)
         # Short fits on a head that finds no schedule from any offset (a KV
