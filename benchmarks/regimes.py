@@ -88,13 +88,21 @@ ENGINE_SIDE = dict(
 )
 
 
-def scenarios(rates, n_requests):
+def scenarios(rates, mix_rates, n_requests):
     """(name, simulate_trace keywords, engine settings of the replay)."""
     out = []
     for rate in rates:
         n = max(n_requests, int(rate * 60))
         kw = dict(H100, **CLIENT, arrival_rate=rate, n_requests=n)
         out.append((f"client {rate:g} req/s", kw, H100, CLIENT))
+    for rate in mix_rates:
+        n = max(n_requests, int(rate * 60))
+        # REGIMES.md: half 256-token, half 4096-token prompts; KV capacity,
+        # not max_num_seqs, then bounds the batch.
+        prompt = np.where(np.random.RandomState(7).rand(n) < 0.5, 256, 4096)
+        kw = dict(H100, **CLIENT, arrival_rate=rate, n_requests=n)
+        kw["prompt_tokens"] = prompt
+        out.append((f"client mix {rate:g} req/s", kw, H100, CLIENT))
     side = dict(ENGINE_SIDE, arrival_rate=10.0, n_requests=300)
     engine = {k: side[k] for k in H100}
     out.append(("engine-side 300 req", side, engine, {"max_in_flight": None}))
@@ -140,7 +148,9 @@ def fitted_engine(report: dict) -> dict:
     else:
         names = list(report["betas"])
         beta = [report["betas"][n] for n in names]
-    alphas = report.get("alphas") or {}
+    # the schedule fit's offsets (totals: queue, first and last token);
+    # a phase-exposure report's alphas are BLIS's request overheads
+    alphas = (report.get("schedule") or {}).get("alpha") or {}
     offsets = {}
     for key, target in (
         ("queue", "request_delay"),
@@ -182,6 +192,7 @@ def errors(pred: dict, obs: dict) -> dict:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--rates", default="2,8,12,18,24,30")
+    parser.add_argument("--mix-rates", default="6,12")
     parser.add_argument("--n-requests", type=int, default=1024)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--fit-rate", type=float, default=8.0)
@@ -190,10 +201,11 @@ def main(argv=None) -> int:
     parser.add_argument("--compare")
     args = parser.parse_args(argv)
     rates = [float(r) for r in args.rates.split(",")]
+    mix_rates = [float(r) for r in args.mix_rates.split(",") if r]
     extra = shlex.split(args.extra_args)
     rows, traces, fits = [], {}, {}
     with tempfile.TemporaryDirectory() as tmp:
-        for name, kw, engine, client in scenarios(rates, args.n_requests):
+        for name, kw, engine, client in scenarios(rates, mix_rates, args.n_requests):
             phases = simulate(kw, args.seed)
             traces[name] = (phases, engine, client)
             path = os.path.join(tmp, "trace.csv")
@@ -205,6 +217,12 @@ def main(argv=None) -> int:
                 rows.append(row)
                 continue
             fit = fitted_engine(report)
+            try:
+                pred = predicted(phases, fit, engine, client)
+            except ValueError as exc:
+                row.update(status=f"replay failed: {exc}", offsets=fit["offsets"])
+                rows.append(row)
+                continue
             fits[name] = fit
             obs = observed(phases)
             row.update(
@@ -219,7 +237,7 @@ def main(argv=None) -> int:
                 **{
                     f"{k}_err_%": round(v, 2)
                     for k, v in errors(
-                        predicted(phases, fit, engine, client), obs
+                        pred, obs
                     ).items()
                 },
             )
@@ -257,7 +275,7 @@ def _cross_load(traces, fits, fit_rate):
         return None
     rows = []
     for name, (phases, engine, client) in traces.items():
-        if not name.startswith("client"):
+        if not name.startswith("client") or "mix" in name:
             continue
         err = errors(predicted(phases, fits[key], engine, client), observed(phases))
         rows.append(

@@ -654,8 +654,9 @@ ZERO_BETA2 = (8e-3, 2.5e-5, 0.0)
 
 @pytest.fixture(scope="module")
 def zero_beta2_trace(tmp_path_factory) -> Path:
-    """A client-side (TraceV2) trace: its fit searches the request overheads
-    with a fit per trial delay, each of which warns."""
+    """A client-side (TraceV2) trace: its phase-exposure fit
+    (``--estimator phase``) searches the request overheads with a fit per
+    trial delay, each of which warns."""
     phases = simulate_trace(
         120,
         beta=ZERO_BETA2,
@@ -715,7 +716,9 @@ def test_fit_warnings_are_one_line_each_about_the_fit_reported(
     from sklearn_beta.engine_config import _trace_fit
 
     trials = count_warnings_of(monkeypatch, _trace_fit, "fit_trace")
-    fixed = ("--chunk-size", 256, "--output", "json")
+    # the phase-exposure path's request-overhead search (a client-side trace
+    # takes the schedule fit by default)
+    fixed = ("--chunk-size", 256, "--output", "json", "--estimator", "phase")
     code, out, err = run(capsys, "fit", zero_beta2_trace, *fixed)
     assert code == 0
     report = json.loads(out)
@@ -744,7 +747,14 @@ def test_engine_search_candidates_warn_nothing(capsys, monkeypatch, zero_beta2_t
     fits = count_warnings_of(monkeypatch, TraceContextRegressor, "fit")
     candidates = ("--chunk-candidates", "128,256", "--budget-candidates", "2048")
     code, out, err = run(
-        capsys, "fit", zero_beta2_trace, *candidates, "--output", "json"
+        capsys,
+        "fit",
+        zero_beta2_trace,
+        *candidates,
+        "--output",
+        "json",
+        "--estimator",
+        "phase",
     )
     assert code == 0
     report = json.loads(out)
@@ -761,7 +771,8 @@ def test_engine_search_candidates_warn_nothing(capsys, monkeypatch, zero_beta2_t
 def test_strict_and_the_warning_lines_from_the_module_entry(zero_beta2_trace, tmp_path):
     done = subprocess.run(
         [sys.executable, "-m", "sklearn_beta.cli", "fit", str(zero_beta2_trace)]
-        + ["--chunk-size", "256", "--output", "json", "--quiet", "--strict"],
+        + ["--chunk-size", "256", "--output", "json", "--quiet", "--strict"]
+        + ["--estimator", "phase"],
         capture_output=True,
         text=True,
         env=dict(os.environ, PYTHONPATH=str(REPO)),
