@@ -48,7 +48,12 @@ from ._nnls import (
     scores_from_sums,
     total_squares,
 )
-from ._step_count import CountState, newton_target, step_count_weights
+from ._step_count import (
+    CountedTotals,
+    CountState,
+    newton_target,
+    step_count_weights,
+)
 from ._step_features import (
     _active_sum,
     attention_missing_mass,
@@ -377,7 +382,7 @@ class BasisCounts:
 PREFILL_FEATURES = ("prefill_tokens", "prefill_attention")
 
 
-class FeatureCounts:
+class FeatureCounts(CountedTotals):
     """The step-count objective of a step model on one in-memory timeline.
 
     The published objective (:mod:`._step_count`) with one pressure per
@@ -549,15 +554,6 @@ class FeatureCounts:
             self.masses = self._masses(
                 correction_rate(n, self.timeline.trace_grid.seg_len)
             )
-
-    def counted_totals(self) -> tuple[int, float, float]:
-        """Phases of positive weight; the sums of their durations and ``N_i``."""
-        counted = self.weight > 0
-        return (
-            int(np.count_nonzero(counted)),
-            float(self.timeline.duration[counted].sum()),
-            float(self.timeline.n_steps[counted].sum()),
-        )
 
     def step_totals(self, beta: np.ndarray) -> tuple[float, float]:
         """Weighted steps the phases hold at ``beta``, and ``N_i``."""

@@ -238,7 +238,21 @@ def step_count_weights(
     return weight
 
 
-class TimelineCounts(TimelineProblem):
+class CountedTotals:
+    """``counted_totals`` of a step-count problem with per-phase ``weight``
+    and a ``timeline`` (the published and the step-model problems)."""
+
+    def counted_totals(self) -> tuple[int, float, float]:
+        """Phases of positive weight; the sums of their durations and ``N_i``."""
+        counted = self.weight > 0
+        return (
+            int(np.count_nonzero(counted)),
+            float(self.timeline.duration[counted].sum()),
+            float(self.timeline.n_steps[counted].sum()),
+        )
+
+
+class TimelineCounts(CountedTotals, TimelineProblem):
     """The step-count objective of one in-memory timeline.
 
     What :func:`solve_step_counts` asks of a trace: weighted totals, the
@@ -253,15 +267,6 @@ class TimelineCounts(TimelineProblem):
         self.weight = step_count_weights(timeline, sample_weight)
         self.scratch = None
         self.duration_squares = None
-
-    def counted_totals(self) -> tuple[int, float, float]:
-        """Phases of positive weight; the sums of their durations and ``N_i``."""
-        counted = self.weight > 0
-        return (
-            int(np.count_nonzero(counted)),
-            float(self.timeline.duration[counted].sum()),
-            float(self.timeline.n_steps[counted].sum()),
-        )
 
     def step_totals(self, beta: np.ndarray) -> tuple[float, float]:
         """Weighted steps the phases hold at ``beta`` (``end_inside``), and ``N_i``."""

@@ -19,7 +19,7 @@ import pandas as pd
 from ..core._columns import PhaseColumns
 from ._replay import replay_trace
 
-__all__ = ["infer_max_in_flight", "what_if_latencies"]
+__all__ = ["fitted_engine", "infer_max_in_flight", "what_if_latencies"]
 
 #: A send lagging its intended arrival by more than this (seconds) was held
 #: back by the client; less is the client's own jitter (an asyncio client
@@ -137,7 +137,7 @@ def _fitted(beta):
 
 
 def _beta_and_interval(beta, beta_interval):
-    """Betas and their (3, 2) interval from arrays or a fitted estimator."""
+    """Betas and their (n_coef, 2) interval from arrays or a fitted estimator."""
     source = _fitted(beta)
     if source is not None:
         if beta_interval is None:
@@ -147,16 +147,96 @@ def _beta_and_interval(beta, beta_interval):
     if beta_interval is None:
         return values, None
     bounds = np.asarray(beta_interval, dtype=float)
-    if bounds.shape != (3, 2) or not np.all(np.isfinite(bounds)):
+    if bounds.shape != (values.shape[0], 2) or not np.all(np.isfinite(bounds)):
         raise ValueError(
-            "beta_interval must be finite (lower, upper) pairs of the three "
-            f"betas, shape (3, 2), got {bounds.tolist()!r}."
+            "beta_interval must be finite (lower, upper) pairs of the "
+            f"{values.shape[0]} coefficients, shape ({values.shape[0]}, 2), got "
+            f"{bounds.tolist()!r}."
         )
     if np.any(bounds[:, 0] > bounds[:, 1]):
         raise ValueError(
             f"beta_interval's lower limits exceed the upper: {bounds.tolist()!r}."
         )
     return values, bounds
+
+
+#: The keywords a fitted estimator supplies, with the function's defaults:
+#: a keyword left at its default takes the estimator's value.
+FITTED_DEFAULTS = {
+    "chunk_size": None,
+    "token_budget": None,
+    "max_num_seqs": None,
+    "num_gpu_blocks": None,
+    "block_size": 16,
+    "max_in_flight": "auto",
+    "decode_tokens_include_first": False,
+}
+#: ``alpha_`` of a ScheduleBetaRegressor, as the replay's keywords.
+OFFSET_KEYWORDS = {
+    "queue": "request_delay",
+    "first_token": "first_token_offset",
+    "last_token": "last_token_offset",
+}
+
+
+def fitted_engine(beta) -> dict:
+    """The engine and the client's view a fitted estimator was fitted with.
+
+    A :class:`~sklearn_beta.ScheduleBetaRegressor`: its chunking,
+    ``max_num_seqs``, ``engine_settings``, client cap, step model and offsets
+    (``alpha_`` as ``request_delay``, ``first_token_offset``,
+    ``last_token_offset``). A pipeline (or a regressor's transformer step):
+    the transformer's chunking, decode convention and step model. Arrays:
+    nothing.
+    """
+    pipeline = beta if hasattr(beta, "steps") else None
+    source = _fitted(beta)
+    if source is None:
+        return {}
+    if hasattr(source, "alpha_"):
+        params = source.get_params(deep=False)
+        found = {k: params.get(k) for k in ("chunk_size", "token_budget")}
+        found["max_num_seqs"] = params.get("max_num_seqs")
+        found.update(params.get("engine_settings") or {})
+        found["max_in_flight"] = params.get("max_in_flight")
+        if params.get("step_model", "published") != "published":
+            found["step_model"] = params["step_model"]
+        for name, keyword in OFFSET_KEYWORDS.items():
+            value = float(source.alpha_.get(name, 0.0))
+            if value < 0:
+                raise ValueError(
+                    f"The estimator's alpha_[{name!r}] = {value:.6g} s is "
+                    f"negative: no {keyword} can replay it. Its fit did not "
+                    f"find the trace's schedule (schedule_misfit_ = "
+                    f"{getattr(source, 'schedule_misfit_', float('nan')):.3g}); "
+                    "give the offsets, or replay its beta_ as an array."
+                )
+            found[keyword] = value
+        return found
+    for _, step in pipeline.steps[:-1] if pipeline is not None else []:
+        params = step.get_params(deep=False)
+        if "chunk_size" in params:
+            found = {k: params.get(k) for k in ("chunk_size", "token_budget")}
+            found["decode_tokens_include_first"] = bool(
+                params.get("decode_tokens_include_first", False)
+            )
+            if params.get("step_model", "published") != "published":
+                found["step_model"] = params["step_model"]
+            return found
+    return {}
+
+
+def _with_fitted(settings: dict, engine: dict, fitted: dict) -> tuple[dict, dict]:
+    """``settings`` and ``engine`` keywords with the fitted values where the
+    caller left the default (or did not give the keyword)."""
+    settings, engine = dict(settings), dict(engine)
+    for key, value in fitted.items():
+        if key in FITTED_DEFAULTS:
+            if settings[key] == FITTED_DEFAULTS[key]:
+                settings[key] = value
+        else:
+            engine.setdefault(key, value)
+    return settings, engine
 
 
 def _rescaled(phases, cols, arrival, intended_arrival, rate_scale):
@@ -240,22 +320,26 @@ def what_if_latencies(
     phases : DataFrame
         The requests: one prefill and one decode row each, arrivals in the
         ``arrival`` column (else the prefill starts).
-    beta : array-like of shape (3,) or fitted estimator
-        ``(beta0, beta1, beta2)``, or a fitted regressor or pipeline (its
-        last step's ``beta_`` and ``beta_ci_``). Its engine settings and a
-        :class:`~sklearn_beta.ScheduleBetaRegressor`'s ``alpha_`` offsets
-        are not read from it: give them (``request_delay``,
-        ``first_token_offset``, ``last_token_offset`` in ``**engine``) for
-        the view the prediction should be in. They are not harmless
-        defaults: a closed-loop client sends as a last token is recorded, and
-        a send even microseconds after a step boundary waits for the next
-        step (measured: the 5 us offsets a schedule fit of an engine-side
-        trace found put the 130 % TTFT 52 % above a client that reads the
-        engine's clock).
+    beta : array-like of shape (n_coefficients,) or fitted estimator
+        The step model's coefficients (``(beta0, beta1, beta2)`` for the
+        published one), or a fitted regressor or pipeline (its last step's
+        ``beta_`` and ``beta_ci_``). A fitted estimator also supplies what it
+        was fitted with (:func:`fitted_engine`) for every keyword left at its
+        default: a :class:`~sklearn_beta.ScheduleBetaRegressor` its engine
+        (chunking, ``max_num_seqs``, ``engine_settings``), client cap, step
+        model and ``alpha_`` offsets (``request_delay``,
+        ``first_token_offset``, ``last_token_offset``: the client's view it
+        was fitted in); a pipeline its transformer's chunking, decode
+        convention and step model. A keyword given with another value wins.
+        The offsets are not harmless defaults: a closed-loop client sends as
+        a last token is recorded, and a send even microseconds after a step
+        boundary waits for the next step (measured: the 5 us offsets a
+        schedule fit of an engine-side trace found put the 130 % TTFT 52 %
+        above a client that reads the engine's clock).
     rate_scale : float, default=1.0
         The new arrival rate over the trace's.
-    beta_interval : array-like of shape (3, 2), default=None
-        Lower and upper limits of each beta.
+    beta_interval : array-like of shape (n_coefficients, 2), default=None
+        Lower and upper limits of each coefficient.
     chunk_size, token_budget, max_num_seqs, num_gpu_blocks, block_size
         The engine (see :func:`~sklearn_beta.replay.replay_trace`;
         :func:`~sklearn_beta.engine_config.estimate_engine_settings` reads
@@ -298,22 +382,29 @@ def what_if_latencies(
     """
     cols = PhaseColumns.coerce(columns)
     _check_rate_scale(rate_scale)
-    values, bounds = _beta_and_interval(beta, beta_interval)
-    max_in_flight = _client_cap(max_in_flight, phases, arrival, intended_arrival, cols)
-    frame, arrival = _rescaled(phases, cols, arrival, intended_arrival, rate_scale)
-    if max_in_flight is not None and intended_arrival not in frame.columns:
-        # Without intended arrivals, the arrivals are what the client meant.
-        frame[intended_arrival] = frame[arrival]
-    settings = dict(
+    given = dict(
         chunk_size=chunk_size,
         token_budget=token_budget,
         max_num_seqs=max_num_seqs,
         num_gpu_blocks=num_gpu_blocks,
         block_size=block_size,
         max_in_flight=max_in_flight,
+        decode_tokens_include_first=decode_tokens_include_first,
+    )
+    given, engine = _with_fitted(given, engine, fitted_engine(beta))
+    values, bounds = _beta_and_interval(beta, beta_interval)
+    max_in_flight = _client_cap(
+        given.pop("max_in_flight"), phases, arrival, intended_arrival, cols
+    )
+    frame, arrival = _rescaled(phases, cols, arrival, intended_arrival, rate_scale)
+    if max_in_flight is not None and intended_arrival not in frame.columns:
+        # Without intended arrivals, the arrivals are what the client meant.
+        frame[intended_arrival] = frame[arrival]
+    settings = dict(
+        **given,
+        max_in_flight=max_in_flight,
         arrival=arrival,
         intended_arrival=intended_arrival,
-        decode_tokens_include_first=decode_tokens_include_first,
         columns=cols,
         **engine,
     )

@@ -29,13 +29,13 @@ from ..core._units import rescaled_timeline
 from ..trust._identifiability import identifiability_diagnostics
 from ..trust._window_fit import edge_test_settings, fit_step_counts_of_window
 from ._baseline import design_diagnostics
-from ._fit import FitSettings, Solution, beta_intervals
+from ._fit import FitSettings, JacobianIntervals, Solution
 
 #: Lagged passes that settle the decode context at given betas.
 SETTLING_PASSES = 2
 
 
-class FeatureSource:
+class FeatureSource(JacobianIntervals):
     """A step model's trace in memory, for the iterative fit.
 
     ``prompt`` is each phase's request prompt, ``features`` the step model's,
@@ -142,19 +142,6 @@ class FeatureSource:
             )
         )
         return diagnostics
-
-    def intervals(self, solution, beta, unit, diagnostics, settings):
-        jac, residual, weight = solution.state[-1]
-        return beta_intervals(
-            self.timeline,
-            beta,
-            jac,
-            residual,
-            weight,
-            diagnostics,
-            settings,
-            unit=unit,
-        )
 
 
 def feature_problem(

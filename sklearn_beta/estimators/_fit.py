@@ -137,6 +137,25 @@ def time_unit(stopping: str, totals) -> float:
     return unit_from_totals(float(steps), float(duration), int(n_phases))
 
 
+class JacobianIntervals:
+    """The ``intervals`` of a source whose solution's last state is the
+    weighted Jacobian, residuals and weights at the betas (the fixed point
+    and step-count solutions of the published and of any step model)."""
+
+    def intervals(self, solution, beta, unit, diagnostics, settings):
+        jac, residual, weight = solution.state[-1]
+        return beta_intervals(
+            self.timeline,
+            beta,
+            jac,
+            residual,
+            weight,
+            diagnostics,
+            settings,
+            unit=unit,
+        )
+
+
 def beta_intervals(
     timeline: Timeline | None,
     beta: np.ndarray,

@@ -51,8 +51,8 @@ from ._feature_source import FeatureSource
 from ._fit import (
     FitSettings,
     FittedBetas,
+    JacobianIntervals,
     Solution,
-    beta_intervals,
     fit_iterative,
 )
 
@@ -62,7 +62,7 @@ __all__ = ["IterativeBetaRegressor"]
 EDGE_TREATMENTS = ("auto", "fit")
 
 
-class TimelineSource:
+class TimelineSource(JacobianIntervals):
     """A trace in memory, for the iterative fit: its timeline, baseline
     design and phase-local step density (from :func:`phase_exposures`), the
     durations fitted and their weights."""
@@ -135,19 +135,6 @@ class TimelineSource:
             )
         )
         return diagnostics
-
-    def intervals(self, solution, beta, unit, diagnostics, settings):
-        jac, residual, weight = solution.state[-1]
-        return beta_intervals(
-            self.timeline,
-            beta,
-            jac,
-            residual,
-            weight,
-            diagnostics,
-            settings,
-            unit=unit,
-        )
 
 
 class IterativeBetaRegressor(BaseBetaRegressor):

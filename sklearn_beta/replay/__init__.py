@@ -11,11 +11,12 @@ from ..engine._replay import (
     replay_scorers,
     replay_trace,
 )
-from ..engine._what_if import infer_max_in_flight, what_if_latencies
+from ..engine._what_if import fitted_engine, infer_max_in_flight, what_if_latencies
 
 __all__ = [
     "infer_max_in_flight",
     "what_if_latencies",
+    "fitted_engine",
     "REPLAY_QUANTITIES",
     "make_replay_scorer",
     "replay_errors",
