@@ -58,12 +58,14 @@ def choose_estimator(phases, args, instance_col) -> tuple[str, str]:
     if args.estimator == "phase":
         return "phase", "--estimator phase"
     if args.step_model != "published":
-        return "phase", (
-            "--step-model "
-            + str(args.step_model)
-            + ": the schedule-consistent fit has the published three "
-            "coefficients only"
+        # the step-model path (cli._step_model.fit_step_model) fits a
+        # client-side trace on the schedule itself
+        where = (
+            "the schedule-consistent fit of that step model, see the notes below"
+            if phases.attrs.get("client_side")
+            else "the phase-exposure fit of that step model"
         )
+        return "phase", f"--step-model {args.step_model}: its own path, {where}"
     if args.dask is not None:
         return "phase", "--dask: the schedule-consistent fit runs in memory only"
     try:

@@ -10,6 +10,12 @@ report carries ``step_model`` and every coefficient by name with its
 interval; a trained-physics fit adds ``blis_trained_physics``, the
 ``--alpha-coeffs`` / ``--beta-coeffs`` values BLIS reads (microseconds, its
 order).
+
+A client-side trace (its prefill phases start at the sends, so they hold the
+queueing) is fitted by the schedule-consistent estimator
+(:class:`~sklearn_beta.ScheduleBetaRegressor`) with the same step model, which
+also fits the request overheads; a trained-physics export then carries them
+as BLIS's alphas.
 """
 
 from __future__ import annotations
@@ -23,15 +29,19 @@ from sklearn.model_selection import GridSearchCV
 from ..core._model_config import GPU_SPECS, read_model_description
 from ..core._step_features import check_step_model
 from ..core._trained_physics import IDENTIFIABLE_FEATURES, to_blis_betas
+from ..engine_config._schedule import ScheduleBetaRegressor
 from ..engine_config._trace_fit import make_model
 from ..io._export_trained_physics import (
+    blis_alphas_of_offsets,
     blis_trained_physics_coeffs,
     format_blis_trained_physics,
 )
 from ..metrics import get_scorer
 from ..model_selection import (
+    RequestKFold,
     TraceBlockSplit,
     TraceContextRegressor,
+    make_schedule_scorer,
     one_standard_error_rule,
 )
 from ._options import STEP_MODEL_CHOICES, UsageError
@@ -40,7 +50,10 @@ __all__ = [
     "STEP_MODEL_CHOICES",
     "basis_options",
     "check_step_model_usage",
+    "fit_client_step_model",
     "fit_step_model",
+    "schedule_model",
+    "with_sends",
     "format_step_model_blis",
     "format_step_model_table",
 ]
@@ -256,9 +269,12 @@ def _compare(phases, args, options: dict, chunk_size: int, progress) -> tuple:
     return results["params"][chosen][param], selection
 
 
-def _coefficients(regressor, model_description) -> tuple[dict, dict | None]:
+def _coefficients(
+    regressor, model_description, alpha=(0.0, 0.0, 0.0)
+) -> tuple[dict, dict | None]:
     """Every coefficient by name with its interval and unit; for
-    trained-physics the values BLIS takes (microseconds)."""
+    trained-physics the values BLIS takes (microseconds), with the request
+    overheads ``alpha`` (BLIS's meaning, seconds)."""
     names = regressor.coef_names_
     beta = np.asarray(regressor.beta_, dtype=float)
     ci = getattr(regressor, "beta_ci_", None)
@@ -270,7 +286,7 @@ def _coefficients(regressor, model_description) -> tuple[dict, dict | None]:
         # to microseconds (the trace is in seconds): BLIS's units
         scale = np.full(len(names), 1e6)
         units = [_BLIS_UNITS[n] for n in names]
-        blis = blis_trained_physics_coeffs(beta, model_description)
+        blis = blis_trained_physics_coeffs(beta, model_description, alpha=alpha)
     coefficients = {
         name: {
             "value": float(beta[i] * scale[i]),
@@ -306,10 +322,7 @@ def fit_step_model(phases, args, options: dict, chunk_size: int, progress) -> di
     """Fit the step model of ``--step-model`` (choosing it for ``auto``);
     the report's step-model sections."""
     if phases.attrs.get("client_side"):
-        raise ValueError(
-            "a client-side trace fits the published step model only (its "
-            "request overheads are searched with it); use --step-model published"
-        )
+        return fit_client_step_model(phases, args, options, chunk_size, progress)
     selection = None
     step_model = args.step_model
     if step_model == "auto":
@@ -415,3 +428,177 @@ def format_step_model_blis(report: dict, args) -> str:
         trace_header=args.trace_header or "trace_header.yaml",
         comments=comments,
     )
+
+
+def schedule_model(step_model, args, options: dict, chunk_size: int):
+    """The schedule-consistent estimator of a step model on the engine the
+    command line chose (chunking) or was given (``--max-num-seqs``, the KV
+    cache)."""
+    settings = None
+    if args.num_gpu_blocks is not None:
+        settings = {
+            "num_gpu_blocks": args.num_gpu_blocks,
+            "block_size": args.block_size,
+        }
+    basis = {}
+    if step_model == "trained-physics":
+        basis = dict(
+            model_config=args.model_config,
+            gpu=args.gpu,
+            tensor_parallelism=args.tensor_parallelism,
+        )
+    return ScheduleBetaRegressor(
+        chunk_size,
+        options.get("token_budget"),
+        args.max_num_seqs,
+        engine_settings=settings,
+        # None: one engine, as the phase-exposure fits read it
+        columns={"instance_id": options.get("instance_col")},
+        step_model=step_model,
+        **basis,
+    )
+
+
+def with_sends(phases):
+    """The trace with each request's send (its prefill start on a
+    client-side trace) in an ``arrival`` column."""
+    if "arrival" in phases.columns:
+        return phases
+    return phases.assign(
+        arrival=phases.groupby("request_id")["t_start"].transform("min")
+    )
+
+
+def fit_client_step_model(phases, args, options: dict, chunk_size: int, progress):
+    """A step model on a client-side trace: the schedule-consistent fit (the
+    queueing is in the prefill phases), its coefficients and request
+    overheads, and for trained-physics BLIS's values with the overheads as
+    its alphas (``io._export_trained_physics.blis_alphas_of_offsets``)."""
+    step_model, selection = args.step_model, None
+    phases = with_sends(phases)
+    if step_model == "auto":
+        step_model, selection = _compare_schedules(
+            phases, args, options, chunk_size, progress
+        )
+    progress.say(f"fitting step model {_label(step_model)} to the schedule...")
+    model = schedule_model(step_model, args, options, chunk_size)
+    model.fit(phases)
+    offsets = dict(model.alpha_)
+    alpha = blis_alphas_of_offsets(*offsets.values())
+    coefficients, blis = _coefficients(model, model.model_description_, alpha)
+    report = {
+        "step_model": step_model,
+        "objective": "schedule",
+        "coefficients": coefficients,
+        "confidence_level": model.confidence_level,
+        "step_model_selection": selection,
+        "request_overheads": offsets,
+        "notes": _schedule_notes(model, step_model, offsets),
+    }
+    if model.model_description_ is not None:
+        betas = to_blis_betas(model.beta_, model.model_description_)
+        report["blis_trained_physics"] = blis
+        report["fixed_coefficients"] = dict(model.fixed_coefficients_)
+        report["notes"].append(_alpha_note(offsets, alpha))
+        report["notes"] += [
+            f"BLIS {name} fixed at {why}" for name, why in betas.fixed.items()
+        ]
+    return report
+
+
+def _schedule_notes(model, step_model, offsets: dict) -> list[str]:
+    notes = [
+        f"step model {_label(step_model)} fitted by the schedule-consistent "
+        "estimator (ScheduleBetaRegressor): a client-side trace's prefill "
+        "phases hold the queueing, which it replays; "
+        f"{model.n_iter_} replay(s), "
+        + ("converged" if model.converged_ else "NOT converged")
+        + f", schedule misfit {model.schedule_misfit_:.3g}",
+        "request overheads (s): first token {first_token:.6g}, last token "
+        "{last_token:.6g} after the engine's, queue delay {queue:.6g}".format(
+            **offsets
+        ),
+    ]
+    return notes
+
+
+def _alpha_note(offsets: dict, alpha) -> str:
+    note = (
+        "alpha_coeffs from the fitted request overheads: a0 = queue delay + "
+        "first-token offset, a1 = last-token minus first-token offset, a2 = 0 "
+        "(no per-token offset is fitted)"
+    )
+    if offsets["last_token"] < offsets["first_token"]:
+        note += "; a1 clipped at 0 (the last-token offset is the smaller)"
+    return note
+
+
+def _held_out_replay_error(estimator, X, y=None) -> float:
+    """Minus the mean of the held-out requests' TTFT and decode-phase mean
+    absolute relative errors in a replay of the whole trace: the prefill
+    step model shows in the one, the decode step model in the other."""
+    ttft = make_schedule_scorer("ttft")(estimator, X)
+    decode = make_schedule_scorer("decode")(estimator, X)
+    return 0.5 * (ttft + decode)
+
+
+def _compare_schedules(phases, args, options: dict, chunk_size: int, progress):
+    """``--step-model auto`` on a client-side trace: the schedule fits of
+    each candidate compared by held-out requests (:class:`RequestKFold`,
+    each fold's requests replayed amid the whole trace)."""
+    candidates = _candidates(args)
+    progress.say(
+        f"comparing step models {', '.join(candidates)} by held-out requests..."
+    )
+    grid = [{"step_model": [c]} for c in candidates if c != "trained-physics"]
+    if "trained-physics" in candidates:
+        grid.append(
+            {
+                "step_model": ["trained-physics"],
+                "model_config": [args.model_config],
+                "gpu": [args.gpu],
+                "tensor_parallelism": [args.tensor_parallelism],
+            }
+        )
+    estimator = schedule_model("published", args, options, chunk_size)
+    search = GridSearchCV(
+        estimator.set_params(trace=phases),
+        grid,
+        cv=RequestKFold(args.cv_folds, shuffle=True, random_state=0),
+        scoring=_held_out_replay_error,
+        refit=one_standard_error_rule(),
+        error_score=np.nan,
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the final fit's warnings are the report's
+        search.fit(phases)
+    results = search.cv_results_
+    rows = [
+        _selection_row(results, i, params["step_model"], args.cv_folds, search)
+        for i, params in enumerate(results["params"])
+    ]
+    selection = {
+        "metric": "mean of the held-out requests' TTFT and decode-phase mean "
+        "absolute relative errors (schedule-consistent fits)",
+        "cv": f"RequestKFold({args.cv_folds}, shuffled) replayed in the whole trace",
+        "rule": "the fewest coefficients within one standard error of the best",
+        "candidates": rows,
+    }
+    return results["params"][int(search.best_index_)]["step_model"], selection
+
+
+def _selection_row(results, i: int, step_model, folds: int, search) -> dict:
+    error = _finite(-float(results["mean_test_score"][i]))
+    se = _finite(float(results["std_test_score"][i]) / math.sqrt(folds))
+    n_coefficients = len(
+        IDENTIFIABLE_FEATURES
+        if step_model == "trained-physics"
+        else check_step_model(step_model)
+    )
+    return {
+        "step_model": step_model,
+        "n_coefficients": n_coefficients,
+        "held_out_error": error,
+        "standard_error": se,
+        "chosen": i == int(search.best_index_),
+    }

@@ -15,6 +15,7 @@ from ._dask_fit import (
     transform_partitions,
 )
 from ._fleet import is_dask_collection
+from ._requests import collect_requests
 
 register_backend(
     is_dask_collection,
@@ -24,5 +25,6 @@ register_backend(
         exposures=partition_exposures,
         predict=predict_partitions,
         score=score_partitions,
+        requests=collect_requests,
     ),
 )

@@ -12,6 +12,7 @@ traces whose prefill phase starts at the send.
 
 from __future__ import annotations
 
+import os
 import warnings
 from dataclasses import dataclass, field, replace
 from itertools import product
@@ -30,16 +31,26 @@ from sklearn.utils.validation import check_is_fitted
 from ..core._columns import PhaseColumns
 from ..core._constraints import Number, count
 from ..core._ids import phase_kinds
+from ..core._model_config import GPU_SPECS
 from ..core._nnls import nnls_fit
+from ..core._step_features import STEP_FEATURES
+from ..core._trained_physics import (
+    IDENTIFIABLE_FEATURES,
+    fixed_coefficients,
+    identifiable_map,
+)
 from ..core._validation import request_codes
 from ..core._warnings import warn
 from ..engine._loop import EngineSettings, run_engine
 from ..engine._replay_requests import clock_origin, trace_requests
+from ..estimators._backend import backend_for
 from ..estimators._baseline import BaselineBetaRegressor
 from ..estimators._exposure import PhaseExposureTransformer
 from ..estimators._iterative import IterativeBetaRegressor
 from ._schedule_design import (
+    StepBasis,
     difference_design,
+    embed_beta,
     level_design,
     locate,
     schedule_events,
@@ -106,9 +117,11 @@ class ScheduleBetaRegressor(RegressorMixin, BaseEstimator):
 
     The engine runs busy periods of steps; a period starts at an arrival and
     its step ``k`` ends ``beta . sum_{j <= k} (1, T_pf[j], T_dec[j])`` after
-    it. Given the schedule (which steps ran with how many tokens, and the
-    step in which each request was scheduled, got its first and its last
-    token), every observed time is linear in the betas and three offsets.
+    it (another ``step_model``: ``beta . sum_{j <= k} f_j`` over its
+    per-step features ``f_j``). Given the schedule (which steps ran with how
+    many tokens, and the step in which each request was scheduled, got its
+    first and its last token), every observed time is linear in the betas
+    and three offsets.
     Each iteration replays the trace on the engine loop of
     :func:`~sklearn_beta.datasets.simulate_trace` with the current
     coefficients, its steps ending at the observed first and last token
@@ -168,13 +181,17 @@ class ScheduleBetaRegressor(RegressorMixin, BaseEstimator):
         ``"trace"`` when ``trace`` is set (held-out evaluation), else
         ``"model"`` (a replay of ``X`` itself may not use its own times).
         What-if forecasts run on model time whatever this is.
-    init : {"auto", "baseline", "iterative"} or array-like of shape (3,), \
-default="auto"
+    init : {"auto", "baseline", "iterative"} or array-like of shape \
+(n_coefficients,), default="auto"
         Start of the iteration: a phase-exposure fit
-        (``PhaseExposureTransformer`` with this engine's chunk size and
-        budget, then :class:`BaselineBetaRegressor` or
-        :class:`IterativeBetaRegressor`; biased under load, the iteration
-        corrects that), or given betas. ``"auto"`` computes both fits,
+        (``PhaseExposureTransformer`` with this engine's chunk size, budget
+        and step model, then :class:`BaselineBetaRegressor` or
+        :class:`IterativeBetaRegressor`, the latter on the duration
+        objective for a step model beyond the published one; biased under
+        load, the iteration corrects that; where the step model's exposures
+        cannot be computed, e.g. prefill attention under a budget-bound
+        chunk, the published fit's steps in the model's coefficients), or
+        given coefficients (``coef_names_``). ``"auto"`` computes both fits,
         runs short fits from each (and from each profiled offset) on the
         trace's head and starts from the one whose fit explains the times
         best (``init_misfit_``): either start fails on some traces
@@ -211,13 +228,50 @@ default="auto"
         ``max_in_flight``.
     columns : PhaseColumns, mapping or None, default=None
         Column names of the phase table.
+    step_model : str or list of str, default="published"
+        The step time's features, as on :class:`PhaseExposureTransformer`
+        (the same names and checks): ``"published"`` ``(steps,
+        prefill_tokens, decode_tokens)``, ``"attention"`` (adds
+        ``prefill_attention`` and ``decode_context``), a list of features of
+        ``core._step_features.STEP_FEATURES``, or ``"trained-physics"``
+        (BLIS's basis for the deployment of ``model_config``, ``gpu`` and
+        ``tensor_parallelism``; the six identifiable coefficients are
+        fitted). The replays run the engine with this step model and the
+        design rows hold its per-step feature sums.
+    model_config : str, path-like or None, default=None
+        ``step_model="trained-physics"`` only (required there): the model's
+        HuggingFace ``config.json``.
+    gpu : str or None, default=None
+        ``step_model="trained-physics"`` only (required there): one of
+        ``"H100"``, ``"A100-SXM"``, ``"A100-80"``, ``"L40S"``.
+    tensor_parallelism : int or None, default=None
+        ``step_model="trained-physics"`` only: the tensor-parallel degree
+        (None: 1).
 
     Attributes
     ----------
-    beta_ : ndarray of shape (3,)
-        ``[beta0, beta1, beta2]``.
-    coef_ : ndarray of shape (3,)
+    beta_ : ndarray of shape (n_coefficients,)
+        ``[beta0, beta1, beta2]`` for the published step model, else one
+        coefficient per name of ``coef_names_`` (seconds per unit of the
+        feature; trained-physics: per microsecond of roofline time, per step
+        and per request in the batch, as the phase-exposure regressors).
+    coef_ : ndarray of shape (n_coefficients,)
         Same values as ``beta_``.
+    coef_names_ : tuple of str
+        The coefficients' names, as the phase-exposure regressors name them:
+        ``beta0, beta1, beta2``, the step model's features, or
+        ``core._trained_physics.IDENTIFIABLE_FEATURES``.
+    step_features_ : tuple of str
+        The per-step features the replays record (all six for
+        trained-physics).
+    step_basis_ : ndarray of shape (6, 6) or None
+        Trained-physics: the map from the step features to the identifiable
+        coefficients' columns (``identifiable_map``); else None.
+    fixed_coefficients_ : dict
+        Trained-physics: the BLIS coefficients a trace does not determine,
+        with their value and why; else empty.
+    model_description_ : ModelDescription or None
+        The trained-physics deployment (None otherwise).
     intercept_ : float
         Always 0.0.
     alpha_ : dict
@@ -226,12 +280,12 @@ default="auto"
         scheduled times, i.e. prefill starts after the arrivals; else 0 and
         absorbed by the others), ``"first_token"`` and ``"last_token"``,
         from the engine's event to the observed time.
-    beta_ci_ : ndarray of shape (3, 2) or None
+    beta_ci_ : ndarray of shape (n_coefficients, 2) or None
         Confidence limits of the betas at ``confidence_level`` from the
         heteroscedasticity-robust (HC0 sandwich) covariance of the last
         weighted fit, clipped at 0; None when ``confidence_level`` is None.
-    init_beta_ : ndarray of shape (3,)
-        The betas the iteration started from.
+    init_beta_ : ndarray of shape (n_coefficients,)
+        The coefficients the iteration started from.
     init_misfit_ : dict
         The smallest ``schedule_misfit`` of the short fits from each start
         (``"baseline"`` and ``"iterative"`` with ``init="auto"``, else
@@ -251,7 +305,8 @@ default="auto"
         scheduled differently from the previous one.
     history_ : DataFrame
         One row per fit: its kind (``"levels"``, ``"differences"`` or
-        ``"pooled"``), the betas, the offset totals ``c_scheduled``,
+        ``"pooled"``), the coefficients (named as ``coef_names_``), the
+        offset totals ``c_scheduled``,
         ``c_first``, ``c_last``, the requests rescheduled by its replay and
         the coefficients' change (``step``).
     fitted_requests_ : ndarray of bool of shape (n_requests,)
@@ -306,6 +361,10 @@ default="auto"
         "max_in_flight": [count(), None],
         "intended_arrival": [str],
         "columns": [PhaseColumns, dict, None],
+        "step_model": [str, list, tuple],
+        "model_config": [str, os.PathLike, None],
+        "gpu": [StrOptions(set(GPU_SPECS)), None],
+        "tensor_parallelism": [count(1), None],
     }
 
     def __init__(
@@ -327,6 +386,10 @@ default="auto"
         max_in_flight=None,
         intended_arrival="intended_arrival",
         columns=None,
+        step_model="published",
+        model_config=None,
+        gpu=None,
+        tensor_parallelism=None,
     ):
         self.chunk_size = chunk_size
         self.token_budget = token_budget
@@ -344,6 +407,10 @@ default="auto"
         self.max_in_flight = max_in_flight
         self.intended_arrival = intended_arrival
         self.columns = columns
+        self.step_model = step_model
+        self.model_config = model_config
+        self.gpu = gpu
+        self.tensor_parallelism = tensor_parallelism
 
     # ------------------------------------------------------------------
     # public API
@@ -355,9 +422,12 @@ default="auto"
 
         Parameters
         ----------
-        X : DataFrame
+        X : DataFrame or dask.dataframe.DataFrame
             Phase table, one prefill and one decode row per request; with
-            ``trace``, rows of it (their requests are fitted).
+            ``trace``, rows of it (their requests are fitted). A Dask
+            DataFrame (without ``trace``) is reduced on its workers to the
+            few numbers per request the fit reads, which are collected and
+            fitted in memory: the same fit as of the pandas table.
         y : None
             Ignored: the observed times come from the table.
 
@@ -366,8 +436,10 @@ default="auto"
         self : object
             Fitted estimator.
         """
+        X = self._in_memory(X)
         self._resolved_clock()  # clock="trace" without trace raises
         frame, rows = self._frame_rows(X)
+        basis = self._set_step_model()
         trace = self._read(frame)
         keep = None
         fitted = np.ones(trace.n_requests, dtype=bool)
@@ -376,18 +448,20 @@ default="auto"
             fitted[trace.row_request[rows]] = True
             keep = np.repeat(fitted, trace.n_kinds)
         self.fitted_requests_ = fitted
-        free = self._free_columns(trace.scheduled)
+        free = self._free_columns(trace.scheduled, basis.n_coef)
         starts = self._initial_betas(X if rows is None else frame.iloc[rows])
-        theta = np.zeros(6)
-        theta[:3], snap = self._start(frame, trace, starts, keep, free)
-        self.init_beta_ = theta[:3].copy()
+        theta = np.zeros(basis.n_coef + 3)
+        theta[:-3], snap = self._start(frame, trace, starts, keep, free)
+        self.init_beta_ = theta[:-3].copy()
         self.init_offsets_ = snap
-        others = [beta for beta in starts if not np.array_equal(beta, theta[:3])]
+        others = [beta for beta in starts if not np.array_equal(beta, theta[:-3])]
         solved = self._solve(trace, theta, keep, free, snap, others)
         self.n_iter_ = solved.n_iter
         self.converged_ = solved.converged
         self.schedule_changes_ = np.asarray(solved.changes, dtype=np.int64)
-        self.history_ = pd.DataFrame(solved.history, columns=HISTORY_COLUMNS)
+        self.history_ = pd.DataFrame(
+            solved.history, columns=history_columns(self.coef_names_)
+        )
         self._set_coefficients(solved.theta)
         self.n_rows_ = int(solved.rows.target.shape[0])
         self.schedule_misfit_ = solved.misfit
@@ -409,7 +483,7 @@ default="auto"
         for beta in others if solved.settled_misfit > MISFIT_SEARCH else ():
             other = solve_schedule(
                 trace,
-                np.r_[beta, theta[3:]],
+                np.r_[beta, theta[-3:]],
                 keep,
                 free,
                 self._schedule,
@@ -580,6 +654,25 @@ default="auto"
     def _columns(self) -> PhaseColumns:
         return PhaseColumns.coerce(self.columns)
 
+    def _in_memory(self, X):
+        """``X``, or the phase table in memory that the backend of a
+        collection out of memory (Dask) reduces it to: one prefill and one
+        decode row per request, the columns the fit reads."""
+        backend = backend_for(X)
+        if backend is None:
+            return X
+        if backend.requests is None or self.trace is not None:
+            raise TypeError(
+                "ScheduleBetaRegressor fits a collection out of memory (Dask) "
+                "without trace= only, through a backend that collects its "
+                f"requests; got {type(X).__name__}"
+                + (" with trace= set." if self.trace is not None else ".")
+            )
+        extra = [self.arrival, self.cached_tokens]
+        if self.max_in_flight is not None:
+            extra.append(self.intended_arrival)
+        return backend.requests(X, self._columns(), [c for c in extra if c is not None])
+
     def _frame_rows(self, X):
         """The table to replay and the positions of ``X``'s rows in it
         (None: ``X`` is the table)."""
@@ -602,22 +695,25 @@ default="auto"
             )
         return self.trace, pos
 
-    def _free_columns(self, scheduled: bool) -> np.ndarray:
-        free = np.zeros(6, dtype=bool)
-        free[:3] = True
+    def _free_columns(self, scheduled: bool, n_coef: int) -> np.ndarray:
+        free = np.zeros(n_coef + 3, dtype=bool)
+        free[:n_coef] = True
         if self.fit_offsets:
-            free[4:] = True
-            free[3] = scheduled  # only scheduled times see the queue delay
+            free[-2:] = True
+            free[-3] = scheduled  # only scheduled times see the queue delay
         return free
 
     def _initial_betas(self, X) -> list:
         """The starts ``init`` names: one, or both phase-exposure fits."""
         if not isinstance(self.init, str):
             beta = np.asarray(self.init, dtype=float)
-            if beta.shape != (3,) or not np.all(np.isfinite(beta)) or np.any(beta < 0):
+            n = len(self.coef_names_)
+            if beta.shape != (n,) or not np.all(np.isfinite(beta)) or np.any(beta < 0):
+                count = "three" if n == 3 else str(n)
                 raise ValueError(
-                    f"init must be 'auto', 'baseline', 'iterative' or three "
-                    f"non-negative betas, got {self.init!r}."
+                    f"init must be 'auto', 'baseline', 'iterative' or {count} "
+                    f"non-negative betas {list(self.coef_names_)}, got "
+                    f"{self.init!r}."
                 )
             return [beta]
         names = INIT_FITS if self.init == "auto" else (self.init,)
@@ -627,21 +723,84 @@ default="auto"
         chunk = self.chunk_size
         if chunk is None:  # no chunk cap: every prompt is one chunk
             chunk = int(X[self._columns().prefill_tokens].max())
-        regressor = {
+        basis = self._fitted_basis()
+        if basis.published:
+            return self._exposure_fit(X, name, chunk, {}, {})
+        regressor = {}
+        if name == "iterative":
+            # the step-count objective fits the published model only
+            regressor = dict(
+                objective="duration",
+                init_correction_mode=None,
+                correction_mode="beta_informed",
+            )
+        try:
+            return self._exposure_fit(X, name, chunk, self._step_params(), regressor)
+        except ValueError:
+            # e.g. prefill attention under a budget-bound chunk: start from
+            # the published fit's steps instead
+            return embed_beta(basis, self._exposure_fit(X, name, chunk, {}, {}))
+
+    def _exposure_fit(self, X, name, chunk, step_params, regressor) -> np.ndarray:
+        """Betas of a phase-exposure pipeline (the transformer with this
+        engine's chunking and ``step_params``, then ``name``'s regressor)."""
+        regressors = {
             "baseline": BaselineBetaRegressor,
             "iterative": IterativeBetaRegressor,
         }
         model = make_pipeline(
             PhaseExposureTransformer(
-                chunk, token_budget=self.token_budget, columns=self.columns
+                chunk,
+                token_budget=self.token_budget,
+                columns=self.columns,
+                **step_params,
             ),
-            regressor[name](confidence_level=None),
+            regressors[name](confidence_level=None, **regressor),
         )
         with warnings.catch_warnings():
             # The phase-exposure fit is only the start, expected biased.
             warnings.simplefilter("ignore")
             model.fit(X)
         return np.asarray(model[-1].beta_, dtype=float)
+
+    def _step_params(self) -> dict:
+        return {
+            "step_model": self.step_model,
+            "model_config": self.model_config,
+            "gpu": self.gpu,
+            "tensor_parallelism": self.tensor_parallelism,
+        }
+
+    def _set_step_model(self) -> StepBasis:
+        """Resolve ``step_model`` as :class:`PhaseExposureTransformer` does
+        (the same names, checks and trained-physics deployment) and set the
+        fitted attributes naming the coefficients; returns the basis."""
+        transformer = PhaseExposureTransformer(**self._step_params())
+        features = transformer._features()
+        self.model_description_ = transformer._model_description()
+        basis = None
+        if self.model_description_ is not None:
+            basis = identifiable_map(self.model_description_)
+        self.step_features_ = tuple(features)
+        self.step_basis_ = basis
+        step = self._fitted_basis()
+        if basis is not None:
+            self.coef_names_ = IDENTIFIABLE_FEATURES
+        else:
+            self.coef_names_ = BETA_NAMES if step.published else self.step_features_
+        self.fixed_coefficients_ = {} if basis is None else fixed_coefficients()
+        return step
+
+    def _fitted_basis(self) -> StepBasis:
+        return StepBasis(self.step_features_, self.step_basis_)
+
+    def _engine_beta(self, coef) -> np.ndarray:
+        """The engine loop's betas of the coefficients ``coef``, with a
+        positive time for every step."""
+        basis = self._fitted_basis()
+        if basis.published:
+            return _usable_beta(coef, None)
+        return _usable_engine_beta(basis.engine_beta(coef))
 
     def _start(self, frame, trace, starts, keep, free) -> tuple:
         """The betas and the offsets the fit starts from.
@@ -666,7 +825,7 @@ default="auto"
         """
         head, head_keep = _trace_head(self, frame, trace, keep)
         offsets = [0.0]
-        if self.fit_offsets and np.any(free[4:]):
+        if self.fit_offsets and np.any(free[-2:]):
             offsets = _offset_candidates(head.requests)
         misfit = np.full((len(starts), len(offsets)), np.inf)
         found = np.zeros((len(starts), len(offsets), 3))
@@ -683,7 +842,7 @@ default="auto"
             )
             if solved.history[-1][0] != "levels":  # else nothing to compare
                 misfit[i, j] = schedule_misfit(solved.rows, solved.theta, free)
-            found[i, j] = solved.theta[3:]
+            found[i, j] = solved.theta[-3:]
         if len(starts) > 1:
             names = INIT_FITS
         else:
@@ -750,6 +909,8 @@ default="auto"
             token_budget=self.token_budget,
             max_num_seqs=self._caps(trace.n_requests),
             record_steps=record,
+            # a step model beyond the published three reads every feature
+            record_features=record and len(beta) != 3,
             settings=settings,
             observed_ends=observed_ends,
             cached_tokens=trace.requests["cached"],
@@ -777,7 +938,8 @@ default="auto"
         """The replay of ``predict`` and ``replay``: on model time, or on the
         trace's clock of the fitted requests' observed token times."""
         if self._resolved_clock() == "model":
-            return self._run(trace, self.beta_, self.alpha_["queue"], forecast=True)
+            beta = self._engine_beta(self.beta_)
+            return self._run(trace, beta, self.alpha_["queue"], forecast=True)
         alpha = self.alpha_
         theta = np.r_[
             self.beta_,
@@ -803,6 +965,7 @@ default="auto"
             run.arrival,
             trace.requests["instance"],
             scheduled=trace.scheduled,
+            basis=self._fitted_basis(),
         )
 
     def _kv_bound(self) -> bool:
@@ -811,25 +974,34 @@ default="auto"
     def _aligned_run(self, trace, theta, observed_ends, align):
         """A replay snapped to ``observed_ends``, its admissions aligned with
         the trace's (``_TraceEvents.align_admissions``) when ``align``."""
-        queue = theta[3]
-        beta = _usable_beta(theta[:3], None)
+        queue = theta[-3]
+        beta = self._engine_beta(theta[:-3])
         run = self._run(trace, beta, queue, True, observed_ends)
         if align and self.arrival is not None:
             # from the trace's arrivals every time: the schedule stays a
             # function of theta, which the solver's stopping rules assume
             trace.replay_arrival = trace.base_arrival
             for _ in range(ALIGN_ROUNDS):
-                if not trace.align_admissions(run, beta):
+                if not trace.align_admissions(run, self._model_steps(run, beta)):
                     break
                 run = self._run(trace, beta, queue, True, observed_ends)
         return run
 
+    def _model_steps(self, run, beta) -> np.ndarray:
+        """Model time of each recorded step of ``run`` under the engine's
+        betas ``beta``."""
+        if len(beta) == 3:
+            model = beta[0] + beta[1] * run.step_prefill_tokens
+            return model + beta[2] * run.step_decode_tokens
+        columns, scale = StepBasis(STEP_FEATURES).step_columns(run)
+        return (columns * scale) @ beta
+
     def _set_coefficients(self, theta) -> None:
-        self.beta_ = theta[:3].copy()
+        self.beta_ = theta[:-3].copy()
         self.coef_ = self.beta_.copy()
         self.intercept_ = 0.0
-        queue = float(theta[3])
-        totals = (queue, float(theta[4]) - queue, float(theta[5]) - queue)
+        queue = float(theta[-3])
+        totals = (queue, float(theta[-2]) - queue, float(theta[-1]) - queue)
         self.alpha_ = dict(zip(ALPHA_NAMES, totals, strict=True))
 
     def _alpha_total(self, name: str) -> float:
@@ -848,23 +1020,30 @@ default="auto"
         inv = np.linalg.pinv(A)
         cov = np.zeros((X.shape[1], X.shape[1]))
         cov[np.ix_(active, active)] = inv @ B @ inv
-        se = np.sqrt(np.clip(np.diag(cov)[:3], 0, None))
+        n_coef = theta.shape[0] - 3
+        se = np.sqrt(np.clip(np.diag(cov)[:n_coef], 0, None))
         z = norm.ppf(0.5 + self.confidence_level / 2)
-        beta = theta[:3]
+        beta = theta[:n_coef]
         return np.column_stack((np.clip(beta - z * se, 0, None), beta + z * se))
 
 
+#: Names of the published model's coefficients.
+BETA_NAMES = ("beta0", "beta1", "beta2")
 HISTORY_COLUMNS = [
     "fit",
-    "beta0",
-    "beta1",
-    "beta2",
+    *BETA_NAMES,
     "c_scheduled",
     "c_first",
     "c_last",
     "rescheduled",
     "step",
 ]
+
+
+def history_columns(coef_names) -> list:
+    """``history_``'s columns: the fit, each coefficient, the offsets, the
+    rescheduled requests and the step."""
+    return ["fit", *coef_names, *HISTORY_COLUMNS[4:]]
 
 
 @dataclass
@@ -939,7 +1118,7 @@ def solve_schedule(
     n_iter, converged = 0, False
     while n_iter < max_iter:
         n_iter += 1
-        snap = np.r_[theta[:3], state.snap_offsets]
+        snap = np.r_[theta[:-3], state.snap_offsets]
         # arrivals are aligned once the snapping has its offsets (those of
         # the first fit on differences): offsets still missing strain the
         # snapped steps as a misplaced arrival does
@@ -974,7 +1153,7 @@ def solve_schedule(
         # a fit far above the noise is not an answer: an earlier one with
         # less misfit was on a schedule closer to the trace's
         misfit, theta, rows = state.best
-    mean_step = float(np.mean(schedule.features @ theta[:3]))
+    mean_step = float(np.mean(schedule.step_times(theta[:-3])))
     return ScheduleSolution(
         theta, converged, n_iter, changes, history, rows, misfit, mean_step, settled
     )
@@ -1025,17 +1204,17 @@ def _search_grid(trace, solved, keep) -> list:
     theta = solved.theta
     gap = coincident_gap(trace, keep, solved.mean_step)
     if gap is None:
-        gap = theta[4] - theta[5]
+        gap = theta[-2] - theta[-1]
     span = SEARCH_SPAN * solved.mean_step
-    level = theta[4] + np.linspace(-span, span, SEARCH_POINTS)
+    level = theta[-2] + np.linspace(-span, span, SEARCH_POINTS)
     lowest = max(0.0, gap)  # the fit's offsets are >= 0
     # the bound itself, too: a trace without reporting delays has it
     level = np.r_[lowest, level[level > lowest]]
     starts = [theta]
     levels = [record for record in solved.history if record[0] == "levels"]
     if levels:  # the hand-over to the differences, too
-        starts.append(np.r_[levels[-1][1:4], theta[3:]])
-    return [(start, np.r_[theta[3], c, c - gap]) for start in starts for c in level]
+        starts.append(np.r_[levels[-1][1 : theta.shape[0] - 2], theta[-3:]])
+    return [(start, np.r_[theta[-3], c, c - gap]) for start in starts for c in level]
 
 
 def _rank(solution) -> tuple:
@@ -1074,18 +1253,18 @@ def coincident_gap(trace, keep, mean_step):
 def _fit_schedule(state, schedule, two_back, trace, theta, keep, free):
     """One fit on a replay's schedule: ``(theta, rows, step, pooled)``."""
     anchors = trace.anchor_times(schedule)
-    new = np.zeros(6)
+    new = np.zeros_like(theta)
     if state.stage == "levels":
         rows = level_design(schedule, trace.event_times, anchors, keep)
         # betas only: offsets fitted on levels are weakly identified and, fed
         # back into the snapping, push the schedule off. The snapping's
         # offsets are taken as known instead: left in the targets, a
         # reporting delay of a few steps reads as step time.
-        known = rows.design[:, 3:] @ state.snap_offsets
-        new[:3] = nnls_fit(rows.design[:, :3], rows.target - known, rows.weight)
-        new[3:] = state.snap_offsets
+        known = rows.design[:, -3:] @ state.snap_offsets
+        new[:-3] = nnls_fit(rows.design[:, :-3], rows.target - known, rows.weight)
+        new[-3:] = state.snap_offsets
     else:
-        rows = difference_design(schedule, trace.event_times, anchors, theta[:3], keep)
+        rows = difference_design(schedule, trace.event_times, anchors, theta[:-3], keep)
         new[free], rows = _robust_fit(rows, free)
     pooled = state.fitted_differences and schedule.same_as(two_back)
     if pooled:
@@ -1093,10 +1272,10 @@ def _fit_schedule(state, schedule, two_back, trace, theta, keep, free):
         # replays into the other): both are schedules of the trace within
         # the noise; fit their rows together and stop.
         rows = _stack_rows(state.fit_rows, rows)
-        new = np.zeros(6)
+        new = np.zeros_like(theta)
         new[free], rows = _robust_fit(rows, free)
-    step = _relative_step(theta[:3], new[:3], schedule.features)
-    new[:3] = _usable_beta(new[:3], schedule.features)
+    step = _relative_step(theta[:-3], new[:-3], schedule)
+    new[:-3] = _usable_beta(new[:-3], schedule)
     return new, rows, step, pooled
 
 
@@ -1113,7 +1292,7 @@ def _settled(state: _LoopState, step: float, theta, tol: float, pooled: bool) ->
     if step < tol or pooled:
         return True
     if not state.fitted_differences:
-        state.snap_offsets = theta[3:].copy()
+        state.snap_offsets = theta[-3:].copy()
     state.fitted_differences = True
     state.last_step = step
     return False
@@ -1170,12 +1349,12 @@ class _TraceEvents:
         offsets of ``theta`` removed), NaN outside ``keep``: the times a
         replay on the trace's clock snaps its steps to."""
         times = self.event_times.reshape(self.n_requests, self.n_kinds)[:, -2:]
-        ends = (times - theta[4:6] + theta[3]).T.copy()
+        ends = (times - theta[-2:] + theta[-3]).T.copy()
         if keep is not None:
             ends[:, ~keep.reshape(self.n_requests, self.n_kinds)[:, 0]] = np.nan
         return ends
 
-    def align_admissions(self, run, beta) -> bool:
+    def align_admissions(self, run, model) -> bool:
         """Move the replay's arrivals across a step boundary where the trace
         shows the replay admitted the request at the wrong one; True when
         any moved.
@@ -1194,10 +1373,9 @@ class _TraceEvents:
         boundary. The observed arrival stays the anchor of the fit.
         """
         inst, start, end = run.step_instance, run.step_start, run.step_end
-        model = beta[0] + beta[1] * run.step_prefill_tokens
         # in time, not relative to the step: a prompt's last chunk (a long
         # step) takes up the whole admission step (a short one) gained or lost
-        strain = (end - start) - (model + beta[2] * run.step_decode_tokens)
+        strain = (end - start) - model
         instance = self.requests["instance"]
         j = locate(inst, start, instance, run.admitted)
         strain = strain[locate(inst, end, instance, run.prefill_end)]
@@ -1337,24 +1515,44 @@ def _robust_fit(rows, free):
     return theta, replace(rows, weight=weight, prior_weight=rows.weight)
 
 
-def _usable_beta(beta: np.ndarray, features) -> np.ndarray:
+def _usable_beta(beta: np.ndarray, schedule) -> np.ndarray:
     """``beta`` with a positive step time for every step the replay may run.
 
     A fit may put ``beta0`` at zero with ``beta1`` or ``beta2`` too; the
     engine refuses zero-length steps, so ``beta0`` gets a millionth of the
-    mean step time instead (far below what a trace resolves).
+    mean step time instead (far below what a trace resolves). Other step
+    models keep their coefficients: their replays make the engine's betas
+    usable (:func:`_usable_engine_beta`).
     """
     beta = np.asarray(beta, dtype=float).copy()
+    if schedule is not None and schedule.scale is not None:
+        return beta
     if beta[0] > 0 or (beta[1] > 0 and beta[2] > 0):
         return beta
-    mean_step = float(np.mean(features @ beta)) if features is not None else 0.0
+    mean_step = (
+        float(np.mean(schedule.step_times(beta))) if schedule is not None else 0.0
+    )
     beta[0] = 1e-6 * mean_step if mean_step > 0 else 1e-9
     return beta
 
 
-def _relative_step(old, new, features) -> float:
+def _usable_engine_beta(full: np.ndarray) -> np.ndarray:
+    """The six engine betas (``STEP_FEATURES``) with a positive time for every
+    step: a per-step time far below what a trace resolves where the fit
+    left none, as :func:`_usable_beta` does for the published three."""
+    b = dict(zip(STEP_FEATURES, full, strict=True))
+    prefill = b["prefill_tokens"] > 0 or b["prefill_attention"] > 0
+    decode = b["decode_tokens"] > 0 or b["decode_context"] > 0
+    if b["steps"] > 0 or b["batch_size"] > 0 or (prefill and decode):
+        return full
+    full = full.copy()
+    full[0] = 1e-9
+    return full
+
+
+def _relative_step(old, new, schedule) -> float:
     """Largest change of a coefficient's share of the mean step time."""
-    mean_f = features.mean(axis=0)
+    mean_f = schedule.mean_design()
     scale = float(mean_f @ np.maximum(new, old))
     if scale <= 0:
         return np.inf

@@ -17,6 +17,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+from scipy.optimize import nnls
+
+from ..core._step_features import PUBLISHED_FEATURES, full_step_beta
 
 #: Event kinds, in the order of the offset columns of the design.
 EVENT_KINDS = ("scheduled", "first_token", "last_token")
@@ -29,10 +32,79 @@ VARIANCE_FLOOR = 1.0
 
 
 @dataclass(frozen=True)
+class StepBasis:
+    """A step model as the schedule fit reads it: the per-step features the
+    replay records (names of ``STEP_FEATURES``) and the map from their sums
+    to the design columns, one per coefficient (None: the coefficients are
+    the features', as in the published model; trained-physics: BLIS's
+    identifiable map ``K``, so that the design is ``sums @ K.T``)."""
+
+    features: tuple = PUBLISHED_FEATURES
+    basis: np.ndarray | None = None
+
+    @property
+    def published(self) -> bool:
+        return self.basis is None and tuple(self.features) == PUBLISHED_FEATURES
+
+    @property
+    def n_coef(self) -> int:
+        return len(self.features) if self.basis is None else self.basis.shape[0]
+
+    def engine_beta(self, coef) -> np.ndarray:
+        """The engine loop's betas: the published three as they are, else the
+        six of ``STEP_FEATURES``."""
+        coef = np.asarray(coef, dtype=np.float64)
+        if self.published:
+            return coef
+        per_feature = coef if self.basis is None else self.basis.T @ coef
+        return full_step_beta(self.features, per_feature)
+
+    def step_columns(self, run) -> tuple[np.ndarray, np.ndarray | None]:
+        """The recorded steps' features as exact integers (the prefill
+        attention doubled: ``sum t (2 s + t)`` is an integer) and the factor
+        of each column to its unit (None: all 1)."""
+        if self.published:
+            return step_features(run.step_prefill_tokens, run.step_decode_tokens), None
+        recorded = {
+            "steps": np.ones(run.step_start.shape[0]),
+            "prefill_tokens": run.step_prefill_tokens,
+            "prefill_attention": 2.0 * run.step_prefill_attention,
+            "decode_tokens": run.step_decode_tokens,
+            "decode_context": run.step_decode_context,
+            "batch_size": run.step_batch_size,
+        }
+        columns = np.column_stack(
+            [np.rint(recorded[f]).astype(np.int64) for f in self.features]
+        )
+        scale = np.array(
+            [0.5 if f == "prefill_attention" else 1.0 for f in self.features]
+        )
+        return columns, scale
+
+
+def embed_beta(basis: StepBasis, beta3) -> np.ndarray:
+    """Coefficients of ``basis`` whose steps come closest (non-negative least
+    squares over the six engine coefficients, each row relative to the
+    published one) to the published ``beta3``: the start when the step
+    model's own phase-exposure fit cannot run."""
+    beta3 = np.asarray(beta3, dtype=np.float64)
+    if basis.published:
+        return beta3
+    full = full_step_beta(PUBLISHED_FEATURES, beta3)
+    columns = np.column_stack([basis.engine_beta(u) for u in np.eye(basis.n_coef)])
+    scale = np.where(full > 0, full, 1.0)
+    coef, _ = nnls(columns / scale[:, None], full / scale)
+    return coef
+
+
+@dataclass(frozen=True)
 class Schedule:
     """One replay's schedule: the step features and every event placed on it.
 
-    ``features`` are the steps' ``(1, T_pf, T_dec)``; ``cumulative`` their
+    ``features`` are the steps' features (``(1, T_pf, T_dec)`` for the
+    published model) as integers, ``scale`` their factors to their units and
+    ``basis`` the map to the design columns (see :class:`StepBasis`; None:
+    identity); ``cumulative`` their
     prefix sums (row ``n`` sums steps ``0 .. n-1``, all instances in one
     sequence, so that a difference within a period is exact in integers).
     Events are numbered request-major: ``kind`` codes index
@@ -49,6 +121,24 @@ class Schedule:
     kind: np.ndarray  # (n_events,)
     position: np.ndarray  # (n_events,)
     period: np.ndarray  # (n_events,)
+    scale: np.ndarray | None = None
+    basis: np.ndarray | None = None
+
+    def design_of(self, sums: np.ndarray) -> np.ndarray:
+        """Design columns of feature sums (float rows of ``features``)."""
+        if self.scale is not None:
+            sums = sums * self.scale
+        return sums if self.basis is None else sums @ self.basis.T
+
+    def step_times(self, coef) -> np.ndarray:
+        """Every step's model time under the coefficients ``coef``."""
+        if self.scale is None and self.basis is None:
+            return self.features @ coef
+        return self.design_of(self.features.astype(np.float64)) @ coef
+
+    def mean_design(self) -> np.ndarray:
+        """The mean step's design columns."""
+        return self.design_of(self.features.mean(axis=0))
 
     def same_as(self, other: Schedule | None) -> bool:
         """Whether ``other`` is the same schedule (same steps, same events)."""
@@ -119,16 +209,21 @@ def locate(step_instance, step_times, instance, times) -> np.ndarray:
     return index
 
 
-def schedule_events(run, arrival, instance, *, scheduled: bool) -> Schedule:
+def schedule_events(
+    run, arrival, instance, *, scheduled: bool, basis: StepBasis | None = None
+) -> Schedule:
     """Place every request's observed events on the replay ``run``.
 
     ``arrival`` are the replay's arrivals (engine clock), ``instance`` the
     requests' instance codes. Events per request: first token (end of the
     step serving its last prompt token) and last token (end of its last
     step), plus, with ``scheduled``, the start of its first prefill step.
+    ``basis``: the step model (None: the published one; another needs the
+    run's recorded features).
     """
-    features = step_features(run.step_prefill_tokens, run.step_decode_tokens)
-    cumulative = np.zeros((features.shape[0] + 1, 3), dtype=np.int64)
+    basis = StepBasis() if basis is None else basis
+    features, scale = basis.step_columns(run)
+    cumulative = np.zeros((features.shape[0] + 1, features.shape[1]), dtype=np.int64)
     np.cumsum(features, axis=0, out=cumulative[1:])
     first = busy_periods(run.step_instance, run.step_start, run.step_end)
     step_period = np.zeros(features.shape[0], dtype=np.int64)
@@ -173,6 +268,8 @@ def schedule_events(run, arrival, instance, *, scheduled: bool) -> Schedule:
         kind=np.tile(np.asarray(kinds, dtype=np.int64), n_req),
         position=position.ravel(),
         period=period.ravel(),
+        scale=scale,
+        basis=basis.basis,
     )
 
 
@@ -188,9 +285,10 @@ def _instance_keys(instance, times) -> np.ndarray:
 @dataclass(frozen=True)
 class DifferenceDesign:
     """The GLS rows: ``target ~ design @ theta`` with weights ``weight``,
-    ``theta = (beta0, beta1, beta2, c_scheduled, c_first, c_last)``."""
+    ``theta = (beta0, beta1, beta2, c_scheduled, c_first, c_last)`` (one
+    beta per coefficient of the step model, then the three offsets)."""
 
-    design: np.ndarray  # (n_rows, 6)
+    design: np.ndarray  # (n_rows, n_coef + 3)
     target: np.ndarray  # (n_rows,)
     weight: np.ndarray  # (n_rows,)
     prior_weight: np.ndarray | None = None  # before a robust reweighting
@@ -233,7 +331,7 @@ def difference_design(
     lo, hi = position[:-1][same], position[1:][same]
     k_lo, k_hi = kind[:-1][same], kind[1:][same]
     cum = schedule.cumulative
-    tokens = (cum[hi] - cum[lo]).astype(np.float64)
+    tokens = schedule.design_of((cum[hi] - cum[lo]).astype(np.float64))
     offsets = np.zeros((tokens.shape[0], len(EVENT_KINDS)))
     rows = np.arange(tokens.shape[0])
     offsets[rows, k_hi] += 1.0
@@ -242,7 +340,7 @@ def difference_design(
     design = np.hstack((tokens, offsets))
     target = (times[1:] - times[:-1])[same]
 
-    dt = schedule.features @ beta
+    dt = schedule.step_times(beta)
     squares = np.zeros(dt.shape[0] + 1)
     np.cumsum(dt * dt, out=squares[1:])
     variance = squares[hi] - squares[lo]
@@ -271,9 +369,11 @@ def level_design(
     schedule, the differences then fit it exactly (docs/schedule.md).
     """
     start = schedule.period_first[schedule.period]
-    tokens = (
-        schedule.cumulative[schedule.position] - schedule.cumulative[start]
-    ).astype(np.float64)
+    tokens = schedule.design_of(
+        (schedule.cumulative[schedule.position] - schedule.cumulative[start]).astype(
+            np.float64
+        )
+    )
     offsets = np.eye(len(EVENT_KINDS))[schedule.kind]
     design = np.hstack((tokens, offsets))
     target = observed - anchor_time[schedule.period]

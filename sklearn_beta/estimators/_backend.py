@@ -32,7 +32,10 @@ class Backend:
     :func:`~sklearn_beta.estimators._fit.fit_iterative` run; it has the
     table's ``columns``. ``predict(estimator, X)`` and ``score(estimator,
     X, y, sample_weight)`` call the fitted estimator's public ``predict``
-    on the collection's pieces.
+    on the collection's pieces. ``requests(X, columns, extra)``, where the
+    backend has it, reduces a phase table to what the schedule-consistent
+    fit reads (a few numbers per request: the prefill and decode rows'
+    columns of ``columns`` and ``extra``) and returns it in memory.
     """
 
     check_phases: Callable
@@ -40,6 +43,7 @@ class Backend:
     exposures: Callable
     predict: Callable
     score: Callable
+    requests: Callable | None = None
 
 
 _REGISTRY: list[tuple[Callable[[object], bool], Backend]] = []

@@ -7,6 +7,8 @@ blackbox model that :func:`sklearn_beta.export.blis_model_entry` writes.
 
 * :func:`blis_alphas`: request overheads in trained-physics meaning from a
   client-side fit's residuals.
+* :func:`blis_alphas_of_offsets`: the same from the schedule-consistent
+  fit's offsets (``ScheduleBetaRegressor.alpha_``).
 * :func:`blis_trained_physics_coeffs`: ``{"alpha_coeffs": [3],
   "beta_coeffs": [10]}`` from a fit of the identifiable trained-physics
   features (:func:`sklearn_beta.core._trained_physics.identifiable_map`).
@@ -28,6 +30,7 @@ from ..core._trained_physics import to_blis_betas
 __all__ = [
     "BLIS_TRAINED_PHYSICS_KEYS",
     "blis_alphas",
+    "blis_alphas_of_offsets",
     "blis_trained_physics_coeffs",
     "format_blis_trained_physics",
 ]
@@ -117,6 +120,36 @@ def blis_alphas(prefill_overhead, decode_residual, decode_tokens) -> np.ndarray:
     if overhead.size:
         alpha[0] = max(float(np.mean(overhead)) - alpha[2], 0.0)
     return alpha
+
+
+def blis_alphas_of_offsets(queue, first_token, last_token) -> np.ndarray:
+    """Request overheads ``[a0, a1, a2]`` in BLIS's trained-physics meaning
+    from the schedule-consistent fit's offsets.
+
+    ``ScheduleBetaRegressor.alpha_`` holds the delay from the send to the
+    engine's queue (``queue``) and the constant offsets from the engine's
+    first and last token to the client seeing them. BLIS delays a request by
+    ``a0`` before its queue, adds ``a2`` to the first token and to every
+    inter-token gap and ``a1`` once at completion (:func:`blis_alphas`). A
+    constant per-token offset is not in the fit's model, so ``a2 = 0``;
+    ``a0 = queue + first_token`` (delaying every arrival by the same
+    reporting offset moves every step alike, so the replayed first token is
+    seen where the fit put it) and ``a1 = last_token - first_token``, both
+    clipped at 0 (BLIS takes no negative overhead).
+
+    Parameters
+    ----------
+    queue, first_token, last_token : float
+        The offsets, in the trace's time unit.
+
+    Returns
+    -------
+    alpha : ndarray of shape (3,)
+        ``[a0, a1, a2]`` in the trace's time unit, all non-negative.
+    """
+    offsets = _vector("offsets", [queue, first_token, last_token])
+    a0 = offsets[0] + offsets[1]
+    return np.maximum([a0, offsets[2] - offsets[1], 0.0], 0.0)
 
 
 def blis_trained_physics_coeffs(
