@@ -26,7 +26,7 @@ from pathlib import Path
 import pandas as pd
 
 from .. import __version__
-from ..engine_config._regime import detect_queueing
+from ..engine_config._regime import detect_queueing, is_client_side
 from ..engine_config._search import (
     EngineConfig,
     model_chunk_size,
@@ -238,11 +238,15 @@ def run_fit(
                 "--num-gpu-blocks)"
                 + ("" if args.estimator == "schedule" else " or --estimator schedule")
             )
-    notes.append(f"fit: phase-exposure ({reason})")
+    fitted = "phase"
+    if args.step_model != "published" and is_client_side(phases):
+        fitted = "schedule"  # the step-model path fits the schedule itself
+    label = "phase-exposure" if fitted == "phase" else "schedule-consistent"
+    notes.append(f"fit: {label} ({reason})")
     report, fit, config = run_phase_fit(
         phases, args, fmt, (options, candidates), notes, progress
     )
-    report["fit"] = {"estimator": "phase", "reason": reason}
+    report["fit"] = {"estimator": fitted, "reason": reason}
     if estimator == "schedule":
         report["warnings"].insert(0, fallback)
     return report, fit, config, phases

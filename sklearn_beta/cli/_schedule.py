@@ -24,6 +24,7 @@ from ..engine._what_if import infer_max_in_flight
 from ..engine_config._regime import (
     QueueingDecision,
     detect_queueing,
+    is_client_side,
     schedule_engine_settings,
 )
 from ..engine_config._schedule import ScheduleBetaRegressor
@@ -62,7 +63,7 @@ def choose_estimator(phases, args, instance_col) -> tuple[str, str]:
         # client-side trace on the schedule itself
         where = (
             "the schedule-consistent fit of that step model, see the notes below"
-            if phases.attrs.get("client_side")
+            if is_client_side(phases)
             else "the phase-exposure fit of that step model"
         )
         return "phase", f"--step-model {args.step_model}: its own path, {where}"

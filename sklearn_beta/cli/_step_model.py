@@ -29,6 +29,7 @@ from sklearn.model_selection import GridSearchCV
 from ..core._model_config import GPU_SPECS, read_model_description
 from ..core._step_features import check_step_model
 from ..core._trained_physics import IDENTIFIABLE_FEATURES, to_blis_betas
+from ..engine_config._regime import is_client_side
 from ..engine_config._schedule import ScheduleBetaRegressor
 from ..engine_config._trace_fit import make_model
 from ..io._export_trained_physics import (
@@ -321,7 +322,7 @@ def _fit_note(model, step_model, algo: str) -> str:
 def fit_step_model(phases, args, options: dict, chunk_size: int, progress) -> dict:
     """Fit the step model of ``--step-model`` (choosing it for ``auto``);
     the report's step-model sections."""
-    if phases.attrs.get("client_side"):
+    if is_client_side(phases):
         return fit_client_step_model(phases, args, options, chunk_size, progress)
     selection = None
     step_model = args.step_model
