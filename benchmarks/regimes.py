@@ -234,12 +234,7 @@ def main(argv=None) -> int:
                 step_model=str(report.get("step_model")),
                 beta=[float(f"{b:.4g}") for b in fit["beta"]],
                 offsets={k: round(v, 5) for k, v in fit["offsets"].items()},
-                **{
-                    f"{k}_err_%": round(v, 2)
-                    for k, v in errors(
-                        pred, obs
-                    ).items()
-                },
+                **{f"{k}_err_%": round(v, 2) for k, v in errors(pred, obs).items()},
             )
             rows.append(row)
     table = pd.DataFrame(rows)
