@@ -487,6 +487,26 @@ def fit_client_step_model(phases, args, options: dict, chunk_size: int, progress
     offsets = dict(model.alpha_)
     alpha = blis_alphas_of_offsets(*offsets.values())
     coefficients, blis = _coefficients(model, model.model_description_, alpha)
+    notes = _schedule_notes(model, step_model, offsets)
+    missing = [
+        flag
+        for flag, value in (
+            ("--max-num-seqs", args.max_num_seqs),
+            ("--num-gpu-blocks", args.num_gpu_blocks),
+            ("--token-budget", options.get("token_budget")),
+        )
+        if value is None
+    ]
+    if missing:
+        # The published model's schedule path reads them (cli._schedule);
+        # this one takes them as given (measured on benchmarks/regimes.py:
+        # without them, beta1 = 0 and ITL -9 % to -89 %).
+        notes.append(
+            "engine settings not given: "
+            + ", ".join(missing)
+            + " (a step model's schedule fit does not read them from the trace; "
+            "give them, or fit the published model, whose fit reads them)"
+        )
     report = {
         "step_model": step_model,
         "objective": "schedule",
@@ -494,7 +514,7 @@ def fit_client_step_model(phases, args, options: dict, chunk_size: int, progress
         "confidence_level": model.confidence_level,
         "step_model_selection": selection,
         "request_overheads": offsets,
-        "notes": _schedule_notes(model, step_model, offsets),
+        "notes": notes,
     }
     if model.model_description_ is not None:
         betas = to_blis_betas(model.beta_, model.model_description_)
