@@ -29,13 +29,13 @@ from ..core._units import rescaled_timeline
 from ..trust._identifiability import identifiability_diagnostics
 from ..trust._window_fit import edge_test_settings, fit_step_counts_of_window
 from ._baseline import design_diagnostics
-from ._fit import FitSettings, JacobianIntervals, Solution
+from ._fit import FitSettings, InMemorySource, Solution
 
 #: Lagged passes that settle the decode context at given betas.
 SETTLING_PASSES = 2
 
 
-class FeatureSource(JacobianIntervals):
+class FeatureSource(InMemorySource):
     """A step model's trace in memory, for the iterative fit.
 
     ``prompt`` is each phase's request prompt, ``features`` the step model's,
@@ -62,10 +62,6 @@ class FeatureSource(JacobianIntervals):
         self.init_design = init_design
         self.duration = duration
         self.sample_weight = sample_weight
-
-    def scale_totals(self) -> tuple:
-        n_steps = np.sum(self.timeline.n_steps)
-        return n_steps, np.sum(self.duration), self.duration.shape[0]
 
     def problem(self, timeline, settings: FitSettings, weight):
         """The objective of ``settings`` on ``timeline`` with phase ``weight``."""

@@ -137,10 +137,16 @@ def time_unit(stopping: str, totals) -> float:
     return unit_from_totals(float(steps), float(duration), int(n_phases))
 
 
-class JacobianIntervals:
-    """The ``intervals`` of a source whose solution's last state is the
-    weighted Jacobian, residuals and weights at the betas (the fixed point
-    and step-count solutions of the published and of any step model)."""
+class InMemorySource:
+    """What the in-memory sources of the published and of any step model
+    share: a ``timeline`` and the ``duration`` fitted. Their totals for the
+    time unit, and their ``intervals`` from the solution's last state (the
+    weighted Jacobian, residuals and weights at the betas, of the fixed
+    point and of the step-count solutions alike)."""
+
+    def scale_totals(self) -> tuple:
+        n_steps = np.sum(self.timeline.n_steps)
+        return n_steps, np.sum(self.duration), self.duration.shape[0]
 
     def intervals(self, solution, beta, unit, diagnostics, settings):
         jac, residual, weight = solution.state[-1]

@@ -51,7 +51,7 @@ from ._feature_source import FeatureSource
 from ._fit import (
     FitSettings,
     FittedBetas,
-    JacobianIntervals,
+    InMemorySource,
     Solution,
     fit_iterative,
 )
@@ -62,7 +62,7 @@ __all__ = ["IterativeBetaRegressor"]
 EDGE_TREATMENTS = ("auto", "fit")
 
 
-class TimelineSource(JacobianIntervals):
+class TimelineSource(InMemorySource):
     """A trace in memory, for the iterative fit: its timeline, baseline
     design and phase-local step density (from :func:`phase_exposures`), the
     durations fitted and their weights."""
@@ -73,10 +73,6 @@ class TimelineSource(JacobianIntervals):
         self.density = density
         self.duration = duration
         self.sample_weight = sample_weight
-
-    def scale_totals(self) -> tuple:
-        n_steps = np.sum(self.timeline.n_steps)
-        return n_steps, np.sum(self.duration), self.duration.shape[0]
 
     def solve(self, unit: float, settings: FitSettings, callback) -> Solution:
         init_design = self.init_design
@@ -251,8 +247,8 @@ default=None
         identify, with the value the export gives them and why
         (:func:`~sklearn_beta.core._trained_physics.fixed_coefficients`);
         empty otherwise.
-    beta_ci_ : ndarray of shape (3, 2) or None
-        Lower and upper confidence limits of each beta at
+    beta_ci_ : ndarray of shape (n_coefficients, 2) or None
+        Lower and upper confidence limits of each entry of ``beta_`` at
         ``confidence_level``, clipped at 0; a beta at its zero bound gets
         ``[0, upper]``. A beta the trace does not identify (named in
         ``diagnostics_["not_identified"]``, with an
