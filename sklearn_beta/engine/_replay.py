@@ -460,6 +460,21 @@ def _engine_settings(estimator) -> tuple[np.ndarray, dict]:
             f"TraceContextRegressor around one; got {type(estimator).__name__}."
         )
     check_is_fitted(pipeline[-1], "beta_")
+    settings = transformer_settings(pipeline)
+    if settings is None:
+        raise ValueError(
+            "No step of the pipeline has a chunk_size parameter: the replay needs "
+            "the engine's chunk size (e.g. PhaseExposureTransformer(chunk_size=...))."
+        )
+    if not isinstance(settings["step_model"], str):
+        settings["step_model"] = tuple(settings["step_model"])  # a cache key
+    return np.asarray(pipeline[-1].beta_, dtype=float), settings
+
+
+def transformer_settings(pipeline: Pipeline) -> dict | None:
+    """The replay settings of a pipeline's phase-table transformer (its first
+    step with a ``chunk_size``): chunking, decode convention and step model;
+    None when no step has one."""
     for _, step in pipeline.steps[:-1]:
         params = step.get_params(deep=False)
         if "chunk_size" in params:
@@ -470,15 +485,9 @@ def _engine_settings(estimator) -> tuple[np.ndarray, dict]:
                 params.get("decode_tokens_include_first", False)
             )
             # the replay's steps last what the fitted step model says
-            step_model = params.get("step_model", "published")
-            if not isinstance(step_model, str):
-                step_model = tuple(step_model)
-            settings["step_model"] = step_model
-            return np.asarray(pipeline[-1].beta_, dtype=float), settings
-    raise ValueError(
-        "No step of the pipeline has a chunk_size parameter: the replay needs "
-        "the engine's chunk size (e.g. PhaseExposureTransformer(chunk_size=...))."
-    )
+            settings["step_model"] = params.get("step_model", "published")
+            return settings
+    return None
 
 
 def _check_delay(value, name: str) -> None:

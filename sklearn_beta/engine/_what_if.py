@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 
 from ..core._columns import PhaseColumns
-from ._replay import replay_trace
+from ._replay import replay_trace, transformer_settings
 
 __all__ = ["fitted_engine", "infer_max_in_flight", "what_if_latencies"]
 
@@ -213,17 +213,12 @@ def fitted_engine(beta) -> dict:
                 )
             found[keyword] = value
         return found
-    for _, step in pipeline.steps[:-1] if pipeline is not None else []:
-        params = step.get_params(deep=False)
-        if "chunk_size" in params:
-            found = {k: params.get(k) for k in ("chunk_size", "token_budget")}
-            found["decode_tokens_include_first"] = bool(
-                params.get("decode_tokens_include_first", False)
-            )
-            if params.get("step_model", "published") != "published":
-                found["step_model"] = params["step_model"]
-            return found
-    return {}
+    found = transformer_settings(pipeline) if pipeline is not None else None
+    if found is None:
+        return {}
+    if found["step_model"] == "published":
+        del found["step_model"]  # the replay's default
+    return found
 
 
 def _with_fitted(settings: dict, engine: dict, fitted: dict) -> tuple[dict, dict]:
