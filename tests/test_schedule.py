@@ -416,25 +416,9 @@ def test_kv_cache_bound_with_preemptions_exact():
     # 64 slots and preempts 457 times (recomputing the preempted): given the
     # KV settings, the noise-free fit is exact; the engine without them
     # cannot carry the trace (measured: all betas fitted about 0).
-    from sklearn_beta.engine._loop import EngineSettings
-
     kv = dict(num_gpu_blocks=900, block_size=16)
-    rng = np.random.RandomState(5)
-    n = 2000
-    send = np.cumsum(rng.exponential(1.0 / 40.0, n))
-    prompt = np.clip(np.rint(300 * np.exp(0.5 * rng.standard_normal(n))), 1, None)
-    output = np.clip(np.rint(100 * np.exp(0.5 * rng.standard_normal(n))), 1, None)
-    run = run_engine(
-        send,
-        prompt.astype(np.int64),
-        output.astype(np.int64),
-        np.zeros(n, np.int64),
-        beta=BETA,
-        settings=EngineSettings(**kv),
-        **ENGINE,
-    )
+    phases, run = kv_bound_trace(5, 0.0)
     assert run.preemptions.sum() > 400
-    phases = client_phases(send, run.prefill_end, run.decode_end, prompt, output)
     model = ScheduleBetaRegressor(**ENGINE, engine_settings=kv).fit(phases)
     assert model.converged_
     np.testing.assert_allclose(model.beta_, BETA, rtol=1e-9)
