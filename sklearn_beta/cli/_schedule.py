@@ -24,7 +24,6 @@ from ..engine._what_if import infer_max_in_flight
 from ..engine_config._regime import (
     QueueingDecision,
     detect_queueing,
-    is_client_side,
     schedule_engine_settings,
 )
 from ..engine_config._schedule import ScheduleBetaRegressor
@@ -58,15 +57,6 @@ def choose_estimator(phases, args, instance_col) -> tuple[str, str]:
     """``("schedule" | "phase", reason)`` of ``--estimator``."""
     if args.estimator == "phase":
         return "phase", "--estimator phase"
-    if args.step_model != "published":
-        # the step-model path (cli._step_model.fit_step_model) fits a
-        # client-side trace on the schedule itself
-        where = (
-            "the schedule-consistent fit of that step model, see the notes below"
-            if is_client_side(phases)
-            else "the phase-exposure fit of that step model"
-        )
-        return "phase", f"--step-model {args.step_model}: its own path, {where}"
     if args.dask is not None:
         return "phase", "--dask: the schedule-consistent fit runs in memory only"
     try:
@@ -208,6 +198,21 @@ def refine_kv(frame, settings, progress):
     # The phase-exposure start does not depend on the KV cache: profile it
     # once (the costly part of a short fit), then start every trial there.
     start = _start(frame, settings)
+    unbound = replace(settings, num_gpu_blocks=None)
+    free = _trial_misfit(frame, unbound, all_positive=False, init=start)
+    if free is not None and free <= MISFIT_WARNING:
+        # The reading is a heuristic (a prefill-bound engine also queues
+        # below its running plateau): measured on a chunk-256 budget-512
+        # trace of 64 running, misfits 0.011 without a KV bound, 0.29 at the
+        # reading; and a trial without one costs a fifth of one with it.
+        notes = [n for n in settings.notes if not n.startswith("num_gpu_blocks")]
+        notes.append(
+            f"num_gpu_blocks not binding: the schedule fit without a KV bound "
+            f"explains the trace (misfit {free:.3g}) where {read} blocks were read"
+        )
+        evidence = dict(settings.evidence, num_gpu_blocks="not binding")
+        unbound = replace(unbound, notes=notes, evidence=evidence)
+        return unbound, [{"num_gpu_blocks": None, "schedule_misfit": free}]
 
     def misfit(blocks: int):
         if blocks not in tried:
