@@ -180,11 +180,6 @@ def check_usage(args) -> None:
         raise UsageError(one_line(exc)) from exc
     if args.dask is not None:
         check_dask_usage(args, fmt)
-    if args.estimator == "schedule" and args.step_model != "published":
-        raise UsageError(
-            "--estimator schedule fits the published three coefficients, not "
-            f"--step-model {args.step_model}"
-        )
     if args.estimator == "schedule" and args.dask is not None:
         raise UsageError("--estimator schedule runs in memory, not with --dask")
 
@@ -345,14 +340,12 @@ def _attention_rescue(frame, args, fmt, parts, published, progress):
     rescue = argparse.Namespace(**{**vars(args), "step_model": "attention"})
     try:
         report, config = _step_model_schedule(
-            frame, rescue, fmt, parts, model, progress
+            frame, rescue, fmt, parts, model, progress, converged=True
         )
-    except ScheduleFallback:
-        raise ScheduleFallback(trouble) from None
-    if not report["schedule"]["converged"]:
+    except ScheduleFallback as exc:
         raise ScheduleFallback(
-            f"{trouble}; nor did the attention step model's on the same engine"
-        )
+            f"{trouble}; with the attention step model: {exc}"
+        ) from None
     report["notes"].insert(
         0,
         f"{trouble} with the published step model; the attention step "
@@ -393,10 +386,21 @@ def _published_schedule(model, frame, args, fmt, parts, progress):
     return report, None
 
 
-def _step_model_schedule(frame, args, fmt, parts, published, progress):
+def _step_model_schedule(
+    frame, args, fmt, parts, published, progress, *, converged=False
+):
     """A step model's schedule fit on the published path's engine (``auto``:
-    the candidates compared on held-out requests there)."""
-    fits = step_model_fits(frame, parts["settings"], args, published, progress)
+    the candidates compared on held-out requests there). A fit that does not
+    converge counts as failed with ``converged`` or ``--estimator auto``;
+    :class:`ScheduleFallback` when no candidate is left."""
+    fits = step_model_fits(
+        frame,
+        parts["settings"],
+        args,
+        published,
+        progress,
+        strict=converged or args.estimator == "auto",
+    )
     try:
         model, selection, validation = choose_step_model(
             frame, fits, args.cv_folds, progress

@@ -264,25 +264,27 @@ def _notes(model, step_model, offsets: dict) -> list[str]:
     ]
 
 
-def step_model_fits(frame, settings, args, published, progress) -> list:
+def step_model_fits(frame, settings, args, published, progress, *, strict) -> list:
     """``(parameters, fit or reason it failed)`` of each step model of
     ``--step-model`` (every candidate of ``auto``) on ``settings``; the
     published candidate is the published path's fit ``published`` (None
-    when it failed)."""
+    when it failed). With ``strict`` (``--estimator auto``) a fit that does
+    not converge counts as failed, as the published path's does."""
     names = _candidates(args) if args.step_model == "auto" else [args.step_model]
     start = None if published is None else published.beta_
     fits = []
     for name in names:
         params = schedule_step_params(name, args)
         if name == "published":
-            fits.append((params, published or "the published schedule fit failed"))
-            continue
-        try:
-            fits.append(
-                (params, fit_step_schedule(frame, settings, params, start, progress))
-            )
-        except Exception as exc:  # noqa: BLE001 - listed as failed, noted
-            fits.append((params, failure(exc)))
+            model = published or "the published schedule fit failed"
+        else:
+            try:
+                model = fit_step_schedule(frame, settings, params, start, progress)
+            except Exception as exc:  # noqa: BLE001 - listed as failed, noted
+                model = failure(exc)
+        if strict and not isinstance(model, str) and not model.converged_:
+            model = f"the schedule fit did not converge in {model.n_iter_} replays"
+        fits.append((params, model))
     return fits
 
 
