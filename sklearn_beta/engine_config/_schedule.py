@@ -846,9 +846,9 @@ class ScheduleBetaRegressor(RegressorMixin, BaseEstimator):
             i, best = none, (misfit[none, 0], np.zeros(3))
         step = _typical_step(head.requests)
         if len(offsets) > 1 and coincident_gap(head, head_keep, step) is None:
-            bar = PROFILE_GAIN * misfit[none, 0]
+            last = _offset_candidates(head.requests, "decode_end")
             best = self._profile_last_token(
-                head, head_keep, starts[i], free, offsets, best, bar
+                head, head_keep, starts[i], free, last, best
             )
         return starts[i], best[1]
 
@@ -871,21 +871,20 @@ class ScheduleBetaRegressor(RegressorMixin, BaseEstimator):
             misfit = schedule_misfit(solved.rows, solved.theta, free)
         return misfit, solved.theta[-3:]
 
-    def _profile_last_token(self, head, head_keep, beta, free, offsets, best, bar):
+    def _profile_last_token(self, head, head_keep, beta, free, offsets, best):
         """The last-token offset profiled alone, from the first-token
         offset of ``best`` (misfit, offsets): where no step shows both a
         first and a last token (light load), the trace does not show the
         gap between them, and a common offset a step or more off for the
         last token leads the fit to another schedule (measured: 2 and 15 ms
         at 2 requests/s, beta1 -4.3 %, the last-token total found at
-        2.6 ms). Returns the (misfit, offsets) of least misfit, replacing
-        ``best`` only below ``bar`` (far below the zero start's misfit)."""
+        2.6 ms). Returns the (misfit, offsets) of least misfit."""
         first = best[1][1]
         for c in offsets:  # a loop over candidate offsets, not requests
             misfit, found = self._short_fit(
                 head, head_keep, beta, free, np.array([0.0, first, c])
             )
-            if misfit < min(best[0], bar):
+            if misfit < best[0]:
                 best = (misfit, found)
         return best
 
@@ -1442,14 +1441,15 @@ def _typical_step(requests) -> float:
     return float(np.median(span[decoding] / steps[decoding]))
 
 
-def _offset_candidates(requests) -> np.ndarray:
-    """Common reporting offsets to profile: a quarter of a typical step
-    apart (the basin of the trace's schedule is about that wide: measured
-    +-5 ms around a 30 ms delay on 19 ms steps), from zero to the shortest
-    time to first token (the offset is part of every one) or
+def _offset_candidates(requests, event="prefill_end") -> np.ndarray:
+    """Reporting offsets to profile: a quarter of a typical step apart (the
+    basin of the trace's schedule is about that wide: measured +-5 ms
+    around a 30 ms delay on 19 ms steps), from zero to the shortest time
+    from a send to the ``event`` ("prefill_end": the first token;
+    "decode_end": the last; the offset is part of every one) or
     ``PROFILE_MAX_STEPS`` typical steps, at most ``PROFILE_MAX`` of them."""
     step = _typical_step(requests)
-    ttft = requests["prefill_end"] - requests["arrival"]
+    ttft = requests[event] - requests["arrival"]
     upper = min(PROFILE_MAX_STEPS * step, float(np.min(ttft, initial=np.inf)))
     if not step > 0 or not upper > 0:
         return np.zeros(1)
