@@ -106,6 +106,16 @@ PROFILE_ITER = 8
 PROFILE_GAIN = 0.5
 PROFILE_REQUESTS = 1500
 TUKEY_C = 4.685
+#: The offsets' common level, profiled after the fit (``profile_level``):
+#: shifts within ``LEVEL_SPAN`` mean steps on ``LEVEL_POINTS`` points, then
+#: as many within two of their spacings around the best; a shift whose loss
+#: is within ``LEVEL_TOL`` of the least counts as the least. Fewer than
+#: ``LEVEL_MIN_ANCHORS`` busy periods' starts, and admissions that do not
+#: show it, leave the level unidentified (a warning).
+LEVEL_SPAN = 0.25
+LEVEL_POINTS = 51
+LEVEL_TOL = 0.02
+LEVEL_MIN_ANCHORS = 5
 #: The bisquare weights' smallest scale of the standardised residuals (a
 #: row's error over its modelled step-noise deviation): a 1 % step noise.
 #: 2 % step noise gives a scale of about 0.019, above it.
@@ -456,6 +466,7 @@ class ScheduleBetaRegressor(RegressorMixin, BaseEstimator):
         self.init_offsets_ = snap
         others = [beta for beta in starts if not np.array_equal(beta, theta[:-3])]
         solved = self._solve(trace, theta, keep, free, snap, others)
+        solved = self._settle_level(frame, trace, keep, free, solved)
         self.n_iter_ = solved.n_iter
         self.converged_ = solved.converged
         self.schedule_changes_ = np.asarray(solved.changes, dtype=np.int64)
@@ -508,6 +519,65 @@ class ScheduleBetaRegressor(RegressorMixin, BaseEstimator):
                 return replace(solved, n_iter=searched.n_iter)
             solved = searched
         return solved
+
+    def _settle_level(self, frame, trace, keep, free, solved) -> ScheduleSolution:
+        """The offsets' common level from the admissions, then the fit on
+        the schedule it gives.
+
+        The fit on differences sees the level only in the first event of
+        each busy period (one on a saturated trace), so it carries that
+        event's step noise (measured: 0.4-0.8 ms of 14 ms steps). The
+        admissions show it too: a request arriving while the engine has
+        room is admitted at the first step boundary after it, and the
+        snapped replays' boundaries move with the level, so a level off by
+        ``d`` admits the requests within ``d`` of a boundary at the other
+        one (``profile_level``). Where the level moves, the fits on
+        differences restart snapped there and the level is set to it (their
+        betas, where they explain the times better). Where neither shows
+        it, a warning.
+        """
+        if not (self.fit_offsets and free[-2]) or solved.mean_step <= 0:
+            return solved
+        head, head_keep = _trace_head(self, frame, trace, keep)
+        direction = free[-3:].astype(float)  # client-side: the queue stays 0
+        shift, flat = profile_level(
+            head, head_keep, solved.theta, direction, self._schedule, solved.mean_step
+        )
+        if flat and _anchor_rows(solved.rows) < LEVEL_MIN_ANCHORS:
+            warn(
+                "ScheduleBetaRegressor: the common level of the offsets "
+                f"alpha_{list(np.array(ALPHA_NAMES)[free[-3:]])} is not identified "
+                f"on this trace: {_anchor_rows(solved.rows)} busy period(s) start "
+                "in it and no admission's timing shows the level; their "
+                "differences are identified, the level is the first events' alone "
+                "(step noise of a few steps).",
+                UserWarning,
+            )
+        if shift == 0.0:
+            return solved
+        theta = solved.theta.copy()
+        theta[-3:] += shift * direction
+        again = solve_schedule(
+            trace,
+            theta,
+            keep,
+            free,
+            self._schedule,
+            self.max_iter,
+            self.tol,
+            theta[-3:],
+            restart=True,
+        )
+        best = again if _rank(again) <= _rank(solved) else solved
+        level = best.theta.copy()
+        level[-3:] += (theta[-2] - level[-2]) * direction
+        return replace(
+            best,
+            theta=level,
+            n_iter=solved.n_iter + again.n_iter,
+            history=solved.history + again.history,
+            changes=solved.changes + again.changes,
+        )
 
     def _warn_unsettled(self, solved) -> None:
         if not solved.converged:
@@ -1228,6 +1298,79 @@ def search_snap_offsets(trace, solved, keep, free, schedule_of, max_iter, tol):
         if best.misfit <= MISFIT_SEARCH:
             break
     return replace(best, n_iter=replays)
+
+
+def profile_level(trace, keep, theta, direction, schedule_of, step) -> tuple:
+    """The shift of the offsets' common level (along ``direction``) that
+    the admissions show, and whether they show none (``flat``).
+
+    Each shift is one replay snapped with the shifted offsets at the fit's
+    betas and its rows' loss (:func:`level_loss`): a level off by ``d``
+    admits the requests arriving within ``d`` of a step boundary at the
+    other one, whose rows then miss by a step. Shifts on a grid of
+    ``LEVEL_SPAN`` mean steps ``step`` either side (offsets stay
+    non-negative), then a finer one around the best; the shifts within
+    ``LEVEL_TOL`` of the least loss next to the best form its plateau. No
+    shift where the fit's level is on it (the first events of the busy
+    periods place it there), else the plateau's middle.
+    """
+    lowest = -float(np.min(theta[-3:][direction > 0], initial=np.inf))
+    span = LEVEL_SPAN * step
+    coarse = np.linspace(-span, span, LEVEL_POINTS)
+    coarse = np.r_[lowest, coarse[coarse > lowest]]
+
+    def losses(shifts):  # a loop over candidate shifts, not requests
+        return np.array(
+            [
+                level_loss(trace, keep, _shifted(theta, d, direction), schedule_of)
+                for d in shifts
+            ]
+        )
+
+    loss = losses(coarse)
+    least = float(np.min(loss))
+    flat = bool(np.all(loss <= least * (1 + LEVEL_TOL) + 1e-12))
+    zero = float(loss[np.argmin(np.abs(coarse))])
+    if flat or zero <= least * (1 + LEVEL_TOL) + 1e-12:
+        return 0.0, flat
+    spacing = 2 * span / (LEVEL_POINTS - 1)
+    best = coarse[int(np.argmin(loss))]
+    fine = np.linspace(best - 2 * spacing, best + 2 * spacing, LEVEL_POINTS)
+    fine = fine[fine >= lowest]
+    fine_loss = losses(fine)
+    k = int(np.argmin(fine_loss))
+    low = fine_loss <= float(fine_loss[k]) * (1 + LEVEL_TOL) + 1e-12
+    lo, hi = k, k
+    while lo > 0 and low[lo - 1]:
+        lo -= 1
+    while hi < fine.shape[0] - 1 and low[hi + 1]:
+        hi += 1
+    return 0.5 * float(fine[lo] + fine[hi]), False
+
+
+def _shifted(theta, shift, direction) -> np.ndarray:
+    moved = theta.copy()
+    moved[-3:] += shift * direction
+    return moved
+
+
+def level_loss(trace, keep, theta, schedule_of) -> float:
+    """The truncated squares of the standardised residuals of a replay
+    snapped with ``theta``'s offsets, at its betas and offsets: a row missing
+    by more than ``TUKEY_C`` robust deviations (a request scheduled at
+    another step) counts that much, whatever it misses by."""
+    schedule = schedule_of(trace, theta, trace.engine_ends(theta, keep), True)
+    anchors = trace.anchor_times(schedule)
+    rows = difference_design(schedule, trace.event_times, anchors, theta[:-3], keep)
+    z = (rows.target - rows.design @ theta) * np.sqrt(rows.weight)
+    scale = max(1.4826 * float(np.median(np.abs(z))), MIN_ROBUST_SCALE)
+    return float(np.sum(np.minimum(z * z, (TUKEY_C * scale) ** 2))) / scale**2
+
+
+def _anchor_rows(rows) -> int:
+    """Rows of a fit on differences that measure an event from its busy
+    period's start (the only rows that show the offsets' level)."""
+    return int(np.count_nonzero(rows.design[:, -3:].sum(axis=1) != 0))
 
 
 def _search_grid(trace, solved, keep) -> list:
