@@ -532,9 +532,10 @@ class ScheduleBetaRegressor(RegressorMixin, BaseEstimator):
         snapped replays' boundaries move with the level, so a level off by
         ``d`` admits the requests within ``d`` of a boundary at the other
         one (``profile_level``). Where the level moves, the fits on
-        differences restart snapped there and the level is set to it (their
-        betas, where they explain the times better). Where neither shows
-        it, a warning.
+        differences restart snapped there; where they explain the times at
+        least as well, they and the profiled level are taken, else the fit
+        stays as it was. Where neither the admissions nor enough busy
+        periods show the level, a warning.
         """
         if not (self.fit_offsets and free[-2]) or solved.mean_step <= 0:
             return solved
@@ -568,13 +569,18 @@ class ScheduleBetaRegressor(RegressorMixin, BaseEstimator):
             theta[-3:],
             restart=True,
         )
-        best = again if _rank(again) <= _rank(solved) else solved
-        level = best.theta.copy()
+        replays = solved.n_iter + again.n_iter
+        if _rank(again) > _rank(solved) or again.misfit > solved.misfit:
+            # the profiled level's schedule explains the times no better (a
+            # saturated KV-bound trace, where the queue, not timing, decides
+            # admissions): the admissions did not show the level
+            return replace(solved, n_iter=replays)
+        level = again.theta.copy()
         level[-3:] += (theta[-2] - level[-2]) * direction
         return replace(
-            best,
+            again,
             theta=level,
-            n_iter=solved.n_iter + again.n_iter,
+            n_iter=replays,
             history=solved.history + again.history,
             changes=solved.changes + again.changes,
         )
