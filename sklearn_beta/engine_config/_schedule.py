@@ -293,11 +293,16 @@ class ScheduleBetaRegressor(RegressorMixin, BaseEstimator):
         the arrival column to the engine's arrival (identified only by
         scheduled times, i.e. prefill starts after the arrivals; else 0 and
         absorbed by the others), ``"first_token"`` and ``"last_token"``,
-        from the engine's event to the observed time.
+        from the engine's event to the observed time. Their common level
+        is profiled from the admissions after the fit; where neither the
+        admissions nor five busy periods show it, a ``UserWarning`` says
+        so (docs/schedule.md, "Request overheads").
     beta_ci_ : ndarray of shape (n_coefficients, 2) or None
         Confidence limits of the betas at ``confidence_level`` from the
-        heteroscedasticity-robust (HC0 sandwich) covariance of the last
-        weighted fit, clipped at 0; None when ``confidence_level`` is None.
+        leverage-corrected heteroscedasticity-robust (HC3 sandwich)
+        covariance of the last weighted fit, clipped at 0; None when
+        ``confidence_level`` is None. They undercover (docs/schedule.md,
+        "Intervals").
     init_beta_ : ndarray of shape (n_coefficients,)
         The coefficients the iteration started from.
     init_misfit_ : dict
@@ -1137,7 +1142,8 @@ class ScheduleBetaRegressor(RegressorMixin, BaseEstimator):
         # HC3: each residual over one minus its leverage. The ramps' few
         # rows carry what tells beta0 from beta2 * max_num_seqs apart, and
         # HC0 underrates them (measured over 40 saturated traces: beta0
-        # covered 28 of 40 with HC0, 31 with HC3; docs/schedule.md)
+        # covered 31 of 40 with HC3, 28 with HC0 on the same fits;
+        # docs/schedule.md)
         leverage = w * np.einsum("ij,jk,ik->i", X[:, active], inv, X[:, active])
         resid = resid / np.clip(1.0 - leverage, MIN_LEVERAGE_GAP, None)
         meat_rows = X[:, active] * (w * resid)[:, None]
@@ -1335,8 +1341,7 @@ def profile_level(trace, keep, theta, direction, schedule_of, step) -> tuple:
     non-negative), then a finer one around the best; the shifts within
     ``LEVEL_TOL`` of the least loss next to the best form its plateau. No
     shift where the fit's level is on it (the first events of the busy
-    periods place it there) or where the least is at the grid's end, else
-    the plateau's middle.
+    periods place it there), else the plateau's middle.
     """
     lowest = -float(np.min(theta[-3:][direction > 0], initial=np.inf))
     span = LEVEL_SPAN * step
@@ -1359,10 +1364,6 @@ def profile_level(trace, keep, theta, direction, schedule_of, step) -> tuple:
         return 0.0, flat
     spacing = 2 * span / (LEVEL_POINTS - 1)
     best = coarse[int(np.argmin(loss))]
-    if abs(best) >= span * (1 - 1e-9):
-        # least at the grid's end, not at a plateau: the loss falls further
-        # off (measured: one of 40 traces, 3.5 ms below the truth there)
-        return 0.0, False
     fine = np.linspace(best - 2 * spacing, best + 2 * spacing, LEVEL_POINTS)
     fine = fine[fine >= lowest]
     fine_loss = losses(fine)
