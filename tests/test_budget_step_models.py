@@ -289,3 +289,24 @@ def test_cli_fits_an_attention_model_on_an_engine_side_budget_bound_trace(
     beta = [report["coefficients"][f]["value"] for f in ATTENTION]
     # the command line's 25 duration passes stop short on this light trace
     np.testing.assert_allclose(beta, BETA_ATTENTION, rtol=0.1)
+
+
+def test_dask_fit_of_a_budget_bound_fleet_equals_pandas():
+    # Prefill groups never cross instances: partitions holding whole
+    # instances give the pandas fit.
+    import dask.dataframe as dd
+
+    fleet = _simulate(
+        400,
+        "light",
+        beta=BETA_ATTENTION,
+        features=ATTENTION,
+        arrival_rate=12.0,
+        n_instances=2,
+        noise=0.02,
+    ).sort_values(["instance_id", "t_start"], ignore_index=True)
+    expected = _fit(fleet, ATTENTION, confidence_level=None).beta_
+    got = _fit(
+        dd.from_pandas(fleet, npartitions=2), ATTENTION, confidence_level=None
+    ).beta_
+    np.testing.assert_allclose(got, expected, rtol=1e-9)

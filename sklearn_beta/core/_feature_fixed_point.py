@@ -231,7 +231,7 @@ class FeatureDurations:
             step_time += b * pressure
             if name in full:
                 taken += b * mass[name]
-            else:
+            if name not in PREFILL_FEATURES:
                 bare += b * pressure
         n = taken / np.maximum(step_time, MIN_STEP_TIME)
         emptied = np.zeros(s.shape[0], dtype=bool)
