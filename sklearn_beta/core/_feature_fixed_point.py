@@ -116,20 +116,7 @@ class FeatureDurations:
             self.gains = np.zeros(timeline.n_phases)
             last = np.maximum(tg.end_idx - 1, 0)
             self.ends_capped = timeline.is_prefill & (timeline.budget_excess[last] > 0)
-        # a budget-bound engine: prefill groups, one prompt at a time
-        bound = timeline.budget_excess is not None and budget_bound(
-            timeline.chunk_size, timeline.token_budget
-        )
-        if bound and prompt is None and "batch_size" in self.features:
-            raise ValueError(
-                "The 'batch_size' feature of a budget-bound engine needs the "
-                "'prefill_tokens' column (which prompts share a step)."
-            )
-        # (without the prompts, nothing to place: the published group masses)
-        self.groups = bound and prompt is not None
-        self.group_masses = self.group_steps = None
-        if self.groups:
-            self.group_masses = group_last_steps(timeline, prompt)
+        self._set_groups(prompt)
         self.p_batch = self.batch = None
         if "batch_size" in self.features:
             self.p_batch = self.batch = self._batch_pressure(prompt)
@@ -153,6 +140,24 @@ class FeatureDurations:
             local = timeline.n_steps / timeline.duration
             mass = context_mass_per_segment(timeline, prompt, local)
             self.p_context = correction_rate(mass, tg.seg_len)
+
+    def _set_groups(self, prompt) -> None:
+        """A budget-bound engine: prefill groups serve one prompt at a time
+        (:func:`~._budget.group_last_steps`); without the prompts there is
+        nothing to place but the published group masses."""
+        timeline = self.timeline
+        bound = timeline.budget_excess is not None and budget_bound(
+            timeline.chunk_size, timeline.token_budget
+        )
+        if bound and prompt is None and "batch_size" in self.features:
+            raise ValueError(
+                "The 'batch_size' feature of a budget-bound engine needs the "
+                "'prefill_tokens' column (which prompts share a step)."
+            )
+        self.groups = bound and prompt is not None
+        self.group_masses = self.group_steps = None
+        if self.groups:
+            self.group_masses = group_last_steps(timeline, prompt)
 
     def _batch_pressure(self, prompt) -> np.ndarray:
         """Requests served per full step: every running phase, or under a
