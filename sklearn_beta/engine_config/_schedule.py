@@ -116,6 +116,12 @@ LEVEL_SPAN = 0.25
 LEVEL_POINTS = 51
 LEVEL_TOL = 0.02
 LEVEL_MIN_ANCHORS = 5
+#: Busy periods' starts from which their mean places the level well enough
+#: and the admissions are not profiled: at light load a client's per-request
+#: overheads vary, and the admissions bound the level by the least of them
+#: (measured: 3 ms plus up to 0.5 ms of jitter, level 3.22 ms from 300
+#: requests' periods, 3.00 ms profiled).
+LEVEL_PROFILE_ANCHORS = 20
 #: The bisquare weights' smallest scale of the standardised residuals (a
 #: row's error over its modelled step-noise deviation): a 1 % step noise.
 #: 2 % step noise gives a scale of about 0.019, above it.
@@ -549,11 +555,14 @@ class ScheduleBetaRegressor(RegressorMixin, BaseEstimator):
         differences = solved.history and solved.history[-1][0] != "levels"
         if not (self.fit_offsets and free[-2] and differences) or solved.mean_step <= 0:
             return solved  # levels alone (max_iter too small) fit no offsets
-        if self.max_in_flight is not None:
+        if self.max_in_flight is not None or (
+            _anchor_rows(solved.rows) >= LEVEL_PROFILE_ANCHORS
+        ):
             # a closed-loop client sends as it sees a completion, so every
             # send meets the step boundaries at one phase: no admission
             # narrows the level (measured: a spiky profile 0.17 ms off, where
-            # the two busy periods' starts gave 0.01 ms)
+            # the two busy periods' starts gave 0.01 ms); many periods'
+            # starts place it themselves
             return solved
         head, head_keep = _trace_head(self, frame, trace, keep)
         direction = free[-3:].astype(float)  # client-side: the queue stays 0
