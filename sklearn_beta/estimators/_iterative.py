@@ -60,6 +60,8 @@ __all__ = ["IterativeBetaRegressor"]
 
 #: Treatments of a trace's edges (``IterativeBetaRegressor(edges=...)``).
 EDGE_TREATMENTS = ("auto", "fit")
+#: Phase weightings (``IterativeBetaRegressor(weights=...)``).
+WEIGHTINGS = ("auto", "variance")
 
 
 class TimelineSource(InMemorySource):
@@ -354,6 +356,7 @@ default=None
         "objective": [StrOptions(set(OBJECTIVES))],
         "confidence_level": [Number(Real, 0, 1, closed="neither"), None],
         "edges": [StrOptions(set(EDGE_TREATMENTS))],
+        "weights": [StrOptions(set(WEIGHTINGS))],
         "verbose": ["verbose"],
     }
 
@@ -369,6 +372,7 @@ default=None
         objective="step_count",
         confidence_level=DEFAULT_CONFIDENCE_LEVEL,
         edges="auto",
+        weights="auto",
         verbose=0,
     ):
         self.correction_mode = correction_mode
@@ -380,6 +384,7 @@ default=None
         self.objective = objective
         self.confidence_level = confidence_level
         self.edges = edges
+        self.weights = weights
         self.verbose = verbose
 
     def _fit_table(self, table, duration, sample_weight):
@@ -387,7 +392,9 @@ default=None
         self.step_basis_ = fit_design(table)[1]
         if self.objective == "step_count":
             _warn_if_y_unused(table, duration)
-        if self.step_features_ != PUBLISHED_FEATURES:
+        if self.step_features_ != PUBLISHED_FEATURES or self._variance_durations():
+            # (the published reference's fixed point weighs no phase: a
+            # variance-weighted published fit runs as a step model's)
             return self._fit_source(
                 self._feature_source(table, duration, sample_weight)
             )
@@ -443,8 +450,20 @@ default=None
             self.correction_mode, self.max_iter, self.tol, self.damping, self.stopping
         )
 
+    def _variance_durations(self) -> bool:
+        """Whether the durations are fitted with the variance weights (the
+        step counts always are)."""
+        return self.weights == "variance" and self.objective == "duration"
+
     def _fit_source(self, source, *, caller=None, names=None):
         """:func:`~sklearn_beta.estimators._fit.fit_iterative` on ``source``."""
+        if self._variance_durations() and not isinstance(source, InMemorySource):
+            raise ValueError(
+                "IterativeBetaRegressor(weights='variance', objective='duration') "
+                "fits traces in memory only; on a Dask collection use "
+                "weights='auto', or objective='step_count' (whose step counts "
+                "are weighted by their variance already)."
+            )
         settings = self._fit_settings(caller, names)
         return self._fitted(fit_iterative(source, settings))
 
@@ -463,6 +482,7 @@ default=None
             iteration=self._iteration_settings(),
             verbose=self.verbose,
             coef_names=self._coef_names(),
+            weights=self.weights,
         )
 
     def _fitted(self, fitted: FittedBetas) -> np.ndarray:
