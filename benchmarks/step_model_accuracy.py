@@ -85,6 +85,14 @@ FITS = {
     ),
 }
 TOLERANCE = 0.01
+#: Column heads of the table.
+SHORT = dict(
+    zip(
+        STEP_FEATURES,
+        ("steps", "pf_tok", "pf_attn", "dec_tok", "dec_ctx", "batch"),
+        strict=True,
+    )
+)
 
 
 def simulate(model: str, regime: str, n_requests: int, seed: int):
@@ -182,7 +190,7 @@ def _format_row(row: dict) -> str:
 
 
 def _header(model: str) -> str:
-    names = " ".join(f"{f[:7]:>7s}" for f in MODELS[model][0])
+    names = " ".join(f"{SHORT[f]:>7s}" for f in MODELS[model][0])
     return (
         f"# step model {model}: largest |relative error| over the seeds, %\n"
         f"{'regime':6s} {'requests':>7s} {'fit':10s} {names}  within unconv "
