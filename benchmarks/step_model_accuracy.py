@@ -2,7 +2,7 @@
 
 Usage::
 
-    python benchmarks/step_model_accuracy.py             # the table, ~20 min
+    python benchmarks/step_model_accuracy.py      # the table, ~50 min, 9 GB
     python benchmarks/step_model_accuracy.py --save run.json
     python benchmarks/step_model_accuracy.py --compare \
         benchmarks/step_model_accuracy_results.json
@@ -69,7 +69,7 @@ REGIMES = {"light": 4.0, "moderate": 10.0, "heavy": 14.0}
 SIZES = {
     "light": (1500, 6000, 24000),
     "moderate": (6000, 24000),
-    "heavy": (6000, 24000, 96000, 192000, 384000, 768000),
+    "heavy": (6000, 24000, 96000, 192000, 384000, 768000, 1536000),
 }
 FITS = {
     "step_count": dict(),
