@@ -272,3 +272,169 @@ def capped_prefill_wants(
     ending = segment == tg.end_idx[phase] - 1
     last_grant[phase[ending]] = grant[ending]
     return prompt - (received + gains - last_grant)
+
+
+# --- the chunks of a prefill group, for the step features -------------------
+
+
+def _left(timeline: Timeline) -> np.ndarray:
+    """Prompt tokens a step may take on each segment, ``max(B - p_dec, 0)``."""
+    return np.maximum(timeline.token_budget - timeline.p_dec, 0.0)
+
+
+def serving_order(timeline: Timeline) -> tuple[np.ndarray, np.ndarray]:
+    """The prefills in the order a budget-bound engine serves them, and
+    their groups (:func:`prefill_groups`).
+
+    The engine gives each step's budget to the running prompts in admission
+    order, each taking all it still needs, so a prompt ends no earlier than
+    one admitted before it: order by start, then end (then row).
+    """
+    tg = timeline.trace_grid
+    group, _, _ = prefill_groups(tg, timeline.is_prefill)
+    prefill = np.flatnonzero(timeline.is_prefill)
+    order = np.lexsort((tg.end_idx[prefill], tg.start_idx[prefill]))
+    return prefill[order], group[order]
+
+
+def served_prefill(timeline: Timeline, phase: np.ndarray) -> np.ndarray:
+    """The prefill each segment's full steps serve (-1: none), with ``phase``
+    in serving order (:func:`serving_order`).
+
+    It is the first one in that order still running: every prompt before it
+    has ended, and it takes the whole ``B - p_dec`` of every step of the
+    segment but, where it ends, its last.
+    """
+    tg = timeline.trace_grid
+    segments = np.arange(tg.n_segments)
+    # ends are monotone in serving order in the engine; the running maximum
+    # keeps the search valid on traces where they are not
+    ends = np.maximum.accumulate(tg.end_idx[phase]) if phase.size else phase
+    first = np.searchsorted(ends, segments, side="right")
+    served = np.full(tg.n_segments, -1, dtype=np.intp)
+    inside = first < phase.shape[0]
+    candidate = phase[first[inside]]
+    running = tg.start_idx[candidate] <= segments[inside]
+    served[segments[inside][running]] = candidate[running]
+    served[_left(timeline) <= 0] = -1
+    return served
+
+
+def group_full_pressures(
+    timeline: Timeline, prompt: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """Per-step prefill attention and prefills served on the full steps of
+    a budget-bound engine: ``L (P_f + L / 2)`` and 1 on a segment whose
+    steps serve prefill ``f`` (:func:`served_prefill`), ``L = B - p_dec``."""
+    phase, _ = serving_order(timeline)
+    served = served_prefill(timeline, phase)
+    left = _left(timeline)
+    on = served >= 0
+    attention = np.where(on, left * (prompt[np.maximum(served, 0)] + 0.5 * left), 0.0)
+    return attention, on.astype(np.float64)
+
+
+def group_mean_left(timeline: Timeline) -> np.ndarray:
+    """``B - p_dec`` averaged over each prefill group's time (its last
+    segment's for a group of no length), per group."""
+    tg = timeline.trace_grid
+    _, first, end = prefill_groups(tg, timeline.is_prefill)
+    left = _left(timeline)
+    span = tg.grid[end] - tg.grid[first]
+    budget_time = cumulative(left * tg.seg_len)
+    return np.divide(
+        budget_time[end] - budget_time[first],
+        span,
+        out=left[np.maximum(end - 1, 0)].copy(),
+        where=span > 0,
+    )
+
+
+def _group_positions(group: np.ndarray, prompt: np.ndarray):
+    """Whether each prefill (in serving order) starts its group, and the
+    prompt tokens of its group up to and including it."""
+    new_group = np.ones(group.shape[0], dtype=bool)
+    new_group[1:] = group[1:] != group[:-1]
+    total = np.cumsum(prompt)
+    base = (total - prompt)[new_group][np.cumsum(new_group) - 1]
+    return new_group, total - base
+
+
+def _last_step_offsets(timeline, group, first, segment, steps):
+    """Budget of a group's steps before ``segment`` and the width of the
+    step grid there: at the density ``steps`` (per segment), the budget of
+    every step of the group so far and the segment's ``B - p_dec``; without
+    it, none and the group's mean ``B - p_dec`` (:func:`group_mean_left`)."""
+    left = _left(timeline)
+    if steps is None:
+        return np.zeros(first.shape[0]), group_mean_left(timeline)[group[first]]
+    _, group_first, _ = prefill_groups(timeline.trace_grid, timeline.is_prefill)
+    # grid points are step boundaries: every segment holds a whole number
+    # of steps, at least one, which the density estimates (a prompt's last
+    # step on a short segment lasts far less than a full one)
+    capacity = cumulative(np.maximum(np.rint(steps), 1.0) * left)
+    return capacity[segment] - capacity[group_first[group[first]]], left[segment]
+
+
+def group_last_steps(
+    timeline: Timeline, prompt: np.ndarray, steps: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """What the last step of each prompt of a budget-bound engine takes
+    back from the full steps of :func:`group_full_pressures`.
+
+    A group serves its prompts one after the other, each step ``L = B -
+    p_dec`` tokens: the concatenated prompts cut into chunks of ``L``. The
+    step where prompts end (a grid point, so the last step of the segment
+    before it) gives the first of them its last chunk ``b``, the next ones
+    ending there their whole prompts, and the rest to the next prompt of the
+    group (its first chunk ``a``), or to nobody at the group's end (its
+    deficit). ``b`` is where the prompt's end falls on the chunk grid: its
+    group's prompt tokens up to it less the budget of the group's steps
+    before the segment, modulo ``L``; that budget is the density's
+    (``steps`` per segment: exact at the engine's betas), or without one
+    0 with the group's mean ``L`` as the grid (exact while the decodes do
+    not change during the group, :func:`budget_group_mass`'s
+    approximation).
+
+    Returns, per segment, the prompt tokens, prefill attention and prefills
+    served that the full steps over-count on the last step (the attention
+    and served counts may be negative: the next prompt can be longer, and
+    several are served).
+    """
+    tg = timeline.trace_grid
+    phase, group = serving_order(timeline)
+    n_seg = tg.n_segments
+    if phase.shape[0] == 0:
+        return np.zeros(n_seg), np.zeros(n_seg), np.zeros(n_seg)
+    p = prompt[phase]
+    end = tg.end_idx[phase]
+    new_group, reach = _group_positions(group, p)
+    run = new_group.copy()
+    run[1:] |= end[1:] != end[:-1]
+    first = np.flatnonzero(run)
+    last = np.append(first[1:], phase.shape[0]) - 1
+    segment = end[first] - 1
+    width = _left(timeline)[segment]
+    offset, grid = _last_step_offsets(timeline, group, first, segment, steps)
+    grid = np.where(grid > 0, grid, 1.0)
+    position = reach[first] - offset
+    own = position - grid * (np.ceil(position / grid) - 1.0)
+    own = np.clip(own, 0.0, np.minimum(width, p[first]))
+    middle = reach[last] - reach[first]
+    rest = np.maximum(width - own - middle, 0.0)
+    after = np.minimum(last + 1, phase.shape[0] - 1)
+    has_next = (last + 1 < phase.shape[0]) & (group[after] == group[last])
+    p_next = np.where(has_next, p[after], 0.0)
+    gets = np.minimum(rest, p_next)
+    square = np.cumsum(1.5 * p * p)
+    attention = own * (p[first] + 0.5 * own) + (square[last] - square[first])
+    attention += gets * (p_next + 0.5 * gets)
+    full = width * (p[first] + 0.5 * width)
+    served = (own > 0) + (last - first) + (gets > 0)
+    on = width > 0
+
+    def per_segment(mass):
+        return np.bincount(segment[on], weights=mass[on], minlength=n_seg)
+
+    tokens = width - own - middle - gets
+    return per_segment(tokens), per_segment(full - attention), per_segment(1.0 - served)

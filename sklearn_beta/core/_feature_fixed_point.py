@@ -29,6 +29,8 @@ from ._budget import (
     capped_last_steps,
     capped_prefill_grants,
     capped_prefill_wants,
+    group_full_pressures,
+    group_last_steps,
 )
 from ._corrections import (
     beta_informed_correction_mass,
@@ -114,11 +116,14 @@ class FeatureDurations:
             self.gains = np.zeros(timeline.n_phases)
             last = np.maximum(tg.end_idx - 1, 0)
             self.ends_capped = timeline.is_prefill & (timeline.budget_excess[last] > 0)
-        self.p_batch = None
+        self._set_groups(prompt)
+        self.p_batch = self.batch = None
         if "batch_size" in self.features:
-            self.p_batch = count_active(tg)
+            self.p_batch = self.batch = self._batch_pressure(prompt)
         self.attention = self.attention_missing = self.fixed_attention = None
-        if "prefill_attention" in self.features:
+        if self.groups and "prefill_attention" in self.features:
+            self.attention = group_full_pressures(timeline, prompt)[0]
+        elif "prefill_attention" in self.features:
             self.attention = attention_pressure(timeline, prompt)
             self.attention_missing = attention_missing_mass(timeline, prompt)
             self.fixed_attention = static_correction_mass(
@@ -135,6 +140,32 @@ class FeatureDurations:
             local = timeline.n_steps / timeline.duration
             mass = context_mass_per_segment(timeline, prompt, local)
             self.p_context = correction_rate(mass, tg.seg_len)
+
+    def _set_groups(self, prompt) -> None:
+        """A budget-bound engine: prefill groups serve one prompt at a time
+        (:func:`~._budget.group_last_steps`); without the prompts there is
+        nothing to place but the published group masses."""
+        timeline = self.timeline
+        bound = timeline.budget_excess is not None and budget_bound(
+            timeline.chunk_size, timeline.token_budget
+        )
+        if bound and prompt is None and "batch_size" in self.features:
+            raise ValueError(
+                "The 'batch_size' feature of a budget-bound engine needs the "
+                "'prefill_tokens' column (which prompts share a step)."
+            )
+        self.groups = bound and prompt is not None
+        self.group_masses = self.group_steps = None
+        if self.groups:
+            self.group_masses = group_last_steps(timeline, prompt)
+
+    def _batch_pressure(self, prompt) -> np.ndarray:
+        """Requests served per full step: every running phase, or under a
+        budget-bound engine the decodes and one prompt
+        (:func:`~._step_features.batch_mass_per_segment`)."""
+        if not self.groups:
+            return count_active(self.timeline.trace_grid)
+        return self.timeline.p_dec + group_full_pressures(self.timeline, prompt)[1]
 
     def _context_pressure(self, cum_steps: np.ndarray) -> np.ndarray:
         """Decode context per step on each segment under cumulative steps
@@ -168,7 +199,6 @@ class FeatureDurations:
         often short, segment (measured: 100 iterations without converging,
         five with the solved density)."""
         tl = self.timeline
-        s = tl.trace_grid.seg_len
         full = {"prefill_tokens": tl.p_pf_full, "prefill_attention": self.attention}
         mass = {
             "prefill_tokens": budget_capped_mass(self.fixed, tl),
@@ -178,6 +208,26 @@ class FeatureDurations:
             mass["prefill_attention"] = budget_capped_attention(
                 self.fixed_attention, self.fixed, tl
             )
+        return self._density_with(beta, full, mass)
+
+    def _group_density(self, beta: np.ndarray) -> np.ndarray:
+        """The density of a budget-bound engine, solved with the masses its
+        prompts' last steps take back (:func:`~._budget.group_last_steps`),
+        placed on the chunk grid of the previous pass's steps; the lag is in
+        where the last steps fall, whole steps, and not in the step time
+        (lagged, a group's short last step flipped between states)."""
+        tl = self.timeline
+        masses = group_last_steps(tl, self.prompt, self.group_steps)
+        self.group_masses = masses
+        names = ("prefill_tokens", "prefill_attention", "batch_size")
+        full = dict(zip(names, (tl.p_pf_full, self.attention, self.batch), strict=True))
+        return self._density_with(beta, full, dict(zip(names, masses, strict=True)))
+
+    def _density_with(self, beta, full: dict, mass: dict) -> np.ndarray:
+        """Steps per time unit on each segment that lasts ``s = n sum_k b_k
+        p_k - sum_k b_k m_k``: ``full`` pressures and ``mass`` taken back by
+        name, the other features at their current pressures."""
+        s = self.timeline.trace_grid.seg_len
         step_time, bare, taken = np.zeros_like(s), np.zeros_like(s), s.copy()
         for b, name, pressure in zip(
             beta, self.features, self._pressures(), strict=True
@@ -186,11 +236,11 @@ class FeatureDurations:
             step_time += b * pressure
             if name in full:
                 taken += b * mass[name]
-            else:
+            if name not in PREFILL_FEATURES:
                 bare += b * pressure
         n = taken / np.maximum(step_time, MIN_STEP_TIME)
         emptied = np.zeros(s.shape[0], dtype=bool)
-        for name in full:
+        for name in PREFILL_FEATURES:
             if name in self.features:
                 emptied |= n * full[name] < mass[name]
         n[emptied] = s[emptied] / np.maximum(bare[emptied], MIN_STEP_TIME)
@@ -207,6 +257,10 @@ class FeatureDurations:
         tl = self.timeline
         if self.grants is not None:
             return self._capped_corrections(steps)
+        if self.groups:
+            # the prompts' last steps placed by _group_density
+            tokens, attention, self.batch_mass = self.group_masses
+            return tokens, attention
         if self.mode != "beta_informed":
             mass, missing = self.fixed, self.fixed_attention
         else:
@@ -266,7 +320,9 @@ class FeatureDurations:
         then the corrections, the new pressures and the design."""
         tl = self.timeline
         tg = tl.trace_grid
-        if self.mode == "beta_informed" or self.grants is not None:
+        if self.groups:
+            density = self._group_density(beta)
+        elif self.mode == "beta_informed" or self.grants is not None:
             # (a chunked engine's budget places its own corrections, at the
             # lagged density)
             step_time = np.zeros(tg.n_segments)
@@ -277,17 +333,25 @@ class FeatureDurations:
             density = self._solved_density(beta)
         steps = density * tg.seg_len
         per_step = np.maximum(density, MIN_STEP_TIME)
+        if self.groups:
+            self.group_steps = steps
         mass, missing = self._corrections(density, steps)
         rate = correction_rate(mass, tg.seg_len)
         self.p_pf = np.maximum(tl.p_pf_full - rate / per_step, 0.0)
         if self.attention is not None:
             a_rate = correction_rate(missing, tg.seg_len)
             self.p_attention = np.maximum(self.attention - a_rate / per_step, 0.0)
+        if self.batch is not None and self.groups:
+            b_rate = correction_rate(self.batch_mass, tg.seg_len)
+            self.p_batch = np.maximum(self.batch - b_rate / per_step, 0.0)
         if self.context:
             self.p_context = self._context_pressure(cumulative(steps))
         # the design: N_i times the pressures averaged over its steps
         total = self.integrals(steps)
         n_steps = design_step_counts(tl, total)
+        if self.groups:
+            # a prompt sharing its group waited steps the trace does not show
+            n_steps = np.where(self.counted, n_steps, total)
         scale = np.divide(n_steps, total, out=np.zeros_like(total), where=total > 0)
         design = np.empty((tl.n_phases, len(self.features)), order="F")
         for k, pressure in enumerate(self._pressures()):
@@ -296,7 +360,15 @@ class FeatureDurations:
         return design
 
     def fit(self, design: np.ndarray) -> np.ndarray:
-        return nnls_fit(design, self.timeline.duration, self.sample_weight)
+        weight = self.sample_weight
+        if self.groups:
+            # a prompt sharing its group has the density's step count: its
+            # row repeats the current betas' durations, and only slows the
+            # iteration (122 passes to converge on a light noise-free trace, 87
+            # without it, damping 1)
+            ones = np.ones(self.timeline.n_phases) if weight is None else weight
+            weight = np.where(self.counted, ones, 0.0)
+        return nnls_fit(design, self.timeline.duration, weight)
 
     def change_basis(self, design: np.ndarray) -> np.ndarray:
         """What :func:`~._fixed_point.beta_change` measures a step against."""
@@ -441,7 +513,7 @@ class FeatureCounts(CountedTotals):
             "prefill_attention": p.attention,
             "decode_tokens": p.p_dec,
             "decode_context": p.p_context,
-            "batch_size": p.p_batch,
+            "batch_size": p.batch,
         }
         return [by_name[name] for name in self.features]
 
@@ -450,6 +522,12 @@ class FeatureCounts(CountedTotals):
         ``beta_informed`` placement needs the step ``density``."""
         p, tl = self.problem, self.timeline
         tg = tl.trace_grid
+        if p.groups and p.group_masses is not None:
+            # a budget-bound engine's last steps, placed without a density
+            # (as the published objective's group deficits)
+            names = ("prefill_tokens", "prefill_attention", "batch_size")
+            by_name = dict(zip(names, p.group_masses, strict=True))
+            return [by_name.get(name) for name in self.features]
         if p.mode == "beta_informed" and density is None:
             # before any density: the last segment of each window
             tokens = static_correction_mass("end_inside", tg, tl.is_prefill, tl.mu)
@@ -550,7 +628,10 @@ class FeatureCounts(CountedTotals):
         p = self.problem
         if p.context:
             p.p_context = p._context_pressure(cumulative(n))
-        if p.mode == "beta_informed":
+        if p.groups:
+            p.group_masses = group_last_steps(self.timeline, p.prompt, n)
+            self.masses = self._masses(None)
+        elif p.mode == "beta_informed":
             self.masses = self._masses(
                 correction_rate(n, self.timeline.trace_grid.seg_len)
             )

@@ -25,7 +25,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from ._budget import capped_prefill_grants
+from ._budget import capped_prefill_grants, group_full_pressures, group_last_steps
 from ._corrections import budget_capped_mass, fixed_correction_mass
 from ._engine_model import budget_bound
 from ._grid import PhaseIntegrals, Timeline, count_active
@@ -182,6 +182,10 @@ def attention_mass_per_segment(
     weighted by each phase's step density) and the partial last chunks'
     missing attention, placed like ``mu`` (section 4)."""
     tg = timeline.trace_grid
+    if budget_bound(timeline.chunk_size, timeline.token_budget):
+        # prefill groups: each step's budget goes to one prompt at a time
+        pressure, _ = group_full_pressures(timeline, prompt)
+        return pressure * tg.seg_len, group_last_steps(timeline, prompt)[1]
     missing = attention_missing_mass(timeline, prompt)
     correction = fixed_correction_mass(
         correction_mode, tg, timeline.is_prefill, missing
@@ -191,6 +195,30 @@ def attention_mass_per_segment(
     )
     correction = budget_capped_attention(correction, token_mass, timeline)
     return attention_pressure(timeline, prompt) * tg.seg_len, correction
+
+
+def batch_mass_per_segment(
+    timeline: Timeline, prompt: np.ndarray | None
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """Requests served per segment: the mass of the full steps' count (to
+    be weighted by each phase's step density) and what the last steps take
+    back (None: nothing).
+
+    Every running phase is served on every step, but under a budget-bound
+    engine a prompt waiting behind another in its group gets no tokens:
+    the full steps serve the decodes and one prompt, the step where prompts
+    end those ending and the next (:func:`~._budget.group_last_steps`).
+    """
+    tg = timeline.trace_grid
+    if not budget_bound(timeline.chunk_size, timeline.token_budget):
+        return count_active(tg) * tg.seg_len, None
+    if prompt is None:
+        raise ValueError(
+            "The 'batch_size' exposure of a budget-bound engine needs the "
+            "'prefill_tokens' column (which prompts share a step)."
+        )
+    _, served = group_full_pressures(timeline, prompt)
+    return (timeline.p_dec + served) * tg.seg_len, group_last_steps(timeline, prompt)[2]
 
 
 def context_mass_per_segment(
@@ -236,18 +264,8 @@ def feature_exposures(
             f"The step features {sorted(needs_prompt)} need the "
             "'prefill_tokens' column (each request's prompt length)."
         )
-    if "prefill_attention" in features and budget_bound(
-        timeline.chunk_size, timeline.token_budget
-    ):
-        raise ValueError(
-            "The 'prefill_attention' exposure needs a chunk size below the "
-            f"token budget (got chunk_size={timeline.chunk_size}, "
-            f"token_budget={timeline.token_budget}): prefill groups sharing "
-            "a budget are not modelled for it yet; use step_model='published'."
-        )
     out = np.empty((timeline.n_phases, len(features)), order="F")
     integrals = PhaseIntegrals(timeline.trace_grid)
-    seg_len = timeline.trace_grid.seg_len
     for k, name in enumerate(features):
         if name in PUBLISHED_FEATURES:
             out[:, k] = published[:, PUBLISHED_FEATURES.index(name)]
@@ -260,7 +278,7 @@ def feature_exposures(
         elif name == "decode_context":
             mass = context_mass_per_segment(timeline, prompt, step_density)
         else:  # batch_size
-            mass = count_active(timeline.trace_grid) * seg_len
+            mass, correction = batch_mass_per_segment(timeline, prompt)
         integrals(mass, out=out[:, k])
         out[:, k] *= step_density
         if correction is not None:

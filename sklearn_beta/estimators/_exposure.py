@@ -253,9 +253,10 @@ class PhaseExposureTransformer(TransformerMixin, BaseEstimator):
         ``chunk_size >= token_budget`` (no chunk cap below the budget, vLLM
         V1's default) the budget alone caps the prompts: overlapping prefills
         share every step's budget and only the last step of a group of them
-        falls short (docs/method.md, section 4.1). A hyperparameter
-        that :class:`~sklearn.model_selection.GridSearchCV` can tune when the
-        engine's budget is unknown.
+        falls short (docs/method.md, section 4.1); a step model's features
+        follow the groups, one prompt served at a time (section 4.2). A
+        hyperparameter that :class:`~sklearn.model_selection.GridSearchCV`
+        can tune when the engine's budget is unknown.
     time_resolution : "auto" or float, default=0.0
         Phase boundaries of an instance closer than this (in the trace's
         time unit) are one instant. Logged times of events of one engine step
