@@ -40,7 +40,7 @@ MISFIT_WARNING = 0.1
 HELD_OUT = ("ttft", "decode", "e2e")
 #: Most replays of each candidate's fit in the chunking search.
 SEARCH_ITER = 8
-#: When no candidate's misfit is within the noise (``MISFIT_SEARCH``), the
+#: When a chunk cap alone fits best, above the noise (``MISFIT_SEARCH``), the
 #: best PAIR_CHUNKS chunk caps are tried under the best PAIR_BUDGETS budgets.
 PAIR_CHUNKS = 2
 PAIR_BUDGETS = 2
@@ -198,8 +198,8 @@ def _ranked(rows) -> list:
 
 
 def paired_candidates(ranked, candidates) -> list:
-    """Chunk caps under a token budget to try when no candidate alone is
-    within the noise: the :data:`PAIR_CHUNKS` best chunk caps of ``ranked``
+    """Chunk caps under a token budget to try when a chunk cap alone fits
+    best, above the noise: the :data:`PAIR_CHUNKS` best chunk caps of ``ranked``
     (rows with ``chunk_size``, ``token_budget``, best first), each under the
     :data:`PAIR_BUDGETS` best budgets above it and under twice and four
     times itself (an engine's budget need not be a usual vLLM one, e.g.
