@@ -10,6 +10,13 @@ The simulator's noise factor ``exp(noise Z - noise^2 / 2)`` has mean one:
 its betas are the mean step-time coefficients a least-squares fit
 estimates, and coverage is counted against them.
 
+The ``schedule`` load fits :class:`ScheduleBetaRegressor` on client-side
+saturated traces (the engine of docs/schedule.md's accuracy table: chunk
+256, budget 512, 64 running, 40 requests/s offered, 1500 requests, 2 % step
+noise, a 30 ms delay before the queue and tokens seen 10 ms late) and
+counts the coverage of its ``beta_ci_``, and the root mean square error of
+the first-token offset (which holds the delay before the queue).
+
 With ``--bootstrap N`` it also runs the block bootstrap
 (:func:`sklearn_beta.block_bootstrap_ci`, N resamples) on the first
 ``--bootstrap-seeds`` seeds and compares its widths with the sandwich's.
@@ -21,6 +28,7 @@ Usage::
     python benchmarks/interval_coverage.py \
         --compare benchmarks/interval_coverage_results.json
     python benchmarks/interval_coverage.py --bootstrap 200 --bootstrap-seeds 5
+    python benchmarks/interval_coverage.py --loads schedule --out sched.json
 """
 
 from __future__ import annotations
@@ -43,8 +51,10 @@ from sklearn_beta import (
     BaselineBetaRegressor,
     IterativeBetaRegressor,
     PhaseExposureTransformer,
+    ScheduleBetaRegressor,
     block_bootstrap_ci,
 )
+from sklearn_beta.datasets import simulate_trace
 
 NOISE = 0.05
 #: Scenario -> (accuracy.py scenario, requests per trace). Traces are small
@@ -57,6 +67,16 @@ LOADS = {
     # interval widths scatter; the same load over 20000 requests has ~25.
     "heavy_long": (replace(SCENARIOS["heavy_c1024"], noise=NOISE), 20000),
 }
+#: The schedule fit's load: engine, truth, trace and overheads (s).
+SCHEDULE = dict(
+    beta=(6e-3, 3e-5, 1.2e-4),
+    engine=dict(chunk_size=256, token_budget=512, max_num_seqs=64),
+    requests=1500,
+    rate=40.0,
+    noise=0.02,
+    delay=0.03,
+    offset=0.01,
+)
 ESTIMATORS = {
     "iterative (default)": IterativeBetaRegressor(),
     "baseline": BaselineBetaRegressor(),
@@ -74,7 +94,42 @@ def transformer(scenario) -> PhaseExposureTransformer:
     return PhaseExposureTransformer(chunk_size=scenario.chunk_size)
 
 
+def run_schedule_seed(seed: int, level: float) -> list[dict]:
+    """One client-side saturated trace, fitted by ScheduleBetaRegressor."""
+    cfg = SCHEDULE
+    phases = simulate_trace(
+        cfg["requests"],
+        beta=cfg["beta"],
+        arrival_rate=cfg["rate"],
+        prompt_tokens=(300, 0.5),
+        output_tokens=(100, 0.5),
+        noise=cfg["noise"],
+        request_delay=cfg["delay"],
+        first_token_offset=cfg["offset"],
+        last_token_offset=cfg["offset"],
+        view="client",
+        random_state=seed,
+        **cfg["engine"],
+    )
+    model = ScheduleBetaRegressor(**cfg["engine"], confidence_level=level)
+    start = time.perf_counter()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model.fit(phases)
+    seconds = time.perf_counter() - start
+    truth = np.asarray(cfg["beta"])
+    row = _row(
+        "schedule", seed, "schedule", "sandwich", model.beta_, model.beta_ci_, truth
+    )
+    # client-side: the first-token total holds the delay before the queue
+    alpha, total = model.alpha_["first_token"], cfg["delay"] + cfg["offset"]
+    row["alpha_err"] = float(alpha / total - 1.0)
+    return [row | dict(seconds=seconds, misfit=model.schedule_misfit_)]
+
+
 def run_seed(load: str, seed: int, level: float, n_boot: int) -> list[dict]:
+    if load == "schedule":
+        return run_schedule_seed(seed, level)
     phases, scenario = simulate(load, seed)
     table = transformer(scenario).fit_transform(phases)
     truth = np.asarray(scenario.beta)
@@ -134,6 +189,10 @@ def summary(results: pd.DataFrame) -> pd.DataFrame:
     for name in NAMES:
         implied = groups[f"{name}_width"].mean() / (2 * 1.96)
         out[f"{name} sd/se"] = groups[f"{name}_err"].std() / implied
+    if "alpha_err" in results:  # the schedule fit's first-token offset
+        out["alpha rmse%"] = 100 * groups["alpha_err"].apply(
+            lambda e: float(np.sqrt(np.mean(e**2)))
+        )
     return out.reset_index()
 
 
@@ -196,7 +255,8 @@ def main(argv: list[str] | None = None) -> int:
             command=" ".join(["python benchmarks/interval_coverage.py", *sys.argv[1:]]),
             noise=NOISE,
             level=args.level,
-            loads={k: dict(requests=n) for k, (_, n) in LOADS.items()},
+            loads={k: dict(requests=n) for k, (_, n) in LOADS.items()}
+            | {"schedule": SCHEDULE},
             summary=json.loads(table.to_json(orient="records")),
             results=rows,
         )

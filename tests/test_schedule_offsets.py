@@ -109,3 +109,75 @@ def test_closed_loop_saturated_long_trace_starts_inside_the_basin():
     model = fit(phases, max_in_flight=256)
     np.testing.assert_allclose(model.beta_, BETA, rtol=1e-9)
     assert min(model.init_misfit_.values()) < 1e-6
+
+
+def test_last_token_offset_profiled_alone_at_light_load():
+    # First and last tokens seen 2 and 15 ms late at 2 req/s: no step gives
+    # one request its first token and another its last, so the trace does
+    # not show their gap, and a common offset left the last-token one at
+    # 2.6 ms (beta1 -4.3 %, measured before the last-token profile).
+    # Measured after: betas -0.04 %, +0.38 %, +0.51 %; offsets 1.93 and
+    # 14.95 ms.
+    phases = client_trace(2.0, 0.02, 0.0, 0.002, 0.015)
+    model = fit(phases)
+    np.testing.assert_allclose(model.beta_, BETA, rtol=0.01)
+    assert model.alpha_["first_token"] == pytest.approx(0.002, abs=5e-4)
+    assert model.alpha_["last_token"] == pytest.approx(0.015, abs=5e-4)
+    assert model.init_offsets_[2] - model.init_offsets_[1] > 0.005
+
+
+def saturated_offsets_trace(seed, *, burst=False):
+    """3000 requests at 12/s (far past capacity) on the engine of
+    tests/test_schedule.py (chunk 256, budget 512, 64 running), 2 % step
+    noise, tokens seen 4 and 9 ms late; ``burst``: all sent at once."""
+    from test_schedule import BETA as beta3
+    from test_schedule import ENGINE as engine3
+    from test_schedule import client_phases
+
+    from sklearn_beta.engine._loop import run_engine
+
+    rng = np.random.RandomState(seed)
+    n = 3000
+    send = np.cumsum(rng.exponential(1.0 / 12.0, n)) * (not burst)
+    prompt = np.clip(np.rint(1000 * np.exp(0.8 * rng.standard_normal(n))), 1, 8000)
+    output = np.clip(np.rint(150 * np.exp(0.8 * rng.standard_normal(n))), 1, None)
+    prompt, output = prompt.astype(np.int64), output.astype(np.int64)
+    run = run_engine(
+        send,
+        prompt,
+        output,
+        np.zeros(n, np.int64),
+        beta=beta3,
+        noise_normals=rng.standard_normal,
+        noise=0.02,
+        **engine3,
+    )
+    first, last = run.prefill_end + 0.004, run.decode_end + 0.009
+    return client_phases(send, first, last, prompt, output), beta3, engine3
+
+
+def test_offsets_level_from_the_admissions_on_a_saturated_trace():
+    # One busy period: the fit on differences sees the offsets' level only
+    # in the first event, 5 prefill steps after the first send, and put it
+    # -0.74 ms off (of 14 ms steps). The requests sent while the engine had
+    # room show it through the step boundary that admitted them; the
+    # profile over the level (measured +0.25 ms) restarts the fit there.
+    phases, beta3, engine3 = saturated_offsets_trace(1)
+    model = ScheduleBetaRegressor(**engine3).fit(phases)
+    np.testing.assert_allclose(model.beta_, beta3, rtol=0.005)
+    first, last = model.alpha_["first_token"], model.alpha_["last_token"]
+    assert first == pytest.approx(0.004, abs=3.5e-4)  # 0.74 ms off before
+    assert last - first == pytest.approx(0.005, abs=1e-5)
+    assert model.schedule_misfit_ < 0.011  # measured 0.0095, 0.0123 before
+
+
+def test_offsets_level_not_identified_warns():
+    # Every request sent at once: one busy period, and the queue, not the
+    # timing, decides every admission: nothing but the first event shows
+    # the level.
+    phases, beta3, engine3 = saturated_offsets_trace(2, burst=True)
+    phases = phases[phases["request_id"] < 1000]
+    with pytest.warns(UserWarning, match="common level of the offsets"):
+        model = ScheduleBetaRegressor(**engine3).fit(phases)
+    first, last = model.alpha_["first_token"], model.alpha_["last_token"]
+    assert last - first == pytest.approx(0.005, abs=1e-4)  # measured 5.012 ms

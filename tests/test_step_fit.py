@@ -72,14 +72,21 @@ def test_step_count_default_recovers_a_noise_free_attention_trace(moderate):
     assert np.all((lower <= BETA_ATTENTION * (1 + 1e-6)) & (BETA_ATTENTION <= upper))
 
 
-@pytest.mark.parametrize("rate", [4.0, 10.0, 14.0])
-def test_step_count_recovers_noisy_attention_traces_within_one_percent(rate):
+@pytest.mark.parametrize(
+    ("rate", "tolerance"), [(4.0, 0.01), (10.0, 0.01), (14.0, 0.04)]
+)
+def test_step_count_recovers_noisy_attention_traces(rate, tolerance):
     # 2 % step noise, light to heavy load (~170 running at 14/s); measured
-    # largest errors: 0.65 % (the decode context at 4/s), 0.23 %, 0.31 %.
+    # largest errors on this seed: 0.65 % (the decode context at 4/s), 0.23 %,
+    # 0.31 %. At 14/s that 0.31 % is one seed's luck: over ten seeds the
+    # decode context scatters up to 3.5 % at 6000 requests, as a regression
+    # of the engine's own steps does (tests/test_step_model_accuracy.py).
     phases = _simulate(6000, rate=rate, noise=0.02)
     regressor = _fit(phases)
     assert regressor.converged_
-    np.testing.assert_array_less(np.abs(regressor.beta_ / BETA_ATTENTION - 1), 0.01)
+    np.testing.assert_array_less(
+        np.abs(regressor.beta_ / BETA_ATTENTION - 1), tolerance
+    )
     lower, upper = regressor.beta_ci_.T
     assert np.all((lower < regressor.beta_) & (regressor.beta_ < upper))
 

@@ -82,7 +82,10 @@ class FeatureDurations:
     """The duration objective of a step model on one in-memory timeline.
 
     ``prompt``: each phase's request prompt ``P_r``; ``features``: the step
-    model's features in the order of the betas.
+    model's features in the order of the betas. ``variance_weighted``: weigh
+    each phase's duration by the inverse of its variance under independent
+    per-step noise (:func:`duration_variance_weights`), re-estimated at every
+    pass; else by ``sample_weight`` alone.
     """
 
     def __init__(
@@ -92,6 +95,7 @@ class FeatureDurations:
         features: Sequence[str],
         correction_mode: str,
         sample_weight: np.ndarray | None = None,
+        variance_weighted: bool = False,
     ):
         tg = timeline.trace_grid
         self.timeline = timeline
@@ -99,6 +103,9 @@ class FeatureDurations:
         self.coef_columns = tuple(f"beta_{f}" for f in self.features)
         self.mode = correction_mode
         self.sample_weight = sample_weight
+        self.variance_weighted = variance_weighted
+        #: The phase weights of the last fit (``sample_weight`` unweighted).
+        self.weight = sample_weight
         self.integrals = PhaseIntegrals(tg)
         self.fixed = static_correction_mass(
             correction_mode, tg, timeline.is_prefill, timeline.mu
@@ -357,10 +364,16 @@ class FeatureDurations:
         for k, pressure in enumerate(self._pressures()):
             self.integrals(pressure * steps, out=design[:, k])
             design[:, k] *= scale
+        if self.variance_weighted:
+            # the weights of the next fit, at the betas of this pass: from the
+            # predicted, not the observed, durations, which carry the noise
+            self.weight = duration_variance_weights(
+                n_steps, design @ beta, self.sample_weight
+            )
         return design
 
     def fit(self, design: np.ndarray) -> np.ndarray:
-        weight = self.sample_weight
+        weight = self.weight
         if self.groups:
             # a prompt sharing its group has the density's step count: its
             # row repeats the current betas' durations, and only slows the
@@ -378,6 +391,27 @@ class FeatureDurations:
         return fit_statistics(self.timeline.duration, design @ beta, self.sample_weight)
 
 
+def duration_variance_weights(n_steps, predicted, sample_weight=None) -> np.ndarray:
+    """Inverse variances of the phase durations under per-step noise.
+
+    A phase of ``N`` steps of mean time ``tau = predicted / N``, each step
+    scaled by an independent factor of standard deviation ``sigma``, lasts
+    ``predicted`` with variance ``sigma^2 N tau^2 = sigma^2 predicted^2 / N``:
+    the weight is ``N / predicted^2`` (0 where nothing is predicted), times
+    ``sample_weight``, scaled to mean 1 (NNLS does not see the scale).
+    """
+    weight = np.divide(
+        n_steps,
+        np.square(predicted),
+        out=np.zeros_like(predicted),
+        where=predicted > 0,
+    )
+    if sample_weight is not None:
+        weight = weight * sample_weight
+    mean = float(np.mean(weight)) if weight.size else 0.0
+    return weight / mean if mean > 0 else weight
+
+
 class BasisDurations:
     """The duration objective in the coordinates of a linear basis of the
     step features (trained-physics): coefficients ``c`` with step-feature
@@ -391,6 +425,10 @@ class BasisDurations:
         self.coef_columns = tuple(f"beta_{f}" for f in self.features)
         self.timeline = problem.timeline
         self.sample_weight = problem.sample_weight
+
+    @property
+    def weight(self):
+        return self.problem.weight
 
     def reweighted(self, coef: np.ndarray) -> np.ndarray:
         return self.problem.reweighted(self.basis.T @ coef) @ self.basis.T

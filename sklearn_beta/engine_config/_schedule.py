@@ -106,10 +106,30 @@ PROFILE_ITER = 8
 PROFILE_GAIN = 0.5
 PROFILE_REQUESTS = 1500
 TUKEY_C = 4.685
+#: The offsets' common level, profiled after the fit (``profile_level``):
+#: shifts within ``LEVEL_SPAN`` mean steps on ``LEVEL_POINTS`` points, then
+#: as many within two of their spacings around the best; a shift whose loss
+#: is within ``LEVEL_TOL`` of the least counts as the least. Fewer than
+#: ``LEVEL_MIN_ANCHORS`` busy periods' starts, and admissions that do not
+#: show it, leave the level unidentified (a warning).
+LEVEL_SPAN = 0.25
+LEVEL_POINTS = 51
+LEVEL_TOL = 0.02
+LEVEL_MIN_ANCHORS = 5
+#: Busy periods' starts from which their mean places the level well enough
+#: and the admissions are not profiled: at light load a client's per-request
+#: overheads vary, and the admissions bound the level by the least of them
+#: (measured: 3 ms plus up to 0.5 ms of jitter, level 3.22 ms from 300
+#: requests' periods, 3.00 ms profiled).
+LEVEL_PROFILE_ANCHORS = 20
 #: The bisquare weights' smallest scale of the standardised residuals (a
 #: row's error over its modelled step-noise deviation): a 1 % step noise.
 #: 2 % step noise gives a scale of about 0.019, above it.
 MIN_ROBUST_SCALE = 0.01
+#: Least ``1 - leverage`` of a row in the HC3 intervals: a row fitted by one
+#: coefficient alone (a busy period's first event, the offsets' level) has
+#: leverage 1 and no residual.
+MIN_LEVERAGE_GAP = 1e-3
 
 
 class ScheduleBetaRegressor(RegressorMixin, BaseEstimator):
@@ -279,11 +299,16 @@ class ScheduleBetaRegressor(RegressorMixin, BaseEstimator):
         the arrival column to the engine's arrival (identified only by
         scheduled times, i.e. prefill starts after the arrivals; else 0 and
         absorbed by the others), ``"first_token"`` and ``"last_token"``,
-        from the engine's event to the observed time.
+        from the engine's event to the observed time. Their common level
+        is profiled from the admissions after the fit; where neither the
+        admissions nor five busy periods show it, a ``UserWarning`` says
+        so (docs/schedule.md, "Request overheads").
     beta_ci_ : ndarray of shape (n_coefficients, 2) or None
         Confidence limits of the betas at ``confidence_level`` from the
-        heteroscedasticity-robust (HC0 sandwich) covariance of the last
-        weighted fit, clipped at 0; None when ``confidence_level`` is None.
+        leverage-corrected heteroscedasticity-robust (HC3 sandwich)
+        covariance of the last weighted fit, clipped at 0; None when
+        ``confidence_level`` is None. They undercover (docs/schedule.md,
+        "Intervals").
     init_beta_ : ndarray of shape (n_coefficients,)
         The coefficients the iteration started from.
     init_misfit_ : dict
@@ -456,6 +481,7 @@ class ScheduleBetaRegressor(RegressorMixin, BaseEstimator):
         self.init_offsets_ = snap
         others = [beta for beta in starts if not np.array_equal(beta, theta[:-3])]
         solved = self._solve(trace, theta, keep, free, snap, others)
+        solved = self._settle_level(frame, trace, keep, free, solved)
         self.n_iter_ = solved.n_iter
         self.converged_ = solved.converged
         self.schedule_changes_ = np.asarray(solved.changes, dtype=np.int64)
@@ -508,6 +534,81 @@ class ScheduleBetaRegressor(RegressorMixin, BaseEstimator):
                 return replace(solved, n_iter=searched.n_iter)
             solved = searched
         return solved
+
+    def _settle_level(self, frame, trace, keep, free, solved) -> ScheduleSolution:
+        """The offsets' common level from the admissions, then the fit on
+        the schedule it gives.
+
+        The fit on differences sees the level only in the first event of
+        each busy period (one on a saturated trace), so it carries that
+        event's step noise (measured: 0.4-0.8 ms of 14 ms steps). The
+        admissions show it too: a request arriving while the engine has
+        room is admitted at the first step boundary after it, and the
+        snapped replays' boundaries move with the level, so a level off by
+        ``d`` admits the requests within ``d`` of a boundary at the other
+        one (``profile_level``). Where the level moves, the fits on
+        differences restart snapped there; where they explain the times at
+        least as well, they and the profiled level are taken, else the fit
+        stays as it was. Where neither the admissions nor enough busy
+        periods show the level, a warning.
+        """
+        differences = solved.history and solved.history[-1][0] != "levels"
+        if not (self.fit_offsets and free[-2] and differences) or solved.mean_step <= 0:
+            return solved  # levels alone (max_iter too small) fit no offsets
+        if self.max_in_flight is not None or (
+            _anchor_rows(solved.rows) >= LEVEL_PROFILE_ANCHORS
+        ):
+            # a closed-loop client sends as it sees a completion, so every
+            # send meets the step boundaries at one phase: no admission
+            # narrows the level (measured: a spiky profile 0.17 ms off, where
+            # the two busy periods' starts gave 0.01 ms); many periods'
+            # starts place it themselves
+            return solved
+        head, head_keep = _trace_head(self, frame, trace, keep)
+        direction = free[-3:].astype(float)  # client-side: the queue stays 0
+        shift, flat = profile_level(
+            head, head_keep, solved.theta, direction, self._schedule, solved.mean_step
+        )
+        if flat and _anchor_rows(solved.rows) < LEVEL_MIN_ANCHORS:
+            warn(
+                "ScheduleBetaRegressor: the common level of the offsets "
+                f"alpha_{list(np.array(ALPHA_NAMES)[free[-3:]])} is not identified "
+                f"on this trace: {_anchor_rows(solved.rows)} busy period(s) start "
+                "in it and no admission's timing shows the level; their "
+                "differences are identified, the level is the first events' alone "
+                "(step noise of a few steps).",
+                UserWarning,
+            )
+        if shift == 0.0:
+            return solved
+        theta = solved.theta.copy()
+        theta[-3:] += shift * direction
+        again = solve_schedule(
+            trace,
+            theta,
+            keep,
+            free,
+            self._schedule,
+            self.max_iter,
+            self.tol,
+            theta[-3:],
+            restart=True,
+        )
+        replays = solved.n_iter + again.n_iter
+        if _rank(again) > _rank(solved) or again.misfit > solved.misfit:
+            # the profiled level's schedule explains the times no better (a
+            # saturated KV-bound trace, where the queue, not timing, decides
+            # admissions): the admissions did not show the level
+            return replace(solved, n_iter=replays)
+        level = again.theta.copy()
+        level[-3:] += (theta[-2] - level[-2]) * direction
+        return replace(
+            again,
+            theta=level,
+            n_iter=replays,
+            history=solved.history + again.history,
+            changes=solved.changes + again.changes,
+        )
 
     def _warn_unsettled(self, solved) -> None:
         if not solved.converged:
@@ -828,19 +929,9 @@ class ScheduleBetaRegressor(RegressorMixin, BaseEstimator):
         misfit = np.full((len(starts), len(offsets)), np.inf)
         found = np.zeros((len(starts), len(offsets), 3))
         for (i, beta), (j, c) in product(enumerate(starts), enumerate(offsets)):
-            solved = solve_schedule(
-                head,
-                np.r_[beta, 0.0, 0.0, 0.0],
-                head_keep,
-                free,
-                self._schedule,
-                PROFILE_ITER,
-                self.tol,
-                np.array([0.0, c, c]),
+            misfit[i, j], found[i, j] = self._short_fit(
+                head, head_keep, beta, free, np.array([0.0, c, c])
             )
-            if solved.history[-1][0] != "levels":  # else nothing to compare
-                misfit[i, j] = schedule_misfit(solved.rows, solved.theta, free)
-            found[i, j] = solved.theta[-3:]
         if len(starts) > 1:
             names = INIT_FITS
         else:
@@ -851,9 +942,52 @@ class ScheduleBetaRegressor(RegressorMixin, BaseEstimator):
         # bound's preemptions) differ by chance: only an offset that explains
         # the times far better than none replaces the zero start.
         none = int(np.argmin(misfit[:, 0]))
+        best = (misfit[i, j], found[i, j])
         if not misfit[i, j] < PROFILE_GAIN * misfit[none, 0]:
-            return starts[none], np.zeros(3)
-        return starts[i], found[i, j]
+            i, best = none, (misfit[none, 0], np.zeros(3))
+        step = _typical_step(head.requests)
+        if len(offsets) > 1 and coincident_gap(head, head_keep, step) is None:
+            last = _offset_candidates(head.requests, "decode_end")
+            best = self._profile_last_token(
+                head, head_keep, starts[i], free, last, best
+            )
+        return starts[i], best[1]
+
+    def _short_fit(self, head, head_keep, beta, free, snap) -> tuple:
+        """A short fit (``PROFILE_ITER`` replays) on the trace's head from
+        ``beta``, snapped with the offsets ``snap``: its misfit (inf when it
+        never fitted differences) and its offsets."""
+        solved = solve_schedule(
+            head,
+            np.r_[beta, 0.0, 0.0, 0.0],
+            head_keep,
+            free,
+            self._schedule,
+            PROFILE_ITER,
+            self.tol,
+            snap,
+        )
+        misfit = np.inf
+        if solved.history[-1][0] != "levels":  # else nothing to compare
+            misfit = schedule_misfit(solved.rows, solved.theta, free)
+        return misfit, solved.theta[-3:]
+
+    def _profile_last_token(self, head, head_keep, beta, free, offsets, best):
+        """The last-token offset profiled alone, from the first-token
+        offset of ``best`` (misfit, offsets): where no step shows both a
+        first and a last token (light load), the trace does not show the
+        gap between them, and a common offset a step or more off for the
+        last token leads the fit to another schedule (measured: 2 and 15 ms
+        at 2 requests/s, beta1 -4.3 %, the last-token total found at
+        2.6 ms). Returns the (misfit, offsets) of least misfit."""
+        first = best[1][1]
+        for c in offsets:  # a loop over candidate offsets, not requests
+            misfit, found = self._short_fit(
+                head, head_keep, beta, free, np.array([0.0, first, c])
+            )
+            if misfit < best[0]:
+                best = (misfit, found)
+        return best
 
     def _caps(self, n_requests: int):
         if self.max_num_seqs is not None:
@@ -1013,9 +1147,16 @@ class ScheduleBetaRegressor(RegressorMixin, BaseEstimator):
         resid = rows.target - X @ theta[free]
         active = theta[free] > 0
         A = (X[:, active] * w[:, None]).T @ X[:, active]
+        inv = np.linalg.pinv(A)
+        # HC3: each residual over one minus its leverage. The ramps' few
+        # rows carry what tells beta0 from beta2 * max_num_seqs apart, and
+        # HC0 underrates them (measured over 40 saturated traces: beta0
+        # covered 31 of 40 with HC3, 28 with HC0 on the same fits;
+        # docs/schedule.md)
+        leverage = w * np.einsum("ij,jk,ik->i", X[:, active], inv, X[:, active])
+        resid = resid / np.clip(1.0 - leverage, MIN_LEVERAGE_GAP, None)
         meat_rows = X[:, active] * (w * resid)[:, None]
         B = meat_rows.T @ meat_rows
-        inv = np.linalg.pinv(A)
         cov = np.zeros((X.shape[1], X.shape[1]))
         cov[np.ix_(active, active)] = inv @ B @ inv
         n_coef = theta.shape[0] - 3
@@ -1195,6 +1336,79 @@ def search_snap_offsets(trace, solved, keep, free, schedule_of, max_iter, tol):
         if best.misfit <= MISFIT_SEARCH:
             break
     return replace(best, n_iter=replays)
+
+
+def profile_level(trace, keep, theta, direction, schedule_of, step) -> tuple:
+    """The shift of the offsets' common level (along ``direction``) that
+    the admissions show, and whether they show none (``flat``).
+
+    Each shift is one replay snapped with the shifted offsets at the fit's
+    betas and its rows' loss (:func:`level_loss`): a level off by ``d``
+    admits the requests arriving within ``d`` of a step boundary at the
+    other one, whose rows then miss by a step. Shifts on a grid of
+    ``LEVEL_SPAN`` mean steps ``step`` either side (offsets stay
+    non-negative), then a finer one around the best; the shifts within
+    ``LEVEL_TOL`` of the least loss next to the best form its plateau. No
+    shift where the fit's level is on it (the first events of the busy
+    periods place it there), else the plateau's middle.
+    """
+    lowest = -float(np.min(theta[-3:][direction > 0], initial=np.inf))
+    span = LEVEL_SPAN * step
+    coarse = np.linspace(-span, span, LEVEL_POINTS)
+    coarse = np.r_[lowest, coarse[coarse > lowest]]
+
+    def losses(shifts):  # a loop over candidate shifts, not requests
+        return np.array(
+            [
+                level_loss(trace, keep, _shifted(theta, d, direction), schedule_of)
+                for d in shifts
+            ]
+        )
+
+    loss = losses(coarse)
+    least = float(np.min(loss))
+    flat = bool(np.all(loss <= least * (1 + LEVEL_TOL) + 1e-12))
+    zero = float(loss[np.argmin(np.abs(coarse))])
+    if flat or zero <= least * (1 + LEVEL_TOL) + 1e-12:
+        return 0.0, flat
+    spacing = 2 * span / (LEVEL_POINTS - 1)
+    best = coarse[int(np.argmin(loss))]
+    fine = np.linspace(best - 2 * spacing, best + 2 * spacing, LEVEL_POINTS)
+    fine = fine[fine >= lowest]
+    fine_loss = losses(fine)
+    k = int(np.argmin(fine_loss))
+    low = fine_loss <= float(fine_loss[k]) * (1 + LEVEL_TOL) + 1e-12
+    lo, hi = k, k
+    while lo > 0 and low[lo - 1]:
+        lo -= 1
+    while hi < fine.shape[0] - 1 and low[hi + 1]:
+        hi += 1
+    return 0.5 * float(fine[lo] + fine[hi]), False
+
+
+def _shifted(theta, shift, direction) -> np.ndarray:
+    moved = theta.copy()
+    moved[-3:] += shift * direction
+    return moved
+
+
+def level_loss(trace, keep, theta, schedule_of) -> float:
+    """The truncated squares of the standardised residuals of a replay
+    snapped with ``theta``'s offsets, at its betas and offsets: a row missing
+    by more than ``TUKEY_C`` robust deviations (a request scheduled at
+    another step) counts that much, whatever it misses by."""
+    schedule = schedule_of(trace, theta, trace.engine_ends(theta, keep), True)
+    anchors = trace.anchor_times(schedule)
+    rows = difference_design(schedule, trace.event_times, anchors, theta[:-3], keep)
+    z = (rows.target - rows.design @ theta) * np.sqrt(rows.weight)
+    scale = max(1.4826 * float(np.median(np.abs(z))), MIN_ROBUST_SCALE)
+    return float(np.sum(np.minimum(z * z, (TUKEY_C * scale) ** 2))) / scale**2
+
+
+def _anchor_rows(rows) -> int:
+    """Rows of a fit on differences that measure an event from its busy
+    period's start (the only rows that show the offsets' level)."""
+    return int(np.count_nonzero(rows.design[:, -3:].sum(axis=1) != 0))
 
 
 def _search_grid(trace, solved, keep) -> list:
@@ -1408,14 +1622,15 @@ def _typical_step(requests) -> float:
     return float(np.median(span[decoding] / steps[decoding]))
 
 
-def _offset_candidates(requests) -> np.ndarray:
-    """Common reporting offsets to profile: a quarter of a typical step
-    apart (the basin of the trace's schedule is about that wide: measured
-    +-5 ms around a 30 ms delay on 19 ms steps), from zero to the shortest
-    time to first token (the offset is part of every one) or
+def _offset_candidates(requests, event="prefill_end") -> np.ndarray:
+    """Reporting offsets to profile: a quarter of a typical step apart (the
+    basin of the trace's schedule is about that wide: measured +-5 ms
+    around a 30 ms delay on 19 ms steps), from zero to the shortest time
+    from a send to the ``event`` ("prefill_end": the first token;
+    "decode_end": the last; the offset is part of every one) or
     ``PROFILE_MAX_STEPS`` typical steps, at most ``PROFILE_MAX`` of them."""
     step = _typical_step(requests)
-    ttft = requests["prefill_end"] - requests["arrival"]
+    ttft = requests[event] - requests["arrival"]
     upper = min(PROFILE_MAX_STEPS * step, float(np.min(ttft, initial=np.inf)))
     if not step > 0 or not upper > 0:
         return np.zeros(1)

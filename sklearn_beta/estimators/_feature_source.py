@@ -73,6 +73,7 @@ class FeatureSource(InMemorySource):
             settings.objective,
             settings.correction_mode,
             weight,
+            variance_weighted=settings.weights == "variance",
         )
 
     def solve(self, unit: float, settings: FitSettings, callback) -> Solution:
@@ -96,7 +97,8 @@ class FeatureSource(InMemorySource):
             beta, converged, n_iter, design, history = solve_fixed_point(
                 problem, beta_init, chosen, callback
             )
-            solved = (design, scaled.duration - design @ beta, weight)
+            # the weights the last NNLS ran with (the variance weights' too)
+            solved = (design, scaled.duration - design @ beta, problem.weight)
             return beta, converged, n_iter, design, history, solved
 
         edges, findings, weight = None, [], self.sample_weight
@@ -112,6 +114,7 @@ class FeatureSource(InMemorySource):
             )
         else:
             result = fit(weight)
+            weight = result[-1][-1]
         beta, converged, n_iter, design, history, objective = result
         state = (design, weight, findings, objective)
         return Solution(beta, converged, n_iter, history, edges, state)
@@ -141,13 +144,25 @@ class FeatureSource(InMemorySource):
 
 
 def feature_problem(
-    timeline, prompt, features, basis, objective, correction_mode, weight=None
+    timeline,
+    prompt,
+    features,
+    basis,
+    objective,
+    correction_mode,
+    weight=None,
+    *,
+    variance_weighted=False,
 ):
     """A step model's problem of ``objective`` on ``timeline``: the
     features' own, or in the coordinates of ``basis = (K, names)`` (K None:
-    none). Shared with the distributed backend's partitions."""
+    none). ``variance_weighted``: the duration objective's phases weighed by
+    their inverse variance (the step counts' always are). Shared with the
+    distributed backend's partitions."""
     matrix, names = basis
-    durations = FeatureDurations(timeline, prompt, features, correction_mode, weight)
+    durations = FeatureDurations(
+        timeline, prompt, features, correction_mode, weight, variance_weighted
+    )
     if objective == "step_count":
         counts = FeatureCounts(durations, weight)
         return counts if matrix is None else BasisCounts(counts, matrix, names)

@@ -57,6 +57,8 @@ class FitSettings:
     verbose: int = 0
     #: The coefficients' names: beta0..2, or a step model's features.
     coef_names: tuple = BETA_NAMES
+    #: The phase weights (``IterativeBetaRegressor(weights=...)``).
+    weights: str = "auto"
 
 
 @dataclass
