@@ -21,12 +21,13 @@ from sklearn.exceptions import ConvergenceWarning
 from sklearn.model_selection import cross_validate
 
 from ..engine._what_if import infer_max_in_flight
+from ..engine_config._kv_search import KV_STRIDE, KVTrials, scan_kv_blocks
 from ..engine_config._regime import (
     QueueingDecision,
     detect_queueing,
     schedule_engine_settings,
 )
-from ..engine_config._schedule import ScheduleBetaRegressor
+from ..engine_config._schedule import MISFIT_SEARCH, ScheduleBetaRegressor
 from ..model_selection._request_split import RequestKFold, make_schedule_scorer
 from ._engine import one_line
 
@@ -38,15 +39,19 @@ MISFIT_WARNING = 0.1
 HELD_OUT = ("ttft", "decode", "e2e")
 #: Most replays of each candidate's fit in the chunking search.
 SEARCH_ITER = 8
-#: :func:`refine_kv` scans a KV cache read from the trace up to this share
-#: above the reading, in steps of KV_STEP of it, then halves the step.
+#: When a chunk cap alone fits best, above the noise (``MISFIT_SEARCH``), the
+#: best PAIR_CHUNKS chunk caps are tried under the best PAIR_BUDGETS budgets.
+PAIR_CHUNKS = 2
+PAIR_BUDGETS = 2
+#: :func:`refine_kv` scans a KV cache read from the trace this share either
+#: side of the reading: the client-side reading was 0.08 % low and 0.5 %
+#: high on simulated vLLM-sized traces (docs/schedule.md).
 KV_SPAN = 0.01
-KV_STEP = 0.001
-#: First, every block from the reading to this share above it (in steps of
-#: KV_FINE_STEP of it, at least one block): the engine-side reading is
-#: within 0.1 % (docs/engine_config.md), and the fit's misfit is rough.
-KV_FINE_SPAN = 0.0015
-KV_FINE_STEP = 0.0001
+#: Where the best size's misfit is above the noise, the trials start again
+#: from a fit at it, at most KV_ROUNDS times, scanning KV_NEAR strides
+#: either side.
+KV_ROUNDS = 2
+KV_NEAR = 4
 
 
 class ScheduleFallback(Exception):
@@ -123,20 +128,19 @@ def search_chunking(frame, candidates, settings, progress) -> tuple:
         f"choosing the chunking among {len(candidates)} candidates by schedule "
         "fit misfit..."
     )
-    rows = []
-    for chunk, budget in candidates:
-        trial = replace(settings, chunk_size=chunk, token_budget=budget)
-        rows.append(
-            dict(
-                chunk_size=chunk,
-                token_budget=budget,
-                schedule_misfit=_trial_misfit(frame, trial, all_positive=False),
+    rows = _chunking_trials(frame, candidates, settings)
+    ranked = _ranked(rows)
+    if ranked and _chunk_cap_short_of_the_trace(ranked[0]):
+        # a chunk cap fits best and still does not carry the trace: under a
+        # token budget (neither alone) it may
+        pairs = paired_candidates(ranked, candidates)
+        if pairs:
+            progress.say(
+                f"no candidate within the noise: {len(pairs)} chunk caps under "
+                "a token budget..."
             )
-        )
-    ranked = sorted(
-        (r for r in rows if r["schedule_misfit"] is not None),
-        key=lambda r: r["schedule_misfit"],
-    )
+            rows += _chunking_trials(frame, pairs, settings)
+            ranked = _ranked(rows)
     if not ranked:
         raise ScheduleFallback("every chunking candidate's schedule fit failed")
     best = ranked[0]
@@ -157,14 +161,61 @@ def search_chunking(frame, candidates, settings, progress) -> tuple:
     return best["chunk_size"], best["token_budget"], section
 
 
-def _trial_misfit(frame, settings, *, all_positive: bool, init="auto"):
+def _chunking_trials(frame, candidates, settings) -> list:
+    """One row per candidate: its chunking and short fit's misfit."""
+    rows = []
+    for chunk, budget in candidates:
+        trial = replace(settings, chunk_size=chunk, token_budget=budget)
+        misfit = _trial_misfit(frame, trial, all_positive=False)
+        rows.append(dict(chunk_size=chunk, token_budget=budget, schedule_misfit=misfit))
+    return rows
+
+
+def _chunk_cap_short_of_the_trace(best) -> bool:
+    """Whether the best candidate is a chunk cap alone whose misfit is above
+    the noise (under a KV cache read from the trace and not yet refined,
+    every candidate's is: measured on ``kv_bound_trace``, chunk 256 alone
+    1.11, under budget 512 0.85)."""
+    alone = best["chunk_size"] is not None and best["token_budget"] is None
+    return alone and best["schedule_misfit"] > MISFIT_SEARCH
+
+
+def _ranked(rows) -> list:
+    return sorted(
+        (r for r in rows if r["schedule_misfit"] is not None),
+        key=lambda r: r["schedule_misfit"],
+    )
+
+
+def paired_candidates(ranked, candidates) -> list:
+    """Chunk caps under a token budget to try when a chunk cap alone fits
+    best, above the noise: the :data:`PAIR_CHUNKS` best chunk caps of ``ranked``
+    (rows with ``chunk_size``, ``token_budget``, best first), each under the
+    :data:`PAIR_BUDGETS` best budgets above it and under twice and four
+    times itself (an engine's budget need not be a usual vLLM one, e.g.
+    chunk 256 under budget 512), without the ``candidates`` tried."""
+    chunks = [r["chunk_size"] for r in ranked if r["token_budget"] is None]
+    chunks = [c for c in chunks if c is not None][:PAIR_CHUNKS]
+    budgets = [r["token_budget"] for r in ranked if r["chunk_size"] is None]
+    budgets = [b for b in budgets if b is not None][:PAIR_BUDGETS]
+    tried = set(candidates)
+    pairs = []
+    for chunk in chunks:
+        for budget in sorted({*budgets, 2 * chunk, 4 * chunk}):
+            if budget > chunk and (chunk, budget) not in tried:
+                tried.add((chunk, budget))
+                pairs.append((chunk, budget))
+    return pairs
+
+
+def _trial_misfit(frame, settings, *, all_positive: bool):
     """``schedule_misfit_`` of a short fit with these settings; None when it
     fails, a step costs nothing, or with ``all_positive`` a beta is 0."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             model = schedule_model(frame, settings).set_params(
-                max_iter=SEARCH_ITER, confidence_level=None, init=init
+                max_iter=SEARCH_ITER, confidence_level=None
             )
             model.fit(frame)
     except Exception:  # noqa: BLE001 - a failing candidate is dropped
@@ -177,84 +228,79 @@ def _trial_misfit(frame, settings, *, all_positive: bool, init="auto"):
 
 
 def refine_kv(frame, settings, progress):
-    """A KV cache read from the trace, refined by the schedule fit.
+    """A KV cache read from the trace, refined by the schedule fit's misfit.
 
-    The reading is a lower bound (requests in prefill are not counted) and
-    the fit is sharp in it: on a simulated vLLM-sized trace of 14000 blocks
-    the reading was 13989, and fits at 13989, 13999, 14001 and 14010 blocks
-    put beta1 at 0 or -49 % (misfits 0.28, 0.18, 0.087, 0.69) where 14000
-    gave -8.9 % (misfit 0.031), and 13993 a local minimum (0.143). So the
-    misfit is scanned from the reading up to :data:`KV_FINE_SPAN` above it
-    block by block (:data:`KV_FINE_STEP`); when the best is still over
-    :data:`MISFIT_WARNING`, on up to :data:`KV_SPAN` in steps of
-    :data:`KV_STEP`, then around the best in halved steps. Returns
-    ``(settings, rows)``: the settings with the least misfit, every trial.
+    The reading is off by up to a few tenths of a percent (requests in
+    prefill are not counted; a preempted request still is) and the fit is
+    sharp in it: on a simulated vLLM-sized trace of 14000 blocks, fits at
+    13989, 13999, 14001 and 14010 blocks put beta1 at 0 or -49 %. One fit
+    at the reading (:data:`SEARCH_ITER` replays) gives the coefficients
+    and offsets; from them each size costs one replay and one fit on
+    differences (``engine_config._kv_search``), scanned over
+    :data:`KV_SPAN` either side of the reading. Returns ``(settings,
+    rows)``: the settings with the least misfit, every trial.
     """
     if settings.evidence.get("num_gpu_blocks") != "from the trace":
         return settings, []
     read = settings.num_gpu_blocks
     progress.say(f"refining the KV cache from the reading {read} blocks...")
-    tried: dict = {}
-    # The phase-exposure start does not depend on the KV cache: profile it
-    # once (the costly part of a short fit), then start every trial there.
-    start = _start(frame, settings)
-    unbound = replace(settings, num_gpu_blocks=None)
-    free = _trial_misfit(frame, unbound, all_positive=False, init=start)
-    if free is not None and free <= MISFIT_WARNING:
-        # The reading is a heuristic (a prefill-bound engine also queues
-        # below its running plateau): measured on a chunk-256 budget-512
-        # trace of 64 running, misfits 0.011 without a KV bound, 0.29 at the
-        # reading; and a trial without one costs a fifth of one with it.
-        notes = [n for n in settings.notes if not n.startswith("num_gpu_blocks")]
-        notes.append(
-            f"num_gpu_blocks not binding: the schedule fit without a KV bound "
-            f"explains the trace (misfit {free:.3g}) where {read} blocks were read"
-        )
-        evidence = dict(settings.evidence, num_gpu_blocks="not binding")
-        unbound = replace(unbound, notes=notes, evidence=evidence)
-        return unbound, [{"num_gpu_blocks": None, "schedule_misfit": free}]
-
-    def misfit(blocks: int):
-        if blocks not in tried:
-            trial = replace(settings, num_gpu_blocks=blocks)
-            tried[blocks] = _trial_misfit(frame, trial, all_positive=False, init=start)
-        value = tried[blocks]
-        return np.inf if value is None else value
-
-    fine = max(1, round(read * KV_FINE_STEP))
-    best = min(range(read, round(read * (1 + KV_FINE_SPAN)) + 1, fine), key=misfit)
-    step = max(1, round(read * KV_STEP))
-    if misfit(best) > MISFIT_WARNING and step > fine:
-        coarse = range(
-            round(read * (1 + KV_FINE_SPAN)), round(read * (1 + KV_SPAN)) + 1, step
-        )
-        best = min((best, *coarse), key=misfit)
-        while step > 1:
-            step = max(1, step // 2)
-            best = min((best - step, best, best + step), key=misfit)
-    rows = [{"num_gpu_blocks": b, "schedule_misfit": m} for b, m in tried.items()]
-    if not np.isfinite(misfit(best)):
+    unbound = _unbound(frame, settings, read)
+    if unbound is not None:
+        return unbound
+    try:
+        trials = KVTrials(schedule_model(frame, settings), frame, SEARCH_ITER)
+    except Exception:  # noqa: BLE001 - the reading stays, as given
+        return settings, []
+    span = max(KV_STRIDE, round(read * KV_SPAN))
+    low = max(int(settings.evidence.get("largest_request", 1)), read - span)
+    best = scan_kv_blocks(trials, low, read + span)
+    tried = dict(trials.tried)
+    for _ in range(KV_ROUNDS):
+        if trials.misfit(best) <= MISFIT_SEARCH or best == trials.start_blocks:
+            break
+        # the start, fitted at the reading, was on another schedule: start
+        # again at the best size, and scan near it
+        misfit = trials.misfit(best)
+        trials.restart(best)
+        near = KV_NEAR * KV_STRIDE
+        again = scan_kv_blocks(trials, max(low, best - near), best + near)
+        tried.update(trials.tried)  # from the better start
+        if not trials.misfit(again) < misfit:
+            break
+        best = again
+    rows = [
+        {"num_gpu_blocks": b, "schedule_misfit": m} for b, m in sorted(tried.items())
+    ]
+    if not np.isfinite(tried.get(best, np.inf)):
         return settings, rows
     settings = replace(settings, num_gpu_blocks=int(best))
     settings.notes.append(
-        f"num_gpu_blocks {best}: the least schedule misfit ({tried[best]:.3g}) "
-        f"of {len(rows)} sizes from the reading {read} up"
+        f"num_gpu_blocks {best}: the least schedule misfit "
+        f"({tried[best]:.3g}) of {len(rows)} sizes within "
+        f"{KV_SPAN:.0%} of the reading {read}"
     )
     return settings, rows
 
 
-def _start(frame, settings):
-    """The betas a fit with these settings starts from (``init="auto"``), or
-    ``"auto"`` when that fails."""
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            model = schedule_model(frame, settings).set_params(
-                max_iter=1, confidence_level=None
-            )
-            return model.fit(frame).init_beta_
-    except Exception:  # noqa: BLE001 - each trial then profiles its own
-        return "auto"
+def _unbound(frame, settings, read):
+    """``(settings without a KV bound, rows)`` when a fit without one
+    explains the trace (misfit at most :data:`MISFIT_WARNING`), else None.
+    The reading is a heuristic (a prefill-bound engine also queues below
+    its running plateau): measured on a chunk-256 budget-512 trace of 64
+    running, misfits 0.011 without a KV bound, 0.29 at the reading."""
+    free = _trial_misfit(
+        frame, replace(settings, num_gpu_blocks=None), all_positive=False
+    )
+    if free is None or free > MISFIT_WARNING:
+        return None
+    notes = [n for n in settings.notes if not n.startswith("num_gpu_blocks")]
+    notes.append(
+        f"num_gpu_blocks not binding: the schedule fit without a KV bound "
+        f"explains the trace (misfit {free:.3g}) where {read} blocks were read"
+    )
+    evidence = dict(settings.evidence, num_gpu_blocks="not binding")
+    unbound = replace(settings, num_gpu_blocks=None, notes=notes, evidence=evidence)
+    return unbound, [{"num_gpu_blocks": None, "schedule_misfit": free}]
 
 
 def schedule_model(frame, settings) -> ScheduleBetaRegressor:
