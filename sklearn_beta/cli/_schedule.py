@@ -364,11 +364,19 @@ def held_out_check(model, frame, n_splits: int, progress) -> dict | None:
             scoring={q: make_schedule_scorer(q) for q in HELD_OUT},
             error_score="raise",
         )
+    return validation_section(
+        n_splits, {q: float(-np.mean(scores[f"test_{q}"])) for q in HELD_OUT}
+    )
+
+
+def validation_section(n_splits: int, errors: dict) -> dict:
+    """The report's ``validation``: the held-out requests' mean absolute
+    relative errors by quantity (``HELD_OUT``)."""
     return {
         "metric": "mean absolute relative error of the held-out requests",
         "method": f"RequestKFold({n_splits}, shuffle=True, random_state=0): fit "
         "on the other requests amid the whole trace's replay, score the "
         "held-out requests",
         "n_splits": n_splits,
-        **{q: float(-np.mean(scores[f"test_{q}"])) for q in HELD_OUT},
+        **{q: errors[q] for q in HELD_OUT},
     }

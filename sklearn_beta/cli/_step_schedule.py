@@ -28,7 +28,7 @@ from ..io._export_trained_physics import blis_alphas_of_offsets
 from ..model_selection import RequestKFold, compare_step_models, make_schedule_scorer
 from ._engine import one_line
 from ._report import SCHEMA
-from ._schedule import HELD_OUT, schedule_model
+from ._schedule import HELD_OUT, schedule_model, validation_section
 from ._schedule_report import (
     _misfit_warnings,
     _parameters,
@@ -188,14 +188,7 @@ def validation_of(row: dict, n_splits: int) -> dict | None:
     errors = row.get("errors")
     if not errors:
         return None
-    return {
-        "metric": "mean absolute relative error of the held-out requests",
-        "method": f"RequestKFold({n_splits}, shuffle=True, random_state=0): fit "
-        "on the other requests amid the whole trace's replay, score the "
-        "held-out requests",
-        "n_splits": n_splits,
-        **{q: errors[q] for q in HELD_OUT},
-    }
+    return validation_section(n_splits, errors)
 
 
 def failure(exc) -> str:
