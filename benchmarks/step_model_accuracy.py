@@ -9,6 +9,7 @@ Usage::
     python benchmarks/step_model_accuracy.py --regimes heavy --requests 6000 \
         --fits step_count duration variance steps
     python benchmarks/step_model_accuracy.py --model six --requests 6000
+    python benchmarks/step_model_accuracy.py --engine budget --regimes heavy
 
 Simulated traces whose true step model is ``attention`` (a per-step cost,
 prefill tokens, prefill attention, decode tokens, decode context: H100-like
@@ -21,7 +22,9 @@ running, below the engine's capacity of about 12) and heavy load (14
 requests/s: the engine saturates, its 256 slots full in 58 % of the steps
 of 6000 requests and 98 % of 96 000, its queue growing, as REGIMES.md's
 saturated traces). ``--model six`` adds ``batch_size`` (2e-5 s per running
-request) to truth and fit.
+request) to truth and fit. ``--engine budget`` runs vLLM V1's default
+engine instead: a token budget of 2048 per step and no chunk cap
+(docs/method.md section 4.2), the same loads.
 
 Per regime and trace size, ``--seeds`` traces (seeds 0, 1, ...) are fitted by
 each of ``--fits``:
@@ -57,7 +60,9 @@ from sklearn_beta import IterativeBetaRegressor, PhaseExposureTransformer
 from sklearn_beta.core._step_features import STEP_FEATURES, STEP_MODELS
 from sklearn_beta.datasets import simulate_trace
 
-CHUNK = 256
+#: (chunk_size, token_budget) per engine: the chunked engine without a
+#: budget, and vLLM V1's default (a budget, no chunk cap).
+ENGINES = {"chunked": (256, None), "budget": (2048, 2048)}
 #: True coefficients per model: s/step, s/prefill token, s/(token x context
 #: token), s/decode token, s/context token (and s/running request).
 MODELS = {
@@ -95,14 +100,16 @@ SHORT = dict(
 )
 
 
-def simulate(model: str, regime: str, n_requests: int, seed: int):
+def simulate(model: str, engine: str, regime: str, n_requests: int, seed: int):
     """One trace and its engine steps."""
     features, beta = MODELS[model]
+    chunk_size, token_budget = ENGINES[engine]
     return simulate_trace(
         n_requests,
         beta=beta,
         step_model=list(features),
-        chunk_size=CHUNK,
+        chunk_size=chunk_size,
+        token_budget=token_budget,
         max_num_seqs=256,
         arrival_rate=REGIMES[regime],
         prompt_tokens=(1024, 0.8),
@@ -129,11 +136,12 @@ def step_bound(steps, features, beta) -> np.ndarray:
     return np.linalg.lstsq(x * scale[:, None], y * scale, rcond=None)[0]
 
 
-def fit_betas(phases, features, fit: str) -> tuple[np.ndarray, bool]:
+def fit_betas(phases, features, engine: str, fit: str) -> tuple[np.ndarray, bool]:
     """The betas of one estimator on one trace, and whether it converged."""
-    table = PhaseExposureTransformer(CHUNK, step_model=list(features)).fit_transform(
-        phases
-    )
+    chunk_size, token_budget = ENGINES[engine]
+    table = PhaseExposureTransformer(
+        chunk_size, token_budget=token_budget, step_model=list(features)
+    ).fit_transform(phases)
     regressor = IterativeBetaRegressor(confidence_level=None, **FITS[fit])
     with warnings.catch_warnings():
         # a light trace's relative stopping rule keeps moving by 1e-5
@@ -142,20 +150,20 @@ def fit_betas(phases, features, fit: str) -> tuple[np.ndarray, bool]:
     return regressor.beta_, bool(regressor.converged_)
 
 
-def run_cell(model, regime, n_requests, fits, n_seeds) -> list[dict]:
+def run_cell(model, engine, regime, n_requests, fits, n_seeds) -> list[dict]:
     """Every fit's relative errors on ``n_seeds`` traces of one size."""
     features, beta = MODELS[model]
     errors = {fit: [] for fit in fits}
     unconverged = dict.fromkeys(fits, 0)
     seconds = dict.fromkeys(fits, 0.0)
     for seed in range(n_seeds):
-        phases, steps = simulate(model, regime, n_requests, seed)
+        phases, steps = simulate(model, engine, regime, n_requests, seed)
         for fit in fits:
             start = time.perf_counter()
             if fit == "steps":
                 betas, converged = step_bound(steps, features, beta), True
             else:
-                betas, converged = fit_betas(phases, features, fit)
+                betas, converged = fit_betas(phases, features, engine, fit)
             seconds[fit] += time.perf_counter() - start
             unconverged[fit] += not converged
             errors[fit].append(betas / np.asarray(beta) - 1.0)
@@ -165,6 +173,7 @@ def run_cell(model, regime, n_requests, fits, n_seeds) -> list[dict]:
         rows.append(
             {
                 "model": model,
+                "engine": engine,
                 "regime": regime,
                 "requests": n_requests,
                 "fit": fit,
@@ -201,9 +210,10 @@ def _header(model: str) -> str:
 def compare(rows: list[dict], stored_path: Path) -> int:
     """The stored run next to this one; 1 if a stored row had more seeds
     within the tolerance."""
-    key = ("model", "regime", "requests", "fit")
+    key = ("model", "engine", "regime", "requests", "fit")
     stored = {
-        tuple(r[k] for k in key): r
+        # runs stored before --engine existed are of the chunked engine
+        tuple({"engine": "chunked", **r}[k] for k in key): r
         for r in json.loads(stored_path.read_text())["results"]
     }
     print(f"\n# against {stored_path}: seeds within 1 % (stored), worst error %")
@@ -226,6 +236,7 @@ def compare(rows: list[dict], stored_path: Path) -> int:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", choices=sorted(MODELS), default="attention")
+    parser.add_argument("--engine", choices=sorted(ENGINES), default="chunked")
     parser.add_argument(
         "--regimes", nargs="+", choices=sorted(REGIMES), default=list(REGIMES)
     )
@@ -240,11 +251,15 @@ def main(argv=None) -> int:
     parser.add_argument("--save", type=Path, default=None, help="a .json file")
     parser.add_argument("--compare", type=Path, default=None, help="a stored run")
     args = parser.parse_args(argv)
+    chunk_size, token_budget = ENGINES[args.engine]
+    print(f"# engine {args.engine}: chunk {chunk_size}, budget {token_budget}")
     print(_header(args.model))
     rows = []
     for regime in args.regimes:
         for n_requests in args.requests or SIZES[regime]:
-            cell = run_cell(args.model, regime, n_requests, args.fits, args.seeds)
+            cell = run_cell(
+                args.model, args.engine, regime, n_requests, args.fits, args.seeds
+            )
             for row in cell:
                 print(_format_row(row), flush=True)
             rows.extend(cell)
