@@ -20,7 +20,9 @@ trace (seeds 0 and 1).
 Each trace is scored as the command line's ``--step-model auto`` scores it
 (:mod:`sklearn_beta.cli._step_model`), with the same function,
 ``sklearn_beta.model_selection.compare_step_models``: ``GridSearchCV`` over
-the three step models of an iterative duration fit in full-trace context
+the three step models of an iterative fit (``--objective``: the step
+counts, the command line's default, or the duration fit of the run stored
+on 2026-12-06) in full-trace context
 (``TraceContextRegressor``), ``TraceBlockSplit(4)``, the held-out phase
 durations' mean absolute relative error (``neg_duration_mape``), and the
 one-standard-error rule (``one_standard_error_rule``), which takes the
@@ -93,15 +95,23 @@ def simulate(regime: str, truth: str, seed: int, n_requests: int):
     )
 
 
-def choose(phases, token_budget, n_folds: int = 4) -> dict:
+#: The iterative estimator per ``--objective``: the command line's default
+#: (step counts) and the duration fit of the stored run of 2026-12-06.
+OBJECTIVES = {
+    "step_count": dict(),
+    "duration": dict(
+        correction_mode="beta_informed", objective="duration", damping=0.5, max_iter=100
+    ),
+}
+
+
+def choose(phases, token_budget, n_folds: int = 4, objective="step_count") -> dict:
     """The ``--step-model auto`` choice on one trace, with every candidate's
     held-out error and standard error (``compare_step_models``, the
     comparison the command line runs)."""
     pipe = make_pipeline(
         PhaseExposureTransformer(CHUNK, token_budget=token_budget),
-        IterativeBetaRegressor(
-            "beta_informed", objective="duration", damping=0.5, max_iter=100
-        ),
+        IterativeBetaRegressor(**OBJECTIVES[objective]),
     )
     comparison = compare_step_models(
         TraceContextRegressor(pipe, trace=phases),
@@ -132,13 +142,13 @@ def _as_param(candidate: str):
     return list(step_model) if isinstance(step_model, tuple) else step_model
 
 
-def run(n_traces: int, n_requests: int) -> list[dict]:
+def run(n_traces: int, n_requests: int, objective: str) -> list[dict]:
     rows = []
     for regime, truth, seed in TRACES[:n_traces]:
         start = time.perf_counter()
         phases = simulate(regime, truth, seed, n_requests)
         row = {"regime": regime, "truth": truth, "seed": seed}
-        row.update(choose(phases, REGIMES[regime]["token_budget"]))
+        row.update(choose(phases, REGIMES[regime]["token_budget"], objective=objective))
         row["seconds"] = round(time.perf_counter() - start, 1)
         rows.append(row)
         print(_format_row(row), flush=True)
@@ -193,15 +203,20 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--traces", type=int, default=len(TRACES))
     parser.add_argument("--requests", type=int, default=2000)
+    parser.add_argument("--objective", choices=sorted(OBJECTIVES), default="step_count")
     parser.add_argument("--out", type=Path, default=None, help="a .json file")
     parser.add_argument("--compare", type=Path, default=None, help="a stored run")
     args = parser.parse_args(argv)
     print(_header())
-    rows = run(args.traces, args.requests)
+    rows = run(args.traces, args.requests, args.objective)
     right = sum(r["chosen"] == r["truth"] for r in rows)
     print(f"\ntrue step model chosen in {right} of {len(rows)} traces")
     if args.out is not None:
-        payload = {"requests": args.requests, "results": rows}
+        payload = {
+            "requests": args.requests,
+            "objective": args.objective,
+            "results": rows,
+        }
         args.out.write_text(json.dumps(payload, indent=1) + "\n")
     if args.compare is not None:
         return compare(rows, args.compare)

@@ -289,8 +289,7 @@ def test_cli_fits_an_attention_model_on_an_engine_side_budget_bound_trace(
     assert report["step_model"] == "attention"
     assert (report["chunk_size"], report["token_budget"]) == (None, BUDGET)
     beta = [report["coefficients"][f]["value"] for f in ATTENTION]
-    # the command line's 25 duration passes stop short on this light trace
-    np.testing.assert_allclose(beta, BETA_ATTENTION, rtol=0.1)
+    np.testing.assert_allclose(beta, BETA_ATTENTION, rtol=1e-4)
 
 
 def test_dask_fit_of_a_budget_bound_fleet_equals_pandas():

@@ -98,7 +98,7 @@ def test_trained_physics_json_schema(capsys, traces):
     report = json.loads(out)
     assert set(report) == REPORT_KEYS | {"blis_trained_physics", "fixed_coefficients"}
     assert report["step_model"] == "trained-physics"
-    assert report["objective"] == "duration"
+    assert report["objective"] == "step_count"
     assert report["step_model_selection"] is None
     assert list(report["coefficients"]) == list(IDENTIFIABLE_FEATURES)
     for entry in report["coefficients"].values():
@@ -115,7 +115,7 @@ def test_trained_physics_json_schema(capsys, traces):
     np.testing.assert_allclose(
         np.asarray(blis["beta_coeffs"])[identifiable],
         TRUE_BLIS[identifiable],
-        rtol=1e-3,  # noise-free: the duration objective recovers them
+        rtol=1e-3,  # noise-free: the step-count objective recovers them
     )
     assert set(report["fixed_coefficients"]) == {
         "tp_allreduce",
@@ -123,7 +123,7 @@ def test_trained_physics_json_schema(capsys, traces):
         "weights",
         "per_layer",
     }
-    assert any("duration objective" in note for note in report["notes"])
+    assert any("step_count objective" in note for note in report["notes"])
 
 
 def _flag(words: list[str], flag: str) -> list[float]:
@@ -214,7 +214,6 @@ def test_feature_list_and_published_json(capsys, traces):
         (("--output", "blis"), "--output blis-blackbox"),
         (("--step-model", "attention", "--output", "blis"), "trained-physics fit"),
         (("--step-model", "attention", "--output", "blis-blackbox"), "published"),
-        (("--step-model", "attention", "--objective", "step_count"), "duration"),
         (("--step-model", "steps,kv"), "comma list"),
         ((*TP[:3], "missing.json", "--gpu", "H100"), "--model-config"),
     ],

@@ -4,8 +4,8 @@ among step models by held-out error, and their report and exports.
 The published model keeps the path of :mod:`sklearn_beta.cli._main` and its
 report. Any other step model (``attention``, ``trained-physics``, a list of
 features) is fitted here, after the engine configuration is chosen: the
-baseline fits its exposures, the iterative estimator runs the duration
-objective (the step-count objective fits the published model only). The
+baseline fits its exposures, the iterative estimator runs ``--objective``
+(the step counts by default, as for the published model). The
 report carries ``step_model`` and every coefficient by name with its
 interval; a trained-physics fit adds ``blis_trained_physics``, the
 ``--alpha-coeffs`` / ``--beta-coeffs`` values BLIS reads (microseconds, its
@@ -156,11 +156,6 @@ def _check_step_model_outputs(args) -> None:
             f"--output {args.output} writes the published three coefficients; "
             f"--step-model {_label(step_model)} is not that model"
         )
-    if args.objective == "step_count":
-        raise UsageError(
-            "--objective step_count fits the published step model only; "
-            f"--step-model {_label(step_model)} runs the duration objective"
-        )
     for flag, given in (("--plot", args.plot), ("--dask", args.dask)):
         if given is not None:
             raise UsageError(
@@ -174,7 +169,7 @@ def _label(step_model) -> str:
 
 
 def _pipeline(step_model, args, options: dict, chunk_size: int):
-    """The fit's pipeline for one step model (the duration objective)."""
+    """The fit's pipeline for one step model."""
     model = make_model(chunk_size, **options)
     transformer, regressor = model[0], model[-1]
     transformer.set_params(step_model=step_model)
@@ -184,8 +179,8 @@ def _pipeline(step_model, args, options: dict, chunk_size: int):
             gpu=args.gpu,
             tensor_parallelism=args.tensor_parallelism,
         )
-    if options["algo"] == "iterative":
-        regressor.set_params(objective="duration", init_correction_mode=None)
+    if options["algo"] == "iterative" and options.get("objective") == "duration":
+        regressor.set_params(init_correction_mode=None)
         if options.get("correction_mode") is None:
             # the duration objective's own correction (docs/estimators.md);
             # end_inside converges slowly there (measured: 25 iterations
@@ -221,7 +216,7 @@ def _compare(phases, args, options: dict, chunk_size: int, progress) -> tuple:
     progress.say(
         f"comparing step models {', '.join(_candidates(args))} by held-out error..."
     )
-    # every candidate on the duration objective, so that only the model differs
+    # every candidate on the same objective, so that only the model differs
     pipe = _pipeline("published", args, options, chunk_size)
     comparison = compare_step_models(
         TraceContextRegressor(pipe, trace=phases),
@@ -272,12 +267,15 @@ def _finite(value: float) -> float | None:
     return float(value) if math.isfinite(value) else None
 
 
+def _objective(model, algo: str) -> str:
+    return model[-1].objective if algo == "iterative" else "baseline"
+
+
 def _fit_note(model, step_model, algo: str) -> str:
     correction = model[-1].get_params().get("correction_mode")
     correction = correction or model[0].correction_mode
     how = (
-        "the iterative estimator's duration objective (observed phase "
-        "durations; the step-count objective fits the published model only)"
+        f"the iterative estimator's {_objective(model, algo)} objective"
         if algo == "iterative"
         else "the baseline estimator"
     )
@@ -303,7 +301,7 @@ def fit_step_model(phases, args, options: dict, chunk_size: int, progress) -> di
     coefficients, blis = _coefficients(regressor, description)
     report = {
         "step_model": step_model,
-        "objective": "duration" if options["algo"] == "iterative" else "baseline",
+        "objective": _objective(model, options["algo"]),
         "coefficients": coefficients,
         "confidence_level": getattr(regressor, "confidence_level", None),
         "step_model_selection": selection,
