@@ -36,9 +36,11 @@ class KVTrials:
     ----------
     model : ScheduleBetaRegressor
         The estimator of the engine, its ``engine_settings`` holding a KV
-        cache. Its start (``init``, profiled offsets) and a fit of
-        ``max_iter`` replays at that size give the coefficients and
-        snapping offsets every trial starts from.
+        cache. The coefficients and snapping offsets every trial starts
+        from are those of its fit, with the KV bound off, of the requests
+        done before the queue forms (``from_head``); where that does not
+        apply, its start (``init``, profiled offsets) and a fit of
+        ``max_iter`` replays at that size.
     frame : DataFrame
         The phase table.
     max_iter : int
@@ -51,13 +53,21 @@ class KVTrials:
         model._set_step_model()
         self.trace = model._read(frame)
         self.free = model._free_columns(self.trace.scheduled, len(model.coef_names_))
+        self.tried: dict = {}
+        self.start_blocks = int(model.engine_settings["num_gpu_blocks"])
+        # the fit of the requests done before the queue forms does not depend
+        # on the cache's size: every trial starts from it, and no fit at the
+        # reading (which ran off on a vLLM-sized trace) is needed
+        head = model._unbound_head_start(frame, self.trace)
+        self.from_head = head is not None
+        if self.from_head:
+            self.theta = head[0]
+            return
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             starts = model._initial_betas(frame)
             beta, snap = model._start(frame, self.trace, starts, None, self.free)
         self.theta = np.r_[beta, snap]
-        self.tried: dict = {}
-        self.start_blocks = int(model.engine_settings["num_gpu_blocks"])
         self.restart(self.start_blocks)
 
     def restart(self, blocks: int) -> None:
