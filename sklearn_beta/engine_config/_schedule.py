@@ -47,7 +47,7 @@ from ..estimators._backend import backend_for
 from ..estimators._baseline import BaselineBetaRegressor
 from ..estimators._exposure import PhaseExposureTransformer
 from ..estimators._iterative import IterativeBetaRegressor
-from ._kv_start import decode_window_beta, unbound_head
+from ._kv_start import decode_window_starts, unbound_head
 from ._schedule_design import (
     StepBasis,
     difference_design,
@@ -529,7 +529,8 @@ class ScheduleBetaRegressor(RegressorMixin, BaseEstimator):
         """``(theta, replays, misfit)`` of a fit, with the KV bound switched
         off, of the requests done before the queue first forms
         (``_kv_start.unbound_head``), started from the decode windows'
-        betas; None where it does not apply (no KV bound, no arrivals,
+        betas (the first start whose fit reaches the noise level, else the
+        least misfit); None where it does not apply (no KV bound, no arrivals,
         several engines, another step model, too few such requests).
 
         Nothing had waited then, so no limit had bound: the fit does not
@@ -549,24 +550,32 @@ class ScheduleBetaRegressor(RegressorMixin, BaseEstimator):
         if head is None:
             return None
         # every request counts in the head's windows, the later ones too
-        beta = decode_window_beta(
+        starts = decode_window_starts(
             first, last, requests["decode_steps"], requests["prompt"], head
         )
         settings = dict(self.engine_settings)
         settings.pop("num_gpu_blocks")
-        model = clone(self).set_params(
-            engine_settings=settings, init=beta, trace=frame, confidence_level=None
-        )
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # its warnings are not the fit's
-            model.fit(frame.iloc[np.flatnonzero(head[trace.row_request])])
+        rows = frame.iloc[np.flatnonzero(head[trace.row_request])]
+        best, replays = None, 0
+        for beta in starts:  # a loop over a few starts, not requests
+            model = clone(self).set_params(
+                engine_settings=settings, init=beta, trace=frame, confidence_level=None
+            )
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # its warnings are not the fit's
+                model.fit(rows)
+            replays += model.n_iter_
+            if best is None or model.schedule_misfit_ < best.schedule_misfit_:
+                best = model
+            if best.schedule_misfit_ <= MISFIT_SEARCH:
+                break
         theta = np.r_[
-            model.beta_,
-            model.alpha_["queue"],
-            model._alpha_total("first_token"),
-            model._alpha_total("last_token"),
+            best.beta_,
+            best.alpha_["queue"],
+            best._alpha_total("first_token"),
+            best._alpha_total("last_token"),
         ]
-        return theta, model.n_iter_, model.schedule_misfit_
+        return theta, replays, best.schedule_misfit_
 
     def _solve(self, trace, theta, keep, free, snap, others) -> ScheduleSolution:
         """The iteration from ``theta`` and the snapping offsets ``snap``;
