@@ -529,8 +529,9 @@ class ScheduleBetaRegressor(RegressorMixin, BaseEstimator):
         """``(theta, replays, misfit)`` of a fit, with the KV bound switched
         off, of the requests done before the queue first forms
         (``_kv_start.unbound_head``), started from the decode windows'
-        betas (the fit of least misfit); None where it does not apply (no KV bound, no arrivals,
-        several engines, another step model, too few such requests).
+        betas (the fit of least misfit); None where it does not apply (no
+        KV bound, no arrivals, several engines, another step model, too few
+        such requests).
 
         Nothing had waited then, so no limit had bound: the fit does not
         depend on the cache's size, where the fit of the whole trace from a
