@@ -55,9 +55,9 @@ def kv_client_trace(seed):
     """vLLM-sized engine (budget 8192, 256 slots, ~1000-token prompts, 128
     output tokens) at 25 requests/s, its KV cache of 14000 blocks of 16
     binding at about 207 running; client-side, 20 ms before the queue and
-    reporting offsets of 4 and 9 ms, 2 % step noise; 1200 requests."""
+    reporting offsets of 4 and 9 ms, 2 % step noise; 2000 requests."""
     phases, truth = simulate_trace(
-        1200,
+        2000,
         beta=tuple(BETA),
         chunk_size=None,
         token_budget=8192,
@@ -80,8 +80,10 @@ def kv_client_trace(seed):
 
 @pytest.fixture(scope="module")
 def kv_trace():
-    phases, truth = kv_client_trace(1)
-    assert truth["preemptions"].sum() > 20  # the KV cache binds
+    # seed 5: 79 preemptions; the published start failed here (measured:
+    # beta0 +82 %, beta1 and beta2 -100 %, misfit 0.50)
+    phases, truth = kv_client_trace(5)
+    assert truth["preemptions"].sum() > 50  # the KV cache binds
     return phases
 
 
@@ -94,6 +96,7 @@ def test_fit_from_the_unbound_head(kv_trace):
         confidence_level=None,
     ).fit(kv_trace)
     assert list(model.init_misfit_) == ["unbound_head"]
+    # measured: +0.10 %, +0.30 %, -0.10 %, misfit 0.006
     assert model.schedule_misfit_ < 0.02  # the noise level: about 0.013
     np.testing.assert_allclose(model.beta_, BETA, rtol=0.01)
     # the head's fit, with the KV bound off, is already within a few percent
