@@ -62,7 +62,7 @@ class KVTrials:
         # the fit of the requests done before the queue forms does not depend
         # on the cache's size: every trial starts from it, and no fit at the
         # reading (which ran off on a vLLM-sized trace) is needed
-        head = model._unbound_head_start(frame, self.trace)
+        head = model._unbound_head_start(self.trace, None, self.free)
         self.from_head = head is not None
         if self.from_head:
             self.theta = head[0]

@@ -504,7 +504,7 @@ class ScheduleBetaRegressor(RegressorMixin, BaseEstimator):
         when it ends at the noise level (``MISFIT_SEARCH``); else None (and
         the fit starts as without a KV bound). Sets ``init_beta_``,
         ``init_offsets_`` and ``init_misfit_`` when taken."""
-        start = self._unbound_head_start(frame, trace)
+        start = self._unbound_head_start(trace, keep, free)
         if start is None:
             return None
         theta, replays, misfit = start
@@ -525,13 +525,13 @@ class ScheduleBetaRegressor(RegressorMixin, BaseEstimator):
         self.init_misfit_ = {"unbound_head": misfit}
         return replace(solved, n_iter=solved.n_iter + replays)
 
-    def _unbound_head_start(self, frame, trace):
+    def _unbound_head_start(self, trace, keep, free):
         """``(theta, replays, misfit)`` of a fit, with the KV bound switched
         off, of the requests done before the queue first forms
-        (``_kv_start.unbound_head``), started from the decode windows'
-        betas (the fit of least misfit); None where it does not apply (no
-        KV bound, no arrivals, several engines, another step model, too few
-        such requests).
+        (``_kv_start.unbound_head``, those of ``keep``), from the decode
+        windows' betas (:func:`fit_unbound_head`); None where it does not
+        apply (no KV bound, no arrivals, several engines, another step
+        model, a client cap, too few such requests).
 
         Nothing had waited then, so no limit had bound: the fit does not
         depend on the cache's size, where the fit of the whole trace from a
@@ -553,29 +553,21 @@ class ScheduleBetaRegressor(RegressorMixin, BaseEstimator):
         starts = decode_window_starts(
             first, last, requests["decode_steps"], requests["prompt"], head
         )
+        if keep is not None:
+            head = head & keep.reshape(trace.n_requests, trace.n_kinds)[:, 0]
         settings = dict(self.engine_settings)
         settings.pop("num_gpu_blocks")
-        rows = frame.iloc[np.flatnonzero(head[trace.row_request])]
-        best, replays = None, 0
-        for beta in starts:  # a loop over a few starts, not requests
-            model = clone(self).set_params(
-                engine_settings=settings, init=beta, trace=frame, confidence_level=None
-            )
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")  # its warnings are not the fit's
-                model.fit(rows)
-            replays += model.n_iter_
-            # every start: a wrong schedule's fit came out just under
-            # MISFIT_SEARCH (0.049, beta1 -47 %) where the right one's was 0.007
-            if best is None or model.schedule_misfit_ < best.schedule_misfit_:
-                best = model
-        theta = np.r_[
-            best.beta_,
-            best.alpha_["queue"],
-            best._alpha_total("first_token"),
-            best._alpha_total("last_token"),
-        ]
-        return theta, replays, best.schedule_misfit_
+        unbound = clone(self).set_params(engine_settings=settings)
+        unbound._set_step_model()
+        return fit_unbound_head(
+            trace,
+            starts,
+            np.repeat(head, trace.n_kinds),
+            free,
+            unbound._schedule,
+            self.max_iter,
+            self.tol,
+        )
 
     def _solve(self, trace, theta, keep, free, snap, others) -> ScheduleSolution:
         """The iteration from ``theta`` and the snapping offsets ``snap``;
@@ -1418,6 +1410,50 @@ def search_snap_offsets(trace, solved, keep, free, schedule_of, max_iter, tol):
         if best.misfit <= MISFIT_SEARCH:
             break
     return replace(best, n_iter=replays)
+
+
+def fit_unbound_head(trace, starts, keep, free, schedule_of, max_iter, tol):
+    """The fit on differences of the rows ``keep`` (the requests done before
+    the queue forms) replayed by ``schedule_of`` (no KV bound): from each
+    of the betas ``starts`` and each common offset of
+    ``_offset_candidates`` (the gap between the first- and last-token
+    offsets read off the trace, :func:`coincident_gap`), one replay and
+    fit; the ``SEARCH_STARTS`` of least misfit iterated, the best kept.
+    Returns ``(theta, replays, misfit)``.
+
+    Snapped at offsets off by a few steps the head settles on another
+    schedule whatever the betas: its profiled full fit kept none of 16
+    candidate offsets (levels fits ran off to offsets of seconds) and
+    settled at misfit 0.05-0.15 on two of six traces, where one shot per
+    pair (64, 0.7 s on 2000 requests) put the right one first
+    (docs/schedule.md).
+    """
+    rows = keep.reshape(trace.n_requests, trace.n_kinds)[:, 0]
+    head = {
+        k: v[rows] if isinstance(v, np.ndarray) else v
+        for k, v in trace.requests.items()
+    }
+    gap = coincident_gap(trace, keep, _typical_step(head)) or 0.0
+    grid = [
+        (np.r_[beta, 0.0, c + max(gap, 0.0), c + max(-gap, 0.0)])
+        for beta in starts
+        for c in _offset_candidates(head)
+    ]
+    shots = [
+        solve_schedule(trace, theta, keep, free, schedule_of, 1, tol, theta[-3:], True)
+        for theta in grid  # a loop over the grid's points, not requests
+    ]
+    best, replays = None, len(shots)
+    misfits = [shot.misfit for shot in shots]
+    for k in np.argsort(misfits, kind="stable")[:SEARCH_STARTS]:
+        theta = grid[k]
+        iterated = solve_schedule(
+            trace, theta, keep, free, schedule_of, max_iter, tol, theta[-3:], True
+        )
+        replays += iterated.n_iter
+        if best is None or _rank(iterated) < _rank(best):
+            best = iterated
+    return best.theta, replays, best.misfit
 
 
 def profile_level(trace, keep, theta, direction, schedule_of, step) -> tuple:
