@@ -18,8 +18,9 @@ Each regime has two published traces, two attention traces and one context
 trace (seeds 0 and 1).
 
 Each trace is scored as the command line's ``--step-model auto`` scores it
-(:mod:`sklearn_beta.cli._step_model`): ``GridSearchCV`` over the three step
-models of an iterative duration fit in full-trace context
+(:mod:`sklearn_beta.cli._step_model`), with the same function,
+``sklearn_beta.model_selection.compare_step_models``: ``GridSearchCV`` over
+the three step models of an iterative duration fit in full-trace context
 (``TraceContextRegressor``), ``TraceBlockSplit(4)``, the held-out phase
 durations' mean absolute relative error (``neg_duration_mape``), and the
 one-standard-error rule (``one_standard_error_rule``), which takes the
@@ -35,11 +36,8 @@ import argparse
 import json
 import sys
 import time
-import warnings
 from pathlib import Path
 
-import numpy as np
-from sklearn.model_selection import GridSearchCV
 from sklearn.pipeline import make_pipeline
 
 from sklearn_beta import IterativeBetaRegressor, PhaseExposureTransformer
@@ -48,7 +46,7 @@ from sklearn_beta.metrics import get_scorer
 from sklearn_beta.model_selection import (
     TraceBlockSplit,
     TraceContextRegressor,
-    one_standard_error_rule,
+    compare_step_models,
 )
 
 CHUNK = 256
@@ -97,32 +95,36 @@ def simulate(regime: str, truth: str, seed: int, n_requests: int):
 
 def choose(phases, token_budget, n_folds: int = 4) -> dict:
     """The ``--step-model auto`` choice on one trace, with every candidate's
-    held-out error and standard error."""
+    held-out error and standard error (``compare_step_models``, the
+    comparison the command line runs)."""
     pipe = make_pipeline(
         PhaseExposureTransformer(CHUNK, token_budget=token_budget),
         IterativeBetaRegressor(
             "beta_informed", objective="duration", damping=0.5, max_iter=100
         ),
     )
-    search = GridSearchCV(
+    comparison = compare_step_models(
         TraceContextRegressor(pipe, trace=phases),
-        {PARAM: [_as_param(c) for c in CANDIDATES]},
+        phases,
+        [{PARAM: _as_param(c)} for c in CANDIDATES],
         cv=TraceBlockSplit(n_folds),
         scoring=get_scorer("neg_duration_mape"),
-        refit=one_standard_error_rule(),
-        error_score=np.nan,
     )
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        search.fit(phases)
-    results = search.cv_results_
-    error = -np.asarray(results["mean_test_score"], dtype=float)
-    se = np.asarray(results["std_test_score"], dtype=float) / np.sqrt(n_folds)
+    rows = comparison["candidates"]
     return {
-        "chosen": CANDIDATES[int(search.best_index_)],
-        **{f"error_{c}": float(error[i]) for i, c in enumerate(CANDIDATES)},
-        **{f"se_{c}": float(se[i]) for i, c in enumerate(CANDIDATES)},
+        "chosen": CANDIDATES[comparison["chosen"]],
+        **{
+            f"error_{c}": _nan(rows[i]["held_out_error"])
+            for i, c in enumerate(CANDIDATES)
+        },
+        **{
+            f"se_{c}": _nan(rows[i]["standard_error"]) for i, c in enumerate(CANDIDATES)
+        },
     }
+
+
+def _nan(value) -> float:
+    return float("nan") if value is None else float(value)
 
 
 def _as_param(candidate: str):

@@ -170,16 +170,23 @@ def test_estimator_flag_forces_either_path(capsys, saturated_client, light_engin
     )
     assert code == 0, err
     assert "note: fit: schedule-consistent, ScheduleBetaRegressor (--estimator " in out
+    # a step model's schedule fit runs on the engine of the published path
     code, out, err = run(
         capsys,
         "fit",
         light_engine,
+        *GIVEN_CHUNKING,
         "--estimator",
         "schedule",
         "--step-model",
         "attention",
+        "--output",
+        "json",
     )
-    assert code == 2 and "--estimator schedule" in err
+    assert code == 0, err
+    report = json.loads(out)
+    assert report["fit"]["estimator"] == "schedule"
+    assert report["step_model"] == "attention" and report["objective"] == "schedule"
 
 
 def test_light_load_keeps_the_phase_fit_bit_identical(capsys, light_engine):

@@ -14,6 +14,7 @@ line; the trace and every option are checked before any fitting starts.
 
 from __future__ import annotations
 
+import argparse
 import json
 import math
 import os
@@ -23,10 +24,11 @@ from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from .. import __version__
-from ..engine_config._regime import detect_queueing, is_client_side
+from ..engine_config._regime import detect_queueing
 from ..engine_config._search import (
     EngineConfig,
     model_chunk_size,
@@ -87,6 +89,11 @@ from ._step_model import (
     fit_step_model,
     format_step_model_blis,
     format_step_model_table,
+)
+from ._step_schedule import (
+    choose_step_model,
+    step_model_fits,
+    step_schedule_report,
 )
 
 EXIT_OK = 0
@@ -173,11 +180,6 @@ def check_usage(args) -> None:
         raise UsageError(one_line(exc)) from exc
     if args.dask is not None:
         check_dask_usage(args, fmt)
-    if args.estimator == "schedule" and args.step_model != "published":
-        raise UsageError(
-            "--estimator schedule fits the published three coefficients, not "
-            f"--step-model {args.step_model}"
-        )
     if args.estimator == "schedule" and args.dask is not None:
         raise UsageError("--estimator schedule runs in memory, not with --dask")
 
@@ -238,15 +240,11 @@ def run_fit(
                 "--num-gpu-blocks)"
                 + ("" if args.estimator == "schedule" else " or --estimator schedule")
             )
-    fitted = "phase"
-    if args.step_model != "published" and is_client_side(phases):
-        fitted = "schedule"  # the step-model path fits the schedule itself
-    label = "phase-exposure" if fitted == "phase" else "schedule-consistent"
-    notes.append(f"fit: {label} ({reason})")
+    notes.append(f"fit: phase-exposure ({reason})")
     report, fit, config = run_phase_fit(
         phases, args, fmt, (options, candidates), notes, progress
     )
-    report["fit"] = {"estimator": fitted, "reason": reason}
+    report["fit"] = {"estimator": "phase", "reason": reason}
     if estimator == "schedule":
         report["warnings"].insert(0, fallback)
     return report, fit, config, phases
@@ -294,9 +292,72 @@ def run_phase_fit(phases, args, fmt, setup, notes, progress):
 def run_schedule_fit(phases, args, fmt, setup, notes, progress, reason):
     """The schedule-consistent fit: ``(report, config)``; raises
     :class:`~sklearn_beta.cli._schedule.ScheduleFallback` when it gives no
-    usable result. ``setup`` is ``(options, candidates)``."""
+    usable result. ``setup`` is ``(options, candidates)``.
+
+    The published path runs once (settings read from the trace, chunking
+    search, KV refinement, fit); a step model of ``--step-model`` is then
+    fitted on that engine (``cli._step_schedule``), and where the published
+    fit does not converge in ``auto`` mode the attention model is tried
+    there before falling back."""
     options, candidates = setup
     frame = schedule_frame(phases, options["instance_col"])
+    settings, section = _schedule_engine(frame, args, candidates, progress)
+    strict = args.estimator == "auto"
+    try:
+        published = fit_schedule(frame, settings, progress, strict=False)
+        trouble = None
+        if strict and not published.converged_:
+            trouble = (
+                f"the schedule fit did not converge in {published.n_iter_} replays"
+            )
+    except ScheduleFallback as exc:
+        published, trouble = None, str(exc)
+    parts = dict(
+        engine={
+            "chunk_size": settings.chunk_size,
+            "token_budget": settings.token_budget,
+            "engine_config": section,
+        },
+        settings=settings,
+        reason=reason,
+        notes=notes,
+        instance_col=options["instance_col"],
+    )
+    if args.step_model != "published":
+        return _step_model_schedule(frame, args, fmt, parts, published, progress)
+    if trouble is None:
+        return _published_schedule(published, frame, args, fmt, parts, progress)
+    return _attention_rescue(frame, args, fmt, parts, (published, trouble), progress)
+
+
+def _attention_rescue(frame, args, fmt, parts, published, progress):
+    """The published schedule fit did not converge (``published`` is the
+    fit or None, and why): the published step may not carry the engine's
+    schedule (an attention cost under load), so the attention model is
+    fitted on the same engine; reported when it converges, else
+    :class:`ScheduleFallback`."""
+    model, trouble = published
+    rescue = argparse.Namespace(**{**vars(args), "step_model": "attention"})
+    try:
+        report, config = _step_model_schedule(
+            frame, rescue, fmt, parts, model, progress, converged=True
+        )
+    except ScheduleFallback as exc:
+        raise ScheduleFallback(
+            f"{trouble}; with the attention step model: {exc}"
+        ) from None
+    report["notes"].insert(
+        0,
+        f"{trouble} with the published step model; the attention step "
+        "model's did, on the same engine: reported instead",
+    )
+    return report, config
+
+
+def _schedule_engine(frame, args, candidates, progress) -> tuple:
+    """``(settings, engine_config section)``: the settings given or read
+    from the trace, the chunking chosen by the schedule fits' misfit and
+    the KV cache refined, all with the published step model."""
     decision = detect_queueing(frame, block_size=args.block_size)
     settings = read_settings(frame, args, decision)
     chunk_size, token_budget, section = search_chunking(
@@ -306,30 +367,65 @@ def run_schedule_fit(phases, args, fmt, setup, notes, progress, reason):
     settings, kv_rows = refine_kv(frame, settings, progress)
     if section is not None and kv_rows:
         section["kv_candidates"] = kv_rows
-    model = fit_schedule(frame, settings, progress, strict=args.estimator == "auto")
-    notes.append(f"fit: schedule-consistent, ScheduleBetaRegressor ({reason})")
-    notes.extend(settings.notes)
+    return settings, section
+
+
+def _published_schedule(model, frame, args, fmt, parts, progress):
+    """The published schedule fit's report, with its held-out check."""
+    notes = parts["notes"]
+    notes.append(f"fit: schedule-consistent, ScheduleBetaRegressor ({parts['reason']})")
+    notes.extend(parts["settings"].notes)
     try:
         validation = held_out_check(model, frame, args.cv_folds, progress)
     except Exception as exc:  # noqa: BLE001 - the check is optional, noted
         validation = None
         notes.append(f"no held-out check: {one_line(exc)}")
-    parts = dict(
-        engine={
-            "chunk_size": chunk_size,
-            "token_budget": token_budget,
-            "engine_config": section,
-        },
-        settings=settings,
-        reason=reason,
-        validation=validation,
-        notes=notes,
-        instance_col=options["instance_col"],
-        max_in_flight=model.max_in_flight,
-    )
+    parts = dict(parts, validation=validation, max_in_flight=model.max_in_flight)
     report = schedule_report(model, frame, args, fmt, parts)
     report["step_model"] = "published"
     return report, None
+
+
+def _step_model_schedule(
+    frame, args, fmt, parts, published, progress, *, converged=False
+):
+    """A step model's schedule fit on the published path's engine (``auto``:
+    the candidates compared on held-out requests there). A fit that does not
+    converge counts as failed with ``converged`` or ``--estimator auto``;
+    :class:`ScheduleFallback` when no candidate is left."""
+    fits = step_model_fits(
+        frame,
+        parts["settings"],
+        args,
+        published,
+        progress,
+        strict=converged or args.estimator == "auto",
+    )
+    try:
+        model, selection, validation = choose_step_model(
+            frame, fits, args.cv_folds, progress
+        )
+    except ValueError as exc:
+        raise ScheduleFallback(one_line(exc)) from exc
+    if not np.all(np.isfinite(model.beta_)) or not np.any(model.beta_ > 0):
+        raise ScheduleFallback(f"the schedule fit gave betas {model.beta_.tolist()}")
+    notes = list(parts["notes"])
+    notes.append(f"fit: schedule-consistent, ScheduleBetaRegressor ({parts['reason']})")
+    notes.extend(parts["settings"].notes)
+    if selection is None:
+        try:
+            validation = held_out_check(model, frame, args.cv_folds, progress)
+        except Exception as exc:  # noqa: BLE001 - the check is optional, noted
+            notes.append(f"no held-out check: {one_line(exc)}")
+    parts = dict(
+        parts,
+        notes=notes,
+        validation=validation,
+        selection=selection,
+        step_model=model.step_model,
+        max_in_flight=model.max_in_flight,
+    )
+    return step_schedule_report(model, frame, args, fmt, parts), None
 
 
 #: Python's own default filters hide these: they speak to developers of the

@@ -25,7 +25,6 @@ from ..engine_config._kv_search import KV_STRIDE, KVTrials, scan_kv_blocks
 from ..engine_config._regime import (
     QueueingDecision,
     detect_queueing,
-    is_client_side,
     schedule_engine_settings,
 )
 from ..engine_config._schedule import MISFIT_SEARCH, ScheduleBetaRegressor
@@ -63,15 +62,6 @@ def choose_estimator(phases, args, instance_col) -> tuple[str, str]:
     """``("schedule" | "phase", reason)`` of ``--estimator``."""
     if args.estimator == "phase":
         return "phase", "--estimator phase"
-    if args.step_model != "published":
-        # the step-model path (cli._step_model.fit_step_model) fits a
-        # client-side trace on the schedule itself
-        where = (
-            "the schedule-consistent fit of that step model, see the notes below"
-            if is_client_side(phases)
-            else "the phase-exposure fit of that step model"
-        )
-        return "phase", f"--step-model {args.step_model}: its own path, {where}"
     if args.dask is not None:
         return "phase", "--dask: the schedule-consistent fit runs in memory only"
     try:
@@ -256,6 +246,9 @@ def refine_kv(frame, settings, progress):
         return settings, []
     read = settings.num_gpu_blocks
     progress.say(f"refining the KV cache from the reading {read} blocks...")
+    unbound = _unbound(frame, settings, read)
+    if unbound is not None:
+        return unbound
     try:
         trials = KVTrials(schedule_model(frame, settings), frame, SEARCH_ITER)
     except Exception:  # noqa: BLE001 - the reading stays, as given
@@ -289,6 +282,27 @@ def refine_kv(frame, settings, progress):
         f"{KV_SPAN:.0%} of the reading {read}"
     )
     return settings, rows
+
+
+def _unbound(frame, settings, read):
+    """``(settings without a KV bound, rows)`` when a fit without one
+    explains the trace (misfit at most :data:`MISFIT_WARNING`), else None.
+    The reading is a heuristic (a prefill-bound engine also queues below
+    its running plateau): measured on a chunk-256 budget-512 trace of 64
+    running, misfits 0.011 without a KV bound, 0.29 at the reading."""
+    free = _trial_misfit(
+        frame, replace(settings, num_gpu_blocks=None), all_positive=False
+    )
+    if free is None or free > MISFIT_WARNING:
+        return None
+    notes = [n for n in settings.notes if not n.startswith("num_gpu_blocks")]
+    notes.append(
+        f"num_gpu_blocks not binding: the schedule fit without a KV bound "
+        f"explains the trace (misfit {free:.3g}) where {read} blocks were read"
+    )
+    evidence = dict(settings.evidence, num_gpu_blocks="not binding")
+    unbound = replace(settings, num_gpu_blocks=None, notes=notes, evidence=evidence)
+    return unbound, [{"num_gpu_blocks": None, "schedule_misfit": free}]
 
 
 def schedule_model(frame, settings) -> ScheduleBetaRegressor:
@@ -352,11 +366,19 @@ def held_out_check(model, frame, n_splits: int, progress) -> dict | None:
             scoring={q: make_schedule_scorer(q) for q in HELD_OUT},
             error_score="raise",
         )
+    return validation_section(
+        n_splits, {q: float(-np.mean(scores[f"test_{q}"])) for q in HELD_OUT}
+    )
+
+
+def validation_section(n_splits: int, errors: dict) -> dict:
+    """The report's ``validation``: the held-out requests' mean absolute
+    relative errors by quantity (``HELD_OUT``)."""
     return {
         "metric": "mean absolute relative error of the held-out requests",
         "method": f"RequestKFold({n_splits}, shuffle=True, random_state=0): fit "
         "on the other requests amid the whole trace's replay, score the "
         "held-out requests",
         "n_splits": n_splits,
-        **{q: float(-np.mean(scores[f"test_{q}"])) for q in HELD_OUT},
+        **{q: errors[q] for q in HELD_OUT},
     }

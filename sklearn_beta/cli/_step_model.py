@@ -11,50 +11,40 @@ interval; a trained-physics fit adds ``blis_trained_physics``, the
 ``--alpha-coeffs`` / ``--beta-coeffs`` values BLIS reads (microseconds, its
 order).
 
-A client-side trace (its prefill phases start at the sends, so they hold the
-queueing) is fitted by the schedule-consistent estimator
-(:class:`~sklearn_beta.ScheduleBetaRegressor`) with the same step model, which
-also fits the request overheads; a trained-physics export then carries them
-as BLIS's alphas.
+A trace that takes the schedule-consistent fit (client-side times, or queueing
+engine-side) is fitted by :class:`~sklearn_beta.ScheduleBetaRegressor` with
+the same step model on the engine the published schedule path found
+(:mod:`sklearn_beta.cli._step_schedule`); a trained-physics export then
+carries the fitted request overheads as BLIS's alphas.
 """
 
 from __future__ import annotations
 
 import math
-import warnings
 
 import numpy as np
-from sklearn.model_selection import GridSearchCV
 
 from ..core._model_config import GPU_SPECS, read_model_description
-from ..core._step_features import check_step_model
-from ..core._trained_physics import IDENTIFIABLE_FEATURES, to_blis_betas
-from ..engine_config._regime import is_client_side
-from ..engine_config._schedule import ScheduleBetaRegressor
+from ..core._trained_physics import to_blis_betas
 from ..engine_config._trace_fit import make_model
 from ..io._export_trained_physics import (
-    blis_alphas_of_offsets,
     blis_trained_physics_coeffs,
     format_blis_trained_physics,
 )
 from ..metrics import get_scorer
 from ..model_selection import (
-    RequestKFold,
     TraceBlockSplit,
     TraceContextRegressor,
-    make_schedule_scorer,
-    one_standard_error_rule,
+    compare_step_models,
 )
 from ._options import STEP_MODEL_CHOICES, UsageError
 
 __all__ = [
     "STEP_MODEL_CHOICES",
     "basis_options",
+    "candidate_params",
     "check_step_model_usage",
-    "fit_client_step_model",
     "fit_step_model",
-    "schedule_model",
-    "with_sends",
     "format_step_model_blis",
     "format_step_model_table",
 ]
@@ -209,65 +199,44 @@ def _candidates(args) -> list:
     return names + ["trained-physics"] if args.model_config is not None else names
 
 
+def candidate_params(args, prefix: str = "") -> list[dict]:
+    """``--step-model auto``'s candidates as parameter settings of an
+    estimator whose step-model parameters carry ``prefix``."""
+    params = []
+    for name in _candidates(args):
+        setting = {prefix + "step_model": name}
+        if name == "trained-physics":
+            setting |= {
+                prefix + "model_config": args.model_config,
+                prefix + "gpu": args.gpu,
+                prefix + "tensor_parallelism": args.tensor_parallelism,
+            }
+        params.append(setting)
+    return params
+
+
 def _compare(phases, args, options: dict, chunk_size: int, progress) -> tuple:
     """``--step-model auto``: the chosen model and the comparison table."""
-    param = "estimator__phaseexposuretransformer__step_model"
-    candidates = _candidates(args)
-    progress.say(f"comparing step models {', '.join(candidates)} by held-out error...")
+    candidates = candidate_params(args, "estimator__phaseexposuretransformer__")
+    progress.say(
+        f"comparing step models {', '.join(_candidates(args))} by held-out error..."
+    )
     # every candidate on the duration objective, so that only the model differs
     pipe = _pipeline("published", args, options, chunk_size)
-    grid = [{param: ["published", "attention"]}]
-    if "trained-physics" in candidates:
-        tp = "estimator__phaseexposuretransformer__"
-        grid.append(
-            {
-                param: ["trained-physics"],
-                tp + "model_config": [args.model_config],
-                tp + "gpu": [args.gpu],
-                tp + "tensor_parallelism": [args.tensor_parallelism],
-            }
-        )
-    search = GridSearchCV(
+    comparison = compare_step_models(
         TraceContextRegressor(pipe, trace=phases),
-        grid,
+        phases,
+        candidates,
         cv=TraceBlockSplit(args.cv_folds),
         scoring=get_scorer(AUTO_SCORING),
-        refit=one_standard_error_rule(),
-        # a model this engine cannot run (attention under a budget-bound
-        # chunk) scores NaN and is shown as failed, not chosen
-        error_score=np.nan,
     )
-    with warnings.catch_warnings():
-        # Each fold's fit warns as the final fit will; only the final fit's
-        # warnings are the report's.
-        warnings.simplefilter("ignore")
-        search.fit(phases)
-    results = search.cv_results_
-    chosen = int(search.best_index_)
-    rows = []
-    for i, params in enumerate(results["params"]):
-        error = _finite(-float(results["mean_test_score"][i]))
-        se = _finite(float(results["std_test_score"][i]) / math.sqrt(args.cv_folds))
-        rows.append(
-            {
-                "step_model": params[param],
-                "n_coefficients": len(
-                    IDENTIFIABLE_FEATURES
-                    if params[param] == "trained-physics"
-                    else check_step_model(params[param])
-                ),
-                "held_out_error": error,
-                "standard_error": se,
-                "chosen": i == chosen,
-            }
-        )
     selection = {
         "metric": "mean absolute relative error of the held-out phase durations",
         "cv": f"TraceBlockSplit({args.cv_folds}) in full-trace context",
         "rule": "the fewest coefficients within one standard error of the best",
-        "candidates": rows,
+        "candidates": comparison["candidates"],
     }
-    return results["params"][chosen][param], selection
+    return comparison["candidates"][comparison["chosen"]]["step_model"], selection
 
 
 def _coefficients(
@@ -322,8 +291,6 @@ def _fit_note(model, step_model, algo: str) -> str:
 def fit_step_model(phases, args, options: dict, chunk_size: int, progress) -> dict:
     """Fit the step model of ``--step-model`` (choosing it for ``auto``);
     the report's step-model sections."""
-    if is_client_side(phases):
-        return fit_client_step_model(phases, args, options, chunk_size, progress)
     selection = None
     step_model = args.step_model
     if step_model == "auto":
@@ -431,118 +398,6 @@ def format_step_model_blis(report: dict, args) -> str:
     )
 
 
-def schedule_model(step_model, args, options: dict, chunk_size: int):
-    """The schedule-consistent estimator of a step model on the engine the
-    command line chose (chunking) or was given (``--max-num-seqs``, the KV
-    cache)."""
-    settings = None
-    if args.num_gpu_blocks is not None:
-        settings = {
-            "num_gpu_blocks": args.num_gpu_blocks,
-            "block_size": args.block_size,
-        }
-    basis = {}
-    if step_model == "trained-physics":
-        basis = dict(
-            model_config=args.model_config,
-            gpu=args.gpu,
-            tensor_parallelism=args.tensor_parallelism,
-        )
-    return ScheduleBetaRegressor(
-        chunk_size,
-        options.get("token_budget"),
-        args.max_num_seqs,
-        engine_settings=settings,
-        # None: one engine, as the phase-exposure fits read it
-        columns={"instance_id": options.get("instance_col")},
-        step_model=step_model,
-        **basis,
-    )
-
-
-def with_sends(phases):
-    """The trace with each request's send (its prefill start on a
-    client-side trace) in an ``arrival`` column."""
-    if "arrival" in phases.columns:
-        return phases
-    return phases.assign(
-        arrival=phases.groupby("request_id")["t_start"].transform("min")
-    )
-
-
-def fit_client_step_model(phases, args, options: dict, chunk_size: int, progress):
-    """A step model on a client-side trace: the schedule-consistent fit (the
-    queueing is in the prefill phases), its coefficients and request
-    overheads, and for trained-physics BLIS's values with the overheads as
-    its alphas (``io._export_trained_physics.blis_alphas_of_offsets``)."""
-    step_model, selection = args.step_model, None
-    phases = with_sends(phases)
-    if step_model == "auto":
-        step_model, selection = _compare_schedules(
-            phases, args, options, chunk_size, progress
-        )
-    progress.say(f"fitting step model {_label(step_model)} to the schedule...")
-    model = schedule_model(step_model, args, options, chunk_size)
-    model.fit(phases)
-    offsets = dict(model.alpha_)
-    alpha = blis_alphas_of_offsets(*offsets.values())
-    coefficients, blis = _coefficients(model, model.model_description_, alpha)
-    notes = _schedule_notes(model, step_model, offsets)
-    missing = [
-        flag
-        for flag, value in (
-            ("--max-num-seqs", args.max_num_seqs),
-            ("--num-gpu-blocks", args.num_gpu_blocks),
-            ("--token-budget", options.get("token_budget")),
-        )
-        if value is None
-    ]
-    if missing:
-        # The published model's schedule path reads them (cli._schedule);
-        # this one takes them as given (measured on benchmarks/regimes.py:
-        # without them, beta1 = 0 and ITL -9 % to -89 %).
-        notes.append(
-            "engine settings not given: "
-            + ", ".join(missing)
-            + " (a step model's schedule fit does not read them from the trace; "
-            "give them, or fit the published model, whose fit reads them)"
-        )
-    report = {
-        "step_model": step_model,
-        "objective": "schedule",
-        "coefficients": coefficients,
-        "confidence_level": model.confidence_level,
-        "step_model_selection": selection,
-        "request_overheads": offsets,
-        "notes": notes,
-    }
-    if model.model_description_ is not None:
-        betas = to_blis_betas(model.beta_, model.model_description_)
-        report["blis_trained_physics"] = blis
-        report["fixed_coefficients"] = dict(model.fixed_coefficients_)
-        report["notes"].append(_alpha_note(offsets, alpha))
-        report["notes"] += [
-            f"BLIS {name} fixed at {why}" for name, why in betas.fixed.items()
-        ]
-    return report
-
-
-def _schedule_notes(model, step_model, offsets: dict) -> list[str]:
-    notes = [
-        f"step model {_label(step_model)} fitted by the schedule-consistent "
-        "estimator (ScheduleBetaRegressor): a client-side trace's prefill "
-        "phases hold the queueing, which it replays; "
-        f"{model.n_iter_} replay(s), "
-        + ("converged" if model.converged_ else "NOT converged")
-        + f", schedule misfit {model.schedule_misfit_:.3g}",
-        "request overheads (s): first token {first_token:.6g}, last token "
-        "{last_token:.6g} after the engine's, queue delay {queue:.6g}".format(
-            **offsets
-        ),
-    ]
-    return notes
-
-
 def _alpha_note(offsets: dict, alpha) -> str:
     note = (
         "alpha_coeffs from the fitted request overheads: a0 = queue delay + "
@@ -552,74 +407,3 @@ def _alpha_note(offsets: dict, alpha) -> str:
     if offsets["last_token"] < offsets["first_token"]:
         note += "; a1 clipped at 0 (the last-token offset is the smaller)"
     return note
-
-
-def _held_out_replay_error(estimator, X, y=None) -> float:
-    """Minus the mean of the held-out requests' TTFT and decode-phase mean
-    absolute relative errors in a replay of the whole trace: the prefill
-    step model shows in the one, the decode step model in the other."""
-    ttft = make_schedule_scorer("ttft")(estimator, X)
-    decode = make_schedule_scorer("decode")(estimator, X)
-    return 0.5 * (ttft + decode)
-
-
-def _compare_schedules(phases, args, options: dict, chunk_size: int, progress):
-    """``--step-model auto`` on a client-side trace: the schedule fits of
-    each candidate compared by held-out requests (:class:`RequestKFold`,
-    each fold's requests replayed amid the whole trace)."""
-    candidates = _candidates(args)
-    progress.say(
-        f"comparing step models {', '.join(candidates)} by held-out requests..."
-    )
-    grid = [{"step_model": [c]} for c in candidates if c != "trained-physics"]
-    if "trained-physics" in candidates:
-        grid.append(
-            {
-                "step_model": ["trained-physics"],
-                "model_config": [args.model_config],
-                "gpu": [args.gpu],
-                "tensor_parallelism": [args.tensor_parallelism],
-            }
-        )
-    estimator = schedule_model("published", args, options, chunk_size)
-    search = GridSearchCV(
-        estimator.set_params(trace=phases),
-        grid,
-        cv=RequestKFold(args.cv_folds, shuffle=True, random_state=0),
-        scoring=_held_out_replay_error,
-        refit=one_standard_error_rule(),
-        error_score=np.nan,
-    )
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # the final fit's warnings are the report's
-        search.fit(phases)
-    results = search.cv_results_
-    rows = [
-        _selection_row(results, i, params["step_model"], args.cv_folds, search)
-        for i, params in enumerate(results["params"])
-    ]
-    selection = {
-        "metric": "mean of the held-out requests' TTFT and decode-phase mean "
-        "absolute relative errors (schedule-consistent fits)",
-        "cv": f"RequestKFold({args.cv_folds}, shuffled) replayed in the whole trace",
-        "rule": "the fewest coefficients within one standard error of the best",
-        "candidates": rows,
-    }
-    return results["params"][int(search.best_index_)]["step_model"], selection
-
-
-def _selection_row(results, i: int, step_model, folds: int, search) -> dict:
-    error = _finite(-float(results["mean_test_score"][i]))
-    se = _finite(float(results["std_test_score"][i]) / math.sqrt(folds))
-    n_coefficients = len(
-        IDENTIFIABLE_FEATURES
-        if step_model == "trained-physics"
-        else check_step_model(step_model)
-    )
-    return {
-        "step_model": step_model,
-        "n_coefficients": n_coefficients,
-        "held_out_error": error,
-        "standard_error": se,
-        "chosen": i == int(search.best_index_),
-    }

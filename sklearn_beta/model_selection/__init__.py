@@ -26,18 +26,19 @@ trace with zero weight outside the training rows and predicts the full
 trace, so every phase keeps its full-trace exposures in training and test.
 :func:`one_standard_error_rule` is a ``refit`` for GridSearchCV over the
 step model that prefers the simplest model within one standard error of the
-best.
+best; :func:`compare_step_models` runs that search and tabulates it.
 """
 
 from ._context import TraceContextRegressor
 from ._request_split import RequestKFold, make_schedule_scorer
-from ._step_models import one_standard_error_rule
+from ._step_models import compare_step_models, one_standard_error_rule
 from ._trace_split import TraceBlockSplit, complete_context_mask
 
 __all__ = [
     "RequestKFold",
     "TraceBlockSplit",
     "TraceContextRegressor",
+    "compare_step_models",
     "complete_context_mask",
     "make_schedule_scorer",
     "one_standard_error_rule",

@@ -14,12 +14,16 @@ the number of folds. Among equally simple models the better mean wins.
 
 from __future__ import annotations
 
+import math
+import warnings
+
 import numpy as np
+from sklearn.model_selection import GridSearchCV
 
 from ..core._step_features import check_step_model
 from ..core._trained_physics import IDENTIFIABLE_FEATURES
 
-__all__ = ["one_standard_error_rule"]
+__all__ = ["compare_step_models", "one_standard_error_rule"]
 
 
 def one_standard_error_rule(scoring: str | None = None):
@@ -77,11 +81,101 @@ def one_standard_error_rule(scoring: str | None = None):
     return refit
 
 
-def _n_features(params: dict) -> int:
+def _step_model_of(params: dict):
     model = "published"
     for key, value in params.items():
         if key.endswith("step_model"):
             model = value
+    return model
+
+
+def _n_features(params: dict) -> int:
+    model = _step_model_of(params)
     if model == "trained-physics":
         return len(IDENTIFIABLE_FEATURES)
     return len(check_step_model(model))
+
+
+def compare_step_models(estimator, X, candidates, *, cv, scoring, select=None):
+    """Score step models on held-out folds and choose one by the
+    one-standard-error rule.
+
+    One :class:`~sklearn.model_selection.GridSearchCV` over ``candidates``
+    (no refit: the caller fits the chosen model as it needs), every
+    candidate on the same folds; a candidate whose fit or score fails
+    scores NaN, is listed with a null error and is never chosen.
+
+    Parameters
+    ----------
+    estimator : estimator
+        The estimator whose parameters the candidates set (a pipeline in
+        :class:`~sklearn_beta.model_selection.TraceContextRegressor`, a
+        :class:`~sklearn_beta.ScheduleBetaRegressor` with ``trace=``, ...).
+    X : DataFrame
+        The phase table.
+    candidates : list of dict
+        One parameter setting per candidate; each holds one parameter whose
+        name ends in ``step_model`` (the model it stands for), and may set
+        others (a trained-physics deployment, a start ``init``).
+    cv : cross-validation generator
+        The folds (e.g. ``TraceBlockSplit(4)`` or ``RequestKFold(3)``).
+    scoring : callable or dict of callables
+        Greater is better. A dict scores several metrics; ``select`` names
+        the one the rule chooses by.
+    select : str or None, default=None
+        With a dict ``scoring``, the key of the choosing metric; None for a
+        single callable.
+
+    Returns
+    -------
+    comparison : dict
+        ``chosen`` (the index of the chosen candidate) and ``candidates``,
+        one dict per candidate in order: ``step_model``, ``n_coefficients``,
+        ``held_out_error`` (minus the mean test score of the choosing
+        metric), ``standard_error`` (its fold standard deviation over the
+        square root of the number of folds), ``chosen``, and with a dict
+        ``scoring`` ``errors``, minus every metric's mean test score (None
+        where not finite).
+    """
+    if isinstance(scoring, dict) and select not in scoring:
+        raise ValueError(f"select must name a key of scoring, got {select!r}.")
+    search = GridSearchCV(
+        estimator,
+        [{name: [value] for name, value in c.items()} for c in candidates],
+        cv=cv,
+        scoring=scoring,
+        refit=False,
+        error_score=np.nan,
+    )
+    with warnings.catch_warnings():
+        # each fold's fit warns as the chosen model's fit would
+        warnings.simplefilter("ignore")
+        search.fit(X)
+    results = search.cv_results_
+    chosen = one_standard_error_rule(select)(results)
+    name = "score" if select is None else select
+    n_splits = sum(
+        1
+        for key in results
+        if key.startswith("split") and key.endswith(f"_test_{name}")
+    )
+    rows = []
+    for i, params in enumerate(results["params"]):
+        row = {
+            "step_model": _step_model_of(params),
+            "n_coefficients": _n_features(params),
+            "held_out_error": _finite(-results[f"mean_test_{name}"][i]),
+            "standard_error": _finite(
+                results[f"std_test_{name}"][i] / math.sqrt(max(n_splits, 1))
+            ),
+            "chosen": i == chosen,
+        }
+        if isinstance(scoring, dict):
+            row["errors"] = {k: _finite(-results[f"mean_test_{k}"][i]) for k in scoring}
+        rows.append(row)
+    return {"chosen": chosen, "candidates": rows}
+
+
+def _finite(value) -> float | None:
+    value = float(value)
+    return value if math.isfinite(value) else None
