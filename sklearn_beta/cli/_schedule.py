@@ -233,10 +233,12 @@ def refine_kv(frame, settings, progress):
     The reading is off by up to a few tenths of a percent (requests in
     prefill are not counted; a preempted request still is) and the fit is
     sharp in it: on a simulated vLLM-sized trace of 14000 blocks, fits at
-    13989, 13999, 14001 and 14010 blocks put beta1 at 0 or -49 %. One fit
-    at the reading (:data:`SEARCH_ITER` replays) gives the coefficients
-    and offsets; from them each size costs one replay and one fit on
-    differences (``engine_config._kv_search``), scanned over
+    13989, 13999, 14001 and 14010 blocks put beta1 at 0 or -49 %. The
+    fit, with the KV bound off, of the requests done before the queue
+    forms gives the coefficients and offsets (it does not depend on the
+    size; where it does not apply, one fit at the reading of
+    :data:`SEARCH_ITER` replays); from them each size costs one replay and
+    one fit on differences (``engine_config._kv_search``), scanned over
     :data:`KV_SPAN` either side of the reading. Returns ``(settings,
     rows)``: the settings with the least misfit, every trial.
     """

@@ -21,7 +21,7 @@ from numbers import Real
 import numpy as np
 import pandas as pd
 from scipy.stats import norm
-from sklearn.base import BaseEstimator, RegressorMixin, _fit_context
+from sklearn.base import BaseEstimator, RegressorMixin, _fit_context, clone
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.metrics import r2_score
 from sklearn.pipeline import make_pipeline
@@ -47,6 +47,7 @@ from ..estimators._backend import backend_for
 from ..estimators._baseline import BaselineBetaRegressor
 from ..estimators._exposure import PhaseExposureTransformer
 from ..estimators._iterative import IterativeBetaRegressor
+from ._kv_start import decode_window_starts, unbound_head
 from ._schedule_design import (
     StepBasis,
     difference_design,
@@ -474,13 +475,15 @@ class ScheduleBetaRegressor(RegressorMixin, BaseEstimator):
             keep = np.repeat(fitted, trace.n_kinds)
         self.fitted_requests_ = fitted
         free = self._free_columns(trace.scheduled, basis.n_coef)
-        starts = self._initial_betas(X if rows is None else frame.iloc[rows])
-        theta = np.zeros(basis.n_coef + 3)
-        theta[:-3], snap = self._start(frame, trace, starts, keep, free)
-        self.init_beta_ = theta[:-3].copy()
-        self.init_offsets_ = snap
-        others = [beta for beta in starts if not np.array_equal(beta, theta[:-3])]
-        solved = self._solve(trace, theta, keep, free, snap, others)
+        solved = self._from_unbound_head(frame, trace, keep, free)
+        if solved is None:
+            starts = self._initial_betas(X if rows is None else frame.iloc[rows])
+            theta = np.zeros(basis.n_coef + 3)
+            theta[:-3], snap = self._start(frame, trace, starts, keep, free)
+            self.init_beta_ = theta[:-3].copy()
+            self.init_offsets_ = snap
+            others = [b for b in starts if not np.array_equal(b, theta[:-3])]
+            solved = self._solve(trace, theta, keep, free, snap, others)
         solved = self._settle_level(frame, trace, keep, free, solved)
         self.n_iter_ = solved.n_iter
         self.converged_ = solved.converged
@@ -494,6 +497,77 @@ class ScheduleBetaRegressor(RegressorMixin, BaseEstimator):
         self._warn_unsettled(solved)
         self.beta_ci_ = self._intervals(solved.rows, solved.theta, free)
         return self
+
+    def _from_unbound_head(self, frame, trace, keep, free):
+        """Under a KV bound, the fit on differences from the start of the
+        requests done before the queue forms (:meth:`_unbound_head_start`),
+        when it ends at the noise level (``MISFIT_SEARCH``); else None (and
+        the fit starts as without a KV bound). Sets ``init_beta_``,
+        ``init_offsets_`` and ``init_misfit_`` when taken."""
+        start = self._unbound_head_start(trace, keep, free)
+        if start is None:
+            return None
+        theta, replays, misfit = start
+        solved = solve_schedule(
+            trace,
+            theta,
+            keep,
+            free,
+            self._schedule,
+            self.max_iter,
+            self.tol,
+            theta[-3:],
+            restart=True,
+        )
+        if not solved.misfit <= MISFIT_SEARCH:
+            return None  # measured on no trace yet: the published start then
+        self.init_beta_, self.init_offsets_ = theta[:-3].copy(), theta[-3:].copy()
+        self.init_misfit_ = {"unbound_head": misfit}
+        return replace(solved, n_iter=solved.n_iter + replays)
+
+    def _unbound_head_start(self, trace, keep, free):
+        """``(theta, replays, misfit)`` of a fit, with the KV bound switched
+        off, of the requests done before the queue first forms
+        (``_kv_start.unbound_head``, those of ``keep``), from the decode
+        windows' betas (:func:`fit_unbound_head`); None where it does not
+        apply (no KV bound, no arrivals, several engines, another step
+        model, a client cap, too few such requests).
+
+        Nothing had waited then, so no limit had bound: the fit does not
+        depend on the cache's size, where the fit of the whole trace from a
+        phase-exposure start, whose first replays preempt otherwise than
+        the trace, ran off (measured on a vLLM-sized client trace: beta1
+        +340 to +600 %, docs/schedule.md)."""
+        requests = trace.requests
+        if not (self._kv_bound() and self.arrival is not None) or (
+            not self._fitted_basis().published or self.max_in_flight is not None
+        ):
+            return None
+        if np.unique(requests["instance"]).size != 1:
+            return None
+        first, last = requests["prefill_end"], requests["decode_end"]
+        head = unbound_head(requests["arrival"], first, last)
+        if head is None:
+            return None
+        # every request counts in the head's windows, the later ones too
+        starts = decode_window_starts(
+            first, last, requests["decode_steps"], requests["prompt"], head
+        )
+        if keep is not None:
+            head = head & keep.reshape(trace.n_requests, trace.n_kinds)[:, 0]
+        settings = dict(self.engine_settings)
+        settings.pop("num_gpu_blocks")
+        unbound = clone(self).set_params(engine_settings=settings)
+        unbound._set_step_model()
+        return fit_unbound_head(
+            trace,
+            starts,
+            np.repeat(head, trace.n_kinds),
+            free,
+            unbound._schedule,
+            self.max_iter,
+            self.tol,
+        )
 
     def _solve(self, trace, theta, keep, free, snap, others) -> ScheduleSolution:
         """The iteration from ``theta`` and the snapping offsets ``snap``;
@@ -1336,6 +1410,50 @@ def search_snap_offsets(trace, solved, keep, free, schedule_of, max_iter, tol):
         if best.misfit <= MISFIT_SEARCH:
             break
     return replace(best, n_iter=replays)
+
+
+def fit_unbound_head(trace, starts, keep, free, schedule_of, max_iter, tol):
+    """The fit on differences of the rows ``keep`` (the requests done before
+    the queue forms) replayed by ``schedule_of`` (no KV bound): from each
+    of the betas ``starts`` and each common offset of
+    ``_offset_candidates`` (the gap between the first- and last-token
+    offsets read off the trace, :func:`coincident_gap`), one replay and
+    fit; the ``SEARCH_STARTS`` of least misfit iterated, the best kept.
+    Returns ``(theta, replays, misfit)``.
+
+    Snapped at offsets off by a few steps the head settles on another
+    schedule whatever the betas: its profiled full fit kept none of 16
+    candidate offsets (levels fits ran off to offsets of seconds) and
+    settled at misfit 0.05-0.15 on two of six traces, where one shot per
+    pair (64, 0.7 s on 2000 requests) put the right one first
+    (docs/schedule.md).
+    """
+    rows = keep.reshape(trace.n_requests, trace.n_kinds)[:, 0]
+    head = {
+        k: v[rows] if isinstance(v, np.ndarray) else v
+        for k, v in trace.requests.items()
+    }
+    gap = coincident_gap(trace, keep, _typical_step(head)) or 0.0
+    grid = [
+        (np.r_[beta, 0.0, c + max(gap, 0.0), c + max(-gap, 0.0)])
+        for beta in starts
+        for c in _offset_candidates(head)
+    ]
+    shots = [
+        solve_schedule(trace, theta, keep, free, schedule_of, 1, tol, theta[-3:], True)
+        for theta in grid  # a loop over the grid's points, not requests
+    ]
+    best, replays = None, len(shots)
+    misfits = [shot.misfit for shot in shots]
+    for k in np.argsort(misfits, kind="stable")[:SEARCH_STARTS]:
+        theta = grid[k]
+        iterated = solve_schedule(
+            trace, theta, keep, free, schedule_of, max_iter, tol, theta[-3:], True
+        )
+        replays += iterated.n_iter
+        if best is None or _rank(iterated) < _rank(best):
+            best = iterated
+    return best.theta, replays, best.misfit
 
 
 def profile_level(trace, keep, theta, direction, schedule_of, step) -> tuple:
