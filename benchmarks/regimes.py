@@ -179,7 +179,11 @@ def observed(phases: pd.DataFrame) -> dict:
 
 
 def predicted(phases, fit, engine, client) -> dict:
-    kwargs = dict(engine, **fit["offsets"])
+    # An engine-side fit's offsets can come out a few hundredths of a
+    # millisecond below zero (noise against ~100 ms steps); the replay takes
+    # none below zero.
+    offsets = {k: max(v, 0.0) for k, v in fit["offsets"].items()}
+    kwargs = dict(engine, **offsets)
     kwargs["max_in_flight"] = client.get("max_in_flight")
     out = what_if_latencies(phases, fit["beta"], step_model=fit["step_model"], **kwargs)
     return dict(ttft=out.ttft.mean(), itl=out.itl.mean(), e2e=out.e2e.mean())
@@ -200,7 +204,7 @@ def main(argv=None) -> int:
     parser.add_argument("--save")
     parser.add_argument("--compare")
     args = parser.parse_args(argv)
-    rates = [float(r) for r in args.rates.split(",")]
+    rates = [float(r) for r in args.rates.split(",") if r]
     mix_rates = [float(r) for r in args.mix_rates.split(",") if r]
     extra = shlex.split(args.extra_args)
     rows, traces, fits = [], {}, {}
