@@ -498,17 +498,10 @@ class ScheduleBetaRegressor(RegressorMixin, BaseEstimator):
         self.beta_ci_ = self._intervals(solved.rows, solved.theta, free)
         return self
 
-    def _from_unbound_head(self, frame, trace, keep, free):
-        """Under a KV bound, the fit on differences from the start of the
-        requests done before the queue forms (:meth:`_unbound_head_start`),
-        when it ends at the noise level (``MISFIT_SEARCH``); else None (and
-        the fit starts as without a KV bound). Sets ``init_beta_``,
-        ``init_offsets_`` and ``init_misfit_`` when taken."""
-        start = self._unbound_head_start(trace, keep, free)
-        if start is None:
-            return None
-        theta, replays, misfit = start
-        solved = solve_schedule(
+    def _restart(self, trace, theta, keep, free):
+        """The fit on differences from ``theta``, its offsets taken as the
+        snapping offsets (a start found outside the iteration)."""
+        return solve_schedule(
             trace,
             theta,
             keep,
@@ -519,6 +512,18 @@ class ScheduleBetaRegressor(RegressorMixin, BaseEstimator):
             theta[-3:],
             restart=True,
         )
+
+    def _from_unbound_head(self, frame, trace, keep, free):
+        """Under a KV bound, the fit on differences from the start of the
+        requests done before the queue forms (:meth:`_unbound_head_start`),
+        when it ends at the noise level (``MISFIT_SEARCH``); else None (and
+        the fit starts as without a KV bound). Sets ``init_beta_``,
+        ``init_offsets_`` and ``init_misfit_`` when taken."""
+        start = self._unbound_head_start(trace, keep, free)
+        if start is None:
+            return None
+        theta, replays, misfit = start
+        solved = self._restart(trace, theta, keep, free)
         if not solved.misfit <= MISFIT_SEARCH:
             return None  # measured on no trace yet: the published start then
         self.init_beta_, self.init_offsets_ = theta[:-3].copy(), theta[-3:].copy()
@@ -657,17 +662,7 @@ class ScheduleBetaRegressor(RegressorMixin, BaseEstimator):
             return solved
         theta = solved.theta.copy()
         theta[-3:] += shift * direction
-        again = solve_schedule(
-            trace,
-            theta,
-            keep,
-            free,
-            self._schedule,
-            self.max_iter,
-            self.tol,
-            theta[-3:],
-            restart=True,
-        )
+        again = self._restart(trace, theta, keep, free)
         replays = solved.n_iter + again.n_iter
         if _rank(again) > _rank(solved) or again.misfit > solved.misfit:
             # the profiled level's schedule explains the times no better (a
