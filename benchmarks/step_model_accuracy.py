@@ -24,7 +24,8 @@ of 6000 requests and 98 % of 96 000, its queue growing, as REGIMES.md's
 saturated traces). ``--model six`` adds ``batch_size`` (2e-5 s per running
 request) to truth and fit. ``--engine budget`` runs vLLM V1's default
 engine instead: a token budget of 2048 per step and no chunk cap
-(docs/method.md section 4.2), the same loads.
+(docs/method.md section 4.2), the same loads; ``--engine chunked-budget``
+chunks of 256 under a 2048-token budget.
 
 Per regime and trace size, ``--seeds`` traces (seeds 0, 1, ...) are fitted by
 each of ``--fits``:
@@ -61,8 +62,13 @@ from sklearn_beta.core._step_features import STEP_FEATURES, STEP_MODELS
 from sklearn_beta.datasets import simulate_trace
 
 #: (chunk_size, token_budget) per engine: the chunked engine without a
-#: budget, and vLLM V1's default (a budget, no chunk cap).
-ENGINES = {"chunked": (256, None), "budget": (2048, 2048)}
+#: budget, chunked under a budget, and vLLM V1's default (a budget, no chunk
+#: cap).
+ENGINES = {
+    "chunked": (256, None),
+    "chunked-budget": (256, 2048),
+    "budget": (2048, 2048),
+}
 #: True coefficients per model: s/step, s/prefill token, s/(token x context
 #: token), s/decode token, s/context token (and s/running request).
 MODELS = {
