@@ -137,8 +137,8 @@ def test_pooled_rows_count_each_event_once():
 def test_schedule_intervals_cover_over_seeds():
     # The empirical scatter over a handful of small saturated traces with
     # 2 % step noise: the errors over the standard errors the intervals
-    # imply. The HC3 sandwich's ratio was 1.25-1.72 on the benchmark's
-    # traces (docs/schedule.md); measured here: root mean square 0.84.
+    # imply. Measured: root mean square 1.20, largest 2.51; the HC3
+    # sandwich on the same fits gave 1.62 and 3.37.
     z = []
     for seed in range(6):
         phases = simulate_trace(
@@ -158,5 +158,5 @@ def test_schedule_intervals_cover_over_seeds():
         se = (model.beta_ci_[:, 1] - model.beta_) / norm.ppf(0.975)
         z.append((model.beta_ - BETA) / se)
     z = np.array(z)
-    assert np.all(np.abs(z) < 3.5), z
-    assert 0.5 < np.sqrt(np.mean(z**2)) < 1.4, z
+    assert np.all(np.abs(z) < 3.0), z
+    assert 0.6 < np.sqrt(np.mean(z**2)) < 1.4, z

@@ -138,9 +138,9 @@ LEVEL_RESTART_ITER = 6
 #: row's error over its modelled step-noise deviation): a 1 % step noise.
 #: 2 % step noise gives a scale of about 0.019, above it.
 MIN_ROBUST_SCALE = 0.01
-#: Least ``1 - leverage`` of a row in the HC3 intervals: a row fitted by one
-#: coefficient alone (a busy period's first event, the offsets' level) has
-#: leverage 1 and no residual.
+#: Least ``1 - leverage`` of a row in the HC3 intervals of a fit on levels:
+#: a row fitted by one coefficient alone (a busy period's first event, the
+#: offsets' level) has leverage 1 and no residual.
 MIN_LEVERAGE_GAP = 1e-3
 
 
@@ -316,11 +316,15 @@ class ScheduleBetaRegressor(RegressorMixin, BaseEstimator):
         admissions nor five busy periods show it, a ``UserWarning`` says
         so (docs/schedule.md, "Request overheads").
     beta_ci_ : ndarray of shape (n_coefficients, 2) or None
-        Confidence limits of the betas at ``confidence_level`` from the
-        leverage-corrected heteroscedasticity-robust (HC3 sandwich)
-        covariance of the last weighted fit, clipped at 0; None when
-        ``confidence_level`` is None. They undercover (docs/schedule.md,
-        "Intervals").
+        Confidence limits of the betas at ``confidence_level`` (normal
+        quantiles, clipped at 0) from the covariance of the last bisquare
+        fit at the modelled step noise: each difference row's variance is
+        the squared relative step noise (estimated from the residuals)
+        times the squared model step times between its events; None when
+        ``confidence_level`` is None. Measured over 40 saturated traces,
+        95 % intervals covered 95, 90 and 100 % (docs/schedule.md,
+        "Intervals"); a schedule the replay finds otherwise than the trace
+        had is not in them.
     init_beta_ : ndarray of shape (n_coefficients,)
         The coefficients the iteration started from.
     init_misfit_ : dict
