@@ -160,3 +160,38 @@ def test_schedule_intervals_cover_over_seeds():
     z = np.array(z)
     assert np.all(np.abs(z) < 3.0), z
     assert 0.6 < np.sqrt(np.mean(z**2)) < 1.4, z
+
+
+@pytest.fixture(scope="module")
+def small_noisy():
+    return simulate_trace(
+        300,
+        beta=BETA,
+        arrival_rate=40.0,
+        prompt_tokens=(300, 0.5),
+        output_tokens=(100, 0.5),
+        noise=0.02,
+        view="client",
+        random_state=3,
+        **ENGINE,
+    )
+
+
+def test_confidence_level_sets_the_width(small_noisy):
+    widths = {}
+    for level in (0.5, 0.99):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            model = ScheduleBetaRegressor(**ENGINE, confidence_level=level)
+            model.fit(small_noisy)
+        widths[level] = model.beta_ci_[:, 1] - model.beta_
+    # the same fit, normal quantiles: the half-widths scale by z(0.995) / z(0.75)
+    ratio = norm.ppf(0.995) / norm.ppf(0.75)
+    np.testing.assert_allclose(widths[0.99] / widths[0.5], ratio, rtol=1e-9)
+
+
+@pytest.mark.parametrize("level", [0.0, 1.0, 1.5, "0.9"])
+def test_bad_confidence_level_raises(small_noisy, level):
+    model = ScheduleBetaRegressor(**ENGINE, confidence_level=level)
+    with pytest.raises(ValueError, match="confidence_level"):
+        model.fit(small_noisy)
