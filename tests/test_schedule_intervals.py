@@ -40,6 +40,12 @@ def test_truncated_moments_by_hand():
     np.testing.assert_allclose(got, [inside, inside - 2 * norm.pdf(1.0)], rtol=1e-12)
 
 
+def test_truncated_moments_continuous_where_the_formula_switches():
+    # the recursion up to sd = 1, the incomplete gamma above
+    below, above = truncated_moments(np.array([1 - 1e-9, 1 + 1e-9]), 5).T
+    np.testing.assert_allclose(below, above, rtol=1e-7)
+
+
 @pytest.mark.parametrize("sd", [0.05, 0.3, 1.0, 2.5])
 def test_bisquare_expectations_against_quadrature(sd):
     def density(u):
