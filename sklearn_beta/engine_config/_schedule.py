@@ -667,7 +667,7 @@ class ScheduleBetaRegressor(RegressorMixin, BaseEstimator):
         if flat and _anchor_rows(solved.rows) < LEVEL_MIN_ANCHORS:
             warn(
                 "ScheduleBetaRegressor: the common level of the offsets "
-                f"alpha_{list(np.array(ALPHA_NAMES)[free[-3:]])} is not identified "
+                f"alpha_{np.array(ALPHA_NAMES)[free[-3:]].tolist()} is not identified "
                 f"on this trace: {_anchor_rows(solved.rows)} busy period(s) start "
                 "in it and no admission's timing shows the level; their "
                 "differences are identified, the level is the first events' alone "
