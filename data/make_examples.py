@@ -1,6 +1,6 @@
 """Write the example traces under ``data/`` from a tiny step-level engine model.
 
-Each engine instance runs the package's engine loop (``sklearn_beta._engine``,
+Each engine instance runs the package's engine loop (``sklearn_beta.engine._loop``,
 vLLM V1 scheduling, no token budget): every step gives each running prefill
 one chunk of at most ``CHUNK`` uncached prompt tokens and each running decode
 one token, and lasts ``beta0 + beta1 * prefill_tokens + beta2 *
@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from sklearn_beta._engine import run_engine
+from sklearn_beta.engine._loop import run_engine
 
 TRUE_BETA = (4e-3, 3e-5, 2e-4)  # s/step, s/prefill token, s/decode token
 CHUNK = 256
