@@ -170,6 +170,22 @@ def test_auto_picks_the_true_step_model(capsys, traces, truth):
         assert errors["published"] > 3 * errors["attention"]
 
 
+def test_auto_with_the_baseline_compares_baseline_fits(capsys, traces):
+    # The comparison's duration objective is the iterative estimator's: the
+    # baseline, which has none, used to be refused ("['objective'] belong to
+    # the iterative estimator") though no --objective was given.
+    code, out, err = _fit(
+        capsys, traces["attention"], "--step-model", "auto", "--algo", "baseline",
+        "--output", "json",
+    )  # fmt: skip
+    assert code == 0, err
+    report = json.loads(out)
+    assert report["objective"] == "baseline"
+    rows = report["step_model_selection"]["candidates"]
+    assert [r["step_model"] for r in rows] == ["published", "attention"]
+    assert sum(r["chosen"] for r in rows) == 1
+
+
 def test_auto_table_prints_the_comparison(capsys, traces):
     code, out, _ = _fit(capsys, traces["attention"], "--step-model", "auto")
     assert code == 0

@@ -223,7 +223,10 @@ def _compare(phases, args, options: dict, chunk_size: int, progress) -> tuple:
     # 0.47 % published, 0.44 % with the decode context, though its step-count
     # betas are within 0.1 %): benchmarks/step_model_cv.py, 19 of 20 on step
     # counts, 20 of 20 here.
-    pipe = _pipeline("published", args, options | {"objective": "duration"}, chunk_size)
+    # The baseline has no objective: its comparison is of its own fits.
+    iterative = options["algo"] == "iterative"
+    duration = {"objective": "duration"} if iterative else {}
+    pipe = _pipeline("published", args, options | duration, chunk_size)
     comparison = compare_step_models(
         TraceContextRegressor(pipe, trace=phases),
         phases,
