@@ -195,6 +195,8 @@ def test_progress_only_on_a_terminal(capsys, monkeypatch):
         (["fit", "{duplicated}"], 1, "request_id"),
         (["fit", "{smoke}", "--plot", "{smoke}"], 0, None),
         ([], 2, "required: command"),
+        (["fit", "{smoke}", "--bogus"], 2, "--bogus (see 'sklearn-beta fit --help')"),
+        (["bogus"], 2, "(see 'sklearn-beta --help')"),
     ],
 )
 def test_bad_input_is_one_line_on_stderr(capsys, tmp_path, argv, code, message):

@@ -44,9 +44,14 @@ class UsageError(Exception):
 
 
 class _Parser(argparse.ArgumentParser):
-    # argparse prints the whole usage and exits; one line is enough.
+    # argparse prints the whole usage and exits; one line is enough. Unknown
+    # options reach the top parser, but are the command's (fit, the only one):
+    # its --help lists the options, the top one's does not.
     def error(self, message):
-        raise UsageError(f"{message} (see '{self.prog} --help')")
+        where = self.prog
+        if message.startswith("unrecognized arguments") and " " not in where:
+            where += " fit"
+        raise UsageError(f"{message} (see '{where} --help')")
 
 
 def build_parser() -> argparse.ArgumentParser:
