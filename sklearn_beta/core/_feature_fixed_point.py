@@ -31,6 +31,7 @@ from ._budget import (
     capped_prefill_wants,
     group_full_pressures,
     group_last_steps,
+    group_step_counts,
 )
 from ._corrections import (
     beta_informed_correction_mass,
@@ -541,6 +542,11 @@ class FeatureCounts(CountedTotals):
         self.prefill = np.isin(self.features, PREFILL_FEATURES)
         self.duration_squares = None
         self.masses = self._masses(None)
+        # a budget-bound engine's prompts that share a group: counted once
+        # a density lays the chunk grid (:meth:`_step_counts`)
+        self.sharing = None
+        if problem.groups:
+            self.sharing = tl.is_prefill & ~counted_phases(tl)
 
     def _full_pressures(self) -> list[np.ndarray]:
         """Per-step pressure of each feature before any partial chunk."""
@@ -631,15 +637,16 @@ class FeatureCounts(CountedTotals):
         tl = self.timeline
         n, step_time, emptied, pressures = self._counts(beta)
         steps = self.integrals(n)
+        n_steps = self._step_counts(n)
         held = steps > 0
-        scale = np.divide(tl.n_steps, steps, out=np.zeros_like(steps), where=held)
+        scale = np.divide(n_steps, steps, out=np.zeros_like(steps), where=held)
         n_features = len(self.features)
         design = np.empty((tl.n_phases, n_features), order="F")
         jac = np.empty((tl.n_phases, n_features), order="F")
         for k, (pressure, mass) in enumerate(zip(pressures, self.masses, strict=True)):
             if self.features[k] == "steps":
                 # N_i steps of one each: no integral (the published design's)
-                design[:, k] = tl.n_steps
+                design[:, k] = n_steps
                 self.integrals(-n / step_time, out=jac[:, k])
                 continue
             held_k = n * pressure
@@ -653,11 +660,30 @@ class FeatureCounts(CountedTotals):
             self.integrals(held_k, out=design[:, k])
             design[:, k] *= scale
             self.integrals(slope / step_time, out=jac[:, k])
-        residual = steps - tl.n_steps
+        residual = steps - n_steps
         loss = float(np.sum(self.weight * np.square(residual)))
         self._refresh(n)
         self.last = CountState(beta, residual, jac, design, loss, n, None)
         return self.last
+
+    def _step_counts(self, n: np.ndarray) -> np.ndarray:
+        """``N_i``, and of the prompts sharing a budget-bound group the
+        count the chunk grid of the steps ``n`` fixes
+        (:func:`~._budget.group_step_counts`), weighted ``1 / N_i`` as the
+        others. Not lagged: the counts are whole steps, constant in the
+        betas between two roundings, so the loss stays a function of the
+        betas. Sets :attr:`weight` to the state's."""
+        tl = self.timeline
+        if self.sharing is None:
+            return tl.n_steps
+        counts, fixed = group_step_counts(tl, self.problem.prompt, n)
+        known = self.sharing & fixed
+        n_steps = np.where(known, counts, tl.n_steps)
+        weight = (~self.sharing | known) / np.maximum(n_steps, 1.0)
+        if self.sample_weight is not None:
+            weight = weight * self.sample_weight
+        self.weight = weight
+        return n_steps
 
     def _refresh(self, n: np.ndarray) -> None:
         """Take the lagged inputs of the next state from the steps ``n`` of
