@@ -455,7 +455,6 @@ class BasisCounts:
         self.features = tuple(names)
         self.coef_columns = tuple(f"beta_{f}" for f in self.features)
         self.timeline = problem.timeline
-        self.weight = problem.weight
         self.sample_weight = problem.sample_weight
         self.correction_mode = problem.correction_mode
         self.fixed = problem.fixed
@@ -463,6 +462,12 @@ class BasisCounts:
         # the per-step overhead the start gives a floor (initial_scale)
         overhead = [k for k, f in enumerate(names) if f in ("steps", "per_step")]
         self.overhead = overhead[0] if overhead else None
+
+    @property
+    def weight(self) -> np.ndarray:
+        # the features' problem's, which a budget-bound engine's state sets
+        # (FeatureCounts._step_counts)
+        return self.problem.weight
 
     def _in_basis(self, state: CountState, coef: np.ndarray) -> CountState:
         k = self.basis.T
