@@ -164,6 +164,8 @@ class FeatureDurations:
             )
         self.groups = bound and prompt is not None
         self.group_masses = self.group_steps = None
+        #: the phases counted in the last pass (:meth:`reweighted`)
+        self.counted_now = self.counted
         if self.groups:
             self.group_masses = group_last_steps(timeline, prompt)
 
@@ -358,8 +360,11 @@ class FeatureDurations:
         total = self.integrals(steps)
         n_steps = design_step_counts(tl, total)
         if self.groups:
-            # a prompt sharing its group waited steps the trace does not show
-            n_steps = np.where(self.counted, n_steps, total)
+            # a prompt sharing its group: the steps its group's chunk grid
+            # fixes (the density's, where it does not)
+            counts, fixed = group_step_counts(tl, self.prompt, steps)
+            self.counted_now = self.counted | fixed
+            n_steps = np.where(self.counted, n_steps, np.where(fixed, counts, total))
         scale = np.divide(n_steps, total, out=np.zeros_like(total), where=total > 0)
         design = np.empty((tl.n_phases, len(self.features)), order="F")
         for k, pressure in enumerate(self._pressures()):
@@ -376,12 +381,12 @@ class FeatureDurations:
     def fit(self, design: np.ndarray) -> np.ndarray:
         weight = self.weight
         if self.groups:
-            # a prompt sharing its group has the density's step count: its
+            # a prompt whose count no chunk grid fixes has the density's: its
             # row repeats the current betas' durations, and only slows the
             # iteration (122 passes to converge on a light noise-free trace, 87
             # without it, damping 1)
             ones = np.ones(self.timeline.n_phases) if weight is None else weight
-            weight = np.where(self.counted, ones, 0.0)
+            weight = np.where(self.counted_now, ones, 0.0)
         return nnls_fit(design, self.timeline.duration, weight)
 
     def change_basis(self, design: np.ndarray) -> np.ndarray:
