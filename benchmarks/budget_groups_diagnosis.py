@@ -2,8 +2,8 @@
 
 Usage::
 
-    python benchmarks/budget_groups_diagnosis.py                # 10 seeds, ~2 min
-    python benchmarks/budget_groups_diagnosis.py --rate 4 --seeds 3 --save d.json
+    python benchmarks/budget_groups_diagnosis.py      # 10 seeds at 10/s, ~3 min
+    python benchmarks/budget_groups_diagnosis.py --rate 14 --seeds 5 --save d.json
 
 Simulated traces of a budget-bound engine (``--engine budget`` of
 ``benchmarks/step_model_accuracy.py``: a 2048-token budget, no chunk cap,
@@ -15,13 +15,15 @@ attention truth, 2 % step noise) at ``--rate`` requests/s. Per seed:
   transformer's exposures) and on the chunk grid of the step-count state's
   density at the engine's betas (the fit's), with the steps misplaced and
   the share of the prompt tokens and attention misplaced;
-* the default step-count fit, the same without counting the prompts that
-  share a group (``sharing uncounted``, the fit before they were), with the
-  simulator's exact masses
-  (``oracle masses``), with every prompt counted by its true steps
-  (``true counts``), a fit of every segment's step count with the exact
-  masses (``segment counts``), and the regression of the engine's own steps
-  (``steps``, the reference of what the trace holds).
+* the default step-count fit; the same without counting the prompts that
+  share a group (``sharing uncounted``, the fit before they were), with
+  the simulator's exact masses (``oracle masses``) and with every prompt
+  counted by its true steps (``true counts``); a fit of every segment's
+  step count with the exact masses (``segment counts``), the same with the
+  counts read off the default fit's density, rounded, and its masses
+  (``rounded segments``, a second stage the trace allows); and the
+  regression of the engine's own steps (``steps``, the reference of what
+  the trace holds).
 
 Printed: each fit's largest error and standard deviation over the seeds, %.
 """
@@ -149,6 +151,33 @@ def segment_fit(timeline, prompt, count, exact) -> np.ndarray:
     return least_squares(residual, np.ones(BETA.shape[0]), xtol=1e-12).x - 1.0
 
 
+def rounded_segment_fit(timeline, prompt, start, count) -> tuple[np.ndarray, int]:
+    """The same with each segment's steps read off the step-count state's
+    density at the fit's betas ``start``, rounded, where it is within a
+    quarter step of a whole number (and a phase covers the segment), and
+    the fit's own masses: a second stage the trace allows. Returns the
+    errors and the segments whose rounded count is not the engine's."""
+    counts = count_problem(timeline, prompt)
+    scale = 1.0 + start
+    for _ in range(3):
+        counts.state(scale * BETA)
+    density = counts._counts(scale * BETA)[0]
+    tg = timeline.trace_grid
+    covered = np.zeros(tg.n_segments + 1)
+    np.add.at(covered, tg.start_idx, 1.0)
+    np.add.at(covered, tg.end_idx, -1.0)
+    whole = np.rint(density)
+    held = (np.cumsum(covered)[:-1] > 0) & (np.abs(density - whole) < 0.25)
+    held &= whole >= 1
+    root_w = 1.0 / np.sqrt(whole[held])
+
+    def residual(x):
+        return (counts._counts(x * BETA)[0][held] - whole[held]) * root_w
+
+    fitted = least_squares(residual, scale, xtol=1e-12).x - 1.0
+    return fitted, int(np.sum(whole[held] != count[held]))
+
+
 def run_seed(n_requests, rate, seed, noise) -> dict:
     phases, steps = simulate(n_requests, rate, seed, noise)
     table = _transformer().fit_transform(phases).to_numpy()
@@ -176,9 +205,13 @@ def run_seed(n_requests, rate, seed, noise) -> dict:
                 phases.assign(N_steps=true_counts(phases, steps))
             )
     errors["segment counts"] = segment_fit(timeline, prompt, count, exact)
+    errors["rounded segments"], wrong = rounded_segment_fit(
+        timeline, prompt, errors["default"], count
+    )
     errors["steps"] = step_bound(steps, FEATURES, BETA) / BETA - 1.0
     return {
         "placement": placement_errors(timeline, prompt, count, exact),
+        "rounded_segments_wrong": wrong,
         "errors": {k: v.tolist() for k, v in errors.items()},
     }
 
@@ -206,7 +239,8 @@ def main(argv=None) -> int:
     runs = []
     for seed in range(args.seeds):
         runs.append(run_seed(args.requests, args.rate, seed, args.noise))
-        print(seed, json.dumps(runs[-1]["placement"]), flush=True)
+        wrong = runs[-1]["rounded_segments_wrong"]
+        print(seed, json.dumps(runs[-1]["placement"]), wrong, flush=True)
     table = summary(runs)
     print("# fit: largest |error| %, standard deviation %, seeds within 1 %")
     for name, row in table.items():
