@@ -472,7 +472,8 @@ def group_step_counts(
     step noise, all but about one segment in 10 000 at 10 requests/s), and
     carrying what the trace says of the prompt's steps, which a prompt that
     shares its group otherwise leaves out (docs/method.md 4.2). Prefills
-    whose window holds a segment with no budget left are not fixed.
+    whose window holds a segment with no budget left, or no segment, are
+    not fixed.
     """
     tg = timeline.trace_grid
     count = np.maximum(np.rint(steps), 1.0)
@@ -483,5 +484,5 @@ def group_step_counts(
     *_, segment, position, grid = runs
     count[segment] = np.maximum(np.ceil(position / grid), 1.0)
     starved = phase_integrals(tg, (_left(timeline) <= 0).astype(np.float64))
-    fixed[:] = timeline.is_prefill & (starved == 0)
+    fixed[:] = timeline.is_prefill & (starved == 0) & (tg.end_idx > tg.start_idx)
     return phase_integrals(tg, count), fixed
