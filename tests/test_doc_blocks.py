@@ -106,3 +106,18 @@ def test_doc_blocks_run_in_order(page, monkeypatch, capsys):
         np.testing.assert_allclose(ci.mean(axis=1), SAMPLE_BETA, rtol=1e-4)
     if page == "schedule.md":
         np.testing.assert_allclose(ns["model"].beta_[0], 6e-3, rtol=0.02)
+
+
+def test_cli_page_documents_every_option_and_only_those(capsys):
+    from sklearn_beta.cli import main
+
+    assert main(["fit", "--help"]) == 0
+    usage = capsys.readouterr().out.split("\n\n")[0]
+    options = set(re.findall(r"\[(--[a-z-]+)", usage)) - {"--help"}
+    text = (REPO / "docs" / "cli.md").read_text()
+    # the options table: one row per option or group of options
+    rows = [line for line in text.splitlines() if line.startswith("| `--")]
+    documented = {
+        o for row in rows for o in re.findall(r"`(--[a-z-]+)", row.split(" | ")[0])
+    }
+    assert options == documented
