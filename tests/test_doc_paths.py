@@ -76,3 +76,39 @@ def test_cited_module_exists(page, name):
             target = getattr(target, attribute)
         return
     pytest.fail(f"{page} cites {name}, which is no module")
+
+
+FENCE = re.compile(r"^```.*?^```", re.S | re.M)
+LINK = re.compile(r"\]\(([^)\s]+)\)")
+
+
+def _anchors(page) -> set[str]:
+    """GitHub's heading ids: lower case, punctuation but - and _ dropped."""
+    headings = re.findall(r"^#+\s+(.*)$", FENCE.sub("", page.read_text()), re.M)
+    return {
+        re.sub(r"[^\w\- ]", "", h.strip().lower()).replace(" ", "-") for h in headings
+    }
+
+
+LINKS = sorted(
+    {
+        (page, link)
+        for page in PAGES
+        for link in LINK.findall(FENCE.sub("", page.read_text()))
+        if not link.startswith(("http://", "https://", "mailto:"))
+    },
+    key=str,
+)
+
+
+def test_the_pages_link_each_other():
+    assert len(LINKS) > 100
+
+
+@pytest.mark.parametrize(("page", "link"), LINKS, ids=lambda v: getattr(v, "name", v))
+def test_relative_link_and_anchor_resolve(page, link):
+    target, _, anchor = link.partition("#")
+    path = (page.parent / target) if target else page
+    assert path.exists(), f"{page.name} links {link}: no {target}"
+    if anchor and path.suffix == ".md":
+        assert anchor in _anchors(path), f"{page.name} links {link}: no such heading"
