@@ -112,3 +112,13 @@ def test_relative_link_and_anchor_resolve(page, link):
     assert path.exists(), f"{page.name} links {link}: no {target}"
     if anchor and path.suffix == ".md":
         assert anchor in _anchors(path), f"{page.name} links {link}: no such heading"
+
+
+def test_readme_and_index_list_every_page():
+    readme = (REPO / "README.md").read_text()
+    section = readme[readme.index("## Documentation") : readme.index("## Examples")]
+    index = (REPO / "docs" / "index.md").read_text()
+    for page in (REPO / "docs").glob("*.md"):
+        assert f"(docs/{page.name})" in section, f"README's list lacks {page.name}"
+        if page.name != "index.md":
+            assert f"]({page.name})" in index, f"docs/index.md lacks {page.name}"
