@@ -6,6 +6,7 @@ import re
 import runpy
 import subprocess
 import sys
+import warnings
 
 import numpy as np
 import pytest
@@ -67,6 +68,14 @@ def test_smoke_iterative_recovers_the_engine_betas(capsys):
     np.testing.assert_allclose(result["fit"].beta_, result["TRUE_BETA"], rtol=1e-8)
     assert result["fit"].converged_
     assert "true beta:" in capsys.readouterr().out
+
+
+def test_smoke_iterative_warns_nothing(capsys):
+    # The four requests are a whole run, not a window: no edge warning.
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        runpy.run_path(str(REPO / "examples" / "smoke_iterative.py"))
+    assert [str(w.message) for w in caught] == []
 
 
 def test_smoke_baseline_shows_its_bias(capsys):
