@@ -301,14 +301,34 @@ class ScheduleBetaRegressor(RegressorMixin, BaseEstimator):
     intercept_ : float
         Always 0.0.
     alpha_ : dict
-        The offsets, in the trace's time unit: ``"queue"``, the delay from
-        the arrival column to the engine's arrival (identified only by
-        scheduled times, i.e. prefill starts after the arrivals; else 0 and
-        absorbed by the others), ``"first_token"`` and ``"last_token"``,
-        from the engine's event to the observed time. Their common level
-        is profiled from the admissions after the fit; where neither the
-        admissions nor five busy periods show it, a ``UserWarning`` says
-        so (docs/schedule.md, "Request overheads").
+        The offsets, in the trace's time unit, each 0 or above:
+        ``"queue"``, the delay from the arrival column to the engine's
+        arrival, ``"first_token"`` and ``"last_token"``, from the engine's
+        event to the observed time. Only scheduled times (prefill starts
+        after the arrivals: an engine-side trace) show the queue delay
+        apart. From client times (send, first and last token) a common
+        shift of all three is an exact symmetry of the observations, so
+        the split is not identified: ``"queue"`` is then 0 and the other
+        two are the totals ``alpha_totals_`` (queue delay plus reporting
+        delay). Their common level is profiled from the admissions after
+        the fit; where neither the admissions nor five busy periods show
+        it, a ``UserWarning`` says so (docs/schedule.md, "Request
+        overheads").
+    alpha_totals_ : dict
+        ``"first_token"`` and ``"last_token"``: the delay from the send
+        (the arrival column) to the observed first / last token beyond the
+        engine's own time, ``alpha_["queue"] + alpha_[name]``; identified
+        from client times too.
+    alpha_split_identified_ : bool
+        Whether the trace shows the queue delay apart from the reporting
+        delays (scheduled times); False: ``alpha_["queue"]`` is 0 by
+        convention and the others are the totals.
+    alpha_at_bound_ : tuple of str
+        The ``alpha_`` entries the fit holds at their bound, 0: the times
+        would put them a little below (a true delay of about 0 under step
+        noise, e.g. an engine-side trace's reporting delays), or the model
+        misses the trace. A fixed entry (``"queue"`` from client times, all
+        with ``fit_offsets=False``) is not listed.
     beta_ci_ : ndarray of shape (n_coefficients, 2) or None
         Confidence limits of the betas at ``confidence_level`` from the
         leverage-corrected heteroscedasticity-robust (HC3 sandwich)
@@ -496,7 +516,7 @@ class ScheduleBetaRegressor(RegressorMixin, BaseEstimator):
         self.history_ = pd.DataFrame(
             solved.history, columns=history_columns(self.coef_names_)
         )
-        self._set_coefficients(solved.theta)
+        self._set_coefficients(solved.theta, free, solved.mean_step)
         self.n_rows_ = int(solved.rows.target.shape[0])
         self.schedule_misfit_ = solved.misfit
         self._warn_unsettled(solved)
@@ -676,7 +696,9 @@ class ScheduleBetaRegressor(RegressorMixin, BaseEstimator):
             # admissions): the admissions did not show the level
             return replace(solved, n_iter=replays)
         level = again.theta.copy()
-        level[-3:] += (theta[-2] - level[-2]) * direction
+        # the profiled level, no offset moved below zero by it
+        lowest = -float(np.min(level[-3:][direction > 0], initial=np.inf))
+        level[-3:] += max(theta[-2] - level[-2], lowest) * direction
         return replace(
             again,
             theta=level,
@@ -1203,13 +1225,23 @@ class ScheduleBetaRegressor(RegressorMixin, BaseEstimator):
         columns, scale = StepBasis(STEP_FEATURES).step_columns(run)
         return (columns * scale) @ beta
 
-    def _set_coefficients(self, theta) -> None:
+    def _set_coefficients(self, theta, free, mean_step) -> None:
         self.beta_ = theta[:-3].copy()
         self.coef_ = self.beta_.copy()
         self.intercept_ = 0.0
         queue = float(theta[-3])
-        totals = (queue, float(theta[-2]) - queue, float(theta[-1]) - queue)
-        self.alpha_ = dict(zip(ALPHA_NAMES, totals, strict=True))
+        parts = np.array([queue, float(theta[-2]) - queue, float(theta[-1]) - queue])
+        # the fit holds every part at 0 or above (_split_nnls); a common
+        # shift of the level rounds a part at its bound a few ulps either way
+        at_bound = free[-3:] & (parts <= 1e-9 * max(mean_step, 0.0))
+        parts[at_bound] = 0.0
+        self.alpha_ = dict(zip(ALPHA_NAMES, parts.tolist(), strict=True))
+        self.alpha_totals_ = {
+            "first_token": float(theta[-2]),
+            "last_token": float(theta[-1]),
+        }
+        self.alpha_at_bound_ = tuple(np.array(ALPHA_NAMES)[at_bound].tolist())
+        self.alpha_split_identified_ = bool(free[-3])
 
     def _alpha_total(self, name: str) -> float:
         return self.alpha_["queue"] + self.alpha_[name]
@@ -1538,7 +1570,8 @@ def _search_grid(trace, solved, keep) -> list:
         gap = theta[-2] - theta[-1]
     span = SEARCH_SPAN * solved.mean_step
     level = theta[-2] + np.linspace(-span, span, SEARCH_POINTS)
-    lowest = max(0.0, gap)  # the fit's offsets are >= 0
+    # the fit's offsets are >= 0, the reporting delays beyond the queue's too
+    lowest = theta[-3] + max(0.0, gap)
     # the bound itself, too: a trace without reporting delays has it
     level = np.r_[lowest, level[level > lowest]]
     starts = [theta]
@@ -1830,7 +1863,8 @@ def _robust_fit(rows, free):
     """
     design = rows.design[:, free]
     root_w = np.sqrt(rows.weight)
-    theta = nnls_fit(design, rows.target, rows.weight)
+    queue = bool(free[-3])
+    theta = _split_nnls(design, rows.target, rows.weight, queue)
     weight = rows.weight
     for _ in range(ROBUST_ITER):
         z = (rows.target - design @ theta) * root_w
@@ -1843,8 +1877,29 @@ def _robust_fit(rows, free):
         scale = max(1.4826 * float(np.median(np.abs(z))), MIN_ROBUST_SCALE)
         u = z / (TUKEY_C * scale)
         weight = rows.weight * np.where(np.abs(u) < 1, (1 - u * u) ** 2, 0.0)
-        theta = nnls_fit(design, rows.target, weight)
+        theta = _split_nnls(design, rows.target, weight, queue)
     return theta, replace(rows, weight=weight, prior_weight=rows.weight)
+
+
+def _split_nnls(design, target, weight, queue: bool) -> np.ndarray:
+    """NNLS of the free columns, the offsets' parts non-negative too.
+
+    The last three columns are the offset totals ``c_s, c_f, c_l`` when the
+    queue delay is fitted (``queue``: scheduled times), else the last two
+    are ``c_f, c_l``. NNLS keeps the totals >= 0; the parts
+    ``alpha_["first_token"] = c_f - c_s`` and ``alpha_["last_token"] =
+    c_l - c_s`` are delays too, and an engine-side trace's noise put them
+    below zero (measured: -0.016 and -0.014 ms of 11 ms steps, where
+    ``what_if_latencies`` then refused the fit). Where the plain fit keeps
+    ``c_f, c_l >= c_s`` it stands (bit for bit); else the fit in the parts,
+    ``theta = T @ phi`` with ``phi >= 0`` (``c_f = alpha0 + off_f``).
+    """
+    theta = nnls_fit(design, target, weight)
+    if not queue or (theta[-2] >= theta[-3] and theta[-1] >= theta[-3]):
+        return theta
+    parts = np.eye(design.shape[1])
+    parts[-2:, -3] = 1.0  # c_f and c_l each hold the queue delay
+    return parts @ nnls_fit(design @ parts, target, weight)
 
 
 def _usable_beta(beta: np.ndarray, schedule) -> np.ndarray:
