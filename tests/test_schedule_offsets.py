@@ -240,10 +240,10 @@ def test_client_side_offsets_are_totals():
 def test_profiled_level_beyond_the_first_events_error_is_not_taken():
     # Seed 27 of benchmarks/interval_coverage.py's schedule load (1500
     # requests at 40/s, 30 ms before the queue, tokens seen 10 ms late, 2 %
-    # step noise). The level profile's plateau lay 3.5 ms below the fit's
-    # level, 5.7 of its standard errors (the fit was 0.5 ms off): snapped
-    # there the replay found a better schedule, but the level was not the
-    # admissions' to give, and the restarted fit's own level stands.
+    # step noise). Snapped at the level profile's plateau the replay found
+    # a better schedule, but the plateau lay 3.4 ms below that restarted
+    # fit's own level, 10 of its standard errors (the fit was 0.5 ms off):
+    # the level was not the admissions' to give, and the fit's own stands.
     # Measured: first-token total -7.3 % before, +1.3 % after; betas
     # +0.04, -0.10, +0.03 %.
     phases = simulate_trace(
