@@ -514,7 +514,7 @@ class ScheduleBetaRegressor(RegressorMixin, BaseEstimator):
             self.init_offsets_ = snap
             others = [b for b in starts if not np.array_equal(b, theta[:-3])]
             solved = self._solve(trace, theta, keep, free, snap, others)
-        solved = self._settle_level(frame, trace, keep, free, solved)
+        solved = _held_split(self._settle_level(frame, trace, keep, free, solved), free)
         self.n_iter_ = solved.n_iter
         self.converged_ = solved.converged
         self.schedule_changes_ = np.asarray(solved.changes, dtype=np.int64)
@@ -682,7 +682,7 @@ class ScheduleBetaRegressor(RegressorMixin, BaseEstimator):
         if flat and _anchor_rows(solved.rows) < LEVEL_MIN_ANCHORS:
             warn(
                 "ScheduleBetaRegressor: the common level of the offsets "
-                f"alpha_{list(np.array(ALPHA_NAMES)[free[-3:]])} is not identified "
+                f"alpha_{np.array(ALPHA_NAMES)[free[-3:]].tolist()} is not identified "
                 f"on this trace: {_anchor_rows(solved.rows)} busy period(s) start "
                 "in it and no admission's timing shows the level; their "
                 "differences are identified, the level is the first events' alone "
@@ -1596,8 +1596,7 @@ def _search_grid(trace, solved, keep) -> list:
         gap = theta[-2] - theta[-1]
     span = SEARCH_SPAN * solved.mean_step
     level = theta[-2] + np.linspace(-span, span, SEARCH_POINTS)
-    # the fit's offsets are >= 0, the reporting delays beyond the queue's too
-    lowest = theta[-3] + max(0.0, gap)
+    lowest = max(0.0, gap)  # the fit's offsets are >= 0
     # the bound itself, too: a trace without reporting delays has it
     level = np.r_[lowest, level[level > lowest]]
     starts = [theta]
@@ -1878,18 +1877,19 @@ def _prior(rows) -> np.ndarray:
     return rows.weight if rows.prior_weight is None else rows.prior_weight
 
 
-def _robust_fit(rows, free):
+def _robust_fit(rows, free, split=False):
     """NNLS with Tukey's bisquare weights on the standardised residuals.
 
     A request the replay schedules otherwise than the trace did gives its
     difference rows an error of whole steps, which least squares would
     spread over the betas; bisquare weights (``c = 4.685`` robust standard
     deviations, 95 % efficient under Gaussian noise) set such rows aside.
+    ``split``: the offsets' parts held >= 0 too (:func:`_split_nnls`).
     Returns the coefficients and the rows with their final weights.
     """
     design = rows.design[:, free]
     root_w = np.sqrt(rows.weight)
-    queue = bool(free[-3])
+    queue = split and bool(free[-3])
     theta = _split_nnls(design, rows.target, rows.weight, queue)
     weight = rows.weight
     for _ in range(ROBUST_ITER):
@@ -1905,6 +1905,23 @@ def _robust_fit(rows, free):
         weight = rows.weight * np.where(np.abs(u) < 1, (1 - u * u) ** 2, 0.0)
         theta = _split_nnls(design, rows.target, weight, queue)
     return theta, replace(rows, weight=weight, prior_weight=rows.weight)
+
+
+def _held_split(solved, free):
+    """``solved`` with its offsets' parts held >= 0: where its last fit put
+    a reporting delay below the queue delay (scheduled times), that fit
+    again with the parts bound (:func:`_split_nnls`), on its rows."""
+    theta = solved.theta
+    if not (free[-3] and solved.history) or solved.history[-1][0] == "levels":
+        return solved
+    if theta[-2] >= theta[-3] and theta[-1] >= theta[-3]:
+        return solved
+    rows = replace(solved.rows, weight=_prior(solved.rows))
+    new = np.zeros_like(theta)
+    new[free], rows = _robust_fit(rows, free, split=True)
+    return replace(
+        solved, theta=new, rows=rows, misfit=schedule_misfit(rows, new, free)
+    )
 
 
 def _split_nnls(design, target, weight, queue: bool) -> np.ndarray:
@@ -1923,6 +1940,9 @@ def _split_nnls(design, target, weight, queue: bool) -> np.ndarray:
     theta = nnls_fit(design, target, weight)
     if not queue or (theta[-2] >= theta[-3] and theta[-1] >= theta[-3]):
         return theta
+    # only the reported fit: held so within the iteration, the snapping
+    # offsets of the engine-side regimes trace's KV scan led its trials
+    # away (misfits of 12, where 0.108 found the size)
     parts = np.eye(design.shape[1])
     parts[-2:, -3] = 1.0  # c_f and c_l each hold the queue delay
     return parts @ nnls_fit(design @ parts, target, weight)
