@@ -12,8 +12,8 @@ from scipy.stats import norm
 
 from sklearn_beta import ScheduleBetaRegressor
 from sklearn_beta.datasets import simulate_trace
-from sklearn_beta.engine_config._schedule import (
-    _stack_rows,
+from sklearn_beta.engine_config._schedule_solve import (
+    stack_rows,
     schedule_covariance,
 )
 from sklearn_beta.engine_config._schedule_design import DifferenceDesign
@@ -135,7 +135,7 @@ def test_pooled_rows_count_each_event_once():
     rows = DifferenceDesign(design, target, prior, prior, variance)
     free = np.array([True, True, True, False, True, True])
     single = schedule_covariance(rows, theta, free)
-    pooled = schedule_covariance(_stack_rows(rows, rows), theta, free)
+    pooled = schedule_covariance(stack_rows(rows, rows), theta, free)
     np.testing.assert_allclose(pooled, single, rtol=1e-9)
     assert np.all(single[3] == 0) and np.all(np.diag(single)[free] > 0)
 

@@ -19,7 +19,7 @@ the median absolute residual over all rows, and the bisquare's expectations
 noise: the M-estimator's sandwich at the modelled noise.
 
 Everything here takes arrays; the estimator's rows are read in
-``engine_config._schedule``.
+``engine_config._schedule_solve``.
 """
 
 from __future__ import annotations
