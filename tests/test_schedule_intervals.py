@@ -12,11 +12,11 @@ from scipy.stats import norm
 
 from sklearn_beta import ScheduleBetaRegressor
 from sklearn_beta.datasets import simulate_trace
-from sklearn_beta.engine_config._schedule_solve import (
-    stack_rows,
-    schedule_covariance,
-)
 from sklearn_beta.engine_config._schedule_design import DifferenceDesign
+from sklearn_beta.engine_config._schedule_solve import (
+    schedule_covariance,
+    stack_rows,
+)
 from sklearn_beta.trust._step_noise import (
     bisquare_covariance,
     bisquare_expectations,
