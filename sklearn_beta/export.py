@@ -8,9 +8,12 @@ model (:func:`blis_trained_physics_coeffs`,
 
 The code is in :mod:`sklearn_beta.io._export` and
 :mod:`sklearn_beta.io._export_trained_physics`; this module is their public
-face.
+face, with :func:`read_model_description` (a HuggingFace ``config.json``,
+a GPU and a tensor-parallel degree as the :class:`ModelDescription` the
+trained-physics export reads).
 """
 
+from .core._model_config import ModelDescription, read_model_description
 from .io._export import (
     BLIS_MODEL_KEYS,
     BLIS_OPTIONAL_KEYS,
@@ -38,6 +41,7 @@ __all__ = [
     "BLIS_TRAINED_PHYSICS_KEYS",
     "BLIS_UNITS",
     "LLM_D_OPTIONS",
+    "ModelDescription",
     "blis_alphas",
     "blis_model_entry",
     "blis_trained_physics_coeffs",
@@ -45,6 +49,7 @@ __all__ = [
     "format_blis_trained_physics",
     "format_llm_d_config",
     "llm_d_latencies",
+    "read_model_description",
     "request_overheads",
     "to_blis_coefficients",
 ]

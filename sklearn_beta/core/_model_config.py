@@ -272,7 +272,7 @@ def read_model_description(
 
     Examples
     --------
-    >>> from sklearn_beta.core._model_config import read_model_description
+    >>> from sklearn_beta.export import read_model_description
     >>> path = "sklearn_beta/datasets/data/qwen3-14b-config.json"
     >>> m = read_model_description(path, gpu="H100", tp=1)
     >>> m.n_layers, m.hidden_size, m.head_dim, m.kv_dim, m.bytes_per_param
