@@ -73,7 +73,6 @@ from ._report import (
     trace_summary,
 )
 from ._schedule import (
-    MISFIT_WARNING,
     ScheduleFallback,
     choose_estimator,
     fit_schedule,
@@ -307,11 +306,7 @@ def run_schedule_fit(phases, args, fmt, setup, notes, progress, reason):
     try:
         published = fit_schedule(frame, settings, progress, strict=False)
         trouble = None
-        # issue 19: where a client's overheads jitter per request, arrivals
-        # near step boundaries keep flipping and the replays never repeat,
-        # yet a misfit at the noise says the trace's schedule is found
-        settled = published.schedule_misfit_ <= MISFIT_WARNING
-        if strict and not published.converged_ and not settled:
+        if strict and not published.converged_:
             trouble = (
                 f"the schedule fit did not converge in {published.n_iter_} replays"
             )
@@ -380,12 +375,6 @@ def _published_schedule(model, frame, args, fmt, parts, progress):
     notes = parts["notes"]
     notes.append(f"fit: schedule-consistent, ScheduleBetaRegressor ({parts['reason']})")
     notes.extend(parts["settings"].notes)
-    if not model.converged_ and model.schedule_misfit_ <= MISFIT_WARNING:
-        notes.append(
-            f"the schedule fit did not converge in {model.n_iter_} replays; its "
-            f"misfit {model.schedule_misfit_:.3g} is at the noise level "
-            f"(<= {MISFIT_WARNING}), as where per-request overheads jitter"
-        )
     try:
         validation = held_out_check(model, frame, args.cv_folds, progress)
     except Exception as exc:  # noqa: BLE001 - the check is optional, noted

@@ -76,22 +76,6 @@ LEVELS_TOL = 1e-3
 ADMISSION_SLACK = 0.1
 #: Most replays per iteration that move arrivals so.
 ALIGN_ROUNDS = 3
-# --- overheads that jitter request by request (issue 19) -------------------
-#: A client's overheads jitter per request (network, HTTP, detokenisation),
-#: so an arrival (send plus the delay before the queue) is uncertain by
-#: about that jitter, which can be a step or more. Where the fit ends above
-#: MISFIT_WARN without a KV bound, it is run again as if arrivals were
-#: uncertain by JITTER_SLACK typical steps: the replays align admissions
-#: within that (``_TraceEvents.align_admissions``, otherwise only under a
-#: KV bound) and the offsets' profile takes its least-misfit start (jitter
-#: keeps every start's misfit above the noise, and the zero start, kept
-#: unless another halves its misfit, is the schedule of no offsets); that
-#: run is kept where its misfit is less and at most MISFIT_WARN
-#: (``_jitter_rescue``). Measured at 8 req/s (19
-#: ms steps, 600 requests, a 30 ms delay of CV 0.3): beta1 -100 %, misfit
-#: 0.38, not converged, before; -3.1 %, misfit 0.022 after.
-JITTER_SLACK = 1.0
-# ---------------------------------------------------------------------------
 #: A fit's ``schedule_misfit_`` above this (0.67 x a step-noise sigma of
 #: 7.5 %, above the few percent of an engine's step noise) is on another
 #: schedule than the trace's: the snapping offsets are searched
@@ -505,10 +489,7 @@ class ScheduleBetaRegressor(RegressorMixin, BaseEstimator):
             self.init_offsets_ = snap
             others = [b for b in starts if not np.array_equal(b, theta[:-3])]
             solved = self._solve(trace, theta, keep, free, snap, others)
-            solved = self._settle_level(frame, trace, keep, free, solved)
-            solved = self._jitter_rescue(frame, trace, (keep, free), solved, starts)
-        else:
-            solved = self._settle_level(frame, trace, keep, free, solved)
+        solved = self._settle_level(frame, trace, keep, free, solved)
         self.n_iter_ = solved.n_iter
         self.converged_ = solved.converged
         self.schedule_changes_ = np.asarray(solved.changes, dtype=np.int64)
@@ -521,28 +502,6 @@ class ScheduleBetaRegressor(RegressorMixin, BaseEstimator):
         self._warn_unsettled(solved)
         self.beta_ci_ = self._intervals(solved.rows, solved.theta, free)
         return self
-
-    def _jitter_rescue(self, frame, trace, keep_free, solved, starts):
-        """Issue 19: a fit above ``MISFIT_WARN`` without a KV bound, run
-        again with arrivals uncertain by ``JITTER_SLACK`` typical steps
-        (overheads that jitter per request); kept where its misfit is less
-        and at most ``MISFIT_WARN``."""
-        if solved.misfit <= MISFIT_WARN or self._kv_bound():
-            return solved
-        keep, free = keep_free
-        trace.jitter_slack = JITTER_SLACK * _typical_step(trace.requests)
-        theta = np.zeros_like(solved.theta)
-        theta[:-3], snap = self._start(frame, trace, starts, keep, free)
-        others = [b for b in starts if not np.array_equal(b, theta[:-3])]
-        rescued = self._solve(trace, theta, keep, free, snap, others)
-        rescued = self._settle_level(frame, trace, keep, free, rescued)
-        # kept only where it explains the trace: wrong engine settings also
-        # leave a misfit above the noise, which the rescue does not mend
-        if not rescued.misfit <= min(solved.misfit, MISFIT_WARN):
-            trace.jitter_slack = 0.0
-            return solved
-        self.init_beta_, self.init_offsets_ = theta[:-3].copy(), snap
-        return rescued
 
     def _restart(self, trace, theta, keep, free, max_iter=None):
         """The fit on differences from ``theta``, its offsets taken as the
@@ -1039,7 +998,6 @@ class ScheduleBetaRegressor(RegressorMixin, BaseEstimator):
         sets ``init_misfit_``.
         """
         head, head_keep = _trace_head(self, frame, trace, keep)
-        head.jitter_slack = trace.jitter_slack
         offsets = [0.0]
         if self.fit_offsets and np.any(free[-2:]):
             offsets = _offset_candidates(head.requests)
@@ -1060,8 +1018,7 @@ class ScheduleBetaRegressor(RegressorMixin, BaseEstimator):
         # the times far better than none replaces the zero start.
         none = int(np.argmin(misfit[:, 0]))
         best = (misfit[i, j], found[i, j])
-        gain = 1.0 if trace.jitter_slack > 0 else PROFILE_GAIN  # JITTER_SLACK
-        if not misfit[i, j] < gain * misfit[none, 0]:
+        if not misfit[i, j] < PROFILE_GAIN * misfit[none, 0]:
             i, best = none, (misfit[none, 0], np.zeros(3))
         step = _typical_step(head.requests)
         if len(offsets) > 1 and coincident_gap(head, head_keep, step) is None:
@@ -1209,9 +1166,7 @@ class ScheduleBetaRegressor(RegressorMixin, BaseEstimator):
         # later preemption; without one the flip stays local, the robust
         # weights set it aside, and moving arrivals near many boundaries
         # (light load) kept the schedule from settling (docs/schedule.md).
-        jittered = trace.jitter_slack > 0  # issue 19: arrivals uncertain
-        align = align and (self._kv_bound() or jittered)
-        run = self._aligned_run(trace, theta, observed_ends, align)
+        run = self._aligned_run(trace, theta, observed_ends, align and self._kv_bound())
         return schedule_events(
             run,
             run.arrival,
@@ -1678,9 +1633,6 @@ class _TraceEvents:
     """A phase table as the fit reads it: the requests (replay inputs), the
     observed event times (origin-shifted) and each row's request."""
 
-    #: how far an arrival is uncertain (``_jitter_rescue``)
-    jitter_slack = 0.0
-
     @classmethod
     def read(cls, frame, cols: PhaseColumns, arrival, cached=None, intended=None):
         if arrival is not None and arrival not in frame.columns:
@@ -1766,7 +1718,7 @@ class _TraceEvents:
         lo, hi, a = start[before], start[j], run.arrival
         step = np.minimum(hi - lo, lo - start[two_before])
         timed = joined & (a > lo) & (a < hi)  # no queue: the first boundary
-        slack = np.maximum(ADMISSION_SLACK * step, self.jitter_slack)
+        slack = ADMISSION_SLACK * step
         late = timed & (strain < -0.5 * step) & (a - lo < slack)
         early = timed & (strain > 0.5 * step) & (hi - a < slack)
         shift = np.where(late, lo - a - slack / 2, 0.0)
