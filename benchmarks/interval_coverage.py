@@ -14,7 +14,9 @@ The ``schedule`` load fits :class:`ScheduleBetaRegressor` on client-side
 saturated traces (the engine of docs/schedule.md's accuracy table: chunk
 256, budget 512, 64 running, 40 requests/s offered, 1500 requests, 2 % step
 noise, a 30 ms delay before the queue and tokens seen 10 ms late) and
-counts the coverage of its ``beta_ci_``, and the root mean square error of
+counts the coverage of its ``beta_ci_`` (the bisquare fit's covariance at
+the modelled step noise; ``benchmarks/interval_coverage_schedule_hc3.json``
+holds the HC3 sandwich's run before it), and the root mean square error of
 the first-token offset (which holds the delay before the queue).
 
 With ``--bootstrap N`` it also runs the block bootstrap
@@ -28,7 +30,8 @@ Usage::
     python benchmarks/interval_coverage.py \
         --compare benchmarks/interval_coverage_results.json
     python benchmarks/interval_coverage.py --bootstrap 200 --bootstrap-seeds 5
-    python benchmarks/interval_coverage.py --loads schedule --out sched.json
+    python benchmarks/interval_coverage.py --loads schedule --out sched.json \
+        --compare benchmarks/interval_coverage_schedule_hc3.json
 """
 
 from __future__ import annotations

@@ -24,7 +24,7 @@ from sklearn_beta import (
 from sklearn_beta.datasets import simulate_trace
 from sklearn_beta.engine._loop import run_engine
 from sklearn_beta.model_selection import RequestKFold, make_schedule_scorer
-from sklearn_beta.replay import replay_errors
+from sklearn_beta.replay import replay_errors, replay_trace
 
 BETA = np.array([6e-3, 3e-5, 1.2e-4])
 ENGINE = dict(chunk_size=256, token_budget=512, max_num_seqs=64)
@@ -387,11 +387,20 @@ def test_vllm_sized_engine_auto_start():
         assert np.mean(np.abs(replay_errors(replayed, quantity))) <= 0.02
     # on model time (a forecast) the requests sent before the queue formed,
     # TTFTs of a step or two, miss by a step or two of the noise's random
-    # walk. Measured: TTFT 5.7 %, decode 0.15 %, end-to-end 0.29 %.
+    # walk. Measured: TTFT 6.2 %, decode 0.15 %, end-to-end 0.27 %.
     forecast = held.set_params(clock="model").replay(phases.iloc[test])
-    assert np.mean(np.abs(replay_errors(forecast, "ttft"))) > 0.03
     for quantity in ("decode", "e2e"):
         assert np.mean(np.abs(replay_errors(forecast, quantity))) <= 0.01
+    # The oracle: the true betas, replayed on model time, miss the same
+    # requests by as much (measured 5.1 %): no estimator reaches a 2 %
+    # per-request TTFT forecast on such a trace.
+    truth = replay_trace(
+        phases, beta, chunk_size=None, token_budget=8192, max_num_seqs=256
+    )
+    truth = truth.set_index("request_id").loc[forecast["request_id"]].reset_index()
+    floor = np.mean(np.abs(replay_errors(truth, "ttft")))
+    assert floor > 0.03
+    assert np.mean(np.abs(replay_errors(forecast, "ttft"))) <= 1.3 * floor
 
 
 def test_vllm_sized_other_start_when_the_fit_settles_far_above_noise():

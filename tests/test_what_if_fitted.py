@@ -126,3 +126,17 @@ def test_pipeline_step_model_and_interval_of_its_coefficients():
         ValueError, match=r"pairs of the 5 coefficients, shape \(5, 2\)"
     ):
         what_if_latencies(phases, pipe[-1].beta_, beta_interval=np.ones((3, 2)))
+
+
+def test_negative_fitted_offset_message_says_what_is_wrong(client):
+    # The fit holds its offsets >= 0; a negative one was set otherwise, and
+    # the message names the identified totals instead of a failed fit.
+    _, model = client
+    bad = ScheduleBetaRegressor(**ENGINE)
+    bad.__dict__.update(model.__dict__)
+    bad.alpha_ = dict(model.alpha_, queue=0.05, first_token=-0.01)
+    with pytest.raises(ValueError) as info:
+        what_if_latencies(client[0], bad)
+    message = str(info.value)
+    assert "set otherwise" in message and "schedule_misfit_" not in message
+    assert "first token 0.04 s" in message  # 0.05 - 0.01

@@ -77,17 +77,34 @@ def engine_settings_section(settings) -> dict:
 def _schedule_section(model, max_in_flight) -> dict:
     return {
         "alpha": dict(model.alpha_),
-        "alpha_meaning": {
-            "queue": "delay from the arrival (send) to the engine's queue",
-            "first_token": "reporting delay of the first token after the engine's step",
-            "last_token": "reporting delay of the last token after the engine's step",
-        },
+        "alpha_meaning": _alpha_meaning(model.alpha_split_identified_),
+        "alpha_totals": dict(model.alpha_totals_),
+        "alpha_at_bound": list(model.alpha_at_bound_),
         "converged": bool(model.converged_),
         "n_iter": int(model.n_iter_),
         "schedule_misfit": float(model.schedule_misfit_),
         "init_beta": model.init_beta_.tolist(),
         "init_misfit": _json_ready(dict(model.init_misfit_)),
         "max_in_flight": max_in_flight,
+    }
+
+
+def _alpha_meaning(split_identified: bool) -> dict:
+    """What each ``alpha_`` entry is: from client times only the totals
+    (a common shift of the queue and reporting delays fits them alike)."""
+    if split_identified:
+        return {
+            "queue": "delay from the arrival (send) to the engine's queue",
+            "first_token": "reporting delay of the first token after the engine's step",
+            "last_token": "reporting delay of the last token after the engine's step",
+        }
+    return {
+        "queue": "not identified from client times: held at 0, its delay is in "
+        "the totals",
+        "first_token": "total: delay before the queue plus the first token's "
+        "reporting delay (the split is not identified)",
+        "last_token": "total: delay before the queue plus the last token's "
+        "reporting delay (the split is not identified)",
     }
 
 
@@ -186,6 +203,25 @@ def _schedule_notes(model, alphas) -> list[str]:
         for name, value in zip(UNITS, model.beta_, strict=True)
         if value == 0.0
     ]
+    return notes + _offset_notes(model)
+
+
+def _offset_notes(model) -> list[str]:
+    """What the offsets do not say: the split of a client trace's totals,
+    and the offsets the fit holds at zero."""
+    notes = []
+    if not model.alpha_split_identified_:
+        notes.append(
+            "offsets: client times show only the totals (the delay before the "
+            "queue plus each reporting delay; a common shift of the three fits "
+            "them alike), so queue is 0 and first/last token hold the totals"
+        )
+    if model.alpha_at_bound_:
+        notes.append(
+            f"offsets {', '.join(model.alpha_at_bound_)} are 0: the "
+            "non-negativity bound is active (the times put them a little below: "
+            "no such delay, within the step noise)"
+        )
     return notes
 
 

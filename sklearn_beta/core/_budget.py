@@ -376,6 +376,32 @@ def _last_step_offsets(timeline, group, first, segment, steps):
     return capacity[segment] - capacity[group_first[group[first]]], left[segment]
 
 
+def _prompt_runs(timeline: Timeline, prompt: np.ndarray, steps):
+    """The runs of a group's prompts that end together (on one grid point),
+    in serving order: the prompts (``phase``, their ``group`` and tokens
+    ``p``), each run's ``first`` and ``last`` positions in that order, its
+    ``segment`` (the one before the grid point), and where the first
+    prompt's end falls on the chunk grid: its ``position`` past the budget
+    of the group's steps before the segment, and the grid's width there
+    (:func:`group_last_steps`). None without prefills."""
+    tg = timeline.trace_grid
+    phase, group = serving_order(timeline)
+    if phase.shape[0] == 0:
+        return None
+    p = prompt[phase]
+    end = tg.end_idx[phase]
+    new_group, reach = _group_positions(group, p)
+    run = new_group.copy()
+    run[1:] |= end[1:] != end[:-1]
+    first = np.flatnonzero(run)
+    last = np.append(first[1:], phase.shape[0]) - 1
+    segment = end[first] - 1
+    offset, grid = _last_step_offsets(timeline, group, first, segment, steps)
+    grid = np.where(grid > 0, grid, 1.0)
+    position = reach[first] - offset
+    return phase, group, p, reach, first, last, segment, position, grid
+
+
 def group_last_steps(
     timeline: Timeline, prompt: np.ndarray, steps: np.ndarray | None = None
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -401,23 +427,12 @@ def group_last_steps(
     and served counts may be negative: the next prompt can be longer, and
     several are served).
     """
-    tg = timeline.trace_grid
-    phase, group = serving_order(timeline)
-    n_seg = tg.n_segments
-    if phase.shape[0] == 0:
+    n_seg = timeline.trace_grid.n_segments
+    runs = _prompt_runs(timeline, prompt, steps)
+    if runs is None:
         return np.zeros(n_seg), np.zeros(n_seg), np.zeros(n_seg)
-    p = prompt[phase]
-    end = tg.end_idx[phase]
-    new_group, reach = _group_positions(group, p)
-    run = new_group.copy()
-    run[1:] |= end[1:] != end[:-1]
-    first = np.flatnonzero(run)
-    last = np.append(first[1:], phase.shape[0]) - 1
-    segment = end[first] - 1
+    phase, group, p, reach, first, last, segment, position, grid = runs
     width = _left(timeline)[segment]
-    offset, grid = _last_step_offsets(timeline, group, first, segment, steps)
-    grid = np.where(grid > 0, grid, 1.0)
-    position = reach[first] - offset
     own = position - grid * (np.ceil(position / grid) - 1.0)
     own = np.clip(own, 0.0, np.minimum(width, p[first]))
     middle = reach[last] - reach[first]
@@ -438,3 +453,36 @@ def group_last_steps(
 
     tokens = width - own - middle - gets
     return per_segment(tokens), per_segment(full - attention), per_segment(1.0 - served)
+
+
+def group_step_counts(
+    timeline: Timeline, prompt: np.ndarray, steps: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """The step count of every prefill of a budget-bound engine that the
+    chunk grid of the density ``steps`` (per segment) fixes, and where it
+    does (boolean per phase).
+
+    Grid points are step boundaries, so each segment of a group holds a
+    whole number of steps, at least one: the density's, rounded, as
+    :func:`group_last_steps` lays the chunk grid. Where prompts end the
+    tokens decide it: the segment's steps are full until the first prompt's
+    end, ``ceil(x / L)`` of them, ``x`` its position past the budget of the
+    group's earlier steps. A prefill's count is the sum over its window:
+    exact once the density's rounding is (at the engine's betas, under 2 %
+    step noise, all but about one segment in 10 000 at 10 requests/s), and
+    carrying what the trace says of the prompt's steps, which a prompt that
+    shares its group otherwise leaves out (docs/method.md 4.2). Prefills
+    whose window holds a segment with no budget left, or no segment, are
+    not fixed.
+    """
+    tg = timeline.trace_grid
+    count = np.maximum(np.rint(steps), 1.0)
+    fixed = np.zeros(timeline.n_phases, dtype=bool)
+    runs = _prompt_runs(timeline, prompt, steps)
+    if runs is None:
+        return phase_integrals(tg, count), fixed
+    *_, segment, position, grid = runs
+    count[segment] = np.maximum(np.ceil(position / grid), 1.0)
+    starved = phase_integrals(tg, (_left(timeline) <= 0).astype(np.float64))
+    fixed[:] = timeline.is_prefill & (starved == 0) & (tg.end_idx > tg.start_idx)
+    return phase_integrals(tg, count), fixed

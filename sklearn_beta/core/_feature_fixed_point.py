@@ -31,6 +31,7 @@ from ._budget import (
     capped_prefill_wants,
     group_full_pressures,
     group_last_steps,
+    group_step_counts,
 )
 from ._corrections import (
     beta_informed_correction_mass,
@@ -163,6 +164,8 @@ class FeatureDurations:
             )
         self.groups = bound and prompt is not None
         self.group_masses = self.group_steps = None
+        #: the phases counted in the last pass (:meth:`reweighted`)
+        self.counted_now = self.counted
         if self.groups:
             self.group_masses = group_last_steps(timeline, prompt)
 
@@ -357,8 +360,11 @@ class FeatureDurations:
         total = self.integrals(steps)
         n_steps = design_step_counts(tl, total)
         if self.groups:
-            # a prompt sharing its group waited steps the trace does not show
-            n_steps = np.where(self.counted, n_steps, total)
+            # a prompt sharing its group: the steps its group's chunk grid
+            # fixes (the density's, where it does not)
+            counts, fixed = group_step_counts(tl, self.prompt, steps)
+            self.counted_now = self.counted | fixed
+            n_steps = np.where(self.counted, n_steps, np.where(fixed, counts, total))
         scale = np.divide(n_steps, total, out=np.zeros_like(total), where=total > 0)
         design = np.empty((tl.n_phases, len(self.features)), order="F")
         for k, pressure in enumerate(self._pressures()):
@@ -375,12 +381,12 @@ class FeatureDurations:
     def fit(self, design: np.ndarray) -> np.ndarray:
         weight = self.weight
         if self.groups:
-            # a prompt sharing its group has the density's step count: its
+            # a prompt whose count no chunk grid fixes has the density's: its
             # row repeats the current betas' durations, and only slows the
             # iteration (122 passes to converge on a light noise-free trace, 87
             # without it, damping 1)
             ones = np.ones(self.timeline.n_phases) if weight is None else weight
-            weight = np.where(self.counted, ones, 0.0)
+            weight = np.where(self.counted_now, ones, 0.0)
         return nnls_fit(design, self.timeline.duration, weight)
 
     def change_basis(self, design: np.ndarray) -> np.ndarray:
@@ -454,7 +460,6 @@ class BasisCounts:
         self.features = tuple(names)
         self.coef_columns = tuple(f"beta_{f}" for f in self.features)
         self.timeline = problem.timeline
-        self.weight = problem.weight
         self.sample_weight = problem.sample_weight
         self.correction_mode = problem.correction_mode
         self.fixed = problem.fixed
@@ -462,6 +467,12 @@ class BasisCounts:
         # the per-step overhead the start gives a floor (initial_scale)
         overhead = [k for k, f in enumerate(names) if f in ("steps", "per_step")]
         self.overhead = overhead[0] if overhead else None
+
+    @property
+    def weight(self) -> np.ndarray:
+        # the features' problem's, which a budget-bound engine's state sets
+        # (FeatureCounts._step_counts)
+        return self.problem.weight
 
     def _in_basis(self, state: CountState, coef: np.ndarray) -> CountState:
         k = self.basis.T
@@ -541,6 +552,11 @@ class FeatureCounts(CountedTotals):
         self.prefill = np.isin(self.features, PREFILL_FEATURES)
         self.duration_squares = None
         self.masses = self._masses(None)
+        # a budget-bound engine's prompts that share a group: counted once
+        # a density lays the chunk grid (:meth:`_step_counts`)
+        self.sharing = None
+        if problem.groups:
+            self.sharing = tl.is_prefill & ~counted_phases(tl)
 
     def _full_pressures(self) -> list[np.ndarray]:
         """Per-step pressure of each feature before any partial chunk."""
@@ -631,15 +647,16 @@ class FeatureCounts(CountedTotals):
         tl = self.timeline
         n, step_time, emptied, pressures = self._counts(beta)
         steps = self.integrals(n)
+        n_steps = self._step_counts(n)
         held = steps > 0
-        scale = np.divide(tl.n_steps, steps, out=np.zeros_like(steps), where=held)
+        scale = np.divide(n_steps, steps, out=np.zeros_like(steps), where=held)
         n_features = len(self.features)
         design = np.empty((tl.n_phases, n_features), order="F")
         jac = np.empty((tl.n_phases, n_features), order="F")
         for k, (pressure, mass) in enumerate(zip(pressures, self.masses, strict=True)):
             if self.features[k] == "steps":
                 # N_i steps of one each: no integral (the published design's)
-                design[:, k] = tl.n_steps
+                design[:, k] = n_steps
                 self.integrals(-n / step_time, out=jac[:, k])
                 continue
             held_k = n * pressure
@@ -653,11 +670,30 @@ class FeatureCounts(CountedTotals):
             self.integrals(held_k, out=design[:, k])
             design[:, k] *= scale
             self.integrals(slope / step_time, out=jac[:, k])
-        residual = steps - tl.n_steps
+        residual = steps - n_steps
         loss = float(np.sum(self.weight * np.square(residual)))
         self._refresh(n)
         self.last = CountState(beta, residual, jac, design, loss, n, None)
         return self.last
+
+    def _step_counts(self, n: np.ndarray) -> np.ndarray:
+        """``N_i``, and of the prompts sharing a budget-bound group the
+        count the chunk grid of the steps ``n`` fixes
+        (:func:`~._budget.group_step_counts`), weighted ``1 / N_i`` as the
+        others. Not lagged: the counts are whole steps, constant in the
+        betas between two roundings, so the loss stays a function of the
+        betas. Sets :attr:`weight` to the state's."""
+        tl = self.timeline
+        if self.sharing is None:
+            return tl.n_steps
+        counts, fixed = group_step_counts(tl, self.problem.prompt, n)
+        known = self.sharing & fixed
+        n_steps = np.where(known, counts, tl.n_steps)
+        weight = (~self.sharing | known) / np.maximum(n_steps, 1.0)
+        if self.sample_weight is not None:
+            weight = weight * self.sample_weight
+        self.weight = weight
+        return n_steps
 
     def _refresh(self, n: np.ndarray) -> None:
         """Take the lagged inputs of the next state from the steps ``n`` of

@@ -204,13 +204,7 @@ def fitted_engine(beta) -> dict:
         for name, keyword in OFFSET_KEYWORDS.items():
             value = float(source.alpha_.get(name, 0.0))
             if value < 0:
-                raise ValueError(
-                    f"The estimator's alpha_[{name!r}] = {value:.6g} s is "
-                    f"negative: no {keyword} can replay it. Its fit did not "
-                    f"find the trace's schedule (schedule_misfit_ = "
-                    f"{getattr(source, 'schedule_misfit_', float('nan')):.3g}); "
-                    "give the offsets, or replay its beta_ as an array."
-                )
+                raise ValueError(_negative_offset_message(source.alpha_, name))
             found[keyword] = value
         return found
     found = transformer_settings(pipeline) if pipeline is not None else None
@@ -219,6 +213,24 @@ def fitted_engine(beta) -> dict:
     if found["step_model"] == "published":
         del found["step_model"]  # the replay's default
     return found
+
+
+def _negative_offset_message(alpha: dict, name: str) -> str:
+    """Why a negative ``alpha_`` entry cannot be replayed, and what can."""
+    queue = float(alpha.get("queue", 0.0))
+    first = queue + float(alpha.get("first_token", 0.0))
+    last = queue + float(alpha.get("last_token", 0.0))
+    return (
+        f"The estimator's alpha_[{name!r}] = {float(alpha[name]):.6g} s is "
+        f"negative: a delay below zero (an event seen before the engine had it) "
+        f"is no {OFFSET_KEYWORDS[name]} a replay can run. ScheduleBetaRegressor's "
+        "fit holds every offset at 0 or above, so this alpha_ was set otherwise. "
+        "Only the totals are identified from client times (a common shift of "
+        f"the queue and reporting delays fits them alike): first token "
+        f"{first:.6g} s, last token {last:.6g} s after the send. Replay its "
+        "beta_ as an array with non-negative request_delay, first_token_offset "
+        "and last_token_offset (e.g. 0 and those totals)."
+    )
 
 
 def _with_fitted(settings: dict, engine: dict, fitted: dict) -> tuple[dict, dict]:

@@ -24,7 +24,7 @@ import warnings
 
 import numpy as np
 
-from ._schedule import MISFIT_SEARCH, solve_schedule
+from ._schedule_solve import MISFIT_SEARCH, solve_schedule
 
 __all__ = ["KVTrials", "scan_kv_blocks"]
 

@@ -292,6 +292,13 @@ class DifferenceDesign:
     target: np.ndarray  # (n_rows,)
     weight: np.ndarray  # (n_rows,)
     prior_weight: np.ndarray | None = None  # before a robust reweighting
+    #: Each row's step-noise variance over the squared relative noise (the
+    #: squared model step times between its events, no floor); None for
+    #: rows that are not differences (levels). The intervals read it.
+    variance: np.ndarray | None = None
+    #: How many fits' rows of one trace these are (a pooled fit stacks two):
+    #: each event is counted that many times.
+    copies: int = 1
 
 
 def difference_design(
@@ -351,6 +358,7 @@ def difference_design(
         design=design[informative],
         target=target[informative],
         weight=1.0 / (variance[informative] + floor),
+        variance=variance[informative],
     )
 
 
