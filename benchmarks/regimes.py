@@ -26,6 +26,14 @@ Usage::
     python benchmarks/regimes.py --save benchmarks/regimes_results.json
     python benchmarks/regimes.py --compare benchmarks/regimes_results.json
     python benchmarks/regimes.py --extra-args "--step-model attention"
+    python benchmarks/regimes.py --realism --save OUT.json
+
+``--realism`` makes the traces as untidy as real ones (issue 19; the
+magnitudes are argued at ``REALISM``): every request's overheads jitter
+(lognormal, CV 0.5, 1 % of them ten times longer), 0.5 % of the steps last
+three times longer, the client-side trace's prompt counts are the client's
+(3.4 % above the engine's, +-3 % per request) and 2 % of every prompt is a
+prefix-cache hit the client-side trace does not show.
 """
 
 from __future__ import annotations
@@ -88,6 +96,57 @@ ENGINE_SIDE = dict(
 )
 
 
+# Issue 19: what a real trace does that the default simulated one does not.
+REALISM = dict(
+    # REGIMES.md's light-load TTFT leaves ~50 ms of per-request overhead; real
+    # overheads (network, HTTP, detokenisation) jitter request by request: a
+    # CV of 0.5, the middle of the 0.3-1 seen, and 1 % ten times longer
+    overhead_cv=0.5,
+    overhead_outliers=(0.01, 10.0),
+    # GC pauses and CUDA-graph misses: 0.5 % of steps 2-5x longer (3x)
+    noise_outliers=(0.005, 3.0),
+    # the client asks for 1024 tokens and the server counts ~990: the
+    # client's count is 1024/990 of the server's, +-3 % per request
+    prompt_count_ratio=1024 / 990,
+    prompt_count_sigma=0.03,
+    # prefix caching on: a shared template prefix (2 % of a ~1k prompt, about
+    # one 16-token block) hits; a client-side trace reports no cached tokens
+    prefix_cached_fraction=0.02,
+)
+
+
+def jittered(mean: float, n: int, rng) -> np.ndarray:
+    """Per-request overheads of mean ``mean`` (before outliers): lognormal of
+    REALISM's CV, a share of them REALISM's factor longer."""
+    sigma = np.sqrt(np.log1p(REALISM["overhead_cv"] ** 2))
+    values = mean * np.exp(sigma * rng.standard_normal(n) - 0.5 * sigma**2)
+    share, factor = REALISM["overhead_outliers"]
+    return np.where(rng.random_sample(n) < share, factor * values, values)
+
+
+def make_realistic(kw: dict, seed: int) -> dict:
+    """simulate_trace's keywords with REALISM's overheads, outliers and cache."""
+    kw = dict(kw, noise_outliers=REALISM["noise_outliers"])
+    kw["prefix_cached_fraction"] = REALISM["prefix_cached_fraction"]
+    rng = np.random.RandomState(seed + 19)
+    for key in ("request_delay", "first_token_offset", "last_token_offset"):
+        if kw.get(key):
+            kw[key] = jittered(kw[key], kw["n_requests"], rng)
+    return kw
+
+
+def client_counts(phases: pd.DataFrame, seed: int) -> pd.DataFrame:
+    """The trace a client writes: its own prompt counts, no cached tokens."""
+    rng = np.random.RandomState(seed + 990)
+    phases = phases.drop(columns=["cached_tokens"], errors="ignore")
+    pre = (phases.phase_type == "prefill").to_numpy()
+    true = phases.loc[pre, "prefill_tokens"].to_numpy()
+    noise = np.exp(REALISM["prompt_count_sigma"] * rng.standard_normal(true.shape))
+    counted = np.rint(true * REALISM["prompt_count_ratio"] * noise).astype(np.int64)
+    phases.loc[pre, "prefill_tokens"] = np.maximum(counted, 1)
+    return phases
+
+
 def scenarios(rates, mix_rates, n_requests):
     """(name, simulate_trace keywords, engine settings of the replay)."""
     out = []
@@ -109,10 +168,15 @@ def scenarios(rates, mix_rates, n_requests):
     return out
 
 
-def simulate(kw, seed):
-    return simulate_trace(
+def simulate(kw, seed, realism=False):
+    if realism:
+        kw = make_realistic(kw, seed)
+    phases = simulate_trace(
         beta=TRUE_BETA, step_model=list(ATTENTION), noise=0.02, random_state=seed, **kw
     )
+    if realism and kw.get("view") == "client":
+        phases = client_counts(phases, seed)
+    return phases
 
 
 def run_cli(path: str, extra: list[str]) -> tuple[dict | None, str, float]:
@@ -201,6 +265,15 @@ def main(argv=None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--fit-rate", type=float, default=8.0)
     parser.add_argument("--extra-args", default="")
+    parser.add_argument(
+        "--realism",
+        action="store_true",
+        help="jittered overheads, outlier steps, client prompt counts, hidden "
+        "prefix-cache hits (REALISM)",
+    )
+    parser.add_argument(
+        "--only", default="", help="run only scenarios whose name contains this"
+    )
     parser.add_argument("--save")
     parser.add_argument("--compare")
     args = parser.parse_args(argv)
@@ -210,7 +283,9 @@ def main(argv=None) -> int:
     rows, traces, fits = [], {}, {}
     with tempfile.TemporaryDirectory() as tmp:
         for name, kw, engine, client in scenarios(rates, mix_rates, args.n_requests):
-            phases = simulate(kw, args.seed)
+            if args.only and args.only not in name:
+                continue
+            phases = simulate(kw, args.seed, args.realism)
             traces[name] = (phases, engine, client)
             path = os.path.join(tmp, "trace.csv")
             phases.to_csv(path, index=False)
@@ -259,7 +334,12 @@ def main(argv=None) -> int:
     if cross is not None:
         print(f"\nfitted at {args.fit_rate:g} req/s, replayed at every load (error %):")
         print(cross.to_string(index=False))
-    result = dict(rows=rows, cross=None if cross is None else cross.to_dict("records"))
+    result = dict(
+        realism=REALISM if args.realism else None,
+        extra_args=args.extra_args,
+        rows=rows,
+        cross=None if cross is None else cross.to_dict("records"),
+    )
     if args.save:
         with open(args.save, "w") as fh:
             json.dump(result, fh, indent=1, default=str)

@@ -513,9 +513,18 @@ def step_model_report(phases, args, fmt, engine: dict, options, progress) -> dic
 def _render(report: dict, args) -> str:
     if args.output == "json":
         return json.dumps(report, indent=2)
-    if args.step_model != "published":
+    # a published schedule fit that did not converge may be rescued by the
+    # attention model (_attention_rescue): its report is a step model's
+    if args.step_model != "published" or "coefficients" in report:
         if args.output == "blis":
             return format_step_model_blis(report, args)
+        if args.output in ("blis-blackbox", "llm-d"):
+            raise ValueError(
+                f"--output {args.output} writes the published three coefficients, "
+                f"and the {report.get('step_model')} step model was fitted "
+                "instead (see the notes of --output json); use --output table, "
+                "json or blis"
+            )
         return format_step_model_table(report)
     if args.output == "blis-blackbox":
         return format_blis(report, args)

@@ -51,9 +51,18 @@ CLIP_SIGMAS = 4.0
             None,
         ],
         "prefix_cached_fraction": [Interval(Real, 0, 1, closed="left")],
-        "request_delay": [Interval(Real, 0, None, closed="left")],
-        "first_token_offset": [Interval(Real, 0, None, closed="left")],
-        "last_token_offset": [Interval(Real, 0, None, closed="left")],
+        "request_delay": [Interval(Real, 0, None, closed="left"), tuple, np.ndarray],
+        "first_token_offset": [
+            Interval(Real, 0, None, closed="left"),
+            tuple,
+            np.ndarray,
+        ],
+        "last_token_offset": [
+            Interval(Real, 0, None, closed="left"),
+            tuple,
+            np.ndarray,
+        ],
+        "noise_outliers": [tuple, None],
         "max_in_flight": [Interval(Integral, 1, None, closed="left"), None],
         "view": [StrOptions({"phases", "engine", "client"})],
         "decode_tokens_include_first": ["boolean"],
@@ -80,14 +89,15 @@ def simulate_trace(
     block_size: int = 16,
     long_prefill_token_threshold: int | None = None,
     prefix_cached_fraction: float = 0.0,
-    request_delay: float = 0.0,
-    first_token_offset: float = 0.0,
-    last_token_offset: float = 0.0,
+    request_delay: float | tuple[float, float] | np.ndarray = 0.0,
+    first_token_offset: float | tuple[float, float] | np.ndarray = 0.0,
+    last_token_offset: float | tuple[float, float] | np.ndarray = 0.0,
     max_in_flight: int | None = None,
     view: str = "phases",
     decode_tokens_include_first: bool = False,
     return_truth: bool = False,
     step_model="published",
+    noise_outliers: tuple[float, float] | None = None,
 ) -> pd.DataFrame | tuple:
     """Simulate the phase trace of a vLLM-style engine with known betas.
 
@@ -183,13 +193,23 @@ and (128, 1.0)
         Share of every prompt found in the prefix cache: ``floor(fraction *
         P)`` tokens (at most ``P - 1``) skip prefill, at every admission;
         the phase table then has a ``cached_tokens`` column (prefill rows).
-    request_delay : float, default=0.0
+    request_delay : float, tuple (median, sigma) or ndarray, default=0.0
         Seconds from a request's send to its arrival in the engine's queue
-        (network, HTTP, tokenisation): a client-side overhead before the queue.
-    first_token_offset, last_token_offset : float, default=0.0
+        (network, HTTP, tokenisation): a client-side overhead before the
+        queue. A float is every request's; a pair ``(median, sigma)`` draws
+        one per request, ``median * exp(sigma * Z)`` (lognormal, unclipped:
+        its mean is ``median * exp(sigma**2 / 2)``), as real overheads
+        jitter; an ndarray of shape ``(n_requests,)`` gives each request's
+        (non-negative, finite), e.g. with rare outliers. With per-request
+        delays requests join the queue in the order they arrive there, not
+        the order they were sent.
+    first_token_offset, last_token_offset : float, tuple or ndarray, default=0.0
         Seconds from the engine emitting the first (last) token to the
-        client recording it (detokenisation, network). They shift the
-        reported times of ``view="client"`` only, and raise otherwise.
+        client recording it (detokenisation, network), each request's as
+        ``request_delay`` takes it. They shift the reported times of
+        ``view="client"`` only, and raise otherwise. A closed-loop client
+        frees a request's slot when it records the last token, so it reuses
+        the slots in the order it sees requests finish.
     max_in_flight : int, default=None
         A closed-loop client per instance: at most this many of the
         instance's requests outstanding (sent, last token not yet seen);
@@ -226,6 +246,13 @@ and (128, 1.0)
         (``batch_size``: the requests a step serves). The step table then
         also has ``prefill_attention``, ``decode_context`` and
         ``batch_size``.
+    noise_outliers : tuple (share, factor), default=None
+        Heavy-tailed step noise (garbage collection, a CUDA graph miss): a
+        share ``0 < share < 1`` of the steps, drawn independently, lasts
+        ``factor`` (positive, not 1) times its time with ``noise``. The
+        factor is not normalised: ``beta`` stays the mean of the other
+        steps, and the mean step lasts ``1 + share * (factor - 1)`` times
+        the model time. None: no outliers.
 
     Returns
     -------
@@ -272,11 +299,21 @@ and (128, 1.0)
         (output_tokens, "output_tokens"),
     ):
         _check_length_spec(spec, name, n_requests)
-    if view != "client" and (first_token_offset or last_token_offset):
+    specs = dict(
+        request_delay=request_delay,
+        first_token_offset=first_token_offset,
+        last_token_offset=last_token_offset,
+    )
+    for name, spec in specs.items():
+        _check_overhead_spec(spec, name, n_requests)
+    if view != "client" and (
+        _nonzero(first_token_offset) or _nonzero(last_token_offset)
+    ):
         raise ValueError(
             "first_token_offset and last_token_offset shift the times a client "
             f"records: they need view='client', got view={view!r}."
         )
+    outliers = _check_outliers(noise_outliers)
     rng = check_random_state(random_state)
 
     arrival = np.cumsum(rng.exponential(1.0 / arrival_rate, size=n_requests))
@@ -287,6 +324,11 @@ and (128, 1.0)
     else:
         instance = np.zeros(n_requests, dtype=np.intp)
     cached = np.minimum(np.floor(prefix_cached_fraction * prompt), prompt - 1)
+    delay, first_offset, last_offset = (
+        _overheads(rng, spec, n_requests) for spec in specs.values()
+    )
+    if outliers is not None:
+        outliers = (*outliers, rng.random_sample)
 
     run = run_engine(
         arrival,
@@ -299,6 +341,7 @@ and (128, 1.0)
         max_num_seqs=max_num_seqs,
         noise_normals=rng.standard_normal,
         noise=noise,
+        noise_outliers=outliers,
         record_steps=return_steps,
         record_features=not _is_published(step_model),
         cached_tokens=cached.astype(np.int64),
@@ -307,11 +350,11 @@ and (128, 1.0)
             num_gpu_blocks=num_gpu_blocks,
             long_prefill_token_threshold=long_prefill_token_threshold,
             max_in_flight=0 if max_in_flight is None else max_in_flight,
-            delay=request_delay,
-            done_offset=last_token_offset,
+            delay=delay,
+            done_offset=last_offset,
         ),
     )
-    offsets = (first_token_offset, last_token_offset)
+    offsets = (first_offset, last_offset)
     truth = _truth_table(run, arrival, prompt, output, instance, cached, offsets)
     phases = _phase_table(truth, view, decode_tokens_include_first, max_in_flight)
     result = (phases,)
@@ -320,6 +363,66 @@ and (128, 1.0)
     if return_truth:
         result += (truth,)
     return result[0] if len(result) == 1 else result
+
+
+def _nonzero(spec) -> bool:
+    if isinstance(spec, np.ndarray):
+        return bool(np.any(spec))
+    if isinstance(spec, tuple):
+        return float(spec[0]) != 0.0
+    return spec != 0
+
+
+def _check_overhead_spec(spec, name: str, n_requests: int) -> None:
+    """A float (checked by ``validate_params``), a pair (median, sigma) or one
+    non-negative finite value per request."""
+    if isinstance(spec, np.ndarray):
+        if spec.shape != (n_requests,):
+            raise ValueError(
+                f"{name}: an ndarray must have shape (n_requests,) = "
+                f"({n_requests},), got {spec.shape}."
+            )
+        with np.errstate(invalid="ignore"):
+            bad = ~(np.isfinite(spec) & (spec >= 0))
+        if np.any(bad):
+            rows = np.flatnonzero(bad)[:5]
+            raise ValueError(
+                f"{name}: values must be finite and non-negative; requests "
+                f"{rows.tolist()} have {spec[rows].tolist()}."
+            )
+    elif isinstance(spec, tuple):
+        ok = len(spec) == 2 and all(isinstance(v, Real) for v in spec)
+        if not (ok and np.isfinite(spec).all() and spec[0] > 0 and spec[1] >= 0):
+            raise ValueError(
+                f"{name}: a pair must be (median, sigma) with median > 0 and "
+                f"sigma >= 0, got {spec!r}."
+            )
+
+
+def _overheads(rng, spec, size: int):
+    """A float as it is (every request's), else one value per request: given,
+    or drawn lognormal from (median, sigma)."""
+    if isinstance(spec, np.ndarray):
+        return spec.astype(np.float64)
+    if isinstance(spec, tuple):
+        median, sigma = (float(v) for v in spec)
+        return median * np.exp(sigma * rng.standard_normal(size))
+    return float(spec)
+
+
+def _check_outliers(spec):
+    if spec is None:
+        return None
+    ok = len(spec) == 2 and all(isinstance(v, Real) for v in spec)
+    if ok:
+        share, factor = (float(v) for v in spec)
+        ok = 0 < share < 1 and np.isfinite(factor) and factor > 0 and factor != 1
+    if not ok:
+        raise ValueError(
+            "noise_outliers must be (share, factor) with 0 < share < 1 and a "
+            f"positive factor other than 1, got {spec!r}."
+        )
+    return share, factor
 
 
 def _check_length_spec(spec, name: str, n_requests: int) -> None:

@@ -90,14 +90,18 @@ class EngineSettings:
     tokens per step; ``max_in_flight`` 0 is an open-loop client; ``delay`` is
     the time from a request's send to its arrival in the engine's queue;
     ``done_offset`` the time from its last token to the client seeing it.
+    Either is one float for every request or an ndarray of one per request
+    (input order): then requests join the queue in the order they arrive,
+    not the order they were sent, and a closed-loop client reuses the slots
+    in the order it sees requests finish.
     """
 
     block_size: int = 16
     num_gpu_blocks: int | None = None
     long_prefill_token_threshold: int | None = None
     max_in_flight: int = 0
-    delay: float = 0.0
-    done_offset: float = 0.0
+    delay: float | np.ndarray = 0.0
+    done_offset: float | np.ndarray = 0.0
 
 
 @dataclass(frozen=True)
@@ -139,6 +143,7 @@ def run_engine(
     max_num_seqs,
     noise_normals=None,
     noise: float = 0.0,
+    noise_outliers=None,
     record_steps: bool = False,
     record_features: bool = False,
     cached_tokens: np.ndarray | None = None,
@@ -174,6 +179,10 @@ def run_engine(
     noise : float
         Standard deviation of the log of each step's mean-one noise factor
         ``exp(noise * Z - noise**2 / 2)``.
+    noise_outliers : tuple (share, factor, uniforms) or None
+        Heavy-tailed steps: a step whose uniform draw (``uniforms(size)``,
+        the next ones of a stream, drawn with the normals) is below
+        ``share`` lasts ``factor`` times its noisy time. None: no outliers.
     record_steps : bool
         Also return the step table.
     record_features : bool
@@ -209,7 +218,7 @@ def run_engine(
     order = np.lexsort((np.arange(arrival.shape[0]), arrival, instance))
     bounds = np.searchsorted(instance[order], np.arange(n_inst + 1))
     times = np.full((6, arrival.shape[0]), np.nan)
-    pool = _NoisePool(noise_normals, noise)
+    pool = _NoisePool(noise_normals, noise, noise_outliers)
     steps = []
     loop = _loop()
     for k in range(n_inst):
@@ -271,9 +280,20 @@ def _instance_args(
         int(settings.block_size),
         NO_CAP if num_gpu_blocks is None else int(num_gpu_blocks),
         int(settings.max_in_flight),
-        float(settings.delay),
-        float(settings.done_offset),
+        *_per_request(settings, rows, arrival.shape[0]),
     )
+
+
+def _per_request(settings: EngineSettings, rows, n: int) -> tuple:
+    """The instance's delays and done offsets (one per request) and whether
+    they differ between requests: equal ones keep the loop's arrivals in
+    send order, so it skips the sorting (and stays bit for bit the same)."""
+    out = []
+    for value in (settings.delay, settings.done_offset):
+        full = np.broadcast_to(np.asarray(value, dtype=np.float64), (n,))
+        out.append(np.ascontiguousarray(full[rows]))
+    jitter = any(np.ndim(v) > 0 and np.ptp(v) > 0 for v in out)
+    return (*out, bool(jitter))
 
 
 def _check_cached(cached_tokens, prompt) -> np.ndarray:
@@ -365,6 +385,7 @@ def check_step_beta(beta, step_model="published") -> np.ndarray:
 def _engine_run(times, steps, record_steps, delay, record_features) -> EngineRun:
     # the loop's rows: admitted, prefill start and end, decode end, send and
     # preemptions; the queue arrival is the send plus the delay, as there
+    delay = np.asarray(delay, dtype=np.float64)
     times = [*times[:5], times[4] + delay, times[5].astype(np.int64)]
     if not record_steps:
         return EngineRun(*times, None, None, None, None, None, None, None)
@@ -401,20 +422,26 @@ class _NoisePool:
     themselves, not ``beta * exp(sigma^2 / 2)``.
     """
 
-    def __init__(self, normals, sigma: float):
+    def __init__(self, normals, sigma: float, outliers=None):
         self.normals = normals
         self.sigma = sigma
+        self.outliers = outliers
         self.pool = np.empty(0)
         self.offset = 0
 
     def factors(self, size: int) -> np.ndarray:
         """The next ``size`` (or more) factors, without consuming them."""
-        if self.normals is None or self.sigma == 0:
+        if self.normals is None or (self.sigma == 0 and self.outliers is None):
             return self.pool[:0]
         need = self.offset + size - self.pool.shape[0]
         if need > 0:
             normals = self.normals(max(need, _NOISE_BLOCK))
             fresh = np.exp(self.sigma * normals - 0.5 * self.sigma**2)
+            if self.outliers is not None:
+                # the outliers are not normalised: beta stays the typical step's
+                share, factor, uniforms = self.outliers
+                hit = uniforms(normals.shape[0]) < share
+                fresh = np.where(hit, factor * fresh, fresh)
             self.pool = np.concatenate((self.pool, fresh))
         return self.pool[self.offset :]
 
@@ -471,6 +498,7 @@ def _run_instance(
     max_in_flight,
     delay,
     done_offset,
+    jitter,
     factors,
     snap,
     record,
@@ -484,7 +512,9 @@ def _run_instance(
     blocks in use, twice the prefill attention, the first step's decode
     context and the requests served; the step times (n_steps, 2): start,
     end; the number of noise factors used, and False when ``factors`` ran
-    out before the end.
+    out before the end. ``delay`` and ``done_offset`` hold one value per
+    request; ``jitter`` says they differ, so that the queue (``queue``: the
+    sent requests by arrival, ``qarr`` their arrivals) must be sorted.
     """
     n = intended.shape[0]
     noisy = factors.shape[0] > 0
@@ -497,7 +527,14 @@ def _run_instance(
     n_sent = n if max_in_flight == 0 else min(max_in_flight, n)
     times[4, :n_sent] = intended[:n_sent]
     arrival = np.empty(n)
-    arrival[:n_sent] = times[4, :n_sent] + delay
+    arrival[:n_sent] = times[4, :n_sent] + delay[:n_sent]
+    queue = np.arange(n)
+    if jitter:
+        queue[:n_sent] = np.argsort(arrival[:n_sent], kind="mergesort")
+    qarr = np.empty(n)
+    qarr[:n_sent] = arrival[queue[:n_sent]]
+    first = n_sent
+    released = np.empty(n - first)  # the closed-loop client's slot releases, sorted
     tokens = np.zeros((4, n), np.int64)
     tokens[_PROMPT] = prompt
     tokens[_OUTPUT] = output
@@ -515,7 +552,7 @@ def _run_instance(
         if m == 0 and n_front == 0:
             if head == n:
                 break
-            clock = max(clock, arrival[head])
+            clock = max(clock, qarr[head])
         preempting = False
         if kv and m > 0:
             m, free, n_front, preempting = _grow_kv(
@@ -524,12 +561,12 @@ def _run_instance(
         if kv and not preempting:
             waiting = np.array([head, n_sent, n_front, free])
             m = _admit_within_kv(
-                batch, m, waiting, arrival, clock, tokens, front, times, limits
+                batch, m, waiting, queue, qarr, clock, tokens, front, times, limits
             )
             head, n_sent, n_front, free = waiting
-        elif not kv and m < max_num_seqs and head < n_sent and arrival[head] <= clock:
+        elif not kv and m < max_num_seqs and head < n_sent and qarr[head] <= clock:
             m, head = _admit_arrived(
-                batch, m, head, n_sent, arrival, clock, tokens, times, limits
+                batch, m, head, n_sent, queue, qarr, clock, tokens, times, limits
             )
         if m == 0:  # every running request was preempted: readmit
             continue
@@ -560,8 +597,8 @@ def _run_instance(
             k = _steps_before_kv_full(batch, m, decoding, free, block_size, k)
         next_arrival = np.inf
         if m < max_num_seqs and n_front == 0 and head < n_sent:
-            if arrival[head] > clock:
-                next_arrival = arrival[head]
+            if qarr[head] > clock:
+                next_arrival = qarr[head]
                 k = _reach(next_arrival, clock, dt, noisy, k)
         if noisy:
             if used == factors.shape[0]:
@@ -602,10 +639,10 @@ def _run_instance(
             if kv:
                 free += np.sum(batch[_HELD, :m][done])
             if n_sent < n:
-                done_at = block_end + done_offset
-                n_done = np.count_nonzero(done)
+                seen = np.sort(block_end + done_offset[batch[_REQ, :m][done]])
+                client = (intended, delay, times, arrival, queue, qarr, released)
                 n_sent = _send_next(
-                    intended, times, arrival, n_sent, n_done, done_at, delay
+                    client, first, head, n_sent, seen, block_end, jitter
                 )
             m = _retire(batch, m, done)
         clock = block_end
@@ -647,23 +684,25 @@ def _grow_kv(batch, m, free, block_size, front, n_front, times):
 
 
 @register_jitable
-def _admit_arrived(batch, m, head, n_sent, arrival, clock, tokens, times, limits):
+def _admit_arrived(batch, m, head, n_sent, queue, qarr, clock, tokens, times, limits):
     """Admit the requests arrived by ``clock``, FCFS, while slots are free.
     Returns ``(m, head)``."""
-    arrived = head + np.searchsorted(arrival[head:n_sent], clock, side="right")
+    arrived = head + np.searchsorted(qarr[head:n_sent], clock, side="right")
     n_admit = min(limits[_MAX_SEQS] - m, arrived - head)
-    new = slice(head, head + n_admit)
+    new = queue[head : head + n_admit]
     rows = slice(m, m + n_admit)
-    batch[_REQ, rows] = np.arange(head, head + n_admit)
-    batch[_PF, rows] = tokens[_PROMPT, new] - tokens[_CACHED, new]
+    batch[_REQ, rows] = new
+    batch[_PF, rows] = tokens[_PROMPT][new] - tokens[_CACHED][new]
     batch[_PF_TOTAL, rows] = batch[_PF, rows]
-    batch[_DEC, rows] = tokens[_OUTPUT, new]
-    times[0, new] = clock
+    batch[_DEC, rows] = tokens[_OUTPUT][new]
+    times[0][new] = clock
     return m + n_admit, head + n_admit
 
 
 @register_jitable
-def _admit_within_kv(batch, m, waiting, arrival, clock, tokens, front, times, limits):
+def _admit_within_kv(
+    batch, m, waiting, queue, qarr, clock, tokens, front, times, limits
+):
     """Admit FCFS (the preempted first) while a slot, room in the step's
     budget and the blocks of the prompt plus any output to recompute are
     free; the first that does not fit stops admission. ``waiting`` holds the
@@ -676,8 +715,8 @@ def _admit_within_kv(batch, m, waiting, arrival, clock, tokens, front, times, li
     while m < limits[_MAX_SEQS] and room > 0:
         if n_front > 0:
             r = front[n_front - 1]
-        elif head < n_sent and arrival[head] <= clock:
-            r = head
+        elif head < n_sent and qarr[head] <= clock:
+            r = queue[head]
         else:
             break
         generated = tokens[_GENERATED, r]
@@ -868,11 +907,32 @@ def _steps_before_kv_full(batch, m, decoding, free, block_size, k):
 
 
 @register_jitable
-def _send_next(intended, times, arrival, n_sent, n_done, done_at, delay):
-    """A closed-loop client sends one new request per completion, not before
-    its intended arrival; returns the number sent."""
-    stop = min(n_sent + n_done, intended.shape[0])
-    for i in range(n_sent, stop):
-        times[4, i] = max(intended[i], done_at)
-        arrival[i] = times[4, i] + delay
+def _send_next(client, first, head, n_sent, seen, clock, jitter):
+    """A closed-loop client sends one new request per slot it sees freed
+    (``seen``: when, sorted), in request order and not before its intended
+    arrival; returns the number sent. The first ``first`` requests went out
+    before any slot was freed. Slots are reused in the order they are seen
+    freed, so with per-request done offsets one seen freed before sends
+    still to come takes the first of them."""
+    intended, delay, times, arrival, queue, qarr, released = client
+    n = intended.shape[0]
+    n_released = n_sent - first
+    fixed = n_released  # releases already at or before the clock keep their sends
+    if jitter:
+        fixed = np.searchsorted(released[:n_released], clock, side="right")
+    pending = np.sort(np.concatenate((released[fixed:n_released], seen)))
+    pending = pending[: n - first - fixed]
+    released[fixed : fixed + pending.shape[0]] = pending
+    stop = first + fixed + pending.shape[0]
+    for j in range(first + fixed, stop):
+        times[4, j] = max(intended[j], released[j - first])
+        arrival[j] = times[4, j] + delay[j]
+    if not jitter:  # sends in request order arrive in that order
+        queue[n_sent:stop] = np.arange(n_sent, stop)
+        qarr[n_sent:stop] = arrival[n_sent:stop]
+        return stop
+    # the moved and the new sends are all still to arrive: re-sort the tail
+    tail = np.sort(np.concatenate((queue[head:n_sent], np.arange(n_sent, stop))))
+    queue[head:stop] = tail[np.argsort(arrival[tail], kind="mergesort")]
+    qarr[head:stop] = arrival[queue[head:stop]]
     return stop
