@@ -229,7 +229,27 @@ def fitted_engine(report: dict) -> dict:
     model = list(names) if step_model not in ("published", "attention") else step_model
     if isinstance(model, list) and model == ["beta0", "beta1", "beta2"]:
         model = "published"
-    return dict(step_model=model, beta=np.asarray(beta, float), offsets=offsets)
+    blis_alphas = report.get("alphas") if not alphas else None
+    return dict(
+        step_model=model,
+        beta=np.asarray(beta, float),
+        offsets=offsets,
+        blis_alphas=blis_alphas,
+    )
+
+
+def blis_overheads(phases: pd.DataFrame, alphas) -> dict:
+    """A phase-exposure report's BLIS alphas as the replay's offsets, the
+    way BLIS applies them: ``alpha0 + alpha1 * input tokens`` before the
+    request reaches the engine, ``alpha2`` per output token after its last
+    token (at the trace's mean token counts: the replay takes one value)."""
+    pre = phases["phase_type"] == "prefill"
+    prompt = float(phases.loc[pre, "prefill_tokens"].mean())
+    output = float(phases.loc[~pre, "decode_tokens"].mean())
+    return {
+        "request_delay": alphas[0] + alphas[1] * prompt,
+        "last_token_offset": alphas[2] * output,
+    }
 
 
 def observed(phases: pd.DataFrame) -> dict:
@@ -243,10 +263,11 @@ def observed(phases: pd.DataFrame) -> dict:
 
 
 def predicted(phases, fit, engine, client) -> dict:
-    # An engine-side fit's offsets can come out a few hundredths of a
-    # millisecond below zero (noise against ~100 ms steps); the replay takes
-    # none below zero.
+    # The fit holds its offsets at zero or above; a hand-edited report's
+    # below zero would not replay.
     offsets = {k: max(v, 0.0) for k, v in fit["offsets"].items()}
+    if fit.get("blis_alphas"):
+        offsets = blis_overheads(phases, fit["blis_alphas"])
     kwargs = dict(engine, **offsets)
     kwargs["max_in_flight"] = client.get("max_in_flight")
     out = what_if_latencies(phases, fit["beta"], step_model=fit["step_model"], **kwargs)

@@ -74,6 +74,7 @@ from ._report import (
 )
 from ._schedule import (
     ScheduleFallback,
+    check_forecast,
     choose_estimator,
     fit_schedule,
     held_out_check,
@@ -326,7 +327,10 @@ def run_schedule_fit(phases, args, fmt, setup, notes, progress, reason):
     if args.step_model != "published":
         return _step_model_schedule(frame, args, fmt, parts, published, progress)
     if trouble is None:
-        return _published_schedule(published, frame, args, fmt, parts, progress)
+        try:
+            return _published_schedule(published, frame, args, fmt, parts, progress)
+        except ScheduleFallback as exc:  # its forecast misses the trace
+            trouble = str(exc)
     return _attention_rescue(frame, args, fmt, parts, (published, trouble), progress)
 
 
@@ -372,9 +376,11 @@ def _schedule_engine(frame, args, candidates, progress) -> tuple:
 
 def _published_schedule(model, frame, args, fmt, parts, progress):
     """The published schedule fit's report, with its held-out check."""
+    forecast, miss = check_forecast(model, frame, strict=args.estimator == "auto")
     notes = parts["notes"]
     notes.append(f"fit: schedule-consistent, ScheduleBetaRegressor ({parts['reason']})")
     notes.extend(parts["settings"].notes)
+    notes.append(_forecast_note(forecast))
     try:
         validation = held_out_check(model, frame, args.cv_folds, progress)
     except Exception as exc:  # noqa: BLE001 - the check is optional, noted
@@ -383,7 +389,19 @@ def _published_schedule(model, frame, args, fmt, parts, progress):
     parts = dict(parts, validation=validation, max_in_flight=model.max_in_flight)
     report = schedule_report(model, frame, args, fmt, parts)
     report["step_model"] = "published"
+    if miss:
+        report["warnings"].append(miss)
     return report, None
+
+
+def _forecast_note(misses: dict | None) -> str:
+    if misses is None:
+        return "no forecast check: the replay of the whole trace failed"
+    return (
+        "the fit's forecast of the whole trace (model time, from its sends) "
+        "against its totals: "
+        + ", ".join(f"{q} {100 * misses[q]:+.2f} %" for q in misses)
+    )
 
 
 def _step_model_schedule(
@@ -409,9 +427,13 @@ def _step_model_schedule(
         raise ScheduleFallback(one_line(exc)) from exc
     if not np.all(np.isfinite(model.beta_)) or not np.any(model.beta_ > 0):
         raise ScheduleFallback(f"the schedule fit gave betas {model.beta_.tolist()}")
+    forecast, miss = check_forecast(
+        model, frame, strict=converged or args.estimator == "auto"
+    )
     notes = list(parts["notes"])
     notes.append(f"fit: schedule-consistent, ScheduleBetaRegressor ({parts['reason']})")
     notes.extend(parts["settings"].notes)
+    notes.append(_forecast_note(forecast))
     if selection is None:
         try:
             validation = held_out_check(model, frame, args.cv_folds, progress)
@@ -425,7 +447,10 @@ def _step_model_schedule(
         step_model=model.step_model,
         max_in_flight=model.max_in_flight,
     )
-    return step_schedule_report(model, frame, args, fmt, parts), None
+    report = step_schedule_report(model, frame, args, fmt, parts)
+    if miss:
+        report["warnings"].append(miss)
+    return report, None
 
 
 #: Python's own default filters hide these: they speak to developers of the
