@@ -13,6 +13,7 @@ import math
 import numpy as np
 
 from .. import __version__
+from ..engine_config._regime import is_client_side
 from ..engine_config._search import select_engine_config
 from ..engine_config._trace_fit import (
     ITERATIVE_OPTIONS,
@@ -45,7 +46,7 @@ def trace_summary(phases, fit: TraceFit) -> dict:
         "n_requests": int(phases["request_id"].nunique()),
         "n_instances": len(fit.instance_names),
         "instances": [str(x) for x in fit.instance_names],
-        "client_side": bool(phases.attrs.get("client_side", False)),
+        "client_side": is_client_side(phases),
     }
 
 
