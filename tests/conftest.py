@@ -75,3 +75,27 @@ def routing():
     """scikit-learn's metadata routing, on for one test."""
     with sklearn.config_context(enable_metadata_routing=True):
         yield
+
+
+def saturated_client_trace(beta=(6e-3, 3e-5, 1.2e-4), step_model="published"):
+    """Client-side times of 800 requests at 40/s, about 1.7 x the capacity
+    of an engine of chunk 256, budget 512 and 64 running, 2 % step noise,
+    reporting offsets of 3 ms (first token) and 5 ms (last token)."""
+    from sklearn_beta.datasets import simulate_trace
+
+    return simulate_trace(
+        800,
+        beta=beta,
+        step_model=step_model,
+        arrival_rate=40.0,
+        noise=0.02,
+        view="client",
+        first_token_offset=0.003,
+        last_token_offset=0.005,
+        random_state=3,
+        chunk_size=256,
+        token_budget=512,
+        max_num_seqs=64,
+        prompt_tokens=(300, 0.5),
+        output_tokens=(100, 0.5),
+    )

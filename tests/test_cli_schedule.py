@@ -9,6 +9,7 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import saturated_client_trace
 
 from sklearn_beta import ScheduleBetaRegressor
 from sklearn_beta.cli import main
@@ -30,18 +31,7 @@ def run(capsys, *argv):
 def saturated_client(tmp_path_factory):
     """Client-side, 40 requests/s (about 1.7 x capacity), 2 % step noise,
     reporting offsets of 3 ms (first token) and 5 ms (last token)."""
-    phases = simulate_trace(
-        800,
-        beta=BETA,
-        arrival_rate=40.0,
-        noise=0.02,
-        view="client",
-        first_token_offset=0.003,
-        last_token_offset=0.005,
-        random_state=3,
-        **ENGINE,
-        **SHAPES,
-    )
+    phases = saturated_client_trace(BETA)
     path = tmp_path_factory.mktemp("client") / "client.csv"
     phases.to_csv(path, index=False)
     return path

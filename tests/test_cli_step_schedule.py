@@ -10,11 +10,11 @@ import json
 
 import numpy as np
 import pytest
+from conftest import saturated_client_trace
 from sklearn.base import BaseEstimator
 from sklearn.model_selection import KFold
 
 from sklearn_beta.cli import main
-from sklearn_beta.datasets import simulate_trace
 from sklearn_beta.model_selection import compare_step_models
 
 # steps, prefill tokens, prefill attention, decode tokens, decode context (s)
@@ -26,22 +26,7 @@ def attention_client(tmp_path_factory):
     """Client-side, 40 requests/s past capacity (chunk 256, budget 512, 64
     running), the attention truth, 2 % step noise, reporting offsets of 3
     and 5 ms."""
-    phases = simulate_trace(
-        800,
-        beta=BETA,
-        step_model="attention",
-        arrival_rate=40.0,
-        noise=0.02,
-        view="client",
-        first_token_offset=0.003,
-        last_token_offset=0.005,
-        random_state=3,
-        chunk_size=256,
-        token_budget=512,
-        max_num_seqs=64,
-        prompt_tokens=(300, 0.5),
-        output_tokens=(100, 0.5),
-    )
+    phases = saturated_client_trace(BETA, "attention")
     path = tmp_path_factory.mktemp("attention") / "client.csv"
     phases.to_csv(path, index=False)
     return path

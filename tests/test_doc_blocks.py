@@ -13,11 +13,11 @@ import re
 
 import numpy as np
 import pytest
-from conftest import REPO
+from conftest import REPO, saturated_client_trace
 from sklearn.pipeline import make_pipeline
 
 from sklearn_beta import IterativeBetaRegressor, PhaseExposureTransformer
-from sklearn_beta.datasets import load_sample_trace, simulate_trace
+from sklearn_beta.datasets import load_sample_trace
 
 SAMPLE_BETA = (5e-3, 2e-5, 8e-5)  # data/traces/README.md
 # Blocks left out for time: the schedule page's grid search (about 14 s).
@@ -41,25 +41,6 @@ def blocks(page: str) -> list[str]:
 
 def is_signature(code: str) -> bool:
     return ", *," in code or " -> " in code
-
-
-def saturated_client_trace():
-    """tests/test_cli_schedule.py's trace: 800 requests at 1.7x capacity."""
-    return simulate_trace(
-        800,
-        beta=(6e-3, 3e-5, 1.2e-4),
-        arrival_rate=40.0,
-        noise=0.02,
-        view="client",
-        first_token_offset=0.003,
-        last_token_offset=0.005,
-        random_state=3,
-        chunk_size=256,
-        token_budget=512,
-        max_num_seqs=64,
-        prompt_tokens=(300, 0.5),
-        output_tokens=(100, 0.5),
-    )
 
 
 def namespace(page: str) -> dict:
