@@ -337,17 +337,3 @@ def test_forecast_of_a_converged_fit_holds(saturated_client):
     assert set(misses) == {"ttft", "decode", "e2e"}
     assert max(abs(v) for v in misses.values()) < 0.02
     assert check_forecast(model, phases, strict=True) == (misses, None)
-
-
-def test_phase_fit_of_a_client_csv_searches_the_overheads(capsys, saturated_client):
-    # A CSV whose prefill rows start at their arrival is client-side times
-    # (as the schedule fit reads it): the phase-exposure fit (forced here,
-    # or the automatic mode's fallback) fits the request overheads too,
-    # which BLIS replays as its alphas; before, it reported none there.
-    code, out, err = run(
-        capsys, "fit", saturated_client, "--estimator", "phase", "--output", "json"
-    )
-    assert code == 0, err
-    report = json.loads(out)
-    assert report["trace"]["client_side"] is True
-    assert report["alphas"] is not None and report["alphas"][0] > 0

@@ -28,7 +28,7 @@ import numpy as np
 import pandas as pd
 
 from .. import __version__
-from ..engine_config._regime import detect_queueing, is_client_side
+from ..engine_config._regime import detect_queueing
 from ..engine_config._search import (
     EngineConfig,
     model_chunk_size,
@@ -276,10 +276,8 @@ def run_phase_fit(phases, args, fmt, setup, notes, progress):
             progress,
         )
         return report, None, config
-    if is_client_side(phases):
-        # A reader's mark, or a CSV whose prefill rows start at their
-        # arrival (as the schedule fit reads it). One fit per trial delay:
-        # per-iteration lines would drown the rest.
+    if phases.attrs.get("client_side"):
+        # One fit per trial delay: per-iteration lines would drown the rest.
         progress.say("client-side times: searching the request overheads...")
         fit, alpha = fit_client_trace(phases, chunk_size=model_chunk, **options)
     else:

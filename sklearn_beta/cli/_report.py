@@ -13,7 +13,6 @@ import math
 import numpy as np
 
 from .. import __version__
-from ..engine_config._regime import is_client_side
 from ..engine_config._search import select_engine_config
 from ..engine_config._trace_fit import (
     ITERATIVE_OPTIONS,
@@ -46,7 +45,7 @@ def trace_summary(phases, fit: TraceFit) -> dict:
         "n_requests": int(phases["request_id"].nunique()),
         "n_instances": len(fit.instance_names),
         "instances": [str(x) for x in fit.instance_names],
-        "client_side": is_client_side(phases),
+        "client_side": bool(phases.attrs.get("client_side", False)),
     }
 
 
