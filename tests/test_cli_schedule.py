@@ -13,6 +13,7 @@ from conftest import saturated_client_trace
 
 from sklearn_beta import ScheduleBetaRegressor
 from sklearn_beta.cli import main
+from sklearn_beta.cli._schedule import check_forecast, forecast_misses
 from sklearn_beta.datasets import simulate_trace
 
 BETA = np.array([6e-3, 3e-5, 1.2e-4])
@@ -327,8 +328,6 @@ def test_forecast_of_a_converged_fit_holds(saturated_client):
     # the whole trace on model time is within the noise's random walk of
     # the trace's totals (measured -0.09, +0.03, -0.04 %), and the check
     # passes it without a warning.
-    from sklearn_beta.cli._schedule import check_forecast, forecast_misses
-
     phases = pd.read_csv(saturated_client)
     model = ScheduleBetaRegressor(
         chunk_size=256, token_budget=512, max_num_seqs=64
@@ -336,4 +335,7 @@ def test_forecast_of_a_converged_fit_holds(saturated_client):
     misses = forecast_misses(model, phases)
     assert set(misses) == {"ttft", "decode", "e2e"}
     assert max(abs(v) for v in misses.values()) < 0.02
-    assert check_forecast(model, phases, strict=True) == (misses, None)
+    note, warning = check_forecast(model, phases, strict=True)
+    assert warning is None
+    for quantity, miss in misses.items():
+        assert f"{quantity} {100 * miss:+.2f} %" in note

@@ -376,11 +376,11 @@ def _schedule_engine(frame, args, candidates, progress) -> tuple:
 
 def _published_schedule(model, frame, args, fmt, parts, progress):
     """The published schedule fit's report, with its held-out check."""
-    forecast, miss = check_forecast(model, frame, strict=args.estimator == "auto")
+    forecast_note, miss = check_forecast(model, frame, strict=args.estimator == "auto")
     notes = parts["notes"]
     notes.append(f"fit: schedule-consistent, ScheduleBetaRegressor ({parts['reason']})")
     notes.extend(parts["settings"].notes)
-    notes.append(_forecast_note(forecast))
+    notes.append(forecast_note)
     try:
         validation = held_out_check(model, frame, args.cv_folds, progress)
     except Exception as exc:  # noqa: BLE001 - the check is optional, noted
@@ -392,16 +392,6 @@ def _published_schedule(model, frame, args, fmt, parts, progress):
     if miss:
         report["warnings"].append(miss)
     return report, None
-
-
-def _forecast_note(misses: dict | None) -> str:
-    if misses is None:
-        return "no forecast check: the replay of the whole trace failed"
-    return (
-        "the fit's forecast of the whole trace (model time, from its sends) "
-        "against its totals: "
-        + ", ".join(f"{q} {100 * misses[q]:+.2f} %" for q in misses)
-    )
 
 
 def _step_model_schedule(
@@ -427,13 +417,13 @@ def _step_model_schedule(
         raise ScheduleFallback(one_line(exc)) from exc
     if not np.all(np.isfinite(model.beta_)) or not np.any(model.beta_ > 0):
         raise ScheduleFallback(f"the schedule fit gave betas {model.beta_.tolist()}")
-    forecast, miss = check_forecast(
+    forecast_note, miss = check_forecast(
         model, frame, strict=converged or args.estimator == "auto"
     )
     notes = list(parts["notes"])
     notes.append(f"fit: schedule-consistent, ScheduleBetaRegressor ({parts['reason']})")
     notes.extend(parts["settings"].notes)
-    notes.append(_forecast_note(forecast))
+    notes.append(forecast_note)
     if selection is None:
         try:
             validation = held_out_check(model, frame, args.cv_folds, progress)

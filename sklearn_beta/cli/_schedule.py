@@ -20,6 +20,7 @@ from sklearn.base import clone
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.model_selection import cross_validate
 
+from ..engine._replay import replay_latencies
 from ..engine._what_if import infer_max_in_flight
 from ..engine_config._kv_search import KV_STRIDE, KVTrials, scan_kv_blocks
 from ..engine_config._regime import (
@@ -366,32 +367,30 @@ def forecast_misses(model, frame) -> dict:
     """The relative error of the fit's forecast of the whole trace (model
     time) on the trace's total first-token, decode and end-to-end times."""
     replayed = model.replay(frame)
-    start = replayed["send"] if "send" in replayed else replayed["arrival"]
-    predicted = {
-        "ttft": replayed["prefill_end"] - start,
-        "decode": replayed["decode_end"] - replayed["prefill_end"],
-        "e2e": replayed["decode_end"] - start,
-    }
-    observed = {
-        "ttft": replayed["observed_prefill_end"] - replayed["arrival"],
-        "decode": replayed["observed_decode_end"] - replayed["observed_prefill_end"],
-        "e2e": replayed["observed_decode_end"] - replayed["arrival"],
-    }
-    return {q: float(predicted[q].sum() / observed[q].sum() - 1.0) for q in HELD_OUT}
+    misses = {}
+    for quantity in HELD_OUT:
+        predicted, observed = replay_latencies(replayed, quantity)
+        misses[quantity] = float(predicted.sum() / observed.sum() - 1.0)
+    return misses
 
 
-def check_forecast(model, frame, *, strict: bool) -> tuple:
-    """:func:`forecast_misses` and a warning (None: none) where the decode or
-    end-to-end total misses by more than ``FORECAST_MISS``; with ``strict``
-    (the automatic mode) such a miss raises :class:`ScheduleFallback`
-    instead. The misses are None when the forecast itself fails."""
+def check_forecast(model, frame, *, strict: bool) -> tuple[str, str | None]:
+    """The report's note on :func:`forecast_misses`, and a warning (None:
+    none) where the decode or end-to-end total misses by more than
+    ``FORECAST_MISS``; with ``strict`` (the automatic mode) such a miss
+    raises :class:`ScheduleFallback` instead."""
     try:
         misses = forecast_misses(model, frame)
     except Exception:  # noqa: BLE001 - the check is optional, noted
-        return None, None
+        return "no forecast check: the replay of the whole trace failed", None
+    note = (
+        "the fit's forecast of the whole trace (model time, from its sends) "
+        "against its totals: "
+        + ", ".join(f"{q} {100 * misses[q]:+.2f} %" for q in misses)
+    )
     worst = max(("decode", "e2e"), key=lambda q: abs(misses[q]))
     if abs(misses[worst]) <= FORECAST_MISS:
-        return misses, None
+        return note, None
     message = (
         f"the schedule fit's forecast of the trace misses its total "
         f"{'decode time' if worst == 'decode' else 'end-to-end latency'} "
@@ -400,7 +399,7 @@ def check_forecast(model, frame, *, strict: bool) -> tuple:
     )
     if strict:
         raise ScheduleFallback(message)
-    return misses, message
+    return note, message
 
 
 def held_out_check(model, frame, n_splits: int, progress) -> dict | None:

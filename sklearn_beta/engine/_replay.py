@@ -292,6 +292,13 @@ def replay_errors(replayed: pd.DataFrame, quantity: str = "ttft") -> np.ndarray:
     >>> replay_errors(replayed, "decode").round(6).tolist()
     [-0.3]
     """
+    predicted, observed = replay_latencies(replayed, quantity)
+    return (predicted - observed) / observed
+
+
+def replay_latencies(replayed: pd.DataFrame, quantity: str) -> tuple:
+    """``(predicted, observed)`` per request of ``quantity`` in a replay, as
+    :func:`replay_errors` defines them."""
     if quantity not in REPLAY_QUANTITIES:
         raise ValueError(
             f"quantity must be one of {list(REPLAY_QUANTITIES)}, got {quantity!r}."
@@ -305,7 +312,7 @@ def replay_errors(replayed: pd.DataFrame, quantity: str = "ttft") -> np.ndarray:
     observed = (
         replayed["observed_" + end].to_numpy() - replayed[observed_start].to_numpy()
     )
-    return (predicted - observed) / observed
+    return predicted, observed
 
 
 def make_replay_scorer(
