@@ -366,17 +366,21 @@ def level_error(solution) -> float:
     absolute deviation) over the root of their summed prior weights; inf
     without such rows."""
     rows = solution.rows
-    anchor = rows.design[:, -3:].sum(axis=1) != 0
-    weight = float(np.sum(_prior(rows)[anchor]))
+    weight = float(np.sum(_prior(rows)[_anchors(rows)]))
     if not weight > 0 or not np.isfinite(solution.misfit):
         return np.inf
     return MAD_TO_SD * solution.misfit / np.sqrt(weight)
 
 
 def anchor_rows(rows) -> int:
-    """Rows of a fit on differences that measure an event from its busy
+    """How many rows of a fit on differences measure an event from its busy
     period's start (the only rows that show the offsets' level)."""
-    return int(np.count_nonzero(rows.design[:, -3:].sum(axis=1) != 0))
+    return int(np.count_nonzero(_anchors(rows)))
+
+
+def _anchors(rows) -> np.ndarray:
+    # an anchor row's offset columns sum to one; a difference's cancel
+    return rows.design[:, -3:].sum(axis=1) != 0
 
 
 def _search_grid(trace, solved, keep) -> list:
