@@ -355,7 +355,7 @@ def level_loss(trace, keep, theta, schedule_of) -> float:
     anchors = trace.anchor_times(schedule)
     rows = difference_design(schedule, trace.event_times, anchors, theta[:-3], keep)
     z = (rows.target - rows.design @ theta) * np.sqrt(rows.weight)
-    scale = max(1.4826 * float(np.median(np.abs(z))), MIN_ROBUST_SCALE)
+    scale = robust_scale(z)
     return float(np.sum(np.minimum(z * z, (TUKEY_C * scale) ** 2))) / scale**2
 
 
