@@ -377,19 +377,13 @@ def _check_overhead_spec(spec, name: str, n_requests: int) -> None:
     """A float (checked by ``validate_params``), a pair (median, sigma) or one
     non-negative finite value per request."""
     if isinstance(spec, np.ndarray):
-        if spec.shape != (n_requests,):
-            raise ValueError(
-                f"{name}: an ndarray must have shape (n_requests,) = "
-                f"({n_requests},), got {spec.shape}."
-            )
-        with np.errstate(invalid="ignore"):
-            bad = ~(np.isfinite(spec) & (spec >= 0))
-        if np.any(bad):
-            rows = np.flatnonzero(bad)[:5]
-            raise ValueError(
-                f"{name}: values must be finite and non-negative; requests "
-                f"{rows.tolist()} have {spec[rows].tolist()}."
-            )
+        _check_per_request(
+            spec,
+            f"{name}: an ndarray",
+            n_requests,
+            lambda v: np.isfinite(v) & (v >= 0),
+            f"{name}: values must be finite and non-negative",
+        )
     elif isinstance(spec, tuple):
         ok = len(spec) == 2 and all(isinstance(v, Real) for v in spec)
         if not (ok and np.isfinite(spec).all() and spec[0] > 0 and spec[1] >= 0):
@@ -442,18 +436,29 @@ def _check_length_spec(spec, name: str, n_requests: int) -> None:
 
 
 def _check_given_lengths(lengths: np.ndarray, name: str, n_requests: int) -> None:
-    if lengths.shape != (n_requests,):
+    _check_per_request(
+        lengths,
+        f"{name}: an ndarray of lengths",
+        n_requests,
+        lambda v: np.isfinite(v) & (v >= 1) & (v == np.rint(v)),
+        f"{name}: lengths must be positive integers",
+    )
+
+
+def _check_per_request(values, what: str, n_requests: int, valid, rule: str) -> None:
+    """One value per request (shape ``(n_requests,)``), each ``valid``; the
+    error names the first offending requests and their values."""
+    if values.shape != (n_requests,):
         raise ValueError(
-            f"{name}: an ndarray of lengths must have shape (n_requests,) = "
-            f"({n_requests},), got {lengths.shape}."
+            f"{what} must have shape (n_requests,) = ({n_requests},), got "
+            f"{values.shape}."
         )
     with np.errstate(invalid="ignore"):
-        bad = ~(np.isfinite(lengths) & (lengths >= 1) & (lengths == np.rint(lengths)))
+        bad = ~valid(values)
     if np.any(bad):
         rows = np.flatnonzero(bad)[:5]
         raise ValueError(
-            f"{name}: lengths must be positive integers; requests {rows.tolist()} "
-            f"have {lengths[rows].tolist()}."
+            f"{rule}; requests {rows.tolist()} have {values[rows].tolist()}."
         )
 
 
