@@ -76,6 +76,7 @@ from ._schedule import (
     ScheduleFallback,
     check_forecast,
     choose_estimator,
+    client_overheads,
     fit_schedule,
     held_out_check,
     read_settings,
@@ -227,6 +228,7 @@ def run_fit(
     candidates = engine_candidates(args)
     _validate_trace(phases, candidates, options)
     estimator, reason = choose_estimator(phases, args, instance_col)
+    engine_read = None
     if estimator == "schedule":
         try:
             report, config = run_schedule_fit(
@@ -234,6 +236,7 @@ def run_fit(
             )
             return report, None, config, phases
         except ScheduleFallback as exc:
+            engine_read = exc.settings
             fallback = f"{exc}: the phase-exposure fit is reported instead"
             reason = (
                 f"{exc}; the schedule fit was chosen because {reason}. Give the "
@@ -243,7 +246,7 @@ def run_fit(
             )
     notes.append(f"fit: phase-exposure ({reason})")
     report, fit, config = run_phase_fit(
-        phases, args, fmt, (options, candidates), notes, progress
+        phases, args, fmt, (options, candidates), notes, progress, engine_read
     )
     report["fit"] = {"estimator": "phase", "reason": reason}
     if estimator == "schedule":
@@ -251,9 +254,11 @@ def run_fit(
     return report, fit, config, phases
 
 
-def run_phase_fit(phases, args, fmt, setup, notes, progress):
+def run_phase_fit(phases, args, fmt, setup, notes, progress, engine_read=None):
     """The phase-exposure fit (today's path): ``(report, fit, config)``;
-    ``setup`` is ``(options, candidates)``."""
+    ``setup`` is ``(options, candidates)``; ``engine_read`` the schedule
+    path's engine settings when it fell back (the client's overheads are
+    replayed on them, :func:`~sklearn_beta.cli._schedule.client_overheads`)."""
     options, candidates = setup
     config, engine_warnings = choose_engine(
         phases, candidates, options, args, progress, notes
@@ -282,7 +287,15 @@ def run_phase_fit(phases, args, fmt, setup, notes, progress):
         fit, alpha = fit_client_trace(phases, chunk_size=model_chunk, **options)
     else:
         fit = fit_trace(phases, chunk_size=model_chunk, verbose=verbose, **options)
-        alpha = None
+        alpha, note = client_overheads(
+            phases,
+            fit.beta,
+            args,
+            options["instance_col"],
+            (chunk_size, token_budget) if engine_read is None else engine_read,
+        )
+        if note is not None:
+            notes = [*notes, note]
     trace = trace_summary(phases, fit)
     report = build_report(fit, args, fmt, trace, engine, options, alpha, notes)
     report["step_model"] = "published"
@@ -324,14 +337,20 @@ def run_schedule_fit(phases, args, fmt, setup, notes, progress, reason):
         notes=notes,
         instance_col=options["instance_col"],
     )
-    if args.step_model != "published":
-        return _step_model_schedule(frame, args, fmt, parts, published, progress)
-    if trouble is None:
-        try:
-            return _published_schedule(published, frame, args, fmt, parts, progress)
-        except ScheduleFallback as exc:  # its forecast misses the trace
-            trouble = str(exc)
-    return _attention_rescue(frame, args, fmt, parts, (published, trouble), progress)
+    try:
+        if args.step_model != "published":
+            return _step_model_schedule(frame, args, fmt, parts, published, progress)
+        if trouble is None:
+            try:
+                return _published_schedule(published, frame, args, fmt, parts, progress)
+            except ScheduleFallback as exc:  # its forecast misses the trace
+                trouble = str(exc)
+        return _attention_rescue(
+            frame, args, fmt, parts, (published, trouble), progress
+        )
+    except ScheduleFallback as exc:
+        exc.settings = settings
+        raise
 
 
 def _attention_rescue(frame, args, fmt, parts, published, progress):

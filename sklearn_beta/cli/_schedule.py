@@ -29,6 +29,7 @@ from ..engine_config._regime import (
     schedule_engine_settings,
 )
 from ..engine_config._schedule import MISFIT_SEARCH, ScheduleBetaRegressor
+from ..engine_config._trace_fit import MIN_UNQUEUED_SHARE, replayed_overheads
 from ..model_selection._request_split import RequestKFold, make_schedule_scorer
 from ._engine import one_line
 
@@ -69,7 +70,11 @@ FORECAST_MISS = 0.1
 
 
 class ScheduleFallback(Exception):
-    """The schedule fit gave no usable result; the message says why."""
+    """The schedule fit gave no usable result; the message says why.
+    ``settings``: the engine the schedule path read from the trace, None
+    when it failed before."""
+
+    settings = None
 
 
 def choose_estimator(phases, args, instance_col) -> tuple[str, str]:
@@ -115,6 +120,73 @@ def schedule_frame(phases: pd.DataFrame, instance_col) -> pd.DataFrame:
         frame = frame.assign(arrival=sends.to_numpy())
     frame.attrs = dict(phases.attrs)
     return frame
+
+
+def client_overheads(phases, beta, args, instance_col, engine) -> tuple:
+    """``(alpha, note)``: the client's request overheads of a phase-exposure
+    fit on client-side times read from a CSV phase table (every prefill
+    from its send), or ``(None, None)`` on other times.
+
+    The phase-exposure fit's residuals on such a trace hold the client's
+    queueing as well as its overheads; a replay of the sends at the fitted
+    betas tells them apart
+    (:func:`~sklearn_beta.engine_config._trace_fit.replayed_overheads`).
+    ``engine``: the schedule path's settings (``ScheduleFallback.settings``:
+    chunking chosen by the schedule fits' misfit, ``max_num_seqs`` and the
+    KV cache read from the trace), or the phase fit's ``(chunk_size,
+    token_budget)`` with the rest read here. The phase-exposure search's
+    chunking is no engine to replay: on ``benchmarks/regimes.py
+    --realism``'s client traces (budget 8192, no chunk cap) it chose chunk
+    caps of 256-512 tokens, whose replayed prefills outlast the observed
+    first tokens (overheads 0), where the schedule path found the budget
+    and the overheads took mean TTFT from -14 to -46 % to within 8 %
+    (docs/accuracy.md). A replay that fails is noted, its alphas 0.
+    """
+    frame = schedule_frame(phases, instance_col)
+    try:
+        decision = detect_queueing(frame, block_size=args.block_size)
+    except ValueError:
+        return None, None  # not a table of sends: the server-side note stands
+    if not decision.client_side:
+        return None, None
+    try:
+        if isinstance(engine, tuple):
+            chunk_size, token_budget = engine
+            engine = replace(
+                read_settings(frame, args, decision),
+                chunk_size=chunk_size,
+                token_budget=token_budget,
+            )
+        found = replayed_overheads(
+            frame,
+            beta,
+            chunk_size=engine.chunk_size,
+            token_budget=engine.token_budget,
+            max_num_seqs=engine.max_num_seqs,
+            num_gpu_blocks=engine.num_gpu_blocks,
+            block_size=engine.block_size,
+        )
+    except ValueError as exc:
+        return np.zeros(3), (
+            "alphas (request overheads) are 0: the replay of the client's sends "
+            f"that reads them failed ({one_line(exc)})"
+        )
+    which = (
+        f"every request (fewer than {MIN_UNQUEUED_SHARE:.0%} were admitted "
+        "without queueing, so queueing the replay misses is in them too)"
+        if found.queued
+        else f"the {found.n_used} of {found.n_requests} requests it admits "
+        "without queueing"
+    )
+    note = (
+        "alphas (request overheads) from a replay of the client's sends at the "
+        f"fitted betas (chunk size {engine.chunk_size}, token budget "
+        f"{engine.token_budget}, max_num_seqs {engine.max_num_seqs}, KV blocks "
+        f"{engine.num_gpu_blocks}): the observed minus replayed first-token "
+        f"times of {which}; alpha2 is 0 (a last-token overhead beyond the first "
+        "token's is not told apart from the betas' decode error)"
+    )
+    return found.alpha, note
 
 
 def read_settings(frame, args, decision: QueueingDecision):
