@@ -99,3 +99,13 @@ def saturated_client_trace(beta=(6e-3, 3e-5, 1.2e-4), step_model="published"):
         prompt_tokens=(300, 0.5),
         output_tokens=(100, 0.5),
     )
+
+
+def run_cli(capsys, *argv):
+    """``sklearn-beta`` with ``argv`` (each turned to a string), as a user
+    runs it: ``(exit code, stdout, stderr)``."""
+    from sklearn_beta.cli import main
+
+    code = main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return code, out, err

@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import yaml
-from conftest import data_path, load_golden
+from conftest import data_path, load_golden, run_cli
 
 from sklearn_beta import __version__
 from sklearn_beta.cli import main
@@ -52,12 +52,6 @@ SPANS = REPO / "data" / "otel" / "spans.jsonl"
 BENCH = REPO / "data" / "bench" / "results.json"
 
 
-def run(capsys, *argv):
-    code = main([str(a) for a in argv])
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
 WARNING = "sklearn-beta: warning: "
 
 
@@ -72,7 +66,7 @@ def test_json_output_reproduces_the_reference_iterative_fit(capsys):
     smoke = data_path("smoke.csv")
     reference = ("--correction-mode", "beta_informed", "--objective", "duration")
     reference += ("--stopping", "absolute")
-    code, out, err = run(
+    code, out, err = run_cli(
         capsys, "fit", smoke, "--chunk-size", 64, *reference, "--output", "json"
     )
     assert code == 0
@@ -99,7 +93,7 @@ def test_json_output_reproduces_the_reference_iterative_fit(capsys):
 
 def test_baseline_uniform_matches_the_reference(capsys):
     smoke = data_path("smoke.csv")
-    code, out, _ = run(
+    code, out, _ = run_cli(
         capsys,
         "fit",
         smoke,
@@ -124,7 +118,7 @@ def test_baseline_uniform_matches_the_reference(capsys):
 def test_otel_auto_chunk_size_blis_entry_and_plots(capsys, tmp_path):
     import matplotlib  # noqa: F401
 
-    code, out, err = run(
+    code, out, err = run_cli(
         capsys, "fit", SPANS, "--output", "blis-blackbox", "--plot", tmp_path / "plots"
     )
     assert code == 0 and err == ""
@@ -145,7 +139,9 @@ def test_otel_auto_chunk_size_blis_entry_and_plots(capsys, tmp_path):
 
 
 def test_table_output_and_benchmark_format(capsys):
-    code, out, _ = run(capsys, "fit", BENCH, "--chunk-size", 256, "--algo", "baseline")
+    code, out, _ = run_cli(
+        capsys, "fit", BENCH, "--chunk-size", 256, "--algo", "baseline"
+    )
     assert code == 0
     assert "(bench, 120 phases, 60 requests, 1 instance(s))" in out
     assert re.search(r"^beta2\s+\S+\s+s/decode_token\s+\S+(\s+\[.*\])?$", out, re.M)
@@ -155,12 +151,12 @@ def test_progress_only_on_a_terminal(capsys, monkeypatch):
     smoke = data_path("smoke.csv")
     monkeypatch.setattr(sys.stderr, "isatty", lambda: True, raising=False)
     reference = ("--correction-mode", "beta_informed", "--objective", "duration")
-    code, _, err = run(
+    code, _, err = run_cli(
         capsys, "fit", smoke, "--chunk-size", 64, *reference, "--stopping", "absolute"
     )
     assert code == 0
     assert len(re.findall(r"^  iter +\d+ +beta0=.* change=", err, re.M)) == 7
-    code, _, err = run(capsys, "fit", smoke, "--chunk-size", 64, "--quiet")
+    code, _, err = run_cli(capsys, "fit", smoke, "--chunk-size", 64, "--quiet")
     assert code == 0 and "iter" not in err
     assert len(warning_messages(err)) == 4  # --quiet keeps the fit's warnings
 
@@ -203,7 +199,7 @@ def test_bad_input_is_one_line_on_stderr(capsys, tmp_path, argv, code, message):
     """Under the default --chunk-size auto: checked before any search."""
     files = bad_traces(tmp_path)
     argv = [a.format(**files) for a in argv]
-    got, out, err = run(capsys, *argv)
+    got, out, err = run_cli(capsys, *argv)
     assert got == code, err
     assert "Traceback" not in err
     if code == 0:  # --plot into a file: the fit is printed, the reason said
@@ -315,7 +311,7 @@ def test_tracev2_light_load_within_one_percent_of_the_step_time(capsys, tmp_path
     )
     write_tracev2(phases, tmp_path / "trace.csv")
     (tmp_path / "trace.yaml").write_text("trace_version: 2\ntime_unit: us\n")
-    code, out, err = run(
+    code, out, err = run_cli(
         capsys,
         "fit",
         tmp_path / "trace.csv",
@@ -358,12 +354,14 @@ def test_decode_tokens_include_first_flag_states_the_export_convention(
     path = tmp_path / "counted.csv"
     counted.to_csv(path, index=False)
     fixed = ("--chunk-size", 64, "--output", "json")
-    code, out, err = run(capsys, "fit", path, *fixed, "--decode-tokens-include-first")
+    code, out, err = run_cli(
+        capsys, "fit", path, *fixed, "--decode-tokens-include-first"
+    )
     assert code == 0, err
     report = json.loads(out)
     assert report["parameters"]["decode_tokens_include_first"] is True
     np.testing.assert_allclose(list(report["betas"].values()), TRUE_BETA, rtol=1e-3)
-    code, out, _ = run(capsys, "fit", path, *fixed)
+    code, out, _ = run_cli(capsys, "fit", path, *fixed)
     wrong = json.loads(out)
     assert wrong["parameters"]["decode_tokens_include_first"] is False
     assert np.abs(np.array(list(wrong["betas"].values())) / TRUE_BETA - 1).max() > 0.02
@@ -385,18 +383,18 @@ def test_fleet_with_instance_id_is_fitted_per_instance(capsys, tmp_path):
     path = tmp_path / "fleet.csv"
     phases.to_csv(path, index=False)
     fixed = ("--chunk-size", 64, "--output", "json")
-    code, out, _ = run(capsys, "fit", path, *fixed)
+    code, out, _ = run_cli(capsys, "fit", path, *fixed)
     found = json.loads(out)
     assert any("instance column 'instance_id' found" in n for n in found["notes"])
     assert found["trace"]["n_instances"] == 2
-    code, out, _ = run(capsys, "fit", path, *fixed, "--instance-col", "instance_id")
+    code, out, _ = run_cli(capsys, "fit", path, *fixed, "--instance-col", "instance_id")
     np.testing.assert_allclose(
         list(found["betas"].values()),
         list(json.loads(out)["betas"].values()),
         rtol=1e-12,
     )
     np.testing.assert_allclose(list(found["betas"].values()), TRUE_BETA, rtol=1e-3)
-    code, out, _ = run(capsys, "fit", path, *fixed, "--instance-col", "none")
+    code, out, _ = run_cli(capsys, "fit", path, *fixed, "--instance-col", "none")
     one = np.array(list(json.loads(out)["betas"].values()))
     assert np.abs(one / TRUE_BETA - 1).max() > 0.05  # one engine: wrong
 
@@ -416,11 +414,13 @@ def test_time_unit_and_the_implausible_step_warning(capsys, tmp_path):
     phases.assign(t_start=phases.t_start * 1e3, t_end=phases.t_end * 1e3).to_csv(
         path, index=False
     )
-    code, out, err = run(capsys, "fit", path, "--chunk-size", 64, "--output", "json")
+    code, out, err = run_cli(
+        capsys, "fit", path, "--chunk-size", 64, "--output", "json"
+    )
     assert code == 0
     assert err.startswith("sklearn-beta: warning: beta0 = 4 s per step is implausible")
     assert json.loads(out)["warnings"][0].startswith("beta0 = 4 s per step")
-    code, out, err = run(
+    code, out, err = run_cli(
         capsys, "fit", path, "--chunk-size", 64, "--time-unit", "ms", "--output", "json"
     )
     assert err == ""
@@ -432,7 +432,7 @@ def test_time_unit_and_the_implausible_step_warning(capsys, tmp_path):
 def test_blis_entry_from_options_and_llm_d_config(capsys, tmp_path):
     options = ("--chunk-size", 256, "--model-id", "meta-llama/Llama-3.1-8B-Instruct")
     options += ("--gpu", "H100", "--tensor-parallelism", 2, "--vllm-version", "0.11.0")
-    code, out, _ = run(
+    code, out, _ = run_cli(
         capsys,
         "fit",
         SPANS,
@@ -447,7 +447,9 @@ def test_blis_entry_from_options_and_llm_d_config(capsys, tmp_path):
     assert (entry["GPU"], entry["tensor_parallelism"]) == ("H100", 2)
     assert (entry["vllm_version"], entry["total_kv_blocks"]) == ("0.11.0", 4096)
     assert "placeholders" not in out
-    code, out, _ = run(capsys, "fit", SPANS, "--chunk-size", 256, "--output", "llm-d")
+    code, out, _ = run_cli(
+        capsys, "fit", SPANS, "--chunk-size", 256, "--output", "llm-d"
+    )
     config = yaml.safe_load(out)
     assert config["latency-calculator"] == "per-token"
     # beta0/2 = 2 ms; beta1 + beta0/C = 30 + 15.6 us; beta0 + beta2 = 4.2 ms.
@@ -498,7 +500,7 @@ def test_broken_pipe_is_quiet(tmp_path):
 def test_plot_without_matplotlib_still_prints_the_fit(capsys, monkeypatch, tmp_path):
     monkeypatch.setitem(sys.modules, "matplotlib", None)  # import fails
     monkeypatch.setitem(sys.modules, "matplotlib.figure", None)
-    code, out, err = run(
+    code, out, err = run_cli(
         capsys, "fit", SPANS, "--chunk-size", 256, "--plot", tmp_path / "plots"
     )
     assert code == 0
@@ -529,7 +531,7 @@ def budgeted_trace(tmp_path, n=300, **engine) -> Path:
 def test_fully_automatic_fit_reports_engine_and_held_out_replay(capsys, tmp_path):
     path = budgeted_trace(tmp_path)
     candidates = ("--budget-candidates", "512,1024,2048")
-    code, out, err = run(capsys, "fit", path, *candidates, "--output", "json")
+    code, out, err = run_cli(capsys, "fit", path, *candidates, "--output", "json")
     assert code == 0, err
     report = json.loads(out)
     assert (report["chunk_size"], report["token_budget"]) == (None, 512)
@@ -549,19 +551,23 @@ def test_fully_automatic_fit_reports_engine_and_held_out_replay(capsys, tmp_path
         for name, value in report["betas"].items():
             low, high = ci[name]
             assert low <= value <= high
-    code, out, err = run(capsys, "fit", path, *candidates)
+    code, out, err = run_cli(capsys, "fit", path, *candidates)
     assert "engine      token budget 512, no chunk cap (held-out replay" in out
     assert "held-out replay (3 time blocks" in out and "decode" in out
 
 
 def test_engine_settings_skip_the_search(capsys, tmp_path):
     path = budgeted_trace(tmp_path, n=150)
-    code, out, _ = run(capsys, "fit", path, "--token-budget", 512, "--output", "json")
+    code, out, _ = run_cli(
+        capsys, "fit", path, "--token-budget", 512, "--output", "json"
+    )
     report = json.loads(out)
     assert (report["chunk_size"], report["token_budget"]) == (None, 512)
     assert len(report["engine_config"]["candidates"]) == 1
     assert report["engine_config"]["runner_up"] is None
-    code, out, _ = run(capsys, "fit", path, "--chunk-size", "none", "--output", "json")
+    code, out, _ = run_cli(
+        capsys, "fit", path, "--chunk-size", "none", "--output", "json"
+    )
     report = json.loads(out)
     assert (report["chunk_size"], report["token_budget"]) == (None, None)
     assert report["validation"]["decode"] > 0
@@ -569,7 +575,7 @@ def test_engine_settings_skip_the_search(capsys, tmp_path):
 
 def test_edge_warning_is_one_line_on_stderr(capsys, tmp_path):
     path = budgeted_trace(tmp_path, n=200, token_budget=None, chunk_size=32)
-    code, out, err = run(
+    code, out, err = run_cli(
         capsys,
         "fit",
         path,
@@ -592,13 +598,15 @@ def test_edge_warning_is_one_line_on_stderr(capsys, tmp_path):
 
 def test_a_set_engine_without_enough_requests_for_folds_is_noted(capsys):
     smoke = data_path("smoke.csv")  # two requests
-    code, out, err = run(capsys, "fit", smoke, "--chunk-size", 64, "--output", "json")
+    code, out, err = run_cli(
+        capsys, "fit", smoke, "--chunk-size", 64, "--output", "json"
+    )
     assert code == 0
     report = json.loads(out)
     assert warning_messages(err) == report["warnings"]
     assert report["validation"] is None and report["engine_config"] is None
     assert any("no held-out replay validation" in n for n in report["notes"])
-    code, out, err = run(capsys, "fit", smoke)
+    code, out, err = run_cli(capsys, "fit", smoke)
     assert code == 1 and out == ""
     assert err.count("\n") == 1 and "--chunk-size N or --token-budget B" in err
 
@@ -633,11 +641,11 @@ def test_vllm_request_stats_are_recognised_and_fitted(capsys, tmp_path, suffix):
         stats.to_json(path, orient="records", lines=True, double_precision=15)
     phases.to_csv(tmp_path / "phases.csv", index=False)
     options = ["--chunk-size", 256, "--output", "json"]
-    code, out, err = run(capsys, "fit", path, *options)
+    code, out, err = run_cli(capsys, "fit", path, *options)
     assert code == 0, err
     report = json.loads(out)
     assert report["parameters"]["format"] == "vllm-stats"
-    code, out, err = run(capsys, "fit", tmp_path / "phases.csv", *options)
+    code, out, err = run_cli(capsys, "fit", tmp_path / "phases.csv", *options)
     assert code == 0, err
     reference = json.loads(out)
     # The same phases as the simulator's table, so the same fit.
@@ -721,7 +729,7 @@ def test_fit_warnings_are_one_line_each_about_the_fit_reported(
     # the phase-exposure path's request-overhead search (a client-side trace
     # takes the schedule fit by default)
     fixed = ("--chunk-size", 256, "--output", "json", "--estimator", "phase")
-    code, out, err = run(capsys, "fit", zero_beta2_trace, *fixed)
+    code, out, err = run_cli(capsys, "fit", zero_beta2_trace, *fixed)
     assert code == 0
     report = json.loads(out)
     assert report["betas"]["beta2"] == 0.0  # the truth, on the bound
@@ -735,9 +743,11 @@ def test_fit_warnings_are_one_line_each_about_the_fit_reported(
     assert len(trials) >= 10 and all(n >= 1 for n in trials), trials
     monkeypatch.undo()
 
-    code, quiet_out, quiet_err = run(capsys, "fit", zero_beta2_trace, *fixed, "--quiet")
+    code, quiet_out, quiet_err = run_cli(
+        capsys, "fit", zero_beta2_trace, *fixed, "--quiet"
+    )
     assert (code, quiet_out, quiet_err) == (0, out, err)
-    code, strict_out, strict_err = run(
+    code, strict_out, strict_err = run_cli(
         capsys, "fit", zero_beta2_trace, *fixed, "--strict"
     )
     assert (code, strict_out, strict_err) == (1, out, err)  # report, lines, exit 1
@@ -748,7 +758,7 @@ def test_engine_search_candidates_warn_nothing(capsys, monkeypatch, zero_beta2_t
 
     fits = count_warnings_of(monkeypatch, TraceContextRegressor, "fit")
     candidates = ("--chunk-candidates", "128,256", "--budget-candidates", "2048")
-    code, out, err = run(
+    code, out, err = run_cli(
         capsys,
         "fit",
         zero_beta2_trace,

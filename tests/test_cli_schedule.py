@@ -9,10 +9,9 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import saturated_client_trace
+from conftest import run_cli, saturated_client_trace
 
 from sklearn_beta import ScheduleBetaRegressor
-from sklearn_beta.cli import main
 from sklearn_beta.cli._schedule import check_forecast, forecast_misses
 from sklearn_beta.datasets import simulate_trace
 
@@ -20,12 +19,6 @@ BETA = np.array([6e-3, 3e-5, 1.2e-4])
 ENGINE = dict(chunk_size=256, token_budget=512, max_num_seqs=64)
 SHAPES = dict(prompt_tokens=(300, 0.5), output_tokens=(100, 0.5))
 GIVEN_CHUNKING = ("--chunk-size", 256, "--token-budget", 512)
-
-
-def run(capsys, *argv):
-    code = main([str(a) for a in argv])
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 @pytest.fixture(scope="module")
@@ -61,7 +54,7 @@ def betas_of(report) -> np.ndarray:
 
 
 def test_client_side_saturated_trace_gets_the_schedule_fit(capsys, saturated_client):
-    code, out, err = run(
+    code, out, err = run_cli(
         capsys, "fit", saturated_client, *GIVEN_CHUNKING, "--output", "json"
     )
     assert code == 0, err
@@ -85,7 +78,7 @@ def test_client_side_saturated_trace_gets_the_schedule_fit(capsys, saturated_cli
 
 
 def test_the_table_says_which_fit_and_why(capsys, saturated_client):
-    code, out, err = run(capsys, "fit", saturated_client, *GIVEN_CHUNKING)
+    code, out, err = run_cli(capsys, "fit", saturated_client, *GIVEN_CHUNKING)
     assert code == 0, err
     assert "algorithm   schedule-consistent (ScheduleBetaRegressor)" in out
     assert "note: fit: schedule-consistent, ScheduleBetaRegressor (client-side" in out
@@ -94,7 +87,7 @@ def test_the_table_says_which_fit_and_why(capsys, saturated_client):
 
 
 def test_exports_after_a_schedule_fit(capsys, saturated_client):
-    code, out, err = run(
+    code, out, err = run_cli(
         capsys, "fit", saturated_client, *GIVEN_CHUNKING, "--output", "json"
     )
     report = json.loads(out)
@@ -105,25 +98,25 @@ def test_exports_after_a_schedule_fit(capsys, saturated_client):
     a0, a1, a2 = report["alphas"]
     assert a0 == pytest.approx(0.003, abs=1e-3) and a1 == 0.0
     assert a2 == pytest.approx(0.002 / mean_decode, rel=0.2)
-    code, out, err = run(
+    code, out, err = run_cli(
         capsys, "fit", saturated_client, *GIVEN_CHUNKING, "--output", "blis-blackbox"
     )
     assert code == 0, err
     assert "alpha_coeffs: [" in out and "# note: fit: schedule-consistent" in out
     blis = json.loads(out.split("alpha_coeffs: ")[1].splitlines()[0])
     assert blis[0] == pytest.approx(a0 * 1e6, rel=1e-6)
-    code, out, err = run(
+    code, out, err = run_cli(
         capsys, "fit", saturated_client, *GIVEN_CHUNKING, "--output", "llm-d"
     )
     assert code == 0, err and "prefill-overhead" in out
-    code, out, err = run(
+    code, out, err = run_cli(
         capsys, "fit", saturated_client, *GIVEN_CHUNKING, "--output", "blis"
     )
     assert code == 2 and "--step-model trained-physics" in err
 
 
 def test_given_settings_win_over_the_read_ones(capsys, saturated_client):
-    code, out, err = run(
+    code, out, err = run_cli(
         capsys,
         "fit",
         saturated_client,
@@ -147,7 +140,7 @@ def test_given_settings_win_over_the_read_ones(capsys, saturated_client):
 
 
 def test_estimator_flag_forces_either_path(capsys, saturated_client, light_engine):
-    code, out, err = run(
+    code, out, err = run_cli(
         capsys,
         "fit",
         saturated_client,
@@ -162,13 +155,13 @@ def test_estimator_flag_forces_either_path(capsys, saturated_client, light_engin
     assert report["fit"] == {"estimator": "phase", "reason": "--estimator phase"}
     # the phase-exposure fit swallows the queueing (issue 19)
     assert np.abs(betas_of(report) / BETA - 1).max() > 0.2
-    code, out, err = run(
+    code, out, err = run_cli(
         capsys, "fit", light_engine, *GIVEN_CHUNKING, "--estimator", "schedule"
     )
     assert code == 0, err
     assert "note: fit: schedule-consistent, ScheduleBetaRegressor (--estimator " in out
     # a step model's schedule fit runs on the engine of the published path
-    code, out, err = run(
+    code, out, err = run_cli(
         capsys,
         "fit",
         light_engine,
@@ -187,12 +180,12 @@ def test_estimator_flag_forces_either_path(capsys, saturated_client, light_engin
 
 
 def test_light_load_keeps_the_phase_fit_bit_identical(capsys, light_engine):
-    code, out, err = run(capsys, "fit", light_engine, "--output", "json")
+    code, out, err = run_cli(capsys, "fit", light_engine, "--output", "json")
     assert code == 0, err
     auto = json.loads(out)
     assert auto["fit"]["estimator"] == "phase"
     assert auto["fit"]["reason"].startswith("no queueing: requests wait")
-    code, out, err = run(
+    code, out, err = run_cli(
         capsys, "fit", light_engine, "--estimator", "phase", "--output", "json"
     )
     forced = json.loads(out)
@@ -225,7 +218,7 @@ def test_saturated_engine_side_trace_reads_max_num_seqs(capsys, tmp_path):
     )
     path = tmp_path / "engine.csv"
     phases.to_csv(path, index=False)
-    code, out, err = run(capsys, "fit", path, "--output", "json")
+    code, out, err = run_cli(capsys, "fit", path, "--output", "json")
     assert code == 0, err
     report = json.loads(out)
     assert report["fit"]["estimator"] == "schedule"
@@ -246,7 +239,7 @@ def test_a_failing_schedule_fit_falls_back_with_a_note(
         raise RuntimeError("replay refused zero-length steps")
 
     monkeypatch.setattr(ScheduleBetaRegressor, "fit", broken)
-    code, out, err = run(
+    code, out, err = run_cli(
         capsys, "fit", saturated_client, *GIVEN_CHUNKING, "--output", "json"
     )
     assert code == 0, err
@@ -261,7 +254,7 @@ def test_a_failing_schedule_fit_falls_back_with_a_note(
 
 
 def test_plot_after_a_schedule_fit_is_a_warning(capsys, saturated_client, tmp_path):
-    code, out, err = run(
+    code, out, err = run_cli(
         capsys, "fit", saturated_client, *GIVEN_CHUNKING, "--plot", tmp_path
     )
     assert code == 0, err
@@ -288,7 +281,7 @@ def test_client_side_fleet_reads_each_instance(capsys, tmp_path):
     )
     path = tmp_path / "fleet.csv"
     phases.to_csv(path, index=False)
-    code, out, err = run(
+    code, out, err = run_cli(
         capsys, "fit", path, "--token-budget", 2048, "--output", "json"
     )
     assert code == 0, err
@@ -307,7 +300,7 @@ def test_auto_mode_drops_a_schedule_fit_whose_forecast_misses(capsys, saturated_
     # mode reports the
     # phase-exposure fit and says why (asked for with --estimator schedule,
     # the previous test: reported, warned).
-    code, out, err = run(
+    code, out, err = run_cli(
         capsys,
         "fit",
         saturated_client,

@@ -10,8 +10,8 @@ import shlex
 
 import numpy as np
 import pytest
+from conftest import run_cli
 
-from sklearn_beta.cli import main
 from sklearn_beta.core._model_config import read_model_description
 from sklearn_beta.core._step_features import STEP_FEATURES
 from sklearn_beta.core._trained_physics import IDENTIFIABLE_FEATURES, basis_map
@@ -82,14 +82,8 @@ def traces(tmp_path_factory):
     return files
 
 
-def run(capsys, *argv):
-    code = main([str(a) for a in argv])
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
 def _fit(capsys, trace, *options):
-    return run(capsys, "fit", trace, "--chunk-size", CHUNK, "--quiet", *options)
+    return run_cli(capsys, "fit", trace, "--chunk-size", CHUNK, "--quiet", *options)
 
 
 def test_trained_physics_json_schema(capsys, traces):
@@ -264,7 +258,7 @@ def test_auto_under_a_budget_and_no_chunk_cap_fits_every_candidate(capsys, trace
     # Under a budget and no chunk cap prefill groups serve one prompt at a
     # time, for every step feature (docs/method.md 5.1): each candidate is
     # fitted and scored.
-    code, out, _ = run(
+    code, out, _ = run_cli(
         capsys,
         "fit",
         traces["published"],

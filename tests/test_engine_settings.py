@@ -11,9 +11,9 @@ import json
 
 import numpy as np
 import pytest
+from conftest import run_cli
 
 from sklearn_beta import select_engine_config
-from sklearn_beta.cli import main
 from sklearn_beta.datasets import simulate_trace
 from sklearn_beta.engine_config import (
     _search,
@@ -266,17 +266,11 @@ def test_folds_without_training_phases_are_dropped():
         select_engine_config(crowded, candidates=[(None, 2048)])
 
 
-def run(capsys, *argv):
-    code = main([str(a) for a in argv])
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
 def test_cli_engine_flags_reach_the_replay(capsys, tmp_path):
     path = tmp_path / "trace.csv"
     light_trace(200).to_csv(path, index=False)
     base = ("fit", path, "--token-budget", 512, "--output", "json")
-    code, out, err = run(capsys, *base, "--max-num-seqs", 16)
+    code, out, err = run_cli(capsys, *base, "--max-num-seqs", 16)
     assert code == 0, err
     report = json.loads(out)
     parameters = report["parameters"]
@@ -284,14 +278,14 @@ def test_cli_engine_flags_reach_the_replay(capsys, tmp_path):
     assert parameters["block_size"] == 16
     right = report["validation"]["ttft"]
     # A wrong max_num_seqs and a tiny KV cache change the held-out replay.
-    code, out, err = run(capsys, *base, "--max-num-seqs", 2)
+    code, out, err = run_cli(capsys, *base, "--max-num-seqs", 2)
     assert json.loads(out)["validation"]["ttft"] > 2 * right
-    code, out, err = run(capsys, *base, "--num-gpu-blocks", 200, "--block-size", 32)
+    code, out, err = run_cli(capsys, *base, "--num-gpu-blocks", 200, "--block-size", 32)
     report = json.loads(out)
     parameters = report["parameters"]
     assert (parameters["num_gpu_blocks"], parameters["block_size"]) == (200, 32)
     assert report["validation"]["ttft"] != right
-    code, out, err = run(capsys, *base, "--max-num-seqs", 0)
+    code, out, err = run_cli(capsys, *base, "--max-num-seqs", 0)
     assert code != 0 and "--max-num-seqs" in err
 
 
@@ -299,7 +293,7 @@ def test_cli_prints_one_line_per_dropped_candidate(capsys, tmp_path, monkeypatch
     path = tmp_path / "trace.csv"
     light_trace(200).to_csv(path, index=False)
     failing_replay(monkeypatch, (None, 1024), None)
-    code, out, err = run(
+    code, out, err = run_cli(
         capsys,
         "fit",
         path,
@@ -323,7 +317,7 @@ def test_cli_automatic_mode_completes_on_a_saturated_engine_side_trace(
     phases.to_csv(path, index=False)
     # The phase-exposure search (--estimator auto takes the schedule fit
     # here: tests/test_cli_schedule.py).
-    code, out, err = run(
+    code, out, err = run_cli(
         capsys,
         "fit",
         path,

@@ -9,8 +9,9 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import run_cli
 
-from sklearn_beta.cli import _main, main
+from sklearn_beta.cli import _main
 from sklearn_beta.cli._schedule import ScheduleFallback
 from sklearn_beta.datasets import simulate_trace
 from sklearn_beta.engine_config._settings import EngineSettings
@@ -88,12 +89,6 @@ def test_the_replay_needs_the_sends():
         replayed_overheads(phases, BETA, **ENGINE)
 
 
-def run(capsys, *argv):
-    code = main([str(a) for a in argv])
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
 @pytest.fixture(scope="module")
 def light_client(tmp_path_factory):
     phases = client_trace(
@@ -105,7 +100,7 @@ def light_client(tmp_path_factory):
 
 
 def test_the_phase_fit_reports_a_client_csv_traces_overheads(capsys, light_client):
-    code, out, err = run(
+    code, out, err = run_cli(
         capsys,
         *("fit", light_client, "--estimator", "phase", "--output", "json"),
         *("--chunk-size", "none", "--token-budget", 2048, "--max-num-seqs", 64),
@@ -138,7 +133,7 @@ def test_an_engine_side_trace_keeps_its_alphas_at_zero(capsys, tmp_path):
     )
     path = tmp_path / "engine.csv"
     phases.to_csv(path, index=False)
-    code, out, err = run(
+    code, out, err = run_cli(
         capsys, "fit", path, "--estimator", "phase", "--output", "json"
     )
     assert code == 0, err
@@ -164,7 +159,7 @@ def test_a_schedule_fallback_replays_on_the_schedule_paths_engine(
     monkeypatch.setattr(_main, "_schedule_engine", lambda *a: (read, None))
     monkeypatch.setattr(_main, "fit_schedule", failed)
     monkeypatch.setattr(_main, "_attention_rescue", failed)
-    code, out, err = run(capsys, "fit", light_client, "--output", "json")
+    code, out, err = run_cli(capsys, "fit", light_client, "--output", "json")
     assert code == 0, err
     report = json.loads(out)
     assert report["fit"]["estimator"] == "phase"
