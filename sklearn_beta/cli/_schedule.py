@@ -139,8 +139,12 @@ def client_overheads(phases, beta, args, instance_col, engine) -> tuple:
     --realism``'s client traces (budget 8192, no chunk cap) it chose chunk
     caps of 256-512 tokens, whose replayed prefills outlast the observed
     first tokens (overheads 0), where the schedule path found the budget
-    and the overheads took mean TTFT from -14 to -46 % to within 8 %
-    (docs/accuracy.md). A replay that fails is noted, its alphas 0.
+    and the overheads took mean TTFT from -14 to -49 % to within 9 %
+    (docs/accuracy.md). The alphas are 0, with a note, where the replay
+    fails, where it queues nearly every request, and on a trace that shows
+    queueing when the engine read bounds none (no ``max_num_seqs``, no KV
+    cache): on the realism mix at 12 req/s such a replay admitted every
+    request at once and read 9.5 s of queue as overhead (TTFT +14 -> +50 %).
     """
     frame = schedule_frame(phases, instance_col)
     try:
@@ -157,6 +161,14 @@ def client_overheads(phases, beta, args, instance_col, engine) -> tuple:
                 chunk_size=chunk_size,
                 token_budget=token_budget,
             )
+        unbounded = engine.max_num_seqs is None and engine.num_gpu_blocks is None
+        if decision.queued and unbounded:
+            return np.zeros(3), (
+                "alphas (request overheads) are 0: the trace shows queueing and "
+                "the engine read from it bounds no queue (no max_num_seqs, no "
+                "KV cache), so a replay of its sends would read the queue as "
+                "overhead"
+            )
         found = replayed_overheads(
             frame,
             beta,
@@ -171,19 +183,20 @@ def client_overheads(phases, beta, args, instance_col, engine) -> tuple:
             "alphas (request overheads) are 0: the replay of the client's sends "
             f"that reads them failed ({one_line(exc)})"
         )
-    which = (
-        f"every request (fewer than {MIN_UNQUEUED_SHARE:.0%} were admitted "
-        "without queueing, so queueing the replay misses is in them too)"
-        if found.queued
-        else f"the {found.n_used} of {found.n_requests} requests it admits "
-        "without queueing"
-    )
+    if found.queued:
+        return found.alpha, (
+            "alphas (request overheads) are 0: a replay of the client's sends at "
+            f"the fitted betas admits fewer than {MIN_UNQUEUED_SHARE:.0%} of the "
+            "requests without queueing, and the queue it gets wrong would read "
+            "as overhead"
+        )
     note = (
         "alphas (request overheads) from a replay of the client's sends at the "
         f"fitted betas (chunk size {engine.chunk_size}, token budget "
         f"{engine.token_budget}, max_num_seqs {engine.max_num_seqs}, KV blocks "
         f"{engine.num_gpu_blocks}): the observed minus replayed first-token "
-        f"times of {which}; alpha2 is 0 (a last-token overhead beyond the first "
+        f"times of the {found.n_used} of {found.n_requests} requests it admits "
+        "without queueing; alpha2 is 0 (a last-token overhead beyond the first "
         "token's is not told apart from the betas' decode error)"
     )
     return found.alpha, note

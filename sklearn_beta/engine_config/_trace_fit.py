@@ -38,9 +38,9 @@ DEFAULT_CHUNK_CANDIDATES = (16, 32, 64, 128, 256, 512, 1024, 2048)
 #: its observed minus replayed first-token time is the client's overhead
 #: (:func:`replayed_overheads`).
 UNQUEUED_STEPS = 1.5
-#: Least share of the requests not queued for them alone to give the
-#: overheads; below it every request does (and the queueing the replay
-#: misses enters the overheads).
+#: Least share of the requests not queued for the overheads to be read;
+#: below it they are 0 (the queueing the replay misses would read as
+#: overhead).
 MIN_UNQUEUED_SHARE = 0.1
 
 
@@ -386,8 +386,8 @@ def fit_client_trace(
 class ReplayedOverheads:
     """Result of :func:`replayed_overheads`: ``alpha`` (seconds, seconds per
     input token, seconds per output token), the requests it was read from
-    (``n_used`` of ``n_requests``) and whether those include requests the
-    replay queued (``queued``: too few were not)."""
+    (``n_used`` of ``n_requests``) and whether the replay queued too many
+    for any (``queued``: then ``alpha`` is 0)."""
 
     alpha: np.ndarray
     n_used: int
@@ -412,9 +412,13 @@ def replayed_overheads(
     (:func:`~sklearn_beta.replay.replay_trace`, no delay, open loop: the
     sends are data), and each request's observed minus replayed first-token
     time is its overhead. Only requests the replay admits within
-    ``UNQUEUED_STEPS`` of their own decode steps of the send count (unless
-    fewer than ``MIN_UNQUEUED_SHARE`` of them are): a queue the replay gets
-    wrong by a few per cent would otherwise read as overhead. ``alpha0,
+    ``UNQUEUED_STEPS`` of their own decode steps of the send count: a queue
+    the replay gets wrong by a few per cent would otherwise read as
+    overhead. Where fewer than ``MIN_UNQUEUED_SHARE`` of them are, ``alpha``
+    is 0 and ``queued`` says why. The replay's engine must bound its queue
+    as the trace's did: without ``max_num_seqs`` or a KV cache it admits
+    every request at once, and a trace's queue reads as overhead (seconds
+    of it on a saturated trace). ``alpha0,
     alpha1`` are the non-negative line in the input tokens through those
     overheads (:func:`~sklearn_beta.export.request_overheads`); the betas
     stay as given, and the overheads average over requests, which is what
@@ -462,12 +466,12 @@ def replayed_overheads(
         step = np.where(steps > 0, (last - first) / steps, np.nan)
     unqueued = waited <= UNQUEUED_STEPS * step  # NaN (no decode step): False
     n = first.shape[0]
-    queued = np.count_nonzero(unqueued) < max(MIN_UNQUEUED_SHARE * n, 1)
-    use = np.ones(n, dtype=bool) if queued else unqueued
+    if np.count_nonzero(unqueued) < max(MIN_UNQUEUED_SHARE * n, 1):
+        return ReplayedOverheads(np.zeros(3), 0, n, True)
     alpha = request_overheads(
-        (seen_first - first)[use],
-        replayed["prefill_tokens"].to_numpy(dtype=np.float64)[use],
+        (seen_first - first)[unqueued],
+        replayed["prefill_tokens"].to_numpy(dtype=np.float64)[unqueued],
         np.zeros(0),
         np.zeros(0),
     )
-    return ReplayedOverheads(alpha, int(np.count_nonzero(use)), n, bool(queued))
+    return ReplayedOverheads(alpha, int(np.count_nonzero(unqueued)), n, False)
