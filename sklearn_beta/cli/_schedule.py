@@ -26,6 +26,7 @@ from ..engine_config._kv_search import KV_STRIDE, KVTrials, scan_kv_blocks
 from ..engine_config._regime import (
     QueueingDecision,
     detect_queueing,
+    is_client_side,
     schedule_engine_settings,
 )
 from ..engine_config._schedule import MISFIT_SEARCH, ScheduleBetaRegressor
@@ -147,12 +148,10 @@ def client_overheads(phases, beta, args, instance_col, engine) -> tuple:
     request at once and read 9.5 s of queue as overhead (TTFT +14 -> +50 %).
     """
     frame = schedule_frame(phases, instance_col)
-    try:
-        decision = detect_queueing(frame, block_size=args.block_size)
-    except ValueError:
-        return None, None  # not a table of sends: the server-side note stands
-    if not decision.client_side:
-        return None, None
+    # the cheap test first: the queueing check reads the whole trace again
+    if not is_client_side(frame):
+        return None, None  # no sends: the server-side note stands
+    decision = detect_queueing(frame, block_size=args.block_size)
     try:
         if isinstance(engine, tuple):
             chunk_size, token_budget = engine
