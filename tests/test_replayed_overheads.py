@@ -40,6 +40,25 @@ def client_trace(rate, seed=0, **overheads):
     )
 
 
+def schedule_path_fails(monkeypatch, max_num_seqs) -> None:
+    """The command line's schedule path reads an engine of ``max_num_seqs``
+    (budget 2048, no chunk cap, no KV cache), then its fits fail."""
+    read = EngineSettings(
+        max_num_seqs=max_num_seqs,
+        num_gpu_blocks=None,
+        block_size=16,
+        chunk_size=None,
+        token_budget=2048,
+    )
+
+    def failed(*args, **kwargs):
+        raise ScheduleFallback("the schedule fit failed (simulated)")
+
+    monkeypatch.setattr(_main, "_schedule_engine", lambda *a: (read, None))
+    monkeypatch.setattr(_main, "fit_schedule", failed)
+    monkeypatch.setattr(_main, "_attention_rescue", failed)
+
+
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_constant_overheads_are_found_at_the_true_betas(seed):
     phases = client_trace(
@@ -90,20 +109,7 @@ def test_a_queued_trace_without_a_bounded_engine_gives_no_overheads(
     phases = client_trace(200.0, request_delay=0.02)
     path = tmp_path / "queued.csv"
     phases.to_csv(path, index=False)
-    unbounded = EngineSettings(
-        max_num_seqs=None,
-        num_gpu_blocks=None,
-        block_size=16,
-        chunk_size=None,
-        token_budget=2048,
-    )
-
-    def failed(*args, **kwargs):
-        raise ScheduleFallback("the schedule fit failed (simulated)")
-
-    monkeypatch.setattr(_main, "_schedule_engine", lambda *a: (unbounded, None))
-    monkeypatch.setattr(_main, "fit_schedule", failed)
-    monkeypatch.setattr(_main, "_attention_rescue", failed)
+    schedule_path_fails(monkeypatch, max_num_seqs=None)
     code, out, err = run_cli(capsys, "fit", path, "--output", "json")
     assert code == 0, err
     report = json.loads(out)
@@ -174,20 +180,7 @@ def test_an_engine_side_trace_keeps_its_alphas_at_zero(capsys, tmp_path):
 def test_a_schedule_fallback_replays_on_the_schedule_paths_engine(
     capsys, light_client, monkeypatch
 ):
-    read = EngineSettings(
-        max_num_seqs=64,
-        num_gpu_blocks=None,
-        block_size=16,
-        chunk_size=None,
-        token_budget=2048,
-    )
-
-    def failed(*args, **kwargs):
-        raise ScheduleFallback("the schedule fit failed (simulated)")
-
-    monkeypatch.setattr(_main, "_schedule_engine", lambda *a: (read, None))
-    monkeypatch.setattr(_main, "fit_schedule", failed)
-    monkeypatch.setattr(_main, "_attention_rescue", failed)
+    schedule_path_fails(monkeypatch, max_num_seqs=64)
     code, out, err = run_cli(capsys, "fit", light_client, "--output", "json")
     assert code == 0, err
     report = json.loads(out)
