@@ -193,12 +193,12 @@ def test_light_load_keeps_the_phase_fit_bit_identical(capsys, light_engine):
     assert auto["validation"] == forced["validation"]
     # The numbers of main before --estimator (a16c3a0), compared by hand:
     # beta = 6.00310255511341e-3, 3.0003810921766928e-5, 1.1953185977730873e-4
-    # (the validation, intervals and engine search equal too).
-    assert auto["betas"] == {
-        "beta0": 0.00600310255511341,
-        "beta1": 3.0003810921766928e-05,
-        "beta2": 0.00011953185977730873,
-    }
+    # (the validation, intervals and engine search equal too). Bit for bit
+    # within one install (above); across library releases the last digits
+    # move (numpy 2.4.6 / scipy 1.17.1: 1.6e-14 relative), so 1e-12 here.
+    expected = [0.00600310255511341, 3.0003810921766928e-05, 0.00011953185977730873]
+    assert list(auto["betas"]) == ["beta0", "beta1", "beta2"]
+    np.testing.assert_allclose(list(auto["betas"].values()), expected, rtol=1e-12)
 
 
 def test_saturated_engine_side_trace_reads_max_num_seqs(capsys, tmp_path):

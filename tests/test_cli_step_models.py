@@ -40,6 +40,7 @@ REPORT_KEYS = {
     "coefficients",
     "confidence_level",
     "step_model_selection",
+    "alphas",  # the client's overheads; null on server-side times
     "notes",
     "warnings",
     "fit",  # which fit and why (docs/cli.md, "Which fit")

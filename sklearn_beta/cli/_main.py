@@ -22,6 +22,7 @@ import sys
 import warnings
 from collections.abc import Sequence
 from dataclasses import replace
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -77,6 +78,7 @@ from ._schedule import (
     check_forecast,
     choose_estimator,
     client_overheads,
+    client_side_table,
     fit_schedule,
     held_out_check,
     read_settings,
@@ -271,7 +273,17 @@ def run_phase_fit(phases, args, fmt, setup, notes, progress, engine_read=None):
     )
     verbose = int(progress.enabled) if args.algo == "iterative" else 0
     engine = engine_summary(config, (chunk_size, token_budget), args)
+    engine_read = (chunk_size, token_budget) if engine_read is None else engine_read
     if args.step_model != "published":
+        overheads = None
+        if client_side_table(phases, options["instance_col"]):
+            overheads = partial(
+                client_overheads,
+                phases,
+                args=args,
+                instance_col=options["instance_col"],
+                engine=engine_read,
+            )
         report = step_model_report(
             phases,
             args,
@@ -279,6 +291,7 @@ def run_phase_fit(phases, args, fmt, setup, notes, progress, engine_read=None):
             engine,
             dict(options, model_chunk=model_chunk, notes=notes),
             progress,
+            overheads,
         )
         return report, None, config
     if phases.attrs.get("client_side"):
@@ -288,11 +301,7 @@ def run_phase_fit(phases, args, fmt, setup, notes, progress, engine_read=None):
     else:
         fit = fit_trace(phases, chunk_size=model_chunk, verbose=verbose, **options)
         alpha, note = client_overheads(
-            phases,
-            fit.beta,
-            args,
-            options["instance_col"],
-            (chunk_size, token_budget) if engine_read is None else engine_read,
+            phases, fit.beta, args, options["instance_col"], engine_read
         )
         if note is not None:
             notes = [*notes, note]
@@ -505,14 +514,17 @@ def _plot(report: dict, fit: TraceFit, config, phases, directory: str) -> str | 
     return None
 
 
-def step_model_report(phases, args, fmt, engine: dict, options, progress) -> dict:
+def step_model_report(
+    phases, args, fmt, engine: dict, options, progress, overheads=None
+) -> dict:
     """The report of a fit of another step model than the published one:
     the trace and engine sections as the published report's, then
-    :func:`~sklearn_beta.cli._step_model.fit_step_model`'s sections.
+    :func:`~sklearn_beta.cli._step_model.fit_step_model`'s sections (with
+    the client's ``overheads`` on client-side times).
     ``options`` holds the fit options, ``model_chunk`` and ``notes``."""
     options = dict(options)
     chunk, notes = options.pop("model_chunk"), options.pop("notes")
-    fitted = fit_step_model(phases, args, options, chunk, progress)
+    fitted = fit_step_model(phases, args, options, chunk, progress, overheads)
     parameters = dict(
         trace=args.trace,
         format=fmt,

@@ -123,7 +123,15 @@ def schedule_frame(phases: pd.DataFrame, instance_col) -> pd.DataFrame:
     return frame
 
 
-def client_overheads(phases, beta, args, instance_col, engine) -> tuple:
+def client_side_table(phases: pd.DataFrame, instance_col) -> bool:
+    """Whether a phase table has client-side times (every prefill from its
+    send, or the reader says so), as :func:`client_overheads` reads it."""
+    return is_client_side(schedule_frame(phases, instance_col))
+
+
+def client_overheads(
+    phases, beta, args, instance_col, engine, step_model="published"
+) -> tuple:
     """``(alpha, note)``: the client's request overheads of a phase-exposure
     fit on client-side times read from a CSV phase table (every prefill
     from its send), or ``(None, None)`` on other times.
@@ -146,6 +154,8 @@ def client_overheads(phases, beta, args, instance_col, engine) -> tuple:
     queueing when the engine read bounds none (no ``max_num_seqs``, no KV
     cache): on the realism mix at 12 req/s such a replay admitted every
     request at once and read 9.5 s of queue as overhead (TTFT +14 -> +50 %).
+    ``beta`` are the coefficients of ``step_model`` (a fit of another step
+    model than the published one, ``--step-model``, is replayed with it).
     """
     frame = schedule_frame(phases, instance_col)
     # the cheap test first: the queueing check reads the whole trace again
@@ -171,6 +181,7 @@ def client_overheads(phases, beta, args, instance_col, engine) -> tuple:
         found = replayed_overheads(
             frame,
             beta,
+            step_model=step_model,
             chunk_size=engine.chunk_size,
             token_budget=engine.token_budget,
             max_num_seqs=engine.max_num_seqs,

@@ -25,6 +25,7 @@ import math
 import numpy as np
 
 from ..core._model_config import GPU_SPECS, read_model_description
+from ..core._step_features import STEP_FEATURES
 from ..core._trained_physics import to_blis_betas
 from ..engine_config._trace_fit import make_model
 from ..io._export_trained_physics import (
@@ -272,6 +273,23 @@ def _coefficients(
     return coefficients, blis
 
 
+def _client_alphas(overheads, regressor, description) -> tuple:
+    """``(alpha, note)`` of ``overheads`` at the fitted coefficients, or
+    ``(None, None)`` without it; the replay that reads them runs the loop's
+    step features, so a fit of other ones (trained-physics: BLIS's basis
+    functions) reads none."""
+    if overheads is None:
+        return None, None
+    names = tuple(regressor.coef_names_)
+    if description is not None or not set(names) <= set(STEP_FEATURES):
+        return np.zeros(3), (
+            "alphas (request overheads) are 0: the replay of the client's "
+            "sends that reads them runs the engine loop's step features "
+            f"({', '.join(STEP_FEATURES)}), not {', '.join(names)}"
+        )
+    return overheads(np.asarray(regressor.beta_, dtype=float), step_model=list(names))
+
+
 def _finite(value: float) -> float | None:
     return float(value) if math.isfinite(value) else None
 
@@ -295,9 +313,18 @@ def _fit_note(model, step_model, algo: str) -> str:
     )
 
 
-def fit_step_model(phases, args, options: dict, chunk_size: int, progress) -> dict:
+def fit_step_model(
+    phases, args, options: dict, chunk_size: int, progress, overheads=None
+) -> dict:
     """Fit the step model of ``--step-model`` (choosing it for ``auto``);
-    the report's step-model sections."""
+    the report's step-model sections.
+
+    ``overheads(beta, step_model=...)``, given on client-side times, returns
+    ``(alpha, note)``: the client's request overheads at the fitted
+    coefficients (BLIS's alphas, seconds;
+    :func:`~sklearn_beta.cli._schedule.client_overheads`). They fill the
+    report's ``alphas`` and a trained-physics export's ``alpha_coeffs``.
+    None: server-side times, no overheads."""
     selection = None
     step_model = args.step_model
     if step_model == "auto":
@@ -307,23 +334,30 @@ def fit_step_model(phases, args, options: dict, chunk_size: int, progress) -> di
     table = model[0].fit_transform(phases)
     regressor = model[-1].fit(table)
     description = model[0].model_description_
-    coefficients, blis = _coefficients(regressor, description)
+    alpha, alpha_note = _client_alphas(overheads, regressor, description)
+    coefficients, blis = _coefficients(
+        regressor, description, (0.0, 0.0, 0.0) if alpha is None else alpha
+    )
     report = {
         "step_model": step_model,
         "objective": _objective(model, options["algo"]),
         "coefficients": coefficients,
         "confidence_level": getattr(regressor, "confidence_level", None),
         "step_model_selection": selection,
+        "alphas": None if alpha is None else [float(a) for a in alpha],
         "notes": [_fit_note(model, step_model, options["algo"])],
     }
+    if alpha_note is not None:
+        report["notes"].append(alpha_note)
     if description is not None:
         betas = to_blis_betas(regressor.beta_, description)
         report["blis_trained_physics"] = blis
         report["fixed_coefficients"] = dict(regressor.fixed_coefficients_)
-        report["notes"].append(
-            "alpha_coeffs are 0: a server-side trace does not show the "
-            "client's view of a request"
-        )
+        if alpha is None:
+            report["notes"].append(
+                "alpha_coeffs are 0: a server-side trace does not show the "
+                "client's view of a request"
+            )
         report["notes"] += [
             f"BLIS {name} fixed at {why}" for name, why in betas.fixed.items()
         ]
@@ -365,6 +399,11 @@ def format_step_model_table(report: dict) -> str:
         low, high = entry["interval"]
         interval = "-" if low is None or high is None else f"[{low:.6g}, {high:.6g}]"
         lines.append(f"{name:<20} {entry['value']:>14.6g}  {interval}  {entry['unit']}")
+    if report.get("alphas") is not None:
+        alpha_us = ", ".join(f"{1e6 * a:.4g}" for a in report["alphas"])
+        lines.append(
+            f"alphas (us: per request, per input token, per output token) {alpha_us}"
+        )
     if "blis_trained_physics" in report:
         coeffs = report["blis_trained_physics"]
         lines += [

@@ -436,15 +436,17 @@ def replayed_overheads(
     ----------
     phases : DataFrame
         Client-side phase table with the sends in ``arrival``.
-    beta : array-like of shape (3,)
-        The engine's betas.
+    beta : array-like of shape (3,) or (n_step_features,)
+        The engine's betas; under another ``step_model`` (one of
+        ``**engine``), one coefficient per feature, in its order.
     arrival : str, default="arrival"
         Column of the sends.
     columns : PhaseColumns, mapping or None, default=None
         Column names.
     **engine
         Engine settings of :func:`~sklearn_beta.replay.replay_trace`
-        (``chunk_size``, ``token_budget``, ``max_num_seqs``, KV cache).
+        (``chunk_size``, ``token_budget``, ``max_num_seqs``, KV cache,
+        ``step_model``).
 
     Returns
     -------
