@@ -27,6 +27,7 @@ import numpy as np
 from ..core._model_config import GPU_SPECS, read_model_description
 from ..core._step_features import STEP_FEATURES
 from ..core._trained_physics import to_blis_betas
+from ..engine_config._schedule_solve import BETA_NAMES
 from ..engine_config._trace_fit import make_model
 from ..io._export_trained_physics import (
     blis_trained_physics_coeffs,
@@ -281,6 +282,8 @@ def _client_alphas(overheads, regressor, description) -> tuple:
     if overheads is None:
         return None, None
     names = tuple(regressor.coef_names_)
+    if names == BETA_NAMES:  # the published model, chosen by ``auto``
+        return overheads(np.asarray(regressor.beta_, dtype=float))
     if description is not None or not set(names) <= set(STEP_FEATURES):
         return np.zeros(3), (
             "alphas (request overheads) are 0: the replay of the client's "
