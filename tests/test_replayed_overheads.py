@@ -145,15 +145,16 @@ def test_the_phase_fit_reports_a_client_csv_traces_overheads(capsys, light_clien
     a0, a1, a2 = report["alphas"]
     assert a0 > 0 and a2 == 0.0
     assert report["blis"]["alpha_coeffs"][0] == pytest.approx(a0 * 1e6, rel=1e-9)
-    # The phase fit's betas miss the truth's here (beta1 -80 %, beta2 -43 %:
-    # its prefill phases hold the overheads); at those betas the overheads
-    # carry the client's time: measured -79 % without, -1.7 % with them.
+    # The phase fit (its prefill phases cut to their steps: beta1 -29 %,
+    # beta2 +16 %; fitted from the sends, -80 % and -43 %) leaves the
+    # client's time to the overheads: measured -59 % without them, -0.1 %
+    # with them.
     phases = pd.read_csv(light_client)
     beta = list(report["betas"].values())
     prefill = phases[phases.phase_type == "prefill"]
     observed = (prefill.t_end - prefill.t_start).mean()
     tokens = prefill.prefill_tokens.mean()
-    for delay, error in ((0.0, (-0.85, -0.7)), (a0 + a1 * tokens, (-0.05, 0.05))):
+    for delay, error in ((0.0, (-0.7, -0.5)), (a0 + a1 * tokens, (-0.05, 0.05))):
         replayed = what_if_latencies(phases, beta, request_delay=delay, **ENGINE)
         assert error[0] < replayed.ttft.mean() / observed - 1 < error[1]
     note = next(n for n in report["notes"] if n.startswith("alphas"))
@@ -225,9 +226,10 @@ def test_a_step_models_phase_fit_replays_the_overheads_with_its_coefficients(
     observed = (prefill.t_end - prefill.t_start).mean()
     delay = a0 + a1 * prefill.prefill_tokens.mean()
     # the overheads are the replay's at these coefficients: with them the
-    # step model's TTFT is the trace's (measured -0.19 % with attention),
-    # without them it misses the client's time (-78 %)
-    for offset, error in ((0.0, (-0.85, -0.7)), (delay, (-0.05, 0.05))):
+    # step model's TTFT is the trace's (measured -0.13 % with attention,
+    # -0.10 % with the published features), without them it misses the
+    # client's time (-69 %, -59 %)
+    for offset, error in ((0.0, (-0.75, -0.5)), (delay, (-0.05, 0.05))):
         replayed = what_if_latencies(
             phases, beta, step_model=names, request_delay=offset, **ENGINE
         )

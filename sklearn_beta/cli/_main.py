@@ -79,6 +79,7 @@ from ._schedule import (
     choose_estimator,
     client_overheads,
     client_side_table,
+    engine_time_phases,
     fit_schedule,
     held_out_check,
     read_settings,
@@ -262,6 +263,13 @@ def run_phase_fit(phases, args, fmt, setup, notes, progress, engine_read=None):
     path's engine settings when it fell back (the client's overheads are
     replayed on them, :func:`~sklearn_beta.cli._schedule.client_overheads`)."""
     options, candidates = setup
+    sent = phases  # the client's overheads replay its sends
+    chunking = candidates[0] if len(candidates) == 1 else (None, None)
+    if engine_read is not None:
+        chunking = (engine_read.chunk_size, engine_read.token_budget)
+    phases, cut_note = engine_time_phases(phases, options["instance_col"], chunking)
+    if cut_note is not None:
+        notes = [*notes, cut_note]
     config, engine_warnings = choose_engine(
         phases, candidates, options, args, progress, notes
     )
@@ -276,10 +284,10 @@ def run_phase_fit(phases, args, fmt, setup, notes, progress, engine_read=None):
     engine_read = (chunk_size, token_budget) if engine_read is None else engine_read
     if args.step_model != "published":
         overheads = None
-        if client_side_table(phases, options["instance_col"]):
+        if client_side_table(sent, options["instance_col"]):
             overheads = partial(
                 client_overheads,
-                phases,
+                sent,
                 args=args,
                 instance_col=options["instance_col"],
                 engine=engine_read,
@@ -301,7 +309,7 @@ def run_phase_fit(phases, args, fmt, setup, notes, progress, engine_read=None):
     else:
         fit = fit_trace(phases, chunk_size=model_chunk, verbose=verbose, **options)
         alpha, note = client_overheads(
-            phases, fit.beta, args, options["instance_col"], engine_read
+            sent, fit.beta, args, options["instance_col"], engine_read
         )
         if note is not None:
             notes = [*notes, note]

@@ -20,6 +20,7 @@ from sklearn.base import clone
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.model_selection import cross_validate
 
+from ..core._columns import PhaseColumns
 from ..engine._replay import replay_latencies
 from ..engine._what_if import infer_max_in_flight
 from ..engine_config._kv_search import KV_STRIDE, KVTrials, scan_kv_blocks
@@ -30,7 +31,12 @@ from ..engine_config._regime import (
     schedule_engine_settings,
 )
 from ..engine_config._schedule import MISFIT_SEARCH, ScheduleBetaRegressor
-from ..engine_config._trace_fit import MIN_UNQUEUED_SHARE, replayed_overheads
+from ..engine_config._trace_fit import (
+    MIN_UNQUEUED_SHARE,
+    PREFILL_WINDOW_STEPS,
+    prefill_steps_of_client_phases,
+    replayed_overheads,
+)
 from ..model_selection._request_split import RequestKFold, make_schedule_scorer
 from ._engine import one_line
 
@@ -127,6 +133,38 @@ def client_side_table(phases: pd.DataFrame, instance_col) -> bool:
     """Whether a phase table has client-side times (every prefill from its
     send, or the reader says so), as :func:`client_overheads` reads it."""
     return is_client_side(schedule_frame(phases, instance_col))
+
+
+def engine_time_phases(phases, instance_col, chunking) -> tuple:
+    """``(phases, note)``: a client-side CSV phase table as the
+    phase-exposure fit reads it, each prefill phase cut to the steps that
+    ran its prompt
+    (:func:`~sklearn_beta.engine_config._trace_fit.prefill_steps_of_client_phases`)
+    and without the sends, which then no longer start the prefill phases;
+    other tables as they are, note None.
+
+    ``chunking`` is ``(chunk_size, token_budget)``: the prompt's steps are
+    ``ceil(P / min(chunk_size, token_budget))`` (one with neither), each
+    given :data:`~sklearn_beta.engine_config._trace_fit.PREFILL_WINDOW_STEPS`
+    decode steps. The
+    schedule path's engine read gives it, or the options when they set one
+    engine; the phase path's own search cannot, as it reads the cut table.
+    """
+    if phases.attrs.get("client_side") or not client_side_table(phases, instance_col):
+        return phases, None
+    caps = [c for c in chunking if c is not None]
+    per_step = min(caps) if caps else None
+    columns = PhaseColumns.coerce({"instance_id": instance_col})
+    cut = prefill_steps_of_client_phases(phases, chunk_size=per_step, columns=columns)
+    sends = [c for c in ("arrival", "intended_arrival") if c in cut.columns]
+    steps = "" if per_step is None else f" x ceil(P / {per_step})"
+    return cut.drop(columns=sends), (
+        "client-side times: each prefill phase is fitted from "
+        f"{PREFILL_WINDOW_STEPS:g}{steps} of its request's own decode steps "
+        "before its first token (never before its send), the steps that ran "
+        "its prompt; the time from the send to there is the client's delay "
+        "and the wait, not engine time (the alphas below)"
+    )
 
 
 def client_overheads(
