@@ -37,6 +37,7 @@ from ..engine_config._search import (
 from ..engine_config._trace_fit import (
     TraceFit,
     check_fit_options,
+    fit_client_phases,
     fit_client_trace,
     fit_trace,
     make_model,
@@ -74,12 +75,13 @@ from ._report import (
     trace_summary,
 )
 from ._schedule import (
+    SEARCH_WINDOW,
     ScheduleFallback,
     check_forecast,
     choose_estimator,
+    client_cut,
     client_overheads,
     client_side_table,
-    engine_time_phases,
     fit_schedule,
     held_out_check,
     read_settings,
@@ -267,9 +269,9 @@ def run_phase_fit(phases, args, fmt, setup, notes, progress, engine_read=None):
     chunking = candidates[0] if len(candidates) == 1 else (None, None)
     if engine_read is not None:
         chunking = (engine_read.chunk_size, engine_read.token_budget)
-    phases, cut_note = engine_time_phases(phases, options["instance_col"], chunking)
-    if cut_note is not None:
-        notes = [*notes, cut_note]
+    cut = client_cut(phases, options["instance_col"], chunking)
+    if cut is not None:
+        phases = cut.at(SEARCH_WINDOW)
     config, engine_warnings = choose_engine(
         phases, candidates, options, args, progress, notes
     )
@@ -282,6 +284,17 @@ def run_phase_fit(phases, args, fmt, setup, notes, progress, engine_read=None):
     verbose = int(progress.enabled) if args.algo == "iterative" else 0
     engine = engine_summary(config, (chunk_size, token_budget), args)
     engine_read = (chunk_size, token_budget) if engine_read is None else engine_read
+    fit = None
+    if cut is not None:
+        progress.say("client-side times: choosing the prefill phases' window...")
+        fit, window, phases = fit_client_phases(
+            cut.table,
+            chunk_size=model_chunk,
+            prompt_chunk=cut.prompt_chunk,
+            columns=cut.columns,
+            **options,
+        )
+        notes = [*notes, cut.note(window)]
     if args.step_model != "published":
         overheads = None
         if client_side_table(sent, options["instance_col"]):
@@ -307,7 +320,8 @@ def run_phase_fit(phases, args, fmt, setup, notes, progress, engine_read=None):
         progress.say("client-side times: searching the request overheads...")
         fit, alpha = fit_client_trace(phases, chunk_size=model_chunk, **options)
     else:
-        fit = fit_trace(phases, chunk_size=model_chunk, verbose=verbose, **options)
+        if fit is None:
+            fit = fit_trace(phases, chunk_size=model_chunk, verbose=verbose, **options)
         alpha, note = client_overheads(
             sent, fit.beta, args, options["instance_col"], engine_read
         )

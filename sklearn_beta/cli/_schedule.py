@@ -12,7 +12,7 @@ with a note. See docs/cli.md, "Which fit".
 from __future__ import annotations
 
 import warnings
-from dataclasses import replace
+from dataclasses import dataclass, replace
 
 import numpy as np
 import pandas as pd
@@ -33,7 +33,6 @@ from ..engine_config._regime import (
 from ..engine_config._schedule import MISFIT_SEARCH, ScheduleBetaRegressor
 from ..engine_config._trace_fit import (
     MIN_UNQUEUED_SHARE,
-    PREFILL_WINDOW_STEPS,
     prefill_steps_of_client_phases,
     replayed_overheads,
 )
@@ -135,35 +134,67 @@ def client_side_table(phases: pd.DataFrame, instance_col) -> bool:
     return is_client_side(schedule_frame(phases, instance_col))
 
 
-def engine_time_phases(phases, instance_col, chunking) -> tuple:
-    """``(phases, note)``: a client-side CSV phase table as the
-    phase-exposure fit reads it, each prefill phase cut to the steps that
-    ran its prompt
-    (:func:`~sklearn_beta.engine_config._trace_fit.prefill_steps_of_client_phases`)
-    and without the sends, which then no longer start the prefill phases;
-    other tables as they are, note None.
+#: The window (decode steps per prompt step) of the client-side prefill
+#: phases the phase path's chunking search reads; the fit then chooses its
+#: own (:func:`~sklearn_beta.engine_config._trace_fit.fit_client_phases`).
+SEARCH_WINDOW = 1.5
 
-    ``chunking`` is ``(chunk_size, token_budget)``: the prompt's steps are
-    ``ceil(P / min(chunk_size, token_budget))`` (one with neither), each
-    given :data:`~sklearn_beta.engine_config._trace_fit.PREFILL_WINDOW_STEPS`
-    decode steps. The
+
+@dataclass(frozen=True)
+class ClientCut:
+    """A client-side CSV phase table as the phase-exposure fit reads it:
+    ``table`` without the sends (which then no longer start the prefill
+    phases), and what cuts its prefill phases to the steps that ran their
+    prompts (``prompt_chunk`` tokens a step, None: one step a prompt)."""
+
+    table: pd.DataFrame
+    prompt_chunk: int | None
+    columns: PhaseColumns
+
+    def at(self, window: float) -> pd.DataFrame:
+        return prefill_steps_of_client_phases(
+            self.table,
+            window_steps=window,
+            chunk_size=self.prompt_chunk,
+            columns=self.columns,
+        )
+
+    def note(self, window: float) -> str:
+        if not np.isfinite(window):
+            return (
+                "client-side times: each prefill phase is fitted from its send "
+                "(of the windows tried, the fit that explains the decode "
+                "phases best)"
+            )
+        steps = "" if self.prompt_chunk is None else f" x ceil(P / {self.prompt_chunk})"
+        return (
+            f"client-side times: each prefill phase is fitted from {window:g}"
+            f"{steps} of its request's own decode steps before its first token "
+            "(never before its send), the steps that ran its prompt (of the "
+            "windows tried, the fit that explains the decode phases best); the "
+            "time from the send to there is the client's delay and the wait, "
+            "not engine time (the alphas below)"
+        )
+
+
+def client_cut(phases, instance_col, chunking) -> ClientCut | None:
+    """The :class:`ClientCut` of a client-side CSV phase table, or None for
+    other tables (a reader's client-side traces take
+    :func:`~sklearn_beta.engine_config._trace_fit.fit_client_trace`).
+
+    ``chunking`` is ``(chunk_size, token_budget)``: a prompt's steps are
+    ``ceil(P / min(chunk_size, token_budget))`` (one with neither). The
     schedule path's engine read gives it, or the options when they set one
     engine; the phase path's own search cannot, as it reads the cut table.
     """
     if phases.attrs.get("client_side") or not client_side_table(phases, instance_col):
-        return phases, None
+        return None
     caps = [c for c in chunking if c is not None]
-    per_step = min(caps) if caps else None
-    columns = PhaseColumns.coerce({"instance_id": instance_col})
-    cut = prefill_steps_of_client_phases(phases, chunk_size=per_step, columns=columns)
-    sends = [c for c in ("arrival", "intended_arrival") if c in cut.columns]
-    steps = "" if per_step is None else f" x ceil(P / {per_step})"
-    return cut.drop(columns=sends), (
-        "client-side times: each prefill phase is fitted from "
-        f"{PREFILL_WINDOW_STEPS:g}{steps} of its request's own decode steps "
-        "before its first token (never before its send), the steps that ran "
-        "its prompt; the time from the send to there is the client's delay "
-        "and the wait, not engine time (the alphas below)"
+    sends = [c for c in ("arrival", "intended_arrival") if c in phases.columns]
+    return ClientCut(
+        phases.drop(columns=sends),
+        min(caps) if caps else None,
+        PhaseColumns.coerce({"instance_id": instance_col}),
     )
 
 

@@ -45,16 +45,20 @@ UNQUEUED_STEPS = 1.5
 MIN_UNQUEUED_SHARE = 0.1
 
 
-#: A client-side prefill phase is cut to this many of its request's own
-#: decode steps per prompt step (:func:`prefill_steps_of_client_phases`).
-#: The step that ran the prompt outlasts a decode step by the prompt's own
-#: cost, so one decode step can be shorter than it: on a prefill-heavy
-#: light trace (prompts of 400 tokens costing 8 ms on 6 ms decode steps)
-#: one gave beta1 = 3.6e10, 1.5 gave -29 %, 2 -52 % and 3 -67 % (the
-#: prompt spread over steps that never served it); fitted at 8 req/s on
-#: ``benchmarks/regimes.py --realism``, 1.5 replayed the other loads' ITL
-#: within 2.8 %, 1 within 7.2 %.
-PREFILL_WINDOW_STEPS = 1.5
+#: The windows tried for a client-side prefill phase, in its request's own
+#: decode steps per prompt step (:func:`fit_client_phases`; ``inf``: from
+#: the send). The step that ran a prompt outlasts a decode step by the
+#: prompt's own cost, by how much depends on the engine: no one window
+#: fits every trace. One decode step is too short wherever the prompt costs
+#: anything, and is not tried: on a light trace of 400-token prompts
+#: costing 8 ms on 6 ms decode steps it gave beta1 = 3.6e10, and
+#: ``benchmarks/regimes.py --realism``'s decode phases chose it at 8 req/s,
+#: whose fit then forecast 18 req/s 7.2 % short (1.5: 2.8 %). Measured
+#: (the decode phases' RMSE chooses): that light trace is best at 1.5
+#: (from the send beta1 -80 %); the shipped TraceV2 example (256-token
+#: chunks of 7.7 ms) at 3 (1.5: -37 % on a prefill step); the realism mix
+#: at 12 req/s at 2 (1.5: beta0 0.096 s, 8.7 times the truth).
+PREFILL_WINDOWS = (1.5, 2.0, 3.0, np.inf)
 
 
 #: Pressures and step density on the trace grid at the fitted betas.
@@ -396,7 +400,11 @@ def fit_client_trace(
 
 
 def prefill_steps_of_client_phases(
-    phases: pd.DataFrame, *, chunk_size: int | None = None, columns=None
+    phases: pd.DataFrame,
+    *,
+    window_steps: float = 1.5,
+    chunk_size: int | None = None,
+    columns=None,
 ) -> pd.DataFrame:
     """A client-side phase table with each prefill phase cut to the steps
     that ran its prompt.
@@ -408,21 +416,18 @@ def prefill_steps_of_client_phases(
     are engine time: exposed over the whole phase, the prompt's tokens are
     spread over steps that never served them, and the betas take the
     client's time as step time. Each prefill phase here starts
-    :data:`PREFILL_WINDOW_STEPS` times that many of the request's own decode
-    steps (its decode phase over its decode tokens, the step time under a
-    similar batch) before its end, and never before its send; a request
-    without a decode token keeps its start.
-
-    Measured on ``benchmarks/regimes.py --realism``'s client traces (the
-    phase-exposure fit at 8 req/s, replayed at every load on the true
-    engine): the mean ITL at 2 to 30 req/s from -1.7, +3.4, +10.7, +24,
-    +7.8, +8.9 % off to -0.7, -0.9, -1.8, -2.8, -0.6, +0.7 % (published step
-    model).
+    ``window_steps`` times that many of the request's own decode steps (its
+    decode phase over its decode tokens, the step time under a similar
+    batch) before its end, and never before its send; a request without a
+    decode token keeps its start. :func:`fit_client_phases` chooses the
+    window.
 
     Parameters
     ----------
     phases : DataFrame
         Client-side phase table: every prefill row starts at its send.
+    window_steps : float, default=1.5
+        Decode steps per prompt step; ``inf`` keeps every start.
     chunk_size : int or None, default=None
         Most prompt tokens per request and step; None: no chunk cap.
     columns : PhaseColumns, mapping or None, default=None
@@ -449,13 +454,82 @@ def prefill_steps_of_client_phases(
         step = np.where(decode_tokens > 0, decode_time / decode_tokens, np.nan)
     prompt = phases[cols.prefill_tokens].to_numpy(dtype=np.float64)[pre]
     n_steps = np.ones(pre.size) if chunk_size is None else np.ceil(prompt / chunk_size)
-    window = PREFILL_WINDOW_STEPS * np.maximum(n_steps, 1.0) * step
+    window = window_steps * np.maximum(n_steps, 1.0) * step
     cut = np.fmax(start[pre], end[pre] - window)
     moved = start.copy()
     moved[pre] = np.where(np.isfinite(cut), cut, start[pre])
     out = phases.copy()
     out[cols.t_start] = moved
     return out
+
+
+def fit_client_phases(
+    phases: pd.DataFrame,
+    *,
+    chunk_size: int,
+    prompt_chunk: int | None = None,
+    windows=PREFILL_WINDOWS,
+    columns=None,
+    **options,
+) -> tuple[TraceFit, float, pd.DataFrame]:
+    """The phase-exposure fit of a client-side phase table, its prefill
+    phases cut to the window whose fit explains the decode phases best.
+
+    Each window of ``windows`` cuts the prefill phases
+    (:func:`prefill_steps_of_client_phases`) and is fitted; the decode
+    phases, which every window leaves as they are and which hold no client
+    time but the reporting offsets' difference, judge the fits (their
+    root mean squared residual, as :func:`fit_client_trace` judges its
+    delays). One fit per window; the fits not chosen warn nothing.
+
+    Parameters
+    ----------
+    phases : DataFrame
+        Client-side phase table: every prefill row starts at its send.
+    chunk_size : int
+        The fit's prefill chunk size (:func:`fit_trace`).
+    prompt_chunk : int or None, default=None
+        Most prompt tokens per request and step on the engine; None: one
+        step per prompt.
+    windows : sequence of float, default=PREFILL_WINDOWS
+        Decode steps per prompt step; ``inf``: from the send.
+    columns : PhaseColumns, mapping or None, default=None
+        Column names.
+    **options
+        Options of :func:`make_model`.
+
+    Returns
+    -------
+    fit : TraceFit
+        The chosen window's fit.
+    window : float
+        The chosen window.
+    cut : DataFrame
+        The phase table it fitted.
+    """
+    cols = PhaseColumns.coerce(columns)
+    kind = phases[cols.phase_type].astype(str).str.strip().str.lower()
+    is_decode = (kind == "decode").to_numpy()
+    best, caught = None, {}
+    for window in windows:  # a handful of fits, not a loop over phases
+        cut = prefill_steps_of_client_phases(
+            phases, window_steps=window, chunk_size=prompt_chunk, columns=columns
+        )
+        with warnings.catch_warnings(record=True) as caught[window]:
+            warnings.simplefilter("always")
+            try:
+                fit = fit_trace(cut, chunk_size=chunk_size, **options)
+            except ValueError:
+                continue  # e.g. phases too short for the grid: not this window
+        residual = (fit.observed - fit.predicted)[is_decode]
+        loss = float(np.mean(residual**2))
+        if np.isfinite(loss) and (best is None or loss < best[0]):
+            best = (loss, window, fit, cut)
+    if best is None:  # every window failed: the uncut fit raises its error
+        return fit_trace(phases, chunk_size=chunk_size, **options), np.inf, phases
+    _, window, fit, cut = best
+    reemit_warnings(caught[window])
+    return fit, window, cut
 
 
 @dataclass(frozen=True)
