@@ -75,7 +75,6 @@ from ._report import (
     trace_summary,
 )
 from ._schedule import (
-    SEARCH_WINDOW,
     ScheduleFallback,
     check_forecast,
     choose_estimator,
@@ -271,7 +270,7 @@ def run_phase_fit(phases, args, fmt, setup, notes, progress, engine_read=None):
         chunking = (engine_read.chunk_size, engine_read.token_budget)
     cut = client_cut(phases, options["instance_col"], chunking)
     if cut is not None:
-        phases = cut.at(SEARCH_WINDOW)
+        phases = cut.at()
     config, engine_warnings = choose_engine(
         phases, candidates, options, args, progress, notes
     )

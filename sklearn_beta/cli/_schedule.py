@@ -33,6 +33,7 @@ from ..engine_config._regime import (
 from ..engine_config._schedule import MISFIT_SEARCH, ScheduleBetaRegressor
 from ..engine_config._trace_fit import (
     MIN_UNQUEUED_SHARE,
+    PREFILL_WINDOW,
     prefill_steps_of_client_phases,
     replayed_overheads,
 )
@@ -134,12 +135,6 @@ def client_side_table(phases: pd.DataFrame, instance_col) -> bool:
     return is_client_side(schedule_frame(phases, instance_col))
 
 
-#: The window (decode steps per prompt step) of the client-side prefill
-#: phases the phase path's chunking search reads; the fit then chooses its
-#: own (:func:`~sklearn_beta.engine_config._trace_fit.fit_client_phases`).
-SEARCH_WINDOW = 1.5
-
-
 @dataclass(frozen=True)
 class ClientCut:
     """A client-side CSV phase table as the phase-exposure fit reads it:
@@ -151,7 +146,10 @@ class ClientCut:
     prompt_chunk: int | None
     columns: PhaseColumns
 
-    def at(self, window: float) -> pd.DataFrame:
+    def at(self, window: float = PREFILL_WINDOW) -> pd.DataFrame:
+        """The table cut at ``window`` (by default the phase path's chunking
+        search's; the fit then chooses its own,
+        :func:`~sklearn_beta.engine_config._trace_fit.fit_client_phases`)."""
         return prefill_steps_of_client_phases(
             self.table,
             window_steps=window,

@@ -27,7 +27,6 @@ import numpy as np
 from ..core._model_config import GPU_SPECS, read_model_description
 from ..core._step_features import STEP_FEATURES
 from ..core._trained_physics import to_blis_betas
-from ..engine_config._schedule_solve import BETA_NAMES
 from ..engine_config._trace_fit import make_model
 from ..io._export_trained_physics import (
     blis_trained_physics_coeffs,
@@ -39,6 +38,7 @@ from ..model_selection import (
     TraceContextRegressor,
     compare_step_models,
 )
+from ..trust._identifiability import BETA_NAMES
 from ._options import STEP_MODEL_CHOICES, UsageError
 
 __all__ = [

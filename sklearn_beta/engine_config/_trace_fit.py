@@ -59,6 +59,9 @@ MIN_UNQUEUED_SHARE = 0.1
 #: chunks of 7.7 ms) at 3 (1.5: -37 % on a prefill step); the realism mix
 #: at 12 req/s at 2 (1.5: beta0 0.096 s, 8.7 times the truth).
 PREFILL_WINDOWS = (1.5, 2.0, 3.0, np.inf)
+#: The window where none is chosen (the command line's chunking search,
+#: which runs before the fit that chooses one).
+PREFILL_WINDOW = PREFILL_WINDOWS[0]
 
 
 #: Pressures and step density on the trace grid at the fitted betas.
@@ -402,7 +405,7 @@ def fit_client_trace(
 def prefill_steps_of_client_phases(
     phases: pd.DataFrame,
     *,
-    window_steps: float = 1.5,
+    window_steps: float = PREFILL_WINDOW,
     chunk_size: int | None = None,
     columns=None,
 ) -> pd.DataFrame:
@@ -426,7 +429,7 @@ def prefill_steps_of_client_phases(
     ----------
     phases : DataFrame
         Client-side phase table: every prefill row starts at its send.
-    window_steps : float, default=1.5
+    window_steps : float, default=PREFILL_WINDOW
         Decode steps per prompt step; ``inf`` keeps every start.
     chunk_size : int or None, default=None
         Most prompt tokens per request and step; None: no chunk cap.
@@ -510,7 +513,7 @@ def fit_client_phases(
     cols = PhaseColumns.coerce(columns)
     kind = phases[cols.phase_type].astype(str).str.strip().str.lower()
     is_decode = (kind == "decode").to_numpy()
-    best, caught = None, {}
+    best, caught, failure = None, {}, None
     for window in windows:  # a handful of fits, not a loop over phases
         cut = prefill_steps_of_client_phases(
             phases, window_steps=window, chunk_size=prompt_chunk, columns=columns
@@ -519,14 +522,15 @@ def fit_client_phases(
             warnings.simplefilter("always")
             try:
                 fit = fit_trace(cut, chunk_size=chunk_size, **options)
-            except ValueError:
-                continue  # e.g. phases too short for the grid: not this window
+            except ValueError as exc:
+                failure = exc  # e.g. phases too short for the grid
+                continue
         residual = (fit.observed - fit.predicted)[is_decode]
         loss = float(np.mean(residual**2))
         if np.isfinite(loss) and (best is None or loss < best[0]):
             best = (loss, window, fit, cut)
-    if best is None:  # every window failed: the uncut fit raises its error
-        return fit_trace(phases, chunk_size=chunk_size, **options), np.inf, phases
+    if best is None:  # every window failed: the last one's error
+        raise failure
     _, window, fit, cut = best
     reemit_warnings(caught[window])
     return fit, window, cut
