@@ -38,7 +38,6 @@ from ..engine_config._trace_fit import (
     TraceFit,
     check_fit_options,
     fit_client_phases,
-    fit_client_trace,
     fit_trace,
     make_model,
 )
@@ -265,13 +264,20 @@ def run_phase_fit(phases, args, fmt, setup, notes, progress, engine_read=None):
     replayed on them, :func:`~sklearn_beta.cli._schedule.client_overheads`)."""
     options, candidates = setup
     sent = phases  # the client's overheads replay its sends
-    chunking = candidates[0] if len(candidates) == 1 else (None, None)
+    chunking = candidates[0] if len(candidates) == 1 else None
     if engine_read is not None:
         chunking = (engine_read.chunk_size, engine_read.token_budget)
-    cut = client_cut(phases, options["instance_col"], chunking)
+    cut = client_cut(phases, options["instance_col"], chunking or (None, None))
+    searched = None
+    if cut is not None and chunking is None:
+        # Nothing tells a prompt's steps but the search, and a cut at one
+        # step a prompt would hide them from it: it reads the sends' phases.
+        searched = choose_engine(phases, candidates, options, args, progress, notes)
+        chunking = (searched[0].chunk_size, searched[0].token_budget)
+        cut = client_cut(phases, options["instance_col"], chunking)
     if cut is not None:
         phases = cut.at()
-    config, engine_warnings = choose_engine(
+    config, engine_warnings = searched or choose_engine(
         phases, candidates, options, args, progress, notes
     )
     chunk_size, token_budget, model_chunk = _chosen_chunking(config, candidates, phases)
@@ -314,18 +320,13 @@ def run_phase_fit(phases, args, fmt, setup, notes, progress, engine_read=None):
             overheads,
         )
         return report, None, config
-    if phases.attrs.get("client_side"):
-        # One fit per trial delay: per-iteration lines would drown the rest.
-        progress.say("client-side times: searching the request overheads...")
-        fit, alpha = fit_client_trace(phases, chunk_size=model_chunk, **options)
-    else:
-        if fit is None:
-            fit = fit_trace(phases, chunk_size=model_chunk, verbose=verbose, **options)
-        alpha, note = client_overheads(
-            sent, fit.beta, args, options["instance_col"], engine_read
-        )
-        if note is not None:
-            notes = [*notes, note]
+    if fit is None:
+        fit = fit_trace(phases, chunk_size=model_chunk, verbose=verbose, **options)
+    alpha, note = client_overheads(
+        sent, fit.beta, args, options["instance_col"], engine_read
+    )
+    if note is not None:
+        notes = [*notes, note]
     trace = trace_summary(phases, fit)
     report = build_report(fit, args, fmt, trace, engine, options, alpha, notes)
     report["step_model"] = "published"

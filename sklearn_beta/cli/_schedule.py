@@ -176,16 +176,17 @@ class ClientCut:
 
 
 def client_cut(phases, instance_col, chunking) -> ClientCut | None:
-    """The :class:`ClientCut` of a client-side CSV phase table, or None for
-    other tables (a reader's client-side traces take
-    :func:`~sklearn_beta.engine_config._trace_fit.fit_client_trace`).
+    """The :class:`ClientCut` of a client-side phase table (prefill phases
+    from the sends: a CSV or Parquet table's ``arrival``, or a reader's
+    ``attrs["client_side"]``: TraceV2/V3, benchmark results), or None for
+    server-side tables.
 
     ``chunking`` is ``(chunk_size, token_budget)``: a prompt's steps are
     ``ceil(P / min(chunk_size, token_budget))`` (one with neither). The
     schedule path's engine read gives it, or the options when they set one
     engine; the phase path's own search cannot, as it reads the cut table.
     """
-    if phases.attrs.get("client_side") or not client_side_table(phases, instance_col):
+    if not client_side_table(phases, instance_col):
         return None
     caps = [c for c in chunking if c is not None]
     sends = [c for c in ("arrival", "intended_arrival") if c in phases.columns]

@@ -14,7 +14,6 @@ from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
-from scipy.optimize import minimize_scalar
 from sklearn.pipeline import make_pipeline
 
 from ..core._columns import PhaseColumns
@@ -301,16 +300,6 @@ def pressure_profile(table: np.ndarray, regressor) -> PressureProfile:
     )
 
 
-def _shift_prefill_starts(phases: pd.DataFrame, is_prefill, delay: float):
-    shifted = phases.copy()
-    t_start = shifted["t_start"].to_numpy(dtype=np.float64).copy()
-    t_end = shifted["t_end"].to_numpy(dtype=np.float64)
-    t_start[is_prefill] = t_start[is_prefill] + delay
-    # fit_client_trace keeps every delay below the shortest prefill phase.
-    shifted["t_start"] = np.minimum(t_start, t_end)
-    return shifted
-
-
 def reemit_warnings(caught) -> None:
     """Issue recorded warnings again, each distinct (category, message) once.
 
@@ -323,83 +312,6 @@ def reemit_warnings(caught) -> None:
         if key not in seen:
             seen.add(key)
             warn(record.message)
-
-
-def fit_client_trace(
-    phases: pd.DataFrame, *, chunk_size: int, xtol: float = 1e-6, **options
-) -> tuple[TraceFit, np.ndarray]:
-    """Fit betas and request overheads ``alpha`` to a client-side trace.
-
-    A client sees each request ``alpha0 + alpha1 * input_tokens`` before the
-    engine's first step (network, request handling, queueing), which the
-    betas would otherwise absorb: 3.5 ms of it on 4 ms steps biased the
-    step times by 8 %. ``alpha0`` is the delay of the prefill starts that
-    minimises the mean squared residual of the phase durations (observed
-    minus predicted) of the betas fitted on the delayed trace, found by
-    bounded Brent minimisation between 0 and 0.9 of the shortest prefill
-    phase (each trial is one fit). Then ``alpha0, alpha1`` are a
-    non-negative line through the per-request overheads (the delay plus each
-    prefill residual) and ``alpha2`` the mean decode residual per decode
-    token, clipped at 0 (:func:`sklearn_beta.export.request_overheads`).
-
-    Parameters
-    ----------
-    phases : DataFrame
-        The client-side phase table (e.g. :func:`sklearn_beta.io.read_tracev2`).
-    chunk_size : int
-        Prefill chunk size.
-    xtol : float, default=1e-6
-        Seconds: the tolerance of the delay.
-    **options
-        Options of :func:`make_model`.
-
-    Returns
-    -------
-    fit : TraceFit
-        The fit at the prefill starts delayed by the chosen delay.
-    alpha : ndarray of shape (3,)
-        Seconds, seconds per input token, seconds per output token.
-
-    Warns
-    -----
-    UncertaintyWarning, IdentifiabilityWarning, ConvergenceWarning
-        Those of the returned fit only, each once; the fits at the other
-        trial delays warn nothing.
-    """
-    kind = phases["phase_type"].astype(str).str.strip().str.lower()
-    is_prefill = (kind == "prefill").to_numpy()
-    durations = (phases["t_end"] - phases["t_start"]).to_numpy(dtype=np.float64)
-    fits, caught = {}, {}
-
-    def mean_squared_residual(delay: float) -> float:
-        shifted = _shift_prefill_starts(phases, is_prefill, delay)
-        # A trial delay's fit is discarded: its warnings are kept aside, and
-        # only those of the fit returned reach the caller.
-        with warnings.catch_warnings(record=True) as caught[delay]:
-            warnings.simplefilter("always")
-            fits[delay] = fit_trace(shifted, chunk_size=chunk_size, **options)
-        return float(np.mean((fits[delay].observed - fits[delay].predicted) ** 2))
-
-    upper = 0.9 * float(durations[is_prefill].min())
-    best = minimize_scalar(
-        mean_squared_residual,
-        bounds=(0.0, upper),
-        method="bounded",
-        options={"xatol": xtol},
-    )
-    # Brent never tries the bounds themselves: compare with no delay at all.
-    delay = min((best.x, 0.0), key=mean_squared_residual)
-    fit = fits[delay]
-    reemit_warnings(caught[delay])
-    residual = fit.observed - fit.predicted
-    tokens = phases[["prefill_tokens", "decode_tokens"]].to_numpy(dtype=np.float64)
-    alpha = request_overheads(
-        delay + residual[is_prefill],
-        tokens[is_prefill, 0],
-        residual[~is_prefill],
-        tokens[~is_prefill, 1],
-    )
-    return fit, alpha
 
 
 def prefill_steps_of_client_phases(
@@ -482,8 +394,8 @@ def fit_client_phases(
     (:func:`prefill_steps_of_client_phases`) and is fitted; the decode
     phases, which every window leaves as they are and which hold no client
     time but the reporting offsets' difference, judge the fits (their
-    root mean squared residual, as :func:`fit_client_trace` judges its
-    delays). One fit per window; the fits not chosen warn nothing.
+    root mean squared residual). One fit per window; the fits not chosen
+    warn nothing.
 
     Parameters
     ----------

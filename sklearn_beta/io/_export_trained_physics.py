@@ -79,9 +79,9 @@ def blis_alphas(prefill_overhead, decode_residual, decode_tokens) -> np.ndarray:
     ----------
     prefill_overhead : array-like of shape (n_prefill,)
         Per request, what the client saw before the first token beyond the
-        engine's steps (e.g. the prefill-start delay plus the prefill
-        residual of :func:`sklearn_beta.engine_config._trace_fit.fit_client_trace`), in
-        the trace's time unit.
+        engine's steps (e.g. each request's observed minus replayed first
+        token, :func:`sklearn_beta.engine_config._trace_fit.replayed_overheads`),
+        in the trace's time unit.
     decode_residual : array-like of shape (n_decode,)
         Observed minus predicted decode-phase durations, same unit.
     decode_tokens : array-like of shape (n_decode,)
