@@ -379,10 +379,10 @@ def test_read_tracev2_errors_name_the_column(tmp_path, change, message):
         read_tracev2(tmp_path / "t.csv", header=tmp_path / "h.yaml")
 
 
-def test_shipped_tracev2_example_is_reproducible_and_fits(tmp_path):
+def test_shipped_tracev2_example_is_reproducible(tmp_path):
+    # its fit: test_replayed_overheads.py::test_the_window_is_the_one_whose_...
     import runpy
 
-    from sklearn_beta.engine_config._trace_fit import fit_client_phases
     from sklearn_beta.io import read_tracev2
 
     script = runpy.run_path(str(DATA / "tracev2" / "make_trace.py"))
@@ -396,16 +396,6 @@ def test_shipped_tracev2_example_is_reproducible_and_fits(tmp_path):
     assert phases.attrs["notes"] == [
         "3 TraceV2 request(s) with status other than 'ok' dropped"
     ]
-    fit, window, _ = fit_client_phases(
-        phases, chunk_size=256, prompt_chunk=256, time_resolution=1e-6
-    )
-    # 256-token chunks cost 11.7 ms against 4.2 ms decode steps: the decode
-    # phases choose 3 decode steps a chunk (1.5 put a prefill step 37 % low)
-    assert window == 3.0
-    probes = np.array([[1, 256, 0], [1, 0, 1], [1, 0, 16], [1, 256, 16]])
-    error = probes @ fit.beta / (probes @ TRUE_BETA) - 1
-    assert np.abs(error[1:3]).max() < 0.02, error  # decode steps
-    assert np.abs(error).max() < 0.08, error  # a prefill step: +7.8 %
 
 
 def test_read_phases_of_a_directory_or_glob_concatenates_the_files(tmp_path):

@@ -78,6 +78,7 @@ from ._schedule import (
     check_forecast,
     choose_estimator,
     client_cut,
+    client_engine,
     client_overheads,
     client_side_table,
     fit_schedule,
@@ -292,14 +293,17 @@ def run_phase_fit(phases, args, fmt, setup, notes, progress, engine_read=None):
     fit = None
     if cut is not None:
         progress.say("client-side times: choosing the prefill phases' window...")
+        frame = schedule_frame(sent, options["instance_col"])
+        replay, why = client_engine(frame, args, engine_read)
         fit, window, phases = fit_client_phases(
             cut.table,
             chunk_size=model_chunk,
             prompt_chunk=cut.prompt_chunk,
+            engine=None if replay is None else replay.replay_settings(),
             columns=cut.columns,
             **options,
         )
-        notes = [*notes, cut.note(window)]
+        notes = [*notes, cut.note(window, why)]
     if args.step_model != "published":
         overheads = None
         if client_side_table(sent, options["instance_col"]):

@@ -157,21 +157,28 @@ class ClientCut:
             columns=self.columns,
         )
 
-    def note(self, window: float) -> str:
+    def note(self, window: float, unreplayed: str | None = None) -> str:
+        """The report's note of the window chosen; ``unreplayed``: why the
+        fits' own decode residuals chose it, not a replay of the sends."""
+        judge = (
+            "in a replay of the sends"
+            if unreplayed is None
+            else f"in the fits themselves, not in a replay: {unreplayed}"
+        )
         if not np.isfinite(window):
             return (
                 "client-side times: each prefill phase is fitted from its send "
                 "(of the windows tried, the fit that explains the decode "
-                "phases best)"
+                f"phases best {judge})"
             )
         steps = "" if self.prompt_chunk is None else f" x ceil(P / {self.prompt_chunk})"
         return (
             f"client-side times: each prefill phase is fitted from {window:g}"
             f"{steps} of its request's own decode steps before its first token "
             "(never before its send), the steps that ran its prompt (of the "
-            "windows tried, the fit that explains the decode phases best); the "
-            "time from the send to there is the client's delay and the wait, "
-            "not engine time (the alphas below)"
+            f"windows tried, the fit that explains the decode phases best {judge}); "
+            "the time from the send to there is the client's delay and the "
+            "wait, not engine time (the alphas below)"
         )
 
 
@@ -207,21 +214,16 @@ def client_overheads(
     The phase-exposure fit's residuals on such a trace hold the client's
     queueing as well as its overheads; a replay of the sends at the fitted
     betas tells them apart
-    (:func:`~sklearn_beta.engine_config._trace_fit.replayed_overheads`).
-    ``engine``: the schedule path's settings (``ScheduleFallback.settings``:
-    chunking chosen by the schedule fits' misfit, ``max_num_seqs`` and the
-    KV cache read from the trace), or the phase fit's ``(chunk_size,
-    token_budget)`` with the rest read here. The phase-exposure search's
-    chunking is no engine to replay: on ``benchmarks/regimes.py
-    --realism``'s client traces (budget 8192, no chunk cap) it chose chunk
-    caps of 256-512 tokens, whose replayed prefills outlast the observed
-    first tokens (overheads 0), where the schedule path found the budget
-    and the overheads took mean TTFT from -14 to -49 % to within 9 %
+    (:func:`~sklearn_beta.engine_config._trace_fit.replayed_overheads`) on
+    :func:`client_engine`'s engine. The phase-exposure search's chunking is
+    no engine to replay: on ``benchmarks/regimes.py --realism``'s client
+    traces (budget 8192, no chunk cap) it chose chunk caps of 256-512
+    tokens, whose replayed prefills outlast the observed first tokens
+    (overheads 0), where the schedule path found the budget and the
+    overheads took mean TTFT from -14 to -49 % to within 9 %
     (docs/accuracy.md). The alphas are 0, with a note, where the replay
-    fails, where it queues nearly every request, and on a trace that shows
-    queueing when the engine read bounds none (no ``max_num_seqs``, no KV
-    cache): on the realism mix at 12 req/s such a replay admitted every
-    request at once and read 9.5 s of queue as overhead (TTFT +14 -> +50 %).
+    fails, where it queues nearly every request, and where
+    :func:`client_engine` finds no engine to replay.
     ``beta`` are the coefficients of ``step_model`` (a fit of another step
     model than the published one, ``--step-model``, is replayed with it).
     """
@@ -229,32 +231,12 @@ def client_overheads(
     # the cheap test first: the queueing check reads the whole trace again
     if not is_client_side(frame):
         return None, None  # no sends: the server-side note stands
-    decision = detect_queueing(frame, block_size=args.block_size)
+    engine, why = client_engine(frame, args, engine)
+    if engine is None:
+        return np.zeros(3), f"alphas (request overheads) are 0: {why}"
     try:
-        if isinstance(engine, tuple):
-            chunk_size, token_budget = engine
-            engine = replace(
-                read_settings(frame, args, decision),
-                chunk_size=chunk_size,
-                token_budget=token_budget,
-            )
-        unbounded = engine.max_num_seqs is None and engine.num_gpu_blocks is None
-        if decision.queued and unbounded:
-            return np.zeros(3), (
-                "alphas (request overheads) are 0: the trace shows queueing and "
-                "the engine read from it bounds no queue (no max_num_seqs, no "
-                "KV cache), so a replay of its sends would read the queue as "
-                "overhead"
-            )
         found = replayed_overheads(
-            frame,
-            beta,
-            step_model=step_model,
-            chunk_size=engine.chunk_size,
-            token_budget=engine.token_budget,
-            max_num_seqs=engine.max_num_seqs,
-            num_gpu_blocks=engine.num_gpu_blocks,
-            block_size=engine.block_size,
+            frame, beta, step_model=step_model, **engine.replay_settings()
         )
     except ValueError as exc:
         return np.zeros(3), (
@@ -278,6 +260,36 @@ def client_overheads(
         "token's is not told apart from the betas' decode error)"
     )
     return found.alpha, note
+
+
+def client_engine(frame, args, engine) -> tuple:
+    """``(settings, None)``: the engine a client-side trace's sends replay
+    on, or ``(None, why)`` where no replay can stand for the trace.
+
+    ``engine`` is the schedule path's settings (``ScheduleFallback.settings``:
+    chunking chosen by the schedule fits' misfit, ``max_num_seqs`` and the
+    KV cache read from the trace), or the phase fit's ``(chunk_size,
+    token_budget)`` with the rest read here as for the schedule fit. On a
+    trace that shows queueing, an engine that bounds no queue (no
+    ``max_num_seqs``, no KV cache) admits every request at once: on the
+    realism mix at 12 req/s such a replay read 9.5 s of queue as overhead.
+    """
+    decision = detect_queueing(frame, block_size=args.block_size)
+    if isinstance(engine, tuple):
+        chunk_size, token_budget = engine
+        try:
+            settings = read_settings(frame, args, decision)
+        except ValueError as exc:
+            return None, f"the engine to replay could not be read ({one_line(exc)})"
+        engine = replace(settings, chunk_size=chunk_size, token_budget=token_budget)
+    unbounded = engine.max_num_seqs is None and engine.num_gpu_blocks is None
+    if decision.queued and unbounded:
+        return None, (
+            "the trace shows queueing and the engine read from it bounds no "
+            "queue (no max_num_seqs, no KV cache), so a replay of its sends "
+            "would read the queue as overhead"
+        )
+    return engine, None
 
 
 def read_settings(frame, args, decision: QueueingDecision):
