@@ -811,3 +811,28 @@ def test_warning_lines_fold_each_message_once():
         warnings.warn("another", UserWarning, stacklevel=1)
     assert len(caught) == 5
     assert warning_lines(caught) == ["beta2 is at its bound: check", "another"]
+
+
+def test_the_trace_headers_server_section_sets_the_engine(capsys, tmp_path):
+    data = REPO / "data" / "tracev2"
+    header = tmp_path / "header.yaml"
+    header.write_text(
+        (data / "header.yaml").read_text()
+        + "  max_num_batched_tokens: 2048\n  num_gpu_blocks: 4000\n  block_size: 32\n"
+    )
+    trace = (data / "trace.csv", "--trace-header", header, "--output", "json")
+    code, out, err = run_cli(capsys, "fit", *trace, "--max-num-seqs", 20)
+    assert code == 0, err
+    report = json.loads(out)
+    assert (
+        "engine settings from the trace header's server section: token_budget "
+        "2048, num_gpu_blocks 4000, block_size 32 (the command line's "
+        "--max-num-seqs 20 kept)"
+    ) in report["notes"]
+    settings = report["engine_settings"]
+    assert [settings[k]["value"] for k in ("max_num_seqs", "num_gpu_blocks")] == [
+        20,
+        4000,
+    ]
+    assert settings["block_size"]["value"] == 32
+    assert (report["token_budget"], report["chunk_size"]) == (2048, None)

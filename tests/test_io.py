@@ -789,3 +789,49 @@ def test_read_tracev3_without_status_or_server_counts_keeps_every_request(tmp_pa
     (tmp_path / "t.csv").write_text(rows.splitlines()[0] + "\n")
     with pytest.raises(ValueError, match="holds no request"):
         read_tracev2(tmp_path / "t.csv", tmp_path / "t.yaml")
+
+
+@pytest.mark.parametrize(
+    "server, expected",
+    [
+        (None, {}),
+        ({"model": "Qwen/Qwen3-14B", "max_num_seqs": 256}, {"max_num_seqs": 256}),
+        (
+            {"max_num_batched_tokens": 8192, "num_gpu_blocks_override": 18038},
+            {"token_budget": 8192, "num_gpu_blocks": 18038},
+        ),
+        ({"long_prefill_token_threshold": 0}, {"chunk_size": None}),
+        ({"long_prefill_token_threshold": 512}, {"chunk_size": 512}),
+        (
+            {"num_gpu_blocks": 900, "num_gpu_blocks_override": 900},
+            {"num_gpu_blocks": 900},
+        ),
+    ],
+)
+def test_a_header_server_section_gives_engine_settings(server, expected):
+    from sklearn_beta.io._tracev2 import header_engine_settings
+
+    header = {"trace_version": 3} | ({} if server is None else {"server": server})
+    assert header_engine_settings(header) == expected
+
+
+@pytest.mark.parametrize(
+    "server, message",
+    [
+        ("vllm", "'server' must be a mapping"),
+        ({"max_num_seqs": 0}, r"server.max_num_seqs must be an integer >= 1, got 0"),
+        ({"block_size": "16"}, r"server.block_size must be an integer >= 1"),
+        ({"max_num_batched_tokens": True}, "max_num_batched_tokens must be"),
+        ({"long_prefill_token_threshold": -1}, "must be an integer >= 0"),
+        (
+            {"num_gpu_blocks": 900, "num_gpu_blocks_override": 800},
+            r"server.num_gpu_blocks \(900\) and server.num_gpu_blocks_override "
+            r"\(800\) disagree",
+        ),
+    ],
+)
+def test_a_bad_header_server_setting_names_itself(server, message):
+    from sklearn_beta.io._tracev2 import header_engine_settings
+
+    with pytest.raises(ValueError, match=message):
+        header_engine_settings({"server": server})

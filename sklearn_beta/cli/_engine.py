@@ -6,6 +6,7 @@ Dask cluster (:mod:`sklearn_beta._cli_fleet`).
 
 from __future__ import annotations
 
+import argparse
 import warnings
 
 from ..engine_config._search import (
@@ -18,6 +19,7 @@ from ..engine_config._trace_fit import (
     TRANSFORMER_OPTIONS,
     make_model,
 )
+from ..io._tracev2 import header_engine_settings
 from ._options import INSTANCE_COLUMNS
 
 _MAX_ERROR_CHARS = 600
@@ -50,6 +52,33 @@ def instance_column(args, fmt: str, phases, notes: list, count=None) -> str | No
             "per instance (--instance-col none fits one engine)"
         )
     return found
+
+
+def with_header_engine(args, phases, notes: list):
+    """``args`` with the engine settings a TraceV2/V3 header's ``server``
+    section gives (:func:`~sklearn_beta.io._tracev2.header_engine_settings`)
+    where the command line gives none, and a note naming them; the command
+    line's win. A header's ``block_size`` comes with its ``num_gpu_blocks``
+    (the cache is counted in its blocks)."""
+    given = header_engine_settings(phases.attrs.get("header") or {})
+    taken, kept = {}, []
+    for setting, value in given.items():
+        if setting == "block_size":
+            continue
+        if getattr(args, setting) is None:
+            # a header's threshold of 0 is vLLM's none: no chunk cap
+            taken[setting] = "none" if value is None else value
+        else:
+            kept.append(f"--{setting.replace('_', '-')} {getattr(args, setting)}")
+    if "num_gpu_blocks" in taken and "block_size" in given:
+        taken["block_size"] = given["block_size"]
+    if taken:
+        listed = ", ".join(f"{k} {v}" for k, v in taken.items())
+        notes.append(
+            f"engine settings from the trace header's server section: {listed}"
+            + (f" (the command line's {', '.join(kept)} kept)" if kept else "")
+        )
+    return argparse.Namespace(**{**vars(args), **taken})
 
 
 def engine_candidates(args) -> list[tuple]:

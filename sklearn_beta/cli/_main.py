@@ -58,6 +58,7 @@ from ._engine import (
     fit_options,
     instance_column,
     one_line,
+    with_header_engine,
 )
 from ._fleet import check_dask_usage, fleet_client, run_fleet_fit
 from ._options import (
@@ -75,6 +76,7 @@ from ._report import (
 )
 from ._schedule import (
     ScheduleFallback,
+    calibrated_client_fit,
     check_forecast,
     choose_estimator,
     client_cut,
@@ -223,6 +225,7 @@ def run_fit(
     )
     notes = list(phases.attrs.get("notes", []))
     progress.say(f"read {len(phases)} phases from {args.trace} ({fmt})")
+    args = with_header_engine(args, phases, notes)
     instance_col = instance_column(args, fmt, phases, notes)
     options = dict(
         fit_options(args),
@@ -290,7 +293,7 @@ def run_phase_fit(phases, args, fmt, setup, notes, progress, engine_read=None):
     verbose = int(progress.enabled) if args.algo == "iterative" else 0
     engine = engine_summary(config, (chunk_size, token_budget), args)
     engine_read = (chunk_size, token_budget) if engine_read is None else engine_read
-    fit = None
+    fit, calibration = None, None
     if cut is not None:
         progress.say("client-side times: choosing the prefill phases' window...")
         frame = schedule_frame(sent, options["instance_col"])
@@ -304,6 +307,10 @@ def run_phase_fit(phases, args, fmt, setup, notes, progress, engine_read=None):
             **options,
         )
         notes = [*notes, cut.note(window, why)]
+        if replay is not None and args.step_model == "published":
+            progress.say("client-side times: calibrating the betas by replay...")
+            fit, calibration, note = calibrated_client_fit(fit, frame, replay)
+            notes = [*notes, note]
     if args.step_model != "published":
         overheads = None
         if client_side_table(sent, options["instance_col"]):
@@ -333,6 +340,7 @@ def run_phase_fit(phases, args, fmt, setup, notes, progress, engine_read=None):
         notes = [*notes, note]
     trace = trace_summary(phases, fit)
     report = build_report(fit, args, fmt, trace, engine, options, alpha, notes)
+    report["replay_calibration"] = calibration
     report["step_model"] = "published"
     report["warnings"] += engine_warnings
     return report, fit, config

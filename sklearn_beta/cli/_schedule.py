@@ -30,6 +30,7 @@ from ..engine_config._regime import (
     is_client_side,
     schedule_engine_settings,
 )
+from ..engine_config._replay_calibration import calibrate_by_replay
 from ..engine_config._schedule import MISFIT_SEARCH, ScheduleBetaRegressor
 from ..engine_config._trace_fit import (
     MIN_UNQUEUED_SHARE,
@@ -260,6 +261,53 @@ def client_overheads(
         "token's is not told apart from the betas' decode error)"
     )
     return found.alpha, note
+
+
+def calibrated_client_fit(fit, frame, engine) -> tuple:
+    """``(fit, section, note)``: the phase fit of a client-side trace with
+    its betas calibrated by replaying the sends on ``engine``
+    (:func:`~sklearn_beta.engine_config._replay_calibration.calibrate_by_replay`),
+    the report's ``replay_calibration`` section and a note; the fit as
+    given, None and why where the replay fails.
+
+    The fit's interval keeps its widths about the calibrated betas: the
+    calibration moves the centre by what the replay tells and the phase fit
+    cannot (a few per cent), not the trace's noise behind the widths."""
+    try:
+        found = calibrate_by_replay(frame, fit.beta, **engine.replay_settings())
+    except ValueError as exc:
+        return (
+            fit,
+            None,
+            (
+                "betas not calibrated by replay: the replay of the client's sends "
+                f"failed ({one_line(exc)}); the phase fit's are reported"
+            ),
+        )
+    ci = fit.beta_ci
+    if ci is not None:
+        ci = np.maximum(ci + (found.beta - fit.beta)[:, None], 0.0)
+    section = {
+        "phase_fit_betas": fit.beta.tolist(),
+        "mismatch": {"phase_fit": found.mismatch_start, "calibrated": found.mismatch},
+        "n_replays": found.n_replays,
+        "converged": found.converged,
+    }
+    change = ", ".join(
+        f"beta{k} {100 * (b / a - 1):+.1f} %" if a > 0 else f"beta{k} 0 (bound)"
+        for k, (a, b) in enumerate(zip(fit.beta, found.beta, strict=True))
+    )
+    note = (
+        "betas calibrated by replaying the client's sends (chunk size "
+        f"{engine.chunk_size}, token budget {engine.token_budget}, max_num_seqs "
+        f"{engine.max_num_seqs}, KV blocks {engine.num_gpu_blocks}): the "
+        "phase fit's moved so that the replay reproduces the decode phases and "
+        f"first tokens best ({change}; mismatch {found.mismatch_start:.4g} -> "
+        f"{found.mismatch:.4g} in {found.n_replays} replays"
+        + ("" if found.converged else ", not converged")
+        + "); the interval keeps the phase fit's widths"
+    )
+    return replace(fit, beta=found.beta, beta_ci=ci), section, note
 
 
 def client_engine(frame, args, engine) -> tuple:

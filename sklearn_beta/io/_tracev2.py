@@ -89,6 +89,59 @@ def read_header(header) -> dict:
     return parsed
 
 
+#: The engine settings a TraceV2/V3 header's ``server`` section may give,
+#: by vLLM's names: ``{name: setting}`` (the command line's names).
+SERVER_SETTINGS = {
+    "max_num_seqs": "max_num_seqs",
+    "max_num_batched_tokens": "token_budget",
+    "num_gpu_blocks": "num_gpu_blocks",
+    "num_gpu_blocks_override": "num_gpu_blocks",
+    "block_size": "block_size",
+    "long_prefill_token_threshold": "chunk_size",
+}
+
+
+def header_engine_settings(header: dict) -> dict:
+    """The engine settings of a TraceV2/V3 header's ``server`` section:
+    ``{setting: value}`` for those it gives (:data:`SERVER_SETTINGS`; a
+    ``long_prefill_token_threshold`` of 0 is vLLM's "none" and gives no
+    chunk cap). Others keys (``model``, ...) are descriptive and ignored.
+
+    Raises
+    ------
+    ValueError
+        When ``server`` is not a mapping, a setting is not a positive
+        integer (0 for the threshold), or two names give one setting two
+        values.
+    """
+    server = header.get("server")
+    if server is None:
+        return {}
+    if not isinstance(server, dict):
+        raise ValueError(
+            f"TraceV2 header's 'server' must be a mapping, got {server!r}."
+        )
+    found, named = {}, {}
+    for key, value in server.items():
+        setting = SERVER_SETTINGS.get(str(key).strip().lower())
+        if setting is None:
+            continue
+        least = 0 if setting == "chunk_size" else 1
+        if isinstance(value, bool) or not isinstance(value, int) or value < least:
+            raise ValueError(
+                f"TraceV2 header's server.{key} must be an integer >= {least}, "
+                f"got {value!r}."
+            )
+        value = None if setting == "chunk_size" and value == 0 else value
+        if setting in found and found[setting] != value:
+            raise ValueError(
+                f"TraceV2 header's server.{named[setting]} ({found[setting]}) and "
+                f"server.{key} ({value}) disagree."
+            )
+        found[setting], named[setting] = value, key
+    return found
+
+
 def header_time_unit(header: dict) -> float:
     """Seconds per time unit named by the header (microseconds by default)."""
     unit = str(header.get("time_unit", "us")).strip().lower()
