@@ -66,7 +66,9 @@ def test_betas_off_by_ten_per_cent_come_back(busy_client):
     # the step of the trace's mean batch, its prompt and decode tokens
     probes = np.array([[1, 400, 0], [1, 0, 40], [1, 400, 40]])
     error = probes @ found.beta / (probes @ BETA) - 1
-    assert np.abs(error).max() < 0.005, error  # measured 0.18 %
+    # the decode phases tell a prompt's step least: measured -1.5 %, the
+    # others within 0.8 %
+    assert np.abs(error).max() < 0.02, error
     before = probes @ start / (probes @ BETA) - 1
     assert np.abs(before).max() > 0.1
 
@@ -79,16 +81,23 @@ def test_the_ridge_holds_the_betas_near_the_start(busy_client):
     assert moved(held) < 0.2 * moved(free)
 
 
-def test_a_beta_at_zero_stays_there(busy_client):
+def test_a_beta_at_zero_is_placed_by_the_replay(busy_client):
+    # the phase fit's bound says only that it could not place the beta
     found = calibrate_by_replay(busy_client, [5e-3, 0.0, 1e-4], **ENGINE)
-    assert found.beta[1] == 0.0 and found.beta[0] > 0 and found.beta[2] > 0
+    # from a tenth of its scale (a 400-token prompt costing a tenth of a
+    # step); the trace's mean step within 1.5 %, a prompt's step 3.4 % low
+    assert found.beta[1] == pytest.approx(BETA[1], rel=0.1)
+    probes = np.array([[1, 400, 0], [1, 0, 40], [1, 400, 40]])
+    error = probes @ found.beta / (probes @ BETA) - 1
+    assert np.abs(error).max() < 0.04, error
 
 
 @pytest.mark.parametrize(
     "beta, options, message",
     [
         ([0.0, 0.0, 0.0], {}, "one of them positive"),
-        ([np.nan, 1e-5, 1e-4], {}, "finite betas"),
+        ([np.nan, 1e-5, 1e-4], {}, "three finite betas"),
+        ([1e-3, 1e-5], {}, "three finite betas"),
         (BETA, {"prior_weight": -1.0}, "prior_weight must be >= 0"),
     ],
 )

@@ -274,7 +274,9 @@ def calibrated_client_fit(fit, frame, engine) -> tuple:
     calibration moves the centre by what the replay tells and the phase fit
     cannot (a few per cent), not the trace's noise behind the widths."""
     try:
-        found = calibrate_by_replay(frame, fit.beta, **engine.replay_settings())
+        found = calibrate_by_replay(
+            frame, fit.beta, beta_interval=fit.beta_ci, **engine.replay_settings()
+        )
     except ValueError as exc:
         return (
             fit,
@@ -294,15 +296,15 @@ def calibrated_client_fit(fit, frame, engine) -> tuple:
         "converged": found.converged,
     }
     change = ", ".join(
-        f"beta{k} {100 * (b / a - 1):+.1f} %" if a > 0 else f"beta{k} 0 (bound)"
+        f"beta{k} {100 * (b / a - 1):+.1f} %" if a > 0 else f"beta{k} 0 -> {b:.3g}"
         for k, (a, b) in enumerate(zip(fit.beta, found.beta, strict=True))
     )
     note = (
         "betas calibrated by replaying the client's sends (chunk size "
         f"{engine.chunk_size}, token budget {engine.token_budget}, max_num_seqs "
         f"{engine.max_num_seqs}, KV blocks {engine.num_gpu_blocks}): the "
-        "phase fit's moved so that the replay reproduces the decode phases and "
-        f"first tokens best ({change}; mismatch {found.mismatch_start:.4g} -> "
+        "phase fit's moved so that the replay reproduces the decode phases "
+        f"best ({change}; mismatch {found.mismatch_start:.4g} -> "
         f"{found.mismatch:.4g} in {found.n_replays} replays"
         + ("" if found.converged else ", not converged")
         + "); the interval keeps the phase fit's widths"
