@@ -153,8 +153,12 @@ def test_estimator_flag_forces_either_path(capsys, saturated_client, light_engin
     assert code == 0, err
     report = json.loads(out)
     assert report["fit"] == {"estimator": "phase", "reason": "--estimator phase"}
-    # the phase-exposure fit swallows the queueing (issue 19)
-    assert np.abs(betas_of(report) / BETA - 1).max() > 0.2
+    # The phase-exposure fit of the steps that ran each prompt still misses
+    # a beta by 31 % here (the queue blurs which steps those were); its
+    # replay of the sends puts every beta within 0.8 % (issue 19).
+    start = np.array(report["replay_calibration"]["phase_fit_betas"])
+    assert np.abs(start / BETA - 1).max() > 0.2
+    assert np.abs(betas_of(report) / BETA - 1).max() < 0.01
     code, out, err = run_cli(
         capsys, "fit", light_engine, *GIVEN_CHUNKING, "--estimator", "schedule"
     )

@@ -43,6 +43,9 @@ from ..engine._replay import replay_trace
 PRIOR_WEIGHT = 0.01
 #: Half-widths of the prior without an interval: this share of each beta.
 PRIOR_SHARE = 0.1
+#: Share of its scale (:func:`beta_scales`) below which a beta lifted from
+#: zero goes back there.
+NEGLIGIBLE = 0.01
 #: The simplex's first steps: 5 % on each beta.
 _SIMPLEX_STEP = 0.05
 
@@ -213,13 +216,22 @@ def calibrate_by_replay(
         for x0 in (np.zeros(n), balanced)
     ]
     result = min(results, key=lambda r: r.fun)
+    beta = betas(result.x)
+    # A beta lifted from the phase fit's bound by less than NEGLIGIBLE of
+    # its scale is the simplex's rounding, not the trace's: the phase fit
+    # of a trace whose decode tokens cost nothing held beta2 at 0, and the
+    # calibration put it at 0.04 % of a step's share.
+    scales = beta_scales(phases, columns)
+    beta[~anchored & (beta < NEGLIGIBLE * scales)] = 0.0
     return ReplayCalibration(
-        beta=betas(result.x),
+        beta=beta,
         start=start,
         mismatch_start=replay_mismatch(
             replay_trace(phases, start, arrival=arrival, columns=columns, **engine)
         ),
-        mismatch=mismatch(result.x),
+        mismatch=replay_mismatch(
+            replay_trace(phases, beta, arrival=arrival, columns=columns, **engine)
+        ),
         n_replays=sum(int(r.nfev) for r in results) + 2,
         converged=bool(result.success),  # the chosen start's simplex
     )
