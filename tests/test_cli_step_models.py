@@ -41,6 +41,7 @@ REPORT_KEYS = {
     "confidence_level",
     "step_model_selection",
     "alphas",  # the client's overheads; null on server-side times
+    "replay_calibration",  # the published step's, on client-side times
     "notes",
     "warnings",
     "fit",  # which fit and why (docs/cli.md, "Which fit")

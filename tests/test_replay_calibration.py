@@ -127,3 +127,30 @@ def test_the_command_line_reports_the_calibration(capsys, tmp_path, busy_client)
     assert np.all((interval[:, 0] <= beta) & (beta <= interval[:, 1]))
     notes = [n for n in report["notes"] if n.startswith("betas calibrated")]
     assert len(notes) == 1 and "max_num_seqs 64" in notes[0]
+
+
+def test_auto_choosing_the_published_step_is_calibrated_as_it(
+    capsys, tmp_path, busy_client
+):
+    path = tmp_path / "trace.csv"
+    busy_client.to_csv(path, index=False)
+    engine = ("--chunk-size", "none", "--token-budget", 2048, "--max-num-seqs", 64)
+    reports = {}
+    for step_model in ("published", "auto"):
+        code, out, err = run_cli(
+            capsys,
+            *("fit", path, "--estimator", "phase", "--output", "json", *engine),
+            *("--step-model", step_model),
+        )
+        assert code == 0, err
+        reports[step_model] = json.loads(out)
+    auto = reports["auto"]
+    assert auto["step_model"] == "published"  # the simulator's own step
+    beta = [auto["coefficients"][f"beta{k}"]["value"] for k in range(3)]
+    section = auto["replay_calibration"]
+    assert beta != section["phase_fit_betas"]
+    assert section["mismatch"]["calibrated"] < section["mismatch"]["phase_fit"]
+    assert any(n.startswith("betas calibrated by replaying") for n in auto["notes"])
+    # the same phase fit and calibration as --step-model published's
+    published = reports["published"]
+    np.testing.assert_allclose(beta, list(published["betas"].values()), rtol=1e-6)

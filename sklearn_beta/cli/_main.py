@@ -76,6 +76,7 @@ from ._report import (
 )
 from ._schedule import (
     ScheduleFallback,
+    calibrated_betas,
     calibrated_client_fit,
     check_forecast,
     choose_estimator,
@@ -293,7 +294,7 @@ def run_phase_fit(phases, args, fmt, setup, notes, progress, engine_read=None):
     verbose = int(progress.enabled) if args.algo == "iterative" else 0
     engine = engine_summary(config, (chunk_size, token_budget), args)
     engine_read = (chunk_size, token_budget) if engine_read is None else engine_read
-    fit, calibration = None, None
+    fit, calibration, calibrate = None, None, None
     if cut is not None:
         progress.say("client-side times: choosing the prefill phases' window...")
         frame = schedule_frame(sent, options["instance_col"])
@@ -307,7 +308,9 @@ def run_phase_fit(phases, args, fmt, setup, notes, progress, engine_read=None):
             **options,
         )
         notes = [*notes, cut.note(window, why)]
-        if replay is not None and args.step_model == "published":
+        if replay is not None:
+            calibrate = partial(calibrated_betas, frame=frame, engine=replay)
+        if calibrate is not None and args.step_model == "published":
             progress.say("client-side times: calibrating the betas by replay...")
             fit, calibration, note = calibrated_client_fit(fit, frame, replay)
             notes = [*notes, note]
@@ -328,7 +331,7 @@ def run_phase_fit(phases, args, fmt, setup, notes, progress, engine_read=None):
             engine,
             dict(options, model_chunk=model_chunk, notes=notes),
             progress,
-            overheads,
+            (overheads, calibrate),
         )
         return report, None, config
     if fit is None:
@@ -553,16 +556,16 @@ def _plot(report: dict, fit: TraceFit, config, phases, directory: str) -> str | 
 
 
 def step_model_report(
-    phases, args, fmt, engine: dict, options, progress, overheads=None
+    phases, args, fmt, engine: dict, options, progress, client=(None, None)
 ) -> dict:
     """The report of a fit of another step model than the published one:
     the trace and engine sections as the published report's, then
     :func:`~sklearn_beta.cli._step_model.fit_step_model`'s sections (with
-    the client's ``overheads`` on client-side times).
+    the client's ``(overheads, calibrate)`` on client-side times).
     ``options`` holds the fit options, ``model_chunk`` and ``notes``."""
     options = dict(options)
     chunk, notes = options.pop("model_chunk"), options.pop("notes")
-    fitted = fit_step_model(phases, args, options, chunk, progress, overheads)
+    fitted = fit_step_model(phases, args, options, chunk, progress, *client)
     parameters = dict(
         trace=args.trace,
         format=fmt,

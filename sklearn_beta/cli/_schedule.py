@@ -265,39 +265,47 @@ def client_overheads(
 
 def calibrated_client_fit(fit, frame, engine) -> tuple:
     """``(fit, section, note)``: the phase fit of a client-side trace with
-    its betas calibrated by replaying the sends on ``engine``
+    its betas calibrated by :func:`calibrated_betas`."""
+    beta, ci, section, note = calibrated_betas(fit.beta, fit.beta_ci, frame, engine)
+    return replace(fit, beta=beta, beta_ci=ci), section, note
+
+
+def calibrated_betas(beta, interval, frame, engine) -> tuple:
+    """``(beta, interval, section, note)``: a client-side trace's published
+    betas calibrated by replaying its sends on ``engine``
     (:func:`~sklearn_beta.engine_config._replay_calibration.calibrate_by_replay`),
-    the report's ``replay_calibration`` section and a note; the fit as
+    the report's ``replay_calibration`` section and a note; the betas as
     given, None and why where the replay fails.
 
-    The fit's interval keeps its widths about the calibrated betas: the
-    calibration moves the centre by what the replay tells and the phase fit
-    cannot (a few per cent), not the trace's noise behind the widths."""
+    The interval (``(3, 2)`` or None) keeps its widths about the calibrated
+    betas: the calibration moves the centre by what the replay tells and
+    the phase fit cannot, not the trace's noise behind the widths."""
+    beta = np.asarray(beta, dtype=np.float64)
     try:
         found = calibrate_by_replay(
-            frame, fit.beta, beta_interval=fit.beta_ci, **engine.replay_settings()
+            frame, beta, beta_interval=interval, **engine.replay_settings()
         )
     except ValueError as exc:
         return (
-            fit,
+            beta,
+            interval,
             None,
             (
                 "betas not calibrated by replay: the replay of the client's sends "
                 f"failed ({one_line(exc)}); the phase fit's are reported"
             ),
         )
-    ci = fit.beta_ci
-    if ci is not None:
-        ci = np.maximum(ci + (found.beta - fit.beta)[:, None], 0.0)
+    if interval is not None:
+        interval = np.maximum(np.asarray(interval) + (found.beta - beta)[:, None], 0)
     section = {
-        "phase_fit_betas": fit.beta.tolist(),
+        "phase_fit_betas": beta.tolist(),
         "mismatch": {"phase_fit": found.mismatch_start, "calibrated": found.mismatch},
         "n_replays": found.n_replays,
         "converged": found.converged,
     }
     change = ", ".join(
         f"beta{k} {100 * (b / a - 1):+.1f} %" if a > 0 else f"beta{k} 0 -> {b:.3g}"
-        for k, (a, b) in enumerate(zip(fit.beta, found.beta, strict=True))
+        for k, (a, b) in enumerate(zip(beta, found.beta, strict=True))
     )
     note = (
         "betas calibrated by replaying the client's sends (chunk size "
@@ -309,7 +317,7 @@ def calibrated_client_fit(fit, frame, engine) -> tuple:
         + ("" if found.converged else ", not converged")
         + "); the interval keeps the phase fit's widths"
     )
-    return replace(fit, beta=found.beta, beta_ci=ci), section, note
+    return found.beta, interval, section, note
 
 
 def client_engine(frame, args, engine) -> tuple:

@@ -246,14 +246,17 @@ def _compare(phases, args, options: dict, chunk_size: int, progress) -> tuple:
 
 
 def _coefficients(
-    regressor, model_description, alpha=(0.0, 0.0, 0.0)
+    regressor, model_description, alpha=(0.0, 0.0, 0.0), calibrated=None
 ) -> tuple[dict, dict | None]:
     """Every coefficient by name with its interval and unit; for
     trained-physics the values BLIS takes (microseconds), with the request
-    overheads ``alpha`` (BLIS's meaning, seconds)."""
+    overheads ``alpha`` (BLIS's meaning, seconds). ``calibrated``: the
+    ``(beta, interval)`` that replace the regressor's."""
     names = regressor.coef_names_
-    beta = np.asarray(regressor.beta_, dtype=float)
-    ci = getattr(regressor, "beta_ci_", None)
+    beta, ci = (regressor.beta_, getattr(regressor, "beta_ci_", None))
+    if calibrated is not None:
+        beta, ci = calibrated
+    beta = np.asarray(beta, dtype=float)
     ci = np.full((len(names), 2), np.nan) if ci is None else np.asarray(ci, float)
     blis = None
     scale = np.ones(len(names))
@@ -274,23 +277,23 @@ def _coefficients(
     return coefficients, blis
 
 
-def _client_alphas(overheads, regressor, description) -> tuple:
-    """``(alpha, note)`` of ``overheads`` at the fitted coefficients, or
-    ``(None, None)`` without it; the replay that reads them runs the loop's
-    step features, so a fit of other ones (trained-physics: BLIS's basis
-    functions) reads none."""
+def _client_alphas(overheads, regressor, description, beta) -> tuple:
+    """``(alpha, note)`` of ``overheads`` at the coefficients ``beta`` of
+    ``regressor``'s features, or ``(None, None)`` without it; the replay
+    that reads them runs the loop's step features, so a fit of other ones
+    (trained-physics: BLIS's basis functions) reads none."""
     if overheads is None:
         return None, None
     names = tuple(regressor.coef_names_)
     if names == BETA_NAMES:  # the published model, chosen by ``auto``
-        return overheads(np.asarray(regressor.beta_, dtype=float))
+        return overheads(np.asarray(beta, dtype=float))
     if description is not None or not set(names) <= set(STEP_FEATURES):
         return np.zeros(3), (
             "alphas (request overheads) are 0: the replay of the client's "
             "sends that reads them runs the engine loop's step features "
             f"({', '.join(STEP_FEATURES)}), not {', '.join(names)}"
         )
-    return overheads(np.asarray(regressor.beta_, dtype=float), step_model=list(names))
+    return overheads(np.asarray(beta, dtype=float), step_model=list(names))
 
 
 def _finite(value: float) -> float | None:
@@ -317,7 +320,13 @@ def _fit_note(model, step_model, algo: str) -> str:
 
 
 def fit_step_model(
-    phases, args, options: dict, chunk_size: int, progress, overheads=None
+    phases,
+    args,
+    options: dict,
+    chunk_size: int,
+    progress,
+    overheads=None,
+    calibrate=None,
 ) -> dict:
     """Fit the step model of ``--step-model`` (choosing it for ``auto``);
     the report's step-model sections.
@@ -327,7 +336,11 @@ def fit_step_model(
     coefficients (BLIS's alphas, seconds;
     :func:`~sklearn_beta.cli._schedule.client_overheads`). They fill the
     report's ``alphas`` and a trained-physics export's ``alpha_coeffs``.
-    None: server-side times, no overheads."""
+    None: server-side times, no overheads. ``calibrate(beta, interval)``,
+    given where a replay of the sends can, returns the published model's
+    betas calibrated by it (:func:`~sklearn_beta.cli._schedule.
+    calibrated_betas`): applied when ``auto`` chooses the published model,
+    as ``--step-model published`` would."""
     selection = None
     step_model = args.step_model
     if step_model == "auto":
@@ -337,9 +350,17 @@ def fit_step_model(
     table = model[0].fit_transform(phases)
     regressor = model[-1].fit(table)
     description = model[0].model_description_
-    alpha, alpha_note = _client_alphas(overheads, regressor, description)
+    beta, interval = regressor.beta_, getattr(regressor, "beta_ci_", None)
+    section, notes = None, []
+    if calibrate is not None and tuple(regressor.coef_names_) == BETA_NAMES:
+        beta, interval, section, note = calibrate(beta, interval)
+        notes.append(note)
+    alpha, alpha_note = _client_alphas(overheads, regressor, description, beta)
     coefficients, blis = _coefficients(
-        regressor, description, (0.0, 0.0, 0.0) if alpha is None else alpha
+        regressor,
+        description,
+        (0.0, 0.0, 0.0) if alpha is None else alpha,
+        calibrated=(beta, interval),
     )
     report = {
         "step_model": step_model,
@@ -348,7 +369,8 @@ def fit_step_model(
         "confidence_level": getattr(regressor, "confidence_level", None),
         "step_model_selection": selection,
         "alphas": None if alpha is None else [float(a) for a in alpha],
-        "notes": [_fit_note(model, step_model, options["algo"])],
+        "replay_calibration": section,
+        "notes": [_fit_note(model, step_model, options["algo"]), *notes],
     }
     if alpha_note is not None:
         report["notes"].append(alpha_note)
