@@ -106,16 +106,21 @@ def test_bad_starts_are_refused(busy_client, beta, options, message):
         calibrate_by_replay(busy_client, beta, **options, **ENGINE)
 
 
-def test_the_command_line_reports_the_calibration(capsys, tmp_path, busy_client):
-    path = tmp_path / "trace.csv"
-    busy_client.to_csv(path, index=False)
+def phase_fit_report(capsys, path, *options) -> dict:
+    """The command line's JSON report of the phase path on ENGINE."""
     code, out, err = run_cli(
         capsys,
-        *("fit", path, "--estimator", "phase", "--output", "json"),
+        *("fit", path, "--estimator", "phase", "--output", "json", *options),
         *("--chunk-size", "none", "--token-budget", 2048, "--max-num-seqs", 64),
     )
     assert code == 0, err
-    report = json.loads(out)
+    return json.loads(out)
+
+
+def test_the_command_line_reports_the_calibration(capsys, tmp_path, busy_client):
+    path = tmp_path / "trace.csv"
+    busy_client.to_csv(path, index=False)
+    report = phase_fit_report(capsys, path)
     section = report["replay_calibration"]
     beta = np.array(list(report["betas"].values()))
     start = np.array(section["phase_fit_betas"])
@@ -134,16 +139,10 @@ def test_auto_choosing_the_published_step_is_calibrated_as_it(
 ):
     path = tmp_path / "trace.csv"
     busy_client.to_csv(path, index=False)
-    engine = ("--chunk-size", "none", "--token-budget", 2048, "--max-num-seqs", 64)
-    reports = {}
-    for step_model in ("published", "auto"):
-        code, out, err = run_cli(
-            capsys,
-            *("fit", path, "--estimator", "phase", "--output", "json", *engine),
-            *("--step-model", step_model),
-        )
-        assert code == 0, err
-        reports[step_model] = json.loads(out)
+    reports = {
+        step_model: phase_fit_report(capsys, path, "--step-model", step_model)
+        for step_model in ("published", "auto")
+    }
     auto = reports["auto"]
     assert auto["step_model"] == "published"  # the simulator's own step
     beta = [auto["coefficients"][f"beta{k}"]["value"] for k in range(3)]
