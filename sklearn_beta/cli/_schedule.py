@@ -315,7 +315,8 @@ def calibrated_betas(beta, interval, frame, engine) -> tuple:
         f"best ({change}; mismatch {found.mismatch_start:.4g} -> "
         f"{found.mismatch:.4g} in {found.n_replays} replays"
         + ("" if found.converged else ", not converged")
-        + "); the interval keeps the phase fit's widths"
+        + "); the interval keeps the phase fit's widths, and a warning about a "
+        "beta's value speaks of the phase fit's"
     )
     return found.beta, interval, section, note
 
