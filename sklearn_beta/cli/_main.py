@@ -77,13 +77,11 @@ from ._report import (
 from ._schedule import (
     ScheduleFallback,
     calibrated_betas,
-    calibrated_client_fit,
     check_forecast,
     choose_estimator,
     client_cut,
     client_engine,
     client_overheads,
-    client_side_table,
     fit_schedule,
     held_out_check,
     read_settings,
@@ -294,7 +292,7 @@ def run_phase_fit(phases, args, fmt, setup, notes, progress, engine_read=None):
     verbose = int(progress.enabled) if args.algo == "iterative" else 0
     engine = engine_summary(config, (chunk_size, token_budget), args)
     engine_read = (chunk_size, token_budget) if engine_read is None else engine_read
-    fit, calibration, calibrate = None, None, None
+    fit, calibration, calibrate, overheads = None, None, None, None
     if cut is not None:
         progress.say("client-side times: choosing the prefill phases' window...")
         frame = schedule_frame(sent, options["instance_col"])
@@ -308,22 +306,15 @@ def run_phase_fit(phases, args, fmt, setup, notes, progress, engine_read=None):
             **options,
         )
         notes = [*notes, cut.note(window, why)]
+        overheads = partial(client_overheads, frame, engine=replay, why=why)
         if replay is not None:
             calibrate = partial(calibrated_betas, frame=frame, engine=replay)
         if calibrate is not None and args.step_model == "published":
             progress.say("client-side times: calibrating the betas by replay...")
-            fit, calibration, note = calibrated_client_fit(fit, frame, replay)
+            beta, ci, calibration, note = calibrate(fit.beta, fit.beta_ci)
+            fit = replace(fit, beta=beta, beta_ci=ci)
             notes = [*notes, note]
     if args.step_model != "published":
-        overheads = None
-        if client_side_table(sent, options["instance_col"]):
-            overheads = partial(
-                client_overheads,
-                sent,
-                args=args,
-                instance_col=options["instance_col"],
-                engine=engine_read,
-            )
         report = step_model_report(
             phases,
             args,
@@ -336,9 +327,7 @@ def run_phase_fit(phases, args, fmt, setup, notes, progress, engine_read=None):
         return report, None, config
     if fit is None:
         fit = fit_trace(phases, chunk_size=model_chunk, verbose=verbose, **options)
-    alpha, note = client_overheads(
-        sent, fit.beta, args, options["instance_col"], engine_read
-    )
+    alpha, note = (None, None) if overheads is None else overheads(fit.beta)
     if note is not None:
         notes = [*notes, note]
     trace = trace_summary(phases, fit)

@@ -37,6 +37,7 @@ from ..engine_config._trace_fit import (
     PREFILL_WINDOW,
     prefill_steps_of_client_phases,
     replayed_overheads,
+    with_sends,
 )
 from ..model_selection._request_split import RequestKFold, make_schedule_scorer
 from ._engine import one_line
@@ -122,23 +123,20 @@ def schedule_frame(phases: pd.DataFrame, instance_col) -> pd.DataFrame:
         if instance_col is not None:
             frame = frame.rename(columns={instance_col: "instance_id"})
     if "arrival" not in frame.columns and phases.attrs.get("client_side"):
-        # A request's prefill starts at its send, before its decode.
-        keys = [c for c in ("instance_id", "request_id") if c in frame.columns]
-        sends = frame.groupby(keys, sort=False)["t_start"].transform("min")
-        frame = frame.assign(arrival=sends.to_numpy())
+        frame = with_sends(frame)
     frame.attrs = dict(phases.attrs)
     return frame
 
 
 def client_side_table(phases: pd.DataFrame, instance_col) -> bool:
     """Whether a phase table has client-side times (every prefill from its
-    send, or the reader says so), as :func:`client_overheads` reads it."""
+    send, or the reader says so), as :func:`client_cut` reads it."""
     return is_client_side(schedule_frame(phases, instance_col))
 
 
 @dataclass(frozen=True)
 class ClientCut:
-    """A client-side CSV phase table as the phase-exposure fit reads it:
+    """A client-side phase table as the phase-exposure fit reads it:
     ``table`` without the sends (which then no longer start the prefill
     phases), and what cuts its prefill phases to the steps that ran their
     prompts (``prompt_chunk`` tokens a step, None: one step a prompt)."""
@@ -205,12 +203,10 @@ def client_cut(phases, instance_col, chunking) -> ClientCut | None:
     )
 
 
-def client_overheads(
-    phases, beta, args, instance_col, engine, step_model="published"
-) -> tuple:
+def client_overheads(frame, beta, engine, why, step_model="published") -> tuple:
     """``(alpha, note)``: the client's request overheads of a phase-exposure
-    fit on client-side times read from a CSV phase table (every prefill
-    from its send), or ``(None, None)`` on other times.
+    fit on client-side times; ``frame`` is the trace with the sends
+    (:func:`schedule_frame`), ``(engine, why)`` :func:`client_engine`'s.
 
     The phase-exposure fit's residuals on such a trace hold the client's
     queueing as well as its overheads; a replay of the sends at the fitted
@@ -224,15 +220,10 @@ def client_overheads(
     overheads took mean TTFT from -14 to -49 % to within 9 %
     (docs/accuracy.md). The alphas are 0, with a note, where the replay
     fails, where it queues nearly every request, and where
-    :func:`client_engine` finds no engine to replay.
+    :func:`client_engine` found no engine to replay (``why``).
     ``beta`` are the coefficients of ``step_model`` (a fit of another step
     model than the published one, ``--step-model``, is replayed with it).
     """
-    frame = schedule_frame(phases, instance_col)
-    # the cheap test first: the queueing check reads the whole trace again
-    if not is_client_side(frame):
-        return None, None  # no sends: the server-side note stands
-    engine, why = client_engine(frame, args, engine)
     if engine is None:
         return np.zeros(3), f"alphas (request overheads) are 0: {why}"
     try:
@@ -261,13 +252,6 @@ def client_overheads(
         "token's is not told apart from the betas' decode error)"
     )
     return found.alpha, note
-
-
-def calibrated_client_fit(fit, frame, engine) -> tuple:
-    """``(fit, section, note)``: the phase fit of a client-side trace with
-    its betas calibrated by :func:`calibrated_betas`."""
-    beta, ci, section, note = calibrated_betas(fit.beta, fit.beta_ci, frame, engine)
-    return replace(fit, beta=beta, beta_ci=ci), section, note
 
 
 def calibrated_betas(beta, interval, frame, engine) -> tuple:

@@ -78,11 +78,17 @@ def replay_mismatch(replayed: pd.DataFrame) -> float:
     forecast ITL at 3 and 6 times the load 1.5-2.8 % short; the decode
     phases alone, within 1 % and 0.3 %.
     """
+    error, observed = decode_errors(replayed)
+    return float(np.sum(error**2) / np.sum(observed**2))
+
+
+def decode_errors(replayed: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+    """``(replayed minus observed, observed)`` decode-phase durations of a
+    :func:`~sklearn_beta.replay.replay_trace` result, per request."""
     observed = replayed["observed_decode_end"] - replayed["observed_prefill_end"]
     duration = replayed["decode_end"] - replayed["prefill_end"]
     observed = observed.to_numpy(dtype=np.float64)
-    error = duration.to_numpy(dtype=np.float64) - observed
-    return float(np.sum(error**2) / np.sum(observed**2))
+    return duration.to_numpy(dtype=np.float64) - observed, observed
 
 
 def beta_scales(phases: pd.DataFrame, columns=None) -> np.ndarray:
@@ -175,7 +181,8 @@ def calibrate_by_replay(
         )
     if not np.isfinite(prior_weight) or prior_weight < 0:
         raise ValueError(f"prior_weight must be >= 0, got {prior_weight!r}.")
-    origin = np.where(anchored, start, 0.1 * beta_scales(phases, columns))
+    scales = beta_scales(phases, columns)
+    origin = np.where(anchored, start, 0.1 * scales)
     width = _half_widths(start, beta_interval)
 
     def betas(log_ratio: np.ndarray) -> np.ndarray:
@@ -198,7 +205,7 @@ def calibrate_by_replay(
     # along a valley the replay barely tells apart (the realism mix at 12
     # req/s: beta0 0.0995 s for a step of 0.11 s), a simplex from it spends
     # its replays creeping along; the balanced start is on the other side.
-    balanced = np.log(beta_scales(phases, columns) / 3 / origin)
+    balanced = np.log(scales / 3 / origin)
     steps = np.vstack([np.zeros(n), _SIMPLEX_STEP * np.eye(n)])
     results = [
         minimize(
@@ -221,7 +228,6 @@ def calibrate_by_replay(
     # its scale is the simplex's rounding, not the trace's: the phase fit
     # of a trace whose decode tokens cost nothing held beta2 at 0, and the
     # calibration put it at 0.04 % of a step's share.
-    scales = beta_scales(phases, columns)
     beta[~anchored & (beta < NEGLIGIBLE * scales)] = 0.0
     return ReplayCalibration(
         beta=beta,

@@ -27,6 +27,7 @@ from ..estimators._baseline import BaselineBetaRegressor
 from ..estimators._exposure import PhaseExposureTransformer
 from ..estimators._iterative import IterativeBetaRegressor
 from ..io._export import request_overheads
+from ._replay_calibration import decode_errors
 
 ALGORITHMS = ("baseline", "iterative")
 #: Chunk sizes among the candidates of :func:`~sklearn_beta.select_engine_config`.
@@ -436,7 +437,7 @@ def fit_client_phases(
     cols = PhaseColumns.coerce(columns)
     kind = phases[cols.phase_type].astype(str).str.strip().str.lower()
     is_decode = (kind == "decode").to_numpy()
-    sent = None if engine is None else _with_sends(phases, cols)
+    sent = None if engine is None else with_sends(phases, cols)
     best, caught, failure = None, {}, None
     for window in windows:  # a handful of fits, not a loop over phases
         cut = prefill_steps_of_client_phases(
@@ -463,8 +464,10 @@ def fit_client_phases(
     return fit, window, cut
 
 
-def _with_sends(phases: pd.DataFrame, cols: PhaseColumns) -> pd.DataFrame:
-    """The table with each request's send (its prefill start) in ``arrival``."""
+def with_sends(phases: pd.DataFrame, columns=None) -> pd.DataFrame:
+    """A client-side phase table with each request's send (its prefill
+    start, before its decode) in ``arrival``."""
+    cols = PhaseColumns.coerce(columns)
     keys = [c for c in (cols.instance_id, cols.request_id) if c in phases.columns]
     sends = phases.groupby(keys, sort=False)[cols.t_start].transform("min")
     return phases.assign(arrival=sends.to_numpy(dtype=np.float64))
@@ -473,9 +476,7 @@ def _with_sends(phases: pd.DataFrame, cols: PhaseColumns) -> pd.DataFrame:
 def _replayed_decode_error(sent, beta, cols, engine: dict) -> np.ndarray:
     """Replayed minus observed decode-phase durations of the sends' replay."""
     replayed = replay_trace(sent, beta, arrival="arrival", columns=cols, **engine)
-    observed = replayed["observed_decode_end"] - replayed["observed_prefill_end"]
-    duration = replayed["decode_end"] - replayed["prefill_end"]
-    return (duration - observed).to_numpy(dtype=np.float64)
+    return decode_errors(replayed)[0]
 
 
 @dataclass(frozen=True)
